@@ -1,0 +1,44 @@
+# consul-operator: the commands of the README.
+#   make demo   the original walkthrough on the local staging environment
+#   make test   everything CI runs: deps, image, lint, unit and integration tests
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+export PATH := $(CURDIR)/.tools/bin:$(PATH)
+
+.PHONY: deps image up down status test lint unit integration demo clean
+
+deps:           ## install what is missing: Debian packages, consul, .venv, a running dockerd
+	@bash scripts/deps.sh
+
+image: deps     ## build hello:local and hello:v2 without a registry
+	@bash images/hello/build.sh
+
+up: deps image  ## start the local staging environment (127.0.0.11-13)
+	@bash scripts/staging.sh up
+
+down:           ## stop it: exactly what `up` started, and the containers it labelled
+	@bash scripts/staging.sh down
+
+status:
+	@bash scripts/staging.sh status
+
+lint: deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+unit: deps
+	$(VENV)/bin/pytest tests/unit
+
+integration: deps image
+	$(VENV)/bin/pytest tests/integration
+
+test: deps image lint  ## the whole suite; CI runs this
+	$(VENV)/bin/pytest tests
+
+demo: up
+	@bash scripts/demo.sh
+
+clean: down
+	rm -rf .run

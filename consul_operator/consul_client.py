@@ -1,0 +1,395 @@
+"""Our Consul client: py-consul with a timeout on every call and our own errors.
+
+py-consul is used for the HTTP plumbing; this module adds what the operator
+relies on and the library leaves to its callers:
+
+* every request has a timeout (a blocking query: its wait, plus Consul's
+  wait/16 jitter, plus a margin), so that a dead server never hangs a loop;
+* the token given on the command line wins over ``CONSUL_HTTP_TOKEN`` (py-consul
+  lets the environment override an explicit token);
+* failures come out as `ConsulUnavailable`, `ConsulPermissionDenied` or
+  `ConsulError`, raised from the original exception;
+* `BlockingQuery` follows Consul's rules for blocking-query indexes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import consul
+import requests
+
+from consul_operator.errors import (
+    ConsulError,
+    ConsulPermissionDenied,
+    ConsulUnavailable,
+    NotLeader,
+)
+
+T = TypeVar("T")
+
+DEFAULT_ADDR = "127.0.0.1:8500"
+DEFAULT_TIMEOUT = 5.0  # seconds, for every non-blocking request
+DEFAULT_WAIT = 30.0  # seconds a blocking query may be held by Consul
+
+
+@dataclass(frozen=True, slots=True)
+class ConsulAddress:
+    """Where a Consul agent's HTTP API listens."""
+
+    scheme: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> ConsulAddress:
+        """Parse ``host:port``, ``http://host:port`` or ``https://host:port``."""
+        url = urllib.parse.urlsplit(text if "//" in text else f"//{text}")
+        scheme = url.scheme or "http"
+        if scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"Consul address must look like host:port or http://host:port, got {text!r}")
+        try:
+            port = url.port or 8500
+        except ValueError as exc:
+            raise ValueError(f"Consul address has a bad port: {text!r}") from exc
+        return cls(scheme, url.hostname, port)
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class KVEntry:
+    """One key of Consul's KV store."""
+
+    key: str
+    value: bytes
+    modify_index: int
+    session: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Indexed(Generic[T]):
+    """A read result with the Consul index it was read at."""
+
+    index: int
+    value: T
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceInstance:
+    """One instance of a service as the health endpoint reports it."""
+
+    node: str
+    node_address: str
+    service_id: str
+    service: str
+    address: str
+    port: int
+    meta: Mapping[str, str]
+    status: str  # aggregated: "passing", "warning" or "critical"
+
+
+@contextmanager
+def _wrapped(what: str) -> Iterator[None]:
+    """Turn requests' and py-consul's exceptions into ours."""
+    try:
+        yield
+    except (requests.ConnectionError, requests.Timeout) as exc:
+        raise ConsulUnavailable(f"Consul unreachable during {what}: {exc}") from exc
+    except consul.ACLPermissionDenied as exc:
+        raise ConsulPermissionDenied(f"permission denied for {what}: {exc}") from exc
+    except consul.ConsulException as exc:
+        raise ConsulError(f"Consul refused {what}: {exc}") from exc
+    except requests.RequestException as exc:
+        raise ConsulError(f"Consul request failed during {what}: {exc}") from exc
+
+
+def _go_duration(seconds: float) -> str:
+    """Consul's duration syntax for a number of seconds."""
+    return f"{max(1, round(seconds * 1000))}ms"
+
+
+def _worst(statuses: Sequence[str]) -> str:
+    """Aggregate check statuses the way Consul's UI does: the worst one wins."""
+    for status in ("critical", "warning", "maintenance"):
+        if status in statuses:
+            return "critical" if status == "maintenance" else status
+    return "passing"
+
+
+class ConsulClient:
+    """The subset of Consul's HTTP API the operator uses, with timeouts."""
+
+    def __init__(
+        self,
+        address: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        text = address or os.environ.get("CONSUL_HTTP_ADDR") or DEFAULT_ADDR
+        self.address = ConsulAddress.parse(text)
+        self._client = consul.Consul(
+            host=self.address.host, port=self.address.port, scheme=self.address.scheme
+        )
+        # py-consul reads CONSUL_HTTP_TOKEN and lets it override an explicit
+        # token; an explicit token must win, as in Consul's own CLI.
+        self._client.token = token or os.environ.get("CONSUL_HTTP_TOKEN") or None
+        # Applies to every request; py-consul adds wait + wait/16 for blocking ones.
+        self._client.http.connections_timeout = timeout
+        self.timeout = timeout
+
+    # --- KV -------------------------------------------------------------------
+
+    def kv_get(
+        self, key: str, *, index: int = 0, wait: float = DEFAULT_WAIT, consistent: bool = False
+    ) -> Indexed[KVEntry | None]:
+        """Read one key (blocking when ``index`` > 0)."""
+        with _wrapped(f"reading KV {key!r}"):
+            idx, raw = self._client.kv.get(
+                key,
+                index=index or None,
+                wait=_go_duration(wait),
+                consistency="consistent" if consistent else None,
+            )
+        return Indexed(int(idx or 0), _entry(raw) if raw else None)
+
+    def kv_list(
+        self, prefix: str, *, index: int = 0, wait: float = DEFAULT_WAIT
+    ) -> Indexed[list[KVEntry]]:
+        """Read every key under ``prefix`` (blocking when ``index`` > 0)."""
+        with _wrapped(f"listing KV {prefix!r}"):
+            idx, raw = self._client.kv.get(
+                prefix, index=index or None, wait=_go_duration(wait), recurse=True
+            )
+        return Indexed(int(idx or 0), [_entry(item) for item in raw or []])
+
+    def kv_put(self, key: str, value: bytes | str, *, cas: int | None = None) -> bool:
+        """Write one key; with ``cas`` only if its modify index still matches."""
+        with _wrapped(f"writing KV {key!r}"):
+            return bool(self._client.kv.put(key, value, cas=cas))
+
+    def kv_delete(self, key: str, *, recurse: bool = False) -> None:
+        """Delete one key, or a whole prefix."""
+        with _wrapped(f"deleting KV {key!r}"):
+            self._client.kv.delete(key, recurse=recurse or None)
+
+    def kv_acquire(self, key: str, value: bytes | str, session: str) -> bool:
+        """Try to take the lock ``key`` with ``session``; True when held."""
+        with _wrapped(f"acquiring {key!r}"):
+            return bool(self._client.kv.put(key, value, acquire=session))
+
+    def kv_release(self, key: str, session: str) -> bool:
+        """Give the lock ``key`` up."""
+        with _wrapped(f"releasing {key!r}"):
+            return bool(self._client.kv.put(key, "", release=session))
+
+    def fenced_write(self, lock_key: str, session: str, writes: Mapping[str, bytes | None]) -> None:
+        """Write (or, for None, delete) keys only while ``session`` holds ``lock_key``.
+
+        One transaction: a ``check-session`` on the lock, then the writes. An
+        ex-leader whose session was invalidated gets `NotLeader` and changes
+        nothing.
+        """
+        ops: list[dict[str, Any]] = [
+            {"KV": {"Verb": "check-session", "Key": lock_key, "Session": session}}
+        ]
+        for key, value in writes.items():
+            if value is None:
+                ops.append({"KV": {"Verb": "delete", "Key": key}})
+            else:
+                encoded = base64.b64encode(value).decode("ascii")
+                ops.append({"KV": {"Verb": "set", "Key": key, "Value": encoded}})
+        try:
+            with _wrapped(f"a fenced write of {sorted(writes)}"):
+                self._client.txn.put(ops)
+        except ConsulError as exc:
+            # Consul answers 409 when an operation of the transaction fails;
+            # the only one that can fail here is the check-session.
+            if "409" in str(exc):
+                raise NotLeader(f"{lock_key!r} is not held by session {session}") from exc
+            raise
+
+    # --- sessions -------------------------------------------------------------
+
+    def session_create(
+        self, name: str, *, checks: Sequence[str], lock_delay: float, behavior: str = "release"
+    ) -> str:
+        """Create a session on the local node tied to ``checks``; returns its id."""
+        body = {
+            "Name": name,
+            "Checks": list(checks),
+            "LockDelay": _go_duration(lock_delay) if lock_delay > 0 else "0s",
+            "Behavior": behavior,
+        }
+        with _wrapped("creating a session"):
+            result = self._client.http.put(
+                consul.base.CB.json(), "/v1/session/create", data=json.dumps(body),
+                headers=self._client.prepare_headers(),
+            )
+        return str(result["ID"])
+
+    def session_destroy(self, session: str) -> None:
+        """Invalidate a session, releasing its locks at once."""
+        with _wrapped("destroying a session"):
+            self._client.session.destroy(session)
+
+    def session_info(self, session: str) -> dict[str, Any] | None:
+        """The session's record, or None once it is invalidated."""
+        with _wrapped("reading a session"):
+            _, info = self._client.session.info(session, consistency="consistent")
+        return dict(info) if info else None
+
+    # --- the local agent --------------------------------------------------------
+
+    def agent_node_name(self) -> str:
+        """The node name of the agent we talk to."""
+        with _wrapped("reading the agent's identity"):
+            info = self._client.agent.self()
+        return str(info["Config"]["NodeName"])
+
+    def register_ttl_check(self, check_id: str, name: str, ttl: float, notes: str = "") -> None:
+        """Register a TTL check on the local agent, which we then keep passing."""
+        body = {
+            "ID": check_id,
+            "Name": name,
+            "TTL": _go_duration(ttl),
+            "Notes": notes,
+            # A check that stays critical this long is reaped with the service.
+            "DeregisterCriticalServiceAfter": "10m",
+        }
+        with _wrapped(f"registering check {check_id!r}"):
+            self._client.http.put(
+                consul.base.CB.boolean(), "/v1/agent/check/register", data=json.dumps(body),
+                headers=self._client.prepare_headers(),
+            )
+
+    def register_service(self, definition: Mapping[str, Any]) -> None:
+        """Register a service (Consul's JSON service definition) on the local agent."""
+        with _wrapped(f"registering service {definition.get('ID')!r}"):
+            self._client.http.put(
+                consul.base.CB.boolean(), "/v1/agent/service/register",
+                data=json.dumps(definition), headers=self._client.prepare_headers(),
+            )
+
+    def deregister_service(self, service_id: str) -> None:
+        """Remove a service from the local agent (and so from the catalog)."""
+        with _wrapped(f"deregistering service {service_id!r}"):
+            self._client.agent.service.deregister(service_id)
+
+    def check_pass(self, check_id: str, note: str = "") -> None:
+        """Mark a TTL check passing."""
+        with _wrapped(f"passing check {check_id!r}"):
+            self._client.agent.check.ttl_pass(check_id, notes=note or None)
+
+    def agent_services(self) -> dict[str, dict[str, Any]]:
+        """Services registered on the local agent, by id."""
+        with _wrapped("listing the agent's services"):
+            return dict(self._client.agent.services())
+
+    def agent_checks(self) -> dict[str, dict[str, Any]]:
+        """Checks registered on the local agent, by id."""
+        with _wrapped("listing the agent's checks"):
+            return dict(self._client.agent.checks())
+
+    # --- catalog and health -----------------------------------------------------
+
+    def health_service(
+        self, service: str, *, passing: bool = False, index: int = 0, wait: float = DEFAULT_WAIT
+    ) -> Indexed[list[ServiceInstance]]:
+        """Instances of ``service`` with their aggregated check status."""
+        with _wrapped(f"reading the health of {service!r}"):
+            idx, nodes = self._client.health.service(
+                service, index=index or None, wait=_go_duration(wait), passing=passing or None
+            )
+        instances = [
+            ServiceInstance(
+                node=item["Node"]["Node"],
+                node_address=item["Node"]["Address"],
+                service_id=item["Service"]["ID"],
+                service=item["Service"]["Service"],
+                address=item["Service"]["Address"] or item["Node"]["Address"],
+                port=int(item["Service"]["Port"]),
+                meta=dict(item["Service"].get("Meta") or {}),
+                status=_worst([check["Status"] for check in item["Checks"]]),
+            )
+            for item in nodes or []
+        ]
+        return Indexed(int(idx or 0), instances)
+
+    def leader(self) -> str:
+        """The Raft leader's address, or "" when the cluster has none."""
+        with _wrapped("reading the Raft leader"):
+            return str(self._client.status.leader() or "")
+
+
+def _entry(raw: Mapping[str, Any]) -> KVEntry:
+    value = raw.get("Value")
+    return KVEntry(
+        key=str(raw["Key"]),
+        value=value if isinstance(value, bytes) else (value or "").encode(),
+        modify_index=int(raw["ModifyIndex"]),
+        session=raw.get("Session"),
+    )
+
+
+class BlockingQuery(Generic[T]):
+    """Consul's blocking-query loop for one read, following its index rules.
+
+    ``fetch(index, wait)`` does the read. `next()` blocks until the result
+    changes (or the wait runs out) and reports whether it changed. The rules,
+    from Consul's documentation on blocking queries:
+
+    * the first read uses index 0 and returns at once;
+    * an index that goes backwards (a snapshot restore, a new leader) resets
+      to 0, so that the next read returns at once with fresh data;
+    * an index of 0 or less is treated as 1, since index 0 would make every
+      following read return at once: a busy loop;
+    * reads are spaced at least ``min_interval`` apart, so that a key that
+      changes constantly cannot make us hammer Consul.
+    """
+
+    def __init__(
+        self,
+        fetch: Callable[[int, float], Indexed[T]],
+        *,
+        wait: float = DEFAULT_WAIT,
+        min_interval: float = 0.05,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._fetch = fetch
+        self._wait = wait
+        self._min_interval = min_interval
+        self._clock = clock
+        self._sleep = sleep
+        self.index = 0
+        self._last_call: float | None = None
+        self._first = True
+
+    def next(self) -> tuple[bool, T]:
+        """Wait for the next result; returns (changed, value)."""
+        if self._last_call is not None:
+            pause = self._min_interval - (self._clock() - self._last_call)
+            if pause > 0:
+                self._sleep(pause)
+        self._last_call = self._clock()
+        result = self._fetch(self.index, self._wait)
+        changed = self._first or result.index != self.index
+        self._first = False
+        if result.index <= 0:
+            self.index = 1
+        elif result.index < self.index:
+            self.index = 0
+        else:
+            self.index = result.index
+        return changed, result.value

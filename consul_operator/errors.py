@@ -1,0 +1,40 @@
+"""Our own exception types: every third-party failure is wrapped in one of these.
+
+Callers catch these, never `requests`' or docker's exceptions, so that the one
+place that turns outcomes into retries and log levels (the loop runner) has a
+small, closed set of cases to handle.
+"""
+
+from __future__ import annotations
+
+
+class OperatorError(Exception):
+    """Base of every error the operator raises on purpose."""
+
+
+class ConsulError(OperatorError):
+    """Consul answered, but not with what we asked for (HTTP 4xx/5xx, bad data)."""
+
+
+class ConsulUnavailable(ConsulError):
+    """Consul could not be reached or did not answer in time."""
+
+
+class ConsulPermissionDenied(ConsulError):
+    """Consul refused the request because the ACL token lacks a permission."""
+
+
+class DockerError(OperatorError):
+    """The Docker engine refused or failed a request."""
+
+
+class DockerUnavailable(DockerError):
+    """The Docker engine could not be reached or did not answer in time."""
+
+
+class ImageNotFound(DockerError):
+    """The image is neither present locally nor pullable."""
+
+
+class NotLeader(OperatorError):
+    """A fenced write failed: this agent no longer holds the leader lock."""

@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# The local staging environment of the design: three "hosts" on loopback
+# addresses, all of it real processes.
+#
+#   host-1  127.0.0.11  Consul server
+#   host-2  127.0.0.12  Consul server
+#   host-3  127.0.0.13  Consul server
+#
+# usage: staging.sh up | down | status
+#
+# Every process is started detached with its pid in $RUN_DIR/pids/<name>.pid and
+# its log in $RUN_DIR/logs/<name>.log; `down` stops exactly those pids (after
+# checking that the pid still runs the program we started, so a stale pid file
+# after a crash never kills a stranger), removes the containers labelled with
+# this environment's name, and wipes the environment's state.
+#
+# Environment (for a second, independent environment such as the tests'):
+#   STAGING_NAME   name of the environment, also the containers' cluster label (default: staging)
+#   STAGING_ADDRS  the three hosts' addresses (default: "127.0.0.11 127.0.0.12 127.0.0.13")
+#   RUN_DIR        state, logs and pid files (default: .run/$STAGING_NAME)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+NAME=${STAGING_NAME:-staging}
+read -r -a ADDRS <<<"${STAGING_ADDRS:-127.0.0.11 127.0.0.12 127.0.0.13}"
+RUN_DIR=${RUN_DIR:-$ROOT/.run/$NAME}
+HOSTS=(host-1 host-2 host-3)
+PIDS="$RUN_DIR/pids"
+LOGS="$RUN_DIR/logs"
+LABEL_CLUSTER="consul-operator.cluster=$NAME"
+
+say() { printf '[%s] %s\n' "$NAME" "$*"; }
+die() { printf '[%s] ERROR: %s\n' "$NAME" "$*" >&2; exit 1; }
+
+consul_bin() {
+  command -v consul 2>/dev/null || { [[ -x $ROOT/.tools/bin/consul ]] && echo "$ROOT/.tools/bin/consul"; } \
+    || die "no consul binary: run 'make deps'"
+}
+
+# alive NAME: the pid in NAME's pid file runs and is the program we started.
+alive() {
+  local pidfile="$PIDS/$1.pid" pid exe
+  [[ -f $pidfile ]] || return 1
+  read -r pid exe <"$pidfile" || return 1
+  [[ -d /proc/$pid ]] || return 1
+  [[ $(readlink "/proc/$pid/exe" 2>/dev/null) == "$exe" ]]
+}
+
+# spawn NAME CMD...: start CMD detached (own session, so that it outlives make
+# and a Ctrl-C in this terminal), remembering pid and executable.
+spawn() {
+  local name=$1; shift
+  if alive "$name"; then say "$name already running"; return; fi
+  local exe; exe=$(readlink -f "$(command -v "$1")")
+  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
+  local pid=$! i
+  echo "$pid $exe" >"$PIDS/$name.pid"
+  # Until setsid has exec'd the program, /proc/<pid>/exe is bash or setsid.
+  for i in $(seq 1 100); do
+    [[ $(readlink "/proc/$pid/exe" 2>/dev/null) == "$exe" ]] && break
+    sleep 0.02
+  done
+  say "started $name (pid $pid)"
+}
+
+# stop NAME: SIGTERM, wait up to 15 s, then SIGKILL. Removes the pid file.
+stop() {
+  local name=$1 pidfile="$PIDS/$1.pid" pid exe i
+  [[ -f $pidfile ]] || return 0
+  if alive "$name"; then
+    read -r pid exe <"$pidfile"
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 1 150); do
+      [[ -d /proc/$pid ]] || break
+      sleep 0.1
+    done
+    if [[ -d /proc/$pid ]]; then
+      say "$name did not stop on SIGTERM, killing"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    say "stopped $name (pid $pid)"
+  fi
+  rm -f "$pidfile"
+}
+
+consul_up() {
+  local consul; consul=$(consul_bin)
+  local i join=()
+  for addr in "${ADDRS[@]}"; do join+=("-retry-join=$addr"); done
+  for i in 0 1 2; do
+    local host=${HOSTS[$i]} addr=${ADDRS[$i]}
+    mkdir -p "$RUN_DIR/consul/$host"
+    # raft_multiplier=1 and the short timeouts make leader election and failure
+    # detection take seconds, like a tuned production cluster, not Consul's
+    # conservative defaults. DNS is off: nothing here uses it.
+    spawn "consul-$host" "$consul" agent -server -bootstrap-expect=3 \
+      -node="$host" -bind="$addr" -client="$addr" -advertise="$addr" \
+      -data-dir="$RUN_DIR/consul/$host" -dns-port=-1 \
+      -node-meta="staging:$NAME" \
+      -hcl='performance { raft_multiplier = 1 }' \
+      -hcl='disable_update_check = true' \
+      "${join[@]}"
+  done
+  say "waiting for the Consul cluster to elect a leader"
+  local leader=""
+  for i in $(seq 1 300); do
+    leader=$(curl -fsS --max-time 1 "http://${ADDRS[0]}:8500/v1/status/leader" 2>/dev/null || true)
+    [[ $leader =~ :[0-9]+\"$ ]] && break
+    for h in "${HOSTS[@]}"; do alive "consul-$h" || die "consul-$h died; see $LOGS/consul-$h.log"; done
+    sleep 0.2
+  done
+  [[ $leader =~ :[0-9]+\"$ ]] || die "no Consul leader after 60 s; see $LOGS/"
+  for h in "${HOSTS[@]}"; do alive "consul-$h" || die "consul-$h died; see $LOGS/consul-$h.log"; done
+  say "Consul cluster up, leader $leader"
+}
+
+remove_containers() {
+  command -v docker >/dev/null && docker info >/dev/null 2>&1 || return 0
+  local ids
+  ids=$(docker ps -aq --filter "label=$LABEL_CLUSTER")
+  if [[ -n $ids ]]; then
+    # shellcheck disable=SC2086
+    docker rm -f $ids >/dev/null
+    say "removed containers labelled $LABEL_CLUSTER: $(echo $ids | wc -w)"
+  fi
+}
+
+cmd_up() {
+  mkdir -p "$PIDS" "$LOGS"
+  consul_up
+  say "up: Consul on ${ADDRS[*]} (HTTP :8500); logs in $LOGS"
+}
+
+cmd_down() {
+  local names=() f
+  if [[ -d $PIDS ]]; then
+    for f in "$PIDS"/*.pid; do [[ -e $f ]] && names+=("$(basename "$f" .pid)"); done
+  fi
+  # Operators first (so that nothing restarts containers while we remove them),
+  # then the load balancer, then Consul.
+  local order=() n
+  for n in "${names[@]}"; do [[ $n == agent-* ]] && order+=("$n"); done
+  for n in "${names[@]}"; do [[ $n == lb* || $n == nginx* ]] && order+=("$n"); done
+  for n in "${names[@]}"; do [[ $n != agent-* && $n != lb* && $n != nginx* ]] && order+=("$n"); done
+  for n in "${order[@]}"; do stop "$n"; done
+  remove_containers
+  rm -rf "$RUN_DIR/consul"
+  say "down"
+}
+
+cmd_status() {
+  local f n
+  for f in "$PIDS"/*.pid; do
+    [[ -e $f ]] || continue
+    n=$(basename "$f" .pid)
+    if alive "$n"; then echo "$n: running (pid $(cut -d' ' -f1 "$f"))"; else echo "$n: dead"; fi
+  done
+}
+
+case "${1:-}" in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac

@@ -1,0 +1,53 @@
+"""Fixtures of the integration tests: real Consul, real Docker, real NGINX.
+
+A missing program or engine fails the run; nothing here ever skips.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+
+import docker
+import pytest
+
+from consul_operator.consul_client import ConsulClient
+from consul_operator.docker_client import connect, ping
+from tests.support.staging import Staging, tool
+
+# The tests' own environment, apart from the developer's `make up` on 127.0.0.11-13.
+TEST_ADDRESSES = ("127.0.0.21", "127.0.0.22", "127.0.0.23")
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> docker.DockerClient:
+    """A Docker engine that answers, with the test image built."""
+    client = connect()
+    ping(client)  # raises DockerUnavailable: a failure, never a skip
+    client.images.get("hello:local")
+    return client
+
+
+@pytest.fixture(scope="session")
+def nginx_binary() -> str:
+    """NGINX is installed (the load balancer's tests need it)."""
+    path = tool("nginx")
+    subprocess.run([path, "-v"], check=True, capture_output=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def staging(docker_engine: docker.DockerClient, nginx_binary: str) -> Iterator[Staging]:
+    """The tests' staging environment, up for the whole session."""
+    tool("consul")
+    env = Staging("test", TEST_ADDRESSES)
+    env.run("down")  # a previous run that crashed may have left it behind
+    env.run("up")
+    yield env
+    env.run("down")
+
+
+@pytest.fixture
+def consul(staging: Staging) -> ConsulClient:
+    """A client of host-1's Consul agent."""
+    return ConsulClient(staging.consul_addr("host-1"))

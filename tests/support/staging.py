@@ -1,0 +1,105 @@
+"""Drive scripts/staging.sh from tests: an environment of our own, on our own addresses.
+
+The tests never share the developer's `make up` environment: theirs runs on
+127.0.0.11-13 under the name "staging"; each test environment has its own
+name (which is also its containers' cluster label), its own loopback
+addresses and its own run directory under .run/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+STAGING = ROOT / "scripts" / "staging.sh"
+HOSTS = ("host-1", "host-2", "host-3")
+
+
+def tool(name: str) -> str:
+    """Path of a required program; a missing one fails the test run, never skips it."""
+    found = shutil.which(name, path=f"{ROOT / '.tools' / 'bin'}:{os.environ.get('PATH', '')}")
+    if found is None:
+        raise AssertionError(f"{name} is not installed: run `make deps`")
+    return found
+
+
+@dataclass(frozen=True)
+class Staging:
+    """One local staging environment started by scripts/staging.sh."""
+
+    name: str
+    addresses: tuple[str, str, str]
+    run_dir: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "run_dir", ROOT / ".run" / self.name)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment that points staging.sh at this environment."""
+        return {
+            **os.environ,
+            "STAGING_NAME": self.name,
+            "STAGING_ADDRS": " ".join(self.addresses),
+            "RUN_DIR": str(self.run_dir),
+        }
+
+    def consul_addr(self, host: str = "host-1") -> str:
+        """HTTP address of the Consul agent of ``host``."""
+        return f"{self.addresses[HOSTS.index(host)]}:8500"
+
+    def run(self, command: str) -> subprocess.CompletedProcess[str]:
+        """Run ``staging.sh COMMAND``; a failure fails the test with the script's output."""
+        result = subprocess.run(
+            ["bash", str(STAGING), command],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise AssertionError(
+                f"staging.sh {command} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+    def pids(self) -> dict[str, int]:
+        """The pids staging.sh recorded, by process name."""
+        pid_dir = self.run_dir / "pids"
+        if not pid_dir.is_dir():
+            return {}
+        return {p.stem: int(p.read_text().split()[0]) for p in pid_dir.glob("*.pid")}
+
+
+def wait_until(
+    condition: Callable[[], object], *, timeout: float, what: str, interval: float = 0.1
+) -> object:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+        except Exception as exc:  # the condition may fail while things converge
+            last_error = exc
+        else:
+            if value:
+                return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last_error})")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (and is not a zombie)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

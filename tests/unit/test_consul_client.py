@@ -1,0 +1,97 @@
+"""Our Consul wrapper's pure parts: addresses, tokens and the blocking-query index rules."""
+
+from __future__ import annotations
+
+import pytest
+
+from consul_operator.consul_client import BlockingQuery, ConsulAddress, ConsulClient, Indexed
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("127.0.0.11:8500", ConsulAddress("http", "127.0.0.11", 8500), id="host-port"),
+        pytest.param("127.0.0.11", ConsulAddress("http", "127.0.0.11", 8500), id="default-port"),
+        pytest.param(
+            "https://consul.local:8501", ConsulAddress("https", "consul.local", 8501), id="https"
+        ),
+    ],
+)
+def test_address_parsing(text: str, expected: ConsulAddress) -> None:
+    """--consul and CONSUL_HTTP_ADDR accept host:port with or without a scheme."""
+    assert ConsulAddress.parse(text) == expected
+
+
+@pytest.mark.parametrize("text", ["ftp://x:1", "http://:8500", "x:notaport"], ids=str)
+def test_bad_address_is_refused(text: str) -> None:
+    """A malformed Consul address is a clear error, not a later connection failure."""
+    with pytest.raises(ValueError, match="Consul address"):
+        ConsulAddress.parse(text)
+
+
+def test_explicit_token_wins_over_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token given on the command line beats CONSUL_HTTP_TOKEN (py-consul does the opposite)."""
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", "from-env")
+    assert ConsulClient("127.0.0.1:8500", token="explicit")._client.token == "explicit"
+    assert ConsulClient("127.0.0.1:8500")._client.token == "from-env"
+
+
+def test_address_comes_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --consul, CONSUL_HTTP_ADDR names the agent."""
+    monkeypatch.setenv("CONSUL_HTTP_ADDR", "127.0.0.12:8500")
+    assert ConsulClient().address == ConsulAddress("http", "127.0.0.12", 8500)
+
+
+class FakeFetch:
+    """Returns scripted indexes and records the index each call was made with."""
+
+    def __init__(self, indexes: list[int]) -> None:
+        self.indexes = indexes
+        self.asked: list[int] = []
+
+    def __call__(self, index: int, wait: float) -> Indexed[str]:
+        self.asked.append(index)
+        return Indexed(self.indexes[len(self.asked) - 1], f"value@{len(self.asked)}")
+
+
+def run_query(indexes: list[int]) -> tuple[FakeFetch, list[bool]]:
+    fetch = FakeFetch(indexes)
+    query = BlockingQuery(fetch, min_interval=0, sleep=lambda _: None)
+    changes = [query.next()[0] for _ in indexes]
+    return fetch, changes
+
+
+@pytest.mark.parametrize(
+    ("indexes", "asked", "changes"),
+    [
+        pytest.param([5, 5, 7], [0, 5, 5], [True, False, True], id="same-index-is-no-change"),
+        pytest.param([9, 4, 6], [0, 9, 0], [True, True, True], id="backwards-index-resets-to-0"),
+        pytest.param([0, 0, 3], [0, 1, 1], [True, True, True], id="zero-index-becomes-1"),
+    ],
+)
+def test_blocking_query_index_rules(
+    indexes: list[int], asked: list[int], changes: list[bool]
+) -> None:
+    """The index sent follows Consul's rules: reset when it goes backwards, never 0 after the first read."""
+    fetch, seen = run_query(indexes)
+    assert fetch.asked == asked
+    assert seen == changes
+
+
+def test_blocking_query_spaces_out_calls() -> None:
+    """Two reads are never closer than min_interval: a hot key cannot make us hammer Consul."""
+    now = [100.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    query = BlockingQuery(
+        FakeFetch([1, 2, 3]), min_interval=0.5, clock=lambda: now[0], sleep=sleep
+    )
+    query.next()
+    query.next()
+    now[0] += 0.2
+    query.next()
+    assert slept == [pytest.approx(0.5), pytest.approx(0.3)]
