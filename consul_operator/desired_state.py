@@ -1,0 +1,859 @@
+"""The manifest, schema v1: parsing, validation and the normalised form.
+
+A person writes a manifest as YAML into `services/<name>`; the operator never
+writes there. Everything here is pure (text in; a frozen `Manifest`, or a
+`ManifestError` listing every problem at once, out), so that a bad manifest is
+refused before anything that runs is touched.
+
+PyYAML's `safe_load` is not used as it is: it keeps the last of two duplicate
+keys, reads `yes`/`on` as booleans, `010` as octal and `1:30` as 90, and
+expands aliases (the "billion laughs"). The loader here types plain scalars
+by YAML 1.2's core schema and refuses the rest with a message naming the line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+import yaml
+from yaml.reader import ReaderError
+
+from consul_operator.durations import DurationError, format_duration, parse_duration
+from consul_operator.errors import OperatorError
+
+MAX_MANIFEST_BYTES: Final = 512 * 1024
+"""Consul's KV value limit: a larger manifest could not be stored anyway."""
+MAX_REPLICAS: Final = 100
+"""The operator's cap on replicas (and on max_per_host)."""
+
+MAX_PROBLEMS: Final = 50
+"""At most this many problems are listed; the rest are counted (status must stay readable)."""
+
+MAX_COMMAND_ARGS: Final = 64
+MAX_ARG_CHARS: Final = 4096
+MAX_ENV_ENTRIES: Final = 128
+MAX_ENV_NAME_CHARS: Final = 256
+MAX_ENV_VALUE_BYTES: Final = 32 * 1024
+MAX_HOSTS: Final = 64
+MAX_HTTP_PATH_CHARS: Final = 1024
+MAX_IMAGE_CHARS: Final = 255
+MAX_NESTING: Final = 32  # a manifest needs 3 levels; deep nesting only costs recursion
+
+HEALTH_MIN_SECONDS: Final = 0.1
+HEALTH_MAX_SECONDS: Final = 3600.0
+MAX_DRAIN_SECONDS: Final = 600.0
+MAX_STOP_GRACE_SECONDS: Final = 600.0
+
+_TOP_FIELDS: Final = (
+    "name",
+    "image",
+    "replicas",
+    "port",
+    "command",
+    "env",
+    "placement",
+    "health",
+    "drain",
+    "stop_grace",
+)
+_PLACEMENT_FIELDS: Final = ("hosts", "max_per_host")
+_HEALTH_FIELDS: Final = ("http", "interval", "timeout")
+# What a container *is*; see Manifest.spec_hash.
+_SPEC_FIELDS: Final = ("name", "image", "command", "env", "port", "health")
+
+# RFC 1123 label. Names end up in container labels, Consul service names and
+# the NGINX config: whitelisted, never escaped.
+_DNS_LABEL_RE: Final = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_DNS_LABEL_RULE: Final = (
+    "must be a DNS label (1-63 characters: lowercase letters, digits and '-', "
+    "starting and ending with a letter or digit)"
+)
+_ENV_NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _image_reference_re() -> re.Pattern[str]:
+    """Docker's image reference grammar (github.com/distribution/reference, regexp.go)."""
+    alnum = r"[a-z0-9]+"
+    separator = r"(?:[._]|__|-+)"
+    path_component = rf"{alnum}(?:{separator}{alnum})*"
+    domain_component = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+    host = rf"(?:{domain_component}(?:\.{domain_component})*|\[[a-fA-F0-9:]+\])"
+    domain = rf"{host}(?::[0-9]+)?"
+    name = rf"(?:{domain}/)?{path_component}(?:/{path_component})*"
+    tag = r"\w[\w.-]{0,127}"
+    digest = r"sha256:[a-f0-9]{64}"
+    # ASCII: \w must not accept non-ASCII letters in tags.
+    return re.compile(rf"{name}(?::{tag})?(?:@{digest})?", re.ASCII)
+
+
+_IMAGE_RE: Final = _image_reference_re()
+_IMAGE_RULE: Final = (
+    "must be an image reference like 'nginx:1.25', "
+    "'registry.example.com:5000/team/app:v1' or 'busybox@sha256:<64 hex digits>'"
+)
+
+_DEFAULT_INTERVAL: Final = 2.0
+_DEFAULT_TIMEOUT: Final = 1.0
+_DEFAULT_DRAIN: Final = 2.0
+_DEFAULT_STOP_GRACE: Final = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a manifest: where (a field path, "" for the whole) and what."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ManifestError(OperatorError):
+    """A manifest that cannot be used; `problems` lists everything wrong with it."""
+
+    def __init__(self, problems: Iterable[Problem]) -> None:
+        self.problems: tuple[Problem, ...] = tuple(problems)
+        super().__init__("\n".join(str(problem) for problem in self.problems))
+
+    def __reduce__(self) -> tuple[type[ManifestError], tuple[tuple[Problem, ...]]]:
+        # Exceptions pickle by their args (the joined text); rebuild from problems instead.
+        return (ManifestError, (self.problems,))
+
+
+def _refusal(problems: list[Problem]) -> ManifestError:
+    """The error for `problems`, listing the first MAX_PROBLEMS and counting the rest."""
+    if len(problems) <= MAX_PROBLEMS:
+        return ManifestError(problems)
+    more = Problem("", f"... and {len(problems) - MAX_PROBLEMS} more problems")
+    return ManifestError([*problems[:MAX_PROBLEMS], more])
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where replicas may run: only `hosts` (None: every live host), at most `max_per_host` each."""
+
+    hosts: tuple[str, ...] | None = None
+    max_per_host: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """How Consul checks a replica: HTTP GET `http` if set, else TCP on the port; seconds."""
+
+    http: str | None = None
+    interval: float = _DEFAULT_INTERVAL
+    timeout: float = _DEFAULT_TIMEOUT
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """A valid, normalised manifest: the desired state of one service (durations in seconds)."""
+
+    name: str
+    image: str
+    replicas: int
+    port: int | None = None
+    command: tuple[str, ...] | None = None
+    env: tuple[tuple[str, str], ...] = ()  # sorted by name, so equal envs compare equal
+    placement: Placement = Placement()
+    health: HealthCheck = HealthCheck()
+    drain: float = _DEFAULT_DRAIN
+    stop_grace: float = _DEFAULT_STOP_GRACE
+
+    @property
+    def env_dict(self) -> dict[str, str]:
+        """The environment as a fresh dict."""
+        return dict(self.env)
+
+    def spec_hash(self) -> str:
+        """A short hash of what a container of this service *is*, to tell stale containers.
+
+        Covers name, image, command, env, port and health: a container whose
+        labelled hash differs runs an old spec and is replaced. Deliberately
+        leaves out replicas, placement, drain and stop_grace: changing them
+        scales, moves or stops containers differently, but must never replace
+        a running one. Computed over the normalised form, so key order and
+        defaults written out or omitted give the same hash.
+        """
+        normalised = self.to_dict()
+        spec = {field: normalised[field] for field in _SPEC_FIELDS}
+        canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, object]:
+        """The normalised form: every field, defaults included, durations spelled canonically.
+
+        `manifest_from_dict` accepts it back and gives an equal Manifest.
+        """
+        return {
+            "name": self.name,
+            "image": self.image,
+            "replicas": self.replicas,
+            "port": self.port,
+            "command": None if self.command is None else list(self.command),
+            "env": dict(self.env),
+            "placement": {
+                "hosts": None if self.placement.hosts is None else list(self.placement.hosts),
+                "max_per_host": self.placement.max_per_host,
+            },
+            "health": {
+                "http": self.health.http,
+                "interval": format_duration(self.health.interval),
+                "timeout": format_duration(self.health.timeout),
+            },
+            "drain": format_duration(self.drain),
+            "stop_grace": format_duration(self.stop_grace),
+        }
+
+
+def parse_manifest(text: str | bytes, *, key_name: str | None = None) -> Manifest:
+    """Parse and validate a manifest's YAML text; raise ManifestError naming every problem.
+
+    `key_name` is the KV key the manifest was read from (or its last segment):
+    the manifest's name must equal that segment.
+    """
+    return manifest_from_dict(_load_yaml(text), key_name=key_name)
+
+
+def manifest_from_dict(data: object, *, key_name: str | None = None) -> Manifest:
+    """Validate already-loaded data (from YAML or JSON) into a Manifest; raise ManifestError.
+
+    Optional fields that are absent or null take their defaults.
+    """
+    if data is None:
+        raise ManifestError([Problem("", "manifest is empty")])
+    if not isinstance(data, Mapping):
+        message = f"the top level must be a mapping of fields, got {_describe(data)}"
+        raise ManifestError([Problem("", message)])
+    problems: list[Problem] = []
+    fields = _known_fields(data, "", _TOP_FIELDS, problems)
+    name = _check_name(fields, key_name, problems)
+    image = _check_image(fields, problems)
+    replicas = _check_replicas(fields, problems)
+    port = _check_port(fields.get("port"), problems)
+    command = _check_command(fields.get("command"), problems)
+    env = _check_env(fields.get("env"), problems)
+    placement = _check_placement(fields.get("placement"), problems)
+    health = _check_health(fields.get("health"), fields.get("port") is not None, problems)
+    drain = _duration_field(
+        fields, "drain", "drain", _DEFAULT_DRAIN, 0.0, MAX_DRAIN_SECONDS, problems
+    )
+    stop_grace = _duration_field(
+        fields,
+        "stop_grace",
+        "stop_grace",
+        _DEFAULT_STOP_GRACE,
+        0.0,
+        MAX_STOP_GRACE_SECONDS,
+        problems,
+    )
+    # A check that returns None for a required value has always recorded a problem;
+    # the None tests are for the type checker.
+    if problems or None in (name, image, replicas, drain, stop_grace):
+        raise _refusal(problems)
+    assert name is not None and image is not None and replicas is not None
+    assert drain is not None and stop_grace is not None
+    return Manifest(
+        name=name,
+        image=image,
+        replicas=replicas,
+        port=port,
+        command=command,
+        env=env,
+        placement=placement,
+        health=health,
+        drain=drain,
+        stop_grace=stop_grace,
+    )
+
+
+def _describe(value: object) -> str:
+    """Name a value's YAML type (and short value) the way a manifest's author thinks of it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"boolean {'true' if value else 'false'}"
+    if isinstance(value, int):
+        return f"integer {value}"
+    if isinstance(value, float):
+        return f"number {value!r}"
+    if isinstance(value, str):
+        return f"string {_short(value)}"
+    if isinstance(value, Mapping):
+        return "mapping"
+    if isinstance(value, list | tuple):
+        return "list"
+    return type(value).__name__
+
+
+# --- YAML ------------------------------------------------------------------
+
+_TAG_PREFIX: Final = "tag:yaml.org,2002:"
+
+
+def _core_schema_resolvers() -> dict[str | None, list[tuple[str, re.Pattern[str]]]]:
+    """Implicit typing of plain scalars by YAML 1.2's core schema, not PyYAML's YAML 1.1.
+
+    So `yes`, `on`, `010`, `1:30` and `2024-01-01` stay strings; only true/false,
+    plain decimal integers, decimal floats and null/~/empty are typed.
+    """
+    rules: tuple[tuple[str, str, Iterable[str]], ...] = (
+        ("bool", r"true|True|TRUE|false|False|FALSE", "tTfF"),
+        ("int", r"[-+]?(?:0|[1-9][0-9]*)", "-+0123456789"),
+        (
+            "float",
+            r"[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
+            r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)",
+            "-+.0123456789",
+        ),
+        ("null", r"~|null|Null|NULL|", ["~", "n", "N", ""]),
+    )
+    resolvers: dict[str | None, list[tuple[str, re.Pattern[str]]]] = {}
+    for name, pattern, first_chars in rules:
+        regexp = re.compile(rf"(?:{pattern})\Z")
+        for first in first_chars:
+            resolvers.setdefault(first, []).append((_TAG_PREFIX + name, regexp))
+    return resolvers
+
+
+_ALLOWED_TAGS: Final = {
+    yaml.ScalarNode: frozenset(_TAG_PREFIX + t for t in ("str", "int", "float", "bool", "null")),
+    yaml.SequenceNode: frozenset({_TAG_PREFIX + "seq"}),
+    yaml.MappingNode: frozenset({_TAG_PREFIX + "map"}),
+}
+
+
+class _Position(Protocol):
+    """A place in the YAML text (PyYAML's pure-Python and libyaml marks both fit)."""
+
+    line: int
+    column: int
+
+
+class _Refused(Exception):
+    """YAML this loader will not accept, found while composing."""
+
+    def __init__(self, message: str, mark: _Position | None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.mark = mark
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A SafeLoader typing by the core schema, refusing anchors, aliases, odd tags, deep nesting."""
+
+    yaml_implicit_resolvers = _core_schema_resolvers()
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        """Compose one node, refusing it before anything is built from it."""
+        self.check_event(yaml.NodeEvent)  # makes the parser read the next event
+        event = self.current_event
+        if isinstance(event, yaml.NodeEvent) and event.anchor is not None:
+            # No aliases at all, rather than a limit on their expansion: the
+            # simplest rule that makes "billion laughs" impossible.
+            raise _Refused("YAML anchors and aliases are not allowed", event.start_mark)
+        if self._depth >= MAX_NESTING:
+            raise _Refused(f"YAML nested deeper than {MAX_NESTING} levels", event.start_mark)
+        self._depth += 1
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        if node is not None and node.tag not in _ALLOWED_TAGS.get(type(node), frozenset()):
+            raise _Refused(f"YAML tag {_tag_text(node.tag)} is not allowed", node.start_mark)
+        return node
+
+
+def _load_yaml(text: str | bytes) -> object:
+    """Load the one YAML document of a manifest as plain data; raise ManifestError.
+
+    Checks the size cap first (no parsing of oversized input), then decodes
+    UTF-8, then loads strictly: duplicate keys, anchors, aliases and tags
+    beyond the core schema are problems; so are zero or several documents.
+    """
+    size = len(text) if isinstance(text, bytes) else _utf8_size(text)
+    if size > MAX_MANIFEST_BYTES:
+        message = f"manifest is {size} bytes, more than the limit of {MAX_MANIFEST_BYTES} bytes"
+        raise ManifestError([Problem("", message)])
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            message = f"manifest is not valid UTF-8 (byte {exc.start}: {exc.reason})"
+            raise ManifestError([Problem("", message)]) from None
+    problems: list[Problem] = []
+    data = _load_single_document(text, problems)
+    if problems:
+        raise _refusal(problems)
+    if data is None:
+        raise ManifestError([Problem("", "manifest is empty")])
+    return data
+
+
+def _utf8_size(text: str) -> int:
+    """The encoded size of `text`, without encoding a text that is obviously too big."""
+    if len(text) > MAX_MANIFEST_BYTES:
+        return len(text)  # at least one byte per character: already over the cap
+    # surrogatepass: a lone surrogate is the YAML reader's problem to report, not ours.
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _load_single_document(text: str, problems: list[Problem]) -> object:
+    """Compose and convert exactly one document, recording every problem found."""
+    loader: _StrictLoader | None = None
+    try:
+        loader = _StrictLoader(text)
+        if not loader.check_node():
+            return None
+        node = loader.get_node()
+        if loader.check_node():
+            second = loader.current_event
+            where = _at(second.start_mark if second is not None else None, parens=False)
+            problems.append(
+                Problem(
+                    "", f"the manifest must hold exactly one YAML document; another starts{where}"
+                )
+            )
+            return None
+        return None if node is None else _to_data(loader, node, problems)
+    except _Refused as exc:
+        problems.append(Problem("", f"{exc.message}{_at(exc.mark)}"))
+    except yaml.MarkedYAMLError as exc:
+        problems.append(_syntax_problem(exc))
+    except ReaderError as exc:
+        problems.append(_reader_problem(exc, text))
+    except yaml.YAMLError as exc:  # any other failure of the library, without a position
+        problems.append(Problem("", f"YAML error: {exc}"))
+    finally:
+        if loader is not None:
+            loader.dispose()
+    return None
+
+
+def _to_data(loader: _StrictLoader, node: yaml.Node, problems: list[Problem]) -> object:
+    """Turn a composed node into plain dicts, lists and scalars."""
+    if isinstance(node, yaml.MappingNode):
+        return _mapping_to_data(loader, node, problems)
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_data(loader, item, problems) for item in node.value]
+    return _scalar_to_data(loader, node, problems)
+
+
+def _mapping_to_data(
+    loader: _StrictLoader, node: yaml.MappingNode, problems: list[Problem]
+) -> dict[object, object]:
+    """Build a dict, recording every duplicate key instead of keeping the last silently."""
+    data: dict[object, object] = {}
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            where = _at(key_node.start_mark)
+            problems.append(
+                Problem("", f"a key must be a plain value, not a list or mapping{where}")
+            )
+            continue
+        key = _scalar_to_data(loader, key_node, problems)
+        if key in data:
+            problems.append(Problem("", f"duplicate key {key!r}{_at(key_node.start_mark)}"))
+        data[key] = _to_data(loader, value_node, problems)
+    return data
+
+
+def _scalar_to_data(loader: _StrictLoader, node: yaml.Node, problems: list[Problem]) -> object:
+    """Construct one scalar with the core-schema constructors."""
+    try:
+        return loader.construct_object(node)
+    except (ValueError, LookupError):  # an explicit tag that does not fit, e.g. `!!int abc`
+        text = _short(str(node.value))
+        problems.append(
+            Problem("", f"cannot read {text} as {_tag_text(node.tag)}{_at(node.start_mark)}")
+        )
+        return None
+
+
+def _syntax_problem(exc: yaml.MarkedYAMLError) -> Problem:
+    """One problem for a YAML syntax error, with 1-based line and column."""
+    mark = exc.problem_mark or exc.context_mark
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    what = exc.problem or exc.context or "unreadable YAML"
+    if exc.problem and exc.context:
+        # e.g. "could not find expected ':' (while scanning a simple key at line 2, column 1)"
+        what = f"{exc.problem} ({exc.context}{_at(exc.context_mark, parens=False)})"
+    return Problem("", f"YAML syntax error{where}: {what}")
+
+
+def _reader_problem(exc: ReaderError, text: str) -> Problem:
+    """One problem for a character YAML does not allow anywhere (e.g. NUL)."""
+    position = exc.position if isinstance(exc.position, int) else 0
+    line = text.count("\n", 0, position) + 1
+    column = position - (text.rfind("\n", 0, position) + 1) + 1
+    # PyYAML reports the character's code point for text input, the byte for bytes.
+    code = exc.character
+    shown = f"U+{code:04X}" if isinstance(code, int) else repr(code)
+    message = f"YAML syntax error at line {line}, column {column}: character {shown} is not allowed"
+    return Problem("", message)
+
+
+def _at(mark: _Position | None, *, parens: bool = True) -> str:
+    """' (line L, column C)', 1-based, or '' when the position is unknown."""
+    if mark is None:
+        return ""
+    where = f"line {mark.line + 1}, column {mark.column + 1}"
+    return f" ({where})" if parens else f" at {where}"
+
+
+def _tag_text(tag: str) -> str:
+    """A tag as it was written: '!!python/object' rather than its expanded form."""
+    if tag.startswith(_TAG_PREFIX):
+        return "!!" + tag.removeprefix(_TAG_PREFIX)
+    return tag
+
+
+# --- validation --------------------------------------------------------------
+
+
+def _short(text: str, limit: int = 80) -> str:
+    """A quoted string for a message, cut so that huge values do not flood it."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def _join(path: str, key: str) -> str:
+    """The path of `key` under `path`, e.g. 'env.FOO'; odd keys are quoted: env['a b']."""
+    if re.fullmatch(r"[A-Za-z0-9_.-]{1,80}", key):
+        return f"{path}.{key}" if path else key
+    return f"{path}[{_short(key)}]" if path else _short(key)
+
+
+def _known_fields(
+    mapping: Mapping[object, object], path: str, known: tuple[str, ...], problems: list[Problem]
+) -> dict[str, object]:
+    """The fields of `mapping` that are known; every unknown one is a problem with a suggestion."""
+    fields: dict[str, object] = {}
+    for key, value in mapping.items():
+        if not isinstance(key, str):
+            problems.append(Problem(path, f"field names must be strings, got {_describe(key)}"))
+        elif key in known:
+            fields[key] = value
+        else:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known fields: {', '.join(known)}"
+            problems.append(Problem(_join(path, key), f"unknown field ({hint})"))
+    return fields
+
+
+def _missing(path: str, problems: list[Problem]) -> None:
+    """Record that a required field is absent."""
+    problems.append(Problem(path, "required field is missing"))
+
+
+def _string(value: object, path: str, problems: list[Problem]) -> str | None:
+    """`value` if it is a string, else None and a problem."""
+    if isinstance(value, str):
+        return value
+    problems.append(Problem(path, f"must be a string, got {_describe(value)}"))
+    return None
+
+
+def _integer(value: object, path: str, low: int, high: int, problems: list[Problem]) -> int | None:
+    """`value` if it is an integer in low..high, else None and a problem."""
+    # bool is a subclass of int in Python, and `true` must not pass for 1.
+    if isinstance(value, bool) or not isinstance(value, int):
+        problems.append(Problem(path, f"must be an integer, got {_describe(value)}"))
+        return None
+    if value < low:
+        problems.append(Problem(path, f"must be an integer >= {low}, got {value}"))
+        return None
+    if value > high:
+        problems.append(Problem(path, f"must be an integer <= {high}, got {value}"))
+        return None
+    return value
+
+
+def _duration_field(
+    fields: Mapping[str, object],
+    key: str,
+    path: str,
+    default: float,
+    low: float,
+    high: float,
+    problems: list[Problem],
+) -> float | None:
+    """The duration at `key` in seconds: its default when absent or null, None when invalid."""
+    value = fields.get(key)
+    if value is None:
+        return default
+    try:
+        seconds = parse_duration(value, field=path)
+    except DurationError as exc:
+        problems.append(Problem(path, str(exc)))
+        return None
+    if not low <= seconds <= high:
+        bounds = f"between {format_duration(low)} and {format_duration(high)}"
+        problems.append(Problem(path, f"must be {bounds}, got {format_duration(seconds)}"))
+        return None
+    return seconds
+
+
+def _check_name(
+    fields: Mapping[str, object], key_name: str | None, problems: list[Problem]
+) -> str | None:
+    """The service name: a DNS label equal to the last segment of its KV key."""
+    if "name" not in fields:
+        _missing("name", problems)
+        return None
+    name = _string(fields["name"], "name", problems)
+    if name is None:
+        return None
+    if not _DNS_LABEL_RE.fullmatch(name):
+        problems.append(Problem("name", f"{_DNS_LABEL_RULE}, got {_short(name)}"))
+        return None
+    if key_name is not None:
+        expected = key_name.rsplit("/", 1)[-1]
+        if name != expected:
+            message = f"must equal its key's last segment {expected!r}, got {name!r}"
+            problems.append(Problem("name", message))
+            return None
+    return name
+
+
+def _check_image(fields: Mapping[str, object], problems: list[Problem]) -> str | None:
+    """The image: a Docker image reference."""
+    if "image" not in fields:
+        _missing("image", problems)
+        return None
+    image = _string(fields["image"], "image", problems)
+    if image is None:
+        return None
+    # Length first: it also bounds the work of the regular expression.
+    if len(image) > MAX_IMAGE_CHARS:
+        message = f"must be at most {MAX_IMAGE_CHARS} characters, got {len(image)}"
+        problems.append(Problem("image", message))
+        return None
+    if not _IMAGE_RE.fullmatch(image):
+        lowercase_would_do = image != image.lower() and _IMAGE_RE.fullmatch(image.lower())
+        hint = " (repository names must be lowercase)" if lowercase_would_do else ""
+        problems.append(Problem("image", f"{_IMAGE_RULE}, got {_short(image)}{hint}"))
+        return None
+    return image
+
+
+def _check_replicas(fields: Mapping[str, object], problems: list[Problem]) -> int | None:
+    """The replica count, 0..MAX_REPLICAS."""
+    if "replicas" not in fields:
+        _missing("replicas", problems)
+        return None
+    return _integer(fields["replicas"], "replicas", 0, MAX_REPLICAS, problems)
+
+
+def _check_port(value: object, problems: list[Problem]) -> int | None:
+    """The container port, 1..65535, or None when absent (or invalid: then with a problem)."""
+    if value is None:
+        return None
+    return _integer(value, "port", 1, 65535, problems)
+
+
+def _check_command(value: object, problems: list[Problem]) -> tuple[str, ...] | None:
+    """The command: 1..MAX_COMMAND_ARGS strings, or None for the image's own."""
+    if value is None:
+        return None
+    if not isinstance(value, list | tuple):
+        problems.append(Problem("command", f"must be a list of strings, got {_describe(value)}"))
+        return None
+    if not value:
+        message = "must not be empty (leave it out to run the image's own command)"
+        problems.append(Problem("command", message))
+        return None
+    if len(value) > MAX_COMMAND_ARGS:
+        message = f"must have at most {MAX_COMMAND_ARGS} entries, got {len(value)}"
+        problems.append(Problem("command", message))
+        return None
+    args: list[str] = []
+    for index, item in enumerate(value):
+        arg = _string(item, f"command[{index}]", problems)
+        if arg is not None and _text_ok(arg, f"command[{index}]", MAX_ARG_CHARS, problems):
+            args.append(arg)
+    return tuple(args)
+
+
+def _text_ok(text: str, path: str, max_chars: int, problems: list[Problem]) -> bool:
+    """Whether `text` is short enough and free of NUL (which no process argument can hold)."""
+    if len(text) > max_chars:
+        problems.append(Problem(path, f"must be at most {max_chars} characters, got {len(text)}"))
+        return False
+    if "\0" in text:
+        problems.append(Problem(path, "must not contain NUL characters"))
+        return False
+    return True
+
+
+def _check_env(value: object, problems: list[Problem]) -> tuple[tuple[str, str], ...]:
+    """The environment as (name, value) pairs sorted by name."""
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        message = f"must be a mapping of NAME: value, got {_describe(value)}"
+        problems.append(Problem("env", message))
+        return ()
+    if len(value) > MAX_ENV_ENTRIES:
+        message = f"must have at most {MAX_ENV_ENTRIES} entries, got {len(value)}"
+        problems.append(Problem("env", message))
+        return ()
+    pairs: list[tuple[str, str]] = []
+    for key, item in value.items():
+        if not isinstance(key, str):
+            problems.append(Problem("env", f"variable names must be strings, got {_describe(key)}"))
+            continue
+        name_ok = _env_name_ok(key, problems)
+        env_value = _env_value(item, _join("env", key), key, problems)
+        if name_ok and env_value is not None:
+            pairs.append((key, env_value))
+    return tuple(sorted(pairs))
+
+
+def _env_name_ok(name: str, problems: list[Problem]) -> bool:
+    """Whether `name` is a portable environment variable name."""
+    if len(name) > MAX_ENV_NAME_CHARS:
+        message = f"variable name {_short(name, 40)} is longer than {MAX_ENV_NAME_CHARS} characters"
+        problems.append(Problem("env", message))
+        return False
+    if not _ENV_NAME_RE.fullmatch(name):
+        rule = "letters, digits and '_', not starting with a digit"
+        problems.append(Problem(_join("env", name), f"variable name must use only {rule}"))
+        return False
+    return True
+
+
+def _env_value(value: object, path: str, name: str, problems: list[Problem]) -> str | None:
+    """An environment value: a string, with a hint to quote what YAML typed otherwise."""
+    if isinstance(value, str):
+        if len(value.encode("utf-8", "surrogatepass")) > MAX_ENV_VALUE_BYTES:
+            limit = MAX_ENV_VALUE_BYTES // 1024
+            problems.append(Problem(path, f"must be at most {limit} KiB"))
+            return None
+        if "\0" in value:
+            problems.append(Problem(path, "must not contain NUL characters"))
+            return None
+        return value
+    got = _describe(value)
+    if value is None:
+        hint = ' (write "" for an empty value)'
+    elif isinstance(value, bool):
+        hint = f' (quote it: {name}: "{"true" if value else "false"}")'
+    elif isinstance(value, int | float):
+        hint = f' (quote it: {name}: "{value}")'
+    else:
+        hint = ""
+    problems.append(Problem(path, f"must be a string, got {got}{hint}"))
+    return None
+
+
+def _check_placement(value: object, problems: list[Problem]) -> Placement:
+    """Placement constraints; the default (anywhere) when absent."""
+    if value is None:
+        return Placement()
+    if not isinstance(value, Mapping):
+        problems.append(Problem("placement", f"must be a mapping, got {_describe(value)}"))
+        return Placement()
+    fields = _known_fields(value, "placement", _PLACEMENT_FIELDS, problems)
+    hosts = _check_hosts(fields.get("hosts"), problems)
+    max_per_host_value = fields.get("max_per_host")
+    max_per_host = None
+    if max_per_host_value is not None:
+        max_per_host = _integer(
+            max_per_host_value, "placement.max_per_host", 1, MAX_REPLICAS, problems
+        )
+    return Placement(hosts=hosts, max_per_host=max_per_host)
+
+
+def _check_hosts(value: object, problems: list[Problem]) -> tuple[str, ...] | None:
+    """The allowed hosts: distinct DNS labels, sorted (it is a set; order means nothing)."""
+    path = "placement.hosts"
+    if value is None:
+        return None
+    if not isinstance(value, list | tuple):
+        problems.append(Problem(path, f"must be a list of host names, got {_describe(value)}"))
+        return None
+    if not value:
+        problems.append(Problem(path, "must not be empty (leave it out to allow every host)"))
+        return None
+    if len(value) > MAX_HOSTS:
+        problems.append(Problem(path, f"must have at most {MAX_HOSTS} entries, got {len(value)}"))
+        return None
+    hosts: set[str] = set()
+    for index, item in enumerate(value):
+        host = _string(item, f"{path}[{index}]", problems)
+        if host is None:
+            continue
+        if not _DNS_LABEL_RE.fullmatch(host):
+            problems.append(Problem(f"{path}[{index}]", f"{_DNS_LABEL_RULE}, got {_short(host)}"))
+        elif host in hosts:
+            problems.append(Problem(f"{path}[{index}]", f"{host!r} is listed twice"))
+        hosts.add(host)
+    return tuple(sorted(hosts))
+
+
+def _check_health(value: object, has_port: bool, problems: list[Problem]) -> HealthCheck:
+    """The health check settings; the default (TCP on the port) when absent."""
+    if value is None:
+        return HealthCheck()
+    if not isinstance(value, Mapping):
+        problems.append(Problem("health", f"must be a mapping, got {_describe(value)}"))
+        return HealthCheck()
+    fields = _known_fields(value, "health", _HEALTH_FIELDS, problems)
+    http = _check_http(fields.get("http"), has_port, problems)
+    limits = (HEALTH_MIN_SECONDS, HEALTH_MAX_SECONDS)
+    interval = _duration_field(
+        fields, "interval", "health.interval", _DEFAULT_INTERVAL, *limits, problems
+    )
+    timeout = _duration_field(
+        fields, "timeout", "health.timeout", _DEFAULT_TIMEOUT, *limits, problems
+    )
+    if interval is None or timeout is None:
+        return HealthCheck()
+    if timeout >= interval:
+        # A check that may outlast its interval would overlap the next one.
+        default = "" if fields.get("timeout") is not None else " (the default)"
+        message = (
+            f"must be shorter than health.interval ({format_duration(interval)}), "
+            f"got {format_duration(timeout)}{default}"
+        )
+        problems.append(Problem("health.timeout", message))
+    return HealthCheck(http=http, interval=interval, timeout=timeout)
+
+
+def _check_http(value: object, has_port: bool, problems: list[Problem]) -> str | None:
+    """The HTTP check path: printable ASCII without spaces, starting with '/'."""
+    path = "health.http"
+    if value is None:
+        return None
+    http = _string(value, path, problems)
+    if http is None:
+        return None
+    if not has_port:
+        problems.append(Problem(path, "needs 'port' (the container port to send the check to)"))
+    # Whitelist: the path goes into a Consul check URL, never escaped.
+    if not http.startswith("/"):
+        problems.append(Problem(path, f"must be a path starting with '/', got {_short(http)}"))
+    elif len(http) > MAX_HTTP_PATH_CHARS:
+        message = f"must be at most {MAX_HTTP_PATH_CHARS} characters, got {len(http)}"
+        problems.append(Problem(path, message))
+    elif not all("!" <= char <= "~" for char in http):
+        message = (
+            f"must be printable ASCII without spaces (percent-encode the rest), got {_short(http)}"
+        )
+        problems.append(Problem(path, message))
+    else:
+        return http
+    return None
