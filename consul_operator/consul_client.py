@@ -163,14 +163,10 @@ class ConsulClient:
             )
         return Indexed(int(idx or 0), _entry(raw) if raw else None)
 
-    def kv_list(
-        self, prefix: str, *, index: int = 0, wait: float = DEFAULT_WAIT
-    ) -> Indexed[list[KVEntry]]:
+    def kv_list(self, prefix: str, *, index: int = 0, wait: float = DEFAULT_WAIT) -> Indexed[list[KVEntry]]:
         """Read every key under ``prefix`` (blocking when ``index`` > 0)."""
         with _wrapped(f"listing KV {prefix!r}"):
-            idx, raw = self._client.kv.get(
-                prefix, index=index or None, wait=_go_duration(wait), recurse=True
-            )
+            idx, raw = self._client.kv.get(prefix, index=index or None, wait=_go_duration(wait), recurse=True)
         return Indexed(int(idx or 0), [_entry(item) for item in raw or []])
 
     def kv_put(self, key: str, value: bytes | str, *, cas: int | None = None) -> bool:
@@ -200,9 +196,7 @@ class ConsulClient:
         ex-leader whose session was invalidated gets `NotLeader` and changes
         nothing.
         """
-        ops: list[dict[str, Any]] = [
-            {"KV": {"Verb": "check-session", "Key": lock_key, "Session": session}}
-        ]
+        ops: list[dict[str, Any]] = [{"KV": {"Verb": "check-session", "Key": lock_key, "Session": session}}]
         for key, value in writes.items():
             if value is None:
                 ops.append({"KV": {"Verb": "delete", "Key": key}})
@@ -233,7 +227,9 @@ class ConsulClient:
         }
         with _wrapped("creating a session"):
             result = self._client.http.put(
-                consul.base.CB.json(), "/v1/session/create", data=json.dumps(body),
+                consul.base.CB.json(),
+                "/v1/session/create",
+                data=json.dumps(body),
                 headers=self._client.prepare_headers(),
             )
         return str(result["ID"])
@@ -269,7 +265,9 @@ class ConsulClient:
         }
         with _wrapped(f"registering check {check_id!r}"):
             self._client.http.put(
-                consul.base.CB.boolean(), "/v1/agent/check/register", data=json.dumps(body),
+                consul.base.CB.boolean(),
+                "/v1/agent/check/register",
+                data=json.dumps(body),
                 headers=self._client.prepare_headers(),
             )
 
@@ -277,8 +275,10 @@ class ConsulClient:
         """Register a service (Consul's JSON service definition) on the local agent."""
         with _wrapped(f"registering service {definition.get('ID')!r}"):
             self._client.http.put(
-                consul.base.CB.boolean(), "/v1/agent/service/register",
-                data=json.dumps(definition), headers=self._client.prepare_headers(),
+                consul.base.CB.boolean(),
+                "/v1/agent/service/register",
+                data=json.dumps(definition),
+                headers=self._client.prepare_headers(),
             )
 
     def deregister_service(self, service_id: str) -> None:

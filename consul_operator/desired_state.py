@@ -242,9 +242,7 @@ def manifest_from_dict(data: object, *, key_name: str | None = None) -> Manifest
     env = _check_env(fields.get("env"), problems)
     placement = _check_placement(fields.get("placement"), problems)
     health = _check_health(fields.get("health"), fields.get("port") is not None, problems)
-    drain = _duration_field(
-        fields, "drain", "drain", _DEFAULT_DRAIN, 0.0, MAX_DRAIN_SECONDS, problems
-    )
+    drain = _duration_field(fields, "drain", "drain", _DEFAULT_DRAIN, 0.0, MAX_DRAIN_SECONDS, problems)
     stop_grace = _duration_field(
         fields,
         "stop_grace",
@@ -421,9 +419,7 @@ def _load_single_document(text: str, problems: list[Problem]) -> object:
             second = loader.current_event
             where = _at(second.start_mark if second is not None else None, parens=False)
             problems.append(
-                Problem(
-                    "", f"the manifest must hold exactly one YAML document; another starts{where}"
-                )
+                Problem("", f"the manifest must hold exactly one YAML document; another starts{where}")
             )
             return None
         return None if node is None else _to_data(loader, node, problems)
@@ -458,9 +454,7 @@ def _mapping_to_data(
     for key_node, value_node in node.value:
         if not isinstance(key_node, yaml.ScalarNode):
             where = _at(key_node.start_mark)
-            problems.append(
-                Problem("", f"a key must be a plain value, not a list or mapping{where}")
-            )
+            problems.append(Problem("", f"a key must be a plain value, not a list or mapping{where}"))
             continue
         key = _scalar_to_data(loader, key_node, problems)
         if key in data:
@@ -475,9 +469,7 @@ def _scalar_to_data(loader: _StrictLoader, node: yaml.Node, problems: list[Probl
         return loader.construct_object(node)
     except (ValueError, LookupError):  # an explicit tag that does not fit, e.g. `!!int abc`
         text = _short(str(node.value))
-        problems.append(
-            Problem("", f"cannot read {text} as {_tag_text(node.tag)}{_at(node.start_mark)}")
-        )
+        problems.append(Problem("", f"cannot read {text} as {_tag_text(node.tag)}{_at(node.start_mark)}"))
         return None
 
 
@@ -606,9 +598,7 @@ def _duration_field(
     return seconds
 
 
-def _check_name(
-    fields: Mapping[str, object], key_name: str | None, problems: list[Problem]
-) -> str | None:
+def _check_name(fields: Mapping[str, object], key_name: str | None, problems: list[Problem]) -> str | None:
     """The service name: a DNS label equal to the last segment of its KV key."""
     if "name" not in fields:
         _missing("name", problems)
@@ -771,9 +761,7 @@ def _check_placement(value: object, problems: list[Problem]) -> Placement:
     max_per_host_value = fields.get("max_per_host")
     max_per_host = None
     if max_per_host_value is not None:
-        max_per_host = _integer(
-            max_per_host_value, "placement.max_per_host", 1, MAX_REPLICAS, problems
-        )
+        max_per_host = _integer(max_per_host_value, "placement.max_per_host", 1, MAX_REPLICAS, problems)
     return Placement(hosts=hosts, max_per_host=max_per_host)
 
 
@@ -814,12 +802,8 @@ def _check_health(value: object, has_port: bool, problems: list[Problem]) -> Hea
     fields = _known_fields(value, "health", _HEALTH_FIELDS, problems)
     http = _check_http(fields.get("http"), has_port, problems)
     limits = (HEALTH_MIN_SECONDS, HEALTH_MAX_SECONDS)
-    interval = _duration_field(
-        fields, "interval", "health.interval", _DEFAULT_INTERVAL, *limits, problems
-    )
-    timeout = _duration_field(
-        fields, "timeout", "health.timeout", _DEFAULT_TIMEOUT, *limits, problems
-    )
+    interval = _duration_field(fields, "interval", "health.interval", _DEFAULT_INTERVAL, *limits, problems)
+    timeout = _duration_field(fields, "timeout", "health.timeout", _DEFAULT_TIMEOUT, *limits, problems)
     if interval is None or timeout is None:
         return HealthCheck()
     if timeout >= interval:
@@ -850,9 +834,7 @@ def _check_http(value: object, has_port: bool, problems: list[Problem]) -> str |
         message = f"must be at most {MAX_HTTP_PATH_CHARS} characters, got {len(http)}"
         problems.append(Problem(path, message))
     elif not all("!" <= char <= "~" for char in http):
-        message = (
-            f"must be printable ASCII without spaces (percent-encode the rest), got {_short(http)}"
-        )
+        message = f"must be printable ASCII without spaces (percent-encode the rest), got {_short(http)}"
         problems.append(Problem(path, message))
     else:
         return http

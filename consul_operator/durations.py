@@ -53,26 +53,18 @@ def parse_duration(value: object, *, field: str) -> float:
     if text.startswith("-"):
         raise DurationError(f"must not be negative, got {text!r}", field)
     if _BARE_NUMBER_RE.fullmatch(text):
-        raise DurationError(
-            f"{_EXPECTED}, got {text!r} (a number needs a unit: ms, s, m or h)", field
-        )
+        raise DurationError(f"{_EXPECTED}, got {text!r} (a number needs a unit: ms, s, m or h)", field)
     match = _DURATION_RE.fullmatch(text)
     if match is None or not any(match.groupdict().values()):
         raise DurationError(f"{_EXPECTED}, got {text!r}", field)
     total_ms = sum(
-        (
-            Decimal(number) * _MS_PER_UNIT[unit]
-            for unit, number in match.groupdict().items()
-            if number
-        ),
+        (Decimal(number) * _MS_PER_UNIT[unit] for unit, number in match.groupdict().items() if number),
         Decimal(0),
     )
     if total_ms != total_ms.to_integral_value():
         raise DurationError(f"must be a whole number of milliseconds, got {text!r}", field)
     if total_ms > MAX_DURATION_SECONDS * 1000:
-        raise DurationError(
-            f"must be at most {format_duration(MAX_DURATION_SECONDS)}, got {text!r}", field
-        )
+        raise DurationError(f"must be at most {format_duration(MAX_DURATION_SECONDS)}, got {text!r}", field)
     return int(total_ms) / 1000
 
 

@@ -75,14 +75,10 @@ def test_unreachable_consul_raises_our_error_fast() -> None:
     assert time.monotonic() - started < 10
 
 
-def test_hello_image_answers_with_its_hostname(
-    docker_engine: docker.DockerClient, staging: Staging
-) -> None:
+def test_hello_image_answers_with_its_hostname(docker_engine: docker.DockerClient, staging: Staging) -> None:
     """hello:local answers 'Hello World from <hostname>' on a port published on host-1's address."""
     address = staging.addresses[0]
-    container = docker_engine.containers.run(
-        "hello:local", detach=True, ports={"5000/tcp": (address, None)}
-    )
+    container = docker_engine.containers.run("hello:local", detach=True, ports={"5000/tcp": (address, None)})
     try:
         container.reload()
         binding = container.ports["5000/tcp"][0]

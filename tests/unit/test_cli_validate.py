@@ -21,9 +21,7 @@ def test_good_manifest_prints_ok(capsys: pytest.CaptureFixture[str]) -> None:
     assert "simple.yaml: OK (simple: hello:local, 2 replicas" in out
 
 
-def test_bad_manifest_lists_every_problem(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_bad_manifest_lists_every_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A broken manifest gives exit 1 and each problem on its own line, naming the field."""
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: Simple\nimage: hello:local\nreplica: 2\nplacement: {max_per_host: 0}\n")
@@ -35,9 +33,7 @@ def test_bad_manifest_lists_every_problem(
     assert any(line.startswith(f"{bad}: replicas:") for line in lines)
 
 
-def test_yaml_syntax_error_has_line_and_column(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_yaml_syntax_error_has_line_and_column(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Broken YAML is reported with its position, not a traceback."""
     bad = tmp_path / "broken.yaml"
     bad.write_text("name: simple\nimage: [hello\n")

@@ -12,9 +12,7 @@ from consul_operator.consul_client import BlockingQuery, ConsulAddress, ConsulCl
     [
         pytest.param("127.0.0.11:8500", ConsulAddress("http", "127.0.0.11", 8500), id="host-port"),
         pytest.param("127.0.0.11", ConsulAddress("http", "127.0.0.11", 8500), id="default-port"),
-        pytest.param(
-            "https://consul.local:8501", ConsulAddress("https", "consul.local", 8501), id="https"
-        ),
+        pytest.param("https://consul.local:8501", ConsulAddress("https", "consul.local", 8501), id="https"),
     ],
 )
 def test_address_parsing(text: str, expected: ConsulAddress) -> None:
@@ -69,9 +67,7 @@ def run_query(indexes: list[int]) -> tuple[FakeFetch, list[bool]]:
         pytest.param([0, 0, 3], [0, 1, 1], [True, True, True], id="zero-index-becomes-1"),
     ],
 )
-def test_blocking_query_index_rules(
-    indexes: list[int], asked: list[int], changes: list[bool]
-) -> None:
+def test_blocking_query_index_rules(indexes: list[int], asked: list[int], changes: list[bool]) -> None:
     """The index sent follows Consul's rules: reset when it goes backwards, never 0 after the first read."""
     fetch, seen = run_query(indexes)
     assert fetch.asked == asked
@@ -87,9 +83,7 @@ def test_blocking_query_spaces_out_calls() -> None:
         slept.append(seconds)
         now[0] += seconds
 
-    query = BlockingQuery(
-        FakeFetch([1, 2, 3]), min_interval=0.5, clock=lambda: now[0], sleep=sleep
-    )
+    query = BlockingQuery(FakeFetch([1, 2, 3]), min_interval=0.5, clock=lambda: now[0], sleep=sleep)
     query.next()
     query.next()
     now[0] += 0.2

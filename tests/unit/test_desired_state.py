@@ -47,9 +47,7 @@ WEB = Manifest(name="web", image="hello:local", replicas=2)
 GOOD = [
     pytest.param(doc(), WEB, id="minimal"),
     pytest.param(doc(replicas="0"), Manifest("web", "hello:local", 0), id="zero-replicas"),
-    pytest.param(
-        doc(replicas=str(MAX_REPLICAS)), Manifest("web", "hello:local", MAX_REPLICAS), id="cap"
-    ),
+    pytest.param(doc(replicas=str(MAX_REPLICAS)), Manifest("web", "hello:local", MAX_REPLICAS), id="cap"),
     pytest.param(
         doc(
             "port: 5000\n"
@@ -110,9 +108,7 @@ GOOD = [
         Manifest("web", "hello:local", 2, drain=600.0, stop_grace=600.0),
         id="drain-and-grace-caps",
     ),
-    pytest.param(
-        "---\nreplicas: 2\nimage: hello:local\nname: web\n...\n", WEB, id="explicit-document"
-    ),
+    pytest.param("---\nreplicas: 2\nimage: hello:local\nname: web\n...\n", WEB, id="explicit-document"),
     pytest.param(doc().encode("utf-8"), WEB, id="bytes"),
     pytest.param("\ufeff" + doc(), WEB, id="byte-order-mark"),
     pytest.param(doc(name="a" * 63), Manifest("a" * 63, "hello:local", 2), id="name-63-chars"),
@@ -216,16 +212,10 @@ BAD_YAML = [
         ["YAML tag !!python/object/apply:os.system is not allowed (line 4, column 7)"],
         id="python-tag",
     ),
-    pytest.param(
-        doc("port: !foo 1\n"), ["YAML tag !foo is not allowed (line 4, column 7)"], id="custom-tag"
-    ),
+    pytest.param(doc("port: !foo 1\n"), ["YAML tag !foo is not allowed (line 4, column 7)"], id="custom-tag"),
     pytest.param(doc("env: !!set {A: null}\n"), ["YAML tag !!set is not allowed"], id="set-tag"),
-    pytest.param(
-        doc("env: {A: !!binary aGk=}\n"), ["YAML tag !!binary is not allowed"], id="binary-tag"
-    ),
-    pytest.param(
-        doc("command: !!str [a]\n"), ["YAML tag !!str is not allowed"], id="scalar-tag-on-list"
-    ),
+    pytest.param(doc("env: {A: !!binary aGk=}\n"), ["YAML tag !!binary is not allowed"], id="binary-tag"),
+    pytest.param(doc("command: !!str [a]\n"), ["YAML tag !!str is not allowed"], id="scalar-tag-on-list"),
     pytest.param(
         doc("port: !!int eighty\n"),
         ["cannot read 'eighty' as !!int (line 4, column 7)"],
@@ -260,10 +250,7 @@ BAD_YAML = [
     ),
     pytest.param(
         b"#" * (MAX_MANIFEST_BYTES + 1),
-        [
-            f"manifest is {MAX_MANIFEST_BYTES + 1} bytes, "
-            f"more than the limit of {MAX_MANIFEST_BYTES} bytes"
-        ],
+        [f"manifest is {MAX_MANIFEST_BYTES + 1} bytes, more than the limit of {MAX_MANIFEST_BYTES} bytes"],
         id="size-cap-bytes",
     ),
     pytest.param(
@@ -277,9 +264,7 @@ BAD_YAML = [
 
 BAD_FIELDS = [
     # unknown fields
-    pytest.param(
-        doc("replica: 3\n"), ["replica: unknown field (did you mean 'replicas'?)"], id="typo-top"
-    ),
+    pytest.param(doc("replica: 3\n"), ["replica: unknown field (did you mean 'replicas'?)"], id="typo-top"),
     pytest.param(
         doc("colour: blue\n"),
         ["colour: unknown field (known fields: name, image, replicas, port,"],
@@ -295,9 +280,7 @@ BAD_FIELDS = [
         ["health.timout: unknown field (did you mean 'timeout'?)"],
         id="typo-health",
     ),
-    pytest.param(
-        doc("1: x\n"), ["field names must be strings, got integer 1"], id="non-string-field-name"
-    ),
+    pytest.param(doc("1: x\n"), ["field names must be strings, got integer 1"], id="non-string-field-name"),
     # name
     pytest.param(doc(name=None), ["name: required field is missing"], id="name-missing"),
     pytest.param(doc(name="[web]"), ["name: must be a string, got list"], id="name-list"),
@@ -327,38 +310,26 @@ BAD_FIELDS = [
         ["image: must be an image reference"],
         id="image-short-digest",
     ),
-    pytest.param(
-        doc(image="app:" + "t" * 129), ["image: must be an image reference"], id="image-long-tag"
-    ),
+    pytest.param(doc(image="app:" + "t" * 129), ["image: must be an image reference"], id="image-long-tag"),
     pytest.param(
         doc(image="a" * 256),
         ["image: must be at most 255 characters, got 256"],
         id="image-too-long",
     ),
     # replicas
-    pytest.param(
-        doc(replicas=None), ["replicas: required field is missing"], id="replicas-missing"
-    ),
+    pytest.param(doc(replicas=None), ["replicas: required field is missing"], id="replicas-missing"),
     pytest.param(
         doc(replicas="true"), ["replicas: must be an integer, got boolean true"], id="replicas-bool"
     ),
-    pytest.param(
-        doc(replicas="2.5"), ["replicas: must be an integer, got number 2.5"], id="replicas-float"
-    ),
+    pytest.param(doc(replicas="2.5"), ["replicas: must be an integer, got number 2.5"], id="replicas-float"),
     pytest.param(
         doc(replicas="2.0"),
         ["replicas: must be an integer, got number 2.0"],
         id="replicas-whole-float",
     ),
-    pytest.param(
-        doc(replicas="'2'"), ["replicas: must be an integer, got string '2'"], id="replicas-string"
-    ),
-    pytest.param(
-        doc(replicas="yes"), ["replicas: must be an integer, got string 'yes'"], id="replicas-yes"
-    ),
-    pytest.param(
-        doc(replicas="-1"), ["replicas: must be an integer >= 0, got -1"], id="replicas-negative"
-    ),
+    pytest.param(doc(replicas="'2'"), ["replicas: must be an integer, got string '2'"], id="replicas-string"),
+    pytest.param(doc(replicas="yes"), ["replicas: must be an integer, got string 'yes'"], id="replicas-yes"),
+    pytest.param(doc(replicas="-1"), ["replicas: must be an integer >= 0, got -1"], id="replicas-negative"),
     pytest.param(
         doc(replicas=str(MAX_REPLICAS + 1)),
         [f"replicas: must be an integer <= {MAX_REPLICAS}, got {MAX_REPLICAS + 1}"],
@@ -367,18 +338,10 @@ BAD_FIELDS = [
     pytest.param(doc(replicas=""), ["replicas: must be an integer, got null"], id="replicas-null"),
     # port
     pytest.param(doc("port: 0\n"), ["port: must be an integer >= 1, got 0"], id="port-zero"),
-    pytest.param(
-        doc("port: 65536\n"), ["port: must be an integer <= 65535, got 65536"], id="port-too-big"
-    ),
-    pytest.param(
-        doc("port: false\n"), ["port: must be an integer, got boolean false"], id="port-bool"
-    ),
-    pytest.param(
-        doc("port: '80'\n"), ["port: must be an integer, got string '80'"], id="port-string"
-    ),
-    pytest.param(
-        doc("port: 080\n"), ["port: must be an integer, got string '080'"], id="port-octal"
-    ),
+    pytest.param(doc("port: 65536\n"), ["port: must be an integer <= 65535, got 65536"], id="port-too-big"),
+    pytest.param(doc("port: false\n"), ["port: must be an integer, got boolean false"], id="port-bool"),
+    pytest.param(doc("port: '80'\n"), ["port: must be an integer, got string '80'"], id="port-string"),
+    pytest.param(doc("port: 080\n"), ["port: must be an integer, got string '080'"], id="port-octal"),
     # command
     pytest.param(
         doc("command: httpd -f\n"),
@@ -407,9 +370,7 @@ BAD_FIELDS = [
         id="command-nul",
     ),
     # env
-    pytest.param(
-        doc("env: [A=b]\n"), ["env: must be a mapping of NAME: value, got list"], id="env-list"
-    ),
+    pytest.param(doc("env: [A=b]\n"), ["env: must be a mapping of NAME: value, got list"], id="env-list"),
     pytest.param(
         doc("env: {" + ", ".join(f"V{i}: x" for i in range(129)) + "}\n"),
         ["env: must have at most 128 entries, got 129"],
@@ -430,21 +391,16 @@ BAD_FIELDS = [
         ['env.EMPTY: must be a string, got null (write "" for an empty value)'],
         id="env-null-value",
     ),
-    pytest.param(
-        doc("env: {LIST: [a]}\n"), ["env.LIST: must be a string, got list"], id="env-list-value"
-    ),
+    pytest.param(doc("env: {LIST: [a]}\n"), ["env.LIST: must be a string, got list"], id="env-list-value"),
     pytest.param(
         doc("env: {1FOO: x, FOO-BAR: y}\n"),
         [
-            "env.1FOO: variable name must use only letters, digits and '_', "
-            "not starting with a digit",
+            "env.1FOO: variable name must use only letters, digits and '_', not starting with a digit",
             "env.FOO-BAR: variable name must use only",
         ],
         id="env-bad-names",
     ),
-    pytest.param(
-        doc("env: {'A B': x}\n"), ["env['A B']: variable name must use only"], id="env-name-space"
-    ),
+    pytest.param(doc("env: {'A B': x}\n"), ["env['A B']: variable name must use only"], id="env-name-space"),
     pytest.param(
         doc("env: {" + "A" * 257 + ": x}\n"),
         ["env: variable name 'AAAA", "is longer than 256 characters"],
@@ -455,9 +411,7 @@ BAD_FIELDS = [
         ["env.BIG: must be at most 32 KiB"],
         id="env-value-too-big",
     ),
-    pytest.param(
-        doc('env: {A: "x\\0"}\n'), ["env.A: must not contain NUL characters"], id="env-value-nul"
-    ),
+    pytest.param(doc('env: {A: "x\\0"}\n'), ["env.A: must not contain NUL characters"], id="env-value-nul"),
     pytest.param(
         doc("env: {1: x}\n"),
         ["env: variable names must be strings, got integer 1"],
@@ -519,9 +473,7 @@ BAD_FIELDS = [
         ["health: must be a mapping, got string '/health'"],
         id="health-string",
     ),
-    pytest.param(
-        doc("health: {http: /health}\n"), ["health.http: needs 'port'"], id="http-without-port"
-    ),
+    pytest.param(doc("health: {http: /health}\n"), ["health.http: needs 'port'"], id="http-without-port"),
     pytest.param(
         doc("port: 80\nhealth: {http: health}\n"),
         ["health.http: must be a path starting with '/', got 'health'"],
@@ -581,9 +533,7 @@ BAD_FIELDS = [
         ["""drain: must be a duration like "2s" or "500ms", got '2 sec'"""],
         id="drain-bad-duration",
     ),
-    pytest.param(
-        doc("drain: 11m\n"), ["drain: must be between 0s and 10m, got 11m"], id="drain-too-long"
-    ),
+    pytest.param(doc("drain: 11m\n"), ["drain: must be between 0s and 10m, got 11m"], id="drain-too-long"),
     pytest.param(
         doc("stop_grace: -1s\n"),
         ["stop_grace: must not be negative, got '-1s'"],
@@ -679,9 +629,7 @@ def test_manifest_from_dict_validates_loaded_data() -> None:
     [
         pytest.param(None, "manifest is empty", id="none"),
         pytest.param([], "the top level must be a mapping of fields, got list", id="list"),
-        pytest.param(
-            "web", "the top level must be a mapping of fields, got string 'web'", id="str"
-        ),
+        pytest.param("web", "the top level must be a mapping of fields, got string 'web'", id="str"),
     ],
 )
 def test_manifest_from_dict_needs_a_mapping(data: object, expected: str) -> None:
@@ -807,24 +755,15 @@ def test_spec_hash_ignores_what_does_not_replace_containers(change: dict[str, st
         pytest.param(doc("env: {GREETING: hello}\n"), id="env-value"),
         pytest.param(doc("env: {GREETING: hi}\n"), id="env-entry-removed"),
         pytest.param(
-            doc(
-                "port: 5001\ncommand: [httpd, -f]\nenv: {GREETING: hi, OTHER: x}\n"
-                "health: {http: /health}\n"
-            ),
+            doc("port: 5001\ncommand: [httpd, -f]\nenv: {GREETING: hi, OTHER: x}\nhealth: {http: /health}\n"),
             id="port",
         ),
         pytest.param(
-            doc(
-                "port: 5000\ncommand: [httpd]\nenv: {GREETING: hi, OTHER: x}\n"
-                "health: {http: /health}\n"
-            ),
+            doc("port: 5000\ncommand: [httpd]\nenv: {GREETING: hi, OTHER: x}\nhealth: {http: /health}\n"),
             id="command",
         ),
         pytest.param(
-            doc(
-                "port: 5000\ncommand: [httpd, -f]\nenv: {GREETING: hi, OTHER: x}\n"
-                "health: {http: /ready}\n"
-            ),
+            doc("port: 5000\ncommand: [httpd, -f]\nenv: {GREETING: hi, OTHER: x}\nhealth: {http: /ready}\n"),
             id="health-path",
         ),
     ],

@@ -28,9 +28,7 @@ BAD = [
     pytest.param("", "got ''", id="empty"),
     pytest.param("2", "(a number needs a unit", id="bare-number-string"),
     pytest.param("1.5", "(a number needs a unit", id="bare-decimal-string"),
-    pytest.param(
-        "2 sec", """must be a duration like "2s" or "500ms", got '2 sec'""", id="word-unit"
-    ),
+    pytest.param("2 sec", """must be a duration like "2s" or "500ms", got '2 sec'""", id="word-unit"),
     pytest.param("2 s", "got '2 s'", id="inner-space"),
     pytest.param(" 2s", "got ' 2s'", id="leading-space"),
     pytest.param("2s ", "got '2s '", id="trailing-space"),
