@@ -26,6 +26,7 @@ from typing import Any, Generic, TypeVar
 
 import consul
 import requests
+from consul.callback import CB
 
 from consul_operator.errors import (
     ConsulError,
@@ -35,6 +36,7 @@ from consul_operator.errors import (
 )
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 DEFAULT_ADDR = "127.0.0.1:8500"
 DEFAULT_TIMEOUT = 5.0  # seconds, for every non-blocking request
@@ -77,11 +79,11 @@ class KVEntry:
 
 
 @dataclass(frozen=True, slots=True)
-class Indexed(Generic[T]):
+class Indexed(Generic[T_co]):
     """A read result with the Consul index it was read at."""
 
     index: int
-    value: T
+    value: T_co
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +229,7 @@ class ConsulClient:
         }
         with _wrapped("creating a session"):
             result = self._client.http.put(
-                consul.base.CB.json(),
+                CB.json(),
                 "/v1/session/create",
                 data=json.dumps(body),
                 headers=self._client.prepare_headers(),
@@ -265,7 +267,7 @@ class ConsulClient:
         }
         with _wrapped(f"registering check {check_id!r}"):
             self._client.http.put(
-                consul.base.CB.boolean(),
+                CB.boolean(),
                 "/v1/agent/check/register",
                 data=json.dumps(body),
                 headers=self._client.prepare_headers(),
@@ -275,7 +277,7 @@ class ConsulClient:
         """Register a service (Consul's JSON service definition) on the local agent."""
         with _wrapped(f"registering service {definition.get('ID')!r}"):
             self._client.http.put(
-                consul.base.CB.boolean(),
+                CB.boolean(),
                 "/v1/agent/service/register",
                 data=json.dumps(definition),
                 headers=self._client.prepare_headers(),
@@ -325,6 +327,12 @@ class ConsulClient:
             for item in nodes or []
         ]
         return Indexed(int(idx or 0), instances)
+
+    def health_node(self, node: str, *, index: int = 0, wait: float = DEFAULT_WAIT) -> Indexed[list[str]]:
+        """The check statuses of one node (blocking when ``index`` > 0): a wake-up source."""
+        with _wrapped(f"reading the checks of node {node!r}"):
+            idx, checks = self._client.health.node(node, index=index or None, wait=_go_duration(wait))
+        return Indexed(int(idx or 0), [f"{c['CheckID']}={c['Status']}" for c in checks or []])
 
     def leader(self) -> str:
         """The Raft leader's address, or "" when the cluster has none."""

@@ -8,11 +8,18 @@ an unreachable dependency.
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from consul_operator.desired_state import ManifestError, parse_manifest
+from consul_operator.durations import DurationError, parse_duration
+from consul_operator.keys import Layout
+from consul_operator.logs import configure as configure_logs
+from consul_operator.presence import parse_label
 
 EXIT_OK = 0
 EXIT_NOT_OK = 1
@@ -43,6 +50,81 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return worst
 
 
+def _duration(text: str) -> float:
+    """argparse type for durations like 3s or 500ms."""
+    try:
+        return parse_duration(text, field="flag")
+    except DurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _label(text: str) -> tuple[str, str]:
+    """argparse type for --label key=value."""
+    try:
+        return parse_label(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _host_name(text: str) -> str:
+    """argparse type for host names: DNS labels, since they end up in KV keys and container names."""
+    if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", text):
+        raise argparse.ArgumentTypeError(f"a host name must be a DNS label, got {text!r}")
+    return text
+
+
+def _address(text: str) -> str:
+    """argparse type for an IP address."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an IP address: {text!r}") from exc
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    """Flags every command that talks to Consul shares."""
+    parser.add_argument("--consul", metavar="ADDR", help="Consul HTTP address (default: $CONSUL_HTTP_ADDR)")
+    parser.add_argument("--token", help="Consul ACL token (default: $CONSUL_HTTP_TOKEN)")
+    parser.add_argument(
+        "--services-prefix",
+        default=os.environ.get("OPERATOR_SERVICES_PREFIX", "services/"),
+        help="KV prefix of the manifests (default: services/)",
+    )
+    parser.add_argument(
+        "--operator-prefix",
+        default=os.environ.get("OPERATOR_PREFIX", "operator/"),
+        help="KV prefix of the operator's own state (default: operator/)",
+    )
+    parser.add_argument(
+        "--cluster",
+        default=os.environ.get("OPERATOR_CLUSTER", "default"),
+        help="name of this operator cluster: labels its containers and registrations",
+    )
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    """Run the agent of one app host until SIGTERM."""
+    from consul_operator.agent import AgentConfig, run_agent
+
+    configure_logs(args.log_level, json=args.log_json)
+    config = AgentConfig(
+        host=args.host,
+        advertise=args.advertise,
+        consul_addr=args.consul,
+        consul_token=args.token,
+        docker_host=args.docker,
+        cluster=args.cluster,
+        layout=Layout(args.services_prefix, args.operator_prefix),
+        labels=dict(args.label),
+        metrics_addr=args.metrics,
+        ttl=args.ttl,
+        lock_delay=args.lock_delay,
+        lost_grace=args.lost_grace,
+        resync=args.resync,
+    )
+    return run_agent(config)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of every subcommand."""
     parser = argparse.ArgumentParser(
@@ -54,6 +136,40 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check manifest files locally ('-' reads stdin)")
     validate.add_argument("files", nargs="+", metavar="FILE")
     validate.set_defaults(func=cmd_validate)
+
+    agent = sub.add_parser("agent", help="run the agent of one app host")
+    _add_common(agent)
+    agent.add_argument("--host", required=True, type=_host_name, help="this app host's name")
+    agent.add_argument(
+        "--advertise",
+        default="127.0.0.1",
+        type=_address,
+        help="address to publish container ports on and register in Consul",
+    )
+    agent.add_argument("--docker", metavar="URL", help="Docker engine (default: $DOCKER_HOST or the socket)")
+    agent.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        type=_label,
+        metavar="KEY=VALUE",
+        help="a label of this host, for placement (repeatable)",
+    )
+    agent.add_argument("--metrics", metavar="ADDR", help="serve /metrics and /healthz on host:port")
+    agent.add_argument("--ttl", type=_duration, default=3.0, help="TTL of the agent's liveness check (3s)")
+    agent.add_argument(
+        "--lock-delay", type=_duration, default=1.0, help="Consul lock-delay of the leader session (1s)"
+    )
+    agent.add_argument(
+        "--lost-grace",
+        type=_duration,
+        default=10.0,
+        help="how long a lost host keeps its replicas before they move (10s)",
+    )
+    agent.add_argument("--resync", type=_duration, default=15.0, help="safety-net resync period (15s)")
+    agent.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    agent.add_argument("--log-json", action="store_true", default=None, help="JSON log lines even on a tty")
+    agent.set_defaults(func=cmd_agent)
     return parser
 
 

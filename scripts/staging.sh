@@ -2,8 +2,8 @@
 # The local staging environment of the design: three "hosts" on loopback
 # addresses, all of it real processes.
 #
-#   host-1  127.0.0.11  Consul server
-#   host-2  127.0.0.12  Consul server
+#   host-1  127.0.0.11  Consul server, operator agent --host host-1 (metrics :9810)
+#   host-2  127.0.0.12  Consul server, operator agent --host host-2 (metrics :9810)
 #   host-3  127.0.0.13  Consul server
 #
 # usage: staging.sh up | down | status
@@ -18,6 +18,7 @@
 #   STAGING_NAME   name of the environment, also the containers' cluster label (default: staging)
 #   STAGING_ADDRS  the three hosts' addresses (default: "127.0.0.11 127.0.0.12 127.0.0.13")
 #   RUN_DIR        state, logs and pid files (default: .run/$STAGING_NAME)
+#   AGENT_ARGS     extra flags for every `operator agent` (e.g. "--lost-grace 5s")
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -125,10 +126,22 @@ remove_containers() {
   fi
 }
 
+agents_up() {
+  local py="$ROOT/.venv/bin/python" i
+  [[ -x $py ]] || die "no .venv: run 'make deps'"
+  for i in 0 1; do
+    local host=${HOSTS[$i]} addr=${ADDRS[$i]}
+    # shellcheck disable=SC2086
+    spawn "agent-$host" "$py" -m consul_operator agent --host "$host" --advertise "$addr" \
+      --consul "$addr:8500" --cluster "$NAME" --metrics "$addr:9810" --log-json ${AGENT_ARGS:-}
+  done
+}
+
 cmd_up() {
   mkdir -p "$PIDS" "$LOGS"
   consul_up
-  say "up: Consul on ${ADDRS[*]} (HTTP :8500); logs in $LOGS"
+  agents_up
+  say "up: Consul on ${ADDRS[*]} (HTTP :8500), agents of host-1 and host-2; logs in $LOGS"
 }
 
 cmd_down() {

@@ -1,0 +1,200 @@
+"""Containers: list ours, start replicas, stop and remove them, watch Docker's events.
+
+Only containers labelled with this operator's cluster *and* host are ever
+listed, changed or removed; anything else on the engine is invisible here.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import docker
+import structlog
+
+from consul_operator.desired_state import Manifest
+from consul_operator.docker_client import docker_errors
+from consul_operator.errors import DockerError, ImageNotFound
+from consul_operator.model import (
+    LABEL_CLUSTER,
+    LABEL_HOST,
+    LABEL_SERVICE,
+    LABEL_SPEC,
+    ContainerInfo,
+)
+
+log = structlog.get_logger()
+
+
+def _timestamp(text: str | None) -> float | None:
+    """Docker's RFC 3339 time (nanoseconds, 'Z'), or its zero time, as Unix seconds."""
+    if not text or text.startswith("0001-"):
+        return None
+    head, _, frac = text.rstrip("Z").partition(".")
+    micro = (frac + "000000")[:6] if frac else "0"
+    return datetime.fromisoformat(f"{head}.{micro}+00:00").timestamp()
+
+
+def container_name(service: str, host: str) -> str:
+    """A fresh, unique name; it is also the replica's Consul service id."""
+    return f"{service}-{host}-{secrets.token_hex(3)}"
+
+
+class DockerActuator:
+    """Our containers on one host."""
+
+    def __init__(self, client: docker.DockerClient, *, cluster: str, host: str, advertise: str) -> None:
+        self.client = client
+        self.cluster = cluster
+        self.host = host
+        self.advertise = advertise
+
+    @property
+    def label_filters(self) -> list[str]:
+        """Docker filter for exactly our containers on this host."""
+        return [f"{LABEL_CLUSTER}={self.cluster}", f"{LABEL_HOST}={self.host}"]
+
+    def list_containers(self) -> list[ContainerInfo]:
+        """Our containers on this host, in every state; stopped ones with their exit details."""
+        with docker_errors("listing containers"):
+            summaries = self.client.api.containers(all=True, filters={"label": self.label_filters})
+        infos = []
+        for summary in summaries:
+            if summary.get("State") == "running":
+                infos.append(self._from_summary(summary))
+                continue
+            # Exit code and times are only in the full inspect; few containers need it.
+            try:
+                with docker_errors("inspecting a container"):
+                    infos.append(self._from_inspect(self.client.api.inspect_container(summary["Id"])))
+            except DockerError:
+                continue  # removed between list and inspect
+        return infos
+
+    def _from_summary(self, summary: dict[str, Any]) -> ContainerInfo:
+        labels = summary.get("Labels") or {}
+        port = next(
+            (
+                int(p["PublicPort"])
+                for p in summary.get("Ports") or []
+                if p.get("PublicPort") and p.get("IP") == self.advertise
+            ),
+            None,
+        )
+        return ContainerInfo(
+            id=summary["Id"],
+            name=summary["Names"][0].lstrip("/") if summary.get("Names") else summary["Id"][:12],
+            service=labels.get(LABEL_SERVICE, ""),
+            spec_hash=labels.get(LABEL_SPEC, ""),
+            state=summary.get("State", "unknown"),
+            host_port=port,
+            created_at=float(summary.get("Created", 0)),
+            # The listing has no start time; we start every container right after
+            # creating it and never let Docker restart it, so creation is close enough.
+            started_at=float(summary.get("Created", 0)),
+        )
+
+    def _from_inspect(self, data: dict[str, Any]) -> ContainerInfo:
+        labels = data["Config"].get("Labels") or {}
+        state = data.get("State") or {}
+        port = None
+        for binding in ((data.get("NetworkSettings") or {}).get("Ports") or {}).values():
+            for item in binding or []:
+                if item.get("HostIp") == self.advertise and item.get("HostPort"):
+                    port = int(item["HostPort"])
+        return ContainerInfo(
+            id=data["Id"],
+            name=data["Name"].lstrip("/"),
+            service=labels.get(LABEL_SERVICE, ""),
+            spec_hash=labels.get(LABEL_SPEC, ""),
+            state=state.get("Status", "unknown"),
+            host_port=port,
+            created_at=_timestamp(data.get("Created")) or 0.0,
+            started_at=_timestamp(state.get("StartedAt")),
+            finished_at=_timestamp(state.get("FinishedAt")),
+            exit_code=state.get("ExitCode"),
+            error=state.get("Error") or "",
+        )
+
+    def start(self, manifest: Manifest, *, name: str | None = None) -> ContainerInfo:
+        """Create and start one replica; a container that fails to start is removed again."""
+        name = name or container_name(manifest.name, self.host)
+        ports = {f"{manifest.port}/tcp": (self.advertise, None)} if manifest.port else {}
+        labels = {
+            LABEL_CLUSTER: self.cluster,
+            LABEL_HOST: self.host,
+            LABEL_SERVICE: manifest.name,
+            LABEL_SPEC: manifest.spec_hash(),
+        }
+        self._ensure_image(manifest.image)
+        with docker_errors(f"creating {name}"):
+            container = self.client.containers.create(
+                manifest.image,
+                name=name,
+                command=list(manifest.command) if manifest.command else None,
+                environment=manifest.env_dict,
+                labels=labels,
+                ports=ports,
+                detach=True,
+            )
+        try:
+            with docker_errors(f"starting {name}"):
+                container.start()
+            return self._from_inspect(self.client.api.inspect_container(container.id))
+        except DockerError:
+            self.remove(container.id)  # no half-started leftovers (a port clash, say)
+            raise
+
+    def _ensure_image(self, image: str) -> None:
+        """Use a local image; pull it only when it is not here."""
+        try:
+            with docker_errors(f"looking up image {image}"):
+                self.client.images.get(image)
+            return
+        except ImageNotFound:
+            pass
+        with docker_errors(f"pulling image {image}"):
+            try:
+                self.client.images.pull(image)
+            except docker.errors.APIError as exc:
+                raise ImageNotFound(f"image {image} is not here and cannot be pulled: {exc}") from exc
+
+    def stop(self, container_id: str, grace: float) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds."""
+        with docker_errors(f"stopping {container_id[:12]}"):
+            self.client.api.stop(container_id, timeout=max(0, round(grace)))
+
+    def remove(self, container_id: str) -> None:
+        """Remove a container (forcefully: it may still be running after a failed stop)."""
+        try:
+            with docker_errors(f"removing {container_id[:12]}"):
+                self.client.api.remove_container(container_id, force=True)
+        except DockerError as exc:
+            if "No such container" not in str(exc) and "not found" not in str(exc):
+                raise
+
+    def watch_events(self, on_event: Callable[[], None], stop: threading.Event) -> None:
+        """Call ``on_event`` for every event of our containers; reconnect after engine restarts."""
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                with docker_errors("watching events"):
+                    stream = self.client.events(
+                        decode=True, filters={"type": "container", "label": self.label_filters}
+                    )
+                    on_event()  # we may have missed events while disconnected
+                    delay = 0.5
+                    for _ in stream:
+                        on_event()
+                        if stop.is_set():
+                            break
+            except DockerError as exc:
+                log.warning("docker events stream lost", host=self.host, error=str(exc))
+            except Exception as exc:  # the stream ends with requests/urllib3 errors on engine exit
+                log.warning("docker events stream ended", host=self.host, error=str(exc))
+            on_event()
+            stop.wait(delay)
+            delay = min(delay * 2, 10.0)

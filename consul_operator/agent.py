@@ -1,0 +1,177 @@
+"""``operator agent``: one per app host. Wires presence, election, watches and the two loops.
+
+Threads, all daemons, all stopped by one ``stop`` event:
+
+* heartbeat   keeps the agent's TTL check passing (presence, and the leader session)
+* election    campaigns for ``operator/leader`` and watches it
+* watches     blocking queries on manifests, placements, this node's checks and
+              the agents' health; Docker's event stream. They only fire triggers.
+* host loop   reconciles this host's containers (every agent)
+* schedule    places replicas (does work only while leading)
+
+SIGTERM/SIGINT: stop the loops, give the lock up, leave every container running.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from dataclasses import dataclass
+from types import FrameType
+
+import structlog
+
+from consul_operator import metrics
+from consul_operator.actuators.catalog import CatalogActuator
+from consul_operator.actuators.docker import DockerActuator
+from consul_operator.consul_client import ConsulClient
+from consul_operator.docker_client import connect
+from consul_operator.errors import ConsulError
+from consul_operator.host_agent import Executor, HostAgent
+from consul_operator.keys import Layout
+from consul_operator.kv_state import start_watch
+from consul_operator.leader import LeaderElection
+from consul_operator.loop import Trigger, run_loop
+from consul_operator.presence import AGENT_SERVICE, Presence
+from consul_operator.scheduler import Scheduler
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything ``operator agent`` is told on its command line."""
+
+    host: str
+    advertise: str
+    consul_addr: str | None
+    consul_token: str | None
+    docker_host: str | None
+    cluster: str
+    layout: Layout
+    labels: dict[str, str]
+    metrics_addr: str | None
+    ttl: float
+    lock_delay: float
+    lost_grace: float
+    resync: float
+
+
+def run_agent(config: AgentConfig) -> int:
+    """Run until SIGTERM/SIGINT; returns the exit code."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal received, stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    consul = ConsulClient(config.consul_addr, config.consul_token)
+    docker_actuator = DockerActuator(
+        connect(config.docker_host), cluster=config.cluster, host=config.host, advertise=config.advertise
+    )
+    catalog = CatalogActuator(consul, cluster=config.cluster, host=config.host, advertise=config.advertise)
+    if config.metrics_addr:
+        metrics.serve(config.metrics_addr)
+
+    host_trigger, schedule_trigger = Trigger(), Trigger()
+    presence = Presence(
+        consul,
+        host=config.host,
+        cluster=config.cluster,
+        advertise=config.advertise,
+        labels=config.labels,
+        ttl=config.ttl,
+    )
+    _register_until_done(presence, stop)
+    election = LeaderElection(
+        consul,
+        config.layout,
+        host=config.host,
+        lock_delay=config.lock_delay,
+        on_change=lambda _: schedule_trigger.fire(),
+    )
+    executor = Executor(docker_actuator, catalog, on_done=host_trigger.fire, stop=stop)
+    host_agent = HostAgent(consul, config.layout, config.host, docker_actuator, catalog, executor)
+    scheduler = Scheduler(consul, config.layout, election, config.cluster, config.lost_grace)
+    node = _node_name(consul, stop)
+
+    both = [host_trigger, schedule_trigger]
+    layout = config.layout
+    threads = [
+        threading.Thread(target=presence.heartbeat, args=(stop,), name="heartbeat", daemon=True),
+        threading.Thread(target=election.run, args=(stop,), name="election", daemon=True),
+        threading.Thread(
+            target=docker_actuator.watch_events,
+            args=(host_trigger.fire, stop),
+            name="docker-events",
+            daemon=True,
+        ),
+    ]
+    for thread in threads:
+        thread.start()
+    start_watch("services", lambda i, w: consul.kv_list(layout.services_prefix, index=i, wait=w), both, stop)
+    start_watch(
+        "placements",
+        lambda i, w: consul.kv_list(layout.placement_prefix, index=i, wait=w),
+        [host_trigger],
+        stop,
+    )
+    start_watch("node-checks", lambda i, w: consul.health_node(node, index=i, wait=w), [host_trigger], stop)
+    start_watch(
+        "agents", lambda i, w: consul.health_service(AGENT_SERVICE, index=i, wait=w), [schedule_trigger], stop
+    )
+    loops = [
+        threading.Thread(
+            target=run_loop,
+            args=("host", host_agent.reconcile, host_trigger, stop),
+            kwargs={"resync": config.resync},
+            name="host-loop",
+        ),
+        threading.Thread(
+            target=run_loop,
+            args=("schedule", scheduler.reconcile, schedule_trigger, stop),
+            kwargs={"resync": config.resync},
+            name="schedule-loop",
+        ),
+    ]
+    for thread in loops:
+        thread.start()
+    log.info("agent started", host=config.host, advertise=config.advertise, cluster=config.cluster)
+
+    while not stop.wait(1.0):
+        pass
+    host_trigger.fire()
+    schedule_trigger.fire()
+    for thread in loops:
+        thread.join(timeout=30)
+    election.resign()
+    executor.shutdown()
+    log.info("agent stopped; containers left running", host=config.host)
+    return 0
+
+
+def _register_until_done(presence: Presence, stop: threading.Event) -> None:
+    """Register the agent, retrying while Consul is away (an agent may start before Consul)."""
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            presence.register()
+            return
+        except ConsulError as exc:
+            log.warning("cannot register with Consul yet", error=str(exc), retry_in=delay)
+            stop.wait(delay)
+            delay = min(delay * 2, 10.0)
+
+
+def _node_name(consul: ConsulClient, stop: threading.Event) -> str:
+    """The Consul node name of our local agent, whose checks we watch."""
+    while True:
+        try:
+            return consul.agent_node_name()
+        except ConsulError as exc:
+            log.warning("cannot read the Consul node name yet", error=str(exc))
+            if stop.wait(1.0):
+                return ""

@@ -1,0 +1,63 @@
+"""The KV layout (see the design's "Data in Consul KV"), under configurable prefixes.
+
+Several independent environments can share one Consul cluster by using
+different prefixes: ``services/`` for what people write, ``operator/`` for
+what the operator writes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def _prefix(value: str) -> str:
+    value = value.strip("/")
+    if not value:
+        raise ValueError("a KV prefix must not be empty")
+    return value + "/"
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Where each piece of state lives in Consul KV."""
+
+    services_prefix: str = "services/"
+    operator_prefix: str = "operator/"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "services_prefix", _prefix(self.services_prefix))
+        object.__setattr__(self, "operator_prefix", _prefix(self.operator_prefix))
+
+    def service_key(self, name: str) -> str:
+        """``services/<name>``: the manifest, written by a person."""
+        return self.services_prefix + name
+
+    def service_name(self, key: str) -> str | None:
+        """The service a manifest key names; None for keys that are not directly under the prefix."""
+        if not key.startswith(self.services_prefix):
+            return None
+        rest = key[len(self.services_prefix) :]
+        return rest if rest and "/" not in rest else None
+
+    @property
+    def leader_key(self) -> str:
+        """``operator/leader``: held by the leader with a session lock."""
+        return self.operator_prefix + "leader"
+
+    @property
+    def placement_prefix(self) -> str:
+        """``operator/placement/``: the leader's decisions."""
+        return self.operator_prefix + "placement/"
+
+    def placement_key(self, name: str) -> str:
+        """``operator/placement/<name>``: replicas per host for one service."""
+        return self.placement_prefix + name
+
+    @property
+    def status_prefix(self) -> str:
+        """``operator/status/``: what each agent reports."""
+        return self.operator_prefix + "status/"
+
+    def status_key(self, name: str, host: str) -> str:
+        """``operator/status/<name>/<host>``: what runs of ``name`` on ``host``."""
+        return f"{self.status_prefix}{name}/{host}"

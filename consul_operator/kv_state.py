@@ -1,0 +1,96 @@
+"""Reading the shared state out of Consul KV, and watching it with blocking queries.
+
+Reads never guess: a failed read raises (`ConsulError`), so that no loop
+ever acts on missing data, and a manifest that does not validate comes back
+as its `ManifestError` rather than disappearing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import structlog
+
+from consul_operator.consul_client import BlockingQuery, ConsulClient, Indexed
+from consul_operator.desired_state import Manifest, ManifestError, parse_manifest
+from consul_operator.errors import ConsulError
+from consul_operator.keys import Layout
+from consul_operator.loop import Trigger
+from consul_operator.model import PlacementRecord
+
+log = structlog.get_logger()
+
+ManifestResult = Manifest | ManifestError
+
+
+def read_manifests(consul: ConsulClient, layout: Layout) -> dict[str, ManifestResult]:
+    """Every manifest under ``services/``, by name: parsed, or the reason it is invalid."""
+    entries = consul.kv_list(layout.services_prefix).value
+    result: dict[str, ManifestResult] = {}
+    for entry in entries:
+        name = layout.service_name(entry.key)
+        if name is None:
+            continue  # "services/" itself, or nested keys: not manifests
+        try:
+            result[name] = parse_manifest(entry.value, key_name=name)
+        except ManifestError as exc:
+            result[name] = exc
+    return result
+
+
+def read_placements(consul: ConsulClient, layout: Layout) -> dict[str, PlacementRecord]:
+    """The leader's current decisions, by service; unreadable records are skipped and logged."""
+    records: dict[str, PlacementRecord] = {}
+    for entry in consul.kv_list(layout.placement_prefix).value:
+        name = entry.key[len(layout.placement_prefix) :]
+        try:
+            records[name] = PlacementRecord.from_json(entry.value)
+        except ValueError as exc:
+            log.warning("ignoring a placement record", key=entry.key, error=str(exc))
+    return records
+
+
+def watch(
+    what: str,
+    fetch: Callable[[int, float], Indexed[object]],
+    triggers: list[Trigger],
+    stop: threading.Event,
+) -> None:
+    """Fire ``triggers`` whenever a blocking query on ``fetch`` sees a change; until ``stop``.
+
+    The data itself is dropped: the loops re-read what they need (level-triggered).
+    """
+    query: BlockingQuery[object] = BlockingQuery(fetch)
+    failures = 0
+    while not stop.is_set():
+        try:
+            changed, _ = query.next()
+        except ConsulError as exc:
+            failures += 1
+            if failures == 1:
+                log.warning("watch lost Consul", watch=what, error=str(exc))
+            query.index = 0  # start afresh: the index may mean nothing to the next server
+            stop.wait(min(0.5 * 2**failures, 10.0))
+            continue
+        if failures:
+            log.info("watch reconnected", watch=what)
+            failures = 0
+            changed = True
+        if changed:
+            for trigger in triggers:
+                trigger.fire()
+
+
+def start_watch(
+    what: str,
+    fetch: Callable[[int, float], Indexed[object]],
+    triggers: list[Trigger],
+    stop: threading.Event,
+) -> threading.Thread:
+    """Run `watch` in a daemon thread."""
+    thread = threading.Thread(
+        target=watch, args=(what, fetch, triggers, stop), name=f"watch-{what}", daemon=True
+    )
+    thread.start()
+    return thread

@@ -1,0 +1,148 @@
+"""Leader election with a Consul session lock on ``operator/leader``.
+
+The session is tied to two checks: the node's ``serfHealth`` (the host is
+gone) and the agent's own TTL check from `presence.py` (the agent process is
+gone or frozen). Either one going critical invalidates the session and
+releases the lock; with a small lock-delay another agent takes over within
+seconds, instead of Consul's default 15 s lock-delay plus up to 2x a session TTL.
+
+Leadership is only a hint for *when* to schedule. Correctness comes from
+fencing: every leader write is a transaction that first checks that this
+session still holds the lock (`ConsulClient.fenced_write`), so an ex-leader
+that was paused or cut off can never overwrite its successor's decisions.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+
+import structlog
+
+from consul_operator import metrics
+from consul_operator.consul_client import ConsulClient
+from consul_operator.errors import ConsulError, NotLeader
+from consul_operator.keys import Layout
+from consul_operator.presence import ttl_check_id
+
+log = structlog.get_logger()
+
+WATCH_WAIT = 10.0  # seconds a blocking read of the lock may be held
+
+
+class LeaderElection:
+    """Takes part in the election; `is_leader` and `session` say where we stand."""
+
+    def __init__(
+        self,
+        consul: ConsulClient,
+        layout: Layout,
+        *,
+        host: str,
+        lock_delay: float,
+        on_change: Callable[[bool], None] = lambda _: None,
+    ) -> None:
+        self.consul = consul
+        self.layout = layout
+        self.host = host
+        self.lock_delay = lock_delay
+        self.on_change = on_change
+        self._session: str | None = None
+        self._leader = False
+        self._lock = threading.Lock()
+        metrics.is_leader.labels(host).set(0)
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether we held the lock when we last looked."""
+        return self._leader
+
+    @property
+    def session(self) -> str | None:
+        """Our session id, for fenced writes."""
+        return self._session
+
+    def fenced_write(self, writes: dict[str, bytes | None]) -> None:
+        """Write keys only if we still hold the lock; on `NotLeader`, step down at once."""
+        session = self._session
+        if not self._leader or session is None:
+            raise NotLeader(f"{self.host} is not the leader")
+        try:
+            self.consul.fenced_write(self.layout.leader_key, session, writes)
+        except NotLeader:
+            self._set_leader(False)
+            raise
+
+    def run(self, stop: threading.Event) -> None:
+        """Campaign and watch the lock until ``stop``; survives Consul outages."""
+        while not stop.is_set():
+            try:
+                self._campaign(stop)
+            except ConsulError as exc:
+                # We cannot tell whether we still hold the lock; fencing keeps
+                # writes safe, but stop scheduling until we know again.
+                self._set_leader(False)
+                metrics.consul_errors.inc()
+                log.warning("leader election: Consul error", host=self.host, error=str(exc))
+                stop.wait(1.0)
+
+    def resign(self) -> None:
+        """Give the lock up at once (on SIGTERM): release first, so no lock-delay applies."""
+        session = self._session
+        self._set_leader(False)
+        if session is None:
+            return
+        try:
+            self.consul.kv_release(self.layout.leader_key, session)
+            self.consul.session_destroy(session)
+        except ConsulError as exc:
+            log.warning("could not resign cleanly", host=self.host, error=str(exc))
+        self._session = None
+
+    # --- internals ---------------------------------------------------------------
+
+    def _campaign(self, stop: threading.Event) -> None:
+        session = self._ensure_session()
+        value = json.dumps({"host": self.host, "since": time.time()}).encode()
+        index = 0
+        while not stop.is_set():
+            result = self.consul.kv_get(self.layout.leader_key, index=index, wait=WATCH_WAIT, consistent=True)
+            index = result.index if result.index >= index else 0
+            holder = result.value.session if result.value else None
+            if holder == session:
+                self._set_leader(True)
+                continue
+            self._set_leader(False)
+            if holder is None:
+                if self.consul.session_info(session) is None:
+                    log.info("session invalidated", host=self.host)
+                    self._session = None
+                    return
+                if self.consul.kv_acquire(self.layout.leader_key, value, session):
+                    self._set_leader(True)
+                    continue
+                # Refused while the lock-delay of the previous holder runs: try again shortly.
+                stop.wait(max(0.2, min(self.lock_delay, 1.0)))
+                index = 0
+
+    def _ensure_session(self) -> str:
+        if self._session is None or self.consul.session_info(self._session) is None:
+            self._session = self.consul.session_create(
+                f"operator leader election ({self.host})",
+                checks=["serfHealth", ttl_check_id(self.host)],
+                lock_delay=self.lock_delay,
+            )
+            log.info("session created", host=self.host, session=self._session)
+        return self._session
+
+    def _set_leader(self, leader: bool) -> None:
+        with self._lock:
+            if leader == self._leader:
+                return
+            self._leader = leader
+        metrics.is_leader.labels(self.host).set(1 if leader else 0)
+        metrics.leader_changes.inc()
+        log.info("leadership changed", host=self.host, leader=leader)
+        self.on_change(leader)

@@ -1,0 +1,132 @@
+"""Level-triggered loops: wake-ups without payload, and the one place that handles outcomes.
+
+A `Trigger` only says "look again"; every pass re-reads the world. `run_loop`
+is the counterpart of controller-runtime's ``reconcileHandler``: it turns the
+outcome of a pass into the next wait, a retry with capped exponential
+back-off, metric labels and a log level. Nothing else in the operator
+decides how to react to a failed pass.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from consul_operator import metrics
+from consul_operator.errors import (
+    ConsulError,
+    ConsulPermissionDenied,
+    ConsulUnavailable,
+    DockerError,
+    DockerUnavailable,
+    NotLeader,
+    OperatorError,
+)
+
+log = structlog.get_logger()
+
+RETRY_BASE = 0.5  # seconds before the first retry of a failed pass
+RETRY_CAP = 30.0  # the longest wait between retries
+
+
+class Trigger:
+    """A level-triggered wake-up: many `fire()`s before a wait count as one."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def fire(self) -> None:
+        """Ask the loop to run a pass soon."""
+        self._event.set()
+
+    def wait(self, timeout: float | None) -> bool:
+        """Block until fired or ``timeout``; True when fired. Clears the trigger."""
+        fired = self._event.wait(timeout)
+        self._event.clear()
+        return fired
+
+
+@dataclass(frozen=True, slots=True)
+class PassResult:
+    """What a successful pass asks of the loop: run again at the latest after ``requeue_after``."""
+
+    requeue_after: float | None = None
+
+
+def error_reason(exc: BaseException) -> str:
+    """The bounded metric label for a failed pass."""
+    if isinstance(exc, ConsulUnavailable):
+        return "consul_unavailable"
+    if isinstance(exc, ConsulPermissionDenied):
+        return "permission_denied"
+    if isinstance(exc, ConsulError):
+        return "consul_error"
+    if isinstance(exc, DockerUnavailable):
+        return "docker_unavailable"
+    if isinstance(exc, DockerError):
+        return "docker_error"
+    if isinstance(exc, NotLeader):
+        return "not_leader"
+    return "internal"
+
+
+def retry_delay(failures: int) -> float:
+    """Capped exponential back-off after ``failures`` consecutive failed passes."""
+    return float(min(RETRY_BASE * 2 ** max(failures - 1, 0), RETRY_CAP))
+
+
+def run_loop(
+    name: str,
+    reconcile: Callable[[], PassResult],
+    trigger: Trigger,
+    stop: threading.Event,
+    *,
+    resync: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Run ``reconcile`` on every wake-up until ``stop`` is set.
+
+    A pass runs when the trigger fires, when the pass's own ``requeue_after``
+    expires, or every ``resync`` seconds as a safety net against a missed
+    wake-up. A failed pass is retried with capped back-off; expected failures
+    (a dependency away) log a warning, anything else an error with its traceback.
+    """
+    failures = 0
+    timeout: float | None = 0.0  # the first pass runs at once
+    while not stop.is_set():
+        trigger.wait(timeout)
+        if stop.is_set():
+            return
+        started = clock()
+        try:
+            result = reconcile()
+        except Exception as exc:
+            failures += 1
+            reason = error_reason(exc)
+            metrics.reconcile_errors.labels(name, reason).inc()
+            if isinstance(exc, ConsulError):
+                metrics.consul_errors.inc()
+            timeout = retry_delay(failures)
+            event = log.warning if isinstance(exc, OperatorError) else log.error
+            event(
+                "pass failed",
+                loop=name,
+                reason=reason,
+                error=str(exc),
+                retry_in=timeout,
+                failures=failures,
+                exc_info=not isinstance(exc, OperatorError),
+            )
+        else:
+            if failures:
+                log.info("pass succeeded again", loop=name, after_failures=failures)
+            failures = 0
+            metrics.last_successful_sync.labels(name).set_to_current_time()
+            wanted = result.requeue_after
+            timeout = resync if wanted is None else max(0.0, min(wanted, resync))
+        finally:
+            metrics.reconcile_duration.labels(name).observe(clock() - started)

@@ -1,0 +1,123 @@
+"""Every Prometheus metric of the operator, and the HTTP endpoint that serves them.
+
+Label sets are bounded: ``service`` takes the names of manifests (capped in
+number by Consul's KV and our schema), ``host`` the app hosts, and every other
+label a fixed set of values listed next to its metric.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+# Fixed label values, pre-created below so that a rate() over them starts at 0.
+LOOPS = ("schedule", "host", "leader", "lb")
+ERROR_REASONS = (
+    "consul_unavailable",
+    "consul_error",
+    "docker_unavailable",
+    "docker_error",
+    "not_leader",
+    "permission_denied",
+    "internal",
+)
+ACTIONS = ("start", "drain", "remove_dead", "register", "deregister")
+RESULTS = ("ok", "error")
+
+desired_replicas = Gauge("operator_desired_replicas", "Replicas the manifest asks for.", ["service"])
+running_replicas = Gauge(
+    "operator_running_replicas", "Containers of the service running on the host.", ["service", "host"]
+)
+healthy_replicas = Gauge(
+    "operator_healthy_replicas",
+    "Containers of the service on the host whose Consul check passes.",
+    ["service", "host"],
+)
+manifest_valid = Gauge(
+    "operator_manifest_valid", "1 when the service's manifest validates, else 0.", ["service"]
+)
+unplaced_replicas = Gauge(
+    "operator_unplaced_replicas", "Replicas the scheduler could not place on any host.", ["service"]
+)
+consecutive_failures = Gauge(
+    "operator_consecutive_failures",
+    "Failed starts and crashes of the service on the host since its last good run (back-off).",
+    ["service", "host"],
+)
+reconcile_duration = Histogram(
+    "operator_reconcile_duration_seconds",
+    "Time of one reconcile pass.",
+    ["loop"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+reconcile_errors = Counter(
+    "operator_reconcile_errors_total", "Reconcile passes that failed, by reason.", ["loop", "reason"]
+)
+last_successful_sync = Gauge(
+    "operator_last_successful_sync_timestamp_seconds",
+    "Unix time of the last reconcile pass that succeeded.",
+    ["loop"],
+)
+container_actions = Counter(
+    "operator_container_actions_total",
+    "Container and registration actions, by result.",
+    ["action", "result"],
+)
+is_leader = Gauge("operator_is_leader", "1 while this agent holds the leader lock.", ["host"])
+leader_changes = Counter("operator_leader_changes_total", "Times this agent gained or lost the leader lock.")
+placement_writes = Counter(
+    "operator_placement_writes_total", "Placement decisions written to KV by the leader."
+)
+consul_errors = Counter("operator_consul_errors_total", "Consul requests that failed or were refused.")
+
+for _loop in LOOPS:
+    for _reason in ERROR_REASONS:
+        reconcile_errors.labels(_loop, _reason)
+for _action in ACTIONS:
+    for _result in RESULTS:
+        container_actions.labels(_action, _result)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    registry: CollectorRegistry = REGISTRY
+    healthy: Callable[[], bool] = staticmethod(lambda: True)
+
+    def do_GET(self) -> None:
+        if self.path.split("?")[0] == "/metrics":
+            self._send(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
+        elif self.path == "/healthz":
+            ok = type(self).healthy()
+            self._send(200 if ok else 503, b"ok\n" if ok else b"unhealthy\n", "text/plain")
+        else:
+            self._send(404, b"not found\n", "text/plain")
+
+    def _send(self, code: int, body: bytes, content_type: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Scrapes are not worth a log line each."""
+
+
+def serve(address: str, healthy: Callable[[], bool] = lambda: True) -> ThreadingHTTPServer:
+    """Serve /metrics and /healthz on ``host:port`` from a daemon thread."""
+    host, _, port = address.rpartition(":")
+    handler = type("Handler", (_Handler,), {"healthy": staticmethod(healthy)})
+    server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server

@@ -1,0 +1,267 @@
+"""The plain data the decisions work on: what is desired, what is observed, what to do.
+
+Everything here is a frozen dataclass with no behaviour that touches the
+world. `reconcile.py` turns these into plans; the watches and actuators fill
+them in and carry the plans out.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from consul_operator.desired_state import Manifest
+
+# Labels on every container the operator starts. The operator lists, changes
+# and removes only containers that carry LABEL_CLUSTER with its own cluster name.
+LABEL_CLUSTER = "consul-operator.cluster"
+LABEL_SERVICE = "consul-operator.service"
+LABEL_HOST = "consul-operator.host"
+LABEL_SPEC = "consul-operator.spec-hash"
+
+# Meta on every Consul registration the operator makes, so that it can find
+# (and clean up) exactly its own registrations on an agent.
+META_MANAGED_BY = "managed-by"
+MANAGED_BY = "consul-operator"
+META_CLUSTER = "cluster"
+META_HOST = "host"
+META_CONTAINER = "container"
+META_SPEC = "spec-hash"
+
+
+def frozen_map(data: Mapping[str, int] | None = None) -> Mapping[str, int]:
+    """A read-only copy, so that frozen dataclasses stay frozen all the way down."""
+    return MappingProxyType(dict(data or {}))
+
+
+# --- cluster level: hosts and placements ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HostInfo:
+    """An app host as the leader sees it: its labels, and whether its agent is live.
+
+    ``lost_since`` is when the leader first saw the host not live (None while
+    it is live); the scheduler moves its replicas once that is older than the
+    grace period.
+    """
+
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    live: bool = True
+    lost_since: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementRecord:
+    """The leader's decision for one service: replicas per host.
+
+    Stored as JSON in ``operator/placement/<service>``. ``unplaced`` counts
+    replicas that no host could take (placement rules, too few hosts).
+    """
+
+    service: str
+    spec_hash: str
+    hosts: Mapping[str, int]
+    unplaced: int = 0
+
+    @property
+    def total(self) -> int:
+        """Replicas placed on some host."""
+        return sum(self.hosts.values())
+
+    def to_json(self) -> bytes:
+        """The KV form; stable, so that an unchanged decision gives the same bytes."""
+        body = {
+            "service": self.service,
+            "spec_hash": self.spec_hash,
+            "hosts": {h: n for h, n in sorted(self.hosts.items()) if n > 0},
+            "unplaced": self.unplaced,
+        }
+        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> PlacementRecord:
+        """Parse the KV form; raises ValueError when it is not ours."""
+        try:
+            body = json.loads(data)
+            hosts = {str(h): int(n) for h, n in dict(body["hosts"]).items()}
+            return cls(
+                service=str(body["service"]),
+                spec_hash=str(body["spec_hash"]),
+                hosts=frozen_map({h: n for h, n in hosts.items() if n > 0}),
+                unplaced=int(body.get("unplaced", 0)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a placement record: {exc}") from exc
+
+    def same_decision(self, other: PlacementRecord | None) -> bool:
+        """Whether writing ``self`` over ``other`` would change nothing."""
+        return other is not None and self.to_json() == other.to_json()
+
+
+# --- host level: what runs here ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceDesire:
+    """What this host should run of one service.
+
+    ``manifest`` is None when the manifest in KV is invalid: then nothing of the
+    service is touched ("hands off"), and ``error`` says why.
+    """
+
+    service: str
+    manifest: Manifest | None
+    count: int
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerInfo:
+    """One of our containers on this host, as Docker reports it.
+
+    ``state`` is Docker's: created, running, paused, restarting, removing,
+    exited or dead. Times are Unix seconds; ``started_at`` and ``finished_at``
+    are None when Docker has none.
+    """
+
+    id: str
+    name: str
+    service: str
+    spec_hash: str
+    state: str
+    host_port: int | None = None
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    exit_code: int | None = None
+    error: str = ""
+
+    @property
+    def running(self) -> bool:
+        """Counts as a running replica."""
+        return self.state in ("running", "restarting", "paused")
+
+    @property
+    def dead(self) -> bool:
+        """Needs removing: it exited, died, or was created and never started."""
+        return self.state in ("exited", "dead", "created")
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """One of our service registrations on this host's Consul agent."""
+
+    service_id: str
+    service: str
+    container_id: str
+    spec_hash: str
+    address: str
+    port: int
+    healthy: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Consecutive failures of one service on this host, and when to try again."""
+
+    failures: int = 0
+    retry_at: float = 0.0
+    last_error: str = ""
+
+    def ready(self, now: float) -> bool:
+        """Whether a new container may be started now."""
+        return now >= self.retry_at
+
+
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    """Actions started by earlier passes that have not finished yet.
+
+    The plan leaves busy containers alone and counts pending starts as
+    replicas, so that a slow action is never issued twice.
+    """
+
+    busy_containers: frozenset[str] = frozenset()
+    pending_starts: Mapping[str, int] = field(default_factory=frozen_map)
+    busy_registrations: frozenset[str] = frozenset()
+
+
+# --- actions -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StartContainer:
+    """Create, start and register one new replica of ``manifest``."""
+
+    manifest: Manifest
+
+
+@dataclass(frozen=True, slots=True)
+class DrainContainer:
+    """Deregister, wait ``drain`` seconds, stop with ``stop_grace``, remove."""
+
+    container: ContainerInfo
+    drain: float
+    stop_grace: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveDead:
+    """Remove a container that is no longer running (and its registration).
+
+    ``crashed`` says it ended on its own too soon: that counts as a failure
+    for the service's back-off.
+    """
+
+    container: ContainerInfo
+    crashed: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Register:
+    """(Re-)register a running container in Consul, with its health check."""
+
+    container: ContainerInfo
+    manifest: Manifest
+
+
+@dataclass(frozen=True, slots=True)
+class Deregister:
+    """Remove a registration whose container is gone."""
+
+    service_id: str
+    reason: str
+
+
+Action = StartContainer | DrainContainer | RemoveDead | Register | Deregister
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceReport:
+    """What the plan found for one service on this host, for status and metrics."""
+
+    service: str
+    desired: int
+    running: int
+    healthy: int
+    spec_hash: str
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HostPlan:
+    """The result of one host reconcile pass.
+
+    ``wake_at`` is the earliest time at which the plan would change by itself
+    (a back-off that expires), so that the loop can sleep until then.
+    """
+
+    actions: tuple[Action, ...]
+    reports: tuple[ServiceReport, ...]
+    wake_at: float | None = None

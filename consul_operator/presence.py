@@ -1,0 +1,121 @@
+"""An agent's presence in Consul: who is live, with which labels.
+
+Each agent registers a service ``operator-agent`` on its host's Consul agent,
+with its host name and labels in the service meta and a TTL check that it
+keeps passing from a heartbeat thread. The leader reads the live hosts from
+the health of that service: a host is live when its TTL check *and* its
+node's serfHealth pass, so both a killed agent and a dead host drop out.
+The same TTL check backs the leader session (`leader.py`).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+
+import structlog
+
+from consul_operator.consul_client import ConsulClient
+from consul_operator.errors import ConsulError
+from consul_operator.model import META_CLUSTER, META_HOST
+
+log = structlog.get_logger()
+
+AGENT_SERVICE = "operator-agent"
+LABEL_META_PREFIX = "label-"
+# Consul's rule for meta keys, less our prefix: letters, digits, '-' and '_'.
+LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,48}$")
+
+
+def agent_service_id(host: str) -> str:
+    """The Consul service id of the agent of ``host``."""
+    return f"{AGENT_SERVICE}-{host}"
+
+
+def ttl_check_id(host: str) -> str:
+    """The id of the agent's TTL check, which its leader session is tied to."""
+    return f"{agent_service_id(host)}-ttl"
+
+
+def parse_label(text: str) -> tuple[str, str]:
+    """Parse a ``--label key=value`` flag."""
+    key, sep, value = text.partition("=")
+    if not sep or not LABEL_KEY_RE.match(key) or len(value) > 256:
+        raise ValueError(
+            f"a label must look like key=value with a key of letters, digits, '-' or '_', got {text!r}"
+        )
+    return key, value
+
+
+class Presence:
+    """Registers this agent in Consul and keeps its TTL check passing."""
+
+    def __init__(
+        self,
+        consul: ConsulClient,
+        *,
+        host: str,
+        cluster: str,
+        advertise: str,
+        labels: dict[str, str],
+        ttl: float,
+    ) -> None:
+        self.consul = consul
+        self.host = host
+        self.cluster = cluster
+        self.advertise = advertise
+        self.labels = labels
+        self.ttl = ttl
+        self.registered = threading.Event()
+
+    def register(self) -> None:
+        """(Re-)register the agent service and its TTL check, passing from the start."""
+        meta = {META_HOST: self.host, META_CLUSTER: self.cluster}
+        meta.update({LABEL_META_PREFIX + k: v for k, v in self.labels.items()})
+        self.consul.register_service(
+            {
+                "ID": agent_service_id(self.host),
+                "Name": AGENT_SERVICE,
+                "Address": self.advertise,
+                "Meta": meta,
+                "Check": {
+                    "CheckID": ttl_check_id(self.host),
+                    "Name": f"operator agent of {self.host} is alive",
+                    "TTL": f"{int(self.ttl * 1000)}ms",
+                    "Status": "passing",
+                },
+            }
+        )
+        self.registered.set()
+
+    def heartbeat(self, stop: threading.Event) -> None:
+        """Pass the TTL check every third of its TTL until ``stop``; re-register when it is gone."""
+        while not stop.is_set():
+            try:
+                if not self.registered.is_set():
+                    self.register()
+                self.consul.check_pass(ttl_check_id(self.host))
+            except ConsulError as exc:
+                # The local agent lost the check (restarted without its data) or is away:
+                # register again on the next beat.
+                self.registered.clear()
+                log.warning("heartbeat failed", host=self.host, error=str(exc))
+            stop.wait(self.ttl / 3)
+
+
+def read_hosts(consul: ConsulClient, cluster: str) -> dict[str, tuple[bool, dict[str, str]]]:
+    """Every known agent of ``cluster``: host -> (live, labels)."""
+    instances = consul.health_service(AGENT_SERVICE).value
+    hosts: dict[str, tuple[bool, dict[str, str]]] = {}
+    for inst in instances:
+        if inst.meta.get(META_CLUSTER) != cluster:
+            continue
+        host = inst.meta.get(META_HOST, "")
+        labels = {
+            k[len(LABEL_META_PREFIX) :]: v for k, v in inst.meta.items() if k.startswith(LABEL_META_PREFIX)
+        }
+        live = inst.status == "passing"
+        # A host registered twice (an old node name) counts as live if any instance is.
+        previous_live = hosts.get(host, (False, {}))[0]
+        hosts[host] = (live or previous_live, labels)
+    return hosts

@@ -1,0 +1,596 @@
+"""The operator's decisions, as pure functions: placement, the host plan, back-off.
+
+Nothing here does I/O, reads a clock or draws a random number: time comes in
+as a ``now`` argument (Unix seconds), every input is plain data from
+``model.py``, and the same input always gives the same output in the same
+order. The watches read the world into these dataclasses, these functions
+decide, and the actuators carry the decisions out (see "Reconcile = pure plan
++ actuators" in DESIGN.md).
+
+Scheduling (the leader: ``schedule``)
+=====================================
+
+Input: every service's manifest (None when it is invalid), every known app
+host (live, or lost since some time), the placement records now in KV.
+Output: the new placement record of every service that has a manifest.
+
+- **Invalid manifest: hands off.** Its current record is kept as it is, so
+  that nothing that runs changes because of a typo. A deleted manifest (the
+  service is absent from the input) has no record in the output.
+- **Eligible hosts** are the live hosts, filtered by ``placement.hosts`` when
+  set. Only eligible hosts receive new replicas.
+- **A lost host keeps its replicas for a grace period** (``lost_grace``
+  seconds after ``lost_since``): a short network blip or an agent restart
+  must not move containers around. They count toward the total, so no
+  replacement is started elsewhere while the host may come back; but the
+  host gets no new replicas. After the grace, or when the host is unknown or
+  no longer allowed by ``placement.hosts``, its replicas are dropped and
+  placed again elsewhere. A lost host without ``lost_since`` has no grace.
+- **Stability.** Scheduling starts from the current record: a replica on a
+  host that is still valid is never moved, and a host that joins gets no
+  replicas taken from others (no rebalancing: moving a healthy replica costs
+  a drain and a start and buys nothing).
+- **Cap.** ``placement.max_per_host`` bounds every host's count; counts above
+  it (the cap was lowered) are cut.
+- **Scale down**, one replica at a time: first from hosts in grace (they
+  may never come back), then from the host with the most replicas of the
+  service; ties go to the host name that sorts last.
+- **Scale up**, one replica at a time: to the eligible live host with the
+  fewest replicas of the service, under the cap; ties go to the host with
+  the fewest replicas of all services (spreading load), then to the host
+  name that sorts first. The load counts the records already decided in
+  this pass (services are scheduled in sorted name order) and the current
+  records of the services not decided yet.
+- **Nothing is dropped silently**: what no host can take is ``unplaced``.
+
+``next_schedule_wakeup`` says when the next grace period runs out, so that
+the leader can sleep until then instead of polling.
+
+The host plan (every agent: ``plan_host``)
+==========================================
+
+Input: what this host should run of each service (``ServiceDesire``, only for
+services that have a manifest in KV), our containers on the host, our
+registrations on the host's Consul agent, the actions still in flight, the
+per-service back-off. Output: a ``HostPlan`` of actions, one report per
+service, and when to look again by itself.
+
+- **Busy containers** (an action from an earlier pass is still running on
+  them) are neither counted nor acted on, nor are their registrations: an
+  action is never issued twice. Pending starts count as replicas.
+- **Deleted service** (containers or registrations, but no manifest key):
+  every running container is drained (with the default drain and stop
+  grace, as there is no manifest to read them from), every dead one removed,
+  every registration dropped.
+- **Invalid manifest: hands off.** No action at all on the service's
+  containers or registrations; the report carries the error.
+- **Valid manifest:**
+
+  - a dead container is removed; it *crashed* when it ended on its own less
+    than ``MIN_RUN_SECONDS`` after starting, or never started. A crash is a
+    failure for the back-off; the plan already counts the crashes it removes,
+    so the replacement waits for the back-off instead of racing the removal.
+  - running containers are *current* (labelled with the manifest's spec
+    hash) or *outdated*.
+  - too few (current + pending starts < desired): start the missing ones,
+    unless the service is in back-off; then start nothing and wake up when
+    the back-off ends.
+  - too many current ones: drain the surplus, unhealthy ones first, then the
+    youngest (the oldest have proved themselves). Pending starts do not make
+    current containers surplus: a start can still fail, and capacity is kept
+    until the new containers run (they are drained later if still surplus).
+  - outdated containers are drained only as far as current ones replace
+    them: current + outdated never drops below desired because of a spec
+    change. (Rolling-update pacing is a later refinement.)
+  - every running container that is kept and publishes a port, of a service
+    with a port, has a registration that names it (service ID = container
+    name), its container ID, spec hash and host port; otherwise it is
+    (re-)registered.
+- **Registrations** that name no such container are deregistered, except
+  those of an invalid service, those in flight, and those of containers this
+  plan drains or removes (draining and removing deregister first by
+  themselves).
+
+Back-off (``backoff_after_failure``, ``backoff_after_success``)
+===============================================================
+
+After the n-th consecutive failure of a service on a host (a crash, or a
+start that failed) the next start waits ``min(BACKOFF_BASE * 2**(n-1),
+BACKOFF_CAP)`` seconds: 1, 2, 4, ... 60 s. A container that has run for
+``MIN_RUN_SECONDS`` (``healthy_run``) resets the count. The agent keeps the
+``Backoff`` values; the plan only reads them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from consul_operator.desired_state import Manifest
+from consul_operator.model import (
+    Action,
+    Backoff,
+    ContainerInfo,
+    Deregister,
+    DrainContainer,
+    HostInfo,
+    HostPlan,
+    InFlight,
+    PlacementRecord,
+    Register,
+    Registration,
+    RemoveDead,
+    ServiceDesire,
+    ServiceReport,
+    StartContainer,
+    frozen_map,
+)
+
+MIN_RUN_SECONDS: Final = 10.0
+"""A container that ends on its own sooner than this after starting counts as a crash."""
+
+DEFAULT_DRAIN: Final = 2.0
+"""Drain time for containers of a deleted service (no manifest left to read it from)."""
+DEFAULT_STOP_GRACE: Final = 10.0
+"""Stop grace for containers of a deleted service (no manifest left to read it from)."""
+
+BACKOFF_BASE: Final = 1.0
+"""Wait after the first failure, in seconds; it doubles with every further failure."""
+BACKOFF_CAP: Final = 60.0
+"""The longest wait between two tries, in seconds."""
+
+# 2**6 * BACKOFF_BASE already passes the cap; a bounded exponent keeps a long
+# failure streak from overflowing the float conversion.
+_MAX_BACKOFF_EXPONENT: Final = 30
+
+REASON_DELETED: Final = "service deleted"
+REASON_SCALE_DOWN: Final = "scale down"
+REASON_SPEC_CHANGED: Final = "spec changed"
+
+
+# --- scheduling ----------------------------------------------------------------------
+
+
+def schedule(
+    manifests: Mapping[str, Manifest | None],
+    hosts: Sequence[HostInfo],
+    current: Mapping[str, PlacementRecord],
+    now: float,
+    lost_grace: float,
+) -> dict[str, PlacementRecord]:
+    """The new placement record of every service in ``manifests`` (see the module doc).
+
+    ``manifests`` maps a service to its valid manifest, or to None when its
+    manifest is invalid (its current record, if any, is kept unchanged).
+    Services absent from ``manifests`` are absent from the result.
+    """
+    by_name = {host.name: host for host in sorted(hosts, key=lambda h: h.name)}
+    load = _initial_load(manifests, current)
+    result: dict[str, PlacementRecord] = {}
+    for service in sorted(manifests):
+        manifest = manifests[service]
+        previous = current.get(service)
+        if manifest is None:
+            if previous is not None:
+                result[service] = previous
+            continue
+        others = load - Counter(previous.hosts if previous else {})
+        record = _place(service, manifest, by_name, previous, others, now, lost_grace)
+        load = others + Counter(record.hosts)
+        result[service] = record
+    return result
+
+
+def next_schedule_wakeup(
+    hosts: Sequence[HostInfo], lost_grace: float, now: float | None = None
+) -> float | None:
+    """When the earliest lost host's grace runs out (after ``now``), or None if none will.
+
+    At that moment ``schedule`` moves the host's replicas, so the leader can
+    sleep until then. Without ``now`` every lost host's expiry counts, even
+    one already past.
+    """
+    expiries = [
+        host.lost_since + lost_grace for host in hosts if not host.live and host.lost_since is not None
+    ]
+    future = [at for at in expiries if now is None or at > now]
+    return min(future, default=None)
+
+
+def _initial_load(
+    manifests: Mapping[str, Manifest | None], current: Mapping[str, PlacementRecord]
+) -> Counter[str]:
+    """Replicas per host over all current records of services that still have a manifest."""
+    load: Counter[str] = Counter()
+    for service in manifests:
+        record = current.get(service)
+        if record is not None:
+            load.update(record.hosts)
+    return load
+
+
+def _in_grace(host: HostInfo, now: float, lost_grace: float) -> bool:
+    """Whether a lost host still keeps its replicas."""
+    return not host.live and host.lost_since is not None and now - host.lost_since < lost_grace
+
+
+def _place(
+    service: str,
+    manifest: Manifest,
+    hosts: Mapping[str, HostInfo],
+    previous: PlacementRecord | None,
+    load: Mapping[str, int],
+    now: float,
+    lost_grace: float,
+) -> PlacementRecord:
+    """One service's new record, starting from ``previous`` (``load``: other services' replicas)."""
+    allowed = manifest.placement.hosts
+    candidates = [h for h in hosts.values() if allowed is None or h.name in allowed]
+    live = [h.name for h in candidates if h.live]
+    grace = {h.name for h in candidates if _in_grace(h, now, lost_grace)}
+    cap = manifest.placement.max_per_host
+
+    counts = _kept_counts(previous, set(live) | grace, cap)
+    _scale_down(counts, manifest.replicas, grace)
+    _scale_up(counts, manifest.replicas, live, cap, load)
+    return PlacementRecord(
+        service=service,
+        spec_hash=manifest.spec_hash(),
+        hosts=frozen_map({h: n for h, n in sorted(counts.items()) if n > 0}),
+        unplaced=manifest.replicas - sum(counts.values()),
+    )
+
+
+def _kept_counts(previous: PlacementRecord | None, valid: set[str], cap: int | None) -> dict[str, int]:
+    """The previous counts on hosts that may keep replicas, cut to the cap."""
+    if previous is None:
+        return {}
+    counts: dict[str, int] = {}
+    for host, count in previous.hosts.items():
+        kept = count if cap is None else min(count, cap)
+        if host in valid and kept > 0:
+            counts[host] = kept
+    return counts
+
+
+def _scale_down(counts: dict[str, int], target: int, grace: set[str]) -> None:
+    """Remove replicas until at most ``target`` remain: lost hosts first, then the fullest."""
+    while sum(counts.values()) > target:
+        # max(): in grace before live, then most replicas, then the name sorting last.
+        victim = max(counts, key=lambda h: (h in grace, counts[h], h))
+        counts[victim] -= 1
+        if counts[victim] == 0:
+            del counts[victim]
+
+
+def _scale_up(
+    counts: dict[str, int],
+    target: int,
+    live: Sequence[str],
+    cap: int | None,
+    load: Mapping[str, int],
+) -> None:
+    """Add replicas until ``target`` or every live host is at the cap: emptiest host first."""
+    while sum(counts.values()) < target:
+        open_hosts = [h for h in live if cap is None or counts.get(h, 0) < cap]
+        if not open_hosts:
+            return
+        chosen = min(open_hosts, key=lambda h: (counts.get(h, 0), load.get(h, 0), h))
+        counts[chosen] = counts.get(chosen, 0) + 1
+
+
+# --- back-off ------------------------------------------------------------------------
+
+
+def backoff_delay(failures: int) -> float:
+    """Seconds to wait after ``failures`` consecutive failures (0 for none)."""
+    if failures <= 0:
+        return 0.0
+    exponent = min(failures - 1, _MAX_BACKOFF_EXPONENT)
+    return min(BACKOFF_BASE * 2.0**exponent, BACKOFF_CAP)
+
+
+def backoff_after_failure(previous: Backoff, now: float, error: str) -> Backoff:
+    """One more failure at ``now``: the next try waits twice as long, up to the cap."""
+    failures = previous.failures + 1
+    return Backoff(failures=failures, retry_at=now + backoff_delay(failures), last_error=error)
+
+
+def backoff_after_crash(previous: Backoff, now: float, removed: RemoveDead) -> Backoff:
+    """``backoff_after_failure`` for a crashed container, with a "crash-looping" error text."""
+    return backoff_after_failure(previous, now, f"crash-looping: {removed.reason}")
+
+
+def backoff_after_success(previous: Backoff) -> Backoff:
+    """A container ran long enough: the failure streak is over."""
+    del previous  # taken for symmetry with backoff_after_failure; nothing carries over
+    return Backoff()
+
+
+def healthy_run(container: ContainerInfo, now: float) -> bool:
+    """Whether ``container`` has been running at least MIN_RUN_SECONDS (a success)."""
+    return (
+        container.running
+        and container.started_at is not None
+        and now - container.started_at >= MIN_RUN_SECONDS
+    )
+
+
+# --- host plan -----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Pass:
+    """What one plan_host pass has decided so far."""
+
+    actions: list[Action] = field(default_factory=list)
+    reports: list[ServiceReport] = field(default_factory=list)
+    wake_at: float | None = None
+    # Registrations to keep (service IDs), and why the rest of a kept
+    # container's registrations go (ID -> reason); read by _deregistrations.
+    wanted: set[str] = field(default_factory=set)
+    unregistrable: dict[str, str] = field(default_factory=dict)
+    # Service IDs of containers this pass drains or removes: those actions
+    # deregister by themselves.
+    handled: set[str] = field(default_factory=set)
+
+    def wake(self, at: float) -> None:
+        """Wake up no later than ``at``."""
+        self.wake_at = at if self.wake_at is None else min(self.wake_at, at)
+
+
+def plan_host(
+    host: str,
+    desires: Mapping[str, ServiceDesire],
+    containers: Sequence[ContainerInfo],
+    registrations: Sequence[Registration],
+    inflight: InFlight,
+    backoffs: Mapping[str, Backoff],
+    now: float,
+) -> HostPlan:
+    """The actions that bring ``host`` to its desires, one report per service (module doc).
+
+    ``desires`` holds the services that have a manifest in KV (``manifest``
+    None: invalid, hands off); ``containers`` and ``registrations`` are ours on
+    this host. ``host`` only names the host planned for; the decisions depend
+    on the other arguments alone.
+    """
+    del host
+    busy = inflight.busy_containers
+    idle = sorted((c for c in containers if c.id not in busy), key=lambda c: (c.name, c.id))
+    plan = _Pass()
+    reported = set(desires) | {c.service for c in containers}
+    for service in sorted(reported):
+        mine = [c for c in idle if c.service == service]
+        desire = desires.get(service)
+        if desire is None:
+            _plan_deleted(plan, service, mine, registrations)
+        elif desire.manifest is None:
+            plan.reports.append(_report(service, desire.count, mine, registrations, "", desire.error))
+        else:
+            backoff = backoffs.get(service, Backoff())
+            _plan_valid(plan, desire, desire.manifest, mine, registrations, inflight, backoff, now)
+    plan.actions.extend(_deregistrations(plan, desires, containers, registrations, inflight))
+    return HostPlan(actions=tuple(plan.actions), reports=tuple(plan.reports), wake_at=plan.wake_at)
+
+
+def _plan_deleted(
+    plan: _Pass,
+    service: str,
+    containers: Sequence[ContainerInfo],
+    registrations: Sequence[Registration],
+) -> None:
+    """A service whose manifest was deleted: drain what runs, remove what is dead."""
+    for c in containers:
+        if c.dead:
+            plan.actions.append(RemoveDead(c, crashed=False, reason=REASON_DELETED))
+            plan.handled.add(c.name)
+    for c in containers:
+        if c.running:
+            plan.actions.append(DrainContainer(c, DEFAULT_DRAIN, DEFAULT_STOP_GRACE, reason=REASON_DELETED))
+            plan.handled.add(c.name)
+    plan.reports.append(_report(service, 0, containers, registrations, "", None))
+
+
+def _plan_valid(
+    plan: _Pass,
+    desire: ServiceDesire,
+    manifest: Manifest,
+    containers: Sequence[ContainerInfo],
+    registrations: Sequence[Registration],
+    inflight: InFlight,
+    backoff: Backoff,
+    now: float,
+) -> None:
+    """A service with a valid manifest: remove dead, start missing, drain surplus, register."""
+    spec = manifest.spec_hash()
+    want = desire.count
+    removals = [_removal(c) for c in containers if c.dead]
+    for crash in (r for r in removals if r.crashed):
+        # The agent records this failure once the removal is done; counting it
+        # now keeps the replacement from starting before the back-off applies.
+        backoff = backoff_after_crash(backoff, now, crash)
+
+    running = [c for c in containers if c.running]
+    current = [c for c in running if c.spec_hash == spec]
+    surplus, stale = _to_drain(running, spec, want, _healthy_ids(registrations))
+    missing = max(0, want - len(current) - inflight.pending_starts.get(desire.service, 0))
+
+    plan.actions.extend(removals)
+    plan.actions.extend(_drain(c, manifest, REASON_SCALE_DOWN) for c in surplus)
+    plan.actions.extend(_drain(c, manifest, REASON_SPEC_CHANGED) for c in stale)
+    if missing and backoff.ready(now):
+        plan.actions.extend(StartContainer(manifest) for _ in range(missing))
+    elif missing:
+        plan.wake(backoff.retry_at)
+    plan.handled.update(r.container.name for r in removals)
+    plan.handled.update(c.name for c in [*surplus, *stale])
+
+    drained = {c.id for c in [*surplus, *stale]}
+    kept = [c for c in running if c.id not in drained]
+    _plan_registrations(plan, manifest, kept, registrations, inflight)
+
+    error = desire.error or ("" if backoff.ready(now) else _backoff_error(backoff, now))
+    plan.reports.append(_report(desire.service, want, containers, registrations, spec, error))
+
+
+def _to_drain(
+    running: Sequence[ContainerInfo], spec: str, want: int, healthy: set[str]
+) -> tuple[list[ContainerInfo], list[ContainerInfo]]:
+    """The current containers beyond ``want`` and the outdated ones already replaced.
+
+    Pending starts do not make current containers surplus: a start can still
+    fail, so capacity stays until the new containers run (if they are then too
+    many, the youngest go). Outdated containers go only as far as current ones
+    replace them, so current + outdated never drops below ``want`` because of
+    a spec change.
+    """
+    current = [c for c in running if c.spec_hash == spec]
+    outdated = [c for c in running if c.spec_hash != spec]
+    surplus = _drain_order(current, healthy)[: max(0, len(current) - want)]
+    kept_current = len(current) - len(surplus)
+    stale_count = min(len(outdated), max(0, kept_current + len(outdated) - want))
+    return surplus, _drain_order(outdated, healthy)[:stale_count]
+
+
+def _removal(container: ContainerInfo) -> RemoveDead:
+    """Remove a dead container; it crashed when it never started or ended too soon."""
+    if container.state == "created":
+        reason = f"never started: {container.error}" if container.error else "never started"
+        return RemoveDead(container, crashed=True, reason=reason)
+    ran = _run_seconds(container)
+    crashed = ran is not None and ran < MIN_RUN_SECONDS
+    return RemoveDead(container, crashed=crashed, reason=_exit_text(container, ran))
+
+
+def _run_seconds(container: ContainerInfo) -> float | None:
+    """How long a finished container ran, when Docker knows both ends."""
+    if container.started_at is None or container.finished_at is None:
+        return None
+    return container.finished_at - container.started_at
+
+
+def _exit_text(container: ContainerInfo, ran: float | None) -> str:
+    """E.g. "exited with code 1 after 0.3s", plus Docker's error when it gave one."""
+    code = "unknown" if container.exit_code is None else str(container.exit_code)
+    text = f"exited with code {code}"
+    if ran is not None:
+        # Tenths, rounded down: a crash at 9.99 s must not read "after 10.0s".
+        tenths = math.floor(max(ran, 0.0) * 10 + 1e-6) / 10
+        text += f" after {tenths:.1f}s"
+    if container.error:
+        text += f": {container.error}"
+    return text
+
+
+def _healthy_ids(registrations: Iterable[Registration]) -> set[str]:
+    """IDs of the containers that have a passing registration."""
+    return {r.container_id for r in registrations if r.healthy}
+
+
+def _drain_order(containers: Iterable[ContainerInfo], healthy: set[str]) -> list[ContainerInfo]:
+    """Which containers to drain first: unhealthy ones, then the youngest, then by name.
+
+    The oldest healthy replicas have proved themselves; the newest may still be
+    warming up, and an unhealthy one serves nobody.
+    """
+
+    def key(c: ContainerInfo) -> tuple[bool, float, str, str]:
+        started = c.started_at if c.started_at is not None else c.created_at
+        return (c.id in healthy, -started, c.name, c.id)
+
+    return sorted(containers, key=key)
+
+
+def _drain(container: ContainerInfo, manifest: Manifest, reason: str) -> DrainContainer:
+    """Drain ``container`` with the manifest's timings."""
+    return DrainContainer(container, manifest.drain, manifest.stop_grace, reason=reason)
+
+
+def _plan_registrations(
+    plan: _Pass,
+    manifest: Manifest,
+    kept: Sequence[ContainerInfo],
+    registrations: Sequence[Registration],
+    inflight: InFlight,
+) -> None:
+    """Register every kept container that publishes the service's port, unless it already is."""
+    by_id = {r.service_id: r for r in registrations}
+    for c in kept:
+        if manifest.port is None:
+            plan.unregistrable[c.name] = "service has no port"
+            continue
+        if c.host_port is None:
+            plan.unregistrable[c.name] = "container publishes no port"
+            continue
+        plan.wanted.add(c.name)
+        if c.name in inflight.busy_registrations:
+            continue  # a (de)registration of it is still in flight
+        if not _registered(by_id.get(c.name), c, manifest.name):
+            plan.actions.append(Register(c, manifest))
+
+
+def _registered(registration: Registration | None, container: ContainerInfo, service: str) -> bool:
+    """Whether ``registration`` is exactly what ``container`` should have."""
+    return (
+        registration is not None
+        and registration.service == service
+        and registration.container_id == container.id
+        and registration.spec_hash == container.spec_hash
+        and registration.port == container.host_port
+    )
+
+
+def _deregistrations(
+    plan: _Pass,
+    desires: Mapping[str, ServiceDesire],
+    containers: Sequence[ContainerInfo],
+    registrations: Sequence[Registration],
+    inflight: InFlight,
+) -> list[Deregister]:
+    """Drop registrations that name no container worth registering (module doc)."""
+    invalid = {s for s, d in desires.items() if d.manifest is None}
+    busy_names = {c.name for c in containers if c.id in inflight.busy_containers}
+    leave_alone = plan.wanted | plan.handled | busy_names | inflight.busy_registrations
+    actions: list[Deregister] = []
+    for r in sorted(registrations, key=lambda r: r.service_id):
+        if r.service in invalid or r.service_id in leave_alone:
+            continue
+        if r.container_id in inflight.busy_containers:
+            continue
+        if r.service not in desires:
+            reason = REASON_DELETED
+        else:
+            reason = plan.unregistrable.get(r.service_id, "container gone")
+        actions.append(Deregister(r.service_id, reason=reason))
+    return actions
+
+
+def _backoff_error(backoff: Backoff, now: float) -> str:
+    """E.g. "crash-looping: exited with code 1 after 0.1s; next try in 8s"."""
+    wait = max(0, math.ceil(backoff.retry_at - now))
+    return f"{backoff.last_error}; next try in {wait}s"
+
+
+def _report(
+    service: str,
+    desired: int,
+    containers: Sequence[ContainerInfo],
+    registrations: Sequence[Registration],
+    spec_hash: str,
+    error: str | None,
+) -> ServiceReport:
+    """What runs of ``service`` (idle containers, current or outdated) and how much is healthy."""
+    healthy = _healthy_ids(registrations)
+    running = [c for c in containers if c.running]
+    return ServiceReport(
+        service=service,
+        desired=desired,
+        running=len(running),
+        healthy=sum(1 for c in running if c.id in healthy),
+        spec_hash=spec_hash,
+        error=error or "",
+    )
