@@ -105,7 +105,6 @@ class LeaderElection:
 
     def _campaign(self, stop: threading.Event) -> None:
         session = self._ensure_session()
-        value = json.dumps({"host": self.host, "since": time.time()}).encode()
         index = 0
         while not stop.is_set():
             result = self.consul.kv_get(self.layout.leader_key, index=index, wait=WATCH_WAIT, consistent=True)
@@ -120,6 +119,7 @@ class LeaderElection:
                     log.info("session invalidated", host=self.host)
                     self._session = None
                     return
+                value = json.dumps({"host": self.host, "since": time.time()}).encode()
                 if self.consul.kv_acquire(self.layout.leader_key, value, session):
                     self._set_leader(True)
                     continue

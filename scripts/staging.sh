@@ -135,6 +135,17 @@ agents_up() {
     spawn "agent-$host" "$py" -m consul_operator agent --host "$host" --advertise "$addr" \
       --consul "$addr:8500" --cluster "$NAME" --metrics "$addr:9810" --log-json ${AGENT_ARGS:-}
   done
+  # Ready means: both agents registered and live, and one of them leads.
+  local url="http://${ADDRS[0]}:8500/v1" live=0 leader=""
+  for i in $(seq 1 300); do
+    live=$(curl -fsS --max-time 2 "$url/health/service/operator-agent?passing=1&filter=Service.Meta.cluster==\"$NAME\"" 2>/dev/null \
+      | grep -o '"ServiceID":"operator-agent-' | wc -l || true)
+    leader=$(curl -fsS --max-time 2 "$url/kv/operator/leader" 2>/dev/null | grep -o '"Session":"[^"]' || true)
+    [[ $live -ge 2 && -n $leader ]] && break
+    for h in host-1 host-2; do alive "agent-$h" || die "agent-$h died; see $LOGS/agent-$h.log"; done
+    sleep 0.2
+  done
+  [[ $live -ge 2 && -n $leader ]] || die "the agents did not become live within 60 s; see $LOGS/"
 }
 
 cmd_up() {

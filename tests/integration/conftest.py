@@ -6,6 +6,7 @@ A missing program or engine fails the run; nothing here ever skips.
 from __future__ import annotations
 
 import subprocess
+import uuid
 from collections.abc import Iterator
 
 import docker
@@ -13,7 +14,8 @@ import pytest
 
 from consul_operator.consul_client import ConsulClient
 from consul_operator.docker_client import connect, ping
-from tests.support.staging import Staging, tool
+from tests.support.cluster import Cluster
+from tests.support.staging import Staging, tool, wait_until
 
 # The tests' own environment, apart from the developer's `make up` on 127.0.0.11-13.
 TEST_ADDRESSES = ("127.0.0.21", "127.0.0.22", "127.0.0.23")
@@ -51,3 +53,18 @@ def staging(docker_engine: docker.DockerClient, nginx_binary: str) -> Iterator[S
 def consul(staging: Staging) -> ConsulClient:
     """A client of host-1's Consul agent."""
     return ConsulClient(staging.consul_addr("host-1"))
+
+
+@pytest.fixture(scope="session")
+def cluster(staging: Staging, docker_engine: docker.DockerClient) -> Cluster:
+    """The tests' staging environment with its clients."""
+    return Cluster(staging, ConsulClient(staging.consul_addr("host-1")), docker_engine)
+
+
+@pytest.fixture
+def service_name(request: pytest.FixtureRequest, cluster: Cluster) -> Iterator[str]:
+    """A fresh service name for one test; its manifest is deleted and drained afterwards."""
+    name = "t" + uuid.uuid4().hex[:8]
+    yield name
+    cluster.delete(name)
+    wait_until(lambda: not cluster.containers(name, all_states=True), timeout=60, what=f"{name} removed")

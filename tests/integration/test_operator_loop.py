@@ -1,0 +1,277 @@
+"""The operator loop on the real staging environment: Consul, Docker, two agents."""
+
+from __future__ import annotations
+
+import signal
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+
+import docker
+import pytest
+
+from consul_operator.consul_client import ConsulClient
+from consul_operator.errors import NotLeader
+from tests.support.cluster import Cluster
+from tests.support.staging import pid_alive, wait_until
+
+
+def answer(address: str, port: int) -> str:
+    """The body a replica answers on /."""
+    with urllib.request.urlopen(f"http://{address}:{port}/", timeout=3) as response:
+        return str(response.read().decode())
+
+
+def both_agents_up(cluster: Cluster) -> None:
+    """Restart whatever agent a test killed, and wait until both do passes again."""
+    since = time.time()
+    cluster.staging.run("up")
+    cluster.wait_passes(since)
+
+
+@pytest.fixture
+def foreign_container(docker_engine: docker.DockerClient) -> Iterator[docker.models.containers.Container]:
+    """A container on the same engine without our labels; removed by id afterwards."""
+    container = docker_engine.containers.run(
+        "hello:local", detach=True, name=f"foreign-{uuid.uuid4().hex[:6]}"
+    )
+    container.reload()
+    yield container
+    container.remove(force=True)
+
+
+def test_two_replicas_spread_over_both_hosts(cluster: Cluster, service_name: str) -> None:
+    """2 replicas give one container per app host, each registered with its host's address and passing."""
+    cluster.put(service_name, 2)
+    cluster.wait_converged(service_name, 2)
+    assert cluster.per_host(service_name) == {"host-1": 1, "host-2": 1}
+    by_host = {i.meta["host"]: i for i in cluster.passing(service_name)}
+    assert by_host["host-1"].address == cluster.staging.addresses[0]
+    assert by_host["host-2"].address == cluster.staging.addresses[1]
+    for inst in by_host.values():
+        container_id = inst.meta["container"]
+        assert answer(inst.address, inst.port) == f"Hello World from {container_id[:12]}\n"
+
+
+def test_scale_up_down_and_delete_leave_foreign_containers_alone(
+    cluster: Cluster, service_name: str, foreign_container: docker.models.containers.Container
+) -> None:
+    """Scale to 4, then 1, then delete the key: containers and registrations follow; others are untouched."""
+    started_at = foreign_container.attrs["State"]["StartedAt"]
+    cluster.put(service_name, 4)
+    cluster.wait_converged(service_name, 4)
+    assert cluster.per_host(service_name) == {"host-1": 2, "host-2": 2}
+
+    cluster.put(service_name, 1)
+    cluster.wait_converged(service_name, 1)
+
+    cluster.delete(service_name)
+    wait_until(
+        lambda: (
+            not cluster.containers(service_name, all_states=True) and not cluster.registrations(service_name)
+        ),
+        timeout=60,
+        what="every container drained and deregistered",
+    )
+    wait_until(
+        lambda: (
+            cluster.status(service_name, "host-1") is None and cluster.status(service_name, "host-2") is None
+        ),
+        timeout=30,
+        what="status keys removed",
+    )
+    foreign_container.reload()
+    assert foreign_container.status == "running"
+    assert foreign_container.attrs["State"]["StartedAt"] == started_at
+
+
+def test_killed_replica_is_replaced(cluster: Cluster, service_name: str) -> None:
+    """`docker kill` of a replica: a new one runs and passes in its place."""
+    cluster.put(service_name, 2)
+    cluster.wait_converged(service_name, 2)
+    victim = cluster.containers(service_name)[0]
+    victim.kill()
+    wait_until(
+        lambda: victim.name not in {c.name for c in cluster.containers(service_name)},
+        timeout=30,
+        what="the kill",
+    )
+    cluster.wait_converged(service_name, 2)
+    assert victim.name not in {i.service_id for i in cluster.registrations(service_name)}
+
+
+def test_leader_killed_other_agent_takes_over(cluster: Cluster, service_name: str) -> None:
+    """kill -9 of the leader agent: the other agent takes the lock and keeps converging."""
+    wait_until(cluster.leader, timeout=30, what="a leader")
+    old = cluster.leader()
+    assert old in ("host-1", "host-2")
+    new = "host-2" if old == "host-1" else "host-1"
+    try:
+        cluster.kill(f"agent-{old}", signal.SIGKILL)
+        wait_until(lambda: cluster.leader() == new, timeout=60, what=f"{new} to lead")
+        # Only the new leader can place: a service placed after the kill proves it schedules.
+        cluster.put(service_name, 1, placement={"hosts": [new]})
+        cluster.wait_converged(service_name, 1)
+        assert cluster.per_host(service_name) == {new: 1}
+    finally:
+        both_agents_up(cluster)
+
+
+def test_restarting_both_agents_changes_no_container(cluster: Cluster, service_name: str) -> None:
+    """SIGTERM both agents and start them again: every container keeps running, none is started."""
+    cluster.put(service_name, 2)
+    cluster.wait_converged(service_name, 2)
+    before = {c.id for c in cluster.containers(service_name)}
+    since = time.time()
+    for host in ("host-1", "host-2"):
+        cluster.kill(f"agent-{host}", signal.SIGTERM)
+    assert {c.id for c in cluster.containers(service_name)} == before, "SIGTERM must leave containers running"
+    both_agents_up(cluster)
+    # A few more passes, on every wake-up source, before we look.
+    cluster.put(service_name, 2, drain="600ms")
+    cluster.wait_passes(time.time())
+    assert {c.id for c in cluster.containers(service_name)} == before
+    actions = cluster.container_events(service_name, since, ("create", "start", "stop", "kill", "destroy"))
+    assert actions == [], f"containers were touched: {actions}"
+
+
+def test_invalid_manifest_leaves_containers_untouched(cluster: Cluster, service_name: str) -> None:
+    """Bad YAML, bad fields, a name that does not match its key: containers stay, status shows the error."""
+    cluster.put(service_name, 2)
+    cluster.wait_converged(service_name, 2)
+    before = {c.id for c in cluster.containers(service_name)}
+    bad_inputs = {  # kind: (manifest text, a part of the error the status must show)
+        "yaml": ("name: [unclosed\n", "YAML syntax error at line"),
+        "fields": (f"name: {service_name}\nimage: hello:local\nreplicas: true\nreplica: 3\n", "replica"),
+        "name": ("name: someone-else\nimage: hello:local\nreplicas: 0\n", "name: must equal its key"),
+    }
+    for kind, (text, expected) in bad_inputs.items():
+        cluster.put_raw(service_name, text)
+        for host in ("host-1", "host-2"):
+            wait_until(
+                lambda: (
+                    cluster.status_error(service_name, host).startswith("Invalid: ")  # noqa: B023
+                    and expected in cluster.status_error(service_name, host)  # noqa: B023
+                ),
+                timeout=30,
+                what=f"the {kind} error in {host}'s status",
+            )
+        assert {c.id for c in cluster.containers(service_name)} == before, f"{kind}: containers changed"
+        assert len(cluster.passing(service_name)) == 2
+    # A valid manifest again: the service is managed again, with the same containers.
+    cluster.put(service_name, 2)
+    wait_until(
+        lambda: cluster.status(service_name, "host-1")["error"] == "", timeout=30, what="error cleared"
+    )
+    assert {c.id for c in cluster.containers(service_name)} == before
+
+
+def test_missing_image_is_reported_and_backed_off(cluster: Cluster, service_name: str) -> None:
+    """An image that cannot be found: no container is left behind, the error shows, retries back off."""
+    # A registry on a closed loopback port: the pull fails at once, without leaving this machine.
+    cluster.put(service_name, 1, image="127.0.0.1:9/missing/image:v1", placement={"hosts": ["host-1"]})
+    wait_until(
+        lambda: "image" in str((cluster.status(service_name, "host-1") or {}).get("error", "")),
+        timeout=60,
+        what="the image error in status",
+    )
+    wait_until(
+        lambda: (
+            cluster.metric("host-1", "operator_consecutive_failures", service=service_name, host="host-1")
+            >= 3
+        ),
+        timeout=60,
+        what="three failed attempts",
+    )
+    first = cluster.metric("host-1", "operator_consecutive_failures", service=service_name, host="host-1")
+    assert cluster.containers(service_name, all_states=True) == []
+    # Back-off: the next attempts are seconds apart, not a hot loop.
+    started = time.time()
+    wait_until(
+        lambda: (
+            cluster.metric("host-1", "operator_consecutive_failures", service=service_name, host="host-1")
+            >= first + 2
+        ),
+        timeout=60,
+        what="two more attempts",
+    )
+    assert time.time() - started >= 3, "retries came faster than the back-off allows"
+
+
+def test_crashing_container_is_backed_off(cluster: Cluster, service_name: str) -> None:
+    """A container that exits at once is restarted with growing delays, and status says it crash-loops."""
+    since = time.time()
+    cluster.put(service_name, 1, command=["false"], placement={"hosts": ["host-1"]})
+    wait_until(
+        lambda: "crash-looping" in str((cluster.status(service_name, "host-1") or {}).get("error", "")),
+        timeout=60,
+        what="crash-looping in status",
+    )
+    wait_until(
+        lambda: (
+            cluster.metric("host-1", "operator_consecutive_failures", service=service_name, host="host-1")
+            >= 3
+        ),
+        timeout=60,
+        what="three crashes",
+    )
+    elapsed = time.time() - since
+    creates = len(cluster.container_events(service_name, since, ("create",)))
+    # With delays of 1, 2, 4 ... seconds, far fewer starts than seconds elapsed.
+    assert creates <= elapsed / 1.5 + 2, f"{creates} containers in {elapsed:.0f}s: not backing off"
+
+
+def test_ex_leader_cannot_write_placements(cluster: Cluster) -> None:
+    """A fenced write from a session that lost the lock fails with NotLeader and changes nothing."""
+    consul = ConsulClient(cluster.staging.consul_addr("host-3"))
+    prefix = f"fencing-test-{uuid.uuid4().hex[:8]}"
+    lock, target = f"{prefix}/leader", f"{prefix}/placement/x"
+    old = consul.session_create("old leader", checks=["serfHealth"], lock_delay=0)
+    assert consul.kv_acquire(lock, b"old", old)
+    consul.fenced_write(lock, old, {target: b"from-old"})
+
+    consul.session_destroy(old)  # what a missed TTL does to a paused leader
+    new = consul.session_create("new leader", checks=["serfHealth"], lock_delay=0)
+    wait_until(lambda: consul.kv_acquire(lock, b"new", new), timeout=30, what="the new leader's lock")
+    consul.fenced_write(lock, new, {target: b"from-new"})
+
+    with pytest.raises(NotLeader):
+        consul.fenced_write(lock, old, {target: b"stale"})
+    entry = consul.kv_get(target, consistent=True).value
+    assert entry is not None and entry.value == b"from-new"
+    consul.session_destroy(new)
+    consul.kv_delete(prefix, recurse=True)
+
+
+def test_consul_outage_starts_and_stops_nothing(cluster: Cluster, service_name: str) -> None:
+    """All Consul servers down: containers keep running untouched; convergence resumes when they return."""
+    cluster.put(service_name, 2)
+    cluster.wait_converged(service_name, 2)
+    before = {c.id for c in cluster.containers(service_name)}
+    errors_before = cluster.metric(
+        "host-1", "operator_reconcile_errors_total", loop="host", reason="consul_unavailable"
+    )
+    pids = [cluster.kill(f"consul-{h}", signal.SIGTERM) for h in ("host-1", "host-2", "host-3")]
+    try:
+        assert not any(pid_alive(p) for p in pids)
+        # Wake the agents (Docker events) while Consul is away: they must not act.
+        victim = cluster.containers(service_name)[0]
+        victim.kill()
+        wait_until(
+            lambda: (
+                cluster.metric(
+                    "host-1", "operator_reconcile_errors_total", loop="host", reason="consul_unavailable"
+                )
+                > errors_before
+            ),
+            timeout=60,
+            what="the agents to notice the outage",
+        )
+        survivors = {c.id for c in cluster.containers(service_name, all_states=True)}
+        assert survivors == before, "no container may be started or removed while Consul is away"
+    finally:
+        cluster.staging.run("up")
+    cluster.wait_converged(service_name, 2, timeout=120)
+    after = {c.id for c in cluster.containers(service_name)}
+    assert len(after & before) == 1, "the survivor keeps running; only the killed replica is replaced"

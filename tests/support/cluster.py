@@ -1,0 +1,165 @@
+"""Looking at a running staging environment the way a user would: KV, catalog, Docker, metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+import docker
+import yaml
+
+from consul_operator.consul_client import ConsulClient
+from consul_operator.model import LABEL_CLUSTER, LABEL_HOST, LABEL_SERVICE
+from tests.support.staging import HOSTS, Staging, pid_alive, wait_until
+
+CONVERGE_TIMEOUT = 60.0  # generous: the goal is seconds, measured in bench/
+
+
+def manifest_yaml(name: str, replicas: int, **fields: Any) -> str:
+    """A manifest of the hello image; ``fields`` override or add top-level fields."""
+    body: dict[str, Any] = {
+        "name": name,
+        "image": "hello:local",
+        "replicas": replicas,
+        "port": 5000,
+        "health": {"http": "/health", "interval": "1s", "timeout": "500ms"},
+        "drain": "500ms",
+        "stop_grace": "2s",
+    }
+    body.update(fields)
+    return yaml.safe_dump(body)
+
+
+@dataclass
+class Cluster:
+    """A staging environment with its clients."""
+
+    staging: Staging
+    consul: ConsulClient
+    docker: docker.DockerClient
+
+    def put(self, name: str, replicas: int, **fields: Any) -> None:
+        """`consul kv put services/<name>` of a hello manifest."""
+        self.consul.kv_put(f"services/{name}", manifest_yaml(name, replicas, **fields))
+
+    def put_raw(self, name: str, text: str) -> None:
+        """Write any text as the manifest of ``name``."""
+        self.consul.kv_put(f"services/{name}", text)
+
+    def delete(self, name: str) -> None:
+        """`consul kv delete services/<name>`."""
+        self.consul.kv_delete(f"services/{name}")
+
+    def containers(self, service: str, *, all_states: bool = False) -> list[Any]:
+        """Our containers of ``service`` in this environment."""
+        labels = [f"{LABEL_CLUSTER}={self.staging.name}", f"{LABEL_SERVICE}={service}"]
+        return list(self.docker.containers.list(all=all_states, filters={"label": labels}))
+
+    def per_host(self, service: str) -> dict[str, int]:
+        """Running containers of ``service`` per host label."""
+        counts: dict[str, int] = {}
+        for c in self.containers(service):
+            host = c.labels[LABEL_HOST]
+            counts[host] = counts.get(host, 0) + 1
+        return counts
+
+    def passing(self, service: str) -> list[Any]:
+        """Instances of ``service`` whose every check passes."""
+        return [i for i in self.consul.health_service(service).value if i.status == "passing"]
+
+    def registrations(self, service: str) -> list[Any]:
+        """Every instance of ``service`` in the catalog, passing or not."""
+        return list(self.consul.health_service(service).value)
+
+    def converged(self, service: str, replicas: int) -> bool:
+        """Exactly ``replicas`` containers run, and exactly those are registered and passing."""
+        running = {c.name for c in self.containers(service)}
+        registered = {i.service_id for i in self.registrations(service)}
+        passing = {i.service_id for i in self.passing(service)}
+        return len(running) == replicas and running == registered == passing
+
+    def wait_converged(self, service: str, replicas: int, timeout: float = CONVERGE_TIMEOUT) -> None:
+        """Wait until `converged`, failing with what is there after ``timeout``."""
+        try:
+            wait_until(
+                lambda: self.converged(service, replicas), timeout=timeout, what=f"{service} x{replicas}"
+            )
+        except AssertionError as exc:
+            state = {
+                "containers": sorted(c.name for c in self.containers(service, all_states=True)),
+                "catalog": sorted((i.service_id, i.status) for i in self.registrations(service)),
+                "placement": self.kv_json(f"operator/placement/{service}"),
+            }
+            raise AssertionError(f"{exc}; state: {state}") from None
+
+    def kv_json(self, key: str) -> Any:
+        """A JSON value from KV, or None."""
+        entry = self.consul.kv_get(key).value
+        return json.loads(entry.value) if entry else None
+
+    def status(self, service: str, host: str) -> Any:
+        """The agent's status record of ``service`` on ``host``."""
+        return self.kv_json(f"operator/status/{service}/{host}")
+
+    def status_error(self, service: str, host: str) -> str:
+        """The error in the agent's status record ("" when none or no record)."""
+        return str((self.status(service, host) or {}).get("error", ""))
+
+    def wait_passes(self, after: float, hosts: tuple[str, ...] = ("host-1", "host-2")) -> None:
+        """Wait until each agent finished a host pass that started after ``after``."""
+        for host in hosts:
+            wait_until(lambda: self.last_host_pass(host) > after, timeout=60, what=f"{host} agent passes")  # noqa: B023
+
+    def container_events(self, service: str, since: float, actions: tuple[str, ...]) -> list[str]:
+        """Docker's events of ``service``'s containers from ``since`` until now, by action name."""
+        events = self.docker.events(
+            since=f"{since:.9f}",
+            until=f"{time.time() + 0.5:.9f}",
+            decode=True,
+            filters={"type": "container", "label": f"{LABEL_SERVICE}={service}"},
+        )
+        return [str(e["Action"]) for e in events if e["Action"] in actions]
+
+    def leader(self) -> str | None:
+        """The host holding the leader lock, per its value."""
+        entry = self.consul.kv_get("operator/leader", consistent=True).value
+        if entry is None or not entry.session:
+            return None
+        return str(json.loads(entry.value)["host"])
+
+    def agent_pid(self, host: str) -> int:
+        """Pid of the operator agent of ``host``."""
+        return self.staging.pids()[f"agent-{host}"]
+
+    def metric(self, agent: str, name: str, **labels: str) -> float:
+        """One sample from the /metrics of the agent of host ``agent`` (0 when absent)."""
+        address = self.staging.addresses[HOSTS.index(agent)]
+        with urllib.request.urlopen(f"http://{address}:9810/metrics", timeout=5) as response:
+            text = response.read().decode()
+        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in text.splitlines():
+            if line.startswith("#"):
+                continue
+            metric, _, value = line.rpartition(" ")
+            base, _, rest = metric.partition("{")
+            got = ",".join(sorted(rest.rstrip("}").split(","))) if rest else ""
+            if base == name and got == want:
+                return float(value)
+        return 0.0
+
+    def last_host_pass(self, host: str) -> float:
+        """Unix time of the agent's last successful host reconcile pass."""
+        return self.metric(host, "operator_last_successful_sync_timestamp_seconds", loop="host")
+
+    def kill(self, name: str, sig: signal.Signals) -> int:
+        """Send ``sig`` to the staging process ``name`` (by its recorded pid); returns the pid."""
+        pid = self.staging.pids()[name]
+        os.kill(pid, sig)
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            wait_until(lambda: not pid_alive(pid), timeout=30, what=f"{name} to exit")
+        return pid
