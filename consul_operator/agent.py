@@ -141,7 +141,9 @@ def run_agent(config: AgentConfig) -> int:
         thread.start()
     log.info("agent started", host=config.host, advertise=config.advertise, cluster=config.cluster)
 
-    while not stop.wait(1.0):
+    # Short waits: a signal may land on another thread, and CPython runs its
+    # handler only when the main thread wakes up.
+    while not stop.wait(0.2):
         pass
     host_trigger.fire()
     schedule_trigger.fire()

@@ -169,10 +169,6 @@ class Executor:
 
     def _remove_dead(self, action: RemoveDead) -> None:
         c = action.container
-        if action.crashed:
-            with self.lock:
-                previous = self.backoffs.get(c.service, Backoff())
-                self.backoffs[c.service] = backoff_after_crash(previous, self.clock(), action)
         log.info(
             "removing dead container",
             service=c.service,
@@ -185,6 +181,12 @@ class Executor:
         except ConsulError as exc:
             log.warning("deregistration failed", container=c.name, error=str(exc))
         self.docker.remove(c.id)
+        if action.crashed:
+            # Counted only once the container is gone: a removal that fails is
+            # planned again, and must not count the same crash twice.
+            with self.lock:
+                previous = self.backoffs.get(c.service, Backoff())
+                self.backoffs[c.service] = backoff_after_crash(previous, self.clock(), action)
 
     def _fail(self, service: str, error: str) -> None:
         with self.lock:

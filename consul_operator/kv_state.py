@@ -23,6 +23,10 @@ log = structlog.get_logger()
 
 ManifestResult = Manifest | ManifestError
 
+# A watch that lost Consul retries at most this far apart: once Consul is back,
+# the loops hear about it within this time.
+WATCH_RETRY_CAP = 5.0
+
 
 def read_manifests(consul: ConsulClient, layout: Layout) -> dict[str, ManifestResult]:
     """Every manifest under ``services/``, by name: parsed, or the reason it is invalid."""
@@ -71,7 +75,7 @@ def watch(
             if failures == 1:
                 log.warning("watch lost Consul", watch=what, error=str(exc))
             query.index = 0  # start afresh: the index may mean nothing to the next server
-            stop.wait(min(0.5 * 2**failures, 10.0))
+            stop.wait(min(0.5 * 2**failures, WATCH_RETRY_CAP))
             continue
         if failures:
             log.info("watch reconnected", watch=what)

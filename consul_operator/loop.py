@@ -30,7 +30,7 @@ from consul_operator.errors import (
 log = structlog.get_logger()
 
 RETRY_BASE = 0.5  # seconds before the first retry of a failed pass
-RETRY_CAP = 30.0  # the longest wait between retries
+RETRY_CAP = 10.0  # the longest wait between retries; cheap even while a dependency is away
 
 
 class Trigger:

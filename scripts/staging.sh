@@ -64,24 +64,30 @@ spawn() {
   say "started $name (pid $pid)"
 }
 
-# stop NAME: SIGTERM, wait up to 15 s, then SIGKILL. Removes the pid file.
+# stop NAME...: SIGTERM to all of them at once, wait up to 15 s, then SIGKILL.
+# Removes their pid files.
 stop() {
-  local name=$1 pidfile="$PIDS/$1.pid" pid exe i
-  [[ -f $pidfile ]] || return 0
-  if alive "$name"; then
-    read -r pid exe <"$pidfile"
-    kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 150); do
+  local name pid exe i pids=() names=()
+  for name in "$@"; do
+    if alive "$name"; then
+      read -r pid exe <"$PIDS/$name.pid"
+      kill -TERM "$pid" 2>/dev/null || true
+      pids+=("$pid"); names+=("$name")
+    fi
+  done
+  for i in "${!pids[@]}"; do
+    pid=${pids[$i]}
+    for _ in $(seq 1 150); do
       [[ -d /proc/$pid ]] || break
       sleep 0.1
     done
     if [[ -d /proc/$pid ]]; then
-      say "$name did not stop on SIGTERM, killing"
+      say "${names[$i]} did not stop on SIGTERM, killing"
       kill -KILL "$pid" 2>/dev/null || true
     fi
-    say "stopped $name (pid $pid)"
-  fi
-  rm -f "$pidfile"
+    say "stopped ${names[$i]} (pid $pid)"
+  done
+  for name in "$@"; do rm -f "$PIDS/$name.pid"; done
 }
 
 consul_up() {
@@ -161,12 +167,18 @@ cmd_down() {
     for f in "$PIDS"/*.pid; do [[ -e $f ]] && names+=("$(basename "$f" .pid)"); done
   fi
   # Operators first (so that nothing restarts containers while we remove them),
-  # then the load balancer, then Consul.
-  local order=() n
-  for n in "${names[@]}"; do [[ $n == agent-* ]] && order+=("$n"); done
-  for n in "${names[@]}"; do [[ $n == lb* || $n == nginx* ]] && order+=("$n"); done
-  for n in "${names[@]}"; do [[ $n != agent-* && $n != lb* && $n != nginx* ]] && order+=("$n"); done
-  for n in "${order[@]}"; do stop "$n"; done
+  # then the load balancer, then Consul; each group in parallel.
+  local agents=() lbs=() rest=() n
+  for n in "${names[@]}"; do
+    case $n in
+      agent-*) agents+=("$n") ;;
+      lb*|nginx*) lbs+=("$n") ;;
+      *) rest+=("$n") ;;
+    esac
+  done
+  ((${#agents[@]})) && stop "${agents[@]}"
+  ((${#lbs[@]})) && stop "${lbs[@]}"
+  ((${#rest[@]})) && stop "${rest[@]}"
   remove_containers
   rm -rf "$RUN_DIR/consul"
   say "down"

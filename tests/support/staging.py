@@ -103,3 +103,19 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def restart_docker_engine() -> None:
+    """Restart the Docker engine the way `make deps` runs it: by its pid file, or through systemd."""
+    pid_file = ROOT / ".run" / "dockerd.pid"
+    if pid_file.exists() and pid_alive(int(pid_file.read_text().split()[0])):
+        pid = int(pid_file.read_text().split()[0])
+        os.kill(pid, 15)
+        wait_until(lambda: not pid_alive(pid), timeout=60, what="dockerd to stop")
+        subprocess.run(
+            ["bash", str(ROOT / "scripts" / "deps.sh")], check=True, capture_output=True, timeout=300
+        )
+    elif shutil.which("systemctl"):
+        subprocess.run(["systemctl", "restart", "docker"], check=True, timeout=120)
+    else:
+        raise AssertionError("cannot restart the Docker engine: not started by `make deps`, no systemd")
