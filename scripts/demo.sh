@@ -1,14 +1,68 @@
 #!/usr/bin/env bash
-# The original walkthrough on the local staging environment (after `make up`).
+# The original walkthrough on the local staging environment (run after `make up`).
+# The load balancer step (curl http://127.0.0.13/) comes with `operator lb`.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export PATH="$ROOT/.tools/bin:$PATH" CONSUL_HTTP_ADDR=${CONSUL_HTTP_ADDR:-127.0.0.11:8500}
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+manifest() { sed "s/^replicas: .*/replicas: $1/" "$ROOT/manifests/simple.yaml"; }
 
-step "the Consul cluster"
+# wait_passing N: until exactly the N running replicas of simple pass in Consul (at most 60 s).
+wait_passing() {
+  local passing running
+  for _ in $(seq 1 300); do
+    passing=$(curl -fsS "http://$CONSUL_HTTP_ADDR/v1/health/service/simple?passing=1" \
+      | grep -o '"ServiceID":"simple-[^"]*' | cut -d'"' -f4 | sort || true)
+    running=$(docker ps --format '{{.Names}}' --filter label=consul-operator.service=simple \
+      --filter label=consul-operator.cluster=staging | sort)
+    [[ -n $running && $passing == "$running" && $(wc -l <<<"$running") -eq $1 ]] && return 0
+    sleep 0.2
+  done
+  echo "simple did not converge to $1 replicas; see .run/staging/logs/" >&2
+  return 1
+}
+
+# answers: what each passing instance says, straight from its published port.
+answers() {
+  curl -fsS "http://$CONSUL_HTTP_ADDR/v1/health/service/simple?passing=1" \
+    | python3 -c 'import json,sys; [print(e["Service"]["Address"], e["Service"]["Port"], e["Service"]["Meta"]["host"]) for e in json.load(sys.stdin)]' \
+    | while read -r addr port host; do printf '  %s  %s:%s  ->  %s' "$host" "$addr" "$port" "$(curl -fsS "http://$addr:$port/")"; echo; done
+}
+
+step "the staging cluster: three Consul servers, operator agents on host-1 and host-2"
 consul members
-step "validate the demo manifest"
+consul kv get operator/leader
+
+step "operator validate manifests/simple.yaml"
 "$ROOT/.venv/bin/operator" validate "$ROOT/manifests/simple.yaml"
-step "store it as desired state"
-consul kv put services/simple @"$ROOT/manifests/simple.yaml"
-consul kv get services/simple
+
+step "consul kv put services/simple (1 replica)"
+manifest 1 | consul kv put services/simple -
+wait_passing 1
+answers
+
+step "scale to 2: one replica on each app host"
+manifest 2 | consul kv put services/simple -
+wait_passing 2
+answers
+consul kv get operator/placement/simple
+
+step "docker kill one replica: the operator replaces it"
+victim=$(docker ps -q --filter label=consul-operator.service=simple --filter label=consul-operator.cluster=staging | head -1)
+docker kill "$victim" >/dev/null
+echo "  killed $victim"
+wait_passing 2
+answers
+
+step "what each agent reports (operator/status/)"
+consul kv get -recurse operator/status/simple
+
+cat <<MSG
+
+Go on:
+  export PATH=$ROOT/.tools/bin:\$PATH CONSUL_HTTP_ADDR=$CONSUL_HTTP_ADDR
+  sed 's/^replicas: .*/replicas: 4/' manifests/simple.yaml | consul kv put services/simple -
+  docker ps --filter label=consul-operator.cluster=staging
+  consul kv delete services/simple      # drains and removes every replica
+  make down                             # stops everything make up started
+MSG
