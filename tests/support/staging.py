@@ -106,16 +106,21 @@ def pid_alive(pid: int) -> bool:
 
 
 def restart_docker_engine() -> None:
-    """Restart the Docker engine the way `make deps` runs it: by its pid file, or through systemd."""
-    pid_file = ROOT / ".run" / "dockerd.pid"
-    if pid_file.exists() and pid_alive(int(pid_file.read_text().split()[0])):
-        pid = int(pid_file.read_text().split()[0])
-        os.kill(pid, 15)
-        wait_until(lambda: not pid_alive(pid), timeout=60, what="dockerd to stop")
-        subprocess.run(
-            ["bash", str(ROOT / "scripts" / "deps.sh")], check=True, capture_output=True, timeout=300
-        )
-    elif shutil.which("systemctl"):
-        subprocess.run(["systemctl", "restart", "docker"], check=True, timeout=120)
-    else:
-        raise AssertionError("cannot restart the Docker engine: not started by `make deps`, no systemd")
+    """Restart the Docker engine: through systemd when it runs it, else by dockerd's own pid file.
+
+    dockerd writes its pid to /var/run/docker.pid; after stopping that one
+    process, `scripts/deps.sh` starts the engine again the way `make deps` does.
+    """
+    systemctl = shutil.which("systemctl")
+    if systemctl and Path("/run/systemd/system").is_dir():
+        subprocess.run([systemctl, "restart", "docker"], check=True, timeout=120)
+        return
+    pid_file = Path("/var/run/docker.pid")
+    if not pid_file.exists():
+        raise AssertionError("cannot restart the Docker engine: no systemd, no /var/run/docker.pid")
+    pid = int(pid_file.read_text().split()[0])
+    if Path(f"/proc/{pid}/exe").resolve().name != "dockerd":
+        raise AssertionError(f"/var/run/docker.pid names pid {pid}, which is not dockerd")
+    os.kill(pid, 15)
+    wait_until(lambda: not pid_alive(pid), timeout=60, what="dockerd to stop")
+    subprocess.run(["bash", str(ROOT / "scripts" / "deps.sh")], check=True, capture_output=True, timeout=300)
