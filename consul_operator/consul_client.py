@@ -334,6 +334,12 @@ class ConsulClient:
             idx, checks = self._client.health.node(node, index=index or None, wait=_go_duration(wait))
         return Indexed(int(idx or 0), [f"{c['CheckID']}={c['Status']}" for c in checks or []])
 
+    def health_state_any(self, *, index: int = 0, wait: float = DEFAULT_WAIT) -> Indexed[int]:
+        """How many checks exist cluster-wide (blocking when ``index`` > 0): wakes on any health change."""
+        with _wrapped("reading the cluster's checks"):
+            idx, checks = self._client.health.state("any", index=index or None, wait=_go_duration(wait))
+        return Indexed(int(idx or 0), len(checks or []))
+
     def leader(self) -> str:
         """The Raft leader's address, or "" when the cluster has none."""
         with _wrapped("reading the Raft leader"):

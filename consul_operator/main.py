@@ -125,6 +125,42 @@ def cmd_agent(args: argparse.Namespace) -> int:
     return run_agent(config)
 
 
+def cmd_lb(args: argparse.Namespace) -> int:
+    """Run the load balancer until SIGTERM."""
+    from consul_operator.lb import LBConfig, run_lb
+
+    configure_logs(args.log_level, json=args.log_json)
+    config = LBConfig(
+        consul_addr=args.consul,
+        consul_token=args.token,
+        layout=Layout(args.services_prefix, args.operator_prefix),
+        listen=args.listen,
+        default_service=args.default_service,
+        nginx_dir=Path(args.nginx_dir) if args.nginx_dir else None,
+        nginx_binary=args.nginx_binary,
+        system_conf=Path(args.system_nginx_conf) if args.system_nginx_conf else None,
+        test_cmd=args.nginx_test_cmd,
+        reload_cmd=args.nginx_reload_cmd,
+        metrics_addr=args.metrics,
+        coalesce=args.coalesce,
+        resync=args.resync,
+    )
+    return run_lb(config)
+
+
+def _listen(text: str) -> str:
+    """argparse type for ADDR:PORT (an IP address and a port)."""
+    host, sep, port = text.rpartition(":")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        ok = sep == ":" and 1 <= int(port) <= 65535
+    except ValueError:
+        ok = False
+    if not ok:
+        raise argparse.ArgumentTypeError(f"must look like ADDR:PORT with an IP address, got {text!r}")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of every subcommand."""
     parser = argparse.ArgumentParser(
@@ -170,6 +206,35 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     agent.add_argument("--log-json", action="store_true", default=None, help="JSON log lines even on a tty")
     agent.set_defaults(func=cmd_agent)
+
+    lb = sub.add_parser("lb", help="run the load balancer: NGINX upstreams from Consul health")
+    _add_common(lb)
+    lb.add_argument(
+        "--listen", default="127.0.0.1:80", type=_listen, help="NGINX listens here (127.0.0.1:80)"
+    )
+    lb.add_argument(
+        "--default-service",
+        type=_host_name,
+        help="the service of the default server (else 404 for unknown Host)",
+    )
+    mode = lb.add_mutually_exclusive_group()
+    mode.add_argument("--nginx-dir", default=".run/nginx", help="prefix of the NGINX we manage (.run/nginx)")
+    mode.add_argument(
+        "--system-nginx-conf",
+        metavar="FILE",
+        help="drive an existing NGINX instead: write this conf.d file and run the reload command",
+    )
+    lb.add_argument("--nginx-binary", default="nginx", help="the nginx program (nginx)")
+    lb.add_argument("--nginx-test-cmd", default="nginx -t", help="with --system-nginx-conf: the test command")
+    lb.add_argument("--nginx-reload-cmd", default="nginx -s reload", help="with --system-nginx-conf: reload")
+    lb.add_argument("--metrics", metavar="ADDR", help="serve /metrics and /healthz on host:port")
+    lb.add_argument(
+        "--coalesce", type=_duration, default=0.2, help="apply bursts of changes together (200ms)"
+    )
+    lb.add_argument("--resync", type=_duration, default=15.0, help="safety-net resync period (15s)")
+    lb.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    lb.add_argument("--log-json", action="store_true", default=None, help="JSON log lines even on a tty")
+    lb.set_defaults(func=cmd_lb)
     return parser
 
 

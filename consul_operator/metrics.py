@@ -79,8 +79,25 @@ leader_changes = Counter("operator_leader_changes_total", "Times this agent gain
 placement_writes = Counter(
     "operator_placement_writes_total", "Placement decisions written to KV by the leader."
 )
+lb_reloads = Counter(
+    "operator_lb_reloads_total",
+    "NGINX config changes: ok (tested, installed, reloaded) or failed (refused; the last good one serves).",
+    ["result"],
+)
+lb_upstream_servers = Gauge(
+    "operator_lb_upstream_servers", "Passing servers in the service's NGINX upstream.", ["service"]
+)
+lb_rejected = Counter(
+    "operator_lb_rejected_total",
+    "Catalog data left out of the NGINX config (bad_name, bad_address, bad_port).",
+    ["reason"],
+)
 consul_errors = Counter("operator_consul_errors_total", "Consul requests that failed or were refused.")
 
+for _result in ("ok", "failed"):
+    lb_reloads.labels(_result)
+for _reason in ("bad_name", "bad_address", "bad_port"):
+    lb_rejected.labels(_reason)
 for _loop in LOOPS:
     for _reason in ERROR_REASONS:
         reconcile_errors.labels(_loop, _reason)

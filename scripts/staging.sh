@@ -4,7 +4,7 @@
 #
 #   host-1  127.0.0.11  Consul server, operator agent --host host-1 (metrics :9810)
 #   host-2  127.0.0.12  Consul server, operator agent --host host-2 (metrics :9810)
-#   host-3  127.0.0.13  Consul server
+#   host-3  127.0.0.13  Consul server, operator lb (metrics :9810), NGINX on :80 (default service: simple)
 #
 # usage: staging.sh up | down | status
 #
@@ -19,6 +19,7 @@
 #   STAGING_ADDRS  the three hosts' addresses (default: "127.0.0.11 127.0.0.12 127.0.0.13")
 #   RUN_DIR        state, logs and pid files (default: .run/$STAGING_NAME)
 #   AGENT_ARGS     extra flags for every `operator agent` (e.g. "--lost-grace 5s")
+#   LB_ARGS        extra flags for `operator lb`
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -154,11 +155,41 @@ agents_up() {
   [[ $live -ge 2 && -n $leader ]] || die "the agents did not become live within 60 s; see $LOGS/"
 }
 
+lb_up() {
+  local addr=${ADDRS[2]}
+  # shellcheck disable=SC2086
+  spawn "lb-host-3" "$ROOT/.venv/bin/python" -m consul_operator lb --consul "$addr:8500" \
+    --listen "$addr:80" --default-service simple --nginx-dir "$RUN_DIR/nginx" \
+    --metrics "$addr:9810" --log-json ${LB_ARGS:-}
+  local i
+  for i in $(seq 1 150); do
+    curl -fsS --max-time 1 "http://$addr:9810/healthz" >/dev/null 2>&1 && return 0
+    alive lb-host-3 || die "lb-host-3 died; see $LOGS/lb-host-3.log"
+    sleep 0.2
+  done
+  die "the load balancer did not answer within 30 s; see $LOGS/lb-host-3.log"
+}
+
+# An NGINX left behind by a load balancer that was killed: stop it by its own pid file.
+nginx_leftover_down() {
+  local pidfile="$RUN_DIR/nginx/nginx.pid" pid
+  [[ -f $pidfile ]] || return 0
+  pid=$(cat "$pidfile")
+  if [[ -d /proc/$pid && $(readlink "/proc/$pid/exe") == */nginx ]]; then
+    kill -QUIT "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do [[ -d /proc/$pid ]] || break; sleep 0.1; done
+    [[ -d /proc/$pid ]] && kill -KILL "$pid" 2>/dev/null
+    say "stopped a leftover nginx (pid $pid)"
+  fi
+  rm -f "$pidfile"
+}
+
 cmd_up() {
   mkdir -p "$PIDS" "$LOGS"
   consul_up
   agents_up
-  say "up: Consul on ${ADDRS[*]} (HTTP :8500), agents of host-1 and host-2; logs in $LOGS"
+  lb_up
+  say "up: Consul on ${ADDRS[*]} (HTTP :8500), agents of host-1 and host-2, NGINX on http://${ADDRS[2]}/; logs in $LOGS"
 }
 
 cmd_down() {
@@ -178,9 +209,10 @@ cmd_down() {
   done
   ((${#agents[@]})) && stop "${agents[@]}"
   ((${#lbs[@]})) && stop "${lbs[@]}"
+  nginx_leftover_down
   ((${#rest[@]})) && stop "${rest[@]}"
   remove_containers
-  rm -rf "$RUN_DIR/consul"
+  rm -rf "$RUN_DIR/consul" "$RUN_DIR/nginx"
   say "down"
 }
 

@@ -1,0 +1,225 @@
+"""NGINX: render the config, apply it safely, and run NGINX when we manage it.
+
+Safe apply (what consul-template does not do, see the design's lessons):
+render all services in one pass; if the text equals the file on disk, do
+nothing; else write a temp file, run ``nginx -t`` on it, rename it into place
+atomically and reload. A config that fails the test is never installed, so
+NGINX keeps serving the last good one.
+
+Two modes:
+
+* `ManagedNginx`: an NGINX of our own, with its own prefix directory, config,
+  pid and logs; started by `operator lb`, reloaded with SIGHUP, restarted if
+  it dies, stopped on exit.
+* `SystemNginx`: an existing NGINX; we own one file in its conf.d and run a
+  reload command. The whole system config can only be tested in place, so the
+  new file is renamed in, tested, and the previous one restored if it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+import structlog
+
+from consul_operator.errors import OperatorError
+from consul_operator.upstreams import LBView
+
+log = structlog.get_logger()
+
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("consul_operator", "actuators"),
+    undefined=jinja2.StrictUndefined,
+    autoescape=False,  # not HTML; every value is whitelisted before it gets here
+    keep_trailing_newline=True,
+)
+
+
+class NginxError(OperatorError):
+    """NGINX could not be started, tested or reloaded."""
+
+
+def render(view: LBView, *, listen: str, managed: bool, prefix: str = "") -> str:
+    """The config text for ``view``: a whole nginx.conf (managed) or an http-level snippet."""
+    by_name = {up.name: up for up in view.upstreams}
+    default = by_name.get(view.default_service) if view.default_service else None
+    return _TEMPLATES.get_template("nginx.conf.j2").render(
+        upstreams=view.upstreams, default=default, listen=listen, managed=managed, prefix=prefix
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What `apply` did: nothing (unchanged), installed and reloaded, or refused with why."""
+
+    changed: bool
+    ok: bool
+    error: str = ""
+
+
+def _write(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _run(command: list[str], what: str) -> tuple[bool, str]:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, f"{what}: {exc}"
+    return done.returncode == 0, (done.stderr or done.stdout).strip()
+
+
+class ManagedNginx:
+    """An NGINX of our own under ``prefix``."""
+
+    def __init__(
+        self, prefix: Path, *, binary: str = "nginx", on_exit: Callable[[], None] = lambda: None
+    ) -> None:
+        self.prefix = prefix.resolve()
+        self.binary = binary
+        self.conf = self.prefix / "nginx.conf"
+        self.on_exit = on_exit
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stopping = False
+        for sub in ("tmp", "logs"):
+            (self.prefix / sub).mkdir(parents=True, exist_ok=True)
+
+    def current(self) -> str | None:
+        """The installed config, or None."""
+        try:
+            return self.conf.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+
+    def test(self, path: Path) -> tuple[bool, str]:
+        """``nginx -t`` of the config at ``path``."""
+        return _run([self.binary, "-t", "-q", *self._paths(path)], "nginx -t")
+
+    def _paths(self, conf: Path) -> list[str]:
+        # -e: NGINX logs to its compiled-in error log before it has read the
+        # config; keep even that inside our prefix.
+        return ["-p", str(self.prefix), "-e", str(self.prefix / "logs" / "error.log"), "-c", str(conf)]
+
+    def apply(self, text: str) -> ApplyResult:
+        """Install ``text`` if it differs and passes ``nginx -t``; then reload (or start)."""
+        if text == self.current():
+            self.ensure_running()
+            return ApplyResult(changed=False, ok=True)
+        tmp = self.conf.with_name(f".nginx.conf.{os.getpid()}.tmp")
+        _write(tmp, text)
+        ok, output = self.test(tmp)
+        if not ok:
+            tmp.unlink(missing_ok=True)
+            return ApplyResult(changed=False, ok=False, error=f"nginx -t failed: {output}")
+        os.replace(tmp, self.conf)
+        if self.running():
+            self.reload()
+        else:
+            self.ensure_running()
+        return ApplyResult(changed=True, ok=True)
+
+    @property
+    def pid(self) -> int | None:
+        """The master's pid while it runs."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    def running(self) -> bool:
+        """Whether our NGINX master runs."""
+        return self.pid is not None
+
+    def ensure_running(self) -> None:
+        """Start NGINX on the installed config, unless it runs or there is no config yet."""
+        if self.running() or self.current() is None:
+            return
+        self._proc = subprocess.Popen(
+            [self.binary, *self._paths(self.conf), "-g", "daemon off;"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.prefix / "logs" / "stderr.log", "ab"),  # noqa: SIM115 - owned by the child
+        )
+        log.info("nginx started", pid=self._proc.pid, prefix=str(self.prefix))
+        proc = self._proc
+        threading.Thread(target=self._watch, args=(proc,), name="nginx-watch", daemon=True).start()
+
+    def _watch(self, proc: subprocess.Popen[bytes]) -> None:
+        code = proc.wait()
+        if not self._stopping:
+            log.warning("nginx exited", pid=proc.pid, code=code)
+            self.on_exit()
+
+    def reload(self) -> None:
+        """SIGHUP: NGINX re-reads its config; old workers finish their requests."""
+        pid = self.pid
+        if pid is None:
+            raise NginxError("nginx is not running")
+        os.kill(pid, signal.SIGHUP)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGQUIT (graceful), then SIGTERM."""
+        self._stopping = True
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGQUIT)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            proc.wait(timeout)
+        log.info("nginx stopped", pid=proc.pid)
+
+
+class SystemNginx:
+    """An NGINX we do not run: one file of ours in its conf.d, a test and a reload command."""
+
+    def __init__(
+        self, conf: Path, *, test_cmd: str = "nginx -t", reload_cmd: str = "nginx -s reload"
+    ) -> None:
+        self.conf = conf
+        self.test_cmd = shlex.split(test_cmd)
+        self.reload_cmd = shlex.split(reload_cmd)
+
+    def current(self) -> str | None:
+        """Our installed file, or None."""
+        try:
+            return self.conf.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+
+    def apply(self, text: str) -> ApplyResult:
+        """Rename the new file in, test the whole config, restore the old file if the test fails."""
+        previous = self.current()
+        if text == previous:
+            return ApplyResult(changed=False, ok=True)
+        tmp = self.conf.with_name(f".{self.conf.name}.tmp")
+        _write(tmp, text)
+        os.replace(tmp, self.conf)
+        ok, output = _run(self.test_cmd, "nginx -t")
+        if not ok:
+            if previous is None:
+                self.conf.unlink(missing_ok=True)
+            else:
+                _write(tmp, previous)
+                os.replace(tmp, self.conf)
+            return ApplyResult(changed=False, ok=False, error=f"nginx -t failed: {output}")
+        ok, output = _run(self.reload_cmd, "reload")
+        if not ok:
+            return ApplyResult(changed=True, ok=False, error=f"reload failed: {output}")
+        return ApplyResult(changed=True, ok=True)
+
+    def ensure_running(self) -> None:
+        """The system's service manager runs this NGINX, not us."""
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Nothing to stop: not ours."""
