@@ -42,6 +42,7 @@ demo: up
 
 bench: deps image  ## benchmarks on their own staging environment; report in bench/results/
 	$(PY) -m bench.bench_loop
+	$(PY) -m bench.bench_lb
 
 clean: down
 	rm -rf .run

@@ -340,6 +340,12 @@ class ConsulClient:
             idx, checks = self._client.health.state("any", index=index or None, wait=_go_duration(wait))
         return Indexed(int(idx or 0), len(checks or []))
 
+    def catalog_services(self, *, index: int = 0, wait: float = DEFAULT_WAIT) -> Indexed[int]:
+        """How many services the catalog knows (blocking when ``index`` > 0): wakes on (de)registrations."""
+        with _wrapped("listing the catalog's services"):
+            idx, services = self._client.catalog.services(index=index or None, wait=_go_duration(wait))
+        return Indexed(int(idx or 0), len(services or {}))
+
     def leader(self) -> str:
         """The Raft leader's address, or "" when the cluster has none."""
         with _wrapped("reading the Raft leader"):

@@ -1,8 +1,8 @@
 """``operator lb``: NGINX upstreams that follow Consul health.
 
 Watches (blocking queries) say *when* to look: the manifests under
-``services/`` (which services exist) and ``/v1/health/state/any`` (any check
-or registration changed). Every pass re-reads the passing instances of every
+``services/`` (which services exist), ``/v1/health/state/any`` (any check
+changed) and ``/v1/catalog/services`` (any registration changed). Every pass re-reads the passing instances of every
 service with a manifest, vets them (`upstreams.build_view`), renders the whole
 config and applies it safely (`actuators.nginx`). A failed Consul read raises
 before anything is rendered, so an outage never empties the config; the last
@@ -147,6 +147,8 @@ def run_lb(config: LBConfig) -> int:
     prefix = config.layout.services_prefix
     start_watch("services", lambda i, w: consul.kv_list(prefix, index=i, wait=w), [trigger], stop)
     start_watch("health", lambda i, w: consul.health_state_any(index=i, wait=w), [trigger], stop)
+    # A registration without checks changes no check: the catalog's index tells.
+    start_watch("catalog", lambda i, w: consul.catalog_services(index=i, wait=w), [trigger], stop)
     loop = threading.Thread(
         target=run_loop,
         args=("lb", lb.reconcile, trigger, stop),

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The original walkthrough on the local staging environment (run after `make up`).
-# The load balancer step (curl http://127.0.0.13/) comes with `operator lb`.
+# The original walkthrough on the local staging environment (run after `make up`):
+# put the manifest, curl the load balancer, scale, kill a replica, look at status.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export PATH="$ROOT/.tools/bin:$PATH" CONSUL_HTTP_ADDR=${CONSUL_HTTP_ADDR:-127.0.0.11:8500}
@@ -29,7 +29,20 @@ answers() {
     | while read -r addr port host; do printf '  %s  %s:%s  ->  %s' "$host" "$addr" "$port" "$(curl -fsS "http://$addr:$port/")"; echo; done
 }
 
-step "the staging cluster: three Consul servers, operator agents on host-1 and host-2"
+LB=http://127.0.0.13/
+lb() { for _ in $(seq 1 "$1"); do printf '  curl %s  ->  %s\n' "$LB" "$(curl -fsS "$LB")"; done; }
+
+# wait_lb N: until NGINX answers from N different containers (at most 30 s).
+wait_lb() {
+  for _ in $(seq 1 150); do
+    [[ $(for _ in $(seq 1 $((3 * $1))); do curl -fsS "$LB" 2>/dev/null; done | sort -u | wc -l) -eq $1 ]] && return 0
+    sleep 0.2
+  done
+  echo "NGINX did not serve $1 replicas; see .run/staging/logs/lb-host-3.log" >&2
+  return 1
+}
+
+step "the staging cluster: three Consul servers, operator agents on host-1 and host-2, operator lb on host-3"
 consul members
 consul kv get operator/leader
 
@@ -40,12 +53,17 @@ step "consul kv put services/simple (1 replica)"
 manifest 1 | consul kv put services/simple -
 wait_passing 1
 answers
+wait_lb 1
+lb 2
 
 step "scale to 2: one replica on each app host"
 manifest 2 | consul kv put services/simple -
 wait_passing 2
 answers
 consul kv get operator/placement/simple
+wait_lb 2
+echo "  through the load balancer, round-robin:"
+lb 6
 
 step "docker kill one replica: the operator replaces it"
 victim=$(docker ps -q --filter label=consul-operator.service=simple --filter label=consul-operator.cluster=staging | head -1)
@@ -53,6 +71,8 @@ docker kill "$victim" >/dev/null
 echo "  killed $victim"
 wait_passing 2
 answers
+wait_lb 2
+lb 4
 
 step "what each agent reports (operator/status/)"
 consul kv get -recurse operator/status/simple
@@ -63,6 +83,7 @@ Go on:
   export PATH=$ROOT/.tools/bin:\$PATH CONSUL_HTTP_ADDR=$CONSUL_HTTP_ADDR
   sed 's/^replicas: .*/replicas: 4/' manifests/simple.yaml | consul kv put services/simple -
   docker ps --filter label=consul-operator.cluster=staging
+  curl http://127.0.0.13/               # NGINX, round-robin over the passing replicas
   consul kv delete services/simple      # drains and removes every replica
   make down                             # stops everything make up started
 MSG

@@ -114,6 +114,7 @@ def test_up_down_leaves_no_process_and_no_labelled_container(
         "consul-host-3",
         "agent-host-1",
         "agent-host-2",
+        "lb-host-3",
     }
     assert all(pid_alive(p) for p in first_pids.values())
 
