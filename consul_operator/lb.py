@@ -3,8 +3,9 @@
 Watches (blocking queries) say *when* to look: the manifests under
 ``services/`` (which services exist), ``/v1/health/state/any`` (any check
 changed) and ``/v1/catalog/services`` (any registration changed). Every
-pass re-reads the passing instances of every service with a manifest, vets them (`upstreams.build_view`), renders the whole
-config and applies it safely (`actuators.nginx`). A failed Consul read raises
+pass re-reads the passing instances of every service with a manifest, vets
+them (`upstreams.build_view`), renders the whole config and applies it
+safely (`actuators.nginx`). A failed Consul read raises
 before anything is rendered, so an outage never empties the config; the last
 good config keeps serving.
 
