@@ -123,6 +123,8 @@ def run_agent(config: AgentConfig) -> int:
     start_watch(
         "agents", lambda i, w: consul.health_service(AGENT_SERVICE, index=i, wait=w), [schedule_trigger], stop
     )
+    # Health anywhere changes the leader's healthy and drift figures.
+    start_watch("health", lambda i, w: consul.health_state_any(index=i, wait=w), [schedule_trigger], stop)
     loops = [
         threading.Thread(
             target=run_loop,

@@ -111,9 +111,11 @@ class Executor:
                     self._busy.add(c.id)
                     self._pool.submit(self._run, "remove_dead", lambda: self._remove_dead(action), cid=c.id)
                 case Register(container=c, manifest=m):
+                    log.info("registering", service=c.service, container=c.name, reason="missing or outdated")
                     self._busy_registrations.add(c.name)
                     self._pool.submit(self._run, "register", lambda: self.catalog.register(c, m), sid=c.name)
-                case Deregister(service_id=sid):
+                case Deregister(service_id=sid, reason=why):
+                    log.info("deregistering", service_id=sid, reason=why)
                     self._busy_registrations.add(sid)
                     self._pool.submit(self._run, "deregister", lambda: self.catalog.deregister(sid), sid=sid)
 
@@ -149,7 +151,13 @@ class Executor:
         except OperatorError as exc:
             self._fail(manifest.name, f"start failed: {exc}")
             raise
-        log.info("started", service=manifest.name, container=info.name, port=info.host_port)
+        log.info(
+            "started",
+            service=manifest.name,
+            container=info.name,
+            port=info.host_port,
+            reason="missing replica",
+        )
         if manifest.port:
             try:
                 self.catalog.register(info, manifest)
@@ -259,7 +267,7 @@ class HostAgent:
                 "error": report.error,
             }
             metrics.running_replicas.labels(report.service, self.host).set(report.running)
-            metrics.healthy_replicas.labels(report.service, self.host).set(report.healthy)
+            metrics.host_healthy_replicas.labels(report.service, self.host).set(report.healthy)
             backoff = self.executor.backoffs.get(report.service, Backoff())
             metrics.consecutive_failures.labels(report.service, self.host).set(backoff.failures)
             previous = self._written.get(report.service)
@@ -277,7 +285,7 @@ class HostAgent:
                 self.consul.kv_delete(self.layout.status_key(service, self.host))
                 del self._written[service]
                 metrics.running_replicas.remove(service, self.host)
-                metrics.healthy_replicas.remove(service, self.host)
+                metrics.host_healthy_replicas.remove(service, self.host)
                 metrics.consecutive_failures.remove(service, self.host)
 
     def _read_written(self) -> dict[str, dict[str, object]]:

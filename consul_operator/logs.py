@@ -8,8 +8,20 @@ import sys
 import structlog
 
 
-def configure(level: str = "info", *, json: bool | None = None) -> None:
-    """Set up structlog once per process; ``json=None`` picks by whether stderr is a tty."""
+def configure(level: str = "info", *, json: bool | None = None, **context: str) -> None:
+    """Set up structlog once per process; ``json=None`` picks by whether stderr is a tty.
+
+    ``context`` (e.g. ``daemon="agent", host="host-1"``) goes on every line, from
+    every thread: the daemons' threads do not share contextvars.
+    """
+
+    def add_context(
+        _logger: object, _name: str, event: structlog.typing.EventDict
+    ) -> structlog.typing.EventDict:
+        for key, value in context.items():
+            event.setdefault(key, value)
+        return event
+
     if json is None:
         json = not sys.stderr.isatty()
     renderer: structlog.typing.Processor = (
@@ -18,6 +30,7 @@ def configure(level: str = "info", *, json: bool | None = None) -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            add_context,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,

@@ -15,6 +15,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from consul_operator import commands
+from consul_operator.commands import Target
+from consul_operator.consul_client import ConsulClient
 from consul_operator.desired_state import ManifestError, parse_manifest
 from consul_operator.durations import DurationError, parse_duration
 from consul_operator.keys import Layout
@@ -106,7 +109,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     """Run the agent of one app host until SIGTERM."""
     from consul_operator.agent import AgentConfig, run_agent
 
-    configure_logs(args.log_level, json=args.log_json)
+    configure_logs(args.log_level, json=args.log_json, daemon="agent", host=args.host)
     config = AgentConfig(
         host=args.host,
         advertise=args.advertise,
@@ -129,7 +132,7 @@ def cmd_lb(args: argparse.Namespace) -> int:
     """Run the load balancer until SIGTERM."""
     from consul_operator.lb import LBConfig, run_lb
 
-    configure_logs(args.log_level, json=args.log_json)
+    configure_logs(args.log_level, json=args.log_json, daemon="lb")
     config = LBConfig(
         consul_addr=args.consul,
         consul_token=args.token,
@@ -146,6 +149,40 @@ def cmd_lb(args: argparse.Namespace) -> int:
         resync=args.resync,
     )
     return run_lb(config)
+
+
+def _target(args: argparse.Namespace) -> Target:
+    return Target(
+        ConsulClient(args.consul, args.token),
+        Layout(args.services_prefix, args.operator_prefix),
+        args.cluster,
+    )
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Leader, hosts and services: desired, running, healthy, drift, placement, state."""
+    color = sys.stdout.isatty() and not args.json
+    return commands.status(_target(args), args.names, as_json=args.json, watch=args.watch, color=color)
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    """Block until the services are converged."""
+    return commands.wait(_target(args), args.names, timeout=args.timeout)
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    """Validate, show the diff, write."""
+    return commands.apply(_target(args), args.files)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Show what applying would change."""
+    return commands.plan(_target(args), args.files)
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    """Delete manifests."""
+    return commands.delete(_target(args), args.names)
 
 
 def _listen(text: str) -> str:
@@ -235,6 +272,34 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     lb.add_argument("--log-json", action="store_true", default=None, help="JSON log lines even on a tty")
     lb.set_defaults(func=cmd_lb)
+
+    status = sub.add_parser("status", help="leader, hosts and every service's state (exit 0 when converged)")
+    _add_common(status)
+    status.add_argument("names", nargs="*", metavar="NAME", help="only these services")
+    status.add_argument("--json", action="store_true", help="stable JSON (fields in docs/status.md)")
+    status.add_argument("--watch", action="store_true", help="print again on every change")
+    status.set_defaults(func=cmd_status)
+
+    wait = sub.add_parser("wait", help="block until the services are converged (exit 1 at the timeout)")
+    _add_common(wait)
+    wait.add_argument("names", nargs="+", metavar="NAME")
+    wait.add_argument("--timeout", type=_duration, default=60.0, help="give up after this long (60s)")
+    wait.set_defaults(func=cmd_wait)
+
+    apply = sub.add_parser("apply", help="validate manifests, show the diff against KV, write them")
+    _add_common(apply)
+    apply.add_argument("files", nargs="+", metavar="FILE")
+    apply.set_defaults(func=cmd_apply)
+
+    plan = sub.add_parser("plan", help="show what applying manifests would change, per host; writes nothing")
+    _add_common(plan)
+    plan.add_argument("files", nargs="+", metavar="FILE")
+    plan.set_defaults(func=cmd_plan)
+
+    delete = sub.add_parser("delete", help="delete services: their replicas are drained and removed")
+    _add_common(delete)
+    delete.add_argument("names", nargs="+", metavar="NAME", type=_host_name)
+    delete.set_defaults(func=cmd_delete)
     return parser
 
 

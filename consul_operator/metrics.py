@@ -39,16 +39,46 @@ desired_replicas = Gauge("operator_desired_replicas", "Replicas the manifest ask
 running_replicas = Gauge(
     "operator_running_replicas", "Containers of the service running on the host.", ["service", "host"]
 )
-healthy_replicas = Gauge(
-    "operator_healthy_replicas",
-    "Containers of the service on the host whose Consul check passes.",
+host_healthy_replicas = Gauge(
+    "operator_host_healthy_replicas",
+    "Containers of the service on the host whose Consul checks pass (exported by the host's agent).",
     ["service", "host"],
 )
+healthy_replicas = Gauge(
+    "operator_healthy_replicas",
+    "Instances of the service passing in Consul, over all hosts (exported by the leader).",
+    ["service"],
+)
+drift_replicas = Gauge(
+    "operator_drift_replicas",
+    "Desired minus healthy replicas (exported by the leader): what an alert watches.",
+    ["service"],
+)
+convergence_seconds = Histogram(
+    "operator_convergence_seconds",
+    "Time from a manifest change seen by the leader until every desired replica passes.",
+    ["service"],
+    buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
+)
 manifest_valid = Gauge(
-    "operator_manifest_valid", "1 when the service's manifest validates, else 0.", ["service"]
+    "operator_manifest_valid",
+    "1 when the service's manifest validates, else 0 (exported by the leader).",
+    ["service"],
 )
 unplaced_replicas = Gauge(
-    "operator_unplaced_replicas", "Replicas the scheduler could not place on any host.", ["service"]
+    "operator_unplaced_replicas",
+    "Replicas the scheduler could not place on any host (exported by the leader).",
+    ["service"],
+)
+
+# What only the leader knows; a non-leader exports none of it, so that a sum or
+# max over all daemons is the leader's value.
+LEADER_SERVICE_GAUGES = (
+    desired_replicas,
+    healthy_replicas,
+    drift_replicas,
+    manifest_valid,
+    unplaced_replicas,
 )
 consecutive_failures = Gauge(
     "operator_consecutive_failures",

@@ -8,6 +8,7 @@ changed, in transactions that check the lock (`LeaderElection.fenced_write`).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -44,11 +45,16 @@ class Scheduler:
     # When this leader first saw each host not live; a new leader starts afresh,
     # which only ever lengthens a grace period, never shortens it.
     lost_since: dict[str, float] = field(default_factory=dict)
+    # Per service: the manifest last seen, and when it changed if that change
+    # has not converged yet (for operator_convergence_seconds).
+    seen: dict[str, Manifest | None] = field(default_factory=dict)
+    changed_at: dict[str, float] = field(default_factory=dict)
 
     def reconcile(self) -> PassResult:
         """One scheduling pass (a no-op unless we lead)."""
         if not self.election.is_leader:
-            self.lost_since.clear()
+            if self.seen:
+                self._forget()
             return PassResult()
         now = self.clock()
         manifests = read_manifests(self.consul, self.layout)
@@ -69,7 +75,7 @@ class Scheduler:
         if writes:
             metrics.placement_writes.inc(len(writes))
             log.info("placements written", changed=sorted(k.rsplit("/", 1)[1] for k in writes))
-        self._export(manifests, decided)
+        self._observe(manifests, decided, now)
 
         wake = next_schedule_wakeup(hosts, self.lost_grace, now)
         return PassResult(requeue_after=None if wake is None else max(0.0, wake - now) + 0.05)
@@ -89,10 +95,44 @@ class Scheduler:
             hosts.append(HostInfo(name, labels, live, None if live else self.lost_since[name]))
         return hosts
 
-    def _export(self, manifests: Mapping[str, object], decided: dict[str, PlacementRecord]) -> None:
+    def _observe(
+        self, manifests: Mapping[str, object], decided: Mapping[str, PlacementRecord], now: float
+    ) -> None:
+        """Export what only the leader knows: desired, healthy, drift, validity, convergence time."""
+        for name in set(self.seen) - set(manifests):
+            self._drop_service(name)
         for name, manifest in manifests.items():
-            metrics.manifest_valid.labels(name).set(1 if isinstance(manifest, Manifest) else 0)
-            if isinstance(manifest, Manifest):
-                metrics.desired_replicas.labels(name).set(manifest.replicas)
+            valid = manifest if isinstance(manifest, Manifest) else None
+            metrics.manifest_valid.labels(name).set(1 if valid else 0)
             if name in decided:
                 metrics.unplaced_replicas.labels(name).set(decided[name].unplaced)
+            if valid is None:
+                continue
+            if name in self.seen and self.seen[name] != valid:
+                self.changed_at[name] = now
+            self.seen[name] = valid
+            healthy = len(self.consul.health_service(name, passing=True).value)
+            metrics.desired_replicas.labels(name).set(valid.replicas)
+            metrics.healthy_replicas.labels(name).set(healthy)
+            metrics.drift_replicas.labels(name).set(valid.replicas - healthy)
+            record = decided.get(name)
+            done = healthy == valid.replicas and record is not None and record.unplaced == 0
+            if done and name in self.changed_at:
+                seconds = now - self.changed_at.pop(name)
+                metrics.convergence_seconds.labels(name).observe(seconds)
+                log.info("converged", service=name, seconds=round(seconds, 3), replicas=valid.replicas)
+
+    def _drop_service(self, name: str) -> None:
+        self.seen.pop(name, None)
+        self.changed_at.pop(name, None)
+        for gauge in metrics.LEADER_SERVICE_GAUGES:
+            with contextlib.suppress(KeyError):  # a gauge never set for this service
+                gauge.remove(name)
+
+    def _forget(self) -> None:
+        """No longer the leader: drop the leader's state and metrics."""
+        self.lost_since.clear()
+        self.changed_at.clear()
+        self.seen.clear()
+        for gauge in metrics.LEADER_SERVICE_GAUGES:
+            gauge.clear()

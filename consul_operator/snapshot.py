@@ -1,0 +1,75 @@
+"""Reading everything `operator status`, `wait` and `plan` look at out of Consul, in one place."""
+
+from __future__ import annotations
+
+import json
+
+from consul_operator.consul_client import ConsulClient
+from consul_operator.keys import Layout
+from consul_operator.kv_state import read_manifests, read_placements
+from consul_operator.model import META_HOST
+from consul_operator.presence import read_hosts
+from consul_operator.status import ClusterSnapshot, HostRow
+from consul_operator.upstreams import DNS_LABEL
+
+
+def read_leader(consul: ConsulClient, layout: Layout) -> tuple[str | None, float | None]:
+    """Who holds the leader lock, and since when; (None, None) when nobody does."""
+    entry = consul.kv_get(layout.leader_key, consistent=True).value
+    if entry is None or not entry.session:
+        return None, None
+    try:
+        body = json.loads(entry.value)
+        return str(body["host"]), float(body["since"])
+    except (ValueError, KeyError, TypeError):
+        return None, None
+
+
+def read_statuses(consul: ConsulClient, layout: Layout) -> dict[str, dict[str, dict[str, object]]]:
+    """``operator/status/<service>/<host>`` records: service -> host -> record."""
+    statuses: dict[str, dict[str, dict[str, object]]] = {}
+    for entry in consul.kv_list(layout.status_prefix).value:
+        service, _, host = entry.key[len(layout.status_prefix) :].partition("/")
+        try:
+            record = json.loads(entry.value)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and host:
+            statuses.setdefault(service, {})[host] = record
+    return statuses
+
+
+def read_passing(consul: ConsulClient, services: list[str]) -> dict[str, dict[str, int]]:
+    """Instances passing in Consul, per service and host (the host from our registration meta)."""
+    passing: dict[str, dict[str, int]] = {}
+    for name in services:
+        if not DNS_LABEL.match(name):
+            continue
+        per_host: dict[str, int] = {}
+        for inst in consul.health_service(name, passing=True).value:
+            host = inst.meta.get(META_HOST) or inst.node
+            per_host[host] = per_host.get(host, 0) + 1
+        passing[name] = per_host
+    return passing
+
+
+def read_snapshot(consul: ConsulClient, layout: Layout, cluster: str, now: float) -> ClusterSnapshot:
+    """Everything the status view is built from; raises `ConsulError` when Consul cannot be read."""
+    leader, since = read_leader(consul, layout)
+    hosts = tuple(
+        HostRow(name, live, labels) for name, (live, labels) in sorted(read_hosts(consul, cluster).items())
+    )
+    manifests = read_manifests(consul, layout)
+    placements = read_placements(consul, layout)
+    statuses = read_statuses(consul, layout)
+    names = sorted(set(manifests) | set(placements) | set(statuses))
+    return ClusterSnapshot(
+        now=now,
+        leader=leader,
+        leader_since=since,
+        hosts=hosts,
+        manifests=manifests,
+        placements=placements,
+        statuses=statuses,
+        passing=read_passing(consul, names),
+    )
