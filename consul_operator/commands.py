@@ -34,7 +34,7 @@ class Target:
 
     consul: ConsulClient
     layout: Layout
-    cluster: str
+    cluster: str | None
 
 
 def _view(target: Target) -> StatusView:

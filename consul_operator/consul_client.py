@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -100,13 +101,23 @@ class ServiceInstance:
     status: str  # aggregated: "passing", "warning" or "critical"
 
 
+def _reason(exc: Exception) -> str:
+    """The short cause of a connection failure ("[Errno 111] Connection refused", "timed out")."""
+    text = str(exc)
+    found = re.search(r"\[Errno -?\d+\] [^'\")]+", text)
+    if found:
+        return found.group(0)
+    return "timed out" if isinstance(exc, requests.Timeout) else text
+
+
 @contextmanager
 def _wrapped(what: str) -> Iterator[None]:
     """Turn requests' and py-consul's exceptions into ours."""
     try:
         yield
     except (requests.ConnectionError, requests.Timeout) as exc:
-        raise ConsulUnavailable(f"Consul unreachable during {what}: {exc}") from exc
+        url = exc.request.url.split("/v1/")[0] if exc.request is not None and exc.request.url else "Consul"
+        raise ConsulUnavailable(f"{url} unreachable during {what}: {_reason(exc)}") from exc
     except consul.ACLPermissionDenied as exc:
         raise ConsulPermissionDenied(f"permission denied for {what}: {exc}") from exc
     except consul.ConsulException as exc:

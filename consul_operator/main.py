@@ -84,7 +84,7 @@ def _address(text: str) -> str:
         raise argparse.ArgumentTypeError(f"not an IP address: {text!r}") from exc
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def _add_common(parser: argparse.ArgumentParser, *, daemon: bool = False) -> None:
     """Flags every command that talks to Consul shares."""
     parser.add_argument("--consul", metavar="ADDR", help="Consul HTTP address (default: $CONSUL_HTTP_ADDR)")
     parser.add_argument("--token", help="Consul ACL token (default: $CONSUL_HTTP_TOKEN)")
@@ -98,11 +98,18 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("OPERATOR_PREFIX", "operator/"),
         help="KV prefix of the operator's own state (default: operator/)",
     )
-    parser.add_argument(
-        "--cluster",
-        default=os.environ.get("OPERATOR_CLUSTER", "default"),
-        help="name of this operator cluster: labels its containers and registrations",
-    )
+    if daemon:
+        parser.add_argument(
+            "--cluster",
+            default=os.environ.get("OPERATOR_CLUSTER", "default"),
+            help="name of this operator cluster: labels its containers and registrations (default)",
+        )
+    else:
+        parser.add_argument(
+            "--cluster",
+            default=os.environ.get("OPERATOR_CLUSTER"),
+            help="only the hosts of this operator cluster (default: every agent in this Consul)",
+        )
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
@@ -211,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=cmd_validate)
 
     agent = sub.add_parser("agent", help="run the agent of one app host")
-    _add_common(agent)
+    _add_common(agent, daemon=True)
     agent.add_argument("--host", required=True, type=_host_name, help="this app host's name")
     agent.add_argument(
         "--advertise",
@@ -245,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent.set_defaults(func=cmd_agent)
 
     lb = sub.add_parser("lb", help="run the load balancer: NGINX upstreams from Consul health")
-    _add_common(lb)
+    _add_common(lb, daemon=True)
     lb.add_argument(
         "--listen", default="127.0.0.1:80", type=_listen, help="NGINX listens here (127.0.0.1:80)"
     )

@@ -103,12 +103,12 @@ class Presence:
             stop.wait(self.ttl / 3)
 
 
-def read_hosts(consul: ConsulClient, cluster: str) -> dict[str, tuple[bool, dict[str, str]]]:
-    """Every known agent of ``cluster``: host -> (live, labels)."""
+def read_hosts(consul: ConsulClient, cluster: str | None) -> dict[str, tuple[bool, dict[str, str]]]:
+    """Every known agent of ``cluster`` (of any cluster for None): host -> (live, labels)."""
     instances = consul.health_service(AGENT_SERVICE).value
     hosts: dict[str, tuple[bool, dict[str, str]]] = {}
     for inst in instances:
-        if inst.meta.get(META_CLUSTER) != cluster:
+        if cluster is not None and inst.meta.get(META_CLUSTER) != cluster:
             continue
         host = inst.meta.get(META_HOST, "")
         labels = {

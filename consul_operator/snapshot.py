@@ -53,7 +53,7 @@ def read_passing(consul: ConsulClient, services: list[str]) -> dict[str, dict[st
     return passing
 
 
-def read_snapshot(consul: ConsulClient, layout: Layout, cluster: str, now: float) -> ClusterSnapshot:
+def read_snapshot(consul: ConsulClient, layout: Layout, cluster: str | None, now: float) -> ClusterSnapshot:
     """Everything the status view is built from; raises `ConsulError` when Consul cannot be read."""
     leader, since = read_leader(consul, layout)
     hosts = tuple(

@@ -74,8 +74,9 @@ answers
 wait_lb 2
 lb 4
 
-step "what each agent reports (operator/status/)"
-consul kv get -recurse operator/status/simple
+step "operator status"
+"$ROOT/.venv/bin/operator" wait simple --timeout 60s >/dev/null
+"$ROOT/.venv/bin/operator" status simple
 
 cat <<MSG
 
@@ -84,6 +85,7 @@ Go on:
   sed 's/^replicas: .*/replicas: 4/' manifests/simple.yaml | consul kv put services/simple -
   docker ps --filter label=consul-operator.cluster=staging
   curl http://127.0.0.13/               # NGINX, round-robin over the passing replicas
+  .venv/bin/operator status --watch     # desired / running / healthy per service and host
   consul kv delete services/simple      # drains and removes every replica
   make down                             # stops everything make up started
 MSG
