@@ -60,26 +60,32 @@ class PlacementRecord:
 
     Stored as JSON in ``operator/placement/<service>``. ``unplaced`` counts
     replicas that no host could take (placement rules, too few hosts).
+    ``written_by`` names the leader that wrote it (for people and the chaos
+    test's fencing check); it is not part of the decision.
     """
 
     service: str
     spec_hash: str
     hosts: Mapping[str, int]
     unplaced: int = 0
+    written_by: str = ""
 
     @property
     def total(self) -> int:
         """Replicas placed on some host."""
         return sum(self.hosts.values())
 
-    def to_json(self) -> bytes:
-        """The KV form; stable, so that an unchanged decision gives the same bytes."""
-        body = {
+    def _decision(self) -> dict[str, object]:
+        return {
             "service": self.service,
             "spec_hash": self.spec_hash,
             "hosts": {h: n for h, n in sorted(self.hosts.items()) if n > 0},
             "unplaced": self.unplaced,
         }
+
+    def to_json(self) -> bytes:
+        """The KV form; stable, so that an unchanged decision gives the same bytes."""
+        body = {**self._decision(), "written_by": self.written_by}
         return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
@@ -93,13 +99,14 @@ class PlacementRecord:
                 spec_hash=str(body["spec_hash"]),
                 hosts=frozen_map({h: n for h, n in hosts.items() if n > 0}),
                 unplaced=int(body.get("unplaced", 0)),
+                written_by=str(body.get("written_by", "")),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"not a placement record: {exc}") from exc
 
     def same_decision(self, other: PlacementRecord | None) -> bool:
-        """Whether writing ``self`` over ``other`` would change nothing."""
-        return other is not None and self.to_json() == other.to_json()
+        """Whether writing ``self`` over ``other`` would change no decision (the writer may differ)."""
+        return other is not None and self._decision() == other._decision()
 
 
 # --- host level: what runs here ------------------------------------------------------

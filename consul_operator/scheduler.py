@@ -9,6 +9,7 @@ changed, in transactions that check the lock (`LeaderElection.fenced_write`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -63,8 +64,9 @@ class Scheduler:
         valid = {n: (m if isinstance(m, Manifest) else None) for n, m in manifests.items()}
         decided = schedule(valid, hosts, current, now, self.lost_grace)
 
+        me = self.election.host
         writes: dict[str, bytes | None] = {
-            self.layout.placement_key(name): record.to_json()
+            self.layout.placement_key(name): dataclasses.replace(record, written_by=me).to_json()
             for name, record in decided.items()
             if not record.same_decision(current.get(name))
         }
