@@ -6,7 +6,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
-.PHONY: deps image up down status test lint unit integration demo bench clean
+.PHONY: deps image up down status test lint unit integration chaos demo bench clean
 
 deps:           ## install what is missing: Debian packages, consul, .venv, a running dockerd
 	@bash scripts/deps.sh
@@ -39,6 +39,9 @@ test: deps image lint  ## the whole suite; CI runs this
 
 demo: up
 	@bash scripts/demo.sh
+
+chaos: deps image  ## a longer chaos run: make chaos DURATION=600 SEED=42 (default: every fault once)
+	$(PY) -m tests.chaos.harness $(if $(SEED),--seed $(SEED)) $(if $(DURATION),--duration $(DURATION))
 
 bench: deps image  ## benchmarks on their own staging environment; report in bench/results/
 	$(PY) -m bench.bench_loop

@@ -146,6 +146,7 @@ class ContainerInfo:
     finished_at: float | None = None
     exit_code: int | None = None
     error: str = ""
+    oom_killed: bool = False
 
     @property
     def running(self) -> bool:

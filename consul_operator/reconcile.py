@@ -67,7 +67,9 @@ service, and when to look again by itself.
 - **Valid manifest:**
 
   - a dead container is removed; it *crashed* when it ended on its own less
-    than ``MIN_RUN_SECONDS`` after starting, or never started. A crash is a
+    than ``MIN_RUN_SECONDS`` after starting, or never started. Killed by a
+    signal from outside (exit 137/143 without an OOM kill: `docker kill`, an
+    engine restart) is not a crash. A crash is a
     failure for the back-off; the plan already counts the crashes it removes,
     so the replacement waits for the back-off instead of racing the removal.
   - running containers are *current* (labelled with the manifest's spec
@@ -462,8 +464,22 @@ def _removal(container: ContainerInfo) -> RemoveDead:
         reason = f"never started: {container.error}" if container.error else "never started"
         return RemoveDead(container, crashed=True, reason=reason)
     ran = _run_seconds(container)
-    crashed = ran is not None and ran < MIN_RUN_SECONDS
+    crashed = ran is not None and ran < MIN_RUN_SECONDS and not _killed_from_outside(container)
     return RemoveDead(container, crashed=crashed, reason=_exit_text(container, ran))
+
+
+# 128 + SIGKILL, 128 + SIGTERM: what `docker kill`, `docker stop` or an engine
+# shutdown leave behind.
+_SIGNAL_EXITS: Final = (137, 143)
+
+
+def _killed_from_outside(container: ContainerInfo) -> bool:
+    """Ended by a signal from outside (docker kill/stop, an engine restart), not by the kernel's OOM killer.
+
+    Such an end says nothing about the service, so it is not a crash and its
+    replacement starts at once; an OOM kill (also 137) is the service's own doing.
+    """
+    return container.exit_code in _SIGNAL_EXITS and not container.oom_killed
 
 
 def _run_seconds(container: ContainerInfo) -> float | None:

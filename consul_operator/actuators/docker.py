@@ -117,6 +117,7 @@ class DockerActuator:
             finished_at=_timestamp(state.get("FinishedAt")),
             exit_code=state.get("ExitCode"),
             error=state.get("Error") or "",
+            oom_killed=bool(state.get("OOMKilled")),
         )
 
     def start(self, manifest: Manifest, *, name: str | None = None) -> ContainerInfo:

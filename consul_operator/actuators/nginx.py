@@ -18,6 +18,7 @@ Two modes:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -147,6 +148,9 @@ class ManagedNginx:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=open(self.prefix / "logs" / "stderr.log", "ab"),  # noqa: SIM115 - owned by the child
+            # Its own process group: if the master is killed, its orphaned workers
+            # (which keep the port) are found by the group id and nothing else.
+            start_new_session=True,
         )
         log.info("nginx started", pid=self._proc.pid, prefix=str(self.prefix))
         proc = self._proc
@@ -154,9 +158,14 @@ class ManagedNginx:
 
     def _watch(self, proc: subprocess.Popen[bytes]) -> None:
         code = proc.wait()
-        if not self._stopping:
-            log.warning("nginx exited", pid=proc.pid, code=code)
-            self.on_exit()
+        if self._stopping:
+            return
+        # A master that died without stopping its workers leaves them holding the
+        # listen socket, and a new master could not bind it: end the group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.warning("nginx exited; restarting it", pid=proc.pid, code=code)
+        self.on_exit()
 
     def reload(self) -> None:
         """SIGHUP: NGINX re-reads its config; old workers finish their requests."""

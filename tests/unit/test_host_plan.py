@@ -53,6 +53,7 @@ def ctr(
     exit_code: int | None = None,
     error: str = "",
     port: int | None = 32000,
+    oom: bool = False,
 ) -> ContainerInfo:
     """A container named '<service>-<cid>', started ``age`` seconds before NOW.
 
@@ -72,6 +73,7 @@ def ctr(
         finished_at=finished,
         exit_code=exit_code,
         error=error,
+        oom_killed=oom,
     )
 
 
@@ -170,6 +172,16 @@ C1, C2, C3 = ctr("c1", age=300), ctr("c2", age=200), ctr("c3", age=100)
             [C1, ctr("d1", state="dead", ran=20, exit_code=137, error="OOMKilled")], [reg(C1)],
             [("remove", "d1", False, "exited with code 137 after 20.0s: OOMKilled")],
             id="dead-with-docker-error",
+        ),
+        pytest.param(
+            want(WEB, 2), [C1, ctr("d1", state="exited", ran=2, exit_code=137)], [reg(C1)],
+            [("remove", "d1", False, "exited with code 137 after 2.0s"), ("start", OLD)],
+            id="young-docker-kill-is-no-crash",
+        ),
+        pytest.param(
+            want(WEB, 2), [C1, ctr("d1", state="exited", ran=2, exit_code=137, oom=True)], [reg(C1)],
+            [("remove", "d1", True, "exited with code 137 after 2.0s")],
+            id="young-oom-kill-is-a-crash",
         ),
         pytest.param(
             want(WEB, 1), [C1], [reg(C1, port=31999)], [("register", "c1")],

@@ -1,0 +1,425 @@
+"""Chaos on a staging environment of its own (127.0.0.61-63): seeded faults, continuous checks, a report.
+
+Faults (picked by a seeded `random.Random`, so a seed replays the same run):
+
+  kill_replica      docker kill of one replica
+  kill_many         docker kill of several replicas at once
+  kill_leader       kill -9 of the leader agent, restarted a few seconds later
+  kill_follower     kill -9 of a non-leader agent, restarted a few seconds later
+  pause_leader      SIGSTOP of the leader until another agent leads, then SIGCONT (fencing)
+  host_down         a whole app host down (its Consul, its agent, its containers), then back
+  consul_down       one Consul server down for a few seconds
+  docker_restart    the Docker engine restarted (every container dies)
+  nginx_kill        kill -9 of NGINX under the load balancer
+  scale_down        a planned scale-down and up again under load: no request may fail
+
+Throughout, a bounded stream of requests goes through the load balancer, and
+a monitor samples the containers (never more than desired) and every
+placement written (only ever by the lock holder). After each fault the
+system must converge within CONVERGE_BOUND: every service at its desired
+count, every replica passing, no orphan container or registration, and NGINX's
+upstreams exactly the passing instances.
+
+usage: python -m tests.chaos.harness [--seed N] [--duration SECONDS] [--faults a,b,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import signal
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from consul_operator.consul_client import ConsulClient
+from consul_operator.docker_client import connect
+from consul_operator.errors import ConsulError
+from consul_operator.model import LABEL_CLUSTER, LABEL_HOST, LABEL_SERVICE
+from tests.support.cluster import Cluster
+from tests.support.load import Load
+from tests.support.staging import ROOT, Staging, pid_alive, restart_docker_engine, wait_until
+
+CHAOS_ADDRESSES = ("127.0.0.61", "127.0.0.62", "127.0.0.63")
+SERVICES = {"simple": 2, "web": 3}  # simple is the LB's default service
+CONVERGE_BOUND = 90.0  # seconds after a fault's end within which everything must converge
+FAULTS = (
+    "kill_replica",
+    "kill_many",
+    "kill_leader",
+    "kill_follower",
+    "pause_leader",
+    "host_down",
+    "consul_down",
+    "docker_restart",
+    "nginx_kill",
+    "scale_down",
+)
+LOG_DIR = ROOT / ".run" / "chaos"
+
+
+def hold(seconds: float) -> None:
+    """Keep a fault in place for ``seconds``: the one deliberate wait of the harness."""
+    threading.Event().wait(seconds)
+
+
+@dataclass
+class FaultRecord:
+    """One injected fault and what followed."""
+
+    name: str
+    detail: str
+    started: float
+    ended: float = 0.0
+    converged_after: float | None = None
+    failed_requests: int = 0
+    requests: int = 0
+
+
+@dataclass
+class Violations:
+    """What the monitor saw that must never happen."""
+
+    extra_replicas: list[str] = field(default_factory=list)
+    unfenced_writes: list[str] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)
+
+
+class Chaos:
+    """One chaos run."""
+
+    def __init__(self, cluster: Cluster, seed: int, log_path: Path) -> None:
+        self.cluster = cluster
+        self.rng = random.Random(seed)
+        self.seed = seed
+        self.log_path = log_path
+        self.faults: list[FaultRecord] = []
+        self.violations = Violations()
+        self.desired = dict(SERVICES)
+        # What the monitor allows: during a planned scale-down the old count, until it has converged.
+        self.ceiling = dict(SERVICES)
+        self.lock_history: list[tuple[int, str | None]] = []  # (leader key's modify index, holder)
+        self._stop = threading.Event()
+        self._log_lock = threading.Lock()
+        self.loads = {
+            name: Load(cluster.staging.addresses[2], name, interval=0.05, limit=24 * 3600)
+            for name in SERVICES
+        }
+
+    # --- bookkeeping -------------------------------------------------------------------
+
+    def log(self, event: str, **fields: Any) -> None:
+        """Append one JSON line to the run's log (kept for replaying a failing seed)."""
+        with self._log_lock, open(self.log_path, "a") as handle:
+            handle.write(json.dumps({"t": round(time.time(), 3), "event": event, **fields}) + "\n")
+
+    def containers(self, service: str | None = None, host: str | None = None) -> list[Any]:
+        labels = [f"{LABEL_CLUSTER}={self.cluster.staging.name}"]
+        if service:
+            labels.append(f"{LABEL_SERVICE}={service}")
+        if host:
+            labels.append(f"{LABEL_HOST}={host}")
+        return list(self.cluster.docker.containers.list(filters={"label": labels}))
+
+    # --- the checks ------------------------------------------------------------------------
+
+    def nginx_servers(self, service: str) -> set[str]:
+        """The servers of NGINX's upstream for ``service``, from the installed config."""
+        text = (self.cluster.staging.run_dir / "nginx" / "nginx.conf").read_text()
+        block = re.search(rf"upstream svc_{service} {{(.*?)}}", text, re.S)
+        return set(re.findall(r"server (\S+) ", block.group(1))) if block else set()
+
+    def converged(self) -> bool:
+        """Every service at its count, all passing, nothing orphaned, NGINX serving exactly those."""
+        for service, replicas in self.desired.items():
+            if not self.cluster.converged(service, replicas):
+                return False
+            passing = {f"{i.address}:{i.port}" for i in self.cluster.passing(service)}
+            if self.nginx_servers(service) != passing:
+                return False
+        ours = {c.labels.get(LABEL_SERVICE) for c in self.containers()}
+        return ours <= set(self.desired)
+
+    def monitor(self) -> None:
+        """Sample, until stopped: replicas never above desired, placements only written by the lock holder."""
+        seen_placements: dict[str, int] = {}
+        while not self._stop.wait(0.25):
+            try:
+                for service, replicas in self.ceiling.items():
+                    running = len(self.containers(service))
+                    if running > replicas:
+                        note = f"{time.time():.1f} {service}: {running} running > {replicas} desired"
+                        self.violations.extra_replicas.append(note)
+                        self.log("violation", kind="extra_replicas", note=note)
+                self._check_fencing(seen_placements)
+            except (ConsulError, OSError):
+                continue  # a fault may have taken Consul or Docker away for a moment
+            except Exception as exc:  # docker SDK errors during an engine restart
+                self.log("monitor_error", error=repr(exc))
+
+    def _check_fencing(self, seen: dict[str, int]) -> None:
+        """Every placement write must come from the host that held the lock at the write's Consul index.
+
+        Placements are read before the lock, so that a new leader's acquisition
+        (an earlier index than its writes) is always in the history first.
+        """
+        consul = self._any_consul()
+        if consul is None:
+            return
+        placements = consul.kv_list("operator/placement/").value
+        entry = consul.kv_get("operator/leader", consistent=True).value
+        if entry is not None and (not self.lock_history or self.lock_history[-1][0] != entry.modify_index):
+            holder = json.loads(entry.value)["host"] if entry.session else None
+            self.lock_history.append((entry.modify_index, holder))
+        for placement in placements:
+            if seen.get(placement.key) == placement.modify_index:
+                continue
+            seen[placement.key] = placement.modify_index
+            writer = json.loads(placement.value).get("written_by")
+            before = [host for index, host in self.lock_history if index <= placement.modify_index]
+            if before and before[-1] != writer:
+                note = (
+                    f"{placement.key}@{placement.modify_index} written by {writer}, lock held by {before[-1]}"
+                )
+                self.violations.unfenced_writes.append(note)
+                self.log("violation", kind="unfenced_write", note=note)
+
+    def _any_consul(self) -> ConsulClient | None:
+        for host in ("host-3", "host-1", "host-2"):
+            if pid_alive(self.cluster.staging.pids().get(f"consul-{host}", -1)):
+                return ConsulClient(self.cluster.staging.consul_addr(host), timeout=2)
+        return None
+
+    # --- the faults -----------------------------------------------------------------------
+
+    def _leader_and_follower(self) -> tuple[str, str]:
+        leader = str(wait_until(self.cluster.leader, timeout=60, what="a leader"))
+        return leader, "host-2" if leader == "host-1" else "host-1"
+
+    def kill_replica(self) -> str:
+        victim = self.rng.choice(sorted(self.containers(), key=lambda c: c.name))
+        victim.kill()
+        return str(victim.name)
+
+    def kill_many(self) -> str:
+        everything = sorted(self.containers(), key=lambda c: c.name)
+        victims = self.rng.sample(everything, k=self.rng.randint(2, len(everything)))
+        threads = [threading.Thread(target=v.kill) for v in victims]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return ",".join(v.name for v in victims)
+
+    def _kill_agent(self, host: str) -> str:
+        self.cluster.kill(f"agent-{host}", signal.SIGKILL)
+        down = self.rng.uniform(1.0, 4.0)
+        hold(down)  # the fault's length: how long the agent stays dead
+        self.cluster.staging.run("up")
+        return f"agent-{host} dead for {down:.1f}s"
+
+    def kill_leader(self) -> str:
+        return self._kill_agent(self._leader_and_follower()[0])
+
+    def kill_follower(self) -> str:
+        return self._kill_agent(self._leader_and_follower()[1])
+
+    def pause_leader(self) -> str:
+        leader, follower = self._leader_and_follower()
+        pid = self.cluster.staging.pids()[f"agent-{leader}"]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            wait_until(lambda: self.cluster.leader() == follower, timeout=60, what=f"{follower} to lead")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        return f"agent-{leader} paused until {follower} led"
+
+    def host_down(self) -> str:
+        host = self.rng.choice(["host-1", "host-2"])
+        for name in (f"agent-{host}", f"consul-{host}"):
+            self.cluster.kill(name, signal.SIGKILL)
+        for container in self.containers(host=host):
+            container.kill()
+        down = self.rng.uniform(3.0, 15.0)
+        hold(down)  # the fault's length: the host stays down this long
+        self.cluster.staging.run("up")
+        return f"{host} down for {down:.1f}s"
+
+    def consul_down(self) -> str:
+        host = self.rng.choice(["host-1", "host-2", "host-3"])
+        self.cluster.kill(f"consul-{host}", signal.SIGTERM)
+        down = self.rng.uniform(2.0, 6.0)
+        hold(down)  # the fault's length
+        self.cluster.staging.run("up")
+        return f"consul-{host} down for {down:.1f}s"
+
+    def docker_restart(self) -> str:
+        restart_docker_engine()
+        return "dockerd restarted"
+
+    def nginx_kill(self) -> str:
+        pid = int((self.cluster.staging.run_dir / "nginx" / "nginx.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        return f"nginx master {pid} killed"
+
+    def scale_down(self) -> str:
+        """Planned: scale web down by one and back, under load; no request may fail meanwhile."""
+        load = self.loads["web"]
+        before = len(load.failures)
+        self.desired["web"] = SERVICES["web"] - 1
+        self.cluster.put("web", self.desired["web"], drain="2s")
+        self.cluster.wait_converged("web", self.desired["web"], timeout=CONVERGE_BOUND)
+        wait_until(lambda: len(self.nginx_servers("web")) == self.desired["web"], timeout=60, what="NGINX")
+        self.ceiling["web"] = self.desired["web"]
+        failed = len(load.failures) - before
+        self.desired["web"] = self.ceiling["web"] = SERVICES["web"]
+        self.cluster.put("web", self.desired["web"], drain="2s")
+        if failed:
+            self.log("violation", kind="failed_during_scale_down", failed=failed)
+        assert failed == 0, f"{failed} requests failed during a planned scale-down"
+        return "web 3 -> 2 -> 3"
+
+    # --- the run ---------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        for service, replicas in SERVICES.items():
+            self.cluster.put(service, replicas, drain="2s")
+        wait_until(self.converged, timeout=CONVERGE_BOUND, what="the initial convergence")
+
+    def inject(self, name: str) -> FaultRecord:
+        """Run one fault, then wait for convergence; record how long it took and what failed."""
+        action: Callable[[], str] = getattr(self, name)
+        before = {s: (len(load.outcomes), len(load.failures)) for s, load in self.loads.items()}
+        record = FaultRecord(name, "", time.time())
+        self.faults.append(record)
+        self.log("fault", name=name)
+        record.detail = action()
+        record.ended = time.time()
+        try:
+            wait_until(self.converged, timeout=CONVERGE_BOUND, what=f"convergence after {name}", interval=0.2)
+            record.converged_after = time.time() - record.ended
+        except AssertionError:
+            record.converged_after = None
+        record.requests = sum(len(load.outcomes) - before[s][0] for s, load in self.loads.items())
+        record.failed_requests = sum(len(load.failures) - before[s][1] for s, load in self.loads.items())
+        self.log("fault_done", **asdict(record))
+        return record
+
+    def run(self, schedule: list[str]) -> None:
+        monitor = threading.Thread(target=self.monitor, name="chaos-monitor", daemon=True)
+        self.log("run", seed=self.seed, schedule=schedule)
+        for load in self.loads.values():
+            load.__enter__()
+        monitor.start()
+        try:
+            for name in schedule:
+                self.inject(name)
+        finally:
+            self._stop.set()
+            monitor.join(timeout=10)
+            for load in self.loads.values():
+                load.__exit__(None, None, None)
+        self.violations.orphans = self.orphans()
+
+    def orphans(self) -> list[str]:
+        """Containers or registrations of ours that nothing desires."""
+        found = [
+            f"container {c.name}"
+            for c in self.containers()
+            if c.labels.get(LABEL_SERVICE) not in self.desired
+        ]
+        for service in self.desired:
+            running = {c.name for c in self.containers(service)}
+            found += [
+                f"registration {i.service_id}"
+                for i in self.cluster.registrations(service)
+                if i.service_id not in running
+            ]
+        return found
+
+    def report(self) -> str:
+        converged = [f.converged_after for f in self.faults if f.converged_after is not None]
+        requests = sum(len(load.outcomes) for load in self.loads.values())
+        failed = sum(len(load.failures) for load in self.loads.values())
+        lines = [
+            f"chaos run, seed {self.seed}: {len(self.faults)} faults, log {self.log_path}",
+            "",
+            f"{'fault':<15} {'converged after':>16} {'failed/requests':>16}  detail",
+        ]
+        for f in self.faults:
+            after = f"{f.converged_after:.1f}s" if f.converged_after is not None else "NEVER"
+            lines.append(f"{f.name:<15} {after:>16} {f'{f.failed_requests}/{f.requests}':>16}  {f.detail}")
+        if converged:
+            ordered = sorted(converged)
+            p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+            p50 = statistics.median(ordered)
+            lines.append(f"\ntime to converge: p50 {p50:.1f}s, p95 {p95:.1f}s, max {ordered[-1]:.1f}s")
+        lines.append(f"failed requests: {failed} of {requests} ({100 * failed / max(requests, 1):.2f}%)")
+        lines.append(
+            f"violations: {len(self.violations.extra_replicas)} extra-replica samples, "
+            f"{len(self.violations.unfenced_writes)} unfenced writes, {len(self.violations.orphans)} orphans"
+        )
+        return "\n".join(lines)
+
+
+def start_environment() -> Cluster:
+    """The chaos environment, fresh."""
+    staging = Staging("chaos", CHAOS_ADDRESSES)
+    staging.run("down")
+    staging.run("up")
+    return Cluster(staging, ConsulClient(staging.consul_addr()), connect())
+
+
+def schedule_for(seed: int, duration: float | None, faults: list[str]) -> list[str]:
+    """Each named fault once in a seeded order, or seeded random picks filling ``duration`` (~20 s each)."""
+    rng = random.Random(seed)
+    if duration is None:
+        order = list(faults)
+        rng.shuffle(order)
+        return order
+    return [rng.choice(faults) for _ in range(max(1, int(duration // 20)))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seed", type=int, default=int(time.time()) % 100000)
+    parser.add_argument(
+        "--duration", type=float, default=None, help="seconds of random faults (default: each once)"
+    )
+    parser.add_argument("--faults", default=",".join(FAULTS))
+    args = parser.parse_args(argv)
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log_path = LOG_DIR / f"chaos-seed-{args.seed}.log"
+    log_path.unlink(missing_ok=True)
+    cluster = start_environment()
+    chaos = Chaos(cluster, args.seed, log_path)
+    ok = False
+    try:
+        chaos.setup()
+        chaos.run(schedule_for(args.seed, args.duration, args.faults.split(",")))
+        v = chaos.violations
+        ok = all(f.converged_after is not None for f in chaos.faults) and not (
+            v.extra_replicas or v.unfenced_writes or v.orphans
+        )
+    finally:
+        print(chaos.report())
+        cluster.staging.run("down")
+    if ok:
+        log_path.unlink(missing_ok=True)
+    else:
+        print(f"FAILED: replay with `make chaos SEED={args.seed}`; log kept in {log_path}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
