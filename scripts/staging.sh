@@ -20,6 +20,12 @@
 #   RUN_DIR        state, logs and pid files (default: .run/$STAGING_NAME)
 #   AGENT_ARGS     extra flags for every `operator agent` (e.g. "--lost-grace 5s")
 #   LB_ARGS        extra flags for `operator lb`
+#   STAGING_ACL    1: Consul with ACLs on and default deny (deploy/consul/acl.hcl),
+#                  bootstrapped by scripts/acl-bootstrap.sh: the policies of
+#                  deploy/acl/, one token per role in $RUN_DIR/acl/ (management,
+#                  operator-agent, operator-lb, operator-admin, one per Consul
+#                  agent); the agents and the LB run with their role's --token.
+#                  `down` wipes the tokens with the cluster's state.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -30,6 +36,11 @@ HOSTS=(host-1 host-2 host-3)
 PIDS="$RUN_DIR/pids"
 LOGS="$RUN_DIR/logs"
 LABEL_CLUSTER="consul-operator.cluster=$NAME"
+ACL=${STAGING_ACL:-0}
+ACL_DIR="$RUN_DIR/acl"
+[[ $ACL == 0 || $ACL == 1 ]] || { echo "STAGING_ACL must be 0 or 1, got '$ACL'" >&2; exit 2; }
+# With ACLs: the management token's header on our own Consul reads (empty without).
+CURL_AUTH=()
 
 say() { printf '[%s] %s\n' "$NAME" "$*"; }
 die() { printf '[%s] ERROR: %s\n' "$NAME" "$*" >&2; exit 1; }
@@ -93,8 +104,9 @@ stop() {
 
 consul_up() {
   local consul; consul=$(consul_bin)
-  local i join=()
+  local i join=() acl_args=()
   for addr in "${ADDRS[@]}"; do join+=("-retry-join=$addr"); done
+  ((ACL)) && acl_args=(-config-file="$ROOT/deploy/consul/acl.hcl")
   for i in 0 1 2; do
     local host=${HOSTS[$i]} addr=${ADDRS[$i]}
     mkdir -p "$RUN_DIR/consul/$host"
@@ -107,7 +119,7 @@ consul_up() {
       -node-meta="staging:$NAME" \
       -hcl='performance { raft_multiplier = 1 }' \
       -hcl='disable_update_check = true' \
-      "${join[@]}"
+      "${acl_args[@]}" "${join[@]}"
   done
   say "waiting for the Consul cluster to elect a leader"
   local leader=""
@@ -120,6 +132,22 @@ consul_up() {
   [[ $leader =~ :[0-9]+\"$ ]] || die "no Consul leader after 60 s; see $LOGS/"
   for h in "${HOSTS[@]}"; do alive "consul-$h" || die "consul-$h died; see $LOGS/consul-$h.log"; done
   say "Consul cluster up, leader $leader"
+}
+
+# ACLs: bootstrap (once), policies and tokens; our own reads use the management token.
+acl_up() {
+  local pairs=() i
+  for i in 0 1 2; do pairs+=("${HOSTS[$i]}=${ADDRS[$i]}:8500"); done
+  CONSUL="$(consul_bin)" bash "$ROOT/scripts/acl-bootstrap.sh" "$ACL_DIR" "${pairs[@]}" \
+    | while IFS= read -r line; do say "$line"; done
+  [[ -s $ACL_DIR/management.token ]] || die "ACL bootstrap left no management token"
+  CURL_AUTH=(-H "X-Consul-Token: $(cat "$ACL_DIR/management.token")")
+}
+
+# token_args ROLE: --token with ROLE's token when ACLs are on, nothing otherwise.
+token_args() {
+  ((ACL)) || return 0
+  printf '%s\n' --token "$(cat "$ACL_DIR/$1.token")"
 }
 
 remove_containers() {
@@ -136,18 +164,19 @@ remove_containers() {
 agents_up() {
   local py="$ROOT/.venv/bin/python" i
   [[ -x $py ]] || die "no .venv: run 'make deps'"
+  local token=(); mapfile -t token < <(token_args operator-agent)
   for i in 0 1; do
     local host=${HOSTS[$i]} addr=${ADDRS[$i]}
     # shellcheck disable=SC2086
     spawn "agent-$host" "$py" -m consul_operator agent --host "$host" --advertise "$addr" \
-      --consul "$addr:8500" --cluster "$NAME" --metrics "$addr:9810" --log-json ${AGENT_ARGS:-}
+      --consul "$addr:8500" --cluster "$NAME" --metrics "$addr:9810" --log-json "${token[@]}" ${AGENT_ARGS:-}
   done
   # Ready means: both agents registered and live, and one of them leads.
   local url="http://${ADDRS[0]}:8500/v1" live=0 leader=""
   for i in $(seq 1 300); do
-    live=$(curl -fsS --max-time 2 "$url/health/service/operator-agent?passing=1&filter=Service.Meta.cluster==\"$NAME\"" 2>/dev/null \
+    live=$(curl -fsS --max-time 2 "${CURL_AUTH[@]}" "$url/health/service/operator-agent?passing=1&filter=Service.Meta.cluster==\"$NAME\"" 2>/dev/null \
       | grep -o '"ServiceID":"operator-agent-' | wc -l || true)
-    leader=$(curl -fsS --max-time 2 "$url/kv/operator/leader" 2>/dev/null | grep -o '"Session":"[^"]' || true)
+    leader=$(curl -fsS --max-time 2 "${CURL_AUTH[@]}" "$url/kv/operator/leader" 2>/dev/null | grep -o '"Session":"[^"]' || true)
     [[ $live -ge 2 && -n $leader ]] && break
     for h in host-1 host-2; do alive "agent-$h" || die "agent-$h died; see $LOGS/agent-$h.log"; done
     sleep 0.2
@@ -156,11 +185,12 @@ agents_up() {
 }
 
 lb_up() {
-  local addr=${ADDRS[2]}
+  local addr=${ADDRS[2]} token=()
+  mapfile -t token < <(token_args operator-lb)
   # shellcheck disable=SC2086
   spawn "lb-host-3" "$ROOT/.venv/bin/python" -m consul_operator lb --consul "$addr:8500" \
     --listen "$addr:80" --default-service simple --nginx-dir "$RUN_DIR/nginx" \
-    --metrics "$addr:9810" --log-json ${LB_ARGS:-}
+    --metrics "$addr:9810" --log-json "${token[@]}" ${LB_ARGS:-}
   local i
   for i in $(seq 1 150); do
     curl -fsS --max-time 1 "http://$addr:9810/healthz" >/dev/null 2>&1 && return 0
@@ -187,8 +217,10 @@ nginx_leftover_down() {
 cmd_up() {
   mkdir -p "$PIDS" "$LOGS"
   consul_up
+  ((ACL)) && acl_up
   agents_up
   lb_up
+  ((ACL)) && say "ACLs on (default deny); tokens in $ACL_DIR/"
   say "up: Consul on ${ADDRS[*]} (HTTP :8500), agents of host-1 and host-2, NGINX on http://${ADDRS[2]}/; logs in $LOGS"
 }
 
@@ -212,7 +244,7 @@ cmd_down() {
   nginx_leftover_down
   ((${#rest[@]})) && stop "${rest[@]}"
   remove_containers
-  rm -rf "$RUN_DIR/consul" "$RUN_DIR/nginx"
+  rm -rf "$RUN_DIR/consul" "$RUN_DIR/nginx" "$ACL_DIR"
   say "down"
 }
 

@@ -82,6 +82,9 @@ class FaultRecord:
     converged_after: float | None = None
     failed_requests: int = 0
     requests: int = 0
+    # The fault took every replica of some service (or the load balancer) down at
+    # once: requests fail until replacements pass, and are reported, not budgeted.
+    total_loss: bool = False
 
 
 @dataclass
@@ -212,6 +215,10 @@ class Chaos:
     def kill_many(self) -> str:
         everything = sorted(self.containers(), key=lambda c: c.name)
         victims = self.rng.sample(everything, k=self.rng.randint(2, len(everything)))
+        hit = {c.labels[LABEL_SERVICE] for c in victims}
+        self.faults[-1].total_loss = any(
+            {c.id for c in everything if c.labels[LABEL_SERVICE] == s} <= {v.id for v in victims} for s in hit
+        )
         threads = [threading.Thread(target=v.kill) for v in victims]
         for t in threads:
             t.start()
@@ -262,11 +269,13 @@ class Chaos:
         return f"consul-{host} down for {down:.1f}s"
 
     def docker_restart(self) -> str:
+        self.faults[-1].total_loss = True
         restart_docker_engine()
         return "dockerd restarted"
 
     def nginx_kill(self) -> str:
         pid = int((self.cluster.staging.run_dir / "nginx" / "nginx.pid").read_text())
+        self.faults[-1].total_loss = True
         os.kill(pid, signal.SIGKILL)
         return f"nginx master {pid} killed"
 
@@ -356,7 +365,9 @@ class Chaos:
         ]
         for f in self.faults:
             after = f"{f.converged_after:.1f}s" if f.converged_after is not None else "NEVER"
-            lines.append(f"{f.name:<15} {after:>16} {f'{f.failed_requests}/{f.requests}':>16}  {f.detail}")
+            loss = " (every replica down at once)" if f.total_loss else ""
+            counts = f"{f.failed_requests}/{f.requests}"
+            lines.append(f"{f.name:<15} {after:>16} {counts:>16}  {f.detail}{loss}")
         if converged:
             ordered = sorted(converged)
             p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]

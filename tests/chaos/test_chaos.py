@@ -7,12 +7,15 @@ import pytest
 from tests.chaos.harness import FAULTS, LOG_DIR, Chaos, schedule_for, start_environment
 
 SEED = 20261127
-# Failed requests allowed over the whole run. Faults like a Docker engine
-# restart or a whole host going down kill every replica of a service at once,
-# and nothing can answer for it until replacements pass; everything else is
-# hidden by NGINX's retries. Planned scale-downs must fail nothing (checked
-# inside the run).
-FAILED_REQUEST_BUDGET = 0.05
+# The request budget. A fault that leaves some replica of every service (and
+# NGINX) alive must be hidden by the drain and NGINX's retries: at most
+# PER_FAULT_BUDGET failed requests (a response cut off mid-flight). A fault
+# that takes every replica of a service down at once (an engine restart,
+# killing them all, NGINX itself) fails requests until replacements pass:
+# those are reported, and bounded only by the run's overall budget. Planned
+# scale-downs must fail nothing (checked inside the run).
+PER_FAULT_BUDGET = 2
+RUN_BUDGET = 0.25
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +58,14 @@ def test_no_orphans_left(chaos_run: Chaos) -> None:
 
 
 def test_failed_requests_within_budget(chaos_run: Chaos) -> None:
-    """Failed requests through the load balancer stay within the budget over the whole run."""
+    """Faults that leave a replica alive fail (almost) no request; the whole run stays within its budget."""
+    over = [
+        f"{f.name}: {f.failed_requests} failed"
+        for f in chaos_run.faults
+        if not f.total_loss and f.failed_requests > PER_FAULT_BUDGET
+    ]
+    assert over == [], chaos_run.report()
     requests = sum(len(load.outcomes) for load in chaos_run.loads.values())
     failed = sum(len(load.failures) for load in chaos_run.loads.values())
     assert requests > 100
-    assert failed <= FAILED_REQUEST_BUDGET * requests, chaos_run.report()
+    assert failed <= RUN_BUDGET * requests, chaos_run.report()

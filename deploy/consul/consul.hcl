@@ -1,0 +1,23 @@
+# Consul on every host of the Vagrant topology (deploy/README in docs/deploy.md):
+# three servers, one Raft cluster, joined by address. The host's own
+# addresses and name are in /etc/consul.d/host.hcl (deploy/consul/hosts/).
+datacenter = "dc1"
+data_dir = "/var/lib/consul"
+server = true
+bootstrap_expect = 3
+retry_join = ["192.168.50.101", "192.168.50.102", "192.168.50.103"]
+
+# Nothing of ours uses Consul's DNS interface.
+ports {
+  dns = -1
+}
+
+# Leader election and failure detection in seconds (Consul's production
+# recommendation for servers with adequate CPU), as in the local staging
+# environment.
+performance {
+  raft_multiplier = 1
+}
+
+disable_update_check = true
+log_level = "INFO"
