@@ -176,10 +176,26 @@ class ConsulClient:
             )
         return Indexed(int(idx or 0), _entry(raw) if raw else None)
 
-    def kv_list(self, prefix: str, *, index: int = 0, wait: float = DEFAULT_WAIT) -> Indexed[list[KVEntry]]:
-        """Read every key under ``prefix`` (blocking when ``index`` > 0)."""
+    def kv_list(
+        self, prefix: str, *, index: int = 0, wait: float = DEFAULT_WAIT, consistent: bool = False
+    ) -> Indexed[list[KVEntry]]:
+        """Read every key under ``prefix`` (blocking when ``index`` > 0).
+
+        ``consistent`` reads are refused by a leader that has not yet applied
+        every committed write (right after the cluster restarted), where a
+        default read may answer with an empty store: decisions that stop
+        anything are only ever taken on consistent reads.
+        """
+        consistency = "consistent" if consistent else None
         with _wrapped(f"listing KV {prefix!r}"):
-            idx, raw = self._client.kv.get(prefix, index=index or None, wait=_go_duration(wait), recurse=True)
+            idx, raw = self._client.kv.get(
+                prefix, index=index or None, wait=_go_duration(wait), recurse=True, consistency=consistency
+            )
+            if not raw:
+                # Consul leaves out of a listing what the ACL token may not read, and
+                # answers "nothing" rather than 403: reading the prefix itself tells
+                # "empty" (404) from "not allowed" (403, ConsulPermissionDenied).
+                self._client.kv.get(prefix)
         return Indexed(int(idx or 0), [_entry(item) for item in raw or []])
 
     def kv_put(self, key: str, value: bytes | str, *, cas: int | None = None) -> bool:
@@ -218,10 +234,17 @@ class ConsulClient:
                 ops.append({"KV": {"Verb": "set", "Key": key, "Value": encoded}})
         try:
             with _wrapped(f"a fenced write of {sorted(writes)}"):
-                self._client.txn.put(ops)
+                # Not txn.put(): py-consul sends no ACL token with it.
+                self._client.http.put(
+                    CB.json(), "/v1/txn", data=json.dumps(ops), headers=self._client.prepare_headers()
+                )
         except ConsulError as exc:
-            # Consul answers 409 when an operation of the transaction fails;
-            # the only one that can fail here is the check-session.
+            # Consul answers 409 when an operation of the transaction fails: an
+            # operation the ACL token may not do, or else the check-session.
+            if "409" in str(exc) and "Permission denied" in str(exc):
+                raise ConsulPermissionDenied(
+                    f"permission denied for a fenced write of {sorted(writes)}: {exc}"
+                ) from exc
             if "409" in str(exc):
                 raise NotLeader(f"{lock_key!r} is not held by session {session}") from exc
             raise
@@ -263,7 +286,8 @@ class ConsulClient:
     def agent_node_name(self) -> str:
         """The node name of the agent we talk to."""
         with _wrapped("reading the agent's identity"):
-            info = self._client.agent.self()
+            # Not agent.self(): py-consul sends no ACL token with it.
+            info = self._client.http.get(CB.json(), "/v1/agent/self", headers=self._client.prepare_headers())
         return str(info["Config"]["NodeName"])
 
     def register_ttl_check(self, check_id: str, name: str, ttl: float, notes: str = "") -> None:
@@ -317,12 +341,26 @@ class ConsulClient:
     # --- catalog and health -----------------------------------------------------
 
     def health_service(
-        self, service: str, *, passing: bool = False, index: int = 0, wait: float = DEFAULT_WAIT
+        self,
+        service: str,
+        *,
+        passing: bool = False,
+        index: int = 0,
+        wait: float = DEFAULT_WAIT,
+        consistent: bool = False,
     ) -> Indexed[list[ServiceInstance]]:
         """Instances of ``service`` with their aggregated check status."""
+        params: list[tuple[str, object]] = []
+        if index:
+            params += [("index", index), ("wait", _go_duration(wait))]
+        if passing:
+            params.append(("passing", "1"))
+        if consistent:
+            params.append(("consistent", "1"))
+        path = f"/v1/health/service/{urllib.parse.quote(service, safe='')}"
         with _wrapped(f"reading the health of {service!r}"):
-            idx, nodes = self._client.health.service(
-                service, index=index or None, wait=_go_duration(wait), passing=passing or None
+            idx, nodes = self._client.http.get(
+                CB.json(index=True), path, params=params, headers=self._client.prepare_headers()
             )
         instances = [
             ServiceInstance(

@@ -2,7 +2,10 @@
 
 Reads never guess: a failed read raises (`ConsulError`), so that no loop
 ever acts on missing data, and a manifest that does not validate comes back
-as its `ManifestError` rather than disappearing.
+as its `ManifestError` rather than disappearing. Manifests and placements are
+read in Consul's ``consistent`` mode: right after a whole cluster restarts, a
+default-mode read was seen to answer with an empty store, which looked like
+"every service deleted" and drained everything (found by the outage test).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ WATCH_RETRY_CAP = 5.0
 
 def read_manifests(consul: ConsulClient, layout: Layout) -> dict[str, ManifestResult]:
     """Every manifest under ``services/``, by name: parsed, or the reason it is invalid."""
-    entries = consul.kv_list(layout.services_prefix).value
+    entries = consul.kv_list(layout.services_prefix, consistent=True).value
     result: dict[str, ManifestResult] = {}
     for entry in entries:
         name = layout.service_name(entry.key)
@@ -46,7 +49,7 @@ def read_manifests(consul: ConsulClient, layout: Layout) -> dict[str, ManifestRe
 def read_placements(consul: ConsulClient, layout: Layout) -> dict[str, PlacementRecord]:
     """The leader's current decisions, by service; unreadable records are skipped and logged."""
     records: dict[str, PlacementRecord] = {}
-    for entry in consul.kv_list(layout.placement_prefix).value:
+    for entry in consul.kv_list(layout.placement_prefix, consistent=True).value:
         name = entry.key[len(layout.placement_prefix) :]
         try:
             records[name] = PlacementRecord.from_json(entry.value)

@@ -54,7 +54,7 @@ class LoadBalancer:
         """One pass; raises on a failed read so that nothing is rendered from it."""
         names = self._service_names()
         instances: dict[str, list[ServiceInstance]] = {
-            name: self.consul.health_service(name, passing=True).value
+            name: self.consul.health_service(name, passing=True, consistent=True).value
             for name in names
             if DNS_LABEL.match(name)
         }
@@ -82,7 +82,7 @@ class LoadBalancer:
 
     def _service_names(self) -> list[str]:
         names = []
-        for entry in self.consul.kv_list(self.layout.services_prefix).value:
+        for entry in self.consul.kv_list(self.layout.services_prefix, consistent=True).value:
             name = self.layout.service_name(entry.key)
             if name is not None:
                 names.append(name)
