@@ -16,7 +16,7 @@ from pathlib import Path
 
 from consul_operator.consul_client import BlockingQuery, ConsulClient
 from consul_operator.desired_state import Manifest, ManifestError, parse_manifest
-from consul_operator.errors import ConsulError
+from consul_operator.errors import ConsulError, ConsulPermissionDenied
 from consul_operator.keys import Layout
 from consul_operator.model import HostInfo
 from consul_operator.reconcile import schedule
@@ -49,6 +49,9 @@ def _only(view: StatusView, names: Sequence[str]) -> StatusView:
 
 
 def _unreachable(exc: ConsulError) -> int:
+    if isinstance(exc, ConsulPermissionDenied):
+        print(f"error: {exc} (check the ACL token: --token or CONSUL_HTTP_TOKEN)", file=sys.stderr)
+        return EXIT_UNREACHABLE
     print(f"error: cannot read Consul: {exc}", file=sys.stderr)
     return EXIT_UNREACHABLE
 

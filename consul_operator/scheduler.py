@@ -19,12 +19,13 @@ import structlog
 from consul_operator import metrics
 from consul_operator.consul_client import ConsulClient
 from consul_operator.desired_state import Manifest
+from consul_operator.errors import ConsulPermissionDenied
 from consul_operator.keys import Layout
 from consul_operator.kv_state import read_manifests, read_placements
 from consul_operator.leader import LeaderElection
 from consul_operator.loop import PassResult
 from consul_operator.model import HostInfo, PlacementRecord
-from consul_operator.presence import read_hosts
+from consul_operator.presence import AGENT_SERVICE, read_hosts
 from consul_operator.reconcile import next_schedule_wakeup, schedule
 
 log = structlog.get_logger()
@@ -85,6 +86,16 @@ class Scheduler:
     def _hosts(self, current: dict[str, PlacementRecord], now: float) -> list[HostInfo]:
         """Every host we know of: registered agents, and hosts that still hold replicas."""
         known = read_hosts(self.consul, self.cluster)
+        if not known.get(self.election.host, (False, {}))[0]:
+            # The leader is live by definition (its lock hangs on its own checks). Not
+            # seeing itself means a partial view, typically a token without node or
+            # service read, for which Consul filters instead of refusing: scheduling
+            # from it would move every replica away from "lost" hosts.
+            raise ConsulPermissionDenied(
+                f"the leader {self.election.host} does not see itself live in the health of "
+                f"{AGENT_SERVICE!r}: the ACL token needs read on every node and service "
+                '(node_prefix "" and service_prefix "" read); not scheduling from a partial view'
+            )
         for record in current.values():
             for host in record.hosts:
                 known.setdefault(host, (False, {}))
