@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# Installs one host of the real topology (the Vagrantfile's VMs, or any Debian 12
+# host): the packages, consul and the operator, then the configuration and the
+# systemd units of deploy/. Idempotent: run it again after changing the sources
+# or deploy/, and it installs what changed and restarts only what needs it.
+#
+# usage: provision.sh app|lb
+#
+#   app  an app host: Docker, a Consul server, operator-agent.service
+#   lb   the load-balancer host: NGINX, a Consul server, operator-lb.service
+#
+# The packages and consul come from scripts/deps.sh, the same script as
+# `make deps`, told to install only a host's runtime packages and to put
+# consul in $PREFIX/bin where the units expect it.
+#
+# Environment:
+#   NODE_NAME           this host's Consul node name (default: the short host name)
+#   CONSUL_HOST_CONFIG  its Consul settings (default: deploy/consul/hosts/$NODE_NAME.hcl)
+#   NODE_ADDR           app hosts: the address containers are published on and
+#                       registered with (default: bind_addr of the host config)
+#   CONSUL_ACL          1: also install deploy/consul/acl.hcl (ACLs on, default
+#                       deny); then bootstrap once, see docs/deploy.md
+#   PREFIX              consul and the operator command go to $PREFIX/bin (/usr/local)
+#   OPERATOR_HOME       the operator's virtualenv (/opt/consul-operator)
+#   NO_START            1: install everything, start nothing (also the case when
+#                       systemd is not running, e.g. in a container)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+ROLE=${1:-}
+case $ROLE in
+  app) UNIT=operator-agent ;;
+  lb) UNIT=operator-lb ;;
+  *) echo "usage: $0 app|lb" >&2; exit 2 ;;
+esac
+NODE_NAME=${NODE_NAME:-$(hostname -s)}
+CONSUL_HOST_CONFIG=${CONSUL_HOST_CONFIG:-$ROOT/deploy/consul/hosts/$NODE_NAME.hcl}
+CONSUL_ACL=${CONSUL_ACL:-0}
+PREFIX=${PREFIX:-/usr/local}
+OPERATOR_HOME=${OPERATOR_HOME:-/opt/consul-operator}
+NO_START=${NO_START:-0}
+
+say() { printf '[provision %s] %s\n' "$NODE_NAME" "$*"; }
+die() { printf '[provision %s] ERROR: %s\n' "$NODE_NAME" "$*" >&2; exit 1; }
+
+[[ $(id -u) -eq 0 ]] || die "run as root"
+[[ -f $CONSUL_HOST_CONFIG ]] || die "no Consul host config $CONSUL_HOST_CONFIG (copy one of deploy/consul/hosts/ and set CONSUL_HOST_CONFIG)"
+if [[ -z ${NODE_ADDR:-} ]]; then
+  NODE_ADDR=$(sed -n 's/^bind_addr *= *"\([^"]*\)".*/\1/p' "$CONSUL_HOST_CONFIG")
+fi
+[[ -n $NODE_ADDR ]] || die "no NODE_ADDR and no bind_addr in $CONSUL_HOST_CONFIG"
+systemd_runs() { [[ -d /run/systemd/system ]]; }
+
+# --- packages and consul: the same script as `make deps` --------------------------
+if [[ $ROLE == app ]]; then
+  packages="docker.io busybox-static iproute2 curl ca-certificates python3-venv"
+  steps="packages consul"
+  # The engine: started by its package under systemd; deps.sh checks that it answers.
+  systemd_runs && steps="$steps engine"
+else
+  packages="nginx iproute2 curl ca-certificates python3-venv"
+  steps="packages consul"
+fi
+DEPS_STEPS=$steps DEPS_PACKAGES=$packages PREFIX=$PREFIX bash "$ROOT/scripts/deps.sh"
+
+# changed FILE...: set by install_file when it wrote something new.
+CHANGED=()
+# install_file MODE SRC DEST [OWNER:GROUP]: install SRC as DEST when it differs.
+install_file() {
+  local mode=$1 src=$2 dest=$3 owner=${4:-root:root}
+  if [[ -f $dest ]] && cmp -s "$src" "$dest"; then
+    chmod "$mode" "$dest"; chown "$owner" "$dest"
+    return
+  fi
+  install -D -m "$mode" -o "${owner%%:*}" -g "${owner##*:}" "$src" "$dest"
+  CHANGED+=("$dest")
+  say "installed $dest"
+}
+
+# --- the operator: its own virtualenv, the command in $PREFIX/bin ------------------
+src_hash=$(cd "$ROOT" && find pyproject.toml consul_operator -type f \( -name '*.py' -o -name '*.j2' -o -name '*.toml' \) \
+  -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
+operator_changed=0
+if [[ ! -x $OPERATOR_HOME/bin/operator || $(cat "$OPERATOR_HOME/.source" 2>/dev/null) != "$src_hash" ]]; then
+  say "installing the operator into $OPERATOR_HOME (sources $src_hash)"
+  [[ -x $OPERATOR_HOME/bin/python ]] || python3 -m venv "$OPERATOR_HOME"
+  # A copy of the sources: pip builds in the tree, and the tree may be a shared folder.
+  build=$(mktemp -d)
+  trap 'rm -rf "$build"' EXIT
+  cp -r "$ROOT/pyproject.toml" "$ROOT/README.md" "$ROOT/consul_operator" "$build/"
+  "$OPERATOR_HOME/bin/pip" install -q "$build" >/dev/null
+  # Same version number, new code: replace the package itself.
+  "$OPERATOR_HOME/bin/pip" install -q --no-deps --force-reinstall "$build" >/dev/null
+  echo "$src_hash" >"$OPERATOR_HOME/.source"
+  operator_changed=1
+fi
+ln -sfn "$OPERATOR_HOME/bin/operator" "$PREFIX/bin/operator"
+install_file 0644 "$ROOT/docs/deploy.md" /usr/local/share/doc/consul-operator/deploy.md
+
+# --- users --------------------------------------------------------------------------
+id consul >/dev/null 2>&1 \
+  || useradd --system --user-group --home-dir /var/lib/consul --no-create-home --shell /usr/sbin/nologin consul
+if [[ $ROLE == app ]]; then
+  getent group docker >/dev/null || groupadd --system docker
+  id consul-operator >/dev/null 2>&1 \
+    || useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin consul-operator
+  # The Docker socket's group: root-equivalent on this host, and exactly what the agent needs.
+  usermod -a -G docker consul-operator
+fi
+
+# --- Consul -------------------------------------------------------------------------
+install -d -o consul -g consul -m 0750 /var/lib/consul
+install -d -o root -g consul -m 0750 /etc/consul.d
+install_file 0640 "$ROOT/deploy/consul/consul.hcl" /etc/consul.d/consul.hcl root:consul
+install_file 0640 "$CONSUL_HOST_CONFIG" /etc/consul.d/host.hcl root:consul
+if [[ $CONSUL_ACL == 1 ]]; then
+  install_file 0640 "$ROOT/deploy/consul/acl.hcl" /etc/consul.d/acl.hcl root:consul
+elif [[ -f /etc/consul.d/acl.hcl ]]; then
+  # Never turn ACLs off behind someone's back: remove the file by hand to do that.
+  say "keeping /etc/consul.d/acl.hcl (ACLs stay on; CONSUL_ACL=1 is implied)"
+fi
+"$PREFIX/bin/consul" validate /etc/consul.d >/dev/null || die "consul validate /etc/consul.d failed"
+install_file 0644 "$ROOT/deploy/systemd/consul.service" /etc/systemd/system/consul.service
+
+# --- the role -----------------------------------------------------------------------
+install_file 0644 "$ROOT/deploy/systemd/$UNIT.service" "/etc/systemd/system/$UNIT.service"
+envfile=/etc/default/$UNIT
+if [[ ! -f $envfile ]]; then
+  # Written once: it is where the host's token goes, and a later run keeps it.
+  tmp=$(mktemp)
+  sed -e "s/^OPERATOR_ADVERTISE=.*/OPERATOR_ADVERTISE=$NODE_ADDR/" \
+    -e "s/^OPERATOR_METRICS=.*/OPERATOR_METRICS=$NODE_ADDR:9810/" \
+    "$ROOT/deploy/env/$UNIT" >"$tmp"
+  install_file 0600 "$tmp" "$envfile"
+  rm -f "$tmp"
+fi
+if [[ $ROLE == app ]]; then
+  # No registry: the demo image is built on every app host.
+  if docker info >/dev/null 2>&1; then
+    bash "$ROOT/images/hello/build.sh"
+  else
+    say "no Docker engine answers here: hello:local not built (run images/hello/build.sh later)"
+  fi
+else
+  # Debian's default site is the default server on :80; ours replaces it.
+  if [[ -e /etc/nginx/sites-enabled/default ]]; then
+    rm -f /etc/nginx/sites-enabled/default
+    CHANGED+=(/etc/nginx/sites-enabled/default)
+    say "removed NGINX's default site"
+  fi
+  install -d -m 0755 /etc/nginx/conf.d
+fi
+
+# --- start --------------------------------------------------------------------------
+if [[ $NO_START == 1 ]] || ! systemd_runs; then
+  say "installed; not starting anything (NO_START=1 or no systemd)"
+  exit 0
+fi
+systemctl daemon-reload
+systemctl enable --quiet consul.service "$UNIT.service"
+changed=" ${CHANGED[*]} "
+if [[ $changed == *" /etc/consul.d/"* ]] && systemctl is-active --quiet consul.service; then
+  systemctl restart consul.service  # one host at a time: the other servers keep the quorum
+  say "consul restarted (configuration changed)"
+else
+  systemctl start consul.service
+fi
+if [[ $ROLE == lb ]]; then
+  systemctl enable --quiet --now nginx.service
+  [[ $changed == *" /etc/nginx/"* ]] && systemctl reload nginx.service
+fi
+if ((operator_changed)) || [[ $changed == *" /etc/systemd/system/$UNIT.service "* ]]; then
+  # SIGTERM leaves every container running; back within --lost-grace, nothing moves.
+  systemctl restart "$UNIT.service"
+  say "$UNIT restarted"
+else
+  systemctl start "$UNIT.service"
+fi
+say "done: consul and $UNIT run ($(systemctl is-active consul.service "$UNIT.service" | tr '\n' ' '))"
