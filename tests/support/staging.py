@@ -35,6 +35,7 @@ class Staging:
 
     name: str
     addresses: tuple[str, str, str]
+    acl: bool = False  # Consul with ACLs on, default deny, role tokens (STAGING_ACL=1)
     run_dir: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -48,7 +49,12 @@ class Staging:
             "STAGING_NAME": self.name,
             "STAGING_ADDRS": " ".join(self.addresses),
             "RUN_DIR": str(self.run_dir),
+            "STAGING_ACL": "1" if self.acl else "0",
         }
+
+    def token(self, role: str) -> str:
+        """The secret of a token staging.sh made with ACLs on (management, operator-agent, operator-lb...)."""
+        return (self.run_dir / "acl" / f"{role}.token").read_text().strip()
 
     def consul_addr(self, host: str = "host-1") -> str:
         """HTTP address of the Consul agent of ``host``."""

@@ -1,0 +1,327 @@
+"""Consul ACLs for real: default deny, the policies of deploy/acl/, one token per role.
+
+The environment is staging.sh's ACL variant (STAGING_ACL=1) on 127.0.0.71-73,
+under its own name: Consul with deploy/consul/acl.hcl, bootstrapped by
+scripts/acl-bootstrap.sh, the agents and the LB started with their role's
+token. A token that lacks a permission must get an error naming what it may
+not do, and must lose nothing: no KV change, no container touched.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import docker
+import pytest
+
+from consul_operator.consul_client import ConsulClient
+from consul_operator.errors import ConsulPermissionDenied
+from tests.support.cluster import Cluster, manifest_yaml
+from tests.support.staging import ROOT, Staging, pid_alive, tool, wait_until
+
+ACL_ADDRESSES = ("127.0.0.71", "127.0.0.72", "127.0.0.73")
+AGENT_POLICY = ROOT / "deploy" / "acl" / "operator-agent.hcl"
+# Docker actions that would mean a container was touched.
+TOUCHING = ("create", "start", "kill", "die", "stop", "destroy", "restart")
+
+
+@pytest.fixture(scope="module")
+def acl_env(docker_engine: docker.DockerClient, nginx_binary: str) -> Iterator[Staging]:
+    """The ACL staging environment, up for this module and torn down after it."""
+    tool("consul")
+    env = Staging("acl", ACL_ADDRESSES, acl=True)
+    env.run("down")  # a previous run that crashed may have left it behind
+    env.run("up")
+    yield env
+    env.run("down")
+
+
+@pytest.fixture(scope="module")
+def acl_cluster(acl_env: Staging, docker_engine: docker.DockerClient) -> Cluster:
+    """The ACL environment, looked at with the management token."""
+    return Cluster(acl_env, ConsulClient(acl_env.consul_addr(), acl_env.token("management")), docker_engine)
+
+
+@pytest.fixture(scope="module")
+def running(acl_cluster: Cluster) -> str:
+    """A service with 2 replicas, converged, for the tests that must not disturb it."""
+    name = "a" + uuid.uuid4().hex[:8]
+    acl_cluster.put(name, 2, placement={"max_per_host": 1})
+    acl_cluster.wait_converged(name, 2)
+    return name
+
+
+def operator_cli(env: Staging, token: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the `operator` command against the ACL environment with ``token``."""
+    return subprocess.run(
+        [sys.executable, "-m", "consul_operator", *args, "--consul", env.consul_addr(), "--token", token],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def consul_acl(env: Staging, *args: str) -> str:
+    """`consul acl ...` with the management token; returns its output."""
+    result = subprocess.run(
+        [
+            tool("consul"),
+            "acl",
+            *args,
+            f"-http-addr={env.consul_addr()}",
+            f"-token-file={env.run_dir / 'acl' / 'management.token'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return result.stdout
+
+
+def restricted_token(env: Staging, tmp_path: Path, name: str, rules: str) -> str:
+    """A new policy with ``rules`` and a token of it; returns the token's secret."""
+    assert rules != AGENT_POLICY.read_text(), "the restriction changed nothing"
+    policy = tmp_path / f"{name}.hcl"
+    policy.write_text(rules)
+    consul_acl(env, "policy", "create", "-name", name, "-rules", f"@{policy}")
+    created = json.loads(consul_acl(env, "token", "create", "-policy-name", name, "-format=json"))
+    return str(created["SecretID"])
+
+
+def state_of(cluster: Cluster, service: str) -> tuple[dict[str, int], set[tuple[str, str]]]:
+    """What must not change: KV (key -> modify index, but the leader lock) and the containers."""
+    kv = {
+        e.key: e.modify_index
+        for prefix in ("services/", "operator/")
+        for e in cluster.consul.kv_list(prefix).value
+        if e.key != "operator/leader"
+    }
+    containers = {(c.id, c.status) for c in cluster.containers(service, all_states=True)}
+    return kv, containers
+
+
+@contextmanager
+def agents_with_token(cluster: Cluster, token: str, tmp_path: Path, *extra: str) -> Iterator[dict[str, Path]]:
+    """Both agents replaced by agents running with ``token``; the staging ones come back afterwards.
+
+    SIGTERM leaves the containers running; `staging.sh up` restarts the agents
+    with their role token, and they find everything as it was.
+    """
+    env = cluster.staging
+    for host in ("host-1", "host-2"):
+        cluster.kill(f"agent-{host}", signal.SIGTERM)
+    logs = {host: tmp_path / f"agent-{host}.log" for host in ("host-1", "host-2")}
+    procs = []
+    try:
+        for i, host in enumerate(("host-1", "host-2")):
+            addr = env.addresses[i]
+            with logs[host].open("wb") as out:
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "consul_operator",
+                            "agent",
+                            "--host",
+                            host,
+                            "--advertise",
+                            addr,
+                            "--consul",
+                            f"{addr}:8500",
+                            "--cluster",
+                            env.name,
+                            "--log-json",
+                            "--token",
+                            token,
+                            *extra,
+                        ],
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+        yield logs
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(timeout=60)
+            assert not pid_alive(proc.pid)
+        env.run("up")
+
+
+def log_errors(log: Path) -> list[str]:
+    """The error fields of an agent's JSON log lines."""
+    errors = []
+    for line in log.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if "error" in record:
+            errors.append(str(record["error"]))
+    return errors
+
+
+def test_anonymous_requests_are_denied(acl_env: Staging) -> None:
+    """ACLs are on with default deny: without a token even a read of services/ is refused."""
+    with pytest.raises(ConsulPermissionDenied, match="services/"):
+        ConsulClient(acl_env.consul_addr(), token=None).kv_list("services/")
+
+
+def test_daemons_run_with_their_role_tokens(acl_env: Staging) -> None:
+    """The agents run with the operator-agent token and the LB with the operator-lb token."""
+    pids = acl_env.pids()
+    for name, role in (
+        ("agent-host-1", "operator-agent"),
+        ("agent-host-2", "operator-agent"),
+        ("lb-host-3", "operator-lb"),
+    ):
+        argv = Path(f"/proc/{pids[name]}/cmdline").read_bytes().split(b"\0")
+        assert argv[argv.index(b"--token") + 1].decode() == acl_env.token(role), name
+
+
+def test_whole_loop_works_with_role_tokens(acl_env: Staging, acl_cluster: Cluster, tmp_path: Path) -> None:
+    """operator apply with the admin token starts replicas that pass and that NGINX serves on :80."""
+    name = "a" + uuid.uuid4().hex[:8]
+    manifest = tmp_path / f"{name}.yaml"
+    manifest.write_text(manifest_yaml(name, 2, placement={"max_per_host": 1}))
+    admin = acl_env.token("operator-admin")
+
+    applied = operator_cli(acl_env, admin, "apply", str(manifest))
+    assert applied.returncode == 0, applied.stderr
+    acl_cluster.wait_converged(name, 2)
+    assert acl_cluster.per_host(name) == {"host-1": 1, "host-2": 1}
+    status = operator_cli(acl_env, admin, "status", name)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "Converged" in status.stdout
+
+    containers = {c.attrs["Config"]["Hostname"] for c in acl_cluster.containers(name)}
+    seen: set[str] = set()
+
+    def served_by_both() -> bool:
+        request = urllib.request.Request(f"http://{acl_env.addresses[2]}/", headers={"Host": name})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            seen.add(response.read().decode().strip().removeprefix("Hello World from "))
+        return seen == containers
+
+    wait_until(served_by_both, timeout=30, what=f"NGINX on {acl_env.addresses[2]}:80 serving both replicas")
+
+    deleted = operator_cli(acl_env, admin, "delete", name)
+    assert deleted.returncode == 0, deleted.stderr
+    wait_until(lambda: not acl_cluster.containers(name, all_states=True), timeout=60, what=f"{name} removed")
+
+
+def test_lb_token_cannot_change_services_and_loses_nothing(
+    acl_env: Staging, acl_cluster: Cluster, running: str, tmp_path: Path
+) -> None:
+    """apply and delete with the read-only LB token are refused, naming the key; nothing changes."""
+    before = state_of(acl_cluster, running)
+    since = time.time()
+    manifest = tmp_path / f"{running}.yaml"
+    manifest.write_text(manifest_yaml(running, 3))
+    lb = acl_env.token("operator-lb")
+
+    applied = operator_cli(acl_env, lb, "apply", str(manifest))
+    assert applied.returncode == 2
+    assert f"error: permission denied for writing KV 'services/{running}'" in applied.stderr
+    assert "check the ACL token" in applied.stderr
+    assert "cannot read Consul" not in applied.stderr
+    deleted = operator_cli(acl_env, lb, "delete", running)
+    assert deleted.returncode == 2
+    assert f"error: permission denied for deleting KV 'services/{running}'" in deleted.stderr
+
+    assert state_of(acl_cluster, running) == before
+    assert acl_cluster.converged(running, 2)
+    assert acl_cluster.container_events(running, since, TOUCHING) == []
+
+
+def test_agent_without_operator_write_never_leads_and_loses_nothing(
+    acl_env: Staging, acl_cluster: Cluster, running: str, tmp_path: Path
+) -> None:
+    """Agents whose token may only read operator/ are refused the leader lock, by name; nothing moves."""
+    rules = AGENT_POLICY.read_text().replace(
+        'key_prefix "operator/" {\n  policy = "write"', 'key_prefix "operator/" {\n  policy = "read"'
+    )
+    token = restricted_token(acl_env, tmp_path, "agent-without-operator-write", rules)
+    before = state_of(acl_cluster, running)
+    since = time.time()
+
+    with agents_with_token(acl_cluster, token, tmp_path, "--lost-grace", "1s") as logs:
+
+        def refused() -> bool:
+            return any(
+                "permission denied for acquiring 'operator/leader'" in e
+                for log in logs.values()
+                for e in log_errors(log)
+            )
+
+        wait_until(refused, timeout=30, what="an agent refused the leader lock")
+        # Refused again after more than the lost grace: still nobody leads, nothing moved.
+        wait_until(
+            lambda: sum("operator/leader" in e for log in logs.values() for e in log_errors(log)) >= 4,
+            timeout=30,
+            what="repeated refusals",
+        )
+        assert acl_cluster.leader() is None
+        assert state_of(acl_cluster, running) == before
+    acl_cluster.wait_converged(running, 2)
+    assert acl_cluster.container_events(running, since, TOUCHING) == []
+
+
+def test_agent_without_services_read_drains_nothing(
+    acl_env: Staging, acl_cluster: Cluster, running: str, tmp_path: Path
+) -> None:
+    """Agents whose token cannot read services/ fail their passes, naming it, instead of draining all."""
+    rules = AGENT_POLICY.read_text().replace('key_prefix "services/" {\n  policy = "read"\n}\n', "")
+    token = restricted_token(acl_env, tmp_path, "agent-without-services-read", rules)
+    before = state_of(acl_cluster, running)
+    since = time.time()
+
+    with agents_with_token(acl_cluster, token, tmp_path) as logs:
+
+        def refusals(log: Path) -> int:
+            return sum("permission denied for listing KV 'services/'" in e for e in log_errors(log))
+
+        for host, log in logs.items():
+            # Several failed host passes in a row on each host: every one refused before deciding.
+            wait_until(lambda: refusals(log) >= 3, timeout=30, what=f"{host}'s passes refused")  # noqa: B023
+        assert state_of(acl_cluster, running) == before
+    acl_cluster.wait_converged(running, 2)
+    assert acl_cluster.container_events(running, since, TOUCHING) == []
+
+
+def test_agent_without_node_read_schedules_nothing(
+    acl_env: Staging, acl_cluster: Cluster, running: str, tmp_path: Path
+) -> None:
+    """A leader whose token cannot read nodes (so sees no live host) refuses to schedule; nothing moves."""
+    rules = AGENT_POLICY.read_text().replace('node_prefix "" {\n  policy = "read"\n}\n', "")
+    token = restricted_token(acl_env, tmp_path, "agent-without-node-read", rules)
+    before = state_of(acl_cluster, running)
+    since = time.time()
+
+    with agents_with_token(acl_cluster, token, tmp_path, "--lost-grace", "1s") as logs:
+
+        def refusals() -> int:
+            return sum("does not see itself live" in e for log in logs.values() for e in log_errors(log))
+
+        # Back-off 0.5 + 1 + 2 s: the third refusal comes well after the 1 s lost grace.
+        wait_until(lambda: refusals() >= 3, timeout=30, what="the leader refusing to schedule")
+        assert any(
+            'node_prefix "" and service_prefix "" read' in e
+            for e in log_errors(logs["host-1"]) + log_errors(logs["host-2"])
+        )
+        assert state_of(acl_cluster, running) == before
+    acl_cluster.wait_converged(running, 2)
+    assert acl_cluster.container_events(running, since, TOUCHING) == []
