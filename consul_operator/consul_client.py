@@ -29,6 +29,7 @@ import consul
 import requests
 from consul.callback import CB
 
+from consul_operator import metrics
 from consul_operator.errors import (
     ConsulError,
     ConsulPermissionDenied,
@@ -112,7 +113,8 @@ def _reason(exc: Exception) -> str:
 
 @contextmanager
 def _wrapped(what: str) -> Iterator[None]:
-    """Turn requests' and py-consul's exceptions into ours."""
+    """Turn requests' and py-consul's exceptions into ours (and count the request)."""
+    metrics.consul_requests.inc()
     try:
         yield
     except (requests.ConnectionError, requests.Timeout) as exc:

@@ -122,6 +122,9 @@ lb_rejected = Counter(
     "Catalog data left out of the NGINX config (bad_name, bad_address, bad_port).",
     ["reason"],
 )
+consul_requests = Counter(
+    "operator_consul_requests_total", "Requests this process sent to Consul (blocking queries included)."
+)
 consul_errors = Counter("operator_consul_errors_total", "Consul requests that failed or were refused.")
 
 for _result in ("ok", "failed"):
