@@ -6,7 +6,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
-.PHONY: deps image up down status test lint unit integration chaos demo bench clean
+.PHONY: deps image up down status test lint unit integration chaos demo bench provision-test clean
 
 deps:           ## install what is missing: Debian packages, consul, .venv, a running dockerd
 	@bash scripts/deps.sh
@@ -44,8 +44,11 @@ chaos: deps image  ## a longer chaos run: make chaos DURATION=600 SEED=42 (defau
 	$(PY) -m tests.chaos.harness $(if $(SEED),--seed $(SEED)) $(if $(DURATION),--duration $(DURATION))
 
 bench: deps image  ## benchmarks on their own staging environment; report in bench/results/
-	$(PY) -m bench.bench_loop
-	$(PY) -m bench.bench_lb
+	@$(PY) -c "import matplotlib" 2>/dev/null || $(VENV)/bin/pip install -q -e ".[test,bench]"
+	$(PY) -m bench.suite
+
+provision-test: deps  ## slow, not in `make test`: scripts/provision.sh in a clean Debian 12 (debootstrap + docker import)
+	@bash scripts/provision-test.sh
 
 clean: down
 	rm -rf .run

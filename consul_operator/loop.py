@@ -98,10 +98,11 @@ def run_loop(
     failures = 0
     timeout: float | None = 0.0  # the first pass runs at once
     while not stop.is_set():
-        trigger.wait(timeout)
+        fired = trigger.wait(timeout)
         if stop.is_set():
             return
         started = clock()
+        log.debug("pass", loop=name, woken_by="trigger" if fired else "timer")
         try:
             result = reconcile()
         except Exception as exc:

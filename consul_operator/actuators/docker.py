@@ -28,6 +28,10 @@ from consul_operator.model import (
 
 log = structlog.get_logger()
 
+# Events after which a container's state may lag behind the event, and when to look again.
+ENDING_EVENTS = ("kill", "die", "oom", "stop")
+LOOK_AGAIN_AFTER = (0.05, 0.2, 1.0)
+
 
 def _timestamp(text: str | None) -> float | None:
     """Docker's RFC 3339 time (nanoseconds, 'Z'), or its zero time, as Unix seconds."""
@@ -188,8 +192,15 @@ class DockerActuator:
                     )
                     on_event()  # we may have missed events while disconnected
                     delay = 0.5
-                    for _ in stream:
+                    for event in stream:
                         on_event()
+                        if isinstance(event, dict) and event.get("Action") in ENDING_EVENTS:
+                            # Docker sends "die" before `docker ps` shows the container
+                            # as exited; a pass at once can still see it running. Look again.
+                            for delay in LOOK_AGAIN_AFTER:
+                                timer = threading.Timer(delay, on_event)
+                                timer.daemon = True
+                                timer.start()
                         if stop.is_set():
                             break
             except DockerError as exc:
