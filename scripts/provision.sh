@@ -119,7 +119,7 @@ elif [[ -f /etc/consul.d/acl.hcl ]]; then
   # Never turn ACLs off behind someone's back: remove the file by hand to do that.
   say "keeping /etc/consul.d/acl.hcl (ACLs stay on; CONSUL_ACL=1 is implied)"
 fi
-"$PREFIX/bin/consul" validate /etc/consul.d >/dev/null || die "consul validate /etc/consul.d failed"
+out=$("$PREFIX/bin/consul" validate /etc/consul.d 2>&1) || die "consul validate /etc/consul.d failed: $out"
 install_file 0644 "$ROOT/deploy/systemd/consul.service" /etc/systemd/system/consul.service
 
 # --- the role -----------------------------------------------------------------------

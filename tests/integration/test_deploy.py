@@ -316,7 +316,9 @@ def test_lb_policy_is_read_only() -> None:
     assert 'key_prefix "services/" {\n  policy = "read"' in agent
 
 
-@pytest.mark.parametrize("script", ["provision.sh", "acl-bootstrap.sh", "deps.sh", "staging.sh"])
+@pytest.mark.parametrize(
+    "script", ["provision.sh", "provision-test.sh", "acl-bootstrap.sh", "deps.sh", "staging.sh"]
+)
 def test_shell_scripts_parse(script: str) -> None:
     """`bash -n` accepts the install and staging scripts."""
     result = subprocess.run(
