@@ -380,7 +380,7 @@ def idle_agent(cluster: Cluster, results: Results, services: int, window: float)
     wait_until(
         lambda: all(cluster.converged(n, 1) for n in names), timeout=600, what="idle services", interval=1
     )
-    time.sleep(5)  # let the last status writes and health changes settle before measuring
+    time.sleep(20)  # let the last status writes and health changes settle before measuring
     pid = cluster.agent_pid("host-1")
     requests_before = cluster.metric("host-1", "operator_consul_requests_total")
     cpu_before, started = cpu_seconds(pid), time.monotonic()
@@ -484,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--sizes", default="1,10,30")
     parser.add_argument("--idle-services", type=int, default=100)
-    parser.add_argument("--idle-window", type=float, default=30.0)
+    parser.add_argument("--idle-window", type=float, default=60.0)
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     results = Results()

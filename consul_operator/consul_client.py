@@ -385,6 +385,32 @@ class ConsulClient:
             idx, checks = self._client.health.node(node, index=index or None, wait=_go_duration(wait))
         return Indexed(int(idx or 0), [f"{c['CheckID']}={c['Status']}" for c in checks or []])
 
+    def passing_instances(self) -> dict[str, int]:
+        """Instances passing every check (theirs and their node's), per service, in one request."""
+        with _wrapped("reading the cluster's checks"):
+            _, checks = self._client.http.get(
+                CB.json(index=True),
+                "/v1/health/state/any",
+                params=[("consistent", "1")],
+                headers=self._client.prepare_headers(),
+            )
+        node_ok: dict[str, bool] = {}
+        instance_ok: dict[tuple[str, str], bool] = {}
+        service_of: dict[tuple[str, str], str] = {}
+        for check in checks or []:
+            ok = check["Status"] == "passing"
+            if check.get("ServiceID"):
+                key = (check["Node"], check["ServiceID"])
+                instance_ok[key] = instance_ok.get(key, True) and ok
+                service_of[key] = check["ServiceName"]
+            else:
+                node_ok[check["Node"]] = node_ok.get(check["Node"], True) and ok
+        counts: dict[str, int] = {}
+        for key, ok in instance_ok.items():
+            if ok and node_ok.get(key[0], True):
+                counts[service_of[key]] = counts.get(service_of[key], 0) + 1
+        return counts
+
     def health_state_any(self, *, index: int = 0, wait: float = DEFAULT_WAIT) -> Indexed[int]:
         """How many checks exist cluster-wide (blocking when ``index`` > 0): wakes on any health change."""
         with _wrapped("reading the cluster's checks"):

@@ -10,6 +10,7 @@ default-mode read was seen to answer with an empty store, which looked like
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 
@@ -39,11 +40,18 @@ def read_manifests(consul: ConsulClient, layout: Layout) -> dict[str, ManifestRe
         name = layout.service_name(entry.key)
         if name is None:
             continue  # "services/" itself, or nested keys: not manifests
-        try:
-            result[name] = parse_manifest(entry.value, key_name=name)
-        except ManifestError as exc:
-            result[name] = exc
+        result[name] = _parse(entry.value, name)
     return result
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(value: bytes, name: str) -> ManifestResult:
+    """Parse once per distinct manifest text: every pass re-reads KV, but YAML parsing
+    of a hundred unchanged manifests would be most of an idle agent's CPU."""
+    try:
+        return parse_manifest(value, key_name=name)
+    except ManifestError as exc:
+        return exc
 
 
 def read_placements(consul: ConsulClient, layout: Layout) -> dict[str, PlacementRecord]:

@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="how long a lost host keeps its replicas before they move (10s)",
     )
-    agent.add_argument("--resync", type=_duration, default=15.0, help="safety-net resync period (15s)")
+    agent.add_argument("--resync", type=_duration, default=60.0, help="safety-net resync period (60s)")
     agent.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     agent.add_argument("--log-json", action="store_true", default=None, help="JSON log lines even on a tty")
     agent.set_defaults(func=cmd_agent)
@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument(
         "--coalesce", type=_duration, default=0.2, help="apply bursts of changes together (200ms)"
     )
-    lb.add_argument("--resync", type=_duration, default=15.0, help="safety-net resync period (15s)")
+    lb.add_argument("--resync", type=_duration, default=60.0, help="safety-net resync period (60s)")
     lb.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     lb.add_argument("--log-json", action="store_true", default=None, help="JSON log lines even on a tty")
     lb.set_defaults(func=cmd_lb)

@@ -114,6 +114,7 @@ class Scheduler:
         """Export what only the leader knows: desired, healthy, drift, validity, convergence time."""
         for name in set(self.seen) - set(manifests):
             self._drop_service(name)
+        passing = self.consul.passing_instances()  # one request for every service
         for name, manifest in manifests.items():
             valid = manifest if isinstance(manifest, Manifest) else None
             metrics.manifest_valid.labels(name).set(1 if valid else 0)
@@ -124,7 +125,7 @@ class Scheduler:
             if name in self.seen and self.seen[name] != valid:
                 self.changed_at[name] = now
             self.seen[name] = valid
-            healthy = len(self.consul.health_service(name, passing=True).value)
+            healthy = passing.get(name, 0)
             metrics.desired_replicas.labels(name).set(valid.replicas)
             metrics.healthy_replicas.labels(name).set(healthy)
             metrics.drift_replicas.labels(name).set(valid.replicas - healthy)
