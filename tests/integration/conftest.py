@@ -5,6 +5,7 @@ A missing program or engine fails the run; nothing here ever skips.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -17,8 +18,10 @@ from consul_operator.docker_client import connect, ping
 from tests.support.cluster import Cluster
 from tests.support.staging import Staging, tool, wait_until
 
-# The tests' own environment, apart from the developer's `make up` on 127.0.0.11-13.
-TEST_ADDRESSES = ("127.0.0.21", "127.0.0.22", "127.0.0.23")
+# The tests' own environment, apart from the developer's `make up` on 127.0.0.11-13;
+# OPERATOR_TEST_ADDRS moves it, so that two checkouts can run their tests at once.
+_ADDRS = os.environ.get("OPERATOR_TEST_ADDRS", "127.0.0.21 127.0.0.22 127.0.0.23").split()
+TEST_ADDRESSES = (_ADDRS[0], _ADDRS[1], _ADDRS[2])
 
 
 @pytest.fixture(scope="session")
