@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from types import FrameType
 
@@ -36,6 +37,8 @@ from consul_operator.presence import AGENT_SERVICE, Presence
 from consul_operator.scheduler import Scheduler
 
 log = structlog.get_logger()
+
+SHUTDOWN_WAIT = 10.0  # seconds the loops get to finish their pass after SIGTERM
 
 
 @dataclass(frozen=True)
@@ -147,12 +150,16 @@ def run_agent(config: AgentConfig) -> int:
     # handler only when the main thread wakes up.
     while not stop.wait(0.2):
         pass
+    # The lock first: another agent can lead at once, whatever the loops are doing.
+    election.resign()
     host_trigger.fire()
     schedule_trigger.fire()
+    deadline = time.monotonic() + SHUTDOWN_WAIT
     for thread in loops:
-        thread.join(timeout=30)
-    election.resign()
-    executor.shutdown()
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    # Actions still running are left to finish or die with the process; a
+    # half-created container is removed by the next agent's first pass.
+    executor.shutdown(wait=False)
     log.info("agent stopped; containers left running", host=config.host)
     return 0
 

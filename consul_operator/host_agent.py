@@ -119,9 +119,9 @@ class Executor:
                     self._busy_registrations.add(sid)
                     self._pool.submit(self._run, "deregister", lambda: self.catalog.deregister(sid), sid=sid)
 
-    def shutdown(self) -> None:
-        """Wait for running actions (a drain stops early on ``stop``), start no new ones."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    def shutdown(self, *, wait: bool = True) -> None:
+        """Start no new actions; with ``wait``, let the running ones finish (a drain stops early on ``stop``)."""
+        self._pool.shutdown(wait=wait, cancel_futures=True)
 
     # --- the actions ------------------------------------------------------------------
 
