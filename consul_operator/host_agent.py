@@ -120,7 +120,7 @@ class Executor:
                     self._pool.submit(self._run, "deregister", lambda: self.catalog.deregister(sid), sid=sid)
 
     def shutdown(self, *, wait: bool = True) -> None:
-        """Start no new actions; with ``wait``, let the running ones finish (a drain stops early on ``stop``)."""
+        """Start no new actions; with ``wait``, let running ones finish (a drain ends early on ``stop``)."""
         self._pool.shutdown(wait=wait, cancel_futures=True)
 
     # --- the actions ------------------------------------------------------------------
