@@ -83,6 +83,9 @@ class Executor:
         self._busy: set[str] = set()  # container ids being drained or removed
         self._busy_registrations: set[str] = set()
         self.backoffs: dict[str, Backoff] = {}
+        # Counts finished actions, so that a pass can tell whether its container
+        # listing still matches what is in flight.
+        self.generation = 0
 
     def snapshot(self, containers: list[ContainerInfo]) -> InFlight:
         """What is in flight, relative to a container listing taken under ``lock``."""
@@ -140,6 +143,7 @@ class Executor:
             metrics.container_actions.labels(kind, "ok").inc()
         finally:
             with self.lock:
+                self.generation += 1
                 self._starting.pop(name, None)
                 self._busy.discard(cid)
                 self._busy_registrations.discard(sid or name)
@@ -223,9 +227,8 @@ class HostAgent:
         manifests = read_manifests(self.consul, self.layout)
         placements = read_placements(self.consul, self.layout)
         registrations = self.catalog.registrations()
+        containers, inflight = self._observe()
         with self.executor.lock:
-            containers = self.docker.list_containers()
-            inflight = self.executor.snapshot(containers)
             self._reset_backoffs(containers, now)
             backoffs = dict(self.executor.backoffs)
 
@@ -246,6 +249,24 @@ class HostAgent:
         if plan.wake_at is None:
             return PassResult()
         return PassResult(requeue_after=max(0.0, plan.wake_at - now))
+
+    def _observe(self) -> tuple[list[ContainerInfo], InFlight]:
+        """List our containers and what is in flight, consistently with each other.
+
+        Optimistic: list without holding the executor's lock (a listing takes
+        tens of milliseconds, and every finishing action needs the lock), then
+        accept it only if no action finished meanwhile; after a few tries, list
+        under the lock.
+        """
+        for _ in range(3):
+            generation = self.executor.generation
+            containers = self.docker.list_containers()
+            with self.executor.lock:
+                if self.executor.generation == generation:
+                    return containers, self.executor.snapshot(containers)
+        with self.executor.lock:
+            containers = self.docker.list_containers()
+            return containers, self.executor.snapshot(containers)
 
     def _reset_backoffs(self, containers: list[ContainerInfo], now: float) -> None:
         for service, backoff in list(self.executor.backoffs.items()):

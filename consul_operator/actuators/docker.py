@@ -14,6 +14,7 @@ from typing import Any
 
 import docker
 import structlog
+from docker.models.containers import Container
 
 from consul_operator.desired_state import Manifest
 from consul_operator.docker_client import docker_errors
@@ -28,6 +29,10 @@ from consul_operator.model import (
 
 log = structlog.get_logger()
 
+# The container events that can need an action: something ended, was removed or paused
+# from outside. Our own creates and starts report back through the executor instead,
+# and waking a pass for each of their events slowed a 30-replica start by a third.
+WAKING_EVENTS = ("die", "kill", "oom", "stop", "destroy", "pause", "unpause")
 # Events after which a container's state may lag behind the event, and when to look again.
 ENDING_EVENTS = ("kill", "die", "oom", "stop")
 LOOK_AGAIN_AFTER = (0.05, 0.2, 1.0)
@@ -55,6 +60,7 @@ class DockerActuator:
         self.cluster = cluster
         self.host = host
         self.advertise = advertise
+        self._images: set[str] = set()  # images known to be present on the engine
 
     @property
     def label_filters(self) -> list[str]:
@@ -135,16 +141,12 @@ class DockerActuator:
             LABEL_SPEC: manifest.spec_hash(),
         }
         self._ensure_image(manifest.image)
-        with docker_errors(f"creating {name}"):
-            container = self.client.containers.create(
-                manifest.image,
-                name=name,
-                command=list(manifest.command) if manifest.command else None,
-                environment=manifest.env_dict,
-                labels=labels,
-                ports=ports,
-                detach=True,
-            )
+        try:
+            with docker_errors(f"creating {name}"):
+                container = self._create(manifest, name, labels, ports)
+        except ImageNotFound:
+            self._images.discard(manifest.image)  # removed since we looked: look again next time
+            raise
         try:
             with docker_errors(f"starting {name}"):
                 container.start()
@@ -153,11 +155,27 @@ class DockerActuator:
             self.remove(container.id)  # no half-started leftovers (a port clash, say)
             raise
 
+    def _create(
+        self, manifest: Manifest, name: str, labels: dict[str, str], ports: dict[str, tuple[str, None]]
+    ) -> Container:
+        return self.client.containers.create(
+            manifest.image,
+            name=name,
+            command=list(manifest.command) if manifest.command else None,
+            environment=manifest.env_dict,
+            labels=labels,
+            ports=ports,
+            detach=True,
+        )
+
     def _ensure_image(self, image: str) -> None:
-        """Use a local image; pull it only when it is not here."""
+        """Use a local image; pull it only when it is not here. Remembers images seen present."""
+        if image in self._images:
+            return
         try:
             with docker_errors(f"looking up image {image}"):
                 self.client.images.get(image)
+            self._images.add(image)
             return
         except ImageNotFound:
             pass
@@ -188,7 +206,12 @@ class DockerActuator:
             try:
                 with docker_errors("watching events"):
                     stream = self.client.events(
-                        decode=True, filters={"type": "container", "label": self.label_filters}
+                        decode=True,
+                        filters={
+                            "type": "container",
+                            "label": self.label_filters,
+                            "event": list(WAKING_EVENTS),
+                        },
                     )
                     on_event()  # we may have missed events while disconnected
                     delay = 0.5
