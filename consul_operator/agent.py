@@ -126,6 +126,13 @@ def run_agent(config: AgentConfig) -> int:
     start_watch(
         "agents", lambda i, w: consul.health_service(AGENT_SERVICE, index=i, wait=w), [schedule_trigger], stop
     )
+    # `operator rollback NAME` writes a request the leader acts on.
+    start_watch(
+        "rollbacks",
+        lambda i, w: consul.kv_list(layout.rollback_prefix, index=i, wait=w),
+        [schedule_trigger],
+        stop,
+    )
     # Health anywhere changes the leader's healthy and drift figures.
     start_watch("health", lambda i, w: consul.health_state_any(index=i, wait=w), [schedule_trigger], stop)
     loops = [

@@ -21,7 +21,15 @@ from consul_operator.keys import Layout
 from consul_operator.model import HostInfo
 from consul_operator.reconcile import schedule
 from consul_operator.snapshot import read_snapshot
-from consul_operator.status import StatusView, build_status, converged, render_table, shortfalls, to_json
+from consul_operator.status import (
+    StatusView,
+    build_status,
+    converged,
+    render_table,
+    rollout_ended_badly,
+    shortfalls,
+    to_json,
+)
 
 EXIT_OK = 0
 EXIT_NOT_OK = 1
@@ -100,6 +108,11 @@ def wait(
         if converged(view, list(names)):
             print(f"{', '.join(names)}: converged")
             return EXIT_OK
+        failed = [s for s in view.services if s.name in names and rollout_ended_badly(s)]
+        if failed:
+            for service in failed:
+                print(f"{service.name}: {service.state}", file=sys.stderr)
+            return EXIT_NOT_OK
         if clock() >= deadline:
             print(f"timed out after {timeout:g}s:", file=sys.stderr)
             for line in shortfalls(view, list(names)):
@@ -194,6 +207,19 @@ def plan(target: Target, files: Sequence[str]) -> int:
             print(f"  {host}: {was} -> {will}" if was != will else f"  {host}: {will} (unchanged)")
         if record.unplaced:
             print(f"  unplaced: {record.unplaced} (no host can take them)")
+    return EXIT_OK
+
+
+def rollback(target: Target, name: str) -> int:
+    """Ask the leader to return ``name`` to its previous spec (``operator/rollback/<name>``)."""
+    try:
+        if target.consul.kv_get(target.layout.rollout_key(name)).value is None:
+            print(f"{name}: no rollout to roll back (no previous spec kept)", file=sys.stderr)
+            return EXIT_NOT_OK
+        target.consul.kv_put(target.layout.rollback_key(name), json.dumps({"requested": time.time()}))
+    except ConsulError as exc:
+        return _unreachable(exc)
+    print(f"{name}: rollback requested; `operator wait {name}` follows it")
     return EXIT_OK
 
 

@@ -49,6 +49,9 @@ HEALTH_MIN_SECONDS: Final = 0.1
 HEALTH_MAX_SECONDS: Final = 3600.0
 MAX_DRAIN_SECONDS: Final = 600.0
 MAX_STOP_GRACE_SECONDS: Final = 600.0
+MAX_MIN_HEALTHY_SECONDS: Final = 3600.0
+MIN_DEADLINE_SECONDS: Final = 1.0
+MAX_DEADLINE_SECONDS: Final = 86400.0
 
 _TOP_FIELDS: Final = (
     "name",
@@ -61,7 +64,9 @@ _TOP_FIELDS: Final = (
     "health",
     "drain",
     "stop_grace",
+    "update",
 )
+_UPDATE_FIELDS: Final = ("max_surge", "max_unavailable", "min_healthy", "deadline", "auto_rollback")
 _PLACEMENT_FIELDS: Final = ("hosts", "max_per_host")
 _HEALTH_FIELDS: Final = ("http", "interval", "timeout")
 # What a container *is*; see Manifest.spec_hash.
@@ -153,6 +158,23 @@ class HealthCheck:
 
 
 @dataclass(frozen=True, slots=True)
+class UpdatePolicy:
+    """How a spec change rolls out (seconds): the leader paces it, see reconcile.plan_rollout.
+
+    At most ``max_surge`` replicas above ``replicas`` run, at most
+    ``max_unavailable`` below it fail to pass; a new replica counts once it has
+    passed for ``min_healthy``; after ``deadline`` the rollout fails and, with
+    ``auto_rollback``, returns to the previous spec.
+    """
+
+    max_surge: int = 1
+    max_unavailable: int = 0
+    min_healthy: float = 5.0
+    deadline: float = 300.0
+    auto_rollback: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class Manifest:
     """A valid, normalised manifest: the desired state of one service (durations in seconds)."""
 
@@ -166,6 +188,7 @@ class Manifest:
     health: HealthCheck = HealthCheck()
     drain: float = _DEFAULT_DRAIN
     stop_grace: float = _DEFAULT_STOP_GRACE
+    update: UpdatePolicy = UpdatePolicy()
 
     @property
     def env_dict(self) -> dict[str, str]:
@@ -177,7 +200,7 @@ class Manifest:
 
         Covers name, image, command, env, port and health: a container whose
         labelled hash differs runs an old spec and is replaced. Deliberately
-        leaves out replicas, placement, drain and stop_grace: changing them
+        leaves out replicas, placement, drain, stop_grace and update: changing them
         scales, moves or stops containers differently, but must never replace
         a running one. Computed over the normalised form, so key order and
         defaults written out or omitted give the same hash.
@@ -210,6 +233,13 @@ class Manifest:
             },
             "drain": format_duration(self.drain),
             "stop_grace": format_duration(self.stop_grace),
+            "update": {
+                "max_surge": self.update.max_surge,
+                "max_unavailable": self.update.max_unavailable,
+                "min_healthy": format_duration(self.update.min_healthy),
+                "deadline": format_duration(self.update.deadline),
+                "auto_rollback": self.update.auto_rollback,
+            },
         }
 
 
@@ -252,6 +282,7 @@ def manifest_from_dict(data: object, *, key_name: str | None = None) -> Manifest
         MAX_STOP_GRACE_SECONDS,
         problems,
     )
+    update = _check_update(fields.get("update"), problems)
     # A check that returns None for a required value has always recorded a problem;
     # the None tests are for the type checker.
     if problems or None in (name, image, replicas, drain, stop_grace):
@@ -269,7 +300,67 @@ def manifest_from_dict(data: object, *, key_name: str | None = None) -> Manifest
         health=health,
         drain=drain,
         stop_grace=stop_grace,
+        update=update,
     )
+
+
+def _check_update(value: object, problems: list[Problem]) -> UpdatePolicy:
+    """The ``update:`` section; its defaults when absent or null (problems recorded, defaults kept)."""
+    if value is None:
+        return UpdatePolicy()
+    if not isinstance(value, Mapping):
+        problems.append(Problem("update", f"must be a mapping, got {_describe(value)}"))
+        return UpdatePolicy()
+    default = UpdatePolicy()
+    fields = _known_fields(value, "update", _UPDATE_FIELDS, problems)
+    surge = default.max_surge
+    if fields.get("max_surge") is not None:
+        surge = _integer(fields["max_surge"], "update.max_surge", 0, MAX_REPLICAS, problems) or 0
+    unavailable = default.max_unavailable
+    if fields.get("max_unavailable") is not None:
+        unavailable = (
+            _integer(fields["max_unavailable"], "update.max_unavailable", 0, MAX_REPLICAS, problems) or 0
+        )
+    if surge == 0 and unavailable == 0 and not _bad(problems):
+        problems.append(
+            Problem("update", "max_surge and max_unavailable must not both be 0 (the rollout could not move)")
+        )
+    min_healthy = _duration_field(
+        fields,
+        "min_healthy",
+        "update.min_healthy",
+        default.min_healthy,
+        0.0,
+        MAX_MIN_HEALTHY_SECONDS,
+        problems,
+    )
+    deadline = _duration_field(
+        fields,
+        "deadline",
+        "update.deadline",
+        default.deadline,
+        MIN_DEADLINE_SECONDS,
+        MAX_DEADLINE_SECONDS,
+        problems,
+    )
+    rollback = fields.get("auto_rollback")
+    if rollback is None:
+        rollback = default.auto_rollback
+    elif not isinstance(rollback, bool):
+        problems.append(Problem("update.auto_rollback", f"must be true or false, got {_describe(rollback)}"))
+        rollback = default.auto_rollback
+    return UpdatePolicy(
+        max_surge=surge,
+        max_unavailable=unavailable,
+        min_healthy=default.min_healthy if min_healthy is None else min_healthy,
+        deadline=default.deadline if deadline is None else deadline,
+        auto_rollback=rollback,
+    )
+
+
+def _bad(problems: list[Problem]) -> bool:
+    """Whether max_surge or max_unavailable already has a problem recorded."""
+    return any(p.path in ("update.max_surge", "update.max_unavailable") for p in problems)
 
 
 def _describe(value: object) -> str:

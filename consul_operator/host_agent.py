@@ -25,7 +25,7 @@ from consul_operator.consul_client import ConsulClient
 from consul_operator.desired_state import Manifest
 from consul_operator.errors import ConsulError, OperatorError
 from consul_operator.keys import Layout
-from consul_operator.kv_state import read_manifests, read_placements
+from consul_operator.kv_state import read_manifests, read_placements, read_revision
 from consul_operator.loop import PassResult
 from consul_operator.model import (
     Action,
@@ -34,6 +34,7 @@ from consul_operator.model import (
     Deregister,
     DrainContainer,
     InFlight,
+    PlacementRecord,
     Register,
     RemoveDead,
     ServiceDesire,
@@ -80,6 +81,7 @@ class Executor:
         self.lock = threading.Lock()
         self._pool = ThreadPoolExecutor(MAX_PARALLEL_ACTIONS, thread_name_prefix="action")
         self._starting: dict[str, str] = {}  # container name -> service
+        self._starting_spec: dict[str, str] = {}  # container name -> "service/spec"
         self._busy: set[str] = set()  # container ids being drained or removed
         self._busy_registrations: set[str] = set()
         self.backoffs: dict[str, Backoff] = {}
@@ -92,10 +94,14 @@ class Executor:
         pending: dict[str, int] = {}
         for service in self._starting.values():
             pending[service] = pending.get(service, 0) + 1
+        by_spec: dict[str, int] = {}
+        for key in self._starting_spec.values():
+            by_spec[key] = by_spec.get(key, 0) + 1
         starting_ids = {c.id for c in containers if c.name in self._starting}
         return InFlight(
             busy_containers=frozenset(self._busy | starting_ids),
             pending_starts=frozen_map(pending),
+            pending_spec_starts=frozen_map(by_spec),
             busy_registrations=frozenset(self._busy_registrations | set(self._starting)),
         )
 
@@ -106,6 +112,7 @@ class Executor:
                 case StartContainer(manifest=m):
                     name = container_name(m.name, self.docker.host)
                     self._starting[name] = m.name
+                    self._starting_spec[name] = f"{m.name}/{m.spec_hash()}"
                     self._pool.submit(self._run, "start", lambda: self._start(m, name), name=name)
                 case DrainContainer(container=c):
                     self._busy.add(c.id)
@@ -145,6 +152,7 @@ class Executor:
             with self.lock:
                 self.generation += 1
                 self._starting.pop(name, None)
+                self._starting_spec.pop(name, None)
                 self._busy.discard(cid)
                 self._busy_registrations.discard(sid or name)
             self.on_done()
@@ -206,6 +214,16 @@ class Executor:
             self.backoffs[service] = backoff_after_failure(previous, self.clock(), error)
 
 
+def _running_specs(containers: list[ContainerInfo]) -> dict[str, dict[str, int]]:
+    """Running containers per service per spec hash (busy ones too)."""
+    counts: dict[str, dict[str, int]] = {}
+    for c in containers:
+        if c.running:
+            per = counts.setdefault(c.service, {})
+            per[c.spec_hash] = per.get(c.spec_hash, 0) + 1
+    return counts
+
+
 @dataclass
 class HostAgent:
     """One host's reconcile pass."""
@@ -239,13 +257,17 @@ class HostAgent:
             elif name not in placements:
                 # No decision yet: keep whatever runs rather than guess a count.
                 desires[name] = ServiceDesire(name, None, 0, error="Pending: not placed yet")
+            elif placements[name].specs:
+                desires[name] = self._paced_desire(manifest, placements[name].spec_counts(self.host))
+            elif (paced := self._placed_spec_desire(manifest, placements[name])) is not None:
+                desires[name] = paced
             else:
                 desires[name] = ServiceDesire(name, manifest, placements[name].hosts.get(self.host, 0))
 
         plan = plan_host(self.host, desires, containers, registrations, inflight, backoffs, now)
         for action in plan.actions:
             self.executor.submit(action)
-        self._report(plan.reports, manifests.keys(), now)
+        self._report(plan.reports, _running_specs(containers), now)
         if plan.wake_at is None:
             return PassResult()
         return PassResult(requeue_after=max(0.0, plan.wake_at - now))
@@ -268,12 +290,42 @@ class HostAgent:
             containers = self.docker.list_containers()
             return containers, self.executor.snapshot(containers)
 
+    def _placed_spec_desire(self, manifest: Manifest, record: PlacementRecord) -> ServiceDesire | None:
+        """The manifest changed but the leader's placement still names the spec in use: keep to it.
+
+        The leader paces the change; until it does, this host runs the placed
+        spec (from its revision). Without a revision (state from before
+        rollouts) the change is left to the host plan, as before.
+        """
+        if record.spec_hash == manifest.spec_hash():
+            return None
+        desire = self._paced_desire(manifest, record.spec_counts(self.host))
+        return desire if record.spec_hash in desire.revisions else None
+
+    def _paced_desire(self, manifest: Manifest, counts: dict[str, int]) -> ServiceDesire:
+        """A service in a rollout: the leader's count per spec, each spec's manifest from its revision."""
+        revisions = {manifest.spec_hash(): manifest}
+        for spec in counts:
+            if spec not in revisions:
+                kept = read_revision(self.consul, self.layout, manifest.name, spec)
+                if kept is not None:
+                    revisions[spec] = kept
+        return ServiceDesire(
+            manifest.name,
+            manifest,
+            sum(counts.values()),
+            specs=frozen_map(counts),
+            revisions=revisions,
+        )
+
     def _reset_backoffs(self, containers: list[ContainerInfo], now: float) -> None:
         for service, backoff in list(self.executor.backoffs.items()):
             if backoff.failures and any(c.service == service and healthy_run(c, now) for c in containers):
                 self.executor.backoffs[service] = backoff_after_success(backoff)
 
-    def _report(self, reports: tuple[ServiceReport, ...], existing: object, now: float) -> None:
+    def _report(
+        self, reports: tuple[ServiceReport, ...], specs: dict[str, dict[str, int]], now: float
+    ) -> None:
         """Write ``operator/status/<service>/<host>`` for each service whose status changed."""
         if self._written is None:
             self._written = self._read_written()
@@ -286,6 +338,8 @@ class HostAgent:
                 "running": report.running,
                 "healthy": report.healthy,
                 "error": report.error,
+                # Running containers per spec, draining ones included: the leader's surge limit.
+                "specs": specs.get(report.service, {}),
             }
             metrics.running_replicas.labels(report.service, self.host).set(report.running)
             metrics.host_healthy_replicas.labels(report.service, self.host).set(report.healthy)

@@ -61,3 +61,30 @@ class Layout:
     def status_key(self, name: str, host: str) -> str:
         """``operator/status/<name>/<host>``: what runs of ``name`` on ``host``."""
         return f"{self.status_prefix}{name}/{host}"
+
+    @property
+    def revisions_prefix(self) -> str:
+        """``operator/revisions/``: manifests of the specs in use, by service and spec hash."""
+        return self.operator_prefix + "revisions/"
+
+    def revision_key(self, name: str, spec: str) -> str:
+        """``operator/revisions/<name>/<spec>``: the manifest of one spec of ``name``."""
+        return f"{self.revisions_prefix}{name}/{spec}"
+
+    @property
+    def rollout_prefix(self) -> str:
+        """``operator/rollout/``: the leader's rollouts."""
+        return self.operator_prefix + "rollout/"
+
+    def rollout_key(self, name: str) -> str:
+        """``operator/rollout/<name>``: the rollout of ``name`` (JSON)."""
+        return self.rollout_prefix + name
+
+    @property
+    def rollback_prefix(self) -> str:
+        """``operator/rollback/``: rollback requests (``operator rollback``)."""
+        return self.operator_prefix + "rollback/"
+
+    def rollback_key(self, name: str) -> str:
+        """``operator/rollback/<name>``: a request to return ``name`` to its previous spec."""
+        return self.rollback_prefix + name

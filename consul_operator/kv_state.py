@@ -21,7 +21,7 @@ from consul_operator.desired_state import Manifest, ManifestError, parse_manifes
 from consul_operator.errors import ConsulError
 from consul_operator.keys import Layout
 from consul_operator.loop import Trigger
-from consul_operator.model import PlacementRecord
+from consul_operator.model import PlacementRecord, RolloutRecord
 
 log = structlog.get_logger()
 
@@ -63,6 +63,27 @@ def read_placements(consul: ConsulClient, layout: Layout) -> dict[str, Placement
             records[name] = PlacementRecord.from_json(entry.value)
         except ValueError as exc:
             log.warning("ignoring a placement record", key=entry.key, error=str(exc))
+    return records
+
+
+def read_revision(consul: ConsulClient, layout: Layout, name: str, spec: str) -> Manifest | None:
+    """The manifest of spec ``spec`` of ``name`` kept by the leader; None when absent or not that spec."""
+    entry = consul.kv_get(layout.revision_key(name, spec), consistent=True).value
+    if entry is None:
+        return None
+    manifest = _parse(entry.value, name)
+    return manifest if isinstance(manifest, Manifest) and manifest.spec_hash() == spec else None
+
+
+def read_rollouts(consul: ConsulClient, layout: Layout) -> dict[str, RolloutRecord]:
+    """The leader's rollouts, by service; unreadable records are skipped and logged."""
+    records: dict[str, RolloutRecord] = {}
+    for entry in consul.kv_list(layout.rollout_prefix, consistent=True).value:
+        name = entry.key[len(layout.rollout_prefix) :]
+        try:
+            records[name] = RolloutRecord.from_json(entry.value)
+        except ValueError as exc:
+            log.warning("ignoring a rollout record", key=entry.key, error=str(exc))
     return records
 
 

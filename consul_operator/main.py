@@ -187,6 +187,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return commands.plan(_target(args), args.files)
 
 
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """``operator rollback NAME``."""
+    return commands.rollback(_target(args), args.name)
+
+
 def cmd_delete(args: argparse.Namespace) -> int:
     """Delete manifests."""
     return commands.delete(_target(args), args.names)
@@ -302,6 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(plan)
     plan.add_argument("files", nargs="+", metavar="FILE")
     plan.set_defaults(func=cmd_plan)
+
+    rollback = sub.add_parser("rollback", help="return a service to its previous spec (the leader paces it)")
+    _add_common(rollback)
+    rollback.add_argument("name", metavar="NAME", type=_host_name)
+    rollback.set_defaults(func=cmd_rollback)
 
     delete = sub.add_parser("delete", help="delete services: their replicas are drained and removed")
     _add_common(delete)

@@ -71,6 +71,18 @@ unplaced_replicas = Gauge(
     ["service"],
 )
 
+rollout_state = Gauge(
+    "operator_rollout_state",
+    "1 for the state the service's last rollout is in (progressing, complete, rolling_back, "
+    "rolled_back, failed), 0 for the others (exported by the leader).",
+    ["service", "state"],
+)
+rollouts_total = Counter(
+    "operator_rollouts_total",
+    "Rollouts that ended, by result: complete, rolled_back or failed (counted by the leader).",
+    ["result"],
+)
+
 # What only the leader knows; a non-leader exports none of it, so that a sum or
 # max over all daemons is the leader's value.
 LEADER_SERVICE_GAUGES = (

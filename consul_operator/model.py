@@ -69,19 +69,35 @@ class PlacementRecord:
     hosts: Mapping[str, int]
     unplaced: int = 0
     written_by: str = ""
+    # During a rollout: replicas per host per spec hash (``hosts`` holds the
+    # totals, so readers that ignore specs still see the counts). Empty: every
+    # replica is of ``spec_hash``.
+    specs: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
         """Replicas placed on some host."""
         return sum(self.hosts.values())
 
+    def spec_counts(self, host: str) -> dict[str, int]:
+        """Replicas of each spec placed on ``host``."""
+        if self.specs:
+            return {s: n for s, n in self.specs.get(host, {}).items() if n > 0}
+        count = self.hosts.get(host, 0)
+        return {self.spec_hash: count} if count > 0 else {}
+
     def _decision(self) -> dict[str, object]:
-        return {
+        body: dict[str, object] = {
             "service": self.service,
             "spec_hash": self.spec_hash,
             "hosts": {h: n for h, n in sorted(self.hosts.items()) if n > 0},
             "unplaced": self.unplaced,
         }
+        specs = {h: {s: n for s, n in sorted(c.items()) if n > 0} for h, c in sorted(self.specs.items())}
+        specs = {h: c for h, c in specs.items() if c}
+        if specs:  # absent outside a rollout: the form of records written before rollouts
+            body["specs"] = specs
+        return body
 
     def to_json(self) -> bytes:
         """The KV form; stable, so that an unchanged decision gives the same bytes."""
@@ -94,12 +110,17 @@ class PlacementRecord:
         try:
             body = json.loads(data)
             hosts = {str(h): int(n) for h, n in dict(body["hosts"]).items()}
+            specs = {
+                str(h): MappingProxyType({str(s): int(n) for s, n in dict(c).items() if int(n) > 0})
+                for h, c in dict(body.get("specs") or {}).items()
+            }
             return cls(
                 service=str(body["service"]),
                 spec_hash=str(body["spec_hash"]),
                 hosts=frozen_map({h: n for h, n in hosts.items() if n > 0}),
                 unplaced=int(body.get("unplaced", 0)),
                 written_by=str(body.get("written_by", "")),
+                specs=MappingProxyType({h: c for h, c in specs.items() if c}),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"not a placement record: {exc}") from exc
@@ -124,6 +145,11 @@ class ServiceDesire:
     manifest: Manifest | None
     count: int
     error: str | None = None
+    # Set while the leader paces a rollout: replicas of each spec hash on this
+    # host, and the manifest of each spec (from operator/revisions/). A spec
+    # without a manifest here is left alone.
+    specs: Mapping[str, int] = field(default_factory=frozen_map)
+    revisions: Mapping[str, Manifest] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +221,8 @@ class InFlight:
 
     busy_containers: frozenset[str] = frozenset()
     pending_starts: Mapping[str, int] = field(default_factory=frozen_map)
+    # Pending starts per "service/spec hash".
+    pending_spec_starts: Mapping[str, int] = field(default_factory=frozen_map)
     busy_registrations: frozenset[str] = frozenset()
 
 
@@ -273,3 +301,70 @@ class HostPlan:
     actions: tuple[Action, ...]
     reports: tuple[ServiceReport, ...]
     wake_at: float | None = None
+
+
+# --- rollouts ------------------------------------------------------------------------
+
+ROLLOUT_STATES = ("progressing", "complete", "rolling_back", "rolled_back", "failed")
+"""Every state of a rollout; ``progressing`` and ``rolling_back`` are the active ones."""
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutRecord:
+    """The leader's rollout of one service from one spec hash to another.
+
+    Stored as JSON in ``operator/rollout/<service>``. ``from_spec`` is the last
+    fully converged spec (the one a rollback returns to), ``to_spec`` the one
+    being rolled out; while rolling back, ``to_spec`` is that previous spec.
+    ``updated`` counts replicas of ``to_spec`` that passed for min_healthy,
+    out of ``total``.
+    """
+
+    service: str
+    from_spec: str
+    to_spec: str
+    state: str
+    started: float
+    reason: str = ""
+    updated: int = 0
+    total: int = 0
+
+    @property
+    def active(self) -> bool:
+        """Whether the leader is still moving replicas."""
+        return self.state in ("progressing", "rolling_back")
+
+    def to_json(self) -> bytes:
+        """The KV form."""
+        body = {
+            "service": self.service,
+            "from": self.from_spec,
+            "to": self.to_spec,
+            "state": self.state,
+            "started": self.started,
+            "reason": self.reason,
+            "updated": self.updated,
+            "total": self.total,
+        }
+        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> RolloutRecord:
+        """Parse the KV form; raises ValueError when it is not ours."""
+        try:
+            body = json.loads(data)
+            state = str(body["state"])
+            if state not in ROLLOUT_STATES:
+                raise ValueError(f"unknown state {state!r}")
+            return cls(
+                service=str(body["service"]),
+                from_spec=str(body["from"]),
+                to_spec=str(body["to"]),
+                state=state,
+                started=float(body["started"]),
+                reason=str(body.get("reason", "")),
+                updated=int(body.get("updated", 0)),
+                total=int(body.get("total", 0)),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"not a rollout record: {exc}") from exc

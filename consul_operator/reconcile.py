@@ -109,10 +109,10 @@ import heapq
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
-from consul_operator.desired_state import Manifest
+from consul_operator.desired_state import Manifest, UpdatePolicy
 from consul_operator.model import (
     Action,
     Backoff,
@@ -126,6 +126,7 @@ from consul_operator.model import (
     Register,
     Registration,
     RemoveDead,
+    RolloutRecord,
     ServiceDesire,
     ServiceReport,
     StartContainer,
@@ -294,6 +295,113 @@ def _scale_up(
             heapq.heappush(heap, (count + 1, host_load, host))
 
 
+# --- rollouts -----------------------------------------------------------------------
+
+SpecCounts = Mapping[str, Mapping[str, int]]
+"""Replicas per host per spec hash."""
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutStep:
+    """What one leader pass decides for a rollout: the per-host per-spec placement and the record."""
+
+    specs: dict[str, dict[str, int]]
+    rollout: RolloutRecord
+
+
+def plan_rollout(
+    rollout: RolloutRecord,
+    replicas: int,
+    policy: UpdatePolicy,
+    target: Mapping[str, int],
+    placed: SpecCounts,
+    running: SpecCounts,
+    passing: Mapping[str, int],
+    matured: Mapping[str, int],
+    now: float,
+) -> RolloutStep:
+    """One pacing step of a rollout from every other spec to ``rollout.to_spec``.
+
+    ``target`` is where the ``replicas`` should end up (the schedule's hosts),
+    ``placed`` the current placement per host and spec, ``running`` what the
+    agents report running (draining containers included), ``passing`` the
+    passing instances per spec and ``matured`` those passing for at least
+    ``policy.min_healthy``. Old-spec replicas go only as new ones mature and
+    never below ``replicas - max_unavailable`` passing; new ones are added
+    while placed-or-running stays within ``replicas + max_surge`` and no more
+    than ``max_surge + max_unavailable`` (and fewer than the number of target
+    hosts) are unproven. Past the deadline a forward rollout fails: it rolls
+    back with ``auto_rollback``, else it stops changing anything.
+    """
+    counts = {h: {s: n for s, n in c.items() if n > 0} for h, c in placed.items()}
+    if not rollout.active:
+        return RolloutStep(counts, rollout)
+    to = rollout.to_spec
+    new_placed = sum(c.get(to, 0) for c in counts.values())
+    if rollout.state == "progressing" and now - rollout.started > policy.deadline:
+        reason = f"new replicas not healthy within {policy.deadline:g}s"
+        if not policy.auto_rollback:
+            updated = min(matured.get(to, 0), new_placed)
+            return RolloutStep(counts, replace(rollout, state="failed", reason=reason, updated=updated))
+        rollout = replace(
+            rollout,
+            state="rolling_back",
+            from_spec=to,
+            to_spec=rollout.from_spec,
+            started=now,
+            reason=reason,
+        )
+        to = rollout.to_spec
+        new_placed = sum(c.get(to, 0) for c in counts.values())
+
+    floor = replicas - policy.max_unavailable
+    old_placed = sum(n for c in counts.values() for s, n in c.items() if s != to)
+    passing_old = min(old_placed, sum(n for s, n in passing.items() if s != to))
+    matured_new = min(matured.get(to, 0), new_placed)
+
+    # Old replicas go: the unhealthy ones freely, healthy ones while enough stay passing.
+    removable = min(old_placed, (old_placed - passing_old) + max(0, matured_new + passing_old - floor))
+    for _ in range(removable):
+        host = min(
+            (h for h, c in counts.items() if any(s != to for s in c)),
+            key=lambda h: (-(sum(counts[h].values()) - target.get(h, 0)), h),
+        )
+        spec = min(s for s in counts[host] if s != to)
+        counts[host][spec] -= 1
+        if counts[host][spec] == 0:
+            del counts[host][spec]
+
+    # New replicas come: within the surge (draining ones count), a few unproven at a time.
+    target_hosts = sum(1 for n in target.values() if n > 0)
+    in_flight_cap = max(1, min(policy.max_surge + policy.max_unavailable, target_hosts - 1))
+    while new_placed < replicas and new_placed - matured_new < in_flight_cap:
+        if _occupancy(counts, running) >= replicas + policy.max_surge:
+            break
+        deficits = [(target.get(h, 0) - counts.get(h, {}).get(to, 0), h) for h in target]
+        _, host = min(((-d, h) for d, h in deficits if d > 0), default=(0, ""))
+        if not host:
+            break
+        counts.setdefault(host, {})[to] = counts.get(host, {}).get(to, 0) + 1
+        new_placed += 1
+
+    old_placed = sum(n for c in counts.values() for s, n in c.items() if s != to)
+    old_running = sum(n for c in running.values() for s, n in c.items() if s != to)
+    state = rollout.state
+    if new_placed >= replicas and matured_new >= replicas and old_placed == 0 and old_running == 0:
+        state = "complete" if state == "progressing" else "rolled_back"
+    counts = {h: c for h, c in counts.items() if c}
+    return RolloutStep(counts, replace(rollout, state=state, updated=matured_new, total=replicas))
+
+
+def _occupancy(counts: SpecCounts, running: SpecCounts) -> int:
+    """Replicas that are placed or still run, per host and spec: what the surge limit counts."""
+    total = 0
+    for host in set(counts) | set(running):
+        placed, ran = counts.get(host, {}), running.get(host, {})
+        total += sum(max(placed.get(s, 0), ran.get(s, 0)) for s in set(placed) | set(ran))
+    return total
+
+
 # --- back-off ------------------------------------------------------------------------
 
 
@@ -418,6 +526,9 @@ def _plan_valid(
     now: float,
 ) -> None:
     """A service with a valid manifest: remove dead, start missing, drain surplus, register."""
+    if desire.specs:
+        _plan_specs(plan, desire, manifest, containers, registrations, inflight, backoff, now)
+        return
     spec = manifest.spec_hash()
     want = desire.count
     removals = [_removal(c) for c in containers if c.dead]
@@ -447,6 +558,57 @@ def _plan_valid(
 
     error = desire.error or ("" if backoff.ready(now) else _backoff_error(backoff, now))
     plan.reports.append(_report(desire.service, want, containers, registrations, spec, error))
+
+
+def _plan_specs(
+    plan: _Pass,
+    desire: ServiceDesire,
+    manifest: Manifest,
+    containers: Sequence[ContainerInfo],
+    registrations: Sequence[Registration],
+    inflight: InFlight,
+    backoff: Backoff,
+    now: float,
+) -> None:
+    """A service in a rollout: per spec, exactly the leader's count (starts and drains are paced there).
+
+    A spec whose manifest is not known (no revision) keeps what runs of it.
+    """
+    removals = [_removal(c) for c in containers if c.dead]
+    for crash in (r for r in removals if r.crashed):
+        backoff = backoff_after_crash(backoff, now, crash)
+    plan.actions.extend(removals)
+    plan.handled.update(r.container.name for r in removals)
+    running = [c for c in containers if c.running]
+    healthy = _healthy_ids(registrations)
+    errors: list[str] = []
+    for spec in sorted({c.spec_hash for c in running} | set(desire.specs)):
+        want = desire.specs.get(spec, 0)
+        mine = [c for c in running if c.spec_hash == spec]
+        spec_manifest = desire.revisions.get(spec)
+        if want > 0 and spec_manifest is None:
+            errors.append(f"no manifest for spec {spec}")
+            plan.wanted.update(c.name for c in mine)
+            continue
+        timings = spec_manifest or manifest
+        surplus = _drain_order(mine, healthy)[: max(0, len(mine) - want)]
+        reason = REASON_SCALE_DOWN if want else REASON_SPEC_CHANGED
+        plan.actions.extend(_drain(c, timings, reason) for c in surplus)
+        plan.handled.update(c.name for c in surplus)
+        pending = inflight.pending_spec_starts.get(f"{desire.service}/{spec}", 0)
+        missing = max(0, want - len(mine) - pending)
+        if missing and spec_manifest is not None and backoff.ready(now):
+            plan.actions.extend(StartContainer(spec_manifest) for _ in range(missing))
+        elif missing:
+            plan.wake(backoff.retry_at)
+        drained = {c.id for c in surplus}
+        _plan_registrations(plan, timings, [c for c in mine if c.id not in drained], registrations, inflight)
+    error = desire.error or ("" if backoff.ready(now) else _backoff_error(backoff, now))
+    error = error or "; ".join(errors)
+    want_total = sum(desire.specs.values())
+    plan.reports.append(
+        _report(desire.service, want_total, containers, registrations, manifest.spec_hash(), error)
+    )
 
 
 def _to_drain(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,17 +22,19 @@ from consul_operator.consul_client import ConsulClient
 from consul_operator.desired_state import Manifest
 from consul_operator.errors import ConsulPermissionDenied
 from consul_operator.keys import Layout
-from consul_operator.kv_state import read_manifests, read_placements
+from consul_operator.kv_state import read_manifests, read_placements, read_rollouts
 from consul_operator.leader import LeaderElection
 from consul_operator.loop import PassResult
-from consul_operator.model import HostInfo, PlacementRecord
+from consul_operator.model import ROLLOUT_STATES, HostInfo, PlacementRecord, RolloutRecord, frozen_map
 from consul_operator.presence import AGENT_SERVICE, read_hosts
-from consul_operator.reconcile import next_schedule_wakeup, schedule
+from consul_operator.reconcile import next_schedule_wakeup, plan_rollout, schedule
 
 log = structlog.get_logger()
 
 # Consul 1.8 accepts at most 64 operations per transaction; one is the lock check.
 MAX_WRITES_PER_TXN = 63
+# How often the leader looks at an active rollout (health, min_healthy, drains).
+ROLLOUT_POLL = 0.5
 
 
 @dataclass
@@ -51,6 +54,8 @@ class Scheduler:
     # has not converged yet (for operator_convergence_seconds).
     seen: dict[str, Manifest | None] = field(default_factory=dict)
     changed_at: dict[str, float] = field(default_factory=dict)
+    # Instance ID -> when this leader first saw it passing (for update.min_healthy).
+    first_passing: dict[str, float] = field(default_factory=dict)
 
     def reconcile(self) -> PassResult:
         """One scheduling pass (a no-op unless we lead)."""
@@ -64,6 +69,7 @@ class Scheduler:
         hosts = self._hosts(current, now)
         valid = {n: (m if isinstance(m, Manifest) else None) for n, m in manifests.items()}
         decided = schedule(valid, hosts, current, now, self.lost_grace)
+        rollout_writes, active = self._rollouts(valid, current, decided, now)
 
         me = self.election.host
         writes: dict[str, bytes | None] = {
@@ -72,6 +78,7 @@ class Scheduler:
             if not record.same_decision(current.get(name))
         }
         writes.update({self.layout.placement_key(n): None for n in current if n not in decided})
+        writes.update(rollout_writes)
         items = sorted(writes.items())
         for start in range(0, len(items), MAX_WRITES_PER_TXN):
             self.election.fenced_write(dict(items[start : start + MAX_WRITES_PER_TXN]))
@@ -81,7 +88,177 @@ class Scheduler:
         self._observe(manifests, decided, now)
 
         wake = next_schedule_wakeup(hosts, self.lost_grace, now)
+        if active:  # a rollout waits on health, min_healthy and drains: look again soon
+            wake = now + ROLLOUT_POLL if wake is None else min(wake, now + ROLLOUT_POLL)
         return PassResult(requeue_after=None if wake is None else max(0.0, wake - now) + 0.05)
+
+    # --- rollouts ---------------------------------------------------------------------
+
+    def _rollouts(
+        self,
+        valid: Mapping[str, Manifest | None],
+        current: Mapping[str, PlacementRecord],
+        decided: dict[str, PlacementRecord],
+        now: float,
+    ) -> tuple[dict[str, bytes | None], bool]:
+        """Start, pace and finish rollouts; adjusts ``decided`` in place; the KV writes besides placements."""
+        rollouts = read_rollouts(self.consul, self.layout)
+        revisions = {e.key for e in self.consul.kv_list(self.layout.revisions_prefix).value}
+        requests = {
+            e.key[len(self.layout.rollback_prefix) :]
+            for e in self.consul.kv_list(self.layout.rollback_prefix).value
+        }
+        writes: dict[str, bytes | None] = {}
+        running: dict[str, dict[str, dict[str, int]]] | None = None
+        active = False
+        for name in sorted(valid):
+            manifest = valid[name]
+            if manifest is None or name not in decided:
+                continue
+            spec = manifest.spec_hash()
+            old = rollouts.get(name)
+            rollout = self._next_rollout(name, spec, old, current.get(name), revisions, now)
+            if name in requests:
+                writes[self.layout.rollback_key(name)] = None
+                if rollout is not None and rollout.state in ("progressing", "complete", "failed"):
+                    rollout = RolloutRecord(
+                        name, rollout.to_spec, rollout.from_spec, "rolling_back", now, "rollback requested"
+                    )
+                    log.info("rollback requested", service=name, to=rollout.to_spec)
+            key = self.layout.revision_key(name, spec)
+            if key not in revisions:
+                writes[key] = json.dumps(manifest.to_dict(), sort_keys=True).encode()
+                revisions.add(key)
+            if rollout is None:
+                continue
+            if (rollout.active or rollout.state == "failed") and name in current:
+                if running is None:
+                    running = self._running_specs()
+                rollout = self._pace(rollout, manifest, current[name], decided, running.get(name, {}), now)
+                active = active or rollout.active
+            elif rollout.state == "rolled_back":
+                record = decided[name]
+                specs = {h: frozen_map({rollout.to_spec: n}) for h, n in record.hosts.items()}
+                decided[name] = dataclasses.replace(record, spec_hash=rollout.to_spec, specs=specs)
+            if rollout != old:
+                writes[self.layout.rollout_key(name)] = rollout.to_json()
+                self._count(old, rollout)
+            keep = {self.layout.revision_key(name, s) for s in (rollout.from_spec, rollout.to_spec, spec)}
+            for stale in sorted(
+                k for k in revisions if k.startswith(f"{self.layout.revisions_prefix}{name}/")
+            ):
+                if stale not in keep:
+                    writes[stale] = None
+        for name in rollouts:
+            if name not in valid:
+                writes[self.layout.rollout_key(name)] = None
+        return writes, active
+
+    def _next_rollout(
+        self,
+        name: str,
+        spec: str,
+        old: RolloutRecord | None,
+        record: PlacementRecord | None,
+        revisions: set[str],
+        now: float,
+    ) -> RolloutRecord | None:
+        """The rollout record after a manifest change (or ``old`` when nothing new starts)."""
+        if record is None:
+            return old  # a first deployment is not a rollout
+        if old is None:
+            in_use = record.spec_hash
+            if spec == in_use:
+                return None
+        elif old.state == "progressing":
+            if spec == old.to_spec:
+                return old
+            in_use = old.from_spec
+        elif old.state == "rolling_back":
+            if spec in (old.from_spec, old.to_spec):
+                return old  # the bad spec is still in services/: keep rolling back
+            in_use = old.to_spec
+        elif old.state in ("rolled_back", "failed"):
+            failed_spec = old.from_spec if old.state == "rolled_back" else old.to_spec
+            if spec == failed_spec:
+                return old  # stay where we are until a person writes a new manifest
+            in_use = old.to_spec if old.state == "rolled_back" else old.from_spec
+        else:  # complete
+            if spec == old.to_spec:
+                return old
+            in_use = old.to_spec
+        if spec == in_use:
+            return RolloutRecord(name, in_use, spec, "complete", now, "back to the running spec")
+        if self.layout.revision_key(name, in_use) not in revisions:
+            log.warning("no revision of the running spec: replacing without a paced rollout", service=name)
+            return old
+        log.info("rollout started", service=name, frm=in_use, to=spec)
+        return RolloutRecord(name, in_use, spec, "progressing", now)
+
+    def _pace(
+        self,
+        rollout: RolloutRecord,
+        manifest: Manifest,
+        record: PlacementRecord,
+        decided: dict[str, PlacementRecord],
+        running: dict[str, dict[str, int]],
+        now: float,
+    ) -> RolloutRecord:
+        """One pacing step of an active (or failed: frozen) rollout; sets ``decided[name]``."""
+        name = manifest.name
+        placed = {h: record.spec_counts(h) for h in record.hosts}
+        passing: dict[str, int] = {}
+        matured: dict[str, int] = {}
+        seen: set[str] = set()
+        for instance in self.consul.health_service(name).value:
+            if instance.status != "passing":
+                continue
+            seen.add(f"{name}/{instance.service_id}")
+            since = self.first_passing.setdefault(f"{name}/{instance.service_id}", now)
+            spec = instance.meta.get("spec-hash", "")
+            passing[spec] = passing.get(spec, 0) + 1
+            if now - since >= manifest.update.min_healthy:
+                matured[spec] = matured.get(spec, 0) + 1
+        for sid in [s for s in self.first_passing if s.startswith(f"{name}/") and s not in seen]:
+            del self.first_passing[sid]
+        target = dict(decided[name].hosts)
+        step = plan_rollout(
+            rollout, manifest.replicas, manifest.update, target, placed, running, passing, matured, now
+        )
+        if step.rollout.state == "failed":
+            decided[name] = record  # stop changing anything
+        else:
+            specs = {h: frozen_map(c) for h, c in step.specs.items()}
+            hosts = frozen_map({h: sum(c.values()) for h, c in step.specs.items()})
+            decided[name] = dataclasses.replace(
+                decided[name], spec_hash=step.rollout.to_spec, hosts=hosts, specs=specs
+            )
+            if step.rollout.state == "complete":
+                decided[name] = dataclasses.replace(decided[name], specs={})
+        return step.rollout
+
+    def _running_specs(self) -> dict[str, dict[str, dict[str, int]]]:
+        """Per service, per host, per spec: running containers, from the agents' status records."""
+        result: dict[str, dict[str, dict[str, int]]] = {}
+        for entry in self.consul.kv_list(self.layout.status_prefix, consistent=True).value:
+            service, _, host = entry.key[len(self.layout.status_prefix) :].partition("/")
+            try:
+                body = json.loads(entry.value)
+                specs = {str(s): int(n) for s, n in dict(body.get("specs") or {}).items()}
+            except (ValueError, TypeError, AttributeError):
+                continue
+            result.setdefault(service, {})[host] = specs
+        return result
+
+    def _count(self, old: RolloutRecord | None, new: RolloutRecord) -> None:
+        """Metrics and logs of a rollout's state change."""
+        if old is not None and old.state == new.state and old.to_spec == new.to_spec:
+            return
+        for state in ROLLOUT_STATES:
+            metrics.rollout_state.labels(new.service, state).set(1 if state == new.state else 0)
+        if not new.active:
+            metrics.rollouts_total.labels(new.state).inc()
+        log.info("rollout", service=new.service, state=new.state, reason=new.reason, to=new.to_spec)
 
     def _hosts(self, current: dict[str, PlacementRecord], now: float) -> list[HostInfo]:
         """Every host we know of: registered agents, and hosts that still hold replicas."""
@@ -148,5 +325,7 @@ class Scheduler:
         self.lost_since.clear()
         self.changed_at.clear()
         self.seen.clear()
+        self.first_passing.clear()
+        metrics.rollout_state.clear()
         for gauge in metrics.LEADER_SERVICE_GAUGES:
             gauge.clear()

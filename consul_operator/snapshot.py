@@ -6,7 +6,7 @@ import json
 
 from consul_operator.consul_client import ConsulClient
 from consul_operator.keys import Layout
-from consul_operator.kv_state import read_manifests, read_placements
+from consul_operator.kv_state import read_manifests, read_placements, read_rollouts
 from consul_operator.model import META_HOST
 from consul_operator.presence import read_hosts
 from consul_operator.status import ClusterSnapshot, HostRow
@@ -72,4 +72,5 @@ def read_snapshot(consul: ConsulClient, layout: Layout, cluster: str | None, now
         placements=placements,
         statuses=statuses,
         passing=read_passing(consul, names),
+        rollouts=read_rollouts(consul, layout),
     )

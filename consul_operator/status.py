@@ -12,12 +12,12 @@ from __future__ import annotations
 import math
 import unicodedata
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final
 
 from consul_operator.desired_state import Manifest, ManifestError
-from consul_operator.model import PlacementRecord
+from consul_operator.model import PlacementRecord, RolloutRecord
 
 PROGRESS_DEADLINE: Final = 120.0
 """Seconds without a status change before a service that is not converged counts as Degraded."""
@@ -27,7 +27,10 @@ PROGRESSING: Final = "Progressing"
 DEGRADED: Final = "Degraded"
 UNPLACEABLE: Final = "Unplaceable"
 INVALID: Final = "Invalid"
-STATES: Final = (CONVERGED, PROGRESSING, DEGRADED, UNPLACEABLE, INVALID)
+ROLLING_BACK: Final = "RollingBack"
+FAILED: Final = "Failed"
+ROLLED_BACK: Final = "RolledBack"
+STATES: Final = (CONVERGED, PROGRESSING, DEGRADED, UNPLACEABLE, INVALID, ROLLING_BACK, FAILED, ROLLED_BACK)
 """Every state; an Invalid service's state reads ``Invalid: <first problem>``."""
 
 BEING_DELETED: Final = "being deleted"
@@ -91,6 +94,7 @@ class ClusterSnapshot:
     placements: Mapping[str, PlacementRecord]
     statuses: Mapping[str, Mapping[str, Mapping[str, object]]]
     passing: Mapping[str, Mapping[str, int]]
+    rollouts: Mapping[str, RolloutRecord] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +192,7 @@ def _service_status(name: str, snapshot: ClusterSnapshot, live: Mapping[str, boo
         state = _valid_state(manifest, placement, records, running, healthy, snapshot.now, last_change)
         if state == PROGRESSING and (host_errors or lost):
             state = DEGRADED
+        state = _rollout_state(snapshot.rollouts.get(name), state)
     return ServiceStatus(
         name=name,
         image=image,
@@ -226,6 +231,26 @@ def _valid_state(
     if last_change is not None and now - last_change > PROGRESS_DEADLINE:
         return DEGRADED
     return PROGRESSING
+
+
+def _rollout_state(rollout: RolloutRecord | None, state: str) -> str:
+    """The rollout's word on the state: RollingBack, Failed or RolledBack, or progress updated/total."""
+    if rollout is None:
+        return state
+    if rollout.state == "rolling_back":
+        return f"{ROLLING_BACK} ({rollout.updated}/{rollout.total}): {rollout.reason}"
+    if rollout.state == "failed":
+        return f"{FAILED}: {rollout.reason}"
+    if rollout.state == "rolled_back":
+        return f"{ROLLED_BACK}: {rollout.reason}"
+    if rollout.state == "progressing" and state in (PROGRESSING, DEGRADED):
+        return f"{state} (rollout {rollout.updated}/{rollout.total})"
+    return state
+
+
+def rollout_ended_badly(service: ServiceStatus) -> bool:
+    """Whether the service's rollout failed or was rolled back (`operator wait` gives up on it)."""
+    return service.state.startswith((FAILED, ROLLED_BACK))
 
 
 def _count(value: object) -> int:

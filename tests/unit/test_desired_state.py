@@ -16,6 +16,7 @@ from consul_operator.desired_state import (
     ManifestError,
     Placement,
     Problem,
+    UpdatePolicy,
     manifest_from_dict,
     parse_manifest,
 )
@@ -549,7 +550,63 @@ BAD_FIELDS = [
         ["stop_grace: must be a duration", "got boolean true"],
         id="grace-bool",
     ),
+    # update
+    pytest.param(
+        doc("update: {max_surge: 1, max_unavail: 1}\n"), ["did you mean 'max_unavailable'?"], id="update-typo"
+    ),
+    pytest.param(
+        doc("update: {max_surge: true}\n"),
+        ["update.max_surge: must be an integer, got boolean true"],
+        id="surge-bool",
+    ),
+    pytest.param(
+        doc("update: {max_surge: -1}\n"),
+        ["update.max_surge: must be an integer >= 0, got -1"],
+        id="surge-negative",
+    ),
+    pytest.param(
+        doc("update: {max_unavailable: 101}\n"),
+        ["update.max_unavailable: must be an integer <= 100"],
+        id="unavailable-over-cap",
+    ),
+    pytest.param(
+        doc("update: {max_surge: 0}\n"),
+        ["update: max_surge and max_unavailable must not both be 0"],
+        id="surge-and-unavailable-zero",
+    ),
+    pytest.param(
+        doc("update: {min_healthy: 2}\n"), ["update.min_healthy: must be a duration"], id="min-healthy-number"
+    ),
+    pytest.param(
+        doc("update: {min_healthy: 2h}\n"),
+        ["update.min_healthy: must be between 0s and 1h"],
+        id="min-healthy-too-long",
+    ),
+    pytest.param(
+        doc("update: {deadline: 500ms}\n"),
+        ["update.deadline: must be between 1s and 24h"],
+        id="deadline-too-short",
+    ),
+    pytest.param(
+        doc("update: {auto_rollback: 1}\n"),
+        ["update.auto_rollback: must be true or false, got integer 1"],
+        id="rollback-int",
+    ),
+    pytest.param(doc("update: [max_surge]\n"), ["update: must be a mapping"], id="update-not-mapping"),
 ]
+
+
+def test_update_policy_defaults() -> None:
+    """Without an update section: surge 1, unavailable 0, min_healthy 5s, deadline 5m, auto_rollback."""
+    assert parse_manifest(doc()).update == UpdatePolicy(1, 0, 5.0, 300.0, True)
+
+
+def test_update_policy_parses() -> None:
+    """Every field of the update section is read; durations in seconds."""
+    text = doc(
+        "update: {max_surge: 0, max_unavailable: 1, min_healthy: 1s, deadline: 20s, auto_rollback: false}\n"
+    )
+    assert parse_manifest(text).update == UpdatePolicy(0, 1, 1.0, 20.0, False)
 
 
 @pytest.mark.parametrize(("text", "expected"), BAD_YAML + BAD_FIELDS)
@@ -739,6 +796,7 @@ def test_spec_hash_ignores_spelled_out_defaults() -> None:
         pytest.param({"placement": "{hosts: [host-1], max_per_host: 1}"}, id="placement"),
         pytest.param({"drain": "10s"}, id="drain"),
         pytest.param({"stop_grace": "1m"}, id="stop-grace"),
+        pytest.param({"update": "{max_surge: 2, deadline: 1m}"}, id="update"),
     ],
 )
 def test_spec_hash_ignores_what_does_not_replace_containers(change: dict[str, str]) -> None:
