@@ -83,7 +83,10 @@ service, and when to look again by itself.
     until the new containers run (they are drained later if still surplus).
   - outdated containers are drained only as far as current ones replace
     them: current + outdated never drops below desired because of a spec
-    change. (Rolling-update pacing is a later refinement.)
+    change. This is the fallback for a spec change the leader does not pace
+    (a service placed before rollouts existed, without a kept revision);
+    normally the leader paces it with ``plan_rollout`` and each host follows
+    per-spec counts.
   - every running container that is kept and publishes a port, of a service
     with a port, has a registration that names it (service ID = container
     name), its container ID, spec hash and host port; otherwise it is

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
+
+import pytest
 
 from tests.support.cluster import Cluster
 from tests.support.load import Load
@@ -76,15 +80,23 @@ def test_rolling_update_under_load_fails_no_request(cluster: Cluster, service_na
     assert (record["updated"], record["total"]) == (REPLICAS, REPLICAS)
 
 
-def test_broken_update_rolls_back_without_losing_capacity(cluster: Cluster, service_name: str) -> None:
-    """A new spec whose health check fails: past the deadline it rolls back; passing never below desired."""
+BROKEN: dict[str, dict[str, Any]] = {
+    "failing-health-check": {"health": {"http": "/missing", "interval": "1s", "timeout": "500ms"}},
+    "exits-at-once": {"command": ["false"]},
+}
+
+
+@pytest.mark.parametrize("breakage", list(BROKEN), ids=list(BROKEN))
+def test_broken_update_rolls_back_without_losing_capacity(
+    cluster: Cluster, service_name: str, breakage: str
+) -> None:
+    """A new spec that never passes: past the deadline it rolls back; passing never below desired."""
     cluster.put(service_name, REPLICAS, update=UPDATE)
     cluster.wait_converged(service_name, REPLICAS)
     good = {c.labels["consul-operator.spec-hash"] for c in cluster.containers(service_name)}
-    broken = {"http": "/missing", "interval": "1s", "timeout": "500ms"}
     update = {**UPDATE, "deadline": "15s"}
     with sampled(lambda: len(cluster.passing(service_name))) as passing:
-        cluster.put(service_name, REPLICAS, health=broken, update=update)
+        cluster.put(service_name, REPLICAS, update=update, **BROKEN[breakage])
         wait_until(
             lambda: (rollout(cluster, service_name) or {}).get("state") == "rolling_back",
             timeout=60,
@@ -101,3 +113,48 @@ def test_broken_update_rolls_back_without_losing_capacity(cluster: Cluster, serv
     assert min(passing) >= REPLICAS, passing
     assert {c.labels["consul-operator.spec-hash"] for c in cluster.containers(service_name)} == good
     assert "not healthy within 15s" in record["reason"]
+
+
+def test_operator_rollback_returns_to_the_previous_spec(cluster: Cluster, service_name: str) -> None:
+    """After a complete rollout to v2, `operator rollback` brings v1 back; status and wait say so."""
+    fast = {**UPDATE, "min_healthy": "1s"}
+    cluster.put(service_name, REPLICAS, update=fast)
+    cluster.wait_converged(service_name, REPLICAS)
+    v1 = {c.labels["consul-operator.spec-hash"] for c in cluster.containers(service_name)}
+    cluster.put(service_name, REPLICAS, image="hello:v2", update=fast)
+    wait_until(
+        lambda: (rollout(cluster, service_name) or {}).get("state") == "complete", timeout=120, what="v2"
+    )
+    done = operator(cluster, "rollback", service_name)
+    assert done.returncode == 0, done.stderr
+    wait_until(
+        lambda: (rollout(cluster, service_name) or {}).get("state") == "rolled_back",
+        timeout=120,
+        what="the rollback",
+    )
+    cluster.wait_converged(service_name, REPLICAS)
+    assert {c.labels["consul-operator.spec-hash"] for c in cluster.containers(service_name)} == v1
+    status = operator(cluster, "status", service_name)
+    assert "RolledBack: rollback requested" in status.stdout, status.stdout
+    waited = operator(cluster, "wait", service_name, "--timeout", "5s")
+    assert waited.returncode == 1, "wait reports a rolled-back rollout as not done"
+    assert operator(cluster, "rollback", "nosuchservice").returncode == 1
+
+
+def operator(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the `operator` command against the test environment."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "consul_operator",
+            args[0],
+            "--consul",
+            cluster.staging.consul_addr(),
+            *args[1:],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

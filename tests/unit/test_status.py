@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Mapping
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from consul_operator.desired_state import Manifest, ManifestError, parse_manifest
-from consul_operator.model import PlacementRecord, frozen_map
+from consul_operator.model import PlacementRecord, RolloutRecord, frozen_map
 from consul_operator.status import (
     JSON_FIELDS,
     PROGRESS_DEADLINE,
@@ -24,6 +25,7 @@ from consul_operator.status import (
     converged,
     format_age,
     render_table,
+    rollout_ended_badly,
     shortfalls,
     to_json,
 )
@@ -532,3 +534,45 @@ def test_shortfall_for_scaling_unplaceable_and_old_spec() -> None:
 def test_format_age(seconds: float, text: str) -> None:
     """Ages are rounded down to the largest whole unit; a negative age (clock skew) is 0s."""
     assert format_age(seconds) == text
+
+
+def _with_rollout(state: str, reason: str = "", updated: int = 1) -> ClusterSnapshot:
+    """A cluster where ``simple`` is in (or after) a rollout in ``state``."""
+    snap = snapshot(
+        place=placement({"host-1": 1, "host-2": 1}), records=(record("host-1", 1),), passing={"host-1": 1}
+    )
+    rollout = RolloutRecord("simple", OLD_SPEC, SPEC, state, NOW - 30, reason, updated, 2)
+    return dataclasses.replace(snap, rollouts={"simple": rollout})
+
+
+@pytest.mark.parametrize(
+    ("rollout_state", "reason", "shown"),
+    [
+        pytest.param("progressing", "", "Progressing (rollout 1/2)", id="progressing-shows-progress"),
+        pytest.param(
+            "rolling_back",
+            "not healthy within 15s",
+            "RollingBack (1/2): not healthy within 15s",
+            id="rolling-back",
+        ),
+        pytest.param("failed", "not healthy within 15s", "Failed: not healthy within 15s", id="failed"),
+        pytest.param("rolled_back", "rollback requested", "RolledBack: rollback requested", id="rolled-back"),
+    ],
+)
+def test_rollout_states_are_shown(rollout_state: str, reason: str, shown: str) -> None:
+    """A rollout's progress, a rollback and a failure show in the service's state."""
+    service = only(build_status(_with_rollout(rollout_state, reason)))
+    assert service.state == shown
+
+
+@pytest.mark.parametrize("rollout_state", ["failed", "rolled_back"], ids=["failed", "rolled-back"])
+def test_wait_gives_up_on_a_rollout_that_ended_badly(rollout_state: str) -> None:
+    """`operator wait` stops for a failed or rolled-back rollout: not converged, and ended badly."""
+    view = build_status(_with_rollout(rollout_state, "deadline"))
+    assert not converged(view, ["simple"])
+    assert rollout_ended_badly(only(view))
+
+
+def test_a_rollout_in_progress_has_not_ended_badly() -> None:
+    """A rollout still progressing is waited for."""
+    assert not rollout_ended_badly(only(build_status(_with_rollout("progressing"))))
