@@ -46,7 +46,7 @@ from consul_operator.reconcile import (
     backoff_after_crash,
     backoff_after_failure,
     backoff_after_success,
-    healthy_run,
+    ends_streak,
     plan_host,
 )
 
@@ -161,7 +161,7 @@ class Executor:
         try:
             info = self.docker.start(manifest, name=name)
         except OperatorError as exc:
-            self._fail(manifest.name, f"start failed: {exc}")
+            self._fail(manifest.name, f"start failed: {exc}", manifest.spec_hash())
             raise
         log.info(
             "started",
@@ -170,7 +170,8 @@ class Executor:
             port=info.host_port,
             reason="missing replica",
         )
-        if manifest.port:
+        # A container that already exited publishes no port: the next pass removes it.
+        if manifest.port and info.host_port is not None:
             try:
                 self.catalog.register(info, manifest)
             except ConsulError as exc:
@@ -208,10 +209,10 @@ class Executor:
                 previous = self.backoffs.get(c.service, Backoff())
                 self.backoffs[c.service] = backoff_after_crash(previous, self.clock(), action)
 
-    def _fail(self, service: str, error: str) -> None:
+    def _fail(self, service: str, error: str, spec_hash: str) -> None:
         with self.lock:
             previous = self.backoffs.get(service, Backoff())
-            self.backoffs[service] = backoff_after_failure(previous, self.clock(), error)
+            self.backoffs[service] = backoff_after_failure(previous, self.clock(), error, spec_hash)
 
 
 def _running_specs(containers: list[ContainerInfo]) -> dict[str, dict[str, int]]:
@@ -320,7 +321,7 @@ class HostAgent:
 
     def _reset_backoffs(self, containers: list[ContainerInfo], now: float) -> None:
         for service, backoff in list(self.executor.backoffs.items()):
-            if backoff.failures and any(c.service == service and healthy_run(c, now) for c in containers):
+            if any(c.service == service and ends_streak(backoff, c, now) for c in containers):
                 self.executor.backoffs[service] = backoff_after_success(backoff)
 
     def _report(

@@ -200,11 +200,17 @@ class Registration:
 
 @dataclass(frozen=True, slots=True)
 class Backoff:
-    """Consecutive failures of one service on this host, and when to try again."""
+    """Consecutive failures of one service on this host, and when to try again.
+
+    ``spec_hash`` is the spec that failed: only a long run of a container of
+    that spec ends the streak (during a rollout, the old spec's containers
+    running fine say nothing about the new one).
+    """
 
     failures: int = 0
     retry_at: float = 0.0
     last_error: str = ""
+    spec_hash: str = ""
 
     def ready(self, now: float) -> bool:
         """Whether a new container may be started now."""

@@ -416,21 +416,31 @@ def backoff_delay(failures: int) -> float:
     return min(BACKOFF_BASE * 2.0**exponent, BACKOFF_CAP)
 
 
-def backoff_after_failure(previous: Backoff, now: float, error: str) -> Backoff:
-    """One more failure at ``now``: the next try waits twice as long, up to the cap."""
+def backoff_after_failure(previous: Backoff, now: float, error: str, spec_hash: str = "") -> Backoff:
+    """One more failure (of ``spec_hash``) at ``now``: the next try waits twice as long, up to the cap."""
     failures = previous.failures + 1
-    return Backoff(failures=failures, retry_at=now + backoff_delay(failures), last_error=error)
+    return Backoff(
+        failures=failures, retry_at=now + backoff_delay(failures), last_error=error, spec_hash=spec_hash
+    )
 
 
 def backoff_after_crash(previous: Backoff, now: float, removed: RemoveDead) -> Backoff:
     """``backoff_after_failure`` for a crashed container, with a "crash-looping" error text."""
-    return backoff_after_failure(previous, now, f"crash-looping: {removed.reason}")
+    return backoff_after_failure(
+        previous, now, f"crash-looping: {removed.reason}", removed.container.spec_hash
+    )
 
 
 def backoff_after_success(previous: Backoff) -> Backoff:
     """A container ran long enough: the failure streak is over."""
     del previous  # taken for symmetry with backoff_after_failure; nothing carries over
     return Backoff()
+
+
+def ends_streak(backoff: Backoff, container: ContainerInfo, now: float) -> bool:
+    """Whether ``container`` ran long enough, and is of the failing spec, to end ``backoff``'s streak."""
+    same_spec = not backoff.spec_hash or container.spec_hash == backoff.spec_hash
+    return backoff.failures > 0 and same_spec and healthy_run(container, now)
 
 
 def healthy_run(container: ContainerInfo, now: float) -> bool:

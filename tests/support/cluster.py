@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -124,6 +125,24 @@ class Cluster:
             filters={"type": "container", "label": f"{LABEL_SERVICE}={service}"},
         )
         return [str(e["Action"]) for e in events if e["Action"] in actions]
+
+    def lb_serves(self, service: str, n: int) -> bool:
+        """NGINX answers for ``service`` from exactly its ``n`` running containers (over 3n requests)."""
+        ids = {c.id[:12] for c in self.containers(service)}
+        if len(ids) != n:
+            return False
+        bodies = set()
+        for _ in range(3 * n):
+            conn = http.client.HTTPConnection(self.staging.addresses[2], 80, timeout=5)
+            try:
+                conn.request("GET", "/", headers={"Host": service})
+                response = conn.getresponse()
+                if response.status != 200:
+                    return False
+                bodies.add(response.read().decode().rsplit(" ", 1)[-1].strip())
+            finally:
+                conn.close()
+        return bodies == ids
 
     def leader(self) -> str | None:
         """The host holding the leader lock, per its value."""

@@ -17,6 +17,7 @@ from consul_operator.reconcile import (
     backoff_after_failure,
     backoff_after_success,
     backoff_delay,
+    ends_streak,
     healthy_run,
     plan_host,
 )
@@ -71,7 +72,10 @@ def test_crash_records_crash_looping_error() -> None:
     removed = RemoveDead(dead, crashed=True, reason="exited with code 1 after 0.1s")
     backoff = backoff_after_crash(Backoff(failures=3, retry_at=NOW - 1), NOW, removed)
     assert backoff == Backoff(
-        failures=4, retry_at=NOW + 8, last_error="crash-looping: exited with code 1 after 0.1s"
+        failures=4,
+        retry_at=NOW + 8,
+        last_error="crash-looping: exited with code 1 after 0.1s",
+        spec_hash="h",
     )
 
 
@@ -117,3 +121,14 @@ def test_crash_loop_end_to_end() -> None:
         frozen.tick(datetime.timedelta(seconds=plan.wake_at - time.time()))
         plan = plan_host("host-1", desires, [], [], InFlight(), {"web": backoff}, time.time())
         assert len(plan.actions) == 1 and plan.wake_at is None
+
+
+def test_only_a_long_run_of_the_failing_spec_ends_the_streak() -> None:
+    """During a rollout, old-spec containers running fine do not reset the new spec's back-off."""
+    backoff = Backoff(failures=3, retry_at=NOW + 4, last_error="crash-looping", spec_hash="new")
+    old = ContainerInfo("o1", "web-o1", "web", "old", "running", started_at=NOW - 3600)
+    new = ContainerInfo("n1", "web-n1", "web", "new", "running", started_at=NOW - 3600)
+    young = ContainerInfo("n2", "web-n2", "web", "new", "running", started_at=NOW - 1)
+    assert not ends_streak(backoff, old, NOW)
+    assert not ends_streak(backoff, young, NOW)
+    assert ends_streak(backoff, new, NOW)
