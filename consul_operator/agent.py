@@ -14,11 +14,9 @@ SIGTERM/SIGINT: stop the loops, give the lock up, leave every container running.
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 from dataclasses import dataclass
-from types import FrameType
 
 import structlog
 
@@ -32,7 +30,7 @@ from consul_operator.host_agent import Executor, HostAgent
 from consul_operator.keys import Layout
 from consul_operator.kv_state import start_watch
 from consul_operator.leader import LeaderElection
-from consul_operator.loop import Trigger, run_loop
+from consul_operator.loop import Trigger, run_loop, stop_on_signals, wait_for_stop
 from consul_operator.presence import AGENT_SERVICE, Presence
 from consul_operator.scheduler import Scheduler
 
@@ -62,14 +60,7 @@ class AgentConfig:
 
 def run_agent(config: AgentConfig) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code."""
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("signal received, stopping", signal=signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals()
 
     consul = ConsulClient(config.consul_addr, config.consul_token)
     docker_actuator = DockerActuator(
@@ -153,10 +144,7 @@ def run_agent(config: AgentConfig) -> int:
         thread.start()
     log.info("agent started", host=config.host, advertise=config.advertise, cluster=config.cluster)
 
-    # Short waits: a signal may land on another thread, and CPython runs its
-    # handler only when the main thread wakes up.
-    while not stop.wait(0.2):
-        pass
+    wait_for_stop(stop)
     # The lock first: another agent can lead at once, whatever the loops are doing.
     election.resign()
     host_trigger.fire()

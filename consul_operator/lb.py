@@ -15,13 +15,11 @@ Bursts are coalesced: a change is applied at once, and further changes within
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 
 import structlog
 
@@ -30,7 +28,7 @@ from consul_operator.actuators.nginx import ManagedNginx, SystemNginx, render
 from consul_operator.consul_client import ConsulClient, ServiceInstance
 from consul_operator.keys import Layout
 from consul_operator.kv_state import start_watch
-from consul_operator.loop import PassResult, Trigger, run_loop
+from consul_operator.loop import PassResult, Trigger, run_loop, stop_on_signals, wait_for_stop
 from consul_operator.upstreams import DNS_LABEL, Rejected, build_view
 
 log = structlog.get_logger()
@@ -122,14 +120,7 @@ class LBConfig:
 
 def run_lb(config: LBConfig) -> int:
     """Run until SIGTERM/SIGINT; stops a managed NGINX on the way out."""
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("signal received, stopping", signal=signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals()
 
     trigger = Trigger()
     nginx: ManagedNginx | SystemNginx
@@ -158,8 +149,7 @@ def run_lb(config: LBConfig) -> int:
     )
     loop.start()
     log.info("load balancer started", listen=config.listen, default_service=config.default_service)
-    while not stop.wait(0.2):  # short waits: a signal may land on another thread
-        pass
+    wait_for_stop(stop)
     trigger.fire()
     loop.join(timeout=30)
     nginx.stop()

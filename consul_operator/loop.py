@@ -9,10 +9,12 @@ decides how to react to a failed pass.
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import FrameType
 
 import structlog
 
@@ -48,6 +50,29 @@ class Trigger:
         fired = self._event.wait(timeout)
         self._event.clear()
         return fired
+
+
+def stop_on_signals() -> threading.Event:
+    """An event that SIGTERM or SIGINT sets: how a daemon is asked to stop."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal received, stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stop
+
+
+def wait_for_stop(stop: threading.Event) -> None:
+    """Block the main thread until ``stop`` is set.
+
+    Short waits: a signal may land on another thread, and CPython runs its
+    handler only when the main thread wakes up.
+    """
+    while not stop.wait(0.2):
+        pass
 
 
 @dataclass(frozen=True, slots=True)
