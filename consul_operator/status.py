@@ -52,8 +52,10 @@ JSON_FIELDS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
             "placement",
             "errors",
             "last_change",
+            "rollout",
         ),
         "placement": ("desired", "running", "healthy"),
+        "rollout": ("state", "from", "to", "updated", "total", "reason"),
     }
 )
 """The stable field names of `to_json`, per level (a placement entry is per host)."""
@@ -120,6 +122,7 @@ class ServiceStatus:
     placement: Mapping[str, HostPlacement]
     errors: tuple[str, ...]
     last_change: float | None
+    rollout: RolloutRecord | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +207,7 @@ def _service_status(name: str, snapshot: ClusterSnapshot, live: Mapping[str, boo
         placement=per_host,
         errors=(*problems, *host_errors, *lost),
         last_change=last_change,
+        rollout=snapshot.rollouts.get(name),
     )
 
 
@@ -362,10 +366,24 @@ def to_json(view: StatusView) -> dict[str, object]:
                 },
                 "errors": list(s.errors),
                 "last_change": s.last_change,
+                "rollout": _rollout_json(s.rollout),
             }
             for s in view.services
         ],
         "converged": converged(view),
+    }
+
+
+def _rollout_json(rollout: RolloutRecord | None) -> dict[str, object] | None:
+    if rollout is None:
+        return None
+    return {
+        "state": rollout.state,
+        "from": rollout.from_spec,
+        "to": rollout.to_spec,
+        "updated": rollout.updated,
+        "total": rollout.total,
+        "reason": rollout.reason,
     }
 
 

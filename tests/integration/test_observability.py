@@ -146,6 +146,8 @@ def _check_fields(doc: dict[str, Any]) -> None:
         assert set(service) == set(JSON_FIELDS["service"])
         for placement in service["placement"].values():
             assert set(placement) == set(JSON_FIELDS["placement"])
+        if service["rollout"] is not None:
+            assert set(service["rollout"]) == set(JSON_FIELDS["rollout"])
 
 
 def test_status_json_for_converged_invalid_unplaceable_and_progressing(cluster: Cluster) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -140,6 +141,9 @@ def test_operator_rollback_returns_to_the_previous_spec(cluster: Cluster, servic
     assert {c.labels["consul-operator.spec-hash"] for c in cluster.containers(service_name)} == v1
     status = operator(cluster, "status", service_name)
     assert "RolledBack: rollback requested" in status.stdout, status.stdout
+    (service,) = json.loads(operator(cluster, "status", "--json", service_name).stdout)["services"]
+    assert service["rollout"]["state"] == "rolled_back"
+    assert service["rollout"]["to"] in v1
     waited = operator(cluster, "wait", service_name, "--timeout", "5s")
     assert waited.returncode == 1, "wait reports a rolled-back rollout as not done"
     assert operator(cluster, "rollback", "nosuchservice").returncode == 1

@@ -576,3 +576,19 @@ def test_wait_gives_up_on_a_rollout_that_ended_badly(rollout_state: str) -> None
 def test_a_rollout_in_progress_has_not_ended_badly() -> None:
     """A rollout still progressing is waited for."""
     assert not rollout_ended_badly(only(build_status(_with_rollout("progressing"))))
+
+
+def test_json_carries_the_rollout() -> None:
+    """`status --json` gives the rollout's state, specs and progress with the documented fields."""
+    services = to_json(build_status(_with_rollout("rolling_back", "deadline")))["services"]
+    assert isinstance(services, list)
+    service = services[0]
+    assert service["rollout"] == {
+        "state": "rolling_back",
+        "from": OLD_SPEC,
+        "to": SPEC,
+        "updated": 1,
+        "total": 2,
+        "reason": "deadline",
+    }
+    assert tuple(service["rollout"]) == JSON_FIELDS["rollout"]
