@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable
+from typing import TypeVar
 
 import structlog
 
@@ -24,6 +25,8 @@ from consul_operator.loop import Trigger
 from consul_operator.model import PlacementRecord, RolloutRecord
 
 log = structlog.get_logger()
+
+R = TypeVar("R")
 
 ManifestResult = Manifest | ManifestError
 
@@ -54,16 +57,20 @@ def _parse(value: bytes, name: str) -> ManifestResult:
         return exc
 
 
-def read_placements(consul: ConsulClient, layout: Layout) -> dict[str, PlacementRecord]:
-    """The leader's current decisions, by service; unreadable records are skipped and logged."""
-    records: dict[str, PlacementRecord] = {}
-    for entry in consul.kv_list(layout.placement_prefix, consistent=True).value:
-        name = entry.key[len(layout.placement_prefix) :]
+def _read_records(consul: ConsulClient, prefix: str, parse: Callable[[bytes], R], what: str) -> dict[str, R]:
+    """Every JSON record under ``prefix``, by service; unreadable ones are skipped and logged."""
+    records: dict[str, R] = {}
+    for entry in consul.kv_list(prefix, consistent=True).value:
         try:
-            records[name] = PlacementRecord.from_json(entry.value)
+            records[entry.key[len(prefix) :]] = parse(entry.value)
         except ValueError as exc:
-            log.warning("ignoring a placement record", key=entry.key, error=str(exc))
+            log.warning(f"ignoring a {what} record", key=entry.key, error=str(exc))
     return records
+
+
+def read_placements(consul: ConsulClient, layout: Layout) -> dict[str, PlacementRecord]:
+    """The leader's current decisions, by service."""
+    return _read_records(consul, layout.placement_prefix, PlacementRecord.from_json, "placement")
 
 
 def read_revision(consul: ConsulClient, layout: Layout, name: str, spec: str) -> Manifest | None:
@@ -76,15 +83,8 @@ def read_revision(consul: ConsulClient, layout: Layout, name: str, spec: str) ->
 
 
 def read_rollouts(consul: ConsulClient, layout: Layout) -> dict[str, RolloutRecord]:
-    """The leader's rollouts, by service; unreadable records are skipped and logged."""
-    records: dict[str, RolloutRecord] = {}
-    for entry in consul.kv_list(layout.rollout_prefix, consistent=True).value:
-        name = entry.key[len(layout.rollout_prefix) :]
-        try:
-            records[name] = RolloutRecord.from_json(entry.value)
-        except ValueError as exc:
-            log.warning("ignoring a rollout record", key=entry.key, error=str(exc))
-    return records
+    """The leader's rollouts, by service."""
+    return _read_records(consul, layout.rollout_prefix, RolloutRecord.from_json, "rollout")
 
 
 def watch(
