@@ -80,17 +80,18 @@ def run_agent(config: AgentConfig) -> int:
         ttl=config.ttl,
     )
     _register_until_done(presence, stop)
+    node = _node_name(consul, stop)
     election = LeaderElection(
         consul,
         config.layout,
         host=config.host,
+        node=node,
         lock_delay=config.lock_delay,
         on_change=lambda _: schedule_trigger.fire(),
     )
     executor = Executor(docker_actuator, catalog, on_done=host_trigger.fire, stop=stop)
     host_agent = HostAgent(consul, config.layout, config.host, docker_actuator, catalog, executor)
     scheduler = Scheduler(consul, config.layout, election, config.cluster, config.lost_grace)
-    node = _node_name(consul, stop)
 
     both = [host_trigger, schedule_trigger]
     layout = config.layout

@@ -277,6 +277,12 @@ class ConsulClient:
         with _wrapped("destroying a session"):
             self._client.session.destroy(session)
 
+    def node_sessions(self, node: str) -> list[dict[str, Any]]:
+        """Every session on ``node`` (their ``ID``, ``Name``, ``Checks``...)."""
+        with _wrapped(f"listing the sessions of node {node!r}"):
+            _, sessions = self._client.session.node(node, consistency="consistent")
+        return [dict(s) for s in sessions or []]
+
     def session_info(self, session: str) -> dict[str, Any] | None:
         """The session's record, or None once it is invalidated."""
         with _wrapped("reading a session"):

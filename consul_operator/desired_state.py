@@ -79,6 +79,10 @@ _DNS_LABEL_RULE: Final = (
     "must be a DNS label (1-63 characters: lowercase letters, digits and '-', "
     "starting and ending with a letter or digit)"
 )
+# Service names the operator itself registers in Consul's catalog, or Consul's
+# own: a manifest under one of them would mix its replicas into what the
+# operator reads as agents (keeping a dead host looking live) or into Consul's.
+RESERVED_SERVICE_NAMES: Final = frozenset({"operator-agent", "consul"})
 _ENV_NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -699,6 +703,9 @@ def _check_name(fields: Mapping[str, object], key_name: str | None, problems: li
         return None
     if not _DNS_LABEL_RE.fullmatch(name):
         problems.append(Problem("name", f"{_DNS_LABEL_RULE}, got {_short(name)}"))
+        return None
+    if name in RESERVED_SERVICE_NAMES:
+        problems.append(Problem("name", f"{name!r} is reserved (the operator or Consul registers it)"))
         return None
     if key_name is not None:
         expected = key_name.rsplit("/", 1)[-1]

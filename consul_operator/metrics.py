@@ -118,6 +118,11 @@ container_actions = Counter(
 )
 is_leader = Gauge("operator_is_leader", "1 while this agent holds the leader lock.", ["host"])
 leader_changes = Counter("operator_leader_changes_total", "Times this agent gained or lost the leader lock.")
+orphan_sessions_reaped = Counter(
+    "operator_orphan_sessions_reaped_total",
+    "Leader-election sessions of an earlier run of this agent (killed, restarted within its TTL) "
+    "that this agent released and destroyed.",
+)
 placement_writes = Counter(
     "operator_placement_writes_total", "Placement decisions written to KV by the leader."
 )

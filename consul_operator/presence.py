@@ -15,13 +15,15 @@ import threading
 
 import structlog
 
-from consul_operator.consul_client import ConsulClient
+from consul_operator.consul_client import ConsulClient, ServiceInstance
+from consul_operator.desired_state import RESERVED_SERVICE_NAMES
 from consul_operator.errors import ConsulError
-from consul_operator.model import META_CLUSTER, META_HOST
+from consul_operator.model import META_CLUSTER, META_HOST, META_MANAGED_BY
 
 log = structlog.get_logger()
 
 AGENT_SERVICE = "operator-agent"
+assert AGENT_SERVICE in RESERVED_SERVICE_NAMES  # no manifest may register under it
 LABEL_META_PREFIX = "label-"
 # Consul's rule for meta keys, less our prefix: letters, digits, '-' and '_'.
 LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,48}$")
@@ -103,12 +105,27 @@ class Presence:
             stop.wait(self.ttl / 3)
 
 
+def is_agent_registration(instance: ServiceInstance) -> bool:
+    """Whether an ``operator-agent`` instance is an agent's own registration, not a look-alike.
+
+    An agent registers exactly the ID `agent_service_id` of the host in its
+    meta, and never the meta our replicas carry: anything else (a replica
+    registered under the name, a hand-made entry) says nothing about a host.
+    """
+    host = instance.meta.get(META_HOST, "")
+    return (
+        bool(host) and instance.service_id == agent_service_id(host) and META_MANAGED_BY not in instance.meta
+    )
+
+
 def read_hosts(consul: ConsulClient, cluster: str | None) -> dict[str, tuple[bool, dict[str, str]]]:
     """Every known agent of ``cluster`` (of any cluster for None): host -> (live, labels)."""
     instances = consul.health_service(AGENT_SERVICE).value
     hosts: dict[str, tuple[bool, dict[str, str]]] = {}
     for inst in instances:
         if cluster is not None and inst.meta.get(META_CLUSTER) != cluster:
+            continue
+        if not is_agent_registration(inst):
             continue
         host = inst.meta.get(META_HOST, "")
         labels = {

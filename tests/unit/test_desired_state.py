@@ -289,6 +289,10 @@ BAD_FIELDS = [
     pytest.param(doc(name="web_1"), ["name: must be a DNS label"], id="name-underscore"),
     pytest.param(doc(name="-web"), ["name: must be a DNS label"], id="name-leading-dash"),
     pytest.param(doc(name="web-"), ["name: must be a DNS label"], id="name-trailing-dash"),
+    pytest.param(
+        doc(name="operator-agent"), ["name: 'operator-agent' is reserved"], id="name-reserved-agent"
+    ),
+    pytest.param(doc(name="consul"), ["name: 'consul' is reserved"], id="name-reserved-consul"),
     pytest.param(doc(name="a" * 64), ["name: must be a DNS label"], id="name-64-chars"),
     pytest.param(doc(name="''"), ["name: must be a DNS label", "got ''"], id="name-empty"),
     pytest.param(doc(name="7"), ["name: must be a string, got integer 7"], id="name-number"),
