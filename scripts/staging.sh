@@ -20,6 +20,8 @@
 #   RUN_DIR        state, logs and pid files (default: .run/$STAGING_NAME)
 #   AGENT_ARGS     extra flags for every `operator agent` (e.g. "--lost-grace 5s")
 #   LB_ARGS        extra flags for `operator lb`
+#   CLOCK_OFFSET_DIR  tests only: each agent's wall clock is stepped by the
+#                  seconds in $CLOCK_OFFSET_DIR/<host> (tests/support/clockshim)
 #   STAGING_ACL    1: Consul with ACLs on and default deny (deploy/consul/acl.hcl),
 #                  bootstrapped by scripts/acl-bootstrap.sh: the policies of
 #                  deploy/acl/, one token per role in $RUN_DIR/acl/ (management,
@@ -167,9 +169,15 @@ agents_up() {
   local token=(); mapfile -t token < <(token_args operator-agent)
   for i in 0 1; do
     local host=${HOSTS[$i]} addr=${ADDRS[$i]}
-    # shellcheck disable=SC2086
-    spawn "agent-$host" "$py" -m consul_operator agent --host "$host" --advertise "$addr" \
-      --consul "$addr:8500" --cluster "$NAME" --metrics "$addr:9810" --log-json "${token[@]}" ${AGENT_ARGS:-}
+    (
+      if [[ -n ${CLOCK_OFFSET_DIR:-} ]]; then
+        mkdir -p "$CLOCK_OFFSET_DIR"; [[ -f $CLOCK_OFFSET_DIR/$host ]] || echo 0 >"$CLOCK_OFFSET_DIR/$host"
+        export PYTHONPATH="$ROOT/tests/support/clockshim" CLOCK_OFFSET_FILE="$CLOCK_OFFSET_DIR/$host"
+      fi
+      # shellcheck disable=SC2086
+      spawn "agent-$host" "$py" -m consul_operator agent --host "$host" --advertise "$addr" \
+        --consul "$addr:8500" --cluster "$NAME" --metrics "$addr:9810" --log-json "${token[@]}" ${AGENT_ARGS:-}
+    )
   done
   # Ready means: both agents registered and live, and one of them leads.
   local url="http://${ADDRS[0]}:8500/v1" live=0 leader=""

@@ -12,13 +12,27 @@ Faults (picked by a seeded `random.Random`, so a seed replays the same run):
   docker_restart    the Docker engine restarted (every container dies)
   nginx_kill        kill -9 of NGINX under the load balancer
   scale_down        a planned scale-down and up again under load: no request may fail
+  restart_within_ttl  kill -9 of the leader, restarted within its TTL (as systemd does): a
+                    leader again, and a service put afterwards is placed
+  host_lost         an app host down for good: its replicas move after the grace, its
+                    status records stop counting; restored only once that converged
+  clock_step        one agent's wall clock steps +-1 h (tests/support/clockshim): nothing
+                    moves, starts or stops because of it
+  big_manifest      the largest manifest the validator accepts, and one past it: other
+                    services are still placed
+  stuck_action      a replica that cannot be removed (an immutable file in its container's
+                    layer): it is replaced, the agent does not hot-loop, and it goes once freed
 
 Throughout, a bounded stream of requests goes through the load balancer, and
 a monitor samples the containers (never more than desired) and every
 placement written (only ever by the lock holder). After each fault the
 system must converge within CONVERGE_BOUND: every service at its desired
 count, every replica passing, no orphan container or registration, and NGINX's
-upstreams exactly the passing instances.
+upstreams exactly the passing instances, checked by requests through NGINX
+that must reach exactly the running containers; the leader lock held by a
+live session. The monitor counts its samples and errors: a run with too few
+samples, or with monitor errors outside a fault that took Consul or Docker
+away, fails.
 
 usage: python -m tests.chaos.harness [--seed N] [--duration SECONDS] [--faults a,b,...]
 """
@@ -32,6 +46,7 @@ import random
 import re
 import signal
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -41,10 +56,10 @@ from pathlib import Path
 from typing import Any
 
 from consul_operator.consul_client import ConsulClient
+from consul_operator.desired_state import ManifestError, parse_manifest
 from consul_operator.docker_client import connect
-from consul_operator.errors import ConsulError
-from consul_operator.model import LABEL_CLUSTER, LABEL_HOST, LABEL_SERVICE
-from tests.support.cluster import Cluster
+from consul_operator.model import LABEL_CLUSTER, LABEL_HOST, LABEL_SERVICE, META_HOST
+from tests.support.cluster import Cluster, manifest_yaml
 from tests.support.load import Load
 from tests.support.staging import ROOT, Staging, pid_alive, restart_docker_engine, wait_until
 
@@ -62,8 +77,19 @@ FAULTS = (
     "docker_restart",
     "nginx_kill",
     "scale_down",
+    "restart_within_ttl",
+    "host_lost",
+    "clock_step",
+    "big_manifest",
+    "stuck_action",
 )
 LOG_DIR = ROOT / ".run" / "chaos"
+CLOCK_DIR = LOG_DIR / "clock"
+MONITOR_INTERVAL = 0.25  # seconds between two samples of the monitor
+# A removal that keeps failing for STUCK_SECONDS must not make the host loop spin:
+# with back-off a handful of passes, without it thousands.
+STUCK_SECONDS = 6.0
+HOT_LOOP_PASSES = 60
 
 
 def hold(seconds: float) -> None:
@@ -94,6 +120,9 @@ class Violations:
     extra_replicas: list[str] = field(default_factory=list)
     unfenced_writes: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
+    # Faults' own checks: a hot loop, containers touched by a clock step, a
+    # service not placed while a big manifest or a restarted leader was around.
+    fault_checks: list[str] = field(default_factory=list)
 
 
 class Chaos:
@@ -110,6 +139,12 @@ class Chaos:
         # What the monitor allows: during a planned scale-down the old count, until it has converged.
         self.ceiling = dict(SERVICES)
         self.lock_history: list[tuple[int, str | None]] = []  # (leader key's modify index, holder)
+        # Hosts lost for good (host_lost): their containers and registrations do not count.
+        self.lost: set[str] = set()
+        # The monitor's own health: how many samples it took, and what failed.
+        self.samples = 0
+        self.monitor_errors: list[str] = []
+        self.monitor_seconds = 0.0
         self._stop = threading.Event()
         self._log_lock = threading.Lock()
         self.loads = {
@@ -140,21 +175,49 @@ class Chaos:
         block = re.search(rf"upstream svc_{service} {{(.*?)}}", text, re.S)
         return set(re.findall(r"server (\S+) ", block.group(1))) if block else set()
 
+    def service_converged(self, service: str, replicas: int) -> bool:
+        """Exactly ``replicas`` run on hosts not lost, and exactly those are registered and passing."""
+        running = {c.name for c in self.containers(service) if c.labels.get(LABEL_HOST) not in self.lost}
+        regs = [i for i in self.cluster.registrations(service) if i.meta.get(META_HOST) not in self.lost]
+        registered = {i.service_id for i in regs}
+        passing = {i.service_id for i in regs if i.status == "passing"}
+        return len(running) == replicas and running == registered == passing
+
+    def leader_live(self) -> bool:
+        """The leader lock is held, by a session that exists (not one of a dead process)."""
+        consul = self._any_consul()
+        if consul is None:
+            return False
+        entry = consul.kv_get("operator/leader", consistent=True).value
+        return bool(entry and entry.session and consul.session_info(entry.session) is not None)
+
     def converged(self) -> bool:
-        """Every service at its count, all passing, nothing orphaned, NGINX serving exactly those."""
+        """Every service at its count, all passing, nothing orphaned or dead, served through NGINX."""
         for service, replicas in self.desired.items():
-            if not self.cluster.converged(service, replicas):
+            if not self.service_converged(service, replicas):
                 return False
             passing = {f"{i.address}:{i.port}" for i in self.cluster.passing(service)}
             if self.nginx_servers(service) != passing:
                 return False
-        ours = {c.labels.get(LABEL_SERVICE) for c in self.containers()}
-        return ours <= set(self.desired)
+            # Requests through NGINX reach exactly the running containers.
+            if not self.cluster.lb_serves(service, replicas):
+                return False
+        ours = self.cluster.docker.containers.list(
+            all=True, filters={"label": [f"{LABEL_CLUSTER}={self.cluster.staging.name}"]}
+        )
+        if {c.labels.get(LABEL_SERVICE) for c in ours if c.status == "running"} - set(self.desired):
+            return False
+        # Nothing dead left behind (a lost host's containers wait for its return).
+        if any(c.status != "running" and c.labels.get(LABEL_HOST) not in self.lost for c in ours):
+            return False
+        return self.leader_live()
 
     def monitor(self) -> None:
         """Sample, until stopped: replicas never above desired, placements only written by the lock holder."""
         seen_placements: dict[str, int] = {}
-        while not self._stop.wait(0.25):
+        started = time.monotonic()
+        while not self._stop.wait(MONITOR_INTERVAL):
+            self.monitor_seconds = time.monotonic() - started
             try:
                 for service, replicas in self.ceiling.items():
                     running = len(self.containers(service))
@@ -163,10 +226,27 @@ class Chaos:
                         self.violations.extra_replicas.append(note)
                         self.log("violation", kind="extra_replicas", note=note)
                 self._check_fencing(seen_placements)
-            except (ConsulError, OSError):
-                continue  # a fault may have taken Consul or Docker away for a moment
-            except Exception as exc:  # docker SDK errors during an engine restart
-                self.log("monitor_error", error=repr(exc))
+                self.samples += 1
+            except Exception as exc:
+                # A fault may take Consul or Docker away for a moment; counted, and
+                # judged against the faults that can do that (see monitor_failed).
+                fault = self.faults[-1].name if self.faults else "setup"
+                self.monitor_errors.append(f"{fault}: {exc!r}"[:300])
+                self.log("monitor_error", fault=fault, error=repr(exc))
+
+    def monitor_failed(self) -> list[str]:
+        """Why the monitor's checks cannot be trusted: too few samples, or errors no fault explains."""
+        problems = []
+        expected = self.monitor_seconds / MONITOR_INTERVAL
+        # Each sample lists containers and reads Consul: on a loaded 2-core machine
+        # a sample can take a second; fewer than a fifth of the ticks means it stalled.
+        if self.samples < max(10, expected / 5):
+            problems.append(f"{self.samples} samples in {self.monitor_seconds:.0f}s")
+        away = ("consul_down", "docker_restart", "host_down", "host_lost")
+        unexplained = [e for e in self.monitor_errors if not e.startswith(away)]
+        if unexplained:
+            problems.append(f"{len(unexplained)} monitor errors, e.g. {unexplained[0]}")
+        return problems
 
     def _check_fencing(self, seen: dict[str, int]) -> None:
         """Every placement write must come from the host that held the lock at the write's Consul index.
@@ -296,6 +376,139 @@ class Chaos:
         assert failed == 0, f"{failed} requests failed during a planned scale-down"
         return "web 3 -> 2 -> 3"
 
+    def restart_within_ttl(self) -> str:
+        """kill -9 of the leader and a restart within its TTL, as systemd's Restart=always does."""
+        leader, _ = self._leader_and_follower()
+        self.cluster.kill(f"agent-{leader}", signal.SIGKILL)
+        down = self.rng.uniform(0.2, 2.9)
+        hold(down)  # the fault's length: the supervisor's restart delay
+        self.cluster.staging.run("up")
+        restarted = time.monotonic()
+        placed = self._probe_placed("probe-restart")
+        took = placed - restarted
+        return f"agent-{leader} restarted {down:.1f}s after kill -9; a probe placed {took:.1f}s later"
+
+    def _probe_placed(self, name: str) -> float:
+        """Put a one-replica service and wait until a live leader placed it; returns when (monotonic)."""
+        self.desired[name] = self.ceiling[name] = 1
+        self.cluster.put(name, 1, drain="500ms")
+        try:
+            wait_until(
+                lambda: self.cluster.kv_json(f"operator/placement/{name}") and self.leader_live(),
+                timeout=CONVERGE_BOUND,
+                what=f"{name} placed",
+            )
+        except AssertionError as exc:
+            self.violations.fault_checks.append(f"{self.faults[-1].name}: {exc}")
+        placed = time.monotonic()
+        self.cluster.delete(name)
+        del self.desired[name], self.ceiling[name]
+        return placed
+
+    def host_lost(self) -> str:
+        """An app host gone for good (Consul, agent, containers); restored only after convergence."""
+        host = self.rng.choice(["host-1", "host-2"])
+        for name in (f"agent-{host}", f"consul-{host}"):
+            self.cluster.kill(name, signal.SIGKILL)
+        for container in self.containers(host=host):
+            container.kill()
+        self.lost.add(host)
+        return f"{host} lost"
+
+    def _lost_status_records(self) -> list[str]:
+        """Status records of lost hosts the leader should have removed after the grace."""
+        consul = self._any_consul()
+        if consul is None:
+            return ["no Consul"]
+        records = consul.kv_list("operator/status/").value
+        return [e.key for e in records if e.key.rsplit("/", 1)[1] in self.lost]
+
+    def after_host_lost(self) -> None:
+        """Check the lost host's status records are gone, then bring the host back for the next fault."""
+        stale = self._lost_status_records()
+        if stale:
+            self.violations.fault_checks.append(f"host_lost: status records left: {stale}")
+        self.lost.clear()
+        self.cluster.staging.run("up")
+        wait_until(self.converged, timeout=CONVERGE_BOUND, what="convergence after the host returned")
+
+    def clock_step(self) -> str:
+        """One agent's wall clock steps by an hour, forwards or back, and later back again."""
+        host = self.rng.choice(["host-1", "host-2"])
+        step = self.rng.choice([3600, -3600])
+        before = {c.id for c in self.containers()}
+        clock = CLOCK_DIR / host
+        clock.write_text(f"{step}\n")
+        try:
+            hold(8.0)  # the fault's length: longer than the TTL and close to the lost-host grace
+            after = {c.id for c in self.containers()}
+            if after != before:
+                self.violations.fault_checks.append(
+                    f"clock_step: containers changed: -{len(before - after)} +{len(after - before)}"
+                )
+            if not self.leader_live():
+                self.violations.fault_checks.append("clock_step: no live leader during the step")
+        finally:
+            clock.write_text("0\n")
+        return f"{host} clock {step:+d}s for 8s"
+
+    def big_manifest(self) -> str:
+        """The largest manifest the validator accepts and one just past it, while another service changes."""
+        accepted = self._biggest_valid("big")
+        self.desired["big"] = self.ceiling["big"] = 1
+        self.cluster.put_raw("big", accepted)
+        refused = accepted + "# " + "x" * 64 * 1024 + "\n"
+        self.cluster.put_raw("big-refused", refused.replace("name: big", "name: big-refused", 1))
+        self._probe_placed("probe-big")
+        try:
+            wait_until(
+                lambda: self.service_converged("big", 1), timeout=CONVERGE_BOUND, what="the big manifest runs"
+            )
+        except AssertionError as exc:
+            self.violations.fault_checks.append(f"big_manifest: {exc}")
+        self.cluster.delete("big")
+        self.cluster.delete("big-refused")
+        del self.desired["big"], self.ceiling["big"]
+        return f"{len(accepted) // 1024} KiB accepted, {len(refused) // 1024} KiB refused"
+
+    @staticmethod
+    def _biggest_valid(name: str) -> str:
+        """A manifest of env values grown until the validator would refuse one more."""
+        env: dict[str, str] = {}
+        text = manifest_yaml(name, 1, drain="500ms")
+        while True:
+            candidate_env = {**env, f"V{len(env)}": "x" * 30 * 1024}
+            candidate = manifest_yaml(name, 1, drain="500ms", env=candidate_env)
+            try:
+                parse_manifest(candidate.encode(), key_name=name)
+            except ManifestError:
+                return text
+            env, text = candidate_env, candidate
+
+    def _host_passes(self, host: str) -> float:
+        """How many host-loop passes the agent of ``host`` has run."""
+        return self.cluster.metric(host, "operator_reconcile_duration_seconds_count", loop="host")
+
+    def stuck_action(self) -> str:
+        """A replica whose container cannot be removed: replaced, no hot loop, removed once freed."""
+        victim = self.rng.choice(sorted(self.containers("web"), key=lambda c: c.name))
+        host = victim.labels[LABEL_HOST]
+        immutable = Path(victim.attrs["GraphDriver"]["Data"]["UpperDir"]) / ".chaos-immutable"
+        immutable.touch()
+        subprocess.run(["chattr", "+i", str(immutable)], check=True)
+        try:
+            passes = self._host_passes(host)
+            victim.kill()
+            hold(STUCK_SECONDS)  # the fault's length: the removal keeps failing meanwhile
+            passes = self._host_passes(host) - passes
+            if passes > HOT_LOOP_PASSES:
+                self.violations.fault_checks.append(
+                    f"stuck_action: {passes:.0f} host passes in {STUCK_SECONDS:.0f}s (a hot loop)"
+                )
+        finally:
+            subprocess.run(["chattr", "-i", str(immutable)], check=True)
+        return f"{victim.name} unremovable for {STUCK_SECONDS:.0f}s: {passes:.0f} host passes"
+
     # --- the run ---------------------------------------------------------------------------
 
     def setup(self) -> None:
@@ -317,6 +530,9 @@ class Chaos:
             record.converged_after = time.time() - record.ended
         except AssertionError:
             record.converged_after = None
+        restore: Callable[[], None] | None = getattr(self, f"after_{name}", None)
+        if restore is not None:
+            restore()
         record.requests = sum(len(load.outcomes) - before[s][0] for s, load in self.loads.items())
         record.failed_requests = sum(len(load.failures) - before[s][1] for s, load in self.loads.items())
         self.log("fault_done", **asdict(record))
@@ -376,14 +592,23 @@ class Chaos:
         lines.append(f"failed requests: {failed} of {requests} ({100 * failed / max(requests, 1):.2f}%)")
         lines.append(
             f"violations: {len(self.violations.extra_replicas)} extra-replica samples, "
-            f"{len(self.violations.unfenced_writes)} unfenced writes, {len(self.violations.orphans)} orphans"
+            f"{len(self.violations.unfenced_writes)} unfenced writes, "
+            f"{len(self.violations.orphans)} orphans, "
+            f"{len(self.violations.fault_checks)} failed fault checks {self.violations.fault_checks}"
+        )
+        lines.append(
+            f"monitor: {self.samples} samples in {self.monitor_seconds:.0f}s, "
+            f"{len(self.monitor_errors)} errors; problems: {self.monitor_failed() or 'none'}"
         )
         return "\n".join(lines)
 
 
 def start_environment() -> Cluster:
     """The chaos environment, fresh."""
-    staging = Staging("chaos", CHAOS_ADDRESSES)
+    CLOCK_DIR.mkdir(parents=True, exist_ok=True)
+    for clock in CLOCK_DIR.iterdir():
+        clock.write_text("0\n")
+    staging = Staging("chaos", CHAOS_ADDRESSES, extra_env=(("CLOCK_OFFSET_DIR", str(CLOCK_DIR)),))
     staging.run("down")
     staging.run("up")
     return Cluster(staging, ConsulClient(staging.consul_addr()), connect())
@@ -420,7 +645,7 @@ def main(argv: list[str] | None = None) -> int:
         chaos.run(schedule_for(args.seed, args.duration, args.faults.split(",")))
         v = chaos.violations
         ok = all(f.converged_after is not None for f in chaos.faults) and not (
-            v.extra_replicas or v.unfenced_writes or v.orphans
+            v.extra_replicas or v.unfenced_writes or v.orphans or v.fault_checks or chaos.monitor_failed()
         )
     finally:
         print(chaos.report())

@@ -52,6 +52,17 @@ def test_placements_only_written_by_the_lock_holder(chaos_run: Chaos) -> None:
     assert chaos_run.violations.unfenced_writes == []
 
 
+def test_faults_own_checks_held(chaos_run: Chaos) -> None:
+    """Each fault's own promise held: no hot loop, nothing moved by a clock step, services still placed."""
+    assert chaos_run.violations.fault_checks == []
+
+
+def test_monitor_sampled_throughout(chaos_run: Chaos) -> None:
+    """The monitor behind the checks above sampled enough, and failed only where a fault explains it."""
+    assert chaos_run.samples > 0
+    assert chaos_run.monitor_failed() == [], chaos_run.report()
+
+
 def test_no_orphans_left(chaos_run: Chaos) -> None:
     """At the end no container or registration of ours is left that nothing desires."""
     assert chaos_run.violations.orphans == []

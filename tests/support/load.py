@@ -54,7 +54,7 @@ class Load:
             conn.request("GET", "/", headers={"Host": self.host})
             response = conn.getresponse()
             return Outcome(time.time(), response.status, response.read().decode(errors="replace"))
-        except OSError as exc:
+        except Exception as exc:  # refused, reset, cut off mid-body (IncompleteRead): all failures
             return Outcome(time.time(), 0, repr(exc))
         finally:
             conn.close()

@@ -36,6 +36,7 @@ class Staging:
     name: str
     addresses: tuple[str, str, str]
     acl: bool = False  # Consul with ACLs on, default deny, role tokens (STAGING_ACL=1)
+    extra_env: tuple[tuple[str, str], ...] = ()  # more of staging.sh's variables (AGENT_ARGS...)
     run_dir: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -50,6 +51,7 @@ class Staging:
             "STAGING_ADDRS": " ".join(self.addresses),
             "RUN_DIR": str(self.run_dir),
             "STAGING_ACL": "1" if self.acl else "0",
+            **dict(self.extra_env),
         }
 
     def token(self, role: str) -> str:
