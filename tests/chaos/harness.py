@@ -90,6 +90,7 @@ MONITOR_INTERVAL = 0.25  # seconds between two samples of the monitor
 # with back-off a handful of passes, without it thousands.
 STUCK_SECONDS = 6.0
 HOT_LOOP_PASSES = 60
+KV_VALUE_LIMIT = 512 * 1024  # Consul's kv_max_value_size
 
 
 def hold(seconds: float) -> None:
@@ -454,11 +455,14 @@ class Chaos:
 
     def big_manifest(self) -> str:
         """The largest manifest the validator accepts and one just past it, while another service changes."""
-        accepted = self._biggest_valid("big")
+        accepted, refused = self._biggest_valid("big")
         self.desired["big"] = self.ceiling["big"] = 1
         self.cluster.put_raw("big", accepted)
-        refused = accepted + "# " + "x" * 64 * 1024 + "\n"
-        self.cluster.put_raw("big-refused", refused.replace("name: big", "name: big-refused", 1))
+        # One value more, refused by the validator; written only where Consul's
+        # own KV limit (512 KiB) lets it be stored at all.
+        stored_refused = len(refused) < KV_VALUE_LIMIT
+        if stored_refused:
+            self.cluster.put_raw("big-refused", refused)
         self._probe_placed("probe-big")
         try:
             wait_until(
@@ -469,11 +473,12 @@ class Chaos:
         self.cluster.delete("big")
         self.cluster.delete("big-refused")
         del self.desired["big"], self.ceiling["big"]
-        return f"{len(accepted) // 1024} KiB accepted, {len(refused) // 1024} KiB refused"
+        past = f"{len(refused) // 1024} KiB refused" if stored_refused else "one more past KV's limit"
+        return f"{len(accepted) // 1024} KiB accepted, {past}"
 
     @staticmethod
-    def _biggest_valid(name: str) -> str:
-        """A manifest of env values grown until the validator would refuse one more."""
+    def _biggest_valid(name: str) -> tuple[str, str]:
+        """Manifests of 30 KiB env values: the most the validator accepts, and one value more."""
         env: dict[str, str] = {}
         text = manifest_yaml(name, 1, drain="500ms")
         while True:
@@ -482,7 +487,7 @@ class Chaos:
             try:
                 parse_manifest(candidate.encode(), key_name=name)
             except ManifestError:
-                return text
+                return text, candidate.replace(f"name: {name}", f"name: {name}-refused", 1)
             env, text = candidate_env, candidate
 
     def _host_passes(self, host: str) -> float:
@@ -577,13 +582,13 @@ class Chaos:
         lines = [
             f"chaos run, seed {self.seed}: {len(self.faults)} faults, log {self.log_path}",
             "",
-            f"{'fault':<15} {'converged after':>16} {'failed/requests':>16}  detail",
+            f"{'fault':<19} {'converged after':>16} {'failed/requests':>16}  detail",
         ]
         for f in self.faults:
             after = f"{f.converged_after:.1f}s" if f.converged_after is not None else "NEVER"
             loss = " (every replica down at once)" if f.total_loss else ""
             counts = f"{f.failed_requests}/{f.requests}"
-            lines.append(f"{f.name:<15} {after:>16} {counts:>16}  {f.detail}{loss}")
+            lines.append(f"{f.name:<19} {after:>16} {counts:>16}  {f.detail}{loss}")
         if converged:
             ordered = sorted(converged)
             p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]

@@ -6,6 +6,7 @@ import pickle
 from pathlib import Path
 
 import pytest
+import yaml
 
 from consul_operator.desired_state import (
     MAX_MANIFEST_BYTES,
@@ -809,27 +810,63 @@ def test_spec_hash_ignores_what_does_not_replace_containers(change: dict[str, st
     assert spec_hash(doc(**(base | change))) == spec_hash(doc(**base))
 
 
+# FULL as data: each case below changes exactly one field of it.
+FULL_FIELDS: dict[str, object] = {
+    "name": "web",
+    "image": "hello:local",
+    "replicas": 2,
+    "port": 5000,
+    "command": ["httpd", "-f"],
+    "env": {"GREETING": "hi", "OTHER": "x"},
+    "health": {"http": "/health", "interval": "2s", "timeout": "1s"},
+}
+
+
+def with_field(name: str, value: object) -> str:
+    """FULL with exactly ``name`` set to ``value`` (None: the field left out)."""
+    fields = {k: v for k, v in FULL_FIELDS.items() if k != name}
+    if value is not None:
+        fields[name] = value
+    return yaml.safe_dump(fields)
+
+
+def test_full_fields_is_full() -> None:
+    """The table's base is the same manifest as FULL, so each case differs from FULL in one field only."""
+    assert spec_hash(with_field("name", "web")) == spec_hash(FULL)
+
+
 @pytest.mark.parametrize(
-    "changed",
+    ("name", "value"),
     [
-        pytest.param(doc(image="hello:v2"), id="image"),
-        pytest.param(doc(name="web2"), id="name"),
-        pytest.param(doc("env: {GREETING: hello}\n"), id="env-value"),
-        pytest.param(doc("env: {GREETING: hi}\n"), id="env-entry-removed"),
-        pytest.param(
-            doc("port: 5001\ncommand: [httpd, -f]\nenv: {GREETING: hi, OTHER: x}\nhealth: {http: /health}\n"),
-            id="port",
-        ),
-        pytest.param(
-            doc("port: 5000\ncommand: [httpd]\nenv: {GREETING: hi, OTHER: x}\nhealth: {http: /health}\n"),
-            id="command",
-        ),
-        pytest.param(
-            doc("port: 5000\ncommand: [httpd, -f]\nenv: {GREETING: hi, OTHER: x}\nhealth: {http: /ready}\n"),
-            id="health-path",
-        ),
+        pytest.param("name", "web2", id="name"),
+        pytest.param("image", "hello:v2", id="image"),
+        pytest.param("command", ["httpd"], id="command"),
+        pytest.param("command", None, id="command-removed"),
+        pytest.param("env", {"GREETING": "hello", "OTHER": "x"}, id="env-value"),
+        pytest.param("env", {"GREETING": "hi"}, id="env-entry-removed"),
+        pytest.param("env", {"GREETING": "hi", "OTHER": "x", "NEW": "y"}, id="env-entry-added"),
+        pytest.param("port", 5001, id="port"),
+        pytest.param("health", {"http": "/ready", "interval": "2s", "timeout": "1s"}, id="health-path"),
+        pytest.param("health", {"http": "/health", "interval": "5s", "timeout": "1s"}, id="health-interval"),
+        pytest.param("health", {"http": "/health", "interval": "2s", "timeout": "1500ms"}, id="health-timeout"),
     ],
 )
-def test_spec_hash_changes_with_the_container_spec(changed: str) -> None:
-    """Changing what a container is (image, name, env, port, command, health) changes the hash."""
-    assert spec_hash(changed) != spec_hash(FULL)
+def test_spec_hash_changes_with_each_container_field(name: str, value: object) -> None:
+    """Changing exactly one field of what a container is changes the hash: every such field is in it."""
+    assert spec_hash(with_field(name, value)) != spec_hash(FULL)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        pytest.param("replicas", 5, id="replicas"),
+        pytest.param("replicas", 0, id="scaled-to-zero"),
+        pytest.param("placement", {"hosts": ["host-1"], "max_per_host": 1}, id="placement"),
+        pytest.param("drain", "10s", id="drain"),
+        pytest.param("stop_grace", "1m", id="stop-grace"),
+        pytest.param("update", {"max_surge": 2, "deadline": "1m"}, id="update"),
+    ],
+)
+def test_spec_hash_leaves_out_each_other_field(name: str, value: object) -> None:
+    """Changing exactly one field that does not replace containers leaves the hash alone."""
+    assert spec_hash(with_field(name, value)) == spec_hash(FULL)
