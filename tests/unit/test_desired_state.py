@@ -848,7 +848,9 @@ def test_full_fields_is_full() -> None:
         pytest.param("port", 5001, id="port"),
         pytest.param("health", {"http": "/ready", "interval": "2s", "timeout": "1s"}, id="health-path"),
         pytest.param("health", {"http": "/health", "interval": "5s", "timeout": "1s"}, id="health-interval"),
-        pytest.param("health", {"http": "/health", "interval": "2s", "timeout": "1500ms"}, id="health-timeout"),
+        pytest.param(
+            "health", {"http": "/health", "interval": "2s", "timeout": "1500ms"}, id="health-timeout"
+        ),
     ],
 )
 def test_spec_hash_changes_with_each_container_field(name: str, value: object) -> None:
