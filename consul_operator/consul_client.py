@@ -29,7 +29,7 @@ import consul
 import requests
 from consul.callback import CB
 
-from consul_operator import metrics
+from consul_operator import health, metrics
 from consul_operator.errors import (
     ConsulError,
     ConsulPermissionDenied,
@@ -113,19 +113,23 @@ def _reason(exc: Exception) -> str:
 
 @contextmanager
 def _wrapped(what: str) -> Iterator[None]:
-    """Turn requests' and py-consul's exceptions into ours (and count the request)."""
+    """Turn requests' and py-consul's exceptions into ours, count the request, report reachability."""
     metrics.consul_requests.inc()
     try:
         yield
     except (requests.ConnectionError, requests.Timeout) as exc:
         url = exc.request.url.split("/v1/")[0] if exc.request is not None and exc.request.url else "Consul"
+        health.report("consul", False, f"{url}: {_reason(exc)}")
         raise ConsulUnavailable(f"{url} unreachable during {what}: {_reason(exc)}") from exc
     except consul.ACLPermissionDenied as exc:
+        health.report("consul", True)  # it answered
         raise ConsulPermissionDenied(f"permission denied for {what}: {exc}") from exc
     except consul.ConsulException as exc:
+        health.report("consul", True)
         raise ConsulError(f"Consul refused {what}: {exc}") from exc
     except requests.RequestException as exc:
         raise ConsulError(f"Consul request failed during {what}: {exc}") from exc
+    health.report("consul", True)
 
 
 def _go_duration(seconds: float) -> str:
