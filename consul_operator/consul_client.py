@@ -43,6 +43,8 @@ T_co = TypeVar("T_co", covariant=True)
 DEFAULT_ADDR = "127.0.0.1:8500"
 DEFAULT_TIMEOUT = 5.0  # seconds, for every non-blocking request
 DEFAULT_WAIT = 30.0  # seconds a blocking query may be held by Consul
+# A host name (letters, digits, dots, hyphens, underscores) or an IP address (IPv6 without brackets here).
+_HOST = re.compile(r"[A-Za-z0-9._-]+|[0-9A-Fa-f:.]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,19 +57,39 @@ class ConsulAddress:
 
     @classmethod
     def parse(cls, text: str) -> ConsulAddress:
-        """Parse ``host:port``, ``http://host:port`` or ``https://host:port``."""
-        url = urllib.parse.urlsplit(text if "//" in text else f"//{text}")
-        scheme = url.scheme or "http"
-        if scheme not in ("http", "https") or not url.hostname:
-            raise ValueError(f"Consul address must look like host:port or http://host:port, got {text!r}")
+        """Parse ``host:port``, ``http://host:port`` or ``https://host:port``; ValueError says why not."""
+        shape = f"must look like host:port or http(s)://host:port, got {text!r}"
+        if not text or not text.isprintable() or any(c.isspace() for c in text):
+            raise ValueError(f"Consul address {shape}")
         try:
+            url = urllib.parse.urlsplit(text if "//" in text else f"//{text}")
             port = url.port or 8500
         except ValueError as exc:
-            raise ValueError(f"Consul address has a bad port: {text!r}") from exc
-        return cls(scheme, url.hostname, port)
+            raise ValueError(f"Consul address {shape} ({exc})") from exc
+        scheme = url.scheme or "http"
+        if scheme not in ("http", "https"):
+            raise ValueError(f"Consul address {shape} (scheme {scheme!r})")
+        host = url.hostname or ""
+        if not _HOST.fullmatch(host) or url.username or url.password or url.path.strip("/"):
+            raise ValueError(f"Consul address {shape}")
+        if url.query or url.fragment:
+            raise ValueError(f"Consul address {shape}")
+        return cls(scheme, host, port)
 
     def __str__(self) -> str:
-        return f"{self.scheme}://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+def check_token(token: str) -> str:
+    """A Consul ACL token as given; ValueError unless it is printable ASCII without spaces.
+
+    It travels in an HTTP header, where a newline or a control character would
+    end or forge the header.
+    """
+    if not token.isascii() or not token.isprintable() or any(c.isspace() for c in token):
+        raise ValueError("a Consul token must be printable ASCII without spaces or control characters")
+    return token
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,12 +12,12 @@ import ipaddress
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from consul_operator import commands
 from consul_operator.commands import Target
-from consul_operator.consul_client import ConsulClient
+from consul_operator.consul_client import ConsulAddress, ConsulClient, check_token
 from consul_operator.desired_state import ManifestError, parse_manifest
 from consul_operator.durations import DurationError, parse_duration
 from consul_operator.keys import Layout
@@ -320,9 +320,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def connection_problem(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
+    """What is wrong with the Consul address and token a command would use (flag, else environment)."""
+    if not hasattr(args, "consul"):
+        return None
+    address = args.consul if args.consul is not None else environ.get("CONSUL_HTTP_ADDR")
+    source = "--consul" if args.consul is not None else "CONSUL_HTTP_ADDR"
+    if address is not None:
+        try:
+            ConsulAddress.parse(address)
+        except ValueError as exc:
+            return f"{source}: {exc}"
+    token = args.token if args.token is not None else environ.get("CONSUL_HTTP_TOKEN")
+    source = "--token" if args.token is not None else "CONSUL_HTTP_TOKEN"
+    if token:
+        try:
+            check_token(token)
+        except ValueError as exc:
+            return f"{source}: {exc}"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``operator`` command; returns its exit code."""
     args = build_parser().parse_args(argv)
+    problem = connection_problem(args, os.environ)
+    if problem is not None:
+        # A usage error: one line, no traceback, exit 2 (as argparse does).
+        print(f"operator {args.command}: error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     code: int = args.func(args)
     return code
 
