@@ -43,6 +43,9 @@ T_co = TypeVar("T_co", covariant=True)
 DEFAULT_ADDR = "127.0.0.1:8500"
 DEFAULT_TIMEOUT = 5.0  # seconds, for every non-blocking request
 DEFAULT_WAIT = 30.0  # seconds a blocking query may be held by Consul
+# Consul 1.8 takes at most 64 operations and a 512 KiB body per transaction (/v1/txn).
+TXN_MAX_OPS = 64
+TXN_MAX_BYTES = 512 * 1024
 # A host name (letters, digits, dots, hyphens, underscores) or an IP address (IPv6 without brackets here).
 _HOST = re.compile(r"[A-Za-z0-9._-]+|[0-9A-Fa-f:.]+")
 
@@ -230,6 +233,50 @@ class ConsulClient:
         """Write one key; with ``cas`` only if its modify index still matches."""
         with _wrapped(f"writing KV {key!r}"):
             return bool(self._client.kv.put(key, value, cas=cas))
+
+    def kv_cas_txn(self, writes: Sequence[tuple[str, bytes, int]]) -> list[str]:
+        """Write every ``(key, value, modify_index)`` in one transaction, each only if its index matches.
+
+        Index 0 means "only if the key does not exist" (Consul's ``cas`` verb).
+        All or nothing: returns the keys whose index no longer matched (then
+        nothing was written), or ``[]`` when all were written. At most
+        `TXN_MAX_OPS` operations and `TXN_MAX_BYTES` of request body; more is a
+        `ValueError` (split before calling).
+        """
+        ops = [
+            {"KV": {"Verb": "cas", "Key": key, "Value": base64.b64encode(value).decode(), "Index": index}}
+            for key, value, index in writes
+        ]
+        body = json.dumps(ops)
+        if len(ops) > TXN_MAX_OPS or len(body) > TXN_MAX_BYTES:
+            raise ValueError(f"a transaction of {len(ops)} operations and {len(body)} bytes is too big")
+
+        def answer(response: Any) -> tuple[int, str]:
+            if response.code not in (200, 409):
+                CB._status(response)
+            return int(response.code), str(response.body)
+
+        keys = [key for key, _, _ in writes]
+        with _wrapped(f"writing KV {keys[0]!r}" if len(keys) == 1 else f"a transaction writing {keys}"):
+            code, text = self._client.http.put(
+                answer, "/v1/txn", data=body, headers=self._client.prepare_headers()
+            )
+        if code == 200:
+            return []
+        try:
+            errors = list(json.loads(text).get("Errors") or [])
+        except (ValueError, AttributeError) as exc:
+            raise ConsulError(f"Consul refused the transaction writing {keys}: {text}") from exc
+        stale = []
+        for error in errors:
+            key = keys[int(error.get("OpIndex", 0))]
+            what = str(error.get("What", ""))
+            if "permission denied" in what.lower():
+                raise ConsulPermissionDenied(f"permission denied for writing KV {key!r}: {what}")
+            stale.append(key)
+        if not stale:
+            raise ConsulError(f"Consul refused the transaction writing {keys}: {text}")
+        return stale
 
     def kv_delete(self, key: str, *, recurse: bool = False) -> None:
         """Delete one key, or a whole prefix."""

@@ -189,7 +189,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     """``operator rollback NAME``."""
-    return commands.rollback(_target(args), args.name)
+    return commands.rollback(_target(args), args.name, timeout=args.timeout)
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
@@ -311,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     rollback = sub.add_parser("rollback", help="return a service to its previous spec (the leader paces it)")
     _add_common(rollback)
     rollback.add_argument("name", metavar="NAME", type=_host_name)
+    rollback.add_argument(
+        "--timeout", type=_duration, default=30.0, help="how long the leader has to take the request up (30s)"
+    )
     rollback.set_defaults(func=cmd_rollback)
 
     delete = sub.add_parser("delete", help="delete services: their replicas are drained and removed")
