@@ -14,11 +14,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from consul_operator.consul_client import BlockingQuery, ConsulClient
+from consul_operator.consul_client import TXN_MAX_BYTES, TXN_MAX_OPS, BlockingQuery, ConsulClient
 from consul_operator.desired_state import Manifest, ManifestError, parse_manifest
 from consul_operator.errors import ConsulError, ConsulPermissionDenied
 from consul_operator.keys import Layout
-from consul_operator.model import HostInfo
+from consul_operator.model import HostInfo, RolloutRecord
 from consul_operator.reconcile import schedule
 from consul_operator.snapshot import read_snapshot
 from consul_operator.status import (
@@ -145,30 +145,133 @@ def _load(files: Sequence[str]) -> tuple[list[tuple[str, bytes, Manifest]], bool
     return good, ok
 
 
+def duplicate_names(loaded: Sequence[tuple[str, bytes, Manifest]]) -> dict[str, list[str]]:
+    """Services named by more than one file: name -> the files."""
+    files: dict[str, list[str]] = {}
+    for file, _, manifest in loaded:
+        files.setdefault(manifest.name, []).append(file)
+    return {name: names for name, names in files.items() if len(names) > 1}
+
+
+# What the writes of one transaction may take of Consul's request limit (room for the brackets).
+TXN_BUDGET = TXN_MAX_BYTES - 1024
+
+
+@dataclass(frozen=True)
+class Write:
+    """One manifest to write: only if its key still has the modify index read (0: absent)."""
+
+    service: str
+    key: str
+    data: bytes
+    index: int
+
+
+def write_batches(writes: Sequence[Write]) -> list[list[Write]]:
+    """Group writes into transactions within Consul's limits (64 operations, 512 KiB of JSON).
+
+    Values travel in base64 (4/3 of their size) with some JSON around them; a
+    write too big for any transaction gets a batch of its own (a single
+    check-and-set PUT).
+    """
+    batches: list[list[Write]] = []
+    size = 0
+    for write in writes:
+        cost = _txn_cost(write)
+        if not batches or len(batches[-1]) >= TXN_MAX_OPS or size + cost > TXN_BUDGET:
+            batches.append([])
+            size = 0
+        batches[-1].append(write)
+        size += cost
+    return batches
+
+
 def apply(target: Target, files: Sequence[str]) -> int:
-    """Validate every file first; if all are valid, show each diff against KV and write it."""
+    """Validate every file, show each diff against KV, then write them all with check-and-set.
+
+    Nothing is written unless every file is valid and no two name the same
+    service. The writes go in one Consul transaction (more only past
+    Consul's limits), each conditioned on the modify index read for the diff:
+    if another writer changed a manifest in between, nothing of that
+    transaction is written and the command says which service.
+    """
     loaded, ok = _load(files)
     if not ok:
         print("nothing written: fix the problems above", file=sys.stderr)
         return EXIT_NOT_OK
+    duplicates = duplicate_names(loaded)
+    for name, where in sorted(duplicates.items()):
+        print(f"{name}: named by more than one file: {', '.join(where)}", file=sys.stderr)
+    if duplicates:
+        print("nothing written: one file per service", file=sys.stderr)
+        return EXIT_NOT_OK
+    writes: list[Write] = []
+    created: dict[str, bool] = {}
     try:
         for name, data, manifest in loaded:
             key = target.layout.service_key(manifest.name)
-            current = target.consul.kv_get(key).value
+            current = target.consul.kv_get(key, consistent=True).value
             old = current.value.decode(errors="replace") if current else ""
             new = data.decode()
-            if old == new:
+            if current is not None and current.value == data:
                 print(f"{manifest.name}: unchanged")
                 continue
             diff = difflib.unified_diff(
                 old.splitlines(keepends=True), new.splitlines(keepends=True), f"{key} (in Consul)", name
             )
             sys.stdout.writelines(diff)
-            target.consul.kv_put(key, data)
-            print(f"{manifest.name}: {'configured' if current else 'created'}")
+            writes.append(Write(manifest.name, key, data, current.modify_index if current else 0))
+            created[manifest.name] = current is None
+        batches = write_batches(writes)
+        if len(batches) > 1:
+            print(
+                f"{len(writes)} manifests exceed one Consul transaction (64 operations, 512 KiB):"
+                f" writing them in {len(batches)} steps, each all-or-nothing"
+            )
+        done: list[str] = []
+        for batch in batches:
+            stale = _write_batch(target, batch)
+            if stale:
+                for write in batch:
+                    if write.key in stale:
+                        print(_conflict(write), file=sys.stderr)
+                rest = [w.service for w in writes if w.service not in done]
+                print(f"nothing written for {', '.join(rest)}", file=sys.stderr)
+                if done:
+                    print(f"already written: {', '.join(done)}", file=sys.stderr)
+                return EXIT_NOT_OK
+            for write in batch:
+                print(f"{write.service}: {'created' if created[write.service] else 'configured'}")
+                done.append(write.service)
     except ConsulError as exc:
         return _unreachable(exc)
     return EXIT_OK
+
+
+def _write_batch(target: Target, batch: Sequence[Write]) -> list[str]:
+    """Write one batch with check-and-set; the keys another writer changed (then nothing was written)."""
+    if len(batch) == 1 and _too_big_for_txn(batch[0]):
+        write = batch[0]
+        return [] if target.consul.kv_put(write.key, write.data, cas=write.index) else [write.key]
+    return target.consul.kv_cas_txn([(w.key, w.data, w.index) for w in batch])
+
+
+def _txn_cost(write: Write) -> int:
+    """Bytes of JSON one write adds to a transaction: base64 of the value, the key, the verb."""
+    return len(write.key) + (len(write.data) + 2) // 3 * 4 + 100
+
+
+def _too_big_for_txn(write: Write) -> bool:
+    return _txn_cost(write) > TXN_BUDGET
+
+
+def _conflict(write: Write) -> str:
+    if write.index == 0:
+        return f"{write.service}: another writer created {write.key} since it was read; not overwritten"
+    return (
+        f"{write.service}: another writer changed {write.key} since it was read"
+        f" (modify index {write.index}); not overwritten: run apply again to see the new diff"
+    )
 
 
 def plan(target: Target, files: Sequence[str]) -> int:
@@ -210,17 +313,100 @@ def plan(target: Target, files: Sequence[str]) -> int:
     return EXIT_OK
 
 
-def rollback(target: Target, name: str) -> int:
-    """Ask the leader to return ``name`` to its previous spec (``operator/rollback/<name>``)."""
+def rollback_refusal(manifest: Manifest | str | None, rollout: RolloutRecord | None) -> str | None:
+    """Why the leader would drop a rollback request, or None when it would honour it.
+
+    ``manifest`` is the service's manifest, the first problem of an invalid
+    one, or None when there is none. Mirrors `Scheduler._rollouts`: the leader
+    acts only on a valid manifest with a rollout that is progressing,
+    complete or failed.
+    """
+    if manifest is None:
+        return "no such service"
+    if isinstance(manifest, str):
+        return f"its manifest is invalid ({manifest}); the leader rolls back valid manifests only"
+    if rollout is None:
+        return "no rollout to roll back: the service has had one spec only (no previous spec kept)"
+    if rollout.state == "rolling_back":
+        return f"already rolling back to spec {rollout.to_spec}"
+    if rollout.state == "rolled_back":
+        return f"already rolled back to spec {rollout.to_spec}; apply a manifest to move on"
+    if rollout.from_spec == rollout.to_spec:
+        return (
+            f"nothing to roll back to: its last rollout ended on the spec it started from ({rollout.to_spec})"
+        )
+    return None
+
+
+def rollback(
+    target: Target, name: str, *, timeout: float = 30.0, clock: Callable[[], float] = time.monotonic
+) -> int:
+    """Ask the leader to return ``name`` to its previous spec; report whether it did.
+
+    Refused up front when the leader would drop the request. Otherwise the
+    request (``operator/rollback/<name>``) is written only if none is pending,
+    and the command waits until the leader takes it up: 0 once the rollout is
+    rolling back, 1 when it was dropped, or when no leader took it within
+    ``timeout`` (then the request is withdrawn, so that nothing happens later).
+    """
+    layout = target.layout
     try:
-        if target.consul.kv_get(target.layout.rollout_key(name)).value is None:
-            print(f"{name}: no rollout to roll back (no previous spec kept)", file=sys.stderr)
+        refusal = rollback_refusal(*_rollback_facts(target, name))
+        if refusal is not None:
+            print(f"{name}: cannot roll back: {refusal}", file=sys.stderr)
             return EXIT_NOT_OK
-        target.consul.kv_put(target.layout.rollback_key(name), json.dumps({"requested": time.time()}))
+        request = json.dumps({"requested": time.time()})
+        if not target.consul.kv_put(layout.rollback_key(name), request, cas=0):
+            print(
+                f"{name}: a rollback is already requested; the leader has not taken it up yet",
+                file=sys.stderr,
+            )
+            return EXIT_NOT_OK
+        print(f"{name}: rollback requested; waiting for the leader to take it up")
+        deadline = clock() + timeout
+        query = BlockingQuery(
+            lambda i, w: target.consul.kv_get(layout.rollback_key(name), index=i, wait=w), wait=1
+        )
+        while True:
+            _, pending = query.next()
+            if pending is None:
+                break
+            if clock() >= deadline:
+                target.consul.kv_delete(layout.rollback_key(name))
+                print(
+                    f"{name}: no leader took the request up within {timeout:g}s; request withdrawn"
+                    " (is an agent leading? see `operator status`)",
+                    file=sys.stderr,
+                )
+                return EXIT_NOT_OK
+        _, rollout = _rollback_facts(target, name)
     except ConsulError as exc:
         return _unreachable(exc)
-    print(f"{name}: rollback requested; `operator wait {name}` follows it")
-    return EXIT_OK
+    if rollout is not None and rollout.state == "rolling_back":
+        print(f"{name}: rolling back to spec {rollout.to_spec}; `operator wait {name}` follows it")
+        return EXIT_OK
+    state = "no rollout" if rollout is None else rollout.state
+    print(f"{name}: the leader dropped the rollback request (rollout: {state})", file=sys.stderr)
+    return EXIT_NOT_OK
+
+
+def _rollback_facts(target: Target, name: str) -> tuple[Manifest | str | None, RolloutRecord | None]:
+    """The service's manifest (or its first problem) and its rollout record, read consistently."""
+    entry = target.consul.kv_get(target.layout.service_key(name), consistent=True).value
+    manifest: Manifest | str | None = None
+    if entry is not None:
+        try:
+            manifest = parse_manifest(entry.value)
+        except ManifestError as exc:
+            manifest = str(exc.problems[0]) if exc.problems else "invalid"
+    raw = target.consul.kv_get(target.layout.rollout_key(name), consistent=True).value
+    rollout = None
+    if raw is not None:
+        try:
+            rollout = RolloutRecord.from_json(raw.value)
+        except ValueError:
+            rollout = None
+    return manifest, rollout
 
 
 def delete(target: Target, names: Sequence[str]) -> int:

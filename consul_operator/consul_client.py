@@ -29,7 +29,7 @@ import consul
 import requests
 from consul.callback import CB
 
-from consul_operator import metrics
+from consul_operator import health, metrics
 from consul_operator.errors import (
     ConsulError,
     ConsulPermissionDenied,
@@ -43,6 +43,11 @@ T_co = TypeVar("T_co", covariant=True)
 DEFAULT_ADDR = "127.0.0.1:8500"
 DEFAULT_TIMEOUT = 5.0  # seconds, for every non-blocking request
 DEFAULT_WAIT = 30.0  # seconds a blocking query may be held by Consul
+# Consul 1.8 takes at most 64 operations and a 512 KiB body per transaction (/v1/txn).
+TXN_MAX_OPS = 64
+TXN_MAX_BYTES = 512 * 1024
+# A host name (letters, digits, dots, hyphens, underscores) or an IP address (IPv6 without brackets here).
+_HOST = re.compile(r"[A-Za-z0-9._-]+|[0-9A-Fa-f:.]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,19 +60,39 @@ class ConsulAddress:
 
     @classmethod
     def parse(cls, text: str) -> ConsulAddress:
-        """Parse ``host:port``, ``http://host:port`` or ``https://host:port``."""
-        url = urllib.parse.urlsplit(text if "//" in text else f"//{text}")
-        scheme = url.scheme or "http"
-        if scheme not in ("http", "https") or not url.hostname:
-            raise ValueError(f"Consul address must look like host:port or http://host:port, got {text!r}")
+        """Parse ``host:port``, ``http://host:port`` or ``https://host:port``; ValueError says why not."""
+        shape = f"must look like host:port or http(s)://host:port, got {text!r}"
+        if not text or not text.isprintable() or any(c.isspace() for c in text):
+            raise ValueError(f"Consul address {shape}")
         try:
+            url = urllib.parse.urlsplit(text if "//" in text else f"//{text}")
             port = url.port or 8500
         except ValueError as exc:
-            raise ValueError(f"Consul address has a bad port: {text!r}") from exc
-        return cls(scheme, url.hostname, port)
+            raise ValueError(f"Consul address {shape} ({exc})") from exc
+        scheme = url.scheme or "http"
+        if scheme not in ("http", "https"):
+            raise ValueError(f"Consul address {shape} (scheme {scheme!r})")
+        host = url.hostname or ""
+        if not _HOST.fullmatch(host) or url.username or url.password or url.path.strip("/"):
+            raise ValueError(f"Consul address {shape}")
+        if url.query or url.fragment:
+            raise ValueError(f"Consul address {shape}")
+        return cls(scheme, host, port)
 
     def __str__(self) -> str:
-        return f"{self.scheme}://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+def check_token(token: str) -> str:
+    """A Consul ACL token as given; ValueError unless it is printable ASCII without spaces.
+
+    It travels in an HTTP header, where a newline or a control character would
+    end or forge the header.
+    """
+    if not token.isascii() or not token.isprintable() or any(c.isspace() for c in token):
+        raise ValueError("a Consul token must be printable ASCII without spaces or control characters")
+    return token
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,19 +138,23 @@ def _reason(exc: Exception) -> str:
 
 @contextmanager
 def _wrapped(what: str) -> Iterator[None]:
-    """Turn requests' and py-consul's exceptions into ours (and count the request)."""
+    """Turn requests' and py-consul's exceptions into ours, count the request, report reachability."""
     metrics.consul_requests.inc()
     try:
         yield
     except (requests.ConnectionError, requests.Timeout) as exc:
         url = exc.request.url.split("/v1/")[0] if exc.request is not None and exc.request.url else "Consul"
+        health.report("consul", False, f"{url}: {_reason(exc)}")
         raise ConsulUnavailable(f"{url} unreachable during {what}: {_reason(exc)}") from exc
     except consul.ACLPermissionDenied as exc:
+        health.report("consul", True)  # it answered
         raise ConsulPermissionDenied(f"permission denied for {what}: {exc}") from exc
     except consul.ConsulException as exc:
+        health.report("consul", True)
         raise ConsulError(f"Consul refused {what}: {exc}") from exc
     except requests.RequestException as exc:
         raise ConsulError(f"Consul request failed during {what}: {exc}") from exc
+    health.report("consul", True)
 
 
 def _go_duration(seconds: float) -> str:
@@ -204,6 +233,50 @@ class ConsulClient:
         """Write one key; with ``cas`` only if its modify index still matches."""
         with _wrapped(f"writing KV {key!r}"):
             return bool(self._client.kv.put(key, value, cas=cas))
+
+    def kv_cas_txn(self, writes: Sequence[tuple[str, bytes, int]]) -> list[str]:
+        """Write every ``(key, value, modify_index)`` in one transaction, each only if its index matches.
+
+        Index 0 means "only if the key does not exist" (Consul's ``cas`` verb).
+        All or nothing: returns the keys whose index no longer matched (then
+        nothing was written), or ``[]`` when all were written. At most
+        `TXN_MAX_OPS` operations and `TXN_MAX_BYTES` of request body; more is a
+        `ValueError` (split before calling).
+        """
+        ops = [
+            {"KV": {"Verb": "cas", "Key": key, "Value": base64.b64encode(value).decode(), "Index": index}}
+            for key, value, index in writes
+        ]
+        body = json.dumps(ops)
+        if len(ops) > TXN_MAX_OPS or len(body) > TXN_MAX_BYTES:
+            raise ValueError(f"a transaction of {len(ops)} operations and {len(body)} bytes is too big")
+
+        def answer(response: Any) -> tuple[int, str]:
+            if response.code not in (200, 409):
+                CB._status(response)
+            return int(response.code), str(response.body)
+
+        keys = [key for key, _, _ in writes]
+        with _wrapped(f"writing KV {keys[0]!r}" if len(keys) == 1 else f"a transaction writing {keys}"):
+            code, text = self._client.http.put(
+                answer, "/v1/txn", data=body, headers=self._client.prepare_headers()
+            )
+        if code == 200:
+            return []
+        try:
+            errors = list(json.loads(text).get("Errors") or [])
+        except (ValueError, AttributeError) as exc:
+            raise ConsulError(f"Consul refused the transaction writing {keys}: {text}") from exc
+        stale = []
+        for error in errors:
+            key = keys[int(error.get("OpIndex", 0))]
+            what = str(error.get("What", ""))
+            if "permission denied" in what.lower():
+                raise ConsulPermissionDenied(f"permission denied for writing KV {key!r}: {what}")
+            stale.append(key)
+        if not stale:
+            raise ConsulError(f"Consul refused the transaction writing {keys}: {text}")
+        return stale
 
     def kv_delete(self, key: str, *, recurse: bool = False) -> None:
         """Delete one key, or a whole prefix."""

@@ -15,6 +15,7 @@ import docker
 import docker.errors
 import requests
 
+from consul_operator import health
 from consul_operator.errors import DockerError, DockerUnavailable, ImageNotFound
 
 DEFAULT_TIMEOUT = 30.0  # seconds; a container stop may take its grace period on top
@@ -22,7 +23,7 @@ DEFAULT_TIMEOUT = 30.0  # seconds; a container stop may take its grace period on
 
 @contextmanager
 def docker_errors(what: str) -> Iterator[None]:
-    """Turn the Docker SDK's and requests' exceptions into ours."""
+    """Turn the Docker SDK's and requests' exceptions into ours; report the engine's reachability."""
     try:
         yield
     except docker.errors.ImageNotFound as exc:
@@ -32,9 +33,12 @@ def docker_errors(what: str) -> Iterator[None]:
     except docker.errors.APIError as exc:
         raise DockerError(f"Docker refused {what}: {exc.explanation or exc}") from exc
     except docker.errors.DockerException as exc:
+        health.report("docker", False, str(exc))
         raise DockerUnavailable(f"Docker engine unreachable during {what}: {exc}") from exc
     except (requests.ConnectionError, requests.Timeout) as exc:
+        health.report("docker", False, str(exc))
         raise DockerUnavailable(f"Docker engine unreachable during {what}: {exc}") from exc
+    health.report("docker", True)
 
 
 def connect(base_url: str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> docker.DockerClient:

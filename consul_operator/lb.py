@@ -26,6 +26,7 @@ import structlog
 from consul_operator import metrics
 from consul_operator.actuators.nginx import ManagedNginx, SystemNginx, render
 from consul_operator.consul_client import ConsulClient, ServiceInstance
+from consul_operator.health import HEALTH, tcp_probe
 from consul_operator.keys import Layout
 from consul_operator.kv_state import start_watch
 from consul_operator.loop import PassResult, Trigger, run_loop, stop_on_signals, wait_for_stop
@@ -133,6 +134,8 @@ def run_lb(config: LBConfig) -> int:
         if nginx.current() is not None and nginx.test(nginx.conf)[0]:
             nginx.ensure_running()
     consul = ConsulClient(config.consul_addr, config.consul_token)
+    # /healthz: NGINX must accept connections where it listens (Consul reports itself).
+    HEALTH.add_probe("nginx", tcp_probe(config.listen))
     if config.metrics_addr:
         metrics.serve(config.metrics_addr)
     lb = LoadBalancer(consul, config.layout, nginx, config.listen, config.default_service, config.coalesce)

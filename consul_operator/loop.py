@@ -28,6 +28,7 @@ from consul_operator.errors import (
     NotLeader,
     OperatorError,
 )
+from consul_operator.health import HEALTH, Health
 
 log = structlog.get_logger()
 
@@ -112,6 +113,7 @@ def run_loop(
     *,
     resync: float,
     clock: Callable[[], float] = time.monotonic,
+    health: Health = HEALTH,
 ) -> None:
     """Run ``reconcile`` on every wake-up until ``stop`` is set.
 
@@ -119,7 +121,10 @@ def run_loop(
     expires, or every ``resync`` seconds as a safety net against a missed
     wake-up. A failed pass is retried with capped back-off; expected failures
     (a dependency away) log a warning, anything else an error with its traceback.
+    Every good pass is recorded in ``health``: ``/healthz`` fails when the loop
+    has had none for 3x ``resync``.
     """
+    health.loop_started(name, resync, clock())
     failures = 0
     timeout: float | None = 0.0  # the first pass runs at once
     while not stop.is_set():
@@ -152,6 +157,7 @@ def run_loop(
                 log.info("pass succeeded again", loop=name, after_failures=failures)
             failures = 0
             metrics.last_successful_sync.labels(name).set_to_current_time()
+            health.loop_passed(name, clock())
             wanted = result.requeue_after
             timeout = resync if wanted is None else max(0.0, min(wanted, resync))
         finally:

@@ -12,12 +12,12 @@ import ipaddress
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from consul_operator import commands
 from consul_operator.commands import Target
-from consul_operator.consul_client import ConsulClient
+from consul_operator.consul_client import ConsulAddress, ConsulClient, check_token
 from consul_operator.desired_state import ManifestError, parse_manifest
 from consul_operator.durations import DurationError, parse_duration
 from consul_operator.keys import Layout
@@ -189,7 +189,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     """``operator rollback NAME``."""
-    return commands.rollback(_target(args), args.name)
+    return commands.rollback(_target(args), args.name, timeout=args.timeout)
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
@@ -311,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     rollback = sub.add_parser("rollback", help="return a service to its previous spec (the leader paces it)")
     _add_common(rollback)
     rollback.add_argument("name", metavar="NAME", type=_host_name)
+    rollback.add_argument(
+        "--timeout", type=_duration, default=30.0, help="how long the leader has to take the request up (30s)"
+    )
     rollback.set_defaults(func=cmd_rollback)
 
     delete = sub.add_parser("delete", help="delete services: their replicas are drained and removed")
@@ -320,9 +323,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def connection_problem(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
+    """What is wrong with the Consul address and token a command would use (flag, else environment)."""
+    if not hasattr(args, "consul"):
+        return None
+    address = args.consul if args.consul is not None else environ.get("CONSUL_HTTP_ADDR")
+    source = "--consul" if args.consul is not None else "CONSUL_HTTP_ADDR"
+    if address is not None:
+        try:
+            ConsulAddress.parse(address)
+        except ValueError as exc:
+            return f"{source}: {exc}"
+    token = args.token if args.token is not None else environ.get("CONSUL_HTTP_TOKEN")
+    source = "--token" if args.token is not None else "CONSUL_HTTP_TOKEN"
+    if token:
+        try:
+            check_token(token)
+        except ValueError as exc:
+            return f"{source}: {exc}"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``operator`` command; returns its exit code."""
     args = build_parser().parse_args(argv)
+    problem = connection_problem(args, os.environ)
+    if problem is not None:
+        # A usage error: one line, no traceback, exit 2 (as argparse does).
+        print(f"operator {args.command}: error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     code: int = args.func(args)
     return code
 

@@ -21,6 +21,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from consul_operator.health import HEALTH
+
 # Fixed label values, pre-created below so that a rate() over them starts at 0.
 LOOPS = ("schedule", "host", "leader", "lb")
 ERROR_REASONS = (
@@ -158,14 +160,15 @@ for _action in ACTIONS:
 
 class _Handler(BaseHTTPRequestHandler):
     registry: CollectorRegistry = REGISTRY
-    healthy: Callable[[], bool] = staticmethod(lambda: True)
+    problems: Callable[[], list[str]] = staticmethod(HEALTH.problems)
 
     def do_GET(self) -> None:
         if self.path.split("?")[0] == "/metrics":
             self._send(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
-        elif self.path == "/healthz":
-            ok = type(self).healthy()
-            self._send(200 if ok else 503, b"ok\n" if ok else b"unhealthy\n", "text/plain")
+        elif self.path.split("?")[0] == "/healthz":
+            found = type(self).problems()
+            body = "".join(f"{line}\n" for line in ["unhealthy", *found]) if found else "ok\n"
+            self._send(503 if found else 200, body.encode(), "text/plain; charset=utf-8")
         else:
             self._send(404, b"not found\n", "text/plain")
 
@@ -180,10 +183,14 @@ class _Handler(BaseHTTPRequestHandler):
         """Scrapes are not worth a log line each."""
 
 
-def serve(address: str, healthy: Callable[[], bool] = lambda: True) -> ThreadingHTTPServer:
-    """Serve /metrics and /healthz on ``host:port`` from a daemon thread."""
+def serve(address: str, problems: Callable[[], list[str]] = HEALTH.problems) -> ThreadingHTTPServer:
+    """Serve /metrics and /healthz on ``host:port`` from a daemon thread.
+
+    ``/healthz`` answers 200 ``ok`` when ``problems()`` finds nothing, else 503
+    with ``unhealthy`` and one line per failing loop or dependency.
+    """
     host, _, port = address.rpartition(":")
-    handler = type("Handler", (_Handler,), {"healthy": staticmethod(healthy)})
+    handler = type("Handler", (_Handler,), {"problems": staticmethod(problems)})
     server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()

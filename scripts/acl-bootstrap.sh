@@ -12,6 +12,7 @@
 #                operator-lb.token     for `operator lb` (policy operator-lb)
 #                operator-admin.token  for people: manifests and `operator status` (policy operator-admin)
 #                consul-NODE.token     the Consul agent NODE's own token (a node identity)
+#                management.header     the management token as an HTTP header, for curl -H @FILE
 #   NODE=ADDR  every Consul agent of the cluster: its node name and the address
 #              of its HTTP API (host or host:port). The first one is asked to
 #              bootstrap; every one is given its agent token.
@@ -74,6 +75,9 @@ else
   say "bootstrapped; management token in $MGMT"
 fi
 acl() { "$CONSUL" acl "$@" -http-addr="$FIRST" -token-file="$MGMT"; }
+# curl reads the management token's header from this file, never from its command line.
+MGMT_HEADER="$OUT/management.header"
+printf 'X-Consul-Token: %s\n' "$(<"$MGMT")" >"$MGMT_HEADER"
 
 # --- the role policies, from deploy/acl/ -------------------------------------------
 for file in "$ROOT"/deploy/acl/*.hcl; do
@@ -105,6 +109,11 @@ for i in "${!nodes[@]}"; do
   node=${nodes[$i]} addr=${addrs[$i]}
   token "consul-$node" "Consul agent $node" -node-identity "$node:$DC"
   # Persisted in the agent's data dir (enable_token_persistence in acl.hcl).
-  "$CONSUL" acl set-agent-token -http-addr="$addr" -token-file="$MGMT" agent "$(cat "$OUT/consul-$node.token")" >/dev/null
+  # `consul acl set-agent-token` takes the token as an argument, where every user
+  # of the machine could read it: the HTTP API instead, the token in the body on
+  # stdin and the management token in a header file.
+  printf '{"Token": "%s"}' "$(<"$OUT/consul-$node.token")" \
+    | curl -fsS --max-time 10 -X PUT -H "@$MGMT_HEADER" --data-binary @- "http://$addr/v1/agent/token/agent" >/dev/null \
+    || die "could not set the agent token of $node on $addr"
   say "agent token of $node set on $addr"
 done

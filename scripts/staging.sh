@@ -26,8 +26,14 @@
 #                  bootstrapped by scripts/acl-bootstrap.sh: the policies of
 #                  deploy/acl/, one token per role in $RUN_DIR/acl/ (management,
 #                  operator-agent, operator-lb, operator-admin, one per Consul
-#                  agent); the agents and the LB run with their role's --token.
-#                  `down` wipes the tokens with the cluster's state.
+#                  agent); the agents and the LB run with their role's token in
+#                  CONSUL_HTTP_TOKEN (their environment, readable by this user
+#                  only: never a command-line flag, which every user can read
+#                  in /proc/<pid>/cmdline). `down` wipes the tokens with the
+#                  cluster's state.
+#
+# `up` returns once every daemon's /healthz answers 200 (its loops pass, it
+# reaches Consul, Docker or NGINX); `status` shows each daemon's /healthz.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -41,7 +47,8 @@ LABEL_CLUSTER="consul-operator.cluster=$NAME"
 ACL=${STAGING_ACL:-0}
 ACL_DIR="$RUN_DIR/acl"
 [[ $ACL == 0 || $ACL == 1 ]] || { echo "STAGING_ACL must be 0 or 1, got '$ACL'" >&2; exit 2; }
-# With ACLs: the management token's header on our own Consul reads (empty without).
+# With ACLs: curl reads the management token's header from a file (never from its
+# command line) on our own Consul reads; empty without ACLs.
 CURL_AUTH=()
 
 say() { printf '[%s] %s\n' "$NAME" "$*"; }
@@ -62,12 +69,18 @@ alive() {
 }
 
 # spawn NAME CMD...: start CMD detached (own session, so that it outlives make
-# and a Ctrl-C in this terminal), remembering pid and executable.
+# and a Ctrl-C in this terminal), remembering pid and executable. With
+# SPAWN_TOKEN_FILE set, CMD gets that file's token as CONSUL_HTTP_TOKEN in its
+# environment (never on its command line).
 spawn() {
   local name=$1; shift
   if alive "$name"; then say "$name already running"; return; fi
   local exe; exe=$(readlink -f "$(command -v "$1")")
-  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
+  if [[ -n ${SPAWN_TOKEN_FILE:-} ]]; then
+    CONSUL_HTTP_TOKEN=$(<"$SPAWN_TOKEN_FILE") setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
+  else
+    setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
+  fi
   local pid=$! i
   echo "$pid $exe" >"$PIDS/$name.pid"
   # Until setsid has exec'd the program, /proc/<pid>/exe is bash or setsid.
@@ -143,13 +156,25 @@ acl_up() {
   CONSUL="$(consul_bin)" bash "$ROOT/scripts/acl-bootstrap.sh" "$ACL_DIR" "${pairs[@]}" \
     | while IFS= read -r line; do say "$line"; done
   [[ -s $ACL_DIR/management.token ]] || die "ACL bootstrap left no management token"
-  CURL_AUTH=(-H "X-Consul-Token: $(cat "$ACL_DIR/management.token")")
+  (umask 077; printf 'X-Consul-Token: %s\n' "$(<"$ACL_DIR/management.token")" >"$ACL_DIR/management.header")
+  CURL_AUTH=(-H "@$ACL_DIR/management.header")
 }
 
-# token_args ROLE: --token with ROLE's token when ACLs are on, nothing otherwise.
-token_args() {
+# token_file ROLE: the file of ROLE's token when ACLs are on, "" otherwise (for SPAWN_TOKEN_FILE).
+token_file() {
   ((ACL)) || return 0
-  printf '%s\n' --token "$(cat "$ACL_DIR/$1.token")"
+  echo "$ACL_DIR/$1.token"
+}
+
+# wait_healthy NAME ADDR: wait until the daemon NAME answers 200 on http://ADDR/healthz.
+wait_healthy() {
+  local name=$1 addr=$2 i
+  for i in $(seq 1 300); do
+    curl -fsS --max-time 1 "http://$addr/healthz" >/dev/null 2>&1 && return 0
+    alive "$name" || die "$name died; see $LOGS/$name.log"
+    sleep 0.2
+  done
+  die "$name is not healthy after 60 s: $(curl -sS --max-time 2 "http://$addr/healthz" 2>&1 | tr '\n' ' '); see $LOGS/$name.log"
 }
 
 remove_containers() {
@@ -166,7 +191,6 @@ remove_containers() {
 agents_up() {
   local py="$ROOT/.venv/bin/python" i
   [[ -x $py ]] || die "no .venv: run 'make deps'"
-  local token=(); mapfile -t token < <(token_args operator-agent)
   for i in 0 1; do
     local host=${HOSTS[$i]} addr=${ADDRS[$i]}
     (
@@ -175,8 +199,9 @@ agents_up() {
         export PYTHONPATH="$ROOT/tests/support/clockshim" CLOCK_OFFSET_FILE="$CLOCK_OFFSET_DIR/$host"
       fi
       # shellcheck disable=SC2086
-      spawn "agent-$host" "$py" -m consul_operator agent --host "$host" --advertise "$addr" \
-        --consul "$addr:8500" --cluster "$NAME" --metrics "$addr:9810" --log-json "${token[@]}" ${AGENT_ARGS:-}
+      SPAWN_TOKEN_FILE=$(token_file operator-agent) spawn "agent-$host" "$py" -m consul_operator agent \
+        --host "$host" --advertise "$addr" --consul "$addr:8500" --cluster "$NAME" --metrics "$addr:9810" \
+        --log-json ${AGENT_ARGS:-}
     )
   done
   # Ready means: both agents registered and live, and one of them leads.
@@ -190,22 +215,17 @@ agents_up() {
     sleep 0.2
   done
   [[ $live -ge 2 && -n $leader ]] || die "the agents did not become live within 60 s; see $LOGS/"
+  for i in 0 1; do wait_healthy "agent-${HOSTS[$i]}" "${ADDRS[$i]}:9810"; done
 }
 
 lb_up() {
-  local addr=${ADDRS[2]} token=()
-  mapfile -t token < <(token_args operator-lb)
+  local addr=${ADDRS[2]}
   # shellcheck disable=SC2086
-  spawn "lb-host-3" "$ROOT/.venv/bin/python" -m consul_operator lb --consul "$addr:8500" \
-    --listen "$addr:80" --default-service simple --nginx-dir "$RUN_DIR/nginx" \
-    --metrics "$addr:9810" --log-json "${token[@]}" ${LB_ARGS:-}
-  local i
-  for i in $(seq 1 150); do
-    curl -fsS --max-time 1 "http://$addr:9810/healthz" >/dev/null 2>&1 && return 0
-    alive lb-host-3 || die "lb-host-3 died; see $LOGS/lb-host-3.log"
-    sleep 0.2
-  done
-  die "the load balancer did not answer within 30 s; see $LOGS/lb-host-3.log"
+  SPAWN_TOKEN_FILE=$(token_file operator-lb) spawn "lb-host-3" "$ROOT/.venv/bin/python" -m consul_operator lb \
+    --consul "$addr:8500" --listen "$addr:80" --default-service simple --nginx-dir "$RUN_DIR/nginx" \
+    --metrics "$addr:9810" --log-json ${LB_ARGS:-}
+  # Healthy: its loop passed, it reaches Consul, and NGINX accepts connections on :80.
+  wait_healthy lb-host-3 "$addr:9810"
 }
 
 # An NGINX left behind by a load balancer that was killed: stop it by its own pid file.
@@ -257,11 +277,23 @@ cmd_down() {
 }
 
 cmd_status() {
-  local f n
+  local f n addr health
   for f in "$PIDS"/*.pid; do
     [[ -e $f ]] || continue
     n=$(basename "$f" .pid)
-    if alive "$n"; then echo "$n: running (pid $(cut -d' ' -f1 "$f"))"; else echo "$n: dead"; fi
+    if ! alive "$n"; then echo "$n: dead"; continue; fi
+    health=""
+    case $n in
+      agent-host-1) addr=${ADDRS[0]} ;;
+      agent-host-2) addr=${ADDRS[1]} ;;
+      lb-host-3) addr=${ADDRS[2]} ;;
+      *) addr="" ;;
+    esac
+    if [[ -n $addr ]]; then
+      health=$(curl -sS --max-time 2 "http://$addr:9810/healthz" 2>&1 | tr '\n' ' ')
+      health=", healthz: ${health% }"
+    fi
+    echo "$n: running (pid $(cut -d' ' -f1 "$f"))$health"
   done
 }
 

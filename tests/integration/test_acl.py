@@ -10,6 +10,7 @@ not do, and must lose nothing: no KV change, no container touched.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -148,12 +149,11 @@ def agents_with_token(cluster: Cluster, token: str, tmp_path: Path, *extra: str)
                             "--cluster",
                             env.name,
                             "--log-json",
-                            "--token",
-                            token,
                             *extra,
                         ],
                         stdout=out,
                         stderr=subprocess.STDOUT,
+                        env={**os.environ, "CONSUL_HTTP_TOKEN": token},
                     )
                 )
         yield logs
@@ -185,16 +185,65 @@ def test_anonymous_requests_are_denied(acl_env: Staging) -> None:
         ConsulClient(acl_env.consul_addr(), token=None).kv_list("services/")
 
 
+def environ(pid: int) -> dict[str, str]:
+    """The environment a process started with."""
+    pairs = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(p.decode(errors="replace").split("=", 1) for p in pairs if b"=" in p)
+
+
+def with_descendants(pid: int) -> set[int]:
+    """``pid`` and every process below it (NGINX master and workers under the LB)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        current = todo.pop()
+        found.add(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
 def test_daemons_run_with_their_role_tokens(acl_env: Staging) -> None:
-    """The agents run with the operator-agent token and the LB with the operator-lb token."""
+    """The agents get the operator-agent token and the LB the operator-lb token, in CONSUL_HTTP_TOKEN."""
     pids = acl_env.pids()
     for name, role in (
         ("agent-host-1", "operator-agent"),
         ("agent-host-2", "operator-agent"),
         ("lb-host-3", "operator-lb"),
     ):
-        argv = Path(f"/proc/{pids[name]}/cmdline").read_bytes().split(b"\0")
-        assert argv[argv.index(b"--token") + 1].decode() == acl_env.token(role), name
+        assert environ(pids[name]).get("CONSUL_HTTP_TOKEN") == acl_env.token(role), name
+
+
+def test_no_staging_process_has_a_token_on_its_command_line(acl_env: Staging) -> None:
+    """/proc/<pid>/cmdline of every staging daemon (Consul, agents, LB, NGINX) holds no token value."""
+    secrets = {f.stem: f.read_text().strip() for f in (acl_env.run_dir / "acl").glob("*.token")}
+    assert {"management", "operator-agent", "operator-lb", "consul-host-1"} <= set(secrets)
+    pids = acl_env.pids()
+    assert {
+        "consul-host-1",
+        "consul-host-2",
+        "consul-host-3",
+        "agent-host-1",
+        "agent-host-2",
+        "lb-host-3",
+    } <= set(pids)
+    checked: dict[int, str] = {}
+    for pid in pids.values():
+        for proc in with_descendants(pid):
+            try:
+                checked[proc] = Path(f"/proc/{proc}/cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue  # ended meanwhile (an NGINX worker after a reload)
+    assert any("nginx" in cmdline for cmdline in checked.values()), "NGINX is among the processes checked"
+    for proc, cmdline in checked.items():
+        for role, secret in secrets.items():
+            assert secret not in cmdline, f"the {role} token is in the command line of pid {proc}"
+        assert "--token" not in cmdline.split("\0"), f"pid {proc} has --token"
 
 
 def test_whole_loop_works_with_role_tokens(acl_env: Staging, acl_cluster: Cluster, tmp_path: Path) -> None:

@@ -147,7 +147,8 @@ KNOWN = {
     "Unit": {"Description", "Documentation", "Wants", "After", "Requires", "ConditionFileNotEmpty"},
     "Service": {
         "Type", "User", "Group", "SupplementaryGroups", "Environment", "EnvironmentFile", "ExecStart",
-        "ExecReload", "KillMode", "KillSignal", "Restart", "RestartSec", "TimeoutStopSec", "LimitNOFILE",
+        "ExecStartPost", "ExecReload", "KillMode", "KillSignal", "Restart", "RestartSec", "TimeoutStopSec",
+        "LimitNOFILE",
         "NoNewPrivileges", "ProtectSystem", "ProtectHome", "PrivateTmp", "ReadWritePaths",
     },
     "Install": {"WantedBy"},

@@ -132,6 +132,10 @@ def test_operator_rollback_returns_to_the_previous_spec(cluster: Cluster, servic
     )
     done = operator(cluster, "rollback", service_name)
     assert done.returncode == 0, done.stderr
+    assert f"{service_name}: rolling back to spec" in done.stdout, "it waits for the leader to take it up"
+    again = operator(cluster, "rollback", service_name)
+    assert again.returncode == 1, "a second rollback cannot be honoured"
+    assert again.stderr.startswith(f"{service_name}: cannot roll back: already roll"), again.stderr
     wait_until(
         lambda: (rollout(cluster, service_name) or {}).get("state") == "rolled_back",
         timeout=120,

@@ -1,0 +1,270 @@
+"""The edges a person or a monitor meets: /healthz, check-and-set apply, rollbacks that cannot be honoured."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from consul_operator import commands
+from consul_operator.commands import Target
+from consul_operator.consul_client import ConsulClient, Indexed, KVEntry
+from consul_operator.keys import Layout
+from tests.support.cluster import Cluster, manifest_yaml
+from tests.support.staging import pid_alive, tool, wait_until
+
+# A Consul of the /healthz test's own, on the first test address with ports apart from staging's.
+HZ_PORTS = {"http": 18500, "server": 18300, "serf_lan": 18301, "serf_wan": 18302}
+
+
+def operator(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the `operator` command against the test environment."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "consul_operator",
+            args[0],
+            "--consul",
+            cluster.staging.consul_addr(),
+            *args[1:],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+# --- /healthz -----------------------------------------------------------------------------
+
+
+def healthz(address: str) -> tuple[int, str]:
+    """Status and body of GET /healthz."""
+    try:
+        with urllib.request.urlopen(f"http://{address}/healthz", timeout=5) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode()
+
+
+@contextlib.contextmanager
+def started(argv: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A process of ours, stopped with SIGTERM (then SIGKILL) at the end."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=30)
+        assert not pid_alive(proc.pid)
+
+
+def consul_dev(
+    address: str, data: Path, log: Path
+) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
+    """A single dev-mode Consul server on ``address`` with the HZ_PORTS."""
+    return started(
+        [
+            tool("consul"),
+            "agent",
+            "-dev",
+            "-node=hz",
+            f"-bind={address}",
+            f"-client={address}",
+            f"-http-port={HZ_PORTS['http']}",
+            f"-serf-lan-port={HZ_PORTS['serf_lan']}",
+            "-dns-port=-1",
+            "-grpc-port=-1",
+            f"-hcl=ports {{ server = {HZ_PORTS['server']}, serf_wan = {HZ_PORTS['serf_wan']} }}",
+            "-hcl=disable_update_check = true",
+            f"-data-dir={data}",
+        ],
+        log,
+    )
+
+
+def daemon_argv(kind: str, address: str, tmp_path: Path) -> tuple[list[str], str]:
+    """The command line of an agent or LB against the dev Consul, and its metrics address."""
+    consul = f"{address}:{HZ_PORTS['http']}"
+    if kind == "agent":
+        metrics = f"{address}:19810"
+        extra = ["--host", "hz-1", "--advertise", address, "--cluster", f"hz-{uuid.uuid4().hex[:8]}"]
+    else:
+        metrics = f"{address}:19811"
+        extra = ["--listen", f"{address}:18080", "--nginx-dir", str(tmp_path / "nginx")]
+    argv = [
+        sys.executable,
+        "-m",
+        "consul_operator",
+        kind,
+        "--consul",
+        consul,
+        "--metrics",
+        metrics,
+        "--log-json",
+    ]
+    return [*argv, *extra], metrics
+
+
+@pytest.mark.parametrize("kind", ["agent", "lb"])
+def test_healthz_names_consul_while_it_is_away(
+    kind: str, cluster: Cluster, docker_engine: docker.DockerClient, nginx_binary: str, tmp_path: Path
+) -> None:
+    """A daemon answers /healthz 200, then 503 naming Consul while its Consul is stopped, then 200 again."""
+    address = cluster.staging.addresses[0]
+    argv, metrics = daemon_argv(kind, address, tmp_path)
+    with consul_dev(address, tmp_path / "consul", tmp_path / "consul.log") as consul:
+        wait_until(
+            lambda: ConsulClient(f"{address}:{HZ_PORTS['http']}").leader(), timeout=60, what="dev Consul"
+        )
+        with started(argv, tmp_path / f"{kind}.log"):
+            wait_until(lambda: healthz(metrics) == (200, "ok\n"), timeout=60, what=f"{kind} healthy")
+            consul.send_signal(signal.SIGTERM)
+            consul.wait(timeout=30)
+
+            def names_consul() -> bool:
+                status, body = healthz(metrics)
+                return status == 503 and body.startswith("unhealthy\nconsul: unreachable: ")
+
+            wait_until(names_consul, timeout=60, what=f"{kind} 503 naming consul")
+            assert "loop" not in healthz(metrics)[1], "Consul away is not a stale loop yet"
+            with consul_dev(address, tmp_path / "consul", tmp_path / "consul.log"):
+                wait_until(
+                    lambda: healthz(metrics) == (200, "ok\n"), timeout=60, what=f"{kind} healthy again"
+                )
+
+
+# --- apply with check-and-set ---------------------------------------------------------------
+
+
+class RacingConsul(ConsulClient):
+    """A real Consul client that lets another writer change each key right after we read it."""
+
+    def __init__(self, address: str, other: ConsulClient, values: dict[str, bytes]) -> None:
+        super().__init__(address)
+        self.other = other
+        self.values = values
+
+    def kv_get(
+        self, key: str, *, index: int = 0, wait: float = 30.0, consistent: bool = False
+    ) -> Indexed[KVEntry | None]:
+        result = super().kv_get(key, index=index, wait=wait, consistent=consistent)
+        if key in self.values:
+            self.other.kv_put(key, self.values.pop(key))
+        return result
+
+
+def apply_in_process(client: ConsulClient, files: list[Path]) -> tuple[int, str, str]:
+    """`commands.apply` against ``client``: exit code, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = commands.apply(Target(client, Layout(), None), [str(f) for f in files])
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def names(cluster: Cluster) -> Iterator[list[str]]:
+    """Two fresh service names; their manifests are deleted afterwards."""
+    fresh = ["c" + uuid.uuid4().hex[:8] for _ in range(2)]
+    yield fresh
+    for name in fresh:
+        cluster.delete(name)
+    for name in fresh:
+        wait_until(lambda: not cluster.containers(name, all_states=True), timeout=60, what=f"{name} removed")  # noqa: B023
+
+
+def test_apply_loses_to_a_writer_that_changed_a_manifest_and_writes_nothing(
+    cluster: Cluster, names: list[str], tmp_path: Path
+) -> None:
+    """Another writer changes one of two manifests between read and write: apply says so, writes neither."""
+    first, second = names
+    cluster.put(first, 0)
+    theirs = manifest_yaml(first, 0, env={"BY": "them"}).encode()
+    files = [tmp_path / "first.yaml", tmp_path / "second.yaml"]
+    files[0].write_text(manifest_yaml(first, 0, env={"BY": "me"}))
+    files[1].write_text(manifest_yaml(second, 0))
+    racing = RacingConsul(cluster.staging.consul_addr(), cluster.consul, {f"services/{first}": theirs})
+
+    code, out, err = apply_in_process(racing, files)
+    assert code == 1, out + err
+    assert f"{first}: another writer changed services/{first} since it was read" in err
+    assert f"nothing written for {first}, {second}" in err
+    entry = cluster.consul.kv_get(f"services/{first}").value
+    assert entry is not None and entry.value == theirs
+    assert cluster.consul.kv_get(f"services/{second}").value is None, "all or nothing"
+
+    code, out, err = apply_in_process(cluster.consul, files)
+    assert code == 0, err
+    assert f"{first}: configured" in out and f"{second}: created" in out
+    assert "-  BY: them" in out, "the second apply shows the diff against the other writer's manifest"
+
+
+def test_apply_does_not_overwrite_a_manifest_created_meanwhile(
+    cluster: Cluster, names: list[str], tmp_path: Path
+) -> None:
+    """A service that was absent when read but created before the write is not overwritten (cas index 0)."""
+    name = names[0]
+    theirs = manifest_yaml(name, 0, env={"BY": "them"}).encode()
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(manifest_yaml(name, 0))
+    racing = RacingConsul(cluster.staging.consul_addr(), cluster.consul, {f"services/{name}": theirs})
+
+    code, _, err = apply_in_process(racing, [mine])
+    assert code == 1
+    assert f"{name}: another writer created services/{name} since it was read; not overwritten" in err
+    entry = cluster.consul.kv_get(f"services/{name}").value
+    assert entry is not None and entry.value == theirs
+
+
+def test_apply_refuses_two_files_naming_one_service(
+    cluster: Cluster, names: list[str], tmp_path: Path
+) -> None:
+    """Two files with the same service name: both named in the error, nothing written, exit 1."""
+    name, other = names
+    files = [tmp_path / "a.yaml", tmp_path / "b.yaml", tmp_path / "c.yaml"]
+    files[0].write_text(manifest_yaml(name, 0))
+    files[1].write_text(manifest_yaml(other, 0))
+    files[2].write_text(manifest_yaml(name, 1))
+    result = operator(cluster, "apply", *map(str, files))
+    assert result.returncode == 1
+    assert f"{name}: named by more than one file: {files[0]}, {files[2]}" in result.stderr
+    assert "nothing written" in result.stderr
+    for service in names:
+        assert cluster.consul.kv_get(f"services/{service}").value is None
+
+
+# --- rollbacks that cannot be honoured --------------------------------------------------------
+
+
+def test_rollback_refuses_what_the_leader_would_drop(cluster: Cluster, names: list[str]) -> None:
+    """rollback of a missing, invalid or never-rolled-out service exits 1 saying why, requests nothing."""
+    invalid, plain = names
+    cluster.put_raw(invalid, "name: [broken\n")
+    cluster.put(plain, 0)
+    cases = {
+        "nosuchservice": "nosuchservice: cannot roll back: no such service",
+        invalid: f"{invalid}: cannot roll back: its manifest is invalid (",
+        plain: f"{plain}: cannot roll back: no rollout to roll back",
+    }
+    for name, message in cases.items():
+        result = operator(cluster, "rollback", name)
+        assert result.returncode == 1, result.stdout
+        assert result.stderr.startswith(message), result.stderr
+        assert cluster.consul.kv_get(f"operator/rollback/{name}").value is None
