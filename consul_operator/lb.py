@@ -26,10 +26,11 @@ import structlog
 from consul_operator import metrics
 from consul_operator.actuators.nginx import ManagedNginx, SystemNginx, render
 from consul_operator.consul_client import ConsulClient, ServiceInstance
+from consul_operator.desired_state import is_dns_label
 from consul_operator.keys import Layout
 from consul_operator.kv_state import start_watch
 from consul_operator.loop import PassResult, Trigger, run_loop, stop_on_signals, wait_for_stop
-from consul_operator.upstreams import DNS_LABEL, Rejected, build_view
+from consul_operator.upstreams import Rejected, build_view
 
 log = structlog.get_logger()
 
@@ -54,7 +55,7 @@ class LoadBalancer:
         instances: dict[str, list[ServiceInstance]] = {
             name: self.consul.health_service(name, passing=True, consistent=True).value
             for name in names
-            if DNS_LABEL.match(name)
+            if is_dns_label(name)
         }
         view = build_view(names, instances, self.default_service)
         self._report_rejected(view.rejected)

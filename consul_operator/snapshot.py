@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 from consul_operator.consul_client import ConsulClient
+from consul_operator.desired_state import is_dns_label
 from consul_operator.keys import Layout
 from consul_operator.kv_state import read_manifests, read_placements, read_rollouts
 from consul_operator.model import META_HOST
 from consul_operator.presence import read_hosts
 from consul_operator.status import ClusterSnapshot, HostRow
-from consul_operator.upstreams import DNS_LABEL
 
 
 def read_leader(consul: ConsulClient, layout: Layout) -> tuple[str | None, float | None]:
@@ -43,7 +43,7 @@ def read_passing(consul: ConsulClient, services: list[str]) -> dict[str, dict[st
     """Instances passing in Consul, per service and host (the host from our registration meta)."""
     passing: dict[str, dict[str, int]] = {}
     for name in services:
-        if not DNS_LABEL.match(name):
+        if not is_dns_label(name):
             continue
         per_host: dict[str, int] = {}
         for inst in consul.health_service(name, passing=True).value:
