@@ -143,6 +143,7 @@ def cmd_lb(args: argparse.Namespace) -> int:
         consul_addr=args.consul,
         consul_token=args.token,
         layout=Layout(args.services_prefix, args.operator_prefix),
+        cluster=args.cluster,
         listen=args.listen,
         default_service=args.default_service,
         nginx_dir=Path(args.nginx_dir) if args.nginx_dir else None,

@@ -13,7 +13,7 @@ reported.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from consul_operator.consul_client import ServiceInstance
@@ -121,3 +121,45 @@ def build_view(
         upstreams.append(Upstream(name, tuple(sorted(servers))))
     default = default_service if default_service and is_dns_label(default_service) else None
     return LBView(tuple(upstreams), default, tuple(rejected))
+
+
+# --- isolating what NGINX refuses ------------------------------------------------------
+
+
+def restrict(view: LBView, names: Collection[str]) -> LBView:
+    """``view`` with only the services in ``names`` (the default server too, if its service is one)."""
+    default = view.default_service if view.default_service in names else None
+    return LBView(tuple(up for up in view.upstreams if up.name in names), default, view.rejected)
+
+
+def find_faulty(names: Sequence[str], passes: Callable[[frozenset[str]], bool]) -> frozenset[str]:
+    """The services that make ``passes`` fail, by bisection: O(k log n) tests for k faulty of n.
+
+    ``passes(group)`` tests a config of only that group of services; the whole of
+    ``names`` is known to fail. A group that fails while both its halves pass
+    (services at fault only together) yields no culprit: the caller's final
+    test of the config it builds catches that.
+    """
+    faulty: set[str] = set()
+
+    def search(group: Sequence[str], known_bad: bool) -> None:
+        if not group or (not known_bad and passes(frozenset(group))):
+            return
+        if len(group) == 1:
+            faulty.add(group[0])
+            return
+        middle = len(group) // 2
+        search(group[:middle], False)
+        search(group[middle:], False)
+
+    search(sorted(set(names)), True)
+    return frozenset(faulty)
+
+
+def substitute(view: LBView, faulty: Collection[str], last_good: Mapping[str, Upstream]) -> LBView:
+    """``view`` with each faulty service's upstream replaced by its last good one, or none (503)."""
+    upstreams = tuple(
+        (last_good.get(up.name) or Upstream(up.name, ())) if up.name in faulty else up
+        for up in view.upstreams
+    )
+    return LBView(upstreams, view.default_service, view.rejected)

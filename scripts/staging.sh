@@ -188,7 +188,7 @@ lb_up() {
   local addr=${ADDRS[2]} token=()
   mapfile -t token < <(token_args operator-lb)
   # shellcheck disable=SC2086
-  spawn "lb-host-3" "$ROOT/.venv/bin/python" -m consul_operator lb --consul "$addr:8500" \
+  spawn "lb-host-3" "$ROOT/.venv/bin/python" -m consul_operator lb --consul "$addr:8500" --cluster "$NAME" \
     --listen "$addr:80" --default-service simple --nginx-dir "$RUN_DIR/nginx" \
     --metrics "$addr:9810" --log-json "${token[@]}" ${LB_ARGS:-}
   local i
