@@ -195,12 +195,15 @@ class LoadBalancer:
 
     def _quarantine(self, faulty: frozenset[str], view: LBView) -> None:
         """Log services newly held back or released; the gauge counts those held back."""
+        served = {up.name: up for up in view.upstreams}
         for name in sorted(faulty - self._quarantined):
-            kept = self._last_good.get(name)
+            kept = served.get(name)
             log.error(
                 "service held back: nginx -t refuses its upstream",
                 service=name,
-                serving="its last good upstream" if kept and kept.servers else "503",
+                serving=f"its last good upstream ({len(kept.servers)} servers)"
+                if kept and kept.servers
+                else "503",
             )
         for name in sorted(self._quarantined - faulty):
             log.info("service no longer held back", service=name)

@@ -22,6 +22,10 @@ from tests.support.staging import Staging, tool, wait_until
 # OPERATOR_TEST_ADDRS moves it, so that two checkouts can run their tests at once.
 _ADDRS = os.environ.get("OPERATOR_TEST_ADDRS", "127.0.0.21 127.0.0.22 127.0.0.23").split()
 TEST_ADDRESSES = (_ADDRS[0], _ADDRS[1], _ADDRS[2])
+# The environment's name is also its containers' cluster label: two checkouts running
+# their tests on one Docker engine need different names, or each one's agents would
+# take the other's containers for their own (and remove them).
+TEST_NAME = os.environ.get("OPERATOR_TEST_NAME", "test")
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +49,7 @@ def nginx_binary() -> str:
 def staging(docker_engine: docker.DockerClient, nginx_binary: str) -> Iterator[Staging]:
     """The tests' staging environment, up for the whole session."""
     tool("consul")
-    env = Staging("test", TEST_ADDRESSES)
+    env = Staging(TEST_NAME, TEST_ADDRESSES)
     env.run("down")  # a previous run that crashed may have left it behind
     env.run("up")
     yield env
