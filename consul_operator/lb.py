@@ -55,6 +55,11 @@ from consul_operator.upstreams import (
 log = structlog.get_logger()
 
 
+# How long a refused config is taken as refused without testing it again (an NGINX
+# upgrade or a fixed include may make it pass).
+REFUSAL_RECHECK = 60.0
+
+
 class RenderFn(Protocol):
     """`actuators.nginx.render`'s signature: the seam through which tests feed NGINX a bad config."""
 
@@ -63,12 +68,13 @@ class RenderFn(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class _Refusal:
-    """The last whole config NGINX refused, and what was installed instead (None: nothing)."""
+    """The last whole config NGINX refused, what was installed instead, and when (clock seconds)."""
 
     text: str
-    fallback: LBView | None
+    fallback: LBView
     fallback_text: str
     faulty: frozenset[str]
+    at: float
 
 
 @dataclass
@@ -101,11 +107,9 @@ class LoadBalancer:
         wait = self._last_reload + self.coalesce - self.clock()
         if wait > 0 and text != self.nginx.current():
             return PassResult(requeue_after=wait)  # apply this burst together, soon
-        if self._refused is not None and self._refused.text == text:
-            # Refused before: go straight to what was installed instead.
-            refused = self._refused
-            if refused.fallback is None:
-                return PassResult()
+        refused = self._refused
+        if refused is not None and refused.text == text and self.clock() - refused.at < REFUSAL_RECHECK:
+            # Refused a moment ago: go straight to what was installed instead.
             return self._install(refused.fallback, refused.fallback_text, refused.faulty)
         result = self.nginx.apply(text)
         if result.ok or result.reload_failed:
@@ -147,16 +151,14 @@ class LoadBalancer:
 
         if not passes(frozenset()):
             log.error("config refused even without any service; the last good one keeps serving")
-            self._refused = _Refusal(text, None, "", frozenset())
             return PassResult()
         faulty = find_faulty(names, passes)
         for fallback in (substitute(view, faulty, self._last_good), substitute(view, faulty, {})):
             fallback_text = self._render(fallback)
             if self.nginx.check(fallback_text)[0]:
-                self._refused = _Refusal(text, fallback, fallback_text, faulty)
+                self._refused = _Refusal(text, fallback, fallback_text, faulty, self.clock())
                 return self._install(fallback, fallback_text, faulty)
         log.error("no config without the faulty services passes; the last good one keeps serving")
-        self._refused = _Refusal(text, None, "", faulty)
         return PassResult()
 
     def _install(self, view: LBView, text: str, faulty: frozenset[str]) -> PassResult:
