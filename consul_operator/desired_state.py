@@ -73,8 +73,10 @@ _HEALTH_FIELDS: Final = ("http", "interval", "timeout")
 _SPEC_FIELDS: Final = ("name", "image", "command", "env", "port", "health")
 
 # RFC 1123 label. Names end up in container labels, Consul service names and
-# the NGINX config: whitelisted, never escaped.
-_DNS_LABEL_RE: Final = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+# the NGINX config: whitelisted, never escaped. The one rule of the code base:
+# always used whole (`is_dns_label`, or `fullmatch`), never with `match` and
+# `$`, which accepts a trailing newline.
+DNS_LABEL_RE: Final = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _DNS_LABEL_RULE: Final = (
     "must be a DNS label (1-63 characters: lowercase letters, digits and '-', "
     "starting and ending with a letter or digit)"
@@ -83,6 +85,13 @@ _DNS_LABEL_RULE: Final = (
 # own: a manifest under one of them would mix its replicas into what the
 # operator reads as agents (keeping a dead host looking live) or into Consul's.
 RESERVED_SERVICE_NAMES: Final = frozenset({"operator-agent", "consul"})
+
+
+def is_dns_label(text: object) -> bool:
+    """Whether ``text`` is a string that is, as a whole, a DNS label (no newline, no control character)."""
+    return isinstance(text, str) and DNS_LABEL_RE.fullmatch(text) is not None
+
+
 _ENV_NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -701,7 +710,7 @@ def _check_name(fields: Mapping[str, object], key_name: str | None, problems: li
     name = _string(fields["name"], "name", problems)
     if name is None:
         return None
-    if not _DNS_LABEL_RE.fullmatch(name):
+    if not DNS_LABEL_RE.fullmatch(name):
         problems.append(Problem("name", f"{_DNS_LABEL_RULE}, got {_short(name)}"))
         return None
     if name in RESERVED_SERVICE_NAMES:
@@ -882,7 +891,7 @@ def _check_hosts(value: object, problems: list[Problem]) -> tuple[str, ...] | No
         host = _string(item, f"{path}[{index}]", problems)
         if host is None:
             continue
-        if not _DNS_LABEL_RE.fullmatch(host):
+        if not DNS_LABEL_RE.fullmatch(host):
             problems.append(Problem(f"{path}[{index}]", f"{_DNS_LABEL_RULE}, got {_short(host)}"))
         elif host in hosts:
             problems.append(Problem(f"{path}[{index}]", f"{host!r} is listed twice"))

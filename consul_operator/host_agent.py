@@ -42,6 +42,7 @@ from consul_operator.model import (
     StartContainer,
     frozen_map,
 )
+from consul_operator.ownership import STATUS_INSTANCES
 from consul_operator.reconcile import (
     backoff_after_crash,
     backoff_after_failure,
@@ -225,6 +226,15 @@ def _running_specs(containers: list[ContainerInfo]) -> dict[str, dict[str, int]]
     return counts
 
 
+def _instance_ids(containers: list[ContainerInfo]) -> dict[str, list[str]]:
+    """Per service, the sorted names (= Consul service ids) of its running containers."""
+    ids: dict[str, list[str]] = {}
+    for c in sorted(containers, key=lambda c: c.name):
+        if c.running:
+            ids.setdefault(c.service, []).append(c.name)
+    return ids
+
+
 @dataclass
 class HostAgent:
     """One host's reconcile pass."""
@@ -268,7 +278,7 @@ class HostAgent:
         plan = plan_host(self.host, desires, containers, registrations, inflight, backoffs, now)
         for action in plan.actions:
             self.executor.submit(action)
-        self._report(plan.reports, _running_specs(containers), now)
+        self._report(plan.reports, _running_specs(containers), now, _instance_ids(containers))
         if plan.wake_at is None:
             return PassResult()
         return PassResult(requeue_after=max(0.0, plan.wake_at - now))
@@ -325,7 +335,11 @@ class HostAgent:
                 self.executor.backoffs[service] = backoff_after_success(backoff)
 
     def _report(
-        self, reports: tuple[ServiceReport, ...], specs: dict[str, dict[str, int]], now: float
+        self,
+        reports: tuple[ServiceReport, ...],
+        specs: dict[str, dict[str, int]],
+        now: float,
+        instances: dict[str, list[str]],
     ) -> None:
         """Write ``operator/status/<service>/<host>`` for each service whose status changed."""
         if self._written is None:
@@ -341,6 +355,8 @@ class HostAgent:
                 "error": report.error,
                 # Running containers per spec, draining ones included: the leader's surge limit.
                 "specs": specs.get(report.service, {}),
+                # Our instance ids (container names): what counts as ours (ownership.py).
+                STATUS_INSTANCES: instances.get(report.service, []),
             }
             metrics.running_replicas.labels(report.service, self.host).set(report.running)
             metrics.host_healthy_replicas.labels(report.service, self.host).set(report.healthy)

@@ -15,29 +15,72 @@ Bursts are coalesced: a change is applied at once, and further changes within
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 
 from consul_operator import metrics
-from consul_operator.actuators.nginx import ManagedNginx, SystemNginx, render
+from consul_operator.actuators.nginx import ApplyResult, ManagedNginx, SystemNginx, render
 from consul_operator.consul_client import ConsulClient, ServiceInstance
+from consul_operator.desired_state import is_dns_label
 from consul_operator.health import HEALTH, tcp_probe
 from consul_operator.keys import Layout
 from consul_operator.kv_state import start_watch
-from consul_operator.loop import PassResult, Trigger, run_loop, stop_on_signals, wait_for_stop
-from consul_operator.upstreams import DNS_LABEL, Rejected, build_view
+from consul_operator.loop import (
+    PassResult,
+    Trigger,
+    retry_delay,
+    run_loop,
+    stop_on_signals,
+    wait_for_stop,
+)
+from consul_operator.ownership import owned
+from consul_operator.presence import read_agents
+from consul_operator.snapshot import read_statuses
+from consul_operator.upstreams import (
+    LBView,
+    Rejected,
+    Upstream,
+    build_view,
+    find_faulty,
+    restrict,
+    substitute,
+)
 
 log = structlog.get_logger()
 
 
+# How long a refused config is taken as refused without testing it again (an NGINX
+# upgrade or a fixed include may make it pass).
+REFUSAL_RECHECK = 60.0
+
+
+class RenderFn(Protocol):
+    """`actuators.nginx.render`'s signature: the seam through which tests feed NGINX a bad config."""
+
+    def __call__(self, view: LBView, *, listen: str, managed: bool, prefix: str = "") -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    """The last whole config NGINX refused, what was installed instead, and when (clock seconds)."""
+
+    text: str
+    fallback: LBView
+    fallback_text: str
+    faulty: frozenset[str]
+    at: float
+
+
 @dataclass
 class LoadBalancer:
-    """One load-balancer pass: read, vet, render, apply."""
+    """One load-balancer pass: read, keep what is ours, vet, render, apply, isolate what NGINX refuses."""
 
     consul: ConsulClient
     layout: Layout
@@ -45,39 +88,130 @@ class LoadBalancer:
     listen: str
     default_service: str | None
     coalesce: float
+    cluster: str = "default"
     clock: Callable[[], float] = time.monotonic
+    template: RenderFn = render
     _last_reload: float = field(default=float("-inf"), init=False)
     _reported: frozenset[tuple[str, str, str]] = field(default=frozenset(), init=False)
+    # Each service's upstream as last installed: what a service NGINX refuses keeps serving.
+    _last_good: dict[str, Upstream] = field(default_factory=dict, init=False)
+    _refused: _Refusal | None = field(default=None, init=False)
+    _quarantined: frozenset[str] = field(default=frozenset(), init=False)
+    _reload_failures: int = field(default=0, init=False)
 
     def reconcile(self) -> PassResult:
         """One pass; raises on a failed read so that nothing is rendered from it."""
-        names = self._service_names()
-        instances: dict[str, list[ServiceInstance]] = {
-            name: self.consul.health_service(name, passing=True, consistent=True).value
-            for name in names
-            if DNS_LABEL.match(name)
-        }
-        view = build_view(names, instances, self.default_service)
+        view = self._read_view()
         self._report_rejected(view.rejected)
-        text = render(
-            view, listen=self.listen, managed=isinstance(self.nginx, ManagedNginx), prefix=self._prefix()
-        )
-        for up in view.upstreams:
-            metrics.lb_upstream_servers.labels(up.name).set(len(up.servers))
+        text = self._render(view)
 
         wait = self._last_reload + self.coalesce - self.clock()
         if wait > 0 and text != self.nginx.current():
             return PassResult(requeue_after=wait)  # apply this burst together, soon
+        refused = self._refused
+        if refused is not None and refused.text == text and self.clock() - refused.at < REFUSAL_RECHECK:
+            # Refused a moment ago: go straight to what was installed instead.
+            return self._install(refused.fallback, refused.fallback_text, refused.faulty)
         result = self.nginx.apply(text)
-        if result.changed:
-            self._last_reload = self.clock()
-        if not result.ok:
+        if result.ok or result.reload_failed:
+            self._refused = None
+            return self._installed(view, result, frozenset())
+        metrics.lb_reloads.labels("failed").inc()
+        log.error("config refused; finding the services at fault", error=result.error)
+        return self._isolate(view, text)
+
+    def _read_view(self) -> LBView:
+        """Manifests' names, and for each our agents' passing instances, vetted."""
+        names = self._service_names()
+        agents = read_agents(self.consul, self.cluster)
+        statuses = read_statuses(self.consul, self.layout)
+        instances: dict[str, list[ServiceInstance]] = {}
+        disowned: list[Rejected] = []
+        for name in names:
+            if not is_dns_label(name):
+                continue
+            found = self.consul.health_service(name, passing=True, consistent=True).value
+            verdict = owned(found, self.cluster, agents, statuses)
+            instances[name] = list(verdict.kept)
+            disowned.extend(
+                Rejected(name, d.instance.service_id, d.reason, d.detail) for d in verdict.rejected
+            )
+        view = build_view(names, instances, self.default_service)
+        return dataclasses.replace(view, rejected=(*disowned, *view.rejected))
+
+    def _render(self, view: LBView) -> str:
+        managed = isinstance(self.nginx, ManagedNginx)
+        return self.template(view, listen=self.listen, managed=managed, prefix=self._prefix())
+
+    def _isolate(self, view: LBView, text: str) -> PassResult:
+        """NGINX refused ``view``: test services in groups, serve the rest fresh, the culprits as before."""
+        names = [up.name for up in view.upstreams]
+
+        def passes(group: frozenset[str]) -> bool:
+            return self.nginx.check(self._render(restrict(view, group)))[0]
+
+        if not passes(frozenset()):
+            log.error("config refused even without any service; the last good one keeps serving")
+            return PassResult()
+        faulty = find_faulty(names, passes)
+        for fallback in (substitute(view, faulty, self._last_good), substitute(view, faulty, {})):
+            fallback_text = self._render(fallback)
+            if self.nginx.check(fallback_text)[0]:
+                self._refused = _Refusal(text, fallback, fallback_text, faulty, self.clock())
+                return self._install(fallback, fallback_text, faulty)
+        log.error("no config without the faulty services passes; the last good one keeps serving")
+        return PassResult()
+
+    def _install(self, view: LBView, text: str, faulty: frozenset[str]) -> PassResult:
+        result = self.nginx.apply(text)
+        if not result.ok and not result.reload_failed:
             metrics.lb_reloads.labels("failed").inc()
             log.error("config refused; the last good one keeps serving", error=result.error)
-        elif result.changed:
+            self._refused = None
+            return PassResult()
+        return self._installed(view, result, faulty)
+
+    def _installed(self, view: LBView, result: ApplyResult, faulty: frozenset[str]) -> PassResult:
+        """Bookkeeping after ``view`` (with ``faulty`` services held back) is on disk."""
+        self._quarantine(faulty, view)
+        if result.changed:
+            self._last_reload = self.clock()
+        for up in view.upstreams:
+            metrics.lb_upstream_servers.labels(up.name).set(len(up.servers))
+            if up.name not in faulty:
+                self._last_good[up.name] = up
+        for gone in set(self._last_good) - {up.name for up in view.upstreams}:
+            del self._last_good[gone]
+        if result.reload_failed:
+            self._reload_failures += 1
+            delay = retry_delay(self._reload_failures)
+            metrics.lb_reloads.labels("error").inc()
+            log.error("nginx reload failed; retrying", error=result.error, retry_in=delay)
+            return PassResult(requeue_after=delay)
+        if self._reload_failures:
+            log.info("nginx reloaded again", after_failures=self._reload_failures)
+            self._reload_failures = 0
+        if result.changed:
             metrics.lb_reloads.labels("ok").inc()
             log.info("nginx reloaded", servers={up.name: len(up.servers) for up in view.upstreams})
         return PassResult()
+
+    def _quarantine(self, faulty: frozenset[str], view: LBView) -> None:
+        """Log services newly held back or released; the gauge counts those held back."""
+        served = {up.name: up for up in view.upstreams}
+        for name in sorted(faulty - self._quarantined):
+            kept = served.get(name)
+            log.error(
+                "service held back: nginx -t refuses its upstream",
+                service=name,
+                serving=f"its last good upstream ({len(kept.servers)} servers)"
+                if kept and kept.servers
+                else "503",
+            )
+        for name in sorted(self._quarantined - faulty):
+            log.info("service no longer held back", service=name)
+        self._quarantined = faulty
+        metrics.lb_quarantined.set(len(faulty))
 
     def _service_names(self) -> list[str]:
         names = []
@@ -107,6 +241,7 @@ class LBConfig:
     consul_addr: str | None
     consul_token: str | None
     layout: Layout
+    cluster: str
     listen: str
     default_service: str | None
     nginx_dir: Path | None
@@ -138,10 +273,21 @@ def run_lb(config: LBConfig) -> int:
     HEALTH.add_probe("nginx", tcp_probe(config.listen))
     if config.metrics_addr:
         metrics.serve(config.metrics_addr)
-    lb = LoadBalancer(consul, config.layout, nginx, config.listen, config.default_service, config.coalesce)
+    lb = LoadBalancer(
+        consul,
+        config.layout,
+        nginx,
+        config.listen,
+        config.default_service,
+        config.coalesce,
+        cluster=config.cluster,
+    )
     prefix = config.layout.services_prefix
     start_watch("services", lambda i, w: consul.kv_list(prefix, index=i, wait=w), [trigger], stop)
     start_watch("health", lambda i, w: consul.health_state_any(index=i, wait=w), [trigger], stop)
+    # The agents' status records list their instances: a new one is served once listed.
+    status_prefix = config.layout.status_prefix
+    start_watch("status", lambda i, w: consul.kv_list(status_prefix, index=i, wait=w), [trigger], stop)
     # A registration without checks changes no check: the catalog's index tells.
     start_watch("catalog", lambda i, w: consul.catalog_services(index=i, wait=w), [trigger], stop)
     loop = threading.Thread(
@@ -151,7 +297,12 @@ def run_lb(config: LBConfig) -> int:
         name="lb-loop",
     )
     loop.start()
-    log.info("load balancer started", listen=config.listen, default_service=config.default_service)
+    log.info(
+        "load balancer started",
+        listen=config.listen,
+        default_service=config.default_service,
+        cluster=config.cluster,
+    )
     wait_for_stop(stop)
     trigger.fire()
     loop.join(timeout=30)

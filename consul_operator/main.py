@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
-import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 from consul_operator import commands
 from consul_operator.commands import Target
 from consul_operator.consul_client import ConsulAddress, ConsulClient, check_token
-from consul_operator.desired_state import ManifestError, parse_manifest
+from consul_operator.desired_state import ManifestError, is_dns_label, parse_manifest
 from consul_operator.durations import DurationError, parse_duration
 from consul_operator.keys import Layout
 from consul_operator.logs import configure as configure_logs
@@ -71,7 +70,7 @@ def _label(text: str) -> tuple[str, str]:
 
 def _host_name(text: str) -> str:
     """argparse type for host names: DNS labels, since they end up in KV keys and container names."""
-    if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", text):
+    if not is_dns_label(text):
         raise argparse.ArgumentTypeError(f"a host name must be a DNS label, got {text!r}")
     return text
 
@@ -144,6 +143,7 @@ def cmd_lb(args: argparse.Namespace) -> int:
         consul_addr=args.consul,
         consul_token=args.token,
         layout=Layout(args.services_prefix, args.operator_prefix),
+        cluster=args.cluster,
         listen=args.listen,
         default_service=args.default_service,
         nginx_dir=Path(args.nginx_dir) if args.nginx_dir else None,

@@ -130,7 +130,8 @@ placement_writes = Counter(
 )
 lb_reloads = Counter(
     "operator_lb_reloads_total",
-    "NGINX config changes: ok (tested, installed, reloaded) or failed (refused; the last good one serves).",
+    "NGINX config changes: ok (tested, installed, reloaded), failed (refused by nginx -t; the last "
+    "good one serves) or error (installed, but the reload command failed; retried with back-off).",
     ["result"],
 )
 lb_upstream_servers = Gauge(
@@ -138,17 +139,34 @@ lb_upstream_servers = Gauge(
 )
 lb_rejected = Counter(
     "operator_lb_rejected_total",
-    "Catalog data left out of the NGINX config (bad_name, bad_address, bad_port).",
+    "Catalog data left out of the NGINX config, counted once per piece: bad_name, bad_address, "
+    "bad_port (grammar), foreign_cluster, unknown_host, wrong_address, unreported (not made by "
+    "this cluster's agents, see ownership.py).",
     ["reason"],
+)
+lb_quarantined = Gauge(
+    "operator_lb_quarantined_services",
+    "Services whose fresh upstream nginx -t refuses: held back at their last good upstream (or 503) "
+    "while every other service is served fresh.",
 )
 consul_requests = Counter(
     "operator_consul_requests_total", "Requests this process sent to Consul (blocking queries included)."
 )
 consul_errors = Counter("operator_consul_errors_total", "Consul requests that failed or were refused.")
 
-for _result in ("ok", "failed"):
+LB_RELOAD_RESULTS = ("ok", "failed", "error")
+LB_REJECT_REASONS = (
+    "bad_name",
+    "bad_address",
+    "bad_port",
+    "foreign_cluster",
+    "unknown_host",
+    "wrong_address",
+    "unreported",
+)
+for _result in LB_RELOAD_RESULTS:
     lb_reloads.labels(_result)
-for _reason in ("bad_name", "bad_address", "bad_port"):
+for _reason in LB_REJECT_REASONS:
     lb_rejected.labels(_reason)
 for _loop in LOOPS:
     for _reason in ERROR_REASONS:

@@ -19,6 +19,7 @@ from consul_operator.consul_client import ConsulClient, ServiceInstance
 from consul_operator.desired_state import RESERVED_SERVICE_NAMES
 from consul_operator.errors import ConsulError
 from consul_operator.model import META_CLUSTER, META_HOST, META_MANAGED_BY
+from consul_operator.ownership import AgentHost
 
 log = structlog.get_logger()
 
@@ -136,3 +137,12 @@ def read_hosts(consul: ConsulClient, cluster: str | None) -> dict[str, tuple[boo
         previous_live = hosts.get(host, (False, {}))[0]
         hosts[host] = (live or previous_live, labels)
     return hosts
+
+
+def read_agents(consul: ConsulClient, cluster: str | None) -> list[AgentHost]:
+    """The live agents of ``cluster`` (of every cluster for None), with their advertised addresses."""
+    return [
+        AgentHost(inst.meta.get(META_CLUSTER, ""), inst.meta.get(META_HOST, ""), inst.address)
+        for inst in consul.health_service(AGENT_SERVICE, passing=True).value
+        if (cluster is None or inst.meta.get(META_CLUSTER) == cluster) and is_agent_registration(inst)
+    ]

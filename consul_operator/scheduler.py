@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from consul_operator import metrics
-from consul_operator.consul_client import ConsulClient
+from consul_operator.consul_client import ConsulClient, ServiceInstance
 from consul_operator.desired_state import Manifest
 from consul_operator.errors import ConsulPermissionDenied
 from consul_operator.keys import Layout
@@ -26,8 +26,10 @@ from consul_operator.kv_state import read_manifests, read_placements, read_rollo
 from consul_operator.leader import LeaderElection
 from consul_operator.loop import PassResult
 from consul_operator.model import ROLLOUT_STATES, HostInfo, PlacementRecord, RolloutRecord, frozen_map
-from consul_operator.presence import AGENT_SERVICE, read_hosts
+from consul_operator.ownership import owned
+from consul_operator.presence import AGENT_SERVICE, read_agents, read_hosts
 from consul_operator.reconcile import next_schedule_wakeup, plan_rollout, schedule
+from consul_operator.snapshot import read_statuses
 
 log = structlog.get_logger()
 
@@ -210,7 +212,7 @@ class Scheduler:
         passing: dict[str, int] = {}
         matured: dict[str, int] = {}
         seen: set[str] = set()
-        for instance in self.consul.health_service(name).value:
+        for instance in self._owned_instances(name):
             if instance.status != "passing":
                 continue
             seen.add(f"{name}/{instance.service_id}")
@@ -236,6 +238,12 @@ class Scheduler:
             if step.rollout.state == "complete":
                 decided[name] = dataclasses.replace(decided[name], specs={})
         return step.rollout
+
+    def _owned_instances(self, name: str) -> tuple[ServiceInstance, ...]:
+        """The instances of ``name`` this cluster's agents made (`ownership.owned`): all pacing counts."""
+        instances = self.consul.health_service(name).value
+        agents = read_agents(self.consul, self.cluster)
+        return owned(instances, self.cluster, agents, read_statuses(self.consul, self.layout)).kept
 
     def _running_specs(self) -> dict[str, dict[str, dict[str, int]]]:
         """Per service, per host, per spec: running containers, from the agents' status records."""

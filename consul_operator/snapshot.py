@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 from consul_operator.consul_client import ConsulClient
+from consul_operator.desired_state import is_dns_label
 from consul_operator.keys import Layout
 from consul_operator.kv_state import read_manifests, read_placements, read_rollouts
 from consul_operator.model import META_HOST
-from consul_operator.presence import read_hosts
+from consul_operator.ownership import owned
+from consul_operator.presence import read_agents, read_hosts
 from consul_operator.status import ClusterSnapshot, HostRow
-from consul_operator.upstreams import DNS_LABEL
 
 
 def read_leader(consul: ConsulClient, layout: Layout) -> tuple[str | None, float | None]:
@@ -39,14 +41,21 @@ def read_statuses(consul: ConsulClient, layout: Layout) -> dict[str, dict[str, d
     return statuses
 
 
-def read_passing(consul: ConsulClient, services: list[str]) -> dict[str, dict[str, int]]:
-    """Instances passing in Consul, per service and host (the host from our registration meta)."""
+def read_passing(
+    consul: ConsulClient,
+    services: list[str],
+    cluster: str | None,
+    statuses: Mapping[str, Mapping[str, Mapping[str, object]]],
+) -> dict[str, dict[str, int]]:
+    """Instances of ours passing in Consul, per service and host (`ownership.owned` decides what is ours)."""
+    agents = read_agents(consul, cluster)
     passing: dict[str, dict[str, int]] = {}
     for name in services:
-        if not DNS_LABEL.match(name):
+        if not is_dns_label(name):
             continue
         per_host: dict[str, int] = {}
-        for inst in consul.health_service(name, passing=True).value:
+        instances = consul.health_service(name, passing=True).value
+        for inst in owned(instances, cluster, agents, statuses).kept:
             host = inst.meta.get(META_HOST) or inst.node
             per_host[host] = per_host.get(host, 0) + 1
         passing[name] = per_host
@@ -71,6 +80,6 @@ def read_snapshot(consul: ConsulClient, layout: Layout, cluster: str | None, now
         manifests=manifests,
         placements=placements,
         statuses=statuses,
-        passing=read_passing(consul, names),
+        passing=read_passing(consul, names, cluster, statuses),
         rollouts=read_rollouts(consul, layout),
     )

@@ -222,7 +222,8 @@ lb_up() {
   local addr=${ADDRS[2]}
   # shellcheck disable=SC2086
   SPAWN_TOKEN_FILE=$(token_file operator-lb) spawn "lb-host-3" "$ROOT/.venv/bin/python" -m consul_operator lb \
-    --consul "$addr:8500" --listen "$addr:80" --default-service simple --nginx-dir "$RUN_DIR/nginx" \
+    --consul "$addr:8500" --cluster "$NAME" --listen "$addr:80" --default-service simple \
+    --nginx-dir "$RUN_DIR/nginx" \
     --metrics "$addr:9810" --log-json ${LB_ARGS:-}
   # Healthy: its loop passed, it reaches Consul, and NGINX accepts connections on :80.
   wait_healthy lb-host-3 "$addr:9810"

@@ -64,6 +64,8 @@ class ApplyResult:
     changed: bool
     ok: bool
     error: str = ""
+    # The config passed `nginx -t` and is installed, but the reload failed: retry the reload.
+    reload_failed: bool = False
 
 
 def _write(path: Path, text: str) -> None:
@@ -111,6 +113,15 @@ class ManagedNginx:
         # -e: NGINX logs to its compiled-in error log before it has read the
         # config; keep even that inside our prefix.
         return ["-p", str(self.prefix), "-e", str(self.prefix / "logs" / "error.log"), "-c", str(conf)]
+
+    def check(self, text: str) -> tuple[bool, str]:
+        """``nginx -t`` of ``text`` as a whole config, installing nothing."""
+        tmp = self.conf.with_name(f".nginx.conf.{os.getpid()}.check")
+        _write(tmp, text)
+        try:
+            return self.test(tmp)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def apply(self, text: str) -> ApplyResult:
         """Install ``text`` if it differs and passes ``nginx -t``; then reload (or start)."""
@@ -198,6 +209,10 @@ class SystemNginx:
         self.conf = conf
         self.test_cmd = shlex.split(test_cmd)
         self.reload_cmd = shlex.split(reload_cmd)
+        # Whether the NGINX may not run the file on disk: a reload failed since it
+        # was installed. A new process cannot know how its predecessor's last
+        # reload went, so it reloads once at start.
+        self.reload_pending = True
 
     def current(self) -> str | None:
         """Our installed file, or None."""
@@ -206,26 +221,51 @@ class SystemNginx:
         except FileNotFoundError:
             return None
 
+    def check(self, text: str) -> tuple[bool, str]:
+        """Test ``text`` in place (the whole system config), then put the previous file back."""
+        previous = self.current()
+        self._install(text)
+        try:
+            return _run(self.test_cmd, "nginx -t")
+        finally:
+            self._restore(previous)
+
     def apply(self, text: str) -> ApplyResult:
-        """Rename the new file in, test the whole config, restore the old file if the test fails."""
+        """Rename the new file in, test the whole config, restore the old file if the test fails.
+
+        A failed reload leaves the new file in place and `reload_pending` set: the
+        next apply, even of the same text, reloads again.
+        """
         previous = self.current()
         if text == previous:
-            return ApplyResult(changed=False, ok=True)
+            if not self.reload_pending:
+                return ApplyResult(changed=False, ok=True)
+            return self._reload()
+        self._install(text)
+        ok, output = _run(self.test_cmd, "nginx -t")
+        if not ok:
+            self._restore(previous)
+            return ApplyResult(changed=False, ok=False, error=f"nginx -t failed: {output}")
+        self.reload_pending = True
+        return self._reload()
+
+    def _reload(self) -> ApplyResult:
+        ok, output = _run(self.reload_cmd, "reload")
+        if not ok:
+            return ApplyResult(changed=False, ok=False, error=f"reload failed: {output}", reload_failed=True)
+        self.reload_pending = False
+        return ApplyResult(changed=True, ok=True)
+
+    def _install(self, text: str) -> None:
         tmp = self.conf.with_name(f".{self.conf.name}.tmp")
         _write(tmp, text)
         os.replace(tmp, self.conf)
-        ok, output = _run(self.test_cmd, "nginx -t")
-        if not ok:
-            if previous is None:
-                self.conf.unlink(missing_ok=True)
-            else:
-                _write(tmp, previous)
-                os.replace(tmp, self.conf)
-            return ApplyResult(changed=False, ok=False, error=f"nginx -t failed: {output}")
-        ok, output = _run(self.reload_cmd, "reload")
-        if not ok:
-            return ApplyResult(changed=True, ok=False, error=f"reload failed: {output}")
-        return ApplyResult(changed=True, ok=True)
+
+    def _restore(self, previous: str | None) -> None:
+        if previous is None:
+            self.conf.unlink(missing_ok=True)
+        else:
+            self._install(previous)
 
     def ensure_running(self) -> None:
         """The system's service manager runs this NGINX, not us."""

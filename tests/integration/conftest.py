@@ -22,9 +22,12 @@ from tests.support.staging import Staging, tool, wait_until
 # OPERATOR_TEST_ADDRS moves it, so that two checkouts can run their tests at once.
 _ADDRS = os.environ.get("OPERATOR_TEST_ADDRS", "127.0.0.21 127.0.0.22 127.0.0.23").split()
 TEST_ADDRESSES = (_ADDRS[0], _ADDRS[1], _ADDRS[2])
-# The environment's name is also its containers' cluster label: two environments
-# on one engine must never share it, or each one's agents manage the other's containers.
-_NAME = "test" if "OPERATOR_TEST_ADDRS" not in os.environ else "test-" + _ADDRS[0].replace(".", "-")
+# The environment's name is also its containers' cluster label: two checkouts running
+# their tests on one Docker engine need different names, or each one's agents would
+# take the other's containers for their own (and remove them). OPERATOR_TEST_NAME
+# sets it; moved addresses (OPERATOR_TEST_ADDRS) alone give a name of their own.
+_DEFAULT_NAME = "test" if "OPERATOR_TEST_ADDRS" not in os.environ else "test-" + _ADDRS[0].replace(".", "-")
+TEST_NAME = os.environ.get("OPERATOR_TEST_NAME", _DEFAULT_NAME)
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +51,7 @@ def nginx_binary() -> str:
 def staging(docker_engine: docker.DockerClient, nginx_binary: str) -> Iterator[Staging]:
     """The tests' staging environment, up for the whole session."""
     tool("consul")
-    env = Staging(_NAME, TEST_ADDRESSES)
+    env = Staging(TEST_NAME, TEST_ADDRESSES)
     env.run("down")  # a previous run that crashed may have left it behind
     env.run("up")
     yield env

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import urllib.parse
@@ -52,10 +53,10 @@ def prometheus(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> It
     """A real Prometheus with the example config, pointed at the test environment, scraping every second."""
     work = tmp_path_factory.mktemp("prometheus")
     config = (DEPLOY / "prometheus.yml").read_text()
-    for example, ours in zip(
-        ("127.0.0.11", "127.0.0.12", "127.0.0.13"), cluster.staging.addresses, strict=True
-    ):
-        config = config.replace(example, ours)
+    # One pass, whole addresses: replacing one by one would turn 127.0.0.11 into
+    # 127.0.0.121 and then that into 127.0.0.1221 when the test addresses are 127.0.0.12x.
+    ours = dict(zip(("127.0.0.11", "127.0.0.12", "127.0.0.13"), cluster.staging.addresses, strict=True))
+    config = re.sub(r"127\.0\.0\.1[123](?=:)", lambda m: ours[m.group(0)], config)
     config = config.replace("scrape_interval: 5s", "scrape_interval: 1s").replace(
         "evaluation_interval: 5s", "evaluation_interval: 1s"
     )

@@ -9,7 +9,8 @@ import pytest
 
 from consul_operator.actuators.nginx import render
 from consul_operator.consul_client import ServiceInstance
-from consul_operator.upstreams import BAD_ADDRESS, BAD_NAME, BAD_PORT, LBView, build_view
+from consul_operator.desired_state import is_dns_label
+from consul_operator.upstreams import BAD_ADDRESS, BAD_NAME, BAD_PORT, LBView, build_view, parse_ip
 
 
 def inst(address: str, port: int, sid: str = "i") -> ServiceInstance:
@@ -119,3 +120,58 @@ def test_hostile_service_name_is_rejected(name: str) -> None:
     assert [(r.service, r.reason) for r in view.rejected] == [(name, BAD_NAME)]
     assert name not in text
     assert "server_name simple;" in text
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        pytest.param("::1%x", id="ipv6-scope-id"),
+        pytest.param("fe80::1%eth0", id="link-local-with-interface"),
+        pytest.param("::1%\n}", id="scope-id-with-newline"),
+        pytest.param("127.0.0.1\n", id="ipv4-trailing-newline"),
+        pytest.param("127.000.0.1", id="ipv4-leading-zeros"),
+        pytest.param("\uff11\uff12\uff17.0.0.1", id="non-ascii-digits"),
+    ],
+)
+def test_address_grammar_is_ipv4_or_unscoped_ipv6(address: str) -> None:
+    """Only IPv4 and IPv6 without a scope id pass: what CPython accepts but NGINX refuses is left out."""
+    text, view = conf({"simple": [inst(address, 80, "bad"), inst("127.0.0.11", 5000, "good")]})
+    assert upstream_servers(text, "simple") == ["127.0.0.11:5000"]
+    assert [(r.instance, r.reason) for r in view.rejected] == [("bad", BAD_ADDRESS)]
+    assert "%" not in text
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        pytest.param("127.0.0.11", "127.0.0.11", id="ipv4"),
+        pytest.param("::1", "::1", id="ipv6-loopback"),
+        pytest.param("2001:DB8::0:1", "2001:db8::1", id="ipv6-normalised"),
+        pytest.param("::ffff:127.0.0.1", "::ffff:7f00:1", id="ipv4-mapped"),
+    ],
+)
+def test_good_addresses_are_normalised(address: str, expected: str) -> None:
+    """IPv4 and unscoped IPv6 pass, in their normal form."""
+    assert parse_ip(address) == expected
+
+
+def test_non_string_address_is_refused() -> None:
+    """An integer address (which `ipaddress` would turn into an IP) is not an address."""
+    assert parse_ip(2130706433) is None
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("simple\n", id="trailing-newline"),
+        pytest.param("simple\r", id="trailing-carriage-return"),
+        pytest.param("sim\x00ple", id="nul"),
+        pytest.param("simple\t", id="tab"),
+    ],
+)
+def test_service_name_is_matched_whole(name: str) -> None:
+    """A name with a trailing newline or a control character is not a DNS label, anywhere."""
+    assert not is_dns_label(name)
+    text, view = conf({name: [inst("127.0.0.11", 1)], "simple": []})
+    assert [(r.service, r.reason) for r in view.rejected] == [(name, BAD_NAME)]
+    assert name not in text

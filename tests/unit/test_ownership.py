@@ -1,0 +1,125 @@
+"""What counts as ours: `ownership.owned`, over plain data."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pytest
+
+from consul_operator import metrics
+from consul_operator.consul_client import ServiceInstance
+from consul_operator.ownership import (
+    FOREIGN_CLUSTER,
+    OWNERSHIP_REASONS,
+    UNKNOWN_HOST,
+    UNREPORTED,
+    WRONG_ADDRESS,
+    AgentHost,
+    owned,
+    reported_instances,
+)
+from consul_operator.upstreams import REJECT_REASONS
+
+AGENTS = (
+    AgentHost("staging", "host-1", "127.0.0.11"),
+    AgentHost("staging", "host-2", "127.0.0.12"),
+    AgentHost("prod", "host-1", "127.0.0.31"),
+)
+STATUSES: Mapping[str, Mapping[str, Mapping[str, object]]] = {
+    "web": {
+        "host-1": {"running": 1, "instances": ["web-host-1-a"]},
+        "host-2": {"running": 1, "instances": ["web-host-2-b"]},
+    },
+}
+
+
+def inst(
+    sid: str = "web-host-1-a",
+    *,
+    cluster: str | None = "staging",
+    host: str | None = "host-1",
+    address: str = "127.0.0.11",
+    service: str = "web",
+) -> ServiceInstance:
+    """A passing instance of ``service`` with our registration meta (None leaves a key out)."""
+    meta = {k: v for k, v in (("cluster", cluster), ("host", host)) if v is not None}
+    return ServiceInstance("node", "127.0.0.1", sid, service, address, 5000, meta, "passing")
+
+
+@pytest.mark.parametrize(
+    ("instance", "cluster", "reason"),
+    [
+        pytest.param(inst(), "staging", None, id="ours-host-1"),
+        pytest.param(
+            inst("web-host-2-b", host="host-2", address="127.0.0.12"), "staging", None, id="ours-host-2"
+        ),
+        pytest.param(inst(cluster="prod"), "staging", FOREIGN_CLUSTER, id="other-cluster-meta"),
+        pytest.param(inst(cluster=None), "staging", FOREIGN_CLUSTER, id="no-cluster-meta"),
+        pytest.param(inst(host="host-9"), "staging", UNKNOWN_HOST, id="host-not-an-agent"),
+        pytest.param(inst(host=None), "staging", UNKNOWN_HOST, id="no-host-meta"),
+        pytest.param(inst(address="127.0.0.12"), "staging", WRONG_ADDRESS, id="another-hosts-address"),
+        pytest.param(inst(address="::1%x"), "staging", WRONG_ADDRESS, id="scoped-address"),
+        pytest.param(
+            inst("forged", host="host-2", address="127.0.0.12"),
+            "staging",
+            UNREPORTED,
+            id="forged-at-agent-address",
+        ),
+        pytest.param(inst("web-host-2-b"), "staging", UNREPORTED, id="reported-by-another-host"),
+        pytest.param(inst(service="api"), "staging", UNREPORTED, id="no-status-record"),
+        pytest.param(
+            inst("prod-x", cluster="prod", address="127.0.0.31"),
+            None,
+            UNREPORTED,
+            id="any-cluster-still-needs-report",
+        ),
+        pytest.param(inst(), None, None, id="any-cluster-ours"),
+        pytest.param(inst(cluster="prod"), None, WRONG_ADDRESS, id="any-cluster-judged-by-its-own-agents"),
+    ],
+)
+def test_owned(instance: ServiceInstance, cluster: str | None, reason: str | None) -> None:
+    """An instance counts only with our cluster, a live agent's host and address, and that agent's report."""
+    verdict = owned([instance], cluster, AGENTS, STATUSES)
+    if reason is None:
+        assert verdict.kept == (instance,) and verdict.rejected == ()
+    else:
+        assert verdict.kept == ()
+        assert [(d.instance, d.reason) for d in verdict.rejected] == [(instance, reason)]
+
+
+def test_dead_agent_owns_nothing() -> None:
+    """Instances of a host whose agent is not live (absent from ``agents``) are not counted."""
+    verdict = owned([inst()], "staging", AGENTS[1:], STATUSES)
+    assert [d.reason for d in verdict.rejected] == [UNKNOWN_HOST]
+
+
+def test_order_is_kept_and_split_complete() -> None:
+    """Every instance is either kept or rejected, in input order."""
+    many = [
+        inst(),
+        inst("x"),
+        inst("web-host-2-b", host="host-2", address="127.0.0.12"),
+        inst(cluster="prod"),
+    ]
+    verdict = owned(many, "staging", AGENTS, STATUSES)
+    assert list(verdict.kept) == [many[0], many[2]]
+    assert [d.instance for d in verdict.rejected] == [many[1], many[3]]
+
+
+@pytest.mark.parametrize(
+    ("record", "expected"),
+    [
+        pytest.param(None, frozenset(), id="no-record"),
+        pytest.param({}, frozenset(), id="record-without-field"),
+        pytest.param({"instances": "web-1"}, frozenset(), id="string-not-list"),
+        pytest.param({"instances": ["a", 1, None, "b"]}, frozenset({"a", "b"}), id="non-strings-dropped"),
+    ],
+)
+def test_reported_instances(record: Mapping[str, object] | None, expected: frozenset[str]) -> None:
+    """A status record's instance list is read defensively: anything malformed lists nothing."""
+    assert reported_instances(record) == expected
+
+
+def test_every_reason_is_a_metric_label() -> None:
+    """Grammar and ownership reasons are exactly the pre-created labels of operator_lb_rejected_total."""
+    assert set(metrics.LB_REJECT_REASONS) == set(REJECT_REASONS) | set(OWNERSHIP_REASONS)
