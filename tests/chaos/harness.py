@@ -622,7 +622,8 @@ def start_environment() -> Cluster:
     CLOCK_DIR.mkdir(parents=True, exist_ok=True)
     for clock in CLOCK_DIR.iterdir():
         clock.write_text("0\n")
-    staging = Staging("chaos", CHAOS_ADDRESSES, extra_env=(*SLOW_RESYNC, ("CLOCK_OFFSET_DIR", str(CLOCK_DIR))))
+    clock = ("CLOCK_OFFSET_DIR", str(CLOCK_DIR))
+    staging = Staging("chaos", CHAOS_ADDRESSES, extra_env=(*SLOW_RESYNC, clock))
     staging.run("down")
     staging.run("up")
     return Cluster(staging, ConsulClient(staging.consul_addr()), connect())
