@@ -622,8 +622,8 @@ def start_environment() -> Cluster:
     CLOCK_DIR.mkdir(parents=True, exist_ok=True)
     for clock in CLOCK_DIR.iterdir():
         clock.write_text("0\n")
-    clock = ("CLOCK_OFFSET_DIR", str(CLOCK_DIR))
-    staging = Staging("chaos", CHAOS_ADDRESSES, extra_env=(*SLOW_RESYNC, clock))
+    clock_env = ("CLOCK_OFFSET_DIR", str(CLOCK_DIR))
+    staging = Staging("chaos", CHAOS_ADDRESSES, extra_env=(*SLOW_RESYNC, clock_env))
     staging.run("down")
     staging.run("up")
     return Cluster(staging, ConsulClient(staging.consul_addr()), connect())
