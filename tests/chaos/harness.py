@@ -61,7 +61,14 @@ from consul_operator.docker_client import connect
 from consul_operator.model import LABEL_CLUSTER, LABEL_HOST, LABEL_SERVICE, META_HOST
 from tests.support.cluster import Cluster, manifest_yaml
 from tests.support.load import Load
-from tests.support.staging import ROOT, Staging, pid_alive, restart_docker_engine, wait_until
+from tests.support.staging import (
+    ROOT,
+    SLOW_RESYNC,
+    Staging,
+    pid_alive,
+    restart_docker_engine,
+    wait_until,
+)
 
 CHAOS_ADDRESSES = ("127.0.0.61", "127.0.0.62", "127.0.0.63")
 SERVICES = {"simple": 2, "web": 3}  # simple is the LB's default service
@@ -336,7 +343,9 @@ class Chaos:
             self.cluster.kill(name, signal.SIGKILL)
         for container in self.containers(host=host):
             container.kill()
-        down = self.rng.uniform(3.0, 15.0)
+        # Past the 10 s lost-host grace: the replicas move, and the returning
+        # host must drop its stale ones (host_lost covers a host that never returns).
+        down = self.rng.uniform(11.0, 15.0)
         hold(down)  # the fault's length: the host stays down this long
         self.cluster.staging.run("up")
         return f"{host} down for {down:.1f}s"
@@ -613,7 +622,8 @@ def start_environment() -> Cluster:
     CLOCK_DIR.mkdir(parents=True, exist_ok=True)
     for clock in CLOCK_DIR.iterdir():
         clock.write_text("0\n")
-    staging = Staging("chaos", CHAOS_ADDRESSES, extra_env=(("CLOCK_OFFSET_DIR", str(CLOCK_DIR)),))
+    clock_env = ("CLOCK_OFFSET_DIR", str(CLOCK_DIR))
+    staging = Staging("chaos", CHAOS_ADDRESSES, extra_env=(*SLOW_RESYNC, clock_env))
     staging.run("down")
     staging.run("up")
     return Cluster(staging, ConsulClient(staging.consul_addr()), connect())
