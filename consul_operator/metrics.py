@@ -121,6 +121,14 @@ leader_changes = Counter("operator_leader_changes_total", "Times this agent gain
 placement_writes = Counter(
     "operator_placement_writes_total", "Placement decisions written to KV by the leader."
 )
+WRITE_FAILURE_REASONS = ("too_large", "permission_denied", "refused")
+leader_write_failures = Counter(
+    "operator_leader_write_failures_total",
+    "Fenced writes of one service's records that Consul refused (too_large: HTTP 413; "
+    "permission_denied; refused: any other answer). That service's writes back off; "
+    "the other services' go on (exported by the leader).",
+    ["reason"],
+)
 lb_reloads = Counter(
     "operator_lb_reloads_total",
     "NGINX config changes: ok (tested, installed, reloaded) or failed (refused; the last good one serves).",
@@ -141,6 +149,8 @@ consul_errors = Counter("operator_consul_errors_total", "Consul requests that fa
 
 for _result in ("ok", "failed"):
     lb_reloads.labels(_result)
+for _reason in WRITE_FAILURE_REASONS:
+    leader_write_failures.labels(_reason)
 for _reason in ("bad_name", "bad_address", "bad_port"):
     lb_rejected.labels(_reason)
 for _loop in LOOPS:
