@@ -81,7 +81,10 @@ def pack_writes(
     Groups are taken in sorted order and never split while they fit in one
     transaction on their own; a group too big for one is split by key (a
     single write larger than ``max_bytes`` goes alone: Consul refuses it, and
-    only it). Empty groups are left out.
+    only it). Empty groups are left out. The validator keeps a service's
+    records within one transaction (`desired_state.MAX_REVISION_BYTES`), so
+    in practice only many deletes (the status records of many lost hosts) are
+    split: they do not depend on each other.
     """
     batches: list[WriteBatch] = []
     names: list[str] = []
