@@ -154,6 +154,8 @@ class Scheduler:
         groups: dict[str, dict[str, bytes | None]] = {}
         for key, value in writes.items():
             groups.setdefault(self.layout.service_of(key) or "", {})[key] = value
+        for service in [s for s in self.write_backoffs if s not in groups]:
+            del self.write_backoffs[service]  # nothing left to write: nothing to back off
         for service in sorted(groups):
             backoff = self.write_backoffs.get(service)
             if backoff is not None and not backoff.ready(now):
@@ -165,6 +167,8 @@ class Scheduler:
             except (NotLeader, ConsulUnavailable):
                 raise
             except ConsulError as exc:
+                if _consul_trouble(exc):
+                    raise
                 if len(batch.groups) == 1:
                     self._write_failed(batch.groups[0], exc, now)
                     continue
@@ -187,6 +191,8 @@ class Scheduler:
             except (NotLeader, ConsulUnavailable):
                 raise
             except ConsulError as exc:
+                if _consul_trouble(exc):
+                    raise
                 self._write_failed(service, exc, now)
                 return written
             written.extend(batch.writes)
@@ -494,3 +500,11 @@ class Scheduler:
         metrics.rollout_state.clear()
         for gauge in metrics.LEADER_SERVICE_GAUGES:
             gauge.clear()
+
+
+def _consul_trouble(exc: ConsulError) -> bool:
+    """A server-side failure (5xx, e.g. no Raft leader): Consul's trouble, not one service's records.
+
+    It ends the pass, and the loop retries it; a refusal (4xx) is the service's own.
+    """
+    return exc.status is not None and exc.status >= 500

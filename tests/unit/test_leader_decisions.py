@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from consul.base import Response
 
+from consul_operator import metrics
 from consul_operator.consul_client import ConsulClient
 from consul_operator.desired_state import (
     MAX_REVISION_BYTES,
@@ -36,6 +37,7 @@ from consul_operator.reconcile import (
     rollout_needs_write,
     time_rollout,
 )
+from consul_operator.scheduler import Scheduler
 from consul_operator.txn import (
     CONSUL_MAX_REQUEST_BYTES,
     CONSUL_MAX_TXN_OPS,
@@ -382,3 +384,59 @@ def test_placement_kept_for_small_manifest() -> None:
     """A small manifest passes the cap unchanged (its revision is far below it)."""
     manifest = Manifest(name="web", image="hello:local", replicas=2, placement=Placement(max_per_host=1))
     assert len(revision_json(manifest)) < MAX_REVISION_BYTES // 100
+
+
+# --- the leader's writer: one service's refusal stays its own ------------------------------
+
+
+@dataclass
+class FakeElection:
+    """Refuses every fenced write that holds one of ``refuse``'s keys, with its error."""
+
+    refuse: dict[str, ConsulError]
+    sessions: list[str | None] = field(default_factory=list)
+
+    def fenced_write(self, writes: dict[str, bytes | None], session: str | None = None) -> None:
+        """Refuse or accept, like Consul."""
+        self.sessions.append(session)
+        for key, exc in self.refuse.items():
+            if key in writes:
+                raise exc
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        pytest.param(ConsulError("too large", status=413), "too_large", id="413-too-large"),
+        pytest.param(ConsulPermissionDenied("denied", status=409), "permission_denied", id="acl-on-one-key"),
+        pytest.param(ConsulError("bad", status=400), "refused", id="other-refusal"),
+    ],
+)
+def test_refused_service_backs_off_alone(error: ConsulError, reason: str) -> None:
+    """A refusal for one service's key: the others are written with the pass's session; it backs off."""
+    bad = LAYOUT.placement_key("bravo")
+    election = FakeElection({bad: error})
+    scheduler = Scheduler(None, LAYOUT, election, "c", 10.0)  # type: ignore[arg-type]
+    before = metrics.leader_write_failures.labels(reason)._value.get()
+    writes: dict[str, bytes | None] = {LAYOUT.placement_key(n): b"{}" for n in ("alpha", "bravo", "charlie")}
+    written = scheduler._write("s1", writes, now=10.0)
+    assert sorted(written) == [LAYOUT.placement_key("alpha"), LAYOUT.placement_key("charlie")]
+    assert set(election.sessions) == {"s1"}
+    assert scheduler.write_backoffs["bravo"].retry_at == 11.0
+    assert metrics.leader_write_failures.labels(reason)._value.get() == before + 1
+    assert scheduler._write("s1", writes, now=10.5) == [
+        LAYOUT.placement_key("alpha"),
+        LAYOUT.placement_key("charlie"),
+    ]
+    election.refuse.clear()
+    assert LAYOUT.placement_key("bravo") in scheduler._write("s1", writes, now=11.0)
+    assert "bravo" not in scheduler.write_backoffs
+
+
+def test_consul_server_error_ends_the_pass() -> None:
+    """A 5xx (no Raft leader) is Consul's trouble, not a service's: the pass fails and the loop retries."""
+    election = FakeElection({LAYOUT.placement_key("a"): ConsulError("No cluster leader", status=500)})
+    scheduler = Scheduler(None, LAYOUT, election, "c", 10.0)  # type: ignore[arg-type]
+    with pytest.raises(ConsulError):
+        scheduler._write("s1", {LAYOUT.placement_key("a"): b"{}"}, now=0.0)
+    assert not scheduler.write_backoffs
