@@ -36,6 +36,7 @@ from consul_operator.errors import (
     ConsulUnavailable,
     NotLeader,
 )
+from consul_operator.txn import txn_body
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -148,13 +149,32 @@ def _wrapped(what: str) -> Iterator[None]:
         raise ConsulUnavailable(f"{url} unreachable during {what}: {_reason(exc)}") from exc
     except consul.ACLPermissionDenied as exc:
         health.report("consul", True)  # it answered
-        raise ConsulPermissionDenied(f"permission denied for {what}: {exc}") from exc
+        raise ConsulPermissionDenied(f"permission denied for {what}: {exc}", status=403) from exc
     except consul.ConsulException as exc:
         health.report("consul", True)
-        raise ConsulError(f"Consul refused {what}: {exc}") from exc
+        raise ConsulError(f"Consul refused {what}: {exc}", status=_status_of(exc)) from exc
     except requests.RequestException as exc:
         raise ConsulError(f"Consul request failed during {what}: {exc}") from exc
     health.report("consul", True)
+
+
+def _status_of(exc: Exception) -> int | None:
+    """The HTTP status of a py-consul exception: it keeps none, but starts its message with it."""
+    if isinstance(exc, consul.NotFound):
+        return 404
+    if isinstance(exc, consul.ACLDisabled):
+        return 401
+    found = re.match(r"(\d{3}) ", str(exc))
+    return int(found.group(1)) if found else None
+
+
+def _txn_errors(body: str) -> list[tuple[int | None, str]]:
+    """The ``Errors`` of a refused transaction: (operation index, what went wrong)."""
+    try:
+        errors = json.loads(body).get("Errors") or []
+        return [(e.get("OpIndex"), str(e.get("What", ""))) for e in errors if isinstance(e, dict)]
+    except (ValueError, AttributeError):
+        return []
 
 
 def _go_duration(seconds: float) -> str:
@@ -296,33 +316,36 @@ class ConsulClient:
     def fenced_write(self, lock_key: str, session: str, writes: Mapping[str, bytes | None]) -> None:
         """Write (or, for None, delete) keys only while ``session`` holds ``lock_key``.
 
-        One transaction: a ``check-session`` on the lock, then the writes. An
-        ex-leader whose session was invalidated gets `NotLeader` and changes
-        nothing.
+        One transaction: a ``check-session`` on the lock (operation 0), then the
+        writes. Decided on Consul's status code and its per-operation errors:
+
+        * 409 with operation 0 failing: the lock is not ours, `NotLeader` (an
+          ex-leader whose session was invalidated changes nothing);
+        * 409 with "Permission denied": `ConsulPermissionDenied`;
+        * anything else (413: too large, too many operations): `ConsulError`
+          with ``status`` set.
         """
-        ops: list[dict[str, Any]] = [{"KV": {"Verb": "check-session", "Key": lock_key, "Session": session}}]
-        for key, value in writes.items():
-            if value is None:
-                ops.append({"KV": {"Verb": "delete", "Key": key}})
-            else:
-                encoded = base64.b64encode(value).decode("ascii")
-                ops.append({"KV": {"Verb": "set", "Key": key, "Value": encoded}})
-        try:
-            with _wrapped(f"a fenced write of {sorted(writes)}"):
-                # Not txn.put(): py-consul sends no ACL token with it.
-                self._client.http.put(
-                    CB.json(), "/v1/txn", data=json.dumps(ops), headers=self._client.prepare_headers()
-                )
-        except ConsulError as exc:
-            # Consul answers 409 when an operation of the transaction fails: an
-            # operation the ACL token may not do, or else the check-session.
-            if "409" in str(exc) and "Permission denied" in str(exc):
-                raise ConsulPermissionDenied(
-                    f"permission denied for a fenced write of {sorted(writes)}: {exc}"
-                ) from exc
-            if "409" in str(exc):
-                raise NotLeader(f"{lock_key!r} is not held by session {session}") from exc
-            raise
+        described = f"a fenced write of {_describe_keys(writes)}"
+        with _wrapped(described):
+            # Not txn.put(): py-consul sends no ACL token with it. The callback keeps
+            # the response as it is, so that the status code decides, not its text.
+            response = self._client.http.put(
+                lambda r: r,
+                "/v1/txn",
+                data=txn_body(lock_key, session, writes),
+                headers=self._client.prepare_headers(),
+            )
+        code = int(response.code)
+        if code < 400:
+            return
+        body = str(response.body)
+        errors = _txn_errors(body) if code == 409 else []
+        text = "; ".join(what for _, what in errors) or body.strip()[:300]
+        if any(index == 0 for index, _ in errors):
+            raise NotLeader(f"{lock_key!r} is not held by session {session}: {text}")
+        if code == 403 or any("permission denied" in what.lower() for _, what in errors):
+            raise ConsulPermissionDenied(f"permission denied for {described}: {text}", status=code)
+        raise ConsulError(f"Consul refused {described} (HTTP {code}): {text}", status=code)
 
     # --- sessions -------------------------------------------------------------
 
@@ -506,6 +529,13 @@ class ConsulClient:
         """The Raft leader's address, or "" when the cluster has none."""
         with _wrapped("reading the Raft leader"):
             return str(self._client.status.leader() or "")
+
+
+def _describe_keys(writes: Mapping[str, object], limit: int = 5) -> str:
+    """The first few keys of a write, and how many more: error texts stay short."""
+    keys = sorted(writes)
+    text = ", ".join(keys[:limit])
+    return f"[{text}, and {len(keys) - limit} more]" if len(keys) > limit else f"[{text}]"
 
 
 def _entry(raw: Mapping[str, Any]) -> KVEntry:

@@ -29,6 +29,12 @@ from consul_operator.errors import OperatorError
 
 MAX_MANIFEST_BYTES: Final = 512 * 1024
 """Consul's KV value limit: a larger manifest could not be stored anyway."""
+MAX_REVISION_BYTES: Final = 320 * 1024
+"""The cap on a manifest's normalised JSON (`revision_json`), which the leader keeps in
+``operator/revisions/<name>/<spec>``. It goes base64-encoded (a third larger: 427 KiB)
+into one fenced transaction with the service's placement and rollout records, and
+Consul refuses a transaction body over 512 KiB (`txn.TXN_MAX_BYTES`); the rest (over
+80 KiB) is room for those records at their largest (100 replicas on 100 hosts)."""
 MAX_REPLICAS: Final = 100
 """The operator's cap on replicas (and on max_per_host)."""
 
@@ -302,7 +308,7 @@ def manifest_from_dict(data: object, *, key_name: str | None = None) -> Manifest
         raise _refusal(problems)
     assert name is not None and image is not None and replicas is not None
     assert drain is not None and stop_grace is not None
-    return Manifest(
+    manifest = Manifest(
         name=name,
         image=image,
         replicas=replicas,
@@ -315,6 +321,20 @@ def manifest_from_dict(data: object, *, key_name: str | None = None) -> Manifest
         stop_grace=stop_grace,
         update=update,
     )
+    size = len(revision_json(manifest))
+    if size > MAX_REVISION_BYTES:
+        message = (
+            f"manifest is {size} bytes in its normalised JSON form, more than the limit of "
+            f"{MAX_REVISION_BYTES} bytes (the leader must write it, base64-encoded, in one Consul "
+            "transaction of at most 512 KiB); make env values or command arguments smaller"
+        )
+        raise ManifestError([Problem("", message)])
+    return manifest
+
+
+def revision_json(manifest: Manifest) -> bytes:
+    """The revision record of ``manifest``: its normalised form as JSON (what the leader stores)."""
+    return json.dumps(manifest.to_dict(), sort_keys=True).encode()
 
 
 def _check_update(value: object, problems: list[Problem]) -> UpdatePolicy:

@@ -13,7 +13,14 @@ class OperatorError(Exception):
 
 
 class ConsulError(OperatorError):
-    """Consul answered, but not with what we asked for (HTTP 4xx/5xx, bad data)."""
+    """Consul answered, but not with what we asked for (HTTP 4xx/5xx, bad data).
+
+    ``status`` is the HTTP status code of Consul's answer, when there was one.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class ConsulUnavailable(ConsulError):

@@ -88,3 +88,18 @@ class Layout:
     def rollback_key(self, name: str) -> str:
         """``operator/rollback/<name>``: a request to return ``name`` to its previous spec."""
         return self.rollback_prefix + name
+
+    def service_of(self, key: str) -> str | None:
+        """The service an ``operator/`` record belongs to (placement, status, revision, rollout,
+        rollback); None for other keys. The leader groups its writes by it."""
+        for prefix in (
+            self.placement_prefix,
+            self.status_prefix,
+            self.revisions_prefix,
+            self.rollout_prefix,
+            self.rollback_prefix,
+        ):
+            if key.startswith(prefix):
+                service = key[len(prefix) :].partition("/")[0]
+                return service or None
+        return None

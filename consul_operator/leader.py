@@ -78,15 +78,23 @@ class LeaderElection:
         """Our session id, for fenced writes."""
         return self._session
 
-    def fenced_write(self, writes: dict[str, bytes | None]) -> None:
-        """Write keys only if we still hold the lock; on `NotLeader`, step down at once."""
-        session = self._session
+    def fenced_write(self, writes: dict[str, bytes | None], session: str | None = None) -> None:
+        """Write keys only if ``session`` still holds the lock; on `NotLeader`, step down at once.
+
+        ``session`` is the one the caller decided under (the scheduler takes it
+        at the start of its pass): a pass decided under a session that has since
+        been replaced must not be written with the new one. Without it, the
+        session held now. A `NotLeader` of a session that is no longer ours
+        says nothing about the current one, which keeps its leadership.
+        """
+        session = self._session if session is None else session
         if not self._leader or session is None:
             raise NotLeader(f"{self.host} is not the leader")
         try:
             self.consul.fenced_write(self.layout.leader_key, session, writes)
         except NotLeader:
-            self._set_leader(False)
+            if session == self._session:
+                self._set_leader(False)
             raise
 
     def run(self, stop: threading.Event) -> None:

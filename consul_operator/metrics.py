@@ -128,6 +128,14 @@ orphan_sessions_reaped = Counter(
 placement_writes = Counter(
     "operator_placement_writes_total", "Placement decisions written to KV by the leader."
 )
+WRITE_FAILURE_REASONS = ("too_large", "permission_denied", "refused")
+leader_write_failures = Counter(
+    "operator_leader_write_failures_total",
+    "Fenced writes of one service's records that Consul refused (too_large: HTTP 413; "
+    "permission_denied; refused: any other answer). That service's writes back off; "
+    "the other services' go on (exported by the leader).",
+    ["reason"],
+)
 lb_reloads = Counter(
     "operator_lb_reloads_total",
     "NGINX config changes: ok (tested, installed, reloaded), failed (refused by nginx -t; the last "
@@ -166,6 +174,8 @@ LB_REJECT_REASONS = (
 )
 for _result in LB_RELOAD_RESULTS:
     lb_reloads.labels(_result)
+for _reason in WRITE_FAILURE_REASONS:
+    leader_write_failures.labels(_reason)
 for _reason in LB_REJECT_REASONS:
     lb_rejected.labels(_reason)
 for _loop in LOOPS:

@@ -324,6 +324,15 @@ class RolloutRecord:
     being rolled out; while rolling back, ``to_spec`` is that previous spec.
     ``updated`` counts replicas of ``to_spec`` that passed for min_healthy,
     out of ``total``.
+
+    ``started`` is a wall-clock stamp, for people only. The deadline is
+    measured by ``elapsed``: seconds the rollout has been in its state, as
+    leaders measured them with their own monotonic clocks (`time_rollout`).
+    Hosts' clocks may disagree, or one may step (NTP); a duration each
+    leader measures itself and hands on in the record does not care. A new
+    leader resumes from the last ``elapsed`` written, so a leader change can
+    only lengthen a deadline (by at most ``ROLLOUT_ELAPSED_EVERY``), never
+    shorten it.
     """
 
     service: str
@@ -334,6 +343,7 @@ class RolloutRecord:
     reason: str = ""
     updated: int = 0
     total: int = 0
+    elapsed: float = 0.0
 
     @property
     def active(self) -> bool:
@@ -351,6 +361,7 @@ class RolloutRecord:
             "reason": self.reason,
             "updated": self.updated,
             "total": self.total,
+            "elapsed": round(self.elapsed, 3),
         }
         return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
@@ -371,6 +382,7 @@ class RolloutRecord:
                 reason=str(body.get("reason", "")),
                 updated=int(body.get("updated", 0)),
                 total=int(body.get("total", 0)),
+                elapsed=max(0.0, float(body.get("elapsed", 0.0))),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"not a rollout record: {exc}") from exc

@@ -333,15 +333,17 @@ def plan_rollout(
     never below ``replicas - max_unavailable`` passing; new ones are added
     while placed-or-running stays within ``replicas + max_surge`` and no more
     than ``max_surge + max_unavailable`` (and fewer than the number of target
-    hosts) are unproven. Past the deadline a forward rollout fails: it rolls
-    back with ``auto_rollback``, else it stops changing anything.
+    hosts) are unproven. Past the deadline (``rollout.elapsed``, see
+    `time_rollout`) a forward rollout fails: it rolls back with
+    ``auto_rollback``, else it stops changing anything. ``now`` (wall clock)
+    only stamps a rollback's ``started``, for people.
     """
     counts = {h: {s: n for s, n in c.items() if n > 0} for h, c in placed.items()}
     if not rollout.active:
         return RolloutStep(counts, rollout)
     to = rollout.to_spec
     new_placed = sum(c.get(to, 0) for c in counts.values())
-    if rollout.state == "progressing" and now - rollout.started > policy.deadline:
+    if rollout.state == "progressing" and rollout.elapsed > policy.deadline:
         reason = f"new replicas not healthy within {policy.deadline:g}s"
         if not policy.auto_rollback:
             updated = min(matured.get(to, 0), new_placed)
@@ -352,6 +354,7 @@ def plan_rollout(
             from_spec=to,
             to_spec=rollout.from_spec,
             started=now,
+            elapsed=0.0,
             reason=reason,
         )
         to = rollout.to_spec
@@ -403,6 +406,146 @@ def _occupancy(counts: SpecCounts, running: SpecCounts) -> int:
         placed, ran = counts.get(host, {}), running.get(host, {})
         total += sum(max(placed.get(s, 0), ran.get(s, 0)) for s in set(placed) | set(ran))
     return total
+
+
+ROLLOUT_ELAPSED_EVERY: Final = 5.0
+"""An active rollout's ``elapsed`` is written at least this often (seconds): what a
+leader change can add to its deadline."""
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutTimer:
+    """This leader's own measure of one rollout: it had been in its state ``elapsed`` s at ``at``.
+
+    ``at`` is on the leader's monotonic clock; the timer belongs to the rollout
+    identified by (``to_spec``, ``state``, ``started``) and restarts when that changes.
+    """
+
+    to_spec: str
+    state: str
+    started: float
+    at: float
+    elapsed: float
+
+
+def time_rollout(
+    record: RolloutRecord, timer: RolloutTimer | None, now: float
+) -> tuple[RolloutRecord, RolloutTimer]:
+    """``record`` with ``elapsed`` measured up to ``now`` (monotonic), and the timer to keep.
+
+    A leader starts timing a rollout from the ``elapsed`` in its record when it
+    first sees it, then adds what its own monotonic clock measures: no wall
+    clock of any host is compared with another's, and a step of this host's
+    wall clock changes nothing. Only an active rollout's time runs.
+    """
+    identity = (record.to_spec, record.state, record.started)
+    if timer is None or (timer.to_spec, timer.state, timer.started) != identity:
+        timer = RolloutTimer(record.to_spec, record.state, record.started, now, record.elapsed)
+    if not record.active:
+        return record, timer
+    return replace(record, elapsed=timer.elapsed + max(0.0, now - timer.at)), timer
+
+
+def rollout_needs_write(old: RolloutRecord | None, new: RolloutRecord) -> bool:
+    """Whether ``new`` differs from the stored ``old`` in more than time, or its time is due.
+
+    ``elapsed`` alone changes every pass; it is written with any other change,
+    and at least every ``ROLLOUT_ELAPSED_EVERY`` seconds while the rollout is active.
+    """
+    if old is None or replace(old, elapsed=0.0) != replace(new, elapsed=0.0):
+        return True
+    return new.active and new.elapsed - old.elapsed >= ROLLOUT_ELAPSED_EVERY
+
+
+def frozen_placement(record: PlacementRecord, decided: PlacementRecord, keep: str) -> PlacementRecord:
+    """A failed rollout's placement: ``record``'s spec mix, frozen, on the hosts of ``decided``.
+
+    A failed rollout changes no replica's spec, but a lost host's replicas must
+    still move: ``decided`` (the schedule) says how many replicas each host
+    has; each host keeps the specs it had in ``record``, and a host that
+    gains replicas takes the specs the lost hosts had. Where a host has fewer
+    replicas than before, specs other than ``keep`` (the known-good one) go
+    first; replicas beyond ``record``'s total are of ``keep``.
+    """
+    specs: dict[str, dict[str, int]] = {}
+    for host, count in sorted(decided.hosts.items()):
+        kept = dict(record.spec_counts(host))
+        for spec in sorted(kept, key=lambda s: (s == keep, s)):  # ``keep`` last: it goes last
+            cut = min(kept[spec], max(0, sum(kept.values()) - count))
+            kept[spec] -= cut
+        specs[host] = {s: n for s, n in kept.items() if n > 0}
+    had: Counter[str] = Counter()
+    for host in record.hosts:
+        had.update(record.spec_counts(host))
+    for counts in specs.values():
+        had.subtract(counts)
+    moving = [s for s in sorted(had, key=lambda s: (s != keep, s)) for _ in range(max(0, had[s]))]
+    for host, count in sorted(decided.hosts.items()):
+        while sum(specs[host].values()) < count:
+            spec = moving.pop(0) if moving else keep
+            specs[host][spec] = specs[host].get(spec, 0) + 1
+    return replace(
+        decided,
+        spec_hash=record.spec_hash,
+        hosts=frozen_map({h: sum(c.values()) for h, c in specs.items() if c}),
+        specs={h: frozen_map(c) for h, c in specs.items() if c},
+    )
+
+
+def dropped_rollback_requests(requests: Iterable[str], manifests: Mapping[str, Manifest | None]) -> list[str]:
+    """Rollback requests to delete unheard: the service's manifest is invalid or gone.
+
+    A request is acted on against a valid manifest only; kept, it would wait
+    for the manifest to be fixed and then turn that good rollout into a rollback.
+    """
+    return sorted(name for name in requests if manifests.get(name) is None)
+
+
+def orphaned_revisions(
+    revisions: Iterable[tuple[str, str]], manifests: Mapping[str, object]
+) -> list[tuple[str, str]]:
+    """The kept revisions (service, spec) that go: their service's manifest is gone (not merely invalid)."""
+    return sorted({(name, spec) for name, spec in revisions if name not in manifests})
+
+
+# --- lost hosts' status records --------------------------------------------------------
+
+
+def live_running(
+    running: Mapping[str, Mapping[str, Mapping[str, int]]], hosts: Sequence[HostInfo]
+) -> dict[str, dict[str, dict[str, int]]]:
+    """The agents' running counts (service -> host -> spec -> n) of live hosts only.
+
+    A lost host's record says what ran when its agent last wrote; counted, a
+    host lost for good would hold a rollout's surge and completion forever.
+    While it is in grace its replicas still count through the placement.
+    """
+    live = {h.name for h in hosts if h.live}
+    result: dict[str, dict[str, dict[str, int]]] = {}
+    for service, per_host in running.items():
+        kept = {h: dict(specs) for h, specs in per_host.items() if h in live}
+        if kept:
+            result[service] = kept
+    return result
+
+
+def gone_statuses(
+    statuses: Mapping[str, Iterable[str]], hosts: Sequence[HostInfo], now: float, lost_grace: float
+) -> list[tuple[str, str]]:
+    """(service, host) of the status records to delete: their host is gone past the lost-host grace.
+
+    ``statuses`` maps a service to the hosts that have a record of it. A host
+    unknown to ``hosts``, or lost with no grace left, is gone; a live host
+    and a host in grace keep theirs (its agent may come back and own it).
+    """
+    by_name = {h.name: h for h in hosts}
+    gone: list[tuple[str, str]] = []
+    for service in sorted(statuses):
+        for host in sorted(set(statuses[service])):
+            info = by_name.get(host)
+            if info is None or (not info.live and not _in_grace(info, now, lost_grace)):
+                gone.append((service, host))
+    return gone
 
 
 # --- back-off ------------------------------------------------------------------------

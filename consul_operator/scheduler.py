@@ -3,7 +3,18 @@
 Runs on every agent but does nothing unless this agent holds the leader
 lock. Every pass re-reads the manifests, the hosts and the current
 placements, computes the pure `schedule`, and writes only the records that
-changed, in transactions that check the lock (`LeaderElection.fenced_write`).
+changed, in transactions that check the lock (`LeaderElection.fenced_write`)
+with the session the pass was decided under.
+
+Writes are grouped per service and packed into transactions within Consul's
+limits (`txn.pack_writes`); a transaction Consul refuses is retried one
+service at a time, and a service whose own writes are refused backs off
+alone (logged, counted in ``operator_leader_write_failures_total``): it never
+blocks the other services' placements.
+
+Durations (lost-host grace, min_healthy, convergence time) are measured on
+the monotonic clock; the rollout deadline with `reconcile.time_rollout`. The
+wall clock only stamps records for people.
 """
 
 from __future__ import annotations
@@ -19,22 +30,43 @@ import structlog
 
 from consul_operator import metrics
 from consul_operator.consul_client import ConsulClient, ServiceInstance
-from consul_operator.desired_state import Manifest
-from consul_operator.errors import ConsulPermissionDenied
+from consul_operator.desired_state import Manifest, revision_json
+from consul_operator.errors import ConsulError, ConsulPermissionDenied, ConsulUnavailable, NotLeader
 from consul_operator.keys import Layout
 from consul_operator.kv_state import read_manifests, read_placements, read_rollouts
 from consul_operator.leader import LeaderElection
 from consul_operator.loop import PassResult
-from consul_operator.model import ROLLOUT_STATES, HostInfo, PlacementRecord, RolloutRecord, frozen_map
+from consul_operator.model import (
+    ROLLOUT_STATES,
+    Backoff,
+    HostInfo,
+    PlacementRecord,
+    RolloutRecord,
+    frozen_map,
+)
 from consul_operator.ownership import owned
 from consul_operator.presence import AGENT_SERVICE, read_agents, read_hosts
-from consul_operator.reconcile import next_schedule_wakeup, plan_rollout, schedule
+from consul_operator.reconcile import (
+    RolloutTimer,
+    backoff_after_failure,
+    dropped_rollback_requests,
+    frozen_placement,
+    gone_statuses,
+    live_running,
+    next_schedule_wakeup,
+    orphaned_revisions,
+    plan_rollout,
+    rollout_needs_write,
+    schedule,
+    time_rollout,
+)
 from consul_operator.snapshot import read_statuses
+from consul_operator.txn import pack_writes
 
 log = structlog.get_logger()
 
-# Consul 1.8 accepts at most 64 operations per transaction; one is the lock check.
-MAX_WRITES_PER_TXN = 63
+SpecsByHost = dict[str, dict[str, dict[str, int]]]
+"""Per service, per host, per spec: running containers (the agents' status records)."""
 # How often the leader looks at an active rollout (health, min_healthy, drains).
 ROLLOUT_POLL = 0.5
 
@@ -48,7 +80,11 @@ class Scheduler:
     election: LeaderElection
     cluster: str
     lost_grace: float
-    clock: Callable[[], float] = time.time
+    # Durations within this process: monotonic, so that a step of the wall clock
+    # (NTP) neither keeps a dead host's replicas nor ends a grace at once.
+    clock: Callable[[], float] = time.monotonic
+    # Stamps for people in the records (a rollout's "started") only.
+    wall_clock: Callable[[], float] = time.time
     # When this leader first saw each host not live; a new leader starts afresh,
     # which only ever lengthens a grace period, never shortens it.
     lost_since: dict[str, float] = field(default_factory=dict)
@@ -58,20 +94,29 @@ class Scheduler:
     changed_at: dict[str, float] = field(default_factory=dict)
     # Instance ID -> when this leader first saw it passing (for update.min_healthy).
     first_passing: dict[str, float] = field(default_factory=dict)
+    # Per service: this leader's monotonic measure of its rollout (for the deadline).
+    rollout_timers: dict[str, RolloutTimer] = field(default_factory=dict)
+    # Per service whose writes Consul refused: the back-off before trying them again.
+    write_backoffs: dict[str, Backoff] = field(default_factory=dict)
 
     def reconcile(self) -> PassResult:
         """One scheduling pass (a no-op unless we lead)."""
-        if not self.election.is_leader:
+        # Taken once: every write of this pass is fenced with the session it was
+        # decided under, never with one acquired while the pass ran.
+        session = self.election.session
+        if not self.election.is_leader or session is None:
             if self.seen:
                 self._forget()
             return PassResult()
         now = self.clock()
         manifests = read_manifests(self.consul, self.layout)
         current = read_placements(self.consul, self.layout)
-        hosts = self._hosts(current, now)
+        statuses = self._running_specs()
+        hosts = self._hosts(current, statuses, now)
         valid = {n: (m if isinstance(m, Manifest) else None) for n, m in manifests.items()}
         decided = schedule(valid, hosts, current, now, self.lost_grace)
-        rollout_writes, active = self._rollouts(valid, current, decided, now)
+        running = live_running(statuses, hosts)
+        rollout_writes, active = self._rollouts(manifests, valid, current, decided, running, now)
 
         me = self.election.host
         writes: dict[str, bytes | None] = {
@@ -81,29 +126,119 @@ class Scheduler:
         }
         writes.update({self.layout.placement_key(n): None for n in current if n not in decided})
         writes.update(rollout_writes)
-        items = sorted(writes.items())
-        for start in range(0, len(items), MAX_WRITES_PER_TXN):
-            self.election.fenced_write(dict(items[start : start + MAX_WRITES_PER_TXN]))
-        if writes:
-            metrics.placement_writes.inc(len(writes))
-            log.info("placements written", changed=sorted(k.rsplit("/", 1)[1] for k in writes))
+        gone = gone_statuses(statuses, hosts, now, self.lost_grace)
+        writes.update({self.layout.status_key(service, host): None for service, host in gone})
+        if gone:
+            log.info("removing status records of lost hosts", records=[f"{s}/{h}" for s, h in gone])
+        written = self._write(session, writes, now)
+        if written:
+            metrics.placement_writes.inc(len(written))
+            log.info("placements written", changed=sorted({self.layout.service_of(k) or k for k in written}))
         self._observe(manifests, decided, now)
 
         wake = next_schedule_wakeup(hosts, self.lost_grace, now)
         if active:  # a rollout waits on health, min_healthy and drains: look again soon
             wake = now + ROLLOUT_POLL if wake is None else min(wake, now + ROLLOUT_POLL)
+        retries = [b.retry_at for b in self.write_backoffs.values() if b.retry_at > now]
+        if retries:
+            wake = min([*retries, *([] if wake is None else [wake])])
         return PassResult(requeue_after=None if wake is None else max(0.0, wake - now) + 0.05)
+
+    # --- fenced writes, isolated per service ---------------------------------------------
+
+    def _write(self, session: str, writes: Mapping[str, bytes | None], now: float) -> list[str]:
+        """Write ``writes`` fenced with ``session``, in transactions within Consul's limits; the keys written.
+
+        A service's writes go together; a refused transaction is retried one
+        service at a time, and a service Consul refuses backs off alone. Losing
+        the lock, or Consul, ends the pass (`NotLeader`, `ConsulUnavailable`).
+        """
+        groups: dict[str, dict[str, bytes | None]] = {}
+        for key, value in writes.items():
+            groups.setdefault(self.layout.service_of(key) or "", {})[key] = value
+        for service in [s for s in self.write_backoffs if s not in groups]:
+            del self.write_backoffs[service]  # nothing left to write: nothing to back off
+        for service in sorted(groups):
+            backoff = self.write_backoffs.get(service)
+            if backoff is not None and not backoff.ready(now):
+                del groups[service]  # refused before: wait for its back-off
+        written: list[str] = []
+        for batch in pack_writes(groups):
+            try:
+                self.election.fenced_write(dict(batch.writes), session=session)
+            except (NotLeader, ConsulUnavailable):
+                raise
+            except ConsulError as exc:
+                if _consul_trouble(exc):
+                    raise
+                if len(batch.groups) == 1:
+                    self._write_failed(batch.groups[0], exc, now)
+                    continue
+                for service in batch.groups:  # find the one at fault; the others go through
+                    written.extend(self._write_alone(session, service, groups[service], now))
+                continue
+            written.extend(batch.writes)
+            for service in batch.groups:
+                self.write_backoffs.pop(service, None)
+        return written
+
+    def _write_alone(
+        self, session: str, service: str, writes: Mapping[str, bytes | None], now: float
+    ) -> list[str]:
+        """One service's writes in transactions of their own; on a refusal, that service backs off."""
+        written: list[str] = []
+        for batch in pack_writes({service: writes}):
+            try:
+                self.election.fenced_write(dict(batch.writes), session=session)
+            except (NotLeader, ConsulUnavailable):
+                raise
+            except ConsulError as exc:
+                if _consul_trouble(exc):
+                    raise
+                self._write_failed(service, exc, now)
+                return written
+            written.extend(batch.writes)
+        self.write_backoffs.pop(service, None)
+        return written
+
+    def _write_failed(self, service: str, exc: ConsulError, now: float) -> None:
+        """Count, log and back off a service whose writes Consul refused."""
+        if exc.status == 413:
+            reason = "too_large"
+        elif isinstance(exc, ConsulPermissionDenied):
+            reason = "permission_denied"
+        else:
+            reason = "refused"
+        error = str(exc)[:300]
+        backoff = backoff_after_failure(self.write_backoffs.get(service, Backoff()), now, error)
+        self.write_backoffs[service] = backoff
+        metrics.leader_write_failures.labels(reason).inc()
+        log.warning(
+            "writes of one service refused; the others go on",
+            service=service,
+            reason=reason,
+            status=exc.status,
+            error=error,
+            failures=backoff.failures,
+            retry_in=round(backoff.retry_at - now, 3),
+        )
 
     # --- rollouts ---------------------------------------------------------------------
 
     def _rollouts(
         self,
+        manifests: Mapping[str, object],
         valid: Mapping[str, Manifest | None],
         current: Mapping[str, PlacementRecord],
         decided: dict[str, PlacementRecord],
+        running: SpecsByHost,
         now: float,
     ) -> tuple[dict[str, bytes | None], bool]:
-        """Start, pace and finish rollouts; adjusts ``decided`` in place; the KV writes besides placements."""
+        """Start, pace and finish rollouts; adjusts ``decided`` in place; the KV writes besides placements.
+
+        ``now`` is monotonic; ``running`` counts live hosts only.
+        """
+        wall = self.wall_clock()
         rollouts = read_rollouts(self.consul, self.layout)
         revisions = {e.key for e in self.consul.kv_list(self.layout.revisions_prefix).value}
         requests = {
@@ -111,7 +246,13 @@ class Scheduler:
             for e in self.consul.kv_list(self.layout.rollback_prefix).value
         }
         writes: dict[str, bytes | None] = {}
-        running: dict[str, dict[str, dict[str, int]]] | None = None
+        for name in dropped_rollback_requests(requests, valid):
+            writes[self.layout.rollback_key(name)] = None
+            requests.discard(name)
+            why = "its manifest is invalid" if name in manifests else "it has no manifest"
+            log.warning("rollback request dropped", service=name, reason=why)
+        for name in [n for n in self.rollout_timers if n not in rollouts]:
+            del self.rollout_timers[name]
         active = False
         for name in sorted(valid):
             manifest = valid[name]
@@ -119,30 +260,31 @@ class Scheduler:
                 continue
             spec = manifest.spec_hash()
             old = rollouts.get(name)
-            rollout = self._next_rollout(name, spec, old, current.get(name), revisions, now)
+            timed = old
+            if old is not None:
+                timed, self.rollout_timers[name] = time_rollout(old, self.rollout_timers.get(name), now)
+            rollout = self._next_rollout(name, spec, timed, current.get(name), revisions, wall)
             if name in requests:
                 writes[self.layout.rollback_key(name)] = None
                 if rollout is not None and rollout.state in ("progressing", "complete", "failed"):
                     rollout = RolloutRecord(
-                        name, rollout.to_spec, rollout.from_spec, "rolling_back", now, "rollback requested"
+                        name, rollout.to_spec, rollout.from_spec, "rolling_back", wall, "rollback requested"
                     )
                     log.info("rollback requested", service=name, to=rollout.to_spec)
             key = self.layout.revision_key(name, spec)
             if key not in revisions:
-                writes[key] = json.dumps(manifest.to_dict(), sort_keys=True).encode()
+                writes[key] = revision_json(manifest)
                 revisions.add(key)
             if rollout is None:
                 continue
             if (rollout.active or rollout.state == "failed") and name in current:
-                if running is None:
-                    running = self._running_specs()
                 rollout = self._pace(rollout, manifest, current[name], decided, running.get(name, {}), now)
                 active = active or rollout.active
             elif rollout.state == "rolled_back":
                 record = decided[name]
                 specs = {h: frozen_map({rollout.to_spec: n}) for h, n in record.hosts.items()}
                 decided[name] = dataclasses.replace(record, spec_hash=rollout.to_spec, specs=specs)
-            if rollout != old:
+            if rollout_needs_write(old, rollout):
                 writes[self.layout.rollout_key(name)] = rollout.to_json()
                 self._count(old, rollout)
             keep = {self.layout.revision_key(name, s) for s in (rollout.from_spec, rollout.to_spec, spec)}
@@ -154,6 +296,12 @@ class Scheduler:
         for name in rollouts:
             if name not in valid:
                 writes[self.layout.rollout_key(name)] = None
+        kept = [
+            (name, spec)
+            for name, _, spec in (k[len(self.layout.revisions_prefix) :].partition("/") for k in revisions)
+        ]
+        for name, spec in orphaned_revisions(kept, manifests):
+            writes[self.layout.revision_key(name, spec)] = None
         return writes, active
 
     def _next_rollout(
@@ -225,10 +373,19 @@ class Scheduler:
             del self.first_passing[sid]
         target = dict(decided[name].hosts)
         step = plan_rollout(
-            rollout, manifest.replicas, manifest.update, target, placed, running, passing, matured, now
+            rollout,
+            manifest.replicas,
+            manifest.update,
+            target,
+            placed,
+            running,
+            passing,
+            matured,
+            self.wall_clock(),
         )
         if step.rollout.state == "failed":
-            decided[name] = record  # stop changing anything
+            # No spec changes any more, but a lost host's replicas still move.
+            decided[name] = frozen_placement(record, decided[name], step.rollout.from_spec)
         else:
             specs = {h: frozen_map(c) for h, c in step.specs.items()}
             hosts = frozen_map({h: sum(c.values()) for h, c in step.specs.items()})
@@ -245,16 +402,21 @@ class Scheduler:
         agents = read_agents(self.consul, self.cluster)
         return owned(instances, self.cluster, agents, read_statuses(self.consul, self.layout)).kept
 
-    def _running_specs(self) -> dict[str, dict[str, dict[str, int]]]:
-        """Per service, per host, per spec: running containers, from the agents' status records."""
-        result: dict[str, dict[str, dict[str, int]]] = {}
+    def _running_specs(self) -> SpecsByHost:
+        """Per service, per host, per spec: running containers, from every agent's status record.
+
+        An unreadable record counts nothing but is listed (its host's records may be gone).
+        """
+        result: SpecsByHost = {}
         for entry in self.consul.kv_list(self.layout.status_prefix, consistent=True).value:
             service, _, host = entry.key[len(self.layout.status_prefix) :].partition("/")
+            if not service or not host or "/" in host:
+                continue
             try:
                 body = json.loads(entry.value)
                 specs = {str(s): int(n) for s, n in dict(body.get("specs") or {}).items()}
             except (ValueError, TypeError, AttributeError):
-                continue
+                specs = {}
             result.setdefault(service, {})[host] = specs
         return result
 
@@ -268,8 +430,10 @@ class Scheduler:
             metrics.rollouts_total.labels(new.state).inc()
         log.info("rollout", service=new.service, state=new.state, reason=new.reason, to=new.to_spec)
 
-    def _hosts(self, current: dict[str, PlacementRecord], now: float) -> list[HostInfo]:
-        """Every host we know of: registered agents, and hosts that still hold replicas."""
+    def _hosts(
+        self, current: dict[str, PlacementRecord], statuses: SpecsByHost, now: float
+    ) -> list[HostInfo]:
+        """Every host we know of: registered agents, hosts that still hold replicas or status records."""
         known = read_hosts(self.consul, self.cluster)
         if not known.get(self.election.host, (False, {}))[0]:
             # The leader is live by definition (its lock hangs on its own checks). Not
@@ -284,6 +448,11 @@ class Scheduler:
         for record in current.values():
             for host in record.hosts:
                 known.setdefault(host, (False, {}))
+        for per_host in statuses.values():
+            for host in per_host:
+                known.setdefault(host, (False, {}))
+        for name in [n for n in self.lost_since if n not in known]:
+            del self.lost_since[name]
         hosts = []
         for name, (live, labels) in sorted(known.items()):
             if live:
@@ -334,6 +503,16 @@ class Scheduler:
         self.changed_at.clear()
         self.seen.clear()
         self.first_passing.clear()
+        self.rollout_timers.clear()
+        self.write_backoffs.clear()
         metrics.rollout_state.clear()
         for gauge in metrics.LEADER_SERVICE_GAUGES:
             gauge.clear()
+
+
+def _consul_trouble(exc: ConsulError) -> bool:
+    """A server-side failure (5xx, e.g. no Raft leader): Consul's trouble, not one service's records.
+
+    It ends the pass, and the loop retries it; a refusal (4xx) is the service's own.
+    """
+    return exc.status is not None and exc.status >= 500

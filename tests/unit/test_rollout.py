@@ -24,10 +24,10 @@ TARGET = {"h1": 1, "h2": 1}
 
 
 def rollout(state: str = "progressing", started: float = NOW - 10) -> RolloutRecord:
-    """A rollout of ``NEW`` from ``OLD`` (reversed while rolling back)."""
+    """A rollout of ``NEW`` from ``OLD`` (reversed while rolling back), in its state since ``started``."""
     if state == "rolling_back":
-        return RolloutRecord("web", NEW, OLD, state, started)
-    return RolloutRecord("web", OLD, NEW, state, started)
+        return RolloutRecord("web", NEW, OLD, state, started, elapsed=NOW - started)
+    return RolloutRecord("web", OLD, NEW, state, started, elapsed=NOW - started)
 
 
 @dataclass(frozen=True)
