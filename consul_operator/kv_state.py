@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import structlog
 
+from consul_operator.backoff import exponential
 from consul_operator.consul_client import BlockingQuery, ConsulClient, Indexed
 from consul_operator.desired_state import Manifest, ManifestError, parse_manifest
 from consul_operator.errors import ConsulError
@@ -164,7 +165,7 @@ def watch(
             if failures == 1:
                 log.warning("watch lost Consul", watch=what, error=str(exc))
             query.index = 0  # start afresh: the index may mean nothing to the next server
-            stop.wait(min(0.5 * 2**failures, WATCH_RETRY_CAP))
+            stop.wait(exponential(failures + 1, 0.5, WATCH_RETRY_CAP))
             continue
         if failures:
             log.info("watch reconnected", watch=what)
