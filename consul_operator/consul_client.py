@@ -211,6 +211,7 @@ class ConsulClient:
         # Applies to every request; py-consul adds wait + wait/16 for blocking ones.
         self._client.http.connections_timeout = timeout
         self.timeout = timeout
+        self._by_timeout: dict[float, consul.Consul] = {}
 
     # --- KV -------------------------------------------------------------------
 
@@ -427,10 +428,25 @@ class ConsulClient:
         with _wrapped(f"deregistering service {service_id!r}"):
             self._client.agent.service.deregister(service_id)
 
-    def check_pass(self, check_id: str, note: str = "") -> None:
-        """Mark a TTL check passing."""
+    def check_pass(self, check_id: str, note: str = "", *, timeout: float | None = None) -> None:
+        """Mark a TTL check passing; ``timeout`` overrides the client's for this call.
+
+        A heartbeat must give up well within its check's TTL: a slow answer that
+        arrives after the TTL has already let the check go critical, unseen.
+        """
+        client = self._client if timeout is None else self._client_with_timeout(timeout)
         with _wrapped(f"passing check {check_id!r}"):
-            self._client.agent.check.ttl_pass(check_id, notes=note or None)
+            client.agent.check.ttl_pass(check_id, notes=note or None)
+
+    def _client_with_timeout(self, timeout: float) -> consul.Consul:
+        """A py-consul client like ours but with another timeout (kept: one per distinct timeout)."""
+        client = self._by_timeout.get(timeout)
+        if client is None:
+            client = consul.Consul(host=self.address.host, port=self.address.port, scheme=self.address.scheme)
+            client.token = self._client.token
+            client.http.connections_timeout = timeout
+            self._by_timeout[timeout] = client
+        return client
 
     def agent_services(self) -> dict[str, dict[str, Any]]:
         """Services registered on the local agent, by id."""

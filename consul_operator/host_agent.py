@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import structlog
 
@@ -40,6 +42,8 @@ from consul_operator.model import (
     ServiceDesire,
     ServiceReport,
     StartContainer,
+    action_key,
+    action_service,
     frozen_map,
 )
 from consul_operator.ownership import STATUS_INSTANCES
@@ -50,19 +54,56 @@ from consul_operator.reconcile import (
     ends_streak,
     plan_host,
 )
+from consul_operator.timers import Timers
 
 log = structlog.get_logger()
 
 MAX_PARALLEL_ACTIONS = 8
+"""Worker threads shared by every action of this host."""
+MAX_PER_SERVICE = 4
+"""Workers one service may hold at once: the other services always find some free."""
+
+
+@dataclass(slots=True)
+class _Job:
+    """One unit of work for a worker: what it is for, and what it keeps busy until it ends."""
+
+    kind: str
+    service: str
+    work: Callable[[], _Later | None]
+    name: str = ""  # a container being started
+    cid: str = ""  # a container being drained or removed
+    sid: str = ""  # a registration being changed
+    key: str | None = None  # the action's back-off key (`action_key`)
+
+    @property
+    def label(self) -> str:
+        """What the job works on, for logs."""
+        return self.name or self.cid[:12] or self.sid
+
+
+_Later = tuple[float, _Job]
+"""The rest of an action, to queue at a monotonic time (a drain's stop, after the drain)."""
 
 
 class Executor:
-    """Runs plan actions in a bounded thread pool and remembers what is in flight.
+    """Runs plan actions on a bounded set of workers, fairly per service, and remembers what is in flight.
 
     ``lock`` is held by the reconcile pass while it lists containers and takes
     the in-flight snapshot, and by the executor whenever an action finishes, so
     that every replica is counted exactly once: either as listed, or as a
     pending start.
+
+    Fairness: actions queue per service and are dispatched round-robin over
+    the services, at most ``MAX_PER_SERVICE`` of one service at a time, on
+    ``MAX_PARALLEL_ACTIONS`` workers. A drain's wait holds no worker: the
+    deregistration is one job, the stop and removal another, queued by a
+    timer when the drain time is over.
+
+    Failures: an action that fails is held by its own back-off
+    (`action_key`: kind and container or registration), reported to the plan
+    in ``InFlight.held_until``; a failed start backs its whole service off.
+    Deadlines are on ``mono`` (``time.monotonic``).
     """
 
     def __init__(
@@ -72,20 +113,26 @@ class Executor:
         *,
         on_done: Callable[[], None],
         stop: threading.Event,
-        clock: Callable[[], float] = time.time,
+        mono: Callable[[], float] = time.monotonic,
     ) -> None:
         self.docker = docker
         self.catalog = catalog
         self.on_done = on_done
         self.stop = stop
-        self.clock = clock
+        self.mono = mono
         self.lock = threading.Lock()
         self._pool = ThreadPoolExecutor(MAX_PARALLEL_ACTIONS, thread_name_prefix="action")
+        self._timers = Timers("executor-timers", clock=mono)
         self._starting: dict[str, str] = {}  # container name -> service
         self._starting_spec: dict[str, str] = {}  # container name -> "service/spec"
         self._busy: set[str] = set()  # container ids being drained or removed
         self._busy_registrations: set[str] = set()
-        self.backoffs: dict[str, Backoff] = {}
+        self.backoffs: dict[str, Backoff] = {}  # per service: failed starts and crashes
+        self.action_backoffs: dict[str, Backoff] = {}  # per action key: failed actions
+        self._queues: dict[str, deque[_Job]] = {}  # per service, waiting for a worker
+        self._turns: deque[str] = deque()  # services with queued jobs, round-robin
+        self._active: Counter[str] = Counter()  # jobs on workers, per service
+        self._closed = False
         # Counts finished actions, so that a pass can tell whether its container
         # listing still matches what is in flight.
         self.generation = 0
@@ -104,59 +151,131 @@ class Executor:
             pending_starts=frozen_map(pending),
             pending_spec_starts=frozen_map(by_spec),
             busy_registrations=frozenset(self._busy_registrations | set(self._starting)),
+            held_until=MappingProxyType({k: b.retry_at for k, b in self.action_backoffs.items()}),
         )
 
+    def forget_actions(self, present: set[str]) -> None:
+        """Forget the back-off of actions on things no longer ``present`` (ids, names; under ``lock``)."""
+        for key in list(self.action_backoffs):
+            if key.partition(":")[2] not in present:
+                del self.action_backoffs[key]
+
     def submit(self, action: Action) -> None:
-        """Start ``action`` in the background, marking what it touches as busy."""
+        """Queue ``action``, marking what it touches as busy at once."""
+        key = action_key(action)
+        service = action_service(action)
         with self.lock:
             match action:
                 case StartContainer(manifest=m):
                     name = container_name(m.name, self.docker.host)
                     self._starting[name] = m.name
                     self._starting_spec[name] = f"{m.name}/{m.spec_hash()}"
-                    self._pool.submit(self._run, "start", lambda: self._start(m, name), name=name)
+                    job = _Job("start", service, lambda: self._start(m, name), name=name)
                 case DrainContainer(container=c):
                     self._busy.add(c.id)
-                    self._pool.submit(self._run, "drain", lambda: self._drain(action), cid=c.id)
+                    job = _Job("drain", service, lambda: self._drain(action), cid=c.id, key=key)
                 case RemoveDead(container=c):
                     self._busy.add(c.id)
-                    self._pool.submit(self._run, "remove_dead", lambda: self._remove_dead(action), cid=c.id)
+                    job = _Job("remove_dead", service, lambda: self._remove_dead(action), cid=c.id, key=key)
                 case Register(container=c, manifest=m):
                     log.info("registering", service=c.service, container=c.name, reason="missing or outdated")
                     self._busy_registrations.add(c.name)
-                    self._pool.submit(self._run, "register", lambda: self.catalog.register(c, m), sid=c.name)
+                    job = _Job("register", service, lambda: self.catalog.register(c, m), sid=c.name, key=key)
                 case Deregister(service_id=sid, reason=why):
                     log.info("deregistering", service_id=sid, reason=why)
                     self._busy_registrations.add(sid)
-                    self._pool.submit(self._run, "deregister", lambda: self.catalog.deregister(sid), sid=sid)
+                    job = _Job("deregister", service, lambda: self.catalog.deregister(sid), sid=sid, key=key)
+            self._enqueue(job)
 
     def shutdown(self, *, wait: bool = True) -> None:
-        """Start no new actions; with ``wait``, let running ones finish (a drain ends early on ``stop``)."""
+        """Start no new actions; drains waiting for their time are dropped (the containers keep running)."""
+        with self.lock:
+            self._closed = True
+            self._queues.clear()
+            self._turns.clear()
+        self._timers.close()
         self._pool.shutdown(wait=wait, cancel_futures=True)
+
+    # --- dispatch (under ``lock``) ------------------------------------------------------
+
+    def _enqueue(self, job: _Job) -> None:
+        if self._closed:
+            return
+        queue = self._queues.setdefault(job.service, deque())
+        if not queue:
+            self._turns.append(job.service)
+        queue.append(job)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Hand queued jobs to free workers: services in turn, none beyond its share."""
+        while sum(self._active.values()) < MAX_PARALLEL_ACTIONS:
+            job = self._next_job()
+            if job is None:
+                return
+            self._active[job.service] += 1
+            self._pool.submit(self._run, job)
+
+    def _next_job(self) -> _Job | None:
+        for _ in range(len(self._turns)):
+            service = self._turns.popleft()
+            queue = self._queues[service]
+            if self._active[service] >= MAX_PER_SERVICE:
+                self._turns.append(service)
+                continue
+            job = queue.popleft()
+            if queue:
+                self._turns.append(service)
+            else:
+                del self._queues[service]
+            return job
+        return None
 
     # --- the actions ------------------------------------------------------------------
 
-    def _run(
-        self, kind: str, work: Callable[[], None], *, name: str = "", cid: str = "", sid: str = ""
-    ) -> None:
+    def _run(self, job: _Job) -> None:
+        error = ""
+        later: _Later | None = None
         try:
-            work()
+            later = job.work()
         except OperatorError as exc:
-            metrics.container_actions.labels(kind, "error").inc()
-            log.warning("action failed", action=kind, container=name or cid[:12] or sid, error=str(exc))
-        except Exception:
-            metrics.container_actions.labels(kind, "error").inc()
-            log.exception("action crashed", action=kind, container=name or cid[:12] or sid)
-        else:
-            metrics.container_actions.labels(kind, "ok").inc()
-        finally:
-            with self.lock:
-                self.generation += 1
-                self._starting.pop(name, None)
-                self._starting_spec.pop(name, None)
-                self._busy.discard(cid)
-                self._busy_registrations.discard(sid or name)
+            error = str(exc)
+            log.warning("action failed", action=job.kind, container=job.label, error=error)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            log.exception("action crashed", action=job.kind, container=job.label)
+        if later is None:
+            metrics.container_actions.labels(job.kind, "error" if error else "ok").inc()
+        with self.lock:
+            self._active[job.service] -= 1
+            if later is None:
+                self._finish(job, error)
+            else:
+                at, follow_up = later
+                # The container stays busy; the rest of the action queues when the time comes.
+                self._timers.call_at(at, lambda: self._enqueue_now(follow_up))
+            self._dispatch()
+        if later is None:
             self.on_done()
+
+    def _enqueue_now(self, job: _Job) -> None:
+        with self.lock:
+            self._enqueue(job)
+
+    def _finish(self, job: _Job, error: str) -> None:
+        """The action is over (under ``lock``): release what it kept busy, count its outcome."""
+        self.generation += 1
+        self._starting.pop(job.name, None)
+        self._starting_spec.pop(job.name, None)
+        self._busy.discard(job.cid)
+        self._busy_registrations.discard(job.sid or job.name)
+        if job.key is None:
+            return
+        if error:
+            previous = self.action_backoffs.get(job.key, Backoff())
+            self.action_backoffs[job.key] = backoff_after_failure(previous, self.mono(), error)
+        else:
+            self.action_backoffs.pop(job.key, None)
 
     def _start(self, manifest: Manifest, name: str) -> None:
         try:
@@ -179,12 +298,17 @@ class Executor:
                 # The container runs; the next pass registers it.
                 log.warning("registration failed", container=info.name, error=str(exc))
 
-    def _drain(self, action: DrainContainer) -> None:
+    def _drain(self, action: DrainContainer) -> _Later:
+        """Deregister now; stop and remove once the drain time is over, on a worker again."""
         c = action.container
         # Deregister first: if Consul refuses, nothing is stopped (the next pass retries).
         self.catalog.deregister(c.name)
         log.info("draining", service=c.service, container=c.name, reason=action.reason, drain=action.drain)
-        self.stop.wait(action.drain)
+        stop = _Job("drain", c.service, lambda: self._stop(action), cid=c.id, key=action_key(action))
+        return self.mono() + action.drain, stop
+
+    def _stop(self, action: DrainContainer) -> None:
+        c = action.container
         self.docker.stop(c.id, action.stop_grace)
         self.docker.remove(c.id)
         log.info("stopped", service=c.service, container=c.name, reason=action.reason)
@@ -208,12 +332,12 @@ class Executor:
             # planned again, and must not count the same crash twice.
             with self.lock:
                 previous = self.backoffs.get(c.service, Backoff())
-                self.backoffs[c.service] = backoff_after_crash(previous, self.clock(), action)
+                self.backoffs[c.service] = backoff_after_crash(previous, self.mono(), action)
 
     def _fail(self, service: str, error: str, spec_hash: str) -> None:
         with self.lock:
             previous = self.backoffs.get(service, Backoff())
-            self.backoffs[service] = backoff_after_failure(previous, self.clock(), error, spec_hash)
+            self.backoffs[service] = backoff_after_failure(previous, self.mono(), error, spec_hash)
 
 
 def _running_specs(containers: list[ContainerInfo]) -> dict[str, dict[str, int]]:
@@ -245,14 +369,17 @@ class HostAgent:
     docker: DockerActuator
     catalog: CatalogActuator
     executor: Executor
-    clock: Callable[[], float] = time.time
+    # Two clocks: ``wall`` (Unix seconds) only to compare with Docker's times and
+    # to stamp status records; ``mono`` for every deadline this process sets.
+    wall: Callable[[], float] = time.time
+    mono: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
         self._written: dict[str, dict[str, object]] | None = None
 
     def reconcile(self) -> PassResult:
         """One pass: read, plan, act, report."""
-        now = self.clock()
+        now = self.wall()
         manifests = read_manifests(self.consul, self.layout)
         placements = read_placements(self.consul, self.layout)
         registrations = self.catalog.registrations()
@@ -260,6 +387,8 @@ class HostAgent:
         with self.executor.lock:
             self._reset_backoffs(containers, now)
             backoffs = dict(self.executor.backoffs)
+            present = {c.id for c in containers} | {c.name for c in containers}
+            self.executor.forget_actions(present | {r.service_id for r in registrations})
 
         desires: dict[str, ServiceDesire] = {}
         for name, manifest in manifests.items():
@@ -275,13 +404,14 @@ class HostAgent:
             else:
                 desires[name] = ServiceDesire(name, manifest, placements[name].hosts.get(self.host, 0))
 
-        plan = plan_host(self.host, desires, containers, registrations, inflight, backoffs, now)
+        mono = self.mono()
+        plan = plan_host(self.host, desires, containers, registrations, inflight, backoffs, now, mono=mono)
         for action in plan.actions:
             self.executor.submit(action)
         self._report(plan.reports, _running_specs(containers), now, _instance_ids(containers))
         if plan.wake_at is None:
             return PassResult()
-        return PassResult(requeue_after=max(0.0, plan.wake_at - now))
+        return PassResult(requeue_after=max(0.0, plan.wake_at - mono))
 
     def _observe(self) -> tuple[list[ContainerInfo], InFlight]:
         """List our containers and what is in flight, consistently with each other.

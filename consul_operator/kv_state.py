@@ -10,13 +10,14 @@ default-mode read was seen to answer with an empty store, which looked like
 
 from __future__ import annotations
 
-import functools
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import TypeVar
 
 import structlog
 
+from consul_operator.backoff import exponential
 from consul_operator.consul_client import BlockingQuery, ConsulClient, Indexed
 from consul_operator.desired_state import Manifest, ManifestError, parse_manifest
 from consul_operator.errors import ConsulError
@@ -47,14 +48,71 @@ def read_manifests(consul: ConsulClient, layout: Layout) -> dict[str, ManifestRe
     return result
 
 
-@functools.lru_cache(maxsize=4096)
-def _parse(value: bytes, name: str) -> ManifestResult:
-    """Parse once per distinct manifest text: every pass re-reads KV, but YAML parsing
-    of a hundred unchanged manifests would be most of an idle agent's CPU."""
+PARSE_CACHE_BYTES = 32 * 1024 * 1024
+"""What the parse cache may hold, counted in manifest bytes: a few hundred typical
+manifests, or 64 of Consul's largest (512 KiB) values."""
+
+
+class ParseCache:
+    """Parsed manifests by their text, least recently used first out, bounded by bytes.
+
+    Every pass re-reads KV, but YAML parsing of a hundred unchanged manifests
+    would be most of an idle agent's CPU: each distinct text is parsed once.
+    A count bound is not enough (4096 values of 512 KiB are 2 GiB): the
+    texts held, which a parse result is proportional to, stay within
+    ``budget`` bytes. A text larger than the budget is parsed and not kept.
+    Shared by the host and schedule loops, so it takes a lock.
+    """
+
+    def __init__(self, budget: int = PARSE_CACHE_BYTES) -> None:
+        self.budget = budget
+        self._entries: OrderedDict[tuple[bytes, str], ManifestResult] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of manifest text held now."""
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def parse(self, value: bytes, name: str) -> ManifestResult:
+        """The parsed manifest, or the reason it is invalid, of ``value`` stored as ``name``."""
+        key = (value, name)
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+                return found
+        result = _parse_uncached(value, name)
+        size = len(value) + len(name)
+        if size > self.budget:
+            return result
+        with self._lock:
+            if key not in self._entries:
+                self._entries[key] = result
+                self._bytes += size
+            while self._bytes > self.budget:
+                (old_value, old_name), _ = self._entries.popitem(last=False)
+                self._bytes -= len(old_value) + len(old_name)
+        return result
+
+
+def _parse_uncached(value: bytes, name: str) -> ManifestResult:
     try:
         return parse_manifest(value, key_name=name)
     except ManifestError as exc:
         return exc
+
+
+PARSE_CACHE = ParseCache()
+
+
+def _parse(value: bytes, name: str) -> ManifestResult:
+    """Parse once per distinct manifest text (see `ParseCache`)."""
+    return PARSE_CACHE.parse(value, name)
 
 
 def _read_records(consul: ConsulClient, prefix: str, parse: Callable[[bytes], R], what: str) -> dict[str, R]:
@@ -107,7 +165,7 @@ def watch(
             if failures == 1:
                 log.warning("watch lost Consul", watch=what, error=str(exc))
             query.index = 0  # start afresh: the index may mean nothing to the next server
-            stop.wait(min(0.5 * 2**failures, WATCH_RETRY_CAP))
+            stop.wait(exponential(failures + 1, 0.5, WATCH_RETRY_CAP))
             continue
         if failures:
             log.info("watch reconnected", watch=what)

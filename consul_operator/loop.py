@@ -19,6 +19,7 @@ from types import FrameType
 import structlog
 
 from consul_operator import metrics
+from consul_operator.backoff import exponential
 from consul_operator.errors import (
     ConsulError,
     ConsulPermissionDenied,
@@ -102,7 +103,7 @@ def error_reason(exc: BaseException) -> str:
 
 def retry_delay(failures: int) -> float:
     """Capped exponential back-off after ``failures`` consecutive failed passes."""
-    return float(min(RETRY_BASE * 2 ** max(failures - 1, 0), RETRY_CAP))
+    return exponential(max(failures, 1), RETRY_BASE, RETRY_CAP)
 
 
 def run_loop(

@@ -200,8 +200,10 @@ class Registration:
 
 @dataclass(frozen=True, slots=True)
 class Backoff:
-    """Consecutive failures of one service on this host, and when to try again.
+    """Consecutive failures of one service (or one action) on this host, and when to try again.
 
+    ``retry_at`` is on this process's monotonic clock (``time.monotonic``), so
+    that a step of the wall clock neither stretches nor skips a wait.
     ``spec_hash`` is the spec that failed: only a long run of a container of
     that spec ends the streak (during a rollout, the old spec's containers
     running fine say nothing about the new one).
@@ -212,9 +214,9 @@ class Backoff:
     last_error: str = ""
     spec_hash: str = ""
 
-    def ready(self, now: float) -> bool:
-        """Whether a new container may be started now."""
-        return now >= self.retry_at
+    def ready(self, mono: float) -> bool:
+        """Whether a new try may start at monotonic time ``mono``."""
+        return mono >= self.retry_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +232,9 @@ class InFlight:
     # Pending starts per "service/spec hash".
     pending_spec_starts: Mapping[str, int] = field(default_factory=frozen_map)
     busy_registrations: frozenset[str] = frozenset()
+    # Actions that failed and wait for their back-off: action key (`action_key`)
+    # -> monotonic time from which they may be tried again.
+    held_until: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
 
 
 # --- actions -------------------------------------------------------------------------
@@ -279,9 +284,39 @@ class Deregister:
 
     service_id: str
     reason: str
+    service: str = ""
 
 
 Action = StartContainer | DrainContainer | RemoveDead | Register | Deregister
+
+
+def action_key(action: Action) -> str | None:
+    """What a failing action backs off by: its kind and the container or registration it acts on.
+
+    None for starts: a failed start backs the whole service off (`Backoff` per service).
+    """
+    match action:
+        case DrainContainer(container=c):
+            return f"drain:{c.id}"
+        case RemoveDead(container=c):
+            return f"remove:{c.id}"
+        case Register(container=c):
+            return f"register:{c.name}"
+        case Deregister(service_id=sid):
+            return f"deregister:{sid}"
+    return None
+
+
+def action_service(action: Action) -> str:
+    """The service an action works for: the executor shares its workers fairly between services."""
+    match action:
+        case StartContainer(manifest=m):
+            return m.name
+        case DrainContainer(container=c) | RemoveDead(container=c) | Register(container=c):
+            return c.service
+        case Deregister(service=service, service_id=sid):
+            return service or sid
+    raise AssertionError(action)
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,8 +335,8 @@ class ServiceReport:
 class HostPlan:
     """The result of one host reconcile pass.
 
-    ``wake_at`` is the earliest time at which the plan would change by itself
-    (a back-off that expires), so that the loop can sleep until then.
+    ``wake_at`` is the earliest monotonic time at which the plan would change
+    by itself (a back-off that expires), so that the loop can sleep until then.
     """
 
     actions: tuple[Action, ...]

@@ -97,7 +97,8 @@ class Presence:
             try:
                 if not self.registered.is_set():
                     self.register()
-                self.consul.check_pass(ttl_check_id(self.host))
+                # A third of the TTL: a slow Consul fails the beat in time for the next one.
+                self.consul.check_pass(ttl_check_id(self.host), timeout=self.ttl / 3)
             except ConsulError as exc:
                 # The local agent lost the check (restarted without its data) or is away:
                 # register again on the next beat.

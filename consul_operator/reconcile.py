@@ -1,7 +1,7 @@
 """The operator's decisions, as pure functions: placement, the host plan, back-off.
 
 Nothing here does I/O, reads a clock or draws a random number: time comes in
-as a ``now`` argument (Unix seconds), every input is plain data from
+as arguments, every input is plain data from
 ``model.py``, and the same input always gives the same output in the same
 order. The watches read the world into these dataclasses, these functions
 decide, and the actuators carry the decisions out (see "Reconcile = pure plan
@@ -51,9 +51,12 @@ The host plan (every agent: ``plan_host``)
 
 Input: what this host should run of each service (``ServiceDesire``, only for
 services that have a manifest in KV), our containers on the host, our
-registrations on the host's Consul agent, the actions still in flight, the
-per-service back-off. Output: a ``HostPlan`` of actions, one report per
-service, and when to look again by itself.
+registrations on the host's Consul agent, the actions still in flight or
+held by their back-off, the per-service back-off, and the time on two clocks:
+``now`` (wall, Unix seconds) is compared only with Docker's start and finish
+times; ``mono`` (the agent's monotonic clock) with back-off deadlines, which
+the agent set on that clock. Output: a ``HostPlan`` of actions, one report
+per service, and when (``mono``) to look again by itself.
 
 - **Busy containers** (an action from an earlier pass is still running on
   them) are neither counted nor acted on, nor are their registrations: an
@@ -95,15 +98,21 @@ service, and when to look again by itself.
   those of an invalid service, those in flight, and those of containers this
   plan drains or removes (draining and removing deregister first by
   themselves).
+- **Failed actions back off.** An action that failed (a removal Docker
+  refuses, a registration Consul refuses) is held until its back-off runs out
+  (``InFlight.held_until``, by `action_key`): the plan leaves it out and wakes
+  when the earliest hold ends, instead of trying again on every pass.
 
 Back-off (``backoff_after_failure``, ``backoff_after_success``)
 ===============================================================
 
 After the n-th consecutive failure of a service on a host (a crash, or a
-start that failed) the next start waits ``min(BACKOFF_BASE * 2**(n-1),
-BACKOFF_CAP)`` seconds: 1, 2, 4, ... 60 s. A container that has run for
-``MIN_RUN_SECONDS`` (``healthy_run``) resets the count. The agent keeps the
-``Backoff`` values; the plan only reads them.
+start that failed) the next start waits ``backoff.exponential(n, BACKOFF_BASE,
+BACKOFF_CAP)`` seconds: 1, 2, 4, ... 60 s; a failing action (per container or
+registration and kind) waits the same. A container that has run for
+``MIN_RUN_SECONDS`` (``healthy_run``, on the wall clock against Docker's start
+time) ends the streak. The agent keeps the ``Backoff`` values, with deadlines
+on its monotonic clock; the plan only reads them.
 """
 
 from __future__ import annotations
@@ -115,6 +124,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final
 
+from consul_operator.backoff import exponential
 from consul_operator.desired_state import Manifest, UpdatePolicy
 from consul_operator.model import (
     Action,
@@ -133,6 +143,7 @@ from consul_operator.model import (
     ServiceDesire,
     ServiceReport,
     StartContainer,
+    action_key,
     frozen_map,
 )
 
@@ -148,10 +159,6 @@ BACKOFF_BASE: Final = 1.0
 """Wait after the first failure, in seconds; it doubles with every further failure."""
 BACKOFF_CAP: Final = 60.0
 """The longest wait between two tries, in seconds."""
-
-# 2**6 * BACKOFF_BASE already passes the cap; a bounded exponent keeps a long
-# failure streak from overflowing the float conversion.
-_MAX_BACKOFF_EXPONENT: Final = 30
 
 REASON_DELETED: Final = "service deleted"
 REASON_SCALE_DOWN: Final = "scale down"
@@ -553,24 +560,21 @@ def gone_statuses(
 
 def backoff_delay(failures: int) -> float:
     """Seconds to wait after ``failures`` consecutive failures (0 for none)."""
-    if failures <= 0:
-        return 0.0
-    exponent = min(failures - 1, _MAX_BACKOFF_EXPONENT)
-    return min(BACKOFF_BASE * 2.0**exponent, BACKOFF_CAP)
+    return exponential(failures, BACKOFF_BASE, BACKOFF_CAP)
 
 
-def backoff_after_failure(previous: Backoff, now: float, error: str, spec_hash: str = "") -> Backoff:
-    """One more failure (of ``spec_hash``) at ``now``: the next try waits twice as long, up to the cap."""
+def backoff_after_failure(previous: Backoff, mono: float, error: str, spec_hash: str = "") -> Backoff:
+    """One more failure (of ``spec_hash``) at monotonic ``mono``: the next try waits twice as long, capped."""
     failures = previous.failures + 1
     return Backoff(
-        failures=failures, retry_at=now + backoff_delay(failures), last_error=error, spec_hash=spec_hash
+        failures=failures, retry_at=mono + backoff_delay(failures), last_error=error, spec_hash=spec_hash
     )
 
 
-def backoff_after_crash(previous: Backoff, now: float, removed: RemoveDead) -> Backoff:
+def backoff_after_crash(previous: Backoff, mono: float, removed: RemoveDead) -> Backoff:
     """``backoff_after_failure`` for a crashed container, with a "crash-looping" error text."""
     return backoff_after_failure(
-        previous, now, f"crash-looping: {removed.reason}", removed.container.spec_hash
+        previous, mono, f"crash-looping: {removed.reason}", removed.container.spec_hash
     )
 
 
@@ -581,13 +585,16 @@ def backoff_after_success(previous: Backoff) -> Backoff:
 
 
 def ends_streak(backoff: Backoff, container: ContainerInfo, now: float) -> bool:
-    """Whether ``container`` ran long enough, and is of the failing spec, to end ``backoff``'s streak."""
+    """Whether ``container`` ran long enough, and is of the failing spec, to end ``backoff``'s streak.
+
+    ``now`` is wall-clock time: it is compared with Docker's start time.
+    """
     same_spec = not backoff.spec_hash or container.spec_hash == backoff.spec_hash
     return backoff.failures > 0 and same_spec and healthy_run(container, now)
 
 
 def healthy_run(container: ContainerInfo, now: float) -> bool:
-    """Whether ``container`` has been running at least MIN_RUN_SECONDS (a success)."""
+    """Whether ``container`` has been running at least MIN_RUN_SECONDS (a success); ``now`` is wall time."""
     return (
         container.running
         and container.started_at is not None
@@ -626,13 +633,17 @@ def plan_host(
     inflight: InFlight,
     backoffs: Mapping[str, Backoff],
     now: float,
+    *,
+    mono: float,
 ) -> HostPlan:
     """The actions that bring ``host`` to its desires, one report per service (module doc).
 
     ``desires`` holds the services that have a manifest in KV (``manifest``
     None: invalid, hands off); ``containers`` and ``registrations`` are ours on
-    this host. ``host`` only names the host planned for; the decisions depend
-    on the other arguments alone.
+    this host. ``now`` is wall-clock time (for Docker's times), ``mono`` the
+    agent's monotonic time (for ``backoffs`` and ``inflight.held_until``).
+    ``host`` only names the host planned for; the decisions depend on the
+    other arguments alone.
     """
     del host
     busy = inflight.busy_containers
@@ -648,9 +659,25 @@ def plan_host(
             plan.reports.append(_report(service, desire.count, mine, registrations, "", desire.error))
         else:
             backoff = backoffs.get(service, Backoff())
-            _plan_valid(plan, desire, desire.manifest, mine, registrations, inflight, backoff, now)
+            if any(ends_streak(backoff, c, now) for c in mine):
+                backoff = Backoff()  # a long enough run: the streak is over (the agent forgets it too)
+            _plan_valid(plan, desire, desire.manifest, mine, registrations, inflight, backoff, mono)
     plan.actions.extend(_deregistrations(plan, desires, containers, registrations, inflight))
-    return HostPlan(actions=tuple(plan.actions), reports=tuple(plan.reports), wake_at=plan.wake_at)
+    actions = _not_held(plan, inflight.held_until, mono)
+    return HostPlan(actions=actions, reports=tuple(plan.reports), wake_at=plan.wake_at)
+
+
+def _not_held(plan: _Pass, held_until: Mapping[str, float], mono: float) -> tuple[Action, ...]:
+    """The planned actions less those still in their back-off; wake when the first hold ends."""
+    kept: list[Action] = []
+    for action in plan.actions:
+        key = action_key(action)
+        until = held_until.get(key) if key is not None else None
+        if until is not None and mono < until:
+            plan.wake(until)
+        else:
+            kept.append(action)
+    return tuple(kept)
 
 
 def _plan_deleted(
@@ -679,19 +706,19 @@ def _plan_valid(
     registrations: Sequence[Registration],
     inflight: InFlight,
     backoff: Backoff,
-    now: float,
+    mono: float,
 ) -> None:
     """A service with a valid manifest: remove dead, start missing, drain surplus, register."""
     if desire.specs:
-        _plan_specs(plan, desire, manifest, containers, registrations, inflight, backoff, now)
+        _plan_specs(plan, desire, manifest, containers, registrations, inflight, backoff, mono)
         return
     spec = manifest.spec_hash()
     want = desire.count
     removals = [_removal(c) for c in containers if c.dead]
     for crash in (r for r in removals if r.crashed):
         # The agent records this failure once the removal is done; counting it
-        # now keeps the replacement from starting before the back-off applies.
-        backoff = backoff_after_crash(backoff, now, crash)
+        # mono keeps the replacement from starting before the back-off applies.
+        backoff = backoff_after_crash(backoff, mono, crash)
 
     running = [c for c in containers if c.running]
     current = [c for c in running if c.spec_hash == spec]
@@ -701,7 +728,7 @@ def _plan_valid(
     plan.actions.extend(removals)
     plan.actions.extend(_drain(c, manifest, REASON_SCALE_DOWN) for c in surplus)
     plan.actions.extend(_drain(c, manifest, REASON_SPEC_CHANGED) for c in stale)
-    if missing and backoff.ready(now):
+    if missing and backoff.ready(mono):
         plan.actions.extend(StartContainer(manifest) for _ in range(missing))
     elif missing:
         plan.wake(backoff.retry_at)
@@ -712,7 +739,7 @@ def _plan_valid(
     kept = [c for c in running if c.id not in drained]
     _plan_registrations(plan, manifest, kept, registrations, inflight)
 
-    error = desire.error or ("" if backoff.ready(now) else _backoff_error(backoff, now))
+    error = desire.error or ("" if backoff.ready(mono) else _backoff_error(backoff, mono))
     plan.reports.append(_report(desire.service, want, containers, registrations, spec, error))
 
 
@@ -724,7 +751,7 @@ def _plan_specs(
     registrations: Sequence[Registration],
     inflight: InFlight,
     backoff: Backoff,
-    now: float,
+    mono: float,
 ) -> None:
     """A service in a rollout: per spec, exactly the leader's count (starts and drains are paced there).
 
@@ -732,7 +759,7 @@ def _plan_specs(
     """
     removals = [_removal(c) for c in containers if c.dead]
     for crash in (r for r in removals if r.crashed):
-        backoff = backoff_after_crash(backoff, now, crash)
+        backoff = backoff_after_crash(backoff, mono, crash)
     plan.actions.extend(removals)
     plan.handled.update(r.container.name for r in removals)
     running = [c for c in containers if c.running]
@@ -753,13 +780,13 @@ def _plan_specs(
         plan.handled.update(c.name for c in surplus)
         pending = inflight.pending_spec_starts.get(f"{desire.service}/{spec}", 0)
         missing = max(0, want - len(mine) - pending)
-        if missing and spec_manifest is not None and backoff.ready(now):
+        if missing and spec_manifest is not None and backoff.ready(mono):
             plan.actions.extend(StartContainer(spec_manifest) for _ in range(missing))
         elif missing:
             plan.wake(backoff.retry_at)
         drained = {c.id for c in surplus}
         _plan_registrations(plan, timings, [c for c in mine if c.id not in drained], registrations, inflight)
-    error = desire.error or ("" if backoff.ready(now) else _backoff_error(backoff, now))
+    error = desire.error or ("" if backoff.ready(mono) else _backoff_error(backoff, mono))
     error = error or "; ".join(errors)
     want_total = sum(desire.specs.values())
     plan.reports.append(
@@ -909,13 +936,13 @@ def _deregistrations(
             reason = REASON_DELETED
         else:
             reason = plan.unregistrable.get(r.service_id, "container gone")
-        actions.append(Deregister(r.service_id, reason=reason))
+        actions.append(Deregister(r.service_id, reason=reason, service=r.service))
     return actions
 
 
-def _backoff_error(backoff: Backoff, now: float) -> str:
+def _backoff_error(backoff: Backoff, mono: float) -> str:
     """E.g. "crash-looping: exited with code 1 after 0.1s; next try in 8s"."""
-    wait = max(0, math.ceil(backoff.retry_at - now))
+    wait = max(0, math.ceil(backoff.retry_at - mono))
     return f"{backoff.last_error}; next try in {wait}s"
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import secrets
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +18,7 @@ import docker
 import structlog
 from docker.models.containers import Container
 
+from consul_operator.backoff import exponential
 from consul_operator.desired_state import Manifest
 from consul_operator.docker_client import docker_errors
 from consul_operator.errors import DockerError, ImageNotFound
@@ -26,6 +29,7 @@ from consul_operator.model import (
     LABEL_SPEC,
     ContainerInfo,
 )
+from consul_operator.timers import Timers
 
 log = structlog.get_logger()
 
@@ -36,6 +40,11 @@ WAKING_EVENTS = ("die", "kill", "oom", "stop", "destroy", "pause", "unpause")
 # Events after which a container's state may lag behind the event, and when to look again.
 ENDING_EVENTS = ("kill", "die", "oom", "stop")
 LOOK_AGAIN_AFTER = (0.05, 0.2, 1.0)
+# Re-looks of a burst of events closer together than this are one re-look.
+LOOK_AGAIN_COALESCE = 0.02
+
+PULL_TIMEOUT = 120.0
+"""Seconds a start waits for an image pull (docker-py's own pull has no timeout at all)."""
 
 
 def _timestamp(text: str | None) -> float | None:
@@ -55,12 +64,23 @@ def container_name(service: str, host: str) -> str:
 class DockerActuator:
     """Our containers on one host."""
 
-    def __init__(self, client: docker.DockerClient, *, cluster: str, host: str, advertise: str) -> None:
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        *,
+        cluster: str,
+        host: str,
+        advertise: str,
+        pull_timeout: float = PULL_TIMEOUT,
+    ) -> None:
         self.client = client
         self.cluster = cluster
         self.host = host
         self.advertise = advertise
+        self.pull_timeout = pull_timeout
         self._images: set[str] = set()  # images known to be present on the engine
+        self._pulls: dict[str, Future[None]] = {}  # pulls under way, by image
+        self._pulls_lock = threading.Lock()
 
     @property
     def label_filters(self) -> list[str]:
@@ -179,11 +199,49 @@ class DockerActuator:
             return
         except ImageNotFound:
             pass
-        with docker_errors(f"pulling image {image}"):
-            try:
-                self.client.images.pull(image)
-            except docker.errors.APIError as exc:
-                raise ImageNotFound(f"image {image} is not here and cannot be pulled: {exc}") from exc
+        self._pull(image)
+
+    def _pull(self, image: str) -> None:
+        """Pull ``image``, waiting at most ``pull_timeout`` seconds.
+
+        docker-py pulls with no timeout, so the pull runs in a thread of its
+        own, shared by every start that needs the same image: a start that
+        waited too long fails (and backs its service off), the pull goes on,
+        and a later start waits for the same pull again.
+        """
+        with self._pulls_lock:
+            pull = self._pulls.get(image)
+            if pull is None:
+                pull = Future()
+                self._pulls[image] = pull
+                threading.Thread(
+                    target=self._pull_now, args=(image, pull), name="image-pull", daemon=True
+                ).start()
+        try:
+            pull.result(timeout=self.pull_timeout)
+        except FutureTimeout as exc:
+            raise DockerError(
+                f"pulling image {image} took longer than {self.pull_timeout:g}s; the pull goes on"
+                " in the background and the next start waits for it again"
+            ) from exc
+        self._images.add(image)
+
+    def _pull_now(self, image: str, pull: Future[None]) -> None:
+        try:
+            with docker_errors(f"pulling image {image}"):
+                try:
+                    self.client.images.pull(image)
+                except docker.errors.APIError as exc:
+                    raise ImageNotFound(f"image {image} is not here and cannot be pulled: {exc}") from exc
+        except DockerError as exc:
+            pull.set_exception(exc)
+        except Exception as exc:
+            pull.set_exception(DockerError(f"pulling image {image} failed: {exc}"))
+        else:
+            pull.set_result(None)
+        finally:
+            with self._pulls_lock:
+                self._pulls.pop(image, None)
 
     def stop(self, container_id: str, grace: float) -> None:
         """SIGTERM, then SIGKILL after ``grace`` seconds."""
@@ -200,8 +258,20 @@ class DockerActuator:
                 raise
 
     def watch_events(self, on_event: Callable[[], None], stop: threading.Event) -> None:
-        """Call ``on_event`` for every event of our containers; reconnect after engine restarts."""
-        delay = 0.5
+        """Call ``on_event`` for every event of our containers; reconnect after engine restarts.
+
+        The re-looks after an ending event are entries in one timer heap (one
+        thread for the whole watch, never one per event), and those of a burst
+        of events coalesce.
+        """
+        timers = Timers("docker-events-relook")
+        try:
+            self._watch_events(on_event, stop, timers)
+        finally:
+            timers.close()
+
+    def _watch_events(self, on_event: Callable[[], None], stop: threading.Event, timers: Timers) -> None:
+        failures = 0
         while not stop.is_set():
             try:
                 with docker_errors("watching events"):
@@ -214,16 +284,14 @@ class DockerActuator:
                         },
                     )
                     on_event()  # we may have missed events while disconnected
-                    delay = 0.5
+                    failures = 0
                     for event in stream:
                         on_event()
                         if isinstance(event, dict) and event.get("Action") in ENDING_EVENTS:
                             # Docker sends "die" before `docker ps` shows the container
                             # as exited; a pass at once can still see it running. Look again.
-                            for delay in LOOK_AGAIN_AFTER:
-                                timer = threading.Timer(delay, on_event)
-                                timer.daemon = True
-                                timer.start()
+                            for after in LOOK_AGAIN_AFTER:
+                                timers.call_later(after, on_event, key=after, coalesce=LOOK_AGAIN_COALESCE)
                         if stop.is_set():
                             break
             except DockerError as exc:
@@ -231,5 +299,5 @@ class DockerActuator:
             except Exception as exc:  # the stream ends with requests/urllib3 errors on engine exit
                 log.warning("docker events stream ended", host=self.host, error=str(exc))
             on_event()
-            stop.wait(delay)
-            delay = min(delay * 2, 10.0)
+            failures += 1
+            stop.wait(exponential(failures, 0.5, 10.0))

@@ -9,7 +9,14 @@ import pytest
 from freezegun import freeze_time
 
 from consul_operator.desired_state import Manifest
-from consul_operator.model import Backoff, ContainerInfo, InFlight, RemoveDead, ServiceDesire
+from consul_operator.model import (
+    Backoff,
+    ContainerInfo,
+    InFlight,
+    RemoveDead,
+    ServiceDesire,
+    StartContainer,
+)
 from consul_operator.reconcile import (
     BACKOFF_CAP,
     MIN_RUN_SECONDS,
@@ -108,18 +115,19 @@ def test_crash_loop_end_to_end() -> None:
             "d1", "web-d1", "web", WEB.spec_hash(), "exited",
             started_at=now - 0.3, finished_at=now, exit_code=1,
         )  # fmt: skip
-        plan = plan_host("host-1", desires, [crashed], [], InFlight(), {}, now)
+        plan = plan_host("host-1", desires, [crashed], [], InFlight(), {}, now, mono=time.monotonic())
         (removal,) = plan.actions
         assert isinstance(removal, RemoveDead) and removal.crashed
         # The agent removes it and records the failure, as the plan already assumed.
-        backoff = backoff_after_crash(Backoff(), now, removal)
+        backoff = backoff_after_crash(Backoff(), time.monotonic(), removal)
         assert plan.wake_at == backoff.retry_at
 
-        plan = plan_host("host-1", desires, [], [], InFlight(), {"web": backoff}, time.time())
+        backoffs = {"web": backoff}
+        plan = plan_host("host-1", desires, [], [], InFlight(), backoffs, time.time(), mono=time.monotonic())
         assert plan.actions == () and plan.wake_at == backoff.retry_at
 
-        frozen.tick(datetime.timedelta(seconds=plan.wake_at - time.time()))
-        plan = plan_host("host-1", desires, [], [], InFlight(), {"web": backoff}, time.time())
+        frozen.tick(datetime.timedelta(seconds=plan.wake_at - time.monotonic()))
+        plan = plan_host("host-1", desires, [], [], InFlight(), backoffs, time.time(), mono=time.monotonic())
         assert len(plan.actions) == 1 and plan.wake_at is None
 
 
@@ -132,3 +140,46 @@ def test_only_a_long_run_of_the_failing_spec_ends_the_streak() -> None:
     assert not ends_streak(backoff, old, NOW)
     assert not ends_streak(backoff, young, NOW)
     assert ends_streak(backoff, new, NOW)
+
+
+HOUR = 3600.0
+MONO = 5_000.0  # a monotonic clock: seconds since some boot, unrelated to the wall clock
+
+
+@pytest.mark.parametrize(
+    ("wall_step", "mono_later", "starts"),
+    [
+        pytest.param(+HOUR, 0.5, False, id="wall-an-hour-ahead-still-waits"),
+        pytest.param(-HOUR, 0.5, False, id="wall-an-hour-back-still-waits"),
+        pytest.param(-HOUR, 2.0, True, id="wall-an-hour-back-retries-on-time"),
+        pytest.param(0.0, 2.0, True, id="no-step-retries-on-time"),
+    ],
+)
+def test_wall_clock_step_changes_no_backoff(wall_step: float, mono_later: float, starts: bool) -> None:
+    """Back-off runs on the monotonic clock: an NTP step of an hour neither skips nor stretches the wait."""
+    desires = {"web": ServiceDesire("web", WEB, 1)}
+    backoff = backoff_after_failure(Backoff(failures=1), MONO, "start failed")  # second failure: 2 s
+    assert backoff.retry_at == MONO + 2
+    plan = plan_host(
+        "host-1", desires, [], [], InFlight(), {"web": backoff}, NOW + wall_step, mono=MONO + mono_later
+    )
+    assert (len(plan.actions) == 1) is starts
+    assert plan.wake_at == (None if starts else MONO + 2)
+
+
+@pytest.mark.parametrize(
+    ("started_ago", "ends"),
+    [
+        pytest.param(MIN_RUN_SECONDS + 1, True, id="long-run-ends-streak"),
+        pytest.param(1.0, False, id="young-run-keeps-streak"),
+    ],
+)
+def test_streak_ends_on_docker_wall_times(started_ago: float, ends: bool) -> None:
+    """The plan ends a streak when Docker's start time is MIN_RUN_SECONDS behind the wall clock."""
+    desires = {"web": ServiceDesire("web", WEB, 2)}
+    running = ContainerInfo(
+        "c1", "web-c1", "web", WEB.spec_hash(), "running", host_port=30000, started_at=NOW - started_ago
+    )
+    backoff = Backoff(failures=3, retry_at=MONO + 4, last_error="crash-looping: x")
+    plan = plan_host("host-1", desires, [running], [], InFlight(), {"web": backoff}, NOW, mono=MONO)
+    assert any(isinstance(a, StartContainer) for a in plan.actions) is ends

@@ -105,8 +105,9 @@ def plan(
     inflight: InFlight = NOTHING_IN_FLIGHT,
     backoffs: Mapping[str, Backoff] | None = None,
     now: float = NOW,
+    mono: float = NOW,
 ) -> HostPlan:
-    return plan_host("host-1", desires, containers, registrations, inflight, backoffs or {}, now)
+    return plan_host("host-1", desires, containers, registrations, inflight, backoffs or {}, now, mono=mono)
 
 
 def summary(action: Action) -> tuple[object, ...]:
@@ -269,7 +270,8 @@ def test_crash_is_removed_and_holds_the_restart(dead: ContainerInfo, crashed: bo
 def test_crash_within_backoff_starts_nothing_and_sets_wake_at() -> None:
     """While a service is in back-off nothing starts, and the plan says when to look again."""
     backoff = Backoff(failures=4, retry_at=NOW + 8, last_error="crash-looping: exited with code 1 after 0.1s")
-    result = plan(want(WEB, 2), [C1], [reg(C1)], backoffs={"web": backoff})
+    young = ctr("c1", age=5)  # a replica that has run MIN_RUN_SECONDS would end the streak
+    result = plan(want(WEB, 2), [young], [reg(young)], backoffs={"web": backoff})
     assert result.actions == ()
     assert result.wake_at == NOW + 8
     assert result.reports == (
@@ -348,7 +350,7 @@ def test_deleted_service_is_drained() -> None:
     assert result.actions == (
         RemoveDead(dead, crashed=False, reason="service deleted"),
         DrainContainer(running, DEFAULT_DRAIN, DEFAULT_STOP_GRACE, reason="service deleted"),
-        Deregister("api-zz", reason="service deleted"),
+        Deregister("api-zz", reason="service deleted", service="api"),
     )
     assert (DEFAULT_DRAIN, DEFAULT_STOP_GRACE) == (2.0, 10.0)
     assert result.reports == (ServiceReport("api", 0, running=1, healthy=1, spec_hash=""),)
@@ -458,3 +460,61 @@ def test_determinism() -> None:
         shuffler.shuffle(shuffled_r)
         reversed_desires = dict(reversed(desires.items()))
         assert plan(reversed_desires, shuffled_c, shuffled_r) == expected
+
+
+DEAD = ctr("d1", state="dead", ran=3600, exit_code=0)
+
+
+@pytest.mark.parametrize(
+    ("desires", "containers", "registrations", "held", "expected", "wake_at"),
+    [
+        pytest.param(
+            want(WEB, 1), [C1, DEAD], [reg(C1)], {"remove:d1": NOW + 4}, [], NOW + 4,
+            id="stuck-removal-waits-and-wakes-at-its-end",
+        ),
+        pytest.param(
+            want(WEB, 1), [C1, DEAD], [reg(C1)], {"remove:d1": NOW},
+            [("remove", "d1", False, "exited with code 0 after 3600.0s")], None,
+            id="removal-retried-once-its-hold-is-over",
+        ),
+        pytest.param(
+            want(WEB, 2), [C1, C2], [reg(C1)], {"register:web-c2": NOW + 2}, [], NOW + 2,
+            id="refused-registration-waits",
+        ),
+        pytest.param(
+            want(WEB, 1), [C1], [reg(C1), orphan("web-zz")], {"deregister:web-zz": NOW + 8}, [], NOW + 8,
+            id="refused-deregistration-waits",
+        ),
+        pytest.param(
+            want(WEB, 0), [C1], [reg(C1)], {"drain:c1": NOW + 1}, [], NOW + 1,
+            id="failed-drain-waits",
+        ),
+        pytest.param(
+            want(WEB, 2), [C1, C2, DEAD], [reg(C1)], {"register:web-c2": NOW + 30, "remove:d1": NOW + 3},
+            [], NOW + 3,
+            id="earliest-hold-wakes",
+        ),
+        pytest.param(
+            want(WEB, 2), [C1, C2], [], {"register:web-c2": NOW + 5}, [("register", "c1")], NOW + 5,
+            id="only-the-failing-one-is-held",
+        ),
+        pytest.param(
+            want(WEB, 2), [C1, DEAD], [reg(C1)], {"remove:d1": NOW + 5},
+            [("start", OLD)], NOW + 5,
+            id="replacement-starts-while-removal-is-held",
+        ),
+    ],
+)  # fmt: skip
+def test_failed_actions_are_held_by_their_backoff(
+    desires: dict[str, ServiceDesire],
+    containers: list[ContainerInfo],
+    registrations: list[Registration],
+    held: dict[str, float],
+    expected: list[tuple[object, ...]],
+    wake_at: float | None,
+) -> None:
+    """An action in its back-off is left out and the plan wakes when the hold ends; others go on."""
+    inflight = InFlight(held_until=held)
+    result = plan(desires, containers, registrations, inflight)
+    assert summaries(result) == expected
+    assert result.wake_at == wake_at

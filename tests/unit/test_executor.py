@@ -1,0 +1,297 @@
+"""The host agent's executor and loop with stand-ins for Docker and Consul: back-off, fairness, clocks."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import cast
+
+import pytest
+
+from consul_operator.actuators.catalog import CatalogActuator
+from consul_operator.actuators.docker import DockerActuator
+from consul_operator.consul_client import ConsulClient, Indexed, KVEntry
+from consul_operator.desired_state import Manifest
+from consul_operator.errors import ConsulPermissionDenied, DockerError
+from consul_operator.host_agent import MAX_PARALLEL_ACTIONS, Executor, HostAgent
+from consul_operator.keys import Layout
+from consul_operator.loop import Trigger, run_loop
+from consul_operator.model import (
+    Action,
+    Backoff,
+    ContainerInfo,
+    DrainContainer,
+    PlacementRecord,
+    Register,
+    Registration,
+    StartContainer,
+    frozen_map,
+)
+from tests.support.staging import wait_until
+
+HOST = "host-1"
+WEB = Manifest(name="web", image="hello:local", replicas=1, port=5000)
+
+
+def running(cid: str, service: str = "web", spec: str = WEB.spec_hash()) -> ContainerInfo:
+    """A running container of ``service`` that has run for an hour."""
+    return ContainerInfo(
+        cid, f"{service}-{cid}", service, spec, "running", host_port=30000, started_at=time.time() - 3600
+    )
+
+
+def registration(c: ContainerInfo) -> Registration:
+    """The registration ``c`` should have."""
+    return Registration(c.name, c.service, c.id, c.spec_hash, "127.0.0.1", c.host_port or 0, True)
+
+
+@dataclass
+class FakeDocker:
+    """Our containers on one host, in memory; counts listings (`docker ps`) and refuses what it is told."""
+
+    containers: list[ContainerInfo] = field(default_factory=list)
+    refuse_remove: bool = False
+    refuse_start: bool = False
+    stop_gate: threading.Event | None = None  # stop() blocks until set: a long stop grace
+    host: str = HOST
+    listings: int = 0
+    removals: int = 0
+    started: list[str] = field(default_factory=list)
+    stopping: int = 0
+
+    def list_containers(self) -> list[ContainerInfo]:
+        self.listings += 1
+        return list(self.containers)
+
+    def remove(self, container_id: str) -> None:
+        self.removals += 1
+        if self.refuse_remove:
+            raise DockerError(f"Docker refused removing {container_id}: removal already in progress")
+
+    def start(self, manifest: Manifest, *, name: str) -> ContainerInfo:
+        if self.refuse_start:
+            raise DockerError(f"Docker refused creating {name}")
+        self.started.append(manifest.name)
+        return ContainerInfo(name, name, manifest.name, manifest.spec_hash(), "running", host_port=None)
+
+    def stop(self, container_id: str, grace: float) -> None:
+        self.stopping += 1
+        if self.stop_gate is not None:
+            self.stop_gate.wait(60)
+
+
+@dataclass
+class FakeCatalog:
+    """Our registrations on the local Consul agent, in memory; refuses what it is told, like an ACL."""
+
+    entries: list[Registration] = field(default_factory=list)
+    refuse: bool = False
+    registers: int = 0
+    deregisters: int = 0
+
+    def registrations(self) -> list[Registration]:
+        return list(self.entries)
+
+    def register(self, container: ContainerInfo, manifest: Manifest) -> None:
+        self.registers += 1
+        if self.refuse:
+            raise ConsulPermissionDenied("permission denied for registering: ACL not found")
+
+    def deregister(self, service_id: str) -> None:
+        self.deregisters += 1
+        if self.refuse:
+            raise ConsulPermissionDenied("permission denied for deregistering: ACL not found")
+
+
+@dataclass
+class FakeConsul:
+    """Consul KV in memory, with a manifest and this host's placement of it."""
+
+    kv: dict[str, bytes] = field(default_factory=dict)
+
+    def kv_list(self, prefix: str, **_: object) -> Indexed[list[KVEntry]]:
+        entries = [KVEntry(k, v, 1) for k, v in sorted(self.kv.items()) if k.startswith(prefix)]
+        return Indexed(1, entries)
+
+    def kv_get(self, key: str, **_: object) -> Indexed[KVEntry | None]:
+        value = self.kv.get(key)
+        return Indexed(1, None if value is None else KVEntry(key, value, 1))
+
+    def kv_put(self, key: str, value: bytes | str, **_: object) -> bool:
+        self.kv[key] = value.encode() if isinstance(value, str) else value
+        return True
+
+    def kv_delete(self, key: str, **_: object) -> None:
+        self.kv.pop(key, None)
+
+
+def placed(manifest: Manifest, count: int) -> FakeConsul:
+    """KV holding ``manifest`` and a placement of ``count`` replicas on this host."""
+    layout = Layout()
+    text = f"name: {manifest.name}\nimage: {manifest.image}\nreplicas: {count}\nport: {manifest.port}\n"
+    record = PlacementRecord(manifest.name, manifest.spec_hash(), frozen_map({HOST: count}))
+    return FakeConsul(
+        {
+            layout.service_key(manifest.name): text.encode(),
+            layout.placement_prefix + manifest.name: record.to_json(),
+        }
+    )
+
+
+@dataclass
+class Running:
+    """A host agent's loop running in a thread on the fakes."""
+
+    docker: FakeDocker
+    catalog: FakeCatalog
+    executor: Executor
+    started: float
+
+
+@pytest.fixture
+def stop() -> Iterator[threading.Event]:
+    """Stops whatever a test started."""
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+def run_agent(docker: FakeDocker, catalog: FakeCatalog, consul: FakeConsul, stop: threading.Event) -> Running:
+    """The real executor, host agent and loop runner on the fakes, in a daemon thread."""
+    trigger = Trigger()
+    executor = Executor(
+        cast(DockerActuator, docker), cast(CatalogActuator, catalog), on_done=trigger.fire, stop=stop
+    )
+    agent = HostAgent(
+        cast(ConsulClient, consul),
+        Layout(),
+        HOST,
+        cast(DockerActuator, docker),
+        cast(CatalogActuator, catalog),
+        executor,
+    )
+    thread = threading.Thread(
+        target=run_loop, args=("host", agent.reconcile, trigger, stop), kwargs={"resync": 60.0}, daemon=True
+    )
+    thread.start()
+    return Running(docker, catalog, executor, time.monotonic())
+
+
+C1 = running("c1")
+DEAD = ContainerInfo(
+    "d1", "web-d1", "web", WEB.spec_hash(), "dead", started_at=time.time() - 7200,
+    finished_at=time.time() - 3600, exit_code=0,
+)  # fmt: skip
+ORPHAN = Registration("web-zz", "web", "gone", WEB.spec_hash(), "127.0.0.1", 31000, True)
+
+
+@pytest.mark.parametrize(
+    ("containers", "registrations", "refuse_remove", "refuse_catalog", "attempts"),
+    [
+        pytest.param([C1, DEAD], [registration(C1)], True, False, "removals", id="dead-not-removable"),
+        pytest.param([C1], [], False, True, "registers", id="registration-refused-by-acl"),
+        pytest.param([C1], [registration(C1), ORPHAN], False, True, "deregisters", id="deregister-refused"),
+    ],
+)  # fmt: skip
+def test_failing_action_backs_off_instead_of_a_hot_loop(
+    stop: threading.Event,
+    containers: list[ContainerInfo],
+    registrations: list[Registration],
+    refuse_remove: bool,
+    refuse_catalog: bool,
+    attempts: str,
+) -> None:
+    """An action that keeps failing is retried after 1 s, then 2 s: a few passes, not a `docker ps` loop."""
+    docker = FakeDocker(containers, refuse_remove=refuse_remove)
+    catalog = FakeCatalog(registrations, refuse=refuse_catalog)
+    agent = run_agent(docker, catalog, placed(WEB, 1), stop)
+    source = docker if attempts == "removals" else catalog
+    wait_until(lambda: getattr(source, attempts) >= 3, timeout=30, what=f"three {attempts}")
+    elapsed = time.monotonic() - agent.started
+    assert elapsed >= 1 + 2, f"three tries in {elapsed:.2f}s: the back-off (1 s, 2 s) was not kept"
+    # A pass for the first look and one per try and per wake-up: a handful, not thousands.
+    assert docker.listings <= 12, f"{docker.listings} container listings in {elapsed:.1f}s"
+    key = next(iter(agent.executor.action_backoffs))
+    assert agent.executor.action_backoffs[key].failures >= 2
+
+
+def test_success_clears_an_action_backoff(stop: threading.Event) -> None:
+    """Once a refused registration goes through, its back-off is forgotten."""
+    catalog = FakeCatalog([], refuse=True)
+    agent = run_agent(FakeDocker([C1]), catalog, placed(WEB, 1), stop)
+    wait_until(lambda: catalog.registers >= 1, timeout=30, what="the first try")
+    wait_until(lambda: agent.executor.action_backoffs, timeout=30, what="the back-off")
+    catalog.refuse = False
+    wait_until(lambda: catalog.registers >= 2, timeout=30, what="the retry")
+    wait_until(lambda: not agent.executor.action_backoffs, timeout=30, what="the back-off forgotten")
+
+
+def test_backoffs_are_on_the_monotonic_clock(stop: threading.Event) -> None:
+    """Failed starts and actions set deadlines on the executor's monotonic clock, not the wall clock."""
+    docker, catalog = FakeDocker(refuse_start=True), FakeCatalog(refuse=True)
+    done = threading.Event()
+    executor = Executor(
+        cast(DockerActuator, docker),
+        cast(CatalogActuator, catalog),
+        on_done=done.set,
+        stop=stop,
+        mono=lambda: 500.0,
+    )
+    try:
+        for action in (StartContainer(WEB), Register(C1, WEB)):
+            done.clear()
+            executor.submit(action)
+            wait_until(done.is_set, timeout=10, what=f"{type(action).__name__} to finish")
+    finally:
+        executor.shutdown()
+    assert executor.backoffs["web"].retry_at == 501.0
+    assert executor.action_backoffs["register:web-c1"] == Backoff(
+        failures=1, retry_at=501.0, last_error="permission denied for registering: ACL not found"
+    )
+
+
+def test_slow_service_cannot_hold_every_worker(stop: threading.Event) -> None:
+    """Drains of one service stuck in a long stop grace leave workers for another service's start."""
+    gate = threading.Event()
+    docker = FakeDocker(stop_gate=gate)
+    executor = Executor(
+        cast(DockerActuator, docker), cast(CatalogActuator, FakeCatalog()), on_done=lambda: None, stop=stop
+    )
+    try:
+        drains: list[Action] = [
+            DrainContainer(running(f"s{i}", service="slow"), drain=0.0, stop_grace=600.0, reason="scale down")
+            for i in range(2 * MAX_PARALLEL_ACTIONS)
+        ]
+        for action in drains:
+            executor.submit(action)
+        wait_until(lambda: docker.stopping >= 1, timeout=10, what="the slow stops to begin")
+        executor.submit(StartContainer(WEB))
+        wait_until(lambda: "web" in docker.started, timeout=10, what="web's start while slow stops")
+        assert docker.stopping < MAX_PARALLEL_ACTIONS, "one service held every worker"
+    finally:
+        gate.set()
+        executor.shutdown()
+
+
+def test_drain_time_holds_no_worker(stop: threading.Event) -> None:
+    """Containers waiting out a long drain hold no worker: every start of another service runs at once."""
+    docker = FakeDocker()
+    executor = Executor(
+        cast(DockerActuator, docker), cast(CatalogActuator, FakeCatalog()), on_done=lambda: None, stop=stop
+    )
+    try:
+        for i in range(2 * MAX_PARALLEL_ACTIONS):
+            c = running(f"s{i}", service="slow")
+            executor.submit(DrainContainer(c, drain=600.0, stop_grace=1.0, reason="scale down"))
+        for _ in range(MAX_PARALLEL_ACTIONS):
+            executor.submit(StartContainer(WEB))
+        wait_until(
+            lambda: docker.started.count("web") == MAX_PARALLEL_ACTIONS, timeout=10, what="every start"
+        )
+        assert docker.stopping == 0
+        with executor.lock:
+            assert len(executor.snapshot([]).busy_containers) == 2 * MAX_PARALLEL_ACTIONS
+    finally:
+        executor.shutdown()
