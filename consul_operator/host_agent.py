@@ -61,7 +61,9 @@ log = structlog.get_logger()
 MAX_PARALLEL_ACTIONS = 8
 """Worker threads shared by every action of this host."""
 MAX_PER_SERVICE = 4
-"""Workers one service may hold at once: the other services always find some free."""
+"""Workers one service is always entitled to; beyond that it may only use workers above the reserve."""
+RESERVED_WORKERS = 2
+"""Workers a service past its share leaves free, so that another service's action starts at once."""
 
 
 @dataclass(slots=True)
@@ -95,9 +97,11 @@ class Executor:
     pending start.
 
     Fairness: actions queue per service and are dispatched round-robin over
-    the services, at most ``MAX_PER_SERVICE`` of one service at a time, on
-    ``MAX_PARALLEL_ACTIONS`` workers. A drain's wait holds no worker: the
-    deregistration is one job, the stop and removal another, queued by a
+    the services on ``MAX_PARALLEL_ACTIONS`` workers. A service may hold
+    ``MAX_PER_SERVICE`` of them, and more only while ``RESERVED_WORKERS``
+    stay free: a burst of one service still runs wide, yet an action of
+    another service never waits behind it. A drain's wait holds no worker:
+    the deregistration is one job, the stop and removal another, queued by a
     timer when the drain time is over.
 
     Failures: an action that fails is held by its own back-off
@@ -217,10 +221,11 @@ class Executor:
             self._pool.submit(self._run, job)
 
     def _next_job(self) -> _Job | None:
+        free = MAX_PARALLEL_ACTIONS - sum(self._active.values())
         for _ in range(len(self._turns)):
             service = self._turns.popleft()
             queue = self._queues[service]
-            if self._active[service] >= MAX_PER_SERVICE:
+            if self._active[service] >= MAX_PER_SERVICE and free <= RESERVED_WORKERS:
                 self._turns.append(service)
                 continue
             job = queue.popleft()

@@ -15,7 +15,7 @@ from consul_operator.actuators.docker import DockerActuator
 from consul_operator.consul_client import ConsulClient, Indexed, KVEntry
 from consul_operator.desired_state import Manifest
 from consul_operator.errors import ConsulPermissionDenied, DockerError
-from consul_operator.host_agent import MAX_PARALLEL_ACTIONS, Executor, HostAgent
+from consul_operator.host_agent import MAX_PARALLEL_ACTIONS, RESERVED_WORKERS, Executor, HostAgent
 from consul_operator.keys import Layout
 from consul_operator.loop import Trigger, run_loop
 from consul_operator.model import (
@@ -253,7 +253,7 @@ def test_backoffs_are_on_the_monotonic_clock(stop: threading.Event) -> None:
 
 
 def test_slow_service_cannot_hold_every_worker(stop: threading.Event) -> None:
-    """Drains of one service stuck in a long stop grace leave workers for another service's start."""
+    """Slow stops of one service use all workers but a reserve, which another service's start gets."""
     gate = threading.Event()
     docker = FakeDocker(stop_gate=gate)
     executor = Executor(
@@ -266,10 +266,11 @@ def test_slow_service_cannot_hold_every_worker(stop: threading.Event) -> None:
         ]
         for action in drains:
             executor.submit(action)
-        wait_until(lambda: docker.stopping >= 1, timeout=10, what="the slow stops to begin")
+        wide = MAX_PARALLEL_ACTIONS - RESERVED_WORKERS
+        wait_until(lambda: docker.stopping == wide, timeout=10, what="the slow stops to run wide")
         executor.submit(StartContainer(WEB))
         wait_until(lambda: "web" in docker.started, timeout=10, what="web's start while slow stops")
-        assert docker.stopping < MAX_PARALLEL_ACTIONS, "one service held every worker"
+        assert docker.stopping == wide, "one service took the reserved workers"
     finally:
         gate.set()
         executor.shutdown()

@@ -1,0 +1,183 @@
+"""The host agent's actions on the real engine: fair workers, bounded pulls, no thread per Docker event."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import docker
+import pytest
+
+from consul_operator.actuators.catalog import CatalogActuator
+from consul_operator.actuators.docker import DockerActuator
+from consul_operator.consul_client import ConsulClient
+from consul_operator.desired_state import Manifest
+from consul_operator.errors import DockerError
+from consul_operator.host_agent import MAX_PARALLEL_ACTIONS, Executor
+from consul_operator.model import LABEL_CLUSTER, LABEL_HOST, LABEL_SERVICE, StartContainer
+from tests.support.cluster import Cluster
+from tests.support.staging import wait_until
+
+
+@pytest.fixture
+def own_cluster_label() -> str:
+    """A cluster label no agent manages: containers of this test only."""
+    return f"actions-test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def created(docker_engine: docker.DockerClient) -> Iterator[list[Any]]:
+    """Containers a test creates; removed by id afterwards."""
+    containers: list[Any] = []
+    yield containers
+    for container in containers:
+        container.remove(force=True)
+
+
+def test_event_burst_starts_no_threads(
+    docker_engine: docker.DockerClient, own_cluster_label: str, created: list[Any]
+) -> None:
+    """Ten containers dying at once: every event wakes the loop, and no thread is started per event."""
+    actuator = DockerActuator(docker_engine, cluster=own_cluster_label, host="host-x", advertise="127.0.0.1")
+    calls: list[float] = []
+    stop = threading.Event()
+    watcher = threading.Thread(
+        target=actuator.watch_events, args=(lambda: calls.append(time.monotonic()), stop), daemon=True
+    )
+    peak = threading.active_count()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, threading.active_count())
+            stop.wait(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    baseline = threading.active_count()
+    labels = {LABEL_CLUSTER: own_cluster_label, LABEL_HOST: "host-x", LABEL_SERVICE: "burst"}
+    watcher.start()
+    try:
+        wait_until(lambda: calls, timeout=30, what="the event stream to connect")
+        for _ in range(10):
+            created.append(docker_engine.containers.run("hello:local", ["false"], labels=labels, detach=True))
+        # Each die wakes the loop and is looked at again up to 1 s later.
+        exited = {"label": f"{LABEL_CLUSTER}={own_cluster_label}", "status": "exited"}
+        wait_until(
+            lambda: (
+                len(docker_engine.containers.list(all=True, filters=exited)) == 10
+                and len(calls) >= 11
+                and time.monotonic() - calls[-1] >= 1.5
+            ),
+            timeout=60,
+            what="every event and its re-looks",
+        )
+    finally:
+        stop.set()
+        # One more event lets the watcher, blocked reading the stream, see the stop.
+        created.append(docker_engine.containers.run("hello:local", ["false"], labels=labels, detach=True))
+        watcher.join(timeout=30)
+        sampler.join(timeout=5)
+    # The watcher and its one timer thread; Timer threads per event would add 3 per container.
+    assert peak <= baseline + 2, f"{peak - baseline} threads beside the sampler for a burst of 10 events"
+
+
+@pytest.fixture
+def hanging_registry() -> Iterator[str]:
+    """A loopback TCP server that accepts connections and never answers: a registry that hangs."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.1)
+    held: list[socket.socket] = []
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            held.append(conn)
+
+    thread = threading.Thread(target=serve, name="hanging-registry", daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.getsockname()[1]}"
+    done.set()
+    thread.join(timeout=5)
+    for conn in held:
+        conn.close()
+    server.close()
+
+
+def test_slow_pull_fails_the_start_in_time_and_backs_off(
+    docker_engine: docker.DockerClient, own_cluster_label: str, hanging_registry: str
+) -> None:
+    """A pull from a registry that never answers fails the start after the pull timeout and backs it off."""
+    actuator = DockerActuator(
+        docker_engine, cluster=own_cluster_label, host="host-x", advertise="127.0.0.1", pull_timeout=2.0
+    )
+    # Never called: the start fails before anything is registered.
+    catalog = CatalogActuator(
+        ConsulClient("127.0.0.1:9"), cluster=own_cluster_label, host="host-x", advertise="127.0.0.1"
+    )
+    manifest = Manifest(name="slowpull", image=f"{hanging_registry}/slow/image:v1", replicas=1)
+    started = time.monotonic()
+    with pytest.raises(DockerError, match="took longer than 2s"):
+        actuator.start(manifest)
+    assert time.monotonic() - started < 2.0 + 10, "the pull timeout was not kept"
+
+    stop = threading.Event()
+    executor = Executor(actuator, catalog, on_done=lambda: None, stop=stop)
+    try:
+        executor.submit(StartContainer(manifest))
+        wait_until(lambda: "slowpull" in executor.backoffs, timeout=30, what="the failed start's back-off")
+    finally:
+        stop.set()
+        executor.shutdown(wait=False)
+    backoff = executor.backoffs["slowpull"]
+    assert backoff.failures == 1 and "took longer than 2s" in backoff.last_error
+    assert (
+        docker_engine.containers.list(all=True, filters={"label": f"{LABEL_CLUSTER}={own_cluster_label}"})
+        == []
+    )
+
+
+DRAIN = 40.0  # seconds: far longer than a replacement takes
+
+
+def test_long_drain_does_not_delay_another_services_replacement(cluster: Cluster, service_name: str) -> None:
+    """A service draining more replicas than workers leaves room to replace another's killed replica."""
+    other = "t" + uuid.uuid4().hex[:8]
+    host_1 = {"hosts": ["host-1"]}
+    try:
+        many = 2 * MAX_PARALLEL_ACTIONS
+        cluster.put(service_name, many, placement=host_1, drain=f"{DRAIN:g}s")
+        cluster.put(other, 1, placement=host_1)
+        cluster.wait_converged(service_name, many, timeout=120)
+        cluster.wait_converged(other, 1)
+        victim = cluster.containers(other)[0]
+
+        cluster.put(service_name, 0, placement=host_1, drain=f"{DRAIN:g}s")
+        wait_until(
+            lambda: len(cluster.registrations(service_name)) < many, timeout=30, what="the drains to begin"
+        )
+        scaled_down = time.monotonic()
+        victim.kill()
+        wait_until(
+            lambda: (
+                cluster.converged(other, 1) and victim.name not in {c.name for c in cluster.containers(other)}
+            ),
+            timeout=DRAIN,
+            what="the killed replica replaced",
+        )
+        replaced_after = time.monotonic() - scaled_down
+        assert replaced_after < DRAIN / 2, f"replaced after {replaced_after:.1f}s: it waited for the drains"
+        assert len(cluster.containers(service_name)) == many, "the drains ended early"
+    finally:
+        cluster.delete(other)
+        wait_until(
+            lambda: not cluster.containers(other, all_states=True), timeout=60, what=f"{other} removed"
+        )
