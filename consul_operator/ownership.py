@@ -7,8 +7,10 @@ and ``operator wait`` count an instance only when all of these hold:
 
 1. its meta ``cluster`` is our cluster (with no cluster given: the cluster
    of the agent host it names);
-2. its meta ``host`` names a *live* agent of that cluster (the agent's
-   ``operator-agent`` registration passes);
+2. its meta ``host`` names a registered agent of that cluster (its own
+   ``operator-agent`` registration, live or not: an agent restarting must
+   not pull its running replicas out of the load balancer, and a host that
+   is down fails its instances' checks anyway);
 3. its address is that agent's advertised address;
 4. that host's agent itself lists the instance (its service id, the
    container's name) in its status record ``operator/status/<svc>/<host>``,
@@ -82,7 +84,7 @@ def owned(
     """Split ``instances`` into those this cluster's agents made and the rest.
 
     ``cluster`` is ours (None: any cluster, each instance judged against its own
-    cluster's agents); ``agents`` the *live* agents; ``statuses`` the status
+    cluster's agents); ``agents`` the registered agents; ``statuses`` the status
     records, service -> host -> record, as read from our own KV prefix.
     """
     by_key = {(a.cluster, a.host): a for a in agents}
@@ -96,7 +98,7 @@ def owned(
             rejected.append(Disowned(inst, FOREIGN_CLUSTER, f"cluster {their_cluster!r}, not {cluster!r}"))
         elif agent is None:
             rejected.append(
-                Disowned(inst, UNKNOWN_HOST, f"host {host!r} is no live agent of cluster {their_cluster!r}")
+                Disowned(inst, UNKNOWN_HOST, f"host {host!r} is no agent of cluster {their_cluster!r}")
             )
         elif inst.address != agent.address:
             rejected.append(

@@ -141,9 +141,15 @@ def read_hosts(consul: ConsulClient, cluster: str | None) -> dict[str, tuple[boo
 
 
 def read_agents(consul: ConsulClient, cluster: str | None) -> list[AgentHost]:
-    """The live agents of ``cluster`` (of every cluster for None), with their advertised addresses."""
+    """The registered agents of ``cluster`` (of every cluster for None), with their advertised addresses.
+
+    Registered, live or not: an agent restarting (systemd, an upgrade) or
+    briefly away must not pull its running, passing replicas out of the load
+    balancer (static stability). A host that is down fails its instances'
+    own checks and its node's serfHealth, so they are not passing anyway.
+    """
     return [
         AgentHost(inst.meta.get(META_CLUSTER, ""), inst.meta.get(META_HOST, ""), inst.address)
-        for inst in consul.health_service(AGENT_SERVICE, passing=True).value
+        for inst in consul.health_service(AGENT_SERVICE).value
         if (cluster is None or inst.meta.get(META_CLUSTER) == cluster) and is_agent_registration(inst)
     ]

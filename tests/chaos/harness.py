@@ -626,7 +626,8 @@ def start_environment() -> Cluster:
     staging = Staging("chaos", CHAOS_ADDRESSES, extra_env=(*SLOW_RESYNC, clock_env))
     staging.run("down")
     staging.run("up")
-    return Cluster(staging, ConsulClient(staging.consul_addr()), connect())
+    # host-3's Consul: host faults (host_down, host_lost) take host-1's or host-2's away.
+    return Cluster(staging, ConsulClient(staging.consul_addr("host-3")), connect())
 
 
 def schedule_for(seed: int, duration: float | None, faults: list[str]) -> list[str]:

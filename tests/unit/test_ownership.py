@@ -78,7 +78,7 @@ def inst(
     ],
 )
 def test_owned(instance: ServiceInstance, cluster: str | None, reason: str | None) -> None:
-    """An instance counts only with our cluster, a live agent's host and address, and that agent's report."""
+    """An instance counts only with our cluster, a registered agent's host and address, and its report."""
     verdict = owned([instance], cluster, AGENTS, STATUSES)
     if reason is None:
         assert verdict.kept == (instance,) and verdict.rejected == ()
@@ -88,7 +88,7 @@ def test_owned(instance: ServiceInstance, cluster: str | None, reason: str | Non
 
 
 def test_dead_agent_owns_nothing() -> None:
-    """Instances of a host whose agent is not live (absent from ``agents``) are not counted."""
+    """Instances of a host with no agent registration (absent from ``agents``) are not counted."""
     verdict = owned([inst()], "staging", AGENTS[1:], STATUSES)
     assert [d.reason for d in verdict.rejected] == [UNKNOWN_HOST]
 
