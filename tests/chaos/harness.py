@@ -227,7 +227,7 @@ class Chaos:
         while not self._stop.wait(MONITOR_INTERVAL):
             self.monitor_seconds = time.monotonic() - started
             try:
-                for service, replicas in self.ceiling.items():
+                for service, replicas in list(self.ceiling.items()):  # faults add probes
                     running = len(self.containers(service))
                     if running > replicas:
                         note = f"{time.time():.1f} {service}: {running} running > {replicas} desired"
