@@ -30,7 +30,7 @@ from consul_operator.host_agent import Executor, HostAgent
 from consul_operator.keys import Layout
 from consul_operator.kv_state import start_watch
 from consul_operator.leader import LeaderElection
-from consul_operator.loop import Trigger, run_loop, stop_on_signals, wait_for_stop
+from consul_operator.loop import Trigger, retry_delay, run_loop, stop_on_signals, wait_for_stop
 from consul_operator.presence import AGENT_SERVICE, Presence
 from consul_operator.scheduler import Scheduler
 
@@ -89,7 +89,7 @@ def run_agent(config: AgentConfig) -> int:
         lock_delay=config.lock_delay,
         on_change=lambda _: schedule_trigger.fire(),
     )
-    executor = Executor(docker_actuator, catalog, on_done=host_trigger.fire, stop=stop)
+    executor = Executor(docker_actuator, catalog, on_done=host_trigger.fire)
     host_agent = HostAgent(consul, config.layout, config.host, docker_actuator, catalog, executor)
     scheduler = Scheduler(consul, config.layout, election, config.cluster, config.lost_grace)
 
@@ -162,15 +162,16 @@ def run_agent(config: AgentConfig) -> int:
 
 def _register_until_done(presence: Presence, stop: threading.Event) -> None:
     """Register the agent, retrying while Consul is away (an agent may start before Consul)."""
-    delay = 0.5
+    failures = 0
     while not stop.is_set():
         try:
             presence.register()
             return
         except ConsulError as exc:
+            failures += 1
+            delay = retry_delay(failures)
             log.warning("cannot register with Consul yet", error=str(exc), retry_in=delay)
             stop.wait(delay)
-            delay = min(delay * 2, 10.0)
 
 
 def _node_name(consul: ConsulClient, stop: threading.Event) -> str:

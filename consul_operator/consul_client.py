@@ -413,14 +413,18 @@ class ConsulClient:
                 headers=self._client.prepare_headers(),
             )
 
-    def register_service(self, definition: Mapping[str, Any]) -> None:
-        """Register a service (Consul's JSON service definition) on the local agent."""
+    def register_service(self, definition: Mapping[str, Any], *, timeout: float | None = None) -> None:
+        """Register a service (Consul's JSON service definition) on the local agent.
+
+        ``timeout`` overrides the client's for this call (see `check_pass`).
+        """
+        client = self._client if timeout is None else self._client_with_timeout(timeout)
         with _wrapped(f"registering service {definition.get('ID')!r}"):
-            self._client.http.put(
+            client.http.put(
                 CB.boolean(),
                 "/v1/agent/service/register",
                 data=json.dumps(definition),
-                headers=self._client.prepare_headers(),
+                headers=client.prepare_headers(),
             )
 
     def deregister_service(self, service_id: str) -> None:

@@ -116,13 +116,11 @@ class Executor:
         catalog: CatalogActuator,
         *,
         on_done: Callable[[], None],
-        stop: threading.Event,
         mono: Callable[[], float] = time.monotonic,
     ) -> None:
         self.docker = docker
         self.catalog = catalog
         self.on_done = on_done
-        self.stop = stop
         self.mono = mono
         self.lock = threading.Lock()
         self._pool = ThreadPoolExecutor(MAX_PARALLEL_ACTIONS, thread_name_prefix="action")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Iterable
 
 import structlog
 
@@ -87,7 +88,9 @@ class Presence:
                     "TTL": f"{int(self.ttl * 1000)}ms",
                     "Status": "passing",
                 },
-            }
+            },
+            # Within the TTL, as every beat: a re-registration is a beat too.
+            timeout=self.ttl / 3,
         )
         self.registered.set()
 
@@ -120,15 +123,23 @@ def is_agent_registration(instance: ServiceInstance) -> bool:
     )
 
 
-def read_hosts(consul: ConsulClient, cluster: str | None) -> dict[str, tuple[bool, dict[str, str]]]:
-    """Every known agent of ``cluster`` (of any cluster for None): host -> (live, labels)."""
-    instances = consul.health_service(AGENT_SERVICE).value
+def agent_registrations(consul: ConsulClient, cluster: str | None) -> list[ServiceInstance]:
+    """Every agent's own registration of ``cluster`` (of any cluster for None), passing or not.
+
+    One read serves both views below: which hosts are live (`hosts_of`) and
+    which agents vouch for instances (`agents_of`).
+    """
+    return [
+        inst
+        for inst in consul.health_service(AGENT_SERVICE).value
+        if (cluster is None or inst.meta.get(META_CLUSTER) == cluster) and is_agent_registration(inst)
+    ]
+
+
+def hosts_of(registrations: Iterable[ServiceInstance]) -> dict[str, tuple[bool, dict[str, str]]]:
+    """Every agent host: host -> (live, labels)."""
     hosts: dict[str, tuple[bool, dict[str, str]]] = {}
-    for inst in instances:
-        if cluster is not None and inst.meta.get(META_CLUSTER) != cluster:
-            continue
-        if not is_agent_registration(inst):
-            continue
+    for inst in registrations:
         host = inst.meta.get(META_HOST, "")
         labels = {
             k[len(LABEL_META_PREFIX) :]: v for k, v in inst.meta.items() if k.startswith(LABEL_META_PREFIX)
@@ -140,8 +151,8 @@ def read_hosts(consul: ConsulClient, cluster: str | None) -> dict[str, tuple[boo
     return hosts
 
 
-def read_agents(consul: ConsulClient, cluster: str | None) -> list[AgentHost]:
-    """The registered agents of ``cluster`` (of every cluster for None), with their advertised addresses.
+def agents_of(registrations: Iterable[ServiceInstance]) -> list[AgentHost]:
+    """The agents with their advertised addresses, live or not.
 
     Registered, live or not: an agent restarting (systemd, an upgrade) or
     briefly away must not pull its running, passing replicas out of the load
@@ -150,6 +161,15 @@ def read_agents(consul: ConsulClient, cluster: str | None) -> list[AgentHost]:
     """
     return [
         AgentHost(inst.meta.get(META_CLUSTER, ""), inst.meta.get(META_HOST, ""), inst.address)
-        for inst in consul.health_service(AGENT_SERVICE).value
-        if (cluster is None or inst.meta.get(META_CLUSTER) == cluster) and is_agent_registration(inst)
+        for inst in registrations
     ]
+
+
+def read_hosts(consul: ConsulClient, cluster: str | None) -> dict[str, tuple[bool, dict[str, str]]]:
+    """Every known agent host of ``cluster`` (of any cluster for None): host -> (live, labels)."""
+    return hosts_of(agent_registrations(consul, cluster))
+
+
+def read_agents(consul: ConsulClient, cluster: str | None) -> list[AgentHost]:
+    """The registered agents of ``cluster`` (of every cluster for None), with their addresses."""
+    return agents_of(agent_registrations(consul, cluster))

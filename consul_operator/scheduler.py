@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from consul_operator import metrics
-from consul_operator.consul_client import ConsulClient, ServiceInstance
+from consul_operator.consul_client import ConsulClient
 from consul_operator.desired_state import Manifest, revision_json
 from consul_operator.errors import ConsulError, ConsulPermissionDenied, ConsulUnavailable, NotLeader
 from consul_operator.keys import Layout
@@ -44,8 +43,8 @@ from consul_operator.model import (
     RolloutRecord,
     frozen_map,
 )
-from consul_operator.ownership import owned
-from consul_operator.presence import AGENT_SERVICE, read_agents, read_hosts
+from consul_operator.ownership import AgentHost, owned
+from consul_operator.presence import AGENT_SERVICE, agent_registrations, agents_of, hosts_of
 from consul_operator.reconcile import (
     RolloutTimer,
     backoff_after_failure,
@@ -67,6 +66,33 @@ log = structlog.get_logger()
 
 SpecsByHost = dict[str, dict[str, dict[str, int]]]
 """Per service, per host, per spec: running containers (the agents' status records)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Owners:
+    """What decides which instances are ours (`ownership.owned`), read once per pass."""
+
+    agents: list[AgentHost]
+    statuses: Mapping[str, Mapping[str, Mapping[str, object]]]
+
+
+def running_specs(records: Mapping[str, Mapping[str, Mapping[str, object]]]) -> SpecsByHost:
+    """Per service, per host, per spec: running containers, from the agents' status records.
+
+    A record without readable counts counts nothing but is listed (its host's records may be gone).
+    """
+    result: SpecsByHost = {}
+    for service, per_host in records.items():
+        for host, record in per_host.items():
+            raw = record.get("specs")
+            try:
+                specs = {str(spec): int(n) for spec, n in raw.items()} if isinstance(raw, dict) else {}
+            except (ValueError, TypeError):
+                specs = {}
+            result.setdefault(service, {})[host] = specs
+    return result
+
+
 # How often the leader looks at an active rollout (health, min_healthy, drains).
 ROLLOUT_POLL = 0.5
 
@@ -111,12 +137,18 @@ class Scheduler:
         now = self.clock()
         manifests = read_manifests(self.consul, self.layout)
         current = read_placements(self.consul, self.layout)
-        statuses = self._running_specs()
-        hosts = self._hosts(current, statuses, now)
+        # Read once per pass, shared by every decision below: the agents' own
+        # registrations (live hosts, and who vouches for instances) and their
+        # status records (running counts, and the instances they report).
+        registrations = agent_registrations(self.consul, self.cluster)
+        records = read_statuses(self.consul, self.layout, consistent=True, keep_unreadable=True)
+        statuses = running_specs(records)
+        hosts = self._hosts(hosts_of(registrations), current, statuses, now)
         valid = {n: (m if isinstance(m, Manifest) else None) for n, m in manifests.items()}
         decided = schedule(valid, hosts, current, now, self.lost_grace)
         running = live_running(statuses, hosts)
-        rollout_writes, active = self._rollouts(manifests, valid, current, decided, running, now)
+        owners = _Owners(agents_of(registrations), records)
+        rollout_writes, active = self._rollouts(manifests, valid, current, decided, running, owners, now)
 
         me = self.election.host
         writes: dict[str, bytes | None] = {
@@ -164,22 +196,16 @@ class Scheduler:
                 del groups[service]  # refused before: wait for its back-off
         written: list[str] = []
         for batch in pack_writes(groups):
-            try:
-                self.election.fenced_write(dict(batch.writes), session=session)
-            except (NotLeader, ConsulUnavailable):
-                raise
-            except ConsulError as exc:
-                if _consul_trouble(exc):
-                    raise
-                if len(batch.groups) == 1:
-                    self._write_failed(batch.groups[0], exc, now)
-                    continue
+            refused = self._transaction(session, batch.writes)
+            if refused is None:
+                written.extend(batch.writes)
+                for service in batch.groups:
+                    self.write_backoffs.pop(service, None)
+            elif len(batch.groups) == 1:
+                self._write_failed(batch.groups[0], refused, now)
+            else:
                 for service in batch.groups:  # find the one at fault; the others go through
                     written.extend(self._write_alone(session, service, groups[service], now))
-                continue
-            written.extend(batch.writes)
-            for service in batch.groups:
-                self.write_backoffs.pop(service, None)
         return written
 
     def _write_alone(
@@ -188,18 +214,28 @@ class Scheduler:
         """One service's writes in transactions of their own; on a refusal, that service backs off."""
         written: list[str] = []
         for batch in pack_writes({service: writes}):
-            try:
-                self.election.fenced_write(dict(batch.writes), session=session)
-            except (NotLeader, ConsulUnavailable):
-                raise
-            except ConsulError as exc:
-                if _consul_trouble(exc):
-                    raise
-                self._write_failed(service, exc, now)
+            refused = self._transaction(session, batch.writes)
+            if refused is not None:
+                self._write_failed(service, refused, now)
                 return written
             written.extend(batch.writes)
         self.write_backoffs.pop(service, None)
         return written
+
+    def _transaction(self, session: str, writes: Mapping[str, bytes | None]) -> ConsulError | None:
+        """One fenced transaction: None once written, or the refusal of one service's writes.
+
+        Losing the lock or Consul itself is no one service's fault: it ends the pass (raised).
+        """
+        try:
+            self.election.fenced_write(dict(writes), session=session)
+        except (NotLeader, ConsulUnavailable):
+            raise
+        except ConsulError as exc:
+            if _consul_trouble(exc):
+                raise
+            return exc
+        return None
 
     def _write_failed(self, service: str, exc: ConsulError, now: float) -> None:
         """Count, log and back off a service whose writes Consul refused."""
@@ -232,6 +268,7 @@ class Scheduler:
         current: Mapping[str, PlacementRecord],
         decided: dict[str, PlacementRecord],
         running: SpecsByHost,
+        owners: _Owners,
         now: float,
     ) -> tuple[dict[str, bytes | None], bool]:
         """Start, pace and finish rollouts; adjusts ``decided`` in place; the KV writes besides placements.
@@ -278,7 +315,9 @@ class Scheduler:
             if rollout is None:
                 continue
             if (rollout.active or rollout.state == "failed") and name in current:
-                rollout = self._pace(rollout, manifest, current[name], decided, running.get(name, {}), now)
+                rollout = self._pace(
+                    rollout, manifest, current[name], decided, running.get(name, {}), owners, now
+                )
                 active = active or rollout.active
             elif rollout.state == "rolled_back":
                 record = decided[name]
@@ -352,6 +391,7 @@ class Scheduler:
         record: PlacementRecord,
         decided: dict[str, PlacementRecord],
         running: dict[str, dict[str, int]],
+        owners: _Owners,
         now: float,
     ) -> RolloutRecord:
         """One pacing step of an active (or failed: frozen) rollout; sets ``decided[name]``."""
@@ -360,7 +400,8 @@ class Scheduler:
         passing: dict[str, int] = {}
         matured: dict[str, int] = {}
         seen: set[str] = set()
-        for instance in self._owned_instances(name):
+        instances = self.consul.health_service(name).value
+        for instance in owned(instances, self.cluster, owners.agents, owners.statuses).kept:
             if instance.status != "passing":
                 continue
             seen.add(f"{name}/{instance.service_id}")
@@ -396,30 +437,6 @@ class Scheduler:
                 decided[name] = dataclasses.replace(decided[name], specs={})
         return step.rollout
 
-    def _owned_instances(self, name: str) -> tuple[ServiceInstance, ...]:
-        """The instances of ``name`` this cluster's agents made (`ownership.owned`): all pacing counts."""
-        instances = self.consul.health_service(name).value
-        agents = read_agents(self.consul, self.cluster)
-        return owned(instances, self.cluster, agents, read_statuses(self.consul, self.layout)).kept
-
-    def _running_specs(self) -> SpecsByHost:
-        """Per service, per host, per spec: running containers, from every agent's status record.
-
-        An unreadable record counts nothing but is listed (its host's records may be gone).
-        """
-        result: SpecsByHost = {}
-        for entry in self.consul.kv_list(self.layout.status_prefix, consistent=True).value:
-            service, _, host = entry.key[len(self.layout.status_prefix) :].partition("/")
-            if not service or not host or "/" in host:
-                continue
-            try:
-                body = json.loads(entry.value)
-                specs = {str(s): int(n) for s, n in dict(body.get("specs") or {}).items()}
-            except (ValueError, TypeError, AttributeError):
-                specs = {}
-            result.setdefault(service, {})[host] = specs
-        return result
-
     def _count(self, old: RolloutRecord | None, new: RolloutRecord) -> None:
         """Metrics and logs of a rollout's state change."""
         if old is not None and old.state == new.state and old.to_spec == new.to_spec:
@@ -431,10 +448,13 @@ class Scheduler:
         log.info("rollout", service=new.service, state=new.state, reason=new.reason, to=new.to_spec)
 
     def _hosts(
-        self, current: dict[str, PlacementRecord], statuses: SpecsByHost, now: float
+        self,
+        known: dict[str, tuple[bool, dict[str, str]]],
+        current: dict[str, PlacementRecord],
+        statuses: SpecsByHost,
+        now: float,
     ) -> list[HostInfo]:
-        """Every host we know of: registered agents, hosts that still hold replicas or status records."""
-        known = read_hosts(self.consul, self.cluster)
+        """Every host we know of: registered agents (``known``), hosts that still hold replicas or records."""
         if not known.get(self.election.host, (False, {}))[0]:
             # The leader is live by definition (its lock hangs on its own checks). Not
             # seeing itself means a partial view, typically a token without node or

@@ -10,8 +10,8 @@ from consul_operator.desired_state import is_dns_label
 from consul_operator.keys import Layout
 from consul_operator.kv_state import read_manifests, read_placements, read_rollouts
 from consul_operator.model import META_HOST
-from consul_operator.ownership import owned
-from consul_operator.presence import read_agents, read_hosts
+from consul_operator.ownership import AgentHost, owned
+from consul_operator.presence import agent_registrations, agents_of, hosts_of
 from consul_operator.status import ClusterSnapshot, HostRow
 
 
@@ -27,17 +27,27 @@ def read_leader(consul: ConsulClient, layout: Layout) -> tuple[str | None, float
         return None, None
 
 
-def read_statuses(consul: ConsulClient, layout: Layout) -> dict[str, dict[str, dict[str, object]]]:
-    """``operator/status/<service>/<host>`` records: service -> host -> record."""
+def read_statuses(
+    consul: ConsulClient, layout: Layout, *, consistent: bool = False, keep_unreadable: bool = False
+) -> dict[str, dict[str, dict[str, object]]]:
+    """``operator/status/<service>/<host>`` records: service -> host -> record.
+
+    An unreadable record is left out, or with ``keep_unreadable`` kept as ``{}``
+    (the leader still sees that its host has a record, and can remove it).
+    """
     statuses: dict[str, dict[str, dict[str, object]]] = {}
-    for entry in consul.kv_list(layout.status_prefix).value:
+    for entry in consul.kv_list(layout.status_prefix, consistent=consistent).value:
         service, _, host = entry.key[len(layout.status_prefix) :].partition("/")
+        if not service or not host or "/" in host:
+            continue
         try:
             record = json.loads(entry.value)
         except ValueError:
-            continue
-        if isinstance(record, dict) and host:
+            record = None
+        if isinstance(record, dict):
             statuses.setdefault(service, {})[host] = record
+        elif keep_unreadable:
+            statuses.setdefault(service, {})[host] = {}
     return statuses
 
 
@@ -45,10 +55,10 @@ def read_passing(
     consul: ConsulClient,
     services: list[str],
     cluster: str | None,
+    agents: list[AgentHost],
     statuses: Mapping[str, Mapping[str, Mapping[str, object]]],
 ) -> dict[str, dict[str, int]]:
     """Instances of ours passing in Consul, per service and host (`ownership.owned` decides what is ours)."""
-    agents = read_agents(consul, cluster)
     passing: dict[str, dict[str, int]] = {}
     for name in services:
         if not is_dns_label(name):
@@ -65,8 +75,9 @@ def read_passing(
 def read_snapshot(consul: ConsulClient, layout: Layout, cluster: str | None, now: float) -> ClusterSnapshot:
     """Everything the status view is built from; raises `ConsulError` when Consul cannot be read."""
     leader, since = read_leader(consul, layout)
+    registrations = agent_registrations(consul, cluster)
     hosts = tuple(
-        HostRow(name, live, labels) for name, (live, labels) in sorted(read_hosts(consul, cluster).items())
+        HostRow(name, live, labels) for name, (live, labels) in sorted(hosts_of(registrations).items())
     )
     manifests = read_manifests(consul, layout)
     placements = read_placements(consul, layout)
@@ -80,6 +91,6 @@ def read_snapshot(consul: ConsulClient, layout: Layout, cluster: str | None, now
         manifests=manifests,
         placements=placements,
         statuses=statuses,
-        passing=read_passing(consul, names, cluster, statuses),
+        passing=read_passing(consul, names, cluster, agents_of(registrations), statuses),
         rollouts=read_rollouts(consul, layout),
     )

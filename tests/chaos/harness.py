@@ -16,8 +16,8 @@ Faults (picked by a seeded `random.Random`, so a seed replays the same run):
                     leader again, and a service put afterwards is placed
   host_lost         an app host down for good: its replicas move after the grace, its
                     status records stop counting; restored only once that converged
-  clock_step        one agent's wall clock steps +-1 h (tests/support/clockshim): nothing
-                    moves, starts or stops because of it
+  clock_step        a rollout while the leader's wall clock is 1 h ahead and the other
+                    agent's 1 h behind (tests/support/clockshim): it completes, nothing else moves
   big_manifest      the largest manifest the validator accepts, and one past it: other
                     services are still placed
   stuck_action      a replica that cannot be removed (an immutable file in its container's
@@ -149,6 +149,8 @@ class Chaos:
         self.lock_history: list[tuple[int, str | None]] = []  # (leader key's modify index, holder)
         # Hosts lost for good (host_lost): their containers and registrations do not count.
         self.lost: set[str] = set()
+        # The image clock_step last rolled `simple` to (it toggles, so a fault can run twice).
+        self.simple_image = "hello:local"
         # The monitor's own health: how many samples it took, and what failed.
         self.samples = 0
         self.monitor_errors: list[str] = []
@@ -443,24 +445,61 @@ class Chaos:
         wait_until(self.converged, timeout=CONVERGE_BOUND, what="convergence after the host returned")
 
     def clock_step(self) -> str:
-        """One agent's wall clock steps by an hour, forwards or back, and later back again."""
-        host = self.rng.choice(["host-1", "host-2"])
-        step = self.rng.choice([3600, -3600])
-        before = {c.id for c in self.containers()}
-        clock = CLOCK_DIR / host
-        clock.write_text(f"{step}\n")
+        """During a rollout, the leader's wall clock steps an hour forward and the other agent's an hour back.
+
+        What a wall-clock duration would get wrong: the leader would see the
+        rollout past its deadline at once and roll it back; the other agent's
+        back-offs and the lost-host grace would stretch by an hour. The rollout
+        must complete, and nothing else may move.
+        """
+        leader, follower = self._leader_and_follower()
+        image = "hello:v2" if self.simple_image == "hello:local" else "hello:local"
+        others = {c.id for c in self.containers("web")}
+        fields = {"drain": "2s", "image": image, "update": {"min_healthy": "1s", "deadline": "2m"}}
+        target = parse_manifest(manifest_yaml("simple", SERVICES["simple"], **fields).encode()).spec_hash()
+        # max_surge 1: one replica above the count while the rollout runs.
+        self.ceiling["simple"] = SERVICES["simple"] + 1
+        self.cluster.put("simple", SERVICES["simple"], **fields)
         try:
-            hold(8.0)  # the fault's length: longer than the TTL and close to the lost-host grace
-            after = {c.id for c in self.containers()}
-            if after != before:
-                self.violations.fault_checks.append(
-                    f"clock_step: containers changed: -{len(before - after)} +{len(after - before)}"
-                )
+            # Step once the rollout runs: a deadline timed on the wall clock from
+            # before the step would then see it an hour old.
+            wait_until(
+                lambda: (self.cluster.kv_json("operator/rollout/simple") or {}).get("to") == target,
+                timeout=CONVERGE_BOUND,
+                what="the rollout to start",
+            )
+            (CLOCK_DIR / leader).write_text("3600\n")
+            (CLOCK_DIR / follower).write_text("-3600\n")
+            record = wait_until(
+                lambda: self._rollout_ended("simple", target), timeout=CONVERGE_BOUND, what="the rollout"
+            )
+            if record != "complete":
+                self.violations.fault_checks.append(f"clock_step: the rollout ended {record}")
+            if {c.id for c in self.containers("web")} != others:
+                self.violations.fault_checks.append("clock_step: web's containers changed")
             if not self.leader_live():
                 self.violations.fault_checks.append("clock_step: no live leader during the step")
+        except AssertionError as exc:
+            self.violations.fault_checks.append(f"clock_step: {exc}")
         finally:
-            clock.write_text("0\n")
-        return f"{host} clock {step:+d}s for 8s"
+            for host in (leader, follower):
+                (CLOCK_DIR / host).write_text("0\n")
+            self.ceiling["simple"] = SERVICES["simple"]
+        self.simple_image = image
+        return f"simple -> {image} with {leader} +1h, {follower} -1h"
+
+    def _rollout_ended(self, service: str, spec: str) -> str | None:
+        """How the rollout to ``spec`` ended ("complete", "failed", "rolled_back"), or None while it runs.
+
+        A record of an earlier rollout (one *from* ``spec`` that completed) is not this one.
+        """
+        record = self.cluster.kv_json(f"operator/rollout/{service}") or {}
+        state = record.get("state")
+        if record.get("to") == spec and state in ("complete", "failed"):
+            return str(state)
+        if record.get("from") == spec and state == "rolled_back":
+            return str(state)
+        return None
 
     def big_manifest(self) -> str:
         """The largest manifest the validator accepts and one just past it, while another service changes."""

@@ -77,3 +77,12 @@ def service_name(request: pytest.FixtureRequest, cluster: Cluster) -> Iterator[s
     yield name
     cluster.delete(name)
     wait_until(lambda: not cluster.containers(name, all_states=True), timeout=60, what=f"{name} removed")
+
+
+@pytest.fixture
+def other_service(cluster: Cluster) -> Iterator[str]:
+    """A second fresh service name for one test; deleted and drained afterwards like `service_name`."""
+    name = "u" + uuid.uuid4().hex[:8]
+    yield name
+    cluster.delete(name)
+    wait_until(lambda: not cluster.containers(name, all_states=True), timeout=60, what=f"{name} removed")

@@ -20,30 +20,11 @@ from consul_operator import commands
 from consul_operator.commands import Target
 from consul_operator.consul_client import ConsulClient, Indexed, KVEntry
 from consul_operator.keys import Layout
-from tests.support.cluster import Cluster, manifest_yaml
+from tests.support.cluster import Cluster, manifest_yaml, operator
 from tests.support.staging import pid_alive, tool, wait_until
 
 # A Consul of the /healthz test's own, on the first test address with ports apart from staging's.
 HZ_PORTS = {"http": 18500, "server": 18300, "serf_lan": 18301, "serf_wan": 18302}
-
-
-def operator(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run the `operator` command against the test environment."""
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "consul_operator",
-            args[0],
-            "--consul",
-            cluster.staging.consul_addr(),
-            *args[1:],
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 # --- /healthz -----------------------------------------------------------------------------

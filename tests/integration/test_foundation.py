@@ -12,7 +12,7 @@ import pytest
 
 from consul_operator.consul_client import BlockingQuery, ConsulClient
 from consul_operator.errors import ConsulUnavailable
-from tests.support.staging import HOSTS, Staging, pid_alive, wait_until
+from tests.support.staging import HOSTS, PROCESSES, Staging, pid_alive, wait_until
 
 
 def test_cluster_has_three_servers_and_one_leader(staging: Staging) -> None:
@@ -108,14 +108,7 @@ def test_up_down_leaves_no_process_and_no_labelled_container(
     first_pids = env.pids()
     env.run("up")
     assert env.pids() == first_pids, "a second `up` must not start anything"
-    assert set(first_pids) == {
-        "consul-host-1",
-        "consul-host-2",
-        "consul-host-3",
-        "agent-host-1",
-        "agent-host-2",
-        "lb-host-3",
-    }
+    assert set(first_pids) == PROCESSES
     assert all(pid_alive(p) for p in first_pids.values())
 
     ours = docker_engine.containers.run(

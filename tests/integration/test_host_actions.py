@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 import uuid
@@ -20,6 +19,7 @@ from consul_operator.errors import DockerError
 from consul_operator.host_agent import MAX_PARALLEL_ACTIONS, Executor
 from consul_operator.model import LABEL_CLUSTER, LABEL_HOST, LABEL_SERVICE, StartContainer
 from tests.support.cluster import Cluster
+from tests.support.hanging import hanging_server
 from tests.support.staging import wait_until
 
 
@@ -88,28 +88,9 @@ def test_event_burst_starts_no_threads(
 
 @pytest.fixture
 def hanging_registry() -> Iterator[str]:
-    """A loopback TCP server that accepts connections and never answers: a registry that hangs."""
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.1)
-    held: list[socket.socket] = []
-    done = threading.Event()
-
-    def serve() -> None:
-        while not done.is_set():
-            try:
-                conn, _ = server.accept()
-            except TimeoutError:
-                continue
-            held.append(conn)
-
-    thread = threading.Thread(target=serve, name="hanging-registry", daemon=True)
-    thread.start()
-    yield f"127.0.0.1:{server.getsockname()[1]}"
-    done.set()
-    thread.join(timeout=5)
-    for conn in held:
-        conn.close()
-    server.close()
+    """A registry on 127.0.0.1 that accepts connections and never answers: a pull that hangs."""
+    with hanging_server("hanging-registry") as server:
+        yield server.address
 
 
 def test_slow_pull_fails_the_start_in_time_and_backs_off(
@@ -130,7 +111,7 @@ def test_slow_pull_fails_the_start_in_time_and_backs_off(
     assert time.monotonic() - started < 2.0 + 10, "the pull timeout was not kept"
 
     stop = threading.Event()
-    executor = Executor(actuator, catalog, on_done=lambda: None, stop=stop)
+    executor = Executor(actuator, catalog, on_done=lambda: None)
     try:
         executor.submit(StartContainer(manifest))
         wait_until(lambda: "slowpull" in executor.backoffs, timeout=30, what="the failed start's back-off")

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
+from consul_operator import metrics
 from consul_operator.actuators.nginx import ManagedNginx, SystemNginx, render
 from consul_operator.consul_client import ConsulClient
 from consul_operator.keys import Layout
@@ -42,25 +43,9 @@ def metric(name: str, **labels: str) -> float:
 
 def rejected_total(cluster: Cluster) -> float:
     """operator_lb_rejected_total of the staging load balancer, over every reason."""
-    reasons = (
-        "bad_name",
-        "bad_address",
-        "bad_port",
-        "foreign_cluster",
-        "unknown_host",
-        "wrong_address",
-        "unreported",
+    return sum(
+        cluster.metric("host-3", "operator_lb_rejected_total", reason=r) for r in metrics.LB_REJECT_REASONS
     )
-    return sum(cluster.metric("host-3", "operator_lb_rejected_total", reason=r) for r in reasons)
-
-
-@pytest.fixture
-def other_service(cluster: Cluster) -> Iterator[str]:
-    """A second fresh service name; its manifest is deleted and drained afterwards."""
-    name = "u" + uuid.uuid4().hex[:8]
-    yield name
-    cluster.delete(name)
-    wait_until(lambda: not cluster.containers(name, all_states=True), timeout=60, what=f"{name} removed")
 
 
 @pytest.fixture

@@ -3,37 +3,17 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import uuid
-from collections.abc import Iterator
-
-import pytest
 
 from consul_operator.consul_client import ConsulClient
 from consul_operator.keys import Layout
 from consul_operator.leader import LeaderElection
 from consul_operator.model import LABEL_CLUSTER, LABEL_HOST, LABEL_SERVICE
 from consul_operator.scheduler import Scheduler
-from tests.support.cluster import Cluster, manifest_yaml
+from tests.support.cluster import Cluster, manifest_yaml, operator
 from tests.support.staging import wait_until
 
 UPDATE = {"max_surge": 1, "max_unavailable": 0, "min_healthy": "1s", "deadline": "2m"}
-
-
-def operator(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run the `operator` command against the test environment."""
-    command = [sys.executable, "-m", "consul_operator", args[0], "--consul", cluster.staging.consul_addr()]
-    return subprocess.run([*command, *args[1:]], capture_output=True, text=True, timeout=120, check=False)
-
-
-@pytest.fixture
-def other_service(cluster: Cluster) -> Iterator[str]:
-    """A second fresh service name; its manifest is deleted and its containers drained afterwards."""
-    name = "t" + uuid.uuid4().hex[:8]
-    yield name
-    cluster.delete(name)
-    wait_until(lambda: not cluster.containers(name, all_states=True), timeout=60, what=f"{name} removed")
 
 
 def test_oversized_manifest_is_refused_and_other_services_are_placed(

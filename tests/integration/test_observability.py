@@ -17,6 +17,7 @@ import pytest
 
 from consul_operator.status import JSON_FIELDS
 from tests.support.cluster import Cluster, manifest_yaml
+from tests.support.cluster import operator as run_operator
 from tests.support.staging import HOSTS, ROOT, pid_alive, tool, wait_until
 
 PROMETHEUS_ADDR = "127.0.0.24:9091"
@@ -27,25 +28,8 @@ SLOW_START = ["sh", "-c", "sleep 4; exec sh /start.sh"]
 
 
 def operator(cluster: Cluster, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the `operator` command against the test environment."""
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "consul_operator",
-            *args[:1],
-            "--consul",
-            cluster.staging.consul_addr(),
-            "--cluster",
-            cluster.staging.name,
-            *args[1:],
-        ],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    """The CLI against the test environment, for this environment's cluster only."""
+    return run_operator(cluster, args[0], "--cluster", cluster.staging.name, *args[1:], stdin=stdin)
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, operator
 from tests.support.load import Load
 from tests.support.staging import wait_until
 
@@ -151,22 +149,3 @@ def test_operator_rollback_returns_to_the_previous_spec(cluster: Cluster, servic
     waited = operator(cluster, "wait", service_name, "--timeout", "5s")
     assert waited.returncode == 1, "wait reports a rolled-back rollout as not done"
     assert operator(cluster, "rollback", "nosuchservice").returncode == 1
-
-
-def operator(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run the `operator` command against the test environment."""
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "consul_operator",
-            args[0],
-            "--consul",
-            cluster.staging.consul_addr(),
-            *args[1:],
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )

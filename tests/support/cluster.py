@@ -6,6 +6,8 @@ import http.client
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -34,6 +36,14 @@ def manifest_yaml(name: str, replicas: int, **fields: Any) -> str:
     }
     body.update(fields)
     return yaml.safe_dump(body)
+
+
+def operator(cluster: Cluster, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """The one CLI runner: `operator SUBCOMMAND --consul <host-1's Consul> ARGS...`."""
+    command = [sys.executable, "-m", "consul_operator", args[0], "--consul", cluster.staging.consul_addr()]
+    return subprocess.run(
+        [*command, *args[1:]], input=stdin, capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 @dataclass

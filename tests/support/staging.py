@@ -19,6 +19,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 STAGING = ROOT / "scripts" / "staging.sh"
 HOSTS = ("host-1", "host-2", "host-3")
+# Every daemon `staging.sh up` starts, by the name of its pid file.
+PROCESSES = frozenset(
+    {"consul-host-1", "consul-host-2", "consul-host-3", "agent-host-1", "agent-host-2", "lb-host-3"}
+)
 # The test environments resync far less often than any test lasts, so that a
 # test converging within its bound proves the reaction to events (Docker's
 # event stream, Consul's blocking queries), not the 60 s safety net.

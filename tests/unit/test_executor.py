@@ -161,9 +161,7 @@ def stop() -> Iterator[threading.Event]:
 def run_agent(docker: FakeDocker, catalog: FakeCatalog, consul: FakeConsul, stop: threading.Event) -> Running:
     """The real executor, host agent and loop runner on the fakes, in a daemon thread."""
     trigger = Trigger()
-    executor = Executor(
-        cast(DockerActuator, docker), cast(CatalogActuator, catalog), on_done=trigger.fire, stop=stop
-    )
+    executor = Executor(cast(DockerActuator, docker), cast(CatalogActuator, catalog), on_done=trigger.fire)
     agent = HostAgent(
         cast(ConsulClient, consul),
         Layout(),
@@ -236,7 +234,6 @@ def test_backoffs_are_on_the_monotonic_clock(stop: threading.Event) -> None:
         cast(DockerActuator, docker),
         cast(CatalogActuator, catalog),
         on_done=done.set,
-        stop=stop,
         mono=lambda: 500.0,
     )
     try:
@@ -257,7 +254,7 @@ def test_slow_service_cannot_hold_every_worker(stop: threading.Event) -> None:
     gate = threading.Event()
     docker = FakeDocker(stop_gate=gate)
     executor = Executor(
-        cast(DockerActuator, docker), cast(CatalogActuator, FakeCatalog()), on_done=lambda: None, stop=stop
+        cast(DockerActuator, docker), cast(CatalogActuator, FakeCatalog()), on_done=lambda: None
     )
     try:
         drains: list[Action] = [
@@ -280,7 +277,7 @@ def test_drain_time_holds_no_worker(stop: threading.Event) -> None:
     """Containers waiting out a long drain hold no worker: every start of another service runs at once."""
     docker = FakeDocker()
     executor = Executor(
-        cast(DockerActuator, docker), cast(CatalogActuator, FakeCatalog()), on_done=lambda: None, stop=stop
+        cast(DockerActuator, docker), cast(CatalogActuator, FakeCatalog()), on_done=lambda: None
     )
     try:
         for i in range(2 * MAX_PARALLEL_ACTIONS):
