@@ -1,4 +1,4 @@
-"""The commands a person runs: status, wait, apply, plan, delete.
+"""The commands a person runs: validate, status, wait, apply, plan, rollback, delete.
 
 Exit codes: 0 done / converged, 1 not (invalid file, not converged, timed
 out, no such service), 2 usage error or Consul unreachable.
@@ -124,8 +124,11 @@ def wait(
             time.sleep(min(1.0, max(0.0, deadline - clock())))
 
 
-def _load(files: Sequence[str]) -> tuple[list[tuple[str, bytes, Manifest]], bool]:
-    """Read and validate every file; print every problem. Returns (good ones, all good)."""
+def load_files(files: Sequence[str]) -> tuple[list[tuple[str, bytes, Manifest]], bool]:
+    """Read (``-``: standard input) and validate every file; print every problem.
+
+    The one loader of manifest files. Returns (the good ones as (file, text, manifest), all good).
+    """
     good: list[tuple[str, bytes, Manifest]] = []
     ok = True
     for name in files:
@@ -143,6 +146,17 @@ def _load(files: Sequence[str]) -> tuple[list[tuple[str, bytes, Manifest]], bool
             continue
         good.append((name, data, manifest))
     return good, ok
+
+
+def validate(files: Sequence[str]) -> int:
+    """``operator validate``: one OK line per good file, every problem of a bad one (exit 1)."""
+    loaded, ok = load_files(files)
+    for name, _, manifest in loaded:
+        print(
+            f"{name}: OK ({manifest.name}: {manifest.image}, {manifest.replicas} replicas,"
+            f" spec {manifest.spec_hash()})"
+        )
+    return EXIT_OK if ok else EXIT_NOT_OK
 
 
 def duplicate_names(loaded: Sequence[tuple[str, bytes, Manifest]]) -> dict[str, list[str]]:
@@ -195,7 +209,7 @@ def apply(target: Target, files: Sequence[str]) -> int:
     if another writer changed a manifest in between, nothing of that
     transaction is written and the command says which service.
     """
-    loaded, ok = _load(files)
+    loaded, ok = load_files(files)
     if not ok:
         print("nothing written: fix the problems above", file=sys.stderr)
         return EXIT_NOT_OK
@@ -276,7 +290,7 @@ def _conflict(write: Write) -> str:
 
 def plan(target: Target, files: Sequence[str]) -> int:
     """Show what applying the files would change, per host, without writing anything."""
-    loaded, ok = _load(files)
+    loaded, ok = load_files(files)
     if not ok:
         return EXIT_NOT_OK
     try:

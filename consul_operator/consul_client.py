@@ -395,24 +395,6 @@ class ConsulClient:
             info = self._client.http.get(CB.json(), "/v1/agent/self", headers=self._client.prepare_headers())
         return str(info["Config"]["NodeName"])
 
-    def register_ttl_check(self, check_id: str, name: str, ttl: float, notes: str = "") -> None:
-        """Register a TTL check on the local agent, which we then keep passing."""
-        body = {
-            "ID": check_id,
-            "Name": name,
-            "TTL": _go_duration(ttl),
-            "Notes": notes,
-            # A check that stays critical this long is reaped with the service.
-            "DeregisterCriticalServiceAfter": "10m",
-        }
-        with _wrapped(f"registering check {check_id!r}"):
-            self._client.http.put(
-                CB.boolean(),
-                "/v1/agent/check/register",
-                data=json.dumps(body),
-                headers=self._client.prepare_headers(),
-            )
-
     def register_service(self, definition: Mapping[str, Any], *, timeout: float | None = None) -> None:
         """Register a service (Consul's JSON service definition) on the local agent.
 

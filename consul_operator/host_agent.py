@@ -23,6 +23,7 @@ import structlog
 from consul_operator import metrics
 from consul_operator.actuators.catalog import CatalogActuator
 from consul_operator.actuators.docker import DockerActuator, container_name
+from consul_operator.backoff import Backoff, backoff_after_failure
 from consul_operator.consul_client import ConsulClient
 from consul_operator.desired_state import Manifest
 from consul_operator.errors import ConsulError, OperatorError
@@ -31,7 +32,6 @@ from consul_operator.kv_state import read_manifests, read_placements, read_revis
 from consul_operator.loop import PassResult
 from consul_operator.model import (
     Action,
-    Backoff,
     ContainerInfo,
     Deregister,
     DrainContainer,
@@ -49,8 +49,6 @@ from consul_operator.model import (
 from consul_operator.ownership import STATUS_INSTANCES
 from consul_operator.reconcile import (
     backoff_after_crash,
-    backoff_after_failure,
-    backoff_after_success,
     ends_streak,
     plan_host,
 )
@@ -408,7 +406,7 @@ class HostAgent:
                 desires[name] = ServiceDesire(name, manifest, placements[name].hosts.get(self.host, 0))
 
         mono = self.mono()
-        plan = plan_host(self.host, desires, containers, registrations, inflight, backoffs, now, mono=mono)
+        plan = plan_host(desires, containers, registrations, inflight, backoffs, now, mono=mono)
         for action in plan.actions:
             self.executor.submit(action)
         self._report(plan.reports, _running_specs(containers), now, _instance_ids(containers))
@@ -465,7 +463,7 @@ class HostAgent:
     def _reset_backoffs(self, containers: list[ContainerInfo], now: float) -> None:
         for service, backoff in list(self.executor.backoffs.items()):
             if any(c.service == service and ends_streak(backoff, c, now) for c in containers):
-                self.executor.backoffs[service] = backoff_after_success(backoff)
+                self.executor.backoffs[service] = Backoff()  # a long enough run: the streak is over
 
     def _report(
         self,

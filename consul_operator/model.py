@@ -199,27 +199,6 @@ class Registration:
 
 
 @dataclass(frozen=True, slots=True)
-class Backoff:
-    """Consecutive failures of one service (or one action) on this host, and when to try again.
-
-    ``retry_at`` is on this process's monotonic clock (``time.monotonic``), so
-    that a step of the wall clock neither stretches nor skips a wait.
-    ``spec_hash`` is the spec that failed: only a long run of a container of
-    that spec ends the streak (during a rollout, the old spec's containers
-    running fine say nothing about the new one).
-    """
-
-    failures: int = 0
-    retry_at: float = 0.0
-    last_error: str = ""
-    spec_hash: str = ""
-
-    def ready(self, mono: float) -> bool:
-        """Whether a new try may start at monotonic time ``mono``."""
-        return mono >= self.retry_at
-
-
-@dataclass(frozen=True, slots=True)
 class InFlight:
     """Actions started by earlier passes that have not finished yet.
 

@@ -103,12 +103,12 @@ per service, and when (``mono``) to look again by itself.
   (``InFlight.held_until``, by `action_key`): the plan leaves it out and wakes
   when the earliest hold ends, instead of trying again on every pass.
 
-Back-off (``backoff_after_failure``, ``backoff_after_success``)
-===============================================================
+Back-off (``backoff.py``)
+========================
 
 After the n-th consecutive failure of a service on a host (a crash, or a
-start that failed) the next start waits ``backoff.exponential(n, BACKOFF_BASE,
-BACKOFF_CAP)`` seconds: 1, 2, 4, ... 60 s; a failing action (per container or
+start that failed) the next start waits ``backoff.backoff_delay(n)``
+seconds: 1, 2, 4, ... 60 s; a failing action (per container or
 registration and kind) waits the same. A container that has run for
 ``MIN_RUN_SECONDS`` (``healthy_run``, on the wall clock against Docker's start
 time) ends the streak. The agent keeps the ``Backoff`` values, with deadlines
@@ -124,11 +124,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final
 
-from consul_operator.backoff import exponential
-from consul_operator.desired_state import Manifest, UpdatePolicy
+from consul_operator.backoff import Backoff, backoff_after_failure
+from consul_operator.desired_state import DEFAULT_DRAIN, DEFAULT_STOP_GRACE, Manifest, UpdatePolicy
 from consul_operator.model import (
     Action,
-    Backoff,
     ContainerInfo,
     Deregister,
     DrainContainer,
@@ -149,16 +148,6 @@ from consul_operator.model import (
 
 MIN_RUN_SECONDS: Final = 10.0
 """A container that ends on its own sooner than this after starting counts as a crash."""
-
-DEFAULT_DRAIN: Final = 2.0
-"""Drain time for containers of a deleted service (no manifest left to read it from)."""
-DEFAULT_STOP_GRACE: Final = 10.0
-"""Stop grace for containers of a deleted service (no manifest left to read it from)."""
-
-BACKOFF_BASE: Final = 1.0
-"""Wait after the first failure, in seconds; it doubles with every further failure."""
-BACKOFF_CAP: Final = 60.0
-"""The longest wait between two tries, in seconds."""
 
 REASON_DELETED: Final = "service deleted"
 REASON_SCALE_DOWN: Final = "scale down"
@@ -558,30 +547,11 @@ def gone_statuses(
 # --- back-off ------------------------------------------------------------------------
 
 
-def backoff_delay(failures: int) -> float:
-    """Seconds to wait after ``failures`` consecutive failures (0 for none)."""
-    return exponential(failures, BACKOFF_BASE, BACKOFF_CAP)
-
-
-def backoff_after_failure(previous: Backoff, mono: float, error: str, spec_hash: str = "") -> Backoff:
-    """One more failure (of ``spec_hash``) at monotonic ``mono``: the next try waits twice as long, capped."""
-    failures = previous.failures + 1
-    return Backoff(
-        failures=failures, retry_at=mono + backoff_delay(failures), last_error=error, spec_hash=spec_hash
-    )
-
-
 def backoff_after_crash(previous: Backoff, mono: float, removed: RemoveDead) -> Backoff:
     """``backoff_after_failure`` for a crashed container, with a "crash-looping" error text."""
     return backoff_after_failure(
         previous, mono, f"crash-looping: {removed.reason}", removed.container.spec_hash
     )
-
-
-def backoff_after_success(previous: Backoff) -> Backoff:
-    """A container ran long enough: the failure streak is over."""
-    del previous  # taken for symmetry with backoff_after_failure; nothing carries over
-    return Backoff()
 
 
 def ends_streak(backoff: Backoff, container: ContainerInfo, now: float) -> bool:
@@ -626,7 +596,6 @@ class _Pass:
 
 
 def plan_host(
-    host: str,
     desires: Mapping[str, ServiceDesire],
     containers: Sequence[ContainerInfo],
     registrations: Sequence[Registration],
@@ -642,10 +611,7 @@ def plan_host(
     None: invalid, hands off); ``containers`` and ``registrations`` are ours on
     this host. ``now`` is wall-clock time (for Docker's times), ``mono`` the
     agent's monotonic time (for ``backoffs`` and ``inflight.held_until``).
-    ``host`` only names the host planned for; the decisions depend on the
-    other arguments alone.
     """
-    del host
     busy = inflight.busy_containers
     idle = sorted((c for c in containers if c.id not in busy), key=lambda c: (c.name, c.id))
     plan = _Pass()

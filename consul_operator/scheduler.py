@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from consul_operator import metrics
+from consul_operator.backoff import Backoff, backoff_after_failure
 from consul_operator.consul_client import ConsulClient
 from consul_operator.desired_state import Manifest, revision_json
 from consul_operator.errors import ConsulError, ConsulPermissionDenied, ConsulUnavailable, NotLeader
@@ -37,7 +38,6 @@ from consul_operator.leader import LeaderElection
 from consul_operator.loop import PassResult
 from consul_operator.model import (
     ROLLOUT_STATES,
-    Backoff,
     HostInfo,
     PlacementRecord,
     RolloutRecord,
@@ -47,7 +47,6 @@ from consul_operator.ownership import AgentHost, owned
 from consul_operator.presence import AGENT_SERVICE, agent_registrations, agents_of, hosts_of
 from consul_operator.reconcile import (
     RolloutTimer,
-    backoff_after_failure,
     dropped_rollback_requests,
     frozen_placement,
     gone_statuses,

@@ -250,7 +250,7 @@ def test_agent_follows_per_spec_counts() -> None:
         revisions={previous.spec_hash(): previous, current.spec_hash(): current},
     )
     containers = [_container("a", current.spec_hash())]
-    plan = plan_host("h1", {"web": desire}, containers, [], InFlight(), {}, NOW, mono=NOW)
+    plan = plan_host({"web": desire}, containers, [], InFlight(), {}, NOW, mono=NOW)
     kinds = [(type(a).__name__, getattr(a, "manifest", None)) for a in plan.actions]
     assert ("StartContainer", previous) in kinds
     assert any(isinstance(a, DrainContainer) and a.container.id == "a" for a in plan.actions)
