@@ -18,8 +18,9 @@ from consul_operator.consul_client import TXN_MAX_BYTES, TXN_MAX_OPS, BlockingQu
 from consul_operator.desired_state import Manifest, ManifestError, parse_manifest
 from consul_operator.errors import ConsulError, ConsulPermissionDenied
 from consul_operator.keys import Layout
-from consul_operator.model import HostInfo, RolloutRecord
+from consul_operator.model import HostInfo
 from consul_operator.reconcile import schedule
+from consul_operator.records import RollbackRequest, RolloutRecord, RolloutState
 from consul_operator.snapshot import read_snapshot
 from consul_operator.status import (
     StatusView,
@@ -341,9 +342,9 @@ def rollback_refusal(manifest: Manifest | str | None, rollout: RolloutRecord | N
         return f"its manifest is invalid ({manifest}); the leader rolls back valid manifests only"
     if rollout is None:
         return "no rollout to roll back: the service has had one spec only (no previous spec kept)"
-    if rollout.state == "rolling_back":
+    if rollout.state == RolloutState.ROLLING_BACK:
         return f"already rolling back to spec {rollout.to_spec}"
-    if rollout.state == "rolled_back":
+    if rollout.state == RolloutState.ROLLED_BACK:
         return f"already rolled back to spec {rollout.to_spec}; apply a manifest to move on"
     if rollout.from_spec == rollout.to_spec:
         return (
@@ -369,7 +370,7 @@ def rollback(
         if refusal is not None:
             print(f"{name}: cannot roll back: {refusal}", file=sys.stderr)
             return EXIT_NOT_OK
-        request = json.dumps({"requested": time.time()})
+        request = RollbackRequest(time.time()).to_json()
         if not target.consul.kv_put(layout.rollback_key(name), request, cas=0):
             print(
                 f"{name}: a rollback is already requested; the leader has not taken it up yet",
@@ -396,7 +397,7 @@ def rollback(
         _, rollout = _rollback_facts(target, name)
     except ConsulError as exc:
         return _unreachable(exc)
-    if rollout is not None and rollout.state == "rolling_back":
+    if rollout is not None and rollout.state == RolloutState.ROLLING_BACK:
         print(f"{name}: rolling back to spec {rollout.to_spec}; `operator wait {name}` follows it")
         return EXIT_OK
     state = "no rollout" if rollout is None else rollout.state

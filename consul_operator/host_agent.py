@@ -9,7 +9,6 @@ starts or stops a container.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections import Counter, deque
@@ -28,7 +27,7 @@ from consul_operator.consul_client import ConsulClient
 from consul_operator.desired_state import Manifest
 from consul_operator.errors import ConsulError, OperatorError
 from consul_operator.keys import Layout
-from consul_operator.kv_state import read_manifests, read_placements, read_revision
+from consul_operator.kv_state import read_manifests, read_placements, read_revision, read_statuses
 from consul_operator.loop import PassResult
 from consul_operator.model import (
     Action,
@@ -36,7 +35,6 @@ from consul_operator.model import (
     Deregister,
     DrainContainer,
     InFlight,
-    PlacementRecord,
     Register,
     RemoveDead,
     ServiceDesire,
@@ -44,14 +42,13 @@ from consul_operator.model import (
     StartContainer,
     action_key,
     action_service,
-    frozen_map,
 )
-from consul_operator.ownership import STATUS_INSTANCES
 from consul_operator.reconcile import (
     backoff_after_crash,
     ends_streak,
     plan_host,
 )
+from consul_operator.records import Hold, PlacementRecord, StatusRecord, frozen_map
 from consul_operator.timers import Timers
 
 log = structlog.get_logger()
@@ -376,7 +373,7 @@ class HostAgent:
     mono: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
-        self._written: dict[str, dict[str, object]] | None = None
+        self._written: dict[str, StatusRecord] | None = None
 
     def reconcile(self) -> PassResult:
         """One pass: read, plan, act, report."""
@@ -394,10 +391,13 @@ class HostAgent:
         desires: dict[str, ServiceDesire] = {}
         for name, manifest in manifests.items():
             if not isinstance(manifest, Manifest):
-                desires[name] = ServiceDesire(name, None, 0, error=f"Invalid: {manifest.problems[0]}")
+                error = f"Invalid: {manifest.problems[0]}"
+                desires[name] = ServiceDesire(name, None, 0, error=error, hold=Hold.INVALID)
             elif name not in placements:
                 # No decision yet: keep whatever runs rather than guess a count.
-                desires[name] = ServiceDesire(name, None, 0, error="Pending: not placed yet")
+                desires[name] = ServiceDesire(
+                    name, None, 0, error="Pending: not placed yet", hold=Hold.UNPLACED
+                )
             elif placements[name].specs:
                 desires[name] = self._paced_desire(manifest, placements[name].spec_counts(self.host))
             elif (paced := self._placed_spec_desire(manifest, placements[name])) is not None:
@@ -476,31 +476,29 @@ class HostAgent:
         if self._written is None:
             self._written = self._read_written()
         for report in reports:
-            body: dict[str, object] = {
-                "host": self.host,
-                "service": report.service,
-                "spec_hash": report.spec_hash,
-                "desired": report.desired,
-                "running": report.running,
-                "healthy": report.healthy,
-                "error": report.error,
+            record = StatusRecord(
+                service=report.service,
+                host=self.host,
+                spec_hash=report.spec_hash,
+                desired=report.desired,
+                running=report.running,
+                healthy=report.healthy,
+                error=report.error,
+                hold=report.hold,
                 # Running containers per spec, draining ones included: the leader's surge limit.
-                "specs": specs.get(report.service, {}),
+                specs=frozen_map(specs.get(report.service, {})),
                 # Our instance ids (container names): what counts as ours (ownership.py).
-                STATUS_INSTANCES: instances.get(report.service, []),
-            }
+                instances=tuple(instances.get(report.service, [])),
+                since=now,
+            )
             metrics.running_replicas.labels(report.service, self.host).set(report.running)
             metrics.host_healthy_replicas.labels(report.service, self.host).set(report.healthy)
             backoff = self.executor.backoffs.get(report.service, Backoff())
             metrics.consecutive_failures.labels(report.service, self.host).set(backoff.failures)
-            previous = self._written.get(report.service)
-            if previous is not None and {k: previous.get(k) for k in body} == body:
+            if record.same_report(self._written.get(report.service)):
                 continue
-            self.consul.kv_put(
-                self.layout.status_key(report.service, self.host),
-                json.dumps({**body, "since": now}, sort_keys=True),
-            )
-            self._written[report.service] = {**body, "since": now}
+            self.consul.kv_put(self.layout.status_key(report.service, self.host), record.to_json())
+            self._written[report.service] = record
         reported = {r.service for r in reports}
         for service in list(self._written):
             if service not in reported:
@@ -511,15 +509,10 @@ class HostAgent:
                 metrics.host_healthy_replicas.remove(service, self.host)
                 metrics.consecutive_failures.remove(service, self.host)
 
-    def _read_written(self) -> dict[str, dict[str, object]]:
+    def _read_written(self) -> dict[str, StatusRecord]:
         """Our status keys as a previous run of this agent left them, so a restart rewrites nothing."""
-        written: dict[str, dict[str, object]] = {}
-        for entry in self.consul.kv_list(self.layout.status_prefix).value:
-            service, _, host = entry.key[len(self.layout.status_prefix) :].partition("/")
-            if host != self.host:
-                continue
-            try:
-                written[service] = dict(json.loads(entry.value))
-            except ValueError:
-                continue
-        return written
+        return {
+            service: per_host[self.host]
+            for service, per_host in read_statuses(self.consul, self.layout).items()
+            if self.host in per_host
+        }

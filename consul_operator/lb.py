@@ -32,7 +32,7 @@ from consul_operator.consul_client import ConsulClient, ServiceInstance
 from consul_operator.desired_state import is_dns_label
 from consul_operator.health import HEALTH, tcp_probe
 from consul_operator.keys import Layout
-from consul_operator.kv_state import start_watch
+from consul_operator.kv_state import read_statuses, start_watch
 from consul_operator.loop import (
     PassResult,
     Trigger,
@@ -42,7 +42,6 @@ from consul_operator.loop import (
 )
 from consul_operator.ownership import owned
 from consul_operator.presence import read_agents
-from consul_operator.snapshot import read_statuses
 from consul_operator.upstreams import (
     LBView,
     Rejected,

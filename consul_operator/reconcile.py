@@ -117,6 +117,7 @@ on its monotonic clock; the plan only reads them.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 from collections import Counter
@@ -134,17 +135,15 @@ from consul_operator.model import (
     HostInfo,
     HostPlan,
     InFlight,
-    PlacementRecord,
     Register,
     Registration,
     RemoveDead,
-    RolloutRecord,
     ServiceDesire,
     ServiceReport,
     StartContainer,
     action_key,
-    frozen_map,
 )
+from consul_operator.records import PlacementRecord, RolloutRecord, RolloutState, frozen_map
 
 MIN_RUN_SECONDS: Final = 10.0
 """A container that ends on its own sooner than this after starting counts as a crash."""
@@ -339,14 +338,16 @@ def plan_rollout(
         return RolloutStep(counts, rollout)
     to = rollout.to_spec
     new_placed = sum(c.get(to, 0) for c in counts.values())
-    if rollout.state == "progressing" and rollout.elapsed > policy.deadline:
+    if rollout.state == RolloutState.PROGRESSING and rollout.elapsed > policy.deadline:
         reason = f"new replicas not healthy within {policy.deadline:g}s"
         if not policy.auto_rollback:
             updated = min(matured.get(to, 0), new_placed)
-            return RolloutStep(counts, replace(rollout, state="failed", reason=reason, updated=updated))
+            return RolloutStep(
+                counts, replace(rollout, state=RolloutState.FAILED, reason=reason, updated=updated)
+            )
         rollout = replace(
             rollout,
-            state="rolling_back",
+            state=RolloutState.ROLLING_BACK,
             from_spec=to,
             to_spec=rollout.from_spec,
             started=now,
@@ -390,7 +391,7 @@ def plan_rollout(
     old_running = sum(n for c in running.values() for s, n in c.items() if s != to)
     state = rollout.state
     if new_placed >= replicas and matured_new >= replicas and old_placed == 0 and old_running == 0:
-        state = "complete" if state == "progressing" else "rolled_back"
+        state = RolloutState.COMPLETE if state == RolloutState.PROGRESSING else RolloutState.ROLLED_BACK
     counts = {h: c for h, c in counts.items() if c}
     return RolloutStep(counts, replace(rollout, state=state, updated=matured_new, total=replicas))
 
@@ -622,7 +623,8 @@ def plan_host(
         if desire is None:
             _plan_deleted(plan, service, mine, registrations)
         elif desire.manifest is None:
-            plan.reports.append(_report(service, desire.count, mine, registrations, "", desire.error))
+            report = _report(service, desire.count, mine, registrations, "", desire.error)
+            plan.reports.append(dataclasses.replace(report, hold=desire.hold))
         else:
             backoff = backoffs.get(service, Backoff())
             if any(ends_streak(backoff, c, now) for c in mine):

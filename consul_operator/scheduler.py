@@ -33,16 +33,10 @@ from consul_operator.consul_client import ConsulClient
 from consul_operator.desired_state import Manifest, revision_json
 from consul_operator.errors import ConsulError, ConsulPermissionDenied, ConsulUnavailable, NotLeader
 from consul_operator.keys import Layout
-from consul_operator.kv_state import read_manifests, read_placements, read_rollouts
+from consul_operator.kv_state import read_manifests, read_placements, read_rollouts, read_statuses
 from consul_operator.leader import LeaderElection
 from consul_operator.loop import PassResult
-from consul_operator.model import (
-    ROLLOUT_STATES,
-    HostInfo,
-    PlacementRecord,
-    RolloutRecord,
-    frozen_map,
-)
+from consul_operator.model import HostInfo
 from consul_operator.ownership import AgentHost, owned
 from consul_operator.presence import AGENT_SERVICE, agent_registrations, agents_of, hosts_of
 from consul_operator.reconcile import (
@@ -58,7 +52,14 @@ from consul_operator.reconcile import (
     schedule,
     time_rollout,
 )
-from consul_operator.snapshot import read_statuses
+from consul_operator.records import (
+    ROLLOUT_STATES,
+    PlacementRecord,
+    RolloutRecord,
+    RolloutState,
+    StatusRecord,
+    frozen_map,
+)
 from consul_operator.txn import pack_writes
 
 log = structlog.get_logger()
@@ -72,24 +73,18 @@ class _Owners:
     """What decides which instances are ours (`ownership.owned`), read once per pass."""
 
     agents: list[AgentHost]
-    statuses: Mapping[str, Mapping[str, Mapping[str, object]]]
+    statuses: Mapping[str, Mapping[str, StatusRecord]]
 
 
-def running_specs(records: Mapping[str, Mapping[str, Mapping[str, object]]]) -> SpecsByHost:
+def running_specs(records: Mapping[str, Mapping[str, StatusRecord]]) -> SpecsByHost:
     """Per service, per host, per spec: running containers, from the agents' status records.
 
     A record without readable counts counts nothing but is listed (its host's records may be gone).
     """
-    result: SpecsByHost = {}
-    for service, per_host in records.items():
-        for host, record in per_host.items():
-            raw = record.get("specs")
-            try:
-                specs = {str(spec): int(n) for spec, n in raw.items()} if isinstance(raw, dict) else {}
-            except (ValueError, TypeError):
-                specs = {}
-            result.setdefault(service, {})[host] = specs
-    return result
+    return {
+        service: {host: dict(record.specs) for host, record in per_host.items()}
+        for service, per_host in records.items()
+    }
 
 
 # How often the leader looks at an active rollout (health, min_healthy, drains).
@@ -302,9 +297,18 @@ class Scheduler:
             rollout = self._next_rollout(name, spec, timed, current.get(name), revisions, wall)
             if name in requests:
                 writes[self.layout.rollback_key(name)] = None
-                if rollout is not None and rollout.state in ("progressing", "complete", "failed"):
+                if rollout is not None and rollout.state in (
+                    RolloutState.PROGRESSING,
+                    RolloutState.COMPLETE,
+                    RolloutState.FAILED,
+                ):
                     rollout = RolloutRecord(
-                        name, rollout.to_spec, rollout.from_spec, "rolling_back", wall, "rollback requested"
+                        name,
+                        rollout.to_spec,
+                        rollout.from_spec,
+                        RolloutState.ROLLING_BACK,
+                        wall,
+                        "rollback requested",
                     )
                     log.info("rollback requested", service=name, to=rollout.to_spec)
             key = self.layout.revision_key(name, spec)
@@ -313,12 +317,12 @@ class Scheduler:
                 revisions.add(key)
             if rollout is None:
                 continue
-            if (rollout.active or rollout.state == "failed") and name in current:
+            if (rollout.active or rollout.state == RolloutState.FAILED) and name in current:
                 rollout = self._pace(
                     rollout, manifest, current[name], decided, running.get(name, {}), owners, now
                 )
                 active = active or rollout.active
-            elif rollout.state == "rolled_back":
+            elif rollout.state == RolloutState.ROLLED_BACK:
                 record = decided[name]
                 specs = {h: frozen_map({rollout.to_spec: n}) for h, n in record.hosts.items()}
                 decided[name] = dataclasses.replace(record, spec_hash=rollout.to_spec, specs=specs)
@@ -358,30 +362,30 @@ class Scheduler:
             in_use = record.spec_hash
             if spec == in_use:
                 return None
-        elif old.state == "progressing":
+        elif old.state == RolloutState.PROGRESSING:
             if spec == old.to_spec:
                 return old
             in_use = old.from_spec
-        elif old.state == "rolling_back":
+        elif old.state == RolloutState.ROLLING_BACK:
             if spec in (old.from_spec, old.to_spec):
                 return old  # the bad spec is still in services/: keep rolling back
             in_use = old.to_spec
-        elif old.state in ("rolled_back", "failed"):
-            failed_spec = old.from_spec if old.state == "rolled_back" else old.to_spec
+        elif old.state in (RolloutState.ROLLED_BACK, RolloutState.FAILED):
+            failed_spec = old.from_spec if old.state == RolloutState.ROLLED_BACK else old.to_spec
             if spec == failed_spec:
                 return old  # stay where we are until a person writes a new manifest
-            in_use = old.to_spec if old.state == "rolled_back" else old.from_spec
+            in_use = old.to_spec if old.state == RolloutState.ROLLED_BACK else old.from_spec
         else:  # complete
             if spec == old.to_spec:
                 return old
             in_use = old.to_spec
         if spec == in_use:
-            return RolloutRecord(name, in_use, spec, "complete", now, "back to the running spec")
+            return RolloutRecord(name, in_use, spec, RolloutState.COMPLETE, now, "back to the running spec")
         if self.layout.revision_key(name, in_use) not in revisions:
             log.warning("no revision of the running spec: replacing without a paced rollout", service=name)
             return old
         log.info("rollout started", service=name, frm=in_use, to=spec)
-        return RolloutRecord(name, in_use, spec, "progressing", now)
+        return RolloutRecord(name, in_use, spec, RolloutState.PROGRESSING, now)
 
     def _pace(
         self,
@@ -423,7 +427,7 @@ class Scheduler:
             matured,
             self.wall_clock(),
         )
-        if step.rollout.state == "failed":
+        if step.rollout.state == RolloutState.FAILED:
             # No spec changes any more, but a lost host's replicas still move.
             decided[name] = frozen_placement(record, decided[name], step.rollout.from_spec)
         else:
@@ -432,7 +436,7 @@ class Scheduler:
             decided[name] = dataclasses.replace(
                 decided[name], spec_hash=step.rollout.to_spec, hosts=hosts, specs=specs
             )
-            if step.rollout.state == "complete":
+            if step.rollout.state == RolloutState.COMPLETE:
                 decided[name] = dataclasses.replace(decided[name], specs={})
         return step.rollout
 

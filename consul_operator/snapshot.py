@@ -2,53 +2,23 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 
 from consul_operator.consul_client import ConsulClient
 from consul_operator.desired_state import is_dns_label
 from consul_operator.keys import Layout
-from consul_operator.kv_state import read_manifests, read_placements, read_rollouts
+from consul_operator.kv_state import (
+    read_leader,
+    read_manifests,
+    read_placements,
+    read_rollouts,
+    read_statuses,
+)
 from consul_operator.model import META_HOST
 from consul_operator.ownership import AgentHost, owned
 from consul_operator.presence import agent_registrations, agents_of, hosts_of
+from consul_operator.records import StatusRecord
 from consul_operator.status import ClusterSnapshot, HostRow
-
-
-def read_leader(consul: ConsulClient, layout: Layout) -> tuple[str | None, float | None]:
-    """Who holds the leader lock, and since when; (None, None) when nobody does."""
-    entry = consul.kv_get(layout.leader_key, consistent=True).value
-    if entry is None or not entry.session:
-        return None, None
-    try:
-        body = json.loads(entry.value)
-        return str(body["host"]), float(body["since"])
-    except (ValueError, KeyError, TypeError):
-        return None, None
-
-
-def read_statuses(
-    consul: ConsulClient, layout: Layout, *, consistent: bool = False, keep_unreadable: bool = False
-) -> dict[str, dict[str, dict[str, object]]]:
-    """``operator/status/<service>/<host>`` records: service -> host -> record.
-
-    An unreadable record is left out, or with ``keep_unreadable`` kept as ``{}``
-    (the leader still sees that its host has a record, and can remove it).
-    """
-    statuses: dict[str, dict[str, dict[str, object]]] = {}
-    for entry in consul.kv_list(layout.status_prefix, consistent=consistent).value:
-        service, _, host = entry.key[len(layout.status_prefix) :].partition("/")
-        if not service or not host or "/" in host:
-            continue
-        try:
-            record = json.loads(entry.value)
-        except ValueError:
-            record = None
-        if isinstance(record, dict):
-            statuses.setdefault(service, {})[host] = record
-        elif keep_unreadable:
-            statuses.setdefault(service, {})[host] = {}
-    return statuses
 
 
 def read_passing(
@@ -56,7 +26,7 @@ def read_passing(
     services: list[str],
     cluster: str | None,
     agents: list[AgentHost],
-    statuses: Mapping[str, Mapping[str, Mapping[str, object]]],
+    statuses: Mapping[str, Mapping[str, StatusRecord]],
 ) -> dict[str, dict[str, int]]:
     """Instances of ours passing in Consul, per service and host (`ownership.owned` decides what is ours)."""
     passing: dict[str, dict[str, int]] = {}
@@ -74,7 +44,7 @@ def read_passing(
 
 def read_snapshot(consul: ConsulClient, layout: Layout, cluster: str | None, now: float) -> ClusterSnapshot:
     """Everything the status view is built from; raises `ConsulError` when Consul cannot be read."""
-    leader, since = read_leader(consul, layout)
+    leader = read_leader(consul, layout)
     registrations = agent_registrations(consul, cluster)
     hosts = tuple(
         HostRow(name, live, labels) for name, (live, labels) in sorted(hosts_of(registrations).items())
@@ -85,8 +55,8 @@ def read_snapshot(consul: ConsulClient, layout: Layout, cluster: str | None, now
     names = sorted(set(manifests) | set(placements) | set(statuses))
     return ClusterSnapshot(
         now=now,
-        leader=leader,
-        leader_since=since,
+        leader=None if leader is None else leader.host,
+        leader_since=None if leader is None else leader.since,
         hosts=hosts,
         manifests=manifests,
         placements=placements,

@@ -23,12 +23,11 @@ from consul_operator.model import (
     Action,
     ContainerInfo,
     DrainContainer,
-    PlacementRecord,
     Register,
     Registration,
     StartContainer,
-    frozen_map,
 )
+from consul_operator.records import PlacementRecord, frozen_map
 from tests.support.staging import wait_until
 
 HOST = "host-1"

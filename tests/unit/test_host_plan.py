@@ -22,9 +22,9 @@ from consul_operator.model import (
     ServiceDesire,
     ServiceReport,
     StartContainer,
-    frozen_map,
 )
 from consul_operator.reconcile import plan_host
+from consul_operator.records import frozen_map
 
 NOW = 1_700_000_000.0
 
