@@ -36,6 +36,7 @@ from consul_operator.errors import (
     ConsulUnavailable,
     NotLeader,
 )
+from consul_operator.model import ServiceInstance
 from consul_operator.txn import txn_body
 
 T = TypeVar("T")
@@ -112,20 +113,6 @@ class Indexed(Generic[T_co]):
 
     index: int
     value: T_co
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceInstance:
-    """One instance of a service as the health endpoint reports it."""
-
-    node: str
-    node_address: str
-    service_id: str
-    service: str
-    address: str
-    port: int
-    meta: Mapping[str, str]
-    status: str  # aggregated: "passing", "warning" or "critical"
 
 
 def _reason(exc: Exception) -> str:

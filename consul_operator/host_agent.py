@@ -26,6 +26,13 @@ from consul_operator.backoff import Backoff, backoff_after_failure
 from consul_operator.consul_client import ConsulClient
 from consul_operator.desired_state import Manifest
 from consul_operator.errors import ConsulError, OperatorError
+from consul_operator.host_plan import (
+    backoff_after_crash,
+    ends_streak,
+    host_desires,
+    plan_host,
+    revisions_wanted,
+)
 from consul_operator.keys import Layout
 from consul_operator.kv_state import read_manifests, read_placements, read_revision, read_statuses
 from consul_operator.loop import PassResult
@@ -37,18 +44,12 @@ from consul_operator.model import (
     InFlight,
     Register,
     RemoveDead,
-    ServiceDesire,
     ServiceReport,
     StartContainer,
     action_key,
     action_service,
 )
-from consul_operator.reconcile import (
-    backoff_after_crash,
-    ends_streak,
-    plan_host,
-)
-from consul_operator.records import Hold, PlacementRecord, StatusRecord, frozen_map
+from consul_operator.records import StatusRecord, frozen_map
 from consul_operator.timers import Timers
 
 log = structlog.get_logger()
@@ -380,6 +381,11 @@ class HostAgent:
         now = self.wall()
         manifests = read_manifests(self.consul, self.layout)
         placements = read_placements(self.consul, self.layout)
+        revisions = {
+            (name, spec): kept
+            for name, spec in revisions_wanted(self.host, manifests, placements)
+            if (kept := read_revision(self.consul, self.layout, name, spec)) is not None
+        }
         registrations = self.catalog.registrations()
         containers, inflight = self._observe()
         with self.executor.lock:
@@ -388,23 +394,7 @@ class HostAgent:
             present = {c.id for c in containers} | {c.name for c in containers}
             self.executor.forget_actions(present | {r.service_id for r in registrations})
 
-        desires: dict[str, ServiceDesire] = {}
-        for name, manifest in manifests.items():
-            if not isinstance(manifest, Manifest):
-                error = f"Invalid: {manifest.problems[0]}"
-                desires[name] = ServiceDesire(name, None, 0, error=error, hold=Hold.INVALID)
-            elif name not in placements:
-                # No decision yet: keep whatever runs rather than guess a count.
-                desires[name] = ServiceDesire(
-                    name, None, 0, error="Pending: not placed yet", hold=Hold.UNPLACED
-                )
-            elif placements[name].specs:
-                desires[name] = self._paced_desire(manifest, placements[name].spec_counts(self.host))
-            elif (paced := self._placed_spec_desire(manifest, placements[name])) is not None:
-                desires[name] = paced
-            else:
-                desires[name] = ServiceDesire(name, manifest, placements[name].hosts.get(self.host, 0))
-
+        desires = host_desires(self.host, manifests, placements, revisions)
         mono = self.mono()
         plan = plan_host(desires, containers, registrations, inflight, backoffs, now, mono=mono)
         for action in plan.actions:
@@ -431,34 +421,6 @@ class HostAgent:
         with self.executor.lock:
             containers = self.docker.list_containers()
             return containers, self.executor.snapshot(containers)
-
-    def _placed_spec_desire(self, manifest: Manifest, record: PlacementRecord) -> ServiceDesire | None:
-        """The manifest changed but the leader's placement still names the spec in use: keep to it.
-
-        The leader paces the change; until it does, this host runs the placed
-        spec (from its revision). Without a revision (state from before
-        rollouts) the change is left to the host plan, as before.
-        """
-        if record.spec_hash == manifest.spec_hash():
-            return None
-        desire = self._paced_desire(manifest, record.spec_counts(self.host))
-        return desire if record.spec_hash in desire.revisions else None
-
-    def _paced_desire(self, manifest: Manifest, counts: dict[str, int]) -> ServiceDesire:
-        """A service in a rollout: the leader's count per spec, each spec's manifest from its revision."""
-        revisions = {manifest.spec_hash(): manifest}
-        for spec in counts:
-            if spec not in revisions:
-                kept = read_revision(self.consul, self.layout, manifest.name, spec)
-                if kept is not None:
-                    revisions[spec] = kept
-        return ServiceDesire(
-            manifest.name,
-            manifest,
-            sum(counts.values()),
-            specs=frozen_map(counts),
-            revisions=revisions,
-        )
 
     def _reset_backoffs(self, containers: list[ContainerInfo], now: float) -> None:
         for service, backoff in list(self.executor.backoffs.items()):

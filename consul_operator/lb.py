@@ -28,7 +28,7 @@ import structlog
 from consul_operator import metrics
 from consul_operator.actuators.nginx import ApplyResult, ManagedNginx, SystemNginx, render
 from consul_operator.backoff import retry_delay
-from consul_operator.consul_client import ConsulClient, ServiceInstance
+from consul_operator.consul_client import ConsulClient
 from consul_operator.desired_state import is_dns_label
 from consul_operator.health import HEALTH, tcp_probe
 from consul_operator.keys import Layout
@@ -40,6 +40,7 @@ from consul_operator.loop import (
     stop_on_signals,
     wait_for_stop,
 )
+from consul_operator.model import ServiceInstance
 from consul_operator.ownership import owned
 from consul_operator.presence import read_agents
 from consul_operator.upstreams import (

@@ -31,7 +31,21 @@ META_CONTAINER = "container"
 META_SPEC = "spec-hash"
 
 
-# --- cluster level: hosts ---------------------------------------------
+# --- cluster level: hosts and the catalog ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceInstance:
+    """One instance of a service as the health endpoint reports it."""
+
+    node: str
+    node_address: str
+    service_id: str
+    service: str
+    address: str
+    port: int
+    meta: Mapping[str, str]
+    status: str  # aggregated: "passing", "warning" or "critical"
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,3 +257,15 @@ class HostPlan:
     actions: tuple[Action, ...]
     reports: tuple[ServiceReport, ...]
     wake_at: float | None = None
+
+
+# --- what to log ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A decision worth a log line, as data: a pure decision returns it, its caller logs it."""
+
+    message: str
+    fields: Mapping[str, object] = field(default_factory=dict)
+    level: str = "info"

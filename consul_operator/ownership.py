@@ -26,8 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from consul_operator.consul_client import ServiceInstance
-from consul_operator.model import META_CLUSTER, META_HOST
+from consul_operator.model import META_CLUSTER, META_HOST, ServiceInstance
 from consul_operator.records import StatusRecord
 
 FOREIGN_CLUSTER = "foreign_cluster"

@@ -10,19 +10,19 @@ from freezegun import freeze_time
 
 from consul_operator.backoff import BACKOFF_CAP, Backoff, backoff_after_failure, backoff_delay
 from consul_operator.desired_state import Manifest
+from consul_operator.host_plan import (
+    MIN_RUN_SECONDS,
+    backoff_after_crash,
+    ends_streak,
+    healthy_run,
+    plan_host,
+)
 from consul_operator.model import (
     ContainerInfo,
     InFlight,
     RemoveDead,
     ServiceDesire,
     StartContainer,
-)
-from consul_operator.reconcile import (
-    MIN_RUN_SECONDS,
-    backoff_after_crash,
-    ends_streak,
-    healthy_run,
-    plan_host,
 )
 
 NOW = 1_700_000_000.0

@@ -26,18 +26,17 @@ from consul_operator.errors import ConsulError, ConsulPermissionDenied, NotLeade
 from consul_operator.keys import Layout
 from consul_operator.leader import LeaderElection
 from consul_operator.model import HostInfo
-from consul_operator.reconcile import (
+from consul_operator.placement import gone_statuses, live_running
+from consul_operator.records import PlacementRecord, RolloutRecord, RolloutState, frozen_map
+from consul_operator.rollout import (
     ROLLOUT_ELAPSED_EVERY,
     dropped_rollback_requests,
     frozen_placement,
-    gone_statuses,
-    live_running,
     orphaned_revisions,
     plan_rollout,
     rollout_needs_write,
     time_rollout,
 )
-from consul_operator.records import PlacementRecord, RolloutRecord, RolloutState, frozen_map
 from consul_operator.scheduler import Scheduler
 from consul_operator.txn import (
     CONSUL_MAX_REQUEST_BYTES,

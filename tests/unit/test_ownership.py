@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import pytest
 
 from consul_operator import metrics
-from consul_operator.consul_client import ServiceInstance
+from consul_operator.model import ServiceInstance
 from consul_operator.ownership import (
     FOREIGN_CLUSTER,
     OWNERSHIP_REASONS,
