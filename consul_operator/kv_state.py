@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
 
 import structlog
 
@@ -22,12 +22,19 @@ from consul_operator.consul_client import BlockingQuery, ConsulClient, Indexed
 from consul_operator.desired_state import Manifest, ManifestError, parse_manifest
 from consul_operator.errors import ConsulError
 from consul_operator.keys import Layout
-from consul_operator.loop import Trigger
 from consul_operator.records import LeaderRecord, PlacementRecord, RolloutRecord, StatusRecord
 
 log = structlog.get_logger()
 
 R = TypeVar("R")
+
+
+class Firable(Protocol):
+    """What a watch wakes up: a loop's `loop.Trigger` (a watch knows nothing of loops)."""
+
+    def fire(self) -> None:
+        """Ask for a pass soon."""
+
 
 ManifestResult = Manifest | ManifestError
 
@@ -186,7 +193,7 @@ def read_leader(consul: ConsulClient, layout: Layout) -> LeaderRecord | None:
 def watch(
     what: str,
     fetch: Callable[[int, float], Indexed[object]],
-    triggers: list[Trigger],
+    triggers: Sequence[Firable],
     stop: threading.Event,
 ) -> None:
     """Fire ``triggers`` whenever a blocking query on ``fetch`` sees a change; until ``stop``.
@@ -217,7 +224,7 @@ def watch(
 def start_watch(
     what: str,
     fetch: Callable[[int, float], Indexed[object]],
-    triggers: list[Trigger],
+    triggers: Sequence[Firable],
     stop: threading.Event,
 ) -> threading.Thread:
     """Run `watch` in a daemon thread."""
