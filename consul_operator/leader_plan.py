@@ -95,8 +95,8 @@ class LeaderMemory:
 
     lost_since: Mapping[str, float] = field(default_factory=dict)
     """When this leader first saw each host not live."""
-    first_passing: Mapping[str, float] = field(default_factory=dict)
-    """"<service>/<instance id>" -> when this leader first saw it passing (for ``min_healthy``)."""
+    first_passing: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    """Per paced service, per instance id: when this leader first saw it passing (``min_healthy``)."""
     rollout_timers: Mapping[str, RolloutTimer] = field(default_factory=dict)
     """Per service: this leader's own measure of its rollout (the deadline)."""
     seen: Mapping[str, Manifest] = field(default_factory=dict)
@@ -391,19 +391,17 @@ class _Rollouts:
         mono = self.now.mono
         passing: dict[str, int] = {}
         matured: dict[str, int] = {}
-        seen: set[str] = set()
+        before = self.first_passing.get(name, {})
+        first: dict[str, float] = {}  # only the instances passing now: the others are forgotten
         for instance in instances:
             if instance.status != "passing":
                 continue
-            key = f"{name}/{instance.service_id}"
-            seen.add(key)
-            since = self.first_passing.setdefault(key, mono)
+            since = first[instance.service_id] = before.get(instance.service_id, mono)
             spec = spec_of(instance)
             passing[spec] = passing.get(spec, 0) + 1
             if mono - since >= min_healthy:
                 matured[spec] = matured.get(spec, 0) + 1
-        for key in [k for k in self.first_passing if k.startswith(f"{name}/") and k not in seen]:
-            del self.first_passing[key]
+        self.first_passing[name] = first
         return passing, matured
 
 

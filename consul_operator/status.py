@@ -139,6 +139,8 @@ class ServiceStatus:
     last_change: float | None
     rollout: RolloutRecord | None = None
     phase: ServiceState = ServiceState.PROGRESSING
+    host_errors: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """The errors of ``errors`` that concern one host (its report, or that it is lost), by host."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,12 +195,13 @@ def _service_status(name: str, snapshot: ClusterSnapshot, live: Mapping[str, boo
     last_change = max(stamps) if stamps else None
 
     # A host that leaves the service alone (invalid manifest, not placed yet) is not failing.
-    host_errors = [
-        f"{host}: {records[host].error}"
-        for host in sorted(records)
-        if records[host].error and records[host].hold is None
-    ]
-    lost = [f"{host}: {HOST_LOST}" for host in sorted(placed) if not live.get(host, False)]
+    failing = [(h, records[h].error) for h in sorted(records) if records[h].error and records[h].hold is None]
+    gone = [(h, HOST_LOST) for h in sorted(placed) if not live.get(h, False)]
+    by_host: dict[str, tuple[str, ...]] = {}
+    for host, error in [*failing, *gone]:
+        by_host[host] = (*by_host.get(host, ()), error)
+    host_errors = [f"{host}: {error}" for host, error in failing]
+    lost = [f"{host}: {error}" for host, error in gone]
 
     if manifest is None:
         desired, image, problems = 0, "", [BEING_DELETED]
@@ -226,6 +229,7 @@ def _service_status(name: str, snapshot: ClusterSnapshot, live: Mapping[str, boo
         last_change=last_change,
         rollout=snapshot.rollouts.get(name),
         phase=phase,
+        host_errors=MappingProxyType(by_host),
     )
 
 
@@ -321,7 +325,7 @@ def _shortfall(view: StatusView, service: ServiceStatus) -> str:
         head += f", no change for {format_age(view.now - service.last_change)}"
     details = []
     for host, p in service.placement.items():
-        errors = [e[len(host) + 2 :] for e in service.errors if e.startswith(f"{host}: ")]
+        errors = service.host_errors.get(host, ())
         if p.healthy != p.desired or errors:
             details.append(f"{host} {p.healthy}/{p.desired}" + (f": {'; '.join(errors)}" if errors else ""))
     return head + (f" ({', '.join(details)})" if details else "")

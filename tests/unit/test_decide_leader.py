@@ -132,7 +132,7 @@ def kind(key: str) -> str:
 
 
 OLD_PASSING = (instance("web-h1-a", OLD), instance("web-h2-a", OLD, "h2"))
-MATURE_NEW = LeaderMemory(first_passing={"web/web-h1-n": NOW - 5})
+MATURE_NEW = LeaderMemory(first_passing={"web": {"web-h1-n": NOW - 5}})
 
 CASES = [
     pytest.param(
@@ -395,10 +395,10 @@ def test_first_passing_times_carry_over_and_new_instances_are_timed_from_now() -
         rolling(),
         frozenset({OLD, NEW}),
         passing=(*OLD_PASSING, instance("web-h1-n", NEW)),
-        memory=LeaderMemory(first_passing={"web/web-h1-n": NOW - 1, "web/gone": NOW - 9}),
+        memory=LeaderMemory(first_passing={"web": {"web-h1-n": NOW - 1, "gone": NOW - 9}}),
     )
     memory = decide(case).memory
-    assert dict(memory.first_passing) == {"web/web-h1-n": NOW - 1, "web/web-h1-a": NOW, "web/web-h2-a": NOW}
+    assert memory.first_passing == {"web": {"web-h1-n": NOW - 1, "web-h1-a": NOW, "web-h2-a": NOW}}
 
 
 def test_convergence_is_timed_from_the_change_the_leader_saw() -> None:
