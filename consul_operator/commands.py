@@ -332,8 +332,8 @@ def rollback_refusal(manifest: Manifest | str | None, rollout: RolloutRecord | N
     """Why the leader would drop a rollback request, or None when it would honour it.
 
     ``manifest`` is the service's manifest, the first problem of an invalid
-    one, or None when there is none. Mirrors `Scheduler._rollouts`: the leader
-    acts only on a valid manifest with a rollout that is progressing,
+    one, or None when there is none. Mirrors `leader_plan.decide_leader`: the
+    leader acts only on a valid manifest with a rollout that is progressing,
     complete or failed.
     """
     if manifest is None:

@@ -1,7 +1,7 @@
 """The plain data the decisions work on: what is desired, what is observed, what to do.
 
 Everything here is a frozen dataclass with no behaviour that touches the
-world. `reconcile.py` turns these into plans; the watches and actuators fill
+world. The pure decisions (`reconcile.py` names them) turn these into plans; the watches and actuators fill
 them in and carry the plans out.
 """
 
