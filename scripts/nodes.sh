@@ -118,7 +118,12 @@ build_base() {
 # then only writes that host's files and starts its units.
 build() {
   build_base
-  docker image inspect "$IMAGE" >/dev/null 2>&1 && { say "$IMAGE present"; return; }
+  # Rebuilt when the scripts that make it changed (a source change alone is
+  # installed by provision.sh at `up`, offline).
+  local recipe old
+  recipe=$(cat "$ROOT/scripts/nodes.sh" "$ROOT/scripts/deps.sh" "$ROOT/scripts/provision.sh" | sha256sum | cut -c1-16)
+  old=$(docker image inspect -f '{{index .Config.Labels "consul-operator.recipe"}} {{.Id}}' "$IMAGE" 2>/dev/null || true)
+  [[ ${old%% *} == "$recipe" ]] && { say "$IMAGE present"; return; }
   local started=$SECONDS name="$NAME-build-$$"
   say "provisioning the image (consul, the operator's virtualenv)"
   # shellcheck disable=SC2016
@@ -146,8 +151,11 @@ rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb /root/.cache /vagrant
     tail -30 "$BUILD_DIR/provision.log" >&2
     die "provisioning the image failed (log: $BUILD_DIR/provision.log)"
   fi
-  docker commit --change 'CMD ["/lib/systemd/systemd"]' "$name" "$IMAGE" >/dev/null
+  docker commit --change 'CMD ["/lib/systemd/systemd"]' --change "LABEL consul-operator.recipe=$recipe" \
+    "$name" "$IMAGE" >/dev/null
   docker rm "$name" >/dev/null
+  # The previous build, unless nodes still run it.
+  [[ -n $old ]] && docker image rm "${old##* }" >/dev/null 2>&1 || true
   say "built $IMAGE ($((SECONDS - started)) s)"
 }
 

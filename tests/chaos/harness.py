@@ -233,8 +233,9 @@ class Chaos:
             try:
                 for service, replicas in list(self.ceiling.items()):  # faults add probes
                     # A lost host's containers do not count: a partition leaves them running.
+                    uncounted = self.uncounted_hosts()
                     running = len(
-                        [c for c in self.containers(service) if c.labels.get(LABEL_HOST) not in self.lost]
+                        [c for c in self.containers(service) if c.labels.get(LABEL_HOST) not in uncounted]
                     )
                     if running > replicas:
                         note = f"{time.time():.1f} {service}: {running} running > {replicas} desired"
@@ -248,6 +249,10 @@ class Chaos:
                 fault = self.faults[-1].name if self.faults else "setup"
                 self.monitor_errors.append(f"{fault}: {exc!r}"[:300])
                 self.log("monitor_error", fault=fault, error=repr(exc))
+
+    def uncounted_hosts(self) -> set[str]:
+        """Hosts whose containers the monitor's ceiling leaves out: the lost ones."""
+        return set(self.lost)
 
     def monitor_failed(self) -> list[str]:
         """Why the monitor's checks cannot be trusted: too few samples, or errors no fault explains."""
