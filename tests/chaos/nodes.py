@@ -59,7 +59,9 @@ AGENT_CRASH_BOUND = 10.0
 class NodeChaos(Chaos):
     """`Chaos` with the faults only nodes can have; figures per fault in ``figures``."""
 
-    AWAY = ("node_reboot",)  # its engine is gone while it reboots
+    # A reboot takes an engine away; a cut of the node of Consul's Raft leader leaves
+    # Consul without a leader until the majority elects one (a read then times out).
+    AWAY = ("node_reboot", "partition_leader", "partition_app_host", "partition_lb", "one_way")
 
     def __init__(self, cluster: Cluster, seed: int, log_path: Path) -> None:
         super().__init__(cluster, seed, log_path)
@@ -130,6 +132,10 @@ class NodeChaos(Chaos):
         was_leader = self.cluster.leader() == host
         self._read_through("host-3")
         kept = {c.id for c in self.containers(host=host)}
+        # No rebalancing after a host returns: a host may run every replica of a service.
+        self.faults[-1].total_loss = any(
+            {c.id for c in self.containers(s)} <= kept for s in self.desired if self.containers(s)
+        )
         started = time.monotonic()
         if cut == "isolate":
             self.nodes.isolate(host)
@@ -139,7 +145,7 @@ class NodeChaos(Chaos):
                     self.nodes.cut(host, other)
         self.lost.add(host)
         try:
-            leader = wait_until(
+            wait_until(
                 lambda: self.cluster.leader() in others and self.leader_live(),
                 timeout=CONVERGE_BOUND,
                 what="a leader in the majority",
@@ -165,7 +171,7 @@ class NodeChaos(Chaos):
             self._figure(new_leader=new_leader if was_leader else 0.0, replaced=replaced)
             detail = (
                 f"{host} ({'leader' if was_leader else 'not leading'}) {cut}: "
-                f"{'new leader ' + str(leader) + f' after {new_leader:.1f}s, ' if was_leader else ''}"
+                f"{f'new leader {self.cluster.leader()} after {new_leader:.1f}s, ' if was_leader else ''}"
                 f"replacements after {replaced:.1f}s, its {len(kept)} containers kept running"
             )
         except AssertionError as exc:
@@ -270,14 +276,22 @@ class NodeChaos(Chaos):
         host = max(APP_HOSTS, key=lambda h: (len(self.containers(host=h)), self.rng.random()))
         self._read_through("host-3")
         kept = {c.id for c in self.containers(host=host)}
+        self.faults[-1].total_loss = any(
+            {c.id for c in self.containers(s)} <= kept for s in self.desired if self.containers(s)
+        )
         self.lost.add(host)
         self.nodes.exec(host, "systemctl", "reboot", check=False)
         rebooted = time.monotonic()
         try:
-            self.nodes.power_on(host)
+            present: set[str] = set()
+
+            def on_disk() -> None:
+                # The engine's state on its volume as the engine finds it at boot (read at
+                # once: the agent replaces the exited containers soon after).
+                present.update(self.nodes.exec(host, "ls", "/var/lib/docker/containers").split())
+
+            self.nodes.power_on(host, after_start=on_disk)
             booted = time.monotonic() - rebooted
-            engine = docker.DockerClient(base_url=f"unix://{self.nodes.run_dir / host / 'docker.sock'}")
-            present = {c.id for c in engine.containers.list(all=True)}
             self._check(kept <= present, f"{len(kept - present)} containers gone after the reboot")
         finally:
             self.lost.discard(host)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import subprocess
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,10 +128,14 @@ class Nodes:
         )
         return result.stdout.strip() == "true"
 
-    def power_on(self, host: str, timeout: float = 120) -> None:
+    def power_on(
+        self, host: str, timeout: float = 120, after_start: Callable[[], None] | None = None
+    ) -> None:
         """After a reboot: once the node stopped, start it (power on); wait for systemd and the daemon."""
         wait_until(lambda: not self.running(host), timeout=timeout, what=f"{host} to go down")
         subprocess.run(["docker", "start", self.container(host)], check=True, capture_output=True, timeout=60)
+        if after_start is not None:
+            after_start()
         wait_until(
             lambda: self.exec(host, "systemctl", "is-system-running", check=False).strip() == "running",
             timeout=timeout,
