@@ -192,7 +192,11 @@ class NodeChaos(Chaos):
         return self._cut_off_app_host(follower, "isolate")
 
     def one_way(self) -> str:
-        return self._cut_off_app_host(self.rng.choice(APP_HOSTS), "one way")
+        return self._cut_off_app_host(self._busiest_app_host(), "one way")
+
+    def _busiest_app_host(self) -> str:
+        """The app host that runs the most: a fault on an empty one would prove little."""
+        return max(APP_HOSTS, key=lambda h: (len(self.containers(host=h)), self.rng.random()))
 
     # --- the load balancer ----------------------------------------------------------------------
 
@@ -272,8 +276,7 @@ class NodeChaos(Chaos):
 
     def node_reboot(self) -> str:
         """`systemctl reboot` of an app host; the node comes back with its engine's containers."""
-        # The app host that runs the most (a reboot of an empty one would prove little).
-        host = max(APP_HOSTS, key=lambda h: (len(self.containers(host=h)), self.rng.random()))
+        host = self._busiest_app_host()
         self._read_through("host-3")
         kept = {c.id for c in self.containers(host=host)}
         self.faults[-1].total_loss = any(
