@@ -18,7 +18,7 @@ import yaml
 
 from consul_operator.consul_client import ConsulClient
 from consul_operator.model import LABEL_CLUSTER, LABEL_HOST, LABEL_SERVICE
-from tests.support.staging import HOSTS, Staging, pid_alive, wait_until
+from tests.support.staging import HOSTS, Environment, pid_alive, wait_until
 
 CONVERGE_TIMEOUT = 60.0  # generous: the goal is seconds, measured in bench/
 
@@ -50,9 +50,9 @@ def operator(cluster: Cluster, *args: str, stdin: str | None = None) -> subproce
 class Cluster:
     """A staging environment with its clients."""
 
-    staging: Staging
+    staging: Environment
     consul: ConsulClient
-    docker: docker.DockerClient
+    docker: docker.DockerClient  # or, on nodes, `Engines`: every app host's engine
 
     def put(self, name: str, replicas: int, **fields: Any) -> None:
         """`consul kv put services/<name>` of a hello manifest."""
