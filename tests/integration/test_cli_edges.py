@@ -7,8 +7,6 @@ import io
 import signal
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,40 +19,14 @@ from consul_operator.commands import Target
 from consul_operator.consul_client import ConsulClient, Indexed, KVEntry
 from consul_operator.keys import Layout
 from tests.support.cluster import Cluster, manifest_yaml, operator
-from tests.support.staging import pid_alive, tool, wait_until
+from tests.support.daemons import healthz, started
+from tests.support.staging import tool, wait_until
 
 # A Consul of the /healthz test's own, on the first test address with ports apart from staging's.
 HZ_PORTS = {"http": 18500, "server": 18300, "serf_lan": 18301, "serf_wan": 18302}
 
 
 # --- /healthz -----------------------------------------------------------------------------
-
-
-def healthz(address: str) -> tuple[int, str]:
-    """Status and body of GET /healthz."""
-    try:
-        with urllib.request.urlopen(f"http://{address}/healthz", timeout=5) as response:
-            return int(response.status), response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), exc.read().decode()
-
-
-@contextlib.contextmanager
-def started(argv: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A process of ours, stopped with SIGTERM (then SIGKILL) at the end."""
-    with log.open("ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=30)
-        assert not pid_alive(proc.pid)
 
 
 def consul_dev(
