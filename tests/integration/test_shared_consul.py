@@ -41,14 +41,11 @@ LOG_KEYS = frozenset({"event", "level", "timestamp", "daemon"})
 
 
 def flags(second: Cluster) -> list[str]:
-    """The CLI flags that point a command at the second cluster."""
+    """The flags that point a daemon or a command at the second cluster."""
+    layout = second.layout
     return [
-        "--cluster",
-        second.staging.name,
-        "--services-prefix",
-        second.layout.services_prefix,
-        "--operator-prefix",
-        second.layout.operator_prefix,
+        *("--cluster", second.staging.name),
+        *("--services-prefix", layout.services_prefix, "--operator-prefix", layout.operator_prefix),
     ]
 
 
@@ -86,15 +83,8 @@ def second(cluster: Cluster, nginx_binary: str) -> Iterator[Cluster]:
                 argv = operator_argv(
                     "agent",
                     *("--host", host, "--advertise", address, "--consul", f"{address}:8500"),
-                    *(
-                        "--label",
-                        f"zone=b{host[-1]}",
-                        "--metrics",
-                        f"{address}:9810",
-                        "--resync",
-                        f"{RESYNC}s",
-                    ),
-                    *common,
+                    *("--label", f"zone=b{host[-1]}", "--metrics", f"{address}:9810"),
+                    *("--resync", f"{RESYNC}s", *common),
                 )
                 stack.enter_context(started(argv, logs(env)[f"agent-{host}"]))
             lb = operator_argv(
@@ -118,7 +108,7 @@ def second(cluster: Cluster, nginx_binary: str) -> Iterator[Cluster]:
         labelled = {"label": f"{LABEL_CLUSTER}={env.name}"}
         for container in cluster.docker.containers.list(all=True, filters=labelled):
             container.remove(force=True)
-        cluster.consul.kv_delete("b/", recurse=True)
+        cluster.consul.kv_delete("b/", recurse=True)  # both of SECOND_LAYOUT's prefixes
 
 
 @pytest.fixture
