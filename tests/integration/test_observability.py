@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from consul_operator.status import JSON_FIELDS
 from tests.support.cluster import Cluster, manifest_yaml
@@ -119,6 +120,26 @@ def test_example_prometheus_files_pass_promtool() -> None:
     ):
         check = subprocess.run([tool("promtool"), *args], capture_output=True, text=True, check=False)
         assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_every_alert_fires_and_stays_silent_under_promtool() -> None:
+    """`promtool test rules` passes alerts_test.yml, which has a firing and a silent case for every alert."""
+    alerts = yaml.safe_load((DEPLOY / "alerts.yml").read_text())
+    names = {rule["alert"] for group in alerts["groups"] for rule in group["rules"]}
+    cases = yaml.safe_load((DEPLOY / "alerts_test.yml").read_text())
+    checks = [check for test in cases["tests"] for check in test["alert_rule_test"]]
+    fired = {check["alertname"] for check in checks if check["exp_alerts"]}
+    silent = {check["alertname"] for check in checks if not check["exp_alerts"]}
+    assert names - fired == set(), "alerts without a case where they fire"
+    assert names - silent == set(), "alerts without a case where they stay silent"
+    result = subprocess.run(
+        [tool("promtool"), "test", "rules", str(DEPLOY / "alerts_test.yml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
 
 
 def _check_fields(doc: dict[str, Any]) -> None:
