@@ -44,7 +44,7 @@ declare -A PKG_FILE=(
   [busybox-static]=/bin/busybox
   [iproute2]=/usr/sbin/ip
   [curl]=/usr/bin/curl
-  [prometheus]=/usr/bin/prometheus
+  [prometheus]=/usr/bin/prometheus  # and /usr/bin/promtool: the tests check metrics, config and alerts with it
   [ruby]=/usr/bin/ruby
 )
 # installed PACKAGE: its file exists, or (for a package of DEPS_PACKAGES not in
