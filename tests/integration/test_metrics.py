@@ -70,6 +70,11 @@ def grown(before: Scrape, action: str) -> float:
     return before.value(ACTIONS, action=action, result="ok") + 1
 
 
+def drains(cluster: Cluster, before: dict[str, Scrape]) -> float:
+    """Successful drains on both agents since ``before``."""
+    return sum(delta(before[h], cluster.scrape(h), ACTIONS, action="drain", result="ok") for h in AGENTS)
+
+
 def leading(cluster: Cluster) -> str:
     """The one agent whose /metrics says it leads (waits until exactly one does)."""
 
@@ -146,22 +151,23 @@ def test_deploy_scale_and_delete_move_the_replica_figures(cluster: Cluster, serv
         timeout=60,
         what="running_replicas to add up to 1",
     )
+    wait_until(lambda: drains(cluster, after) == 1, timeout=60, what="one drain counted")
     scaled = scrapes(cluster)
-    assert sum(delta(after[h], scaled[h], ACTIONS, action="drain", result="ok") for h in AGENTS) == 1
     assert sum(delta(after[h], scaled[h], ACTIONS, action="start", result="ok") for h in AGENTS) == 0
     assert scaled[leader].get("operator_desired_replicas", service=service_name) == 1
     assert scaled[leader].get("operator_drift_replicas", service=service_name) == 0
     assert delta(after[LB], scaled[LB], "operator_lb_reloads_total", result="ok") >= 1
 
     cluster.delete(service_name)
-    wait_until(lambda: not cluster.containers(service_name, all_states=True), timeout=60, what="drained")
+    wait_until(lambda: drains(cluster, scaled) == 1, timeout=60, what="the last drain counted")
+    assert not cluster.containers(service_name, all_states=True)
     wait_value(cluster, LB, "operator_lb_upstream_servers", None, service=service_name)
-    gone = scrapes(cluster)
-    for name in ("desired_replicas", "manifest_valid", "convergence_seconds_count"):
-        assert gone[leader].get(f"operator_{name}", service=service_name) is None, name
     for host in AGENTS:
         wait_value(cluster, host, "operator_running_replicas", None, service=service_name, host=host)
-    assert sum(delta(scaled[h], gone[h], ACTIONS, action="drain", result="ok") for h in AGENTS) == 1
+    wait_value(cluster, leader, "operator_desired_replicas", None, service=service_name)
+    gone = cluster.scrape(leader)
+    for name in ("healthy_replicas", "drift_replicas", "manifest_valid", "convergence_seconds_count"):
+        assert gone.get(f"operator_{name}", service=service_name) is None, name
 
 
 def test_replica_faults_count_their_container_actions(
@@ -220,14 +226,14 @@ def test_invalid_and_unplaceable_manifests_show_in_the_leaders_figures(
     cluster.put_raw(service_name, "name: [broken\n")
     wait_value(cluster, leader, "operator_manifest_valid", 0, service=service_name)
     assert cluster.scrape(leader).get("operator_desired_replicas", service=service_name) is None
-    cluster.put(service_name, 0)
-    wait_value(cluster, leader, "operator_manifest_valid", 1, service=service_name)
-    cluster.put_raw(service_name, "name: [broken again\n")
-    wait_value(cluster, leader, "operator_manifest_valid", 0, service=service_name)
-    # Deleted while invalid: its figures go (the InvalidManifest alert must not fire for ever).
+    # Deleted without ever being valid: its figure goes (InvalidManifest must not fire for ever).
     cluster.delete(service_name)
     wait_value(cluster, leader, "operator_manifest_valid", None, service=service_name)
-    assert cluster.scrape(leader).get("operator_desired_replicas", service=service_name) is None
+    cluster.put_raw(service_name, "name: [broken again\n")
+    wait_value(cluster, leader, "operator_manifest_valid", 0, service=service_name)
+    cluster.put(service_name, 0)
+    wait_value(cluster, leader, "operator_manifest_valid", 1, service=service_name)
+    assert cluster.scrape(leader).get("operator_desired_replicas", service=service_name) == 0
 
     cluster.put(other_service, 3, placement={"max_per_host": 1})
     wait_value(cluster, leader, "operator_unplaced_replicas", 1, service=other_service)
