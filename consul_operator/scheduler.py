@@ -118,6 +118,11 @@ class Scheduler:
     # has not converged yet (for operator_convergence_seconds).
     seen: dict[str, Manifest | None] = field(default_factory=dict)
     changed_at: dict[str, float] = field(default_factory=dict)
+    # Whether this leader has had a pass: a service first seen after it is a new
+    # one (a change to time); on its first pass every service is only new to it.
+    observed: bool = False
+    # Services this leader exports figures of, valid or not: a deleted one's go.
+    exported: set[str] = field(default_factory=set)
     # Instance ID -> when this leader first saw it passing (for update.min_healthy).
     first_passing: dict[str, float] = field(default_factory=dict)
     # Per service: this leader's monotonic measure of its rollout (for the deadline).
@@ -131,7 +136,7 @@ class Scheduler:
         # decided under, never with one acquired while the pass ran.
         session = self.election.session
         if not self.election.is_leader or session is None:
-            if self.seen:
+            if self.observed:
                 self._forget()
             return PassResult()
         now = self.clock()
@@ -486,8 +491,9 @@ class Scheduler:
         self, manifests: Mapping[str, object], decided: Mapping[str, PlacementRecord], now: float
     ) -> None:
         """Export what only the leader knows: desired, healthy, drift, validity, convergence time."""
-        for name in set(self.seen) - set(manifests):
+        for name in self.exported - set(manifests):
             self._drop_service(name)
+        self.exported = set(manifests)
         passing = self.consul.passing_instances()  # one request for every service
         for name, manifest in manifests.items():
             valid = manifest if isinstance(manifest, Manifest) else None
@@ -496,7 +502,7 @@ class Scheduler:
                 metrics.unplaced_replicas.labels(name).set(decided[name].unplaced)
             if valid is None:
                 continue
-            if name in self.seen and self.seen[name] != valid:
+            if (name in self.seen and self.seen[name] != valid) or (name not in self.seen and self.observed):
                 self.changed_at[name] = now
             self.seen[name] = valid
             healthy = passing.get(name, 0)
@@ -509,23 +515,31 @@ class Scheduler:
                 seconds = now - self.changed_at.pop(name)
                 metrics.convergence_seconds.labels(name).observe(seconds)
                 log.info("converged", service=name, seconds=round(seconds, 3), replicas=valid.replicas)
+        self.observed = True
 
     def _drop_service(self, name: str) -> None:
+        """A deleted service: forget it and stop exporting its figures (bounded label sets)."""
         self.seen.pop(name, None)
         self.changed_at.pop(name, None)
-        for gauge in metrics.LEADER_SERVICE_GAUGES:
-            with contextlib.suppress(KeyError):  # a gauge never set for this service
-                gauge.remove(name)
+        for metric in (*metrics.LEADER_SERVICE_GAUGES, metrics.convergence_seconds):
+            with contextlib.suppress(KeyError):  # a metric never set for this service
+                metric.remove(name)
+        for state in ROLLOUT_STATES:
+            with contextlib.suppress(KeyError):
+                metrics.rollout_state.remove(name, state)
 
     def _forget(self) -> None:
         """No longer the leader: drop the leader's state and metrics."""
         self.lost_since.clear()
         self.changed_at.clear()
         self.seen.clear()
+        self.observed = False
+        self.exported.clear()
         self.first_passing.clear()
         self.rollout_timers.clear()
         self.write_backoffs.clear()
         metrics.rollout_state.clear()
+        metrics.convergence_seconds.clear()
         for gauge in metrics.LEADER_SERVICE_GAUGES:
             gauge.clear()
 

@@ -45,7 +45,7 @@ declare -A PKG_FILE=(
   [busybox-static]=/bin/busybox
   [iproute2]=/usr/sbin/ip
   [curl]=/usr/bin/curl
-  [prometheus]=/usr/bin/prometheus
+  [prometheus]=/usr/bin/prometheus  # and /usr/bin/promtool: the tests check metrics, config and alerts with it
   [ruby]=/usr/bin/ruby
   [debootstrap]=/usr/sbin/debootstrap
 )

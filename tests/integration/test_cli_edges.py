@@ -23,9 +23,10 @@ from consul_operator import commands
 from consul_operator.commands import Target
 from consul_operator.consul_client import ConsulClient, Indexed, KVEntry
 from consul_operator.keys import Layout
+from tests.support import daemons
 from tests.support.cluster import Cluster, manifest_yaml, operator
 from tests.support.daemons import healthz, started
-from tests.support.staging import ROOT, tool, wait_until
+from tests.support.staging import ROOT, wait_until
 
 # A Consul of the /healthz test's own, on the first test address with ports apart from staging's.
 HZ_PORTS = {"http": 18500, "server": 18300, "serf_lan": 18301, "serf_wan": 18302}
@@ -38,24 +39,7 @@ def consul_dev(
     address: str, data: Path, log: Path
 ) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
     """A single dev-mode Consul server on ``address`` with the HZ_PORTS."""
-    return started(
-        [
-            tool("consul"),
-            "agent",
-            "-dev",
-            "-node=hz",
-            f"-bind={address}",
-            f"-client={address}",
-            f"-http-port={HZ_PORTS['http']}",
-            f"-serf-lan-port={HZ_PORTS['serf_lan']}",
-            "-dns-port=-1",
-            "-grpc-port=-1",
-            f"-hcl=ports {{ server = {HZ_PORTS['server']}, serf_wan = {HZ_PORTS['serf_wan']} }}",
-            "-hcl=disable_update_check = true",
-            f"-data-dir={data}",
-        ],
-        log,
-    )
+    return daemons.consul_dev(address, data, log, node="hz", ports=HZ_PORTS)
 
 
 def daemon_argv(kind: str, address: str, tmp_path: Path) -> tuple[list[str], str]:

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +18,7 @@ import yaml
 from consul_operator.consul_client import ConsulClient
 from consul_operator.keys import Layout
 from consul_operator.model import LABEL_CLUSTER, LABEL_HOST, LABEL_SERVICE, META_CLUSTER
+from tests.support.metrics import Scrape, scrape
 from tests.support.staging import HOSTS, Environment, pid_alive, wait_until
 
 CONVERGE_TIMEOUT = 60.0  # generous: the goal is seconds, measured in bench/
@@ -171,21 +171,13 @@ class Cluster:
         """Pid of the operator agent of ``host``."""
         return self.staging.pids()[f"agent-{host}"]
 
-    def metric(self, agent: str, name: str, **labels: str) -> float:
-        """One sample from the /metrics of the agent of host ``agent`` (0 when absent)."""
-        address = self.staging.addresses[HOSTS.index(agent)]
-        with urllib.request.urlopen(f"http://{address}:9810/metrics", timeout=5) as response:
-            text = response.read().decode()
-        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-        for line in text.splitlines():
-            if line.startswith("#"):
-                continue
-            metric, _, value = line.rpartition(" ")
-            base, _, rest = metric.partition("{")
-            got = ",".join(sorted(rest.rstrip("}").split(","))) if rest else ""
-            if base == name and got == want:
-                return float(value)
-        return 0.0
+    def scrape(self, daemon: str, /) -> Scrape:
+        """The /metrics of host ``daemon``'s daemon: host-1's and host-2's agents, host-3's load balancer."""
+        return scrape(f"{self.staging.addresses[HOSTS.index(daemon)]}:9810")
+
+    def metric(self, daemon: str, name: str, /, **labels: str) -> float:
+        """One sample from the /metrics of the daemon of host ``daemon`` (0 when absent)."""
+        return self.scrape(daemon).value(name, **labels)
 
     def last_host_pass(self, host: str) -> float:
         """Unix time of the agent's last successful host reconcile pass."""

@@ -1,4 +1,4 @@
-"""Daemons a test starts by itself (beside staging.sh's), and the JSON-lines logs daemons write."""
+"""Daemons a test starts itself (a dev Consul, a Consul client, an operator daemon); their JSON logs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,40 @@ def started(
                 proc.kill()
                 proc.wait(timeout=30)
         assert not pid_alive(proc.pid)
+
+
+def consul_dev(
+    address: str,
+    data: Path,
+    log: Path,
+    *,
+    node: str,
+    ports: Mapping[str, int],
+    hcl: Sequence[str] = (),
+) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
+    """A single dev-mode Consul server on ``address``; ``ports``: http, server, serf_lan, serf_wan.
+
+    ``hcl``: more configuration, one HCL snippet each (e.g. ``limits { ... }``).
+    """
+    return started(
+        [
+            tool("consul"),
+            "agent",
+            "-dev",
+            f"-node={node}",
+            f"-bind={address}",
+            f"-client={address}",
+            f"-http-port={ports['http']}",
+            f"-serf-lan-port={ports['serf_lan']}",
+            "-dns-port=-1",
+            "-grpc-port=-1",
+            f"-hcl=ports {{ server = {ports['server']}, serf_wan = {ports['serf_wan']} }}",
+            "-hcl=disable_update_check = true",
+            *(f"-hcl={snippet}" for snippet in hcl),
+            f"-data-dir={data}",
+        ],
+        log,
+    )
 
 
 def consul_client_argv(node: str, address: str, join: Sequence[str], data: Path, *hcl: str) -> list[str]:
