@@ -6,7 +6,8 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
-.PHONY: deps image up down status test lint unit integration chaos demo bench provision-test clean
+.PHONY: deps image up down status test lint unit integration chaos demo bench provision-test clean \
+        nodes-image nodes-up nodes-down nodes-status
 
 deps:           ## install what is missing: Debian packages, consul, .venv, a running dockerd
 	@bash scripts/deps.sh
@@ -22,6 +23,18 @@ down:           ## stop it: exactly what `up` started, and the containers it lab
 
 status:
 	@bash scripts/staging.sh status
+
+nodes-image: deps  ## the node image, once: debootstrap + provision.sh's packages, consul, virtualenv
+	@bash scripts/nodes.sh build
+
+nodes-up: deps  ## the node environment: host-1..3 as systemd containers on 198.18.1.11-13, provisioned by provision.sh
+	@bash scripts/nodes.sh up
+
+nodes-down:     ## removes exactly what nodes-up made (containers, volumes, network); the image stays
+	@bash scripts/nodes.sh down
+
+nodes-status:
+	@bash scripts/nodes.sh status
 
 lint: deps
 	$(VENV)/bin/ruff check .

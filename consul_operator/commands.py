@@ -66,10 +66,28 @@ def _unreachable(exc: ConsulError) -> int:
 
 
 def status(target: Target, names: Sequence[str], *, as_json: bool, watch: bool, color: bool) -> int:
-    """Print the status once, or on every change with ``watch``; exit 0 when all shown is converged."""
+    """Print the status once, or on every change with ``watch``; exit 0 when all shown is converged.
+
+    ``watch`` runs until interrupted: a KeyboardInterrupt (Ctrl-C; `main` turns
+    SIGTERM into one too) is its normal end, exit 0 without a traceback.
+    """
+    try:
+        return _status(target, names, as_json=as_json, watch=watch, color=color)
+    except KeyboardInterrupt:
+        if not watch:
+            raise
+        return EXIT_OK
+
+
+def _status(target: Target, names: Sequence[str], *, as_json: bool, watch: bool, color: bool) -> int:
     query = BlockingQuery(
         lambda i, w: target.consul.kv_list(target.layout.operator_prefix, index=i, wait=w), wait=5
     )
+    if watch:
+        try:
+            query.next()  # the index to block on: from here on, a read returns on a change only
+        except ConsulError as exc:
+            return _unreachable(exc)
     while True:
         try:
             view = _only(_view(target), names)
@@ -84,10 +102,15 @@ def status(target: Target, names: Sequence[str], *, as_json: bool, watch: bool, 
         missing = [n for n in names if n not in {s.name for s in view.services}]
         for name in missing:
             print(f"{name}: no such service", file=sys.stderr)
-        if not watch:
+        if watch:
+            # Each update must reach a pipe (`| jq`, a log) now, not when the buffer fills.
+            sys.stdout.flush()
+        else:
             return EXIT_OK if converged(view, list(names) or None) else EXIT_NOT_OK
         try:
-            query.next()  # operator/ changes: placements, statuses, the leader
+            # Until something under operator/ changes: placements, statuses, the leader.
+            while not query.next()[0]:
+                pass
         except ConsulError as exc:
             return _unreachable(exc)
 

@@ -126,21 +126,29 @@ def _reason(exc: Exception) -> str:
 
 @contextmanager
 def _wrapped(what: str) -> Iterator[None]:
-    """Turn requests' and py-consul's exceptions into ours, count the request, report reachability."""
+    """Turn requests' and py-consul's exceptions into ours, count the request, report reachability.
+
+    Every request is counted in ``operator_consul_requests_total``, every one that
+    fails or that Consul refuses also in ``operator_consul_errors_total``.
+    """
     metrics.consul_requests.inc()
     try:
         yield
     except (requests.ConnectionError, requests.Timeout) as exc:
+        metrics.consul_errors.inc()
         url = exc.request.url.split("/v1/")[0] if exc.request is not None and exc.request.url else "Consul"
         health.report("consul", False, f"{url}: {_reason(exc)}")
         raise ConsulUnavailable(f"{url} unreachable during {what}: {_reason(exc)}") from exc
     except consul.ACLPermissionDenied as exc:
+        metrics.consul_errors.inc()
         health.report("consul", True)  # it answered
         raise ConsulPermissionDenied(f"permission denied for {what}: {exc}", status=403) from exc
     except consul.ConsulException as exc:
+        metrics.consul_errors.inc()
         health.report("consul", True)
         raise ConsulError(f"Consul refused {what}: {exc}", status=_status_of(exc)) from exc
     except requests.RequestException as exc:
+        metrics.consul_errors.inc()
         raise ConsulError(f"Consul request failed during {what}: {exc}") from exc
     health.report("consul", True)
 
@@ -271,6 +279,7 @@ class ConsulClient:
             )
         if code == 200:
             return []
+        metrics.consul_errors.inc()  # 409: refused (a check-and-set lost, permission denied)
         try:
             errors = list(json.loads(text).get("Errors") or [])
         except (ValueError, AttributeError) as exc:
@@ -326,6 +335,7 @@ class ConsulClient:
         code = int(response.code)
         if code < 400:
             return
+        metrics.consul_errors.inc()
         body = str(response.body)
         errors = _txn_errors(body) if code == 409 else []
         text = "; ".join(what for _, what in errors) or body.strip()[:300]

@@ -98,6 +98,8 @@ class LoadBalancer:
     _refused: _Refusal | None = field(default=None, init=False)
     _quarantined: frozenset[str] = field(default=frozenset(), init=False)
     _reload_failures: int = field(default=0, init=False)
+    # Services whose upstream size is exported: a deleted service's gauge goes with it.
+    _exported: frozenset[str] = field(default=frozenset(), init=False)
 
     def reconcile(self) -> PassResult:
         """One pass; raises on a failed read so that nothing is rendered from it."""
@@ -180,8 +182,12 @@ class LoadBalancer:
             metrics.lb_upstream_servers.labels(up.name).set(len(up.servers))
             if up.name not in faulty:
                 self._last_good[up.name] = up
-        for gone in set(self._last_good) - {up.name for up in view.upstreams}:
+        names = frozenset(up.name for up in view.upstreams)
+        for gone in set(self._last_good) - names:
             del self._last_good[gone]
+        for gone in self._exported - names:
+            metrics.lb_upstream_servers.remove(gone)
+        self._exported = names
         if result.reload_failed:
             self._reload_failures += 1
             delay = retry_delay(self._reload_failures)

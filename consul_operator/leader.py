@@ -106,7 +106,6 @@ class LeaderElection:
                 # We cannot tell whether we still hold the lock; fencing keeps
                 # writes safe, but stop scheduling until we know again.
                 self._set_leader(False)
-                metrics.consul_errors.inc()
                 log.warning("leader election: Consul error", host=self.host, error=str(exc))
                 stop.wait(1.0)
 

@@ -103,6 +103,11 @@ class LeaderMemory:
     """Per service: its valid manifest last seen (a change starts a convergence timer)."""
     changed_at: Mapping[str, float] = field(default_factory=dict)
     """Per service whose change has not converged yet: when the leader saw the change."""
+    exported: frozenset[str] = frozenset()
+    """The services with a manifest, valid or not, at the last pass (their figures are exported)."""
+    observed: bool = False
+    """Whether this leader has had a pass: a service first seen after it is new (a change to time);
+    on its first pass every service is only new to this leader."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +138,7 @@ class LeaderPlan:
     converged: tuple[Converged, ...]
     """Services that converged this pass."""
     forgotten: tuple[str, ...]
-    """Services whose manifest is gone since the last pass (their gauges go)."""
+    """Services whose manifest, valid or not, is gone since the last pass (their figures go)."""
     memory: LeaderMemory
     """What the next pass starts from."""
     active_rollouts: bool = False
@@ -180,13 +185,15 @@ def decide_leader(
         wake_at=wake,
         events=tuple(events),
         converged=tuple(converged),
-        forgotten=tuple(sorted(set(memory.seen) - set(state.manifests))),
+        forgotten=tuple(sorted(memory.exported - set(state.manifests))),
         memory=LeaderMemory(
             lost_since=lost_since,
             first_passing=rollouts.first_passing,
             rollout_timers=rollouts.timers,
             seen=seen,
             changed_at=changed_at,
+            exported=frozenset(state.manifests),
+            observed=True,
         ),
         active_rollouts=rollouts.active,
     )
@@ -415,7 +422,7 @@ def _convergence(
     for name, manifest in state.valid_manifests().items():
         if manifest is None:
             continue
-        if name in seen and seen[name] != manifest:
+        if (name in seen and seen[name] != manifest) or (name not in seen and memory.observed):
             changed_at[name] = now
         seen[name] = manifest
         healthy = state.passing_counts.get(name, 0)

@@ -132,8 +132,6 @@ def run_loop(
             failures += 1
             reason = error_reason(exc)
             metrics.reconcile_errors.labels(name, reason).inc()
-            if isinstance(exc, ConsulError):
-                metrics.consul_errors.inc()
             timeout = retry_delay(failures)
             event = log.warning if isinstance(exc, OperatorError) else log.error
             event(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -150,6 +151,9 @@ def _target(args: argparse.Namespace) -> Target:
 def cmd_status(args: argparse.Namespace) -> int:
     """Leader, hosts and services: desired, running, healthy, drift, placement, state."""
     color = sys.stdout.isatty() and not args.json
+    if args.watch:
+        # `--watch` runs until stopped: SIGTERM (a supervisor, `timeout`) ends it like Ctrl-C.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     return commands.status(_target(args), args.names, as_json=args.json, watch=args.watch, color=color)
 
 
@@ -219,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         type=_label,
         metavar="KEY=VALUE",
-        help="a label of this host, for placement (repeatable)",
+        help="a label of this host, shown by `operator status` (repeatable)",
     )
     agent.add_argument("--metrics", metavar="ADDR", help="serve /metrics and /healthz on host:port")
     agent.add_argument("--ttl", type=_duration, default=3.0, help="TTL of the agent's liveness check (3s)")

@@ -126,7 +126,8 @@ orphan_sessions_reaped = Counter(
     "that this agent released and destroyed.",
 )
 placement_writes = Counter(
-    "operator_placement_writes_total", "Placement decisions written to KV by the leader."
+    "operator_placement_writes_total",
+    "Keys the leader wrote or deleted in KV: placements, rollouts, revisions, lost hosts' status records.",
 )
 WRITE_FAILURE_REASONS = ("too_large", "permission_denied", "refused")
 leader_write_failures = Counter(

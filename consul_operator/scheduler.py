@@ -81,7 +81,7 @@ class Scheduler:
         # decided under, never with one acquired while the pass ran.
         session = self.election.session
         if not self.election.is_leader or session is None:
-            if self.memory != LeaderMemory() or self.write_backoffs:
+            if self.memory.observed or self.write_backoffs:
                 self._forget()
             return PassResult()
         now = Now(self.clock(), self.wall_clock())
@@ -236,15 +236,20 @@ class Scheduler:
             )
 
     def _drop_service(self, name: str) -> None:
-        for gauge in metrics.LEADER_SERVICE_GAUGES:
-            with contextlib.suppress(KeyError):  # a gauge never set for this service
-                gauge.remove(name)
+        """A deleted service: stop exporting its figures (bounded label sets)."""
+        for metric in (*metrics.LEADER_SERVICE_GAUGES, metrics.convergence_seconds):
+            with contextlib.suppress(KeyError):  # a metric never set for this service
+                metric.remove(name)
+        for state in ROLLOUT_STATES:
+            with contextlib.suppress(KeyError):
+                metrics.rollout_state.remove(name, state)
 
     def _forget(self) -> None:
         """No longer the leader: drop the leader's state and metrics."""
         self.memory = LeaderMemory()
         self.write_backoffs.clear()
         metrics.rollout_state.clear()
+        metrics.convergence_seconds.clear()
         for gauge in metrics.LEADER_SERVICE_GAUGES:
             gauge.clear()
 

@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
 # The original walkthrough on the local staging environment (run after `make up`):
 # put the manifest, curl the load balancer, scale, kill a replica, look at status.
+#
+# Environment, as for scripts/staging.sh (an environment other than the default one):
+#   STAGING_NAME   name of the environment, its containers' cluster label (default: staging)
+#   STAGING_ADDRS  the three hosts' addresses (default: "127.0.0.11 127.0.0.12 127.0.0.13")
+#   RUN_DIR        its state and logs (default: .run/$STAGING_NAME)
+# It changes only that environment's KV and kills one of its containers.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-export PATH="$ROOT/.tools/bin:$PATH" CONSUL_HTTP_ADDR=${CONSUL_HTTP_ADDR:-127.0.0.11:8500}
+NAME=${STAGING_NAME:-staging}
+read -r -a ADDRS <<<"${STAGING_ADDRS:-127.0.0.11 127.0.0.12 127.0.0.13}"
+LOGS=${RUN_DIR:-$ROOT/.run/$NAME}/logs
+export PATH="$ROOT/.tools/bin:$PATH" CONSUL_HTTP_ADDR=${CONSUL_HTTP_ADDR:-${ADDRS[0]}:8500}
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 manifest() { sed "s/^replicas: .*/replicas: $1/" "$ROOT/manifests/simple.yaml"; }
 
@@ -14,11 +23,11 @@ wait_passing() {
     passing=$(curl -fsS "http://$CONSUL_HTTP_ADDR/v1/health/service/simple?passing=1" \
       | grep -o '"ServiceID":"simple-[^"]*' | cut -d'"' -f4 | sort || true)
     running=$(docker ps --format '{{.Names}}' --filter label=consul-operator.service=simple \
-      --filter label=consul-operator.cluster=staging | sort)
+      --filter "label=consul-operator.cluster=$NAME" | sort)
     [[ -n $running && $passing == "$running" && $(wc -l <<<"$running") -eq $1 ]] && return 0
     sleep 0.2
   done
-  echo "simple did not converge to $1 replicas; see .run/staging/logs/" >&2
+  echo "simple did not converge to $1 replicas; see $LOGS/" >&2
   return 1
 }
 
@@ -29,7 +38,7 @@ answers() {
     | while read -r addr port host; do printf '  %s  %s:%s  ->  %s' "$host" "$addr" "$port" "$(curl -fsS "http://$addr:$port/")"; echo; done
 }
 
-LB=http://127.0.0.13/
+LB=http://${ADDRS[2]}/
 lb() { for _ in $(seq 1 "$1"); do printf '  curl %s  ->  %s\n' "$LB" "$(curl -fsS "$LB")"; done; }
 
 # wait_lb N: until NGINX answers from N different containers (at most 30 s).
@@ -38,7 +47,7 @@ wait_lb() {
     [[ $(for _ in $(seq 1 $((3 * $1))); do curl -fsS "$LB" 2>/dev/null; done | sort -u | wc -l) -eq $1 ]] && return 0
     sleep 0.2
   done
-  echo "NGINX did not serve $1 replicas; see .run/staging/logs/lb-host-3.log" >&2
+  echo "NGINX did not serve $1 replicas; see $LOGS/lb-host-3.log" >&2
   return 1
 }
 
@@ -66,7 +75,7 @@ echo "  through the load balancer, round-robin:"
 lb 6
 
 step "docker kill one replica: the operator replaces it"
-victim=$(docker ps -q --filter label=consul-operator.service=simple --filter label=consul-operator.cluster=staging | head -1)
+victim=$(docker ps -q --filter label=consul-operator.service=simple --filter "label=consul-operator.cluster=$NAME" | head -1)
 docker kill "$victim" >/dev/null
 echo "  killed $victim"
 wait_passing 2
@@ -75,16 +84,16 @@ wait_lb 2
 lb 4
 
 step "operator status"
-"$ROOT/.venv/bin/operator" wait simple --timeout 60s >/dev/null
-"$ROOT/.venv/bin/operator" status simple
+"$ROOT/.venv/bin/operator" wait simple --cluster "$NAME" --timeout 60s >/dev/null
+"$ROOT/.venv/bin/operator" status simple --cluster "$NAME"
 
 cat <<MSG
 
 Go on:
   export PATH=$ROOT/.tools/bin:\$PATH CONSUL_HTTP_ADDR=$CONSUL_HTTP_ADDR
   sed 's/^replicas: .*/replicas: 4/' manifests/simple.yaml | consul kv put services/simple -
-  docker ps --filter label=consul-operator.cluster=staging
-  curl http://127.0.0.13/               # NGINX, round-robin over the passing replicas
+  docker ps --filter "label=consul-operator.cluster=$NAME"
+  curl $LB               # NGINX, round-robin over the passing replicas
   .venv/bin/operator status --watch     # desired / running / healthy per service and host
   consul kv delete services/simple      # drains and removes every replica
   make down                             # stops everything make up started

@@ -2,6 +2,7 @@
 # Installs what consul-operator needs, and only what is missing (idempotent).
 #
 #   Debian packages  docker.io nginx busybox-static iproute2 curl prometheus ruby
+#                    debootstrap (the node image of scripts/nodes.sh)
 #   consul           Debian 11's package, fetched through a private apt source
 #                    list (never added to the system's sources) and unpacked
 #   .venv            the package, editable, with its test extras
@@ -44,8 +45,9 @@ declare -A PKG_FILE=(
   [busybox-static]=/bin/busybox
   [iproute2]=/usr/sbin/ip
   [curl]=/usr/bin/curl
-  [prometheus]=/usr/bin/prometheus
+  [prometheus]=/usr/bin/prometheus  # and /usr/bin/promtool: the tests check metrics, config and alerts with it
   [ruby]=/usr/bin/ruby
+  [debootstrap]=/usr/sbin/debootstrap
 )
 # installed PACKAGE: its file exists, or (for a package of DEPS_PACKAGES not in
 # the table) dpkg knows it as installed.

@@ -18,6 +18,8 @@
 #   CONSUL_HOST_CONFIG  its Consul settings (default: deploy/consul/hosts/$NODE_NAME.hcl)
 #   NODE_ADDR           app hosts: the address containers are published on and
 #                       registered with (default: bind_addr of the host config)
+#   OPERATOR_CLUSTER    the operator cluster's name written into the settings file
+#                       (default: the file's, "default"); letters, digits, '.', '_', '-'
 #   CONSUL_ACL          1: also install deploy/consul/acl.hcl (ACLs on, default
 #                       deny); then bootstrap once, see docs/deploy.md
 #   PREFIX              consul and the operator command go to $PREFIX/bin (/usr/local)
@@ -49,6 +51,8 @@ if [[ -z ${NODE_ADDR:-} ]]; then
   NODE_ADDR=$(sed -n 's/^bind_addr *= *"\([^"]*\)".*/\1/p' "$CONSUL_HOST_CONFIG")
 fi
 [[ -n $NODE_ADDR ]] || die "no NODE_ADDR and no bind_addr in $CONSUL_HOST_CONFIG"
+OPERATOR_CLUSTER=${OPERATOR_CLUSTER:-default}
+[[ $OPERATOR_CLUSTER =~ ^[A-Za-z0-9._-]+$ ]] || die "OPERATOR_CLUSTER '$OPERATOR_CLUSTER': letters, digits, '.', '_', '-' only"
 systemd_runs() { [[ -d /run/systemd/system ]]; }
 
 # --- packages and consul: the same script as `make deps` --------------------------
@@ -130,6 +134,7 @@ if [[ ! -f $envfile ]]; then
   tmp=$(mktemp)
   sed -e "s/^OPERATOR_ADVERTISE=.*/OPERATOR_ADVERTISE=$NODE_ADDR/" \
     -e "s/^OPERATOR_METRICS=.*/OPERATOR_METRICS=$NODE_ADDR:9810/" \
+    -e "s/^OPERATOR_CLUSTER=.*/OPERATOR_CLUSTER=$OPERATOR_CLUSTER/" \
     "$ROOT/deploy/env/$UNIT" >"$tmp"
   install_file 0600 "$tmp" "$envfile"
   rm -f "$tmp"

@@ -1,11 +1,11 @@
 # Consul on every host of the Vagrant topology (deploy/README in docs/deploy.md):
 # three servers, one Raft cluster, joined by address. The host's own
-# addresses and name are in /etc/consul.d/host.hcl (deploy/consul/hosts/).
+# addresses, its name and the servers to join (retry_join) are in
+# /etc/consul.d/host.hcl (deploy/consul/hosts/).
 datacenter = "dc1"
 data_dir = "/var/lib/consul"
 server = true
 bootstrap_expect = 3
-retry_join = ["192.168.50.101", "192.168.50.102", "192.168.50.103"]
 
 # Nothing of ours uses Consul's DNS interface.
 ports {

@@ -65,7 +65,6 @@ from tests.support.staging import (
     ROOT,
     SLOW_RESYNC,
     Staging,
-    pid_alive,
     restart_docker_engine,
     wait_until,
 )
@@ -136,6 +135,9 @@ class Violations:
 class Chaos:
     """One chaos run."""
 
+    # Faults that take Consul or an engine away from the monitor for a moment.
+    AWAY: tuple[str, ...] = ("consul_down", "docker_restart", "host_down", "host_lost")
+
     def __init__(self, cluster: Cluster, seed: int, log_path: Path) -> None:
         self.cluster = cluster
         self.rng = random.Random(seed)
@@ -181,7 +183,7 @@ class Chaos:
 
     def nginx_servers(self, service: str) -> set[str]:
         """The servers of NGINX's upstream for ``service``, from the installed config."""
-        text = (self.cluster.staging.run_dir / "nginx" / "nginx.conf").read_text()
+        text = self.cluster.staging.nginx_conf()
         block = re.search(rf"upstream svc_{service} {{(.*?)}}", text, re.S)
         return set(re.findall(r"server (\S+) ", block.group(1))) if block else set()
 
@@ -230,7 +232,11 @@ class Chaos:
             self.monitor_seconds = time.monotonic() - started
             try:
                 for service, replicas in list(self.ceiling.items()):  # faults add probes
-                    running = len(self.containers(service))
+                    # A lost host's containers do not count: a partition leaves them running.
+                    uncounted = self.uncounted_hosts()
+                    running = len(
+                        [c for c in self.containers(service) if c.labels.get(LABEL_HOST) not in uncounted]
+                    )
                     if running > replicas:
                         note = f"{time.time():.1f} {service}: {running} running > {replicas} desired"
                         self.violations.extra_replicas.append(note)
@@ -244,6 +250,10 @@ class Chaos:
                 self.monitor_errors.append(f"{fault}: {exc!r}"[:300])
                 self.log("monitor_error", fault=fault, error=repr(exc))
 
+    def uncounted_hosts(self) -> set[str]:
+        """Hosts whose containers the monitor's ceiling leaves out: the lost ones."""
+        return set(self.lost)
+
     def monitor_failed(self) -> list[str]:
         """Why the monitor's checks cannot be trusted: too few samples, or errors no fault explains."""
         problems = []
@@ -252,8 +262,7 @@ class Chaos:
         # a sample can take a second; fewer than a fifth of the ticks means it stalled.
         if self.samples < max(10, expected / 5):
             problems.append(f"{self.samples} samples in {self.monitor_seconds:.0f}s")
-        away = ("consul_down", "docker_restart", "host_down", "host_lost")
-        unexplained = [e for e in self.monitor_errors if not e.startswith(away)]
+        unexplained = [e for e in self.monitor_errors if not e.startswith(self.AWAY)]
         if unexplained:
             problems.append(f"{len(unexplained)} monitor errors, e.g. {unexplained[0]}")
         return problems
@@ -287,7 +296,7 @@ class Chaos:
 
     def _any_consul(self) -> ConsulClient | None:
         for host in ("host-3", "host-1", "host-2"):
-            if pid_alive(self.cluster.staging.pids().get(f"consul-{host}", -1)):
+            if self.cluster.staging.consul_alive(host):
                 return ConsulClient(self.cluster.staging.consul_addr(host), timeout=2)
         return None
 

@@ -1,17 +1,20 @@
-"""The edges a person or a monitor meets: /healthz, check-and-set apply, rollbacks that cannot be honoured."""
+"""The edges a person or a monitor meets: /healthz, check-and-set apply, rollbacks, --watch, exit codes."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
+import os
 import signal
 import subprocess
 import sys
-import urllib.error
-import urllib.request
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 import docker
 import pytest
@@ -20,8 +23,10 @@ from consul_operator import commands
 from consul_operator.commands import Target
 from consul_operator.consul_client import ConsulClient, Indexed, KVEntry
 from consul_operator.keys import Layout
+from tests.support import daemons
 from tests.support.cluster import Cluster, manifest_yaml, operator
-from tests.support.staging import pid_alive, tool, wait_until
+from tests.support.daemons import healthz, started
+from tests.support.staging import ROOT, wait_until
 
 # A Consul of the /healthz test's own, on the first test address with ports apart from staging's.
 HZ_PORTS = {"http": 18500, "server": 18300, "serf_lan": 18301, "serf_wan": 18302}
@@ -30,55 +35,11 @@ HZ_PORTS = {"http": 18500, "server": 18300, "serf_lan": 18301, "serf_wan": 18302
 # --- /healthz -----------------------------------------------------------------------------
 
 
-def healthz(address: str) -> tuple[int, str]:
-    """Status and body of GET /healthz."""
-    try:
-        with urllib.request.urlopen(f"http://{address}/healthz", timeout=5) as response:
-            return int(response.status), response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), exc.read().decode()
-
-
-@contextlib.contextmanager
-def started(argv: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A process of ours, stopped with SIGTERM (then SIGKILL) at the end."""
-    with log.open("ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=30)
-        assert not pid_alive(proc.pid)
-
-
 def consul_dev(
     address: str, data: Path, log: Path
 ) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
     """A single dev-mode Consul server on ``address`` with the HZ_PORTS."""
-    return started(
-        [
-            tool("consul"),
-            "agent",
-            "-dev",
-            "-node=hz",
-            f"-bind={address}",
-            f"-client={address}",
-            f"-http-port={HZ_PORTS['http']}",
-            f"-serf-lan-port={HZ_PORTS['serf_lan']}",
-            "-dns-port=-1",
-            "-grpc-port=-1",
-            f"-hcl=ports {{ server = {HZ_PORTS['server']}, serf_wan = {HZ_PORTS['serf_wan']} }}",
-            "-hcl=disable_update_check = true",
-            f"-data-dir={data}",
-        ],
-        log,
-    )
+    return daemons.consul_dev(address, data, log, node="hz", ports=HZ_PORTS)
 
 
 def daemon_argv(kind: str, address: str, tmp_path: Path) -> tuple[list[str], str]:
@@ -249,3 +210,144 @@ def test_rollback_refuses_what_the_leader_would_drop(cluster: Cluster, names: li
         assert result.returncode == 1, result.stdout
         assert result.stderr.startswith(message), result.stderr
         assert cluster.consul.kv_get(f"operator/rollback/{name}").value is None
+
+
+# --- status --watch, exit codes ---------------------------------------------------------------
+
+
+class Documents:
+    """The JSON documents a running `status --watch --json` has printed so far, read as they come."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.docs: list[dict[str, Any]] = []
+        self._thread = threading.Thread(target=self._read, args=(stream,), name="watch-reader", daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        decoder, text = json.JSONDecoder(), ""
+        for line in stream:
+            text += line
+            with contextlib.suppress(ValueError):  # a document is complete once it parses
+                doc, _ = decoder.raw_decode(text.strip())
+                self.docs.append(doc)
+                text = ""
+
+    def states(self, name: str) -> list[str]:
+        """The state of ``name`` in each document ("-" while it is not shown)."""
+        return [next((s["state"] for s in d["services"] if s["name"] == name), "-") for d in list(self.docs)]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_status_watch_prints_each_change_until_a_signal(
+    cluster: Cluster, service_name: str, sig: signal.Signals
+) -> None:
+    """`status --watch --json | …`: a document per change up to Converged; SIGINT/SIGTERM: exit 0, quiet."""
+    # A person's pipe (`| jq`) is block-buffered: no PYTHONUNBUFFERED from the test run.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    argv = [sys.executable, "-m", "consul_operator", "status", "--watch", "--json", service_name]
+    argv += ["--consul", cluster.staging.consul_addr(), "--cluster", cluster.staging.name]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        watch = Documents(proc.stdout)
+        wait_until(lambda: watch.docs, timeout=30, what="the first document")
+        assert watch.states(service_name) == ["-"]
+        cluster.put(service_name, 2)
+        wait_until(
+            lambda: watch.states(service_name)[-1] == "Converged",
+            timeout=60,
+            what="a document saying Converged",
+        )
+        states = watch.states(service_name)
+        assert len(states) >= 3 and states[0] == "-" and "Progressing" in states, states
+        proc.send_signal(sig)
+        assert proc.wait(timeout=30) == 0
+        stderr = proc.stderr.read()
+        assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+# Nothing listens on this port of the test environment's first address.
+NO_CONSUL_PORT = 18599
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("status",),
+        ("status", "--watch"),
+        ("wait", "web", "--timeout", "5s"),
+        ("apply", "manifests/simple.yaml"),
+    ],
+    ids=["status", "status-watch", "wait", "apply"],
+)
+def test_unreachable_consul_exits_2(cluster: Cluster, args: tuple[str, ...]) -> None:
+    """With no Consul at the address, status (also --watch), wait and apply say so and exit 2 at once."""
+    consul = f"{cluster.staging.addresses[0]}:{NO_CONSUL_PORT}"
+    started_at = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "consul_operator", *args, "--consul", consul],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "cannot read Consul" in result.stderr and consul in result.stderr
+    assert time.monotonic() - started_at < 30
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("status", "nosuch"),
+        ("status", "--json", "nosuch"),
+        ("wait", "nosuch", "--timeout", "1s"),
+        ("delete", "nosuch"),
+    ],
+    ids=["status", "status-json", "wait", "delete"],
+)
+def test_unknown_service_exits_1_naming_it(cluster: Cluster, args: tuple[str, ...]) -> None:
+    """A named service that does not exist: `NAME: no such service` on stderr, exit 1."""
+    result = operator(cluster, *args)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "nosuch: no such service" in result.stderr
+
+
+def test_wait_exits_2_when_consul_goes_away(cluster: Cluster, tmp_path: Path) -> None:
+    """`wait` blocked on a service that never converges exits 2 soon after its Consul stops."""
+    address = cluster.staging.addresses[0]
+    consul = f"{address}:{HZ_PORTS['http']}"
+    with consul_dev(address, tmp_path / "consul", tmp_path / "consul.log") as server:
+        wait_until(lambda: ConsulClient(consul).leader(), timeout=60, what="dev Consul")
+        argv = [
+            sys.executable,
+            "-m",
+            "consul_operator",
+            "wait",
+            "never",
+            "--timeout",
+            "120s",
+            "--consul",
+            consul,
+        ]
+        waiting = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                waiting.wait(timeout=3)  # a window for an early exit (there must be none)
+            assert waiting.poll() is None, "wait ended while Consul was there"
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=30)
+            stopped = time.monotonic()
+            _, stderr = waiting.communicate(timeout=60)
+            assert waiting.returncode == 2, stderr
+            assert "cannot read Consul" in stderr
+            assert time.monotonic() - stopped < 30
+        finally:
+            if waiting.poll() is None:
+                waiting.kill()
+                waiting.wait(timeout=30)

@@ -1,11 +1,14 @@
-"""The host agent's actions on the real engine: fair workers, bounded pulls, no thread per Docker event."""
+"""The host agent's actions on the real engine: fair workers, bounded pulls, refused deregistrations."""
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -17,10 +20,12 @@ from consul_operator.consul_client import ConsulClient
 from consul_operator.desired_state import Manifest
 from consul_operator.errors import DockerError
 from consul_operator.host_agent import MAX_PARALLEL_ACTIONS, Executor
+from consul_operator.keys import Layout
 from consul_operator.model import LABEL_CLUSTER, LABEL_HOST, LABEL_SERVICE, StartContainer
 from tests.support.cluster import Cluster
+from tests.support.daemons import consul_client_argv, healthz, json_lines, operator_argv, started
 from tests.support.hanging import hanging_server
-from tests.support.staging import wait_until
+from tests.support.staging import Staging, wait_until
 
 
 @pytest.fixture
@@ -162,3 +167,71 @@ def test_long_drain_does_not_delay_another_services_replacement(cluster: Cluster
         wait_until(
             lambda: not cluster.containers(other, all_states=True), timeout=60, what=f"{other} removed"
         )
+
+
+# The second environment's last address: its Consul client and agent live only during the test.
+REFUSING_ADDR = "127.0.0.56"
+# A real Consul that refuses deregistrations (403), and only those: its HTTP API's own blocklist.
+BLOCK_DEREGISTER = 'http_config { block_endpoints = ["/v1/agent/service/deregister"] }'
+
+
+def test_a_refused_deregistration_stops_nothing(cluster: Cluster, tmp_path: Path) -> None:
+    """Consul refuses a drain's deregistration: the container runs on, registered, until Consul accepts it."""
+    env = Staging(f"{cluster.staging.name}-d", (REFUSING_ADDR,) * 3)
+    host = Cluster(
+        env, ConsulClient(f"{REFUSING_ADDR}:8500"), cluster.docker, Layout("d/services/", "d/operator/")
+    )
+    service = "d" + uuid.uuid4().hex[:8]
+    consul_argv = partial(
+        consul_client_argv,
+        f"{env.name}-host-1",
+        REFUSING_ADDR,
+        cluster.staging.addresses,
+        tmp_path / "consul",
+    )
+    agent_log = tmp_path / "agent.log"
+    agent_argv = operator_argv(
+        "agent",
+        *("--host", "host-1", "--advertise", REFUSING_ADDR, "--consul", f"{REFUSING_ADDR}:8500"),
+        *("--cluster", env.name, "--metrics", f"{REFUSING_ADDR}:9810"),
+        *("--services-prefix", host.layout.services_prefix, "--operator-prefix", host.layout.operator_prefix),
+    )
+    refused = partial(
+        host.metric, "host-1", "operator_container_actions_total", action="drain", result="error"
+    )
+    try:
+        with started(consul_argv(BLOCK_DEREGISTER), tmp_path / "consul.log") as refusing:
+            wait_until(host.consul.leader, timeout=60, what="the Consul client to join")
+            with started(agent_argv, agent_log) as agent:
+                wait_until(lambda: healthz(f"{REFUSING_ADDR}:9810")[0] == 200, timeout=60, what="the agent")
+                host.put(service, 2)
+                host.wait_converged(service, 2)
+                both = {c.id for c in host.containers(service)}
+
+                host.put(service, 1)
+                running: list[int] = []  # containers seen at each look while Consul refuses
+
+                def refused_twice() -> bool:
+                    running.append(len(host.containers(service)))
+                    return refused() >= 2
+
+                wait_until(refused_twice, timeout=60, what="two refused deregistrations")
+                assert set(running) == {2}, running
+                assert {c.id for c in host.containers(service)} == both
+                assert len(host.passing(service)) == 2, "still registered and passing"
+                failed = [r for r in json_lines(agent_log) if r["event"] == "action failed"]
+                assert failed and all(r["action"] == "drain" for r in failed), failed
+                assert "permission denied" in failed[0]["error"], failed[0]
+
+                # The same Consul without the block: the next try deregisters, then stops.
+                refusing.send_signal(signal.SIGTERM)
+                refusing.wait(timeout=30)
+                with started(consul_argv(), tmp_path / "consul.log"):
+                    host.wait_converged(service, 1, timeout=120)
+                    assert {c.id for c in host.containers(service)} < both
+                    agent.send_signal(signal.SIGTERM)
+                    agent.wait(timeout=30)
+    finally:
+        for container in host.containers(service, all_states=True):
+            container.remove(force=True)
+        cluster.consul.kv_delete("d/", recurse=True)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from functools import partial
+from typing import Any
 
 import docker
 import pytest
@@ -15,6 +18,7 @@ from consul_operator.consul_client import ConsulClient
 from consul_operator.errors import NotLeader
 from consul_operator.model import LABEL_HOST
 from tests.support.cluster import Cluster
+from tests.support.daemons import json_lines, log_size
 from tests.support.staging import pid_alive, restart_docker_engine, wait_until
 
 
@@ -295,6 +299,112 @@ def test_sigterm_gives_the_lock_up_at_once(cluster: Cluster) -> None:
         assert cluster.consul.session_info(str(old_session.session)) is None, "the session outlived its agent"
     finally:
         both_agents_up(cluster)
+
+
+# The leader's own writes, by their log events (scheduler.py): none may come from an ex-leader.
+LEADER_WRITES = frozenset(
+    {"placements written", "removing status records of lost hosts", "rollout started", "rollout"}
+)
+
+
+def test_paused_leader_steps_down_and_writes_nothing(cluster: Cluster, service_name: str) -> None:
+    """The leader paused (SIGSTOP) past its TTL: another leads; resumed, it steps down and writes nothing."""
+    wait_until(cluster.leader, timeout=30, what="a leader")
+    old = cluster.leader()
+    assert old in ("host-1", "host-2")
+    new = "host-2" if old == "host-1" else "host-1"
+    wait_until(lambda: cluster.metric(old, "operator_is_leader", host=old) == 1, timeout=30, what="the gauge")
+    log = cluster.staging.run_dir / "logs" / f"agent-{old}.log"
+    pid = cluster.agent_pid(old)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: cluster.leader() == new, timeout=60, what=f"{new} to lead")
+        # A decision the paused leader knows nothing of, placed by the new one (on the only live host).
+        cluster.put(service_name, 1)
+        cluster.wait_converged(service_name, 1)
+        placement = cluster.consul.kv_get(cluster.layout.placement_key(service_name), consistent=True).value
+        assert placement is not None
+        mark = log_size(log)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    resumed = time.time()
+    wait_until(lambda: cluster.metric(old, "operator_is_leader", host=old) == 0, timeout=60, what="step-down")
+    # Its scheduler and host loop have run since it resumed: had it written, it would have by now.
+    for loop in ("schedule", "host"):
+        sync = partial(cluster.metric, old, "operator_last_successful_sync_timestamp_seconds", loop=loop)
+        wait_until(lambda: sync() > resumed, timeout=60, what=f"a {loop} pass of {old} after it resumed")  # noqa: B023
+    assert cluster.leader() == new
+    records = json_lines(log, mark)
+    assert any(r["event"] == "leadership changed" and r["leader"] is False for r in records), records
+    assert not [r for r in records if r["event"] in LEADER_WRITES], records
+    after = cluster.consul.kv_get(cluster.layout.placement_key(service_name), consistent=True).value
+    assert after == placement, "the new leader's placement stands"
+    assert cluster.converged(service_name, 1)
+
+
+def lifetime(cluster: Cluster, container_id: str, since: float) -> tuple[int, float]:
+    """Exit code and seconds from start to death of a container, from Docker's own events."""
+    events = cluster.docker.events(
+        since=f"{since:.9f}",
+        until=f"{time.time() + 0.5:.9f}",
+        decode=True,
+        filters={"type": "container", "container": container_id},
+    )
+    times = {}
+    code = -1
+    for event in events:
+        if event["Action"] in ("start", "die"):
+            times[event["Action"]] = event["timeNano"] / 1e9
+        if event["Action"] == "die":
+            code = int(event["Actor"]["Attributes"]["exitCode"])
+    return code, times["die"] - times["start"]
+
+
+@pytest.mark.parametrize(
+    ("code", "crash"),
+    [pytest.param(143, False, id="exit-143-is-no-crash"), pytest.param(1, True, id="exit-1-is-a-crash")],
+)
+def test_docker_stop_of_a_young_replica_is_a_crash_by_its_exit_code(
+    cluster: Cluster, service_name: str, code: int, crash: bool
+) -> None:
+    """`docker stop` of a replica younger than 10 s: exit 143 (SIGTERM) is no crash, exit 1 is one."""
+    since = time.time()
+    log = cluster.staging.run_dir / "logs" / "agent-host-1.log"
+    mark = log_size(log)
+    # The shell that is PID 1 ends on SIGTERM with ``code``; the hello server runs beside it.
+    command = ["sh", "-c", f"trap 'exit {code}' TERM; sh /start.sh & wait"]
+    cluster.put(service_name, 1, command=command, placement={"hosts": ["host-1"]})
+    first = wait_until(lambda: cluster.containers(service_name), timeout=60, what="a replica")[0]  # type: ignore[index]
+    first.stop(timeout=5)
+    exit_code, ran = lifetime(cluster, first.id, since)
+    assert (exit_code, ran < 10) == (code, True), (
+        f"exit {exit_code} after {ran:.1f}s: not the case under test"
+    )
+
+    def removal() -> list[dict[str, Any]]:
+        return [
+            r
+            for r in json_lines(log, mark)
+            if r["event"] == "removing dead container" and r["container"] == first.name
+        ]
+
+    wait_until(removal, timeout=60, what="the agent removing it")
+    (removed,) = removal()
+    assert removed["crashed"] is crash
+    if crash:
+        wait_until(
+            lambda: cluster.status_error(service_name, "host-1").startswith(
+                f"crash-looping: exited with code {code}"
+            ),
+            timeout=60,
+            what="crash-looping in status",
+        )
+    cluster.wait_converged(service_name, 1)
+    assert first.id not in {c.id for c in cluster.containers(service_name)}
+    failures = cluster.metric("host-1", "operator_consecutive_failures", service=service_name, host="host-1")
+    if not crash:
+        assert failures == 0
+        assert cluster.status_error(service_name, "host-1") == ""
 
 
 # Last in this module: it disturbs every container on the engine.

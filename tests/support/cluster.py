@@ -9,16 +9,17 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import docker
 import yaml
 
 from consul_operator.consul_client import ConsulClient
-from consul_operator.model import LABEL_CLUSTER, LABEL_HOST, LABEL_SERVICE
-from tests.support.staging import HOSTS, Staging, pid_alive, wait_until
+from consul_operator.keys import Layout
+from consul_operator.model import LABEL_CLUSTER, LABEL_HOST, LABEL_SERVICE, META_CLUSTER
+from tests.support.metrics import Scrape, scrape
+from tests.support.staging import HOSTS, Environment, pid_alive, wait_until
 
 CONVERGE_TIMEOUT = 60.0  # generous: the goal is seconds, measured in bench/
 
@@ -48,23 +49,24 @@ def operator(cluster: Cluster, *args: str, stdin: str | None = None) -> subproce
 
 @dataclass
 class Cluster:
-    """A staging environment with its clients."""
+    """A staging environment with its clients; ``layout``: the KV prefixes its daemons were given."""
 
-    staging: Staging
+    staging: Environment
     consul: ConsulClient
-    docker: docker.DockerClient
+    docker: docker.DockerClient  # or, on nodes, `Engines`: every app host's engine
+    layout: Layout = field(default_factory=Layout)
 
     def put(self, name: str, replicas: int, **fields: Any) -> None:
         """`consul kv put services/<name>` of a hello manifest."""
-        self.consul.kv_put(f"services/{name}", manifest_yaml(name, replicas, **fields))
+        self.consul.kv_put(self.layout.service_key(name), manifest_yaml(name, replicas, **fields))
 
     def put_raw(self, name: str, text: str) -> None:
         """Write any text as the manifest of ``name``."""
-        self.consul.kv_put(f"services/{name}", text)
+        self.consul.kv_put(self.layout.service_key(name), text)
 
     def delete(self, name: str) -> None:
         """`consul kv delete services/<name>`."""
-        self.consul.kv_delete(f"services/{name}")
+        self.consul.kv_delete(self.layout.service_key(name))
 
     def containers(self, service: str, *, all_states: bool = False) -> list[Any]:
         """Our containers of ``service`` in this environment."""
@@ -88,10 +90,14 @@ class Cluster:
         return list(self.consul.health_service(service).value)
 
     def converged(self, service: str, replicas: int) -> bool:
-        """Exactly ``replicas`` containers run, and exactly those are registered and passing."""
+        """Exactly ``replicas`` containers run, and exactly those are registered and passing.
+
+        Registrations of another cluster (the same service name on a shared Consul) are not ours.
+        """
+        mine = self.staging.name
         running = {c.name for c in self.containers(service)}
-        registered = {i.service_id for i in self.registrations(service)}
-        passing = {i.service_id for i in self.passing(service)}
+        registered = {i.service_id for i in self.registrations(service) if i.meta.get(META_CLUSTER) == mine}
+        passing = {i.service_id for i in self.passing(service) if i.meta.get(META_CLUSTER) == mine}
         return len(running) == replicas and running == registered == passing
 
     def wait_converged(self, service: str, replicas: int, timeout: float = CONVERGE_TIMEOUT) -> None:
@@ -104,7 +110,7 @@ class Cluster:
             state = {
                 "containers": sorted(c.name for c in self.containers(service, all_states=True)),
                 "catalog": sorted((i.service_id, i.status) for i in self.registrations(service)),
-                "placement": self.kv_json(f"operator/placement/{service}"),
+                "placement": self.kv_json(self.layout.placement_key(service)),
             }
             raise AssertionError(f"{exc}; state: {state}") from None
 
@@ -115,7 +121,7 @@ class Cluster:
 
     def status(self, service: str, host: str) -> Any:
         """The agent's status record of ``service`` on ``host``."""
-        return self.kv_json(f"operator/status/{service}/{host}")
+        return self.kv_json(f"{self.layout.status_prefix}{service}/{host}")
 
     def status_error(self, service: str, host: str) -> str:
         """The error in the agent's status record ("" when none or no record)."""
@@ -156,7 +162,7 @@ class Cluster:
 
     def leader(self) -> str | None:
         """The host holding the leader lock, per its value."""
-        entry = self.consul.kv_get("operator/leader", consistent=True).value
+        entry = self.consul.kv_get(self.layout.leader_key, consistent=True).value
         if entry is None or not entry.session:
             return None
         return str(json.loads(entry.value)["host"])
@@ -165,21 +171,13 @@ class Cluster:
         """Pid of the operator agent of ``host``."""
         return self.staging.pids()[f"agent-{host}"]
 
-    def metric(self, agent: str, name: str, **labels: str) -> float:
-        """One sample from the /metrics of the agent of host ``agent`` (0 when absent)."""
-        address = self.staging.addresses[HOSTS.index(agent)]
-        with urllib.request.urlopen(f"http://{address}:9810/metrics", timeout=5) as response:
-            text = response.read().decode()
-        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-        for line in text.splitlines():
-            if line.startswith("#"):
-                continue
-            metric, _, value = line.rpartition(" ")
-            base, _, rest = metric.partition("{")
-            got = ",".join(sorted(rest.rstrip("}").split(","))) if rest else ""
-            if base == name and got == want:
-                return float(value)
-        return 0.0
+    def scrape(self, daemon: str, /) -> Scrape:
+        """The /metrics of host ``daemon``'s daemon: host-1's and host-2's agents, host-3's load balancer."""
+        return scrape(f"{self.staging.addresses[HOSTS.index(daemon)]}:9810")
+
+    def metric(self, daemon: str, name: str, /, **labels: str) -> float:
+        """One sample from the /metrics of the daemon of host ``daemon`` (0 when absent)."""
+        return self.scrape(daemon).value(name, **labels)
 
     def last_host_pass(self, host: str) -> float:
         """Unix time of the agent's last successful host reconcile pass."""

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGING = ROOT / "scripts" / "staging.sh"
@@ -35,6 +36,22 @@ def tool(name: str) -> str:
     if found is None:
         raise AssertionError(f"{name} is not installed: run `make deps`")
     return found
+
+
+class Environment(Protocol):
+    """What `Cluster` and the chaos checks use of an environment: `Staging`, or `Nodes` (support/nodes.py)."""
+
+    @property
+    def name(self) -> str: ...  # also its containers' cluster label
+    @property
+    def addresses(self) -> tuple[str, str, str]: ...  # host-1..3; NGINX on the third, port 80
+    @property
+    def run_dir(self) -> Path: ...
+    def run(self, command: str) -> subprocess.CompletedProcess[str]: ...  # up, down
+    def consul_addr(self, host: str = "host-1") -> str: ...
+    def nginx_conf(self) -> str: ...
+    def consul_alive(self, host: str) -> bool: ...
+    def pids(self) -> dict[str, int]: ...  # daemons that are processes of this machine
 
 
 @dataclass(frozen=True)
@@ -69,6 +86,14 @@ class Staging:
     def consul_addr(self, host: str = "host-1") -> str:
         """HTTP address of the Consul agent of ``host``."""
         return f"{self.addresses[HOSTS.index(host)]}:8500"
+
+    def nginx_conf(self) -> str:
+        """The configuration the load balancer installed in its own NGINX."""
+        return (self.run_dir / "nginx" / "nginx.conf").read_text()
+
+    def consul_alive(self, host: str) -> bool:
+        """Whether the Consul agent of ``host`` runs."""
+        return pid_alive(self.pids().get(f"consul-{host}", -1))
 
     def run(self, command: str) -> subprocess.CompletedProcess[str]:
         """Run ``staging.sh COMMAND``; a failure fails the test with the script's output."""

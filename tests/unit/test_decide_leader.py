@@ -416,8 +416,25 @@ def test_convergence_is_timed_from_the_change_the_leader_saw() -> None:
     assert dict(later.memory.changed_at) == {}
 
 
-def test_a_deleted_service_is_forgotten() -> None:
-    """A service whose manifest is gone leaves the memory (its gauges go with it)."""
-    plan = decide(Case(None, memory=LeaderMemory(seen={"web": V1}, changed_at={"web": NOW - 1})))
+@pytest.mark.parametrize(
+    "memory",
+    [
+        pytest.param(
+            LeaderMemory(seen={"web": V1}, changed_at={"web": NOW - 1}, exported=frozenset({"web"})),
+            id="valid-before",
+        ),
+        pytest.param(LeaderMemory(exported=frozenset({"web"}), observed=True), id="never-valid"),
+    ],
+)
+def test_a_deleted_service_is_forgotten(memory: LeaderMemory) -> None:
+    """A service whose manifest, valid or not, is gone leaves the memory; its figures go with it."""
+    plan = decide(Case(None, memory=memory))
     assert plan.forgotten == ("web",)
-    assert not plan.memory.seen and not plan.memory.changed_at
+    assert not plan.memory.seen and not plan.memory.changed_at and not plan.memory.exported
+
+
+def test_a_new_service_is_timed_but_not_on_the_leaders_first_pass() -> None:
+    """A service put while this leader leads converges in measured time; one it found at start does not."""
+    first = decide(Case(V1))
+    assert not first.memory.changed_at and first.memory.observed
+    assert dict(decide(Case(V1, memory=LeaderMemory(observed=True))).memory.changed_at) == {"web": NOW}

@@ -7,3 +7,5 @@ advertise_addr = "192.168.50.103"
 # for the other hosts and for people on the staging network. With ACLs on
 # (acl.hcl) every request there needs a token.
 client_addr = "127.0.0.1 192.168.50.103"
+# The three servers of the topology, joined by address.
+retry_join = ["192.168.50.101", "192.168.50.102", "192.168.50.103"]

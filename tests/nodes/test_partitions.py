@@ -1,0 +1,68 @@
+"""Partitions, systemd restarts and a reboot on the node environment: each node fault once, seeded."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.chaos.harness import LOG_DIR
+from tests.chaos.nodes import NODE_FAULTS, NodeChaos
+from tests.chaos.test_chaos import PER_FAULT_BUDGET, RUN_BUDGET
+from tests.support.cluster import Cluster
+
+SEED = 20261128
+
+
+@pytest.fixture(scope="module")
+def node_chaos(node_cluster: Cluster) -> NodeChaos:
+    """The run, done once for the module's assertions."""
+    log_path = LOG_DIR / f"nodes-seed-{SEED}.log"
+    log_path.unlink(missing_ok=True)
+    chaos = NodeChaos(node_cluster, SEED, log_path)
+    order = list(NODE_FAULTS)
+    chaos.rng.shuffle(order)
+    try:
+        chaos.setup()
+        chaos.run(order)
+    finally:
+        print(chaos.report())
+        print(chaos.figures)
+    return chaos
+
+
+def test_every_node_fault_converges(node_chaos: NodeChaos) -> None:
+    """After each partition, crash and reboot, every service is back at its count, passing, behind NGINX."""
+    assert sorted(f.name for f in node_chaos.faults) == sorted(NODE_FAULTS)
+    never = [f"{f.name} ({f.detail})" for f in node_chaos.faults if f.converged_after is None]
+    assert never == [], f"did not converge: {never}; log {node_chaos.log_path}"
+
+
+def test_node_faults_own_checks_held(node_chaos: NodeChaos) -> None:
+    """Each fault's promise: a leader in the majority, cut-off containers kept, LB config kept."""
+    assert node_chaos.violations.fault_checks == [], node_chaos.report()
+
+
+def test_no_duplicates_and_only_the_lock_holder_wrote(node_chaos: NodeChaos) -> None:
+    """No more replicas than desired on the majority's side, no orphan after a heal, placements fenced."""
+    assert node_chaos.violations.extra_replicas == []
+    assert node_chaos.violations.orphans == []
+    assert node_chaos.violations.unfenced_writes == []
+
+
+def test_monitor_sampled_throughout_the_node_faults(node_chaos: NodeChaos) -> None:
+    """The monitor behind these checks sampled enough, and failed only where a fault explains it."""
+    assert node_chaos.samples > 0
+    assert node_chaos.monitor_failed() == [], node_chaos.report()
+
+
+def test_node_faults_fail_requests_within_budget(node_chaos: NodeChaos) -> None:
+    """A fault that leaves a replica of every service reachable fails at most a couple of requests."""
+    over = [
+        f"{f.name}: {f.failed_requests} failed"
+        for f in node_chaos.faults
+        if not f.total_loss and f.failed_requests > PER_FAULT_BUDGET
+    ]
+    assert over == [], node_chaos.report()
+    requests = sum(len(load.outcomes) for load in node_chaos.loads.values())
+    failed = sum(len(load.failures) for load in node_chaos.loads.values())
+    assert requests > 100
+    assert failed <= RUN_BUDGET * requests, node_chaos.report()

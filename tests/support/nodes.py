@@ -1,0 +1,212 @@
+"""Drive scripts/nodes.sh from tests: three systemd node containers, and partitions between them.
+
+`Nodes` has the interface of `Staging` that `Cluster` and the chaos harness
+use (name, addresses, run, consul_addr, nginx_conf, consul_alive), so the same
+checks run on either environment. What only nodes have: a Docker engine per
+app host (`engines`, one client per node's socket), commands inside a node
+(`exec`), and network partitions made with iptables inside the nodes.
+
+A partition is a set of one-way cuts. A cut "from A to B" drops, in B's raw
+table (before connection tracking and the engine's port forwarding), every
+packet B receives from A's address: TCP in both directions breaks, UDP gossip
+from A is lost. `heal` removes every cut. The machine itself (the network's
+gateway) always reaches every node, so a test keeps seeing all sides.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+
+from consul_operator.docker_client import connect
+from tests.support.staging import HOSTS, ROOT, wait_until
+
+NODES = ROOT / "scripts" / "nodes.sh"
+APP_HOSTS = ("host-1", "host-2")
+CHAIN = "CHAOS"
+# Consul's server RPC, LAN and WAN gossip: what a control-plane-only cut drops.
+CONSUL_PORTS = "8300:8302"
+
+
+def node_addresses(subnet: str) -> tuple[str, str, str]:
+    """host-1..3 of a /24: .11, .12, .13 (as scripts/nodes.sh gives them)."""
+    prefix = subnet.removesuffix(".0/24")
+    return (f"{prefix}.11", f"{prefix}.12", f"{prefix}.13")
+
+
+class Engines:
+    """The app hosts' Docker engines as one: `containers.list` over all of them (what `Cluster` calls)."""
+
+    def __init__(self, clients: dict[str, docker.DockerClient]) -> None:
+        self.clients = clients
+        self.containers = self
+
+    def list(self, **kwargs: Any) -> list[Any]:
+        found: list[Any] = []
+        for client in self.clients.values():
+            found += client.containers.list(**kwargs)
+        return found
+
+
+@dataclass
+class Nodes:
+    """One node environment of scripts/nodes.sh: its name, subnet and the cuts in place."""
+
+    name: str
+    subnet: str
+    addresses: tuple[str, str, str] = field(init=False)
+    run_dir: Path = field(init=False)
+    cuts: set[tuple[str, str, bool]] = field(default_factory=set)  # (from, to, consul ports only)
+
+    def __post_init__(self) -> None:
+        self.addresses = node_addresses(self.subnet)
+        self.run_dir = ROOT / ".run" / self.name
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "NODES_NAME": self.name,
+            "NODES_SUBNET": self.subnet,
+            "RUN_DIR": str(self.run_dir),
+        }
+
+    def run(self, command: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        """Run ``nodes.sh COMMAND``; a failure fails the test with the script's output."""
+        result = subprocess.run(
+            ["bash", str(NODES), command],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise AssertionError(
+                f"nodes.sh {command} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+    def container(self, host: str) -> str:
+        """The node container of ``host``."""
+        return f"{self.name}-{host}"
+
+    def address(self, host: str) -> str:
+        return self.addresses[HOSTS.index(host)]
+
+    def consul_addr(self, host: str = "host-1") -> str:
+        """HTTP address of the Consul agent of ``host`` (its client_addr includes the node's address)."""
+        return f"{self.address(host)}:8500"
+
+    def exec(self, host: str, *command: str, check: bool = True, timeout: float = 120) -> str:
+        """Run ``command`` inside the node of ``host``; its stdout."""
+        result = subprocess.run(
+            ["docker", "exec", self.container(host), *command],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"{host}: {' '.join(command)} failed: {result.stdout}{result.stderr}")
+        return result.stdout
+
+    def running(self, host: str) -> bool:
+        """Whether the node container of ``host`` runs."""
+        result = subprocess.run(
+            ["docker", "inspect", "-f", "{{.State.Running}}", self.container(host)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return result.stdout.strip() == "true"
+
+    def power_on(
+        self, host: str, timeout: float = 120, after_start: Callable[[], None] | None = None
+    ) -> None:
+        """After a reboot: once the node stopped, start it (power on); wait for systemd and the daemon."""
+        wait_until(lambda: not self.running(host), timeout=timeout, what=f"{host} to go down")
+        subprocess.run(["docker", "start", self.container(host)], check=True, capture_output=True, timeout=60)
+        if after_start is not None:
+            after_start()
+        wait_until(
+            lambda: self.exec(host, "systemctl", "is-system-running", check=False).strip() == "running",
+            timeout=timeout,
+            what=f"{host}'s systemd to boot",
+        )
+        wait_until(
+            lambda: (
+                urllib.request.urlopen(f"http://{self.address(host)}:9810/healthz", timeout=2).status == 200
+            ),
+            timeout=timeout,
+            what=f"{host}'s daemon to be healthy",
+        )
+
+    def engines(self) -> Engines:
+        """Clients of the app hosts' engines, through the sockets nodes.sh gives the machine."""
+        return Engines({h: connect(f"unix://{self.run_dir / h / 'docker.sock'}") for h in APP_HOSTS})
+
+    def pids(self) -> dict[str, int]:
+        """None: every daemon runs inside a node, under its systemd (see `exec`)."""
+        return {}
+
+    def nginx_conf(self) -> str:
+        """The configuration the load balancer installed in the LB node's system NGINX."""
+        return self.exec("host-3", "cat", "/etc/nginx/conf.d/consul-operator.conf")
+
+    def consul_alive(self, host: str) -> bool:
+        """Whether ``host``'s Consul runs (whether it is in the majority depends on the cuts)."""
+        return self.exec(host, "systemctl", "is-active", "consul", check=False).strip() == "active"
+
+    # --- partitions --------------------------------------------------------------------------
+
+    def _rules(self, source: str, consul_only: bool) -> list[list[str]]:
+        address = self.address(source)
+        if not consul_only:
+            return [["-s", address, "-j", "DROP"]]
+        return [
+            ["-s", address, "-p", proto, f"--{side}", CONSUL_PORTS, "-j", "DROP"]
+            for proto in ("tcp", "udp")
+            for side in ("dport", "sport")
+        ]
+
+    def _chain(self, host: str) -> None:
+        """The CHAOS chain in ``host``'s raw table, jumped to first from PREROUTING (idempotent)."""
+        self.exec(
+            host,
+            "sh",
+            "-c",
+            f"iptables -t raw -N {CHAIN} 2>/dev/null; iptables -t raw -C PREROUTING -j {CHAIN} 2>/dev/null"
+            f" || iptables -t raw -I PREROUTING 1 -j {CHAIN}",
+        )
+
+    def cut(self, source: str, target: str, *, consul_only: bool = False) -> None:
+        """Drop what ``target`` receives from ``source`` (only Consul's ports with ``consul_only``)."""
+        self._chain(target)
+        for rule in self._rules(source, consul_only):
+            self.exec(target, "iptables", "-t", "raw", "-A", CHAIN, *rule)
+        self.cuts.add((source, target, consul_only))
+
+    def cut_link(self, a: str, b: str, *, consul_only: bool = False) -> None:
+        """Both directions between ``a`` and ``b``."""
+        self.cut(a, b, consul_only=consul_only)
+        self.cut(b, a, consul_only=consul_only)
+
+    def isolate(self, host: str, *, consul_only: bool = False) -> None:
+        """``host`` cut off from both other nodes, both ways (the machine still reaches it)."""
+        for other in HOSTS:
+            if other != host:
+                self.cut_link(host, other, consul_only=consul_only)
+
+    def heal(self) -> None:
+        """Every cut gone."""
+        for host in HOSTS:
+            self.exec(host, "sh", "-c", f"iptables -t raw -F {CHAIN} 2>/dev/null || true")
+        self.cuts.clear()
