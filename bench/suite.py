@@ -360,7 +360,7 @@ def scheduler_scale(results: Results) -> None:
             regs.append(Registration(c.name, n, c.id, c.spec_hash, "127.0.0.1", 30000 + k, True))
     for _ in range(5):
         started = time.perf_counter()
-        plan_host(host, desires, containers, regs, InFlight(), {}, 100.0, mono=100.0)
+        plan_host(desires, containers, regs, InFlight(), {}, 100.0, mono=100.0)
         plan_times.append(time.perf_counter() - started)
     results.scale["scheduler pass, first placement (s)"] = median(first_times)
     results.scale["scheduler pass, steady state (s)"] = median(steady_times)

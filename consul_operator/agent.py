@@ -23,6 +23,7 @@ import structlog
 from consul_operator import metrics
 from consul_operator.actuators.catalog import CatalogActuator
 from consul_operator.actuators.docker import DockerActuator
+from consul_operator.backoff import retry_delay
 from consul_operator.consul_client import ConsulClient
 from consul_operator.docker_client import connect
 from consul_operator.errors import ConsulError
@@ -30,7 +31,7 @@ from consul_operator.host_agent import Executor, HostAgent
 from consul_operator.keys import Layout
 from consul_operator.kv_state import start_watch
 from consul_operator.leader import LeaderElection
-from consul_operator.loop import Trigger, retry_delay, run_loop, stop_on_signals, wait_for_stop
+from consul_operator.loop import Trigger, run_loop, stop_on_signals, wait_for_stop
 from consul_operator.presence import AGENT_SERVICE, Presence
 from consul_operator.scheduler import Scheduler
 

@@ -1,4 +1,4 @@
-"""The commands a person runs: status, wait, apply, plan, delete.
+"""The commands a person runs: validate, status, wait, apply, plan, rollback, delete.
 
 Exit codes: 0 done / converged, 1 not (invalid file, not converged, timed
 out, no such service), 2 usage error or Consul unreachable.
@@ -18,8 +18,9 @@ from consul_operator.consul_client import TXN_MAX_BYTES, TXN_MAX_OPS, BlockingQu
 from consul_operator.desired_state import Manifest, ManifestError, parse_manifest
 from consul_operator.errors import ConsulError, ConsulPermissionDenied
 from consul_operator.keys import Layout
-from consul_operator.model import HostInfo, RolloutRecord
+from consul_operator.model import HostInfo
 from consul_operator.reconcile import schedule
+from consul_operator.records import RollbackRequest, RolloutRecord, RolloutState
 from consul_operator.snapshot import read_snapshot
 from consul_operator.status import (
     StatusView,
@@ -147,8 +148,11 @@ def wait(
             time.sleep(min(1.0, max(0.0, deadline - clock())))
 
 
-def _load(files: Sequence[str]) -> tuple[list[tuple[str, bytes, Manifest]], bool]:
-    """Read and validate every file; print every problem. Returns (good ones, all good)."""
+def load_files(files: Sequence[str]) -> tuple[list[tuple[str, bytes, Manifest]], bool]:
+    """Read (``-``: standard input) and validate every file; print every problem.
+
+    The one loader of manifest files. Returns (the good ones as (file, text, manifest), all good).
+    """
     good: list[tuple[str, bytes, Manifest]] = []
     ok = True
     for name in files:
@@ -166,6 +170,17 @@ def _load(files: Sequence[str]) -> tuple[list[tuple[str, bytes, Manifest]], bool
             continue
         good.append((name, data, manifest))
     return good, ok
+
+
+def validate(files: Sequence[str]) -> int:
+    """``operator validate``: one OK line per good file, every problem of a bad one (exit 1)."""
+    loaded, ok = load_files(files)
+    for name, _, manifest in loaded:
+        print(
+            f"{name}: OK ({manifest.name}: {manifest.image}, {manifest.replicas} replicas,"
+            f" spec {manifest.spec_hash()})"
+        )
+    return EXIT_OK if ok else EXIT_NOT_OK
 
 
 def duplicate_names(loaded: Sequence[tuple[str, bytes, Manifest]]) -> dict[str, list[str]]:
@@ -218,7 +233,7 @@ def apply(target: Target, files: Sequence[str]) -> int:
     if another writer changed a manifest in between, nothing of that
     transaction is written and the command says which service.
     """
-    loaded, ok = _load(files)
+    loaded, ok = load_files(files)
     if not ok:
         print("nothing written: fix the problems above", file=sys.stderr)
         return EXIT_NOT_OK
@@ -299,7 +314,7 @@ def _conflict(write: Write) -> str:
 
 def plan(target: Target, files: Sequence[str]) -> int:
     """Show what applying the files would change, per host, without writing anything."""
-    loaded, ok = _load(files)
+    loaded, ok = load_files(files)
     if not ok:
         return EXIT_NOT_OK
     try:
@@ -340,8 +355,8 @@ def rollback_refusal(manifest: Manifest | str | None, rollout: RolloutRecord | N
     """Why the leader would drop a rollback request, or None when it would honour it.
 
     ``manifest`` is the service's manifest, the first problem of an invalid
-    one, or None when there is none. Mirrors `Scheduler._rollouts`: the leader
-    acts only on a valid manifest with a rollout that is progressing,
+    one, or None when there is none. Mirrors `leader_plan.decide_leader`: the
+    leader acts only on a valid manifest with a rollout that is progressing,
     complete or failed.
     """
     if manifest is None:
@@ -350,9 +365,9 @@ def rollback_refusal(manifest: Manifest | str | None, rollout: RolloutRecord | N
         return f"its manifest is invalid ({manifest}); the leader rolls back valid manifests only"
     if rollout is None:
         return "no rollout to roll back: the service has had one spec only (no previous spec kept)"
-    if rollout.state == "rolling_back":
+    if rollout.state == RolloutState.ROLLING_BACK:
         return f"already rolling back to spec {rollout.to_spec}"
-    if rollout.state == "rolled_back":
+    if rollout.state == RolloutState.ROLLED_BACK:
         return f"already rolled back to spec {rollout.to_spec}; apply a manifest to move on"
     if rollout.from_spec == rollout.to_spec:
         return (
@@ -378,7 +393,7 @@ def rollback(
         if refusal is not None:
             print(f"{name}: cannot roll back: {refusal}", file=sys.stderr)
             return EXIT_NOT_OK
-        request = json.dumps({"requested": time.time()})
+        request = RollbackRequest(time.time()).to_json()
         if not target.consul.kv_put(layout.rollback_key(name), request, cas=0):
             print(
                 f"{name}: a rollback is already requested; the leader has not taken it up yet",
@@ -405,7 +420,7 @@ def rollback(
         _, rollout = _rollback_facts(target, name)
     except ConsulError as exc:
         return _unreachable(exc)
-    if rollout is not None and rollout.state == "rolling_back":
+    if rollout is not None and rollout.state == RolloutState.ROLLING_BACK:
         print(f"{name}: rolling back to spec {rollout.to_spec}; `operator wait {name}` follows it")
         return EXIT_OK
     state = "no rollout" if rollout is None else rollout.state

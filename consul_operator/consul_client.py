@@ -36,6 +36,7 @@ from consul_operator.errors import (
     ConsulUnavailable,
     NotLeader,
 )
+from consul_operator.model import ServiceInstance
 from consul_operator.txn import txn_body
 
 T = TypeVar("T")
@@ -112,20 +113,6 @@ class Indexed(Generic[T_co]):
 
     index: int
     value: T_co
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceInstance:
-    """One instance of a service as the health endpoint reports it."""
-
-    node: str
-    node_address: str
-    service_id: str
-    service: str
-    address: str
-    port: int
-    meta: Mapping[str, str]
-    status: str  # aggregated: "passing", "warning" or "critical"
 
 
 def _reason(exc: Exception) -> str:
@@ -404,24 +391,6 @@ class ConsulClient:
             # Not agent.self(): py-consul sends no ACL token with it.
             info = self._client.http.get(CB.json(), "/v1/agent/self", headers=self._client.prepare_headers())
         return str(info["Config"]["NodeName"])
-
-    def register_ttl_check(self, check_id: str, name: str, ttl: float, notes: str = "") -> None:
-        """Register a TTL check on the local agent, which we then keep passing."""
-        body = {
-            "ID": check_id,
-            "Name": name,
-            "TTL": _go_duration(ttl),
-            "Notes": notes,
-            # A check that stays critical this long is reaped with the service.
-            "DeregisterCriticalServiceAfter": "10m",
-        }
-        with _wrapped(f"registering check {check_id!r}"):
-            self._client.http.put(
-                CB.boolean(),
-                "/v1/agent/check/register",
-                data=json.dumps(body),
-                headers=self._client.prepare_headers(),
-            )
 
     def register_service(self, definition: Mapping[str, Any], *, timeout: float | None = None) -> None:
         """Register a service (Consul's JSON service definition) on the local agent.

@@ -82,7 +82,7 @@ _SPEC_FIELDS: Final = ("name", "image", "command", "env", "port", "health")
 # the NGINX config: whitelisted, never escaped. The one rule of the code base:
 # always used whole (`is_dns_label`, or `fullmatch`), never with `match` and
 # `$`, which accepts a trailing newline.
-DNS_LABEL_RE: Final = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_DNS_LABEL_RE: Final = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _DNS_LABEL_RULE: Final = (
     "must be a DNS label (1-63 characters: lowercase letters, digits and '-', "
     "starting and ending with a letter or digit)"
@@ -95,7 +95,7 @@ RESERVED_SERVICE_NAMES: Final = frozenset({"operator-agent", "consul"})
 
 def is_dns_label(text: object) -> bool:
     """Whether ``text`` is a string that is, as a whole, a DNS label (no newline, no control character)."""
-    return isinstance(text, str) and DNS_LABEL_RE.fullmatch(text) is not None
+    return isinstance(text, str) and _DNS_LABEL_RE.fullmatch(text) is not None
 
 
 _ENV_NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -124,8 +124,10 @@ _IMAGE_RULE: Final = (
 
 _DEFAULT_INTERVAL: Final = 2.0
 _DEFAULT_TIMEOUT: Final = 1.0
-_DEFAULT_DRAIN: Final = 2.0
-_DEFAULT_STOP_GRACE: Final = 10.0
+DEFAULT_DRAIN: Final = 2.0
+"""Seconds between deregistering a replica and stopping it, unless the manifest says otherwise."""
+DEFAULT_STOP_GRACE: Final = 10.0
+"""Seconds from SIGTERM to SIGKILL, unless the manifest says otherwise."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,8 +207,8 @@ class Manifest:
     env: tuple[tuple[str, str], ...] = ()  # sorted by name, so equal envs compare equal
     placement: Placement = Placement()
     health: HealthCheck = HealthCheck()
-    drain: float = _DEFAULT_DRAIN
-    stop_grace: float = _DEFAULT_STOP_GRACE
+    drain: float = DEFAULT_DRAIN
+    stop_grace: float = DEFAULT_STOP_GRACE
     update: UpdatePolicy = UpdatePolicy()
 
     @property
@@ -291,12 +293,12 @@ def manifest_from_dict(data: object, *, key_name: str | None = None) -> Manifest
     env = _check_env(fields.get("env"), problems)
     placement = _check_placement(fields.get("placement"), problems)
     health = _check_health(fields.get("health"), fields.get("port") is not None, problems)
-    drain = _duration_field(fields, "drain", "drain", _DEFAULT_DRAIN, 0.0, MAX_DRAIN_SECONDS, problems)
+    drain = _duration_field(fields, "drain", "drain", DEFAULT_DRAIN, 0.0, MAX_DRAIN_SECONDS, problems)
     stop_grace = _duration_field(
         fields,
         "stop_grace",
         "stop_grace",
-        _DEFAULT_STOP_GRACE,
+        DEFAULT_STOP_GRACE,
         0.0,
         MAX_STOP_GRACE_SECONDS,
         problems,
@@ -730,7 +732,7 @@ def _check_name(fields: Mapping[str, object], key_name: str | None, problems: li
     name = _string(fields["name"], "name", problems)
     if name is None:
         return None
-    if not DNS_LABEL_RE.fullmatch(name):
+    if not is_dns_label(name):
         problems.append(Problem("name", f"{_DNS_LABEL_RULE}, got {_short(name)}"))
         return None
     if name in RESERVED_SERVICE_NAMES:
@@ -911,7 +913,7 @@ def _check_hosts(value: object, problems: list[Problem]) -> tuple[str, ...] | No
         host = _string(item, f"{path}[{index}]", problems)
         if host is None:
             continue
-        if not DNS_LABEL_RE.fullmatch(host):
+        if not is_dns_label(host):
             problems.append(Problem(f"{path}[{index}]", f"{_DNS_LABEL_RULE}, got {_short(host)}"))
         elif host in hosts:
             problems.append(Problem(f"{path}[{index}]", f"{host!r} is listed twice"))

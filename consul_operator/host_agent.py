@@ -9,7 +9,6 @@ starts or stops a container.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections import Counter, deque
@@ -23,37 +22,34 @@ import structlog
 from consul_operator import metrics
 from consul_operator.actuators.catalog import CatalogActuator
 from consul_operator.actuators.docker import DockerActuator, container_name
+from consul_operator.backoff import Backoff, backoff_after_failure
 from consul_operator.consul_client import ConsulClient
 from consul_operator.desired_state import Manifest
 from consul_operator.errors import ConsulError, OperatorError
+from consul_operator.host_plan import (
+    backoff_after_crash,
+    ends_streak,
+    host_desires,
+    plan_host,
+    revisions_wanted,
+)
 from consul_operator.keys import Layout
-from consul_operator.kv_state import read_manifests, read_placements, read_revision
+from consul_operator.kv_state import read_manifests, read_placements, read_revision, read_statuses
 from consul_operator.loop import PassResult
 from consul_operator.model import (
     Action,
-    Backoff,
     ContainerInfo,
     Deregister,
     DrainContainer,
     InFlight,
-    PlacementRecord,
     Register,
     RemoveDead,
-    ServiceDesire,
     ServiceReport,
     StartContainer,
     action_key,
     action_service,
-    frozen_map,
 )
-from consul_operator.ownership import STATUS_INSTANCES
-from consul_operator.reconcile import (
-    backoff_after_crash,
-    backoff_after_failure,
-    backoff_after_success,
-    ends_streak,
-    plan_host,
-)
+from consul_operator.records import StatusRecord, frozen_map
 from consul_operator.timers import Timers
 
 log = structlog.get_logger()
@@ -378,13 +374,18 @@ class HostAgent:
     mono: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
-        self._written: dict[str, dict[str, object]] | None = None
+        self._written: dict[str, StatusRecord] | None = None
 
     def reconcile(self) -> PassResult:
         """One pass: read, plan, act, report."""
         now = self.wall()
         manifests = read_manifests(self.consul, self.layout)
         placements = read_placements(self.consul, self.layout)
+        revisions = {
+            (name, spec): kept
+            for name, spec in revisions_wanted(self.host, manifests, placements)
+            if (kept := read_revision(self.consul, self.layout, name, spec)) is not None
+        }
         registrations = self.catalog.registrations()
         containers, inflight = self._observe()
         with self.executor.lock:
@@ -393,22 +394,9 @@ class HostAgent:
             present = {c.id for c in containers} | {c.name for c in containers}
             self.executor.forget_actions(present | {r.service_id for r in registrations})
 
-        desires: dict[str, ServiceDesire] = {}
-        for name, manifest in manifests.items():
-            if not isinstance(manifest, Manifest):
-                desires[name] = ServiceDesire(name, None, 0, error=f"Invalid: {manifest.problems[0]}")
-            elif name not in placements:
-                # No decision yet: keep whatever runs rather than guess a count.
-                desires[name] = ServiceDesire(name, None, 0, error="Pending: not placed yet")
-            elif placements[name].specs:
-                desires[name] = self._paced_desire(manifest, placements[name].spec_counts(self.host))
-            elif (paced := self._placed_spec_desire(manifest, placements[name])) is not None:
-                desires[name] = paced
-            else:
-                desires[name] = ServiceDesire(name, manifest, placements[name].hosts.get(self.host, 0))
-
+        desires = host_desires(self.host, manifests, placements, revisions)
         mono = self.mono()
-        plan = plan_host(self.host, desires, containers, registrations, inflight, backoffs, now, mono=mono)
+        plan = plan_host(desires, containers, registrations, inflight, backoffs, now, mono=mono)
         for action in plan.actions:
             self.executor.submit(action)
         self._report(plan.reports, _running_specs(containers), now, _instance_ids(containers))
@@ -434,38 +422,10 @@ class HostAgent:
             containers = self.docker.list_containers()
             return containers, self.executor.snapshot(containers)
 
-    def _placed_spec_desire(self, manifest: Manifest, record: PlacementRecord) -> ServiceDesire | None:
-        """The manifest changed but the leader's placement still names the spec in use: keep to it.
-
-        The leader paces the change; until it does, this host runs the placed
-        spec (from its revision). Without a revision (state from before
-        rollouts) the change is left to the host plan, as before.
-        """
-        if record.spec_hash == manifest.spec_hash():
-            return None
-        desire = self._paced_desire(manifest, record.spec_counts(self.host))
-        return desire if record.spec_hash in desire.revisions else None
-
-    def _paced_desire(self, manifest: Manifest, counts: dict[str, int]) -> ServiceDesire:
-        """A service in a rollout: the leader's count per spec, each spec's manifest from its revision."""
-        revisions = {manifest.spec_hash(): manifest}
-        for spec in counts:
-            if spec not in revisions:
-                kept = read_revision(self.consul, self.layout, manifest.name, spec)
-                if kept is not None:
-                    revisions[spec] = kept
-        return ServiceDesire(
-            manifest.name,
-            manifest,
-            sum(counts.values()),
-            specs=frozen_map(counts),
-            revisions=revisions,
-        )
-
     def _reset_backoffs(self, containers: list[ContainerInfo], now: float) -> None:
         for service, backoff in list(self.executor.backoffs.items()):
             if any(c.service == service and ends_streak(backoff, c, now) for c in containers):
-                self.executor.backoffs[service] = backoff_after_success(backoff)
+                self.executor.backoffs[service] = Backoff()  # a long enough run: the streak is over
 
     def _report(
         self,
@@ -478,31 +438,29 @@ class HostAgent:
         if self._written is None:
             self._written = self._read_written()
         for report in reports:
-            body: dict[str, object] = {
-                "host": self.host,
-                "service": report.service,
-                "spec_hash": report.spec_hash,
-                "desired": report.desired,
-                "running": report.running,
-                "healthy": report.healthy,
-                "error": report.error,
+            record = StatusRecord(
+                service=report.service,
+                host=self.host,
+                spec_hash=report.spec_hash,
+                desired=report.desired,
+                running=report.running,
+                healthy=report.healthy,
+                error=report.error,
+                hold=report.hold,
                 # Running containers per spec, draining ones included: the leader's surge limit.
-                "specs": specs.get(report.service, {}),
+                specs=frozen_map(specs.get(report.service, {})),
                 # Our instance ids (container names): what counts as ours (ownership.py).
-                STATUS_INSTANCES: instances.get(report.service, []),
-            }
+                instances=tuple(instances.get(report.service, [])),
+                since=now,
+            )
             metrics.running_replicas.labels(report.service, self.host).set(report.running)
             metrics.host_healthy_replicas.labels(report.service, self.host).set(report.healthy)
             backoff = self.executor.backoffs.get(report.service, Backoff())
             metrics.consecutive_failures.labels(report.service, self.host).set(backoff.failures)
-            previous = self._written.get(report.service)
-            if previous is not None and {k: previous.get(k) for k in body} == body:
+            if record.same_report(self._written.get(report.service)):
                 continue
-            self.consul.kv_put(
-                self.layout.status_key(report.service, self.host),
-                json.dumps({**body, "since": now}, sort_keys=True),
-            )
-            self._written[report.service] = {**body, "since": now}
+            self.consul.kv_put(self.layout.status_key(report.service, self.host), record.to_json())
+            self._written[report.service] = record
         reported = {r.service for r in reports}
         for service in list(self._written):
             if service not in reported:
@@ -513,15 +471,10 @@ class HostAgent:
                 metrics.host_healthy_replicas.remove(service, self.host)
                 metrics.consecutive_failures.remove(service, self.host)
 
-    def _read_written(self) -> dict[str, dict[str, object]]:
+    def _read_written(self) -> dict[str, StatusRecord]:
         """Our status keys as a previous run of this agent left them, so a restart rewrites nothing."""
-        written: dict[str, dict[str, object]] = {}
-        for entry in self.consul.kv_list(self.layout.status_prefix).value:
-            service, _, host = entry.key[len(self.layout.status_prefix) :].partition("/")
-            if host != self.host:
-                continue
-            try:
-                written[service] = dict(json.loads(entry.value))
-            except ValueError:
-                continue
-        return written
+        return {
+            service: per_host[self.host]
+            for service, per_host in read_statuses(self.consul, self.layout).items()
+            if self.host in per_host
+        }

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
 
 import structlog
 
@@ -22,12 +22,19 @@ from consul_operator.consul_client import BlockingQuery, ConsulClient, Indexed
 from consul_operator.desired_state import Manifest, ManifestError, parse_manifest
 from consul_operator.errors import ConsulError
 from consul_operator.keys import Layout
-from consul_operator.loop import Trigger
-from consul_operator.model import PlacementRecord, RolloutRecord
+from consul_operator.records import LeaderRecord, PlacementRecord, RolloutRecord, StatusRecord
 
 log = structlog.get_logger()
 
 R = TypeVar("R")
+
+
+class Firable(Protocol):
+    """What a watch wakes up: a loop's `loop.Trigger` (a watch knows nothing of loops)."""
+
+    def fire(self) -> None:
+        """Ask for a pass soon."""
+
 
 ManifestResult = Manifest | ManifestError
 
@@ -145,10 +152,48 @@ def read_rollouts(consul: ConsulClient, layout: Layout) -> dict[str, RolloutReco
     return _read_records(consul, layout.rollout_prefix, RolloutRecord.from_json, "rollout")
 
 
+StatusRecords = dict[str, dict[str, StatusRecord]]
+"""``operator/status/`` records by service, then host."""
+
+
+def read_statuses(
+    consul: ConsulClient, layout: Layout, *, consistent: bool = False, keep_unreadable: bool = False
+) -> StatusRecords:
+    """``operator/status/<service>/<host>`` records: service -> host -> record.
+
+    An unreadable record is left out, or with ``keep_unreadable`` kept as an
+    empty record (the leader still sees that its host has a record, and can remove it).
+    """
+    statuses: StatusRecords = {}
+    for entry in consul.kv_list(layout.status_prefix, consistent=consistent).value:
+        service, _, host = entry.key[len(layout.status_prefix) :].partition("/")
+        if not service or not host or "/" in host:
+            continue
+        try:
+            record = StatusRecord.from_json(entry.value, service=service, host=host)
+        except ValueError:
+            if not keep_unreadable:
+                continue
+            record = StatusRecord(service, host)
+        statuses.setdefault(service, {})[host] = record
+    return statuses
+
+
+def read_leader(consul: ConsulClient, layout: Layout) -> LeaderRecord | None:
+    """Who holds the leader lock, and since when; None when nobody does."""
+    entry = consul.kv_get(layout.leader_key, consistent=True).value
+    if entry is None or not entry.session:
+        return None
+    try:
+        return LeaderRecord.from_json(entry.value)
+    except ValueError:
+        return None
+
+
 def watch(
     what: str,
     fetch: Callable[[int, float], Indexed[object]],
-    triggers: list[Trigger],
+    triggers: Sequence[Firable],
     stop: threading.Event,
 ) -> None:
     """Fire ``triggers`` whenever a blocking query on ``fetch`` sees a change; until ``stop``.
@@ -179,7 +224,7 @@ def watch(
 def start_watch(
     what: str,
     fetch: Callable[[int, float], Indexed[object]],
-    triggers: list[Trigger],
+    triggers: Sequence[Firable],
     stop: threading.Event,
 ) -> threading.Thread:
     """Run `watch` in a daemon thread."""

@@ -27,22 +27,22 @@ import structlog
 
 from consul_operator import metrics
 from consul_operator.actuators.nginx import ApplyResult, ManagedNginx, SystemNginx, render
-from consul_operator.consul_client import ConsulClient, ServiceInstance
+from consul_operator.backoff import retry_delay
+from consul_operator.consul_client import ConsulClient
 from consul_operator.desired_state import is_dns_label
 from consul_operator.health import HEALTH, tcp_probe
 from consul_operator.keys import Layout
-from consul_operator.kv_state import start_watch
+from consul_operator.kv_state import read_statuses, start_watch
 from consul_operator.loop import (
     PassResult,
     Trigger,
-    retry_delay,
     run_loop,
     stop_on_signals,
     wait_for_stop,
 )
+from consul_operator.model import ServiceInstance
 from consul_operator.ownership import owned
 from consul_operator.presence import read_agents
-from consul_operator.snapshot import read_statuses
 from consul_operator.upstreams import (
     LBView,
     Rejected,

@@ -23,7 +23,6 @@ that was paused or cut off can never overwrite its successor's decisions.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from consul_operator.consul_client import ConsulClient
 from consul_operator.errors import ConsulError, NotLeader
 from consul_operator.keys import Layout
 from consul_operator.presence import ttl_check_id
+from consul_operator.records import LeaderRecord
 
 log = structlog.get_logger()
 
@@ -165,7 +165,7 @@ class LeaderElection:
         with self._acquire_lock:
             if self._resigned:
                 return False
-            value = json.dumps({"host": self.host, "since": time.time()}).encode()
+            value = LeaderRecord(self.host, time.time()).to_json()
             return self.consul.kv_acquire(self.layout.leader_key, value, session)
 
     def _ensure_session(self) -> str | None:

@@ -19,7 +19,7 @@ from types import FrameType
 import structlog
 
 from consul_operator import metrics
-from consul_operator.backoff import exponential
+from consul_operator.backoff import retry_delay
 from consul_operator.errors import (
     ConsulError,
     ConsulPermissionDenied,
@@ -32,9 +32,6 @@ from consul_operator.errors import (
 from consul_operator.health import HEALTH, Health
 
 log = structlog.get_logger()
-
-RETRY_BASE = 0.5  # seconds before the first retry of a failed pass
-RETRY_CAP = 10.0  # the longest wait between retries; cheap even while a dependency is away
 
 
 class Trigger:
@@ -99,11 +96,6 @@ def error_reason(exc: BaseException) -> str:
     if isinstance(exc, NotLeader):
         return "not_leader"
     return "internal"
-
-
-def retry_delay(failures: int) -> float:
-    """Capped exponential back-off after ``failures`` consecutive failed passes."""
-    return exponential(max(failures, 1), RETRY_BASE, RETRY_CAP)
 
 
 def run_loop(

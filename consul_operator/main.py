@@ -18,7 +18,7 @@ from pathlib import Path
 from consul_operator import commands
 from consul_operator.commands import Target
 from consul_operator.consul_client import ConsulAddress, ConsulClient, check_token
-from consul_operator.desired_state import ManifestError, is_dns_label, parse_manifest
+from consul_operator.desired_state import is_dns_label
 from consul_operator.durations import DurationError, parse_duration
 from consul_operator.keys import Layout
 from consul_operator.logs import configure as configure_logs
@@ -31,26 +31,7 @@ EXIT_USAGE = 2
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check manifests locally: one OK line per good file, every problem of a bad one."""
-    worst = EXIT_OK
-    for name in args.files:
-        try:
-            data = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
-        except OSError as exc:
-            print(f"{name}: cannot read: {exc.strerror or exc}", file=sys.stderr)
-            worst = EXIT_NOT_OK
-            continue
-        try:
-            manifest = parse_manifest(data)
-        except ManifestError as exc:
-            for problem in exc.problems:
-                print(f"{name}: {problem}", file=sys.stderr)
-            worst = EXIT_NOT_OK
-            continue
-        print(
-            f"{name}: OK ({manifest.name}: {manifest.image}, {manifest.replicas} replicas,"
-            f" spec {manifest.spec_hash()})"
-        )
-    return worst
+    return commands.validate(args.files)
 
 
 def _duration(text: str) -> float:

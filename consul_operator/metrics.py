@@ -24,7 +24,7 @@ from prometheus_client import (
 from consul_operator.health import HEALTH
 
 # Fixed label values, pre-created below so that a rate() over them starts at 0.
-LOOPS = ("schedule", "host", "leader", "lb")
+LOOPS = ("schedule", "host", "lb")
 ERROR_REASONS = (
     "consul_unavailable",
     "consul_error",

@@ -1,18 +1,18 @@
 """The plain data the decisions work on: what is desired, what is observed, what to do.
 
 Everything here is a frozen dataclass with no behaviour that touches the
-world. `reconcile.py` turns these into plans; the watches and actuators fill
+world. The pure decisions (`reconcile.py` names them) turn these into plans; the watches and actuators fill
 them in and carry the plans out.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from consul_operator.desired_state import Manifest
+from consul_operator.records import Hold, frozen_map
 
 # Labels on every container the operator starts. The operator lists, changes
 # and removes only containers that carry LABEL_CLUSTER with its own cluster name.
@@ -31,12 +31,21 @@ META_CONTAINER = "container"
 META_SPEC = "spec-hash"
 
 
-def frozen_map(data: Mapping[str, int] | None = None) -> Mapping[str, int]:
-    """A read-only copy, so that frozen dataclasses stay frozen all the way down."""
-    return MappingProxyType(dict(data or {}))
+# --- cluster level: hosts and the catalog ---------------------------------------------
 
 
-# --- cluster level: hosts and placements ---------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ServiceInstance:
+    """One instance of a service as the health endpoint reports it."""
+
+    node: str
+    node_address: str
+    service_id: str
+    service: str
+    address: str
+    port: int
+    meta: Mapping[str, str]
+    status: str  # aggregated: "passing", "warning" or "critical"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,82 +63,6 @@ class HostInfo:
     lost_since: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class PlacementRecord:
-    """The leader's decision for one service: replicas per host.
-
-    Stored as JSON in ``operator/placement/<service>``. ``unplaced`` counts
-    replicas that no host could take (placement rules, too few hosts).
-    ``written_by`` names the leader that wrote it (for people and the chaos
-    test's fencing check); it is not part of the decision.
-    """
-
-    service: str
-    spec_hash: str
-    hosts: Mapping[str, int]
-    unplaced: int = 0
-    written_by: str = ""
-    # During a rollout: replicas per host per spec hash (``hosts`` holds the
-    # totals, so readers that ignore specs still see the counts). Empty: every
-    # replica is of ``spec_hash``.
-    specs: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
-
-    @property
-    def total(self) -> int:
-        """Replicas placed on some host."""
-        return sum(self.hosts.values())
-
-    def spec_counts(self, host: str) -> dict[str, int]:
-        """Replicas of each spec placed on ``host``."""
-        if self.specs:
-            return {s: n for s, n in self.specs.get(host, {}).items() if n > 0}
-        count = self.hosts.get(host, 0)
-        return {self.spec_hash: count} if count > 0 else {}
-
-    def _decision(self) -> dict[str, object]:
-        body: dict[str, object] = {
-            "service": self.service,
-            "spec_hash": self.spec_hash,
-            "hosts": {h: n for h, n in sorted(self.hosts.items()) if n > 0},
-            "unplaced": self.unplaced,
-        }
-        specs = {h: {s: n for s, n in sorted(c.items()) if n > 0} for h, c in sorted(self.specs.items())}
-        specs = {h: c for h, c in specs.items() if c}
-        if specs:  # absent outside a rollout: the form of records written before rollouts
-            body["specs"] = specs
-        return body
-
-    def to_json(self) -> bytes:
-        """The KV form; stable, so that an unchanged decision gives the same bytes."""
-        body = {**self._decision(), "written_by": self.written_by}
-        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-
-    @classmethod
-    def from_json(cls, data: bytes) -> PlacementRecord:
-        """Parse the KV form; raises ValueError when it is not ours."""
-        try:
-            body = json.loads(data)
-            hosts = {str(h): int(n) for h, n in dict(body["hosts"]).items()}
-            specs = {
-                str(h): MappingProxyType({str(s): int(n) for s, n in dict(c).items() if int(n) > 0})
-                for h, c in dict(body.get("specs") or {}).items()
-            }
-            return cls(
-                service=str(body["service"]),
-                spec_hash=str(body["spec_hash"]),
-                hosts=frozen_map({h: n for h, n in hosts.items() if n > 0}),
-                unplaced=int(body.get("unplaced", 0)),
-                written_by=str(body.get("written_by", "")),
-                specs=MappingProxyType({h: c for h, c in specs.items() if c}),
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ValueError(f"not a placement record: {exc}") from exc
-
-    def same_decision(self, other: PlacementRecord | None) -> bool:
-        """Whether writing ``self`` over ``other`` would change no decision (the writer may differ)."""
-        return other is not None and self._decision() == other._decision()
-
-
 # --- host level: what runs here ------------------------------------------------------
 
 
@@ -137,14 +70,16 @@ class PlacementRecord:
 class ServiceDesire:
     """What this host should run of one service.
 
-    ``manifest`` is None when the manifest in KV is invalid: then nothing of the
-    service is touched ("hands off"), and ``error`` says why.
+    ``manifest`` is None when the agent leaves the service alone ("hands
+    off"): nothing of it is touched; ``hold`` says why (its manifest is
+    invalid, or the leader has not placed it yet) and ``error`` says it to people.
     """
 
     service: str
     manifest: Manifest | None
     count: int
     error: str | None = None
+    hold: Hold | None = None
     # Set while the leader paces a rollout: replicas of each spec hash on this
     # host, and the manifest of each spec (from operator/revisions/). A spec
     # without a manifest here is left alone.
@@ -196,27 +131,6 @@ class Registration:
     address: str
     port: int
     healthy: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Consecutive failures of one service (or one action) on this host, and when to try again.
-
-    ``retry_at`` is on this process's monotonic clock (``time.monotonic``), so
-    that a step of the wall clock neither stretches nor skips a wait.
-    ``spec_hash`` is the spec that failed: only a long run of a container of
-    that spec ends the streak (during a rollout, the old spec's containers
-    running fine say nothing about the new one).
-    """
-
-    failures: int = 0
-    retry_at: float = 0.0
-    last_error: str = ""
-    spec_hash: str = ""
-
-    def ready(self, mono: float) -> bool:
-        """Whether a new try may start at monotonic time ``mono``."""
-        return mono >= self.retry_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,6 +243,7 @@ class ServiceReport:
     healthy: int
     spec_hash: str
     error: str = ""
+    hold: Hold | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,80 +259,13 @@ class HostPlan:
     wake_at: float | None = None
 
 
-# --- rollouts ------------------------------------------------------------------------
-
-ROLLOUT_STATES = ("progressing", "complete", "rolling_back", "rolled_back", "failed")
-"""Every state of a rollout; ``progressing`` and ``rolling_back`` are the active ones."""
+# --- what to log ---------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class RolloutRecord:
-    """The leader's rollout of one service from one spec hash to another.
+class Event:
+    """A decision worth a log line, as data: a pure decision returns it, its caller logs it."""
 
-    Stored as JSON in ``operator/rollout/<service>``. ``from_spec`` is the last
-    fully converged spec (the one a rollback returns to), ``to_spec`` the one
-    being rolled out; while rolling back, ``to_spec`` is that previous spec.
-    ``updated`` counts replicas of ``to_spec`` that passed for min_healthy,
-    out of ``total``.
-
-    ``started`` is a wall-clock stamp, for people only. The deadline is
-    measured by ``elapsed``: seconds the rollout has been in its state, as
-    leaders measured them with their own monotonic clocks (`time_rollout`).
-    Hosts' clocks may disagree, or one may step (NTP); a duration each
-    leader measures itself and hands on in the record does not care. A new
-    leader resumes from the last ``elapsed`` written, so a leader change can
-    only lengthen a deadline (by at most ``ROLLOUT_ELAPSED_EVERY``), never
-    shorten it.
-    """
-
-    service: str
-    from_spec: str
-    to_spec: str
-    state: str
-    started: float
-    reason: str = ""
-    updated: int = 0
-    total: int = 0
-    elapsed: float = 0.0
-
-    @property
-    def active(self) -> bool:
-        """Whether the leader is still moving replicas."""
-        return self.state in ("progressing", "rolling_back")
-
-    def to_json(self) -> bytes:
-        """The KV form."""
-        body = {
-            "service": self.service,
-            "from": self.from_spec,
-            "to": self.to_spec,
-            "state": self.state,
-            "started": self.started,
-            "reason": self.reason,
-            "updated": self.updated,
-            "total": self.total,
-            "elapsed": round(self.elapsed, 3),
-        }
-        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-
-    @classmethod
-    def from_json(cls, data: bytes) -> RolloutRecord:
-        """Parse the KV form; raises ValueError when it is not ours."""
-        try:
-            body = json.loads(data)
-            state = str(body["state"])
-            if state not in ROLLOUT_STATES:
-                raise ValueError(f"unknown state {state!r}")
-            return cls(
-                service=str(body["service"]),
-                from_spec=str(body["from"]),
-                to_spec=str(body["to"]),
-                state=state,
-                started=float(body["started"]),
-                reason=str(body.get("reason", "")),
-                updated=int(body.get("updated", 0)),
-                total=int(body.get("total", 0)),
-                elapsed=max(0.0, float(body.get("elapsed", 0.0))),
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ValueError(f"not a rollout record: {exc}") from exc
+    message: str
+    fields: Mapping[str, object] = field(default_factory=dict)
+    level: str = "info"

@@ -26,17 +26,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from consul_operator.consul_client import ServiceInstance
-from consul_operator.model import META_CLUSTER, META_HOST
+from consul_operator.model import META_CLUSTER, META_HOST, ServiceInstance
+from consul_operator.records import StatusRecord
 
 FOREIGN_CLUSTER = "foreign_cluster"
 UNKNOWN_HOST = "unknown_host"
 WRONG_ADDRESS = "wrong_address"
 UNREPORTED = "unreported"
 OWNERSHIP_REASONS = (FOREIGN_CLUSTER, UNKNOWN_HOST, WRONG_ADDRESS, UNREPORTED)
-
-# The field of an agent's status record that lists its instances (service ids).
-STATUS_INSTANCES = "instances"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,21 +62,11 @@ class Ownership:
     rejected: tuple[Disowned, ...]
 
 
-def reported_instances(record: Mapping[str, object] | None) -> frozenset[str]:
-    """The instance ids an agent's status record lists (none when absent or malformed)."""
-    if record is None:
-        return frozenset()
-    listed = record.get(STATUS_INSTANCES)
-    if not isinstance(listed, list):
-        return frozenset()
-    return frozenset(item for item in listed if isinstance(item, str))
-
-
 def owned(
     instances: Iterable[ServiceInstance],
     cluster: str | None,
     agents: Iterable[AgentHost],
-    statuses: Mapping[str, Mapping[str, Mapping[str, object]]],
+    statuses: Mapping[str, Mapping[str, StatusRecord]],
 ) -> Ownership:
     """Split ``instances`` into those this cluster's agents made and the rest.
 
@@ -106,10 +93,15 @@ def owned(
                     inst, WRONG_ADDRESS, f"address {inst.address!r}, but {host} advertises {agent.address!r}"
                 )
             )
-        elif inst.service_id not in reported_instances(statuses.get(inst.service, {}).get(host)):
+        elif inst.service_id not in _reported(statuses.get(inst.service, {}).get(host)):
             rejected.append(
                 Disowned(inst, UNREPORTED, f"the agent of {host} does not report {inst.service_id!r}")
             )
         else:
             kept.append(inst)
     return Ownership(tuple(kept), tuple(rejected))
+
+
+def _reported(record: StatusRecord | None) -> tuple[str, ...]:
+    """The instance ids an agent's status record lists (none without a record)."""
+    return () if record is None else record.instances

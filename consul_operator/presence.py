@@ -16,10 +16,10 @@ from collections.abc import Iterable
 
 import structlog
 
-from consul_operator.consul_client import ConsulClient, ServiceInstance
+from consul_operator.consul_client import ConsulClient
 from consul_operator.desired_state import RESERVED_SERVICE_NAMES
 from consul_operator.errors import ConsulError
-from consul_operator.model import META_CLUSTER, META_HOST, META_MANAGED_BY
+from consul_operator.model import META_CLUSTER, META_HOST, META_MANAGED_BY, ServiceInstance
 from consul_operator.ownership import AgentHost
 
 log = structlog.get_logger()

@@ -1,96 +1,99 @@
-"""Reading everything `operator status`, `wait` and `plan` look at out of Consul, in one place."""
+"""Reading the cluster out of Consul, in one place: the leader's pass and `operator status`/`wait`/`plan`.
+
+`read_cluster_state` is the one reader of a `ClusterState`; `read_snapshot`
+adds the leader lock and the time for the status view. A failed read raises
+(`ConsulError`): nothing is ever decided from a partial read.
+"""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Callable, Iterable
 
+from consul_operator.cluster_state import ClusterState, passing_per_host
 from consul_operator.consul_client import ConsulClient
 from consul_operator.desired_state import is_dns_label
 from consul_operator.keys import Layout
-from consul_operator.kv_state import read_manifests, read_placements, read_rollouts
-from consul_operator.model import META_HOST
-from consul_operator.ownership import AgentHost, owned
+from consul_operator.kv_state import (
+    read_leader,
+    read_manifests,
+    read_placements,
+    read_rollouts,
+    read_statuses,
+)
+from consul_operator.ownership import owned
 from consul_operator.presence import agent_registrations, agents_of, hosts_of
 from consul_operator.status import ClusterSnapshot, HostRow
 
 
-def read_leader(consul: ConsulClient, layout: Layout) -> tuple[str | None, float | None]:
-    """Who holds the leader lock, and since when; (None, None) when nobody does."""
-    entry = consul.kv_get(layout.leader_key, consistent=True).value
-    if entry is None or not entry.session:
-        return None, None
-    try:
-        body = json.loads(entry.value)
-        return str(body["host"]), float(body["since"])
-    except (ValueError, KeyError, TypeError):
-        return None, None
-
-
-def read_statuses(
-    consul: ConsulClient, layout: Layout, *, consistent: bool = False, keep_unreadable: bool = False
-) -> dict[str, dict[str, dict[str, object]]]:
-    """``operator/status/<service>/<host>`` records: service -> host -> record.
-
-    An unreadable record is left out, or with ``keep_unreadable`` kept as ``{}``
-    (the leader still sees that its host has a record, and can remove it).
-    """
-    statuses: dict[str, dict[str, dict[str, object]]] = {}
-    for entry in consul.kv_list(layout.status_prefix, consistent=consistent).value:
-        service, _, host = entry.key[len(layout.status_prefix) :].partition("/")
-        if not service or not host or "/" in host:
-            continue
-        try:
-            record = json.loads(entry.value)
-        except ValueError:
-            record = None
-        if isinstance(record, dict):
-            statuses.setdefault(service, {})[host] = record
-        elif keep_unreadable:
-            statuses.setdefault(service, {})[host] = {}
-    return statuses
-
-
-def read_passing(
+def read_cluster_state(
     consul: ConsulClient,
-    services: list[str],
+    layout: Layout,
     cluster: str | None,
-    agents: list[AgentHost],
-    statuses: Mapping[str, Mapping[str, Mapping[str, object]]],
-) -> dict[str, dict[str, int]]:
-    """Instances of ours passing in Consul, per service and host (`ownership.owned` decides what is ours)."""
-    passing: dict[str, dict[str, int]] = {}
-    for name in services:
-        if not is_dns_label(name):
-            continue
-        per_host: dict[str, int] = {}
-        instances = consul.health_service(name, passing=True).value
-        for inst in owned(instances, cluster, agents, statuses).kept:
-            host = inst.meta.get(META_HOST) or inst.node
-            per_host[host] = per_host.get(host, 0) + 1
-        passing[name] = per_host
-    return passing
+    *,
+    passing_of: Callable[[ClusterState], Iterable[str]],
+    leader: bool = False,
+) -> ClusterState:
+    """Read every record once, then the passing instances of the services ``passing_of`` names.
+
+    ``passing_of`` sees the state read so far (everything but the instances):
+    the leader asks only for the services whose rollout it paces,
+    `operator status` for every service. ``leader``: the view the leader
+    schedules from: status records read consistently, an unreadable one kept
+    (empty) so that the leader can remove it, and every service's passing
+    count (its gauges).
+    """
+    manifests = read_manifests(consul, layout)
+    placements = read_placements(consul, layout)
+    registrations = agent_registrations(consul, cluster)
+    statuses = read_statuses(consul, layout, consistent=leader, keep_unreadable=leader)
+    state = ClusterState(
+        manifests=manifests,
+        placements=placements,
+        rollouts=read_rollouts(consul, layout),
+        revisions=frozenset(_revisions(consul, layout)),
+        rollback_requests=frozenset(
+            e.key[len(layout.rollback_prefix) :] for e in consul.kv_list(layout.rollback_prefix).value
+        ),
+        hosts=hosts_of(registrations),
+        agents=tuple(agents_of(registrations)),
+        statuses=statuses,
+    )
+    passing = {
+        name: owned(consul.health_service(name, passing=True).value, cluster, state.agents, statuses).kept
+        for name in sorted(set(passing_of(state)))
+        if is_dns_label(name)
+    }
+    counts = consul.passing_instances() if leader else {}
+    return dataclasses.replace(state, passing=passing, passing_counts=counts)
+
+
+def _revisions(consul: ConsulClient, layout: Layout) -> Iterable[tuple[str, str]]:
+    """(service, spec) of every kept revision."""
+    for entry in consul.kv_list(layout.revisions_prefix).value:
+        name, _, spec = entry.key[len(layout.revisions_prefix) :].partition("/")
+        yield name, spec
+
+
+def every_service(state: ClusterState) -> set[str]:
+    """Every service with a manifest, a placement or a status record (what `operator status` shows)."""
+    return set(state.manifests) | set(state.placements) | set(state.statuses)
 
 
 def read_snapshot(consul: ConsulClient, layout: Layout, cluster: str | None, now: float) -> ClusterSnapshot:
     """Everything the status view is built from; raises `ConsulError` when Consul cannot be read."""
-    leader, since = read_leader(consul, layout)
-    registrations = agent_registrations(consul, cluster)
-    hosts = tuple(
-        HostRow(name, live, labels) for name, (live, labels) in sorted(hosts_of(registrations).items())
-    )
-    manifests = read_manifests(consul, layout)
-    placements = read_placements(consul, layout)
-    statuses = read_statuses(consul, layout)
-    names = sorted(set(manifests) | set(placements) | set(statuses))
+    leader = read_leader(consul, layout)
+    state = read_cluster_state(consul, layout, cluster, passing_of=every_service)
     return ClusterSnapshot(
         now=now,
-        leader=leader,
-        leader_since=since,
-        hosts=hosts,
-        manifests=manifests,
-        placements=placements,
-        statuses=statuses,
-        passing=read_passing(consul, names, cluster, agents_of(registrations), statuses),
-        rollouts=read_rollouts(consul, layout),
+        leader=None if leader is None else leader.host,
+        leader_since=None if leader is None else leader.since,
+        hosts=tuple(
+            HostRow(name, live, dict(labels)) for name, (live, labels) in sorted(state.hosts.items())
+        ),
+        manifests=state.manifests,
+        placements=state.placements,
+        statuses=state.statuses,
+        passing={name: passing_per_host(instances) for name, instances in state.passing.items()},
+        rollouts=state.rollouts,
     )

@@ -13,25 +13,40 @@ import math
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from types import MappingProxyType
 from typing import Final
 
 from consul_operator.desired_state import Manifest, ManifestError
-from consul_operator.model import PlacementRecord, RolloutRecord
+from consul_operator.records import PlacementRecord, RolloutRecord, RolloutState, StatusRecord
 
 PROGRESS_DEADLINE: Final = 120.0
 """Seconds without a status change before a service that is not converged counts as Degraded."""
 
-CONVERGED: Final = "Converged"
-PROGRESSING: Final = "Progressing"
-DEGRADED: Final = "Degraded"
-UNPLACEABLE: Final = "Unplaceable"
-INVALID: Final = "Invalid"
-ROLLING_BACK: Final = "RollingBack"
-FAILED: Final = "Failed"
-ROLLED_BACK: Final = "RolledBack"
-STATES: Final = (CONVERGED, PROGRESSING, DEGRADED, UNPLACEABLE, INVALID, ROLLING_BACK, FAILED, ROLLED_BACK)
-"""Every state; an Invalid service's state reads ``Invalid: <first problem>``."""
+
+class ServiceState(StrEnum):
+    """A service's state in `operator status` (docs/status.md, "States")."""
+
+    CONVERGED = "Converged"
+    PROGRESSING = "Progressing"
+    DEGRADED = "Degraded"
+    UNPLACEABLE = "Unplaceable"
+    INVALID = "Invalid"
+    ROLLING_BACK = "RollingBack"
+    FAILED = "Failed"
+    ROLLED_BACK = "RolledBack"
+
+
+CONVERGED: Final = ServiceState.CONVERGED
+PROGRESSING: Final = ServiceState.PROGRESSING
+DEGRADED: Final = ServiceState.DEGRADED
+UNPLACEABLE: Final = ServiceState.UNPLACEABLE
+INVALID: Final = ServiceState.INVALID
+ROLLING_BACK: Final = ServiceState.ROLLING_BACK
+FAILED: Final = ServiceState.FAILED
+ROLLED_BACK: Final = ServiceState.ROLLED_BACK
+STATES: Final = tuple(ServiceState)
+"""Every state; the text shown (``ServiceStatus.state``) may add a detail: ``Invalid: <first problem>``."""
 
 BEING_DELETED: Final = "being deleted"
 HOST_LOST: Final = "host is lost"
@@ -60,10 +75,6 @@ JSON_FIELDS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
 )
 """The stable field names of `to_json`, per level (a placement entry is per host)."""
 
-# Status record errors that are not failures of the host: an invalid manifest
-# (already listed as the service's problems) and a service not placed yet.
-_NOT_HOST_ERRORS: Final = ("Invalid:", "Pending:")
-
 _GREEN: Final = "\x1b[32m"
 _YELLOW: Final = "\x1b[33m"
 _RED: Final = "\x1b[31m"
@@ -83,7 +94,7 @@ class HostRow:
 class ClusterSnapshot:
     """Everything the status view is built from, as read out of Consul at ``now`` (Unix seconds).
 
-    ``statuses`` holds the raw ``operator/status/<service>/<host>`` JSON records
+    ``statuses`` holds the ``operator/status/<service>/<host>`` records
     (service -> host -> record); ``passing`` counts the instances passing in
     Consul (service -> host -> count).
     """
@@ -94,7 +105,7 @@ class ClusterSnapshot:
     hosts: tuple[HostRow, ...]
     manifests: Mapping[str, Manifest | ManifestError]
     placements: Mapping[str, PlacementRecord]
-    statuses: Mapping[str, Mapping[str, Mapping[str, object]]]
+    statuses: Mapping[str, Mapping[str, StatusRecord]]
     passing: Mapping[str, Mapping[str, int]]
     rollouts: Mapping[str, RolloutRecord] = field(default_factory=dict)
 
@@ -110,7 +121,11 @@ class HostPlacement:
 
 @dataclass(frozen=True, slots=True)
 class ServiceStatus:
-    """One service as `operator status` shows it; ``drift`` is desired - healthy."""
+    """One service as `operator status` shows it; ``drift`` is desired - healthy.
+
+    ``phase`` is the state; ``state`` the text shown for it, which may add a
+    detail (``Invalid: <first problem>``, ``Progressing (rollout 1/2)``).
+    """
 
     name: str
     image: str
@@ -123,6 +138,9 @@ class ServiceStatus:
     errors: tuple[str, ...]
     last_change: float | None
     rollout: RolloutRecord | None = None
+    phase: ServiceState = ServiceState.PROGRESSING
+    host_errors: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """The errors of ``errors`` that concern one host (its report, or that it is lost), by host."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,37 +183,39 @@ def _service_status(name: str, snapshot: ClusterSnapshot, live: Mapping[str, boo
         {
             host: HostPlacement(
                 desired=placed.get(host, 0),
-                running=_count(records.get(host, {}).get("running")),
-                healthy=_count(passing.get(host)),
+                running=records[host].running if host in records else 0,
+                healthy=max(0, passing.get(host, 0)),
             )
             for host in hosts
         }
     )
     running = sum(p.running for p in per_host.values())
     healthy = sum(p.healthy for p in per_host.values())
-    stamps = [s for s in (_timestamp(r.get("since")) for r in records.values()) if s is not None]
+    stamps = [r.since for r in records.values() if r.since is not None]
     last_change = max(stamps) if stamps else None
 
-    host_errors = [
-        f"{host}: {error}"
-        for host in sorted(records)
-        if (error := _text(records[host].get("error"))) and not error.startswith(_NOT_HOST_ERRORS)
-    ]
-    lost = [f"{host}: {HOST_LOST}" for host in sorted(placed) if not live.get(host, False)]
+    # A host that leaves the service alone (invalid manifest, not placed yet) is not failing.
+    failing = [(h, records[h].error) for h in sorted(records) if records[h].error and records[h].hold is None]
+    gone = [(h, HOST_LOST) for h in sorted(placed) if not live.get(h, False)]
+    by_host: dict[str, tuple[str, ...]] = {}
+    for host, error in [*failing, *gone]:
+        by_host[host] = (*by_host.get(host, ()), error)
+    host_errors = [f"{host}: {error}" for host, error in failing]
+    lost = [f"{host}: {error}" for host, error in gone]
 
     if manifest is None:
         desired, image, problems = 0, "", [BEING_DELETED]
-        state = PROGRESSING
+        phase, state = PROGRESSING, str(PROGRESSING)
     elif isinstance(manifest, ManifestError):
         desired = placement.total if placement else 0
         image, problems = "", [str(p) for p in manifest.problems] or [str(manifest) or "invalid manifest"]
-        state = f"{INVALID}: {problems[0]}"
+        phase, state = INVALID, f"{INVALID}: {problems[0]}"
     else:
         desired, image, problems = manifest.replicas, manifest.image, []
-        state = _valid_state(manifest, placement, records, running, healthy, snapshot.now, last_change)
-        if state == PROGRESSING and (host_errors or lost):
-            state = DEGRADED
-        state = _rollout_state(snapshot.rollouts.get(name), state)
+        phase = _valid_state(manifest, placement, records, running, healthy, snapshot.now, last_change)
+        if phase == PROGRESSING and (host_errors or lost):
+            phase = DEGRADED
+        phase, state = _rollout_state(snapshot.rollouts.get(name), phase)
     return ServiceStatus(
         name=name,
         image=image,
@@ -208,18 +228,20 @@ def _service_status(name: str, snapshot: ClusterSnapshot, live: Mapping[str, boo
         errors=(*problems, *host_errors, *lost),
         last_change=last_change,
         rollout=snapshot.rollouts.get(name),
+        phase=phase,
+        host_errors=MappingProxyType(by_host),
     )
 
 
 def _valid_state(
     manifest: Manifest,
     placement: PlacementRecord | None,
-    records: Mapping[str, Mapping[str, object]],
+    records: Mapping[str, StatusRecord],
     running: int,
     healthy: int,
     now: float,
     last_change: float | None,
-) -> str:
+) -> ServiceState:
     """Unplaceable, Converged, Progressing, or Degraded by the deadline (host errors: the caller)."""
     if placement is not None and placement.unplaced > 0:
         return UNPLACEABLE
@@ -229,7 +251,7 @@ def _valid_state(
         and placement.spec_hash == spec
         and healthy == manifest.replicas
         and running == manifest.replicas
-        and all(r.get("spec_hash") == spec for r in records.values() if _count(r.get("running")) > 0)
+        and all(r.spec_hash == spec for r in records.values() if r.running > 0)
     ):
         return CONVERGED
     if last_change is not None and now - last_change > PROGRESS_DEADLINE:
@@ -237,43 +259,24 @@ def _valid_state(
     return PROGRESSING
 
 
-def _rollout_state(rollout: RolloutRecord | None, state: str) -> str:
-    """The rollout's word on the state: RollingBack, Failed or RolledBack, or progress updated/total."""
+def _rollout_state(rollout: RolloutRecord | None, phase: ServiceState) -> tuple[ServiceState, str]:
+    """The rollout's word on the state, and its text: RollingBack, Failed or RolledBack, or progress."""
     if rollout is None:
-        return state
-    if rollout.state == "rolling_back":
-        return f"{ROLLING_BACK} ({rollout.updated}/{rollout.total}): {rollout.reason}"
-    if rollout.state == "failed":
-        return f"{FAILED}: {rollout.reason}"
-    if rollout.state == "rolled_back":
-        return f"{ROLLED_BACK}: {rollout.reason}"
-    if rollout.state == "progressing" and state in (PROGRESSING, DEGRADED):
-        return f"{state} (rollout {rollout.updated}/{rollout.total})"
-    return state
+        return phase, str(phase)
+    if rollout.state == RolloutState.ROLLING_BACK:
+        return ROLLING_BACK, f"{ROLLING_BACK} ({rollout.updated}/{rollout.total}): {rollout.reason}"
+    if rollout.state == RolloutState.FAILED:
+        return FAILED, f"{FAILED}: {rollout.reason}"
+    if rollout.state == RolloutState.ROLLED_BACK:
+        return ROLLED_BACK, f"{ROLLED_BACK}: {rollout.reason}"
+    if rollout.state == RolloutState.PROGRESSING and phase in (PROGRESSING, DEGRADED):
+        return phase, f"{phase} (rollout {rollout.updated}/{rollout.total})"
+    return phase, str(phase)
 
 
 def rollout_ended_badly(service: ServiceStatus) -> bool:
     """Whether the service's rollout failed or was rolled back (`operator wait` gives up on it)."""
-    return service.state.startswith((FAILED, ROLLED_BACK))
-
-
-def _count(value: object) -> int:
-    """A replica count out of a JSON record; anything but a non-negative integer counts as 0."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        return 0
-    return max(0, value)
-
-
-def _timestamp(value: object) -> float | None:
-    """A Unix time out of a JSON record, None when it is not a finite number."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    stamp = float(value)
-    return stamp if math.isfinite(stamp) else None
-
-
-def _text(value: object) -> str:
-    return value if isinstance(value, str) else ""
+    return service.phase in (FAILED, ROLLED_BACK)
 
 
 # --- queries -------------------------------------------------------------------------
@@ -301,7 +304,7 @@ def shortfalls(view: StatusView, names: Sequence[str]) -> list[str]:
 
 def _shortfall(view: StatusView, service: ServiceStatus) -> str:
     """E.g. "simple: 1/2 healthy (host-2 0/1: crash-looping: exited with code 1 ...)"."""
-    if service.state.startswith(INVALID):
+    if service.phase == INVALID:
         return f"{service.name}: {service.state}"
     if BEING_DELETED in service.errors:
         return f"{service.name}: {BEING_DELETED} ({service.running} running, {service.healthy} healthy)"
@@ -322,7 +325,7 @@ def _shortfall(view: StatusView, service: ServiceStatus) -> str:
         head += f", no change for {format_age(view.now - service.last_change)}"
     details = []
     for host, p in service.placement.items():
-        errors = [e[len(host) + 2 :] for e in service.errors if e.startswith(f"{host}: ")]
+        errors = service.host_errors.get(host, ())
         if p.healthy != p.desired or errors:
             details.append(f"{host} {p.healthy}/{p.desired}" + (f": {'; '.join(errors)}" if errors else ""))
     return head + (f" ({', '.join(details)})" if details else "")
@@ -444,7 +447,8 @@ def _placement_cell(service: ServiceStatus) -> str:
 
 
 def _state_colour(state: str) -> str:
-    return {CONVERGED: _GREEN, PROGRESSING: _YELLOW}.get(state, _RED)
+    colours: dict[str, str] = {CONVERGED: _GREEN, PROGRESSING: _YELLOW}
+    return colours.get(state, _RED)
 
 
 def _paint(text: str, colour: str, color: bool) -> str:

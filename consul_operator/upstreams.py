@@ -16,8 +16,8 @@ import ipaddress
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from consul_operator.consul_client import ServiceInstance
 from consul_operator.desired_state import is_dns_label
+from consul_operator.model import ServiceInstance
 
 # Bounded reasons, used as a metric label.
 BAD_NAME = "bad_name"

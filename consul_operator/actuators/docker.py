@@ -18,7 +18,7 @@ import docker
 import structlog
 from docker.models.containers import Container
 
-from consul_operator.backoff import exponential
+from consul_operator.backoff import retry_delay
 from consul_operator.desired_state import Manifest
 from consul_operator.docker_client import docker_errors
 from consul_operator.errors import DockerError, ImageNotFound
@@ -300,4 +300,4 @@ class DockerActuator:
                 log.warning("docker events stream ended", host=self.host, error=str(exc))
             on_event()
             failures += 1
-            stop.wait(exponential(failures, 0.5, 10.0))
+            stop.wait(retry_delay(failures))

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from consul_operator.actuators.nginx import ManagedNginx, render
-from consul_operator.consul_client import ConsulClient, ServiceInstance
+from consul_operator.consul_client import ConsulClient
+from consul_operator.model import ServiceInstance
 from consul_operator.upstreams import build_view
 from tests.support.cluster import Cluster
 from tests.support.load import Load

@@ -8,25 +8,21 @@ import time
 import pytest
 from freezegun import freeze_time
 
+from consul_operator.backoff import BACKOFF_CAP, Backoff, backoff_after_failure, backoff_delay
 from consul_operator.desired_state import Manifest
+from consul_operator.host_plan import (
+    MIN_RUN_SECONDS,
+    backoff_after_crash,
+    ends_streak,
+    healthy_run,
+    plan_host,
+)
 from consul_operator.model import (
-    Backoff,
     ContainerInfo,
     InFlight,
     RemoveDead,
     ServiceDesire,
     StartContainer,
-)
-from consul_operator.reconcile import (
-    BACKOFF_CAP,
-    MIN_RUN_SECONDS,
-    backoff_after_crash,
-    backoff_after_failure,
-    backoff_after_success,
-    backoff_delay,
-    ends_streak,
-    healthy_run,
-    plan_host,
 )
 
 NOW = 1_700_000_000.0
@@ -67,8 +63,7 @@ def test_failures_grow_capped_and_success_resets() -> None:
         assert backoff.failures == 9
         assert backoff.last_error == "exited with code 8"
 
-        backoff = backoff_after_success(backoff)
-        assert backoff == Backoff()
+        backoff = Backoff()  # a long enough run ends the streak (`ends_streak`): a fresh count
         assert backoff.ready(time.time())
         assert backoff_after_failure(backoff, time.time(), "again").retry_at == time.time() + 1
 
@@ -115,7 +110,7 @@ def test_crash_loop_end_to_end() -> None:
             "d1", "web-d1", "web", WEB.spec_hash(), "exited",
             started_at=now - 0.3, finished_at=now, exit_code=1,
         )  # fmt: skip
-        plan = plan_host("host-1", desires, [crashed], [], InFlight(), {}, now, mono=time.monotonic())
+        plan = plan_host(desires, [crashed], [], InFlight(), {}, now, mono=time.monotonic())
         (removal,) = plan.actions
         assert isinstance(removal, RemoveDead) and removal.crashed
         # The agent removes it and records the failure, as the plan already assumed.
@@ -123,11 +118,11 @@ def test_crash_loop_end_to_end() -> None:
         assert plan.wake_at == backoff.retry_at
 
         backoffs = {"web": backoff}
-        plan = plan_host("host-1", desires, [], [], InFlight(), backoffs, time.time(), mono=time.monotonic())
+        plan = plan_host(desires, [], [], InFlight(), backoffs, time.time(), mono=time.monotonic())
         assert plan.actions == () and plan.wake_at == backoff.retry_at
 
         frozen.tick(datetime.timedelta(seconds=plan.wake_at - time.monotonic()))
-        plan = plan_host("host-1", desires, [], [], InFlight(), backoffs, time.time(), mono=time.monotonic())
+        plan = plan_host(desires, [], [], InFlight(), backoffs, time.time(), mono=time.monotonic())
         assert len(plan.actions) == 1 and plan.wake_at is None
 
 
@@ -160,9 +155,7 @@ def test_wall_clock_step_changes_no_backoff(wall_step: float, mono_later: float,
     desires = {"web": ServiceDesire("web", WEB, 1)}
     backoff = backoff_after_failure(Backoff(failures=1), MONO, "start failed")  # second failure: 2 s
     assert backoff.retry_at == MONO + 2
-    plan = plan_host(
-        "host-1", desires, [], [], InFlight(), {"web": backoff}, NOW + wall_step, mono=MONO + mono_later
-    )
+    plan = plan_host(desires, [], [], InFlight(), {"web": backoff}, NOW + wall_step, mono=MONO + mono_later)
     assert (len(plan.actions) == 1) is starts
     assert plan.wake_at == (None if starts else MONO + 2)
 
@@ -181,5 +174,5 @@ def test_streak_ends_on_docker_wall_times(started_ago: float, ends: bool) -> Non
         "c1", "web-c1", "web", WEB.spec_hash(), "running", host_port=30000, started_at=NOW - started_ago
     )
     backoff = Backoff(failures=3, retry_at=MONO + 4, last_error="crash-looping: x")
-    plan = plan_host("host-1", desires, [running], [], InFlight(), {"web": backoff}, NOW, mono=MONO)
+    plan = plan_host(desires, [running], [], InFlight(), {"web": backoff}, NOW, mono=MONO)
     assert any(isinstance(a, StartContainer) for a in plan.actions) is ends

@@ -13,7 +13,7 @@ from consul_operator.commands import (
 )
 from consul_operator.consul_client import TXN_MAX_OPS
 from consul_operator.desired_state import Manifest
-from consul_operator.model import RolloutRecord
+from consul_operator.records import RolloutRecord, RolloutState
 
 WEB = Manifest(name="web", image="hello:1", replicas=1, port=5000)
 API = Manifest(name="api", image="hello:1", replicas=1, port=5000)
@@ -21,7 +21,7 @@ API = Manifest(name="api", image="hello:1", replicas=1, port=5000)
 
 def rollout(state: str, frm: str = "aaa", to: str = "bbb") -> RolloutRecord:
     """A rollout record of web in ``state``."""
-    return RolloutRecord("web", frm, to, state, 0.0)
+    return RolloutRecord("web", frm, to, RolloutState(state), 0.0)
 
 
 def test_duplicate_names_lists_every_file_of_a_service() -> None:

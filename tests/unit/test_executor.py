@@ -12,6 +12,7 @@ import pytest
 
 from consul_operator.actuators.catalog import CatalogActuator
 from consul_operator.actuators.docker import DockerActuator
+from consul_operator.backoff import Backoff
 from consul_operator.consul_client import ConsulClient, Indexed, KVEntry
 from consul_operator.desired_state import Manifest
 from consul_operator.errors import ConsulPermissionDenied, DockerError
@@ -20,15 +21,13 @@ from consul_operator.keys import Layout
 from consul_operator.loop import Trigger, run_loop
 from consul_operator.model import (
     Action,
-    Backoff,
     ContainerInfo,
     DrainContainer,
-    PlacementRecord,
     Register,
     Registration,
     StartContainer,
-    frozen_map,
 )
+from consul_operator.records import PlacementRecord, frozen_map
 from tests.support.staging import wait_until
 
 HOST = "host-1"

@@ -7,10 +7,10 @@ from collections.abc import Mapping, Sequence
 
 import pytest
 
-from consul_operator.desired_state import Manifest
+from consul_operator.backoff import Backoff
+from consul_operator.desired_state import DEFAULT_DRAIN, DEFAULT_STOP_GRACE, Manifest
 from consul_operator.model import (
     Action,
-    Backoff,
     ContainerInfo,
     Deregister,
     DrainContainer,
@@ -22,9 +22,9 @@ from consul_operator.model import (
     ServiceDesire,
     ServiceReport,
     StartContainer,
-    frozen_map,
 )
-from consul_operator.reconcile import DEFAULT_DRAIN, DEFAULT_STOP_GRACE, plan_host
+from consul_operator.reconcile import plan_host
+from consul_operator.records import frozen_map
 
 NOW = 1_700_000_000.0
 
@@ -107,7 +107,7 @@ def plan(
     now: float = NOW,
     mono: float = NOW,
 ) -> HostPlan:
-    return plan_host("host-1", desires, containers, registrations, inflight, backoffs or {}, now, mono=mono)
+    return plan_host(desires, containers, registrations, inflight, backoffs or {}, now, mono=mono)
 
 
 def summary(action: Action) -> tuple[object, ...]:

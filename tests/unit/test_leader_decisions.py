@@ -25,13 +25,13 @@ from consul_operator.desired_state import (
 from consul_operator.errors import ConsulError, ConsulPermissionDenied, NotLeader
 from consul_operator.keys import Layout
 from consul_operator.leader import LeaderElection
-from consul_operator.model import HostInfo, PlacementRecord, RolloutRecord, frozen_map
-from consul_operator.reconcile import (
+from consul_operator.model import HostInfo
+from consul_operator.placement import gone_statuses, live_running
+from consul_operator.records import PlacementRecord, RolloutRecord, RolloutState, frozen_map
+from consul_operator.rollout import (
     ROLLOUT_ELAPSED_EVERY,
     dropped_rollback_requests,
     frozen_placement,
-    gone_statuses,
-    live_running,
     orphaned_revisions,
     plan_rollout,
     rollout_needs_write,
@@ -128,7 +128,9 @@ def test_biggest_accepted_manifest_fits_one_transaction_with_its_records() -> No
     hosts = {f"{'h' * 58}{i:05}": 1 for i in range(100)}
     specs = {h: frozen_map({"a" * 16: 100, "b" * 16: 100, "c" * 16: 100}) for h in hosts}
     placement = PlacementRecord("big", "a" * 16, frozen_map(hosts), 0, "h" * 63, specs)
-    rollout = RolloutRecord("big", "a" * 16, "b" * 16, "rolling_back", 1.7e9, "r" * 500, 100, 100, 1e6)
+    rollout = RolloutRecord(
+        "big", "a" * 16, "b" * 16, RolloutState.ROLLING_BACK, 1.7e9, "r" * 500, 100, 100, 1e6
+    )
     writes: dict[str, bytes | None] = {
         LAYOUT.revision_key("big", manifest.spec_hash()): revision_json(manifest),
         LAYOUT.placement_key("big"): placement.to_json(),
@@ -327,7 +329,7 @@ WALL = 1.7e9  # a wall-clock stamp: only ever shown to people
 
 def record(state: str = "progressing", elapsed: float = 0.0, started: float = WALL) -> RolloutRecord:
     """A rollout of NEW from OLD."""
-    return RolloutRecord("web", OLD, NEW, state, started, elapsed=elapsed)
+    return RolloutRecord("web", OLD, NEW, RolloutState(state), started, elapsed=elapsed)
 
 
 def test_rollout_time_runs_on_the_leaders_monotonic_clock() -> None:

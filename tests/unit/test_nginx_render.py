@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 import pytest
 
 from consul_operator.actuators.nginx import render
-from consul_operator.consul_client import ServiceInstance
 from consul_operator.desired_state import is_dns_label
+from consul_operator.model import ServiceInstance
 from consul_operator.upstreams import BAD_ADDRESS, BAD_NAME, BAD_PORT, LBView, build_view, parse_ip
 
 

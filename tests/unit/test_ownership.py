@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import pytest
 
 from consul_operator import metrics
-from consul_operator.consul_client import ServiceInstance
+from consul_operator.model import ServiceInstance
 from consul_operator.ownership import (
     FOREIGN_CLUSTER,
     OWNERSHIP_REASONS,
@@ -16,8 +16,8 @@ from consul_operator.ownership import (
     WRONG_ADDRESS,
     AgentHost,
     owned,
-    reported_instances,
 )
+from consul_operator.records import StatusRecord
 from consul_operator.upstreams import REJECT_REASONS
 
 AGENTS = (
@@ -25,10 +25,10 @@ AGENTS = (
     AgentHost("staging", "host-2", "127.0.0.12"),
     AgentHost("prod", "host-1", "127.0.0.31"),
 )
-STATUSES: Mapping[str, Mapping[str, Mapping[str, object]]] = {
+STATUSES: Mapping[str, Mapping[str, StatusRecord]] = {
     "web": {
-        "host-1": {"running": 1, "instances": ["web-host-1-a"]},
-        "host-2": {"running": 1, "instances": ["web-host-2-b"]},
+        "host-1": StatusRecord("web", "host-1", running=1, instances=("web-host-1-a",)),
+        "host-2": StatusRecord("web", "host-2", running=1, instances=("web-host-2-b",)),
     },
 }
 
@@ -104,20 +104,6 @@ def test_order_is_kept_and_split_complete() -> None:
     verdict = owned(many, "staging", AGENTS, STATUSES)
     assert list(verdict.kept) == [many[0], many[2]]
     assert [d.instance for d in verdict.rejected] == [many[1], many[3]]
-
-
-@pytest.mark.parametrize(
-    ("record", "expected"),
-    [
-        pytest.param(None, frozenset(), id="no-record"),
-        pytest.param({}, frozenset(), id="record-without-field"),
-        pytest.param({"instances": "web-1"}, frozenset(), id="string-not-list"),
-        pytest.param({"instances": ["a", 1, None, "b"]}, frozenset({"a", "b"}), id="non-strings-dropped"),
-    ],
-)
-def test_reported_instances(record: Mapping[str, object] | None, expected: frozenset[str]) -> None:
-    """A status record's instance list is read defensively: anything malformed lists nothing."""
-    assert reported_instances(record) == expected
 
 
 def test_every_reason_is_a_metric_label() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from consul_operator.consul_client import ServiceInstance
+from consul_operator.model import ServiceInstance
 from consul_operator.presence import is_agent_registration
 
 

@@ -7,16 +7,9 @@ from dataclasses import dataclass, field
 import pytest
 
 from consul_operator.desired_state import Manifest, UpdatePolicy
-from consul_operator.model import (
-    ContainerInfo,
-    DrainContainer,
-    InFlight,
-    PlacementRecord,
-    RolloutRecord,
-    ServiceDesire,
-    StartContainer,
-)
+from consul_operator.model import ContainerInfo, DrainContainer, InFlight, ServiceDesire, StartContainer
 from consul_operator.reconcile import plan_host, plan_rollout
+from consul_operator.records import PlacementRecord, RolloutRecord, RolloutState
 
 NOW = 1000.0
 OLD, NEW = "old", "new"
@@ -26,8 +19,8 @@ TARGET = {"h1": 1, "h2": 1}
 def rollout(state: str = "progressing", started: float = NOW - 10) -> RolloutRecord:
     """A rollout of ``NEW`` from ``OLD`` (reversed while rolling back), in its state since ``started``."""
     if state == "rolling_back":
-        return RolloutRecord("web", NEW, OLD, state, started, elapsed=NOW - started)
-    return RolloutRecord("web", OLD, NEW, state, started, elapsed=NOW - started)
+        return RolloutRecord("web", NEW, OLD, RolloutState(state), started, elapsed=NOW - started)
+    return RolloutRecord("web", OLD, NEW, RolloutState(state), started, elapsed=NOW - started)
 
 
 @dataclass(frozen=True)
@@ -220,7 +213,7 @@ def test_surge_limit_holds_over_a_whole_rollout() -> None:
 
 def test_rollout_record_round_trips() -> None:
     """The KV form of a rollout parses back to an equal record."""
-    record = RolloutRecord("web", OLD, NEW, "rolling_back", 12.5, "too slow", 1, 2)
+    record = RolloutRecord("web", OLD, NEW, RolloutState.ROLLING_BACK, 12.5, "too slow", 1, 2)
     assert RolloutRecord.from_json(record.to_json()) == record
 
 
@@ -250,7 +243,7 @@ def test_agent_follows_per_spec_counts() -> None:
         revisions={previous.spec_hash(): previous, current.spec_hash(): current},
     )
     containers = [_container("a", current.spec_hash())]
-    plan = plan_host("h1", {"web": desire}, containers, [], InFlight(), {}, NOW, mono=NOW)
+    plan = plan_host({"web": desire}, containers, [], InFlight(), {}, NOW, mono=NOW)
     kinds = [(type(a).__name__, getattr(a, "manifest", None)) for a in plan.actions]
     assert ("StartContainer", previous) in kinds
     assert any(isinstance(a, DrainContainer) and a.container.id == "a" for a in plan.actions)

@@ -8,8 +8,9 @@ from collections.abc import Mapping, Sequence
 import pytest
 
 from consul_operator.desired_state import Manifest, Placement
-from consul_operator.model import HostInfo, PlacementRecord, frozen_map
+from consul_operator.model import HostInfo
 from consul_operator.reconcile import next_schedule_wakeup, schedule
+from consul_operator.records import PlacementRecord, frozen_map
 
 NOW = 1_700_000_000.0
 GRACE = 30.0

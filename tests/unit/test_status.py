@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from consul_operator.desired_state import Manifest, ManifestError, parse_manifest
-from consul_operator.model import PlacementRecord, RolloutRecord, frozen_map
+from consul_operator.records import PlacementRecord, RolloutRecord, RolloutState, StatusRecord, frozen_map
 from consul_operator.status import (
     JSON_FIELDS,
     PROGRESS_DEADLINE,
@@ -61,10 +61,11 @@ def record(
     desired: int = 1,
     spec: str = SPEC,
     error: str = "",
+    hold: str | None = None,
     since: float = NOW - 30,
-) -> dict[str, object]:
-    """An ``operator/status/simple/<host>`` record as an agent writes it."""
-    return {
+) -> StatusRecord:
+    """An ``operator/status/simple/<host>`` record as an agent writes it, read back."""
+    body = {
         "host": host,
         "service": "simple",
         "spec_hash": spec,
@@ -72,14 +73,21 @@ def record(
         "running": running,
         "healthy": running,
         "error": error,
+        "hold": hold,
         "since": since,
     }
+    return read_record(body)
+
+
+def read_record(body: Mapping[str, object]) -> StatusRecord:
+    """The record ``body`` as the readers parse it from KV."""
+    return StatusRecord.from_json(json.dumps(body), service="simple", host=str(body["host"]))
 
 
 def snapshot(
     manifest: Manifest | ManifestError | None = SIMPLE,
     place: PlacementRecord | None = None,
-    records: tuple[dict[str, object], ...] = (),
+    records: tuple[StatusRecord, ...] = (),
     passing: Mapping[str, int] | None = None,
     hosts: tuple[HostRow, ...] = HOSTS,
     leader: str | None = "host-1",
@@ -92,7 +100,7 @@ def snapshot(
         hosts=hosts,
         manifests={} if manifest is None else {"simple": manifest},
         placements={} if place is None else {"simple": place},
-        statuses={"simple": {str(r["host"]): r for r in records}} if records else {},
+        statuses={"simple": {r.host: r for r in records}} if records else {},
         passing={"simple": dict(passing or {})},
     )
 
@@ -208,8 +216,8 @@ ONE_EACH = {"host-1": 1, "host-2": 1}
                 manifest=BAD,
                 place=placement(ONE_EACH),
                 records=(
-                    record("host-1", 1, error=f"Invalid: {BAD.problems[0]}"),
-                    record("host-2", 1, error=f"Invalid: {BAD.problems[0]}"),
+                    record("host-1", 1, error=f"Invalid: {BAD.problems[0]}", hold="invalid"),
+                    record("host-2", 1, error=f"Invalid: {BAD.problems[0]}", hold="invalid"),
                 ),
                 passing=ONE_EACH,
             ),
@@ -272,8 +280,8 @@ def test_being_deleted_wants_nothing() -> None:
 
 
 def test_pending_and_invalid_host_errors_are_not_failures() -> None:
-    """A host reporting "Pending: not placed yet" leaves a service without placement Progressing."""
-    snap = snapshot(records=(record("host-1", 0, error="Pending: not placed yet"),))
+    """A host that holds off a service not placed yet (``hold``) leaves it Progressing, with no error."""
+    snap = snapshot(records=(record("host-1", 0, error="Pending: not placed yet", hold="unplaced"),))
     service = only(build_status(snap))
     assert (service.state, service.errors) == ("Progressing", ())
 
@@ -291,7 +299,7 @@ def test_converged_wins_over_an_old_deadline() -> None:
 def test_malformed_status_record_fields_count_as_nothing() -> None:
     """Junk in a status record (wrong types) counts as 0 running, no error and no time."""
     junk: dict[str, object] = {"host": "host-1", "running": "3", "error": 7, "since": "yesterday"}
-    service = only(build_status(snapshot(records=(junk,))))
+    service = only(build_status(snapshot(records=(read_record(junk),))))
     assert (service.running, service.errors, service.last_change) == (0, (), None)
 
 
@@ -541,7 +549,7 @@ def _with_rollout(state: str, reason: str = "", updated: int = 1) -> ClusterSnap
     snap = snapshot(
         place=placement({"host-1": 1, "host-2": 1}), records=(record("host-1", 1),), passing={"host-1": 1}
     )
-    rollout = RolloutRecord("simple", OLD_SPEC, SPEC, state, NOW - 30, reason, updated, 2)
+    rollout = RolloutRecord("simple", OLD_SPEC, SPEC, RolloutState(state), NOW - 30, reason, updated, 2)
     return dataclasses.replace(snap, rollouts={"simple": rollout})
 
 

@@ -1,0 +1,1 @@
+"""The edges that act on the world: Docker containers, Consul registrations, NGINX."""

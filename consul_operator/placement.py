@@ -1,0 +1,233 @@
+"""Where each service's replicas go: the leader's pure placement decision (``schedule``).
+
+Nothing here does I/O or reads a clock (``now`` is an argument, on the
+leader's monotonic clock); the same input gives the same output.
+
+Scheduling (the leader: ``schedule``)
+=====================================
+
+Input: every service's manifest (None when it is invalid), every known app
+host (live, or lost since some time), the placement records now in KV.
+Output: the new placement record of every service that has a manifest.
+
+- **Invalid manifest: hands off.** Its current record is kept as it is, so
+  that nothing that runs changes because of a typo. A deleted manifest (the
+  service is absent from the input) has no record in the output.
+- **Eligible hosts** are the live hosts, filtered by ``placement.hosts`` when
+  set. Only eligible hosts receive new replicas.
+- **A lost host keeps its replicas for a grace period** (``lost_grace``
+  seconds after ``lost_since``): a short network blip or an agent restart
+  must not move containers around. They count toward the total, so no
+  replacement is started elsewhere while the host may come back; but the
+  host gets no new replicas. After the grace, or when the host is unknown or
+  no longer allowed by ``placement.hosts``, its replicas are dropped and
+  placed again elsewhere. A lost host without ``lost_since`` has no grace.
+- **Stability.** Scheduling starts from the current record: a replica on a
+  host that is still valid is never moved, and a host that joins gets no
+  replicas taken from others (no rebalancing: moving a healthy replica costs
+  a drain and a start and buys nothing).
+- **Cap.** ``placement.max_per_host`` bounds every host's count; counts above
+  it (the cap was lowered) are cut.
+- **Scale down**, one replica at a time: first from hosts in grace (they
+  may never come back), then from the host with the most replicas of the
+  service; ties go to the host name that sorts last.
+- **Scale up**, one replica at a time: to the eligible live host with the
+  fewest replicas of the service, under the cap; ties go to the host with
+  the fewest replicas of all services (spreading load), then to the host
+  name that sorts first. The load counts the records already decided in
+  this pass (services are scheduled in sorted name order) and the current
+  records of the services not decided yet.
+- **Nothing is dropped silently**: what no host can take is ``unplaced``.
+
+``next_schedule_wakeup`` says when the next grace period runs out, so that
+the leader can sleep until then instead of polling.
+
+Lost hosts' status records (``live_running``, ``gone_statuses``): the leader
+counts only live hosts' ``operator/status/`` records (a host in grace still
+counts through its placement), and deletes the records of a host lost past
+the grace or unknown.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+
+from consul_operator.desired_state import Manifest
+from consul_operator.model import HostInfo
+from consul_operator.records import PlacementRecord, frozen_map
+
+
+def schedule(
+    manifests: Mapping[str, Manifest | None],
+    hosts: Sequence[HostInfo],
+    current: Mapping[str, PlacementRecord],
+    now: float,
+    lost_grace: float,
+) -> dict[str, PlacementRecord]:
+    """The new placement record of every service in ``manifests`` (see the module doc).
+
+    ``manifests`` maps a service to its valid manifest, or to None when its
+    manifest is invalid (its current record, if any, is kept unchanged).
+    Services absent from ``manifests`` are absent from the result.
+    """
+    by_name = {host.name: host for host in sorted(hosts, key=lambda h: h.name)}
+    load = _initial_load(manifests, current)
+    result: dict[str, PlacementRecord] = {}
+    for service in sorted(manifests):
+        manifest = manifests[service]
+        previous = current.get(service)
+        if manifest is None:
+            if previous is not None:
+                result[service] = previous
+            continue
+        # In place: rebuilding a Counter per service costs O(hosts) each time.
+        load.subtract(previous.hosts if previous else {})
+        record = _place(service, manifest, by_name, previous, load, now, lost_grace)
+        load.update(record.hosts)
+        result[service] = record
+    return result
+
+
+def next_schedule_wakeup(
+    hosts: Sequence[HostInfo], lost_grace: float, now: float | None = None
+) -> float | None:
+    """When the earliest lost host's grace runs out (after ``now``), or None if none will.
+
+    At that moment ``schedule`` moves the host's replicas, so the leader can
+    sleep until then. Without ``now`` every lost host's expiry counts, even
+    one already past.
+    """
+    expiries = [
+        host.lost_since + lost_grace for host in hosts if not host.live and host.lost_since is not None
+    ]
+    future = [at for at in expiries if now is None or at > now]
+    return min(future, default=None)
+
+
+def _initial_load(
+    manifests: Mapping[str, Manifest | None], current: Mapping[str, PlacementRecord]
+) -> Counter[str]:
+    """Replicas per host over all current records of services that still have a manifest."""
+    load: Counter[str] = Counter()
+    for service in manifests:
+        record = current.get(service)
+        if record is not None:
+            load.update(record.hosts)
+    return load
+
+
+def _in_grace(host: HostInfo, now: float, lost_grace: float) -> bool:
+    """Whether a lost host still keeps its replicas."""
+    return not host.live and host.lost_since is not None and now - host.lost_since < lost_grace
+
+
+def _place(
+    service: str,
+    manifest: Manifest,
+    hosts: Mapping[str, HostInfo],
+    previous: PlacementRecord | None,
+    load: Mapping[str, int],
+    now: float,
+    lost_grace: float,
+) -> PlacementRecord:
+    """One service's new record, starting from ``previous`` (``load``: other services' replicas)."""
+    allowed = manifest.placement.hosts
+    candidates = [h for h in hosts.values() if allowed is None or h.name in allowed]
+    live = [h.name for h in candidates if h.live]
+    grace = {h.name for h in candidates if _in_grace(h, now, lost_grace)}
+    cap = manifest.placement.max_per_host
+
+    counts = _kept_counts(previous, set(live) | grace, cap)
+    _scale_down(counts, manifest.replicas, grace)
+    _scale_up(counts, manifest.replicas, live, cap, load)
+    return PlacementRecord(
+        service=service,
+        spec_hash=manifest.spec_hash(),
+        hosts=frozen_map({h: n for h, n in sorted(counts.items()) if n > 0}),
+        unplaced=manifest.replicas - sum(counts.values()),
+    )
+
+
+def _kept_counts(previous: PlacementRecord | None, valid: set[str], cap: int | None) -> dict[str, int]:
+    """The previous counts on hosts that may keep replicas, cut to the cap."""
+    if previous is None:
+        return {}
+    counts: dict[str, int] = {}
+    for host, count in previous.hosts.items():
+        kept = count if cap is None else min(count, cap)
+        if host in valid and kept > 0:
+            counts[host] = kept
+    return counts
+
+
+def _scale_down(counts: dict[str, int], target: int, grace: set[str]) -> None:
+    """Remove replicas until at most ``target`` remain: lost hosts first, then the fullest."""
+    while sum(counts.values()) > target:
+        # max(): in grace before live, then most replicas, then the name sorting last.
+        victim = max(counts, key=lambda h: (h in grace, counts[h], h))
+        counts[victim] -= 1
+        if counts[victim] == 0:
+            del counts[victim]
+
+
+def _scale_up(
+    counts: dict[str, int],
+    target: int,
+    live: Sequence[str],
+    cap: int | None,
+    load: Mapping[str, int],
+) -> None:
+    """Add replicas until ``target`` or every live host is at the cap: emptiest host first.
+
+    A heap keyed (replicas of this service, replicas of all services, name)
+    gives the same choice as a linear min per replica, in O(log hosts): the
+    difference between 250 ms and 20 ms at 1,000 services x 10 replicas x 100 hosts.
+    """
+    missing = target - sum(counts.values())
+    heap = [(counts.get(h, 0), load.get(h, 0), h) for h in live if cap is None or counts.get(h, 0) < cap]
+    heapq.heapify(heap)
+    while missing > 0 and heap:
+        count, host_load, host = heapq.heappop(heap)
+        counts[host] = count + 1
+        missing -= 1
+        if cap is None or count + 1 < cap:
+            heapq.heappush(heap, (count + 1, host_load, host))
+
+
+def live_running(
+    running: Mapping[str, Mapping[str, Mapping[str, int]]], hosts: Sequence[HostInfo]
+) -> dict[str, dict[str, dict[str, int]]]:
+    """The agents' running counts (service -> host -> spec -> n) of live hosts only.
+
+    A lost host's record says what ran when its agent last wrote; counted, a
+    host lost for good would hold a rollout's surge and completion forever.
+    While it is in grace its replicas still count through the placement.
+    """
+    live = {h.name for h in hosts if h.live}
+    result: dict[str, dict[str, dict[str, int]]] = {}
+    for service, per_host in running.items():
+        kept = {h: dict(specs) for h, specs in per_host.items() if h in live}
+        if kept:
+            result[service] = kept
+    return result
+
+
+def gone_statuses(
+    statuses: Mapping[str, Iterable[str]], hosts: Sequence[HostInfo], now: float, lost_grace: float
+) -> list[tuple[str, str]]:
+    """(service, host) of the status records to delete: their host is gone past the lost-host grace.
+
+    ``statuses`` maps a service to the hosts that have a record of it. A host
+    unknown to ``hosts``, or lost with no grace left, is gone; a live host
+    and a host in grace keep theirs (its agent may come back and own it).
+    """
+    by_name = {h.name: h for h in hosts}
+    gone: list[tuple[str, str]] = []
+    for service in sorted(statuses):
+        for host in sorted(set(statuses[service])):
+            info = by_name.get(host)
+            if info is None or (not info.live and not _in_grace(info, now, lost_grace)):
+                gone.append((service, host))
+    return gone

@@ -1,0 +1,103 @@
+"""The typed KV records: what each reader gets out of what an agent, the leader or a person wrote."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from consul_operator.records import (
+    Hold,
+    LeaderRecord,
+    RollbackRequest,
+    RolloutRecord,
+    RolloutState,
+    StatusRecord,
+    frozen_map,
+)
+
+FULL = StatusRecord(
+    service="web",
+    host="host-1",
+    spec_hash="abc",
+    desired=2,
+    running=2,
+    healthy=1,
+    error="crash-looping",
+    hold=None,
+    specs=frozen_map({"abc": 2}),
+    instances=("web-host-1-a", "web-host-1-b"),
+    since=1.7e9,
+)
+
+
+def test_status_record_round_trips() -> None:
+    """What an agent writes reads back equal, the key naming service and host."""
+    assert StatusRecord.from_json(FULL.to_json(), service="web", host="host-1") == FULL
+    held = StatusRecord("web", "host-2", error="Invalid: replicas", hold=Hold.INVALID)
+    assert StatusRecord.from_json(held.to_json(), service="web", host="host-2") == held
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "value"),
+    [
+        pytest.param({}, "instances", (), id="no-instances-field"),
+        pytest.param({"instances": "web-1"}, "instances", (), id="instances-string-not-list"),
+        pytest.param(
+            {"instances": ["a", 1, None, "b"]}, "instances", ("a", "b"), id="non-string-ids-dropped"
+        ),
+        pytest.param({"running": "3"}, "running", 0, id="running-as-text-counts-0"),
+        pytest.param({"running": -2}, "running", 0, id="negative-running-counts-0"),
+        pytest.param({"running": True}, "running", 0, id="boolean-running-counts-0"),
+        pytest.param({"error": 7}, "error", "", id="error-not-text"),
+        pytest.param({"since": "yesterday"}, "since", None, id="since-not-a-number"),
+        pytest.param({"since": float("inf")}, "since", None, id="since-not-finite"),
+        pytest.param({"specs": {"a": "x"}}, "specs", {}, id="specs-with-junk-count-nothing"),
+        pytest.param({"specs": ["a"]}, "specs", {}, id="specs-not-a-mapping"),
+        pytest.param({"hold": "pending"}, "hold", None, id="unknown-hold-is-no-hold"),
+        pytest.param({"hold": "unplaced"}, "hold", Hold.UNPLACED, id="unplaced-hold"),
+    ],
+)
+def test_status_record_fields_are_read_defensively(
+    body: dict[str, object], field: str, value: object
+) -> None:
+    """A field of the wrong type (an old or a hand-made record) reads as empty, never as a crash."""
+    record = StatusRecord.from_json(json.dumps(body), service="web", host="host-1")
+    got = getattr(record, field)
+    assert (dict(got) if field == "specs" else got) == value
+
+
+@pytest.mark.parametrize("data", [b"not json", b"[1, 2]", b'"text"'], ids=["not-json", "list", "string"])
+def test_unreadable_status_record_is_refused(data: bytes) -> None:
+    """A value that is no JSON object at all is no status record: the reader decides (skip or keep empty)."""
+    with pytest.raises(ValueError, match="not a status record"):
+        StatusRecord.from_json(data, service="web", host="host-1")
+
+
+def test_same_report_ignores_only_the_time() -> None:
+    """An agent rewrites its record when anything but ``since`` changed."""
+    assert FULL.same_report(dataclasses.replace(FULL, since=2e9))
+    assert not FULL.same_report(dataclasses.replace(FULL, healthy=2))
+    assert not FULL.same_report(dataclasses.replace(FULL, instances=("web-host-1-a",)))
+    assert not FULL.same_report(None)
+
+
+def test_rollout_states_are_an_enum_with_two_active() -> None:
+    """Only progressing and rolling back move replicas; a record with any other state word is refused."""
+    assert {s for s in RolloutState if s.active} == {RolloutState.PROGRESSING, RolloutState.ROLLING_BACK}
+    record = RolloutRecord("web", "a", "b", RolloutState.FAILED, 1.7e9, "deadline")
+    assert RolloutRecord.from_json(record.to_json()) == record
+    body = json.loads(record.to_json())
+    body["state"] = "paused"
+    with pytest.raises(ValueError, match="unknown state"):
+        RolloutRecord.from_json(json.dumps(body).encode())
+
+
+def test_leader_and_rollback_records() -> None:
+    """The lock's value names the leader and a time; anything else is no leader record."""
+    assert LeaderRecord.from_json(LeaderRecord("host-1", 1.7e9).to_json()) == LeaderRecord("host-1", 1.7e9)
+    for junk in (b"{}", b'{"host": "h"}', b"nope"):
+        with pytest.raises(ValueError):
+            LeaderRecord.from_json(junk)
+    assert json.loads(RollbackRequest(1.7e9).to_json()) == {"requested": 1.7e9}
