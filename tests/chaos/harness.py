@@ -306,6 +306,18 @@ class Chaos:
         leader = str(wait_until(self.cluster.leader, timeout=60, what="a leader"))
         return leader, "host-2" if leader == "host-1" else "host-1"
 
+    def takes_every_replica(self, ids: set[str]) -> bool:
+        """Whether losing the containers ``ids`` leaves some service with no replica at all.
+
+        There is no rebalancing (by design, as in Nomad): after a host was lost,
+        a host may run every replica of a service, and a fault of that host is a
+        total loss whose failed requests only the run's budget bounds.
+        """
+        by_service: dict[str, set[str]] = {}
+        for c in self.containers():
+            by_service.setdefault(c.labels[LABEL_SERVICE], set()).add(c.id)
+        return any(replicas <= ids for s, replicas in by_service.items() if s in self.desired)
+
     def kill_replica(self) -> str:
         victim = self.rng.choice(sorted(self.containers(), key=lambda c: c.name))
         victim.kill()
@@ -314,10 +326,7 @@ class Chaos:
     def kill_many(self) -> str:
         everything = sorted(self.containers(), key=lambda c: c.name)
         victims = self.rng.sample(everything, k=self.rng.randint(2, len(everything)))
-        hit = {c.labels[LABEL_SERVICE] for c in victims}
-        self.faults[-1].total_loss = any(
-            {c.id for c in everything if c.labels[LABEL_SERVICE] == s} <= {v.id for v in victims} for s in hit
-        )
+        self.faults[-1].total_loss = self.takes_every_replica({v.id for v in victims})
         threads = [threading.Thread(target=v.kill) for v in victims]
         for t in threads:
             t.start()
@@ -350,6 +359,7 @@ class Chaos:
 
     def host_down(self) -> str:
         host = self.rng.choice(["host-1", "host-2"])
+        self.faults[-1].total_loss = self.takes_every_replica({c.id for c in self.containers(host=host)})
         for name in (f"agent-{host}", f"consul-{host}"):
             self.cluster.kill(name, signal.SIGKILL)
         for container in self.containers(host=host):
@@ -429,6 +439,7 @@ class Chaos:
     def host_lost(self) -> str:
         """An app host gone for good (Consul, agent, containers); restored only after convergence."""
         host = self.rng.choice(["host-1", "host-2"])
+        self.faults[-1].total_loss = self.takes_every_replica({c.id for c in self.containers(host=host)})
         for name in (f"agent-{host}", f"consul-{host}"):
             self.cluster.kill(name, signal.SIGKILL)
         for container in self.containers(host=host):

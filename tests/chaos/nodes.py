@@ -133,9 +133,7 @@ class NodeChaos(Chaos):
         self._read_through("host-3")
         kept = {c.id for c in self.containers(host=host)}
         # No rebalancing after a host returns: a host may run every replica of a service.
-        self.faults[-1].total_loss = any(
-            {c.id for c in self.containers(s)} <= kept for s in self.desired if self.containers(s)
-        )
+        self.faults[-1].total_loss = self.takes_every_replica(kept)
         started = time.monotonic()
         if cut == "isolate":
             self.nodes.isolate(host)
@@ -279,9 +277,7 @@ class NodeChaos(Chaos):
         host = self._busiest_app_host()
         self._read_through("host-3")
         kept = {c.id for c in self.containers(host=host)}
-        self.faults[-1].total_loss = any(
-            {c.id for c in self.containers(s)} <= kept for s in self.desired if self.containers(s)
-        )
+        self.faults[-1].total_loss = self.takes_every_replica(kept)
         self.lost.add(host)
         self.nodes.exec(host, "systemctl", "reboot", check=False)
         rebooted = time.monotonic()
