@@ -125,6 +125,7 @@ build() {
   old=$(docker image inspect -f '{{index .Config.Labels "consul-operator.recipe"}} {{.Id}}' "$IMAGE" 2>/dev/null || true)
   [[ ${old%% *} == "$recipe" ]] && { say "$IMAGE present"; return; }
   local started=$SECONDS name="$NAME-build-$$"
+  mkdir -p "$BUILD_DIR"
   say "provisioning the image (consul, the operator's virtualenv)"
   # shellcheck disable=SC2016
   local inside='
