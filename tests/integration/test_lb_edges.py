@@ -3,7 +3,6 @@ data, configs NGINX refuses, and a system NGINX whose reload fails."""
 
 from __future__ import annotations
 
-import http.client
 import itertools
 import signal
 import stat
@@ -28,8 +27,8 @@ from consul_operator.model import LABEL_CLUSTER, LABEL_SERVICE
 from consul_operator.snapshot import read_snapshot
 from consul_operator.status import build_status
 from consul_operator.upstreams import LBView
-from tests.integration.test_load_balancer import get, lb_address
 from tests.support.cluster import Cluster, manifest_yaml
+from tests.support.served import get, served, serves
 from tests.support.staging import ROOT, pid_alive, wait_until
 
 # The test's own NGINX (only this module and test_load_balancer.py use it).
@@ -101,17 +100,6 @@ def consul_answered(status: int, body: str) -> bool:
     return status == 200 and '"Config"' in body and '"Member"' in body
 
 
-def get_path(address: str, host: str, path: str) -> tuple[int, str]:
-    """One GET of ``path`` through NGINX with a Host header."""
-    conn = http.client.HTTPConnection(address, 80, timeout=5)
-    try:
-        conn.request("GET", path, headers={"Host": host})
-        response = conn.getresponse()
-        return response.status, response.read().decode(errors="replace")
-    finally:
-        conn.close()
-
-
 def test_forged_registrations_are_never_proxied(
     cluster: Cluster, service_name: str, forge: list[tuple[ConsulClient, str]]
 ) -> None:
@@ -159,7 +147,7 @@ def test_forged_registrations_are_never_proxied(
         what="the load balancer to reject every forgery",
     )
 
-    answers = [get_path(lb_address(cluster), service_name, "/v1/agent/self") for _ in range(40)]
+    answers = [get(cluster.lb_address, service_name, path="/v1/agent/self") for _ in range(40)]
     assert not [a for a in answers if consul_answered(*a)], "a request reached Consul's API"
     assert ":8500" not in (cluster.staging.run_dir / "nginx" / "nginx.conf").read_text()
     assert cluster.lb_serves(service_name, 2)
@@ -269,7 +257,7 @@ def test_two_clusters_on_one_consul_never_mix(
     )
     ours = {c.id[:12] for c in cluster.containers(service_name)}
     wait_until(lambda: cluster.lb_serves(service_name, 1), timeout=30, what="NGINX to serve ours")
-    answered = {get(lb_address(cluster), service_name)[1].rsplit(" ", 1)[-1].strip() for _ in range(20)}
+    answered = served(cluster.lb_address, service_name, 20)
     assert answered == ours
 
     view = build_status(read_snapshot(cluster.consul, Layout(), cluster.staging.name, time.time()))
@@ -301,11 +289,6 @@ def poisoning(poisoned: set[str]) -> RenderFn:
     return template
 
 
-def answers(host: str, n: int) -> set[str]:
-    """The container ids that answered ``n`` requests for ``host`` through the test's own NGINX."""
-    return {get(OWN_ADDRESS, host, 8081)[1].rsplit(" ", 1)[-1].strip() for _ in range(n)}
-
-
 def test_service_nginx_refuses_never_freezes_the_others(
     cluster: Cluster, service_name: str, other_service: str, tmp_path: Path, nginx_binary: str
 ) -> None:
@@ -329,12 +312,13 @@ def test_service_nginx_refuses_never_freezes_the_others(
     )
     try:
 
-        def serves(name: str, n: int) -> bool:
+        def fresh(name: str, n: int) -> bool:
+            """One pass of the in-process load balancer, then: NGINX serves ``name``'s ``n`` replicas."""
             lb.reconcile()
             ids = {c.id[:12] for c in cluster.containers(name)}
-            return len(ids) == n and answers(name, 3 * n) == ids
+            return len(ids) == n and serves(OWN_ADDRESS, name, ids, port=8081)
 
-        wait_until(lambda: serves(bad, 1) and serves(good, 1), timeout=60, what="both served")
+        wait_until(lambda: fresh(bad, 1) and fresh(good, 1), timeout=60, what="both served")
         first_containers = cluster.containers(bad)
         first_bad = {c.id[:12] for c in first_containers}
         failed_before = metric("operator_lb_reloads_total", result="failed")
@@ -346,14 +330,15 @@ def test_service_nginx_refuses_never_freezes_the_others(
         # No pass has run since: the bad service's new server is refused from its first sight.
         new = [i for i in cluster.passing(bad) if i.service_id not in {c.name for c in first_containers}]
         poisoned.update(f"{i.address}:{i.port}" for i in new)
-        wait_until(lambda: serves(good, 2), timeout=60, what="the good service's fresh upstream")
+        wait_until(lambda: fresh(good, 2), timeout=60, what="the good service's fresh upstream")
         assert metric("operator_lb_reloads_total", result="failed") > failed_before
         assert metric("operator_lb_quarantined_services") == 1
-        assert answers(bad, 6) == first_bad, "the refused service keeps its last good upstream"
+        kept = served(OWN_ADDRESS, bad, 6, port=8081)
+        assert kept == first_bad, "the refused service keeps its last good upstream"
         assert "slow_start" not in (nginx.current() or "")
 
         poisoned.clear()
-        wait_until(lambda: serves(bad, 2), timeout=60, what="the service served fresh once NGINX takes it")
+        wait_until(lambda: fresh(bad, 2), timeout=60, what="the service served fresh once NGINX takes it")
         assert metric("operator_lb_quarantined_services") == 0
     finally:
         nginx.stop()
@@ -433,7 +418,7 @@ def test_failed_system_reload_is_retried_until_it_succeeds(
     loop.start()
     try:
         wait_until(
-            lambda: get(OWN_ADDRESS, "anything", 8080)[1].rsplit(" ", 1)[-1].strip() in ids,
+            lambda: served(OWN_ADDRESS, "anything", 1, port=8080) <= ids,
             timeout=60,
             what="the system NGINX to serve after the reload finally worked",
         )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import signal
@@ -18,6 +17,7 @@ import yaml
 
 from consul_operator.consul_client import ConsulClient
 from consul_operator.model import LABEL_CLUSTER, LABEL_HOST, LABEL_SERVICE
+from tests.support.served import serves
 from tests.support.staging import HOSTS, Staging, pid_alive, wait_until
 
 CONVERGE_TIMEOUT = 60.0  # generous: the goal is seconds, measured in bench/
@@ -137,22 +137,14 @@ class Cluster:
         return [str(e["Action"]) for e in events if e["Action"] in actions]
 
     def lb_serves(self, service: str, n: int) -> bool:
-        """NGINX answers for ``service`` from exactly its ``n`` running containers (over 3n requests)."""
+        """NGINX answers for ``service`` from exactly its ``n`` running containers (`served.serves`)."""
         ids = {c.id[:12] for c in self.containers(service)}
-        if len(ids) != n:
-            return False
-        bodies = set()
-        for _ in range(3 * n):
-            conn = http.client.HTTPConnection(self.staging.addresses[2], 80, timeout=5)
-            try:
-                conn.request("GET", "/", headers={"Host": service})
-                response = conn.getresponse()
-                if response.status != 200:
-                    return False
-                bodies.add(response.read().decode().rsplit(" ", 1)[-1].strip())
-            finally:
-                conn.close()
-        return bodies == ids
+        return len(ids) == n and serves(self.lb_address, service, ids)
+
+    @property
+    def lb_address(self) -> str:
+        """Where the environment's NGINX listens (host-3's address, port 80)."""
+        return self.staging.addresses[2]
 
     def leader(self) -> str | None:
         """The host holding the leader lock, per its value."""
