@@ -15,6 +15,7 @@ import pytest
 
 from consul_operator.consul_client import ConsulClient
 from consul_operator.docker_client import connect, ping
+from tests.support.bounds import REMOVAL_S
 from tests.support.cluster import Cluster
 from tests.support.staging import SLOW_RESYNC, Staging, tool, wait_until
 
@@ -76,7 +77,9 @@ def service_name(request: pytest.FixtureRequest, cluster: Cluster) -> Iterator[s
     name = "t" + uuid.uuid4().hex[:8]
     yield name
     cluster.delete(name)
-    wait_until(lambda: not cluster.containers(name, all_states=True), timeout=60, what=f"{name} removed")
+    wait_until(
+        lambda: not cluster.containers(name, all_states=True), timeout=REMOVAL_S, what=f"{name} removed"
+    )
 
 
 @pytest.fixture
@@ -85,4 +88,6 @@ def other_service(cluster: Cluster) -> Iterator[str]:
     name = "u" + uuid.uuid4().hex[:8]
     yield name
     cluster.delete(name)
-    wait_until(lambda: not cluster.containers(name, all_states=True), timeout=60, what=f"{name} removed")
+    wait_until(
+        lambda: not cluster.containers(name, all_states=True), timeout=REMOVAL_S, what=f"{name} removed"
+    )
