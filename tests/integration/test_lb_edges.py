@@ -22,12 +22,14 @@ from consul_operator.actuators.nginx import ManagedNginx, SystemNginx, render
 from consul_operator.consul_client import ConsulClient
 from consul_operator.keys import Layout
 from consul_operator.lb import LoadBalancer, RenderFn
-from consul_operator.loop import Trigger, run_loop
+from consul_operator.loop import RETRY_CAP, Trigger, retry_delay, run_loop
 from consul_operator.model import LABEL_CLUSTER, LABEL_SERVICE
 from consul_operator.snapshot import read_snapshot
 from consul_operator.status import build_status
 from consul_operator.upstreams import LBView
+from tests.support.bounds import LB_UPDATE_S, PROCESS_S
 from tests.support.cluster import Cluster, manifest_yaml
+from tests.support.delays import assert_backs_off
 from tests.support.served import get, served, serves
 from tests.support.staging import ROOT, pid_alive, wait_until
 
@@ -380,17 +382,25 @@ def system_nginx(tmp_path: Path, nginx_binary: str) -> Iterator[tuple[Path, list
         wait_until(lambda: not pid_alive(pid), timeout=30, what="the system NGINX to stop")
 
 
+# Reloads refused before one works: retried after 0.5, 1, 2, 4, 8 s and then the 10 s cap.
+REFUSED_RELOADS = 6
+# The attempts are stamped by the reload command itself: a retry's pass reads Consul and
+# renders before it runs the command again (measured 0.01-0.05 s late), never early.
+RELOAD_LATE = 2.0
+RELOAD_EARLY = 0.05
+
+
 def test_failed_system_reload_is_retried_until_it_succeeds(
     cluster: Cluster, service_name: str, system_nginx: tuple[Path, list[str]]
 ) -> None:
-    """A reload command that fails 3 times is retried with growing delays, counted, and then serves."""
+    """A reload failing 6 times is retried after 0.5, 1, 2, 4, 8 and 10 s (the cap), counted, then serves."""
     prefix, command = system_nginx
     attempts = prefix / "attempts"
     script = prefix / "reload.sh"
     script.write_text(
         "#!/bin/sh\n"
         f"date +%s.%N >> {attempts}\n"
-        f'[ "$(wc -l < {attempts})" -gt 3 ] || {{ echo "reload refused" >&2; exit 1; }}\n'
+        f'[ "$(wc -l < {attempts})" -gt {REFUSED_RELOADS} ] || {{ echo "reload refused" >&2; exit 1; }}\n'
         f"exec {' '.join(command)} -s reload\n"
     )
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
@@ -398,6 +408,7 @@ def test_failed_system_reload_is_retried_until_it_succeeds(
     cluster.wait_converged(service_name, 1)
     ids = {c.id[:12] for c in cluster.containers(service_name)}
     errors_before = metric("operator_lb_reloads_total", result="error")
+    wanted = [retry_delay(n) for n in range(1, REFUSED_RELOADS + 1)]
 
     nginx = SystemNginx(
         prefix / "conf.d" / "lb.conf", test_cmd=" ".join([*command, "-t", "-q"]), reload_cmd=str(script)
@@ -413,21 +424,22 @@ def test_failed_system_reload_is_retried_until_it_succeeds(
     )
     stop, trigger = threading.Event(), Trigger()
     loop = threading.Thread(
-        target=run_loop, args=("lb", lb.reconcile, trigger, stop), kwargs={"resync": 60.0}
+        target=run_loop, args=("lb", lb.reconcile, trigger, stop), kwargs={"resync": 600.0}
     )
     loop.start()
     try:
         wait_until(
             lambda: served(OWN_ADDRESS, "anything", 1, port=8080) <= ids,
-            timeout=60,
+            timeout=sum(wanted) + REFUSED_RELOADS * RELOAD_LATE + LB_UPDATE_S,
             what="the system NGINX to serve after the reload finally worked",
         )
     finally:
         stop.set()
         trigger.fire()
-        loop.join(timeout=30)
+        loop.join(timeout=PROCESS_S)
     times = [float(line) for line in attempts.read_text().split()]
-    assert len(times) == 4, times
+    assert len(times) == REFUSED_RELOADS + 1, times
     gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert gaps[-1] > gaps[0], f"no back-off between attempts: {gaps}"
-    assert metric("operator_lb_reloads_total", result="error") - errors_before == 3
+    assert_backs_off(gaps, wanted, early=RELOAD_EARLY, late=RELOAD_LATE)
+    assert wanted[-1] == RETRY_CAP < 2 * wanted[-2], "the last retry is at the cap"
+    assert metric("operator_lb_reloads_total", result="error") - errors_before == REFUSED_RELOADS

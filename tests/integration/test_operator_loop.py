@@ -25,6 +25,7 @@ from tests.support.bounds import (
     REMOVAL_S,
 )
 from tests.support.cluster import Cluster
+from tests.support.delays import assert_backs_off
 from tests.support.staging import pid_alive, restart_docker_engine, wait_until
 
 
@@ -132,17 +133,19 @@ def test_restarting_both_agents_changes_no_container(cluster: Cluster, service_n
     cluster.put(service_name, 2)
     cluster.wait_converged(service_name, 2)
     before = {c.id for c in cluster.containers(service_name)}
-    since = time.time()
-    for host in ("host-1", "host-2"):
-        cluster.kill(f"agent-{host}", signal.SIGTERM)
-    assert {c.id for c in cluster.containers(service_name)} == before, "SIGTERM must leave containers running"
-    both_agents_up(cluster)
-    # A few more passes, on every wake-up source, before we look.
-    cluster.put(service_name, 2, drain="600ms")
-    cluster.wait_passes(time.time())
+    with cluster.recording_events(service_name) as events:
+        for host in ("host-1", "host-2"):
+            cluster.kill(f"agent-{host}", signal.SIGTERM)
+        assert {c.id for c in cluster.containers(service_name)} == before, (
+            "SIGTERM must leave containers running"
+        )
+        both_agents_up(cluster)
+        # A few more passes, on every wake-up source, before we look.
+        cluster.put(service_name, 2, drain="600ms")
+        cluster.wait_passes(time.time())
     assert {c.id for c in cluster.containers(service_name)} == before
-    actions = cluster.container_events(service_name, since, ("create", "start", "stop", "kill", "destroy"))
-    assert actions == [], f"containers were touched: {actions}"
+    touched = [action for _, action in events if action in ("create", "start", "stop", "kill", "destroy")]
+    assert touched == [], f"containers were touched: {touched}"
 
 
 def test_invalid_manifest_leaves_containers_untouched(cluster: Cluster, service_name: str) -> None:
@@ -204,14 +207,10 @@ def failure_times(cluster: Cluster, service: str, attempts: int) -> list[float]:
     return times
 
 
-def assert_growing_delays(delays: list[float]) -> None:
-    """Each measured delay is the back-off's (1, 2, 4 ... s, `reconcile.backoff_delay`), and grows."""
-    measured = [round(d, 2) for d in delays]
+def assert_host_backoff(delays: list[float]) -> None:
+    """The delays are the host agent's back-off after 1, 2 ... failures (`reconcile.backoff_delay`)."""
     wanted = [backoff_delay(n) for n in range(1, len(delays) + 1)]
-    print(f"delays before each retry: {measured}, back-off: {wanted}")
-    for delay, want in zip(delays, wanted, strict=True):
-        assert want - RETRY_EARLY <= delay <= want + RETRY_SLACK, f"delays {measured}, back-off {wanted}"
-    assert all(a < b for a, b in itertools.pairwise(delays)), f"delays do not grow: {measured}"
+    assert_backs_off(delays, wanted, early=RETRY_EARLY, late=RETRY_SLACK)
 
 
 def test_missing_image_is_reported_and_backed_off(cluster: Cluster, service_name: str) -> None:
@@ -224,7 +223,7 @@ def test_missing_image_is_reported_and_backed_off(cluster: Cluster, service_name
         what="the image error in status",
     )
     times = failure_times(cluster, service_name, ATTEMPTS)
-    assert_growing_delays([b - a for a, b in itertools.pairwise(times)])
+    assert_host_backoff([b - a for a, b in itertools.pairwise(times)])
     assert cluster.containers(service_name, all_states=True) == []
 
 
@@ -245,7 +244,7 @@ def test_crashing_container_is_backed_off(cluster: Cluster, service_name: str) -
     dies = [at for at, action in events if action == "die"]
     creates = [at for at, action in events if action == "create"]
     # From each exit to the next container's creation: the back-off of that many crashes.
-    assert_growing_delays([next(c for c in creates if c > die) - die for die in dies[: ATTEMPTS - 1]])
+    assert_host_backoff([next(c for c in creates if c > die) - die for die in dies[: ATTEMPTS - 1]])
     assert len(creates) <= ATTEMPTS + 1, f"{len(creates)} containers for {len(dies)} crashes"
 
 
