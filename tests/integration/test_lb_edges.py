@@ -27,8 +27,8 @@ from consul_operator.model import LABEL_CLUSTER, LABEL_SERVICE
 from consul_operator.snapshot import read_snapshot
 from consul_operator.status import build_status
 from consul_operator.upstreams import LBView
-from tests.support.bounds import LB_UPDATE_S, PROCESS_S
-from tests.support.cluster import Cluster, manifest_yaml
+from tests.support.bounds import CONVERGE_S, LB_UPDATE_S, PROCESS_S, REACT_S, REMOVAL_S
+from tests.support.cluster import Cluster, manifest_yaml, operator
 from tests.support.delays import assert_backs_off
 from tests.support.served import get, served, serves
 from tests.support.staging import ROOT, pid_alive, wait_until
@@ -73,7 +73,7 @@ def test_scoped_address_does_not_freeze_other_services(
     """A registration at `::1%x` under a served name is left out; a service put afterwards is served."""
     cluster.put(service_name, 1, placement={"hosts": ["host-1"]})
     cluster.wait_converged(service_name, 1)
-    wait_until(lambda: cluster.lb_serves(service_name, 1), timeout=30, what="NGINX to serve")
+    wait_until(lambda: cluster.lb_serves(service_name, 1), timeout=LB_UPDATE_S, what="NGINX to serve")
     before = rejected_total(cluster)
     for host, cluster_meta in (("host-3", "elsewhere"), ("host-1", cluster.staging.name)):
         register_forged(
@@ -88,11 +88,13 @@ def test_scoped_address_does_not_freeze_other_services(
                 "Meta": {"cluster": cluster_meta, "host": "host-1"},
             },
         )
-    wait_until(lambda: rejected_total(cluster) >= before + 2, timeout=30, what="both to be rejected")
+    wait_until(lambda: rejected_total(cluster) >= before + 2, timeout=REACT_S, what="both to be rejected")
 
     cluster.put(other_service, 1, placement={"hosts": ["host-2"]})
     cluster.wait_converged(other_service, 1)
-    wait_until(lambda: cluster.lb_serves(other_service, 1), timeout=30, what="the later service served")
+    wait_until(
+        lambda: cluster.lb_serves(other_service, 1), timeout=LB_UPDATE_S, what="the later service served"
+    )
     assert cluster.lb_serves(service_name, 1)
     assert "%" not in (cluster.staging.run_dir / "nginx" / "nginx.conf").read_text()
 
@@ -109,7 +111,7 @@ def test_forged_registrations_are_never_proxied(
     name = cluster.staging.name
     cluster.put(service_name, 2)
     cluster.wait_converged(service_name, 2)
-    wait_until(lambda: cluster.lb_serves(service_name, 2), timeout=30, what="NGINX to serve both")
+    wait_until(lambda: cluster.lb_serves(service_name, 2), timeout=LB_UPDATE_S, what="NGINX to serve both")
     host1, host2 = cluster.staging.addresses[0], cluster.staging.addresses[1]
     forged = [
         # The issue's reproduction: another cluster's meta, host-2's Consul HTTP port.
@@ -138,14 +140,16 @@ def test_forged_registrations_are_never_proxied(
             },
         )
     # Consul shows them passing: the catalog alone would serve them.
-    wait_until(lambda: len(cluster.passing(service_name)) == 2 + len(forged), timeout=30, what="forgeries")
+    wait_until(
+        lambda: len(cluster.passing(service_name)) == 2 + len(forged), timeout=REACT_S, what="forgeries"
+    )
     wait_until(
         lambda: all(
             cluster.metric("host-3", "operator_lb_rejected_total", reason=reason)
             >= before[reason] + sum(1 for f in forged if f[3] == reason)
             for reason in before
         ),
-        timeout=30,
+        timeout=REACT_S,
         what="the load balancer to reject every forgery",
     )
 
@@ -158,25 +162,7 @@ def test_forged_registrations_are_never_proxied(
     view = build_status(read_snapshot(cluster.consul, Layout(), name, time.time()))
     service = next(s for s in view.services if s.name == service_name)
     assert (service.healthy, service.state) == (2, "Converged")
-    wait = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "consul_operator",
-            "wait",
-            service_name,
-            "--timeout",
-            "30s",
-            "--consul",
-            cluster.staging.consul_addr("host-1"),
-            "--cluster",
-            name,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    wait = operator(cluster, "wait", service_name, "--timeout", "30s", "--cluster", name)
     assert wait.returncode == 0, wait.stdout + wait.stderr
 
 
@@ -219,12 +205,12 @@ def other_cluster(cluster: Cluster) -> Iterator[tuple[str, str]]:
         try:
             wait_until(
                 lambda: not cluster.docker.containers.list(all=True, filters={"label": labels}),
-                timeout=60,
+                timeout=REMOVAL_S,
                 what="the other cluster's containers to go",
             )
         finally:
             agent.send_signal(signal.SIGTERM)
-            agent.wait(timeout=30)
+            agent.wait(timeout=PROCESS_S)
             log.close()
             ConsulClient(consul_addr).deregister_service("operator-agent-host-9")
             cluster.consul.kv_delete(prefix, recurse=True)
@@ -247,18 +233,18 @@ def test_two_clusters_on_one_consul_never_mix(
         mine = [i for i in cluster.passing(service_name) if i.meta.get("cluster") == cluster.staging.name]
         return len(running) == 1 and running == {i.service_id for i in mine}
 
-    wait_until(ours_converged, timeout=60, what="our replica")
-    wait_until(lambda: len(theirs()) == 1, timeout=60, what="the other cluster's replica")
+    wait_until(ours_converged, timeout=CONVERGE_S, what="our replica")
+    wait_until(lambda: len(theirs()) == 1, timeout=CONVERGE_S, what="the other cluster's replica")
     wait_until(
         lambda: (
             sorted(i.meta.get("cluster") for i in cluster.passing(service_name))
             == sorted([other, cluster.staging.name])
         ),
-        timeout=60,
+        timeout=CONVERGE_S,
         what="both clusters' replicas passing in one catalog",
     )
     ours = {c.id[:12] for c in cluster.containers(service_name)}
-    wait_until(lambda: cluster.lb_serves(service_name, 1), timeout=30, what="NGINX to serve ours")
+    wait_until(lambda: cluster.lb_serves(service_name, 1), timeout=LB_UPDATE_S, what="NGINX to serve ours")
     answered = served(cluster.lb_address, service_name, 20)
     assert answered == ours
 
@@ -320,7 +306,7 @@ def test_service_nginx_refuses_never_freezes_the_others(
             ids = {c.id[:12] for c in cluster.containers(name)}
             return len(ids) == n and serves(OWN_ADDRESS, name, ids, port=8081)
 
-        wait_until(lambda: fresh(bad, 1) and fresh(good, 1), timeout=60, what="both served")
+        wait_until(lambda: fresh(bad, 1) and fresh(good, 1), timeout=LB_UPDATE_S, what="both served")
         first_containers = cluster.containers(bad)
         first_bad = {c.id[:12] for c in first_containers}
         failed_before = metric("operator_lb_reloads_total", result="failed")
@@ -332,7 +318,7 @@ def test_service_nginx_refuses_never_freezes_the_others(
         # No pass has run since: the bad service's new server is refused from its first sight.
         new = [i for i in cluster.passing(bad) if i.service_id not in {c.name for c in first_containers}]
         poisoned.update(f"{i.address}:{i.port}" for i in new)
-        wait_until(lambda: fresh(good, 2), timeout=60, what="the good service's fresh upstream")
+        wait_until(lambda: fresh(good, 2), timeout=LB_UPDATE_S, what="the good service's fresh upstream")
         assert metric("operator_lb_reloads_total", result="failed") > failed_before
         assert metric("operator_lb_quarantined_services") == 1
         kept = served(OWN_ADDRESS, bad, 6, port=8081)
@@ -340,7 +326,9 @@ def test_service_nginx_refuses_never_freezes_the_others(
         assert "slow_start" not in (nginx.current() or "")
 
         poisoned.clear()
-        wait_until(lambda: fresh(bad, 2), timeout=60, what="the service served fresh once NGINX takes it")
+        wait_until(
+            lambda: fresh(bad, 2), timeout=LB_UPDATE_S, what="the service served fresh once NGINX takes it"
+        )
         assert metric("operator_lb_quarantined_services") == 0
     finally:
         nginx.stop()
@@ -373,13 +361,13 @@ def system_nginx(tmp_path: Path, nginx_binary: str) -> Iterator[tuple[Path, list
     ]
     subprocess.run(command, check=True, timeout=30)  # daemonises; writes nginx.pid
     pid_file = prefix / "nginx.pid"
-    wait_until(pid_file.exists, timeout=30, what="the system NGINX to start")
+    wait_until(pid_file.exists, timeout=PROCESS_S, what="the system NGINX to start")
     pid = int(pid_file.read_text())
     try:
         yield prefix, command
     finally:
         subprocess.run([*command, "-s", "quit"], check=False, timeout=30)
-        wait_until(lambda: not pid_alive(pid), timeout=30, what="the system NGINX to stop")
+        wait_until(lambda: not pid_alive(pid), timeout=PROCESS_S, what="the system NGINX to stop")
 
 
 # Reloads refused before one works: retried after 0.5, 1, 2, 4, 8 s and then the 10 s cap.

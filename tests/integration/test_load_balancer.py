@@ -12,6 +12,7 @@ import pytest
 from consul_operator.actuators.nginx import ManagedNginx, render
 from consul_operator.consul_client import ConsulClient, ServiceInstance
 from consul_operator.upstreams import build_view
+from tests.support.bounds import LB_UPDATE_S, LOAD_S, REACT_S, REPLACEMENT_S
 from tests.support.cluster import Cluster
 from tests.support.load import Load
 from tests.support.served import get, replica
@@ -42,7 +43,7 @@ def test_round_robin_across_both_app_hosts(cluster: Cluster, service_name: str) 
     ids = {c.id[:12] for c in cluster.containers(service_name)}
     # Right after a reload, NGINX's old worker may still take a few requests with
     # the previous upstream list; round-robin is a steady-state property.
-    wait_until(lambda: alternates(cluster, service_name, ids), timeout=30, what="strict round-robin")
+    wait_until(lambda: alternates(cluster, service_name, ids), timeout=LB_UPDATE_S, what="strict round-robin")
 
 
 def test_service_without_passing_instance_answers_503(cluster: Cluster, service_name: str) -> None:
@@ -52,7 +53,7 @@ def test_service_without_passing_instance_answers_503(cluster: Cluster, service_
     # worker may still answer a request or two from the previous config.
     wait_until(
         lambda: get(cluster.lb_address, service_name) == (503, f"no healthy instance of {service_name}\n"),
-        timeout=30,
+        timeout=LB_UPDATE_S,
         what="a 503 saying there is no healthy instance",
     )
 
@@ -61,14 +62,18 @@ def test_scale_down_under_load_fails_no_request(cluster: Cluster, service_name: 
     """Scaling 3 -> 1 under a steady trickle of requests fails none of them: drain comes before stop."""
     cluster.put(service_name, 3, drain="2s")
     cluster.wait_converged(service_name, 3)
-    wait_until(lambda: cluster.lb_serves(service_name, 3), timeout=30, what="NGINX to serve 3 replicas")
+    wait_until(
+        lambda: cluster.lb_serves(service_name, 3), timeout=LB_UPDATE_S, what="NGINX to serve 3 replicas"
+    )
     with Load(cluster.lb_address, service_name) as load:
-        wait_until(lambda: len(load.outcomes) > 20, timeout=30, what="load to start")
+        wait_until(lambda: len(load.outcomes) > 20, timeout=LOAD_S, what="load to start")
         cluster.put(service_name, 1, drain="2s")
         cluster.wait_converged(service_name, 1)
-        wait_until(lambda: cluster.lb_serves(service_name, 1), timeout=30, what="NGINX to serve 1 replica")
+        wait_until(
+            lambda: cluster.lb_serves(service_name, 1), timeout=LB_UPDATE_S, what="NGINX to serve 1 replica"
+        )
         settled = len(load.outcomes)
-        wait_until(lambda: len(load.outcomes) > settled + 20, timeout=30, what="more requests")
+        wait_until(lambda: len(load.outcomes) > settled + 20, timeout=LOAD_S, what="more requests")
     assert len(load.outcomes) > 50
     assert load.failures == [], f"{len(load.failures)} of {len(load.outcomes)} failed: {load.failures[:3]}"
 
@@ -77,9 +82,9 @@ def test_killed_container_under_load_stays_within_budget(cluster: Cluster, servi
     """`docker kill` of a replica under load: failed requests stay within the budget, and are counted."""
     cluster.put(service_name, 2)
     cluster.wait_converged(service_name, 2)
-    wait_until(lambda: cluster.lb_serves(service_name, 2), timeout=30, what="NGINX to serve both")
+    wait_until(lambda: cluster.lb_serves(service_name, 2), timeout=LB_UPDATE_S, what="NGINX to serve both")
     with Load(cluster.lb_address, service_name) as load:
-        wait_until(lambda: len(load.outcomes) > 20, timeout=30, what="load to start")
+        wait_until(lambda: len(load.outcomes) > 20, timeout=LOAD_S, what="load to start")
         victim = cluster.containers(service_name)[0]
         victim.kill()
         wait_until(
@@ -87,11 +92,13 @@ def test_killed_container_under_load_stays_within_budget(cluster: Cluster, servi
                 victim.id not in {c.id for c in cluster.containers(service_name)}
                 and cluster.converged(service_name, 2)
             ),
-            timeout=60,
+            timeout=REPLACEMENT_S,
             what="the replacement",
         )
         wait_until(
-            lambda: cluster.lb_serves(service_name, 2), timeout=30, what="NGINX to serve the replacement"
+            lambda: cluster.lb_serves(service_name, 2),
+            timeout=LB_UPDATE_S,
+            what="NGINX to serve the replacement",
         )
     failed = len(load.failures)
     print(f"kill under load: {failed} of {len(load.outcomes)} requests failed")
@@ -106,7 +113,7 @@ def test_hostile_registration_never_reaches_nginx(cluster: Cluster, service_name
     """
     cluster.put(service_name, 1, placement={"hosts": ["host-1"]})
     cluster.wait_converged(service_name, 1)
-    wait_until(lambda: cluster.lb_serves(service_name, 1), timeout=30, what="NGINX to serve")
+    wait_until(lambda: cluster.lb_serves(service_name, 1), timeout=LB_UPDATE_S, what="NGINX to serve")
     rejected_before = cluster.metric("host-3", "operator_lb_rejected_total", reason="foreign_cluster")
     host3 = ConsulClient(cluster.staging.consul_addr("host-3"))
     evil_id = f"evil-{uuid.uuid4().hex[:6]}"
@@ -119,7 +126,7 @@ def test_hostile_registration_never_reaches_nginx(cluster: Cluster, service_name
                 cluster.metric("host-3", "operator_lb_rejected_total", reason="foreign_cluster")
                 > rejected_before
             ),
-            timeout=30,
+            timeout=REACT_S,
             what="the rejection to be counted",
         )
         conf = (cluster.staging.run_dir / "nginx" / "nginx.conf").read_text()
@@ -152,7 +159,9 @@ def test_config_failing_nginx_t_leaves_the_old_one_serving(own_nginx: ManagedNgi
     """A config that fails `nginx -t` is not installed: the running NGINX keeps serving the last good one."""
     first = own_nginx.apply(static_conf(own_nginx.prefix, "one"))
     assert first.ok and first.changed
-    wait_until(lambda: get("127.0.0.24", "x", port=8080) == (200, "one"), timeout=30, what="NGINX to serve")
+    wait_until(
+        lambda: get("127.0.0.24", "x", port=8080) == (200, "one"), timeout=LB_UPDATE_S, what="NGINX to serve"
+    )
     good_text = own_nginx.current()
 
     broken = own_nginx.apply(static_conf(own_nginx.prefix, "two").replace("listen", "lisen"))
@@ -163,7 +172,9 @@ def test_config_failing_nginx_t_leaves_the_old_one_serving(own_nginx: ManagedNgi
 
     second = own_nginx.apply(static_conf(own_nginx.prefix, "two"))
     assert second.ok
-    wait_until(lambda: get("127.0.0.24", "x", port=8080) == (200, "two"), timeout=30, what="the reload")
+    wait_until(
+        lambda: get("127.0.0.24", "x", port=8080) == (200, "two"), timeout=LB_UPDATE_S, what="the reload"
+    )
 
 
 @pytest.mark.parametrize(
