@@ -31,7 +31,7 @@ from tests.support.bounds import CONVERGE_S, LB_UPDATE_S, PROCESS_S, REACT_S, RE
 from tests.support.cluster import Cluster, manifest_yaml, operator
 from tests.support.delays import assert_backs_off
 from tests.support.served import get, served, serves
-from tests.support.staging import ROOT, pid_alive, wait_until
+from tests.support.staging import ROOT, wait_until
 
 # The test's own NGINX (only this module and test_load_balancer.py use it).
 OWN_ADDRESS = "127.0.0.24"
@@ -335,39 +335,6 @@ def test_service_nginx_refuses_never_freezes_the_others(
 
 
 # --- a system NGINX whose reload fails ---------------------------------------------------
-
-
-@pytest.fixture
-def system_nginx(tmp_path: Path, nginx_binary: str) -> Iterator[tuple[Path, list[str]]]:
-    """An NGINX "of the system": a main config including conf.d/*.conf; (prefix, its command line)."""
-    prefix = tmp_path / "sys"
-    for sub in ("conf.d", "logs", "tmp"):
-        (prefix / sub).mkdir(parents=True)
-    (prefix / "nginx.conf").write_text(
-        f"pid {prefix}/nginx.pid; error_log {prefix}/logs/error.log;\n"
-        "events {}\n"
-        f"http {{ access_log off; client_body_temp_path {prefix}/tmp/cb; proxy_temp_path {prefix}/tmp/p;\n"
-        f"fastcgi_temp_path {prefix}/tmp/f; uwsgi_temp_path {prefix}/tmp/u; scgi_temp_path {prefix}/tmp/s;\n"
-        f"include {prefix}/conf.d/*.conf; }}\n"
-    )
-    command = [
-        nginx_binary,
-        "-p",
-        str(prefix),
-        "-e",
-        str(prefix / "logs" / "error.log"),
-        "-c",
-        str(prefix / "nginx.conf"),
-    ]
-    subprocess.run(command, check=True, timeout=30)  # daemonises; writes nginx.pid
-    pid_file = prefix / "nginx.pid"
-    wait_until(pid_file.exists, timeout=PROCESS_S, what="the system NGINX to start")
-    pid = int(pid_file.read_text())
-    try:
-        yield prefix, command
-    finally:
-        subprocess.run([*command, "-s", "quit"], check=False, timeout=30)
-        wait_until(lambda: not pid_alive(pid), timeout=PROCESS_S, what="the system NGINX to stop")
 
 
 # Reloads refused before one works: retried after 0.5, 1, 2, 4, 8 s and then the 10 s cap.

@@ -48,6 +48,22 @@ def operator(cluster: Cluster, *args: str, stdin: str | None = None) -> subproce
     )
 
 
+def metric_at(address: str, name: str, **labels: str) -> float:
+    """One sample from the /metrics served at ``address`` (host:port) by any daemon (0 when absent)."""
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        metric, _, value = line.rpartition(" ")
+        base, _, rest = metric.partition("{")
+        got = ",".join(sorted(rest.rstrip("}").split(","))) if rest else ""
+        if base == name and got == want:
+            return float(value)
+    return 0.0
+
+
 @dataclass
 class Cluster:
     """A staging environment with its clients."""
@@ -189,20 +205,8 @@ class Cluster:
         return self.staging.pids()[f"agent-{host}"]
 
     def metric(self, agent: str, name: str, **labels: str) -> float:
-        """One sample from the /metrics of the agent of host ``agent`` (0 when absent)."""
-        address = self.staging.addresses[HOSTS.index(agent)]
-        with urllib.request.urlopen(f"http://{address}:9810/metrics", timeout=5) as response:
-            text = response.read().decode()
-        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-        for line in text.splitlines():
-            if line.startswith("#"):
-                continue
-            metric, _, value = line.rpartition(" ")
-            base, _, rest = metric.partition("{")
-            got = ",".join(sorted(rest.rstrip("}").split(","))) if rest else ""
-            if base == name and got == want:
-                return float(value)
-        return 0.0
+        """One sample from the /metrics of the daemon of host ``agent`` (0 when absent)."""
+        return metric_at(f"{self.staging.addresses[HOSTS.index(agent)]}:9810", name, **labels)
 
     def last_host_pass(self, host: str) -> float:
         """Unix time of the agent's last successful host reconcile pass."""
