@@ -280,24 +280,36 @@ def test_a_failed_consul_read_never_renders(
 
 # --- restarts -----------------------------------------------------------------------------------
 
-RESTARTS = {"sigterm": signal.SIGTERM, "sigkill": signal.SIGKILL}
+# (mode, signal): `systemctl restart` (SIGTERM) or a crash (SIGKILL, then Restart=always) of a
+# load balancer driving the system NGINX; a managed one killed with -9, whose own NGINX outlives
+# it. (A managed `operator lb` stopped with SIGTERM stops its NGINX on the way out.)
+RESTARTS = [
+    pytest.param("system", signal.SIGTERM, id="system-sigterm"),
+    pytest.param("system", signal.SIGKILL, id="system-sigkill"),
+    pytest.param("managed", signal.SIGKILL, id="managed-sigkill"),
+]
 
 
-@pytest.mark.parametrize("sig", list(RESTARTS.values()), ids=list(RESTARTS))
-def test_system_nginx_serves_on_while_operator_lb_restarts(
+@pytest.mark.parametrize(("mode", "sig"), RESTARTS)
+def test_nginx_serves_on_while_operator_lb_restarts(
     cluster: Cluster,
     service_name: str,
-    system_nginx: tuple[Path, list[str]],
     start_lb: StartLb,
     tmp_path: Path,
+    request: pytest.FixtureRequest,
+    mode: str,
     sig: signal.Signals,
 ) -> None:
-    """System mode: `operator lb` stopped (or killed) and started again under load: no request fails."""
-    prefix, command = system_nginx
+    """`operator lb` stopped or killed and started again under load: no request fails; the new one follows."""
     port = 8094
+    if mode == "system":
+        prefix, command = request.getfixturevalue("system_nginx")
+        flags = system_mode(prefix, command)
+    else:
+        flags = ("--nginx-dir", str(tmp_path / "nginx"))
     cluster.put(service_name, 2)
     cluster.wait_converged(service_name, 2)
-    lb = start_lb(port, (*system_mode(prefix, command), "--default-service", service_name))
+    lb = start_lb(port, (*flags, "--default-service", service_name))
     wait_until(
         lambda: serves(OWN_ADDRESS, service_name, replicas(cluster, service_name), port=port),
         timeout=LB_UPDATE_S,
@@ -306,8 +318,8 @@ def test_system_nginx_serves_on_while_operator_lb_restarts(
     with Load(OWN_ADDRESS, service_name, port=port) as load:
         wait_until(lambda: len(load.outcomes) > 20, timeout=LOAD_S, what="load to start")
         lb.stop(sig)
-        during = len(load.outcomes)
-        wait_until(lambda: len(load.outcomes) > during + 20, timeout=LOAD_S, what="requests while it is away")
+        away = len(load.outcomes)
+        wait_until(lambda: len(load.outcomes) > away + 20, timeout=LOAD_S, what="requests while it is away")
         lb.start()
         # The new process follows changes again.
         cluster.put(service_name, 3)
@@ -320,3 +332,7 @@ def test_system_nginx_serves_on_while_operator_lb_restarts(
         settled = len(load.outcomes)
         wait_until(lambda: len(load.outcomes) > settled + 20, timeout=LOAD_S, what="more requests")
     assert load.failures == [], f"{len(load.failures)} of {len(load.outcomes)} failed: {load.failures[:3]}"
+    if mode == "managed":
+        master = int((tmp_path / "nginx" / "nginx.pid").read_text())
+        lb.stop()
+        assert not pid_alive(master), "the NGINX of the killed process outlived its successor"
