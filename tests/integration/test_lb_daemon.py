@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from consul_operator import metrics
+from consul_operator.consul_client import DEFAULT_TIMEOUT
 from consul_operator.loop import retry_delay
 from tests.support.bounds import CONSUL_RETURN_S, LB_UPDATE_S, LOAD_S, PROCESS_S, REACT_S
 from tests.support.cluster import Cluster, metric_at
@@ -229,7 +230,8 @@ def test_a_burst_of_changes_within_the_coalesce_window_is_one_reload(
 FAULTS = {
     # Connection refused: the load balancer's own Consul agent stopped.
     "consul-stopped": ("consul-host-3",),
-    # HTTP 500 "No cluster leader": its agent answers, but the other two servers are gone.
+    # Its agent answers, but the other two servers are gone: HTTP 500 at first, then requests
+    # held until they time out.
     "no-leader": ("consul-host-1", "consul-host-2"),
 }
 FAILED_PASSES = 3
@@ -260,7 +262,9 @@ def test_a_failed_consul_read_never_renders(
                 cluster.kill(name, signal.SIGTERM)
             wait_until(
                 lambda: lb.failed_passes() >= failed + FAILED_PASSES,
-                timeout=REACT_S + sum(retry_delay(n) for n in range(1, FAILED_PASSES + 1)),
+                # Each failed pass: its retry's delay, and up to the client's timeout (a Consul
+                # without a leader holds a request that long before it gives up).
+                timeout=REACT_S + sum(retry_delay(n) + DEFAULT_TIMEOUT for n in range(1, FAILED_PASSES + 1)),
                 what=f"{FAILED_PASSES} failed passes",
             )
             assert (nginx_dir / "nginx.conf").read_text() == conf, "a pass rendered from a failed read"
