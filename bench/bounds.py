@@ -12,7 +12,7 @@ resync), each repetition times what the integration tests wait for:
 * new leader: kill -9 of the leader -> the other agent leads; then `staging.sh up` restarts it.
 
 usage: python -m bench.bounds [--reps 5] [--addrs "127.0.0.81 127.0.0.82 127.0.0.83"] [--name bounds]
-Writes bench/results/bounds.md. The figures are reported here; the tests assert only the bounds.
+Appends a run to bench/results/bounds.md. The figures are reported there; the tests assert only the bounds.
 """
 
 from __future__ import annotations
@@ -121,20 +121,25 @@ def one_round(cluster: Cluster, figures: Figures) -> None:
     figures.setdefault("agent restart: staging.sh up after a kill -9", []).append(time.monotonic() - started)
 
 
+HEADER = """# Figures behind the tests' bounds
+
+`python -m bench.bounds` appends a run here; tests/support/bounds.py sets each bound
+from the worst figures with a safety factor. Figures are reported, never asserted.
+"""
+
+
 def report(figures: Figures, reps: int, load: str) -> str:
+    """One run's section: min, median and max of each stage."""
     lines = [
-        "# Figures behind the tests' bounds",
-        "",
-        f"`python -m bench.bounds`, {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, "
-        f"{os.cpu_count()} cores, {reps} repetitions, load average before: {load}. "
-        "tests/support/bounds.py sets each bound from these with a safety factor.",
+        f"## {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, {os.cpu_count()} cores, "
+        f"{reps} repetitions, load average before: {load}",
         "",
         "| stage | min (s) | median (s) | max (s) |",
         "| --- | --- | --- | --- |",
     ]
     for stage, values in figures.items():
         lines.append(f"| {stage} | {min(values):.2f} | {statistics.median(values):.2f} | {max(values):.2f} |")
-    return "\n".join([*lines, ""])
+    return "\n".join(["", *lines, ""])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         staging.run("down")
     text = report(figures, args.reps, load)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "bounds.md").write_text(text)
+    path = RESULTS / "bounds.md"
+    path.write_text((path.read_text() if path.exists() else HEADER) + text)
     print(text)
     return 0
 
