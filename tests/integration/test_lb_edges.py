@@ -162,7 +162,7 @@ def test_forged_registrations_are_never_proxied(
     view = build_status(read_snapshot(cluster.consul, Layout(), name, time.time()))
     service = next(s for s in view.services if s.name == service_name)
     assert (service.healthy, service.state) == (2, "Converged")
-    wait = operator(cluster, "wait", service_name, "--timeout", "30s", "--cluster", name)
+    wait = operator(cluster, "wait", service_name, "--timeout", f"{CONVERGE_S:g}s", "--cluster", name)
     assert wait.returncode == 0, wait.stdout + wait.stderr
 
 

@@ -10,7 +10,7 @@ from consul_operator.keys import Layout
 from consul_operator.leader import LeaderElection
 from consul_operator.model import LABEL_CLUSTER, LABEL_HOST, LABEL_SERVICE
 from consul_operator.scheduler import Scheduler
-from tests.support.bounds import LOST_HOST_S, REACT_S, ROLLOUT_S
+from tests.support.bounds import CONVERGE_S, LOST_HOST_S, REACT_S, ROLLOUT_S
 from tests.support.cluster import Cluster, manifest_yaml, operator
 from tests.support.staging import wait_until
 
@@ -104,7 +104,7 @@ def test_host_lost_for_good_lets_its_services_roll_out(cluster: Cluster, service
             timeout=ROLLOUT_S,
             what="the v2 rollout to complete",
         )
-        waited = operator(cluster, "wait", service_name, "--timeout", "60s")
+        waited = operator(cluster, "wait", service_name, "--timeout", f"{CONVERGE_S:g}s")
         assert waited.returncode == 0, waited.stdout + waited.stderr
         status = operator(cluster, "status", service_name)
         assert "Converged" in status.stdout, status.stdout

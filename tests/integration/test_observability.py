@@ -215,7 +215,7 @@ def test_status_exit_2_when_consul_is_unreachable() -> None:
 def test_wait_exits_0_when_converged_and_1_at_timeout(cluster: Cluster, service_name: str) -> None:
     """`operator wait`: 0 once converged; for a service that cannot converge, 1 at the timeout, saying why."""
     cluster.put(service_name, 2)
-    done = operator(cluster, "wait", service_name, "--timeout", "60s")
+    done = operator(cluster, "wait", service_name, "--timeout", f"{CONVERGE_S:g}s")
     assert done.returncode == 0, done.stderr
     assert cluster.converged(service_name, 2)
 
