@@ -28,7 +28,9 @@ from tests.support.load import Load
 from tests.support.served import get, served, serves
 from tests.support.staging import ROOT, pid_alive, wait_until
 
-OWN_ADDRESS = "127.0.0.24"  # the LB tests' own NGINX address (test_lb_edges.py uses ports 8080-8081)
+# The LB tests' own address, as in test_lb_edges.py (ports 8080-8081 there): NGINX on 8091-8094
+# here, /metrics 10000 above.
+OWN_ADDRESS = "127.0.0.24"
 
 
 @dataclass

@@ -33,7 +33,7 @@ from tests.support.delays import assert_backs_off
 from tests.support.served import get, served, serves
 from tests.support.staging import ROOT, wait_until
 
-# The test's own NGINX (only this module and test_load_balancer.py use it).
+# The test's own NGINX (only this module, test_load_balancer.py and test_lb_daemon.py use it).
 OWN_ADDRESS = "127.0.0.24"
 
 
