@@ -20,7 +20,6 @@ usage: python -m bench.suite [--reps 3] [--sizes 1,10,30] [--quick]
 from __future__ import annotations
 
 import argparse
-import http.client
 import os
 import signal
 import statistics
@@ -46,6 +45,7 @@ from consul_operator.model import (
 )
 from consul_operator.reconcile import plan_host, schedule
 from tests.support.cluster import Cluster
+from tests.support.served import get, replica
 from tests.support.staging import Staging, wait_until
 
 ADDRESSES = ("127.0.0.41", "127.0.0.42", "127.0.0.43")
@@ -81,22 +81,11 @@ class Results:
 
 def lb_get(service: str) -> str | None:
     """The container id (12 chars) that answered through NGINX, or None."""
-    conn = http.client.HTTPConnection(ADDRESSES[2], 80, timeout=5)
     try:
-        conn.request("GET", "/", headers={"Host": service})
-        response = conn.getresponse()
-        body = response.read().decode()
-        return body.rsplit(" ", 1)[-1].strip() if response.status == 200 else None
+        status, body = get(ADDRESSES[2], service)
     except OSError:
         return None
-    finally:
-        conn.close()
-
-
-def nginx_serves_all(cluster: Cluster, service: str, n: int) -> bool:
-    """NGINX answers from exactly the n running containers (3n requests)."""
-    ids = {c.id[:12] for c in cluster.containers(service)}
-    return len(ids) == n and {lb_get(service) for _ in range(3 * n)} == ids
+    return replica(body) if status == 200 else None
 
 
 def cleanup(cluster: Cluster, name: str) -> None:
@@ -117,7 +106,7 @@ def ours(cluster: Cluster, n: int, results: Results) -> None:
     results.add(table, "ours: running", time.monotonic() - started)
     wait_until(lambda: len(cluster.passing(name)) == n, timeout=300, what="passing", interval=POLL)
     results.add(table, "ours: passing in Consul", time.monotonic() - started)
-    wait_until(lambda: nginx_serves_all(cluster, name, n), timeout=300, what="served", interval=POLL)
+    wait_until(lambda: cluster.lb_serves(name, n), timeout=300, what="served", interval=POLL)
     results.add(table, "ours: served by NGINX", time.monotonic() - started)
     cleanup(cluster, name)
 
@@ -220,7 +209,7 @@ def recovery(cluster: Cluster, results: Results) -> None:
     name = "r" + uuid.uuid4().hex[:8]
     cluster.put(name, 2, health={"http": "/health", "interval": "500ms", "timeout": "400ms"})
     cluster.wait_converged(name, 2)
-    wait_until(lambda: nginx_serves_all(cluster, name, 2), timeout=60, what="served")
+    wait_until(lambda: cluster.lb_serves(name, 2), timeout=60, what="served")
     victim = cluster.containers(name)[0]
     started = time.monotonic()
     victim.kill()

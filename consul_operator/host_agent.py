@@ -325,13 +325,25 @@ class Executor:
             self.catalog.deregister(c.name)
         except ConsulError as exc:
             log.warning("deregistration failed", container=c.name, error=str(exc))
-        self.docker.remove(c.id)
-        if action.crashed:
-            # Counted only once the container is gone: a removal that fails is
-            # planned again, and must not count the same crash twice.
+        if not action.crashed:
+            self.docker.remove(c.id)
+            return
+        # Counted before the container goes: Docker reports the removal (an event
+        # that wakes a pass) before our call returns, and a pass that saw the
+        # container gone without this crash counted started a replacement at once
+        # (seen by the crash-loop test). A removal that fails is planned again,
+        # so its count is taken back: the same crash must not count twice.
+        with self.lock:
+            previous = self.backoffs.get(c.service, Backoff())
+            counted = backoff_after_crash(previous, self.mono(), action)
+            self.backoffs[c.service] = counted
+        try:
+            self.docker.remove(c.id)
+        except Exception:
             with self.lock:
-                previous = self.backoffs.get(c.service, Backoff())
-                self.backoffs[c.service] = backoff_after_crash(previous, self.mono(), action)
+                if self.backoffs.get(c.service) == counted:
+                    self.backoffs[c.service] = previous
+            raise
 
     def _fail(self, service: str, error: str, spec_hash: str) -> None:
         with self.lock:

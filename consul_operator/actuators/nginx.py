@@ -10,7 +10,9 @@ Two modes:
 
 * `ManagedNginx`: an NGINX of our own, with its own prefix directory, config,
   pid and logs; started by `operator lb`, reloaded with SIGHUP, restarted if
-  it dies, stopped on exit.
+  it dies, stopped on exit. One left running by a predecessor that was killed
+  (it runs in its own session, so it outlives a kill -9 of `operator lb`) is
+  adopted: it serves on, and is reloaded and stopped like our own.
 * `SystemNginx`: an existing NGINX; we own one file in its conf.d and run a
   reload command. The whole system config can only be tested in place, so the
   new file is renamed in, tested, and the previous one restored if it fails.
@@ -20,10 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shlex
+import shutil
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +88,15 @@ def _run(command: list[str], what: str) -> tuple[bool, str]:
     return done.returncode == 0, (done.stderr or done.stdout).strip()
 
 
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 class ManagedNginx:
     """An NGINX of our own under ``prefix``."""
 
@@ -94,6 +108,7 @@ class ManagedNginx:
         self.conf = self.prefix / "nginx.conf"
         self.on_exit = on_exit
         self._proc: subprocess.Popen[bytes] | None = None
+        self._adopted: int | None = None  # a master a killed predecessor left running
         self._stopping = False
         for sub in ("tmp", "logs"):
             (self.prefix / sub).mkdir(parents=True, exist_ok=True)
@@ -144,7 +159,11 @@ class ManagedNginx:
     @property
     def pid(self) -> int | None:
         """The master's pid while it runs."""
-        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+        if self._proc is not None and self._proc.poll() is None:
+            return self._proc.pid
+        if self._adopted is not None and _alive(self._adopted):
+            return self._adopted
+        return None
 
     def running(self) -> bool:
         """Whether our NGINX master runs."""
@@ -153,6 +172,16 @@ class ManagedNginx:
     def ensure_running(self) -> None:
         """Start NGINX on the installed config, unless it runs or there is no config yet."""
         if self.running() or self.current() is None:
+            return
+        left = self._left_running()
+        if left is not None:
+            # Starting another would fail to bind the port while this one serves on,
+            # unreloaded, for good.
+            self._adopted = left
+            log.info("nginx of a previous run adopted", pid=left, prefix=str(self.prefix))
+            threading.Thread(
+                target=self._watch_adopted, args=(left,), name="nginx-watch", daemon=True
+            ).start()
             return
         self._proc = subprocess.Popen(
             [self.binary, *self._paths(self.conf), "-g", "daemon off;"],
@@ -169,14 +198,42 @@ class ManagedNginx:
 
     def _watch(self, proc: subprocess.Popen[bytes]) -> None:
         code = proc.wait()
+        self._ended(proc.pid, code)
+
+    def _watch_adopted(self, pid: int) -> None:
+        """Wait for the end of a master that is not our child (there is no exit code to read)."""
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:  # gone already, or a kernel without pidfds
+            while _alive(pid):
+                time.sleep(0.5)
+        else:
+            try:
+                select.select([fd], [], [])
+            finally:
+                os.close(fd)
+        self._ended(pid, None)
+
+    def _ended(self, pid: int, code: int | None) -> None:
         if self._stopping:
             return
         # A master that died without stopping its workers leaves them holding the
         # listen socket, and a new master could not bind it: end the group.
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.warning("nginx exited; restarting it", pid=proc.pid, code=code)
+            os.killpg(pid, signal.SIGKILL)
+        log.warning("nginx exited; restarting it", pid=pid, code=code)
         self.on_exit()
+
+    def _left_running(self) -> int | None:
+        """The master our pid file names, if it still runs our NGINX on our prefix."""
+        try:
+            pid = int((self.prefix / "nginx.pid").read_text().split()[0])
+            exe = Path(f"/proc/{pid}/exe").resolve()
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            return None
+        ours = exe == Path(shutil.which(self.binary) or self.binary).resolve()
+        return pid if ours and str(self.prefix) in title and _alive(pid) else None
 
     def reload(self) -> None:
         """SIGHUP: NGINX re-reads its config; old workers finish their requests."""
@@ -189,15 +246,24 @@ class ManagedNginx:
         """SIGQUIT (graceful), then SIGTERM."""
         self._stopping = True
         proc = self._proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGQUIT)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.terminate()
-            proc.wait(timeout)
-        log.info("nginx stopped", pid=proc.pid)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGQUIT)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                proc.wait(timeout)
+            log.info("nginx stopped", pid=proc.pid)
+        elif (adopted := self.pid) is not None:
+            for sig in (signal.SIGQUIT, signal.SIGTERM):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(adopted, sig)
+                deadline = time.monotonic() + timeout
+                while _alive(adopted) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                if not _alive(adopted):
+                    break
+            log.info("nginx stopped", pid=adopted)
 
 
 class SystemNginx:

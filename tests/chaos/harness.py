@@ -59,6 +59,7 @@ from consul_operator.consul_client import ConsulClient
 from consul_operator.desired_state import ManifestError, parse_manifest
 from consul_operator.docker_client import connect
 from consul_operator.model import LABEL_CLUSTER, LABEL_HOST, LABEL_SERVICE, META_HOST
+from tests.support.bounds import CHAOS_CONVERGE_S, LB_UPDATE_S, NEW_LEADER_S
 from tests.support.cluster import Cluster, manifest_yaml
 from tests.support.load import Load
 from tests.support.staging import (
@@ -71,7 +72,7 @@ from tests.support.staging import (
 
 CHAOS_ADDRESSES = ("127.0.0.61", "127.0.0.62", "127.0.0.63")
 SERVICES = {"simple": 2, "web": 3}  # simple is the LB's default service
-CONVERGE_BOUND = 90.0  # seconds after a fault's end within which everything must converge
+CONVERGE_BOUND = CHAOS_CONVERGE_S  # seconds after a fault's end within which everything must converge
 FAULTS = (
     "kill_replica",
     "kill_many",
@@ -303,7 +304,7 @@ class Chaos:
     # --- the faults -----------------------------------------------------------------------
 
     def _leader_and_follower(self) -> tuple[str, str]:
-        leader = str(wait_until(self.cluster.leader, timeout=60, what="a leader"))
+        leader = str(wait_until(self.cluster.leader, timeout=NEW_LEADER_S, what="a leader"))
         return leader, "host-2" if leader == "host-1" else "host-1"
 
     def takes_every_replica(self, ids: set[str]) -> bool:
@@ -352,7 +353,9 @@ class Chaos:
         pid = self.cluster.staging.pids()[f"agent-{leader}"]
         os.kill(pid, signal.SIGSTOP)
         try:
-            wait_until(lambda: self.cluster.leader() == follower, timeout=60, what=f"{follower} to lead")
+            wait_until(
+                lambda: self.cluster.leader() == follower, timeout=NEW_LEADER_S, what=f"{follower} to lead"
+            )
         finally:
             os.kill(pid, signal.SIGCONT)
         return f"agent-{leader} paused until {follower} led"
@@ -397,7 +400,9 @@ class Chaos:
         self.desired["web"] = SERVICES["web"] - 1
         self.cluster.put("web", self.desired["web"], drain="2s")
         self.cluster.wait_converged("web", self.desired["web"], timeout=CONVERGE_BOUND)
-        wait_until(lambda: len(self.nginx_servers("web")) == self.desired["web"], timeout=60, what="NGINX")
+        wait_until(
+            lambda: len(self.nginx_servers("web")) == self.desired["web"], timeout=LB_UPDATE_S, what="NGINX"
+        )
         self.ceiling["web"] = self.desired["web"]
         failed = len(load.failures) - before
         self.desired["web"] = self.ceiling["web"] = SERVICES["web"]

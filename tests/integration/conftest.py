@@ -6,17 +6,20 @@ A missing program or engine fails the run; nothing here ever skips.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import docker
 import pytest
 
 from consul_operator.consul_client import ConsulClient
 from consul_operator.docker_client import connect, ping
+from tests.support.bounds import PROCESS_S, REMOVAL_S
 from tests.support.cluster import Cluster
-from tests.support.staging import SLOW_RESYNC, Staging, tool, wait_until
+from tests.support.staging import SLOW_RESYNC, Staging, pid_alive, tool, wait_until
 
 # The tests' own environment, apart from the developer's `make up` on 127.0.0.11-13;
 # OPERATOR_TEST_ADDRS moves it, so that two checkouts can run their tests at once.
@@ -76,7 +79,9 @@ def service_name(request: pytest.FixtureRequest, cluster: Cluster) -> Iterator[s
     name = "t" + uuid.uuid4().hex[:8]
     yield name
     cluster.delete(name)
-    wait_until(lambda: not cluster.containers(name, all_states=True), timeout=60, what=f"{name} removed")
+    wait_until(
+        lambda: not cluster.containers(name, all_states=True), timeout=REMOVAL_S, what=f"{name} removed"
+    )
 
 
 @pytest.fixture
@@ -85,4 +90,40 @@ def other_service(cluster: Cluster) -> Iterator[str]:
     name = "u" + uuid.uuid4().hex[:8]
     yield name
     cluster.delete(name)
-    wait_until(lambda: not cluster.containers(name, all_states=True), timeout=60, what=f"{name} removed")
+    wait_until(
+        lambda: not cluster.containers(name, all_states=True), timeout=REMOVAL_S, what=f"{name} removed"
+    )
+
+
+@pytest.fixture
+def system_nginx(tmp_path: Path, nginx_binary: str) -> Iterator[tuple[Path, list[str]]]:
+    """An NGINX "of the system": a main config including conf.d/*.conf; (prefix, its command line)."""
+    prefix = tmp_path / "sys"
+    for sub in ("conf.d", "logs", "tmp"):
+        (prefix / sub).mkdir(parents=True)
+    (prefix / "nginx.conf").write_text(
+        f"pid {prefix}/nginx.pid; error_log {prefix}/logs/error.log;\n"
+        "events {}\n"
+        f"http {{ access_log off; client_body_temp_path {prefix}/tmp/cb; proxy_temp_path {prefix}/tmp/p;\n"
+        f"fastcgi_temp_path {prefix}/tmp/f; uwsgi_temp_path {prefix}/tmp/u; scgi_temp_path {prefix}/tmp/s;\n"
+        f"include {prefix}/conf.d/*.conf; }}\n"
+    )
+    command = [
+        nginx_binary,
+        "-p",
+        str(prefix),
+        "-e",
+        str(prefix / "logs" / "error.log"),
+        "-c",
+        str(prefix / "nginx.conf"),
+    ]
+    subprocess.run(command, check=True, timeout=30)  # daemonises; writes nginx.pid
+    pid_file = prefix / "nginx.pid"
+    wait_until(pid_file.exists, timeout=PROCESS_S, what="the system NGINX to start")
+    pid = int(pid_file.read_text())
+    try:
+        yield prefix, command
+    finally:
+        # By its pid: `nginx -s quit` reads the config first, and gives up if a test left it broken.
+        os.kill(pid, signal.SIGQUIT)
+        wait_until(lambda: not pid_alive(pid), timeout=PROCESS_S, what="the system NGINX to stop")

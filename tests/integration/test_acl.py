@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -254,16 +253,11 @@ def test_whole_loop_works_with_role_tokens(acl_env: Staging, acl_cluster: Cluste
     assert status.returncode == 0, status.stdout + status.stderr
     assert "Converged" in status.stdout
 
-    containers = {c.attrs["Config"]["Hostname"] for c in acl_cluster.containers(name)}
-    seen: set[str] = set()
-
-    def served_by_both() -> bool:
-        request = urllib.request.Request(f"http://{acl_env.addresses[2]}/", headers={"Host": name})
-        with urllib.request.urlopen(request, timeout=5) as response:
-            seen.add(response.read().decode().strip().removeprefix("Hello World from "))
-        return seen == containers
-
-    wait_until(served_by_both, timeout=30, what=f"NGINX on {acl_env.addresses[2]}:80 serving both replicas")
+    wait_until(
+        lambda: acl_cluster.lb_serves(name, 2),
+        timeout=30,
+        what=f"NGINX on {acl_env.addresses[2]}:80 serving both replicas",
+    )
 
     deleted = operator_cli(acl_env, admin, "delete", name)
     assert deleted.returncode == 0, deleted.stderr

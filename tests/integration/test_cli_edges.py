@@ -24,6 +24,7 @@ from consul_operator.commands import Target
 from consul_operator.consul_client import ConsulClient, Indexed, KVEntry
 from consul_operator.keys import Layout
 from tests.support import daemons
+from tests.support.bounds import PROCESS_S, REMOVAL_S
 from tests.support.cluster import Cluster, manifest_yaml, operator
 from tests.support.daemons import healthz, started
 from tests.support.staging import ROOT, wait_until
@@ -74,22 +75,24 @@ def test_healthz_names_consul_while_it_is_away(
     argv, metrics = daemon_argv(kind, address, tmp_path)
     with consul_dev(address, tmp_path / "consul", tmp_path / "consul.log") as consul:
         wait_until(
-            lambda: ConsulClient(f"{address}:{HZ_PORTS['http']}").leader(), timeout=60, what="dev Consul"
+            lambda: ConsulClient(f"{address}:{HZ_PORTS['http']}").leader(),
+            timeout=PROCESS_S,
+            what="dev Consul",
         )
         with started(argv, tmp_path / f"{kind}.log"):
-            wait_until(lambda: healthz(metrics) == (200, "ok\n"), timeout=60, what=f"{kind} healthy")
+            wait_until(lambda: healthz(metrics) == (200, "ok\n"), timeout=PROCESS_S, what=f"{kind} healthy")
             consul.send_signal(signal.SIGTERM)
-            consul.wait(timeout=30)
+            consul.wait(timeout=PROCESS_S)
 
             def names_consul() -> bool:
                 status, body = healthz(metrics)
                 return status == 503 and body.startswith("unhealthy\nconsul: unreachable: ")
 
-            wait_until(names_consul, timeout=60, what=f"{kind} 503 naming consul")
+            wait_until(names_consul, timeout=PROCESS_S, what=f"{kind} 503 naming consul")
             assert "loop" not in healthz(metrics)[1], "Consul away is not a stale loop yet"
             with consul_dev(address, tmp_path / "consul", tmp_path / "consul.log"):
                 wait_until(
-                    lambda: healthz(metrics) == (200, "ok\n"), timeout=60, what=f"{kind} healthy again"
+                    lambda: healthz(metrics) == (200, "ok\n"), timeout=PROCESS_S, what=f"{kind} healthy again"
                 )
 
 
@@ -129,7 +132,11 @@ def names(cluster: Cluster) -> Iterator[list[str]]:
     for name in fresh:
         cluster.delete(name)
     for name in fresh:
-        wait_until(lambda: not cluster.containers(name, all_states=True), timeout=60, what=f"{name} removed")  # noqa: B023
+        wait_until(
+            lambda: not cluster.containers(name, all_states=True),  # noqa: B023
+            timeout=REMOVAL_S,
+            what=f"{name} removed",
+        )
 
 
 def test_apply_loses_to_a_writer_that_changed_a_manifest_and_writes_nothing(

@@ -12,6 +12,7 @@ import pytest
 
 from consul_operator.consul_client import BlockingQuery, ConsulClient
 from consul_operator.errors import ConsulUnavailable
+from tests.support.bounds import CONVERGE_S
 from tests.support.staging import HOSTS, PROCESSES, Staging, pid_alive, wait_until
 
 
@@ -89,7 +90,7 @@ def test_hello_image_answers_with_its_hostname(docker_engine: docker.DockerClien
             with urllib.request.urlopen(f"{url}/", timeout=2) as response:
                 return str(response.read().decode())
 
-        body = wait_until(answer, timeout=30, what="hello:local to answer")
+        body = wait_until(answer, timeout=CONVERGE_S, what="hello:local to answer")
         assert body == f"Hello World from {container.id[:12]}\n"
         with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
             assert response.status == 200

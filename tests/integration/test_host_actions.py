@@ -22,6 +22,7 @@ from consul_operator.errors import DockerError
 from consul_operator.host_agent import MAX_PARALLEL_ACTIONS, Executor
 from consul_operator.keys import Layout
 from consul_operator.model import LABEL_CLUSTER, LABEL_HOST, LABEL_SERVICE, StartContainer
+from tests.support.bounds import CONVERGE_BURST_S, CONVERGE_S, REACT_S, REMOVAL_S, REPLACEMENT_S
 from tests.support.cluster import Cluster
 from tests.support.daemons import consul_client_argv, healthz, json_lines, operator_argv, started
 from tests.support.hanging import hanging_server
@@ -67,7 +68,7 @@ def test_event_burst_starts_no_threads(
     labels = {LABEL_CLUSTER: own_cluster_label, LABEL_HOST: "host-x", LABEL_SERVICE: "burst"}
     watcher.start()
     try:
-        wait_until(lambda: calls, timeout=30, what="the event stream to connect")
+        wait_until(lambda: calls, timeout=REACT_S, what="the event stream to connect")
         for _ in range(10):
             created.append(docker_engine.containers.run("hello:local", ["false"], labels=labels, detach=True))
         # Each die wakes the loop and is looked at again up to 1 s later.
@@ -78,7 +79,7 @@ def test_event_burst_starts_no_threads(
                 and len(calls) >= 11
                 and time.monotonic() - calls[-1] >= 1.5
             ),
-            timeout=60,
+            timeout=CONVERGE_S,
             what="every event and its re-looks",
         )
     finally:
@@ -89,6 +90,9 @@ def test_event_burst_starts_no_threads(
         sampler.join(timeout=5)
     # The watcher and its one timer thread; Timer threads per event would add 3 per container.
     assert peak <= baseline + 2, f"{peak - baseline} threads beside the sampler for a burst of 10 events"
+
+
+PULL_TIMEOUT = 2.0  # seconds: the start's image pull gives up after this
 
 
 @pytest.fixture
@@ -103,7 +107,11 @@ def test_slow_pull_fails_the_start_in_time_and_backs_off(
 ) -> None:
     """A pull from a registry that never answers fails the start after the pull timeout and backs it off."""
     actuator = DockerActuator(
-        docker_engine, cluster=own_cluster_label, host="host-x", advertise="127.0.0.1", pull_timeout=2.0
+        docker_engine,
+        cluster=own_cluster_label,
+        host="host-x",
+        advertise="127.0.0.1",
+        pull_timeout=PULL_TIMEOUT,
     )
     # Never called: the start fails before anything is registered.
     catalog = CatalogActuator(
@@ -119,12 +127,16 @@ def test_slow_pull_fails_the_start_in_time_and_backs_off(
     executor = Executor(actuator, catalog, on_done=lambda: None)
     try:
         executor.submit(StartContainer(manifest))
-        wait_until(lambda: "slowpull" in executor.backoffs, timeout=30, what="the failed start's back-off")
+        wait_until(
+            lambda: "slowpull" in executor.backoffs,
+            timeout=PULL_TIMEOUT + REACT_S,
+            what="the failed start's back-off",
+        )
     finally:
         stop.set()
         executor.shutdown(wait=False)
     backoff = executor.backoffs["slowpull"]
-    assert backoff.failures == 1 and "took longer than 2s" in backoff.last_error
+    assert backoff.failures == 1 and f"took longer than {PULL_TIMEOUT:g}s" in backoff.last_error
     assert (
         docker_engine.containers.list(all=True, filters={"label": f"{LABEL_CLUSTER}={own_cluster_label}"})
         == []
@@ -142,13 +154,15 @@ def test_long_drain_does_not_delay_another_services_replacement(cluster: Cluster
         many = 2 * MAX_PARALLEL_ACTIONS
         cluster.put(service_name, many, placement=host_1, drain=f"{DRAIN:g}s")
         cluster.put(other, 1, placement=host_1)
-        cluster.wait_converged(service_name, many, timeout=120)
+        cluster.wait_converged(service_name, many, timeout=CONVERGE_BURST_S)
         cluster.wait_converged(other, 1)
         victim = cluster.containers(other)[0]
 
         cluster.put(service_name, 0, placement=host_1, drain=f"{DRAIN:g}s")
         wait_until(
-            lambda: len(cluster.registrations(service_name)) < many, timeout=30, what="the drains to begin"
+            lambda: len(cluster.registrations(service_name)) < many,
+            timeout=REACT_S,
+            what="the drains to begin",
         )
         scaled_down = time.monotonic()
         victim.kill()
@@ -156,7 +170,7 @@ def test_long_drain_does_not_delay_another_services_replacement(cluster: Cluster
             lambda: (
                 cluster.converged(other, 1) and victim.name not in {c.name for c in cluster.containers(other)}
             ),
-            timeout=DRAIN,
+            timeout=REPLACEMENT_S,
             what="the killed replica replaced",
         )
         replaced_after = time.monotonic() - scaled_down
@@ -164,8 +178,14 @@ def test_long_drain_does_not_delay_another_services_replacement(cluster: Cluster
         assert len(cluster.containers(service_name)) == many, "the drains ended early"
     finally:
         cluster.delete(other)
+        cluster.delete(service_name)
         wait_until(
-            lambda: not cluster.containers(other, all_states=True), timeout=60, what=f"{other} removed"
+            lambda: not cluster.containers(other, all_states=True), timeout=REMOVAL_S, what=f"{other} removed"
+        )
+        wait_until(
+            lambda: not cluster.containers(service_name, all_states=True),
+            timeout=DRAIN + REMOVAL_S,
+            what=f"{service_name}'s drains to end",
         )
 
 

@@ -3,7 +3,6 @@ data, configs NGINX refuses, and a system NGINX whose reload fails."""
 
 from __future__ import annotations
 
-import http.client
 import itertools
 import signal
 import stat
@@ -20,6 +19,7 @@ from prometheus_client import REGISTRY
 
 from consul_operator import metrics
 from consul_operator.actuators.nginx import ManagedNginx, SystemNginx, render
+from consul_operator.backoff import RETRY_CAP, retry_delay
 from consul_operator.consul_client import ConsulClient
 from consul_operator.keys import Layout
 from consul_operator.lb import LoadBalancer, RenderFn
@@ -28,11 +28,13 @@ from consul_operator.model import LABEL_CLUSTER, LABEL_SERVICE
 from consul_operator.snapshot import read_snapshot
 from consul_operator.status import build_status
 from consul_operator.upstreams import LBView
-from tests.integration.test_load_balancer import get, lb_address
-from tests.support.cluster import Cluster, manifest_yaml
-from tests.support.staging import ROOT, pid_alive, wait_until
+from tests.support.bounds import CONVERGE_S, LB_UPDATE_S, PROCESS_S, REACT_S, REMOVAL_S
+from tests.support.cluster import Cluster, manifest_yaml, operator
+from tests.support.delays import assert_backs_off
+from tests.support.served import get, served, serves
+from tests.support.staging import ROOT, wait_until
 
-# The test's own NGINX (only this module and test_load_balancer.py use it).
+# The test's own NGINX (only this module, test_load_balancer.py and test_lb_daemon.py use it).
 OWN_ADDRESS = "127.0.0.24"
 
 
@@ -72,7 +74,7 @@ def test_scoped_address_does_not_freeze_other_services(
     """A registration at `::1%x` under a served name is left out; a service put afterwards is served."""
     cluster.put(service_name, 1, placement={"hosts": ["host-1"]})
     cluster.wait_converged(service_name, 1)
-    wait_until(lambda: cluster.lb_serves(service_name, 1), timeout=30, what="NGINX to serve")
+    wait_until(lambda: cluster.lb_serves(service_name, 1), timeout=LB_UPDATE_S, what="NGINX to serve")
     before = rejected_total(cluster)
     for host, cluster_meta in (("host-3", "elsewhere"), ("host-1", cluster.staging.name)):
         register_forged(
@@ -87,11 +89,13 @@ def test_scoped_address_does_not_freeze_other_services(
                 "Meta": {"cluster": cluster_meta, "host": "host-1"},
             },
         )
-    wait_until(lambda: rejected_total(cluster) >= before + 2, timeout=30, what="both to be rejected")
+    wait_until(lambda: rejected_total(cluster) >= before + 2, timeout=REACT_S, what="both to be rejected")
 
     cluster.put(other_service, 1, placement={"hosts": ["host-2"]})
     cluster.wait_converged(other_service, 1)
-    wait_until(lambda: cluster.lb_serves(other_service, 1), timeout=30, what="the later service served")
+    wait_until(
+        lambda: cluster.lb_serves(other_service, 1), timeout=LB_UPDATE_S, what="the later service served"
+    )
     assert cluster.lb_serves(service_name, 1)
     assert "%" not in (cluster.staging.run_dir / "nginx" / "nginx.conf").read_text()
 
@@ -101,17 +105,6 @@ def consul_answered(status: int, body: str) -> bool:
     return status == 200 and '"Config"' in body and '"Member"' in body
 
 
-def get_path(address: str, host: str, path: str) -> tuple[int, str]:
-    """One GET of ``path`` through NGINX with a Host header."""
-    conn = http.client.HTTPConnection(address, 80, timeout=5)
-    try:
-        conn.request("GET", path, headers={"Host": host})
-        response = conn.getresponse()
-        return response.status, response.read().decode(errors="replace")
-    finally:
-        conn.close()
-
-
 def test_forged_registrations_are_never_proxied(
     cluster: Cluster, service_name: str, forge: list[tuple[ConsulClient, str]]
 ) -> None:
@@ -119,7 +112,7 @@ def test_forged_registrations_are_never_proxied(
     name = cluster.staging.name
     cluster.put(service_name, 2)
     cluster.wait_converged(service_name, 2)
-    wait_until(lambda: cluster.lb_serves(service_name, 2), timeout=30, what="NGINX to serve both")
+    wait_until(lambda: cluster.lb_serves(service_name, 2), timeout=LB_UPDATE_S, what="NGINX to serve both")
     host1, host2 = cluster.staging.addresses[0], cluster.staging.addresses[1]
     forged = [
         # The issue's reproduction: another cluster's meta, host-2's Consul HTTP port.
@@ -148,18 +141,20 @@ def test_forged_registrations_are_never_proxied(
             },
         )
     # Consul shows them passing: the catalog alone would serve them.
-    wait_until(lambda: len(cluster.passing(service_name)) == 2 + len(forged), timeout=30, what="forgeries")
+    wait_until(
+        lambda: len(cluster.passing(service_name)) == 2 + len(forged), timeout=REACT_S, what="forgeries"
+    )
     wait_until(
         lambda: all(
             cluster.metric("host-3", "operator_lb_rejected_total", reason=reason)
             >= before[reason] + sum(1 for f in forged if f[3] == reason)
             for reason in before
         ),
-        timeout=30,
+        timeout=REACT_S,
         what="the load balancer to reject every forgery",
     )
 
-    answers = [get_path(lb_address(cluster), service_name, "/v1/agent/self") for _ in range(40)]
+    answers = [get(cluster.lb_address, service_name, path="/v1/agent/self") for _ in range(40)]
     assert not [a for a in answers if consul_answered(*a)], "a request reached Consul's API"
     assert ":8500" not in (cluster.staging.run_dir / "nginx" / "nginx.conf").read_text()
     assert cluster.lb_serves(service_name, 2)
@@ -168,25 +163,7 @@ def test_forged_registrations_are_never_proxied(
     view = build_status(read_snapshot(cluster.consul, Layout(), name, time.time()))
     service = next(s for s in view.services if s.name == service_name)
     assert (service.healthy, service.state) == (2, "Converged")
-    wait = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "consul_operator",
-            "wait",
-            service_name,
-            "--timeout",
-            "30s",
-            "--consul",
-            cluster.staging.consul_addr("host-1"),
-            "--cluster",
-            name,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    wait = operator(cluster, "wait", service_name, "--timeout", f"{CONVERGE_S:g}s", "--cluster", name)
     assert wait.returncode == 0, wait.stdout + wait.stderr
 
 
@@ -229,12 +206,12 @@ def other_cluster(cluster: Cluster) -> Iterator[tuple[str, str]]:
         try:
             wait_until(
                 lambda: not cluster.docker.containers.list(all=True, filters={"label": labels}),
-                timeout=60,
+                timeout=REMOVAL_S,
                 what="the other cluster's containers to go",
             )
         finally:
             agent.send_signal(signal.SIGTERM)
-            agent.wait(timeout=30)
+            agent.wait(timeout=PROCESS_S)
             log.close()
             ConsulClient(consul_addr).deregister_service("operator-agent-host-9")
             cluster.consul.kv_delete(prefix, recurse=True)
@@ -257,19 +234,19 @@ def test_two_clusters_on_one_consul_never_mix(
         mine = [i for i in cluster.passing(service_name) if i.meta.get("cluster") == cluster.staging.name]
         return len(running) == 1 and running == {i.service_id for i in mine}
 
-    wait_until(ours_converged, timeout=60, what="our replica")
-    wait_until(lambda: len(theirs()) == 1, timeout=60, what="the other cluster's replica")
+    wait_until(ours_converged, timeout=CONVERGE_S, what="our replica")
+    wait_until(lambda: len(theirs()) == 1, timeout=CONVERGE_S, what="the other cluster's replica")
     wait_until(
         lambda: (
             sorted(i.meta.get("cluster") for i in cluster.passing(service_name))
             == sorted([other, cluster.staging.name])
         ),
-        timeout=60,
+        timeout=CONVERGE_S,
         what="both clusters' replicas passing in one catalog",
     )
     ours = {c.id[:12] for c in cluster.containers(service_name)}
-    wait_until(lambda: cluster.lb_serves(service_name, 1), timeout=30, what="NGINX to serve ours")
-    answered = {get(lb_address(cluster), service_name)[1].rsplit(" ", 1)[-1].strip() for _ in range(20)}
+    wait_until(lambda: cluster.lb_serves(service_name, 1), timeout=LB_UPDATE_S, what="NGINX to serve ours")
+    answered = served(cluster.lb_address, service_name, 20)
     assert answered == ours
 
     view = build_status(read_snapshot(cluster.consul, Layout(), cluster.staging.name, time.time()))
@@ -301,11 +278,6 @@ def poisoning(poisoned: set[str]) -> RenderFn:
     return template
 
 
-def answers(host: str, n: int) -> set[str]:
-    """The container ids that answered ``n`` requests for ``host`` through the test's own NGINX."""
-    return {get(OWN_ADDRESS, host, 8081)[1].rsplit(" ", 1)[-1].strip() for _ in range(n)}
-
-
 def test_service_nginx_refuses_never_freezes_the_others(
     cluster: Cluster, service_name: str, other_service: str, tmp_path: Path, nginx_binary: str
 ) -> None:
@@ -329,12 +301,13 @@ def test_service_nginx_refuses_never_freezes_the_others(
     )
     try:
 
-        def serves(name: str, n: int) -> bool:
+        def fresh(name: str, n: int) -> bool:
+            """One pass of the in-process load balancer, then: NGINX serves ``name``'s ``n`` replicas."""
             lb.reconcile()
             ids = {c.id[:12] for c in cluster.containers(name)}
-            return len(ids) == n and answers(name, 3 * n) == ids
+            return len(ids) == n and serves(OWN_ADDRESS, name, ids, port=8081)
 
-        wait_until(lambda: serves(bad, 1) and serves(good, 1), timeout=60, what="both served")
+        wait_until(lambda: fresh(bad, 1) and fresh(good, 1), timeout=LB_UPDATE_S, what="both served")
         first_containers = cluster.containers(bad)
         first_bad = {c.id[:12] for c in first_containers}
         failed_before = metric("operator_lb_reloads_total", result="failed")
@@ -346,14 +319,17 @@ def test_service_nginx_refuses_never_freezes_the_others(
         # No pass has run since: the bad service's new server is refused from its first sight.
         new = [i for i in cluster.passing(bad) if i.service_id not in {c.name for c in first_containers}]
         poisoned.update(f"{i.address}:{i.port}" for i in new)
-        wait_until(lambda: serves(good, 2), timeout=60, what="the good service's fresh upstream")
+        wait_until(lambda: fresh(good, 2), timeout=LB_UPDATE_S, what="the good service's fresh upstream")
         assert metric("operator_lb_reloads_total", result="failed") > failed_before
         assert metric("operator_lb_quarantined_services") == 1
-        assert answers(bad, 6) == first_bad, "the refused service keeps its last good upstream"
+        kept = served(OWN_ADDRESS, bad, 6, port=8081)
+        assert kept == first_bad, "the refused service keeps its last good upstream"
         assert "slow_start" not in (nginx.current() or "")
 
         poisoned.clear()
-        wait_until(lambda: serves(bad, 2), timeout=60, what="the service served fresh once NGINX takes it")
+        wait_until(
+            lambda: fresh(bad, 2), timeout=LB_UPDATE_S, what="the service served fresh once NGINX takes it"
+        )
         assert metric("operator_lb_quarantined_services") == 0
     finally:
         nginx.stop()
@@ -362,50 +338,25 @@ def test_service_nginx_refuses_never_freezes_the_others(
 # --- a system NGINX whose reload fails ---------------------------------------------------
 
 
-@pytest.fixture
-def system_nginx(tmp_path: Path, nginx_binary: str) -> Iterator[tuple[Path, list[str]]]:
-    """An NGINX "of the system": a main config including conf.d/*.conf; (prefix, its command line)."""
-    prefix = tmp_path / "sys"
-    for sub in ("conf.d", "logs", "tmp"):
-        (prefix / sub).mkdir(parents=True)
-    (prefix / "nginx.conf").write_text(
-        f"pid {prefix}/nginx.pid; error_log {prefix}/logs/error.log;\n"
-        "events {}\n"
-        f"http {{ access_log off; client_body_temp_path {prefix}/tmp/cb; proxy_temp_path {prefix}/tmp/p;\n"
-        f"fastcgi_temp_path {prefix}/tmp/f; uwsgi_temp_path {prefix}/tmp/u; scgi_temp_path {prefix}/tmp/s;\n"
-        f"include {prefix}/conf.d/*.conf; }}\n"
-    )
-    command = [
-        nginx_binary,
-        "-p",
-        str(prefix),
-        "-e",
-        str(prefix / "logs" / "error.log"),
-        "-c",
-        str(prefix / "nginx.conf"),
-    ]
-    subprocess.run(command, check=True, timeout=30)  # daemonises; writes nginx.pid
-    pid_file = prefix / "nginx.pid"
-    wait_until(pid_file.exists, timeout=30, what="the system NGINX to start")
-    pid = int(pid_file.read_text())
-    try:
-        yield prefix, command
-    finally:
-        subprocess.run([*command, "-s", "quit"], check=False, timeout=30)
-        wait_until(lambda: not pid_alive(pid), timeout=30, what="the system NGINX to stop")
+# Reloads refused before one works: retried after 0.5, 1, 2, 4, 8 s and then the 10 s cap.
+REFUSED_RELOADS = 6
+# The attempts are stamped by the reload command itself: a retry's pass reads Consul and
+# renders before it runs the command again (measured 0.01-0.05 s late), never early.
+RELOAD_LATE = 2.0
+RELOAD_EARLY = 0.05
 
 
 def test_failed_system_reload_is_retried_until_it_succeeds(
     cluster: Cluster, service_name: str, system_nginx: tuple[Path, list[str]]
 ) -> None:
-    """A reload command that fails 3 times is retried with growing delays, counted, and then serves."""
+    """A reload failing 6 times is retried after 0.5, 1, 2, 4, 8 and 10 s (the cap), counted, then serves."""
     prefix, command = system_nginx
     attempts = prefix / "attempts"
     script = prefix / "reload.sh"
     script.write_text(
         "#!/bin/sh\n"
         f"date +%s.%N >> {attempts}\n"
-        f'[ "$(wc -l < {attempts})" -gt 3 ] || {{ echo "reload refused" >&2; exit 1; }}\n'
+        f'[ "$(wc -l < {attempts})" -gt {REFUSED_RELOADS} ] || {{ echo "reload refused" >&2; exit 1; }}\n'
         f"exec {' '.join(command)} -s reload\n"
     )
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
@@ -413,6 +364,7 @@ def test_failed_system_reload_is_retried_until_it_succeeds(
     cluster.wait_converged(service_name, 1)
     ids = {c.id[:12] for c in cluster.containers(service_name)}
     errors_before = metric("operator_lb_reloads_total", result="error")
+    wanted = [retry_delay(n) for n in range(1, REFUSED_RELOADS + 1)]
 
     nginx = SystemNginx(
         prefix / "conf.d" / "lb.conf", test_cmd=" ".join([*command, "-t", "-q"]), reload_cmd=str(script)
@@ -428,21 +380,22 @@ def test_failed_system_reload_is_retried_until_it_succeeds(
     )
     stop, trigger = threading.Event(), Trigger()
     loop = threading.Thread(
-        target=run_loop, args=("lb", lb.reconcile, trigger, stop), kwargs={"resync": 60.0}
+        target=run_loop, args=("lb", lb.reconcile, trigger, stop), kwargs={"resync": 600.0}
     )
     loop.start()
     try:
         wait_until(
-            lambda: get(OWN_ADDRESS, "anything", 8080)[1].rsplit(" ", 1)[-1].strip() in ids,
-            timeout=60,
+            lambda: served(OWN_ADDRESS, "anything", 1, port=8080) <= ids,
+            timeout=sum(wanted) + REFUSED_RELOADS * RELOAD_LATE + LB_UPDATE_S,
             what="the system NGINX to serve after the reload finally worked",
         )
     finally:
         stop.set()
         trigger.fire()
-        loop.join(timeout=30)
+        loop.join(timeout=PROCESS_S)
     times = [float(line) for line in attempts.read_text().split()]
-    assert len(times) == 4, times
+    assert len(times) == REFUSED_RELOADS + 1, times
     gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert gaps[-1] > gaps[0], f"no back-off between attempts: {gaps}"
-    assert metric("operator_lb_reloads_total", result="error") - errors_before == 3
+    assert_backs_off(gaps, wanted, early=RELOAD_EARLY, late=RELOAD_LATE)
+    assert wanted[-1] == RETRY_CAP < 2 * wanted[-2], "the last retry is at the cap"
+    assert metric("operator_lb_reloads_total", result="error") - errors_before == REFUSED_RELOADS

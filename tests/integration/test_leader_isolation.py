@@ -10,6 +10,7 @@ from consul_operator.keys import Layout
 from consul_operator.leader import LeaderElection
 from consul_operator.model import LABEL_CLUSTER, LABEL_HOST, LABEL_SERVICE
 from consul_operator.scheduler import Scheduler
+from tests.support.bounds import CONVERGE_S, LOST_HOST_S, REACT_S, ROLLOUT_S
 from tests.support.cluster import Cluster, manifest_yaml, operator
 from tests.support.staging import wait_until
 
@@ -28,7 +29,7 @@ def test_oversized_manifest_is_refused_and_other_services_are_placed(
     cluster.wait_converged(service_name, 2)
     wait_until(
         lambda: "more than the limit of" in cluster.status_error(other_service, "host-1"),
-        timeout=60,
+        timeout=REACT_S,
         what="the size refusal in host-1's status",
     )
     error = cluster.status_error(other_service, "host-1")
@@ -89,21 +90,21 @@ def test_host_lost_for_good_lets_its_services_roll_out(cluster: Cluster, service
             lambda: (
                 cluster.per_host(service_name) == {"host-1": 2} and len(cluster.passing(service_name)) == 2
             ),
-            timeout=90,
+            timeout=LOST_HOST_S,
             what="the lost host's replica to move to host-1",
         )
         wait_until(
             lambda: cluster.status(service_name, "host-2") is None,
-            timeout=60,
+            timeout=LOST_HOST_S,
             what="the leader to remove host-2's status record",
         )
         cluster.put(service_name, 2, image="hello:v2", update=UPDATE)
         wait_until(
             lambda: (cluster.kv_json(f"operator/rollout/{service_name}") or {}).get("state") == "complete",
-            timeout=120,
+            timeout=ROLLOUT_S,
             what="the v2 rollout to complete",
         )
-        waited = operator(cluster, "wait", service_name, "--timeout", "60s")
+        waited = operator(cluster, "wait", service_name, "--timeout", f"{CONVERGE_S:g}s")
         assert waited.returncode == 0, waited.stdout + waited.stderr
         status = operator(cluster, "status", service_name)
         assert "Converged" in status.stdout, status.stdout

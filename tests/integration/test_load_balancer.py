@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import itertools
 import uuid
 from collections.abc import Iterator
@@ -14,8 +13,10 @@ from consul_operator.actuators.nginx import ManagedNginx, render
 from consul_operator.consul_client import ConsulClient
 from consul_operator.model import ServiceInstance
 from consul_operator.upstreams import build_view
+from tests.support.bounds import LB_UPDATE_S, LOAD_S, REACT_S, REPLACEMENT_S
 from tests.support.cluster import Cluster
 from tests.support.load import Load
+from tests.support.served import get, replica
 from tests.support.staging import wait_until
 
 # Failed requests allowed when a container is killed outright (not drained): the
@@ -24,34 +25,10 @@ from tests.support.staging import wait_until
 KILL_FAILURE_BUDGET = 3
 
 
-def get(address: str, host: str, port: int = 80) -> tuple[int, str]:
-    """One GET / with a Host header; (status, body)."""
-    conn = http.client.HTTPConnection(address, port, timeout=5)
-    try:
-        conn.request("GET", "/", headers={"Host": host})
-        response = conn.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        conn.close()
-
-
-def lb_address(cluster: Cluster) -> str:
-    return cluster.staging.addresses[2]
-
-
-def served(cluster: Cluster, service: str, n: int) -> bool:
-    """NGINX answers for ``service`` from exactly the ``n`` running containers (over 3n requests)."""
-    ids = {c.id[:12] for c in cluster.containers(service)}
-    if len(ids) != n:
-        return False
-    bodies = {get(lb_address(cluster), service)[1] for _ in range(3 * n)}
-    return bodies == {f"Hello World from {i}\n" for i in ids}
-
-
 def alternates(cluster: Cluster, service: str, containers: set[str]) -> bool:
     """Ten requests through NGINX are answered by the containers in strict turn."""
-    bodies = [get(lb_address(cluster), service) for _ in range(10)]
-    answered = [body.rsplit(" ", 1)[-1].strip() for status, body in bodies if status == 200]
+    bodies = [get(cluster.lb_address, service) for _ in range(10)]
+    answered = [replica(body) for status, body in bodies if status == 200]
     return (
         len(answered) == 10
         and set(answered) == containers
@@ -67,7 +44,7 @@ def test_round_robin_across_both_app_hosts(cluster: Cluster, service_name: str) 
     ids = {c.id[:12] for c in cluster.containers(service_name)}
     # Right after a reload, NGINX's old worker may still take a few requests with
     # the previous upstream list; round-robin is a steady-state property.
-    wait_until(lambda: alternates(cluster, service_name, ids), timeout=30, what="strict round-robin")
+    wait_until(lambda: alternates(cluster, service_name, ids), timeout=LB_UPDATE_S, what="strict round-robin")
 
 
 def test_service_without_passing_instance_answers_503(cluster: Cluster, service_name: str) -> None:
@@ -76,8 +53,8 @@ def test_service_without_passing_instance_answers_503(cluster: Cluster, service_
     # One condition, status and body together: right after a reload an old NGINX
     # worker may still answer a request or two from the previous config.
     wait_until(
-        lambda: get(lb_address(cluster), service_name) == (503, f"no healthy instance of {service_name}\n"),
-        timeout=30,
+        lambda: get(cluster.lb_address, service_name) == (503, f"no healthy instance of {service_name}\n"),
+        timeout=LB_UPDATE_S,
         what="a 503 saying there is no healthy instance",
     )
 
@@ -86,14 +63,18 @@ def test_scale_down_under_load_fails_no_request(cluster: Cluster, service_name: 
     """Scaling 3 -> 1 under a steady trickle of requests fails none of them: drain comes before stop."""
     cluster.put(service_name, 3, drain="2s")
     cluster.wait_converged(service_name, 3)
-    wait_until(lambda: served(cluster, service_name, 3), timeout=30, what="NGINX to serve 3 replicas")
-    with Load(lb_address(cluster), service_name) as load:
-        wait_until(lambda: len(load.outcomes) > 20, timeout=30, what="load to start")
+    wait_until(
+        lambda: cluster.lb_serves(service_name, 3), timeout=LB_UPDATE_S, what="NGINX to serve 3 replicas"
+    )
+    with Load(cluster.lb_address, service_name) as load:
+        wait_until(lambda: len(load.outcomes) > 20, timeout=LOAD_S, what="load to start")
         cluster.put(service_name, 1, drain="2s")
         cluster.wait_converged(service_name, 1)
-        wait_until(lambda: served(cluster, service_name, 1), timeout=30, what="NGINX to serve 1 replica")
+        wait_until(
+            lambda: cluster.lb_serves(service_name, 1), timeout=LB_UPDATE_S, what="NGINX to serve 1 replica"
+        )
         settled = len(load.outcomes)
-        wait_until(lambda: len(load.outcomes) > settled + 20, timeout=30, what="more requests")
+        wait_until(lambda: len(load.outcomes) > settled + 20, timeout=LOAD_S, what="more requests")
     assert len(load.outcomes) > 50
     assert load.failures == [], f"{len(load.failures)} of {len(load.outcomes)} failed: {load.failures[:3]}"
 
@@ -102,9 +83,9 @@ def test_killed_container_under_load_stays_within_budget(cluster: Cluster, servi
     """`docker kill` of a replica under load: failed requests stay within the budget, and are counted."""
     cluster.put(service_name, 2)
     cluster.wait_converged(service_name, 2)
-    wait_until(lambda: served(cluster, service_name, 2), timeout=30, what="NGINX to serve both")
-    with Load(lb_address(cluster), service_name) as load:
-        wait_until(lambda: len(load.outcomes) > 20, timeout=30, what="load to start")
+    wait_until(lambda: cluster.lb_serves(service_name, 2), timeout=LB_UPDATE_S, what="NGINX to serve both")
+    with Load(cluster.lb_address, service_name) as load:
+        wait_until(lambda: len(load.outcomes) > 20, timeout=LOAD_S, what="load to start")
         victim = cluster.containers(service_name)[0]
         victim.kill()
         wait_until(
@@ -112,11 +93,13 @@ def test_killed_container_under_load_stays_within_budget(cluster: Cluster, servi
                 victim.id not in {c.id for c in cluster.containers(service_name)}
                 and cluster.converged(service_name, 2)
             ),
-            timeout=60,
+            timeout=REPLACEMENT_S,
             what="the replacement",
         )
         wait_until(
-            lambda: served(cluster, service_name, 2), timeout=30, what="NGINX to serve the replacement"
+            lambda: cluster.lb_serves(service_name, 2),
+            timeout=LB_UPDATE_S,
+            what="NGINX to serve the replacement",
         )
     failed = len(load.failures)
     print(f"kill under load: {failed} of {len(load.outcomes)} requests failed")
@@ -131,7 +114,7 @@ def test_hostile_registration_never_reaches_nginx(cluster: Cluster, service_name
     """
     cluster.put(service_name, 1, placement={"hosts": ["host-1"]})
     cluster.wait_converged(service_name, 1)
-    wait_until(lambda: served(cluster, service_name, 1), timeout=30, what="NGINX to serve")
+    wait_until(lambda: cluster.lb_serves(service_name, 1), timeout=LB_UPDATE_S, what="NGINX to serve")
     rejected_before = cluster.metric("host-3", "operator_lb_rejected_total", reason="foreign_cluster")
     host3 = ConsulClient(cluster.staging.consul_addr("host-3"))
     evil_id = f"evil-{uuid.uuid4().hex[:6]}"
@@ -144,12 +127,12 @@ def test_hostile_registration_never_reaches_nginx(cluster: Cluster, service_name
                 cluster.metric("host-3", "operator_lb_rejected_total", reason="foreign_cluster")
                 > rejected_before
             ),
-            timeout=30,
+            timeout=REACT_S,
             what="the rejection to be counted",
         )
         conf = (cluster.staging.run_dir / "nginx" / "nginx.conf").read_text()
         assert "/etc/shadow" not in conf
-        assert served(cluster, service_name, 1)
+        assert cluster.lb_serves(service_name, 1)
     finally:
         host3.deregister_service(evil_id)
 
@@ -177,18 +160,22 @@ def test_config_failing_nginx_t_leaves_the_old_one_serving(own_nginx: ManagedNgi
     """A config that fails `nginx -t` is not installed: the running NGINX keeps serving the last good one."""
     first = own_nginx.apply(static_conf(own_nginx.prefix, "one"))
     assert first.ok and first.changed
-    wait_until(lambda: get("127.0.0.24", "x", 8080) == (200, "one"), timeout=30, what="NGINX to serve")
+    wait_until(
+        lambda: get("127.0.0.24", "x", port=8080) == (200, "one"), timeout=LB_UPDATE_S, what="NGINX to serve"
+    )
     good_text = own_nginx.current()
 
     broken = own_nginx.apply(static_conf(own_nginx.prefix, "two").replace("listen", "lisen"))
     assert not broken.ok and not broken.changed
     assert "nginx -t failed" in broken.error
     assert own_nginx.current() == good_text
-    assert get("127.0.0.24", "x", 8080) == (200, "one")
+    assert get("127.0.0.24", "x", port=8080) == (200, "one")
 
     second = own_nginx.apply(static_conf(own_nginx.prefix, "two"))
     assert second.ok
-    wait_until(lambda: get("127.0.0.24", "x", 8080) == (200, "two"), timeout=30, what="the reload")
+    wait_until(
+        lambda: get("127.0.0.24", "x", port=8080) == (200, "two"), timeout=LB_UPDATE_S, what="the reload"
+    )
 
 
 @pytest.mark.parametrize(

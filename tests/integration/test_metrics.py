@@ -19,7 +19,8 @@ import docker
 from consul_operator.consul_client import ConsulClient
 from consul_operator.model import LABEL_HOST
 from consul_operator.presence import ttl_check_id
-from tests.support.cluster import CONVERGE_TIMEOUT, Cluster, manifest_yaml, operator
+from tests.support.bounds import CONVERGE_S
+from tests.support.cluster import Cluster, manifest_yaml, operator
 from tests.support.daemons import consul_dev, started
 from tests.support.metrics import Scrape, scrape
 from tests.support.staging import HOSTS, Staging, wait_until
@@ -126,7 +127,7 @@ def test_deploy_scale_and_delete_move_the_replica_figures(cluster: Cluster, serv
         "unplaced_replicas": 0,
     }
     took = after[leader].value("operator_convergence_seconds_sum", service=service_name)
-    assert 0 < took < CONVERGE_TIMEOUT
+    assert 0 < took < CONVERGE_S
     assert after[leader].value("operator_convergence_seconds_bucket", service=service_name, le="+Inf") == 1
     assert delta(before[leader], after[leader], "operator_placement_writes_total") >= 1
     assert (

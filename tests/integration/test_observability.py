@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from consul_operator.status import JSON_FIELDS
+from tests.support.bounds import CONVERGE_S, PROCESS_S, PROMETHEUS_S, REMOVAL_S
 from tests.support.cluster import Cluster, manifest_yaml
 from tests.support.cluster import operator as run_operator
 from tests.support.staging import HOSTS, ROOT, pid_alive, tool, wait_until
@@ -59,7 +60,7 @@ def prometheus(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> It
         stderr=open(work / "prometheus.log", "wb"),  # noqa: SIM115 - the child owns it
     )
     try:
-        wait_until(lambda: _get(f"http://{listen}/-/ready"), timeout=60, what="Prometheus to be ready")
+        wait_until(lambda: _get(f"http://{listen}/-/ready"), timeout=PROCESS_S, what="Prometheus to be ready")
         yield f"http://{listen}"
     finally:
         proc.terminate()
@@ -83,17 +84,21 @@ def test_prometheus_sees_drift_go_to_zero(cluster: Cluster, service_name: str, p
     """A real Prometheus scraping the daemons sees operator_drift_replicas go from above 0 to 0."""
     wait_until(
         lambda: len(query(prometheus, 'up{job="consul-operator"} == 1')) == 3,
-        timeout=60,
+        timeout=PROMETHEUS_S,
         what="3 healthy targets",
     )
     cluster.put(service_name, 2, command=SLOW_START)
     drift = f'max(operator_drift_replicas{{service="{service_name}"}})'
     wait_until(
-        lambda: [float(r["value"][1]) for r in query(prometheus, drift)] == [2.0], timeout=60, what="drift 2"
+        lambda: [float(r["value"][1]) for r in query(prometheus, drift)] == [2.0],
+        timeout=PROMETHEUS_S,
+        what="drift 2",
     )
     cluster.wait_converged(service_name, 2)
     wait_until(
-        lambda: [float(r["value"][1]) for r in query(prometheus, drift)] == [0.0], timeout=60, what="drift 0"
+        lambda: [float(r["value"][1]) for r in query(prometheus, drift)] == [0.0],
+        timeout=PROMETHEUS_S,
+        what="drift 0",
     )
     seen = query(prometheus, f"max_over_time({drift}[5m:1s])")
     assert float(seen[0]["value"][1]) > 0
@@ -183,7 +188,7 @@ def test_status_json_for_converged_invalid_unplaceable_and_progressing(cluster: 
                 and s.get(names["unplaceable"]) == "Unplaceable"
                 and s.get(names["progress"]) == "Progressing"
             ),
-            timeout=60,
+            timeout=CONVERGE_S,
             what="the four states",
         )
         doc = json.loads(operator(cluster, "status", "--json", names["converged"]).stdout)
@@ -205,13 +210,17 @@ def test_status_json_for_converged_invalid_unplaceable_and_progressing(cluster: 
         for name in names.values():
             cluster.delete(name)
         for name in names.values():
-            wait_until(lambda: not cluster.containers(name, all_states=True), timeout=60, what="cleanup")  # noqa: B023
+            wait_until(
+                lambda: not cluster.containers(name, all_states=True),  # noqa: B023
+                timeout=REMOVAL_S,
+                what="cleanup",
+            )
 
 
 def test_wait_exits_0_when_converged_and_1_at_timeout(cluster: Cluster, service_name: str) -> None:
     """`operator wait`: 0 once converged; for a service that cannot converge, 1 at the timeout, saying why."""
     cluster.put(service_name, 2)
-    done = operator(cluster, "wait", service_name, "--timeout", "60s")
+    done = operator(cluster, "wait", service_name, "--timeout", f"{CONVERGE_S:g}s")
     assert done.returncode == 0, done.stderr
     assert cluster.converged(service_name, 2)
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.bounds import LB_UPDATE_S, LOAD_S, ROLLOUT_S
 from tests.support.cluster import Cluster, operator
 from tests.support.load import Load
 from tests.support.staging import wait_until
@@ -50,22 +51,24 @@ def test_rolling_update_under_load_fails_no_request(cluster: Cluster, service_na
     cluster.put(service_name, REPLICAS, update=UPDATE)
     cluster.wait_converged(service_name, REPLICAS)
     # Consul passing is not NGINX serving yet: the load starts once NGINX answers from both.
-    wait_until(lambda: cluster.lb_serves(service_name, REPLICAS), timeout=30, what="NGINX to serve both")
+    wait_until(
+        lambda: cluster.lb_serves(service_name, REPLICAS), timeout=LB_UPDATE_S, what="NGINX to serve both"
+    )
     lb = cluster.staging.addresses[2]
     with Load(lb, service_name) as load, sampled(lambda: len(cluster.containers(service_name))) as running:
-        wait_until(lambda: len(load.outcomes) > 20, timeout=30, what="load to start")
+        wait_until(lambda: len(load.outcomes) > 20, timeout=LOAD_S, what="load to start")
         started = time.time()
         cluster.put(service_name, REPLICAS, image="hello:v2", update=UPDATE)
         wait_until(
             lambda: (rollout(cluster, service_name) or {}).get("state") == "complete",
-            timeout=120,
+            timeout=ROLLOUT_S,
             what="the rollout to complete",
         )
         took = time.time() - started
         cluster.wait_converged(service_name, REPLICAS)
         done = time.time()
         wait_until(
-            lambda: len(load.outcomes) > 0 and load.outcomes[-1].at > done + 2, timeout=30, what="load"
+            lambda: len(load.outcomes) > 0 and load.outcomes[-1].at > done + 2, timeout=LOAD_S, what="load"
         )
     record = rollout(cluster, service_name)
     print(
@@ -81,6 +84,8 @@ def test_rolling_update_under_load_fails_no_request(cluster: Cluster, service_na
     assert (record["updated"], record["total"]) == (REPLICAS, REPLICAS)
 
 
+# The deadline of an update that never passes: it rolls back once this has passed.
+BROKEN_DEADLINE = 15.0
 BROKEN: dict[str, dict[str, Any]] = {
     "failing-health-check": {"health": {"http": "/missing", "interval": "1s", "timeout": "500ms"}},
     "exits-at-once": {"command": ["false"]},
@@ -95,19 +100,19 @@ def test_broken_update_rolls_back_without_losing_capacity(
     cluster.put(service_name, REPLICAS, update=UPDATE)
     cluster.wait_converged(service_name, REPLICAS)
     good = {c.labels["consul-operator.spec-hash"] for c in cluster.containers(service_name)}
-    update = {**UPDATE, "deadline": "15s"}
+    update = {**UPDATE, "deadline": f"{BROKEN_DEADLINE:g}s"}
     with sampled(lambda: len(cluster.passing(service_name))) as passing:
         cluster.put(service_name, REPLICAS, update=update, **BROKEN[breakage])
         # A new spec that never even ran leaves nothing to take back: the rollback may
         # go straight to rolled_back.
         wait_until(
             lambda: (rollout(cluster, service_name) or {}).get("state") in ("rolling_back", "rolled_back"),
-            timeout=60,
+            timeout=BROKEN_DEADLINE + ROLLOUT_S,
             what="the rollout to roll back",
         )
         wait_until(
             lambda: (rollout(cluster, service_name) or {}).get("state") == "rolled_back",
-            timeout=60,
+            timeout=ROLLOUT_S,
             what="the rollback to finish",
         )
         cluster.wait_converged(service_name, REPLICAS)
@@ -115,7 +120,7 @@ def test_broken_update_rolls_back_without_losing_capacity(
     print(f"rollback: reason {record['reason']!r}, min passing {min(passing)} over {len(passing)} samples")
     assert min(passing) >= REPLICAS, passing
     assert {c.labels["consul-operator.spec-hash"] for c in cluster.containers(service_name)} == good
-    assert "not healthy within 15s" in record["reason"]
+    assert f"not healthy within {BROKEN_DEADLINE:g}s" in record["reason"]
 
 
 def test_operator_rollback_returns_to_the_previous_spec(cluster: Cluster, service_name: str) -> None:
@@ -126,7 +131,9 @@ def test_operator_rollback_returns_to_the_previous_spec(cluster: Cluster, servic
     v1 = {c.labels["consul-operator.spec-hash"] for c in cluster.containers(service_name)}
     cluster.put(service_name, REPLICAS, image="hello:v2", update=fast)
     wait_until(
-        lambda: (rollout(cluster, service_name) or {}).get("state") == "complete", timeout=120, what="v2"
+        lambda: (rollout(cluster, service_name) or {}).get("state") == "complete",
+        timeout=ROLLOUT_S,
+        what="v2",
     )
     done = operator(cluster, "rollback", service_name)
     assert done.returncode == 0, done.stderr
@@ -136,7 +143,7 @@ def test_operator_rollback_returns_to_the_previous_spec(cluster: Cluster, servic
     assert again.stderr.startswith(f"{service_name}: cannot roll back: already roll"), again.stderr
     wait_until(
         lambda: (rollout(cluster, service_name) or {}).get("state") == "rolled_back",
-        timeout=120,
+        timeout=ROLLOUT_S,
         what="the rollback",
     )
     cluster.wait_converged(service_name, REPLICAS)

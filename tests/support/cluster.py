@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import http.client
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,10 +20,10 @@ import yaml
 from consul_operator.consul_client import ConsulClient
 from consul_operator.keys import Layout
 from consul_operator.model import LABEL_CLUSTER, LABEL_HOST, LABEL_SERVICE, META_CLUSTER
+from tests.support.bounds import CONVERGE_S, PROCESS_S, REACT_S
 from tests.support.metrics import Scrape, scrape
+from tests.support.served import serves
 from tests.support.staging import HOSTS, Environment, pid_alive, wait_until
-
-CONVERGE_TIMEOUT = 60.0  # generous: the goal is seconds, measured in bench/
 
 
 def manifest_yaml(name: str, replicas: int, **fields: Any) -> str:
@@ -45,6 +47,11 @@ def operator(cluster: Cluster, *args: str, stdin: str | None = None) -> subproce
     return subprocess.run(
         [*command, *args[1:]], input=stdin, capture_output=True, text=True, timeout=120, check=False
     )
+
+
+def metric_at(address: str, name: str, **labels: str) -> float:
+    """One sample from the /metrics served at ``address`` (host:port) by any daemon (0 when absent)."""
+    return scrape(address).value(name, **labels)
 
 
 @dataclass
@@ -100,7 +107,7 @@ class Cluster:
         passing = {i.service_id for i in self.passing(service) if i.meta.get(META_CLUSTER) == mine}
         return len(running) == replicas and running == registered == passing
 
-    def wait_converged(self, service: str, replicas: int, timeout: float = CONVERGE_TIMEOUT) -> None:
+    def wait_converged(self, service: str, replicas: int, timeout: float = CONVERGE_S) -> None:
         """Wait until `converged`, failing with what is there after ``timeout``."""
         try:
             wait_until(
@@ -130,7 +137,11 @@ class Cluster:
     def wait_passes(self, after: float, hosts: tuple[str, ...] = ("host-1", "host-2")) -> None:
         """Wait until each agent finished a host pass that started after ``after``."""
         for host in hosts:
-            wait_until(lambda: self.last_host_pass(host) > after, timeout=60, what=f"{host} agent passes")  # noqa: B023
+            wait_until(
+                lambda: self.last_host_pass(host) > after,  # noqa: B023
+                timeout=REACT_S,
+                what=f"{host} agent passes",
+            )
 
     def container_events(self, service: str, since: float, actions: tuple[str, ...]) -> list[str]:
         """Docker's events of ``service``'s containers from ``since`` until now, by action name."""
@@ -142,23 +153,40 @@ class Cluster:
         )
         return [str(e["Action"]) for e in events if e["Action"] in actions]
 
+    @contextlib.contextmanager
+    def recording_events(self, service: str) -> Iterator[list[tuple[float, str]]]:
+        """Docker's events of ``service``'s containers while the block runs, as (Unix time, action).
+
+        Read live from the stream: the engine's history of past events is bounded,
+        and a busy shared engine may have dropped them by the time a test asks.
+        """
+        stream = self.docker.events(
+            decode=True, filters={"type": "container", "label": f"{LABEL_SERVICE}={service}"}
+        )
+        seen: list[tuple[float, str]] = []
+
+        def read() -> None:
+            with contextlib.suppress(Exception):  # the stream ends when closed below
+                for event in stream:
+                    seen.append((int(event["timeNano"]) / 1e9, str(event["Action"])))
+
+        reader = threading.Thread(target=read, name=f"events-{service}", daemon=True)
+        reader.start()
+        try:
+            yield seen
+        finally:
+            stream.close()
+            reader.join(timeout=10)
+
     def lb_serves(self, service: str, n: int) -> bool:
-        """NGINX answers for ``service`` from exactly its ``n`` running containers (over 3n requests)."""
+        """NGINX answers for ``service`` from exactly its ``n`` running containers (`served.serves`)."""
         ids = {c.id[:12] for c in self.containers(service)}
-        if len(ids) != n:
-            return False
-        bodies = set()
-        for _ in range(3 * n):
-            conn = http.client.HTTPConnection(self.staging.addresses[2], 80, timeout=5)
-            try:
-                conn.request("GET", "/", headers={"Host": service})
-                response = conn.getresponse()
-                if response.status != 200:
-                    return False
-                bodies.add(response.read().decode().rsplit(" ", 1)[-1].strip())
-            finally:
-                conn.close()
-        return bodies == ids
+        return len(ids) == n and serves(self.lb_address, service, ids)
+
+    @property
+    def lb_address(self) -> str:
+        """Where the environment's NGINX listens (host-3's address, port 80)."""
+        return self.staging.addresses[2]
 
     def leader(self) -> str | None:
         """The host holding the leader lock, per its value."""
@@ -188,5 +216,5 @@ class Cluster:
         pid = self.staging.pids()[name]
         os.kill(pid, sig)
         if sig in (signal.SIGKILL, signal.SIGTERM):
-            wait_until(lambda: not pid_alive(pid), timeout=30, what=f"{name} to exit")
+            wait_until(lambda: not pid_alive(pid), timeout=PROCESS_S, what=f"{name} to exit")
         return pid

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import http.client
 import threading
 import time
 from dataclasses import dataclass, field
 from types import TracebackType
+
+from tests.support.served import get
 
 
 @dataclass
@@ -20,10 +21,11 @@ class Outcome:
 
 @dataclass
 class Load:
-    """GET http://<address>/ with ``Host: <host>`` every ``interval`` s, for at most ``limit`` s."""
+    """GET http://<address>:<port>/ with ``Host: <host>`` every ``interval`` s, for at most ``limit`` s."""
 
     address: str
     host: str
+    port: int = 80
     interval: float = 0.02
     limit: float = 120.0
     outcomes: list[Outcome] = field(default_factory=list)
@@ -49,15 +51,11 @@ class Load:
             self._stop.wait(self.interval)
 
     def _one(self) -> Outcome:
-        conn = http.client.HTTPConnection(self.address, 80, timeout=10)
         try:
-            conn.request("GET", "/", headers={"Host": self.host})
-            response = conn.getresponse()
-            return Outcome(time.time(), response.status, response.read().decode(errors="replace"))
+            status, body = get(self.address, self.host, port=self.port, timeout=10)
         except Exception as exc:  # refused, reset, cut off mid-body (IncompleteRead): all failures
             return Outcome(time.time(), 0, repr(exc))
-        finally:
-            conn.close()
+        return Outcome(time.time(), status, body)
 
     @property
     def failures(self) -> list[Outcome]:

@@ -8,6 +8,7 @@ addresses and its own run directory under .run/.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -122,8 +123,13 @@ class Staging:
 def wait_until(
     condition: Callable[[], object], *, timeout: float, what: str, interval: float = 0.1
 ) -> object:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds.
+
+    With ``OPERATOR_TEST_WAITS=FILE`` every wait appends how long it took against its
+    bound to FILE (JSON lines): the figures tests/support/bounds.py is set from.
+    """
+    started = time.monotonic()
+    deadline = started + timeout
     last_error: Exception | None = None
     while time.monotonic() < deadline:
         try:
@@ -132,9 +138,27 @@ def wait_until(
             last_error = exc
         else:
             if value:
+                _record_wait(what, time.monotonic() - started, timeout, met=True)
                 return value
         time.sleep(interval)
+    _record_wait(what, time.monotonic() - started, timeout, met=False)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last_error})")
+
+
+def _record_wait(what: str, seconds: float, timeout: float, *, met: bool) -> None:
+    """One line of OPERATOR_TEST_WAITS, when set: which test waited how long for what."""
+    path = os.environ.get("OPERATOR_TEST_WAITS")
+    if not path:
+        return
+    line = {
+        "test": os.environ.get("PYTEST_CURRENT_TEST", "").removesuffix(" (call)"),
+        "what": what,
+        "seconds": round(seconds, 3),
+        "bound": timeout,
+        "met": met,
+    }
+    with open(path, "a", encoding="utf-8") as out:
+        out.write(json.dumps(line) + "\n")
 
 
 def pid_alive(pid: int) -> bool:

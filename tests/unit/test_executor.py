@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -25,6 +25,7 @@ from consul_operator.model import (
     DrainContainer,
     Register,
     Registration,
+    RemoveDead,
     StartContainer,
 )
 from consul_operator.records import PlacementRecord, frozen_map
@@ -54,6 +55,7 @@ class FakeDocker:
     refuse_remove: bool = False
     refuse_start: bool = False
     stop_gate: threading.Event | None = None  # stop() blocks until set: a long stop grace
+    on_remove: Callable[[], None] = lambda: None  # runs as remove() is called
     host: str = HOST
     listings: int = 0
     removals: int = 0
@@ -66,6 +68,7 @@ class FakeDocker:
 
     def remove(self, container_id: str) -> None:
         self.removals += 1
+        self.on_remove()
         if self.refuse_remove:
             raise DockerError(f"Docker refused removing {container_id}: removal already in progress")
 
@@ -246,6 +249,37 @@ def test_backoffs_are_on_the_monotonic_clock(stop: threading.Event) -> None:
     assert executor.action_backoffs["register:web-c1"] == Backoff(
         failures=1, retry_at=501.0, last_error="permission denied for registering: ACL not found"
     )
+
+
+CRASHED = ContainerInfo(
+    "x1", "web-x1", "web", WEB.spec_hash(), "exited", started_at=time.time() - 1,
+    finished_at=time.time() - 1, exit_code=1,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("refuse_remove", "failures_after"),
+    [pytest.param(False, 1, id="removed"), pytest.param(True, 0, id="removal-refused")],
+)
+def test_crash_counts_before_its_container_goes(refuse_remove: bool, failures_after: int) -> None:
+    """A crash is in the back-off by the time Docker removes its container; a refused removal undoes it."""
+    docker = FakeDocker(refuse_remove=refuse_remove)
+    done = threading.Event()
+    executor = Executor(
+        cast(DockerActuator, docker),
+        cast(CatalogActuator, FakeCatalog()),
+        on_done=done.set,
+        mono=lambda: 500.0,
+    )
+    at_removal: list[Backoff] = []
+    docker.on_remove = lambda: at_removal.append(executor.backoffs.get("web", Backoff()))
+    try:
+        executor.submit(RemoveDead(CRASHED, crashed=True, reason="exited with code 1 after 0.0s"))
+        wait_until(done.is_set, timeout=10, what="the removal to finish")
+    finally:
+        executor.shutdown()
+    assert [(b.failures, b.retry_at) for b in at_removal] == [(1, 501.0)], "a pass woken by the removal"
+    assert executor.backoffs.get("web", Backoff()).failures == failures_after
 
 
 def test_slow_service_cannot_hold_every_worker(stop: threading.Event) -> None:
