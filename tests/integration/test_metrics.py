@@ -19,7 +19,7 @@ import docker
 from consul_operator.consul_client import ConsulClient
 from consul_operator.model import LABEL_HOST
 from consul_operator.presence import ttl_check_id
-from tests.support.bounds import CONVERGE_S
+from tests.support.bounds import CONVERGE_S, NEW_LEADER_S
 from tests.support.cluster import Cluster, manifest_yaml, operator
 from tests.support.daemons import consul_dev, started
 from tests.support.metrics import Scrape, scrape
@@ -398,6 +398,12 @@ def test_agent_restarted_within_its_ttl_reaps_its_session(cluster: Cluster) -> N
     finally:
         stop.set()
         holder.join(timeout=10)
+    # `up` returns once the new process answers /healthz; its election thread reaps just after.
+    wait_until(
+        lambda: cluster.metric(victim, "operator_orphan_sessions_reaped_total") >= 1,
+        timeout=NEW_LEADER_S,
+        what="the predecessor's session reaped",
+    )
     assert cluster.metric(victim, "operator_orphan_sessions_reaped_total") == 1
     assert leading(cluster) == leader
     assert cluster.metric(leader, "operator_leader_changes_total") == changes
