@@ -227,9 +227,6 @@ class Resources:
         return f"memory={format_memory(self.memory)} cpus={format_cpus(self.millicpus)}"
 
 
-NO_RESOURCES: Final = Resources(0, 0)
-
-
 @dataclass(frozen=True, slots=True)
 class HealthCheck:
     """How Consul checks a replica: HTTP GET `http` if set, else TCP on the port; seconds."""
@@ -1059,6 +1056,42 @@ def format_cpus(millicpus: int) -> str:
     """Thousandths of a CPU as a decimal: ``0.5``, ``2``, ``0.25``."""
     whole, part = divmod(millicpus, 1000)
     return str(whole) if part == 0 else f"{whole}.{part:03d}".rstrip("0")
+
+
+RESERVE_MEMORY_FRACTION: Final = 0.10
+RESERVE_MEMORY_MIN: Final = 256 * MI
+RESERVE_CPUS_FRACTION: Final = 0.10
+
+
+def host_capacity(total_memory: int, cpus: int) -> Resources:
+    """A host's default capacity: its memory and CPUs less a reserve for the system and the agent.
+
+    The reserve is 10% of the memory (at least 256Mi) and 10% of the CPUs;
+    memory is rounded down to a whole Mi, CPUs to hundredths.
+    """
+    reserve = max(RESERVE_MEMORY_MIN, int(total_memory * RESERVE_MEMORY_FRACTION))
+    memory = max(0, total_memory - reserve) // MI * MI
+    millicpus = int(cpus * 1000 * (1 - RESERVE_CPUS_FRACTION)) // 10 * 10
+    return Resources(memory, millicpus)
+
+
+def parse_capacity(text: str) -> tuple[int | None, int | None]:
+    """``memory=8Gi,cpus=4`` (either may be left out) -> (bytes, thousandths); ValueError otherwise."""
+    memory: int | None = None
+    millicpus: int | None = None
+    for item in text.split(","):
+        key, sep, value = item.strip().partition("=")
+        if key == "memory" and sep and memory is None:
+            memory = parse_memory(value.strip())
+            if memory > MAX_MEMORY * 64:
+                raise ValueError(f"memory must be at most {format_memory(MAX_MEMORY * 64)}")
+        elif key == "cpus" and sep and millicpus is None:
+            millicpus = parse_cpus(value.strip())
+            if millicpus <= 0:
+                raise ValueError(f"cpus must be more than 0, got {value.strip()}")
+        else:
+            raise ValueError(f"a capacity looks like memory=8Gi,cpus=4 (each once), got {text!r}")
+    return memory, millicpus
 
 
 def _cpus_number(millicpus: int) -> int | float:
