@@ -71,8 +71,8 @@ MIN_MILLICPUS: Final = 10
 MAX_MILLICPUS: Final = 256_000
 DEFAULT_MEMORY: Final = 256 * MI
 """A replica's memory (limit and what the scheduler counts) when the manifest names none."""
-DEFAULT_MILLICPUS: Final = 500
-"""A replica's CPUs in thousandths (0.5) when the manifest names none."""
+DEFAULT_MILLICPUS: Final = 250
+"""A replica's CPUs in thousandths (0.25) when the manifest names none."""
 DEFAULT_PIDS_LIMIT: Final = 1024
 """Processes and threads a container may have when the manifest names no ``pids_limit``."""
 MIN_PIDS_LIMIT: Final = 16

@@ -719,7 +719,7 @@ def test_to_dict_round_trips() -> None:
     assert data["stop_grace"] == "10s"
     assert data["env"] == {"A": "y", "B": "x"}
     assert data["placement"] == {"hosts": None, "max_per_host": None, "labels": {}}
-    assert data["resources"] == {"memory": "256Mi", "cpus": 0.5}
+    assert data["resources"] == {"memory": "256Mi", "cpus": 0.25}
     assert data["pids_limit"] == 1024
     assert manifest_from_dict(data) == manifest
 
@@ -880,7 +880,7 @@ def test_spec_hash_changes_with_each_container_field(name: str, value: object) -
         pytest.param("drain", "10s", id="drain"),
         pytest.param("stop_grace", "1m", id="stop-grace"),
         pytest.param("update", {"max_surge": 2, "deadline": "1m"}, id="update"),
-        pytest.param("resources", {"memory": "256Mi", "cpus": 0.5}, id="default-resources-spelled-out"),
+        pytest.param("resources", {"memory": "256Mi", "cpus": 0.25}, id="default-resources-spelled-out"),
         pytest.param("pids_limit", 1024, id="default-pids-limit-spelled-out"),
     ],
 )
@@ -895,14 +895,14 @@ def test_spec_hash_leaves_out_each_other_field(name: str, value: object) -> None
 @pytest.mark.parametrize(
     ("extra", "memory", "millicpus", "pids"),
     [
-        pytest.param("", 256 * MI, 500, 1024, id="defaults-when-absent"),
-        pytest.param("resources: {}\npids_limit: null\n", 256 * MI, 500, 1024, id="defaults-when-empty"),
-        pytest.param("resources: {memory: 64Mi}\n", 64 * MI, 500, 1024, id="memory-only"),
+        pytest.param("", 256 * MI, 250, 1024, id="defaults-when-absent"),
+        pytest.param("resources: {}\npids_limit: null\n", 256 * MI, 250, 1024, id="defaults-when-empty"),
+        pytest.param("resources: {memory: 64Mi}\n", 64 * MI, 250, 1024, id="memory-only"),
         pytest.param("resources: {cpus: 2}\n", 256 * MI, 2000, 1024, id="cpus-integer"),
         pytest.param("resources: {memory: 2Gi, cpus: 0.25}\n", 2 * GI, 250, 1024, id="gi-and-two-decimals"),
         pytest.param("resources: {memory: 8192Ki, cpus: 0.01}\n", 8 * MI, 10, 1024, id="smallest"),
         pytest.param("resources: {memory: 1024Gi, cpus: 256}\n", 1024 * GI, 256_000, 1024, id="largest"),
-        pytest.param("pids_limit: 64\n", 256 * MI, 500, 64, id="pids-limit"),
+        pytest.param("pids_limit: 64\n", 256 * MI, 250, 64, id="pids-limit"),
     ],
 )
 def test_resources_parse(extra: str, memory: int, millicpus: int, pids: int) -> None:
