@@ -347,7 +347,7 @@ def plan(target: Target, files: Sequence[str]) -> int:
             will = record.hosts.get(host, 0)
             print(f"  {host}: {was} -> {will}" if was != will else f"  {host}: {will} (unchanged)")
         if record.unplaced:
-            print(f"  unplaced: {record.unplaced} (no host can take them)")
+            print(f"  unplaced: {record.unplaced} ({record.reason or 'no host can take them'})")
     return EXIT_OK
 
 

@@ -249,7 +249,9 @@ def known_hosts(
             since.pop(name, None)
         else:
             since.setdefault(name, now)
-        hosts.append(HostInfo(name, dict(labels), live, None if live else since[name]))
+        hosts.append(
+            HostInfo(name, dict(labels), live, None if live else since[name], state.capacities.get(name))
+        )
     return hosts, since
 
 

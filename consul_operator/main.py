@@ -18,7 +18,7 @@ from pathlib import Path
 from consul_operator import commands
 from consul_operator.commands import Target
 from consul_operator.consul_client import ConsulAddress, ConsulClient, check_token
-from consul_operator.desired_state import is_dns_label
+from consul_operator.desired_state import is_dns_label, parse_capacity
 from consul_operator.durations import DurationError, parse_duration
 from consul_operator.keys import Layout
 from consul_operator.logs import configure as configure_logs
@@ -46,6 +46,14 @@ def _label(text: str) -> tuple[str, str]:
     """argparse type for --label key=value."""
     try:
         return parse_label(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _capacity(text: str) -> tuple[int | None, int | None]:
+    """argparse type for --capacity memory=8Gi,cpus=4."""
+    try:
+        return parse_capacity(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
@@ -107,6 +115,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         cluster=args.cluster,
         layout=Layout(args.services_prefix, args.operator_prefix),
         labels=dict(args.label),
+        capacity=args.capacity,
         metrics_addr=args.metrics,
         ttl=args.ttl,
         lock_delay=args.lock_delay,
@@ -224,6 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_label,
         metavar="KEY=VALUE",
         help="a label of this host, shown by `operator status` (repeatable)",
+    )
+    agent.add_argument(
+        "--capacity",
+        type=_capacity,
+        default=(None, None),
+        metavar="memory=SIZE,cpus=N",
+        help="what replicas may take of this host, e.g. memory=8Gi,cpus=4; what is left out is the "
+        "engine's memory and CPUs less a reserve (10%%, at least 256Mi of memory)",
     )
     agent.add_argument("--metrics", metavar="ADDR", help="serve /metrics and /healthz on host:port")
     agent.add_argument("--ttl", type=_duration, default=3.0, help="TTL of the agent's liveness check (3s)")

@@ -22,7 +22,7 @@ from consul_operator.kv_state import (
     read_statuses,
 )
 from consul_operator.ownership import owned
-from consul_operator.presence import agent_registrations, agents_of, hosts_of
+from consul_operator.presence import agent_registrations, agents_of, capacities_of, hosts_of
 from consul_operator.status import ClusterSnapshot, HostRow
 
 
@@ -56,6 +56,7 @@ def read_cluster_state(
             e.key[len(layout.rollback_prefix) :] for e in consul.kv_list(layout.rollback_prefix).value
         ),
         hosts=hosts_of(registrations),
+        capacities=capacities_of(registrations),
         agents=tuple(agents_of(registrations)),
         statuses=statuses,
     )

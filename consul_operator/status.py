@@ -141,6 +141,8 @@ class ServiceStatus:
     phase: ServiceState = ServiceState.PROGRESSING
     host_errors: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """The errors of ``errors`` that concern one host (its report, or that it is lost), by host."""
+    unplaced_reason: str = ""
+    """Why the leader could place no more replicas (also the first of ``errors``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +214,8 @@ def _service_status(name: str, snapshot: ClusterSnapshot, live: Mapping[str, boo
         phase, state = INVALID, f"{INVALID}: {problems[0]}"
     else:
         desired, image, problems = manifest.replicas, manifest.image, []
+        if placement is not None and placement.unplaced > 0 and placement.reason:
+            problems = [placement.reason]  # which resource, each host's free amount, labels
         phase = _valid_state(manifest, placement, records, running, healthy, snapshot.now, last_change)
         if phase == PROGRESSING and (host_errors or lost):
             phase = DEGRADED
@@ -230,6 +234,9 @@ def _service_status(name: str, snapshot: ClusterSnapshot, live: Mapping[str, boo
         rollout=snapshot.rollouts.get(name),
         phase=phase,
         host_errors=MappingProxyType(by_host),
+        unplaced_reason=placement.reason
+        if placement and placement.unplaced and isinstance(manifest, Manifest)
+        else "",
     )
 
 
@@ -314,6 +321,7 @@ def _shortfall(view: StatusView, service: ServiceStatus) -> str:
     placed = sum(p.desired for p in service.placement.values())
     if service.state == UNPLACEABLE and service.desired > placed:
         head += f", {service.desired - placed} cannot be placed"
+        head += f": {service.unplaced_reason}" if service.unplaced_reason else ""
     elif not service.errors and service.healthy == service.desired == service.running:
         head += ", waiting for the current spec and placement"
     if (
