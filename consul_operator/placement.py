@@ -38,6 +38,10 @@ Output: the new placement record of every service that has a manifest.
   this pass (services are scheduled in sorted name order) and the current
   records of the services not decided yet.
 - **Nothing is dropped silently**: what no host can take is ``unplaced``.
+- **Maintenance** (`maintenance.py`): a *cordoned* host gets no new replicas
+  (``open_hosts``, the candidate filter) and gives up its replicas first when
+  a service scales down; a *draining* host keeps none: the schedule places its
+  replicas elsewhere, and the leader paces the move (``maintenance.plan_drain``).
 
 ``next_schedule_wakeup`` says when the next grace period runs out, so that
 the leader can sleep until then instead of polling.
@@ -52,9 +56,10 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from consul_operator.desired_state import Manifest
+from consul_operator.maintenance import open_hosts
 from consul_operator.model import HostInfo
 from consul_operator.records import PlacementRecord, frozen_map
 
@@ -65,8 +70,13 @@ def schedule(
     current: Mapping[str, PlacementRecord],
     now: float,
     lost_grace: float,
+    *,
+    cordoned: Collection[str] = frozenset(),
+    draining: Collection[str] = frozenset(),
 ) -> dict[str, PlacementRecord]:
     """The new placement record of every service in ``manifests`` (see the module doc).
+
+    ``cordoned`` hosts get no new replicas; ``draining`` ones (cordoned too) keep none.
 
     ``manifests`` maps a service to its valid manifest, or to None when its
     manifest is invalid (its current record, if any, is kept unchanged).
@@ -84,7 +94,7 @@ def schedule(
             continue
         # In place: rebuilding a Counter per service costs O(hosts) each time.
         load.subtract(previous.hosts if previous else {})
-        record = _place(service, manifest, by_name, previous, load, now, lost_grace)
+        record = _place(service, manifest, by_name, previous, load, now, lost_grace, cordoned, draining)
         load.update(record.hosts)
         result[service] = record
     return result
@@ -131,6 +141,8 @@ def _place(
     load: Mapping[str, int],
     now: float,
     lost_grace: float,
+    cordoned: Collection[str] = frozenset(),
+    draining: Collection[str] = frozenset(),
 ) -> PlacementRecord:
     """One service's new record, starting from ``previous`` (``load``: other services' replicas)."""
     allowed = manifest.placement.hosts
@@ -139,9 +151,9 @@ def _place(
     grace = {h.name for h in candidates if _in_grace(h, now, lost_grace)}
     cap = manifest.placement.max_per_host
 
-    counts = _kept_counts(previous, set(live) | grace, cap)
-    _scale_down(counts, manifest.replicas, grace)
-    _scale_up(counts, manifest.replicas, live, cap, load)
+    counts = _kept_counts(previous, (set(live) | grace) - set(draining), cap)
+    _scale_down(counts, manifest.replicas, grace, cordoned)
+    _scale_up(counts, manifest.replicas, open_hosts(live, cordoned), cap, load)
     return PlacementRecord(
         service=service,
         spec_hash=manifest.spec_hash(),
@@ -162,11 +174,13 @@ def _kept_counts(previous: PlacementRecord | None, valid: set[str], cap: int | N
     return counts
 
 
-def _scale_down(counts: dict[str, int], target: int, grace: set[str]) -> None:
-    """Remove replicas until at most ``target`` remain: lost hosts first, then the fullest."""
+def _scale_down(
+    counts: dict[str, int], target: int, grace: set[str], cordoned: Collection[str] = frozenset()
+) -> None:
+    """Remove replicas until at most ``target`` remain: lost hosts first, cordoned ones, then the fullest."""
     while sum(counts.values()) > target:
-        # max(): in grace before live, then most replicas, then the name sorting last.
-        victim = max(counts, key=lambda h: (h in grace, counts[h], h))
+        # max(): in grace before live, cordoned before open, then most replicas, then the name sorting last.
+        victim = max(counts, key=lambda h: (h in grace, h in cordoned, counts[h], h))
         counts[victim] -= 1
         if counts[victim] == 0:
             del counts[victim]
