@@ -238,7 +238,8 @@ def paced_services(state: ClusterState) -> list[str]:
     """
     draining = {host for host, record in state.maintenance.items() if record.draining}
     valid = state.valid_manifests()
-    paced: list[str] = [n for n in placed_on(state.placements, draining) if valid.get(n) is not None]
+    on = placed_on(state.placements, draining, running_specs(state.statuses))
+    paced: list[str] = [n for n in on if valid.get(n) is not None]
     for name, manifest in sorted(state.valid_manifests().items()):
         record = state.placements.get(name)
         if manifest is None or record is None:
@@ -454,7 +455,8 @@ def _pace_drains(
     running: SpecsByHost,
     mono: float,
 ) -> list[str]:
-    """Step 4 of `decide_leader`: one `plan_drain` step per service on a paced draining host.
+    """Step 4 of `decide_leader`: one `plan_drain` step per service on a paced draining host
+    (placed there, or its containers still running there).
 
     Sets those services' ``decided`` records (the schedule's, with the replicas
     still on the draining hosts and the replacements placed so far) and their
@@ -463,7 +465,7 @@ def _pace_drains(
     rollout (whose target leaves the draining host out).
     """
     moving: list[str] = []
-    for name in placed_on(state.placements, draining):
+    for name in placed_on(state.placements, draining, running):
         manifest = valid.get(name)
         rollout = rollouts.records.get(name)
         if manifest is None or name not in decided:
@@ -486,7 +488,7 @@ def _pace_drains(
         )
         specs = {h: frozen_map({record.spec_hash: n}) for h, n in hosts.items()} if record.specs else {}
         decided[name] = dataclasses.replace(record, hosts=frozen_map(hosts), specs=specs)
-        if any(hosts.get(h) for h in draining):
+        if any(hosts.get(h) or sum(running.get(name, {}).get(h, {}).values()) for h in draining):
             moving.append(name)
     return moving
 

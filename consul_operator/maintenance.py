@@ -137,11 +137,11 @@ def plan_drain(
       max_unavailable)`` of the replicas elsewhere have not matured.
 
     A replacement that never passes holds its drain until the deadline
-    (then the caller moves everything, unpaced). Without anything placed on a
-    draining host, the step is ``target``.
+    (then the caller moves everything, unpaced). Without anything placed or
+    running on a draining host, the step is ``target``.
     """
     old = {h: n for h in sorted(draining) if (n := placed.get(h, 0)) > 0}
-    if not old:
+    if not old and not any(running.get(h, 0) for h in draining):
         return {h: n for h, n in target.items() if n > 0}
     counts = {h: min(placed.get(h, 0), n) for h, n in target.items() if h not in old}
     counts = {h: n for h, n in counts.items() if n > 0}
@@ -174,9 +174,18 @@ def plan_drain(
     return dict(sorted({**counts, **old}.items()))
 
 
-def placed_on(placements: Mapping[str, PlacementRecord], hosts: Collection[str]) -> list[str]:
-    """The services with replicas placed on any of ``hosts``."""
-    return sorted(name for name, record in placements.items() if any(record.hosts.get(h) for h in hosts))
+def placed_on(
+    placements: Mapping[str, PlacementRecord],
+    hosts: Collection[str],
+    running: Mapping[str, Mapping[str, Mapping[str, int]]] | None = None,
+) -> list[str]:
+    """The services with replicas placed on any of ``hosts``, or (``running``: service -> host ->
+    spec -> n, the agents' reports) containers still running there, draining ones included."""
+    on = {name for name, record in placements.items() if any(record.hosts.get(h) for h in hosts)}
+    for name, per_host in (running or {}).items():
+        if name in placements and any(sum(per_host.get(h, {}).values()) for h in hosts):
+            on.add(name)
+    return sorted(on)
 
 
 def drain_remains(
