@@ -30,6 +30,15 @@ from consul_operator.records import (
     StatusRecord,
     frozen_map,
 )
+from consul_operator.status import (
+    JSON_FIELDS,
+    ClusterSnapshot,
+    HostRow,
+    StatusView,
+    build_status,
+    render_table,
+    to_json,
+)
 
 NOW = 1000.0  # the leader's monotonic clock
 WALL = 1.7e9
@@ -462,3 +471,94 @@ def test_drain_remains(
     """A host is drained once nothing is placed, running (draining included) or passing there."""
     statuses = {} if status is None else {"web": {"h1": status}}
     assert drain_remains("h1", {"web": record(placed)}, statuses, {"web": passing}) == left
+
+
+# --- the record and what `operator status` shows --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "read"),
+    [
+        pytest.param(
+            b'{"host":"h1","cordoned":true,"draining":true,"deadline":300,"started":1.7e9}',
+            HostRecord("h1", draining=True, deadline=300.0, started=1.7e9),
+            id="drain",
+        ),
+        pytest.param(b'{"host":"h1","cordoned":true}', HostRecord("h1"), id="cordon"),
+        pytest.param(
+            b'{"draining":"yes","deadline":-5,"started":"x"}',
+            HostRecord("h1"),
+            id="wrong-types-read-as-empty",
+        ),
+    ],
+)
+def test_host_record_is_read(text: bytes, read: HostRecord) -> None:
+    """A host record reads back what was written; fields of the wrong type read as empty."""
+    assert HostRecord.from_json(text, host="h1") == read
+    assert HostRecord.from_json(read.to_json(), host="h1") == read
+
+
+def test_host_record_that_is_no_object_is_refused() -> None:
+    """A value that is not a JSON object is no host record (the reader skips it and logs)."""
+    with pytest.raises(ValueError, match="not a host record"):
+        HostRecord.from_json(b"[1]", host="h1")
+
+
+def maintenance_view(maintenance: Mapping[str, HostRecord], placed: Mapping[str, int]) -> StatusView:
+    rows = (HostRow("h1", True, {}), HostRow("h2", True, {}))
+    statuses = {
+        "web": {h: StatusRecord("web", h, running=n, specs=frozen_map({SPEC: n})) for h, n in placed.items()}
+    }
+    return build_status(
+        ClusterSnapshot(
+            now=WALL + 75,
+            leader="h2",
+            leader_since=None,
+            hosts=rows,
+            manifests={"web": WEB},
+            placements={"web": record(placed)},
+            statuses=statuses,
+            passing={"web": dict(placed)},
+            maintenance=maintenance,
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("maintenance", "placed", "shown", "json_host"),
+    [
+        pytest.param({}, ALL, "-", {"cordoned": False, "drain": None}, id="in-service"),
+        pytest.param(
+            {"h1": HostRecord("h1")}, ALL, "cordoned", {"cordoned": True, "drain": None}, id="cordoned"
+        ),
+        pytest.param(
+            {"h1": draining(300.0)}, ALL, "draining: 1 service left (deadline 5m, for 1m)",
+            {"cordoned": True, "drain": {"started": WALL, "deadline": 300.0, "remaining": 1, "done": False}},
+            id="draining",
+        ),
+        pytest.param(
+            {"h1": draining(300.0)}, {"h2": 2}, "drained",
+            {"cordoned": True, "drain": {"started": WALL, "deadline": 300.0, "remaining": 0, "done": True}},
+            id="drained-stays-cordoned",
+        ),
+    ],
+)  # fmt: skip
+def test_status_shows_cordoned_and_draining_hosts(
+    maintenance: Mapping[str, HostRecord], placed: Mapping[str, int], shown: str, json_host: dict[str, object]
+) -> None:
+    """`operator status` shows h1 cordoned, draining with what is left, or drained; in the table and JSON."""
+    view = maintenance_view(maintenance, placed)
+    line = next(line for line in render_table(view, color=False).splitlines() if line.startswith("h1 "))
+    assert line.split(None, 3)[3] == shown
+    hosts = to_json(view)["hosts"]
+    assert isinstance(hosts, list)
+    assert {k: hosts[0][k] for k in ("cordoned", "drain")} == json_host
+    assert tuple(hosts[0]) == JSON_FIELDS["host"]
+    if json_host["drain"] is not None:
+        assert tuple(hosts[0]["drain"]) == JSON_FIELDS["drain"]
+
+
+def test_a_host_in_maintenance_without_an_agent_shows_as_lost() -> None:
+    """A record of a host no agent registered (gone for good, or a typo) is shown, as lost."""
+    view = maintenance_view({"h9": HostRecord("h9")}, ALL)
+    assert [(h.name, h.live, h.cordoned) for h in view.hosts][-1] == ("h9", False, True)
