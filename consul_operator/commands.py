@@ -330,8 +330,16 @@ def plan(target: Target, files: Sequence[str]) -> int:
     hosts = [
         HostInfo(h.name, dict(h.labels), h.live, None if h.live else snapshot.now) for h in snapshot.hosts
     ]
-    # A lost host is treated as past its grace: the plan shows where replicas end up.
-    after = schedule(manifests, hosts, snapshot.placements, snapshot.now, lost_grace=0.0)
+    # A lost host is treated as past its grace, a drain as done: the plan shows where replicas end up.
+    after = schedule(
+        manifests,
+        hosts,
+        snapshot.placements,
+        snapshot.now,
+        lost_grace=0.0,
+        cordoned=set(snapshot.maintenance),
+        draining={h for h, record in snapshot.maintenance.items() if record.draining},
+    )
     for _, _, manifest in loaded:
         name = manifest.name
         before = snapshot.placements.get(name)
