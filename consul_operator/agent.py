@@ -132,6 +132,13 @@ def run_agent(config: AgentConfig) -> int:
         [schedule_trigger],
         stop,
     )
+    # `operator cordon|drain|uncordon HOST` writes operator/hosts/<host>, which the leader acts on.
+    start_watch(
+        "maintenance",
+        lambda i, w: consul.kv_list(layout.hosts_prefix, index=i, wait=w),
+        [schedule_trigger],
+        stop,
+    )
     # Health anywhere changes the leader's healthy and drift figures.
     start_watch("health", lambda i, w: consul.health_state_any(index=i, wait=w), [schedule_trigger], stop)
     loops = [

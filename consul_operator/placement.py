@@ -53,6 +53,10 @@ Output: the new placement record of every service that has a manifest.
   each allowed host and why it takes no more: the resource short and the
   free amount, the labels it lacks, not live, or ``max_per_host`` reached
   (`unplaced_reason`).
+- **Maintenance** (`maintenance.py`): a *cordoned* host gets no new replicas
+  (``open_hosts``, the candidate filter) and gives up its replicas first when
+  a service scales down; a *draining* host keeps none: the schedule places its
+  replicas elsewhere, and the leader paces the move (``maintenance.plan_drain``).
 
 ``next_schedule_wakeup`` says when the next grace period runs out, so that
 the leader can sleep until then instead of polling.
@@ -67,10 +71,11 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from consul_operator.desired_state import Manifest, Resources, format_cpus, format_memory
+from consul_operator.maintenance import open_hosts
 from consul_operator.model import HostInfo
 from consul_operator.records import PlacementRecord, UnplacedCause, frozen_map
 
@@ -84,8 +89,13 @@ def schedule(
     current: Mapping[str, PlacementRecord],
     now: float,
     lost_grace: float,
+    *,
+    cordoned: Collection[str] = frozenset(),
+    draining: Collection[str] = frozenset(),
 ) -> dict[str, PlacementRecord]:
     """The new placement record of every service in ``manifests`` (see the module doc).
+
+    ``cordoned`` hosts get no new replicas; ``draining`` ones (cordoned too) keep none.
 
     ``manifests`` maps a service to its valid manifest, or to None when its
     manifest is invalid (its current record, if any, is kept unchanged).
@@ -105,7 +115,7 @@ def schedule(
         # In place: rebuilding a Counter per service costs O(hosts) each time.
         load.subtract(previous.hosts if previous else {})
         used.add(previous.hosts if previous else {}, manifest.resources, -1)
-        record = _place(service, manifest, by_name, previous, load, used, now, lost_grace)
+        record = _place(service, manifest, by_name, previous, load, used, now, lost_grace, cordoned, draining)
         load.update(record.hosts)
         used.add(record.hosts, manifest.resources, 1)
         result[service] = record
@@ -208,6 +218,8 @@ def _place(
     used: Usage,
     now: float,
     lost_grace: float,
+    cordoned: Collection[str] = frozenset(),
+    draining: Collection[str] = frozenset(),
 ) -> PlacementRecord:
     """One service's new record, starting from ``previous`` (``load``, ``used``: other services')."""
     allowed = manifest.placement.hosts
@@ -222,17 +234,18 @@ def _place(
     cap = manifest.placement.max_per_host
     need = manifest.resources
 
-    counts = _kept_counts(previous, set(live) | grace, cap)
-    _scale_down(counts, manifest.replicas, grace)
+    counts = _kept_counts(previous, (set(live) | grace) - set(draining), cap)
+    _scale_down(counts, manifest.replicas, grace, cordoned)
 
     def room(host: str) -> bool:
         return fits(hosts[host], used.on(host) + need.times(counts.get(host, 0)), need)
 
-    _scale_up(counts, manifest.replicas, live, cap, load, room)
+    _scale_up(counts, manifest.replicas, open_hosts(live, cordoned), cap, load, room)
     unplaced = manifest.replicas - sum(counts.values())
     cause, reason = UnplacedCause.NONE, ""
     if unplaced > 0:
-        cause, reason = unplaced_reason(manifest, unplaced, hosts.values(), counts, used)
+        closed = {**dict.fromkeys(cordoned, "cordoned"), **dict.fromkeys(draining, "draining")}
+        cause, reason = unplaced_reason(manifest, unplaced, hosts.values(), counts, used, closed)
     return PlacementRecord(
         service=service,
         spec_hash=manifest.spec_hash(),
@@ -249,10 +262,12 @@ def unplaced_reason(
     hosts: Iterable[HostInfo],
     counts: Mapping[str, int],
     used: Usage,
+    closed: Mapping[str, str] | None = None,
 ) -> tuple[UnplacedCause, str]:
     """Why ``unplaced`` replicas found no host: the cause, and each allowed host's reason for people.
 
-    ``counts`` is the service's new placement, ``used`` the other services'.
+    ``counts`` is the service's new placement, ``used`` the other services';
+    ``closed``: hosts in maintenance, with why ("cordoned", "draining").
     Hosts that ``placement.hosts`` leaves out are not named (the author left
     them out). The cause is the one nearest to placing: a resource short on
     a live host that matches, then ``max_per_host``, then labels, then no host.
@@ -272,6 +287,8 @@ def unplaced_reason(
             why.append(f"{host.name}: lacks label {', '.join(f'{k}={v}' for k, v in lacks)}")
         elif not host.live:
             why.append(f"{host.name}: not live")
+        elif closed and host.name in closed:
+            why.append(f"{host.name}: {closed[host.name]}")
         elif placement.max_per_host is not None and count >= placement.max_per_host:
             capped = True
             why.append(f"{host.name}: holds max_per_host {placement.max_per_host}")
@@ -314,11 +331,13 @@ def _kept_counts(previous: PlacementRecord | None, valid: set[str], cap: int | N
     return counts
 
 
-def _scale_down(counts: dict[str, int], target: int, grace: set[str]) -> None:
-    """Remove replicas until at most ``target`` remain: lost hosts first, then the fullest."""
+def _scale_down(
+    counts: dict[str, int], target: int, grace: set[str], cordoned: Collection[str] = frozenset()
+) -> None:
+    """Remove replicas until at most ``target`` remain: lost hosts first, cordoned ones, then the fullest."""
     while sum(counts.values()) > target:
-        # max(): in grace before live, then most replicas, then the name sorting last.
-        victim = max(counts, key=lambda h: (h in grace, counts[h], h))
+        # max(): in grace before live, cordoned before open, then most replicas, then the name sorting last.
+        victim = max(counts, key=lambda h: (h in grace, h in cordoned, counts[h], h))
         counts[victim] -= 1
         if counts[victim] == 0:
             del counts[victim]

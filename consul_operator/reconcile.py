@@ -12,6 +12,7 @@ decisions out. Each subject has a module of its own:
 | replicas per host | `schedule` | ``placement.py`` |
 | host filters (fit, labels); why unplaced | `fits`, `matches_labels`, `unplaced_reason` | ``placement.py`` |
 | a rollout's state machine and pacing | `next_rollout`, `plan_rollout` | ``rollout.py`` |
+| cordoned hosts; a drain: its deadline, its pacing | `time_drains`, `plan_drain` | ``maintenance.py`` |
 | what one host should run | `host_desires` | ``host_plan.py`` |
 | one host's actions | `plan_host` | ``host_plan.py`` |
 | how long to wait after failures | `exponential`, `Backoff` | ``backoff.py`` |

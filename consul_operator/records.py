@@ -7,6 +7,7 @@
 | ``operator/rollout/<name>`` | `RolloutRecord` | the leader, fenced |
 | ``operator/status/<name>/<host>`` | `StatusRecord` | the agent of ``host`` |
 | ``operator/rollback/<name>`` | `RollbackRequest` | ``operator rollback`` |
+| ``operator/hosts/<host>`` | `HostRecord` | ``operator cordon`` / ``drain`` (the admin role) |
 
 (``services/<name>`` and ``operator/revisions/<name>/<spec>`` hold manifests:
 `desired_state.Manifest`.) Every record is parsed here and only here:
@@ -400,3 +401,53 @@ class RollbackRequest:
     def to_json(self) -> bytes:
         """The KV form."""
         return json.dumps({"requested": self.requested}).encode()
+
+
+# --- operator/hosts/<host> -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HostRecord:
+    """A host in maintenance: ``operator/hosts/<host>``, written by ``operator cordon`` / ``drain``.
+
+    A record means the host is *cordoned*: it gets no new replicas.
+    ``draining`` asks the leader to move every replica elsewhere, each
+    replacement passing before the replica it replaces is drained, within
+    ``deadline`` seconds; what is left then is moved at once. ``started``
+    is a wall-clock stamp, for people only: the leader times the deadline on
+    its own monotonic clock from when it first sees the drain (`maintenance.time_drains`).
+    ``operator uncordon`` deletes the record.
+    """
+
+    host: str
+    draining: bool = False
+    deadline: float | None = None
+    started: float | None = None
+
+    def to_json(self) -> bytes:
+        """The KV form."""
+        return _dumps(
+            {
+                "host": self.host,
+                "cordoned": True,
+                "draining": self.draining,
+                "deadline": self.deadline,
+                "started": self.started,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, data: bytes | str, *, host: str) -> HostRecord:
+        """Parse the record stored under ``operator/hosts/<host>`` (the key names the host).
+
+        ValueError when it is not a JSON object; a field of the wrong type reads as
+        empty (a drain without a readable deadline has none: it waits for its replacements).
+        """
+        body = _object(data, "host")
+        deadline = _timestamp(body.get("deadline"))
+        return cls(
+            host=host,
+            draining=body.get("draining") is True,
+            deadline=None if deadline is None or deadline < 0 else deadline,
+            started=_timestamp(body.get("started")),
+        )
