@@ -19,14 +19,16 @@ import time
 from dataclasses import dataclass
 
 import structlog
+from docker import DockerClient
 
 from consul_operator import metrics
 from consul_operator.actuators.catalog import CatalogActuator
 from consul_operator.actuators.docker import DockerActuator
 from consul_operator.backoff import retry_delay
 from consul_operator.consul_client import ConsulClient
-from consul_operator.docker_client import connect
-from consul_operator.errors import ConsulError
+from consul_operator.desired_state import Resources, host_capacity
+from consul_operator.docker_client import connect, engine_resources
+from consul_operator.errors import ConsulError, DockerError
 from consul_operator.host_agent import Executor, HostAgent
 from consul_operator.keys import Layout
 from consul_operator.kv_state import start_watch
@@ -52,6 +54,7 @@ class AgentConfig:
     cluster: str
     layout: Layout
     labels: dict[str, str]
+    capacity: tuple[int | None, int | None]  # --capacity: memory bytes, thousandths of CPUs; None: the host's
     metrics_addr: str | None
     ttl: float
     lock_delay: float
@@ -64,8 +67,9 @@ def run_agent(config: AgentConfig) -> int:
     stop = stop_on_signals()
 
     consul = ConsulClient(config.consul_addr, config.consul_token)
+    docker = connect(config.docker_host)
     docker_actuator = DockerActuator(
-        connect(config.docker_host), cluster=config.cluster, host=config.host, advertise=config.advertise
+        docker, cluster=config.cluster, host=config.host, advertise=config.advertise
     )
     catalog = CatalogActuator(consul, cluster=config.cluster, host=config.host, advertise=config.advertise)
     if config.metrics_addr:
@@ -79,7 +83,9 @@ def run_agent(config: AgentConfig) -> int:
         advertise=config.advertise,
         labels=config.labels,
         ttl=config.ttl,
+        capacity=_capacity(config.capacity, docker, stop),
     )
+    log.info("capacity", host=config.host, capacity=presence.capacity.text() if presence.capacity else None)
     _register_until_done(presence, stop)
     node = _node_name(consul, stop)
     election = LeaderElection(
@@ -126,6 +132,13 @@ def run_agent(config: AgentConfig) -> int:
         [schedule_trigger],
         stop,
     )
+    # `operator cordon|drain|uncordon HOST` writes operator/hosts/<host>, which the leader acts on.
+    start_watch(
+        "maintenance",
+        lambda i, w: consul.kv_list(layout.hosts_prefix, index=i, wait=w),
+        [schedule_trigger],
+        stop,
+    )
     # Health anywhere changes the leader's healthy and drift figures.
     start_watch("health", lambda i, w: consul.health_state_any(index=i, wait=w), [schedule_trigger], stop)
     loops = [
@@ -159,6 +172,31 @@ def run_agent(config: AgentConfig) -> int:
     executor.shutdown(wait=False)
     log.info("agent stopped; containers left running", host=config.host)
     return 0
+
+
+def _capacity(
+    flag: tuple[int | None, int | None], docker: DockerClient, stop: threading.Event
+) -> Resources | None:
+    """The capacity to advertise: ``--capacity``, and for what it leaves out the engine's less a reserve.
+
+    Reading the engine is retried while it is away: a host without Docker
+    runs nothing anyway. None only when stopped before it answered.
+    """
+    memory, millicpus = flag
+    failures = 0
+    while memory is None or millicpus is None:
+        try:
+            default = host_capacity(*engine_resources(docker))
+        except DockerError as exc:
+            failures += 1
+            delay = retry_delay(failures)
+            log.warning("cannot read the Docker engine's memory and CPUs yet", error=str(exc), retry_in=delay)
+            if stop.wait(delay):
+                return None
+            continue
+        memory = default.memory if memory is None else memory
+        millicpus = default.millicpus if millicpus is None else millicpus
+    return Resources(memory, millicpus)
 
 
 def _register_until_done(presence: Presence, stop: threading.Event) -> None:

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from consul_operator.desired_state import Manifest, ManifestError
+from consul_operator.desired_state import Manifest, ManifestError, Resources
 from consul_operator.model import META_HOST, META_SPEC, ServiceInstance
 from consul_operator.ownership import AgentHost
-from consul_operator.records import PlacementRecord, RolloutRecord, StatusRecord
+from consul_operator.records import HostRecord, PlacementRecord, RolloutRecord, StatusRecord
 
 KnownHosts = Mapping[str, tuple[bool, Mapping[str, str]]]
 """Every registered agent host: host -> (live, labels)."""
@@ -28,7 +28,9 @@ class ClusterState:
     * ``revisions``: the kept specs, (service, spec hash) of ``operator/revisions/``;
     * ``rollback_requests``: services with an ``operator/rollback/<name>``;
     * ``hosts``: the registered agents, live or not, with their labels;
+      ``capacities``: what each agent advertises (none: an older agent, unlimited);
       ``agents``: the same with their advertised addresses (`ownership.owned`);
+    * ``maintenance``: the hosts cordoned or draining, ``operator/hosts/<host>``;
     * ``statuses``: the agents' ``operator/status/<service>/<host>`` records;
     * ``passing``: per service, its instances passing in Consul that this
       cluster's agents made (`ownership.owned`), for the services the reader
@@ -43,8 +45,10 @@ class ClusterState:
     revisions: frozenset[tuple[str, str]] = frozenset()
     rollback_requests: frozenset[str] = frozenset()
     hosts: KnownHosts = field(default_factory=dict)
+    capacities: Mapping[str, Resources] = field(default_factory=dict)
     agents: tuple[AgentHost, ...] = ()
     statuses: Mapping[str, Mapping[str, StatusRecord]] = field(default_factory=dict)
+    maintenance: Mapping[str, HostRecord] = field(default_factory=dict)
     passing: Mapping[str, tuple[ServiceInstance, ...]] = field(default_factory=dict)
     passing_counts: Mapping[str, int] = field(default_factory=dict)
 

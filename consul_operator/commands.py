@@ -1,4 +1,4 @@
-"""The commands a person runs: validate, status, wait, apply, plan, rollback, delete.
+"""The commands a person runs: validate, status, wait, apply, plan, rollback, delete, cordon, drain, uncordon.
 
 Exit codes: 0 done / converged, 1 not (invalid file, not converged, timed
 out, no such service), 2 usage error or Consul unreachable.
@@ -16,11 +16,14 @@ from pathlib import Path
 
 from consul_operator.consul_client import TXN_MAX_BYTES, TXN_MAX_OPS, BlockingQuery, ConsulClient
 from consul_operator.desired_state import Manifest, ManifestError, parse_manifest
+from consul_operator.durations import format_duration
 from consul_operator.errors import ConsulError, ConsulPermissionDenied
 from consul_operator.keys import Layout
+from consul_operator.maintenance import drain_remains
 from consul_operator.model import HostInfo
+from consul_operator.presence import agent_registrations, hosts_of
 from consul_operator.reconcile import schedule
-from consul_operator.records import RollbackRequest, RolloutRecord, RolloutState
+from consul_operator.records import HostRecord, RollbackRequest, RolloutRecord, RolloutState
 from consul_operator.snapshot import read_snapshot
 from consul_operator.status import (
     StatusView,
@@ -327,8 +330,16 @@ def plan(target: Target, files: Sequence[str]) -> int:
     hosts = [
         HostInfo(h.name, dict(h.labels), h.live, None if h.live else snapshot.now) for h in snapshot.hosts
     ]
-    # A lost host is treated as past its grace: the plan shows where replicas end up.
-    after = schedule(manifests, hosts, snapshot.placements, snapshot.now, lost_grace=0.0)
+    # A lost host is treated as past its grace, a drain as done: the plan shows where replicas end up.
+    after = schedule(
+        manifests,
+        hosts,
+        snapshot.placements,
+        snapshot.now,
+        lost_grace=0.0,
+        cordoned=set(snapshot.maintenance),
+        draining={h for h, record in snapshot.maintenance.items() if record.draining},
+    )
     for _, _, manifest in loaded:
         name = manifest.name
         before = snapshot.placements.get(name)
@@ -347,7 +358,7 @@ def plan(target: Target, files: Sequence[str]) -> int:
             will = record.hosts.get(host, 0)
             print(f"  {host}: {was} -> {will}" if was != will else f"  {host}: {will} (unchanged)")
         if record.unplaced:
-            print(f"  unplaced: {record.unplaced} (no host can take them)")
+            print(f"  unplaced: {record.unplaced} ({record.reason or 'no host can take them'})")
     return EXIT_OK
 
 
@@ -462,3 +473,137 @@ def delete(target: Target, names: Sequence[str]) -> int:
     except ConsulError as exc:
         return _unreachable(exc)
     return code
+
+
+# --- maintenance: cordon, drain, uncordon, wait --drained ------------------------------------
+
+
+def _host_record(target: Target, host: str) -> tuple[HostRecord | None, int]:
+    """``host``'s maintenance record (None when it has none or it is unreadable) and its modify index."""
+    entry = target.consul.kv_get(target.layout.host_key(host), consistent=True).value
+    if entry is None:
+        return None, 0
+    try:
+        return HostRecord.from_json(entry.value, host=host), entry.modify_index
+    except ValueError:
+        return None, entry.modify_index
+
+
+def _registered(target: Target, host: str) -> bool:
+    """Whether ``host`` has a registered agent (of ``--cluster``, when given), live or not."""
+    return host in hosts_of(agent_registrations(target.consul, target.cluster))
+
+
+def _put_host_record(target: Target, record: HostRecord, index: int) -> bool:
+    """Write ``record`` only if the key still has modify index ``index`` (0: absent); print a conflict."""
+    if target.consul.kv_put(target.layout.host_key(record.host), record.to_json(), cas=index):
+        return True
+    print(
+        f"{record.host}: another writer changed {target.layout.host_key(record.host)} meanwhile;"
+        " not overwritten: run the command again",
+        file=sys.stderr,
+    )
+    return False
+
+
+def cordon(target: Target, host: str) -> int:
+    """``operator cordon HOST``: no new replicas there; what runs there stays."""
+    try:
+        if not _registered(target, host):
+            print(f"{host}: no such host (no agent of it is registered)", file=sys.stderr)
+            return EXIT_NOT_OK
+        record, index = _host_record(target, host)
+        if record is not None:
+            print(f"{host}: already {'draining' if record.draining else 'cordoned'}")
+            return EXIT_OK
+        if not _put_host_record(target, HostRecord(host), index):
+            return EXIT_NOT_OK
+    except ConsulError as exc:
+        return _unreachable(exc)
+    print(f"{host}: cordoned: no new replicas are placed there; what runs there stays")
+    return EXIT_OK
+
+
+def drain(target: Target, host: str, *, deadline: float) -> int:
+    """``operator drain HOST``: cordon it, and have the leader move every replica elsewhere.
+
+    Each replacement passes before the replica it replaces is drained, within
+    the services' update limits; what is left after ``deadline`` seconds moves
+    at once. A drain already under way with the same deadline is left as it
+    is (its deadline keeps running); another deadline starts it afresh.
+    """
+    try:
+        if not _registered(target, host):
+            print(f"{host}: no such host (no agent of it is registered)", file=sys.stderr)
+            return EXIT_NOT_OK
+        record, index = _host_record(target, host)
+        if record is not None and record.draining and record.deadline == deadline:
+            print(f"{host}: already draining")
+            return EXIT_OK
+        new = HostRecord(host, draining=True, deadline=deadline, started=time.time())
+        if not _put_host_record(target, new, index):
+            return EXIT_NOT_OK
+    except ConsulError as exc:
+        return _unreachable(exc)
+    print(
+        f"{host}: draining: no new replicas there; every replica moves elsewhere, each replacement"
+        f" passing first; what is left after {format_duration(deadline)} moves at once"
+    )
+    print(f"  operator wait --drained {host}    # blocks until nothing of ours runs there")
+    return EXIT_OK
+
+
+def uncordon(target: Target, host: str) -> int:
+    """``operator uncordon HOST``: the host takes new replicas again (a drain under way stops)."""
+    try:
+        key = target.layout.host_key(host)
+        if target.consul.kv_get(key, consistent=True).value is None:
+            print(f"{host}: not cordoned")
+            return EXIT_OK
+        target.consul.kv_delete(key)
+    except ConsulError as exc:
+        return _unreachable(exc)
+    print(f"{host}: uncordoned: new replicas may be placed there; nothing moves back")
+    return EXIT_OK
+
+
+def wait_drained(
+    target: Target, host: str, *, timeout: float, clock: Callable[[], float] = time.monotonic
+) -> int:
+    """Block until nothing of ours is on ``host`` (0), or say what is left at the timeout (1).
+
+    Nothing is left when no placement has a replica there, the host's agent
+    reports no container running there (draining ones included) and no
+    instance of ours passes there (`maintenance.drain_remains`). A host that
+    no agent registered and that is not in maintenance is no such host (1 at once).
+    """
+    deadline = clock() + timeout
+    # Placements, status records and the host's record are all under operator/.
+    query = BlockingQuery(
+        lambda i, w: target.consul.kv_list(target.layout.operator_prefix, index=i, wait=w), wait=1
+    )
+    while True:
+        try:
+            snapshot = read_snapshot(target.consul, target.layout, target.cluster, time.time())
+        except ConsulError as exc:
+            return _unreachable(exc)
+        remains = drain_remains(host, snapshot.placements, snapshot.statuses, snapshot.passing)
+        known = host in {h.name for h in snapshot.hosts} or host in snapshot.maintenance
+        if not known and not remains:
+            print(f"{host}: no such host (no agent of it is registered)", file=sys.stderr)
+            return EXIT_NOT_OK
+        if not remains:
+            print(f"{host}: drained")
+            return EXIT_OK
+        if clock() >= deadline:
+            record = snapshot.maintenance.get(host)
+            if record is None or not record.draining:
+                print(f"{host}: not draining (operator drain {host})", file=sys.stderr)
+            print(f"timed out after {timeout:g}s; still on {host}:", file=sys.stderr)
+            for line in remains:
+                print(f"  {line}", file=sys.stderr)
+            return EXIT_NOT_OK
+        try:
+            query.next()
+        except ConsulError:
+            time.sleep(min(1.0, max(0.0, deadline - clock())))

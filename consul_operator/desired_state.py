@@ -18,7 +18,8 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import Final, Protocol
 
 import yaml
@@ -59,6 +60,28 @@ MAX_MIN_HEALTHY_SECONDS: Final = 3600.0
 MIN_DEADLINE_SECONDS: Final = 1.0
 MAX_DEADLINE_SECONDS: Final = 86400.0
 
+KI: Final = 1024
+MI: Final = 1024 * KI
+GI: Final = 1024 * MI
+MIN_MEMORY: Final = 8 * MI
+"""The smallest memory limit (Docker refuses less than 6 MB)."""
+MAX_MEMORY: Final = 1024 * GI
+MIN_MILLICPUS: Final = 10
+"""0.01 CPUs: Docker's smallest CPU quota."""
+MAX_MILLICPUS: Final = 256_000
+DEFAULT_MEMORY: Final = 256 * MI
+"""A replica's memory (limit and what the scheduler counts) when the manifest names none."""
+DEFAULT_MILLICPUS: Final = 250
+"""A replica's CPUs in thousandths (0.25) when the manifest names none."""
+DEFAULT_PIDS_LIMIT: Final = 1024
+"""Processes and threads a container may have when the manifest names no ``pids_limit``."""
+MIN_PIDS_LIMIT: Final = 16
+MAX_PIDS_LIMIT: Final = 65536
+MAX_PLACEMENT_LABELS: Final = 16
+MAX_LABEL_VALUE_CHARS: Final = 256
+LABEL_KEY_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,48}")
+"""A host label's key (``operator agent --label``): Consul's rule for meta keys, less our prefix."""
+
 _TOP_FIELDS: Final = (
     "name",
     "image",
@@ -71,12 +94,15 @@ _TOP_FIELDS: Final = (
     "drain",
     "stop_grace",
     "update",
+    "resources",
+    "pids_limit",
 )
+_RESOURCE_FIELDS: Final = ("memory", "cpus")
 _UPDATE_FIELDS: Final = ("max_surge", "max_unavailable", "min_healthy", "deadline", "auto_rollback")
-_PLACEMENT_FIELDS: Final = ("hosts", "max_per_host")
+_PLACEMENT_FIELDS: Final = ("hosts", "max_per_host", "labels")
 _HEALTH_FIELDS: Final = ("http", "interval", "timeout")
 # What a container *is*; see Manifest.spec_hash.
-_SPEC_FIELDS: Final = ("name", "image", "command", "env", "port", "health")
+_SPEC_FIELDS: Final = ("name", "image", "command", "env", "port", "health", "resources", "pids_limit")
 
 # RFC 1123 label. Names end up in container labels, Consul service names and
 # the NGINX config: whitelisted, never escaped. The one rule of the code base:
@@ -163,10 +189,42 @@ def _refusal(problems: list[Problem]) -> ManifestError:
 
 @dataclass(frozen=True, slots=True)
 class Placement:
-    """Where replicas may run: only `hosts` (None: every live host), at most `max_per_host` each."""
+    """Where replicas may run: only `hosts` (None: every live host) whose agent labels include
+    every one of `labels` (sorted (key, value) pairs), at most `max_per_host` each."""
 
     hosts: tuple[str, ...] | None = None
     max_per_host: int | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """Memory (bytes) and CPUs (thousandths): what a replica may use, or what a host can hold.
+
+    A replica's are Docker's memory limit and CPU quota, and what the scheduler
+    counts against a host's capacity. Integers, so that sums are exact.
+    """
+
+    memory: int = DEFAULT_MEMORY
+    millicpus: int = DEFAULT_MILLICPUS
+
+    def __add__(self, other: Resources) -> Resources:
+        return Resources(self.memory + other.memory, self.millicpus + other.millicpus)
+
+    def __sub__(self, other: Resources) -> Resources:
+        return Resources(self.memory - other.memory, self.millicpus - other.millicpus)
+
+    def times(self, count: int) -> Resources:
+        """``count`` replicas' worth."""
+        return Resources(self.memory * count, self.millicpus * count)
+
+    def covers(self, need: Resources) -> bool:
+        """Whether ``need`` fits in this much (every resource)."""
+        return need.memory <= self.memory and need.millicpus <= self.millicpus
+
+    def text(self) -> str:
+        """``memory=256Mi cpus=0.5``."""
+        return f"memory={format_memory(self.memory)} cpus={format_cpus(self.millicpus)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +268,8 @@ class Manifest:
     drain: float = DEFAULT_DRAIN
     stop_grace: float = DEFAULT_STOP_GRACE
     update: UpdatePolicy = UpdatePolicy()
+    resources: Resources = field(default_factory=Resources)
+    pids_limit: int = DEFAULT_PIDS_LIMIT
 
     @property
     def env_dict(self) -> dict[str, str]:
@@ -219,7 +279,8 @@ class Manifest:
     def spec_hash(self) -> str:
         """A short hash of what a container of this service *is*, to tell stale containers.
 
-        Covers name, image, command, env, port and health: a container whose
+        Covers name, image, command, env, port, health, resources and
+        pids_limit: a container whose
         labelled hash differs runs an old spec and is replaced. Deliberately
         leaves out replicas, placement, drain, stop_grace and update: changing them
         scales, moves or stops containers differently, but must never replace
@@ -246,6 +307,7 @@ class Manifest:
             "placement": {
                 "hosts": None if self.placement.hosts is None else list(self.placement.hosts),
                 "max_per_host": self.placement.max_per_host,
+                "labels": dict(self.placement.labels),
             },
             "health": {
                 "http": self.health.http,
@@ -261,6 +323,11 @@ class Manifest:
                 "deadline": format_duration(self.update.deadline),
                 "auto_rollback": self.update.auto_rollback,
             },
+            "resources": {
+                "memory": format_memory(self.resources.memory),
+                "cpus": _cpus_number(self.resources.millicpus),
+            },
+            "pids_limit": self.pids_limit,
         }
 
 
@@ -304,6 +371,13 @@ def manifest_from_dict(data: object, *, key_name: str | None = None) -> Manifest
         problems,
     )
     update = _check_update(fields.get("update"), problems)
+    resources = _check_resources(fields.get("resources"), problems)
+    pids_limit = DEFAULT_PIDS_LIMIT
+    if fields.get("pids_limit") is not None:
+        pids_limit = (
+            _integer(fields["pids_limit"], "pids_limit", MIN_PIDS_LIMIT, MAX_PIDS_LIMIT, problems)
+            or DEFAULT_PIDS_LIMIT
+        )
     # A check that returns None for a required value has always recorded a problem;
     # the None tests are for the type checker.
     if problems or None in (name, image, replicas, drain, stop_grace):
@@ -322,6 +396,8 @@ def manifest_from_dict(data: object, *, key_name: str | None = None) -> Manifest
         drain=drain,
         stop_grace=stop_grace,
         update=update,
+        resources=resources,
+        pids_limit=pids_limit,
     )
     size = len(revision_json(manifest))
     if size > MAX_REVISION_BYTES:
@@ -891,7 +967,173 @@ def _check_placement(value: object, problems: list[Problem]) -> Placement:
     max_per_host = None
     if max_per_host_value is not None:
         max_per_host = _integer(max_per_host_value, "placement.max_per_host", 1, MAX_REPLICAS, problems)
-    return Placement(hosts=hosts, max_per_host=max_per_host)
+    labels = _check_labels(fields.get("labels"), problems)
+    return Placement(hosts=hosts, max_per_host=max_per_host, labels=labels)
+
+
+def _check_labels(value: object, problems: list[Problem]) -> tuple[tuple[str, str], ...]:
+    """``placement.labels``: agent labels a host must all have (``operator agent --label k=v``)."""
+    path = "placement.labels"
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        problems.append(Problem(path, f"must be a mapping of label: value, got {_describe(value)}"))
+        return ()
+    if len(value) > MAX_PLACEMENT_LABELS:
+        problems.append(Problem(path, f"must have at most {MAX_PLACEMENT_LABELS} entries, got {len(value)}"))
+        return ()
+    pairs: list[tuple[str, str]] = []
+    for key, item in value.items():
+        if not isinstance(key, str) or not LABEL_KEY_RE.fullmatch(key):
+            shown = _short(key) if isinstance(key, str) else _describe(key)
+            rule = "1-48 letters, digits, '-' or '_'"
+            problems.append(Problem(path, f"a label key must be {rule}, got {shown}"))
+            continue
+        where = _join(path, key)
+        if not isinstance(item, str):
+            hint = f' (quote it: {key}: "{item}")' if isinstance(item, int | float) else ""
+            problems.append(Problem(where, f"must be a string, got {_describe(item)}{hint}"))
+        elif _text_ok(item, where, MAX_LABEL_VALUE_CHARS, problems):
+            pairs.append((key, item))
+    return tuple(sorted(pairs))
+
+
+# --- resources ---------------------------------------------------------------
+
+_MEMORY_UNITS: Final = {"Ki": KI, "Mi": MI, "Gi": GI}
+_MEMORY_RE: Final = re.compile(r"([1-9][0-9]{0,12})(Ki|Mi|Gi)")
+_DECIMAL_UNITS_RE: Final = re.compile(r"([0-9]+)\s*([kKmMgG])[bB]?")
+MEMORY_RULE: Final = "must be a whole number with a binary unit, Ki, Mi or Gi (like 256Mi or 2Gi)"
+
+
+def parse_memory(value: object) -> int:
+    """``256Mi`` -> bytes; ValueError naming the rule (and a likely fix) otherwise."""
+    if isinstance(value, bool) or not isinstance(value, str):
+        hint = " (plain byte counts are not accepted)" if isinstance(value, int | float) else ""
+        raise ValueError(f"{MEMORY_RULE}, got {_describe(value)}{hint}")
+    found = _MEMORY_RE.fullmatch(value)
+    if found is not None:
+        return int(found[1]) * _MEMORY_UNITS[found[2]]
+    decimal = _DECIMAL_UNITS_RE.fullmatch(value)
+    if decimal is not None:
+        hint = f" (did you mean {decimal[1]}{decimal[2].upper()}i?)"
+    elif re.fullmatch(r"[0-9]*\.[0-9]+(Ki|Mi|Gi)", value):
+        hint = " (use a whole number of a smaller unit: 1536Mi, not 1.5Gi)"
+    else:
+        hint = ""
+    raise ValueError(f"{MEMORY_RULE}, got {_short(value)}{hint}")
+
+
+def format_memory(size: int) -> str:
+    """Bytes in the largest binary unit that divides them exactly (``1536Mi``, ``2Gi``); else bytes."""
+    for unit, factor in (("Gi", GI), ("Mi", MI), ("Ki", KI)):
+        if size and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
+CPUS_RULE: Final = "must be a number of CPUs with at most two decimals (like 0.5 or 2)"
+
+
+def parse_cpus(value: object) -> int:
+    """``0.5`` (a number, or its text) -> thousandths of a CPU; ValueError naming the rule otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"{CPUS_RULE}, got {_describe(value)}")
+    shown = _short(value) if isinstance(value, str) else _describe(value)
+    try:
+        number = Decimal(str(value).strip())
+    except InvalidOperation:
+        millicores = isinstance(value, str) and re.fullmatch(r"[0-9]+m", value)
+        hint = " (millicores are not accepted: write 0.5, not 500m)" if millicores else ""
+        raise ValueError(f"{CPUS_RULE}, got {shown}{hint}") from None
+    exponent = number.normalize().as_tuple().exponent
+    if not number.is_finite() or not isinstance(exponent, int) or exponent < -2:
+        raise ValueError(f"{CPUS_RULE}, got {shown}")
+    return int(number * 1000)
+
+
+def format_cpus(millicpus: int) -> str:
+    """Thousandths of a CPU as a decimal: ``0.5``, ``2``, ``0.25``."""
+    whole, part = divmod(millicpus, 1000)
+    return str(whole) if part == 0 else f"{whole}.{part:03d}".rstrip("0")
+
+
+RESERVE_MEMORY_FRACTION: Final = 0.10
+RESERVE_MEMORY_MIN: Final = 256 * MI
+RESERVE_CPUS_FRACTION: Final = 0.10
+
+
+def host_capacity(total_memory: int, cpus: int) -> Resources:
+    """A host's default capacity: its memory and CPUs less a reserve for the system and the agent.
+
+    The reserve is 10% of the memory (at least 256Mi) and 10% of the CPUs;
+    memory is rounded down to a whole Mi, CPUs to hundredths.
+    """
+    reserve = max(RESERVE_MEMORY_MIN, int(total_memory * RESERVE_MEMORY_FRACTION))
+    memory = max(0, total_memory - reserve) // MI * MI
+    millicpus = int(cpus * 1000 * (1 - RESERVE_CPUS_FRACTION)) // 10 * 10
+    return Resources(memory, millicpus)
+
+
+def parse_capacity(text: str) -> tuple[int | None, int | None]:
+    """``memory=8Gi,cpus=4`` (either may be left out) -> (bytes, thousandths); ValueError otherwise."""
+    memory: int | None = None
+    millicpus: int | None = None
+    for item in text.split(","):
+        key, sep, value = item.strip().partition("=")
+        if key == "memory" and sep and memory is None:
+            memory = parse_memory(value.strip())
+            if memory > MAX_MEMORY * 64:
+                raise ValueError(f"memory must be at most {format_memory(MAX_MEMORY * 64)}")
+        elif key == "cpus" and sep and millicpus is None:
+            millicpus = parse_cpus(value.strip())
+            if millicpus <= 0:
+                raise ValueError(f"cpus must be more than 0, got {value.strip()}")
+        else:
+            raise ValueError(f"a capacity looks like memory=8Gi,cpus=4 (each once), got {text!r}")
+    return memory, millicpus
+
+
+def _cpus_number(millicpus: int) -> int | float:
+    """The normalised form's ``cpus``: an integer when whole."""
+    return millicpus // 1000 if millicpus % 1000 == 0 else millicpus / 1000
+
+
+def _check_resources(value: object, problems: list[Problem]) -> Resources:
+    """``resources: {memory, cpus}``: each capped; the default for what is absent or null."""
+    if value is None:
+        return Resources()
+    if not isinstance(value, Mapping):
+        problems.append(Problem("resources", f"must be a mapping, got {_describe(value)}"))
+        return Resources()
+    fields = _known_fields(value, "resources", _RESOURCE_FIELDS, problems)
+    memory = DEFAULT_MEMORY
+    if fields.get("memory") is not None:
+        try:
+            memory = parse_memory(fields["memory"])
+        except ValueError as exc:
+            problems.append(Problem("resources.memory", str(exc)))
+        else:
+            if not MIN_MEMORY <= memory <= MAX_MEMORY:
+                bounds = f"between {format_memory(MIN_MEMORY)} and {format_memory(MAX_MEMORY)}"
+                problems.append(Problem("resources.memory", f"must be {bounds}, got {format_memory(memory)}"))
+    millicpus = DEFAULT_MILLICPUS
+    if fields.get("cpus") is not None:
+        cpus = fields["cpus"]
+        if isinstance(cpus, str):
+            problems.append(Problem("resources.cpus", f"{CPUS_RULE}, got {_short(cpus)} (write it unquoted)"))
+        else:
+            try:
+                millicpus = parse_cpus(cpus)
+            except ValueError as exc:
+                problems.append(Problem("resources.cpus", str(exc)))
+            else:
+                if not MIN_MILLICPUS <= millicpus <= MAX_MILLICPUS:
+                    bounds = f"between {format_cpus(MIN_MILLICPUS)} and {format_cpus(MAX_MILLICPUS)}"
+                    problems.append(
+                        Problem("resources.cpus", f"must be {bounds}, got {format_cpus(millicpus)}")
+                    )
+    return Resources(memory, millicpus)
 
 
 def _check_hosts(value: object, problems: list[Problem]) -> tuple[str, ...] | None:

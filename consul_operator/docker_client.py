@@ -57,3 +57,13 @@ def ping(client: docker.DockerClient) -> None:
     """Raise `DockerUnavailable` unless the engine answers."""
     with docker_errors("a ping"):
         client.ping()
+
+
+def engine_resources(client: docker.DockerClient) -> tuple[int, int]:
+    """The engine's machine: total memory in bytes and the number of CPUs (``docker info``)."""
+    with docker_errors("reading the engine's memory and CPUs"):
+        info = client.info()
+    try:
+        return int(info["MemTotal"]), int(info["NCPU"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DockerError(f"docker info has no usable MemTotal and NCPU: {exc}") from exc

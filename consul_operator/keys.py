@@ -89,6 +89,15 @@ class Layout:
         """``operator/rollback/<name>``: a request to return ``name`` to its previous spec."""
         return self.rollback_prefix + name
 
+    @property
+    def hosts_prefix(self) -> str:
+        """``operator/hosts/``: hosts in maintenance (``operator cordon`` / ``drain``)."""
+        return self.operator_prefix + "hosts/"
+
+    def host_key(self, host: str) -> str:
+        """``operator/hosts/<host>``: ``host`` cordoned, or draining (`records.HostRecord`)."""
+        return self.hosts_prefix + host
+
     def service_of(self, key: str) -> str | None:
         """The service an ``operator/`` record belongs to (placement, status, revision, rollout,
         rollback); None for other keys. The leader groups its writes by it."""

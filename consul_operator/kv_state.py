@@ -22,7 +22,7 @@ from consul_operator.consul_client import BlockingQuery, ConsulClient, Indexed
 from consul_operator.desired_state import Manifest, ManifestError, parse_manifest
 from consul_operator.errors import ConsulError
 from consul_operator.keys import Layout
-from consul_operator.records import LeaderRecord, PlacementRecord, RolloutRecord, StatusRecord
+from consul_operator.records import HostRecord, LeaderRecord, PlacementRecord, RolloutRecord, StatusRecord
 
 log = structlog.get_logger()
 
@@ -150,6 +150,24 @@ def read_revision(consul: ConsulClient, layout: Layout, name: str, spec: str) ->
 def read_rollouts(consul: ConsulClient, layout: Layout) -> dict[str, RolloutRecord]:
     """The leader's rollouts, by service."""
     return _read_records(consul, layout.rollout_prefix, RolloutRecord.from_json, "rollout")
+
+
+def read_host_records(consul: ConsulClient, layout: Layout) -> dict[str, HostRecord]:
+    """The hosts in maintenance (``operator/hosts/<host>``), by host; unreadable ones are skipped and logged.
+
+    An unreadable record is left out: its host is not cordoned until someone writes it again.
+    """
+    prefix = layout.hosts_prefix
+    records: dict[str, HostRecord] = {}
+    for entry in consul.kv_list(prefix, consistent=True).value:
+        host = entry.key[len(prefix) :]
+        if not host or "/" in host:
+            continue
+        try:
+            records[host] = HostRecord.from_json(entry.value, host=host)
+        except ValueError as exc:
+            log.warning("ignoring a host record", key=entry.key, error=str(exc))
+    return records
 
 
 StatusRecords = dict[str, dict[str, StatusRecord]]

@@ -24,14 +24,21 @@ One pass:
    agents' running counts of live hosts and the passing instances per spec
    (first-seen times in ``memory.first_passing``, for ``min_healthy``). The
    deadline counts the rollout's ``elapsed`` (`time_rollout`).
-4. **Writes**: changed placements, rollout records (on a change, and their
+4. **Drains** (`maintenance.py`): a cordoned host (``operator/hosts/<host>``)
+   gets no new replicas; a draining one none at all, and each service not in
+   an active (or failed) rollout moves off it one `plan_drain` step a pass,
+   replacements passing ``min_healthy`` before the replicas they replace go,
+   within its ``update`` limits. Past the drain's deadline (timed from when
+   this leader first saw it: ``memory.drain_timers``) the rest moves at once.
+   During a rollout the rollout paces the move: the draining host's target is 0.
+5. **Writes**: changed placements, rollout records (on a change, and their
    ``elapsed`` every few seconds), the revision of every spec in use, and
    deletes: placements and rollouts of deleted services, revisions no longer
    needed, rollback requests handled or dropped, status records of hosts lost
    past the grace.
-5. **Wake-up**: when the next grace runs out, and every ``ROLLOUT_POLL`` s
-   while a rollout is active.
-6. **Convergence**: the time from a manifest change to every replica passing
+6. **Wake-up**: when the next grace or drain deadline runs out, and every
+   ``ROLLOUT_POLL`` s while a rollout or a drain is active.
+7. **Convergence**: the time from a manifest change to every replica passing
    (``operator_convergence_seconds``).
 """
 
@@ -44,7 +51,8 @@ from dataclasses import dataclass, field
 from consul_operator.cluster_state import ClusterState, spec_of
 from consul_operator.desired_state import Manifest, revision_json
 from consul_operator.keys import Layout
-from consul_operator.model import Event, HostInfo, ServiceInstance
+from consul_operator.maintenance import DrainTimer, placed_on, plan_drain, time_drains
+from consul_operator.model import META_HOST, Event, HostInfo, ServiceInstance
 from consul_operator.placement import gone_statuses, live_running, next_schedule_wakeup, schedule
 from consul_operator.records import PlacementRecord, RolloutRecord, RolloutState, StatusRecord, frozen_map
 from consul_operator.rollout import (
@@ -105,6 +113,8 @@ class LeaderMemory:
     """Per service whose change has not converged yet: when the leader saw the change."""
     exported: frozenset[str] = frozenset()
     """The services with a manifest, valid or not, at the last pass (their figures are exported)."""
+    drain_timers: Mapping[str, DrainTimer] = field(default_factory=dict)
+    """Per draining host: when this leader first saw its drain (the deadline)."""
     observed: bool = False
     """Whether this leader has had a pass: a service first seen after it is new (a change to time);
     on its first pass every service is only new to this leader."""
@@ -143,6 +153,8 @@ class LeaderPlan:
     """What the next pass starts from."""
     active_rollouts: bool = False
     """Whether a rollout is active (the pass asks to look again within ``ROLLOUT_POLL``)."""
+    draining: tuple[str, ...] = ()
+    """The services moving off a draining host, paced, after this pass."""
 
 
 def decide_leader(
@@ -153,9 +165,20 @@ def decide_leader(
     running_all = running_specs(state.statuses)
     hosts, lost_since = known_hosts(state, running_all, memory.lost_since, now.mono)
     valid = state.valid_manifests()
-    decided = schedule(valid, hosts, state.placements, now.mono, settings.lost_grace)
-    rollouts = _Rollouts(state, memory, now, layout, live_running(running_all, hosts))
+    drains = time_drains(state.maintenance, memory.drain_timers, now.mono)
+    decided = schedule(
+        valid,
+        hosts,
+        state.placements,
+        now.mono,
+        settings.lost_grace,
+        cordoned=drains.cordoned,
+        draining=drains.draining,
+    )
+    running_live = live_running(running_all, hosts)
+    rollouts = _Rollouts(state, memory, now, layout, running_live)
     rollouts.run(valid, decided)
+    moving = _pace_drains(state, valid, decided, rollouts, drains.paced, running_live, now.mono)
 
     writes: Writes = {
         layout.placement_key(name): dataclasses.replace(record, written_by=settings.host).to_json()
@@ -165,6 +188,8 @@ def decide_leader(
     writes.update({layout.placement_key(n): None for n in state.placements if n not in decided})
     writes.update(rollouts.writes)
     events = list(rollouts.events)
+    for host in drains.newly_forced:
+        events.append(Event("drain deadline passed: moving the rest at once", {"host": host}, "warning"))
     gone = gone_statuses(running_all, hosts, now.mono, settings.lost_grace)
     writes.update({layout.status_key(service, host): None for service, host in gone})
     if gone:
@@ -173,7 +198,9 @@ def decide_leader(
         )
 
     wake = next_schedule_wakeup(hosts, settings.lost_grace, now.mono)
-    if rollouts.active:  # a rollout waits on health, min_healthy and drains: look again soon
+    if drains.wake_at is not None:
+        wake = drains.wake_at if wake is None else min(wake, drains.wake_at)
+    if rollouts.active or moving:  # waiting on health, min_healthy and drains: look again soon
         poll = now.mono + ROLLOUT_POLL
         wake = poll if wake is None else min(wake, poll)
     seen, changed_at, converged = _convergence(state, decided, memory, now.mono)
@@ -190,22 +217,29 @@ def decide_leader(
             lost_since=lost_since,
             first_passing=rollouts.first_passing,
             rollout_timers=rollouts.timers,
+            drain_timers=drains.timers,
             seen=seen,
             changed_at=changed_at,
             exported=frozenset(state.manifests),
             observed=True,
         ),
         active_rollouts=rollouts.active,
+        draining=tuple(moving),
     )
 
 
 def paced_services(state: ClusterState) -> list[str]:
-    """The services whose rollout `decide_leader` will pace on ``state``: whose passing instances it needs.
+    """The services whose rollout or drain `decide_leader` will pace on ``state``: whose passing
+    instances it needs.
 
     The same state machine as the pass itself (`next_rollout`, a rollback
-    request), so that the reader asks Consul for the health of exactly these.
+    request), so that the reader asks Consul for the health of exactly these;
+    and every valid service with replicas placed on a draining host.
     """
-    paced: list[str] = []
+    draining = {host for host, record in state.maintenance.items() if record.draining}
+    valid = state.valid_manifests()
+    on = placed_on(state.placements, draining, running_specs(state.statuses))
+    paced: list[str] = [n for n in on if valid.get(n) is not None]
     for name, manifest in sorted(state.valid_manifests().items()):
         record = state.placements.get(name)
         if manifest is None or record is None:
@@ -216,7 +250,7 @@ def paced_services(state: ClusterState) -> list[str]:
         rollout, _ = _requested(rollout, name in state.rollback_requests, 0.0)
         if rollout is not None and (rollout.active or rollout.state == RolloutState.FAILED):
             paced.append(name)
-    return paced
+    return sorted(set(paced))
 
 
 def running_specs(records: Mapping[str, Mapping[str, StatusRecord]]) -> SpecsByHost:
@@ -249,7 +283,9 @@ def known_hosts(
             since.pop(name, None)
         else:
             since.setdefault(name, now)
-        hosts.append(HostInfo(name, dict(labels), live, None if live else since[name]))
+        hosts.append(
+            HostInfo(name, dict(labels), live, None if live else since[name], state.capacities.get(name))
+        )
     return hosts, since
 
 
@@ -410,6 +446,77 @@ class _Rollouts:
                 matured[spec] = matured.get(spec, 0) + 1
         self.first_passing[name] = first
         return passing, matured
+
+
+def _pace_drains(
+    state: ClusterState,
+    valid: Mapping[str, Manifest | None],
+    decided: dict[str, PlacementRecord],
+    rollouts: _Rollouts,
+    draining: frozenset[str],
+    running: SpecsByHost,
+    mono: float,
+) -> list[str]:
+    """Step 4 of `decide_leader`: one `plan_drain` step per service on a paced draining host
+    (placed there, or its containers still running there).
+
+    Sets those services' ``decided`` records (the schedule's, with the replicas
+    still on the draining hosts and the replacements placed so far) and their
+    first-passing times in ``rollouts.first_passing``; returns the services
+    still moving. A service in an active or failed rollout is left to the
+    rollout (whose target leaves the draining host out).
+    """
+    moving: list[str] = []
+    for name in placed_on(state.placements, draining, running):
+        manifest = valid.get(name)
+        rollout = rollouts.records.get(name)
+        if manifest is None or name not in decided:
+            continue
+        if rollout is not None and (rollout.active or rollout.state == RolloutState.FAILED):
+            continue
+        record = decided[name]
+        passing, matured = _host_health(
+            state.passing.get(name, ()), rollouts.first_passing, name, manifest.update.min_healthy, mono
+        )
+        hosts = plan_drain(
+            manifest.replicas,
+            manifest.update,
+            record.hosts,
+            state.placements[name].hosts,
+            draining,
+            {h: sum(specs.values()) for h, specs in running.get(name, {}).items()},
+            passing,
+            matured,
+        )
+        specs = {h: frozen_map({record.spec_hash: n}) for h, n in hosts.items()} if record.specs else {}
+        decided[name] = dataclasses.replace(record, hosts=frozen_map(hosts), specs=specs)
+        if any(hosts.get(h) or sum(running.get(name, {}).get(h, {}).values()) for h in draining):
+            moving.append(name)
+    return moving
+
+
+def _host_health(
+    instances: Collection[ServiceInstance],
+    first_passing: dict[str, Mapping[str, float]],
+    name: str,
+    min_healthy: float,
+    mono: float,
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Passing instances per host, and those passing for ``min_healthy``; first-seen times kept."""
+    before = first_passing.get(name, {})
+    first: dict[str, float] = {}  # only the instances passing now: the others are forgotten
+    passing: dict[str, int] = {}
+    matured: dict[str, int] = {}
+    for instance in instances:
+        if instance.status != "passing":
+            continue
+        since = first[instance.service_id] = before.get(instance.service_id, mono)
+        host = instance.meta.get(META_HOST) or instance.node
+        passing[host] = passing.get(host, 0) + 1
+        if mono - since >= min_healthy:
+            matured[host] = matured.get(host, 0) + 1
+    first_passing[name] = first
+    return passing, matured
 
 
 def _convergence(

@@ -18,7 +18,7 @@ from pathlib import Path
 from consul_operator import commands
 from consul_operator.commands import Target
 from consul_operator.consul_client import ConsulAddress, ConsulClient, check_token
-from consul_operator.desired_state import is_dns_label
+from consul_operator.desired_state import is_dns_label, parse_capacity
 from consul_operator.durations import DurationError, parse_duration
 from consul_operator.keys import Layout
 from consul_operator.logs import configure as configure_logs
@@ -46,6 +46,14 @@ def _label(text: str) -> tuple[str, str]:
     """argparse type for --label key=value."""
     try:
         return parse_label(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _capacity(text: str) -> tuple[int | None, int | None]:
+    """argparse type for --capacity memory=8Gi,cpus=4."""
+    try:
+        return parse_capacity(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
@@ -107,6 +115,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         cluster=args.cluster,
         layout=Layout(args.services_prefix, args.operator_prefix),
         labels=dict(args.label),
+        capacity=args.capacity,
         metrics_addr=args.metrics,
         ttl=args.ttl,
         lock_delay=args.lock_delay,
@@ -158,8 +167,40 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
-    """Block until the services are converged."""
+    """Block until the services are converged, or (``--drained HOST``) until nothing runs on a host."""
+    if bool(args.names) == (args.drained is not None):
+        print("operator wait: error: give service NAMEs or --drained HOST, not both", file=sys.stderr)
+        return EXIT_USAGE
+    if args.drained is not None:
+        return commands.wait_drained(_target(args), args.drained, timeout=args.timeout)
     return commands.wait(_target(args), args.names, timeout=args.timeout)
+
+
+def cmd_cordon(args: argparse.Namespace) -> int:
+    """``operator cordon HOST``."""
+    return commands.cordon(_target(args), args.host)
+
+
+def cmd_uncordon(args: argparse.Namespace) -> int:
+    """``operator uncordon HOST``."""
+    return commands.uncordon(_target(args), args.host)
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    """``operator drain HOST``."""
+    return commands.drain(_target(args), args.host, deadline=args.deadline)
+
+
+MAX_DRAIN_DEADLINE = 7 * 24 * 3600.0
+"""The longest ``operator drain --deadline`` (a week)."""
+
+
+def _deadline(text: str) -> float:
+    """argparse type for a drain's deadline: a duration above 0, at most a week."""
+    seconds = _duration(text)
+    if not 0 < seconds <= MAX_DRAIN_DEADLINE:
+        raise argparse.ArgumentTypeError(f"must be above 0s and at most 168h, got {text!r}")
+    return seconds
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -225,6 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="a label of this host, shown by `operator status` (repeatable)",
     )
+    agent.add_argument(
+        "--capacity",
+        type=_capacity,
+        default=(None, None),
+        metavar="memory=SIZE,cpus=N",
+        help="what replicas may take of this host, e.g. memory=8Gi,cpus=4; what is left out is the "
+        "engine's memory and CPUs less a reserve (10%%, at least 256Mi of memory)",
+    )
     agent.add_argument("--metrics", metavar="ADDR", help="serve /metrics and /healthz on host:port")
     agent.add_argument("--ttl", type=_duration, default=3.0, help="TTL of the agent's liveness check (3s)")
     agent.add_argument(
@@ -277,9 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--watch", action="store_true", help="print again on every change")
     status.set_defaults(func=cmd_status)
 
-    wait = sub.add_parser("wait", help="block until the services are converged (exit 1 at the timeout)")
+    wait = sub.add_parser(
+        "wait",
+        help="block until the services are converged, or a host is drained (exit 1 at the timeout)",
+    )
     _add_common(wait)
-    wait.add_argument("names", nargs="+", metavar="NAME")
+    wait.add_argument("names", nargs="*", metavar="NAME")
+    wait.add_argument(
+        "--drained", metavar="HOST", type=_host_name, help="instead: until nothing of ours runs on HOST"
+    )
     wait.add_argument("--timeout", type=_duration, default=60.0, help="give up after this long (60s)")
     wait.set_defaults(func=cmd_wait)
 
@@ -305,6 +360,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(delete)
     delete.add_argument("names", nargs="+", metavar="NAME", type=_host_name)
     delete.set_defaults(func=cmd_delete)
+
+    cordon = sub.add_parser("cordon", help="no new replicas on a host (what runs there stays)")
+    _add_common(cordon)
+    cordon.add_argument("host", metavar="HOST", type=_host_name)
+    cordon.set_defaults(func=cmd_cordon)
+
+    drain = sub.add_parser(
+        "drain", help="cordon a host and move every replica elsewhere, each replacement passing first"
+    )
+    _add_common(drain)
+    drain.add_argument("host", metavar="HOST", type=_host_name)
+    drain.add_argument(
+        "--deadline",
+        type=_deadline,
+        default=300.0,
+        help="after this long, what is left moves at once, replacements passing or not (5m)",
+    )
+    drain.set_defaults(func=cmd_drain)
+
+    uncordon = sub.add_parser("uncordon", help="a host takes new replicas again (ends a drain)")
+    _add_common(uncordon)
+    uncordon.add_argument("host", metavar="HOST", type=_host_name)
+    uncordon.set_defaults(func=cmd_uncordon)
     return parser
 
 

@@ -69,9 +69,11 @@ manifest_valid = Gauge(
 )
 unplaced_replicas = Gauge(
     "operator_unplaced_replicas",
-    "Replicas the scheduler could not place on any host (exported by the leader).",
-    ["service"],
+    "Replicas the scheduler could not place on any host, and why (exported by the leader).",
+    ["service", "cause"],
 )
+# The cause: one of records.UNPLACED_CAUSES (none, memory, cpus, max_per_host, labels,
+# no_hosts); one series per service at a time (`set_unplaced`).
 
 rollout_state = Gauge(
     "operator_rollout_state",
@@ -92,8 +94,31 @@ LEADER_SERVICE_GAUGES = (
     healthy_replicas,
     drift_replicas,
     manifest_valid,
-    unplaced_replicas,
 )
+
+
+def set_unplaced(service: str, count: int, cause: str) -> None:
+    """Export ``service``'s unplaced replicas under their cause, and no other cause's series."""
+    for labels in [key for key in _series(unplaced_replicas) if key[0] == service and key[1] != cause]:
+        unplaced_replicas.remove(*labels)
+    unplaced_replicas.labels(service, cause).set(count)
+
+
+def drop_unplaced(service: str) -> None:
+    """Stop exporting ``service``'s unplaced replicas (a deleted service)."""
+    for labels in [key for key in _series(unplaced_replicas) if key[0] == service]:
+        unplaced_replicas.remove(*labels)
+
+
+def _series(metric: Gauge) -> list[tuple[str, str]]:
+    """The (service, cause) of every series of ``operator_unplaced_replicas`` exported now."""
+    return [
+        (sample.labels["service"], sample.labels["cause"])
+        for family in metric.collect()
+        for sample in family.samples
+    ]
+
+
 consecutive_failures = Gauge(
     "operator_consecutive_failures",
     "Failed starts and crashes of the service on the host since its last good run (back-off).",

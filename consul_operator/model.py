@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from consul_operator.desired_state import Manifest
+from consul_operator.desired_state import Manifest, Resources
 from consul_operator.records import Hold, frozen_map
 
 # Labels on every container the operator starts. The operator lists, changes
@@ -54,13 +54,15 @@ class HostInfo:
 
     ``lost_since`` is when the leader first saw the host not live (None while
     it is live); the scheduler moves its replicas once that is older than the
-    grace period.
+    grace period. ``capacity`` is what its agent advertises; None (an agent
+    older than capacities) counts as unlimited.
     """
 
     name: str
     labels: Mapping[str, str] = field(default_factory=dict)
     live: bool = True
     lost_since: float | None = None
+    capacity: Resources | None = None
 
 
 # --- host level: what runs here ------------------------------------------------------

@@ -10,14 +10,21 @@ The same TTL check backs the leader session (`leader.py`).
 
 from __future__ import annotations
 
-import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import structlog
 
 from consul_operator.consul_client import ConsulClient
-from consul_operator.desired_state import RESERVED_SERVICE_NAMES
+from consul_operator.desired_state import (
+    LABEL_KEY_RE,
+    RESERVED_SERVICE_NAMES,
+    Resources,
+    format_cpus,
+    format_memory,
+    parse_cpus,
+    parse_memory,
+)
 from consul_operator.errors import ConsulError
 from consul_operator.model import META_CLUSTER, META_HOST, META_MANAGED_BY, ServiceInstance
 from consul_operator.ownership import AgentHost
@@ -27,8 +34,8 @@ log = structlog.get_logger()
 AGENT_SERVICE = "operator-agent"
 assert AGENT_SERVICE in RESERVED_SERVICE_NAMES  # no manifest may register under it
 LABEL_META_PREFIX = "label-"
-# Consul's rule for meta keys, less our prefix: letters, digits, '-' and '_'.
-LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,48}$")
+META_CAPACITY_MEMORY = "capacity-memory"
+META_CAPACITY_CPUS = "capacity-cpus"
 
 
 def agent_service_id(host: str) -> str:
@@ -44,7 +51,7 @@ def ttl_check_id(host: str) -> str:
 def parse_label(text: str) -> tuple[str, str]:
     """Parse a ``--label key=value`` flag."""
     key, sep, value = text.partition("=")
-    if not sep or not LABEL_KEY_RE.match(key) or len(value) > 256:
+    if not sep or not LABEL_KEY_RE.fullmatch(key) or len(value) > 256:
         raise ValueError(
             f"a label must look like key=value with a key of letters, digits, '-' or '_', got {text!r}"
         )
@@ -63,6 +70,7 @@ class Presence:
         advertise: str,
         labels: dict[str, str],
         ttl: float,
+        capacity: Resources | None = None,
     ) -> None:
         self.consul = consul
         self.host = host
@@ -70,12 +78,15 @@ class Presence:
         self.advertise = advertise
         self.labels = labels
         self.ttl = ttl
+        self.capacity = capacity
         self.registered = threading.Event()
 
     def register(self) -> None:
         """(Re-)register the agent service and its TTL check, passing from the start."""
         meta = {META_HOST: self.host, META_CLUSTER: self.cluster}
         meta.update({LABEL_META_PREFIX + k: v for k, v in self.labels.items()})
+        if self.capacity is not None:
+            meta.update(capacity_meta(self.capacity))
         self.consul.register_service(
             {
                 "ID": agent_service_id(self.host),
@@ -149,6 +160,32 @@ def hosts_of(registrations: Iterable[ServiceInstance]) -> dict[str, tuple[bool, 
         previous_live = hosts.get(host, (False, {}))[0]
         hosts[host] = (live or previous_live, labels)
     return hosts
+
+
+def capacity_meta(capacity: Resources) -> dict[str, str]:
+    """The agent's meta advertising its capacity: ``capacity-memory: 7680Mi``, ``capacity-cpus: 1.8``."""
+    return {
+        META_CAPACITY_MEMORY: format_memory(capacity.memory),
+        META_CAPACITY_CPUS: format_cpus(capacity.millicpus),
+    }
+
+
+def capacity_of(meta: Mapping[str, str]) -> Resources | None:
+    """The capacity an agent advertises; None (unlimited) without one, or with one we cannot read."""
+    try:
+        return Resources(parse_memory(meta[META_CAPACITY_MEMORY]), parse_cpus(meta[META_CAPACITY_CPUS]))
+    except (KeyError, ValueError):
+        return None
+
+
+def capacities_of(registrations: Iterable[ServiceInstance]) -> dict[str, Resources]:
+    """Every agent host that advertises a capacity: host -> capacity."""
+    capacities: dict[str, Resources] = {}
+    for inst in registrations:
+        capacity = capacity_of(inst.meta)
+        if capacity is not None:
+            capacities[inst.meta.get(META_HOST, "")] = capacity
+    return capacities
 
 
 def agents_of(registrations: Iterable[ServiceInstance]) -> list[AgentHost]:

@@ -10,7 +10,9 @@ decisions out. Each subject has a module of its own:
 | --- | --- | --- |
 | the leader's whole pass: placements, rollouts, KV writes, wake-up | `decide_leader` | ``leader_plan.py`` |
 | replicas per host | `schedule` | ``placement.py`` |
+| host filters (fit, labels); why unplaced | `fits`, `matches_labels`, `unplaced_reason` | ``placement.py`` |
 | a rollout's state machine and pacing | `next_rollout`, `plan_rollout` | ``rollout.py`` |
+| cordoned hosts; a drain: its deadline, its pacing | `time_drains`, `plan_drain` | ``maintenance.py`` |
 | what one host should run | `host_desires` | ``host_plan.py`` |
 | one host's actions | `plan_host` | ``host_plan.py`` |
 | how long to wait after failures | `exponential`, `Backoff` | ``backoff.py`` |
@@ -26,7 +28,7 @@ from __future__ import annotations
 from consul_operator.backoff import Backoff, backoff_after_failure, exponential
 from consul_operator.host_plan import host_desires, plan_host
 from consul_operator.leader_plan import LeaderMemory, LeaderPlan, decide_leader
-from consul_operator.placement import next_schedule_wakeup, schedule
+from consul_operator.placement import fits, matches_labels, next_schedule_wakeup, schedule, unplaced_reason
 from consul_operator.rollout import next_rollout, plan_rollout
 from consul_operator.status import build_status
 
@@ -38,10 +40,13 @@ __all__ = [
     "build_status",
     "decide_leader",
     "exponential",
+    "fits",
     "host_desires",
+    "matches_labels",
     "next_rollout",
     "next_schedule_wakeup",
     "plan_host",
     "plan_rollout",
     "schedule",
+    "unplaced_reason",
 ]

@@ -7,6 +7,7 @@
 | ``operator/rollout/<name>`` | `RolloutRecord` | the leader, fenced |
 | ``operator/status/<name>/<host>`` | `StatusRecord` | the agent of ``host`` |
 | ``operator/rollback/<name>`` | `RollbackRequest` | ``operator rollback`` |
+| ``operator/hosts/<host>`` | `HostRecord` | ``operator cordon`` / ``drain`` (the admin role) |
 
 (``services/<name>`` and ``operator/revisions/<name>/<spec>`` hold manifests:
 `desired_state.Manifest`.) Every record is parsed here and only here:
@@ -69,12 +70,39 @@ def _text(value: object) -> str:
 # --- operator/placement/<name> ---------------------------------------------------------
 
 
+class UnplacedCause(StrEnum):
+    """What kept replicas from every host (the ``cause`` label of ``operator_unplaced_replicas``).
+
+    When hosts were refused for several causes, the one nearest to placing
+    names it: a resource of a host that matches everything else first.
+    """
+
+    NONE = "none"
+    """Every replica is placed."""
+    MEMORY = "memory"
+    """A live host that matches the manifest's rules has too little memory free."""
+    CPUS = "cpus"
+    """A live host that matches the manifest's rules has too few CPUs free."""
+    MAX_PER_HOST = "max_per_host"
+    """Every live host that matches holds ``placement.max_per_host`` replicas already."""
+    LABELS = "labels"
+    """Live hosts exist, but none has the labels ``placement.labels`` asks for."""
+    NO_HOSTS = "no_hosts"
+    """No live host is allowed (``placement.hosts``, lost hosts, no agents)."""
+
+
+UNPLACED_CAUSES = tuple(UnplacedCause)
+"""Every value of the ``cause`` label."""
+
+
 @dataclass(frozen=True, slots=True)
 class PlacementRecord:
     """The leader's decision for one service: replicas per host.
 
     Stored as JSON in ``operator/placement/<service>``. ``unplaced`` counts
-    replicas that no host could take (placement rules, too few hosts).
+    replicas that no host could take (placement rules, capacity, too few
+    hosts); ``cause`` and ``reason`` say why (``reason``: for people, naming
+    each host's free resources or why it does not match).
     ``written_by`` names the leader that wrote it (for people and the chaos
     test's fencing check); it is not part of the decision.
     """
@@ -88,6 +116,8 @@ class PlacementRecord:
     # totals, so readers that ignore specs still see the counts). Empty: every
     # replica is of ``spec_hash``.
     specs: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    cause: UnplacedCause = UnplacedCause.NONE
+    reason: str = ""
 
     @property
     def total(self) -> int:
@@ -112,6 +142,9 @@ class PlacementRecord:
         specs = {h: c for h, c in specs.items() if c}
         if specs:  # absent outside a rollout: the form of records written before rollouts
             body["specs"] = specs
+        if self.unplaced:  # absent when all is placed: the form of records written before causes
+            body["cause"] = self.cause.value
+            body["reason"] = self.reason
         return body
 
     def to_json(self) -> bytes:
@@ -123,6 +156,7 @@ class PlacementRecord:
         """Parse the KV form; raises ValueError when it is not ours."""
         try:
             body = json.loads(data)
+            cause = body.get("cause", "none")
             hosts = {str(h): int(n) for h, n in dict(body["hosts"]).items()}
             specs = {
                 str(h): MappingProxyType({str(s): int(n) for s, n in dict(c).items() if int(n) > 0})
@@ -135,6 +169,8 @@ class PlacementRecord:
                 unplaced=int(body.get("unplaced", 0)),
                 written_by=str(body.get("written_by", "")),
                 specs=MappingProxyType({h: c for h, c in specs.items() if c}),
+                cause=UnplacedCause(cause) if cause in UNPLACED_CAUSES else UnplacedCause.NONE,
+                reason=_text(body.get("reason")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"not a placement record: {exc}") from exc
@@ -365,3 +401,53 @@ class RollbackRequest:
     def to_json(self) -> bytes:
         """The KV form."""
         return json.dumps({"requested": self.requested}).encode()
+
+
+# --- operator/hosts/<host> -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HostRecord:
+    """A host in maintenance: ``operator/hosts/<host>``, written by ``operator cordon`` / ``drain``.
+
+    A record means the host is *cordoned*: it gets no new replicas.
+    ``draining`` asks the leader to move every replica elsewhere, each
+    replacement passing before the replica it replaces is drained, within
+    ``deadline`` seconds; what is left then is moved at once. ``started``
+    is a wall-clock stamp, for people only: the leader times the deadline on
+    its own monotonic clock from when it first sees the drain (`maintenance.time_drains`).
+    ``operator uncordon`` deletes the record.
+    """
+
+    host: str
+    draining: bool = False
+    deadline: float | None = None
+    started: float | None = None
+
+    def to_json(self) -> bytes:
+        """The KV form."""
+        return _dumps(
+            {
+                "host": self.host,
+                "cordoned": True,
+                "draining": self.draining,
+                "deadline": self.deadline,
+                "started": self.started,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, data: bytes | str, *, host: str) -> HostRecord:
+        """Parse the record stored under ``operator/hosts/<host>`` (the key names the host).
+
+        ValueError when it is not a JSON object; a field of the wrong type reads as
+        empty (a drain without a readable deadline has none: it waits for its replacements).
+        """
+        body = _object(data, "host")
+        deadline = _timestamp(body.get("deadline"))
+        return cls(
+            host=host,
+            draining=body.get("draining") is True,
+            deadline=None if deadline is None or deadline < 0 else deadline,
+            started=_timestamp(body.get("started")),
+        )

@@ -222,7 +222,8 @@ class Scheduler:
             valid = manifest if isinstance(manifest, Manifest) else None
             metrics.manifest_valid.labels(name).set(1 if valid else 0)
             if name in plan.placements:
-                metrics.unplaced_replicas.labels(name).set(plan.placements[name].unplaced)
+                record = plan.placements[name]
+                metrics.set_unplaced(name, record.unplaced, record.cause.value)
             if valid is None:
                 continue
             healthy = state.passing_counts.get(name, 0)
@@ -243,6 +244,7 @@ class Scheduler:
         for state in ROLLOUT_STATES:
             with contextlib.suppress(KeyError):
                 metrics.rollout_state.remove(name, state)
+        metrics.drop_unplaced(name)
 
     def _forget(self) -> None:
         """No longer the leader: drop the leader's state and metrics."""
@@ -250,7 +252,7 @@ class Scheduler:
         self.write_backoffs.clear()
         metrics.rollout_state.clear()
         metrics.convergence_seconds.clear()
-        for gauge in metrics.LEADER_SERVICE_GAUGES:
+        for gauge in (*metrics.LEADER_SERVICE_GAUGES, metrics.unplaced_replicas):
             gauge.clear()
 
 

@@ -15,6 +15,7 @@ from consul_operator.consul_client import ConsulClient
 from consul_operator.desired_state import is_dns_label
 from consul_operator.keys import Layout
 from consul_operator.kv_state import (
+    read_host_records,
     read_leader,
     read_manifests,
     read_placements,
@@ -22,7 +23,7 @@ from consul_operator.kv_state import (
     read_statuses,
 )
 from consul_operator.ownership import owned
-from consul_operator.presence import agent_registrations, agents_of, hosts_of
+from consul_operator.presence import agent_registrations, agents_of, capacities_of, hosts_of
 from consul_operator.status import ClusterSnapshot, HostRow
 
 
@@ -56,8 +57,10 @@ def read_cluster_state(
             e.key[len(layout.rollback_prefix) :] for e in consul.kv_list(layout.rollback_prefix).value
         ),
         hosts=hosts_of(registrations),
+        capacities=capacities_of(registrations),
         agents=tuple(agents_of(registrations)),
         statuses=statuses,
+        maintenance=read_host_records(consul, layout),
     )
     passing = {
         name: owned(consul.health_service(name, passing=True).value, cluster, state.agents, statuses).kept
@@ -96,4 +99,5 @@ def read_snapshot(consul: ConsulClient, layout: Layout, cluster: str | None, now
         statuses=state.statuses,
         passing={name: passing_per_host(instances) for name, instances in state.passing.items()},
         rollouts=state.rollouts,
+        maintenance=state.maintenance,
     )

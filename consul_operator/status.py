@@ -18,7 +18,8 @@ from types import MappingProxyType
 from typing import Final
 
 from consul_operator.desired_state import Manifest, ManifestError
-from consul_operator.records import PlacementRecord, RolloutRecord, RolloutState, StatusRecord
+from consul_operator.maintenance import drain_remains
+from consul_operator.records import HostRecord, PlacementRecord, RolloutRecord, RolloutState, StatusRecord
 
 PROGRESS_DEADLINE: Final = 120.0
 """Seconds without a status change before a service that is not converged counts as Degraded."""
@@ -55,7 +56,8 @@ JSON_FIELDS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
     {
         "top": ("leader", "hosts", "services", "converged"),
         "leader": ("host", "since"),
-        "host": ("name", "live", "labels"),
+        "host": ("name", "live", "labels", "cordoned", "drain"),
+        "drain": ("started", "deadline", "remaining", "done"),
         "service": (
             "name",
             "image",
@@ -82,12 +84,31 @@ _RESET: Final = "\x1b[0m"
 
 
 @dataclass(frozen=True, slots=True)
+class DrainView:
+    """A host's drain as `operator status` shows it."""
+
+    started: float | None
+    """When ``operator drain`` was run (wall clock of whoever ran it)."""
+    deadline: float | None
+    """Seconds the drain may take before what is left is moved at once (None: no deadline)."""
+    remaining: int
+    """Services with something still on the host (placed, running or passing there)."""
+
+    @property
+    def done(self) -> bool:
+        """Whether nothing of ours is on the host any more."""
+        return self.remaining == 0
+
+
+@dataclass(frozen=True, slots=True)
 class HostRow:
-    """An app host: whether its agent is live, and its labels."""
+    """An app host: whether its agent is live, its labels, and whether it is cordoned or draining."""
 
     name: str
     live: bool
     labels: Mapping[str, str]
+    cordoned: bool = False
+    drain: DrainView | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +129,8 @@ class ClusterSnapshot:
     statuses: Mapping[str, Mapping[str, StatusRecord]]
     passing: Mapping[str, Mapping[str, int]]
     rollouts: Mapping[str, RolloutRecord] = field(default_factory=dict)
+    maintenance: Mapping[str, HostRecord] = field(default_factory=dict)
+    """The hosts cordoned or draining (``operator/hosts/<host>``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +164,8 @@ class ServiceStatus:
     phase: ServiceState = ServiceState.PROGRESSING
     host_errors: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """The errors of ``errors`` that concern one host (its report, or that it is lost), by host."""
+    unplaced_reason: str = ""
+    """Why the leader could place no more replicas (also the first of ``errors``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,9 +191,28 @@ def build_status(snapshot: ClusterSnapshot) -> StatusView:
         now=snapshot.now,
         leader=snapshot.leader,
         leader_since=snapshot.leader_since,
-        hosts=tuple(sorted(snapshot.hosts, key=lambda host: host.name)),
+        hosts=_host_rows(snapshot),
         services=services,
     )
+
+
+def _host_rows(snapshot: ClusterSnapshot) -> tuple[HostRow, ...]:
+    """The registered hosts and those in maintenance (a record of an unregistered host shows as lost)."""
+    rows = {host.name: host for host in snapshot.hosts}
+    for name in snapshot.maintenance:
+        rows.setdefault(name, HostRow(name, False, {}))
+    result: list[HostRow] = []
+    for name, row in sorted(rows.items()):
+        record = snapshot.maintenance.get(name)
+        if record is None:
+            result.append(row)
+            continue
+        drain = None
+        if record.draining:
+            remaining = drain_remains(name, snapshot.placements, snapshot.statuses, snapshot.passing)
+            drain = DrainView(record.started, record.deadline, len(remaining))
+        result.append(HostRow(row.name, row.live, row.labels, cordoned=True, drain=drain))
+    return tuple(result)
 
 
 def _service_status(name: str, snapshot: ClusterSnapshot, live: Mapping[str, bool]) -> ServiceStatus:
@@ -212,6 +256,8 @@ def _service_status(name: str, snapshot: ClusterSnapshot, live: Mapping[str, boo
         phase, state = INVALID, f"{INVALID}: {problems[0]}"
     else:
         desired, image, problems = manifest.replicas, manifest.image, []
+        if placement is not None and placement.unplaced > 0 and placement.reason:
+            problems = [placement.reason]  # which resource, each host's free amount, labels
         phase = _valid_state(manifest, placement, records, running, healthy, snapshot.now, last_change)
         if phase == PROGRESSING and (host_errors or lost):
             phase = DEGRADED
@@ -230,6 +276,9 @@ def _service_status(name: str, snapshot: ClusterSnapshot, live: Mapping[str, boo
         rollout=snapshot.rollouts.get(name),
         phase=phase,
         host_errors=MappingProxyType(by_host),
+        unplaced_reason=placement.reason
+        if placement and placement.unplaced and isinstance(manifest, Manifest)
+        else "",
     )
 
 
@@ -314,6 +363,7 @@ def _shortfall(view: StatusView, service: ServiceStatus) -> str:
     placed = sum(p.desired for p in service.placement.values())
     if service.state == UNPLACEABLE and service.desired > placed:
         head += f", {service.desired - placed} cannot be placed"
+        head += f": {service.unplaced_reason}" if service.unplaced_reason else ""
     elif not service.errors and service.healthy == service.desired == service.running:
         head += ", waiting for the current spec and placement"
     if (
@@ -351,7 +401,13 @@ def to_json(view: StatusView) -> dict[str, object]:
     return {
         "leader": {"host": view.leader, "since": view.leader_since},
         "hosts": [
-            {"name": host.name, "live": host.live, "labels": dict(sorted(host.labels.items()))}
+            {
+                "name": host.name,
+                "live": host.live,
+                "labels": dict(sorted(host.labels.items())),
+                "cordoned": host.cordoned,
+                "drain": _drain_json(host.drain),
+            }
             for host in view.hosts
         ],
         "services": [
@@ -377,6 +433,17 @@ def to_json(view: StatusView) -> dict[str, object]:
     }
 
 
+def _drain_json(drain: DrainView | None) -> dict[str, object] | None:
+    if drain is None:
+        return None
+    return {
+        "started": drain.started,
+        "deadline": drain.deadline,
+        "remaining": drain.remaining,
+        "done": drain.done,
+    }
+
+
 def _rollout_json(rollout: RolloutRecord | None) -> dict[str, object] | None:
     if rollout is None:
         return None
@@ -393,8 +460,11 @@ def _rollout_json(rollout: RolloutRecord | None) -> dict[str, object] | None:
 def render_table(view: StatusView, *, color: bool) -> str:
     """The human form: leader line, host table, service table with errors under each service."""
     lines = [_leader_line(view), ""]
-    host_rows = [[host.name, "live" if host.live else "lost", _labels(host.labels)] for host in view.hosts]
-    lines.extend(_table(["HOST", "STATE", "LABELS"], host_rows))
+    host_rows = [
+        [host.name, "live" if host.live else "lost", _labels(host.labels), _maintenance(host, view.now)]
+        for host in view.hosts
+    ]
+    lines.extend(_table(["HOST", "STATE", "LABELS", "MAINTENANCE"], host_rows))
     lines.append("")
     if not view.services:
         lines.append("No services.")
@@ -430,6 +500,20 @@ def _leader_line(view: StatusView) -> str:
     if view.leader_since is None:
         return f"Leader: {view.leader}"
     return f"Leader: {view.leader} (for {format_age(view.now - view.leader_since)})"
+
+
+def _maintenance(host: HostRow, now: float) -> str:
+    """``-``, ``cordoned``, ``draining: 2 services left (deadline 5m, for 1m)`` or ``drained``."""
+    if host.drain is not None:
+        if host.drain.done:
+            return "drained"
+        left = f"{host.drain.remaining} service{'s' if host.drain.remaining != 1 else ''} left"
+        deadline = (
+            "no deadline" if host.drain.deadline is None else f"deadline {format_age(host.drain.deadline)}"
+        )
+        since = "" if host.drain.started is None else f", for {format_age(now - host.drain.started)}"
+        return f"draining: {left} ({deadline}{since})"
+    return "cordoned" if host.cordoned else "-"
 
 
 def _labels(labels: Mapping[str, str]) -> str:

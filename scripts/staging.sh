@@ -19,6 +19,10 @@
 #   STAGING_ADDRS  the three hosts' addresses (default: "127.0.0.11 127.0.0.12 127.0.0.13")
 #   RUN_DIR        state, logs and pid files (default: .run/$STAGING_NAME)
 #   AGENT_ARGS     extra flags for every `operator agent` (e.g. "--lost-grace 5s")
+#   AGENT_ARGS_HOST1, AGENT_ARGS_HOST2  extra flags for host-1's or host-2's agent only,
+#                  after AGENT_ARGS (e.g. "--label zone=a --capacity memory=4Gi,cpus=2")
+#   STAGING_CAPACITY  every agent's --capacity (default: memory=8Gi,cpus=8, nominal:
+#                  the hosts share this machine; see README, "Capacity")
 #   LB_ARGS        extra flags for `operator lb`
 #   CLOCK_OFFSET_DIR  tests only: each agent's wall clock is stepped by the
 #                  seconds in $CLOCK_OFFSET_DIR/<host> (tests/support/clockshim)
@@ -45,6 +49,7 @@ PIDS="$RUN_DIR/pids"
 LOGS="$RUN_DIR/logs"
 LABEL_CLUSTER="consul-operator.cluster=$NAME"
 ACL=${STAGING_ACL:-0}
+CAPACITY=${STAGING_CAPACITY:-memory=8Gi,cpus=8}
 ACL_DIR="$RUN_DIR/acl"
 [[ $ACL == 0 || $ACL == 1 ]] || { echo "STAGING_ACL must be 0 or 1, got '$ACL'" >&2; exit 2; }
 # With ACLs: curl reads the management token's header from a file (never from its
@@ -198,10 +203,14 @@ agents_up() {
         mkdir -p "$CLOCK_OFFSET_DIR"; [[ -f $CLOCK_OFFSET_DIR/$host ]] || echo 0 >"$CLOCK_OFFSET_DIR/$host"
         export PYTHONPATH="$ROOT/tests/support/clockshim" CLOCK_OFFSET_FILE="$CLOCK_OFFSET_DIR/$host"
       fi
+      # The hosts share one machine: each gets a nominal capacity of its own (CPU
+      # quotas and memory limits are limits, not reservations, so the two may
+      # together offer more than the machine has); AGENT_ARGS_HOST<n> comes last.
+      local own="AGENT_ARGS_HOST$((i + 1))"
       # shellcheck disable=SC2086
       SPAWN_TOKEN_FILE=$(token_file operator-agent) spawn "agent-$host" "$py" -m consul_operator agent \
         --host "$host" --advertise "$addr" --consul "$addr:8500" --cluster "$NAME" --metrics "$addr:9810" \
-        --log-json ${AGENT_ARGS:-}
+        --capacity "$CAPACITY" --log-json ${AGENT_ARGS:-} ${!own:-}
     )
   done
   # Ready means: both agents registered and live, and one of them leads.

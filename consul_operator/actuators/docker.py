@@ -46,6 +46,35 @@ LOOK_AGAIN_COALESCE = 0.02
 PULL_TIMEOUT = 120.0
 """Seconds a start waits for an image pull (docker-py's own pull has no timeout at all)."""
 
+# Every container's safe defaults (README, "Container defaults").
+LOG_DRIVER = "json-file"
+LOG_MAX_SIZE = "10m"
+LOG_MAX_FILE = "3"
+"""A replica's log is capped at LOG_MAX_FILE files of LOG_MAX_SIZE: a chatty one cannot fill the disk."""
+SECURITY_OPT = ("no-new-privileges",)
+"""No process in a replica gains privileges (setuid binaries, file capabilities)."""
+RESTART_POLICY = "no"
+"""Docker never restarts a replica: the operator does, with back-off, and sees every crash."""
+
+
+def host_config(manifest: Manifest) -> dict[str, Any]:
+    """The limits and defaults every replica is created with (docker-py's create arguments).
+
+    Memory is a hard limit without swap on top (the swap limit equals it), the
+    CPUs a CFS quota, the pids limit the manifest's; no-new-privileges, no
+    restart by Docker, and a log capped in size.
+    """
+    resources = manifest.resources
+    return {
+        "mem_limit": resources.memory,
+        "memswap_limit": resources.memory,
+        "nano_cpus": resources.millicpus * 1_000_000,
+        "pids_limit": manifest.pids_limit,
+        "security_opt": list(SECURITY_OPT),
+        "restart_policy": {"Name": RESTART_POLICY},
+        "log_config": {"type": LOG_DRIVER, "config": {"max-size": LOG_MAX_SIZE, "max-file": LOG_MAX_FILE}},
+    }
+
 
 def _timestamp(text: str | None) -> float | None:
     """Docker's RFC 3339 time (nanoseconds, 'Z'), or its zero time, as Unix seconds."""
@@ -186,6 +215,7 @@ class DockerActuator:
             labels=labels,
             ports=ports,
             detach=True,
+            **host_config(manifest),
         )
 
     def _ensure_image(self, image: str) -> None:

@@ -1,11 +1,17 @@
 # ACL policy for people (or CI) who change the desired state: `consul kv put
-# services/NAME`, `operator apply|delete|status|wait|plan`. Writes manifests,
-# reads what the operator reports; cannot touch the operator's own state.
+# services/NAME`, `operator apply|delete|status|wait|plan`, and who take hosts
+# out for maintenance: `operator cordon|drain|uncordon HOST` write
+# operator/hosts/<host>. Writes manifests and maintenance records, reads what
+# the operator reports; cannot touch the rest of the operator's own state.
 key_prefix "services/" {
   policy = "write"
 }
 key_prefix "operator/" {
   policy = "read"
+}
+# The most specific rule wins: write on operator/hosts/ only.
+key_prefix "operator/hosts/" {
+  policy = "write"
 }
 service_prefix "" {
   policy = "read"

@@ -19,7 +19,7 @@ from consul_operator.consul_client import ConsulClient
 from consul_operator.docker_client import connect, ping
 from tests.support.bounds import PROCESS_S, REMOVAL_S
 from tests.support.cluster import Cluster
-from tests.support.staging import SLOW_RESYNC, Staging, pid_alive, tool, wait_until
+from tests.support.staging import HOSTS_APART, SLOW_RESYNC, Staging, pid_alive, tool, wait_until
 
 # The tests' own environment, apart from the developer's `make up` on 127.0.0.11-13;
 # OPERATOR_TEST_ADDRS moves it, so that two checkouts can run their tests at once.
@@ -54,7 +54,7 @@ def nginx_binary() -> str:
 def staging(docker_engine: docker.DockerClient, nginx_binary: str) -> Iterator[Staging]:
     """The tests' staging environment, up for the whole session."""
     tool("consul")
-    env = Staging(TEST_NAME, TEST_ADDRESSES, extra_env=SLOW_RESYNC)
+    env = Staging(TEST_NAME, TEST_ADDRESSES, extra_env=SLOW_RESYNC + HOSTS_APART)
     env.run("down")  # a previous run that crashed may have left it behind
     env.run("up")
     yield env

@@ -366,3 +366,33 @@ def test_agent_without_node_read_schedules_nothing(
         assert state_of(acl_cluster, running) == before
     acl_cluster.wait_converged(running, 2)
     assert acl_cluster.container_events(running, since, TOUCHING) == []
+
+
+def test_admin_token_cordons_and_drains_and_may_write_nothing_else_of_the_operator(
+    acl_env: Staging, acl_cluster: Cluster, running: str
+) -> None:
+    """The admin token writes operator/hosts/ (cordon, drain, uncordon), the LB token cannot, and the
+    admin token still may not write the operator's other state."""
+    admin, lb = acl_env.token("operator-admin"), acl_env.token("operator-lb")
+    key = acl_cluster.layout.host_key("host-1")
+    before = state_of(acl_cluster, running)
+    refused = operator_cli(acl_env, lb, "cordon", "host-1")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "permission denied" in refused.stderr and "operator/hosts/host-1" in refused.stderr
+    assert acl_cluster.consul.kv_get(key).value is None
+    try:
+        for command in ("cordon", "drain"):
+            done = operator_cli(acl_env, admin, command, "host-1")
+            assert done.returncode == 0, done.stderr
+        shown = json.loads(operator_cli(acl_env, admin, "status", "--json").stdout)
+        host = next(h for h in shown["hosts"] if h["name"] == "host-1")
+        assert host["cordoned"] is True and host["drain"]["deadline"] == 300.0
+        admin_client = ConsulClient(acl_env.consul_addr(), admin)
+        with pytest.raises(ConsulPermissionDenied):
+            admin_client.kv_put(acl_cluster.layout.placement_key(running), b"{}")
+    finally:
+        done = operator_cli(acl_env, admin, "uncordon", "host-1")
+        assert done.returncode == 0, done.stderr
+    assert acl_cluster.consul.kv_get(key).value is None
+    wait_until(lambda: acl_cluster.converged(running, 2), timeout=60, what=f"{running} as before")
+    assert state_of(acl_cluster, running)[1] == before[1], "no container touched: none could move"

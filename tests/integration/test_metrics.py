@@ -116,9 +116,11 @@ def test_deploy_scale_and_delete_move_the_replica_figures(cluster: Cluster, serv
             "healthy_replicas",
             "drift_replicas",
             "manifest_valid",
-            "unplaced_replicas",
         )
     }
+    figures["unplaced_replicas"] = after[leader].get(
+        "operator_unplaced_replicas", service=service_name, cause="none"
+    )
     assert figures == {
         "desired_replicas": 2,
         "healthy_replicas": 2,
@@ -237,11 +239,15 @@ def test_invalid_and_unplaceable_manifests_show_in_the_leaders_figures(
     assert cluster.scrape(leader).get("operator_desired_replicas", service=service_name) == 0
 
     cluster.put(other_service, 3, placement={"max_per_host": 1})
-    wait_value(cluster, leader, "operator_unplaced_replicas", 1, service=other_service)
+    wait_value(cluster, leader, "operator_unplaced_replicas", 1, service=other_service, cause="max_per_host")
     assert cluster.scrape(leader).get("operator_desired_replicas", service=other_service) == 3
     cluster.put(other_service, 2, placement={"max_per_host": 1})
-    wait_value(cluster, leader, "operator_unplaced_replicas", 0, service=other_service)
-    assert cluster.scrape(other(leader)).get("operator_unplaced_replicas", service=other_service) is None
+    wait_value(cluster, leader, "operator_unplaced_replicas", 0, service=other_service, cause="none")
+    # One series per service: the old cause's is gone (bounded labels).
+    scrape = cluster.scrape(leader)
+    assert scrape.get("operator_unplaced_replicas", service=other_service, cause="max_per_host") is None
+    follower = cluster.scrape(other(leader))
+    assert follower.get("operator_unplaced_replicas", service=other_service, cause="none") is None
 
 
 def test_rollout_and_rollback_move_rollout_state_and_rollouts_total(

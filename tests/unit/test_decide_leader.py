@@ -10,7 +10,15 @@ from dataclasses import dataclass, field
 import pytest
 
 from consul_operator.cluster_state import ClusterState
-from consul_operator.desired_state import Manifest, ManifestError, UpdatePolicy, parse_manifest
+from consul_operator.desired_state import (
+    GI,
+    Manifest,
+    ManifestError,
+    Placement,
+    Resources,
+    UpdatePolicy,
+    parse_manifest,
+)
 from consul_operator.keys import Layout
 from consul_operator.leader_plan import (
     ROLLOUT_POLL,
@@ -438,3 +446,20 @@ def test_a_new_service_is_timed_but_not_on_the_leaders_first_pass() -> None:
     first = decide(Case(V1))
     assert not first.memory.changed_at and first.memory.observed
     assert dict(decide(Case(V1, memory=LeaderMemory(observed=True))).memory.changed_at) == {"web": NOW}
+
+
+def test_the_leader_places_by_the_capacities_and_labels_the_agents_advertise() -> None:
+    """Capacities and labels read from the agents reach the scheduler: web fits only on h2, zone a."""
+    big = dataclasses.replace(V1, resources=Resources(3 * GI, 500))
+    state = ClusterState(
+        manifests={"web": big},
+        hosts={"h1": (True, {"zone": "a"}), "h2": (True, {"zone": "a"}), "h3": (True, {})},
+        capacities={"h1": Resources(2 * GI, 4000), "h2": Resources(8 * GI, 4000)},
+    )
+    labelled = dataclasses.replace(big, placement=Placement(labels=(("zone", "a"),)))
+    plan = decide_leader(state, LeaderMemory(), Now(NOW, WALL), SETTINGS)
+    assert dict(plan.placements["web"].hosts) == {"h2": 1, "h3": 1}  # h3 advertises none: unlimited
+    plan = decide_leader(
+        dataclasses.replace(state, manifests={"web": labelled}), LeaderMemory(), Now(NOW, WALL), SETTINGS
+    )
+    assert dict(plan.placements["web"].hosts) == {"h2": 2}

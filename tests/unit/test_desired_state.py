@@ -9,16 +9,23 @@ import pytest
 import yaml
 
 from consul_operator.desired_state import (
+    GI,
+    KI,
     MAX_MANIFEST_BYTES,
     MAX_PROBLEMS,
     MAX_REPLICAS,
+    MI,
     HealthCheck,
     Manifest,
     ManifestError,
     Placement,
     Problem,
+    Resources,
     UpdatePolicy,
+    format_cpus,
+    format_memory,
     manifest_from_dict,
+    parse_cpus,
     parse_manifest,
 )
 from consul_operator.errors import OperatorError
@@ -711,7 +718,9 @@ def test_to_dict_round_trips() -> None:
     assert data["drain"] == "1.5s"
     assert data["stop_grace"] == "10s"
     assert data["env"] == {"A": "y", "B": "x"}
-    assert data["placement"] == {"hosts": None, "max_per_host": None}
+    assert data["placement"] == {"hosts": None, "max_per_host": None, "labels": {}}
+    assert data["resources"] == {"memory": "256Mi", "cpus": 0.25}
+    assert data["pids_limit"] == 1024
     assert manifest_from_dict(data) == manifest
 
 
@@ -851,6 +860,9 @@ def test_full_fields_is_full() -> None:
         pytest.param(
             "health", {"http": "/health", "interval": "2s", "timeout": "1500ms"}, id="health-timeout"
         ),
+        pytest.param("resources", {"memory": "512Mi"}, id="resources-memory"),
+        pytest.param("resources", {"cpus": 1}, id="resources-cpus"),
+        pytest.param("pids_limit", 100, id="pids-limit"),
     ],
 )
 def test_spec_hash_changes_with_each_container_field(name: str, value: object) -> None:
@@ -864,11 +876,120 @@ def test_spec_hash_changes_with_each_container_field(name: str, value: object) -
         pytest.param("replicas", 5, id="replicas"),
         pytest.param("replicas", 0, id="scaled-to-zero"),
         pytest.param("placement", {"hosts": ["host-1"], "max_per_host": 1}, id="placement"),
+        pytest.param("placement", {"labels": {"zone": "a"}}, id="placement-labels"),
         pytest.param("drain", "10s", id="drain"),
         pytest.param("stop_grace", "1m", id="stop-grace"),
         pytest.param("update", {"max_surge": 2, "deadline": "1m"}, id="update"),
+        pytest.param("resources", {"memory": "256Mi", "cpus": 0.25}, id="default-resources-spelled-out"),
+        pytest.param("pids_limit", 1024, id="default-pids-limit-spelled-out"),
     ],
 )
 def test_spec_hash_leaves_out_each_other_field(name: str, value: object) -> None:
     """Changing exactly one field that does not replace containers leaves the hash alone."""
     assert spec_hash(with_field(name, value)) == spec_hash(FULL)
+
+
+# --- resources, pids_limit, placement.labels ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "memory", "millicpus", "pids"),
+    [
+        pytest.param("", 256 * MI, 250, 1024, id="defaults-when-absent"),
+        pytest.param("resources: {}\npids_limit: null\n", 256 * MI, 250, 1024, id="defaults-when-empty"),
+        pytest.param("resources: {memory: 64Mi}\n", 64 * MI, 250, 1024, id="memory-only"),
+        pytest.param("resources: {cpus: 2}\n", 256 * MI, 2000, 1024, id="cpus-integer"),
+        pytest.param("resources: {memory: 2Gi, cpus: 0.25}\n", 2 * GI, 250, 1024, id="gi-and-two-decimals"),
+        pytest.param("resources: {memory: 8192Ki, cpus: 0.01}\n", 8 * MI, 10, 1024, id="smallest"),
+        pytest.param("resources: {memory: 1024Gi, cpus: 256}\n", 1024 * GI, 256_000, 1024, id="largest"),
+        pytest.param("pids_limit: 64\n", 256 * MI, 250, 64, id="pids-limit"),
+    ],
+)
+def test_resources_parse(extra: str, memory: int, millicpus: int, pids: int) -> None:
+    """Memory in Ki/Mi/Gi and decimal CPUs become bytes and thousandths; absent ones take the defaults."""
+    manifest = parse_manifest(doc(extra))
+    assert manifest.resources == Resources(memory, millicpus)
+    assert manifest.pids_limit == pids
+
+
+BAD_RESOURCES = [
+    pytest.param("resources: {memory: 256M}\n", "did you mean 256Mi?", id="decimal-unit-M"),
+    pytest.param("resources: {memory: 1G}\n", "did you mean 1Gi?", id="decimal-unit-G"),
+    pytest.param("resources: {memory: 512MB}\n", "did you mean 512Mi?", id="unit-MB"),
+    pytest.param("resources: {memory: 268435456}\n", "plain byte counts are not accepted", id="bytes"),
+    pytest.param("resources: {memory: 1.5Gi}\n", "1536Mi, not 1.5Gi", id="fraction"),
+    pytest.param("resources: {memory: 1Ti}\n", "Ki, Mi or Gi", id="unit-Ti"),
+    pytest.param("resources: {memory: 4Mi}\n", "between 8Mi and 1024Gi, got 4Mi", id="memory-too-small"),
+    pytest.param("resources: {memory: 2048Gi}\n", "between 8Mi and 1024Gi, got 2048Gi", id="memory-too-big"),
+    pytest.param("resources: {cpus: 0.125}\n", "at most two decimals", id="three-decimals"),
+    pytest.param("resources: {cpus: 0}\n", "between 0.01 and 256, got 0", id="cpus-zero"),
+    pytest.param("resources: {cpus: -1}\n", "between 0.01 and 256, got -1", id="cpus-negative"),
+    pytest.param("resources: {cpus: 300}\n", "between 0.01 and 256, got 300", id="cpus-too-many"),
+    pytest.param("resources: {cpus: 500m}\n", "write it unquoted", id="millicores"),
+    pytest.param("resources: {cpus: '0.5'}\n", "write it unquoted", id="cpus-quoted"),
+    pytest.param("resources: {cpus: .inf}\n", "at most two decimals", id="cpus-infinite"),
+    pytest.param("resources: {cpus: true}\n", "got boolean true", id="cpus-boolean"),
+    pytest.param("resources: {mem: 1Gi}\n", "did you mean 'memory'?", id="unknown-field"),
+    pytest.param("resources: 1Gi\n", "resources: must be a mapping", id="not-a-mapping"),
+    pytest.param("pids_limit: 8\n", "pids_limit: must be an integer >= 16", id="pids-too-low"),
+    pytest.param("pids_limit: 100000\n", "pids_limit: must be an integer <= 65536", id="pids-too-high"),
+    pytest.param("pids_limit: -1\n", "pids_limit: must be an integer >= 16", id="pids-unlimited"),
+    pytest.param("placement: {labels: [zone]}\n", "must be a mapping of label: value", id="labels-list"),
+    pytest.param("placement: {labels: {'a b': x}}\n", "a label key must be", id="label-key"),
+    pytest.param("placement: {labels: {zone: 1}}\n", 'quote it: zone: "1"', id="label-value-number"),
+]
+
+
+@pytest.mark.parametrize(("extra", "expected"), BAD_RESOURCES)
+def test_bad_resources_are_refused(extra: str, expected: str) -> None:
+    """Units, bounds and types of resources, pids_limit and placement.labels are checked strictly."""
+    problems = problems_of(doc(extra))
+    assert any(expected in problem for problem in problems), problems
+
+
+def test_every_resource_problem_is_listed() -> None:
+    """A manifest with several bad resources names each one."""
+    problems = problems_of(doc("resources: {memory: 1G, cpus: 0.001}\npids_limit: 1\n"))
+    assert [p.split(":")[0] for p in problems] == ["resources.memory", "resources.cpus", "pids_limit"]
+
+
+def test_placement_labels_parse_sorted() -> None:
+    """placement.labels is a set of label: value pairs (order means nothing)."""
+    manifest = parse_manifest(doc("placement: {labels: {zone: a, disk: ssd}}\n"))
+    assert manifest.placement.labels == (("disk", "ssd"), ("zone", "a"))
+
+
+def test_resources_round_trip_through_the_normalised_form() -> None:
+    """The normalised form spells resources canonically, and reads back to an equal manifest."""
+    manifest = parse_manifest(doc("resources: {memory: 1024Mi, cpus: 1.50}\npids_limit: 300\n"))
+    data = manifest.to_dict()
+    assert data["resources"] == {"memory": "1Gi", "cpus": 1.5}
+    assert manifest_from_dict(data) == manifest
+
+
+def test_revision_of_an_older_version_reads_with_the_defaults() -> None:
+    """A revision written before resources existed (no resources, no pids_limit) gets the defaults."""
+    data = parse_manifest(doc()).to_dict()
+    del data["resources"], data["pids_limit"]
+    assert manifest_from_dict(data) == parse_manifest(doc())
+
+
+@pytest.mark.parametrize(
+    ("millicpus", "text"),
+    [(500, "0.5"), (2000, "2"), (250, "0.25"), (1010, "1.01"), (1800, "1.8"), (0, "0")],
+    ids=["half", "whole", "quarter", "hundredths", "tenths", "zero"],
+)
+def test_format_cpus(millicpus: int, text: str) -> None:
+    """CPUs print as the shortest decimal, and read back to the same thousandths."""
+    assert format_cpus(millicpus) == text
+    assert parse_cpus(text) == millicpus
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [(256 * MI, "256Mi"), (2 * GI, "2Gi"), (1536 * MI, "1536Mi"), (3 * KI, "3Ki"), (1000, "1000")],
+    ids=["mi", "gi", "not-whole-gi", "ki", "bytes"],
+)
+def test_format_memory(size: int, text: str) -> None:
+    """Memory prints in the largest binary unit that divides it exactly."""
+    assert format_memory(size) == text

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import pytest
 
-from consul_operator.desired_state import Manifest, Placement
+from consul_operator.desired_state import GI, MI, Manifest, Placement, Resources
 from consul_operator.model import HostInfo
 from consul_operator.reconcile import next_schedule_wakeup, schedule
-from consul_operator.records import PlacementRecord, frozen_map
+from consul_operator.records import PlacementRecord, UnplacedCause, frozen_map
 
 NOW = 1_700_000_000.0
 GRACE = 30.0
@@ -22,10 +23,24 @@ def manifest(
     hosts: Sequence[str] | None = None,
     max_per_host: int | None = None,
     image: str = "hello:local",
+    labels: Mapping[str, str] | None = None,
+    memory: int = 256 * MI,
+    cpus: int = 500,
 ) -> Manifest:
-    """A valid manifest with only what scheduling looks at set."""
-    placement = Placement(hosts=None if hosts is None else tuple(sorted(hosts)), max_per_host=max_per_host)
-    return Manifest(name=name, image=image, replicas=replicas, port=5000, placement=placement)
+    """A valid manifest with only what scheduling looks at set (``cpus`` in thousandths)."""
+    placement = Placement(
+        hosts=None if hosts is None else tuple(sorted(hosts)),
+        max_per_host=max_per_host,
+        labels=tuple(sorted((labels or {}).items())),
+    )
+    return Manifest(
+        name=name,
+        image=image,
+        replicas=replicas,
+        port=5000,
+        placement=placement,
+        resources=Resources(memory, cpus),
+    )
 
 
 def live(name: str) -> HostInfo:
@@ -187,7 +202,11 @@ def test_placement_of_one_service(
     """One service's new replicas per host follow the scheduling rules."""
     current = {} if before is None else {m.name: record(m, before)}
     result = schedule({m.name: m}, hosts, current, NOW, GRACE)
-    assert result == {m.name: record(m, after, unplaced)}
+    # Why replicas are unplaced is checked in the tables of its own below.
+    assert {n: replace(r, cause=UnplacedCause.NONE, reason="") for n, r in result.items()} == {
+        m.name: record(m, after, unplaced)
+    }
+    assert (result[m.name].cause == UnplacedCause.NONE) == (unplaced == 0)
 
 
 def test_record_carries_new_spec_hash_without_moving() -> None:
@@ -332,3 +351,216 @@ def test_wakeup_matches_when_schedule_moves() -> None:
     at = schedule({"web": m}, hosts, current, wake, GRACE)["web"]
     assert dict(before.hosts) == {"host-1": 1, "host-2": 1}
     assert dict(at.hosts) == {"host-1": 2}
+
+
+# --- capacity, spread where it fits, label constraints --------------------------------
+
+
+def sized(name: str, memory: int = 8 * GI, cpus: int = 4000, **labels: str) -> HostInfo:
+    """A live host advertising a capacity (``cpus`` in thousandths) and labels."""
+    return HostInfo(name=name, labels=labels, capacity=Resources(memory, cpus))
+
+
+@pytest.mark.parametrize(
+    ("m", "hosts", "before", "after", "unplaced"),
+    [
+        pytest.param(
+            manifest(replicas=4, memory=2 * GI), [sized("host-1", 4 * GI), sized("host-2", 8 * GI)], None,
+            {"host-1": 2, "host-2": 2}, 0,
+            id="spreads-while-both-fit",
+        ),
+        pytest.param(
+            manifest(replicas=6, memory=2 * GI), [sized("host-1", 4 * GI), sized("host-2", 8 * GI)], None,
+            {"host-1": 2, "host-2": 4}, 0,
+            id="rest-goes-where-it-fits",
+        ),
+        pytest.param(
+            manifest(replicas=3, memory=3 * GI), [sized("host-1", 2 * GI), sized("host-2", 16 * GI)], None,
+            {"host-2": 3}, 0,
+            id="only-one-host-fits-all-go-there",
+        ),
+        pytest.param(
+            manifest(replicas=2, cpus=1500), [sized("host-1", cpus=1000), sized("host-2", cpus=2000)], None,
+            {"host-2": 1}, 1,
+            id="cpus-fit-too",
+        ),
+        pytest.param(
+            manifest(replicas=2, memory=1 * GI), [sized("host-1", 1 * GI), sized("host-2", 1 * GI)], None,
+            {"host-1": 1, "host-2": 1}, 0,
+            id="exactly-full-fits",
+        ),
+        pytest.param(
+            manifest(replicas=2, memory=16 * GI), [sized("host-1"), sized("host-2")], None, {}, 2,
+            id="fits-nowhere",
+        ),
+        pytest.param(
+            manifest(replicas=3, memory=16 * GI), [live("host-1"), sized("host-2")], None, {"host-1": 3}, 0,
+            id="host-without-capacity-is-unlimited",
+        ),
+        pytest.param(
+            manifest(replicas=4, memory=4 * GI), [sized("host-1", 4 * GI), sized("host-2", 4 * GI)],
+            {"host-1": 3, "host-2": 1},
+            {"host-1": 3, "host-2": 1}, 0,
+            id="overfull-host-keeps-its-replicas",
+        ),
+        pytest.param(
+            manifest(replicas=5, memory=4 * GI), [sized("host-1", 4 * GI), sized("host-2", 8 * GI)],
+            {"host-1": 3, "host-2": 1},
+            {"host-1": 3, "host-2": 2}, 0,
+            id="overfull-host-gets-no-more",
+        ),
+        pytest.param(
+            manifest(replicas=2, memory=4 * GI), [sized("host-1", 64 * GI), sized("host-2", 64 * GI)],
+            {"host-1": 2},
+            {"host-1": 2}, 0,
+            id="more-capacity-moves-nothing",
+        ),
+        pytest.param(
+            manifest(replicas=3, labels={"zone": "a"}),
+            [sized("host-1", zone="a"), sized("host-2", zone="b"), sized("host-3")], None,
+            {"host-1": 3}, 0,
+            id="labels-limit-to-matching-hosts",
+        ),
+        pytest.param(
+            manifest(replicas=2, labels={"zone": "a", "disk": "ssd"}),
+            [sized("host-1", zone="a"), sized("host-2", zone="a", disk="ssd")], None,
+            {"host-2": 2}, 0,
+            id="every-label-must-match",
+        ),
+        pytest.param(
+            manifest(replicas=2, labels={"zone": "a"}),
+            [sized("host-1", zone="b"), sized("host-2", zone="a")], {"host-1": 1, "host-2": 1},
+            {"host-2": 2}, 0,
+            id="host-no-longer-matching-loses-its-replicas",
+        ),
+        pytest.param(
+            manifest(replicas=2, labels={"zone": "c"}), [sized("host-1", zone="a"), sized("host-2")], None,
+            {}, 2,
+            id="no-host-matches",
+        ),
+        pytest.param(
+            manifest(replicas=4, memory=3 * GI, labels={"zone": "a"}),
+            [sized("host-1", 8 * GI, zone="a"), sized("host-2", 64 * GI, zone="b")], None,
+            {"host-1": 2}, 2,
+            id="labels-and-capacity-together",
+        ),
+    ],
+)  # fmt: skip
+def test_capacity_and_labels(
+    m: Manifest, hosts: list[HostInfo], before: dict[str, int] | None, after: dict[str, int], unplaced: int
+) -> None:
+    """A replica goes only to a matching host where it fits; spread among those; placed ones stay."""
+    current = {} if before is None else {m.name: record(m, before)}
+    result = schedule({m.name: m}, hosts, current, NOW, GRACE)[m.name]
+    assert (dict(result.hosts), result.unplaced) == (after, unplaced)
+
+
+def test_capacity_counts_every_services_replicas() -> None:
+    """Fit sums the replicas of all services on a host, this pass's decisions included."""
+    a, b = manifest("a", 2, memory=3 * GI), manifest("b", 2, memory=3 * GI)
+    hosts = [sized("host-1", 6 * GI), sized("host-2", 6 * GI)]
+    big = manifest("big", 1, memory=4 * GI)
+    result = schedule({"a": a, "b": b, "big": big}, hosts, {}, NOW, GRACE)
+    assert {n: (dict(r.hosts), r.unplaced) for n, r in result.items()} == {
+        "a": ({"host-1": 1, "host-2": 1}, 0),
+        "b": ({"host-1": 1, "host-2": 1}, 0),
+        "big": ({}, 1),
+    }
+
+
+def test_invalid_manifest_replicas_count_with_default_resources() -> None:
+    """An invalid manifest's kept replicas use the default 256Mi each against a host's capacity."""
+    kept = record(manifest("old", 4), {"host-1": 4})
+    new = manifest("new", 1, memory=256 * MI)
+    result = schedule({"new": new, "old": None}, [sized("host-1", 1 * GI)], {"old": kept}, NOW, GRACE)
+    assert result["new"].unplaced == 1
+    assert result["new"].cause == UnplacedCause.MEMORY
+
+
+@pytest.mark.parametrize(
+    ("m", "hosts", "before", "cause", "reason"),
+    [
+        pytest.param(
+            manifest(replicas=3, memory=2 * GI, cpus=1000),
+            [sized("host-1", 4 * GI, cpus=8000), sized("host-2", 1 * GI, cpus=500)], None,
+            UnplacedCause.MEMORY,
+            "1 of 3 replicas fit on no host (each needs memory=2Gi cpus=1): "
+            "host-1: memory 0 free; host-2: memory 1Gi free, cpus 0.5 free",
+            id="memory-names-each-hosts-free-amount",
+        ),
+        pytest.param(
+            manifest(replicas=2, cpus=2500), [sized("host-1", cpus=4000)], None,
+            UnplacedCause.CPUS,
+            "1 of 2 replicas fit on no host (each needs memory=256Mi cpus=2.5): host-1: cpus 1.5 free",
+            id="cpus",
+        ),
+        pytest.param(
+            manifest(replicas=2, labels={"zone": "c"}),
+            [sized("host-1", zone="a"), sized("host-2"), HostInfo("host-3", {"zone": "c"}, live=False)], None,
+            UnplacedCause.LABELS,
+            "2 of 2 replicas fit on no host (each needs memory=256Mi cpus=0.5): "
+            "host-1: lacks label zone=c; host-2: lacks label zone=c; host-3: not live",
+            id="labels-name-the-hosts-that-do-not-match",
+        ),
+        pytest.param(
+            manifest(replicas=3, memory=1 * GI, max_per_host=1, labels={"zone": "a"}),
+            [sized("host-1", zone="a"), sized("host-2", 1 * GI, zone="a"), sized("host-3", zone="b")],
+            {"host-2": 1},
+            UnplacedCause.MAX_PER_HOST,
+            "1 of 3 replicas fit on no host (each needs memory=1Gi cpus=0.5): "
+            "host-1: holds max_per_host 1; host-2: holds max_per_host 1; host-3: lacks label zone=a",
+            id="cap-reached-is-named-before-resources",
+        ),
+        pytest.param(
+            manifest(replicas=3, max_per_host=1), [sized("host-1"), sized("host-2")], None,
+            UnplacedCause.MAX_PER_HOST,
+            "1 of 3 replicas fit on no host (each needs memory=256Mi cpus=0.5): "
+            "host-1: holds max_per_host 1; host-2: holds max_per_host 1",
+            id="max-per-host",
+        ),
+        pytest.param(
+            manifest(replicas=1), [], None, UnplacedCause.NO_HOSTS,
+            "1 of 1 replicas fit on no host (each needs memory=256Mi cpus=0.5): no live app host",
+            id="no-hosts",
+        ),
+        pytest.param(
+            manifest(replicas=1, hosts=["host-7"]), [H1], None, UnplacedCause.NO_HOSTS,
+            "1 of 1 replicas fit on no host (each needs memory=256Mi cpus=0.5): "
+            "no live app host in placement.hosts",
+            id="placement-hosts-leaves-others-unnamed",
+        ),
+    ],
+)  # fmt: skip
+def test_unplaced_reason(
+    m: Manifest, hosts: list[HostInfo], before: dict[str, int] | None, cause: UnplacedCause, reason: str
+) -> None:
+    """What fits nowhere says why: the resource short with each host's free amount, labels, lost hosts."""
+    current = {} if before is None else {m.name: record(m, before)}
+    result = schedule({m.name: m}, hosts, current, NOW, GRACE)[m.name]
+    assert (result.cause, result.reason) == (cause, reason)
+
+
+def test_unplaced_reason_names_at_most_ten_hosts() -> None:
+    """A reason stays short on a large cluster: ten hosts named, the rest counted."""
+    hosts = [sized(f"host-{i:02d}", 128 * MI) for i in range(15)]
+    reason = schedule({"web": manifest(replicas=1)}, hosts, {}, NOW, GRACE)["web"].reason
+    assert reason.count("memory 128Mi free") == 10
+    assert reason.endswith("; and 5 more hosts")
+
+
+def test_capacity_invariants_over_many_inputs() -> None:
+    """Whatever the input, no host gets a new replica beyond its capacity or against the labels."""
+    hosts = [sized("host-1", 2 * GI, 1000, zone="a"), sized("host-2", 5 * GI, 3000, zone="b"), live("host-3")]
+    for replicas, memory, cpus, zone, before in itertools.product(
+        [1, 3, 7], [512 * MI, 2 * GI], [250, 1500], [None, "a", "b"], [{}, {"host-1": 3}, {"host-2": 1}]
+    ):
+        m = manifest(
+            replicas=replicas, memory=memory, cpus=cpus, labels=None if zone is None else {"zone": zone}
+        )
+        out = schedule({"web": m}, hosts, {"web": record(m, before)}, NOW, GRACE)["web"]
+        assert out.total + out.unplaced == replicas
+        for host in hosts:
+            n = out.hosts.get(host.name, 0)
+            assert zone is None or n == 0 or host.labels.get("zone") == zone
+            if n > before.get(host.name, 0) and host.capacity is not None:
+                assert host.capacity.covers(m.resources.times(n))

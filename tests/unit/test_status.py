@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from consul_operator.desired_state import Manifest, ManifestError, parse_manifest
-from consul_operator.records import PlacementRecord, RolloutRecord, RolloutState, StatusRecord, frozen_map
+from consul_operator.records import (
+    PlacementRecord,
+    RolloutRecord,
+    RolloutState,
+    StatusRecord,
+    UnplacedCause,
+    frozen_map,
+)
 from consul_operator.status import (
     JSON_FIELDS,
     PROGRESS_DEADLINE,
@@ -600,3 +607,28 @@ def test_json_carries_the_rollout() -> None:
         "reason": "deadline",
     }
     assert tuple(service["rollout"]) == JSON_FIELDS["rollout"]
+
+
+def test_unplaceable_service_says_why() -> None:
+    """The leader's reason (resource, hosts' free amounts, labels) is an error and in wait's shortfall."""
+    reason = (
+        "1 of 2 replicas fit on no host (each needs memory=4Gi cpus=0.5): "
+        "host-1: memory 1Gi free; host-2: lacks label zone=a"
+    )
+    place = dataclasses.replace(
+        placement({"host-1": 1}, unplaced=1), cause=UnplacedCause.MEMORY, reason=reason
+    )
+    view = build_status(snapshot(place=place, records=(record("host-1", 1),), passing={"host-1": 1}))
+    service = only(view)
+    assert (service.state, service.errors) == ("Unplaceable", (reason,))
+    assert shortfalls(view, ["simple"]) == [f"simple: 1/2 healthy, 1 running, 1 cannot be placed: {reason}"]
+    assert f"  ! {reason}" in render_table(view, color=False).splitlines()
+    assert to_json(view)["services"][0]["errors"] == [reason]  # type: ignore[index]
+
+
+def test_invalid_manifest_does_not_repeat_an_old_unplaced_reason() -> None:
+    """A manifest made invalid shows its own problems, not the reason of its last valid placement."""
+    place = dataclasses.replace(placement({"host-1": 1}, unplaced=1), reason="1 of 2 replicas fit on no host")
+    service = only(build_status(snapshot(manifest=BAD, place=place)))
+    assert service.unplaced_reason == ""
+    assert not any("fit on no host" in error for error in service.errors)
