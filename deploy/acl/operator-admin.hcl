@@ -1,16 +1,21 @@
 # ACL policy for people (or CI) who change the desired state: `consul kv put
-# services/NAME`, `operator apply|delete|status|wait|plan`, and who take hosts
-# out for maintenance: `operator cordon|drain|uncordon HOST` write
-# operator/hosts/<host>. Writes manifests and maintenance records, reads what
-# the operator reports; cannot touch the rest of the operator's own state.
+# services/NAME`, `operator apply|delete|status|wait|plan|rollback`, and who
+# take hosts out for maintenance: `operator cordon|drain|uncordon HOST`.
+# Writes manifests, rollback requests (operator/rollback/<name>) and
+# maintenance records (operator/hosts/<host>), reads what the operator
+# reports; cannot touch the rest of the operator's own state.
 key_prefix "services/" {
   policy = "write"
 }
 key_prefix "operator/" {
   policy = "read"
 }
-# The most specific rule wins: write on operator/hosts/ only.
+# The most specific rule wins: write on operator/hosts/ (cordon, drain) and
+# operator/rollback/ (`operator rollback NAME`) only.
 key_prefix "operator/hosts/" {
+  policy = "write"
+}
+key_prefix "operator/rollback/" {
   policy = "write"
 }
 service_prefix "" {

@@ -396,3 +396,18 @@ def test_admin_token_cordons_and_drains_and_may_write_nothing_else_of_the_operat
     assert acl_cluster.consul.kv_get(key).value is None
     wait_until(lambda: acl_cluster.converged(running, 2), timeout=60, what=f"{running} as before")
     assert state_of(acl_cluster, running)[1] == before[1], "no container touched: none could move"
+
+
+def test_admin_token_may_request_a_rollback_and_the_lb_token_may_not(
+    acl_env: Staging, acl_cluster: Cluster
+) -> None:
+    """`operator rollback` writes operator/rollback/<name>: the admin token may, the LB token may not."""
+    key = acl_cluster.layout.rollback_key("acl-rollback-probe")
+    admin = ConsulClient(acl_env.consul_addr(), acl_env.token("operator-admin"))
+    lb = ConsulClient(acl_env.consul_addr(), acl_env.token("operator-lb"))
+    with pytest.raises(ConsulPermissionDenied):
+        lb.kv_put(key, b"{}")
+    try:
+        assert admin.kv_put(key, b"{}", cas=0)
+    finally:
+        admin.kv_delete(key)
