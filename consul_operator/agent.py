@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import structlog
 from docker import DockerClient
 
-from consul_operator import metrics
+from consul_operator import event_log, metrics
 from consul_operator.actuators.catalog import CatalogActuator
 from consul_operator.actuators.docker import DockerActuator
 from consul_operator.backoff import retry_delay
@@ -74,6 +74,7 @@ def run_agent(config: AgentConfig) -> int:
     catalog = CatalogActuator(consul, cluster=config.cluster, host=config.host, advertise=config.advertise)
     if config.metrics_addr:
         metrics.serve(config.metrics_addr)
+    event_log.start_flusher(consul, config.layout, config.host, stop)
 
     host_trigger, schedule_trigger = Trigger(), Trigger()
     presence = Presence(

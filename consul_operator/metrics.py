@@ -21,6 +21,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from consul_operator.events import REASONS as EVENT_REASONS
 from consul_operator.health import HEALTH
 
 # Fixed label values, pre-created below so that a rate() over them starts at 0.
@@ -198,6 +199,26 @@ LB_REJECT_REASONS = (
     "wrong_address",
     "unreported",
 )
+EVENT_FLUSH_RESULTS = ("ok", "error")
+events_recorded = Counter(
+    "operator_events_recorded",
+    "Events recorded by this daemon (placed, started, crashed...): see docs/status.md.",
+    ["reason"],
+)
+events_dropped = Counter(
+    "operator_events_dropped",
+    "Events dropped unwritten: the oldest, when the in-memory buffer is full (Consul away).",
+)
+events_flushes = Counter(
+    "operator_events_flushes",
+    "Batches of events written to Consul KV (one transaction each): ok or error.",
+    ["result"],
+)
+for _result in EVENT_FLUSH_RESULTS:
+    events_flushes.labels(_result)
+for _reason in EVENT_REASONS:
+    events_recorded.labels(_reason)
+
 for _result in LB_RELOAD_RESULTS:
     lb_reloads.labels(_result)
 for _reason in WRITE_FAILURE_REASONS:
