@@ -43,6 +43,7 @@ from consul_operator.loop import (
 from consul_operator.model import ServiceInstance
 from consul_operator.ownership import owned
 from consul_operator.presence import read_agents
+from consul_operator.status_page import status_page
 from consul_operator.upstreams import (
     LBView,
     Rejected,
@@ -281,7 +282,8 @@ def run_lb(config: LBConfig) -> int:
     # /healthz: NGINX must accept connections where it listens (Consul reports itself).
     HEALTH.add_probe("nginx", tcp_probe(config.listen))
     if config.metrics_addr:
-        metrics.serve(config.metrics_addr)
+        served_by = f"load balancer {config.listen}"
+        metrics.serve(config.metrics_addr, page=status_page(consul, config.layout, config.cluster, served_by))
     event_log.start_flusher(consul, config.layout, lb_host(config.listen), stop)
     lb = LoadBalancer(
         consul,
