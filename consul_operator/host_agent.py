@@ -338,6 +338,9 @@ class Executor:
         except ConsulError as exc:
             log.warning("deregistration failed", container=c.name, error=str(exc))
         if not action.crashed:
+            if c.state in ("exited", "dead"):  # it died after a good run: no back-off, still worth saying
+                message = events.crash_message(c.name, c.exit_code, c.oom_killed, c.error, 0.0)
+                event_log.record(c.service, events.CRASHED, message)
             self.docker.remove(c.id)
             return
         # Counted before the container goes: Docker reports the removal (an event

@@ -62,6 +62,7 @@ _PAGE = """\
 body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;margin-bottom:1em}th,td{padding:.2em .7em;text-align:left;border-bottom:1px solid #ddd}
 th{background:#f3f3f3}.ok{color:#176f2c}.bad{color:#b00020;font-weight:bold}.warn td.state,.event.warn td.reason{color:#a15c00;font-weight:bold}
+td{white-space:nowrap}td.message,td.state{white-space:normal}
 h1{font-size:1.3em}h2{font-size:1.1em;margin-bottom:.3em}small{color:#777}
 </style></head><body>
 <h1>consul-operator <small>cluster {{ cluster }}, served by {{ served_by }}; updates every {{ refresh }}s</small></h1>
