@@ -4,9 +4,11 @@ status page in a real browser (headless Chromium)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -17,7 +19,7 @@ from consul_operator import metrics
 from consul_operator.consul_client import ConsulClient
 from consul_operator.event_log import EventRecorder, read_events
 from consul_operator.events import CRASHED, MAX_EVENTS, PLACED, parse_record
-from tests.support.bounds import CONVERGE_S, REACT_S, ROLLOUT_S
+from tests.support.bounds import CONVERGE_S, PROCESS_S, REACT_S, ROLLOUT_S
 from tests.support.cluster import Cluster
 from tests.support.cluster import operator as run_operator
 from tests.support.staging import ROOT, wait_until
@@ -33,7 +35,7 @@ def operator(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
 
 def events_of(cluster: Cluster, service: str) -> list[dict[str, Any]]:
     """`operator events NAME --json`: the service's events, oldest first."""
-    done = operator(cluster, "events", service, "--json")
+    done = operator(cluster, "events", service, "--since", "10m", "--json")
     assert done.returncode == 0, done.stderr
     return [json.loads(line) for line in done.stdout.splitlines()]
 
@@ -128,6 +130,30 @@ def test_broken_update_is_rollout_steps_and_a_rollback(cluster: Cluster, service
         timeout=ROLLOUT_S,
         what="the rollback to end",
     )
+
+
+def test_events_follow_prints_each_new_event_and_since_filters(cluster: Cluster, service_name: str) -> None:
+    """`events --follow` prints a new event as it is written, across services; `--since` drops older ones."""
+    command = [sys.executable, "-m", "consul_operator", "events", "--consul", cluster.staging.consul_addr()]
+    follow = subprocess.Popen([*command, "--follow", "--json"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert follow.stdout is not None
+        os.set_blocking(follow.stdout.fileno(), False)
+        cluster.put(service_name, 1)
+        lines: list[str] = []
+
+        def placed() -> bool:
+            lines.extend((follow.stdout.read() or "").splitlines())  # type: ignore[union-attr]
+            return any(json.loads(line)["service"] == service_name for line in lines if line)
+
+        wait_until(placed, timeout=EVENT_S, what=f"--follow to print an event of {service_name}")
+    finally:
+        follow.terminate()
+        assert follow.wait(PROCESS_S) == 0
+    cluster.wait_converged(service_name, 1)
+    wait_event(cluster, service_name, "Started")
+    recent = operator(cluster, "events", service_name, "--since", "0s", "--json")
+    assert recent.returncode == 0 and recent.stdout == "", recent.stdout
 
 
 @pytest.fixture
