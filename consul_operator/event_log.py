@@ -45,7 +45,7 @@ class EventRecorder:
 
     def __init__(self, *, size: int = BUFFER_SIZE, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
-        self.host = ""
+        self.host = "local"  # `start_flusher` names the daemon
         self._lock = threading.Lock()
         self._buffer: deque[ServiceEvent] = deque()
         self._size = size

@@ -289,6 +289,7 @@ def test_service_nginx_refuses_never_freezes_the_others(
     for name in (bad, good):
         cluster.wait_converged(name, 1)
     poisoned: set[str] = set()
+    event_log.RECORDER.host = "lb-test"  # what start_flusher names a real LB's events after
     nginx = ManagedNginx(tmp_path / "nginx", binary=nginx_binary)
     lb = LoadBalancer(
         ConsulClient(cluster.staging.consul_addr("host-3")),
@@ -327,7 +328,6 @@ def test_service_nginx_refuses_never_freezes_the_others(
         assert kept == first_bad, "the refused service keeps its last good upstream"
         assert "slow_start" not in (nginx.current() or "")
         # The in-process LB records into this process's recorder: flushed here as its flusher would.
-        event_log.RECORDER.host = "lb-test"
         event_log.RECORDER.flush(cluster.consul, cluster.layout)
         refused = [
             e for e in event_log.read_events(cluster.consul, cluster.layout, bad) if e.host == "lb-test"
