@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import structlog
 from docker import DockerClient
 
-from consul_operator import metrics
+from consul_operator import event_log, metrics
 from consul_operator.actuators.catalog import CatalogActuator
 from consul_operator.actuators.docker import DockerActuator
 from consul_operator.backoff import retry_delay
@@ -36,6 +36,7 @@ from consul_operator.leader import LeaderElection
 from consul_operator.loop import Trigger, run_loop, stop_on_signals, wait_for_stop
 from consul_operator.presence import AGENT_SERVICE, Presence
 from consul_operator.scheduler import Scheduler
+from consul_operator.status_page import status_page
 
 log = structlog.get_logger()
 
@@ -73,7 +74,11 @@ def run_agent(config: AgentConfig) -> int:
     )
     catalog = CatalogActuator(consul, cluster=config.cluster, host=config.host, advertise=config.advertise)
     if config.metrics_addr:
-        metrics.serve(config.metrics_addr)
+        metrics.serve(
+            config.metrics_addr,
+            page=status_page(consul, config.layout, config.cluster, f"agent {config.host}"),
+        )
+    event_log.start_flusher(consul, config.layout, config.host, stop)
 
     host_trigger, schedule_trigger = Trigger(), Trigger()
     presence = Presence(

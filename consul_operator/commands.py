@@ -1,4 +1,5 @@
-"""The commands a person runs: validate, status, wait, apply, plan, rollback, delete, cordon, drain, uncordon.
+"""The commands a person runs: validate, status, describe, events, wait, apply, plan, rollback, delete,
+cordon, drain, uncordon.
 
 Exit codes: 0 done / converged, 1 not (invalid file, not converged, timed
 out, no such service), 2 usage error or Consul unreachable.
@@ -15,10 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from consul_operator.consul_client import TXN_MAX_BYTES, TXN_MAX_OPS, BlockingQuery, ConsulClient
-from consul_operator.desired_state import Manifest, ManifestError, parse_manifest
+from consul_operator.describe import build_description, description_json, event_line, render_description
+from consul_operator.desired_state import Manifest, ManifestError, is_dns_label, parse_manifest
 from consul_operator.durations import format_duration
 from consul_operator.errors import ConsulError, ConsulPermissionDenied
+from consul_operator.event_log import read_events
 from consul_operator.keys import Layout
+from consul_operator.kv_state import read_statuses
 from consul_operator.maintenance import drain_remains
 from consul_operator.model import HostInfo
 from consul_operator.presence import agent_registrations, hosts_of
@@ -607,3 +611,67 @@ def wait_drained(
             query.next()
         except ConsulError:
             time.sleep(min(1.0, max(0.0, deadline - clock())))
+
+
+# --- describe and events ----------------------------------------------------------------
+
+
+def describe(target: Target, name: str, *, as_json: bool) -> int:
+    """Print one service's spec, placement, replicas and recent events; 1 when there is no such service."""
+    try:
+        now = time.time()
+        view = _view(target)
+        found = [s for s in view.services if s.name == name]
+        if not found:
+            print(f"{name}: no such service", file=sys.stderr)
+            return EXIT_NOT_OK
+        entry = target.consul.kv_get(target.layout.service_key(name)).value
+        spec = entry.value.decode("utf-8", "replace") if entry is not None else ""
+        records = read_statuses(target.consul, target.layout).get(name, {})
+        instances = target.consul.health_service(name).value if is_dns_label(name) else []
+        recent = read_events(target.consul, target.layout, name, now=now)
+    except ConsulError as exc:
+        return _unreachable(exc)
+    described = build_description(now, found[0], spec, records, instances, recent)
+    if as_json:
+        only = _only(view, [name])
+        status_json = to_json(only)["services"]
+        assert isinstance(status_json, list)
+        print(json.dumps(description_json(described, status_json[0]), indent=2, sort_keys=True))
+    else:
+        print(render_description(described), end="")
+    return EXIT_OK
+
+
+def events(target: Target, name: str | None, *, since: float | None, follow: bool, as_json: bool) -> int:
+    """Print the recent events of one service or of all, oldest first; with ``follow``, then each new one."""
+    query = BlockingQuery(
+        lambda i, w: target.consul.kv_list(target.layout.events_prefix, index=i, wait=w), wait=5
+    )
+    shown: set[tuple[str, str, str, float, int]] = set()
+    try:
+        if follow:
+            query.next()
+        while True:
+            now = time.time()
+            for event in read_events(target.consul, target.layout, name, now=now):
+                key = (event.service, event.host, event.reason, event.time, event.count)
+                if key in shown or (since is not None and now - event.time > since):
+                    continue
+                shown.add(key)
+                if as_json:
+                    print(json.dumps(event.to_dict(), sort_keys=True))
+                else:
+                    service = "" if name else f"{event.service:<16} "
+                    print(service + event_line(event, now))
+            if not follow:
+                return EXIT_OK
+            sys.stdout.flush()
+            while not query.next()[0]:
+                pass
+    except ConsulError as exc:
+        return _unreachable(exc)
+    except KeyboardInterrupt:
+        if not follow:
+            raise
+        return EXIT_OK

@@ -37,7 +37,7 @@ from consul_operator.errors import (
     NotLeader,
 )
 from consul_operator.model import ServiceInstance
-from consul_operator.txn import txn_body
+from consul_operator.txn import txn_body, txn_operation
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -309,6 +309,29 @@ class ConsulClient:
         """Give the lock ``key`` up."""
         with _wrapped(f"releasing {key!r}"):
             return bool(self._client.kv.put(key, "", release=session))
+
+    def kv_txn(self, writes: Mapping[str, bytes | None]) -> None:
+        """Write (or, for None, delete) keys in one transaction, unfenced: for keys with one writer.
+
+        Pack with `txn.pack_writes` first; a refusal raises `ConsulError`
+        (`ConsulPermissionDenied` for an ACL refusal).
+        """
+        ops = [txn_operation(key, value) for key, value in writes.items()]
+        described = f"a transaction of {_describe_keys(writes)}"
+        with _wrapped(described):
+            response = self._client.http.put(
+                lambda r: r, "/v1/txn", data=json.dumps(ops), headers=self._client.prepare_headers()
+            )
+        code = int(response.code)
+        if code < 400:
+            return
+        metrics.consul_errors.inc()
+        body = str(response.body)
+        errors = _txn_errors(body) if code == 409 else []
+        text = "; ".join(what for _, what in errors) or body.strip()[:300]
+        if code == 403 or any("permission denied" in what.lower() for _, what in errors):
+            raise ConsulPermissionDenied(f"permission denied for {described}: {text}", status=code)
+        raise ConsulError(f"Consul refused {described} (HTTP {code}): {text}", status=code)
 
     def fenced_write(self, lock_key: str, session: str, writes: Mapping[str, bytes | None]) -> None:
         """Write (or, for None, delete) keys only while ``session`` holds ``lock_key``.

@@ -19,7 +19,7 @@ from types import MappingProxyType
 
 import structlog
 
-from consul_operator import metrics
+from consul_operator import event_log, events, metrics
 from consul_operator.actuators.catalog import CatalogActuator
 from consul_operator.actuators.docker import DockerActuator, container_name
 from consul_operator.backoff import Backoff, backoff_after_failure
@@ -178,7 +178,7 @@ class Executor:
                 case Register(container=c, manifest=m):
                     log.info("registering", service=c.service, container=c.name, reason="missing or outdated")
                     self._busy_registrations.add(c.name)
-                    job = _Job("register", service, lambda: self.catalog.register(c, m), sid=c.name, key=key)
+                    job = _Job("register", service, lambda: self._register(c, m), sid=c.name, key=key)
                 case Deregister(service_id=sid, reason=why):
                     log.info("deregistering", service_id=sid, reason=why)
                     self._busy_registrations.add(sid)
@@ -281,7 +281,9 @@ class Executor:
             info = self.docker.start(manifest, name=name)
         except OperatorError as exc:
             self._fail(manifest.name, f"start failed: {exc}", manifest.spec_hash())
+            event_log.record(manifest.name, events.START_FAILED, f"container {name} not started: {exc}")
             raise
+        event_log.record(manifest.name, events.STARTED, f"started container {info.name} (missing replica)")
         log.info(
             "started",
             service=manifest.name,
@@ -292,10 +294,17 @@ class Executor:
         # A container that already exited publishes no port: the next pass removes it.
         if manifest.port and info.host_port is not None:
             try:
-                self.catalog.register(info, manifest)
+                self._register(info, manifest)
             except ConsulError as exc:
                 # The container runs; the next pass registers it.
                 log.warning("registration failed", container=info.name, error=str(exc))
+
+    def _register(self, container: ContainerInfo, manifest: Manifest) -> None:
+        self.catalog.register(container, manifest)
+        where = f" at port {container.host_port}" if container.host_port else ""
+        event_log.record(
+            container.service, events.REGISTERED, f"registered {container.name}{where} in Consul"
+        )
 
     def _drain(self, action: DrainContainer) -> _Later:
         """Deregister now; stop and remove once the drain time is over, on a worker again."""
@@ -303,6 +312,8 @@ class Executor:
         # Deregister first: if Consul refuses, nothing is stopped (the next pass retries).
         self.catalog.deregister(c.name)
         log.info("draining", service=c.service, container=c.name, reason=action.reason, drain=action.drain)
+        why = f"deregistered {c.name}, stopping it in {action.drain:g}s: {action.reason}"
+        event_log.record(c.service, events.DRAINED, why)
         stop = _Job("drain", c.service, lambda: self._stop(action), cid=c.id, key=action_key(action))
         return self.mono() + action.drain, stop
 
@@ -311,6 +322,7 @@ class Executor:
         self.docker.stop(c.id, action.stop_grace)
         self.docker.remove(c.id)
         log.info("stopped", service=c.service, container=c.name, reason=action.reason)
+        event_log.record(c.service, events.STOPPED, f"stopped and removed {c.name}: {action.reason}")
 
     def _remove_dead(self, action: RemoveDead) -> None:
         c = action.container
@@ -326,6 +338,9 @@ class Executor:
         except ConsulError as exc:
             log.warning("deregistration failed", container=c.name, error=str(exc))
         if not action.crashed:
+            if c.state in ("exited", "dead"):  # it died after a good run: no back-off, still worth saying
+                message = events.crash_message(c.name, c.exit_code, c.oom_killed, c.error, 0.0)
+                event_log.record(c.service, events.CRASHED, message)
             self.docker.remove(c.id)
             return
         # Counted before the container goes: Docker reports the removal (an event
@@ -337,6 +352,12 @@ class Executor:
             previous = self.backoffs.get(c.service, Backoff())
             counted = backoff_after_crash(previous, self.mono(), action)
             self.backoffs[c.service] = counted
+            retry_in = counted.retry_at - self.mono()
+        event_log.record(
+            c.service,
+            events.CRASHED,
+            events.crash_message(c.name, c.exit_code, c.oom_killed, c.error, retry_in),
+        )
         try:
             self.docker.remove(c.id)
         except Exception:

@@ -98,6 +98,22 @@ class Layout:
         """``operator/hosts/<host>``: ``host`` cordoned, or draining (`records.HostRecord`)."""
         return self.hosts_prefix + host
 
+    def record_of(self, prefix: str, key: str) -> str | None:
+        """The service of a ``<prefix><service>`` key; None for other keys."""
+        if not key.startswith(prefix):
+            return None
+        rest = key[len(prefix) :]
+        return rest if rest and "/" not in rest else None
+
+    @property
+    def events_prefix(self) -> str:
+        """``operator/events/``: what the leader and the agents did, and why (`events`)."""
+        return self.operator_prefix + "events/"
+
+    def events_key(self, name: str, host: str) -> str:
+        """``operator/events/<name>/<host>``: the recent events of ``name`` recorded on ``host``."""
+        return f"{self.events_prefix}{name}/{host}"
+
     def service_of(self, key: str) -> str | None:
         """The service an ``operator/`` record belongs to (placement, status, revision, rollout,
         rollback); None for other keys. The leader groups its writes by it."""

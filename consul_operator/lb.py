@@ -25,7 +25,7 @@ from typing import Protocol
 
 import structlog
 
-from consul_operator import metrics
+from consul_operator import event_log, events, metrics
 from consul_operator.actuators.nginx import ApplyResult, ManagedNginx, SystemNginx, render
 from consul_operator.backoff import retry_delay
 from consul_operator.consul_client import ConsulClient
@@ -43,6 +43,7 @@ from consul_operator.loop import (
 from consul_operator.model import ServiceInstance
 from consul_operator.ownership import owned
 from consul_operator.presence import read_agents
+from consul_operator.status_page import status_page
 from consul_operator.upstreams import (
     LBView,
     Rejected,
@@ -207,13 +208,11 @@ class LoadBalancer:
         served = {up.name: up for up in view.upstreams}
         for name in sorted(faulty - self._quarantined):
             kept = served.get(name)
-            log.error(
-                "service held back: nginx -t refuses its upstream",
-                service=name,
-                serving=f"its last good upstream ({len(kept.servers)} servers)"
-                if kept and kept.servers
-                else "503",
+            serving = (
+                f"its last good upstream ({len(kept.servers)} servers)" if kept and kept.servers else "503"
             )
+            log.error("service held back: nginx -t refuses its upstream", service=name, serving=serving)
+            event_log.record(name, events.RELOAD_REFUSED, f"nginx -t refuses its upstream; serving {serving}")
         for name in sorted(self._quarantined - faulty):
             log.info("service no longer held back", service=name)
         self._quarantined = faulty
@@ -238,6 +237,11 @@ class LoadBalancer:
                 metrics.lb_rejected.labels(r.reason).inc()
                 log.warning("catalog data rejected", service=r.service, instance=r.instance, reason=r.detail)
         self._reported = seen
+
+
+def lb_host(listen: str) -> str:
+    """The name the load balancer records its events under: one writer per key, so one per listener."""
+    return "lb-" + "".join(c if c.isalnum() or c in ".-" else "-" for c in listen)
 
 
 @dataclass(frozen=True)
@@ -278,7 +282,9 @@ def run_lb(config: LBConfig) -> int:
     # /healthz: NGINX must accept connections where it listens (Consul reports itself).
     HEALTH.add_probe("nginx", tcp_probe(config.listen))
     if config.metrics_addr:
-        metrics.serve(config.metrics_addr)
+        served_by = f"load balancer {config.listen}"
+        metrics.serve(config.metrics_addr, page=status_page(consul, config.layout, config.cluster, served_by))
+    event_log.start_flusher(consul, config.layout, lb_host(config.listen), stop)
     lb = LoadBalancer(
         consul,
         config.layout,

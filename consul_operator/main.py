@@ -166,6 +166,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     return commands.status(_target(args), args.names, as_json=args.json, watch=args.watch, color=color)
 
 
+def cmd_describe(args: argparse.Namespace) -> int:
+    """One service: spec, placement per host, replicas and recent events."""
+    return commands.describe(_target(args), args.name, as_json=args.json)
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    """Recent events of one service or of all, oldest first; ``--follow`` keeps printing new ones."""
+    if args.follow:
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    return commands.events(_target(args), args.name, since=args.since, follow=args.follow, as_json=args.json)
+
+
 def cmd_wait(args: argparse.Namespace) -> int:
     """Block until the services are converged, or (``--drained HOST``) until nothing runs on a host."""
     if bool(args.names) == (args.drained is not None):
@@ -325,6 +337,22 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="stable JSON (fields in docs/status.md)")
     status.add_argument("--watch", action="store_true", help="print again on every change")
     status.set_defaults(func=cmd_status)
+
+    describe = sub.add_parser("describe", help="one service: spec, placement, replicas and recent events")
+    _add_common(describe)
+    describe.add_argument("name", metavar="NAME")
+    describe.add_argument("--json", action="store_true", help="JSON (fields in docs/status.md)")
+    describe.set_defaults(func=cmd_describe)
+
+    events = sub.add_parser("events", help="recent events (placed, started, crashed...), oldest first")
+    _add_common(events)
+    events.add_argument("name", nargs="?", metavar="NAME", help="only this service")
+    events.add_argument(
+        "--since", type=_duration, default=None, help="only events newer than this (e.g. 10m)"
+    )
+    events.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    events.add_argument("--json", action="store_true", help="one JSON object per line")
+    events.set_defaults(func=cmd_events)
 
     wait = sub.add_parser(
         "wait",

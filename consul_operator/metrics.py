@@ -21,6 +21,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from consul_operator.events import REASONS as EVENT_REASONS
 from consul_operator.health import HEALTH
 
 # Fixed label values, pre-created below so that a rate() over them starts at 0.
@@ -198,6 +199,26 @@ LB_REJECT_REASONS = (
     "wrong_address",
     "unreported",
 )
+EVENT_FLUSH_RESULTS = ("ok", "error")
+events_recorded = Counter(
+    "operator_events_recorded",
+    "Events recorded by this daemon (placed, started, crashed...): see docs/status.md.",
+    ["reason"],
+)
+events_dropped = Counter(
+    "operator_events_dropped",
+    "Events dropped unwritten: the oldest, when the in-memory buffer is full (Consul away).",
+)
+events_flushes = Counter(
+    "operator_events_flushes",
+    "Batches of events written to Consul KV (one transaction each): ok or error.",
+    ["result"],
+)
+for _result in EVENT_FLUSH_RESULTS:
+    events_flushes.labels(_result)
+for _reason in EVENT_REASONS:
+    events_recorded.labels(_reason)
+
 for _result in LB_RELOAD_RESULTS:
     lb_reloads.labels(_result)
 for _reason in WRITE_FAILURE_REASONS:
@@ -212,12 +233,26 @@ for _action in ACTIONS:
         container_actions.labels(_action, _result)
 
 
+PageFn = Callable[[bool], str]
+"""Renders the status page (`status_page`): the whole page, or (True) its main fragment."""
+
+
 class _Handler(BaseHTTPRequestHandler):
     registry: CollectorRegistry = REGISTRY
     problems: Callable[[], list[str]] = staticmethod(HEALTH.problems)
+    page: PageFn | None = None
 
     def do_GET(self) -> None:
-        if self.path.split("?")[0] == "/metrics":
+        path, _, query = self.path.partition("?")
+        page = type(self).page
+        if path == "/" and page is not None:
+            try:
+                html = page(query == "part=main").encode()
+            except Exception as exc:  # a page that cannot be read says so; the daemon goes on
+                self._send(503, f"status unavailable: {type(exc).__name__}\n".encode(), "text/plain")
+                return
+            self._send(200, html, "text/html; charset=utf-8")
+        elif path == "/metrics":
             self._send(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
         elif self.path.split("?")[0] == "/healthz":
             found = type(self).problems()
@@ -237,14 +272,19 @@ class _Handler(BaseHTTPRequestHandler):
         """Scrapes are not worth a log line each."""
 
 
-def serve(address: str, problems: Callable[[], list[str]] = HEALTH.problems) -> ThreadingHTTPServer:
-    """Serve /metrics and /healthz on ``host:port`` from a daemon thread.
+def serve(
+    address: str, problems: Callable[[], list[str]] = HEALTH.problems, page: PageFn | None = None
+) -> ThreadingHTTPServer:
+    """Serve /metrics, /healthz and (given ``page``) the status page / on ``host:port`` from a daemon thread.
 
     ``/healthz`` answers 200 ``ok`` when ``problems()`` finds nothing, else 503
     with ``unhealthy`` and one line per failing loop or dependency.
     """
     host, _, port = address.rpartition(":")
-    handler = type("Handler", (_Handler,), {"problems": staticmethod(problems)})
+    members: dict[str, object] = {"problems": staticmethod(problems)}
+    if page is not None:
+        members["page"] = staticmethod(page)
+    handler = type("Handler", (_Handler,), members)
     server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from consul_operator import metrics
+from consul_operator import event_log, events, metrics
 from consul_operator.backoff import Backoff, backoff_after_failure
 from consul_operator.cluster_state import ClusterState
 from consul_operator.consul_client import ConsulClient
@@ -74,6 +74,8 @@ class Scheduler:
     memory: LeaderMemory = field(default_factory=LeaderMemory)
     # Per service whose writes Consul refused: the back-off before trying them again.
     write_backoffs: dict[str, Backoff] = field(default_factory=dict)
+    # Invalid manifests whose first problem was recorded as an event: service -> problem.
+    invalid_seen: dict[str, str] = field(default_factory=dict)
 
     def reconcile(self) -> PassResult:
         """One scheduling pass (a no-op unless we lead)."""
@@ -98,6 +100,7 @@ class Scheduler:
         if written:
             metrics.placement_writes.inc(len(written))
             log.info("placements written", changed=sorted({self.layout.service_of(k) or k for k in written}))
+        self._record_events(state, plan, written)
         self._observe(state, plan)
 
         wake = plan.wake_at
@@ -214,6 +217,21 @@ class Scheduler:
             if not rollout.active:
                 metrics.rollouts_total.labels(rollout.state).inc()
 
+    def _record_events(self, state: ClusterState, plan: LeaderPlan, written: list[str]) -> None:
+        """Record the pass's decisions as events (buffered: `event_log`), for what was written."""
+        layout = self.layout
+        occurred = events.leader_events(
+            state,
+            plan.placements,
+            plan.rollouts,
+            written,
+            lambda k: layout.record_of(layout.placement_prefix, k),
+            lambda k: layout.record_of(layout.rollout_prefix, k),
+        )
+        invalid, self.invalid_seen = events.invalid_events(state.manifests, self.invalid_seen)
+        for event in [*occurred, *invalid]:
+            event_log.record(event.service, event.reason, event.message)
+
     def _observe(self, state: ClusterState, plan: LeaderPlan) -> None:
         """Export what only the leader knows: desired, healthy, drift, validity, convergence time."""
         for name in plan.forgotten:
@@ -250,6 +268,7 @@ class Scheduler:
         """No longer the leader: drop the leader's state and metrics."""
         self.memory = LeaderMemory()
         self.write_backoffs.clear()
+        self.invalid_seen.clear()
         metrics.rollout_state.clear()
         metrics.convergence_seconds.clear()
         for gauge in (*metrics.LEADER_SERVICE_GAUGES, metrics.unplaced_replicas):

@@ -100,4 +100,5 @@ def read_snapshot(consul: ConsulClient, layout: Layout, cluster: str | None, now
         passing={name: passing_per_host(instances) for name, instances in state.passing.items()},
         rollouts=state.rollouts,
         maintenance=state.maintenance,
+        capacities=state.capacities,
     )

@@ -17,7 +17,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Final
 
-from consul_operator.desired_state import Manifest, ManifestError
+from consul_operator.desired_state import Manifest, ManifestError, Resources
 from consul_operator.maintenance import drain_remains
 from consul_operator.records import HostRecord, PlacementRecord, RolloutRecord, RolloutState, StatusRecord
 
@@ -131,6 +131,8 @@ class ClusterSnapshot:
     rollouts: Mapping[str, RolloutRecord] = field(default_factory=dict)
     maintenance: Mapping[str, HostRecord] = field(default_factory=dict)
     """The hosts cordoned or draining (``operator/hosts/<host>``)."""
+    capacities: Mapping[str, Resources] = field(default_factory=dict)
+    """What each agent advertises (the status page shows it)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,8 @@
 # Installs what consul-operator needs, and only what is missing (idempotent).
 #
 #   Debian packages  docker.io nginx busybox-static iproute2 curl prometheus ruby
-#                    debootstrap (the node image of scripts/nodes.sh)
+#                    debootstrap (the node image of scripts/nodes.sh), chromium
+#                    (headless: the status page's browser test)
 #   consul           Debian 11's package, fetched through a private apt source
 #                    list (never added to the system's sources) and unpacked
 #   .venv            the package, editable, with its test extras
@@ -48,6 +49,7 @@ declare -A PKG_FILE=(
   [prometheus]=/usr/bin/prometheus  # and /usr/bin/promtool: the tests check metrics, config and alerts with it
   [ruby]=/usr/bin/ruby
   [debootstrap]=/usr/sbin/debootstrap
+  [chromium]=/usr/bin/chromium  # headless: tests/integration/test_events.py loads the status page in it
 )
 # installed PACKAGE: its file exists, or (for a package of DEPS_PACKAGES not in
 # the table) dpkg knows it as installed.

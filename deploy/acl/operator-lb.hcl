@@ -1,14 +1,20 @@
-# ACL policy of `operator lb`: read only. It lists the manifests (which
-# services exist) and reads the passing instances of each; the health
-# endpoints show an instance only when both its service and its node may be
-# read. It serves only instances the agents report in their status records
+# ACL policy of `operator lb`. It lists the manifests (which services exist)
+# and reads the passing instances of each; the health endpoints show an
+# instance only when both its service and its node may be read. It serves
+# only instances the agents report in their status records
 # (operator/status/), at a live agent's address (service operator-agent).
-# It never writes anything to Consul.
+# Its status page (/ on --metrics-addr) reads the rest of operator/ (leader,
+# placements, rollouts, hosts, events). The one thing it writes is its own
+# events: operator/events/<service>/lb-<listen> (a refused NGINX reload).
 key_prefix "services/" {
   policy = "read"
 }
-key_prefix "operator/status/" {
+key_prefix "operator/" {
   policy = "read"
+}
+# The most specific rule wins: write on operator/events/ only.
+key_prefix "operator/events/" {
+  policy = "write"
 }
 service_prefix "" {
   policy = "read"

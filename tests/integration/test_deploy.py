@@ -309,10 +309,14 @@ def rules_of(policy: str) -> str:
     )
 
 
-def test_lb_policy_is_read_only() -> None:
-    """The LB's policy grants nothing but read; the agent's writes only operator/ of the KV store."""
+def test_lb_policy_reads_and_writes_only_its_events() -> None:
+    """The LB's policy reads, and writes nothing but operator/events/ (its own events); the agent's writes
+    only operator/ of the KV store."""
     lb = rules_of("operator-lb.hcl")
-    assert set(re.findall(r'policy = "(\w+)"', lb)) == {"read"}
+    assert re.findall(r'(\w+_prefix) "([^"]*)" \{\n  policy = "write"', lb) == [
+        ("key_prefix", "operator/events/")
+    ]
+    assert set(re.findall(r'policy = "(\w+)"', lb)) == {"read", "write"}
     agent = rules_of("operator-agent.hcl")
     assert re.findall(r'key_prefix "([^"]*)" \{\n  policy = "write"', agent) == ["operator/"]
     assert 'key_prefix "services/" {\n  policy = "read"' in agent

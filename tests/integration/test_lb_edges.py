@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from consul_operator import metrics
+from consul_operator import event_log, metrics
 from consul_operator.actuators.nginx import ManagedNginx, SystemNginx, render
 from consul_operator.backoff import RETRY_CAP, retry_delay
 from consul_operator.consul_client import ConsulClient
@@ -281,13 +281,15 @@ def poisoning(poisoned: set[str]) -> RenderFn:
 def test_service_nginx_refuses_never_freezes_the_others(
     cluster: Cluster, service_name: str, other_service: str, tmp_path: Path, nginx_binary: str
 ) -> None:
-    """When nginx -t refuses one service's upstream, the others keep getting fresh upstreams."""
+    """When nginx -t refuses one service's upstream, the others keep getting fresh upstreams; the refusal
+    is a ReloadRefused event of that service."""
     bad, good = service_name, other_service
     for name in (bad, good):
         cluster.put(name, 1, placement={"hosts": ["host-1"]})
     for name in (bad, good):
         cluster.wait_converged(name, 1)
     poisoned: set[str] = set()
+    event_log.RECORDER.host = "lb-test"  # what start_flusher names a real LB's events after
     nginx = ManagedNginx(tmp_path / "nginx", binary=nginx_binary)
     lb = LoadBalancer(
         ConsulClient(cluster.staging.consul_addr("host-3")),
@@ -325,6 +327,13 @@ def test_service_nginx_refuses_never_freezes_the_others(
         kept = served(OWN_ADDRESS, bad, 6, port=8081)
         assert kept == first_bad, "the refused service keeps its last good upstream"
         assert "slow_start" not in (nginx.current() or "")
+        # The in-process LB records into this process's recorder: flushed here as its flusher would.
+        event_log.RECORDER.flush(cluster.consul, cluster.layout)
+        refused = [
+            e for e in event_log.read_events(cluster.consul, cluster.layout, bad) if e.host == "lb-test"
+        ]
+        assert [e.reason for e in refused] == ["ReloadRefused"], refused
+        assert "nginx -t refuses its upstream" in refused[0].message
 
         poisoned.clear()
         wait_until(
