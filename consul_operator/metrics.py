@@ -7,6 +7,7 @@ label a fixed set of values listed next to its metric.
 
 from __future__ import annotations
 
+import ssl
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -237,8 +238,15 @@ class _Handler(BaseHTTPRequestHandler):
         """Scrapes are not worth a log line each."""
 
 
-def serve(address: str, problems: Callable[[], list[str]] = HEALTH.problems) -> ThreadingHTTPServer:
+def serve(
+    address: str,
+    problems: Callable[[], list[str]] = HEALTH.problems,
+    *,
+    tls: tuple[str, str] | None = None,
+) -> ThreadingHTTPServer:
     """Serve /metrics and /healthz on ``host:port`` from a daemon thread.
+
+    With ``tls`` (a certificate file and its key file, PEM) over HTTPS only.
 
     ``/healthz`` answers 200 ``ok`` when ``problems()`` finds nothing, else 503
     with ``unhealthy`` and one line per failing loop or dependency.
@@ -247,5 +255,11 @@ def serve(address: str, problems: Callable[[], list[str]] = HEALTH.problems) -> 
     handler = type("Handler", (_Handler,), {"problems": staticmethod(problems)})
     server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), handler)
     server.daemon_threads = True
+    if tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(*tls)
+        # The handshake on the handler's thread, not in the accept loop: a slow client stalls no one.
+        server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server
