@@ -1,10 +1,12 @@
 """Consul ACLs for real: default deny, the policies of deploy/acl/, one token per role.
 
-The environment is staging.sh's ACL variant (STAGING_ACL=1) on 127.0.0.71-73,
-under its own name: Consul with deploy/consul/acl.hcl, bootstrapped by
+The environment is staging.sh's secured variant (STAGING_SECURE=1: ACLs, TLS,
+gossip encryption) on 127.0.0.71-73, under its own name: Consul with
+deploy/consul/acl.hcl and deploy/consul/tls.hcl, bootstrapped by
 scripts/acl-bootstrap.sh, the agents and the LB started with their role's
-token. A token that lacks a permission must get an error naming what it may
-not do, and must lose nothing: no KV change, no container touched.
+token and a client certificate (the secured loop itself: test_secure.py). A
+token that lacks a permission must get an error naming what it may not do,
+and must lose nothing: no KV change, no container touched.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from consul_operator.consul_client import ConsulClient
+from consul_operator.consul_client import ConsulClient, ConsulTLS
 from consul_operator.errors import ConsulPermissionDenied
 from tests.support.cluster import Cluster, manifest_yaml
 from tests.support.staging import PROCESSES, ROOT, Staging, pid_alive, tool, wait_until
@@ -38,7 +40,7 @@ TOUCHING = ("create", "start", "kill", "die", "stop", "destroy", "restart")
 def acl_env(docker_engine: docker.DockerClient, nginx_binary: str) -> Iterator[Staging]:
     """The ACL staging environment, up for this module and torn down after it."""
     tool("consul")
-    env = Staging("acl", ACL_ADDRESSES, acl=True)
+    env = Staging("acl", ACL_ADDRESSES, acl=True, secure=True)
     env.run("down")  # a previous run that crashed may have left it behind
     env.run("up")
     yield env
@@ -48,7 +50,12 @@ def acl_env(docker_engine: docker.DockerClient, nginx_binary: str) -> Iterator[S
 @pytest.fixture(scope="module")
 def acl_cluster(acl_env: Staging, docker_engine: docker.DockerClient) -> Cluster:
     """The ACL environment, looked at with the management token."""
-    return Cluster(acl_env, ConsulClient(acl_env.consul_addr(), acl_env.token("management")), docker_engine)
+    return Cluster(acl_env, client(acl_env, acl_env.token("management")), docker_engine)
+
+
+def client(env: Staging, token: str | None) -> ConsulClient:
+    """A Consul client of the environment with ``token`` and its client certificate."""
+    return ConsulClient(env.consul_addr(), token, tls=ConsulTLS.from_env(env.tls_env()))
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +75,7 @@ def operator_cli(env: Staging, token: str, *args: str) -> subprocess.CompletedPr
         text=True,
         timeout=60,
         check=False,
+        env={**os.environ, **env.tls_env()},
     )
 
 
@@ -85,6 +93,7 @@ def consul_acl(env: Staging, *args: str) -> str:
         text=True,
         timeout=30,
         check=True,
+        env={**os.environ, **env.tls_env()},
     )
     return result.stdout
 
@@ -144,7 +153,7 @@ def agents_with_token(cluster: Cluster, token: str, tmp_path: Path, *extra: str)
                             "--advertise",
                             addr,
                             "--consul",
-                            f"{addr}:8500",
+                            env.consul_addr(host),
                             "--cluster",
                             env.name,
                             "--log-json",
@@ -152,7 +161,7 @@ def agents_with_token(cluster: Cluster, token: str, tmp_path: Path, *extra: str)
                         ],
                         stdout=out,
                         stderr=subprocess.STDOUT,
-                        env={**os.environ, "CONSUL_HTTP_TOKEN": token},
+                        env={**os.environ, **env.tls_env(), "CONSUL_HTTP_TOKEN": token},
                     )
                 )
         yield logs
@@ -181,7 +190,7 @@ def log_errors(log: Path) -> list[str]:
 def test_anonymous_requests_are_denied(acl_env: Staging) -> None:
     """ACLs are on with default deny: without a token even a read of services/ is refused."""
     with pytest.raises(ConsulPermissionDenied, match="services/"):
-        ConsulClient(acl_env.consul_addr(), token=None).kv_list("services/")
+        client(acl_env, None).kv_list("services/")
 
 
 def environ(pid: int) -> dict[str, str]:
@@ -387,7 +396,7 @@ def test_admin_token_cordons_and_drains_and_may_write_nothing_else_of_the_operat
         shown = json.loads(operator_cli(acl_env, admin, "status", "--json").stdout)
         host = next(h for h in shown["hosts"] if h["name"] == "host-1")
         assert host["cordoned"] is True and host["drain"]["deadline"] == 300.0
-        admin_client = ConsulClient(acl_env.consul_addr(), admin)
+        admin_client = client(acl_env, admin)
         with pytest.raises(ConsulPermissionDenied):
             admin_client.kv_put(acl_cluster.layout.placement_key(running), b"{}")
     finally:

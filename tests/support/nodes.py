@@ -105,6 +105,10 @@ class Nodes:
         """HTTP address of the Consul agent of ``host`` (its client_addr includes the node's address)."""
         return f"{self.address(host)}:8500"
 
+    def tls_env(self) -> dict[str, str]:
+        """The node environment's Consul is reached over plain HTTP from here: no TLS variables."""
+        return {}
+
     def exec(self, host: str, *command: str, check: bool = True, timeout: float = 120) -> str:
         """Run ``command`` inside the node of ``host``; its stdout."""
         result = subprocess.run(
