@@ -180,10 +180,14 @@ _TLS_FILES: dict[str, str] = {}
 def _tls_reason(exc: Exception) -> str:
     """The short cause of a TLS failure ("certificate verify failed: self-signed certificate")."""
     text = str(exc)
+    if re.search(r"alert (bad certificate|certificate required|unknown ca)", text):
+        return "Consul refused our client certificate (none given, or not signed by its CA)"
+    name = re.search(r"hostname '([^']+)' doesn't match", text)
+    if name:
+        return f"Consul's certificate is not for {name.group(1)!r}"
     for pattern in (
         r"certificate verify failed: [^'\")(]+",
         r"(?:tlsv1[0-9]? |sslv3 )?alert [a-z ]+",
-        r"hostname '[^']+' doesn't match [^'\")]+",
         r"\[[A-Z0-9_]+\] [^'\")(]+",
         r"wrong version number",
     ):
