@@ -21,12 +21,14 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from stat import S_IMODE
 
 import docker
 import pytest
+import requests
 
 from consul_operator.consul_client import ConsulClient, ConsulTLS
-from consul_operator.errors import ConsulPermissionDenied
+from consul_operator.errors import ConsulError, ConsulPermissionDenied, ConsulTLSError, ConsulUnavailable
 from tests.support.cluster import Cluster, manifest_yaml
 from tests.support.staging import PROCESSES, ROOT, Staging, pid_alive, tool, wait_until
 
@@ -405,3 +407,165 @@ def test_admin_token_cordons_and_drains_and_may_write_nothing_else_of_the_operat
     assert acl_cluster.consul.kv_get(key).value is None
     wait_until(lambda: acl_cluster.converged(running, 2), timeout=60, what=f"{running} as before")
     assert state_of(acl_cluster, running)[1] == before[1], "no container touched: none could move"
+
+
+# --- secured: TLS, gossip encryption, secrets hygiene (#21) -----------------------------
+
+
+def tls_files(env: Staging) -> dict[str, str]:
+    """The CA and the client pair of the environment (CONSUL_CACERT...)."""
+    return env.tls_env()
+
+
+def test_plain_http_to_consul_is_refused(acl_env: Staging) -> None:
+    """Secured, Consul has no plain HTTP port, and plain HTTP to its HTTPS port gets no answer but 400."""
+    address = acl_env.addresses[0]
+    with pytest.raises(ConsulUnavailable, match="Connection refused"):
+        ConsulClient(f"http://{address}:8500", acl_env.token("management"), tls=ConsulTLS()).leader()
+    with pytest.raises(ConsulError, match="HTTP request to an HTTPS server"):
+        ConsulClient(f"http://{address}:8501", acl_env.token("management"), tls=ConsulTLS()).leader()
+
+
+def test_a_client_without_a_certificate_is_refused(acl_env: Staging) -> None:
+    """verify_incoming: with the right CA but no client certificate, Consul ends the handshake."""
+    tls = ConsulTLS(ca_file=tls_files(acl_env)["CONSUL_CACERT"])
+    with pytest.raises(ConsulTLSError, match="refused our client certificate"):
+        ConsulClient(acl_env.consul_addr(), acl_env.token("management"), tls=tls).leader()
+
+
+def test_a_wrong_ca_is_refused_with_a_clear_error(acl_env: Staging, tmp_path: Path) -> None:
+    """A CA that did not sign Consul's certificate: CLI exit 2, one line naming the host and the CA file."""
+    subprocess.run([tool("consul"), "tls", "ca", "create"], cwd=tmp_path, check=True, capture_output=True)
+    wrong_ca = str(tmp_path / "consul-agent-ca.pem")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "consul_operator",
+            "status",
+            "--consul",
+            acl_env.consul_addr(),
+            "--ca-file",
+            wrong_ca,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **tls_files(acl_env), "CONSUL_HTTP_TOKEN": acl_env.token("operator-admin")},
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert acl_env.consul_addr() in lines[0] and wrong_ca in lines[0], lines[0]
+    assert "certificate verify failed" in lines[0], lines[0]
+
+
+def test_gossip_is_encrypted(acl_env: Staging) -> None:
+    """Every server runs with the gossip key: the keyring has exactly that one key on all three."""
+    key = (acl_env.run_dir / "tls" / "gossip.key").read_text().strip()
+    listed = keyring(acl_env, "-list")
+    assert key in listed
+    assert "[3/3]" in listed, listed
+
+
+def keyring(env: Staging, *args: str) -> str:
+    """`consul keyring ...` over HTTPS with the management token; returns its output."""
+    result = subprocess.run(
+        [
+            tool("consul"),
+            "keyring",
+            *args,
+            f"-http-addr={env.consul_addr()}",
+            f"-token-file={env.run_dir / 'acl' / 'management.token'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={**os.environ, **env.tls_env()},
+    )
+    return result.stdout
+
+
+def secrets_of(env: Staging) -> dict[str, str]:
+    """Every secret of the environment: the tokens, the gossip key, the private keys."""
+    secrets = {f.name: f.read_text().strip() for f in (env.run_dir / "acl").glob("*.token")}
+    secrets["gossip.key"] = (env.run_dir / "tls" / "gossip.key").read_text().strip()
+    for key in (env.run_dir / "tls").glob("*-key.pem"):
+        # The base64 body of a PEM key: any line of it in a log is a leak.
+        secrets[key.name] = "".join(key.read_text().splitlines()[1:-1])
+    return secrets
+
+
+def test_no_secret_in_any_log_line_or_command_line(
+    acl_env: Staging, acl_cluster: Cluster, running: str
+) -> None:
+    """No token, gossip key or private key in any daemon's log or in any staging process's command line."""
+    secrets = secrets_of(acl_env)
+    assert {"management.token", "operator-agent.token", "gossip.key", "dc1-client-consul-0-key.pem"} <= set(
+        secrets
+    )
+    logs = list((acl_env.run_dir / "logs").glob("*.log"))
+    assert {log.stem for log in logs} >= PROCESSES
+    for log in logs:
+        for number, line in enumerate(log.read_text(errors="replace").splitlines(), 1):
+            for name, secret in secrets.items():
+                assert secret not in line, f"{name} in {log.name} line {number}"
+    for pid in acl_env.pids().values():
+        for proc in with_descendants(pid):
+            try:
+                cmdline = Path(f"/proc/{proc}/cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            for name, secret in secrets.items():
+                assert secret not in cmdline, f"{name} in the command line of pid {proc}"
+
+
+def test_key_and_token_files_are_private_to_their_user(acl_env: Staging) -> None:
+    """Private keys, tokens, the gossip key and files holding it: mode 0600, owned by the daemons' user."""
+    files = [
+        *(acl_env.run_dir / "acl").glob("*.token"),
+        acl_env.run_dir / "acl" / "management.header",
+        *(acl_env.run_dir / "tls").glob("*-key.pem"),
+        acl_env.run_dir / "tls" / "gossip.key",
+        *(acl_env.run_dir / "tls").glob("host-*.hcl"),
+    ]
+    # 7 tokens, the management header, the CA's, client's and 3 servers' keys, the gossip key in 4 files.
+    assert len(files) == 7 + 1 + 5 + 1 + 3
+    daemon_uid = Path(f"/proc/{acl_env.pids()['agent-host-1']}").stat().st_uid
+    for path in files:
+        info = path.stat()
+        assert S_IMODE(info.st_mode) == 0o600, f"{path}: {oct(S_IMODE(info.st_mode))}"
+        assert info.st_uid == daemon_uid, (
+            f"{path} is owned by uid {info.st_uid}, the daemons run as {daemon_uid}"
+        )
+
+
+def test_metrics_are_served_over_tls_only(acl_env: Staging) -> None:
+    """With --metrics-tls-cert/key, /metrics answers over HTTPS (verified by the CA), not over plain HTTP."""
+    address = f"{acl_env.addresses[0]}:9810"
+    ca = tls_files(acl_env)["CONSUL_CACERT"]
+    answer = requests.get(f"https://{address}/metrics", verify=ca, timeout=10)
+    assert answer.status_code == 200 and "operator_" in answer.text
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://{address}/metrics", timeout=10)
+
+
+def test_gossip_key_rotates_without_stopping_anything(
+    acl_env: Staging, acl_cluster: Cluster, running: str
+) -> None:
+    """docs/deploy.md's rotation: install, use, remove; the servers stay members, the containers stay up."""
+    before = {c.id for c in acl_cluster.containers(running)}
+    old = (acl_env.run_dir / "tls" / "gossip.key").read_text().strip()
+    new = subprocess.run(
+        [tool("consul"), "keygen"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    keyring(acl_env, "-install", new)
+    keyring(acl_env, "-use", new)
+    keyring(acl_env, "-remove", old)
+    listed = keyring(acl_env, "-list")
+    assert new in listed and old not in listed, listed
+    assert "[3/3]" in listed, f"not every server answered: {listed}"
+    assert {c.id for c in acl_cluster.containers(running)} == before
+    acl_cluster.wait_converged(running, 2)
