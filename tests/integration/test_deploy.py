@@ -314,7 +314,7 @@ def test_consul_config_validates(host: Path, acl: bool) -> None:
 
 
 def test_secured_consul_config_validates(tmp_path: Path) -> None:
-    """consul.hcl, a host file, acl.hcl, tls.hcl with consul-secrets.sh's CA, certificate, gossip key: valid."""
+    """The secured Consul config (acl.hcl, tls.hcl, consul-secrets.sh's certificates and key) is valid."""
     secrets = tmp_path / "secrets"
     made = subprocess.run(
         ["bash", str(ROOT / "scripts" / "consul-secrets.sh"), str(secrets), "host-1=192.168.50.101"],
