@@ -64,7 +64,7 @@ def secure_cluster(secure_nodes: Nodes) -> Cluster:
 def test_key_and_token_files_are_0600_and_their_services(
     secure_nodes: Nodes, host: str, path: str, owner: str
 ) -> None:
-    """A file provision.sh installed holding a secret: mode 0600, owned by the user of the service reading it."""
+    """A file provision.sh installed holding a secret: mode 0600, owned by the user of its service."""
     assert secure_nodes.exec(host, "stat", "-c", "%a %U", path).split() == ["600", owner]
 
 
