@@ -148,7 +148,7 @@ if compgen -G "/host-ca/*.crt" >/dev/null; then
   update-ca-certificates >/dev/null 2>&1
 fi
 export PIP_CERT=/etc/ssl/certs/ca-certificates.crt
-# The image is every host's: no host's secrets in it (`up` secures each node).
+# The image is for every host: no secrets of a host in it (up secures each node).
 export CONSUL_TLS=0 CONSUL_GOSSIP=0 CONSUL_ACL=0
 NO_START=1 NODE_NAME=host-1 CONSUL_HOST_CONFIG=/vagrant/deploy/consul/hosts/host-1.hcl bash /vagrant/scripts/provision.sh app
 NO_START=1 NODE_NAME=host-3 CONSUL_HOST_CONFIG=/vagrant/deploy/consul/hosts/host-3.hcl bash /vagrant/scripts/provision.sh lb
