@@ -109,3 +109,27 @@ def test_no_secret_in_a_command_line_or_the_journal(secure_nodes: Nodes, secure_
         for name, secret in secrets.items():
             assert secret not in commands, f"{name} in a command line on {host}"
             assert secret not in journal, f"{name} in the journal of {host}"
+
+
+@pytest.mark.parametrize(
+    ("host", "role", "unit"), [("host-1", "app", "operator-agent"), ("host-3", "lb", "operator-lb")]
+)
+def test_provisioning_with_the_defaults_again_changes_nothing(
+    secure_nodes: Nodes, host: str, role: str, unit: str
+) -> None:
+    """provision.sh without a flag is the secured install: run again on a secured host, it changes nothing."""
+    pid = secure_nodes.exec(host, "systemctl", "show", "-p", "MainPID", "--value", unit).strip()
+    out = secure_nodes.exec(
+        host,
+        "env",
+        f"NODE_NAME={host}",
+        f"NODE_ADDR={secure_nodes.address(host)}",
+        "CONSUL_HOST_CONFIG=/srv/node/host.hcl",
+        "bash",
+        "/vagrant/scripts/provision.sh",
+        role,
+        timeout=300,
+    )
+    assert "installed /" not in out and "restarted" not in out and "created" not in out, out
+    assert "keeping" not in out, out
+    assert secure_nodes.exec(host, "systemctl", "show", "-p", "MainPID", "--value", unit).strip() == pid
