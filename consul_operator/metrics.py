@@ -8,6 +8,7 @@ label a fixed set of values listed next to its metric.
 from __future__ import annotations
 
 import ssl
+import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -238,6 +239,17 @@ class _Handler(BaseHTTPRequestHandler):
         """Scrapes are not worth a log line each."""
 
 
+class _Server(ThreadingHTTPServer):
+    """The metrics server: a client that fails the TLS handshake (plain HTTP to HTTPS) is its own problem."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        if isinstance(sys.exc_info()[1], (ssl.SSLError, ConnectionError)):
+            return
+        super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
 def serve(
     address: str,
     problems: Callable[[], list[str]] = HEALTH.problems,
@@ -253,7 +265,7 @@ def serve(
     """
     host, _, port = address.rpartition(":")
     handler = type("Handler", (_Handler,), {"problems": staticmethod(problems)})
-    server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), handler)
+    server = _Server((host or "127.0.0.1", int(port)), handler)
     server.daemon_threads = True
     if tls is not None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

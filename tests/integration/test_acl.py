@@ -548,8 +548,14 @@ def test_metrics_are_served_over_tls_only(acl_env: Staging) -> None:
     ca = tls_files(acl_env)["CONSUL_CACERT"]
     answer = requests.get(f"https://{address}/metrics", verify=ca, timeout=10)
     assert answer.status_code == 200 and "operator_" in answer.text
+    log = acl_env.run_dir / "logs" / "agent-host-1.log"
+    before = log.stat().st_size
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://{address}/metrics", timeout=10)
+    assert requests.get(f"https://{address}/healthz", verify=ca, timeout=10).status_code == 200
+    with log.open() as lines:
+        lines.seek(before)
+        assert "Traceback" not in lines.read(), "a failed handshake is logged as a crash"
 
 
 def test_gossip_key_rotates_without_stopping_anything(
