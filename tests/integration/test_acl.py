@@ -412,11 +412,6 @@ def test_admin_token_cordons_and_drains_and_may_write_nothing_else_of_the_operat
 # --- secured: TLS, gossip encryption, secrets hygiene (#21) -----------------------------
 
 
-def tls_files(env: Staging) -> dict[str, str]:
-    """The CA and the client pair of the environment (CONSUL_CACERT...)."""
-    return env.tls_env()
-
-
 def test_plain_http_to_consul_is_refused(acl_env: Staging) -> None:
     """Secured, Consul has no plain HTTP port, and plain HTTP to its HTTPS port gets no answer but 400."""
     address = acl_env.addresses[0]
@@ -428,7 +423,7 @@ def test_plain_http_to_consul_is_refused(acl_env: Staging) -> None:
 
 def test_a_client_without_a_certificate_is_refused(acl_env: Staging) -> None:
     """verify_incoming: with the right CA but no client certificate, Consul ends the handshake."""
-    tls = ConsulTLS(ca_file=tls_files(acl_env)["CONSUL_CACERT"])
+    tls = ConsulTLS(ca_file=acl_env.tls_env()["CONSUL_CACERT"])
     with pytest.raises(ConsulTLSError, match="refused our client certificate"):
         ConsulClient(acl_env.consul_addr(), acl_env.token("management"), tls=tls).leader()
 
@@ -452,7 +447,7 @@ def test_a_wrong_ca_is_refused_with_a_clear_error(acl_env: Staging, tmp_path: Pa
         text=True,
         timeout=60,
         check=False,
-        env={**os.environ, **tls_files(acl_env), "CONSUL_HTTP_TOKEN": acl_env.token("operator-admin")},
+        env={**os.environ, **acl_env.tls_env(), "CONSUL_HTTP_TOKEN": acl_env.token("operator-admin")},
     )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.splitlines()
@@ -545,7 +540,7 @@ def test_key_and_token_files_are_private_to_their_user(acl_env: Staging) -> None
 def test_metrics_are_served_over_tls_only(acl_env: Staging) -> None:
     """With --metrics-tls-cert/key, /metrics answers over HTTPS (verified by the CA), not over plain HTTP."""
     address = f"{acl_env.addresses[0]}:9810"
-    ca = tls_files(acl_env)["CONSUL_CACERT"]
+    ca = acl_env.tls_env()["CONSUL_CACERT"]
     answer = requests.get(f"https://{address}/metrics", verify=ca, timeout=10)
     assert answer.status_code == 200 and "operator_" in answer.text
     log = acl_env.run_dir / "logs" / "agent-host-1.log"
