@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -570,3 +572,51 @@ def test_gossip_key_rotates_without_stopping_anything(
     assert "[3/3]" in listed, f"not every server answered: {listed}"
     assert {c.id for c in acl_cluster.containers(running)} == before
     acl_cluster.wait_converged(running, 2)
+
+
+def presented_certificate(env: Staging, address: str) -> bytes:
+    """The certificate (DER) Consul's HTTPS API at ``address`` presents, verified with the CA."""
+    files = env.tls_env()
+    context = ssl.create_default_context(cafile=files["CONSUL_CACERT"])
+    context.load_cert_chain(files["CONSUL_CLIENT_CERT"], files["CONSUL_CLIENT_KEY"])
+    with (
+        socket.create_connection((address, 8501), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=address) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return der
+
+
+def test_a_server_certificate_rotates_without_stopping_anything(
+    acl_env: Staging, acl_cluster: Cluster, running: str, tmp_path: Path
+) -> None:
+    """docs/deploy.md's rotation: a new certificate of the same CA, then `consul reload`: nothing stops."""
+    tls = acl_env.run_dir / "tls"
+    address = acl_env.addresses[0]
+    before = {c.id for c in acl_cluster.containers(running)}
+    old = presented_certificate(acl_env, address)
+    ca = ["-ca", str(tls / "consul-agent-ca.pem"), "-key", str(tls / "consul-agent-ca-key.pem")]
+    create = [
+        tool("consul"),
+        "tls",
+        "cert",
+        "create",
+        "-server",
+        "-dc",
+        "dc1",
+        "-additional-ipaddress",
+        address,
+    ]
+    subprocess.run([*create, *ca], cwd=tmp_path, check=True, capture_output=True)
+    new = ssl.PEM_cert_to_DER_cert((tmp_path / "dc1-server-consul-0.pem").read_text())
+    assert new != old
+    # In place: the files keep their mode (0600) and owner.
+    (tls / "dc1-server-consul-0-key.pem").write_text((tmp_path / "dc1-server-consul-0-key.pem").read_text())
+    (tls / "dc1-server-consul-0.pem").write_text((tmp_path / "dc1-server-consul-0.pem").read_text())
+    os.kill(acl_env.pids()["consul-host-1"], signal.SIGHUP)
+    wait_until(lambda: presented_certificate(acl_env, address) == new, timeout=30, what="the new certificate")
+    assert acl_env.consul_alive("host-1")
+    status = operator_cli(acl_env, acl_env.token("operator-admin"), "status", running)
+    assert status.returncode == 0, status.stderr
+    assert {c.id for c in acl_cluster.containers(running)} == before
