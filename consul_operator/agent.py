@@ -25,7 +25,7 @@ from consul_operator import event_log, metrics
 from consul_operator.actuators.catalog import CatalogActuator
 from consul_operator.actuators.docker import DockerActuator
 from consul_operator.backoff import retry_delay
-from consul_operator.consul_client import ConsulClient
+from consul_operator.consul_client import ConsulClient, ConsulTLS
 from consul_operator.desired_state import Resources, host_capacity
 from consul_operator.docker_client import connect, engine_resources
 from consul_operator.errors import ConsulError, DockerError
@@ -61,13 +61,15 @@ class AgentConfig:
     lock_delay: float
     lost_grace: float
     resync: float
+    consul_tls: ConsulTLS | None = None  # None: the consul CLI's environment variables
+    metrics_tls: tuple[str, str] | None = None  # --metrics-tls-cert, --metrics-tls-key
 
 
 def run_agent(config: AgentConfig) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code."""
     stop = stop_on_signals()
 
-    consul = ConsulClient(config.consul_addr, config.consul_token)
+    consul = ConsulClient(config.consul_addr, config.consul_token, tls=config.consul_tls)
     docker = connect(config.docker_host)
     docker_actuator = DockerActuator(
         docker, cluster=config.cluster, host=config.host, advertise=config.advertise
@@ -77,6 +79,7 @@ def run_agent(config: AgentConfig) -> int:
         metrics.serve(
             config.metrics_addr,
             page=status_page(consul, config.layout, config.cluster, f"agent {config.host}"),
+            tls=config.metrics_tls,
         )
     event_log.start_flusher(consul, config.layout, config.host, stop)
 

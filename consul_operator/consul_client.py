@@ -9,7 +9,12 @@ relies on and the library leaves to its callers:
   lets the environment override an explicit token);
 * failures come out as `ConsulUnavailable`, `ConsulPermissionDenied` or
   `ConsulError`, raised from the original exception;
-* `BlockingQuery` follows Consul's rules for blocking-query indexes.
+* `BlockingQuery` follows Consul's rules for blocking-query indexes;
+* TLS as the ``consul`` CLI does it (`ConsulTLS`): ``CONSUL_CACERT``,
+  ``CONSUL_CLIENT_CERT``, ``CONSUL_CLIENT_KEY``, ``CONSUL_HTTP_SSL``,
+  ``CONSUL_HTTP_SSL_VERIFY`` and ``CONSUL_TLS_SERVER_NAME``, the server's
+  certificate verified unless verification is turned off explicitly; a
+  certificate error is a `ConsulTLSError` naming the host and the files.
 """
 
 from __future__ import annotations
@@ -28,11 +33,13 @@ from typing import Any, Generic, TypeVar
 import consul
 import requests
 from consul.callback import CB
+from requests.adapters import HTTPAdapter
 
 from consul_operator import health, metrics
 from consul_operator.errors import (
     ConsulError,
     ConsulPermissionDenied,
+    ConsulTLSError,
     ConsulUnavailable,
     NotLeader,
 )
@@ -86,6 +93,110 @@ class ConsulAddress:
         return f"{self.scheme}://{host}:{self.port}"
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def _flag(name: str, text: str) -> bool:
+    """A boolean environment variable as Go's strconv.ParseBool (and the consul CLI) reads it."""
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    raise ValueError(f"{name} must be true or false, got {text!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ConsulTLS:
+    """How to talk TLS to Consul's HTTPS API: the ``consul`` CLI's settings.
+
+    ``ssl`` None means "as the address says" (``https://`` or not). ``verify``
+    is on unless turned off explicitly (``CONSUL_HTTP_SSL_VERIFY=false``).
+    """
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_name: str | None = None
+    ssl: bool | None = None
+    verify: bool = True
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> ConsulTLS:
+        """The settings of the ``consul`` CLI's environment variables; ValueError names a bad one."""
+        ssl = environ.get("CONSUL_HTTP_SSL")
+        verify = environ.get("CONSUL_HTTP_SSL_VERIFY")
+        return cls(
+            ca_file=environ.get("CONSUL_CACERT") or None,
+            cert_file=environ.get("CONSUL_CLIENT_CERT") or None,
+            key_file=environ.get("CONSUL_CLIENT_KEY") or None,
+            server_name=environ.get("CONSUL_TLS_SERVER_NAME") or None,
+            ssl=None if ssl is None else _flag("CONSUL_HTTP_SSL", ssl),
+            verify=True if verify is None else _flag("CONSUL_HTTP_SSL_VERIFY", verify),
+        )
+
+    def problem(self) -> str | None:
+        """What is wrong with these settings before any connection: a missing file, a half pair."""
+        if (self.cert_file is None) != (self.key_file is None):
+            return "a client certificate needs both a certificate and a key file (CONSUL_CLIENT_CERT/KEY)"
+        for what, path in (
+            ("CA", self.ca_file),
+            ("client certificate", self.cert_file),
+            ("client key", self.key_file),
+        ):
+            if path is not None and not os.path.isfile(path):
+                return f"{what} file {path}: no such file"
+            if path is not None and not os.access(path, os.R_OK):
+                return f"{what} file {path}: not readable"
+        return None
+
+    def describe(self) -> str:
+        """The files in use, for an error message."""
+        parts = [f"CA file {self.ca_file}" if self.ca_file else "the system's CA bundle"]
+        if self.cert_file:
+            parts.append(f"client certificate {self.cert_file}")
+        if self.server_name:
+            parts.append(f"server name {self.server_name}")
+        return ", ".join(parts)
+
+
+class _ServerNameAdapter(HTTPAdapter):
+    """Verify the server's certificate against another name than the address's (CONSUL_TLS_SERVER_NAME)."""
+
+    def __init__(self, server_name: str) -> None:
+        self._server_name = server_name
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["server_hostname"] = self._server_name
+        kwargs["assert_hostname"] = self._server_name
+        super().init_poolmanager(*args, **kwargs)
+
+
+# The TLS files in use per Consul address ("https://host:port"), for error messages.
+_TLS_FILES: dict[str, str] = {}
+
+
+def _tls_reason(exc: Exception) -> str:
+    """The short cause of a TLS failure ("certificate verify failed: self-signed certificate")."""
+    text = str(exc)
+    if re.search(r"alert (bad certificate|certificate required|unknown ca)", text):
+        return "Consul refused our client certificate (none given, or not signed by its CA)"
+    name = re.search(r"hostname '([^']+)' doesn't match", text)
+    if name:
+        return f"Consul's certificate is not for {name.group(1)!r}"
+    for pattern in (
+        r"certificate verify failed: [^'\")(]+",
+        r"(?:tlsv1[0-9]? |sslv3 )?alert [a-z ]+",
+        r"\[[A-Z0-9_]+\] [^'\")(]+",
+        r"wrong version number",
+    ):
+        found = re.search(pattern, text)
+        if found:
+            return found.group(0).strip()
+    return text[:200]
+
+
 def check_token(token: str) -> str:
     """A Consul ACL token as given; ValueError unless it is printable ASCII without spaces.
 
@@ -134,6 +245,12 @@ def _wrapped(what: str) -> Iterator[None]:
     metrics.consul_requests.inc()
     try:
         yield
+    except requests.exceptions.SSLError as exc:
+        metrics.consul_errors.inc()
+        url = exc.request.url.split("/v1/")[0] if exc.request is not None and exc.request.url else "Consul"
+        health.report("consul", False, f"{url}: TLS: {_tls_reason(exc)}")
+        files = _TLS_FILES.get(url, "the system's CA bundle")
+        raise ConsulTLSError(f"{url}: TLS error during {what}: {_tls_reason(exc)} ({files})") from exc
     except (requests.ConnectionError, requests.Timeout) as exc:
         metrics.consul_errors.inc()
         url = exc.request.url.split("/v1/")[0] if exc.request is not None and exc.request.url else "Consul"
@@ -194,12 +311,16 @@ class ConsulClient:
         token: str | None = None,
         *,
         timeout: float = DEFAULT_TIMEOUT,
+        tls: ConsulTLS | None = None,
     ) -> None:
         text = address or os.environ.get("CONSUL_HTTP_ADDR") or DEFAULT_ADDR
-        self.address = ConsulAddress.parse(text)
-        self._client = consul.Consul(
-            host=self.address.host, port=self.address.port, scheme=self.address.scheme
-        )
+        self.tls = tls if tls is not None else ConsulTLS.from_env(os.environ)
+        address_parsed = ConsulAddress.parse(text)
+        if self.tls.ssl and address_parsed.scheme == "http" and "://" not in text:
+            # CONSUL_HTTP_SSL=true: https for an address given without a scheme, as the consul CLI.
+            address_parsed = ConsulAddress("https", address_parsed.host, address_parsed.port)
+        self.address = address_parsed
+        self._client = self._new_client()
         # py-consul reads CONSUL_HTTP_TOKEN and lets it override an explicit
         # token; an explicit token must win, as in Consul's own CLI.
         self._client.token = token or os.environ.get("CONSUL_HTTP_TOKEN") or None
@@ -448,10 +569,29 @@ class ConsulClient:
         """A py-consul client like ours but with another timeout (kept: one per distinct timeout)."""
         client = self._by_timeout.get(timeout)
         if client is None:
-            client = consul.Consul(host=self.address.host, port=self.address.port, scheme=self.address.scheme)
+            client = self._new_client()
             client.token = self._client.token
             client.http.connections_timeout = timeout
             self._by_timeout[timeout] = client
+        return client
+
+    def _new_client(self) -> consul.Consul:
+        """A py-consul client for our address, with our TLS settings."""
+        tls = self.tls
+        verify: bool | str = (tls.ca_file or True) if tls.verify else False
+        cert = (tls.cert_file, tls.key_file) if tls.cert_file and tls.key_file else None
+        client = consul.Consul(
+            host=self.address.host,
+            port=self.address.port,
+            scheme=self.address.scheme,
+            verify=verify,
+            cert=cert,
+        )
+        _TLS_FILES[str(self.address)] = tls.describe()
+        if tls.server_name and self.address.scheme == "https":
+            client.http.session.mount(
+                f"https://{self.address.host}:{self.address.port}", _ServerNameAdapter(tls.server_name)
+            )
         return client
 
     def agent_services(self) -> dict[str, dict[str, Any]]:

@@ -27,6 +27,10 @@ class ConsulUnavailable(ConsulError):
     """Consul could not be reached or did not answer in time."""
 
 
+class ConsulTLSError(ConsulUnavailable):
+    """The TLS handshake with Consul failed: a certificate not trusted, refused or not matching."""
+
+
 class ConsulPermissionDenied(ConsulError):
     """Consul refused the request because the ACL token lacks a permission."""
 

@@ -28,7 +28,7 @@ import structlog
 from consul_operator import event_log, events, metrics
 from consul_operator.actuators.nginx import ApplyResult, ManagedNginx, SystemNginx, render
 from consul_operator.backoff import retry_delay
-from consul_operator.consul_client import ConsulClient
+from consul_operator.consul_client import ConsulClient, ConsulTLS
 from consul_operator.desired_state import is_dns_label
 from consul_operator.health import HEALTH, tcp_probe
 from consul_operator.keys import Layout
@@ -262,6 +262,8 @@ class LBConfig:
     metrics_addr: str | None
     coalesce: float
     resync: float
+    consul_tls: ConsulTLS | None = None  # None: the consul CLI's environment variables
+    metrics_tls: tuple[str, str] | None = None  # --metrics-tls-cert, --metrics-tls-key
 
 
 def run_lb(config: LBConfig) -> int:
@@ -278,12 +280,16 @@ def run_lb(config: LBConfig) -> int:
         # The last good config of a previous run serves until the first pass.
         if nginx.current() is not None and nginx.test(nginx.conf)[0]:
             nginx.ensure_running()
-    consul = ConsulClient(config.consul_addr, config.consul_token)
+    consul = ConsulClient(config.consul_addr, config.consul_token, tls=config.consul_tls)
     # /healthz: NGINX must accept connections where it listens (Consul reports itself).
     HEALTH.add_probe("nginx", tcp_probe(config.listen))
     if config.metrics_addr:
         served_by = f"load balancer {config.listen}"
-        metrics.serve(config.metrics_addr, page=status_page(consul, config.layout, config.cluster, served_by))
+        metrics.serve(
+            config.metrics_addr,
+            page=status_page(consul, config.layout, config.cluster, served_by),
+            tls=config.metrics_tls,
+        )
     event_log.start_flusher(consul, config.layout, lb_host(config.listen), stop)
     lb = LoadBalancer(
         consul,

@@ -8,6 +8,7 @@ an unreachable dependency.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 import os
 import signal
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from consul_operator import commands
 from consul_operator.commands import Target
-from consul_operator.consul_client import ConsulAddress, ConsulClient, check_token
+from consul_operator.consul_client import ConsulAddress, ConsulClient, ConsulTLS, check_token
 from consul_operator.desired_state import is_dns_label, parse_capacity
 from consul_operator.durations import DurationError, parse_duration
 from consul_operator.keys import Layout
@@ -77,6 +78,23 @@ def _add_common(parser: argparse.ArgumentParser, *, daemon: bool = False) -> Non
     """Flags every command that talks to Consul shares."""
     parser.add_argument("--consul", metavar="ADDR", help="Consul HTTP address (default: $CONSUL_HTTP_ADDR)")
     parser.add_argument("--token", help="Consul ACL token (default: $CONSUL_HTTP_TOKEN)")
+    tls = parser.add_argument_group(
+        "TLS to Consul (as the consul CLI; https:// in the address or CONSUL_HTTP_SSL)"
+    )
+    tls.add_argument(
+        "--ca-file", metavar="FILE", help="CA certificate to verify Consul's with (default: $CONSUL_CACERT)"
+    )
+    tls.add_argument(
+        "--client-cert",
+        metavar="FILE",
+        help="client certificate for verify_incoming (default: $CONSUL_CLIENT_CERT)",
+    )
+    tls.add_argument("--client-key", metavar="FILE", help="its private key (default: $CONSUL_CLIENT_KEY)")
+    tls.add_argument(
+        "--tls-server-name",
+        metavar="NAME",
+        help="the name on Consul's certificate, e.g. server.dc1.consul (default: $CONSUL_TLS_SERVER_NAME)",
+    )
     parser.add_argument(
         "--services-prefix",
         default=os.environ.get("OPERATOR_SERVICES_PREFIX", "services/"),
@@ -101,6 +119,35 @@ def _add_common(parser: argparse.ArgumentParser, *, daemon: bool = False) -> Non
         )
 
 
+def consul_tls(args: argparse.Namespace, environ: Mapping[str, str]) -> ConsulTLS:
+    """The consul CLI's TLS environment variables, each overridden by its flag; ValueError names a bad one."""
+    tls = ConsulTLS.from_env(environ)
+    return dataclasses.replace(
+        tls,
+        ca_file=args.ca_file if args.ca_file is not None else tls.ca_file,
+        cert_file=args.client_cert if args.client_cert is not None else tls.cert_file,
+        key_file=args.client_key if args.client_key is not None else tls.key_file,
+        server_name=args.tls_server_name if args.tls_server_name is not None else tls.server_name,
+    )
+
+
+def _metrics_tls(args: argparse.Namespace) -> tuple[str, str] | None:
+    if args.metrics_tls_cert is None:
+        return None
+    return (args.metrics_tls_cert, args.metrics_tls_key)
+
+
+def _add_metrics(parser: argparse.ArgumentParser) -> None:
+    """The flags of the daemons' /metrics and /healthz endpoint."""
+    parser.add_argument("--metrics", metavar="ADDR", help="serve /metrics and /healthz on host:port")
+    parser.add_argument(
+        "--metrics-tls-cert", metavar="FILE", help="serve them over HTTPS only, with this certificate (PEM)"
+    )
+    parser.add_argument(
+        "--metrics-tls-key", metavar="FILE", help="the private key of --metrics-tls-cert (PEM)"
+    )
+
+
 def cmd_agent(args: argparse.Namespace) -> int:
     """Run the agent of one app host until SIGTERM."""
     from consul_operator.agent import AgentConfig, run_agent
@@ -121,6 +168,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         lock_delay=args.lock_delay,
         lost_grace=args.lost_grace,
         resync=args.resync,
+        consul_tls=consul_tls(args, os.environ),
+        metrics_tls=_metrics_tls(args),
     )
     return run_agent(config)
 
@@ -145,13 +194,15 @@ def cmd_lb(args: argparse.Namespace) -> int:
         metrics_addr=args.metrics,
         coalesce=args.coalesce,
         resync=args.resync,
+        consul_tls=consul_tls(args, os.environ),
+        metrics_tls=_metrics_tls(args),
     )
     return run_lb(config)
 
 
 def _target(args: argparse.Namespace) -> Target:
     return Target(
-        ConsulClient(args.consul, args.token),
+        ConsulClient(args.consul, args.token, tls=consul_tls(args, os.environ)),
         Layout(args.services_prefix, args.operator_prefix),
         args.cluster,
     )
@@ -286,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="what replicas may take of this host, e.g. memory=8Gi,cpus=4; what is left out is the "
         "engine's memory and CPUs less a reserve (10%%, at least 256Mi of memory)",
     )
-    agent.add_argument("--metrics", metavar="ADDR", help="serve /metrics and /healthz on host:port")
+    _add_metrics(agent)
     agent.add_argument("--ttl", type=_duration, default=3.0, help="TTL of the agent's liveness check (3s)")
     agent.add_argument(
         "--lock-delay", type=_duration, default=1.0, help="Consul lock-delay of the leader session (1s)"
@@ -322,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--nginx-binary", default="nginx", help="the nginx program (nginx)")
     lb.add_argument("--nginx-test-cmd", default="nginx -t", help="with --system-nginx-conf: the test command")
     lb.add_argument("--nginx-reload-cmd", default="nginx -s reload", help="with --system-nginx-conf: reload")
-    lb.add_argument("--metrics", metavar="ADDR", help="serve /metrics and /healthz on host:port")
+    _add_metrics(lb)
     lb.add_argument(
         "--coalesce", type=_duration, default=0.2, help="apply bursts of changes together (200ms)"
     )
@@ -432,6 +483,20 @@ def connection_problem(args: argparse.Namespace, environ: Mapping[str, str]) -> 
             check_token(token)
         except ValueError as exc:
             return f"{source}: {exc}"
+    try:
+        tls = consul_tls(args, environ)
+    except ValueError as exc:
+        return str(exc)
+    problem = tls.problem()
+    if problem is not None:
+        return problem
+    if hasattr(args, "metrics_tls_cert"):
+        pair = (args.metrics_tls_cert, args.metrics_tls_key)
+        if (pair[0] is None) != (pair[1] is None):
+            return "--metrics-tls-cert and --metrics-tls-key go together"
+        for flag, path in zip(("--metrics-tls-cert", "--metrics-tls-key"), pair, strict=True):
+            if path is not None and not os.path.isfile(path):
+                return f"{flag} {path}: no such file"
     return None
 
 

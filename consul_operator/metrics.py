@@ -7,6 +7,8 @@ label a fixed set of values listed next to its metric.
 
 from __future__ import annotations
 
+import ssl
+import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -272,10 +274,27 @@ class _Handler(BaseHTTPRequestHandler):
         """Scrapes are not worth a log line each."""
 
 
+class _Server(ThreadingHTTPServer):
+    """The metrics server: a client that fails the TLS handshake (plain HTTP to HTTPS) is its own problem."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        if isinstance(sys.exc_info()[1], (ssl.SSLError, ConnectionError)):
+            return
+        super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
 def serve(
-    address: str, problems: Callable[[], list[str]] = HEALTH.problems, page: PageFn | None = None
+    address: str,
+    problems: Callable[[], list[str]] = HEALTH.problems,
+    page: PageFn | None = None,
+    *,
+    tls: tuple[str, str] | None = None,
 ) -> ThreadingHTTPServer:
     """Serve /metrics, /healthz and (given ``page``) the status page / on ``host:port`` from a daemon thread.
+
+    With ``tls`` (a certificate file and its key file, PEM) over HTTPS only.
 
     ``/healthz`` answers 200 ``ok`` when ``problems()`` finds nothing, else 503
     with ``unhealthy`` and one line per failing loop or dependency.
@@ -285,7 +304,13 @@ def serve(
     if page is not None:
         members["page"] = staticmethod(page)
     handler = type("Handler", (_Handler,), members)
-    server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), handler)
+    server = _Server((host or "127.0.0.1", int(port)), handler)
     server.daemon_threads = True
+    if tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(*tls)
+        # The handshake on the handler's thread, not in the accept loop: a slow client stalls no one.
+        server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server

@@ -14,11 +14,12 @@
 #                consul-NODE.token     the Consul agent NODE's own token (a node identity)
 #                management.header     the management token as an HTTP header, for curl -H @FILE
 #   NODE=ADDR  every Consul agent of the cluster: its node name and the address
-#              of its HTTP API (host or host:port). The first one is asked to
+#              of its HTTP API (host, host:port or https://host:port). The first one is asked to
 #              bootstrap; every one is given its agent token.
 #
 # The servers must run with deploy/consul/acl.hcl (ACLs on, default deny).
-# Environment: CONSUL (the consul binary), CONSUL_DATACENTER (dc1).
+# Environment: CONSUL (the consul binary), CONSUL_DATACENTER (dc1); with TLS,
+# CONSUL_CACERT, CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY as for the consul CLI.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -39,6 +40,7 @@ for pair in "$@"; do
   nodes+=("${pair%%=*}")
   addr=${pair#*=}
   [[ $addr == *:* ]] || addr="$addr:8500"
+  [[ $addr == *://* ]] || addr="http://$addr"
   addrs+=("$addr")
 done
 FIRST=${addrs[0]}
@@ -75,6 +77,10 @@ else
   say "bootstrapped; management token in $MGMT"
 fi
 acl() { "$CONSUL" acl "$@" -http-addr="$FIRST" -token-file="$MGMT"; }
+# curl with the consul CLI's TLS settings.
+CURL_TLS=()
+[[ -n ${CONSUL_CACERT:-} ]] && CURL_TLS+=(--cacert "$CONSUL_CACERT")
+[[ -n ${CONSUL_CLIENT_CERT:-} ]] && CURL_TLS+=(--cert "$CONSUL_CLIENT_CERT" --key "$CONSUL_CLIENT_KEY")
 # curl reads the management token's header from this file, never from its command line.
 MGMT_HEADER="$OUT/management.header"
 printf 'X-Consul-Token: %s\n' "$(<"$MGMT")" >"$MGMT_HEADER"
@@ -113,7 +119,7 @@ for i in "${!nodes[@]}"; do
   # of the machine could read it: the HTTP API instead, the token in the body on
   # stdin and the management token in a header file.
   printf '{"Token": "%s"}' "$(<"$OUT/consul-$node.token")" \
-    | curl -fsS --max-time 10 -X PUT -H "@$MGMT_HEADER" --data-binary @- "http://$addr/v1/agent/token/agent" >/dev/null \
+    | curl -fsS --max-time 10 "${CURL_TLS[@]}" -X PUT -H "@$MGMT_HEADER" --data-binary @- "$addr/v1/agent/token/agent" >/dev/null \
     || die "could not set the agent token of $node on $addr"
   say "agent token of $node set on $addr"
 done

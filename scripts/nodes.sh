@@ -32,6 +32,17 @@
 #   RUN_DIR       per-node files: generated Consul host configs, each engine's
 #                 socket (default: .run/$NODES_NAME)
 #   DEBIAN_MIRROR for the build (default: http://deb.debian.org/debian)
+#   NODES_SECURE  1: provisioned secured, provision.sh's defaults (CONSUL_TLS,
+#                 CONSUL_GOSSIP, CONSUL_ACL): the CA, gossip key and certificates
+#                 made here by scripts/consul-secrets.sh in $RUN_DIR/secrets and
+#                 copied into each node's /vagrant/.secrets without the CA key (as
+#                 the Vagrantfile's rsync does); ACLs bootstrapped from here with
+#                 scripts/acl-bootstrap.sh (tokens in $RUN_DIR/acl), each daemon's
+#                 token written into its settings file through stdin, the daemon
+#                 restarted. 0 (default): provision.sh with CONSUL_TLS=0
+#                 CONSUL_GOSSIP=0 CONSUL_ACL=0, plain HTTP on :8500 (what the
+#                 chaos and partition tests drive)
+#   NODES_IMAGE   the provisioned image's tag (default: consul-operator-node:bookworm)
 #
 # What the hosts need beyond a plain container (checked on a cgroup v1 machine
 # without CAP_SYS_RESOURCE, where --privileged fails "unable to apply caps"):
@@ -46,7 +57,8 @@ SUBNET=${NODES_SUBNET:-198.18.1.0/24}
 RUN_DIR=${RUN_DIR:-$ROOT/.run/$NAME}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 BASE_IMAGE=consul-operator-node-base:bookworm
-IMAGE=consul-operator-node:bookworm
+IMAGE=${NODES_IMAGE:-consul-operator-node:bookworm}
+SECURE=${NODES_SECURE:-0}
 LABEL=consul-operator.nodes
 NETWORK=co-nodes-$NAME
 HOSTS=(host-1 host-2 host-3)
@@ -72,7 +84,7 @@ PACKAGES=systemd,systemd-sysv,dbus,iproute2,iptables,procps,docker.io,busybox-st
 # The sources, as the Vagrantfile's rsync synced folder has them: a one-way copy
 # without this machine's build products.
 sources() {
-  tar -C "$ROOT" --exclude=./.git --exclude=./.venv --exclude=./.run --exclude=./.tools \
+  tar -C "$ROOT" --exclude=./.git --exclude=./.venv --exclude=./.run --exclude=./.tools --exclude=./.secrets \
     --exclude=./.mypy_cache --exclude=./.ruff_cache --exclude=./.pytest_cache --exclude=__pycache__ -cf - .
 }
 
@@ -136,6 +148,8 @@ if compgen -G "/host-ca/*.crt" >/dev/null; then
   update-ca-certificates >/dev/null 2>&1
 fi
 export PIP_CERT=/etc/ssl/certs/ca-certificates.crt
+# The image is for every host: no secrets of a host in it (up secures each node).
+export CONSUL_TLS=0 CONSUL_GOSSIP=0 CONSUL_ACL=0
 NO_START=1 NODE_NAME=host-1 CONSUL_HOST_CONFIG=/vagrant/deploy/consul/hosts/host-1.hcl bash /vagrant/scripts/provision.sh app
 NO_START=1 NODE_NAME=host-3 CONSUL_HOST_CONFIG=/vagrant/deploy/consul/hosts/host-3.hcl bash /vagrant/scripts/provision.sh lb
 # A later source change is installed offline by `up` (no index, no build isolation):
@@ -236,10 +250,41 @@ provision() {  # INDEX
   local i=$1 host=${HOSTS[$1]} addr=${ADDRS[$1]}
   # `vagrant rsync`: the sources to /vagrant.
   sources | docker exec -i "$(node "$host")" sh -c 'rm -rf /vagrant && mkdir /vagrant && tar -C /vagrant -xf -'
+  if ((SECURE)); then
+    tar -C "$RUN_DIR/secrets" --exclude=./consul-agent-ca-key.pem -cf - . \
+      | docker exec -i "$(node "$host")" sh -c 'mkdir -m 0700 /vagrant/.secrets && tar -C /vagrant/.secrets -xf -'
+  fi
   in_node "$host" env NODE_NAME="$host" NODE_ADDR="$addr" OPERATOR_CLUSTER="$NAME" \
+    CONSUL_TLS="$SECURE" CONSUL_GOSSIP="$SECURE" CONSUL_ACL="$SECURE" \
     CONSUL_HOST_CONFIG=/srv/node/host.hcl PIP_NO_INDEX=1 PIP_NO_BUILD_ISOLATION=0 \
     bash /vagrant/scripts/provision.sh "${ROLES[$i]}" >"$RUN_DIR/$host/provision.log" 2>&1 \
     || { tail -20 "$RUN_DIR/$host/provision.log" >&2; die "provision.sh ${ROLES[$i]} failed on $host"; }
+}
+
+# Secured: the cluster's secrets, made here (the machine holds the CA key, the nodes do not).
+secrets_up() {
+  local pairs=() i
+  for i in 0 1 2; do pairs+=("${HOSTS[$i]}=${ADDRS[$i]}"); done
+  CONSUL="$ROOT/.tools/bin/consul" bash "$ROOT/scripts/consul-secrets.sh" "$RUN_DIR/secrets" "${pairs[@]}" >/dev/null
+}
+
+# Secured: ACLs bootstrapped from here, each daemon given its role's token through
+# stdin (never a command line) and restarted; the containers keep running.
+acl_up() {
+  local pairs=() i host unit role
+  for i in 0 1 2; do pairs+=("${HOSTS[$i]}=https://${ADDRS[$i]}:8501"); done
+  CONSUL="$ROOT/.tools/bin/consul" CONSUL_CACERT="$RUN_DIR/secrets/consul-agent-ca.pem" \
+    CONSUL_CLIENT_CERT="$RUN_DIR/secrets/host-1-client.pem" CONSUL_CLIENT_KEY="$RUN_DIR/secrets/host-1-client-key.pem" \
+    bash "$ROOT/scripts/acl-bootstrap.sh" "$RUN_DIR/acl" "${pairs[@]}" >"$RUN_DIR/acl-bootstrap.log" 2>&1 \
+    || { tail -20 "$RUN_DIR/acl-bootstrap.log" >&2; die "ACL bootstrap failed"; }
+  for i in 0 1 2; do
+    host=${HOSTS[$i]}
+    if [[ ${ROLES[$i]} == app ]]; then unit=operator-agent role=operator-agent; else unit=operator-lb role=operator-lb; fi
+    # shellcheck disable=SC2016
+    docker exec -i "$(node "$host")" sh -c 'IFS= read -r t; f=/etc/default/$1
+      grep -v "^CONSUL_HTTP_TOKEN=" "$f" >"$f.new"; printf "CONSUL_HTTP_TOKEN=%s\n" "$t" >>"$f.new"
+      cat "$f.new" >"$f"; rm -f "$f.new"; systemctl restart "$1.service"' sh "$unit" <"$RUN_DIR/acl/$role.token"
+  done
 }
 
 wait_healthy() {  # host addr
@@ -260,17 +305,24 @@ cmd_up() {
   for h in "${HOSTS[@]}"; do wait_booted "$h"; done
   for i in 0 1; do engine_up "${HOSTS[$i]}"; done
   # The three at once: each Consul server waits for the other two (bootstrap_expect = 3).
+  ((SECURE)) && secrets_up
   for i in 0 1 2; do provision "$i" & pids+=($!); done
   for i in 0 1 2; do wait "${pids[$i]}" || die "provisioning ${HOSTS[$i]} failed"; done
-  local leader=""
+  local leader="" api="http://${ADDRS[0]}:8500" curl_tls=()
+  if ((SECURE)); then
+    acl_up
+    api="https://${ADDRS[0]}:8501"
+    curl_tls=(--cacert "$RUN_DIR/secrets/consul-agent-ca.pem" --cert "$RUN_DIR/secrets/host-1-client.pem"
+      --key "$RUN_DIR/secrets/host-1-client-key.pem" -H "@$RUN_DIR/acl/management.header")
+  fi
   for _ in $(seq 1 300); do
-    leader=$(curl -fsS --max-time 1 "http://${ADDRS[0]}:8500/v1/kv/operator/leader" 2>/dev/null | grep -o '"Session":"[^"]' || true)
+    leader=$(curl -fsS --max-time 1 "${curl_tls[@]}" "$api/v1/kv/operator/leader" 2>/dev/null | grep -o '"Session":"[^"]' || true)
     [[ -n $leader ]] && break
     sleep 0.2
   done
   [[ -n $leader ]] || die "no operator leader after 60 s"
   for i in 0 1 2; do wait_healthy "${HOSTS[$i]}" "${ADDRS[$i]}"; done
-  say "up in $((SECONDS - started)) s: Consul on ${ADDRS[*]} (HTTP :8500), agents of host-1 and host-2, NGINX on http://${ADDRS[2]}/"
+  say "up in $((SECONDS - started)) s: Consul on ${ADDRS[*]} (${api%%:*} :${api##*:}), agents of host-1 and host-2, NGINX on http://${ADDRS[2]}/"
 }
 
 cmd_down() {

@@ -67,6 +67,16 @@ fail() { echo "CHECK FAILED: $*"; exit 1; }
 [[ -f /etc/systemd/system/consul.service && -f /etc/systemd/system/$UNIT.service ]] || fail "units missing"
 id consul >/dev/null || fail "no consul user"
 [[ $(stat -c %U /var/lib/consul) == consul ]] || fail "/var/lib/consul not owned by consul"
+# Secured by default: TLS, gossip key, ACLs; every secret 0600 and its service user's.
+for f in /etc/consul.d/tls.hcl /etc/consul.d/acl.hcl /etc/consul.d/tls/ca.pem /etc/consul.d/tls/server.pem; do
+  [[ -f $f ]] || fail "$f missing"
+done
+[[ $(stat -c "%a %U" /etc/consul.d/tls/server-key.pem) == "600 consul" ]] || fail "server key not 0600 consul"
+[[ $(stat -c "%a %U" /etc/consul.d/encrypt.hcl) == "600 consul" ]] || fail "encrypt.hcl not 0600 consul"
+user=root; [[ $ROLE == app ]] && user=consul-operator
+[[ $(stat -c "%a %U" /etc/consul-operator/client-key.pem) == "600 $user" ]] || fail "client key not 0600 $user"
+grep -q "^CONSUL_HTTP_ADDR=https://127.0.0.1:8501$" /etc/default/$UNIT || fail "the daemon does not use HTTPS"
+grep -q "^CONSUL_CACERT=/etc/consul-operator/ca.pem$" /etc/default/$UNIT || fail "no CONSUL_CACERT"
 if [[ $ROLE == app ]]; then
   id -nG consul-operator | grep -qw docker || fail "consul-operator is not in group docker"
   grep -q "^OPERATOR_ADVERTISE=192.168.50.101$" /etc/default/$UNIT || fail "advertise address not set"

@@ -20,8 +20,22 @@
 #                       registered with (default: bind_addr of the host config)
 #   OPERATOR_CLUSTER    the operator cluster's name written into the settings file
 #                       (default: the file's, "default"); letters, digits, '.', '_', '-'
-#   CONSUL_ACL          1: also install deploy/consul/acl.hcl (ACLs on, default
-#                       deny); then bootstrap once, see docs/deploy.md
+#
+# Secure by default (docs/deploy.md, "Hardening"); each is turned off only by
+# its own explicit 0:
+#   CONSUL_TLS          1 (default): TLS with the cluster's CA, deploy/consul/tls.hcl:
+#                       HTTPS only on :8501 (plain HTTP off), verify_incoming,
+#                       verify_outgoing, verify_server_hostname; the operator's
+#                       daemon gets a client certificate and CONSUL_CACERT,
+#                       CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY in its settings file.
+#                       0: plain HTTP on :8500, no TLS.
+#   CONSUL_GOSSIP       1 (default): gossip encryption, the key in
+#                       /etc/consul.d/encrypt.hcl (0600, consul). 0: none.
+#   CONSUL_ACL          1 (default): deploy/consul/acl.hcl (ACLs on, default deny);
+#                       then bootstrap once, see docs/deploy.md. 0: ACLs off.
+#   CONSUL_SECRETS      the CA, gossip key and certificates of scripts/consul-secrets.sh
+#                       (default: .secrets/ of the sources; made here, for this host,
+#                       when missing and the CA key is there)
 #   PREFIX              consul and the operator command go to $PREFIX/bin (/usr/local)
 #   OPERATOR_HOME       the operator's virtualenv (/opt/consul-operator)
 #   NO_START            1: install everything, start nothing (also the case when
@@ -37,7 +51,10 @@ case $ROLE in
 esac
 NODE_NAME=${NODE_NAME:-$(hostname -s)}
 CONSUL_HOST_CONFIG=${CONSUL_HOST_CONFIG:-$ROOT/deploy/consul/hosts/$NODE_NAME.hcl}
-CONSUL_ACL=${CONSUL_ACL:-0}
+CONSUL_ACL=${CONSUL_ACL:-1}
+CONSUL_TLS=${CONSUL_TLS:-1}
+CONSUL_GOSSIP=${CONSUL_GOSSIP:-1}
+CONSUL_SECRETS=${CONSUL_SECRETS:-$ROOT/.secrets}
 PREFIX=${PREFIX:-/usr/local}
 OPERATOR_HOME=${OPERATOR_HOME:-/opt/consul-operator}
 NO_START=${NO_START:-0}
@@ -53,6 +70,9 @@ fi
 [[ -n $NODE_ADDR ]] || die "no NODE_ADDR and no bind_addr in $CONSUL_HOST_CONFIG"
 OPERATOR_CLUSTER=${OPERATOR_CLUSTER:-default}
 [[ $OPERATOR_CLUSTER =~ ^[A-Za-z0-9._-]+$ ]] || die "OPERATOR_CLUSTER '$OPERATOR_CLUSTER': letters, digits, '.', '_', '-' only"
+for flag in CONSUL_ACL CONSUL_TLS CONSUL_GOSSIP; do
+  [[ ${!flag} == 0 || ${!flag} == 1 ]] || die "$flag must be 0 or 1, got '${!flag}'"
+done
 systemd_runs() { [[ -d /run/systemd/system ]]; }
 
 # --- packages and consul: the same script as `make deps` --------------------------
@@ -123,6 +143,42 @@ elif [[ -f /etc/consul.d/acl.hcl ]]; then
   # Never turn ACLs off behind someone's back: remove the file by hand to do that.
   say "keeping /etc/consul.d/acl.hcl (ACLs stay on; CONSUL_ACL=1 is implied)"
 fi
+# The daemon's user: it owns its client key (the LB runs as root).
+SERVICE_USER=root
+[[ $ROLE == app ]] && SERVICE_USER=consul-operator
+if [[ $CONSUL_TLS == 1 || $CONSUL_GOSSIP == 1 ]]; then
+  CONSUL="$PREFIX/bin/consul" bash "$ROOT/scripts/consul-secrets.sh" "$CONSUL_SECRETS" "$NODE_NAME=$NODE_ADDR" \
+    | while IFS= read -r line; do say "$line"; done
+fi
+if [[ $CONSUL_TLS == 1 ]]; then
+  install -d -o root -g consul -m 0750 /etc/consul.d/tls
+  install_file 0644 "$CONSUL_SECRETS/consul-agent-ca.pem" /etc/consul.d/tls/ca.pem root:consul
+  install_file 0644 "$CONSUL_SECRETS/$NODE_NAME-server.pem" /etc/consul.d/tls/server.pem root:consul
+  install_file 0600 "$CONSUL_SECRETS/$NODE_NAME-server-key.pem" /etc/consul.d/tls/server-key.pem consul:consul
+  install_file 0640 "$ROOT/deploy/consul/tls.hcl" /etc/consul.d/tls.hcl root:consul
+  # The operator's daemon: the CA and its own client certificate.
+  install -d -o root -g "$SERVICE_USER" -m 0750 /etc/consul-operator
+  install_file 0644 "$CONSUL_SECRETS/consul-agent-ca.pem" /etc/consul-operator/ca.pem root:root
+  install_file 0644 "$CONSUL_SECRETS/$NODE_NAME-client.pem" /etc/consul-operator/client.pem root:root
+  install_file 0600 "$CONSUL_SECRETS/$NODE_NAME-client-key.pem" /etc/consul-operator/client-key.pem \
+    "$SERVICE_USER:$SERVICE_USER"
+elif [[ -f /etc/consul.d/tls.hcl ]]; then
+  say "keeping /etc/consul.d/tls.hcl (TLS stays on; CONSUL_TLS=1 is implied): remove it by hand to turn TLS off"
+  CONSUL_TLS=1
+fi
+if [[ $CONSUL_GOSSIP == 1 ]]; then
+  # Written once: `consul keyring` rotates the key later (docs/deploy.md), and
+  # Consul then keeps the keyring in its data directory.
+  if [[ ! -f /etc/consul.d/encrypt.hcl ]]; then
+    (umask 077; printf 'encrypt = "%s"\n' "$(<"$CONSUL_SECRETS/gossip.key")" >/etc/consul.d/encrypt.hcl)
+    CHANGED+=(/etc/consul.d/encrypt.hcl)
+    say "installed /etc/consul.d/encrypt.hcl"
+  fi
+  chown consul:consul /etc/consul.d/encrypt.hcl
+  chmod 0600 /etc/consul.d/encrypt.hcl
+elif [[ -f /etc/consul.d/encrypt.hcl ]]; then
+  say "keeping /etc/consul.d/encrypt.hcl (gossip encryption stays on): remove it by hand to turn it off"
+fi
 out=$("$PREFIX/bin/consul" validate /etc/consul.d 2>&1) || die "consul validate /etc/consul.d failed: $out"
 install_file 0644 "$ROOT/deploy/systemd/consul.service" /etc/systemd/system/consul.service
 
@@ -136,9 +192,29 @@ if [[ ! -f $envfile ]]; then
     -e "s/^OPERATOR_METRICS=.*/OPERATOR_METRICS=$NODE_ADDR:9810/" \
     -e "s/^OPERATOR_CLUSTER=.*/OPERATOR_CLUSTER=$OPERATOR_CLUSTER/" \
     "$ROOT/deploy/env/$UNIT" >"$tmp"
-  install_file 0600 "$tmp" "$envfile"
+  install_file 0600 "$tmp" "$envfile" "$SERVICE_USER:$SERVICE_USER"
   rm -f "$tmp"
 fi
+# set_env KEY VALUE: the settings file's KEY is VALUE (replaced, or added).
+set_env() {
+  if grep -q "^$1=$2\$" "$envfile"; then return; fi
+  if grep -q "^$1=" "$envfile"; then
+    sed -i "s|^$1=.*|$1=$2|" "$envfile"
+  else
+    printf '%s=%s\n' "$1" "$2" >>"$envfile"
+  fi
+  CHANGED+=("$envfile:$1")
+  say "$envfile: $1=$2"
+}
+if [[ $CONSUL_TLS == 1 ]]; then
+  # Our own Consul agent over HTTPS, verified with the cluster's CA, with our client certificate.
+  set_env CONSUL_HTTP_ADDR https://127.0.0.1:8501
+  set_env CONSUL_CACERT /etc/consul-operator/ca.pem
+  set_env CONSUL_CLIENT_CERT /etc/consul-operator/client.pem
+  set_env CONSUL_CLIENT_KEY /etc/consul-operator/client-key.pem
+fi
+chown "$SERVICE_USER:$SERVICE_USER" "$envfile"
+chmod 0600 "$envfile"
 if [[ $ROLE == app ]]; then
   # No registry: the demo image is built on every app host.
   if docker info >/dev/null 2>&1; then
@@ -174,7 +250,7 @@ if [[ $ROLE == lb ]]; then
   systemctl enable --quiet --now nginx.service
   [[ $changed == *" /etc/nginx/"* ]] && systemctl reload nginx.service
 fi
-if ((operator_changed)) || [[ $changed == *" /etc/systemd/system/$UNIT.service "* ]]; then
+if ((operator_changed)) || [[ $changed == *" /etc/systemd/system/$UNIT.service "* || $changed == *" $envfile:"* ]]; then
   # SIGTERM leaves every container running; back within --lost-grace, nothing moves.
   systemctl restart "$UNIT.service"
   say "$UNIT restarted"

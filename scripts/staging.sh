@@ -35,6 +35,15 @@
 #                  only: never a command-line flag, which every user can read
 #                  in /proc/<pid>/cmdline). `down` wipes the tokens with the
 #                  cluster's state.
+#   STAGING_SECURE 1: secured as provision.sh secures real hosts (implies STAGING_ACL=1):
+#                  a Consul CA and per-server certificates (`consul tls ca create`,
+#                  `consul tls cert create`) and a client certificate for the
+#                  operator's daemons and our own calls, in $RUN_DIR/tls/ (keys
+#                  0600); a gossip key; HTTPS only on :8501, plain HTTP off;
+#                  verify_incoming, verify_outgoing, verify_server_hostname. The
+#                  daemons get CONSUL_CACERT, CONSUL_CLIENT_CERT and
+#                  CONSUL_CLIENT_KEY in their environment and serve /metrics over
+#                  HTTPS (--metrics-tls-cert/key, their host's server certificate).
 #
 # `up` returns once every daemon's /healthz answers 200 (its loops pass, it
 # reaches Consul, Docker or NGINX); `status` shows each daemon's /healthz.
@@ -49,12 +58,23 @@ PIDS="$RUN_DIR/pids"
 LOGS="$RUN_DIR/logs"
 LABEL_CLUSTER="consul-operator.cluster=$NAME"
 ACL=${STAGING_ACL:-0}
+SECURE=${STAGING_SECURE:-0}
+[[ $SECURE == 0 || $SECURE == 1 ]] || { echo "STAGING_SECURE must be 0 or 1, got '$SECURE'" >&2; exit 2; }
+((SECURE)) && ACL=1
+TLS_DIR="$RUN_DIR/tls"
 CAPACITY=${STAGING_CAPACITY:-memory=8Gi,cpus=8}
 ACL_DIR="$RUN_DIR/acl"
 [[ $ACL == 0 || $ACL == 1 ]] || { echo "STAGING_ACL must be 0 or 1, got '$ACL'" >&2; exit 2; }
 # With ACLs: curl reads the management token's header from a file (never from its
 # command line) on our own Consul reads; empty without ACLs.
 CURL_AUTH=()
+# Secured: curl's CA and client certificate, the scheme and port of Consul's API, of /metrics.
+CURL_TLS=()
+API_SCHEME=http API_PORT=8500 METRICS_SCHEME=http
+if ((SECURE)); then
+  CURL_TLS=(--cacert "$TLS_DIR/consul-agent-ca.pem" --cert "$TLS_DIR/dc1-client-consul-0.pem" --key "$TLS_DIR/dc1-client-consul-0-key.pem")
+  API_SCHEME=https API_PORT=8501 METRICS_SCHEME=https
+fi
 
 say() { printf '[%s] %s\n' "$NAME" "$*"; }
 die() { printf '[%s] ERROR: %s\n' "$NAME" "$*" >&2; exit 1; }
@@ -122,13 +142,53 @@ stop() {
   for name in "$@"; do rm -f "$PIDS/$name.pid"; done
 }
 
+# tls_up: the CA, a server certificate per host, one client certificate, the gossip
+# key and each server's TLS settings file (once; `down` wipes them).
+tls_up() {
+  local consul i; consul=$(consul_bin)
+  [[ -s $TLS_DIR/gossip.key ]] && return 0
+  mkdir -p "$TLS_DIR"; chmod 0700 "$TLS_DIR"
+  (
+    cd "$TLS_DIR"; umask 077
+    "$consul" tls ca create >/dev/null
+    for i in 0 1 2; do
+      "$consul" tls cert create -server -dc dc1 -additional-ipaddress "${ADDRS[$i]}" >/dev/null
+    done
+    "$consul" tls cert create -client -dc dc1 >/dev/null
+    "$consul" keygen >gossip.key
+    for i in 0 1 2; do
+      # deploy/consul/tls.hcl with this host's files, and the gossip key: 0600.
+      sed -e "s|/etc/consul.d/tls/ca.pem|$TLS_DIR/consul-agent-ca.pem|" \
+        -e "s|/etc/consul.d/tls/server.pem|$TLS_DIR/dc1-server-consul-$i.pem|" \
+        -e "s|/etc/consul.d/tls/server-key.pem|$TLS_DIR/dc1-server-consul-$i-key.pem|" \
+        "$ROOT/deploy/consul/tls.hcl" >"host-$((i + 1)).hcl"
+      printf 'encrypt = "%s"\n' "$(<gossip.key)" >>"host-$((i + 1)).hcl"
+    done
+  )
+  say "TLS: CA, server and client certificates and the gossip key in $TLS_DIR/"
+}
+
+# secure_env: the consul CLI's TLS variables, for the daemons' environment and acl-bootstrap.sh.
+secure_env() {
+  ((SECURE)) || return 0
+  export CONSUL_CACERT="$TLS_DIR/consul-agent-ca.pem" \
+    CONSUL_CLIENT_CERT="$TLS_DIR/dc1-client-consul-0.pem" CONSUL_CLIENT_KEY="$TLS_DIR/dc1-client-consul-0-key.pem"
+}
+
+# metrics_tls_args I: secured, the daemon of host I serves /metrics over HTTPS with its server certificate.
+metrics_tls_args() {
+  ((SECURE)) || return 0
+  echo "--metrics-tls-cert $TLS_DIR/dc1-server-consul-$1.pem --metrics-tls-key $TLS_DIR/dc1-server-consul-$1-key.pem"
+}
+
 consul_up() {
   local consul; consul=$(consul_bin)
   local i join=() acl_args=()
   for addr in "${ADDRS[@]}"; do join+=("-retry-join=$addr"); done
   ((ACL)) && acl_args=(-config-file="$ROOT/deploy/consul/acl.hcl")
   for i in 0 1 2; do
-    local host=${HOSTS[$i]} addr=${ADDRS[$i]}
+    local host=${HOSTS[$i]} addr=${ADDRS[$i]} tls_args=()
+    ((SECURE)) && tls_args=(-config-file="$TLS_DIR/$host.hcl")
     mkdir -p "$RUN_DIR/consul/$host"
     # raft_multiplier=1 and the short timeouts make leader election and failure
     # detection take seconds, like a tuned production cluster, not Consul's
@@ -139,12 +199,12 @@ consul_up() {
       -node-meta="staging:$NAME" \
       -hcl='performance { raft_multiplier = 1 }' \
       -hcl='disable_update_check = true' \
-      "${acl_args[@]}" "${join[@]}"
+      "${acl_args[@]}" "${tls_args[@]}" "${join[@]}"
   done
   say "waiting for the Consul cluster to elect a leader"
   local leader=""
   for i in $(seq 1 300); do
-    leader=$(curl -fsS --max-time 1 "http://${ADDRS[0]}:8500/v1/status/leader" 2>/dev/null || true)
+    leader=$(curl -fsS --max-time 1 "${CURL_TLS[@]}" "$API_SCHEME://${ADDRS[0]}:$API_PORT/v1/status/leader" 2>/dev/null || true)
     [[ $leader =~ :[0-9]+\"$ ]] && break
     for h in "${HOSTS[@]}"; do alive "consul-$h" || die "consul-$h died; see $LOGS/consul-$h.log"; done
     sleep 0.2
@@ -157,7 +217,8 @@ consul_up() {
 # ACLs: bootstrap (once), policies and tokens; our own reads use the management token.
 acl_up() {
   local pairs=() i
-  for i in 0 1 2; do pairs+=("${HOSTS[$i]}=${ADDRS[$i]}:8500"); done
+  for i in 0 1 2; do pairs+=("${HOSTS[$i]}=$API_SCHEME://${ADDRS[$i]}:$API_PORT"); done
+  secure_env
   CONSUL="$(consul_bin)" bash "$ROOT/scripts/acl-bootstrap.sh" "$ACL_DIR" "${pairs[@]}" \
     | while IFS= read -r line; do say "$line"; done
   [[ -s $ACL_DIR/management.token ]] || die "ACL bootstrap left no management token"
@@ -171,15 +232,15 @@ token_file() {
   echo "$ACL_DIR/$1.token"
 }
 
-# wait_healthy NAME ADDR: wait until the daemon NAME answers 200 on http://ADDR/healthz.
+# wait_healthy NAME ADDR: wait until the daemon NAME answers 200 on http(s)://ADDR/healthz.
 wait_healthy() {
   local name=$1 addr=$2 i
   for i in $(seq 1 300); do
-    curl -fsS --max-time 1 "http://$addr/healthz" >/dev/null 2>&1 && return 0
+    curl -fsS --max-time 1 "${CURL_TLS[@]}" "$METRICS_SCHEME://$addr/healthz" >/dev/null 2>&1 && return 0
     alive "$name" || die "$name died; see $LOGS/$name.log"
     sleep 0.2
   done
-  die "$name is not healthy after 60 s: $(curl -sS --max-time 2 "http://$addr/healthz" 2>&1 | tr '\n' ' '); see $LOGS/$name.log"
+  die "$name is not healthy after 60 s: $(curl -sS --max-time 2 "${CURL_TLS[@]}" "$METRICS_SCHEME://$addr/healthz" 2>&1 | tr '\n' ' '); see $LOGS/$name.log"
 }
 
 remove_containers() {
@@ -208,17 +269,19 @@ agents_up() {
       # together offer more than the machine has); AGENT_ARGS_HOST<n> comes last.
       local own="AGENT_ARGS_HOST$((i + 1))"
       # shellcheck disable=SC2086
+      secure_env
+      # shellcheck disable=SC2046
       SPAWN_TOKEN_FILE=$(token_file operator-agent) spawn "agent-$host" "$py" -m consul_operator agent \
-        --host "$host" --advertise "$addr" --consul "$addr:8500" --cluster "$NAME" --metrics "$addr:9810" \
-        --capacity "$CAPACITY" --log-json ${AGENT_ARGS:-} ${!own:-}
+        --host "$host" --advertise "$addr" --consul "$API_SCHEME://$addr:$API_PORT" --cluster "$NAME" --metrics "$addr:9810" \
+        $(metrics_tls_args "$i") --capacity "$CAPACITY" --log-json ${AGENT_ARGS:-} ${!own:-}
     )
   done
   # Ready means: both agents registered and live, and one of them leads.
-  local url="http://${ADDRS[0]}:8500/v1" live=0 leader=""
+  local url="$API_SCHEME://${ADDRS[0]}:$API_PORT/v1" live=0 leader=""
   for i in $(seq 1 300); do
-    live=$(curl -fsS --max-time 2 "${CURL_AUTH[@]}" "$url/health/service/operator-agent?passing=1&filter=Service.Meta.cluster==\"$NAME\"" 2>/dev/null \
+    live=$(curl -fsS --max-time 2 "${CURL_TLS[@]}" "${CURL_AUTH[@]}" "$url/health/service/operator-agent?passing=1&filter=Service.Meta.cluster==\"$NAME\"" 2>/dev/null \
       | grep -o '"ServiceID":"operator-agent-' | wc -l || true)
-    leader=$(curl -fsS --max-time 2 "${CURL_AUTH[@]}" "$url/kv/operator/leader" 2>/dev/null | grep -o '"Session":"[^"]' || true)
+    leader=$(curl -fsS --max-time 2 "${CURL_TLS[@]}" "${CURL_AUTH[@]}" "$url/kv/operator/leader" 2>/dev/null | grep -o '"Session":"[^"]' || true)
     [[ $live -ge 2 && -n $leader ]] && break
     for h in host-1 host-2; do alive "agent-$h" || die "agent-$h died; see $LOGS/agent-$h.log"; done
     sleep 0.2
@@ -229,9 +292,10 @@ agents_up() {
 
 lb_up() {
   local addr=${ADDRS[2]}
-  # shellcheck disable=SC2086
+  secure_env
+  # shellcheck disable=SC2086,SC2046
   SPAWN_TOKEN_FILE=$(token_file operator-lb) spawn "lb-host-3" "$ROOT/.venv/bin/python" -m consul_operator lb \
-    --consul "$addr:8500" --cluster "$NAME" --listen "$addr:80" --default-service simple \
+    $(metrics_tls_args 2) --consul "$API_SCHEME://$addr:$API_PORT" --cluster "$NAME" --listen "$addr:80" --default-service simple \
     --nginx-dir "$RUN_DIR/nginx" \
     --metrics "$addr:9810" --log-json ${LB_ARGS:-}
   # Healthy: its loop passed, it reaches Consul, and NGINX accepts connections on :80.
@@ -254,12 +318,14 @@ nginx_leftover_down() {
 
 cmd_up() {
   mkdir -p "$PIDS" "$LOGS"
+  ((SECURE)) && tls_up
   consul_up
   ((ACL)) && acl_up
   agents_up
   lb_up
   ((ACL)) && say "ACLs on (default deny); tokens in $ACL_DIR/"
-  say "up: Consul on ${ADDRS[*]} (HTTP :8500), agents of host-1 and host-2, NGINX on http://${ADDRS[2]}/; logs in $LOGS"
+  ((SECURE)) && say "secured: HTTPS only, mutual TLS, gossip encryption; certificates in $TLS_DIR/"
+  say "up: Consul on ${ADDRS[*]} ($API_SCHEME :$API_PORT), agents of host-1 and host-2, NGINX on http://${ADDRS[2]}/; logs in $LOGS"
 }
 
 cmd_down() {
@@ -282,7 +348,7 @@ cmd_down() {
   nginx_leftover_down
   ((${#rest[@]})) && stop "${rest[@]}"
   remove_containers
-  rm -rf "$RUN_DIR/consul" "$RUN_DIR/nginx" "$ACL_DIR"
+  rm -rf "$RUN_DIR/consul" "$RUN_DIR/nginx" "$ACL_DIR" "$TLS_DIR"
   say "down"
 }
 
@@ -300,7 +366,7 @@ cmd_status() {
       *) addr="" ;;
     esac
     if [[ -n $addr ]]; then
-      health=$(curl -sS --max-time 2 "http://$addr:9810/healthz" 2>&1 | tr '\n' ' ')
+      health=$(curl -sS --max-time 2 "${CURL_TLS[@]}" "$METRICS_SCHEME://$addr:9810/healthz" 2>&1 | tr '\n' ' ')
       health=", healthz: ${health% }"
     fi
     echo "$n: running (pid $(cut -d' ' -f1 "$f"))$health"

@@ -1,10 +1,12 @@
 """Consul ACLs for real: default deny, the policies of deploy/acl/, one token per role.
 
-The environment is staging.sh's ACL variant (STAGING_ACL=1) on 127.0.0.71-73,
-under its own name: Consul with deploy/consul/acl.hcl, bootstrapped by
+The environment is staging.sh's secured variant (STAGING_SECURE=1: ACLs, TLS,
+gossip encryption) on 127.0.0.71-73, under its own name: Consul with
+deploy/consul/acl.hcl and deploy/consul/tls.hcl, bootstrapped by
 scripts/acl-bootstrap.sh, the agents and the LB started with their role's
-token. A token that lacks a permission must get an error naming what it may
-not do, and must lose nothing: no KV change, no container touched.
+token and a client certificate (the secured loop itself: test_secure.py). A
+token that lacks a permission must get an error naming what it may not do,
+and must lose nothing: no KV change, no container touched.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -19,12 +23,14 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from stat import S_IMODE
 
 import docker
 import pytest
+import requests
 
-from consul_operator.consul_client import ConsulClient
-from consul_operator.errors import ConsulPermissionDenied
+from consul_operator.consul_client import ConsulClient, ConsulTLS
+from consul_operator.errors import ConsulError, ConsulPermissionDenied, ConsulTLSError, ConsulUnavailable
 from tests.support.cluster import Cluster, manifest_yaml
 from tests.support.staging import PROCESSES, ROOT, Staging, pid_alive, tool, wait_until
 
@@ -38,7 +44,7 @@ TOUCHING = ("create", "start", "kill", "die", "stop", "destroy", "restart")
 def acl_env(docker_engine: docker.DockerClient, nginx_binary: str) -> Iterator[Staging]:
     """The ACL staging environment, up for this module and torn down after it."""
     tool("consul")
-    env = Staging("acl", ACL_ADDRESSES, acl=True)
+    env = Staging("acl", ACL_ADDRESSES, acl=True, secure=True)
     env.run("down")  # a previous run that crashed may have left it behind
     env.run("up")
     yield env
@@ -48,7 +54,12 @@ def acl_env(docker_engine: docker.DockerClient, nginx_binary: str) -> Iterator[S
 @pytest.fixture(scope="module")
 def acl_cluster(acl_env: Staging, docker_engine: docker.DockerClient) -> Cluster:
     """The ACL environment, looked at with the management token."""
-    return Cluster(acl_env, ConsulClient(acl_env.consul_addr(), acl_env.token("management")), docker_engine)
+    return Cluster(acl_env, client(acl_env, acl_env.token("management")), docker_engine)
+
+
+def client(env: Staging, token: str | None) -> ConsulClient:
+    """A Consul client of the environment with ``token`` and its client certificate."""
+    return ConsulClient(env.consul_addr(), token, tls=ConsulTLS.from_env(env.tls_env()))
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +79,7 @@ def operator_cli(env: Staging, token: str, *args: str) -> subprocess.CompletedPr
         text=True,
         timeout=60,
         check=False,
+        env={**os.environ, **env.tls_env()},
     )
 
 
@@ -85,6 +97,7 @@ def consul_acl(env: Staging, *args: str) -> str:
         text=True,
         timeout=30,
         check=True,
+        env={**os.environ, **env.tls_env()},
     )
     return result.stdout
 
@@ -144,7 +157,7 @@ def agents_with_token(cluster: Cluster, token: str, tmp_path: Path, *extra: str)
                             "--advertise",
                             addr,
                             "--consul",
-                            f"{addr}:8500",
+                            env.consul_addr(host),
                             "--cluster",
                             env.name,
                             "--log-json",
@@ -152,7 +165,7 @@ def agents_with_token(cluster: Cluster, token: str, tmp_path: Path, *extra: str)
                         ],
                         stdout=out,
                         stderr=subprocess.STDOUT,
-                        env={**os.environ, "CONSUL_HTTP_TOKEN": token},
+                        env={**os.environ, **env.tls_env(), "CONSUL_HTTP_TOKEN": token},
                     )
                 )
         yield logs
@@ -181,7 +194,7 @@ def log_errors(log: Path) -> list[str]:
 def test_anonymous_requests_are_denied(acl_env: Staging) -> None:
     """ACLs are on with default deny: without a token even a read of services/ is refused."""
     with pytest.raises(ConsulPermissionDenied, match="services/"):
-        ConsulClient(acl_env.consul_addr(), token=None).kv_list("services/")
+        client(acl_env, None).kv_list("services/")
 
 
 def environ(pid: int) -> dict[str, str]:
@@ -387,7 +400,7 @@ def test_admin_token_cordons_and_drains_and_may_write_nothing_else_of_the_operat
         shown = json.loads(operator_cli(acl_env, admin, "status", "--json").stdout)
         host = next(h for h in shown["hosts"] if h["name"] == "host-1")
         assert host["cordoned"] is True and host["drain"]["deadline"] == 300.0
-        admin_client = ConsulClient(acl_env.consul_addr(), admin)
+        admin_client = client(acl_env, admin)
         with pytest.raises(ConsulPermissionDenied):
             admin_client.kv_put(acl_cluster.layout.placement_key(running), b"{}")
     finally:
@@ -403,11 +416,222 @@ def test_admin_token_may_request_a_rollback_and_the_lb_token_may_not(
 ) -> None:
     """`operator rollback` writes operator/rollback/<name>: the admin token may, the LB token may not."""
     key = acl_cluster.layout.rollback_key("acl-rollback-probe")
-    admin = ConsulClient(acl_env.consul_addr(), acl_env.token("operator-admin"))
-    lb = ConsulClient(acl_env.consul_addr(), acl_env.token("operator-lb"))
+    admin = client(acl_env, acl_env.token("operator-admin"))
+    lb = client(acl_env, acl_env.token("operator-lb"))
     with pytest.raises(ConsulPermissionDenied):
         lb.kv_put(key, b"{}")
     try:
         assert admin.kv_put(key, b"{}", cas=0)
     finally:
         admin.kv_delete(key)
+
+
+# --- secured: TLS, gossip encryption, secrets hygiene (#21) -----------------------------
+
+
+def test_plain_http_to_consul_is_refused(acl_env: Staging) -> None:
+    """Secured, Consul has no plain HTTP port, and plain HTTP to its HTTPS port gets no answer but 400."""
+    address = acl_env.addresses[0]
+    with pytest.raises(ConsulUnavailable, match="Connection refused"):
+        ConsulClient(f"http://{address}:8500", acl_env.token("management"), tls=ConsulTLS()).leader()
+    with pytest.raises(ConsulError, match="HTTP request to an HTTPS server"):
+        ConsulClient(f"http://{address}:8501", acl_env.token("management"), tls=ConsulTLS()).leader()
+
+
+def test_a_client_without_a_certificate_is_refused(acl_env: Staging) -> None:
+    """verify_incoming: with the right CA but no client certificate, Consul ends the handshake."""
+    tls = ConsulTLS(ca_file=acl_env.tls_env()["CONSUL_CACERT"])
+    with pytest.raises(ConsulTLSError, match="refused our client certificate"):
+        ConsulClient(acl_env.consul_addr(), acl_env.token("management"), tls=tls).leader()
+
+
+def test_a_wrong_ca_is_refused_with_a_clear_error(acl_env: Staging, tmp_path: Path) -> None:
+    """A CA that did not sign Consul's certificate: CLI exit 2, one line naming the host and the CA file."""
+    subprocess.run([tool("consul"), "tls", "ca", "create"], cwd=tmp_path, check=True, capture_output=True)
+    wrong_ca = str(tmp_path / "consul-agent-ca.pem")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "consul_operator",
+            "status",
+            "--consul",
+            acl_env.consul_addr(),
+            "--ca-file",
+            wrong_ca,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **acl_env.tls_env(), "CONSUL_HTTP_TOKEN": acl_env.token("operator-admin")},
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert acl_env.consul_addr() in lines[0] and wrong_ca in lines[0], lines[0]
+    assert "certificate verify failed" in lines[0], lines[0]
+
+
+def test_gossip_is_encrypted(acl_env: Staging) -> None:
+    """Every server runs with the gossip key: the keyring has exactly that one key on all three."""
+    key = (acl_env.run_dir / "tls" / "gossip.key").read_text().strip()
+    listed = keyring(acl_env, "-list")
+    assert key in listed
+    assert "[3/3]" in listed, listed
+
+
+def keyring(env: Staging, *args: str) -> str:
+    """`consul keyring ...` over HTTPS with the management token; returns its output."""
+    result = subprocess.run(
+        [
+            tool("consul"),
+            "keyring",
+            *args,
+            f"-http-addr={env.consul_addr()}",
+            f"-token-file={env.run_dir / 'acl' / 'management.token'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={**os.environ, **env.tls_env()},
+    )
+    return result.stdout
+
+
+def secrets_of(env: Staging) -> dict[str, str]:
+    """Every secret of the environment: the tokens, the gossip key, the private keys."""
+    secrets = {f.name: f.read_text().strip() for f in (env.run_dir / "acl").glob("*.token")}
+    secrets["gossip.key"] = (env.run_dir / "tls" / "gossip.key").read_text().strip()
+    for key in (env.run_dir / "tls").glob("*-key.pem"):
+        # The base64 body of a PEM key: any line of it in a log is a leak.
+        secrets[key.name] = "".join(key.read_text().splitlines()[1:-1])
+    return secrets
+
+
+def test_no_secret_in_any_log_line_or_command_line(
+    acl_env: Staging, acl_cluster: Cluster, running: str
+) -> None:
+    """No token, gossip key or private key in any daemon's log or in any staging process's command line."""
+    secrets = secrets_of(acl_env)
+    assert {"management.token", "operator-agent.token", "gossip.key", "dc1-client-consul-0-key.pem"} <= set(
+        secrets
+    )
+    logs = list((acl_env.run_dir / "logs").glob("*.log"))
+    assert {log.stem for log in logs} >= PROCESSES
+    for log in logs:
+        for number, line in enumerate(log.read_text(errors="replace").splitlines(), 1):
+            for name, secret in secrets.items():
+                assert secret not in line, f"{name} in {log.name} line {number}"
+    for pid in acl_env.pids().values():
+        for proc in with_descendants(pid):
+            try:
+                cmdline = Path(f"/proc/{proc}/cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            for name, secret in secrets.items():
+                assert secret not in cmdline, f"{name} in the command line of pid {proc}"
+
+
+def test_key_and_token_files_are_private_to_their_user(acl_env: Staging) -> None:
+    """Private keys, tokens, the gossip key and files holding it: mode 0600, owned by the daemons' user."""
+    files = [
+        *(acl_env.run_dir / "acl").glob("*.token"),
+        acl_env.run_dir / "acl" / "management.header",
+        *(acl_env.run_dir / "tls").glob("*-key.pem"),
+        acl_env.run_dir / "tls" / "gossip.key",
+        *(acl_env.run_dir / "tls").glob("host-*.hcl"),
+    ]
+    # 7 tokens, the management header, the CA's, client's and 3 servers' keys, the gossip key in 4 files.
+    assert len(files) == 7 + 1 + 5 + 1 + 3
+    daemon_uid = Path(f"/proc/{acl_env.pids()['agent-host-1']}").stat().st_uid
+    for path in files:
+        info = path.stat()
+        assert S_IMODE(info.st_mode) == 0o600, f"{path}: {oct(S_IMODE(info.st_mode))}"
+        assert info.st_uid == daemon_uid, (
+            f"{path} is owned by uid {info.st_uid}, the daemons run as {daemon_uid}"
+        )
+
+
+def test_metrics_are_served_over_tls_only(acl_env: Staging) -> None:
+    """With --metrics-tls-cert/key, /metrics answers over HTTPS (verified by the CA), not over plain HTTP."""
+    address = f"{acl_env.addresses[0]}:9810"
+    ca = acl_env.tls_env()["CONSUL_CACERT"]
+    answer = requests.get(f"https://{address}/metrics", verify=ca, timeout=10)
+    assert answer.status_code == 200 and "operator_" in answer.text
+    log = acl_env.run_dir / "logs" / "agent-host-1.log"
+    before = log.stat().st_size
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://{address}/metrics", timeout=10)
+    assert requests.get(f"https://{address}/healthz", verify=ca, timeout=10).status_code == 200
+    with log.open() as lines:
+        lines.seek(before)
+        assert "Traceback" not in lines.read(), "a failed handshake is logged as a crash"
+
+
+def test_gossip_key_rotates_without_stopping_anything(
+    acl_env: Staging, acl_cluster: Cluster, running: str
+) -> None:
+    """docs/deploy.md's rotation: install, use, remove; the servers stay members, the containers stay up."""
+    before = {c.id for c in acl_cluster.containers(running)}
+    old = (acl_env.run_dir / "tls" / "gossip.key").read_text().strip()
+    new = subprocess.run(
+        [tool("consul"), "keygen"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    keyring(acl_env, "-install", new)
+    keyring(acl_env, "-use", new)
+    keyring(acl_env, "-remove", old)
+    listed = keyring(acl_env, "-list")
+    assert new in listed and old not in listed, listed
+    assert "[3/3]" in listed, f"not every server answered: {listed}"
+    assert {c.id for c in acl_cluster.containers(running)} == before
+    acl_cluster.wait_converged(running, 2)
+
+
+def presented_certificate(env: Staging, address: str) -> bytes:
+    """The certificate (DER) Consul's HTTPS API at ``address`` presents, verified with the CA."""
+    files = env.tls_env()
+    context = ssl.create_default_context(cafile=files["CONSUL_CACERT"])
+    context.load_cert_chain(files["CONSUL_CLIENT_CERT"], files["CONSUL_CLIENT_KEY"])
+    with (
+        socket.create_connection((address, 8501), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=address) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return der
+
+
+def test_a_server_certificate_rotates_without_stopping_anything(
+    acl_env: Staging, acl_cluster: Cluster, running: str, tmp_path: Path
+) -> None:
+    """docs/deploy.md's rotation: a new certificate of the same CA, then `consul reload`: nothing stops."""
+    tls = acl_env.run_dir / "tls"
+    address = acl_env.addresses[0]
+    before = {c.id for c in acl_cluster.containers(running)}
+    old = presented_certificate(acl_env, address)
+    ca = ["-ca", str(tls / "consul-agent-ca.pem"), "-key", str(tls / "consul-agent-ca-key.pem")]
+    create = [
+        tool("consul"),
+        "tls",
+        "cert",
+        "create",
+        "-server",
+        "-dc",
+        "dc1",
+        "-additional-ipaddress",
+        address,
+    ]
+    subprocess.run([*create, *ca], cwd=tmp_path, check=True, capture_output=True)
+    new = ssl.PEM_cert_to_DER_cert((tmp_path / "dc1-server-consul-0.pem").read_text())
+    assert new != old
+    # In place: the files keep their mode (0600) and owner.
+    (tls / "dc1-server-consul-0-key.pem").write_text((tmp_path / "dc1-server-consul-0-key.pem").read_text())
+    (tls / "dc1-server-consul-0.pem").write_text((tmp_path / "dc1-server-consul-0.pem").read_text())
+    os.kill(acl_env.pids()["consul-host-1"], signal.SIGHUP)
+    wait_until(lambda: presented_certificate(acl_env, address) == new, timeout=30, what="the new certificate")
+    assert acl_env.consul_alive("host-1")
+    status = operator_cli(acl_env, acl_env.token("operator-admin"), "status", running)
+    assert status.returncode == 0, status.stderr
+    assert {c.id for c in acl_cluster.containers(running)} == before

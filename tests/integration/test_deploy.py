@@ -10,6 +10,7 @@ Vagrant's configuration API; the systemd units are checked by
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -71,14 +72,16 @@ load ARGV[0]
 """
 
 
-def vagrant_config() -> dict[str, Any]:
-    """What the Vagrantfile configures, recorded by the stub."""
+def vagrant_config(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """What the Vagrantfile configures, recorded by the stub (``env``: more of `vagrant up`'s environment)."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("CONSUL_TLS", "CONSUL_GOSSIP", "CONSUL_ACL")}
     with_stub = subprocess.run(
         [tool("ruby"), "-e", VAGRANT_STUB, str(ROOT / "Vagrantfile")],
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
+        env={**clean, **(env or {})},
     )
     return dict(json.loads(with_stub.stdout))
 
@@ -114,6 +117,37 @@ def test_vagrantfile_defines_the_three_hosts() -> None:
         assert options["inline"] == f"bash /vagrant/scripts/provision.sh {role}"
         assert options["env"]["NODE_NAME"] == name
         assert options["env"]["NODE_ADDR"] == ip
+
+
+def provision_env(env: dict[str, str] | None = None) -> list[dict[str, str]]:
+    """The environment each VM's provision.sh gets."""
+    vm = vagrant_config(env)["children"]["vm"]
+    machines = [call[2] for call in vm["calls"] if call[0] == "define:block"]
+    return [c[2]["env"] for m in machines for c in m["children"]["vm"]["calls"] if c[0] == "provision"]
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        pytest.param(
+            {}, {"CONSUL_TLS": "1", "CONSUL_GOSSIP": "1", "CONSUL_ACL": "1"}, id="secured-by-default"
+        ),
+        pytest.param(
+            {"CONSUL_TLS": "0"},
+            {"CONSUL_TLS": "0", "CONSUL_GOSSIP": "1", "CONSUL_ACL": "1"},
+            id="tls-off-explicitly",
+        ),
+        pytest.param(
+            {"CONSUL_ACL": "0", "CONSUL_GOSSIP": "0"},
+            {"CONSUL_TLS": "1", "CONSUL_GOSSIP": "0", "CONSUL_ACL": "0"},
+            id="acl-and-gossip-off",
+        ),
+    ],
+)
+def test_vagrant_up_is_secured_unless_turned_off(env: dict[str, str], expected: dict[str, str]) -> None:
+    """Every VM is provisioned with TLS, gossip encryption and ACLs on; only an explicit 0 turns one off."""
+    for provisioned in provision_env(env):
+        assert {k: provisioned[k] for k in expected} == expected
 
 
 def parse_unit(path: Path) -> dict[str, list[tuple[str, str]]]:
@@ -279,6 +313,43 @@ def test_consul_config_validates(host: Path, acl: bool) -> None:
     assert "Configuration is valid!" in result.stdout
 
 
+def test_secured_consul_config_validates(tmp_path: Path) -> None:
+    """The secured Consul config (acl.hcl, tls.hcl, consul-secrets.sh's certificates and key) is valid."""
+    secrets = tmp_path / "secrets"
+    made = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "consul-secrets.sh"), str(secrets), "host-1=192.168.50.101"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "CONSUL": tool("consul")},
+    )
+    assert made.returncode == 0, made.stderr
+    modes = {p.name: p.stat().st_mode & 0o777 for p in secrets.iterdir()}
+    assert all(
+        mode == 0o600 for name, mode in modes.items() if name.endswith("-key.pem") or name == "gossip.key"
+    )
+    tls = (DEPLOY / "consul" / "tls.hcl").read_text()
+    for installed, made_file in (
+        ("/etc/consul.d/tls/ca.pem", "consul-agent-ca.pem"),
+        ("/etc/consul.d/tls/server.pem", "host-1-server.pem"),
+        ("/etc/consul.d/tls/server-key.pem", "host-1-server-key.pem"),
+    ):
+        assert installed in tls
+        tls = tls.replace(installed, str(secrets / made_file))
+    (tmp_path / "tls.hcl").write_text(tls)
+    (tmp_path / "encrypt.hcl").write_text(f'encrypt = "{(secrets / "gossip.key").read_text().strip()}"\n')
+    result = consul_validate(
+        DEPLOY / "consul" / "consul.hcl",
+        HOST_CONFIGS[0],
+        DEPLOY / "consul" / "acl.hcl",
+        tmp_path / "tls.hcl",
+        tmp_path / "encrypt.hcl",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Configuration is valid!" in result.stdout
+
+
 def test_consul_validate_refuses_a_broken_config(tmp_path: Path) -> None:
     """`consul validate` really checks: a misspelt ACL setting in a copy of acl.hcl is refused."""
     broken = tmp_path / "acl.hcl"
@@ -323,7 +394,16 @@ def test_lb_policy_reads_and_writes_only_its_events() -> None:
 
 
 @pytest.mark.parametrize(
-    "script", ["provision.sh", "provision-test.sh", "acl-bootstrap.sh", "deps.sh", "staging.sh"]
+    "script",
+    [
+        "provision.sh",
+        "provision-test.sh",
+        "acl-bootstrap.sh",
+        "consul-secrets.sh",
+        "deps.sh",
+        "staging.sh",
+        "nodes.sh",
+    ],
 )
 def test_shell_scripts_parse(script: str) -> None:
     """`bash -n` accepts the install and staging scripts."""

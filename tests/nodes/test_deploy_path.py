@@ -82,12 +82,16 @@ def test_provisioning_again_changes_nothing(nodes: Nodes, host: str) -> None:
     unit = UNITS[host]
     pid = nodes.exec(host, "systemctl", "show", "-p", "MainPID", "--value", unit).strip()
     role = "lb" if host == "host-3" else "app"
+    secured = "1" if nodes.secure else "0"  # as nodes.sh provisioned it (provision.sh's default: 1)
     out = nodes.exec(
         host,
         "env",
         f"NODE_NAME={host}",
         f"NODE_ADDR={nodes.address(host)}",
         "CONSUL_HOST_CONFIG=/srv/node/host.hcl",
+        f"CONSUL_TLS={secured}",
+        f"CONSUL_GOSSIP={secured}",
+        f"CONSUL_ACL={secured}",
         "bash",
         "/vagrant/scripts/provision.sh",
         role,

@@ -44,8 +44,9 @@ def manifest_yaml(name: str, replicas: int, **fields: Any) -> str:
 def operator(cluster: Cluster, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     """The one CLI runner: `operator SUBCOMMAND --consul <host-1's Consul> ARGS...`."""
     command = [sys.executable, "-m", "consul_operator", args[0], "--consul", cluster.staging.consul_addr()]
+    env = {**os.environ, **cluster.staging.tls_env()}
     return subprocess.run(
-        [*command, *args[1:]], input=stdin, capture_output=True, text=True, timeout=120, check=False
+        [*command, *args[1:]], input=stdin, capture_output=True, text=True, timeout=120, check=False, env=env
     )
 
 

@@ -64,6 +64,7 @@ class Nodes:
     addresses: tuple[str, str, str] = field(init=False)
     run_dir: Path = field(init=False)
     cuts: set[tuple[str, str, bool]] = field(default_factory=set)  # (from, to, consul ports only)
+    secure: bool = False  # provision.sh's secure defaults: TLS, gossip encryption, ACLs (NODES_SECURE=1)
 
     def __post_init__(self) -> None:
         self.addresses = node_addresses(self.subnet)
@@ -76,6 +77,7 @@ class Nodes:
             "NODES_NAME": self.name,
             "NODES_SUBNET": self.subnet,
             "RUN_DIR": str(self.run_dir),
+            "NODES_SECURE": "1" if self.secure else "0",
         }
 
     def run(self, command: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
@@ -102,8 +104,19 @@ class Nodes:
         return self.addresses[HOSTS.index(host)]
 
     def consul_addr(self, host: str = "host-1") -> str:
-        """HTTP address of the Consul agent of ``host`` (its client_addr includes the node's address)."""
-        return f"{self.address(host)}:8500"
+        """HTTP(S) address of the Consul agent of ``host`` (its client_addr includes the node's address)."""
+        return f"https://{self.address(host)}:8501" if self.secure else f"{self.address(host)}:8500"
+
+    def tls_env(self) -> dict[str, str]:
+        """Secured: the CA and host-1's client certificate of nodes.sh's secrets; else none."""
+        if not self.secure:
+            return {}
+        secrets = self.run_dir / "secrets"
+        return {
+            "CONSUL_CACERT": str(secrets / "consul-agent-ca.pem"),
+            "CONSUL_CLIENT_CERT": str(secrets / "host-1-client.pem"),
+            "CONSUL_CLIENT_KEY": str(secrets / "host-1-client-key.pem"),
+        }
 
     def exec(self, host: str, *command: str, check: bool = True, timeout: float = 120) -> str:
         """Run ``command`` inside the node of ``host``; its stdout."""

@@ -60,6 +60,7 @@ class Environment(Protocol):
     def run_dir(self) -> Path: ...
     def run(self, command: str) -> subprocess.CompletedProcess[str]: ...  # up, down
     def consul_addr(self, host: str = "host-1") -> str: ...
+    def tls_env(self) -> dict[str, str]: ...  # CONSUL_CACERT... for a client; {} without TLS
     def nginx_conf(self) -> str: ...
     def consul_alive(self, host: str) -> bool: ...
     def pids(self) -> dict[str, int]: ...  # daemons that are processes of this machine
@@ -72,6 +73,7 @@ class Staging:
     name: str
     addresses: tuple[str, str, str]
     acl: bool = False  # Consul with ACLs on, default deny, role tokens (STAGING_ACL=1)
+    secure: bool = False  # also TLS (HTTPS only, mutual), gossip encryption (STAGING_SECURE=1)
     extra_env: tuple[tuple[str, str], ...] = ()  # more of staging.sh's variables (AGENT_ARGS...)
     run_dir: Path = field(init=False)
 
@@ -86,7 +88,8 @@ class Staging:
             "STAGING_NAME": self.name,
             "STAGING_ADDRS": " ".join(self.addresses),
             "RUN_DIR": str(self.run_dir),
-            "STAGING_ACL": "1" if self.acl else "0",
+            "STAGING_ACL": "1" if self.acl or self.secure else "0",
+            "STAGING_SECURE": "1" if self.secure else "0",
             **dict(self.extra_env),
         }
 
@@ -95,8 +98,20 @@ class Staging:
         return (self.run_dir / "acl" / f"{role}.token").read_text().strip()
 
     def consul_addr(self, host: str = "host-1") -> str:
-        """HTTP address of the Consul agent of ``host``."""
-        return f"{self.addresses[HOSTS.index(host)]}:8500"
+        """HTTP address of the Consul agent of ``host`` (https://...:8501 when secured)."""
+        address = self.addresses[HOSTS.index(host)]
+        return f"https://{address}:8501" if self.secure else f"{address}:8500"
+
+    def tls_env(self) -> dict[str, str]:
+        """The consul CLI's TLS variables for a client of this environment (none unless secured)."""
+        if not self.secure:
+            return {}
+        tls = self.run_dir / "tls"
+        return {
+            "CONSUL_CACERT": str(tls / "consul-agent-ca.pem"),
+            "CONSUL_CLIENT_CERT": str(tls / "dc1-client-consul-0.pem"),
+            "CONSUL_CLIENT_KEY": str(tls / "dc1-client-consul-0-key.pem"),
+        }
 
     def nginx_conf(self) -> str:
         """The configuration the load balancer installed in its own NGINX."""

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from consul_operator.consul_client import ConsulAddress, check_token
+from consul_operator.consul_client import ConsulAddress, ConsulClient, ConsulTLS, check_token
 
 SECRET = "5e3c1a2b-0000-4000-8000-00000000abcd"
 
@@ -66,7 +67,7 @@ def test_bad_tokens_are_refused_without_echoing_them(token: str) -> None:
 
 
 def _operator(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("CONSUL_HTTP_")}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CONSUL_")}
     return subprocess.run(
         [sys.executable, "-m", "consul_operator", *args],
         capture_output=True,
@@ -101,3 +102,105 @@ def test_bad_connection_values_are_usage_errors(args: list[str], env: dict[str, 
     assert lines[0].startswith(f"operator {args[0]}: error: {names}: ")
     assert "Traceback" not in result.stderr
     assert SECRET not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        pytest.param({}, ConsulTLS(), id="nothing-set-verifies"),
+        pytest.param(
+            {"CONSUL_CACERT": "/ca.pem", "CONSUL_TLS_SERVER_NAME": "server.dc1.consul"},
+            ConsulTLS(ca_file="/ca.pem", server_name="server.dc1.consul"),
+            id="ca-and-server-name",
+        ),
+        pytest.param(
+            {"CONSUL_CLIENT_CERT": "/c.pem", "CONSUL_CLIENT_KEY": "/k.pem", "CONSUL_HTTP_SSL": "true"},
+            ConsulTLS(cert_file="/c.pem", key_file="/k.pem", ssl=True),
+            id="client-pair-and-ssl",
+        ),
+        pytest.param(
+            {"CONSUL_HTTP_SSL_VERIFY": "false"}, ConsulTLS(verify=False), id="verify-off-explicitly"
+        ),
+        pytest.param({"CONSUL_HTTP_SSL_VERIFY": "1"}, ConsulTLS(verify=True), id="verify-on-as-1"),
+    ],
+)
+def test_tls_settings_come_from_the_consul_cli_variables(env: dict[str, str], expected: ConsulTLS) -> None:
+    """The operator reads the same TLS variables as the consul CLI, verification on unless turned off."""
+    assert ConsulTLS.from_env(env) == expected
+
+
+@pytest.mark.parametrize(
+    ("address", "env", "expected"),
+    [
+        pytest.param("127.0.0.1:8501", {"CONSUL_HTTP_SSL": "true"}, "https://127.0.0.1:8501", id="ssl-var"),
+        pytest.param("https://127.0.0.1:8501", {}, "https://127.0.0.1:8501", id="https-address"),
+        pytest.param(
+            "http://127.0.0.1:8500", {"CONSUL_HTTP_SSL": "true"}, "http://127.0.0.1:8500", id="explicit-http"
+        ),
+        pytest.param("127.0.0.1:8500", {}, "http://127.0.0.1:8500", id="plain"),
+    ],
+)
+def test_https_follows_the_address_and_consul_http_ssl(
+    address: str, env: dict[str, str], expected: str
+) -> None:
+    """CONSUL_HTTP_SSL=true makes a scheme-less address https, as the consul CLI; an explicit scheme wins."""
+    assert str(ConsulClient(address, tls=ConsulTLS.from_env(env)).address) == expected
+
+
+def test_verification_uses_the_ca_file_and_the_client_pair(tmp_path: Path) -> None:
+    """The HTTP client verifies with the given CA file and presents the client certificate."""
+    ca, cert, key = (tmp_path / n for n in ("ca.pem", "c.pem", "k.pem"))
+    client = ConsulClient("https://127.0.0.1:8501", tls=ConsulTLS(str(ca), str(cert), str(key)))
+    assert client._client.http.verify == str(ca)
+    assert client._client.http.cert == (str(cert), str(key))
+    assert ConsulClient("https://127.0.0.1:8501", tls=ConsulTLS())._client.http.verify is True
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        pytest.param(
+            ["status", "--ca-file", "/nonexistent/ca.pem"],
+            {},
+            "CA file /nonexistent/ca.pem: no such file",
+            id="flag-ca",
+        ),
+        pytest.param(
+            ["status"],
+            {"CONSUL_CACERT": "/nonexistent/ca.pem"},
+            "CA file /nonexistent/ca.pem: no such file",
+            id="env-ca",
+        ),
+        pytest.param(
+            ["apply", "x.yaml", "--client-cert", "/nonexistent/c.pem"],
+            {},
+            "needs both a certificate and a key file",
+            id="cert-without-key",
+        ),
+        pytest.param(
+            ["wait", "web"],
+            {"CONSUL_HTTP_SSL": "maybe"},
+            "CONSUL_HTTP_SSL must be true or false",
+            id="bad-ssl",
+        ),
+        pytest.param(
+            ["agent", "--host", "host-1", "--metrics-tls-cert", "/nonexistent/m.pem"],
+            {},
+            "--metrics-tls-cert and --metrics-tls-key go together",
+            id="metrics-cert-without-key",
+        ),
+        pytest.param(
+            ["lb", "--metrics-tls-cert", "/nonexistent/m.pem", "--metrics-tls-key", "/nonexistent/k.pem"],
+            {},
+            "--metrics-tls-cert /nonexistent/m.pem: no such file",
+            id="metrics-cert-missing",
+        ),
+    ],
+)
+def test_bad_tls_settings_are_usage_errors(args: list[str], env: dict[str, str], message: str) -> None:
+    """A missing certificate file or a bad TLS variable: exit 2, one line naming the file or variable."""
+    result = _operator(*args, env=env)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"operator {args[0]}: error: ") and message in lines[0], lines[0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from consul_operator.consul_client import BlockingQuery, ConsulAddress, ConsulClient, Indexed
+from consul_operator.consul_client import BlockingQuery, ConsulAddress, ConsulClient, Indexed, _tls_reason
 
 
 @pytest.mark.parametrize(
@@ -89,3 +89,30 @@ def test_blocking_query_spaces_out_calls() -> None:
     now[0] += 0.2
     query.next()
     assert slept == [pytest.approx(0.5), pytest.approx(0.3)]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            "HTTPSConnectionPool(host='127.0.0.71', port=8501): Max retries exceeded (Caused by SSLError("
+            "SSLError(1, '[SSL: SSLV3_ALERT_BAD_CERTIFICATE] sslv3 alert bad certificate (_ssl.c:2580)')))",
+            "Consul refused our client certificate (none given, or not signed by its CA)",
+            id="no-client-certificate",
+        ),
+        pytest.param(
+            "(Caused by SSLError(SSLCertVerificationError(1, '[SSL: CERTIFICATE_VERIFY_FAILED] certificate "
+            "verify failed: unable to get local issuer certificate (_ssl.c:1000)')))",
+            "certificate verify failed: unable to get local issuer certificate",
+            id="wrong-ca",
+        ),
+        pytest.param(
+            "CertificateError(\"hostname 'client.dc1.consul' doesn't match either of 'server.dc1.consul'\")",
+            "Consul's certificate is not for 'client.dc1.consul'",
+            id="wrong-server-name",
+        ),
+    ],
+)
+def test_tls_failures_are_told_in_one_short_reason(text: str, expected: str) -> None:
+    """A TLS failure's message is cut down to the cause a user can act on."""
+    assert _tls_reason(Exception(text)) == expected
