@@ -115,15 +115,16 @@ def restricted_token(env: Staging, tmp_path: Path, name: str, rules: str) -> str
 def state_of(cluster: Cluster, service: str) -> tuple[dict[str, int], set[tuple[str, str]]]:
     """What must not change: KV (key -> modify index) and the containers.
 
-    Left out: the leader lock, and the agents' status reports (`operator/status/`),
-    which they rewrite whenever a check's result changes; neither is state a
-    refused command could lose.
+    Left out: the leader lock, the agents' status reports (`operator/status/`),
+    which they rewrite whenever a check's result changes, and the events
+    (`operator/events/`), a log of what happened (a registration, a pass); none
+    is state a refused command could lose.
     """
     kv = {
         e.key: e.modify_index
         for prefix in ("services/", "operator/")
         for e in cluster.consul.kv_list(prefix).value
-        if e.key != "operator/leader" and not e.key.startswith("operator/status/")
+        if e.key != "operator/leader" and not e.key.startswith(("operator/status/", "operator/events/"))
     }
     containers = {(c.id, c.status) for c in cluster.containers(service, all_states=True)}
     return kv, containers
