@@ -438,21 +438,7 @@ class ConsulClient:
         (`ConsulPermissionDenied` for an ACL refusal).
         """
         ops = [txn_operation(key, value) for key, value in writes.items()]
-        described = f"a transaction of {_describe_keys(writes)}"
-        with _wrapped(described):
-            response = self._client.http.put(
-                lambda r: r, "/v1/txn", data=json.dumps(ops), headers=self._client.prepare_headers()
-            )
-        code = int(response.code)
-        if code < 400:
-            return
-        metrics.consul_errors.inc()
-        body = str(response.body)
-        errors = _txn_errors(body) if code == 409 else []
-        text = "; ".join(what for _, what in errors) or body.strip()[:300]
-        if code == 403 or any("permission denied" in what.lower() for _, what in errors):
-            raise ConsulPermissionDenied(f"permission denied for {described}: {text}", status=code)
-        raise ConsulError(f"Consul refused {described} (HTTP {code}): {text}", status=code)
+        self._txn(f"a transaction of {_describe_keys(writes)}", json.dumps(ops))
 
     def fenced_write(self, lock_key: str, session: str, writes: Mapping[str, bytes | None]) -> None:
         """Write (or, for None, delete) keys only while ``session`` holds ``lock_key``.
@@ -466,28 +452,35 @@ class ConsulClient:
         * anything else (413: too large, too many operations): `ConsulError`
           with ``status`` set.
         """
-        described = f"a fenced write of {_describe_keys(writes)}"
+        self._txn(
+            f"a fenced write of {_describe_keys(writes)}",
+            txn_body(lock_key, session, writes),
+            fence=f"{lock_key!r} is not held by session {session}",
+        )
+
+    def _txn(self, described: str, body: str, fence: str | None = None) -> None:
+        """PUT /v1/txn with ``body``; a refusal raises, decided on the status code and per-operation errors.
+
+        ``fence``: operation 0 is a check-session, whose failure means `NotLeader` (saying ``fence``).
+        """
         with _wrapped(described):
             # Not txn.put(): py-consul sends no ACL token with it. The callback keeps
             # the response as it is, so that the status code decides, not its text.
             response = self._client.http.put(
-                lambda r: r,
-                "/v1/txn",
-                data=txn_body(lock_key, session, writes),
-                headers=self._client.prepare_headers(),
+                lambda r: r, "/v1/txn", data=body, headers=self._client.prepare_headers()
             )
         code = int(response.code)
         if code < 400:
             return
         metrics.consul_errors.inc()
-        body = str(response.body)
-        errors = _txn_errors(body) if code == 409 else []
-        text = "; ".join(what for _, what in errors) or body.strip()[:300]
-        if any(index == 0 for index, _ in errors):
-            raise NotLeader(f"{lock_key!r} is not held by session {session}: {text}")
+        text = str(response.body)
+        errors = _txn_errors(text) if code == 409 else []
+        said = "; ".join(what for _, what in errors) or text.strip()[:300]
+        if fence is not None and any(index == 0 for index, _ in errors):
+            raise NotLeader(f"{fence}: {said}")
         if code == 403 or any("permission denied" in what.lower() for _, what in errors):
-            raise ConsulPermissionDenied(f"permission denied for {described}: {text}", status=code)
-        raise ConsulError(f"Consul refused {described} (HTTP {code}): {text}", status=code)
+            raise ConsulPermissionDenied(f"permission denied for {described}: {said}", status=code)
+        raise ConsulError(f"Consul refused {described} (HTTP {code}): {said}", status=code)
 
     # --- sessions -------------------------------------------------------------
 

@@ -173,12 +173,14 @@ class Chaos:
             handle.write(json.dumps({"t": round(time.time(), 3), "event": event, **fields}) + "\n")
 
     def containers(self, service: str | None = None, host: str | None = None) -> list[Any]:
+        # ignore_removed: docker-py inspects each container it listed; one removed in
+        # between (a replica the agent just replaced) is gone, not an error.
         labels = [f"{LABEL_CLUSTER}={self.cluster.staging.name}"]
         if service:
             labels.append(f"{LABEL_SERVICE}={service}")
         if host:
             labels.append(f"{LABEL_HOST}={host}")
-        return list(self.cluster.docker.containers.list(filters={"label": labels}))
+        return list(self.cluster.docker.containers.list(filters={"label": labels}, ignore_removed=True))
 
     # --- the checks ------------------------------------------------------------------------
 
@@ -216,7 +218,7 @@ class Chaos:
             if not self.cluster.lb_serves(service, replicas):
                 return False
         ours = self.cluster.docker.containers.list(
-            all=True, filters={"label": [f"{LABEL_CLUSTER}={self.cluster.staging.name}"]}
+            all=True, filters={"label": [f"{LABEL_CLUSTER}={self.cluster.staging.name}"]}, ignore_removed=True
         )
         if {c.labels.get(LABEL_SERVICE) for c in ours if c.status == "running"} - set(self.desired):
             return False

@@ -79,7 +79,8 @@ class Cluster:
     def containers(self, service: str, *, all_states: bool = False) -> list[Any]:
         """Our containers of ``service`` in this environment."""
         labels = [f"{LABEL_CLUSTER}={self.staging.name}", f"{LABEL_SERVICE}={service}"]
-        return list(self.docker.containers.list(all=all_states, filters={"label": labels}))
+        listed = self.docker.containers.list(all=all_states, filters={"label": labels}, ignore_removed=True)
+        return list(listed)
 
     def per_host(self, service: str) -> dict[str, int]:
         """Running containers of ``service`` per host label."""
