@@ -257,6 +257,22 @@ class Chaos:
         """Hosts whose containers the monitor's ceiling leaves out: the lost ones."""
         return set(self.lost)
 
+    def over_budget(self, per_fault: int, run_budget: float) -> list[str]:
+        """The request budget broken: a fault that left a replica of every service alive failed more
+        than ``per_fault`` requests, or the run failed more than ``run_budget`` of them (or sent too few)."""
+        over = [
+            f"{f.name}: {f.failed_requests} failed"
+            for f in self.faults
+            if not f.total_loss and f.failed_requests > per_fault
+        ]
+        requests = sum(len(load.outcomes) for load in self.loads.values())
+        failed = sum(len(load.failures) for load in self.loads.values())
+        if requests <= 100:
+            over.append(f"only {requests} requests sent")
+        if failed > run_budget * requests:
+            over.append(f"{failed} of {requests} requests failed (budget {run_budget:.0%})")
+        return over
+
     def monitor_failed(self) -> list[str]:
         """Why the monitor's checks cannot be trusted: too few samples, or errors no fault explains."""
         problems = []

@@ -70,13 +70,4 @@ def test_no_orphans_left(chaos_run: Chaos) -> None:
 
 def test_failed_requests_within_budget(chaos_run: Chaos) -> None:
     """Faults that leave a replica alive fail (almost) no request; the whole run stays within its budget."""
-    over = [
-        f"{f.name}: {f.failed_requests} failed"
-        for f in chaos_run.faults
-        if not f.total_loss and f.failed_requests > PER_FAULT_BUDGET
-    ]
-    assert over == [], chaos_run.report()
-    requests = sum(len(load.outcomes) for load in chaos_run.loads.values())
-    failed = sum(len(load.failures) for load in chaos_run.loads.values())
-    assert requests > 100
-    assert failed <= RUN_BUDGET * requests, chaos_run.report()
+    assert chaos_run.over_budget(PER_FAULT_BUDGET, RUN_BUDGET) == [], chaos_run.report()
