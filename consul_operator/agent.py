@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
-from docker import DockerClient
 
 from consul_operator import event_log, metrics
 from consul_operator.actuators.catalog import CatalogActuator
@@ -65,15 +65,26 @@ class AgentConfig:
     metrics_tls: tuple[str, str] | None = None  # --metrics-tls-cert, --metrics-tls-key
 
 
-def run_agent(config: AgentConfig) -> int:
-    """Run until SIGTERM/SIGINT; returns the exit code."""
+EngineFactory = Callable[[AgentConfig], DockerActuator]
+"""Makes the agent's container engine from its configuration (`docker_engine`: the real one)."""
+
+
+def docker_engine(config: AgentConfig) -> DockerActuator:
+    """The Docker engine of ``config.docker_host`` (or ``DOCKER_HOST``, or the local socket)."""
+    return DockerActuator(
+        connect(config.docker_host), cluster=config.cluster, host=config.host, advertise=config.advertise
+    )
+
+
+def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int:
+    """Run until SIGTERM/SIGINT; returns the exit code.
+
+    ``engine``: the container engine; `operator agent` always runs Docker's.
+    """
     stop = stop_on_signals()
 
     consul = ConsulClient(config.consul_addr, config.consul_token, tls=config.consul_tls)
-    docker = connect(config.docker_host)
-    docker_actuator = DockerActuator(
-        docker, cluster=config.cluster, host=config.host, advertise=config.advertise
-    )
+    docker_actuator = engine(config)
     catalog = CatalogActuator(consul, cluster=config.cluster, host=config.host, advertise=config.advertise)
     if config.metrics_addr:
         metrics.serve(
@@ -91,7 +102,7 @@ def run_agent(config: AgentConfig) -> int:
         advertise=config.advertise,
         labels=config.labels,
         ttl=config.ttl,
-        capacity=_capacity(config.capacity, docker, stop),
+        capacity=_capacity(config.capacity, lambda: engine_resources(docker_actuator.client), stop),
     )
     log.info("capacity", host=config.host, capacity=presence.capacity.text() if presence.capacity else None)
     _register_until_done(presence, stop)
@@ -183,7 +194,7 @@ def run_agent(config: AgentConfig) -> int:
 
 
 def _capacity(
-    flag: tuple[int | None, int | None], docker: DockerClient, stop: threading.Event
+    flag: tuple[int | None, int | None], read_engine: Callable[[], tuple[int, int]], stop: threading.Event
 ) -> Resources | None:
     """The capacity to advertise: ``--capacity``, and for what it leaves out the engine's less a reserve.
 
@@ -194,7 +205,7 @@ def _capacity(
     failures = 0
     while memory is None or millicpus is None:
         try:
-            default = host_capacity(*engine_resources(docker))
+            default = host_capacity(*read_engine())
         except DockerError as exc:
             failures += 1
             delay = retry_delay(failures)

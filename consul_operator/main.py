@@ -15,6 +15,7 @@ import signal
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from consul_operator import commands
 from consul_operator.commands import Target
@@ -24,6 +25,9 @@ from consul_operator.durations import DurationError, parse_duration
 from consul_operator.keys import Layout
 from consul_operator.logs import configure as configure_logs
 from consul_operator.presence import parse_label
+
+if TYPE_CHECKING:
+    from consul_operator.agent import AgentConfig
 
 EXIT_OK = 0
 EXIT_NOT_OK = 1
@@ -150,10 +154,17 @@ def _add_metrics(parser: argparse.ArgumentParser) -> None:
 
 def cmd_agent(args: argparse.Namespace) -> int:
     """Run the agent of one app host until SIGTERM."""
-    from consul_operator.agent import AgentConfig, run_agent
+    from consul_operator.agent import run_agent
 
     configure_logs(args.log_level, json=args.log_json, daemon="agent", host=args.host)
-    config = AgentConfig(
+    return run_agent(agent_config(args))
+
+
+def agent_config(args: argparse.Namespace) -> AgentConfig:
+    """The `AgentConfig` of parsed ``operator agent`` arguments."""
+    from consul_operator.agent import AgentConfig
+
+    return AgentConfig(
         host=args.host,
         advertise=args.advertise,
         consul_addr=args.consul,
@@ -171,7 +182,6 @@ def cmd_agent(args: argparse.Namespace) -> int:
         consul_tls=consul_tls(args, os.environ),
         metrics_tls=_metrics_tls(args),
     )
-    return run_agent(config)
 
 
 def cmd_lb(args: argparse.Namespace) -> int:
