@@ -1,0 +1,568 @@
+"""Scale bench (issue #19): N real agents on one real three-server Consul cluster, a SIMULATED engine.
+
+Starts three Consul servers on 127.0.0.81-83 and N ``operator agent``
+processes (`bench.sim_agent`: the real agent, its watches, election,
+placement and status reports; only the container engine is the in-memory
+simulation of `bench.sim_engine`). The agents share the three servers, a
+third each, as if every host's local Consul agent were a server: see
+docs/benchmarks.md, *Scale*, for what that means for the figures.
+
+Per cell (hosts x services, 10 replicas each) it measures:
+
+* a bulk apply (every manifest written in transactions of 64) until every
+  placement is written, and until every replica is reported running
+  (``operator/status/``);
+* one service's change (its replicas +1, three times) until the new replica
+  is reported running, with the cluster at full size;
+* Consul requests per second (the agents' own ``operator_consul_requests_total``)
+  and Raft commits per second (the leader server's commit index), idle and
+  during convergence;
+* the leader's pass time against real KV (its ``operator_reconcile_duration_seconds``),
+  CPU and memory per agent, idle.
+
+Results go to bench/results/scale.json (one entry per cell, so cells can be
+measured one at a time), rendered into bench/results/scale.md and scale.png.
+Goals are reported, never asserted.
+
+usage: python -m bench.scale [--hosts 10,30,100] [--services 100,1000] [--quick]
+Hold /tmp/bench.lock while it runs (the machine is shared): flock /tmp/bench.lock python -m bench.scale
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.suite import cpu_seconds
+from consul_operator.consul_client import ConsulClient
+from consul_operator.keys import Layout
+from consul_operator.presence import AGENT_SERVICE
+from consul_operator.records import PlacementRecord, StatusRecord
+from consul_operator.txn import pack_writes
+from tests.support.staging import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+RUN_DIR = ROOT / ".run" / "scale"
+SERVERS = ("127.0.0.81", "127.0.0.82", "127.0.0.83")
+CLUSTER = "scale"
+REPLICAS = 10
+LAYOUT = Layout()
+METRICS_PORT = 9810
+
+# The issue's goals at 100 hosts x 1,000 services x 10 replicas.
+GOAL_PLACED = 10.0
+GOAL_REPORTED = 30.0
+GOAL_CHANGE = 1.0
+GOAL_IDLE_REQUESTS = 1.0  # per agent per second
+GOAL_LEADER_CPU = 2.0  # percent
+GOAL_RSS_MB = 80.0
+
+
+def host_address(i: int) -> str:
+    """The advertise (and /metrics) address of host ``i`` (1-based): 127.0.1.i."""
+    return f"127.0.1.{i}"
+
+
+def manifest(name: str, replicas: int) -> bytes:
+    """A service of the bench: no port (nothing to register or check), tiny resources."""
+    return (
+        f"name: {name}\nimage: sim:latest\nreplicas: {replicas}\nresources: {{memory: 8Mi, cpus: 0.01}}\n"
+    ).encode()
+
+
+def service_names(count: int) -> list[str]:
+    return [f"s{i:04d}" for i in range(count)]
+
+
+# --- processes ---------------------------------------------------------------------------
+
+
+@dataclass
+class Processes:
+    """What one cell started, stopped by pid in `stop`."""
+
+    servers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def stop(self) -> None:
+        everything = list(self.agents.values()) + self.servers
+        for proc in everything:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for proc in everything:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def consul_binary() -> str:
+    found = shutil.which("consul") or str(ROOT / ".tools" / "bin" / "consul")
+    if not Path(found).exists():
+        sys.exit("no consul binary: run 'make deps'")
+    return found
+
+
+def start_servers(procs: Processes, logs: Path) -> None:
+    """Three Consul servers on 127.0.0.81-83, tuned as scripts/staging.sh tunes its own."""
+    joins = [f"-retry-join={a}" for a in SERVERS]
+    for i, addr in enumerate(SERVERS, 1):
+        data = RUN_DIR / f"consul-{i}"
+        shutil.rmtree(data, ignore_errors=True)
+        data.mkdir(parents=True)
+        cmd = [
+            consul_binary(),
+            "agent",
+            "-server",
+            "-bootstrap-expect=3",
+            f"-node=scale-server-{i}",
+            f"-bind={addr}",
+            f"-client={addr}",
+            f"-advertise={addr}",
+            f"-data-dir={data}",
+            "-dns-port=-1",
+            "-hcl=performance { raft_multiplier = 1 }",
+            "-hcl=disable_update_check = true",
+            # Every agent here connects from 127.0.0.1; on real hosts each has its own address.
+            "-hcl=limits { http_max_conns_per_client = 8192 }",
+            *joins,
+        ]
+        out = (logs / f"consul-{i}.log").open("wb")
+        procs.servers.append(
+            subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        )
+    consul = ConsulClient(f"{SERVERS[0]}:8500")
+    wait_until(lambda: consul_leader(), timeout=60, what="a Consul leader", interval=0.2)
+    wait_until(lambda: consul.kv_put("scale/ready", b"1"), timeout=30, what="Consul writable", interval=0.2)
+
+
+def consul_leader() -> str:
+    """The address of the Consul leader server ('' while there is none)."""
+    with urllib.request.urlopen(f"http://{SERVERS[0]}:8500/v1/status/leader", timeout=2) as r:
+        text = json.loads(r.read())
+    return str(text).rpartition(":")[0]
+
+
+def commit_index() -> int:
+    """The leader server's Raft commit index: every write Consul committed so far."""
+    with urllib.request.urlopen(f"http://{consul_leader()}:8500/v1/agent/self", timeout=5) as r:
+        return int(json.loads(r.read())["Stats"]["raft"]["commit_index"])
+
+
+def start_agents(procs: Processes, hosts: int, logs: Path, extra: list[str]) -> None:
+    for i in range(1, hosts + 1):
+        host = f"host-{i}"
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.sim_agent",
+            "--host",
+            host,
+            "--advertise",
+            host_address(i),
+            "--consul",
+            f"{SERVERS[(i - 1) % 3]}:8500",
+            "--cluster",
+            CLUSTER,
+            "--capacity",
+            "memory=64Gi,cpus=64",
+            "--metrics",
+            f"{host_address(i)}:{METRICS_PORT}",
+            *extra,
+        ]
+        out = (logs / f"{host}.log").open("wb")
+        procs.agents[host] = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+        )
+
+
+def metric(host: str, name: str, labels: str = "") -> float:
+    """A sample of ``name{labels}`` from host's /metrics (0 when absent)."""
+    url = f"http://{host_address(int(host.split('-')[1]))}:{METRICS_PORT}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        text = r.read().decode()
+    wanted = f"{name}{{{labels}}}" if labels else name
+    for line in text.splitlines():
+        if line.startswith(wanted + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+# --- state in Consul ---------------------------------------------------------------------
+
+
+def placed(consul: ConsulClient, names: set[str], replicas: Callable[[str], int]) -> bool:
+    """Every service in ``names`` has a placement of all its replicas."""
+    count = 0
+    for entry in consul.kv_list(LAYOUT.placement_prefix).value:
+        name = entry.key[len(LAYOUT.placement_prefix) :]
+        if name in names:
+            record = PlacementRecord.from_json(entry.value)
+            count += sum(record.hosts.values()) == replicas(name)
+    return count == len(names)
+
+
+def running(consul: ConsulClient, names: set[str], replicas: Callable[[str], int]) -> bool:
+    """Every service in ``names`` is reported running all its replicas, summed over its hosts."""
+    totals: dict[str, int] = {}
+    for entry in consul.kv_list(LAYOUT.status_prefix).value:
+        service, _, host = entry.key[len(LAYOUT.status_prefix) :].partition("/")
+        if service in names:
+            record = StatusRecord.from_json(entry.value, service=service, host=host)
+            totals[service] = totals.get(service, 0) + record.running
+    return all(totals.get(n, 0) == replicas(n) for n in names)
+
+
+def apply(consul: ConsulClient, manifests: dict[str, bytes]) -> None:
+    """Write the manifests in transactions (the bulk form of ``consul kv put services/<name>``)."""
+    groups = {name: {LAYOUT.service_key(name): text} for name, text in manifests.items()}
+    for batch in pack_writes(groups, max_writes=64):
+        consul.kv_txn(batch.writes)
+
+
+def leader_host(consul: ConsulClient) -> str:
+    entry = consul.kv_get(LAYOUT.leader_key).value
+    return str(json.loads(entry.value)["host"]) if entry and entry.session else ""
+
+
+def live_agents(consul: ConsulClient) -> int:
+    return sum(1 for i in consul.health_service(AGENT_SERVICE, passing=True).value)
+
+
+# --- one cell ------------------------------------------------------------------------------
+
+
+@dataclass
+class Window:
+    """Counters at the start of a window, to take differences at its end."""
+
+    started: float
+    requests: dict[str, float]
+    cpu: dict[str, float]
+    commits: int
+    server_cpu: float
+
+
+def open_window(procs: Processes) -> Window:
+    return Window(
+        started=time.monotonic(),
+        requests={h: metric(h, "operator_consul_requests_total") for h in procs.agents},
+        cpu={h: cpu_seconds(p.pid) for h, p in procs.agents.items()},
+        commits=commit_index(),
+        server_cpu=sum(cpu_seconds(p.pid) for p in procs.servers),
+    )
+
+
+def close_window(procs: Processes, w: Window, leader: str) -> dict[str, float]:
+    elapsed = time.monotonic() - w.started
+    requests = {h: metric(h, "operator_consul_requests_total") - w.requests[h] for h in procs.agents}
+    cpu = {h: cpu_seconds(p.pid) - w.cpu[h] for h, p in procs.agents.items()}
+    others = [cpu[h] for h in cpu if h != leader] or [0.0]
+    return {
+        "seconds": elapsed,
+        "requests_per_s": sum(requests.values()) / elapsed,
+        "requests_per_s_per_agent": sum(requests.values()) / elapsed / len(procs.agents),
+        "leader_requests_per_s": requests.get(leader, 0.0) / elapsed,
+        "raft_commits_per_s": (commit_index() - w.commits) / elapsed,
+        "leader_cpu_pct": 100 * cpu.get(leader, 0.0) / elapsed,
+        "agent_cpu_pct_mean": 100 * statistics.mean(others) / elapsed,
+        "agents_cpu_pct_total": 100 * sum(cpu.values()) / elapsed,
+        "servers_cpu_pct": 100 * (sum(cpu_seconds(p.pid) for p in procs.servers) - w.server_cpu) / elapsed,
+    }
+
+
+def leader_passes(leader: str) -> tuple[float, float]:
+    """(count, total seconds) of the leader's schedule passes so far."""
+    labels = 'loop="schedule"'
+    return (
+        metric(leader, "operator_reconcile_duration_seconds_count", labels),
+        metric(leader, "operator_reconcile_duration_seconds_sum", labels),
+    )
+
+
+def run_cell(hosts: int, services: int, *, idle: float, extra: list[str]) -> dict[str, Any]:
+    logs = RUN_DIR / "logs" / f"{hosts}x{services}"
+    shutil.rmtree(logs, ignore_errors=True)
+    logs.mkdir(parents=True)
+    procs = Processes()
+    result: dict[str, Any] = {"hosts": hosts, "services": services, "replicas": REPLICAS}
+    try:
+        started = time.monotonic()
+        start_servers(procs, logs)
+        consul = ConsulClient(f"{SERVERS[0]}:8500", timeout=60)
+        start_agents(procs, hosts, logs, extra)
+        wait_until(lambda: live_agents(consul) == hosts, timeout=300, what="every agent live", interval=0.5)
+        leader = str(wait_until(lambda: leader_host(consul), timeout=60, what="a leader", interval=0.2))
+        result["startup_s"] = time.monotonic() - started
+        say(f"{hosts} agents live, leader {leader}, in {result['startup_s']:.1f}s")
+        time.sleep(5)  # let the start-up passes end before the empty-cluster window
+        result["idle_empty"] = measure_idle(procs, leader, idle)
+
+        # Bulk apply.
+        names = service_names(services)
+        window = open_window(procs)
+        passes_before = leader_passes(leader)
+        t0 = time.monotonic()
+        apply(consul, {n: manifest(n, REPLICAS) for n in names})
+        result["apply_s"] = time.monotonic() - t0
+        everyone = set(names)
+
+        def full(_: str) -> int:
+            return REPLICAS
+
+        wait_until(lambda: placed(consul, everyone, full), timeout=600, what="all placed", interval=0.1)
+        result["placed_s"] = time.monotonic() - t0
+        say(f"all {services} services placed in {result['placed_s']:.2f}s")
+        wait_until(lambda: running(consul, everyone, full), timeout=900, what="all running", interval=0.25)
+        result["reported_s"] = time.monotonic() - t0
+        result["placements_per_s"] = services * REPLICAS / result["reported_s"]
+        result["converging"] = close_window(procs, window, leader)
+        count, total = leader_passes(leader)
+        result["converging_leader_passes"] = count - passes_before[0]
+        result["converging_leader_pass_s"] = (total - passes_before[1]) / max(1.0, count - passes_before[0])
+        say(f"all {services * REPLICAS} replicas reported in {result['reported_s']:.2f}s")
+
+        # One change at full size: s0000's replicas +1, three times.
+        changes = []
+        target = names[0]
+        for k in range(1, 4):
+            want = REPLICAS + k
+            t0 = time.monotonic()
+            consul.kv_put(LAYOUT.service_key(target), manifest(target, want))
+            wait_until(
+                lambda: running(consul, {target}, lambda _: want),  # noqa: B023 (called here only)
+                timeout=120,
+                what="change",
+                interval=0.02,
+            )
+            changes.append(time.monotonic() - t0)
+        result["change_s"] = changes
+        result["change_s_median"] = statistics.median(changes)
+        say(f"one change reached its host in {result['change_s_median']:.3f}s (median of 3)")
+
+        time.sleep(5)
+        result["idle_full"] = measure_idle(procs, leader, idle)
+        result["rss_mb_mean"] = statistics.mean(rss_mb(p.pid) for p in procs.agents.values())
+        result["rss_mb_max"] = max(rss_mb(p.pid) for p in procs.agents.values())
+        result["leader_rss_mb"] = rss_mb(procs.agents[leader].pid)
+        result["leader_pass_s"] = timed_leader_pass(consul, leader)
+        say(json.dumps(result, default=float))
+        return result
+    finally:
+        procs.stop()
+
+
+def measure_idle(procs: Processes, leader: str, seconds: float) -> dict[str, float]:
+    window = open_window(procs)
+    time.sleep(seconds)  # the measuring window itself
+    return close_window(procs, window, leader)
+
+
+def timed_leader_pass(consul: ConsulClient, leader: str) -> float:
+    """The leader's pass at full size: wake it with a write it watches, and time the passes that follow.
+
+    A rollback request for a service without a manifest: the leader reads
+    everything, changes nothing, and deletes the request unheard.
+    """
+    key = LAYOUT.rollback_key("bench-wake")
+    before = leader_passes(leader)
+    consul.kv_put(key, b"{}")
+    wait_until(
+        lambda: consul.kv_get(key).value is None, timeout=60, what="the request dropped", interval=0.05
+    )
+    after = leader_passes(leader)
+    return (after[1] - before[1]) / (after[0] - before[0])
+
+
+def say(text: str) -> None:
+    print(f"[scale] {text}", flush=True)
+
+
+# --- results ------------------------------------------------------------------------------
+
+
+def load_results() -> dict[str, Any]:
+    path = RESULTS / "scale.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def save_results(results: dict[str, Any]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "scale.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+
+
+def render(results: dict[str, Any]) -> None:
+    """bench/results/scale.md and scale.png from scale.json."""
+    cells = sorted(results.values(), key=lambda c: (c["services"], c["hosts"]))
+    lines = [
+        "# Scale: N simulated hosts on one real Consul cluster",
+        "",
+        "`python -m bench.scale` (issue #19): three real Consul servers, N real `operator agent`",
+        "processes with a SIMULATED container engine (`bench/sim_engine.py`), every agent on one of",
+        "the three servers; 10 replicas per service; this 2-core machine. See docs/benchmarks.md, *Scale*.",
+        "",
+        "| hosts | services | placed (s) | reported (s) | placements/s | one change (s) "
+        "| leader pass (s) | converging: req/s, commits/s | idle: req/s per agent, commits/s "
+        "| idle leader CPU (%) | agent RSS mean/max (MB) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in cells:
+        conv, idle = c["converging"], c["idle_full"]
+        lines.append(
+            f"| {c['hosts']} | {c['services']} | {c['placed_s']:.2f} | {c['reported_s']:.2f} "
+            f"| {c['placements_per_s']:.0f} | {c['change_s_median']:.3f} | {c['leader_pass_s']:.3f} "
+            f"| {conv['requests_per_s']:.0f}, {conv['raft_commits_per_s']:.0f} "
+            f"| {idle['requests_per_s_per_agent']:.2f}, {idle['raft_commits_per_s']:.2f} "
+            f"| {idle['leader_cpu_pct']:.1f} | {c['rss_mb_mean']:.0f} / {c['rss_mb_max']:.0f} |"
+        )
+    lines += ["", "CPU (% of one core) during convergence and idle at full size:", ""]
+    lines += [
+        "| hosts | services | converging: agents total, leader, servers "
+        "| idle: leader, other agent mean, servers | idle empty: req/s per agent |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for c in cells:
+        conv, idle, empty = c["converging"], c["idle_full"], c["idle_empty"]
+        lines.append(
+            f"| {c['hosts']} | {c['services']} "
+            f"| {conv['agents_cpu_pct_total']:.0f}, {conv['leader_cpu_pct']:.0f}, "
+            f"{conv['servers_cpu_pct']:.0f} "
+            f"| {idle['leader_cpu_pct']:.1f}, {idle['agent_cpu_pct_mean']:.1f}, "
+            f"{idle['servers_cpu_pct']:.1f} "
+            f"| {empty['requests_per_s_per_agent']:.2f} |"
+        )
+    goal = results.get("100x1000")
+    if goal:
+        idle = goal["idle_full"]
+        checks = [
+            (
+                "all placed",
+                f"{goal['placed_s']:.1f} s",
+                f"≤ {GOAL_PLACED:g} s",
+                goal["placed_s"] <= GOAL_PLACED,
+            ),
+            (
+                "all reported running",
+                f"{goal['reported_s']:.1f} s",
+                f"≤ {GOAL_REPORTED:g} s",
+                goal["reported_s"] <= GOAL_REPORTED,
+            ),
+            (
+                "one change reaches its hosts",
+                f"{goal['change_s_median']:.2f} s",
+                f"≤ {GOAL_CHANGE:g} s",
+                goal["change_s_median"] <= GOAL_CHANGE,
+            ),
+            (
+                "idle Consul requests per agent",
+                f"{idle['requests_per_s_per_agent']:.2f}/s",
+                f"≤ {GOAL_IDLE_REQUESTS:g}/s",
+                idle["requests_per_s_per_agent"] <= GOAL_IDLE_REQUESTS,
+            ),
+            (
+                "idle leader CPU",
+                f"{idle['leader_cpu_pct']:.1f} %",
+                f"≤ {GOAL_LEADER_CPU:g} %",
+                idle["leader_cpu_pct"] <= GOAL_LEADER_CPU,
+            ),
+            (
+                "agent RSS (max)",
+                f"{goal['rss_mb_max']:.0f} MB",
+                f"≤ {GOAL_RSS_MB:g} MB",
+                goal["rss_mb_max"] <= GOAL_RSS_MB,
+            ),
+        ]
+        lines += ["", "## Goals at 100 hosts x 1,000 services x 10 replicas", ""]
+        lines += ["| goal | measured | bound | met |", "|---|---:|---:|---|"]
+        lines += [
+            f"| {what} | {got} | {bound} | {'yes' if ok else 'MISSED'} |" for what, got, bound, ok in checks
+        ]
+    (RESULTS / "scale.md").write_text("\n".join(lines) + "\n")
+    plot(cells)
+
+
+def plot(cells: list[dict[str, Any]]) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        say("no matplotlib: scale.png not drawn (pip install -e '.[bench]')")
+        return
+    panels: list[tuple[str, Callable[[dict[str, Any]], float]]] = [
+        ("all placed (s)", lambda c: c["placed_s"]),
+        ("all reported running (s)", lambda c: c["reported_s"]),
+        ("one change reaches its hosts (s)", lambda c: c["change_s_median"]),
+        ("leader pass at full size (s)", lambda c: c["leader_pass_s"]),
+        ("Consul requests/s, converging", lambda c: c["converging"]["requests_per_s"]),
+        ("Raft commits/s, converging", lambda c: c["converging"]["raft_commits_per_s"]),
+        ("idle Consul requests/s per agent", lambda c: c["idle_full"]["requests_per_s_per_agent"]),
+        ("idle leader CPU (%)", lambda c: c["idle_full"]["leader_cpu_pct"]),
+        ("agent RSS, max (MB)", lambda c: c["rss_mb_max"]),
+    ]
+    fig, axes = plt.subplots(3, 3, figsize=(13, 10))
+    for ax, (title, value) in zip(axes.flat, panels, strict=True):
+        for services in sorted({c["services"] for c in cells}):
+            row = sorted((c for c in cells if c["services"] == services), key=lambda c: c["hosts"])
+            ax.plot(
+                [c["hosts"] for c in row], [value(c) for c in row], marker="o", label=f"{services} services"
+            )
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("hosts")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("consul-operator at scale: 3 Consul servers, simulated engine, 10 replicas/service, 2 cores")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "scale.png", dpi=80)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="bench.scale", description=__doc__.split("\n")[0])
+    parser.add_argument("--hosts", default="10,30,100", help="comma-separated host counts (10,30,100)")
+    parser.add_argument("--services", default="100,1000", help="comma-separated service counts (100,1000)")
+    parser.add_argument("--idle", type=float, default=30.0, help="seconds of each idle window (30)")
+    parser.add_argument("--quick", action="store_true", help="10 hosts x 100 services, 10 s idle windows")
+    parser.add_argument("--render", action="store_true", help="only render scale.md/png from scale.json")
+    parser.add_argument("--agent-args", default="", help="extra flags for every agent, e.g. '--ttl 6s'")
+    args = parser.parse_args(argv)
+    results = load_results()
+    if not args.render:
+        hosts = [10] if args.quick else [int(x) for x in args.hosts.split(",")]
+        services = [100] if args.quick else [int(x) for x in args.services.split(",")]
+        idle = 10.0 if args.quick else args.idle
+        for s in services:
+            for h in hosts:
+                say(f"cell: {h} hosts x {s} services x {REPLICAS} replicas")
+                results[f"{h}x{s}"] = run_cell(h, s, idle=idle, extra=args.agent_args.split())
+                save_results(results)
+    if results:
+        render(results)
+    return 0
+
+
+if __name__ == "__main__":
+    os.chdir(ROOT)
+    sys.exit(main(sys.argv[1:]))
