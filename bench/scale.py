@@ -199,7 +199,10 @@ def start_agents(procs: Processes, hosts: int, logs: Path, extra: list[str], con
                 cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
             )
         wait_until(
-            lambda: live_agents(consul) >= last,  # noqa: B023 (called here only) timeout=120, what=f"agents 1-{last} live", interval=0.5
+            lambda: live_agents(consul) >= last,  # noqa: B023 (called here only)
+            timeout=120,
+            what=f"agents 1-{last} live",
+            interval=0.5,
         )
 
 
