@@ -96,10 +96,11 @@ class Processes:
     """What one cell started, stopped by pid in `stop`."""
 
     servers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    clients: list[subprocess.Popen[bytes]] = field(default_factory=list)  # one Consul client per host
     agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def stop(self) -> None:
-        everything = list(self.agents.values()) + self.servers
+        everything = list(self.agents.values()) + self.clients + self.servers
         for proc in everything:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -119,37 +120,51 @@ def consul_binary() -> str:
     return found
 
 
+def consul_command(node: str, addr: str, *, server: bool) -> list[str]:
+    """A Consul agent on ``addr``, tuned as scripts/staging.sh tunes its own; a server or a client."""
+    data = RUN_DIR / "consul" / node
+    shutil.rmtree(data, ignore_errors=True)
+    data.mkdir(parents=True)
+    role = ["-server", "-bootstrap-expect=3"] if server else []
+    return [
+        consul_binary(),
+        "agent",
+        *role,
+        f"-node={node}",
+        f"-bind={addr}",
+        f"-client={addr}",
+        f"-advertise={addr}",
+        f"-data-dir={data}",
+        "-dns-port=-1",
+        "-hcl=performance { raft_multiplier = 1 }",
+        "-hcl=disable_update_check = true",
+        # With --shared-consul every agent connects from 127.0.0.1; real hosts have an address each.
+        "-hcl=limits { http_max_conns_per_client = 8192 }",
+        '-hcl=telemetry { prometheus_retention_time = "600s" disable_hostname = true }',
+        *(f"-retry-join={a}" for a in SERVERS),
+    ]
+
+
 def start_servers(procs: Processes, logs: Path) -> None:
-    """Three Consul servers on 127.0.0.81-83, tuned as scripts/staging.sh tunes its own."""
-    joins = [f"-retry-join={a}" for a in SERVERS]
+    """Three Consul servers on 127.0.0.81-83."""
     for i, addr in enumerate(SERVERS, 1):
-        data = RUN_DIR / f"consul-{i}"
-        shutil.rmtree(data, ignore_errors=True)
-        data.mkdir(parents=True)
-        cmd = [
-            consul_binary(),
-            "agent",
-            "-server",
-            "-bootstrap-expect=3",
-            f"-node=scale-server-{i}",
-            f"-bind={addr}",
-            f"-client={addr}",
-            f"-advertise={addr}",
-            f"-data-dir={data}",
-            "-dns-port=-1",
-            "-hcl=performance { raft_multiplier = 1 }",
-            "-hcl=disable_update_check = true",
-            # Every agent here connects from 127.0.0.1; on real hosts each has its own address.
-            "-hcl=limits { http_max_conns_per_client = 8192 }",
-            *joins,
-        ]
         out = (logs / f"consul-{i}.log").open("wb")
         procs.servers.append(
-            subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            subprocess.Popen(
+                consul_command(f"scale-server-{i}", addr, server=True),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         )
     consul = ConsulClient(f"{SERVERS[0]}:8500")
     wait_until(lambda: consul_leader(), timeout=60, what="a Consul leader", interval=0.2)
     wait_until(lambda: consul.kv_put("scale/ready", b"1"), timeout=30, what="Consul writable", interval=0.2)
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())
 
 
 def consul_leader() -> str:
@@ -159,23 +174,57 @@ def consul_leader() -> str:
     return str(text).rpartition(":")[0]
 
 
+def server_rpcs() -> float:
+    """RPCs the three servers have handled (``consul.rpc.request``: forwarded by clients, or by a server)."""
+    total = 0.0
+    for addr in SERVERS:
+        with urllib.request.urlopen(f"http://{addr}:8500/v1/agent/metrics?format=prometheus", timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith("consul_rpc_request "):
+                    total += float(line.split()[1])
+    return total
+
+
 def commit_index() -> int:
     """The leader server's Raft commit index: every write Consul committed so far."""
     with urllib.request.urlopen(f"http://{consul_leader()}:8500/v1/agent/self", timeout=5) as r:
         return int(json.loads(r.read())["Stats"]["raft"]["commit_index"])
 
 
-def start_agents(procs: Processes, hosts: int, logs: Path, extra: list[str], consul: ConsulClient) -> None:
-    """Start the agents in waves of `WAVE`, each wave once the one before is live.
+def start_agents(
+    procs: Processes, hosts: int, logs: Path, extra: list[str], consul: ConsulClient, *, shared: bool
+) -> None:
+    """Start the hosts in waves of `WAVE`, each wave once the one before is live.
 
+    A host is a Consul client agent on 127.0.1.i (as a real host has a local
+    agent) and the operator agent talking to it; with ``shared``, no client:
+    the operator agents talk to the three servers, a third each.
     All at once, 100 Python processes starting on 2 cores starve each other and
-    the three Consul servers: registrations time out (TTL/3) and are retried in
-    a storm. Real hosts start on their own CPUs.
+    Consul: registrations time out (TTL/3) and are retried in a storm.
     """
     for first in range(1, hosts + 1, WAVE):
         last = min(hosts, first + WAVE - 1)
-        for i in range(first, last + 1):
+        wave = range(first, last + 1)
+        if not shared:
+            for i in wave:
+                out = (logs / f"consul-host-{i}.log").open("wb")
+                procs.clients.append(
+                    subprocess.Popen(
+                        consul_command(f"host-{i}", host_address(i), server=False),
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                )
+            wait_until(
+                lambda: len(get_json(f"http://{SERVERS[0]}:8500/v1/catalog/nodes")) >= 3 + last,  # noqa: B023
+                timeout=120,
+                what=f"Consul clients 1-{last} joined",
+                interval=0.5,
+            )
+        for i in wave:
             host = f"host-{i}"
+            local = f"{SERVERS[(i - 1) % 3]}:8500" if shared else f"{host_address(i)}:8500"
             cmd = [
                 sys.executable,
                 "-m",
@@ -185,7 +234,7 @@ def start_agents(procs: Processes, hosts: int, logs: Path, extra: list[str], con
                 "--advertise",
                 host_address(i),
                 "--consul",
-                f"{SERVERS[(i - 1) % 3]}:8500",
+                local,
                 "--cluster",
                 CLUSTER,
                 "--capacity",
@@ -278,6 +327,8 @@ class Window:
     cpu: dict[str, float]
     commits: int
     server_cpu: float
+    server_rpcs: float
+    client_cpu: float
 
 
 def open_window(procs: Processes) -> Window:
@@ -287,6 +338,8 @@ def open_window(procs: Processes) -> Window:
         cpu={h: cpu_seconds(p.pid) for h, p in procs.agents.items()},
         commits=commit_index(),
         server_cpu=sum(cpu_seconds(p.pid) for p in procs.servers),
+        server_rpcs=server_rpcs(),
+        client_cpu=sum(cpu_seconds(p.pid) for p in procs.clients),
     )
 
 
@@ -305,6 +358,9 @@ def close_window(procs: Processes, w: Window, leader: str) -> dict[str, float]:
         "agent_cpu_pct_mean": 100 * statistics.mean(others) / elapsed,
         "agents_cpu_pct_total": 100 * sum(cpu.values()) / elapsed,
         "servers_cpu_pct": 100 * (sum(cpu_seconds(p.pid) for p in procs.servers) - w.server_cpu) / elapsed,
+        "clients_cpu_pct": 100 * (sum(cpu_seconds(p.pid) for p in procs.clients) - w.client_cpu) / elapsed,
+        "server_rpcs_per_s": (server_rpcs() - w.server_rpcs) / elapsed,
+        "server_rpcs_per_s_per_agent": (server_rpcs() - w.server_rpcs) / elapsed / len(procs.agents),
     }
 
 
@@ -317,17 +373,23 @@ def leader_passes(leader: str) -> tuple[float, float]:
     )
 
 
-def run_cell(hosts: int, services: int, *, idle: float, extra: list[str]) -> dict[str, Any]:
+def run_cell(hosts: int, services: int, *, idle: float, extra: list[str], shared: bool) -> dict[str, Any]:
     logs = RUN_DIR / "logs" / f"{hosts}x{services}"
     shutil.rmtree(logs, ignore_errors=True)
     logs.mkdir(parents=True)
     procs = Processes()
-    result: dict[str, Any] = {"hosts": hosts, "services": services, "replicas": REPLICAS}
+    result: dict[str, Any] = {
+        "hosts": hosts,
+        "services": services,
+        "replicas": REPLICAS,
+        "consul": "shared servers" if shared else "a client agent per host",
+        "agent_args": " ".join(extra),
+    }
     try:
         started = time.monotonic()
         start_servers(procs, logs)
         consul = ConsulClient(f"{SERVERS[0]}:8500", timeout=60)
-        start_agents(procs, hosts, logs, extra, consul)
+        start_agents(procs, hosts, logs, extra, consul, shared=shared)
         leader = str(wait_until(lambda: leader_host(consul), timeout=60, what="a leader", interval=0.2))
         result["startup_s"] = time.monotonic() - started
         say(f"{hosts} agents live, leader {leader}, in {result['startup_s']:.1f}s")
@@ -561,6 +623,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true", help="10 hosts x 100 services, 10 s idle windows")
     parser.add_argument("--render", action="store_true", help="only render scale.md/png from scale.json")
     parser.add_argument("--agent-args", default="", help="extra flags for every agent, e.g. '--ttl 6s'")
+    parser.add_argument(
+        "--shared-consul",
+        action="store_true",
+        help="no Consul client per host: the agents talk to the three servers, a third each",
+    )
+    parser.add_argument("--tag", default="", help="suffix of the cells' keys in scale.json (e.g. -before)")
     args = parser.parse_args(argv)
     results = load_results()
     if not args.render:
@@ -570,7 +638,10 @@ def main(argv: list[str]) -> int:
         for s in services:
             for h in hosts:
                 say(f"cell: {h} hosts x {s} services x {REPLICAS} replicas")
-                results[f"{h}x{s}"] = run_cell(h, s, idle=idle, extra=args.agent_args.split())
+                key = f"{h}x{s}" + ("-shared" if args.shared_consul else "") + args.tag
+                results[key] = run_cell(
+                    h, s, idle=idle, extra=args.agent_args.split(), shared=args.shared_consul
+                )
                 save_results(results)
     if results:
         render(results)
