@@ -51,6 +51,7 @@ from consul_operator.model import (
 )
 from consul_operator.records import StatusRecord, frozen_map
 from consul_operator.timers import Timers
+from consul_operator.txn import pack_writes
 
 log = structlog.get_logger()
 
@@ -467,9 +468,16 @@ class HostAgent:
         now: float,
         instances: dict[str, list[str]],
     ) -> None:
-        """Write ``operator/status/<service>/<host>`` for each service whose status changed."""
+        """Write ``operator/status/<service>/<host>`` for each service whose status changed.
+
+        Every change of a pass goes in as few transactions as fit Consul's
+        limits (`txn.pack_writes`), not one write each: an agent starting its
+        share of 1,000 services had written a hundred keys one by one, a Raft
+        commit each (docs/benchmarks.md, *Scale*).
+        """
         if self._written is None:
             self._written = self._read_written()
+        changed: dict[str, StatusRecord | None] = {}
         for report in reports:
             record = StatusRecord(
                 service=report.service,
@@ -490,15 +498,25 @@ class HostAgent:
             metrics.host_healthy_replicas.labels(report.service, self.host).set(report.healthy)
             backoff = self.executor.backoffs.get(report.service, Backoff())
             metrics.consecutive_failures.labels(report.service, self.host).set(backoff.failures)
-            if record.same_report(self._written.get(report.service)):
-                continue
-            self.consul.kv_put(self.layout.status_key(report.service, self.host), record.to_json())
-            self._written[report.service] = record
+            if not record.same_report(self._written.get(report.service)):
+                changed[report.service] = record
         reported = {r.service for r in reports}
-        for service in list(self._written):
+        for service in self._written:
             if service not in reported:
-                # Deleted and nothing of it left here: its status goes too.
-                self.consul.kv_delete(self.layout.status_key(service, self.host))
+                changed[service] = None  # deleted and nothing of it left here: its status goes too
+        groups = {
+            service: {
+                self.layout.status_key(service, self.host): None if record is None else record.to_json()
+            }
+            for service, record in changed.items()
+        }
+        for batch in pack_writes(groups):
+            self.consul.kv_txn(batch.writes)
+            for service in batch.groups:
+                written = changed[service]
+                if written is not None:
+                    self._written[service] = written
+                    continue
                 del self._written[service]
                 metrics.running_replicas.remove(service, self.host)
                 metrics.host_healthy_replicas.remove(service, self.host)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -127,6 +127,13 @@ class FakeConsul:
 
     def kv_delete(self, key: str, **_: object) -> None:
         self.kv.pop(key, None)
+
+    def kv_txn(self, writes: Mapping[str, bytes | None]) -> None:
+        for key, value in writes.items():
+            if value is None:
+                self.kv.pop(key, None)
+            else:
+                self.kv[key] = value
 
 
 def placed(manifest: Manifest, count: int) -> FakeConsul:
