@@ -29,7 +29,7 @@ from consul_operator.consul_client import ConsulClient, ConsulTLS
 from consul_operator.desired_state import Resources, host_capacity
 from consul_operator.docker_client import connect, engine_resources
 from consul_operator.errors import ConsulError, DockerError
-from consul_operator.host_agent import Executor, HostAgent
+from consul_operator.host_agent import Executor, HostAgent, KVChanged
 from consul_operator.keys import Layout
 from consul_operator.kv_state import start_watch
 from consul_operator.leader import LeaderElection
@@ -116,7 +116,10 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
         on_change=lambda _: schedule_trigger.fire(),
     )
     executor = Executor(docker_actuator, catalog, on_done=host_trigger.fire)
-    host_agent = HostAgent(consul, config.layout, config.host, docker_actuator, catalog, executor)
+    kv_changed = KVChanged()  # what the host pass reads from KV changed: it reads it again
+    host_agent = HostAgent(
+        consul, config.layout, config.host, docker_actuator, catalog, executor, kv_changed=kv_changed
+    )
     scheduler = Scheduler(consul, config.layout, election, config.cluster, config.lost_grace)
 
     both = [host_trigger, schedule_trigger]
@@ -133,11 +136,16 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
     ]
     for thread in threads:
         thread.start()
-    start_watch("services", lambda i, w: consul.kv_list(layout.services_prefix, index=i, wait=w), both, stop)
+    start_watch(
+        "services",
+        lambda i, w: consul.kv_list(layout.services_prefix, index=i, wait=w),
+        [kv_changed, *both],
+        stop,
+    )
     start_watch(
         "placements",
         lambda i, w: consul.kv_list(layout.placement_prefix, index=i, wait=w),
-        [host_trigger],
+        [kv_changed, host_trigger],
         stop,
     )
     start_watch("node-checks", lambda i, w: consul.health_node(node, index=i, wait=w), [host_trigger], stop)

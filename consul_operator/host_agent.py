@@ -34,7 +34,13 @@ from consul_operator.host_plan import (
     revisions_wanted,
 )
 from consul_operator.keys import Layout
-from consul_operator.kv_state import read_manifests, read_placements, read_revision, read_statuses
+from consul_operator.kv_state import (
+    ManifestResult,
+    read_manifests,
+    read_placements,
+    read_revision,
+    read_statuses,
+)
 from consul_operator.loop import PassResult
 from consul_operator.model import (
     Action,
@@ -49,7 +55,7 @@ from consul_operator.model import (
     action_key,
     action_service,
 )
-from consul_operator.records import StatusRecord, frozen_map
+from consul_operator.records import PlacementRecord, StatusRecord, frozen_map
 from consul_operator.timers import Timers
 from consul_operator.txn import pack_writes
 
@@ -392,9 +398,43 @@ def _instance_ids(containers: list[ContainerInfo]) -> dict[str, list[str]]:
     return ids
 
 
+class KVChanged:
+    """Whether what a host pass reads from KV may have changed: fired by the watches on it, taken by the pass.
+
+    Starts fired. A pass woken only by its own actions or Docker reuses its
+    last read of manifests, placements and revisions instead of reading the
+    whole prefixes again (at 1,000 services, 100 agents doing so on every
+    finished start kept three Consul servers saturated: docs/benchmarks.md, *Scale*).
+    """
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._event.set()
+
+    def fire(self) -> None:
+        """A watch saw a change: the next pass reads KV again."""
+        self._event.set()
+
+    def take(self) -> bool:
+        """Whether a change was seen since the last `take`; clears it."""
+        fired = self._event.is_set()
+        self._event.clear()
+        return fired
+
+
+KV_MAX_AGE = 60.0
+"""Seconds a pass may reuse its last read of KV at most, whatever the watches say: a safety net."""
+
+_KVRead = tuple[dict[str, ManifestResult], dict[str, PlacementRecord], dict[tuple[str, str], Manifest]]
+
+
 @dataclass
 class HostAgent:
-    """One host's reconcile pass."""
+    """One host's reconcile pass.
+
+    ``kv_changed``: when given, KV is read again only after it fired (or
+    `KV_MAX_AGE`); None reads it on every pass.
+    """
 
     consul: ConsulClient
     layout: Layout
@@ -406,20 +446,38 @@ class HostAgent:
     # to stamp status records; ``mono`` for every deadline this process sets.
     wall: Callable[[], float] = time.time
     mono: Callable[[], float] = time.monotonic
+    kv_changed: KVChanged | None = None
 
     def __post_init__(self) -> None:
         self._written: dict[str, StatusRecord] | None = None
+        self._kv: _KVRead | None = None
+        self._kv_read_at = 0.0
+
+    def _read_kv(self) -> _KVRead:
+        """Manifests, placements and the revisions wanted here: read again, or the last read if unchanged."""
+        changed = self.kv_changed is None or self.kv_changed.take()
+        started = self.mono()
+        if not changed and self._kv is not None and started - self._kv_read_at < KV_MAX_AGE:
+            return self._kv
+        try:
+            manifests = read_manifests(self.consul, self.layout)
+            placements = read_placements(self.consul, self.layout)
+            revisions = {
+                (name, spec): kept
+                for name, spec in revisions_wanted(self.host, manifests, placements)
+                if (kept := read_revision(self.consul, self.layout, name, spec)) is not None
+            }
+        except BaseException:
+            if self.kv_changed is not None:
+                self.kv_changed.fire()  # not read: the next pass must try again
+            raise
+        self._kv, self._kv_read_at = (manifests, placements, revisions), started
+        return self._kv
 
     def reconcile(self) -> PassResult:
         """One pass: read, plan, act, report."""
         now = self.wall()
-        manifests = read_manifests(self.consul, self.layout)
-        placements = read_placements(self.consul, self.layout)
-        revisions = {
-            (name, spec): kept
-            for name, spec in revisions_wanted(self.host, manifests, placements)
-            if (kept := read_revision(self.consul, self.layout, name, spec)) is not None
-        }
+        manifests, placements, revisions = self._read_kv()
         registrations = self.catalog.registrations()
         containers, inflight = self._observe()
         with self.executor.lock:

@@ -1,0 +1,146 @@
+"""The host pass's Consul traffic at scale: KV read again only after a watch saw a change, status batched."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import cast
+
+import pytest
+
+from consul_operator.actuators.catalog import CatalogActuator
+from consul_operator.actuators.docker import DockerActuator
+from consul_operator.consul_client import ConsulClient, Indexed, KVEntry
+from consul_operator.desired_state import Manifest
+from consul_operator.host_agent import KV_MAX_AGE, Executor, HostAgent, KVChanged
+from consul_operator.keys import Layout
+from consul_operator.records import PlacementRecord, frozen_map
+from tests.unit.test_executor import HOST, FakeCatalog, FakeConsul, FakeDocker, running
+
+
+@dataclass
+class CountingConsul(FakeConsul):
+    """`FakeConsul` that counts prefix reads and transactions."""
+
+    lists: list[str] = field(default_factory=list)
+    txns: list[int] = field(default_factory=list)
+
+    def kv_list(self, prefix: str, **kw: object) -> Indexed[list[KVEntry]]:
+        self.lists.append(prefix)
+        return super().kv_list(prefix, **kw)
+
+    def kv_txn(self, writes: Mapping[str, bytes | None]) -> None:
+        self.txns.append(len(writes))
+        super().kv_txn(writes)
+
+
+def kv_with(services: int) -> CountingConsul:
+    """``services`` manifests, each with one replica placed on this host."""
+    layout, consul = Layout(), CountingConsul()
+    for i in range(services):
+        name = f"s{i:03d}"
+        manifest = Manifest(name=name, image="hello:local", replicas=1)
+        consul.kv[layout.service_key(name)] = f"name: {name}\nimage: hello:local\nreplicas: 1\n".encode()
+        record = PlacementRecord(name, manifest.spec_hash(), frozen_map({HOST: 1}))
+        consul.kv[layout.placement_key(name)] = record.to_json()
+    return consul
+
+
+def host_agent(
+    consul: CountingConsul, docker: FakeDocker, clock: list[float], kv_changed: KVChanged | None
+) -> HostAgent:
+    catalog = FakeCatalog()
+    executor = Executor(cast(DockerActuator, docker), cast(CatalogActuator, catalog), on_done=lambda: None)
+    return HostAgent(
+        cast(ConsulClient, consul),
+        Layout(),
+        HOST,
+        cast(DockerActuator, docker),
+        cast(CatalogActuator, catalog),
+        executor,
+        mono=lambda: clock[0],
+        kv_changed=kv_changed,
+    )
+
+
+def manifest_reads(consul: CountingConsul) -> int:
+    return consul.lists.count(Layout().services_prefix)
+
+
+@pytest.mark.parametrize(
+    ("fired", "aged", "reads"),
+    [
+        pytest.param(False, 0.0, 1, id="nothing-changed-reuses-the-read"),
+        pytest.param(True, 0.0, 2, id="a-watch-fired-reads-again"),
+        pytest.param(False, KV_MAX_AGE, 2, id="an-old-read-is-read-again"),
+    ],
+)
+def test_a_pass_reads_kv_again_only_after_a_change(fired: bool, aged: float, reads: int) -> None:
+    """A pass woken by its own actions reuses its last read of KV; a watch's change or its age reads anew."""
+    consul, clock, changed = kv_with(3), [100.0], KVChanged()
+    agent = host_agent(consul, FakeDocker(), clock, changed)
+    agent.reconcile()
+    if fired:
+        changed.fire()
+    clock[0] += aged
+    agent.reconcile()
+    assert manifest_reads(consul) == reads
+
+
+def test_without_a_change_signal_every_pass_reads_kv() -> None:
+    """An agent not wired with `KVChanged` (the tests' loops) reads KV on every pass, as before."""
+    consul = kv_with(1)
+    agent = host_agent(consul, FakeDocker(), [0.0], None)
+    agent.reconcile()
+    agent.reconcile()
+    assert manifest_reads(consul) == 2
+
+
+def test_a_failed_read_is_tried_again_on_the_next_pass() -> None:
+    """A pass whose read failed leaves the change pending: the next pass reads, not the stale copy."""
+
+    class Failing(CountingConsul):
+        fail = False
+
+        def kv_list(self, prefix: str, **kw: object) -> Indexed[list[KVEntry]]:
+            if self.fail:
+                raise RuntimeError("Consul away")
+            return super().kv_list(prefix, **kw)
+
+    consul, changed = Failing(), KVChanged()
+    consul.kv.update(kv_with(1).kv)
+    agent = host_agent(consul, FakeDocker(), [0.0], changed)
+    agent.reconcile()
+    changed.fire()
+    consul.fail = True
+    with pytest.raises(RuntimeError):
+        agent.reconcile()
+    consul.fail = False
+    agent.reconcile()
+    assert manifest_reads(consul) == 2
+
+
+@pytest.mark.parametrize(
+    ("services", "transactions"),
+    [
+        pytest.param(1, [1], id="one-change-one-transaction"),
+        pytest.param(63, [63], id="63-changes-one-transaction"),
+        pytest.param(100, [63, 37], id="100-changes-two-transactions"),
+    ],
+)
+def test_status_changes_of_a_pass_are_batched(services: int, transactions: list[int]) -> None:
+    """A pass writes its status changes in transactions of up to 63 keys, not one write per service."""
+    consul = kv_with(services)
+    docker = FakeDocker(
+        [
+            running(
+                f"c{i:03d}",
+                f"s{i:03d}",
+                Manifest(name=f"s{i:03d}", image="hello:local", replicas=1).spec_hash(),
+            )
+            for i in range(services)
+        ]
+    )
+    host_agent(consul, docker, [0.0], None).reconcile()
+    assert consul.txns == transactions
+    assert sum(1 for k in consul.kv if k.startswith(Layout().status_prefix)) == services
