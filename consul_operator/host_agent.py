@@ -536,6 +536,7 @@ class HostAgent:
         if self._written is None:
             self._written = self._read_written()
         changed: dict[str, StatusRecord | None] = {}
+        reported: set[str] = set()
         for report in reports:
             record = StatusRecord(
                 service=report.service,
@@ -552,16 +553,18 @@ class HostAgent:
                 instances=tuple(instances.get(report.service, [])),
                 since=now,
             )
+            if record.says_nothing:
+                continue  # no record (its old one goes below), no gauges
+            reported.add(report.service)
             metrics.running_replicas.labels(report.service, self.host).set(report.running)
             metrics.host_healthy_replicas.labels(report.service, self.host).set(report.healthy)
             backoff = self.executor.backoffs.get(report.service, Backoff())
             metrics.consecutive_failures.labels(report.service, self.host).set(backoff.failures)
             if not record.same_report(self._written.get(report.service)):
                 changed[report.service] = record
-        reported = {r.service for r in reports}
         for service in self._written:
             if service not in reported:
-                changed[service] = None  # deleted and nothing of it left here: its status goes too
+                changed[service] = None  # deleted, or nothing of it here any more: its status goes too
         groups = {
             service: {
                 self.layout.status_key(service, self.host): None if record is None else record.to_json()

@@ -14,7 +14,7 @@ from consul_operator.consul_client import ConsulClient, Indexed, KVEntry
 from consul_operator.desired_state import Manifest
 from consul_operator.host_agent import KV_MAX_AGE, Executor, HostAgent, KVChanged
 from consul_operator.keys import Layout
-from consul_operator.records import PlacementRecord, frozen_map
+from consul_operator.records import Hold, PlacementRecord, StatusRecord, frozen_map
 from tests.unit.test_executor import HOST, FakeCatalog, FakeConsul, FakeDocker, running
 
 
@@ -144,3 +144,50 @@ def test_status_changes_of_a_pass_are_batched(services: int, transactions: list[
     host_agent(consul, docker, [0.0], None).reconcile()
     assert consul.txns == transactions
     assert sum(1 for k in consul.kv if k.startswith(Layout().status_prefix)) == services
+
+
+@pytest.mark.parametrize(
+    ("record", "says_nothing"),
+    [
+        pytest.param(StatusRecord("web", HOST), True, id="nothing-placed-nothing-runs"),
+        pytest.param(StatusRecord("web", HOST, desired=1), False, id="placed-here"),
+        pytest.param(StatusRecord("web", HOST, running=1, specs=frozen_map({"a": 1})), False, id="runs-here"),
+        pytest.param(StatusRecord("web", HOST, specs=frozen_map({"a": 1})), False, id="draining-here"),
+        pytest.param(StatusRecord("web", HOST, error="start failed"), False, id="a-failure-here"),
+        pytest.param(
+            StatusRecord("web", HOST, error="Pending: not placed yet", hold=Hold.UNPLACED),
+            True,
+            id="not-placed-yet-nothing-here",
+        ),
+        pytest.param(
+            StatusRecord("web", HOST, error="Invalid: replicas", hold=Hold.INVALID),
+            True,
+            id="invalid-nothing-here",
+        ),
+        pytest.param(
+            StatusRecord("web", HOST, running=1, error="Invalid: replicas", hold=Hold.INVALID),
+            False,
+            id="invalid-still-running-here",
+        ),
+    ],
+)
+def test_which_status_records_say_nothing(record: StatusRecord, says_nothing: bool) -> None:
+    """A record with nothing placed, running or failing on its host is not needed: absent says the same."""
+    assert record.says_nothing is says_nothing
+
+
+def test_a_host_reports_only_the_services_it_has_to_do_with() -> None:
+    """Of 3 services, one placed here: one status record, not three; it goes once nothing of it is here."""
+    layout, consul = Layout(), kv_with(3)
+    for name in ("s001", "s002"):
+        other = PlacementRecord(
+            name, Manifest(name=name, image="hello:local", replicas=1).spec_hash(), frozen_map({"host-2": 1})
+        )
+        consul.kv[layout.placement_key(name)] = other.to_json()
+    docker = FakeDocker()
+    agent = host_agent(consul, docker, [0.0], None)
+    agent.reconcile()
+    assert [k for k in consul.kv if k.startswith(layout.status_prefix)] == [layout.status_key("s000", HOST)]
+    del consul.kv[layout.service_key("s000")], consul.kv[layout.placement_key("s000")]
+    agent.reconcile()
+    assert [k for k in consul.kv if k.startswith(layout.status_prefix)] == []
