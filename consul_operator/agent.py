@@ -122,7 +122,6 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
     )
     scheduler = Scheduler(consul, config.layout, election, config.cluster, config.lost_grace)
 
-    both = [host_trigger, schedule_trigger]
     layout = config.layout
     threads = [
         threading.Thread(target=presence.heartbeat, args=(stop,), name="heartbeat", daemon=True),
@@ -136,10 +135,11 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
     ]
     for thread in threads:
         thread.start()
+    # The host loop's watches: what this host runs.
     start_watch(
         "services",
         lambda i, w: consul.kv_list(layout.services_prefix, index=i, wait=w),
-        [kv_changed, *both],
+        [kv_changed, host_trigger],
         stop,
     )
     start_watch(
@@ -149,8 +149,24 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
         stop,
     )
     start_watch("node-checks", lambda i, w: consul.health_node(node, index=i, wait=w), [host_trigger], stop)
+    # The leader's watches query Consul only while this agent leads: a hundred
+    # followers each holding a query on every check in the cluster made every
+    # health change a hundred answers (docs/benchmarks.md, *Scale*). A new
+    # leader's schedule pass reads everything anyway (`on_change` fires it).
+    leading = lambda: election.is_leader  # noqa: E731
     start_watch(
-        "agents", lambda i, w: consul.health_service(AGENT_SERVICE, index=i, wait=w), [schedule_trigger], stop
+        "leader-services",
+        lambda i, w: consul.kv_list(layout.services_prefix, index=i, wait=w),
+        [schedule_trigger],
+        stop,
+        leading,
+    )
+    start_watch(
+        "agents",
+        lambda i, w: consul.health_service(AGENT_SERVICE, index=i, wait=w),
+        [schedule_trigger],
+        stop,
+        leading,
     )
     # `operator rollback NAME` writes a request the leader acts on.
     start_watch(
@@ -158,6 +174,7 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
         lambda i, w: consul.kv_list(layout.rollback_prefix, index=i, wait=w),
         [schedule_trigger],
         stop,
+        leading,
     )
     # `operator cordon|drain|uncordon HOST` writes operator/hosts/<host>, which the leader acts on.
     start_watch(
@@ -165,9 +182,12 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
         lambda i, w: consul.kv_list(layout.hosts_prefix, index=i, wait=w),
         [schedule_trigger],
         stop,
+        leading,
     )
     # Health anywhere changes the leader's healthy and drift figures.
-    start_watch("health", lambda i, w: consul.health_state_any(index=i, wait=w), [schedule_trigger], stop)
+    start_watch(
+        "health", lambda i, w: consul.health_state_any(index=i, wait=w), [schedule_trigger], stop, leading
+    )
     loops = [
         threading.Thread(
             target=run_loop,

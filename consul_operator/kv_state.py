@@ -208,19 +208,30 @@ def read_leader(consul: ConsulClient, layout: Layout) -> LeaderRecord | None:
         return None
 
 
+WHILE_IDLE = 0.5
+"""Seconds a watch that is not `active` waits between looks at whether it has become so (no request)."""
+
+
 def watch(
     what: str,
     fetch: Callable[[int, float], Indexed[object]],
     triggers: Sequence[Firable],
     stop: threading.Event,
+    active: Callable[[], bool] | None = None,
 ) -> None:
     """Fire ``triggers`` whenever a blocking query on ``fetch`` sees a change; until ``stop``.
 
     The data itself is dropped: the loops re-read what they need (level-triggered).
+    ``active``: the watch queries Consul only while it says so (the leader's
+    watches); when it becomes active again, its first query fires the triggers.
     """
     query: BlockingQuery[object] = BlockingQuery(fetch)
     failures = 0
     while not stop.is_set():
+        if active is not None and not active():
+            query = BlockingQuery(fetch)  # afresh: the next query returns at once and fires
+            stop.wait(WHILE_IDLE)
+            continue
         try:
             changed, _ = query.next()
         except ConsulError as exc:
@@ -244,10 +255,11 @@ def start_watch(
     fetch: Callable[[int, float], Indexed[object]],
     triggers: Sequence[Firable],
     stop: threading.Event,
+    active: Callable[[], bool] | None = None,
 ) -> threading.Thread:
     """Run `watch` in a daemon thread."""
     thread = threading.Thread(
-        target=watch, args=(what, fetch, triggers, stop), name=f"watch-{what}", daemon=True
+        target=watch, args=(what, fetch, triggers, stop, active), name=f"watch-{what}", daemon=True
     )
     thread.start()
     return thread

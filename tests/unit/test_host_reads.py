@@ -1,7 +1,8 @@
-"""The host pass's Consul traffic at scale: KV read again only after a watch saw a change, status batched."""
+"""Consul traffic at scale: KV read again only after a change, fewer status writes, leader-only watches."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import cast
@@ -14,6 +15,7 @@ from consul_operator.consul_client import ConsulClient, Indexed, KVEntry
 from consul_operator.desired_state import Manifest
 from consul_operator.host_agent import KV_MAX_AGE, Executor, HostAgent, KVChanged
 from consul_operator.keys import Layout
+from consul_operator.kv_state import WHILE_IDLE, watch
 from consul_operator.records import Hold, PlacementRecord, StatusRecord, frozen_map
 from tests.unit.test_executor import HOST, FakeCatalog, FakeConsul, FakeDocker, running
 
@@ -191,3 +193,30 @@ def test_a_host_reports_only_the_services_it_has_to_do_with() -> None:
     del consul.kv[layout.service_key("s000")], consul.kv[layout.placement_key("s000")]
     agent.reconcile()
     assert [k for k in consul.kv if k.startswith(layout.status_prefix)] == []
+
+
+def test_an_inactive_watch_sends_no_query_until_it_is_active() -> None:
+    """A leader's watch on a follower queries Consul not at all; once leading, its first answer fires."""
+    leading, queries, fired = threading.Event(), [], threading.Event()
+    stop = threading.Event()
+
+    class Fire:
+        def fire(self) -> None:
+            fired.set()
+
+    def fetch(index: int, wait: float) -> Indexed[object]:
+        queries.append(index)
+        stop.wait(0.05)
+        return Indexed(7, None)
+
+    thread = threading.Thread(target=watch, args=("t", fetch, [Fire()], stop, leading.is_set), daemon=True)
+    thread.start()
+    try:
+        assert not fired.wait(3 * WHILE_IDLE)
+        assert queries == []
+        leading.set()
+        assert fired.wait(10)
+        assert queries[0] == 0
+    finally:
+        stop.set()
+        thread.join(10)
