@@ -474,6 +474,7 @@ def timed_leader_pass(consul: ConsulClient, leader: str) -> float:
     wait_until(
         lambda: consul.kv_get(key).value is None, timeout=60, what="the request dropped", interval=0.05
     )
+    wait_until(lambda: leader_passes(leader)[0] > before[0], timeout=60, what="a leader pass", interval=0.05)
     after = leader_passes(leader)
     return (after[1] - before[1]) / (after[0] - before[0])
 
