@@ -6,7 +6,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
-.PHONY: deps image up down status test lint unit integration chaos demo bench provision-test clean \
+.PHONY: deps image up down status test lint unit integration chaos demo bench bench-scale provision-test clean \
         nodes-image nodes-up nodes-down nodes-status
 
 deps:           ## install what is missing: Debian packages, consul, .venv, a running dockerd
@@ -60,6 +60,11 @@ chaos: deps image  ## a longer chaos run: make chaos DURATION=600 SEED=42 (defau
 bench: deps image  ## benchmarks on their own staging environment; report in bench/results/
 	@$(PY) -c "import matplotlib" 2>/dev/null || $(VENV)/bin/pip install -q -e ".[test,bench]"
 	$(PY) -m bench.suite
+	$(MAKE) bench-scale
+
+bench-scale: deps  ## the scale bench alone: 10-100 simulated hosts on 3 real Consul servers (SCALE_ARGS=--quick)
+	@$(PY) -c "import matplotlib" 2>/dev/null || $(VENV)/bin/pip install -q -e ".[test,bench]"
+	$(PY) -m bench.scale $(SCALE_ARGS)
 
 provision-test: deps  ## slow, not in `make test`: scripts/provision.sh in a clean Debian 12 (debootstrap + docker import)
 	@bash scripts/provision-test.sh
