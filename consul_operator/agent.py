@@ -4,8 +4,9 @@ Threads, all daemons, all stopped by one ``stop`` event:
 
 * heartbeat   keeps the agent's TTL check passing (presence, and the leader session)
 * election    campaigns for ``operator/leader`` and watches it
-* watches     blocking queries on manifests, placements, this node's checks and
-              the agents' health; Docker's event stream. They only fire triggers.
+* watches     blocking queries on manifests, placements and this node's checks;
+              while leading, also on manifests, the agents' health, all health,
+              rollbacks and maintenance; Docker's event stream. They only fire triggers.
 * host loop   reconciles this host's containers (every agent)
 * schedule    places replicas (does work only while leading)
 
