@@ -445,6 +445,8 @@ def run_cell(hosts: int, services: int, *, idle: float, extra: list[str], shared
         say(f"one change reached its host in {result['change_s_median']:.3f}s (median of 3)")
 
         time.sleep(5)
+        leader = leader_host(consul) or leader  # the lock may have moved under load
+        result["leader_at_end"] = leader
         result["idle_full"] = measure_idle(procs, leader, idle)
         result["rss_mb_mean"] = statistics.mean(rss_mb(p.pid) for p in procs.agents.values())
         result["rss_mb_max"] = max(rss_mb(p.pid) for p in procs.agents.values())
@@ -503,8 +505,9 @@ def render(results: dict[str, Any]) -> None:
         "# Scale: N simulated hosts on one real Consul cluster",
         "",
         "`python -m bench.scale` (issue #19): three real Consul servers, N real `operator agent`",
-        "processes with a SIMULATED container engine (`bench/sim_engine.py`), every agent on one of",
-        "the three servers; 10 replicas per service; this 2-core machine. See docs/benchmarks.md, *Scale*.",
+        "processes with a SIMULATED container engine (`bench/sim_engine.py`), each talking to a Consul",
+        "client agent of its own host; 10 replicas per service; this 2-core machine, which all of it shares.",
+        "See docs/benchmarks.md, *Scale*. Leader pass: one pass at full size, idle (n/a: leader changed).",
         "",
         "| hosts | services | placed (s) | reported (s) | placements/s | one change (s) "
         "| leader pass (s) | converging: req/s, commits/s | idle: req/s per agent, commits/s "
@@ -515,7 +518,9 @@ def render(results: dict[str, Any]) -> None:
         conv, idle = c["converging"], c["idle_full"]
         lines.append(
             f"| {c['hosts']} | {c['services']} | {c['placed_s']:.2f} | {c['reported_s']:.2f} "
-            f"| {c['placements_per_s']:.0f} | {c['change_s_median']:.3f} | {c['leader_pass_s']:.3f} "
+            f"| {c['placements_per_s']:.0f} | {c['change_s_median']:.3f} "
+            f"| {c['leader_pass_s']:.3f} ".replace("| 0.000 ", "| n/a ")
+            + ""
             f"| {conv['requests_per_s']:.0f}, {conv['raft_commits_per_s']:.0f} "
             f"| {idle['requests_per_s_per_agent']:.2f}, {idle['raft_commits_per_s']:.2f} "
             f"| {idle['leader_cpu_pct']:.1f} | {c['rss_mb_mean']:.0f} / {c['rss_mb_max']:.0f} |"
@@ -523,8 +528,9 @@ def render(results: dict[str, Any]) -> None:
     lines += ["", "CPU (% of one core) during convergence and idle at full size:", ""]
     lines += [
         "| hosts | services | converging: agents total, leader, servers "
-        "| idle: leader, other agent mean, servers | idle empty: req/s per agent |",
-        "|---:|---:|---:|---:|---:|",
+        "| idle: leader, other agent mean, servers | Consul clients: converging, idle "
+        "| idle: server RPCs/s per agent | idle empty: req/s per agent |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in cells:
         conv, idle, empty = c["converging"], c["idle_full"], c["idle_empty"]
@@ -534,6 +540,8 @@ def render(results: dict[str, Any]) -> None:
             f"{conv['servers_cpu_pct']:.0f} "
             f"| {idle['leader_cpu_pct']:.1f}, {idle['agent_cpu_pct_mean']:.1f}, "
             f"{idle['servers_cpu_pct']:.1f} "
+            f"| {conv.get('clients_cpu_pct', 0):.0f}, {idle.get('clients_cpu_pct', 0):.0f} "
+            f"| {idle.get('server_rpcs_per_s_per_agent', 0):.2f} "
             f"| {empty['requests_per_s_per_agent']:.2f} |"
         )
     goal = results.get("100x1000")
