@@ -607,7 +607,7 @@ def plot(cells: list[dict[str, Any]]) -> None:
         ("all placed (s)", lambda c: c["placed_s"]),
         ("all reported running (s)", lambda c: c["reported_s"]),
         ("one change reaches its hosts (s)", lambda c: c["change_s_median"]),
-        ("leader pass at full size (s)", lambda c: c["leader_pass_s"]),
+        ("leader pass at full size (s)", lambda c: c["leader_pass_s"] or float("nan")),
         ("Consul requests/s, converging", lambda c: c["converging"]["requests_per_s"]),
         ("Raft commits/s, converging", lambda c: c["converging"]["raft_commits_per_s"]),
         ("idle Consul requests/s per agent", lambda c: c["idle_full"]["requests_per_s_per_agent"]),
