@@ -39,7 +39,6 @@ class SimulatedDockerActuator(DockerActuator):
         self._containers: dict[str, ContainerInfo] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self._changed = threading.Event()
 
     def list_containers(self) -> list[ContainerInfo]:
         """Every simulated container of this host."""
@@ -87,7 +86,6 @@ class SimulatedDockerActuator(DockerActuator):
         """Forget the container (gone already is fine, as with Docker)."""
         with self._lock:
             self._containers.pop(container_id, None)
-        self._changed.set()
 
     def watch_events(self, on_event: Callable[[], None], stop: threading.Event) -> None:
         """No container dies on its own here: one wake-up at the start, then none until ``stop``."""

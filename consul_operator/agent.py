@@ -5,8 +5,8 @@ Threads, all daemons, all stopped by one ``stop`` event:
 * heartbeat   keeps the agent's TTL check passing (presence, and the leader session)
 * election    campaigns for ``operator/leader`` and watches it
 * watches     blocking queries on manifests, placements and this node's checks;
-              while leading, also on manifests, the agents' health, all health,
-              rollbacks and maintenance; Docker's event stream. They only fire triggers.
+              while leading, also on the agents' health, all health, rollbacks and
+              maintenance; Docker's event stream. They only fire triggers.
 * host loop   reconciles this host's containers (every agent)
 * schedule    places replicas (does work only while leading)
 
@@ -136,11 +136,12 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
     ]
     for thread in threads:
         thread.start()
-    # The host loop's watches: what this host runs.
+    # The host loop's watches: what this host runs (manifests wake the schedule loop
+    # too, a no-op but on the leader).
     start_watch(
         "services",
         lambda i, w: consul.kv_list(layout.services_prefix, index=i, wait=w),
-        [kv_changed, host_trigger],
+        [kv_changed, host_trigger, schedule_trigger],
         stop,
     )
     start_watch(
@@ -155,13 +156,6 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
     # health change a hundred answers (docs/benchmarks.md, *Scale*). A new
     # leader's schedule pass reads everything anyway (`on_change` fires it).
     leading = lambda: election.is_leader  # noqa: E731
-    start_watch(
-        "leader-services",
-        lambda i, w: consul.kv_list(layout.services_prefix, index=i, wait=w),
-        [schedule_trigger],
-        stop,
-        leading,
-    )
     start_watch(
         "agents",
         lambda i, w: consul.health_service(AGENT_SERVICE, index=i, wait=w),
