@@ -321,8 +321,9 @@ class StatusRecord:
         Agents write no such record (and delete theirs once it says nothing):
         every host reporting every service made 100 hosts x 1,000 services
         100,000 records, 99,000 of them empty (docs/benchmarks.md, *Scale*).
-        A hold (invalid, not placed yet) with nothing here says nothing about
-        the host either: `operator status` takes it from the manifest and placement.
+        "Not placed yet" with nothing here says nothing about the host either
+        (every host would write it for every new service of a bulk apply). An
+        invalid manifest's record stays: each host says it holds, and why.
         """
         return (
             self.desired == 0
@@ -330,7 +331,7 @@ class StatusRecord:
             and self.healthy == 0
             and not self.specs
             and not self.instances
-            and (not self.error or self.hold is not None)
+            and (not self.error or self.hold == Hold.UNPLACED)
         )
 
     def same_report(self, other: StatusRecord | None) -> bool:

@@ -163,8 +163,8 @@ def test_status_changes_of_a_pass_are_batched(services: int, transactions: list[
         ),
         pytest.param(
             StatusRecord("web", HOST, error="Invalid: replicas", hold=Hold.INVALID),
-            True,
-            id="invalid-nothing-here",
+            False,
+            id="invalid-nothing-here-still-says-so",
         ),
         pytest.param(
             StatusRecord("web", HOST, running=1, error="Invalid: replicas", hold=Hold.INVALID),
