@@ -34,7 +34,7 @@ from consul_operator.host_plan import (
     revisions_wanted,
 )
 from consul_operator.keys import Layout
-from consul_operator.kv_state import read_manifests, read_placements, read_revision, read_statuses
+from consul_operator.kv_state import manifests_of, placements_of, read_revision, read_statuses
 from consul_operator.loop import PassResult
 from consul_operator.model import (
     Action,
@@ -412,8 +412,10 @@ class HostAgent:
     def reconcile(self) -> PassResult:
         """One pass: read, plan, act, report."""
         now = self.wall()
-        manifests = read_manifests(self.consul, self.layout)
-        placements = read_placements(self.consul, self.layout)
+        layout = self.layout
+        trees = self.consul.kv_trees([layout.services_prefix, layout.placement_prefix], consistent=True)
+        manifests = manifests_of(trees[layout.services_prefix], layout)
+        placements = placements_of(trees[layout.placement_prefix], layout)
         revisions = {
             (name, spec): kept
             for name, spec in revisions_wanted(self.host, manifests, placements)

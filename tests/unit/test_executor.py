@@ -117,6 +117,9 @@ class FakeConsul:
         entries = [KVEntry(k, v, 1) for k, v in sorted(self.kv.items()) if k.startswith(prefix)]
         return Indexed(1, entries)
 
+    def kv_trees(self, prefixes: list[str], **_: object) -> dict[str, list[KVEntry]]:
+        return {prefix: self.kv_list(prefix).value for prefix in prefixes}
+
     def kv_get(self, key: str, **_: object) -> Indexed[KVEntry | None]:
         value = self.kv.get(key)
         return Indexed(1, None if value is None else KVEntry(key, value, 1))
