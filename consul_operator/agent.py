@@ -33,14 +33,16 @@ from consul_operator.host_agent import Executor, HostAgent
 from consul_operator.keys import Layout
 from consul_operator.kv_state import start_watch
 from consul_operator.leader import LeaderElection
-from consul_operator.loop import Trigger, run_loop, stop_on_signals, wait_for_stop
+from consul_operator.loop import Batched, Trigger, run_loop, stop_on_signals, wait_for_stop
 from consul_operator.presence import AGENT_SERVICE, Presence
 from consul_operator.scheduler import Scheduler
 from consul_operator.status_page import status_page
+from consul_operator.timers import Timers
 
 log = structlog.get_logger()
 
 SHUTDOWN_WAIT = 10.0  # seconds the loops get to finish their pass after SIGTERM
+BATCH_WINDOW = 0.1  # seconds over which bursts of check changes and finished actions make one pass
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,12 @@ def run_agent(config: AgentConfig) -> int:
         lock_delay=config.lock_delay,
         on_change=lambda _: schedule_trigger.fire(),
     )
-    executor = Executor(docker_actuator, catalog, on_done=host_trigger.fire)
+    # Bursts (a deploy's checks turning passing, its actions finishing) are
+    # gathered into one pass per window; manifests and placements wake at once.
+    batches = Timers("batched-wakeups")
+    host_batched = Batched(host_trigger, BATCH_WINDOW, batches)
+    schedule_batched = Batched(schedule_trigger, BATCH_WINDOW, batches)
+    executor = Executor(docker_actuator, catalog, on_done=host_batched.fire)
     host_agent = HostAgent(consul, config.layout, config.host, docker_actuator, catalog, executor)
     scheduler = Scheduler(consul, config.layout, election, config.cluster, config.lost_grace)
 
@@ -129,7 +136,7 @@ def run_agent(config: AgentConfig) -> int:
         [host_trigger],
         stop,
     )
-    start_watch("node-checks", lambda i, w: consul.health_node(node, index=i, wait=w), [host_trigger], stop)
+    start_watch("node-checks", lambda i, w: consul.health_node(node, index=i, wait=w), [host_batched], stop)
     start_watch(
         "agents", lambda i, w: consul.health_service(AGENT_SERVICE, index=i, wait=w), [schedule_trigger], stop
     )
@@ -148,7 +155,7 @@ def run_agent(config: AgentConfig) -> int:
         stop,
     )
     # Health anywhere changes the leader's healthy and drift figures.
-    start_watch("health", lambda i, w: consul.health_state_any(index=i, wait=w), [schedule_trigger], stop)
+    start_watch("health", lambda i, w: consul.health_state_any(index=i, wait=w), [schedule_batched], stop)
     loops = [
         threading.Thread(
             target=run_loop,
@@ -178,6 +185,7 @@ def run_agent(config: AgentConfig) -> int:
     # Actions still running are left to finish or die with the process; a
     # half-created container is removed by the next agent's first pass.
     executor.shutdown(wait=False)
+    batches.close()
     log.info("agent stopped; containers left running", host=config.host)
     return 0
 

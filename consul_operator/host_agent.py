@@ -59,6 +59,8 @@ MAX_PARALLEL_ACTIONS = 8
 MAX_PER_SERVICE = 4
 """Workers one service is always entitled to; beyond that it may only use workers above the reserve."""
 RESERVED_WORKERS = 2
+REGISTRARS = 4
+"""Threads that register started replicas, each once its own check has passed or one interval is over."""
 """Workers a service past its share leaves free, so that another service's action starts at once."""
 
 
@@ -120,6 +122,7 @@ class Executor:
         self.mono = mono
         self.lock = threading.Lock()
         self._pool = ThreadPoolExecutor(MAX_PARALLEL_ACTIONS, thread_name_prefix="action")
+        self._registrar = ThreadPoolExecutor(REGISTRARS, thread_name_prefix="register")
         self._timers = Timers("executor-timers", clock=mono)
         self._starting: dict[str, str] = {}  # container name -> service
         self._starting_spec: dict[str, str] = {}  # container name -> "service/spec"
@@ -193,6 +196,7 @@ class Executor:
             self._turns.clear()
         self._timers.close()
         self._pool.shutdown(wait=wait, cancel_futures=True)
+        self._registrar.shutdown(wait=wait, cancel_futures=True)
 
     # --- dispatch (under ``lock``) ------------------------------------------------------
 
@@ -267,7 +271,8 @@ class Executor:
         self._starting.pop(job.name, None)
         self._starting_spec.pop(job.name, None)
         self._busy.discard(job.cid)
-        self._busy_registrations.discard(job.sid or job.name)
+        if job.sid:  # a start's registration, if any, is released by `_register_started`
+            self._busy_registrations.discard(job.sid)
         if job.key is None:
             return
         if error:
@@ -293,11 +298,32 @@ class Executor:
         )
         # A container that already exited publishes no port: the next pass removes it.
         if manifest.port and info.host_port is not None:
-            try:
-                self._register(info, manifest)
-            except ConsulError as exc:
-                # The container runs; the next pass registers it.
-                log.warning("registration failed", container=info.name, error=str(exc))
+            # Registered off the worker: the check's first run waits for the
+            # application, and the next start must not wait for it.
+            with self.lock:
+                self._busy_registrations.add(info.name)
+            self._registrar.submit(self._register_started, info, manifest)
+
+    def _register_started(self, info: ContainerInfo, manifest: Manifest) -> None:
+        """Register a replica just started, passing at once if its own check passes (`probe`)."""
+        try:
+            passed = self.catalog.register_started(info, manifest)
+        except ConsulError as exc:
+            # The container runs; the next pass registers it.
+            log.warning("registration failed", container=info.name, error=str(exc))
+        except Exception:
+            log.exception("registration crashed", container=info.name)
+        else:
+            how = "passing its health check" if passed else "its health check not passing yet"
+            where = f" at port {info.host_port}" if info.host_port else ""
+            event_log.record(
+                info.service, events.REGISTERED, f"registered {info.name}{where} in Consul, {how}"
+            )
+        finally:
+            with self.lock:
+                self._busy_registrations.discard(info.name)
+                self.generation += 1
+            self.on_done()
 
     def _register(self, container: ContainerInfo, manifest: Manifest) -> None:
         self.catalog.register(container, manifest)

@@ -30,6 +30,7 @@ from consul_operator.errors import (
     OperatorError,
 )
 from consul_operator.health import HEALTH, Health
+from consul_operator.timers import Timers
 
 log = structlog.get_logger()
 
@@ -49,6 +50,28 @@ class Trigger:
         fired = self._event.wait(timeout)
         self._event.clear()
         return fired
+
+
+class Batched:
+    """Wake-ups of one kind gathered over ``window`` seconds: a burst of them wakes ``target`` once.
+
+    The first `fire` of a burst fires ``target`` ``window`` seconds later, and
+    every fire until then rides along: at most one wake-up per window. For
+    the wake-ups that arrive in bursts and need no instant answer (every
+    replica's check changing as a deploy comes up, every finished action),
+    so that a burst of 30 starts costs a few passes, not one per event;
+    what needs an answer at once (a manifest, a placement) uses the
+    `Trigger` itself.
+    """
+
+    def __init__(self, target: Trigger, window: float, timers: Timers) -> None:
+        self.target = target
+        self.window = window
+        self._timers = timers
+
+    def fire(self) -> None:
+        """Ask ``target`` for a pass at the end of the current window."""
+        self._timers.call_later(self.window, self.target.fire, key=id(self), coalesce=self.window)
 
 
 def stop_on_signals() -> threading.Event:
