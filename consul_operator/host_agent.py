@@ -155,6 +155,10 @@ class Executor:
             held_until=MappingProxyType({k: b.retry_at for k, b in self.action_backoffs.items()}),
         )
 
+    def starting_names(self) -> frozenset[str]:
+        """Names of the containers being started now (under ``lock``)."""
+        return frozenset(self._starting)
+
     def forget_actions(self, present: set[str]) -> None:
         """Forget the back-off of actions on things no longer ``present`` (ids, names; under ``lock``)."""
         for key in list(self.action_backoffs):
@@ -474,13 +478,15 @@ class HostAgent:
         under the lock.
         """
         for _ in range(3):
-            generation = self.executor.generation
-            containers = self.docker.list_containers()
+            with self.executor.lock:
+                generation = self.executor.generation
+                starting = self.executor.starting_names()
+            containers = self.docker.list_containers(starting)
             with self.executor.lock:
                 if self.executor.generation == generation:
                     return containers, self.executor.snapshot(containers)
         with self.executor.lock:
-            containers = self.docker.list_containers()
+            containers = self.docker.list_containers(self.executor.starting_names())
             return containers, self.executor.snapshot(containers)
 
     def _reset_backoffs(self, containers: list[ContainerInfo], now: float) -> None:

@@ -134,12 +134,13 @@ class CatalogActuator:
         """Register a replica that has just started, passing from the start if its check passes now.
 
         Runs the registered check itself (`probe.passes_within`) for up to one
-        check interval; returns whether it passed (else the check starts
+        check interval (at most `probe.MAX_BUDGET`); returns whether it passed (else the check starts
         critical, and Consul's runs decide, as for any registration).
         """
         definition = self.definition(container, manifest)
         health = manifest.health
-        passed = probe.passes_within(definition["Check"], health.timeout, health.interval)
+        budget = min(health.interval, probe.MAX_BUDGET)
+        passed = probe.passes_within(definition["Check"], health.timeout, budget)
         if passed:
             definition["Check"]["Status"] = "passing"
         self.consul.register_service(definition)

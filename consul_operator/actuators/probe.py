@@ -22,6 +22,8 @@ from typing import Any
 
 PROBE_EVERY = 0.05
 """Seconds between two runs while the application is coming up."""
+MAX_BUDGET = 10.0
+"""Seconds at most that a start's registration waits for its check to pass (else it starts critical)."""
 USER_AGENT = "Consul Health Check"  # what Consul's HTTP check sends
 
 

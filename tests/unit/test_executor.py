@@ -63,7 +63,7 @@ class FakeDocker:
     started: list[str] = field(default_factory=list)
     stopping: int = 0
 
-    def list_containers(self) -> list[ContainerInfo]:
+    def list_containers(self, starting: object = ()) -> list[ContainerInfo]:
         self.listings += 1
         return list(self.containers)
 
