@@ -9,6 +9,7 @@ starts or stops a container.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import Counter, deque
@@ -134,12 +135,9 @@ class Executor:
         self._turns: deque[str] = deque()  # services with queued jobs, round-robin
         self._active: Counter[str] = Counter()  # jobs on workers, per service
         self._closed = False
-        # Counts finished actions, so that a pass can tell whether its container
-        # listing still matches what is in flight.
-        self.generation = 0
 
     def snapshot(self, containers: list[ContainerInfo]) -> InFlight:
-        """What is in flight, relative to a container listing taken under ``lock``."""
+        """What is in flight (under ``lock``); of ``containers``, those being started are busy."""
         pending: dict[str, int] = {}
         for service in self._starting.values():
             pending[service] = pending.get(service, 0) + 1
@@ -271,7 +269,6 @@ class Executor:
 
     def _finish(self, job: _Job, error: str) -> None:
         """The action is over (under ``lock``): release what it kept busy, count its outcome."""
-        self.generation += 1
         self._starting.pop(job.name, None)
         self._starting_spec.pop(job.name, None)
         self._busy.discard(job.cid)
@@ -326,7 +323,6 @@ class Executor:
         finally:
             with self.lock:
                 self._busy_registrations.discard(info.name)
-                self.generation += 1
             self.on_done()
 
     def _register(self, container: ContainerInfo, manifest: Manifest) -> None:
@@ -451,8 +447,8 @@ class HostAgent:
             for name, spec in revisions_wanted(self.host, manifests, placements)
             if (kept := read_revision(self.consul, self.layout, name, spec)) is not None
         }
-        registrations = self.catalog.registrations()
         containers, inflight = self._observe()
+        registrations = self.catalog.registrations()  # after the snapshot, as `_observe` says
         with self.executor.lock:
             self._reset_backoffs(containers, now)
             backoffs = dict(self.executor.backoffs)
@@ -470,24 +466,25 @@ class HostAgent:
         return PassResult(requeue_after=max(0.0, plan.wake_at - mono))
 
     def _observe(self) -> tuple[list[ContainerInfo], InFlight]:
-        """List our containers and what is in flight, consistently with each other.
+        """What is in flight, then our containers: each replica counted exactly once.
 
-        Optimistic: list without holding the executor's lock (a listing takes
-        tens of milliseconds, and every finishing action needs the lock), then
-        accept it only if no action finished meanwhile; after a few tries, list
-        under the lock.
+        The snapshot comes first, under the executor's lock, and everything
+        else is read after it, without the lock (a listing takes tens of
+        milliseconds, and longer while the engine is busy with a burst; every
+        finishing action needs the lock). An action in flight at the snapshot
+        stays busy for this pass even if it finished since: a start's
+        container, if already listed, is counted as the pending start it was
+        (matched by its name, chosen before the start); a drained, removed or
+        registered thing is left alone, as it was being handled. Only the
+        pass itself submits actions, so nothing new starts meanwhile. The one
+        miss, a start that failed since, is made up by the pass its end wakes.
         """
-        for _ in range(3):
-            with self.executor.lock:
-                generation = self.executor.generation
-                starting = self.executor.starting_names()
-            containers = self.docker.list_containers(starting)
-            with self.executor.lock:
-                if self.executor.generation == generation:
-                    return containers, self.executor.snapshot(containers)
         with self.executor.lock:
-            containers = self.docker.list_containers(self.executor.starting_names())
-            return containers, self.executor.snapshot(containers)
+            inflight = self.executor.snapshot([])
+            starting = self.executor.starting_names()
+        containers = self.docker.list_containers(starting)
+        started = frozenset(c.id for c in containers if c.name in starting)
+        return containers, dataclasses.replace(inflight, busy_containers=inflight.busy_containers | started)
 
     def _reset_backoffs(self, containers: list[ContainerInfo], now: float) -> None:
         for service, backoff in list(self.executor.backoffs.items()):

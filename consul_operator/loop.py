@@ -53,25 +53,46 @@ class Trigger:
 
 
 class Batched:
-    """Wake-ups of one kind gathered over ``window`` seconds: a burst of them wakes ``target`` once.
+    """Wake-ups of one kind, at most one per ``window`` seconds: a burst of them makes two passes.
 
-    The first `fire` of a burst fires ``target`` ``window`` seconds later, and
-    every fire until then rides along: at most one wake-up per window. For
-    the wake-ups that arrive in bursts and need no instant answer (every
-    replica's check changing as a deploy comes up, every finished action),
-    so that a burst of 30 starts costs a few passes, not one per event;
-    what needs an answer at once (a manifest, a placement) uses the
-    `Trigger` itself.
+    A fire wakes ``target`` at once when the last wake-up is ``window`` or
+    more ago; fires within the window are gathered into one wake-up at its
+    end (leading and trailing edge, like the load balancer's ``--coalesce``).
+    For wake-ups that come in bursts (every replica's check changing as a
+    deploy comes up, every finished action): a lone one is answered at once,
+    a burst of 30 costs a few passes, not one per event.
     """
 
-    def __init__(self, target: Trigger, window: float, timers: Timers) -> None:
+    def __init__(
+        self, target: Trigger, window: float, timers: Timers, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.target = target
         self.window = window
         self._timers = timers
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._quiet_from = float("-inf")  # monotonic time from which a fire may wake at once
+        self._pending = False
 
     def fire(self) -> None:
-        """Ask ``target`` for a pass at the end of the current window."""
-        self._timers.call_later(self.window, self.target.fire, key=id(self), coalesce=self.window)
+        """Wake ``target`` now, or at the end of the current window."""
+        with self._lock:
+            now = self._clock()
+            if now >= self._quiet_from:
+                self._quiet_from = now + self.window
+            elif not self._pending:
+                self._pending = True
+                self._timers.call_at(self._quiet_from, self._flush)
+                return
+            else:
+                return
+        self.target.fire()
+
+    def _flush(self) -> None:
+        with self._lock:
+            self._pending = False
+            self._quiet_from = self._clock() + self.window
+        self.target.fire()
 
 
 def stop_on_signals() -> threading.Event:
