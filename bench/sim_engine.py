@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from consul_operator.actuators.docker import DockerActuator, container_name
 from consul_operator.desired_state import Manifest
@@ -40,8 +40,8 @@ class SimulatedDockerActuator(DockerActuator):
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
-    def list_containers(self) -> list[ContainerInfo]:
-        """Every simulated container of this host."""
+    def list_containers(self, starting: Collection[str] = ()) -> list[ContainerInfo]:
+        """Every simulated container of this host (none needs an inspect: ``starting`` changes nothing)."""
         with self._lock:
             return list(self._containers.values())
 

@@ -14,7 +14,7 @@ the same N raw `docker run -d` in parallel (the physical limit) and Docker Swarm
 
 Writes bench/results/report.md and bench/results/convergence.png. Goals are reported, never asserted.
 
-usage: python -m bench.suite [--reps 3] [--sizes 1,10,30] [--quick]
+usage: python -m bench.suite [--reps 3] [--sizes 1,10,30,100] [--parts convergence,...] [--out DIR]
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.timeline import STAGES, Timeline, consul_stages, docker_starts, service_label
 from consul_operator.consul_client import ConsulClient
 from consul_operator.desired_state import Manifest
 from consul_operator.docker_client import connect
@@ -45,11 +46,12 @@ from consul_operator.model import (
 )
 from consul_operator.reconcile import plan_host, schedule
 from tests.support.cluster import Cluster
-from tests.support.served import get, replica
+from tests.support.served import get, replica, serves
 from tests.support.staging import Staging, wait_until
 
 ADDRESSES = ("127.0.0.41", "127.0.0.42", "127.0.0.43")
 RESULTS = Path("bench/results")
+PARTS = ("convergence", "recovery", "lb", "idle", "scale", "swarm")  # recovery includes the fail-over
 POLL = 0.01
 
 
@@ -67,6 +69,7 @@ class Results:
     """Every figure, in seconds unless named otherwise."""
 
     convergence: dict[int, dict[str, list[float]]] = field(default_factory=dict)
+    timelines: dict[int, list[dict[str, float]]] = field(default_factory=dict)  # per N, one per run
     recovery: dict[str, list[float]] = field(default_factory=dict)
     failover: dict[str, list[float]] = field(default_factory=dict)
     lb: dict[str, list[float]] = field(default_factory=dict)
@@ -97,23 +100,36 @@ def cleanup(cluster: Cluster, name: str) -> None:
 
 
 def ours(cluster: Cluster, n: int, results: Results) -> None:
-    """kv put -> running, passing, served by NGINX."""
+    """kv put -> placement written, started, registered, passing, served by NGINX (`timeline`)."""
     name = "c" + uuid.uuid4().hex[:8]
     table = results.convergence.setdefault(n, {})
-    started = time.monotonic()
-    cluster.put(name, n, health={"http": "/health", "interval": "500ms", "timeout": "400ms"})
-    wait_until(lambda: len(cluster.containers(name)) == n, timeout=300, what="running", interval=POLL)
-    results.add(table, "ours: running", time.monotonic() - started)
-    wait_until(lambda: len(cluster.passing(name)) == n, timeout=300, what="passing", interval=POLL)
-    results.add(table, "ours: passing in Consul", time.monotonic() - started)
-    wait_until(lambda: cluster.lb_serves(name, n), timeout=300, what="served", interval=POLL)
-    results.add(table, "ours: served by NGINX", time.monotonic() - started)
+    line = Timeline(began=0.0)
+    with (
+        docker_starts(cluster.docker, service_label(name), line.starts),
+        consul_stages(cluster.consul, cluster.layout.placement_key(name), name, line),
+    ):
+        line.began = time.time()
+        cluster.put(name, n, health={"http": "/health", "interval": "500ms", "timeout": "400ms"})
+        wait_until(lambda: len(line.passing) >= n, timeout=300, what="passing", interval=POLL)
+        # The burst is over; ask NGINX for exactly the containers that started.
+        ids = {cid[:12] for cid in line.starts}
+        wait_until(lambda: serves(ADDRESSES[2], name, ids), timeout=300, what="served", interval=POLL)
+        line.served = time.time()
+    stages = line.stages()
+    results.timelines.setdefault(n, []).append(stages)
+    results.add(table, "ours: running", stages["last start"])
+    results.add(table, "ours: passing in Consul", stages["last passing"])
+    results.add(table, "ours: served by NGINX", stages["served"])
     cleanup(cluster, name)
 
 
 def raw_docker_run(cluster: Cluster, n: int, results: Results) -> None:
-    """N `docker run -d` in parallel (8 at a time, like our executor): the physical limit."""
-    labels = {"consul-operator.cluster": cluster.staging.name, "bench": "raw"}
+    """N `docker run -d` in parallel (8 at a time, like our executor): the physical limit.
+
+    Timed like ours: to the engine's time of the last ``start`` event.
+    """
+    batch = "raw" + uuid.uuid4().hex[:8]
+    labels = {"consul-operator.cluster": cluster.staging.name, "bench": batch}
 
     def run_one(_: int) -> str:
         c = cluster.docker.containers.run(
@@ -121,10 +137,14 @@ def raw_docker_run(cluster: Cluster, n: int, results: Results) -> None:
         )
         return str(c.id)
 
-    started = time.monotonic()
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        ids = list(pool.map(run_one, range(n)))
-    results.add(results.convergence.setdefault(n, {}), "raw parallel docker run", time.monotonic() - started)
+    starts: dict[str, float] = {}
+    with docker_starts(cluster.docker, f"bench={batch}", starts):
+        began = time.time()
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            ids = list(pool.map(run_one, range(n)))
+        wait_until(lambda: len(starts) >= n, timeout=60, what="raw start events", interval=POLL)
+    table = results.convergence.setdefault(n, {})
+    results.add(table, "raw parallel docker run", max(starts.values()) - began)
     for cid in ids:
         cluster.docker.api.remove_container(cid, force=True)
 
@@ -419,6 +439,24 @@ def write_report(results: Results, reps: int) -> str:
             lines.append(f"| {n} | {stage} | {m:.2f} | {m / raw:.2f}x | {m / swarm:.2f}x |")
     lines += [
         "",
+        "## Where the time goes: one convergence, stage by stage",
+        "",
+        "Medians over the runs, seconds after the `kv put` (`bench/timeline.py`: Docker's event stream",
+        "and Consul blocking queries, no polling of the engine); in brackets, the ratio to the raw",
+        "parallel `docker run` of the same N in the same run.",
+        "",
+        "| N | " + " | ".join(STAGES) + " |",
+        "| --- |" + " --- |" * len(STAGES),
+    ]
+    for n, runs in sorted(results.timelines.items()):
+        raw = median(results.convergence[n]["raw parallel docker run"])
+        cells = []
+        for stage in STAGES:
+            values = [run[stage] for run in runs if stage in run]
+            cells.append(f"{median(values):.2f} ({median(values) / raw:.2f}x)" if values else "-")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
         "## Recovery after `docker kill` of one replica",
         "",
         "| stage | median (s) |",
@@ -441,29 +479,68 @@ def write_report(results: Results, reps: int) -> str:
     lines += [f"| {k} | {v:.3f} |" for k, v in results.scale.items()]
     lines += ["", "## Goals", "", "| measure | goal |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in GOALS]
-    lines += ["", "![convergence](convergence.png)", ""]
+    lines += ["", "![convergence](convergence.png)", "", "![timeline](timeline.png)", ""]
     return "\n".join(lines)
 
 
 def plot(results: Results, path: Path) -> None:
+    """Each stage as a ratio to the raw parallel `docker run` of the same N, with the 1.15x goal."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     sizes = sorted(results.convergence)
-    stages = list(results.convergence[sizes[0]])
+    stages = [s for s in results.convergence[sizes[0]] if s != "raw parallel docker run"]
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    width = 0.8 / len(stages)
+    width = 0.8 / max(1, len(stages))
     for i, stage in enumerate(stages):
-        values = [median(results.convergence[n].get(stage, [float("nan")])) for n in sizes]
-        ax.bar([k + i * width for k in range(len(sizes))], values, width, label=stage)
+        ratios = [
+            median(results.convergence[n].get(stage, [float("nan")]))
+            / median(results.convergence[n]["raw parallel docker run"])
+            for n in sizes
+        ]
+        ax.bar([k + i * width for k in range(len(sizes))], ratios, width, label=stage)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.axhline(1.15, color="red", linestyle="--", linewidth=0.8, label="goal for running: 1.15x")
     ax.set_xticks([k + 0.4 - width / 2 for k in range(len(sizes))], [f"N={n}" for n in sizes])
-    ax.set_ylabel("seconds (median)")
-    ax.set_title("Convergence after kv put of N replicas")
+    ax.set_ylabel("x raw parallel docker run (median)")
+    ax.set_title("Convergence after kv put of N replicas, against raw docker run")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_timeline(results: Results, path: Path) -> None:
+    """One bar per N: the median time of each stage, from the kv put, with raw docker run marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted(results.timelines)
+    fig, axes = plt.subplots(len(sizes), 1, figsize=(8, 1.2 + 1.1 * len(sizes)), squeeze=False)
+    for ax, n in zip(axes[:, 0], sizes, strict=True):
+        runs = results.timelines[n]
+        previous = 0.0
+        for stage in STAGES:
+            values = [run[stage] for run in runs if stage in run]
+            if not values:
+                continue
+            at = max(previous, median(values))
+            ax.barh(0, at - previous, left=previous, label=stage)
+            previous = at
+        raw = median(results.convergence[n]["raw parallel docker run"])
+        ax.axvline(raw, color="black", linestyle="--", linewidth=1, label="raw docker run")
+        ax.set_yticks([0], [f"N={n}"])
+        ax.set_xlim(0, previous * 1.05)
+    axes[0, 0].set_title("Where the time goes (medians, seconds after the kv put)")
+    axes[0, 0].legend(fontsize=7, ncol=4, loc="upper left", bbox_to_anchor=(0, -0.3 * len(sizes) - 0.6))
+    axes[-1, 0].set_xlabel("seconds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -471,19 +548,31 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--sizes", default="1,10,30")
+    parser.add_argument("--sizes", default="1,10,30,100")
     parser.add_argument("--idle-services", type=int, default=100)
     parser.add_argument("--idle-window", type=float, default=60.0)
+    parser.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help=f"comma-separated, of {','.join(PARTS)} (default: all); a partial run writes to --out",
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the report goes")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
+    parts = set(args.parts.split(","))
+    if unknown := parts - set(PARTS):
+        parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
     results = Results()
-    scheduler_scale(results)
-    staging = Staging("bench", ADDRESSES)
+    if "scale" in parts:
+        scheduler_scale(results)
+    # Nominal capacity for 100 replicas of 256Mi / 0.25 CPU on either host (the hosts share
+    # this machine; the default 8Gi / 8 CPUs holds 32 per host).
+    staging = Staging("bench", ADDRESSES, extra_env=(("STAGING_CAPACITY", "memory=64Gi,cpus=64"),))
     staging.run("down")
     staging.run("up")
     cluster = Cluster(staging, ConsulClient(staging.consul_addr()), connect())
     try:
-        for n in sizes:
+        for n in sizes if "convergence" in parts else []:
             for _ in range(args.reps):
                 ours(cluster, n, results)
                 raw_docker_run(cluster, n, results)
@@ -491,20 +580,22 @@ def main(argv: list[str] | None = None) -> int:
                 f"N={n}: { ({k: round(median(v), 2) for k, v in results.convergence[n].items()}) }",
                 flush=True,
             )
-        for _ in range(args.reps):
+        for _ in range(args.reps if "recovery" in parts else 0):
             recovery(cluster, results)
             failover(cluster, results)
-        lb_latency(cluster, max(args.reps, 10), results)
-        idle_agent(cluster, results, args.idle_services, args.idle_window)
+        if "lb" in parts:
+            lb_latency(cluster, max(args.reps, 10), results)
+        if "idle" in parts:
+            idle_agent(cluster, results, args.idle_services, args.idle_window)
     finally:
         staging.run("down")
     with Swarm() as swarm:
-        for n in sizes:
+        for n in sizes if {"swarm", "convergence"} <= parts else []:
             for _ in range(args.reps):
                 name = "sw" + uuid.uuid4().hex[:6]
                 results.add(results.convergence[n], "Swarm: N/N running", swarm.create(name, n))
                 swarm.remove(name)
-        for _ in range(args.reps):
+        for _ in range(args.reps if {"swarm", "recovery"} <= parts else 0):
             name = "sw" + uuid.uuid4().hex[:6]
             swarm.create(name, 2)
             results.add(
@@ -513,10 +604,12 @@ def main(argv: list[str] | None = None) -> int:
                 swarm.replacement(name, lambda cid: cluster.docker.api.kill(cid)),
             )
             swarm.remove(name)
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     report = write_report(results, args.reps)
-    (RESULTS / "report.md").write_text(report)
-    plot(results, RESULTS / "convergence.png")
+    (args.out / "report.md").write_text(report)
+    if results.convergence:
+        plot(results, args.out / "convergence.png")
+        plot_timeline(results, args.out / "timeline.png")
     print(report)
     return 0
 

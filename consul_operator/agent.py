@@ -34,14 +34,16 @@ from consul_operator.host_agent import Executor, HostAgent, KVChanged
 from consul_operator.keys import Layout
 from consul_operator.kv_state import start_watch
 from consul_operator.leader import LeaderElection
-from consul_operator.loop import Trigger, run_loop, stop_on_signals, wait_for_stop
+from consul_operator.loop import Batched, Trigger, run_loop, stop_on_signals, wait_for_stop
 from consul_operator.presence import AGENT_SERVICE, Presence
 from consul_operator.scheduler import Scheduler
 from consul_operator.status_page import status_page
+from consul_operator.timers import Timers
 
 log = structlog.get_logger()
 
 SHUTDOWN_WAIT = 10.0  # seconds the loops get to finish their pass after SIGTERM
+BATCH_WINDOW = 0.1  # seconds over which bursts of check changes and finished actions make one pass
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,12 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
         lock_delay=config.lock_delay,
         on_change=lambda _: schedule_trigger.fire(),
     )
-    executor = Executor(docker_actuator, catalog, on_done=host_trigger.fire)
+    # Bursts (a deploy's checks turning passing, its actions finishing) wake a
+    # loop at most once per window; manifests and placements wake it at once.
+    batches = Timers("batched-wakeups")
+    host_batched = Batched(host_trigger, BATCH_WINDOW, batches)
+    schedule_batched = Batched(schedule_trigger, BATCH_WINDOW, batches)
+    executor = Executor(docker_actuator, catalog, on_done=host_batched.fire)
     kv_changed = KVChanged()  # what the host pass reads from KV changed: it reads it again
     host_agent = HostAgent(
         consul, config.layout, config.host, docker_actuator, catalog, executor, kv_changed=kv_changed
@@ -150,7 +157,7 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
         [kv_changed, host_trigger],
         stop,
     )
-    start_watch("node-checks", lambda i, w: consul.health_node(node, index=i, wait=w), [host_trigger], stop)
+    start_watch("node-checks", lambda i, w: consul.health_node(node, index=i, wait=w), [host_batched], stop)
     # The leader's watches query Consul only while this agent leads: a hundred
     # followers each holding a query on every check in the cluster made every
     # health change a hundred answers (docs/benchmarks.md, *Scale*). A new
@@ -181,7 +188,7 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
     )
     # Health anywhere changes the leader's healthy and drift figures.
     start_watch(
-        "health", lambda i, w: consul.health_state_any(index=i, wait=w), [schedule_trigger], stop, leading
+        "health", lambda i, w: consul.health_state_any(index=i, wait=w), [schedule_batched], stop, leading
     )
     loops = [
         threading.Thread(
@@ -212,6 +219,7 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
     # Actions still running are left to finish or die with the process; a
     # half-created container is removed by the next agent's first pass.
     executor.shutdown(wait=False)
+    batches.close()
     log.info("agent stopped; containers left running", host=config.host)
     return 0
 

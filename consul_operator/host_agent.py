@@ -9,6 +9,7 @@ starts or stops a container.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import Counter, deque
@@ -34,13 +35,7 @@ from consul_operator.host_plan import (
     revisions_wanted,
 )
 from consul_operator.keys import Layout
-from consul_operator.kv_state import (
-    ManifestResult,
-    read_manifests,
-    read_placements,
-    read_revision,
-    read_statuses,
-)
+from consul_operator.kv_state import ManifestResult, manifests_of, placements_of, read_revision, read_statuses
 from consul_operator.loop import PassResult
 from consul_operator.model import (
     Action,
@@ -66,6 +61,8 @@ MAX_PARALLEL_ACTIONS = 8
 MAX_PER_SERVICE = 4
 """Workers one service is always entitled to; beyond that it may only use workers above the reserve."""
 RESERVED_WORKERS = 2
+REGISTRARS = 4
+"""Threads that register started replicas, each once its own check has passed or one interval is over."""
 """Workers a service past its share leaves free, so that another service's action starts at once."""
 
 
@@ -127,6 +124,7 @@ class Executor:
         self.mono = mono
         self.lock = threading.Lock()
         self._pool = ThreadPoolExecutor(MAX_PARALLEL_ACTIONS, thread_name_prefix="action")
+        self._registrar = ThreadPoolExecutor(REGISTRARS, thread_name_prefix="register")
         self._timers = Timers("executor-timers", clock=mono)
         self._starting: dict[str, str] = {}  # container name -> service
         self._starting_spec: dict[str, str] = {}  # container name -> "service/spec"
@@ -138,12 +136,9 @@ class Executor:
         self._turns: deque[str] = deque()  # services with queued jobs, round-robin
         self._active: Counter[str] = Counter()  # jobs on workers, per service
         self._closed = False
-        # Counts finished actions, so that a pass can tell whether its container
-        # listing still matches what is in flight.
-        self.generation = 0
 
     def snapshot(self, containers: list[ContainerInfo]) -> InFlight:
-        """What is in flight, relative to a container listing taken under ``lock``."""
+        """What is in flight (under ``lock``); of ``containers``, those being started are busy."""
         pending: dict[str, int] = {}
         for service in self._starting.values():
             pending[service] = pending.get(service, 0) + 1
@@ -158,6 +153,10 @@ class Executor:
             busy_registrations=frozenset(self._busy_registrations | set(self._starting)),
             held_until=MappingProxyType({k: b.retry_at for k, b in self.action_backoffs.items()}),
         )
+
+    def starting_names(self) -> frozenset[str]:
+        """Names of the containers being started now (under ``lock``)."""
+        return frozenset(self._starting)
 
     def forget_actions(self, present: set[str]) -> None:
         """Forget the back-off of actions on things no longer ``present`` (ids, names; under ``lock``)."""
@@ -200,6 +199,7 @@ class Executor:
             self._turns.clear()
         self._timers.close()
         self._pool.shutdown(wait=wait, cancel_futures=True)
+        self._registrar.shutdown(wait=wait, cancel_futures=True)
 
     # --- dispatch (under ``lock``) ------------------------------------------------------
 
@@ -270,11 +270,11 @@ class Executor:
 
     def _finish(self, job: _Job, error: str) -> None:
         """The action is over (under ``lock``): release what it kept busy, count its outcome."""
-        self.generation += 1
         self._starting.pop(job.name, None)
         self._starting_spec.pop(job.name, None)
         self._busy.discard(job.cid)
-        self._busy_registrations.discard(job.sid or job.name)
+        if job.sid:  # a start's registration, if any, is released by `_register_started`
+            self._busy_registrations.discard(job.sid)
         if job.key is None:
             return
         if error:
@@ -300,11 +300,31 @@ class Executor:
         )
         # A container that already exited publishes no port: the next pass removes it.
         if manifest.port and info.host_port is not None:
-            try:
-                self._register(info, manifest)
-            except ConsulError as exc:
-                # The container runs; the next pass registers it.
-                log.warning("registration failed", container=info.name, error=str(exc))
+            # Registered off the worker: the check's first run waits for the
+            # application, and the next start must not wait for it.
+            with self.lock:
+                self._busy_registrations.add(info.name)
+            self._registrar.submit(self._register_started, info, manifest)
+
+    def _register_started(self, info: ContainerInfo, manifest: Manifest) -> None:
+        """Register a replica just started, passing at once if its own check passes (`probe`)."""
+        try:
+            passed = self.catalog.register_started(info, manifest)
+        except ConsulError as exc:
+            # The container runs; the next pass registers it.
+            log.warning("registration failed", container=info.name, error=str(exc))
+        except Exception:
+            log.exception("registration crashed", container=info.name)
+        else:
+            how = "passing its health check" if passed else "its health check not passing yet"
+            where = f" at port {info.host_port}" if info.host_port else ""
+            event_log.record(
+                info.service, events.REGISTERED, f"registered {info.name}{where} in Consul, {how}"
+            )
+        finally:
+            with self.lock:
+                self._busy_registrations.discard(info.name)
+            self.on_done()
 
     def _register(self, container: ContainerInfo, manifest: Manifest) -> None:
         self.catalog.register(container, manifest)
@@ -460,8 +480,10 @@ class HostAgent:
         if not changed and self._kv is not None and started - self._kv_read_at < KV_MAX_AGE:
             return self._kv
         try:
-            manifests = read_manifests(self.consul, self.layout)
-            placements = read_placements(self.consul, self.layout)
+            layout = self.layout
+            trees = self.consul.kv_trees([layout.services_prefix, layout.placement_prefix], consistent=True)
+            manifests = manifests_of(trees[layout.services_prefix], layout)
+            placements = placements_of(trees[layout.placement_prefix], layout)
             revisions = {
                 (name, spec): kept
                 for name, spec in revisions_wanted(self.host, manifests, placements)
@@ -478,8 +500,8 @@ class HostAgent:
         """One pass: read, plan, act, report."""
         now = self.wall()
         manifests, placements, revisions = self._read_kv()
-        registrations = self.catalog.registrations()
         containers, inflight = self._observe()
+        registrations = self.catalog.registrations()  # after the snapshot, as `_observe` says
         with self.executor.lock:
             self._reset_backoffs(containers, now)
             backoffs = dict(self.executor.backoffs)
@@ -497,22 +519,25 @@ class HostAgent:
         return PassResult(requeue_after=max(0.0, plan.wake_at - mono))
 
     def _observe(self) -> tuple[list[ContainerInfo], InFlight]:
-        """List our containers and what is in flight, consistently with each other.
+        """What is in flight, then our containers: each replica counted exactly once.
 
-        Optimistic: list without holding the executor's lock (a listing takes
-        tens of milliseconds, and every finishing action needs the lock), then
-        accept it only if no action finished meanwhile; after a few tries, list
-        under the lock.
+        The snapshot comes first, under the executor's lock, and everything
+        else is read after it, without the lock (a listing takes tens of
+        milliseconds, and longer while the engine is busy with a burst; every
+        finishing action needs the lock). An action in flight at the snapshot
+        stays busy for this pass even if it finished since: a start's
+        container, if already listed, is counted as the pending start it was
+        (matched by its name, chosen before the start); a drained, removed or
+        registered thing is left alone, as it was being handled. Only the
+        pass itself submits actions, so nothing new starts meanwhile. The one
+        miss, a start that failed since, is made up by the pass its end wakes.
         """
-        for _ in range(3):
-            generation = self.executor.generation
-            containers = self.docker.list_containers()
-            with self.executor.lock:
-                if self.executor.generation == generation:
-                    return containers, self.executor.snapshot(containers)
         with self.executor.lock:
-            containers = self.docker.list_containers()
-            return containers, self.executor.snapshot(containers)
+            inflight = self.executor.snapshot([])
+            starting = self.executor.starting_names()
+        containers = self.docker.list_containers(starting)
+        started = frozenset(c.id for c in containers if c.name in starting)
+        return containers, dataclasses.replace(inflight, busy_containers=inflight.busy_containers | started)
 
     def _reset_backoffs(self, containers: list[ContainerInfo], now: float) -> None:
         for service, backoff in list(self.executor.backoffs.items()):

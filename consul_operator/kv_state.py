@@ -18,7 +18,7 @@ from typing import Protocol, TypeVar
 import structlog
 
 from consul_operator.backoff import exponential
-from consul_operator.consul_client import BlockingQuery, ConsulClient, Indexed
+from consul_operator.consul_client import BlockingQuery, ConsulClient, Indexed, KVEntry
 from consul_operator.desired_state import Manifest, ManifestError, parse_manifest
 from consul_operator.errors import ConsulError
 from consul_operator.keys import Layout
@@ -45,7 +45,11 @@ WATCH_RETRY_CAP = 5.0
 
 def read_manifests(consul: ConsulClient, layout: Layout) -> dict[str, ManifestResult]:
     """Every manifest under ``services/``, by name: parsed, or the reason it is invalid."""
-    entries = consul.kv_list(layout.services_prefix, consistent=True).value
+    return manifests_of(consul.kv_list(layout.services_prefix, consistent=True).value, layout)
+
+
+def manifests_of(entries: Sequence[KVEntry], layout: Layout) -> dict[str, ManifestResult]:
+    """The manifests among ``services/``'s entries, by name: parsed, or the reason it is invalid."""
     result: dict[str, ManifestResult] = {}
     for entry in entries:
         name = layout.service_name(entry.key)
@@ -124,8 +128,15 @@ def _parse(value: bytes, name: str) -> ManifestResult:
 
 def _read_records(consul: ConsulClient, prefix: str, parse: Callable[[bytes], R], what: str) -> dict[str, R]:
     """Every JSON record under ``prefix``, by service; unreadable ones are skipped and logged."""
+    return _records_of(consul.kv_list(prefix, consistent=True).value, prefix, parse, what)
+
+
+def _records_of(
+    entries: Sequence[KVEntry], prefix: str, parse: Callable[[bytes], R], what: str
+) -> dict[str, R]:
+    """The JSON records among ``prefix``'s entries, by service; unreadable ones are skipped and logged."""
     records: dict[str, R] = {}
-    for entry in consul.kv_list(prefix, consistent=True).value:
+    for entry in entries:
         try:
             records[entry.key[len(prefix) :]] = parse(entry.value)
         except ValueError as exc:
@@ -136,6 +147,11 @@ def _read_records(consul: ConsulClient, prefix: str, parse: Callable[[bytes], R]
 def read_placements(consul: ConsulClient, layout: Layout) -> dict[str, PlacementRecord]:
     """The leader's current decisions, by service."""
     return _read_records(consul, layout.placement_prefix, PlacementRecord.from_json, "placement")
+
+
+def placements_of(entries: Sequence[KVEntry], layout: Layout) -> dict[str, PlacementRecord]:
+    """The placement records among ``operator/placement/``'s entries, by service."""
+    return _records_of(entries, layout.placement_prefix, PlacementRecord.from_json, "placement")
 
 
 def read_revision(consul: ConsulClient, layout: Layout, name: str, spec: str) -> Manifest | None:
@@ -149,7 +165,12 @@ def read_revision(consul: ConsulClient, layout: Layout, name: str, spec: str) ->
 
 def read_rollouts(consul: ConsulClient, layout: Layout) -> dict[str, RolloutRecord]:
     """The leader's rollouts, by service."""
-    return _read_records(consul, layout.rollout_prefix, RolloutRecord.from_json, "rollout")
+    return rollouts_of(consul.kv_list(layout.rollout_prefix, consistent=True).value, layout)
+
+
+def rollouts_of(entries: Sequence[KVEntry], layout: Layout) -> dict[str, RolloutRecord]:
+    """The rollout records among ``operator/rollout/``'s entries, by service."""
+    return _records_of(entries, layout.rollout_prefix, RolloutRecord.from_json, "rollout")
 
 
 def read_host_records(consul: ConsulClient, layout: Layout) -> dict[str, HostRecord]:
@@ -157,9 +178,14 @@ def read_host_records(consul: ConsulClient, layout: Layout) -> dict[str, HostRec
 
     An unreadable record is left out: its host is not cordoned until someone writes it again.
     """
+    return host_records_of(consul.kv_list(layout.hosts_prefix, consistent=True).value, layout)
+
+
+def host_records_of(entries: Sequence[KVEntry], layout: Layout) -> dict[str, HostRecord]:
+    """The host records among ``operator/hosts/``'s entries, by host (`read_host_records`)."""
     prefix = layout.hosts_prefix
     records: dict[str, HostRecord] = {}
-    for entry in consul.kv_list(prefix, consistent=True).value:
+    for entry in entries:
         host = entry.key[len(prefix) :]
         if not host or "/" in host:
             continue
@@ -182,8 +208,16 @@ def read_statuses(
     An unreadable record is left out, or with ``keep_unreadable`` kept as an
     empty record (the leader still sees that its host has a record, and can remove it).
     """
+    entries = consul.kv_list(layout.status_prefix, consistent=consistent).value
+    return statuses_of(entries, layout, keep_unreadable=keep_unreadable)
+
+
+def statuses_of(
+    entries: Sequence[KVEntry], layout: Layout, *, keep_unreadable: bool = False
+) -> StatusRecords:
+    """The status records among ``operator/status/``'s entries (`read_statuses`)."""
     statuses: StatusRecords = {}
-    for entry in consul.kv_list(layout.status_prefix, consistent=consistent).value:
+    for entry in entries:
         service, _, host = entry.key[len(layout.status_prefix) :].partition("/")
         if not service or not host or "/" in host:
             continue

@@ -30,6 +30,7 @@ from consul_operator.errors import (
     OperatorError,
 )
 from consul_operator.health import HEALTH, Health
+from consul_operator.timers import Timers
 
 log = structlog.get_logger()
 
@@ -49,6 +50,49 @@ class Trigger:
         fired = self._event.wait(timeout)
         self._event.clear()
         return fired
+
+
+class Batched:
+    """Wake-ups of one kind, at most one per ``window`` seconds: a burst of them makes two passes.
+
+    A fire wakes ``target`` at once when the last wake-up is ``window`` or
+    more ago; fires within the window are gathered into one wake-up at its
+    end (leading and trailing edge, like the load balancer's ``--coalesce``).
+    For wake-ups that come in bursts (every replica's check changing as a
+    deploy comes up, every finished action): a lone one is answered at once,
+    a burst of 30 costs a few passes, not one per event.
+    """
+
+    def __init__(
+        self, target: Trigger, window: float, timers: Timers, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.target = target
+        self.window = window
+        self._timers = timers
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._quiet_from = float("-inf")  # monotonic time from which a fire may wake at once
+        self._pending = False
+
+    def fire(self) -> None:
+        """Wake ``target`` now, or at the end of the current window."""
+        with self._lock:
+            now = self._clock()
+            if now >= self._quiet_from:
+                self._quiet_from = now + self.window
+            elif not self._pending:
+                self._pending = True
+                self._timers.call_at(self._quiet_from, self._flush)
+                return
+            else:
+                return
+        self.target.fire()
+
+    def _flush(self) -> None:
+        with self._lock:
+            self._pending = False
+            self._quiet_from = self._clock() + self.window
+        self.target.fire()
 
 
 def stop_on_signals() -> threading.Event:

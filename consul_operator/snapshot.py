@@ -11,16 +11,16 @@ import dataclasses
 from collections.abc import Callable, Iterable
 
 from consul_operator.cluster_state import ClusterState, passing_per_host
-from consul_operator.consul_client import ConsulClient
+from consul_operator.consul_client import ConsulClient, KVEntry
 from consul_operator.desired_state import is_dns_label
 from consul_operator.keys import Layout
 from consul_operator.kv_state import (
-    read_host_records,
+    host_records_of,
+    manifests_of,
+    placements_of,
     read_leader,
-    read_manifests,
-    read_placements,
-    read_rollouts,
-    read_statuses,
+    rollouts_of,
+    statuses_of,
 )
 from consul_operator.ownership import owned
 from consul_operator.presence import agent_registrations, agents_of, capacities_of, hosts_of
@@ -37,6 +37,9 @@ def read_cluster_state(
 ) -> ClusterState:
     """Read every record once, then the passing instances of the services ``passing_of`` names.
 
+    The KV records are one read-only transaction (`ConsulClient.kv_trees`):
+    one request, and one point in time for all of them.
+
     ``passing_of`` sees the state read so far (everything but the instances):
     the leader asks only for the services whose rollout it paces,
     `operator status` for every service. ``leader``: the view the leader
@@ -44,23 +47,33 @@ def read_cluster_state(
     (empty) so that the leader can remove it, and every service's passing
     count (its gauges).
     """
-    manifests = read_manifests(consul, layout)
-    placements = read_placements(consul, layout)
+    trees = consul.kv_trees(
+        [
+            layout.services_prefix,
+            layout.placement_prefix,
+            layout.status_prefix,
+            layout.rollout_prefix,
+            layout.revisions_prefix,
+            layout.rollback_prefix,
+            layout.hosts_prefix,
+        ],
+        consistent=True,
+    )
     registrations = agent_registrations(consul, cluster)
-    statuses = read_statuses(consul, layout, consistent=leader, keep_unreadable=leader)
+    statuses = statuses_of(trees[layout.status_prefix], layout, keep_unreadable=leader)
     state = ClusterState(
-        manifests=manifests,
-        placements=placements,
-        rollouts=read_rollouts(consul, layout),
-        revisions=frozenset(_revisions(consul, layout)),
+        manifests=manifests_of(trees[layout.services_prefix], layout),
+        placements=placements_of(trees[layout.placement_prefix], layout),
+        rollouts=rollouts_of(trees[layout.rollout_prefix], layout),
+        revisions=frozenset(_revisions(trees[layout.revisions_prefix], layout)),
         rollback_requests=frozenset(
-            e.key[len(layout.rollback_prefix) :] for e in consul.kv_list(layout.rollback_prefix).value
+            e.key[len(layout.rollback_prefix) :] for e in trees[layout.rollback_prefix]
         ),
         hosts=hosts_of(registrations),
         capacities=capacities_of(registrations),
         agents=tuple(agents_of(registrations)),
         statuses=statuses,
-        maintenance=read_host_records(consul, layout),
+        maintenance=host_records_of(trees[layout.hosts_prefix], layout),
     )
     passing = {
         name: owned(consul.health_service(name, passing=True).value, cluster, state.agents, statuses).kept
@@ -71,9 +84,9 @@ def read_cluster_state(
     return dataclasses.replace(state, passing=passing, passing_counts=counts)
 
 
-def _revisions(consul: ConsulClient, layout: Layout) -> Iterable[tuple[str, str]]:
+def _revisions(entries: Iterable[KVEntry], layout: Layout) -> Iterable[tuple[str, str]]:
     """(service, spec) of every kept revision."""
-    for entry in consul.kv_list(layout.revisions_prefix).value:
+    for entry in entries:
         name, _, spec = entry.key[len(layout.revisions_prefix) :].partition("/")
         yield name, spec
 

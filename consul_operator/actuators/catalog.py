@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from consul_operator.actuators import probe
 from consul_operator.consul_client import ConsulClient
 from consul_operator.desired_state import Manifest
 from consul_operator.durations import format_duration
@@ -26,9 +27,19 @@ from consul_operator.model import (
 
 
 def service_definition(
-    container: ContainerInfo, manifest: Manifest, *, cluster: str, host: str, address: str
+    container: ContainerInfo,
+    manifest: Manifest,
+    *,
+    cluster: str,
+    host: str,
+    address: str,
+    initial_passing: bool = False,
 ) -> dict[str, Any]:
-    """Consul's service definition for one replica: address, port, meta and health check."""
+    """Consul's service definition for one replica: address, port, meta and health check.
+
+    ``initial_passing``: the check starts as passing instead of critical, for a
+    replica whose check the agent has just run itself and seen pass (`probe`).
+    """
     port = container.host_port
     if port is None:
         raise ValueError(f"container {container.name} has no published port")
@@ -44,6 +55,8 @@ def service_definition(
     else:
         check["Name"] = f"TCP {address}:{port}"
         check["TCP"] = f"{address}:{port}"
+    if initial_passing:
+        check["Status"] = "passing"
     return {
         "ID": container.name,
         "Name": manifest.name,
@@ -100,13 +113,38 @@ class CatalogActuator:
             )
         return result
 
+    def definition(
+        self, container: ContainerInfo, manifest: Manifest, *, initial_passing: bool = False
+    ) -> dict[str, Any]:
+        """The service definition of one replica of ours (`service_definition`)."""
+        return service_definition(
+            container,
+            manifest,
+            cluster=self.cluster,
+            host=self.host,
+            address=self.advertise,
+            initial_passing=initial_passing,
+        )
+
     def register(self, container: ContainerInfo, manifest: Manifest) -> None:
         """Register (or update) one replica with its health check."""
-        self.consul.register_service(
-            service_definition(
-                container, manifest, cluster=self.cluster, host=self.host, address=self.advertise
-            )
-        )
+        self.consul.register_service(self.definition(container, manifest))
+
+    def register_started(self, container: ContainerInfo, manifest: Manifest) -> bool:
+        """Register a replica that has just started, passing from the start if its check passes now.
+
+        Runs the registered check itself (`probe.passes_within`) for up to one
+        check interval (at most `probe.MAX_BUDGET`); returns whether it passed (else the check starts
+        critical, and Consul's runs decide, as for any registration).
+        """
+        definition = self.definition(container, manifest)
+        health = manifest.health
+        budget = min(health.interval, probe.MAX_BUDGET)
+        passed = probe.passes_within(definition["Check"], health.timeout, budget)
+        if passed:
+            definition["Check"]["Status"] = "passing"
+        self.consul.register_service(definition)
+        return passed
 
     def deregister(self, service_id: str) -> None:
         """Remove one replica's registration (and its check)."""

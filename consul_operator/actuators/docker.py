@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import datetime
@@ -16,7 +16,6 @@ from typing import Any
 
 import docker
 import structlog
-from docker.models.containers import Container
 
 from consul_operator.backoff import retry_delay
 from consul_operator.desired_state import Manifest
@@ -116,13 +115,19 @@ class DockerActuator:
         """Docker filter for exactly our containers on this host."""
         return [f"{LABEL_CLUSTER}={self.cluster}", f"{LABEL_HOST}={self.host}"]
 
-    def list_containers(self) -> list[ContainerInfo]:
-        """Our containers on this host, in every state; stopped ones with their exit details."""
+    def list_containers(self, starting: Collection[str] = ()) -> list[ContainerInfo]:
+        """Our containers on this host, in every state; stopped ones with their exit details.
+
+        ``starting``: names of containers we are starting right now. Not yet
+        started, they have no exit details, and inspecting each while the
+        engine is busy creating the others took most of a pass in a burst.
+        """
         with docker_errors("listing containers"):
             summaries = self.client.api.containers(all=True, filters={"label": self.label_filters})
         infos = []
         for summary in summaries:
-            if summary.get("State") == "running":
+            names = summary.get("Names") or []
+            if summary.get("State") == "running" or (names and names[0].lstrip("/") in starting):
                 infos.append(self._from_summary(summary))
                 continue
             # Exit code and times are only in the full inspect; few containers need it.
@@ -182,7 +187,6 @@ class DockerActuator:
     def start(self, manifest: Manifest, *, name: str | None = None) -> ContainerInfo:
         """Create and start one replica; a container that fails to start is removed again."""
         name = name or container_name(manifest.name, self.host)
-        ports = {f"{manifest.port}/tcp": (self.advertise, None)} if manifest.port else {}
         labels = {
             LABEL_CLUSTER: self.cluster,
             LABEL_HOST: self.host,
@@ -192,31 +196,34 @@ class DockerActuator:
         self._ensure_image(manifest.image)
         try:
             with docker_errors(f"creating {name}"):
-                container = self._create(manifest, name, labels, ports)
+                cid = self._create(manifest, name, labels)
         except ImageNotFound:
             self._images.discard(manifest.image)  # removed since we looked: look again next time
             raise
         try:
             with docker_errors(f"starting {name}"):
-                container.start()
-            return self._from_inspect(self.client.api.inspect_container(container.id))
+                self.client.api.start(cid)
+            return self._from_inspect(self.client.api.inspect_container(cid))
         except DockerError:
-            self.remove(container.id)  # no half-started leftovers (a port clash, say)
+            self.remove(cid)  # no half-started leftovers (a port clash, say)
             raise
 
-    def _create(
-        self, manifest: Manifest, name: str, labels: dict[str, str], ports: dict[str, tuple[str, None]]
-    ) -> Container:
-        return self.client.containers.create(
+    def _create(self, manifest: Manifest, name: str, labels: dict[str, str]) -> str:
+        """Create the container; its id. The low-level call: no inspect before the start (one per replica
+        less in a burst; the one after the start reads the published port)."""
+        api = self.client.api
+        bindings = {manifest.port: (self.advertise, None)} if manifest.port else {}
+        created = api.create_container(
             manifest.image,
             name=name,
             command=list(manifest.command) if manifest.command else None,
             environment=manifest.env_dict,
             labels=labels,
-            ports=ports,
+            ports=list(bindings),
             detach=True,
-            **host_config(manifest),
+            host_config=api.create_host_config(port_bindings=bindings, **host_config(manifest)),
         )
+        return str(created["Id"])
 
     def _ensure_image(self, image: str) -> None:
         """Use a local image; pull it only when it is not here. Remembers images seen present."""

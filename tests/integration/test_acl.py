@@ -196,6 +196,9 @@ def test_anonymous_requests_are_denied(acl_env: Staging) -> None:
     """ACLs are on with default deny: without a token even a read of services/ is refused."""
     with pytest.raises(ConsulPermissionDenied, match="services/"):
         client(acl_env, None).kv_list("services/")
+    # Consul filters a transaction's reads instead of refusing them: the empty answer is probed.
+    with pytest.raises(ConsulPermissionDenied, match="services/"):
+        client(acl_env, None).kv_trees(["services/", "operator/placement/"], consistent=True)
 
 
 def environ(pid: int) -> dict[str, str]:

@@ -16,6 +16,7 @@ import pytest
 
 from consul_operator.actuators.catalog import CatalogActuator
 from consul_operator.actuators.docker import DockerActuator
+from consul_operator.actuators.probe import MAX_BUDGET
 from consul_operator.consul_client import ConsulClient
 from consul_operator.desired_state import Manifest
 from consul_operator.errors import DockerError
@@ -255,3 +256,32 @@ def test_a_refused_deregistration_stops_nothing(cluster: Cluster, tmp_path: Path
         for container in host.containers(service, all_states=True):
             container.remove(force=True)
         cluster.consul.kv_delete("d/", recurse=True)
+
+
+def check_of(cluster: Cluster, service: str) -> list[tuple[str, str]]:
+    """(status, output) of every health check of ``service``'s instances, as Consul holds them."""
+    _, checks = cluster.consul._client.health.checks(service)
+    return [(str(c["Status"]), str(c.get("Output") or "")) for c in checks]
+
+
+def test_a_started_replica_passes_before_consuls_first_run_of_its_check(
+    cluster: Cluster, service_name: str
+) -> None:
+    """A replica whose check the agent ran and saw pass is registered passing, before Consul ever ran it."""
+    # An hour's interval: Consul runs the check first at a random point within it,
+    # so a passing check without output can only be the agent's initial status.
+    cluster.put(service_name, 1, health={"http": "/health", "interval": "1h", "timeout": "5s"})
+    wait_until(lambda: check_of(cluster, service_name), timeout=CONVERGE_S, what="the registration")
+    assert check_of(cluster, service_name) == [("passing", "")]
+    cluster.wait_converged(service_name, 1)
+
+
+def test_a_replica_whose_check_fails_is_registered_critical(cluster: Cluster, service_name: str) -> None:
+    """The agent claims nothing it has not seen: a check that does not pass starts critical."""
+    cluster.put(service_name, 1, health={"http": "/no-such-page", "interval": "1h", "timeout": "5s"})
+    # The agent tries its check for at most MAX_BUDGET before registering.
+    wait_until(
+        lambda: check_of(cluster, service_name), timeout=CONVERGE_S + MAX_BUDGET, what="the registration"
+    )
+    assert [status for status, _ in check_of(cluster, service_name)] == ["critical"]
+    assert len(cluster.containers(service_name)) == 1

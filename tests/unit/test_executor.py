@@ -55,6 +55,7 @@ class FakeDocker:
     refuse_remove: bool = False
     refuse_start: bool = False
     stop_gate: threading.Event | None = None  # stop() blocks until set: a long stop grace
+    publish: bool = False  # started containers publish a port (and so are registered)
     on_remove: Callable[[], None] = lambda: None  # runs as remove() is called
     host: str = HOST
     listings: int = 0
@@ -62,7 +63,7 @@ class FakeDocker:
     started: list[str] = field(default_factory=list)
     stopping: int = 0
 
-    def list_containers(self) -> list[ContainerInfo]:
+    def list_containers(self, starting: object = ()) -> list[ContainerInfo]:
         self.listings += 1
         return list(self.containers)
 
@@ -76,7 +77,8 @@ class FakeDocker:
         if self.refuse_start:
             raise DockerError(f"Docker refused creating {name}")
         self.started.append(manifest.name)
-        return ContainerInfo(name, name, manifest.name, manifest.spec_hash(), "running", host_port=None)
+        port = 30000 + len(self.started) if self.publish else None
+        return ContainerInfo(name, name, manifest.name, manifest.spec_hash(), "running", host_port=port)
 
     def stop(self, container_id: str, grace: float) -> None:
         self.stopping += 1
@@ -92,6 +94,8 @@ class FakeCatalog:
     refuse: bool = False
     registers: int = 0
     deregisters: int = 0
+    probe_gate: threading.Event | None = None  # register_started() blocks until set: an app coming up
+    registered_started: list[str] = field(default_factory=list)
 
     def registrations(self) -> list[Registration]:
         return list(self.entries)
@@ -100,6 +104,12 @@ class FakeCatalog:
         self.registers += 1
         if self.refuse:
             raise ConsulPermissionDenied("permission denied for registering: ACL not found")
+
+    def register_started(self, container: ContainerInfo, manifest: Manifest) -> bool:
+        if self.probe_gate is not None:
+            self.probe_gate.wait(60)
+        self.registered_started.append(container.name)
+        return True
 
     def deregister(self, service_id: str) -> None:
         self.deregisters += 1
@@ -116,6 +126,9 @@ class FakeConsul:
     def kv_list(self, prefix: str, **_: object) -> Indexed[list[KVEntry]]:
         entries = [KVEntry(k, v, 1) for k, v in sorted(self.kv.items()) if k.startswith(prefix)]
         return Indexed(1, entries)
+
+    def kv_trees(self, prefixes: list[str], **_: object) -> dict[str, list[KVEntry]]:
+        return {prefix: self.kv_list(prefix).value for prefix in prefixes}
 
     def kv_get(self, key: str, **_: object) -> Indexed[KVEntry | None]:
         value = self.kv.get(key)
@@ -332,4 +345,38 @@ def test_drain_time_holds_no_worker(stop: threading.Event) -> None:
         with executor.lock:
             assert len(executor.snapshot([]).busy_containers) == 2 * MAX_PARALLEL_ACTIONS
     finally:
+        executor.shutdown()
+
+
+def test_registration_waits_for_its_check_off_the_workers() -> None:
+    """A started replica's registration, waiting for its app, holds no worker and is never planned twice."""
+    gate = threading.Event()
+    docker = FakeDocker(publish=True)
+    catalog = FakeCatalog(probe_gate=gate)
+    done = threading.Event()
+    executor = Executor(cast(DockerActuator, docker), cast(CatalogActuator, catalog), on_done=done.set)
+    web = Manifest(name="web", image="hello:local", replicas=1, port=5000)
+    try:
+        for _ in range(MAX_PARALLEL_ACTIONS + 1):
+            executor.submit(StartContainer(web))
+        wait_until(lambda: len(docker.started) == MAX_PARALLEL_ACTIONS + 1, timeout=10, what="every start")
+        # Every start is over (its worker free), every registration still waits for its check.
+        wait_until(
+            lambda: len(executor.snapshot([]).busy_registrations) == MAX_PARALLEL_ACTIONS + 1,
+            timeout=10,
+            what="the registrations to be in flight, the starts over",
+        )
+        with executor.lock:
+            waiting = executor.snapshot([]).busy_registrations
+        assert catalog.registered_started == []
+        gate.set()
+        wait_until(
+            lambda: not executor.snapshot([]).busy_registrations,
+            timeout=10,
+            what="every registration done and released",
+        )
+        assert sorted(catalog.registered_started) == sorted(waiting)
+        assert done.is_set()
+    finally:
+        gate.set()
         executor.shutdown()
