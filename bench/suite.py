@@ -536,9 +536,10 @@ def plot_timeline(results: Results, path: Path) -> None:
         ax.set_yticks([0], [f"N={n}"])
         ax.set_xlim(0, previous * 1.05)
     axes[0, 0].set_title("Where the time goes (medians, seconds after the kv put)")
-    axes[0, 0].legend(fontsize=7, ncol=4, loc="upper left", bbox_to_anchor=(0, -0.3 * len(sizes) - 0.6))
     axes[-1, 0].set_xlabel("seconds")
-    fig.tight_layout()
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, ncol=4, loc="lower center")
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
