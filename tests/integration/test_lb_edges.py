@@ -318,6 +318,13 @@ def test_service_nginx_refuses_never_freezes_the_others(
             cluster.put(name, 2)
         for name in (bad, good):
             cluster.wait_converged(name, 2)
+            # The load balancer counts a replica once its agent reports it (ownership.py);
+            # a replica now passes from its registration on, which can be before that report.
+            wait_until(
+                lambda: len((cluster.status(name, "host-1") or {}).get("instances", [])) == 2,  # noqa: B023
+                timeout=REACT_S,
+                what=f"host-1 to report both replicas of {name}",
+            )
         # No pass has run since: the bad service's new server is refused from its first sight.
         new = [i for i in cluster.passing(bad) if i.service_id not in {c.name for c in first_containers}]
         poisoned.update(f"{i.address}:{i.port}" for i in new)
