@@ -49,7 +49,3 @@ class ImageNotFound(DockerError):
 
 class NotLeader(OperatorError):
     """A fenced write failed: this agent no longer holds the leader lock."""
-
-
-class CheckNotPassing(OperatorError):
-    """The agent's own run of a replica's health check did not pass: nothing is claimed for it."""

@@ -39,7 +39,6 @@ from consul_operator.kv_state import ManifestResult, manifests_of, placements_of
 from consul_operator.loop import PassResult
 from consul_operator.model import (
     Action,
-    ConfirmCheck,
     ContainerInfo,
     Deregister,
     DrainContainer,
@@ -186,9 +185,6 @@ class Executor:
                     log.info("registering", service=c.service, container=c.name, reason="missing or outdated")
                     self._busy_registrations.add(c.name)
                     job = _Job("register", service, lambda: self._register(c, m), sid=c.name, key=key)
-                case ConfirmCheck(container=c, manifest=m):
-                    self._busy_registrations.add(c.name)
-                    job = _Job("confirm", service, lambda: self._confirm(c, m), sid=c.name, key=key)
                 case Deregister(service_id=sid, reason=why):
                     log.info("deregistering", service_id=sid, reason=why)
                     self._busy_registrations.add(sid)
@@ -335,16 +331,6 @@ class Executor:
         where = f" at port {container.host_port}" if container.host_port else ""
         event_log.record(
             container.service, events.REGISTERED, f"registered {container.name}{where} in Consul"
-        )
-
-    def _confirm(self, container: ContainerInfo, manifest: Manifest) -> None:
-        """A registration Consul holds critical without having run its check (`ConfirmCheck`)."""
-        self.catalog.confirm_passing(container, manifest)
-        log.info(
-            "registered again as passing",
-            service=container.service,
-            container=container.name,
-            reason="Consul restored its check as critical and has not run it yet; ours passed",
         )
 
     def _drain(self, action: DrainContainer) -> _Later:

@@ -86,7 +86,6 @@ from consul_operator.backoff import Backoff, backoff_after_failure
 from consul_operator.desired_state import DEFAULT_DRAIN, DEFAULT_STOP_GRACE, Manifest, ManifestError
 from consul_operator.model import (
     Action,
-    ConfirmCheck,
     ContainerInfo,
     Deregister,
     DrainContainer,
@@ -506,11 +505,8 @@ def _plan_registrations(
         plan.wanted.add(c.name)
         if c.name in inflight.busy_registrations:
             continue  # a (de)registration of it is still in flight
-        registration = by_id.get(c.name)
-        if not _registered(registration, c, manifest.name):
+        if not _registered(by_id.get(c.name), c, manifest.name):
             plan.actions.append(Register(c, manifest))
-        elif registration is not None and registration.unchecked:
-            plan.actions.append(ConfirmCheck(c, manifest))
 
 
 def _registered(registration: Registration | None, container: ContainerInfo, service: str) -> bool:

@@ -133,9 +133,6 @@ class Registration:
     address: str
     port: int
     healthy: bool
-    # Critical without Consul ever having run its check (no output): what a
-    # Consul agent restores after a restart, whatever the status was before.
-    unchecked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,20 +195,6 @@ class Register:
 
 
 @dataclass(frozen=True, slots=True)
-class ConfirmCheck:
-    """Run a registered replica's check now; if it passes, register it again as passing.
-
-    For a registration Consul holds critical without having run its check
-    yet (a Consul agent that restarted restores every check so, until its
-    first run within the interval): the replica is most likely fine, and
-    NGINX would drop it meanwhile. Nothing is claimed unless our run passed.
-    """
-
-    container: ContainerInfo
-    manifest: Manifest
-
-
-@dataclass(frozen=True, slots=True)
 class Deregister:
     """Remove a registration whose container is gone."""
 
@@ -220,7 +203,7 @@ class Deregister:
     service: str = ""
 
 
-Action = StartContainer | DrainContainer | RemoveDead | Register | ConfirmCheck | Deregister
+Action = StartContainer | DrainContainer | RemoveDead | Register | Deregister
 
 
 def action_key(action: Action) -> str | None:
@@ -235,8 +218,6 @@ def action_key(action: Action) -> str | None:
             return f"remove:{c.id}"
         case Register(container=c):
             return f"register:{c.name}"
-        case ConfirmCheck(container=c):
-            return f"confirm:{c.name}"
         case Deregister(service_id=sid):
             return f"deregister:{sid}"
     return None
@@ -247,12 +228,7 @@ def action_service(action: Action) -> str:
     match action:
         case StartContainer(manifest=m):
             return m.name
-        case (
-            DrainContainer(container=c)
-            | RemoveDead(container=c)
-            | Register(container=c)
-            | ConfirmCheck(container=c)
-        ):
+        case DrainContainer(container=c) | RemoveDead(container=c) | Register(container=c):
             return c.service
         case Deregister(service=service, service_id=sid):
             return service or sid

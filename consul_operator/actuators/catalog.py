@@ -14,7 +14,6 @@ from consul_operator.actuators import probe
 from consul_operator.consul_client import ConsulClient
 from consul_operator.desired_state import Manifest
 from consul_operator.durations import format_duration
-from consul_operator.errors import CheckNotPassing
 from consul_operator.model import (
     MANAGED_BY,
     META_CLUSTER,
@@ -88,12 +87,10 @@ class CatalogActuator:
         services = self.consul.agent_services()
         checks = self.consul.agent_checks()
         passing: dict[str, bool] = {}
-        ran: dict[str, bool] = {}  # whether Consul has run any of its checks (they have output)
         for check in checks.values():
             sid = check.get("ServiceID") or ""
             if sid:
                 passing[sid] = passing.get(sid, True) and check.get("Status") == "passing"
-                ran[sid] = ran.get(sid, False) or bool(check.get("Output"))
         result = []
         for sid, svc in services.items():
             meta = svc.get("Meta") or {}
@@ -112,7 +109,6 @@ class CatalogActuator:
                     address=svc.get("Address", ""),
                     port=int(svc.get("Port") or 0),
                     healthy=passing.get(sid, False),
-                    unchecked=sid in ran and not ran[sid] and not passing.get(sid, False),
                 )
             )
         return result
@@ -149,18 +145,6 @@ class CatalogActuator:
             definition["Check"]["Status"] = "passing"
         self.consul.register_service(definition)
         return passed
-
-    def confirm_passing(self, container: ContainerInfo, manifest: Manifest) -> None:
-        """Run the replica's check once; if it passes, register the replica again as passing.
-
-        Raises `CheckNotPassing` otherwise (the action backs off; Consul's own
-        first run decides meanwhile).
-        """
-        definition = self.definition(container, manifest)
-        if not probe.run_check(definition["Check"], manifest.health.timeout):
-            raise CheckNotPassing(f"the health check of {container.name} does not pass yet")
-        definition["Check"]["Status"] = "passing"
-        self.consul.register_service(definition)
 
     def deregister(self, service_id: str) -> None:
         """Remove one replica's registration (and its check)."""

@@ -23,14 +23,7 @@ from consul_operator.errors import DockerError
 from consul_operator.host_agent import MAX_PARALLEL_ACTIONS, Executor
 from consul_operator.keys import Layout
 from consul_operator.model import LABEL_CLUSTER, LABEL_HOST, LABEL_SERVICE, StartContainer
-from tests.support.bounds import (
-    CONSUL_RETURN_S,
-    CONVERGE_BURST_S,
-    CONVERGE_S,
-    REACT_S,
-    REMOVAL_S,
-    REPLACEMENT_S,
-)
+from tests.support.bounds import CONVERGE_BURST_S, CONVERGE_S, REACT_S, REMOVAL_S, REPLACEMENT_S
 from tests.support.cluster import Cluster
 from tests.support.daemons import consul_client_argv, healthz, json_lines, operator_argv, started
 from tests.support.hanging import hanging_server
@@ -292,26 +285,3 @@ def test_a_replica_whose_check_fails_is_registered_critical(cluster: Cluster, se
     )
     assert [status for status, _ in check_of(cluster, service_name)] == ["critical"]
     assert len(cluster.containers(service_name)) == 1
-
-
-def test_a_restarted_consul_agent_does_not_keep_healthy_replicas_out(
-    cluster: Cluster, service_name: str
-) -> None:
-    """A Consul agent that restarts restores our checks as critical; the agent's own run restores passing."""
-    cluster.put(
-        service_name,
-        1,
-        placement={"hosts": ["host-1"]},
-        health={"http": "/health", "interval": "1h", "timeout": "5s"},
-    )
-    cluster.wait_converged(service_name, 1)
-    cluster.kill("consul-host-1", signal.SIGTERM)
-    cluster.staging.run("up")  # starts exactly the stopped Consul agent again
-    # With an hour's interval Consul would hold it critical for up to an hour: passing
-    # with no output can only be the agent's own run, registered again.
-    wait_until(
-        lambda: check_of(cluster, service_name) == [("passing", "")],
-        timeout=CONSUL_RETURN_S,
-        what="the replica passing again before Consul's first run",
-    )
-    cluster.wait_converged(service_name, 1)

@@ -11,7 +11,6 @@ from consul_operator.backoff import Backoff
 from consul_operator.desired_state import DEFAULT_DRAIN, DEFAULT_STOP_GRACE, Manifest
 from consul_operator.model import (
     Action,
-    ConfirmCheck,
     ContainerInfo,
     Deregister,
     DrainContainer,
@@ -78,9 +77,7 @@ def ctr(
     )
 
 
-def reg(
-    c: ContainerInfo, *, healthy: bool = True, port: int | None = None, unchecked: bool = False
-) -> Registration:
+def reg(c: ContainerInfo, *, healthy: bool = True, port: int | None = None) -> Registration:
     """The registration ``c`` should have (or one with another port)."""
     return Registration(
         service_id=c.name,
@@ -90,7 +87,6 @@ def reg(
         address="127.0.0.11",
         port=port if port is not None else (c.host_port or 0),
         healthy=healthy,
-        unchecked=unchecked,
     )
 
 
@@ -125,8 +121,6 @@ def summary(action: Action) -> tuple[object, ...]:
             return ("remove", c.id, crashed, reason)
         case Register(container=c):
             return ("register", c.id)
-        case ConfirmCheck(container=c):
-            return ("confirm", c.id)
         case Deregister(service_id=sid, reason=reason):
             return ("deregister", sid, reason)
     raise AssertionError(action)
@@ -524,21 +518,3 @@ def test_failed_actions_are_held_by_their_backoff(
     result = plan(desires, containers, registrations, inflight)
     assert summaries(result) == expected
     assert result.wake_at == wake_at
-
-
-@pytest.mark.parametrize(
-    ("registration", "expected"),
-    [
-        pytest.param(
-            reg(C1, healthy=False, unchecked=True), [("confirm", "c1")], id="critical-never-checked"
-        ),
-        pytest.param(reg(C1, healthy=False), [], id="critical-after-consuls-run"),
-        pytest.param(reg(C1), [], id="passing"),
-    ],
-)
-def test_a_check_consul_never_ran_is_confirmed(
-    registration: Registration, expected: list[tuple[str, str]]
-) -> None:
-    """Critical without Consul ever running its check (a restart): our own run of it is asked for."""
-    result = plan(want(WEB, 1), [C1], [registration])
-    assert summaries(result) == expected
