@@ -314,6 +314,16 @@ def test_service_nginx_refuses_never_freezes_the_others(
         first_bad = {c.id[:12] for c in first_containers}
         failed_before = metric("operator_lb_reloads_total", result="failed")
 
+        def reported(name: str, n: int) -> bool:
+            """``n`` replicas pass, and each is listed in its host's status record (ownership.py)."""
+            passing = {i.service_id for i in cluster.passing(name)}
+            listed = {
+                sid
+                for host in ("host-1", "host-2")
+                for sid in (cluster.status(name, host) or {}).get("instances", [])
+            }
+            return len(passing) == n and passing <= listed
+
         for name in (bad, good):
             cluster.put(name, 2)
         for name in (bad, good):
@@ -321,9 +331,9 @@ def test_service_nginx_refuses_never_freezes_the_others(
             # The load balancer counts a replica once its agent reports it (ownership.py);
             # a replica now passes from its registration on, which can be before that report.
             wait_until(
-                lambda: len((cluster.status(name, "host-1") or {}).get("instances", [])) == 2,  # noqa: B023
+                lambda: reported(name, 2),  # noqa: B023
                 timeout=REACT_S,
-                what=f"host-1 to report both replicas of {name}",
+                what=f"the agents to report both replicas of {name}",
             )
         # No pass has run since: the bad service's new server is refused from its first sight.
         new = [i for i in cluster.passing(bad) if i.service_id not in {c.name for c in first_containers}]
