@@ -137,17 +137,16 @@ class Executor:
         self._active: Counter[str] = Counter()  # jobs on workers, per service
         self._closed = False
 
-    def snapshot(self, containers: list[ContainerInfo]) -> InFlight:
-        """What is in flight (under ``lock``); of ``containers``, those being started are busy."""
+    def snapshot(self) -> InFlight:
+        """What is in flight (under ``lock``); containers being started are `starting_names`."""
         pending: dict[str, int] = {}
         for service in self._starting.values():
             pending[service] = pending.get(service, 0) + 1
         by_spec: dict[str, int] = {}
         for key in self._starting_spec.values():
             by_spec[key] = by_spec.get(key, 0) + 1
-        starting_ids = {c.id for c in containers if c.name in self._starting}
         return InFlight(
-            busy_containers=frozenset(self._busy | starting_ids),
+            busy_containers=frozenset(self._busy),
             pending_starts=frozen_map(pending),
             pending_spec_starts=frozen_map(by_spec),
             busy_registrations=frozenset(self._busy_registrations | set(self._starting)),
@@ -533,7 +532,7 @@ class HostAgent:
         miss, a start that failed since, is made up by the pass its end wakes.
         """
         with self.executor.lock:
-            inflight = self.executor.snapshot([])
+            inflight = self.executor.snapshot()
             starting = self.executor.starting_names()
         containers = self.docker.list_containers(starting)
         started = frozenset(c.id for c in containers if c.name in starting)

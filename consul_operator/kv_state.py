@@ -43,11 +43,6 @@ ManifestResult = Manifest | ManifestError
 WATCH_RETRY_CAP = 5.0
 
 
-def read_manifests(consul: ConsulClient, layout: Layout) -> dict[str, ManifestResult]:
-    """Every manifest under ``services/``, by name: parsed, or the reason it is invalid."""
-    return manifests_of(consul.kv_list(layout.services_prefix, consistent=True).value, layout)
-
-
 def manifests_of(entries: Sequence[KVEntry], layout: Layout) -> dict[str, ManifestResult]:
     """The manifests among ``services/``'s entries, by name: parsed, or the reason it is invalid."""
     result: dict[str, ManifestResult] = {}
@@ -126,11 +121,6 @@ def _parse(value: bytes, name: str) -> ManifestResult:
     return PARSE_CACHE.parse(value, name)
 
 
-def _read_records(consul: ConsulClient, prefix: str, parse: Callable[[bytes], R], what: str) -> dict[str, R]:
-    """Every JSON record under ``prefix``, by service; unreadable ones are skipped and logged."""
-    return _records_of(consul.kv_list(prefix, consistent=True).value, prefix, parse, what)
-
-
 def _records_of(
     entries: Sequence[KVEntry], prefix: str, parse: Callable[[bytes], R], what: str
 ) -> dict[str, R]:
@@ -142,11 +132,6 @@ def _records_of(
         except ValueError as exc:
             log.warning(f"ignoring a {what} record", key=entry.key, error=str(exc))
     return records
-
-
-def read_placements(consul: ConsulClient, layout: Layout) -> dict[str, PlacementRecord]:
-    """The leader's current decisions, by service."""
-    return _read_records(consul, layout.placement_prefix, PlacementRecord.from_json, "placement")
 
 
 def placements_of(entries: Sequence[KVEntry], layout: Layout) -> dict[str, PlacementRecord]:

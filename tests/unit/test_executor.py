@@ -343,7 +343,7 @@ def test_drain_time_holds_no_worker(stop: threading.Event) -> None:
         )
         assert docker.stopping == 0
         with executor.lock:
-            assert len(executor.snapshot([]).busy_containers) == 2 * MAX_PARALLEL_ACTIONS
+            assert len(executor.snapshot().busy_containers) == 2 * MAX_PARALLEL_ACTIONS
     finally:
         executor.shutdown()
 
@@ -362,16 +362,16 @@ def test_registration_waits_for_its_check_off_the_workers() -> None:
         wait_until(lambda: len(docker.started) == MAX_PARALLEL_ACTIONS + 1, timeout=10, what="every start")
         # Every start is over (its worker free), every registration still waits for its check.
         wait_until(
-            lambda: len(executor.snapshot([]).busy_registrations) == MAX_PARALLEL_ACTIONS + 1,
+            lambda: len(executor.snapshot().busy_registrations) == MAX_PARALLEL_ACTIONS + 1,
             timeout=10,
             what="the registrations to be in flight, the starts over",
         )
         with executor.lock:
-            waiting = executor.snapshot([]).busy_registrations
+            waiting = executor.snapshot().busy_registrations
         assert catalog.registered_started == []
         gate.set()
         wait_until(
-            lambda: not executor.snapshot([]).busy_registrations,
+            lambda: not executor.snapshot().busy_registrations,
             timeout=10,
             what="every registration done and released",
         )
