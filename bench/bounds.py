@@ -27,8 +27,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from consul_operator.consul_client import ConsulClient
-from consul_operator.docker_client import connect
+from consul_operator.adapters.consul_client import ConsulClient
+from consul_operator.adapters.docker_client import connect
 from tests.support.cluster import Cluster
 from tests.support.staging import SLOW_RESYNC, Staging, wait_until
 

@@ -46,11 +46,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.suite import cpu_seconds
-from consul_operator.consul_client import ConsulClient
-from consul_operator.keys import Layout
-from consul_operator.presence import AGENT_SERVICE
-from consul_operator.records import PlacementRecord, StatusRecord
-from consul_operator.txn import pack_writes
+from consul_operator.adapters.consul_client import ConsulClient
+from consul_operator.adapters.presence import AGENT_SERVICE
+from consul_operator.core.keys import Layout
+from consul_operator.core.records import PlacementRecord, StatusRecord
+from consul_operator.core.txn import pack_writes
 from tests.support.staging import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -2,7 +2,7 @@
 
     python -m bench.sim_agent [--start-latency SECONDS] <operator agent flags>
 
-Everything but the engine is the real agent (`consul_operator.agent.run_agent`
+Everything but the engine is the real agent (`consul_operator.daemons.agent.run_agent`
 with the flags of ``operator agent``): its watches, election, scheduler,
 host loop and status reports. The engine is `bench.sim_engine`'s in-memory
 simulation. Only `bench.scale` starts this; no test of the real loop does.
@@ -14,9 +14,9 @@ import argparse
 import sys
 
 from bench.sim_engine import SimulatedDockerActuator
-from consul_operator.agent import AgentConfig, run_agent
-from consul_operator.logs import configure as configure_logs
-from consul_operator.main import agent_config, build_parser
+from consul_operator.adapters.logs import configure as configure_logs
+from consul_operator.cli.main import agent_config, build_parser
+from consul_operator.daemons.agent import AgentConfig, run_agent
 
 
 def main(argv: list[str]) -> int:

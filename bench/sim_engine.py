@@ -20,10 +20,10 @@ import threading
 import time
 from collections.abc import Callable, Collection
 
-from consul_operator.actuators.docker import DockerActuator, container_name
-from consul_operator.desired_state import Manifest
-from consul_operator.errors import DockerError
-from consul_operator.model import ContainerInfo
+from consul_operator.adapters.actuators.docker import DockerActuator, container_name
+from consul_operator.core.desired_state import Manifest
+from consul_operator.core.errors import DockerError
+from consul_operator.core.model import ContainerInfo
 
 
 class SimulatedDockerActuator(DockerActuator):

@@ -34,17 +34,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.timeline import STAGES, Timeline, consul_stages, docker_starts, service_label
-from consul_operator.consul_client import ConsulClient
-from consul_operator.desired_state import Manifest
-from consul_operator.docker_client import connect
-from consul_operator.model import (
+from consul_operator.adapters.consul_client import ConsulClient
+from consul_operator.adapters.docker_client import connect
+from consul_operator.core.desired_state import Manifest
+from consul_operator.core.model import (
     ContainerInfo,
     HostInfo,
     InFlight,
     Registration,
     ServiceDesire,
 )
-from consul_operator.reconcile import plan_host, schedule
+from consul_operator.core.reconcile import plan_host, schedule
 from tests.support.cluster import Cluster
 from tests.support.served import get, replica, serves
 from tests.support.staging import Staging, wait_until

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import docker
 
-from consul_operator.consul_client import ConsulClient
+from consul_operator.adapters.consul_client import ConsulClient
 
 LABEL_SERVICE = "consul-operator.service"
 

@@ -55,10 +55,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from consul_operator.consul_client import ConsulClient
-from consul_operator.desired_state import ManifestError, parse_manifest
-from consul_operator.docker_client import connect
-from consul_operator.model import LABEL_CLUSTER, LABEL_HOST, LABEL_SERVICE, META_HOST
+from consul_operator.adapters.consul_client import ConsulClient
+from consul_operator.adapters.docker_client import connect
+from consul_operator.core.desired_state import ManifestError, parse_manifest
+from consul_operator.core.model import LABEL_CLUSTER, LABEL_HOST, LABEL_SERVICE, META_HOST
 from tests.support.bounds import CHAOS_CONVERGE_S, LB_UPDATE_S, NEW_LEADER_S
 from tests.support.cluster import Cluster, manifest_yaml
 from tests.support.load import Load

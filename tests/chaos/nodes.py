@@ -38,7 +38,7 @@ from typing import cast
 
 import docker
 
-from consul_operator.consul_client import ConsulClient
+from consul_operator.adapters.consul_client import ConsulClient
 from tests.chaos.harness import CONVERGE_BOUND, LOG_DIR, Chaos, FaultRecord, hold
 from tests.support.cluster import Cluster
 from tests.support.nodes import APP_HOSTS, Nodes

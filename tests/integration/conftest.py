@@ -15,8 +15,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from consul_operator.consul_client import ConsulClient
-from consul_operator.docker_client import connect, ping
+from consul_operator.adapters.consul_client import ConsulClient
+from consul_operator.adapters.docker_client import connect, ping
 from tests.support.bounds import PROCESS_S, REMOVAL_S
 from tests.support.cluster import Cluster
 from tests.support.staging import HOSTS_APART, SLOW_RESYNC, Staging, pid_alive, tool, wait_until

@@ -29,8 +29,8 @@ import docker
 import pytest
 import requests
 
-from consul_operator.consul_client import ConsulClient, ConsulTLS
-from consul_operator.errors import ConsulError, ConsulPermissionDenied, ConsulTLSError, ConsulUnavailable
+from consul_operator.adapters.consul_client import ConsulClient, ConsulTLS
+from consul_operator.core.errors import ConsulError, ConsulPermissionDenied, ConsulTLSError, ConsulUnavailable
 from tests.support.cluster import Cluster, manifest_yaml
 from tests.support.staging import PROCESSES, ROOT, Staging, pid_alive, tool, wait_until
 

@@ -19,10 +19,10 @@ from typing import IO, Any
 import docker
 import pytest
 
-from consul_operator import commands
-from consul_operator.commands import Target
-from consul_operator.consul_client import ConsulClient, Indexed, KVEntry
-from consul_operator.keys import Layout
+from consul_operator.adapters.consul_client import ConsulClient, Indexed, KVEntry
+from consul_operator.cli import commands
+from consul_operator.cli.commands import Target
+from consul_operator.core.keys import Layout
 from tests.support import daemons
 from tests.support.bounds import PROCESS_S, REMOVAL_S
 from tests.support.cluster import Cluster, manifest_yaml, operator

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from consul_operator.consul_client import ConsulClient
+from consul_operator.adapters.consul_client import ConsulClient
 
 
 @pytest.fixture

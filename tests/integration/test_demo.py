@@ -8,7 +8,7 @@ import subprocess
 
 import docker
 
-from consul_operator.model import LABEL_CLUSTER, LABEL_SERVICE
+from consul_operator.core.model import LABEL_CLUSTER, LABEL_SERVICE
 from tests.support.cluster import Cluster
 from tests.support.staging import ROOT, Staging, pid_alive
 

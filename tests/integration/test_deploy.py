@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from consul_operator.main import build_parser
+from consul_operator.cli.main import build_parser
 from tests.support.staging import ROOT, tool
 
 DEPLOY = ROOT / "deploy"

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from consul_operator import metrics
-from consul_operator.consul_client import ConsulClient
-from consul_operator.event_log import EventRecorder, read_events
-from consul_operator.events import CRASHED, MAX_EVENTS, PLACED, parse_record
+from consul_operator.adapters import metrics
+from consul_operator.adapters.consul_client import ConsulClient
+from consul_operator.adapters.event_log import EventRecorder, read_events
+from consul_operator.core.events import CRASHED, MAX_EVENTS, PLACED, parse_record
 from tests.support.bounds import CONVERGE_S, PROCESS_S, REACT_S, ROLLOUT_S
 from tests.support.cluster import Cluster
 from tests.support.cluster import operator as run_operator

@@ -10,8 +10,8 @@ import uuid
 import docker
 import pytest
 
-from consul_operator.consul_client import BlockingQuery, ConsulClient
-from consul_operator.errors import ConsulUnavailable
+from consul_operator.adapters.consul_client import BlockingQuery, ConsulClient
+from consul_operator.core.errors import ConsulUnavailable
 from tests.support.bounds import CONVERGE_S
 from tests.support.staging import HOSTS, PROCESSES, Staging, pid_alive, wait_until
 

@@ -14,15 +14,15 @@ from typing import Any
 import docker
 import pytest
 
-from consul_operator.actuators.catalog import CatalogActuator
-from consul_operator.actuators.docker import DockerActuator
-from consul_operator.actuators.probe import MAX_BUDGET
-from consul_operator.consul_client import ConsulClient
-from consul_operator.desired_state import Manifest
-from consul_operator.errors import DockerError
-from consul_operator.host_agent import MAX_PARALLEL_ACTIONS, Executor
-from consul_operator.keys import Layout
-from consul_operator.model import LABEL_CLUSTER, LABEL_HOST, LABEL_SERVICE, StartContainer
+from consul_operator.adapters.actuators.catalog import CatalogActuator
+from consul_operator.adapters.actuators.docker import DockerActuator
+from consul_operator.adapters.actuators.probe import MAX_BUDGET
+from consul_operator.adapters.consul_client import ConsulClient
+from consul_operator.core.desired_state import Manifest
+from consul_operator.core.errors import DockerError
+from consul_operator.core.keys import Layout
+from consul_operator.core.model import LABEL_CLUSTER, LABEL_HOST, LABEL_SERVICE, StartContainer
+from consul_operator.daemons.host_agent import MAX_PARALLEL_ACTIONS, Executor
 from tests.support.bounds import CONVERGE_BURST_S, CONVERGE_S, REACT_S, REMOVAL_S, REPLACEMENT_S
 from tests.support.cluster import Cluster
 from tests.support.daemons import consul_client_argv, healthz, json_lines, operator_argv, started

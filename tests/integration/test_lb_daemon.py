@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from consul_operator import metrics
-from consul_operator.backoff import retry_delay
-from consul_operator.consul_client import DEFAULT_TIMEOUT
+from consul_operator.adapters import metrics
+from consul_operator.adapters.consul_client import DEFAULT_TIMEOUT
+from consul_operator.core.backoff import retry_delay
 from tests.support.bounds import CONSUL_RETURN_S, LB_UPDATE_S, LOAD_S, PROCESS_S, REACT_S
 from tests.support.cluster import Cluster, metric_at
 from tests.support.load import Load

@@ -17,17 +17,17 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from consul_operator import event_log, metrics
-from consul_operator.actuators.nginx import ManagedNginx, SystemNginx, render
-from consul_operator.backoff import RETRY_CAP, retry_delay
-from consul_operator.consul_client import ConsulClient
-from consul_operator.keys import Layout
-from consul_operator.lb import LoadBalancer, RenderFn
-from consul_operator.loop import Trigger, run_loop
-from consul_operator.model import LABEL_CLUSTER, LABEL_SERVICE
-from consul_operator.snapshot import read_snapshot
-from consul_operator.status import build_status
-from consul_operator.upstreams import LBView
+from consul_operator.adapters import event_log, metrics
+from consul_operator.adapters.actuators.nginx import ManagedNginx, SystemNginx, render
+from consul_operator.adapters.consul_client import ConsulClient
+from consul_operator.adapters.snapshot import read_snapshot
+from consul_operator.core.backoff import RETRY_CAP, retry_delay
+from consul_operator.core.keys import Layout
+from consul_operator.core.model import LABEL_CLUSTER, LABEL_SERVICE
+from consul_operator.core.status import build_status
+from consul_operator.core.upstreams import LBView
+from consul_operator.daemons.lb import LoadBalancer, RenderFn
+from consul_operator.daemons.loop import Trigger, run_loop
 from tests.support.bounds import CONVERGE_S, LB_UPDATE_S, PROCESS_S, REACT_S, REMOVAL_S
 from tests.support.cluster import Cluster, manifest_yaml, operator
 from tests.support.delays import assert_backs_off

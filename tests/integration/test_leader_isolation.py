@@ -5,11 +5,11 @@ from __future__ import annotations
 import signal
 import uuid
 
-from consul_operator.consul_client import ConsulClient
-from consul_operator.keys import Layout
-from consul_operator.leader import LeaderElection
-from consul_operator.model import LABEL_CLUSTER, LABEL_HOST, LABEL_SERVICE
-from consul_operator.scheduler import Scheduler
+from consul_operator.adapters.consul_client import ConsulClient
+from consul_operator.core.keys import Layout
+from consul_operator.core.model import LABEL_CLUSTER, LABEL_HOST, LABEL_SERVICE
+from consul_operator.daemons.leader import LeaderElection
+from consul_operator.daemons.scheduler import Scheduler
 from tests.support.bounds import CONVERGE_S, LOST_HOST_S, REACT_S, ROLLOUT_S
 from tests.support.cluster import Cluster, manifest_yaml, operator
 from tests.support.staging import wait_until

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from consul_operator.actuators.nginx import ManagedNginx, render
-from consul_operator.consul_client import ConsulClient
-from consul_operator.model import ServiceInstance
-from consul_operator.upstreams import build_view
+from consul_operator.adapters.actuators.nginx import ManagedNginx, render
+from consul_operator.adapters.consul_client import ConsulClient
+from consul_operator.core.model import ServiceInstance
+from consul_operator.core.upstreams import build_view
 from tests.support.bounds import LB_UPDATE_S, LOAD_S, REACT_S, REPLACEMENT_S
 from tests.support.cluster import Cluster
 from tests.support.load import Load

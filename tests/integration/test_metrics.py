@@ -16,9 +16,9 @@ from pathlib import Path
 
 import docker
 
-from consul_operator.consul_client import ConsulClient
-from consul_operator.model import LABEL_HOST
-from consul_operator.presence import ttl_check_id
+from consul_operator.adapters.consul_client import ConsulClient
+from consul_operator.adapters.presence import ttl_check_id
+from consul_operator.core.model import LABEL_HOST
 from tests.support.bounds import CONVERGE_S, NEW_LEADER_S
 from tests.support.cluster import Cluster, manifest_yaml, operator
 from tests.support.daemons import consul_dev, started

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from consul_operator.status import JSON_FIELDS
+from consul_operator.core.status import JSON_FIELDS
 from tests.support.bounds import CONVERGE_S, PROCESS_S, PROMETHEUS_S, REMOVAL_S
 from tests.support.cluster import Cluster, manifest_yaml
 from tests.support.cluster import operator as run_operator

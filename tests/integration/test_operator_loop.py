@@ -15,10 +15,10 @@ from typing import Any
 import docker
 import pytest
 
-from consul_operator.backoff import backoff_delay
-from consul_operator.consul_client import ConsulClient
-from consul_operator.errors import NotLeader
-from consul_operator.model import LABEL_HOST
+from consul_operator.adapters.consul_client import ConsulClient
+from consul_operator.core.backoff import backoff_delay
+from consul_operator.core.errors import NotLeader
+from consul_operator.core.model import LABEL_HOST
 from tests.support.bounds import (
     CONSUL_RETURN_S,
     CONVERGE_S,

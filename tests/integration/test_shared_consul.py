@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from consul_operator.consul_client import ConsulClient
-from consul_operator.keys import Layout
-from consul_operator.model import LABEL_CLUSTER, META_CLUSTER
+from consul_operator.adapters.consul_client import ConsulClient
+from consul_operator.core.keys import Layout
+from consul_operator.core.model import LABEL_CLUSTER, META_CLUSTER
 from tests.support.cluster import Cluster, operator
 from tests.support.daemons import consul_client_argv, healthz, json_lines, log_size, operator_argv, started
 from tests.support.staging import Environment, Staging, wait_until

@@ -16,8 +16,8 @@ from typing import cast
 import docker
 import pytest
 
-from consul_operator.consul_client import ConsulClient, ConsulTLS
-from consul_operator.errors import ConsulTLSError, ConsulUnavailable
+from consul_operator.adapters.consul_client import ConsulClient, ConsulTLS
+from consul_operator.core.errors import ConsulTLSError, ConsulUnavailable
 from tests.support.cluster import Cluster
 from tests.support.nodes import Nodes
 

@@ -17,9 +17,9 @@ from typing import Any
 import docker
 import yaml
 
-from consul_operator.consul_client import ConsulClient
-from consul_operator.keys import Layout
-from consul_operator.model import LABEL_CLUSTER, LABEL_HOST, LABEL_SERVICE, META_CLUSTER
+from consul_operator.adapters.consul_client import ConsulClient
+from consul_operator.core.keys import Layout
+from consul_operator.core.model import LABEL_CLUSTER, LABEL_HOST, LABEL_SERVICE, META_CLUSTER
 from tests.support.bounds import CONVERGE_S, PROCESS_S, REACT_S
 from tests.support.metrics import Scrape, scrape
 from tests.support.served import serves

@@ -25,7 +25,7 @@ from typing import Any
 
 import docker
 
-from consul_operator.docker_client import connect
+from consul_operator.adapters.docker_client import connect
 from tests.support.staging import HOSTS, ROOT, wait_until
 
 NODES = ROOT / "scripts" / "nodes.sh"

@@ -8,16 +8,16 @@ import time
 import pytest
 from freezegun import freeze_time
 
-from consul_operator.backoff import BACKOFF_CAP, Backoff, backoff_after_failure, backoff_delay
-from consul_operator.desired_state import Manifest
-from consul_operator.host_plan import (
+from consul_operator.core.backoff import BACKOFF_CAP, Backoff, backoff_after_failure, backoff_delay
+from consul_operator.core.desired_state import Manifest
+from consul_operator.core.host_plan import (
     MIN_RUN_SECONDS,
     backoff_after_crash,
     ends_streak,
     healthy_run,
     plan_host,
 )
-from consul_operator.model import (
+from consul_operator.core.model import (
     ContainerInfo,
     InFlight,
     RemoveDead,

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from consul_operator.loop import Batched, Trigger
-from consul_operator.timers import Timers
+from consul_operator.adapters.timers import Timers
+from consul_operator.daemons.loop import Batched, Trigger
 from tests.support.staging import wait_until
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from consul_operator.actuators.docker import host_config
-from consul_operator.desired_state import GI, MI, Manifest, Resources, host_capacity, parse_capacity
-from consul_operator.model import ServiceInstance
-from consul_operator.presence import capacities_of, capacity_meta, capacity_of
-from consul_operator.records import PlacementRecord, UnplacedCause, frozen_map
+from consul_operator.adapters.actuators.docker import host_config
+from consul_operator.adapters.presence import capacities_of, capacity_meta, capacity_of
+from consul_operator.core.desired_state import GI, MI, Manifest, Resources, host_capacity, parse_capacity
+from consul_operator.core.model import ServiceInstance
+from consul_operator.core.records import PlacementRecord, UnplacedCause, frozen_map
 
 
 @pytest.mark.parametrize(

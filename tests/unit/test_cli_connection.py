@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from consul_operator.consul_client import ConsulAddress, ConsulClient, ConsulTLS, check_token
+from consul_operator.adapters.consul_client import ConsulAddress, ConsulClient, ConsulTLS, check_token
 
 SECRET = "5e3c1a2b-0000-4000-8000-00000000abcd"
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from consul_operator.commands import (
+from consul_operator.adapters.consul_client import TXN_MAX_OPS
+from consul_operator.cli.commands import (
     TXN_BUDGET,
     Write,
     duplicate_names,
     rollback_refusal,
     write_batches,
 )
-from consul_operator.consul_client import TXN_MAX_OPS
-from consul_operator.desired_state import Manifest
-from consul_operator.records import RolloutRecord, RolloutState
+from consul_operator.core.desired_state import Manifest
+from consul_operator.core.records import RolloutRecord, RolloutState
 
 WEB = Manifest(name="web", image="hello:1", replicas=1, port=5000)
 API = Manifest(name="api", image="hello:1", replicas=1, port=5000)

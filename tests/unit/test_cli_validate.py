@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from consul_operator.main import main
+from consul_operator.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
 

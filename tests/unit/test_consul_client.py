@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from consul_operator.consul_client import BlockingQuery, ConsulAddress, ConsulClient, Indexed, _tls_reason
+from consul_operator.adapters.consul_client import (
+    BlockingQuery,
+    ConsulAddress,
+    ConsulClient,
+    Indexed,
+    _tls_reason,
+)
 
 
 @pytest.mark.parametrize(

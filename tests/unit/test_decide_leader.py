@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from consul_operator.cluster_state import ClusterState
-from consul_operator.desired_state import (
+from consul_operator.core.cluster_state import ClusterState
+from consul_operator.core.desired_state import (
     GI,
     Manifest,
     ManifestError,
@@ -19,8 +19,8 @@ from consul_operator.desired_state import (
     UpdatePolicy,
     parse_manifest,
 )
-from consul_operator.keys import Layout
-from consul_operator.leader_plan import (
+from consul_operator.core.keys import Layout
+from consul_operator.core.leader_plan import (
     ROLLOUT_POLL,
     LeaderMemory,
     LeaderPlan,
@@ -29,8 +29,8 @@ from consul_operator.leader_plan import (
     decide_leader,
     paced_services,
 )
-from consul_operator.model import META_HOST, META_SPEC, ServiceInstance
-from consul_operator.records import (
+from consul_operator.core.model import META_HOST, META_SPEC, ServiceInstance
+from consul_operator.core.records import (
     PlacementRecord,
     RolloutRecord,
     RolloutState,

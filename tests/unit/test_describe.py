@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from consul_operator.describe import build_description, description_json, render_description
-from consul_operator.events import CRASHED, PLACED, STARTED, ServiceEvent
-from consul_operator.model import ServiceInstance
-from consul_operator.records import StatusRecord
-from consul_operator.status import HostPlacement, ServiceState, ServiceStatus
+from consul_operator.core.describe import build_description, description_json, render_description
+from consul_operator.core.events import CRASHED, PLACED, STARTED, ServiceEvent
+from consul_operator.core.model import ServiceInstance
+from consul_operator.core.records import StatusRecord
+from consul_operator.core.status import HostPlacement, ServiceState, ServiceStatus
 
 STATUS = ServiceStatus(
     "web",

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from consul_operator.desired_state import (
+from consul_operator.core.desired_state import (
     GI,
     KI,
     MAX_MANIFEST_BYTES,
@@ -28,7 +28,7 @@ from consul_operator.desired_state import (
     parse_cpus,
     parse_manifest,
 )
-from consul_operator.errors import OperatorError
+from consul_operator.core.errors import OperatorError
 
 REPO = Path(__file__).resolve().parents[2]
 DIGEST = "sha256:" + "a" * 64

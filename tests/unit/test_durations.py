@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from consul_operator.durations import DurationError, format_duration, parse_duration
+from consul_operator.core.durations import DurationError, format_duration, parse_duration
 
 GOOD = [
     pytest.param("500ms", 0.5, id="milliseconds"),

@@ -6,9 +6,9 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from consul_operator.cluster_state import ClusterState
-from consul_operator.desired_state import ManifestError, Problem
-from consul_operator.events import (
+from consul_operator.core.cluster_state import ClusterState
+from consul_operator.core.desired_state import ManifestError, Problem
+from consul_operator.core.events import (
     CRASHED,
     INVALID,
     MAX_MESSAGE,
@@ -30,8 +30,14 @@ from consul_operator.events import (
     retain,
     rollout_events,
 )
-from consul_operator.keys import Layout
-from consul_operator.records import HostRecord, PlacementRecord, RolloutRecord, RolloutState, UnplacedCause
+from consul_operator.core.keys import Layout
+from consul_operator.core.records import (
+    HostRecord,
+    PlacementRecord,
+    RolloutRecord,
+    RolloutState,
+    UnplacedCause,
+)
 
 
 def ev(

@@ -10,16 +10,14 @@ from typing import cast
 
 import pytest
 
-from consul_operator.actuators.catalog import CatalogActuator
-from consul_operator.actuators.docker import DockerActuator
-from consul_operator.backoff import Backoff
-from consul_operator.consul_client import ConsulClient, Indexed, KVEntry
-from consul_operator.desired_state import Manifest
-from consul_operator.errors import ConsulPermissionDenied, DockerError
-from consul_operator.host_agent import MAX_PARALLEL_ACTIONS, RESERVED_WORKERS, Executor, HostAgent
-from consul_operator.keys import Layout
-from consul_operator.loop import Trigger, run_loop
-from consul_operator.model import (
+from consul_operator.adapters.actuators.catalog import CatalogActuator
+from consul_operator.adapters.actuators.docker import DockerActuator
+from consul_operator.adapters.consul_client import ConsulClient, Indexed, KVEntry
+from consul_operator.core.backoff import Backoff
+from consul_operator.core.desired_state import Manifest
+from consul_operator.core.errors import ConsulPermissionDenied, DockerError
+from consul_operator.core.keys import Layout
+from consul_operator.core.model import (
     Action,
     ContainerInfo,
     DrainContainer,
@@ -28,7 +26,9 @@ from consul_operator.model import (
     RemoveDead,
     StartContainer,
 )
-from consul_operator.records import PlacementRecord, frozen_map
+from consul_operator.core.records import PlacementRecord, frozen_map
+from consul_operator.daemons.host_agent import MAX_PARALLEL_ACTIONS, RESERVED_WORKERS, Executor, HostAgent
+from consul_operator.daemons.loop import Trigger, run_loop
 from tests.support.staging import wait_until
 
 HOST = "host-1"

@@ -8,9 +8,9 @@ import urllib.request
 
 import pytest
 
-from consul_operator import metrics
-from consul_operator.health import Health, LoopState, Reachability, problems
-from consul_operator.loop import PassResult, Trigger, run_loop
+from consul_operator.adapters import metrics
+from consul_operator.adapters.health import Health, LoopState, Reachability, problems
+from consul_operator.daemons.loop import PassResult, Trigger, run_loop
 
 RESYNC = 60.0
 

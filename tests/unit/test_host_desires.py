@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from consul_operator.desired_state import Manifest, ManifestError, parse_manifest
-from consul_operator.host_plan import host_desires, revisions_wanted
-from consul_operator.records import Hold, PlacementRecord, frozen_map
+from consul_operator.core.desired_state import Manifest, ManifestError, parse_manifest
+from consul_operator.core.host_plan import host_desires, revisions_wanted
+from consul_operator.core.records import Hold, PlacementRecord, frozen_map
 
 V1 = Manifest(name="web", image="hello:1", replicas=2, port=5000)
 V2 = dataclasses.replace(V1, image="hello:2")

@@ -7,9 +7,9 @@ from collections.abc import Mapping, Sequence
 
 import pytest
 
-from consul_operator.backoff import Backoff
-from consul_operator.desired_state import DEFAULT_DRAIN, DEFAULT_STOP_GRACE, Manifest
-from consul_operator.model import (
+from consul_operator.core.backoff import Backoff
+from consul_operator.core.desired_state import DEFAULT_DRAIN, DEFAULT_STOP_GRACE, Manifest
+from consul_operator.core.model import (
     Action,
     ContainerInfo,
     Deregister,
@@ -23,8 +23,8 @@ from consul_operator.model import (
     ServiceReport,
     StartContainer,
 )
-from consul_operator.reconcile import plan_host
-from consul_operator.records import frozen_map
+from consul_operator.core.reconcile import plan_host
+from consul_operator.core.records import frozen_map
 
 NOW = 1_700_000_000.0
 

@@ -9,14 +9,14 @@ from typing import cast
 
 import pytest
 
-from consul_operator.actuators.catalog import CatalogActuator
-from consul_operator.actuators.docker import DockerActuator
-from consul_operator.consul_client import ConsulClient, Indexed, KVEntry
-from consul_operator.desired_state import Manifest
-from consul_operator.host_agent import KV_MAX_AGE, Executor, HostAgent, KVChanged
-from consul_operator.keys import Layout
-from consul_operator.kv_state import WHILE_IDLE, watch
-from consul_operator.records import Hold, PlacementRecord, StatusRecord, frozen_map
+from consul_operator.adapters.actuators.catalog import CatalogActuator
+from consul_operator.adapters.actuators.docker import DockerActuator
+from consul_operator.adapters.consul_client import ConsulClient, Indexed, KVEntry
+from consul_operator.adapters.kv_state import WHILE_IDLE, watch
+from consul_operator.core.desired_state import Manifest
+from consul_operator.core.keys import Layout
+from consul_operator.core.records import Hold, PlacementRecord, StatusRecord, frozen_map
+from consul_operator.daemons.host_agent import KV_MAX_AGE, Executor, HostAgent, KVChanged
 from tests.unit.test_executor import HOST, FakeCatalog, FakeConsul, FakeDocker, running
 
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from consul_operator.upstreams import LBView, Server, Upstream, find_faulty, restrict, substitute
+from consul_operator.core.upstreams import LBView, Server, Upstream, find_faulty, restrict, substitute
 
 
 def refusing(bad: set[str], calls: list[frozenset[str]]) -> Callable[[frozenset[str]], bool]:

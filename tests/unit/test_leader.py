@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from consul_operator.consul_client import ConsulClient
-from consul_operator.keys import Layout
-from consul_operator.leader import LeaderElection
+from consul_operator.adapters.consul_client import ConsulClient
+from consul_operator.core.keys import Layout
+from consul_operator.daemons.leader import LeaderElection
 
 
 class RecordingConsul:

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from consul.base import Response
 
-from consul_operator import metrics
-from consul_operator.consul_client import ConsulClient
-from consul_operator.desired_state import (
+from consul_operator.adapters import metrics
+from consul_operator.adapters.consul_client import ConsulClient
+from consul_operator.core.desired_state import (
     MAX_REVISION_BYTES,
     Manifest,
     ManifestError,
@@ -22,13 +22,12 @@ from consul_operator.desired_state import (
     parse_manifest,
     revision_json,
 )
-from consul_operator.errors import ConsulError, ConsulPermissionDenied, NotLeader
-from consul_operator.keys import Layout
-from consul_operator.leader import LeaderElection
-from consul_operator.model import HostInfo
-from consul_operator.placement import gone_statuses, live_running
-from consul_operator.records import PlacementRecord, RolloutRecord, RolloutState, frozen_map
-from consul_operator.rollout import (
+from consul_operator.core.errors import ConsulError, ConsulPermissionDenied, NotLeader
+from consul_operator.core.keys import Layout
+from consul_operator.core.model import HostInfo
+from consul_operator.core.placement import gone_statuses, live_running
+from consul_operator.core.records import PlacementRecord, RolloutRecord, RolloutState, frozen_map
+from consul_operator.core.rollout import (
     ROLLOUT_ELAPSED_EVERY,
     dropped_rollback_requests,
     frozen_placement,
@@ -37,8 +36,7 @@ from consul_operator.rollout import (
     rollout_needs_write,
     time_rollout,
 )
-from consul_operator.scheduler import Scheduler
-from consul_operator.txn import (
+from consul_operator.core.txn import (
     CONSUL_MAX_REQUEST_BYTES,
     CONSUL_MAX_TXN_OPS,
     TXN_MAX_BYTES,
@@ -47,6 +45,8 @@ from consul_operator.txn import (
     pack_writes,
     txn_body,
 )
+from consul_operator.daemons.leader import LeaderElection
+from consul_operator.daemons.scheduler import Scheduler
 
 LAYOUT = Layout()
 

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from consul_operator.cluster_state import ClusterState
-from consul_operator.desired_state import Manifest, Placement, UpdatePolicy
-from consul_operator.keys import Layout
-from consul_operator.leader_plan import (
+from consul_operator.core.cluster_state import ClusterState
+from consul_operator.core.desired_state import Manifest, Placement, UpdatePolicy
+from consul_operator.core.keys import Layout
+from consul_operator.core.leader_plan import (
     ROLLOUT_POLL,
     LeaderMemory,
     LeaderSettings,
@@ -19,10 +19,10 @@ from consul_operator.leader_plan import (
     decide_leader,
     paced_services,
 )
-from consul_operator.maintenance import DrainTimer, drain_remains, plan_drain, time_drains
-from consul_operator.model import META_HOST, META_SPEC, HostInfo, ServiceInstance
-from consul_operator.placement import schedule
-from consul_operator.records import (
+from consul_operator.core.maintenance import DrainTimer, drain_remains, plan_drain, time_drains
+from consul_operator.core.model import META_HOST, META_SPEC, HostInfo, ServiceInstance
+from consul_operator.core.placement import schedule
+from consul_operator.core.records import (
     HostRecord,
     PlacementRecord,
     RolloutRecord,
@@ -30,7 +30,7 @@ from consul_operator.records import (
     StatusRecord,
     frozen_map,
 )
-from consul_operator.status import (
+from consul_operator.core.status import (
     JSON_FIELDS,
     ClusterSnapshot,
     HostRow,

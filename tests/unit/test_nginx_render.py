@@ -7,10 +7,10 @@ from collections.abc import Mapping, Sequence
 
 import pytest
 
-from consul_operator.actuators.nginx import render
-from consul_operator.desired_state import is_dns_label
-from consul_operator.model import ServiceInstance
-from consul_operator.upstreams import BAD_ADDRESS, BAD_NAME, BAD_PORT, LBView, build_view, parse_ip
+from consul_operator.adapters.actuators.nginx import render
+from consul_operator.core.desired_state import is_dns_label
+from consul_operator.core.model import ServiceInstance
+from consul_operator.core.upstreams import BAD_ADDRESS, BAD_NAME, BAD_PORT, LBView, build_view, parse_ip
 
 
 def inst(address: str, port: int, sid: str = "i") -> ServiceInstance:

@@ -6,9 +6,9 @@ from collections.abc import Mapping
 
 import pytest
 
-from consul_operator import metrics
-from consul_operator.model import ServiceInstance
-from consul_operator.ownership import (
+from consul_operator.adapters import metrics
+from consul_operator.core.model import ServiceInstance
+from consul_operator.core.ownership import (
     FOREIGN_CLUSTER,
     OWNERSHIP_REASONS,
     UNKNOWN_HOST,
@@ -17,8 +17,8 @@ from consul_operator.ownership import (
     AgentHost,
     owned,
 )
-from consul_operator.records import StatusRecord
-from consul_operator.upstreams import REJECT_REASONS
+from consul_operator.core.records import StatusRecord
+from consul_operator.core.upstreams import REJECT_REASONS
 
 AGENTS = (
     AgentHost("staging", "host-1", "127.0.0.11"),

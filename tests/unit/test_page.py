@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from consul_operator.events import CRASHED, ServiceEvent
-from consul_operator.page import render_main, render_page
-from consul_operator.status import HostRow, ServiceState, ServiceStatus, StatusView
+from consul_operator.core.events import CRASHED, ServiceEvent
+from consul_operator.core.page import render_main, render_page
+from consul_operator.core.status import HostRow, ServiceState, ServiceStatus, StatusView
 
 HOSTILE = '<script>alert(1)</script><img src=x onerror="alert(2)">'
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from consul_operator import kv_state
-from consul_operator.desired_state import Manifest
-from consul_operator.kv_state import PARSE_CACHE_BYTES, ParseCache
+from consul_operator.adapters import kv_state
+from consul_operator.adapters.kv_state import PARSE_CACHE_BYTES, ParseCache
+from consul_operator.core.desired_state import Manifest
 
 KIB = 1024
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from consul_operator.model import ServiceInstance
-from consul_operator.presence import is_agent_registration
+from consul_operator.adapters.presence import is_agent_registration
+from consul_operator.core.model import ServiceInstance
 
 
 def _instance(service_id: str, **meta: str) -> ServiceInstance:

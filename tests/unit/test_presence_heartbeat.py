@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from consul_operator.consul_client import DEFAULT_TIMEOUT, ConsulClient
-from consul_operator.presence import Presence
+from consul_operator.adapters.consul_client import DEFAULT_TIMEOUT, ConsulClient
+from consul_operator.adapters.presence import Presence
 from tests.support.hanging import HangingServer, hanging_server
 from tests.support.staging import wait_until
 

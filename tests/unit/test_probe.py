@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from consul_operator.actuators.probe import passes_within, run_check
+from consul_operator.adapters.actuators.probe import passes_within, run_check
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

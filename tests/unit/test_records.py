@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from consul_operator.records import (
+from consul_operator.core.records import (
     Hold,
     LeaderRecord,
     RollbackRequest,

@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from consul_operator.desired_state import Manifest, UpdatePolicy
-from consul_operator.model import ContainerInfo, DrainContainer, InFlight, ServiceDesire, StartContainer
-from consul_operator.reconcile import plan_host, plan_rollout
-from consul_operator.records import PlacementRecord, RolloutRecord, RolloutState
+from consul_operator.core.desired_state import Manifest, UpdatePolicy
+from consul_operator.core.model import ContainerInfo, DrainContainer, InFlight, ServiceDesire, StartContainer
+from consul_operator.core.reconcile import plan_host, plan_rollout
+from consul_operator.core.records import PlacementRecord, RolloutRecord, RolloutState
 
 NOW = 1000.0
 OLD, NEW = "old", "new"

@@ -8,10 +8,10 @@ from dataclasses import replace
 
 import pytest
 
-from consul_operator.desired_state import GI, MI, Manifest, Placement, Resources
-from consul_operator.model import HostInfo
-from consul_operator.reconcile import next_schedule_wakeup, schedule
-from consul_operator.records import PlacementRecord, UnplacedCause, frozen_map
+from consul_operator.core.desired_state import GI, MI, Manifest, Placement, Resources
+from consul_operator.core.model import HostInfo
+from consul_operator.core.reconcile import next_schedule_wakeup, schedule
+from consul_operator.core.records import PlacementRecord, UnplacedCause, frozen_map
 
 NOW = 1_700_000_000.0
 GRACE = 30.0

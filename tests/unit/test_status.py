@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from consul_operator.desired_state import Manifest, ManifestError, parse_manifest
-from consul_operator.records import (
+from consul_operator.core.desired_state import Manifest, ManifestError, parse_manifest
+from consul_operator.core.records import (
     PlacementRecord,
     RolloutRecord,
     RolloutState,
@@ -19,7 +19,7 @@ from consul_operator.records import (
     UnplacedCause,
     frozen_map,
 )
-from consul_operator.status import (
+from consul_operator.core.status import (
     JSON_FIELDS,
     PROGRESS_DEADLINE,
     STATES,

@@ -1,0 +1,151 @@
+"""Consul registrations of our containers on this host's Consul agent.
+
+Registrations go through the *agent* API (not the catalog API) so that the
+agent runs the health check and anti-entropy keeps the catalog in sync; a
+registration carries meta naming the operator, cluster, host, container and
+spec, so that we find and clean up exactly our own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from consul_operator.adapters.actuators import probe
+from consul_operator.adapters.consul_client import ConsulClient
+from consul_operator.core.desired_state import Manifest
+from consul_operator.core.durations import format_duration
+from consul_operator.core.model import (
+    MANAGED_BY,
+    META_CLUSTER,
+    META_CONTAINER,
+    META_HOST,
+    META_MANAGED_BY,
+    META_SPEC,
+    ContainerInfo,
+    Registration,
+)
+
+
+def service_definition(
+    container: ContainerInfo,
+    manifest: Manifest,
+    *,
+    cluster: str,
+    host: str,
+    address: str,
+    initial_passing: bool = False,
+) -> dict[str, Any]:
+    """Consul's service definition for one replica: address, port, meta and health check.
+
+    ``initial_passing``: the check starts as passing instead of critical, for a
+    replica whose check the agent has just run itself and seen pass (`probe`).
+    """
+    port = container.host_port
+    if port is None:
+        raise ValueError(f"container {container.name} has no published port")
+    health = manifest.health
+    check: dict[str, Any] = {
+        "CheckID": f"{container.name}-check",
+        "Interval": format_duration(health.interval),
+        "Timeout": format_duration(health.timeout),
+    }
+    if health.http:
+        check["Name"] = f"HTTP GET {health.http}"
+        check["HTTP"] = f"http://{address}:{port}{health.http}"
+    else:
+        check["Name"] = f"TCP {address}:{port}"
+        check["TCP"] = f"{address}:{port}"
+    if initial_passing:
+        check["Status"] = "passing"
+    return {
+        "ID": container.name,
+        "Name": manifest.name,
+        "Address": address,
+        "Port": port,
+        "Meta": {
+            META_MANAGED_BY: MANAGED_BY,
+            META_CLUSTER: cluster,
+            META_HOST: host,
+            META_CONTAINER: container.id,
+            META_SPEC: container.spec_hash,
+        },
+        "Check": check,
+    }
+
+
+class CatalogActuator:
+    """Our registrations on the local Consul agent."""
+
+    def __init__(self, consul: ConsulClient, *, cluster: str, host: str, advertise: str) -> None:
+        self.consul = consul
+        self.cluster = cluster
+        self.host = host
+        self.advertise = advertise
+
+    def registrations(self) -> list[Registration]:
+        """Our registrations on this agent, with whether all their checks pass."""
+        services = self.consul.agent_services()
+        checks = self.consul.agent_checks()
+        passing: dict[str, bool] = {}
+        for check in checks.values():
+            sid = check.get("ServiceID") or ""
+            if sid:
+                passing[sid] = passing.get(sid, True) and check.get("Status") == "passing"
+        result = []
+        for sid, svc in services.items():
+            meta = svc.get("Meta") or {}
+            if (
+                meta.get(META_MANAGED_BY) != MANAGED_BY
+                or meta.get(META_CLUSTER) != self.cluster
+                or meta.get(META_HOST) != self.host
+            ):
+                continue
+            result.append(
+                Registration(
+                    service_id=sid,
+                    service=svc.get("Service", ""),
+                    container_id=meta.get(META_CONTAINER, ""),
+                    spec_hash=meta.get(META_SPEC, ""),
+                    address=svc.get("Address", ""),
+                    port=int(svc.get("Port") or 0),
+                    healthy=passing.get(sid, False),
+                )
+            )
+        return result
+
+    def definition(
+        self, container: ContainerInfo, manifest: Manifest, *, initial_passing: bool = False
+    ) -> dict[str, Any]:
+        """The service definition of one replica of ours (`service_definition`)."""
+        return service_definition(
+            container,
+            manifest,
+            cluster=self.cluster,
+            host=self.host,
+            address=self.advertise,
+            initial_passing=initial_passing,
+        )
+
+    def register(self, container: ContainerInfo, manifest: Manifest) -> None:
+        """Register (or update) one replica with its health check."""
+        self.consul.register_service(self.definition(container, manifest))
+
+    def register_started(self, container: ContainerInfo, manifest: Manifest) -> bool:
+        """Register a replica that has just started, passing from the start if its check passes now.
+
+        Runs the registered check itself (`probe.passes_within`) for up to one
+        check interval (at most `probe.MAX_BUDGET`); returns whether it passed (else the check starts
+        critical, and Consul's runs decide, as for any registration).
+        """
+        definition = self.definition(container, manifest)
+        health = manifest.health
+        budget = min(health.interval, probe.MAX_BUDGET)
+        passed = probe.passes_within(definition["Check"], health.timeout, budget)
+        if passed:
+            definition["Check"]["Status"] = "passing"
+        self.consul.register_service(definition)
+        return passed
+
+    def deregister(self, service_id: str) -> None:
+        """Remove one replica's registration (and its check)."""
+        self.consul.deregister_service(service_id)

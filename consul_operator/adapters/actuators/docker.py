@@ -1,0 +1,340 @@
+"""Containers: list ours, start replicas, stop and remove them, watch Docker's events.
+
+Only containers labelled with this operator's cluster *and* host are ever
+listed, changed or removed; anything else on the engine is invisible here.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Callable, Collection
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from datetime import datetime
+from typing import Any
+
+import docker
+import structlog
+
+from consul_operator.adapters.docker_client import docker_errors
+from consul_operator.adapters.timers import Timers
+from consul_operator.core.backoff import retry_delay
+from consul_operator.core.desired_state import Manifest
+from consul_operator.core.errors import DockerError, ImageNotFound
+from consul_operator.core.model import (
+    LABEL_CLUSTER,
+    LABEL_HOST,
+    LABEL_SERVICE,
+    LABEL_SPEC,
+    ContainerInfo,
+)
+
+log = structlog.get_logger()
+
+# The container events that can need an action: something ended, was removed or paused
+# from outside. Our own creates and starts report back through the executor instead,
+# and waking a pass for each of their events slowed a 30-replica start by a third.
+WAKING_EVENTS = ("die", "kill", "oom", "stop", "destroy", "pause", "unpause")
+# Events after which a container's state may lag behind the event, and when to look again.
+ENDING_EVENTS = ("kill", "die", "oom", "stop")
+LOOK_AGAIN_AFTER = (0.05, 0.2, 1.0)
+# Re-looks of a burst of events closer together than this are one re-look.
+LOOK_AGAIN_COALESCE = 0.02
+
+PULL_TIMEOUT = 120.0
+"""Seconds a start waits for an image pull (docker-py's own pull has no timeout at all)."""
+
+# Every container's safe defaults (README, "Container defaults").
+LOG_DRIVER = "json-file"
+LOG_MAX_SIZE = "10m"
+LOG_MAX_FILE = "3"
+"""A replica's log is capped at LOG_MAX_FILE files of LOG_MAX_SIZE: a chatty one cannot fill the disk."""
+SECURITY_OPT = ("no-new-privileges",)
+"""No process in a replica gains privileges (setuid binaries, file capabilities)."""
+RESTART_POLICY = "no"
+"""Docker never restarts a replica: the operator does, with back-off, and sees every crash."""
+
+
+def host_config(manifest: Manifest) -> dict[str, Any]:
+    """The limits and defaults every replica is created with (docker-py's create arguments).
+
+    Memory is a hard limit without swap on top (the swap limit equals it), the
+    CPUs a CFS quota, the pids limit the manifest's; no-new-privileges, no
+    restart by Docker, and a log capped in size.
+    """
+    resources = manifest.resources
+    return {
+        "mem_limit": resources.memory,
+        "memswap_limit": resources.memory,
+        "nano_cpus": resources.millicpus * 1_000_000,
+        "pids_limit": manifest.pids_limit,
+        "security_opt": list(SECURITY_OPT),
+        "restart_policy": {"Name": RESTART_POLICY},
+        "log_config": {"type": LOG_DRIVER, "config": {"max-size": LOG_MAX_SIZE, "max-file": LOG_MAX_FILE}},
+    }
+
+
+def _timestamp(text: str | None) -> float | None:
+    """Docker's RFC 3339 time (nanoseconds, 'Z'), or its zero time, as Unix seconds."""
+    if not text or text.startswith("0001-"):
+        return None
+    head, _, frac = text.rstrip("Z").partition(".")
+    micro = (frac + "000000")[:6] if frac else "0"
+    return datetime.fromisoformat(f"{head}.{micro}+00:00").timestamp()
+
+
+def container_name(service: str, host: str) -> str:
+    """A fresh, unique name; it is also the replica's Consul service id."""
+    return f"{service}-{host}-{secrets.token_hex(3)}"
+
+
+class DockerActuator:
+    """Our containers on one host."""
+
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        *,
+        cluster: str,
+        host: str,
+        advertise: str,
+        pull_timeout: float = PULL_TIMEOUT,
+    ) -> None:
+        self.client = client
+        self.cluster = cluster
+        self.host = host
+        self.advertise = advertise
+        self.pull_timeout = pull_timeout
+        self._images: set[str] = set()  # images known to be present on the engine
+        self._pulls: dict[str, Future[None]] = {}  # pulls under way, by image
+        self._pulls_lock = threading.Lock()
+
+    @property
+    def label_filters(self) -> list[str]:
+        """Docker filter for exactly our containers on this host."""
+        return [f"{LABEL_CLUSTER}={self.cluster}", f"{LABEL_HOST}={self.host}"]
+
+    def list_containers(self, starting: Collection[str] = ()) -> list[ContainerInfo]:
+        """Our containers on this host, in every state; stopped ones with their exit details.
+
+        ``starting``: names of containers we are starting right now. Not yet
+        started, they have no exit details, and inspecting each while the
+        engine is busy creating the others took most of a pass in a burst.
+        """
+        with docker_errors("listing containers"):
+            summaries = self.client.api.containers(all=True, filters={"label": self.label_filters})
+        infos = []
+        for summary in summaries:
+            names = summary.get("Names") or []
+            if summary.get("State") == "running" or (names and names[0].lstrip("/") in starting):
+                infos.append(self._from_summary(summary))
+                continue
+            # Exit code and times are only in the full inspect; few containers need it.
+            try:
+                with docker_errors("inspecting a container"):
+                    infos.append(self._from_inspect(self.client.api.inspect_container(summary["Id"])))
+            except DockerError:
+                continue  # removed between list and inspect
+        return infos
+
+    def _from_summary(self, summary: dict[str, Any]) -> ContainerInfo:
+        labels = summary.get("Labels") or {}
+        port = next(
+            (
+                int(p["PublicPort"])
+                for p in summary.get("Ports") or []
+                if p.get("PublicPort") and p.get("IP") == self.advertise
+            ),
+            None,
+        )
+        return ContainerInfo(
+            id=summary["Id"],
+            name=summary["Names"][0].lstrip("/") if summary.get("Names") else summary["Id"][:12],
+            service=labels.get(LABEL_SERVICE, ""),
+            spec_hash=labels.get(LABEL_SPEC, ""),
+            state=summary.get("State", "unknown"),
+            host_port=port,
+            created_at=float(summary.get("Created", 0)),
+            # The listing has no start time; we start every container right after
+            # creating it and never let Docker restart it, so creation is close enough.
+            started_at=float(summary.get("Created", 0)),
+        )
+
+    def _from_inspect(self, data: dict[str, Any]) -> ContainerInfo:
+        labels = data["Config"].get("Labels") or {}
+        state = data.get("State") or {}
+        port = None
+        for binding in ((data.get("NetworkSettings") or {}).get("Ports") or {}).values():
+            for item in binding or []:
+                if item.get("HostIp") == self.advertise and item.get("HostPort"):
+                    port = int(item["HostPort"])
+        return ContainerInfo(
+            id=data["Id"],
+            name=data["Name"].lstrip("/"),
+            service=labels.get(LABEL_SERVICE, ""),
+            spec_hash=labels.get(LABEL_SPEC, ""),
+            state=state.get("Status", "unknown"),
+            host_port=port,
+            created_at=_timestamp(data.get("Created")) or 0.0,
+            started_at=_timestamp(state.get("StartedAt")),
+            finished_at=_timestamp(state.get("FinishedAt")),
+            exit_code=state.get("ExitCode"),
+            error=state.get("Error") or "",
+            oom_killed=bool(state.get("OOMKilled")),
+        )
+
+    def start(self, manifest: Manifest, *, name: str | None = None) -> ContainerInfo:
+        """Create and start one replica; a container that fails to start is removed again."""
+        name = name or container_name(manifest.name, self.host)
+        labels = {
+            LABEL_CLUSTER: self.cluster,
+            LABEL_HOST: self.host,
+            LABEL_SERVICE: manifest.name,
+            LABEL_SPEC: manifest.spec_hash(),
+        }
+        self._ensure_image(manifest.image)
+        try:
+            with docker_errors(f"creating {name}"):
+                cid = self._create(manifest, name, labels)
+        except ImageNotFound:
+            self._images.discard(manifest.image)  # removed since we looked: look again next time
+            raise
+        try:
+            with docker_errors(f"starting {name}"):
+                self.client.api.start(cid)
+            return self._from_inspect(self.client.api.inspect_container(cid))
+        except DockerError:
+            self.remove(cid)  # no half-started leftovers (a port clash, say)
+            raise
+
+    def _create(self, manifest: Manifest, name: str, labels: dict[str, str]) -> str:
+        """Create the container; its id. The low-level call: no inspect before the start (one per replica
+        less in a burst; the one after the start reads the published port)."""
+        api = self.client.api
+        bindings = {manifest.port: (self.advertise, None)} if manifest.port else {}
+        created = api.create_container(
+            manifest.image,
+            name=name,
+            command=list(manifest.command) if manifest.command else None,
+            environment=manifest.env_dict,
+            labels=labels,
+            ports=list(bindings),
+            detach=True,
+            host_config=api.create_host_config(port_bindings=bindings, **host_config(manifest)),
+        )
+        return str(created["Id"])
+
+    def _ensure_image(self, image: str) -> None:
+        """Use a local image; pull it only when it is not here. Remembers images seen present."""
+        if image in self._images:
+            return
+        try:
+            with docker_errors(f"looking up image {image}"):
+                self.client.images.get(image)
+            self._images.add(image)
+            return
+        except ImageNotFound:
+            pass
+        self._pull(image)
+
+    def _pull(self, image: str) -> None:
+        """Pull ``image``, waiting at most ``pull_timeout`` seconds.
+
+        docker-py pulls with no timeout, so the pull runs in a thread of its
+        own, shared by every start that needs the same image: a start that
+        waited too long fails (and backs its service off), the pull goes on,
+        and a later start waits for the same pull again.
+        """
+        with self._pulls_lock:
+            pull = self._pulls.get(image)
+            if pull is None:
+                pull = Future()
+                self._pulls[image] = pull
+                threading.Thread(
+                    target=self._pull_now, args=(image, pull), name="image-pull", daemon=True
+                ).start()
+        try:
+            pull.result(timeout=self.pull_timeout)
+        except FutureTimeout as exc:
+            raise DockerError(
+                f"pulling image {image} took longer than {self.pull_timeout:g}s; the pull goes on"
+                " in the background and the next start waits for it again"
+            ) from exc
+        self._images.add(image)
+
+    def _pull_now(self, image: str, pull: Future[None]) -> None:
+        try:
+            with docker_errors(f"pulling image {image}"):
+                try:
+                    self.client.images.pull(image)
+                except docker.errors.APIError as exc:
+                    raise ImageNotFound(f"image {image} is not here and cannot be pulled: {exc}") from exc
+        except DockerError as exc:
+            pull.set_exception(exc)
+        except Exception as exc:
+            pull.set_exception(DockerError(f"pulling image {image} failed: {exc}"))
+        else:
+            pull.set_result(None)
+        finally:
+            with self._pulls_lock:
+                self._pulls.pop(image, None)
+
+    def stop(self, container_id: str, grace: float) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds."""
+        with docker_errors(f"stopping {container_id[:12]}"):
+            self.client.api.stop(container_id, timeout=max(0, round(grace)))
+
+    def remove(self, container_id: str) -> None:
+        """Remove a container (forcefully: it may still be running after a failed stop)."""
+        try:
+            with docker_errors(f"removing {container_id[:12]}"):
+                self.client.api.remove_container(container_id, force=True)
+        except DockerError as exc:
+            if "No such container" not in str(exc) and "not found" not in str(exc):
+                raise
+
+    def watch_events(self, on_event: Callable[[], None], stop: threading.Event) -> None:
+        """Call ``on_event`` for every event of our containers; reconnect after engine restarts.
+
+        The re-looks after an ending event are entries in one timer heap (one
+        thread for the whole watch, never one per event), and those of a burst
+        of events coalesce.
+        """
+        timers = Timers("docker-events-relook")
+        try:
+            self._watch_events(on_event, stop, timers)
+        finally:
+            timers.close()
+
+    def _watch_events(self, on_event: Callable[[], None], stop: threading.Event, timers: Timers) -> None:
+        failures = 0
+        while not stop.is_set():
+            try:
+                with docker_errors("watching events"):
+                    stream = self.client.events(
+                        decode=True,
+                        filters={
+                            "type": "container",
+                            "label": self.label_filters,
+                            "event": list(WAKING_EVENTS),
+                        },
+                    )
+                    on_event()  # we may have missed events while disconnected
+                    failures = 0
+                    for event in stream:
+                        on_event()
+                        if isinstance(event, dict) and event.get("Action") in ENDING_EVENTS:
+                            # Docker sends "die" before `docker ps` shows the container
+                            # as exited; a pass at once can still see it running. Look again.
+                            for after in LOOK_AGAIN_AFTER:
+                                timers.call_later(after, on_event, key=after, coalesce=LOOK_AGAIN_COALESCE)
+                        if stop.is_set():
+                            break
+            except DockerError as exc:
+                log.warning("docker events stream lost", host=self.host, error=str(exc))
+            except Exception as exc:  # the stream ends with requests/urllib3 errors on engine exit
+                log.warning("docker events stream ended", host=self.host, error=str(exc))
+            on_event()
+            failures += 1
+            stop.wait(retry_delay(failures))

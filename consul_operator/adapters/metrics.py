@@ -1,0 +1,316 @@
+"""Every Prometheus metric of the operator, and the HTTP endpoint that serves them.
+
+Label sets are bounded: ``service`` takes the names of manifests (capped in
+number by Consul's KV and our schema), ``host`` the app hosts, and every other
+label a fixed set of values listed next to its metric.
+"""
+
+from __future__ import annotations
+
+import ssl
+import sys
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from consul_operator.adapters.health import HEALTH
+from consul_operator.core.events import REASONS as EVENT_REASONS
+
+# Fixed label values, pre-created below so that a rate() over them starts at 0.
+LOOPS = ("schedule", "host", "lb")
+ERROR_REASONS = (
+    "consul_unavailable",
+    "consul_error",
+    "docker_unavailable",
+    "docker_error",
+    "not_leader",
+    "permission_denied",
+    "internal",
+)
+ACTIONS = ("start", "drain", "remove_dead", "register", "deregister")
+RESULTS = ("ok", "error")
+
+desired_replicas = Gauge("operator_desired_replicas", "Replicas the manifest asks for.", ["service"])
+running_replicas = Gauge(
+    "operator_running_replicas", "Containers of the service running on the host.", ["service", "host"]
+)
+host_healthy_replicas = Gauge(
+    "operator_host_healthy_replicas",
+    "Containers of the service on the host whose Consul checks pass (exported by the host's agent).",
+    ["service", "host"],
+)
+healthy_replicas = Gauge(
+    "operator_healthy_replicas",
+    "Instances of the service passing in Consul, over all hosts (exported by the leader).",
+    ["service"],
+)
+drift_replicas = Gauge(
+    "operator_drift_replicas",
+    "Desired minus healthy replicas (exported by the leader): what an alert watches.",
+    ["service"],
+)
+convergence_seconds = Histogram(
+    "operator_convergence_seconds",
+    "Time from a manifest change seen by the leader until every desired replica passes.",
+    ["service"],
+    buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
+)
+manifest_valid = Gauge(
+    "operator_manifest_valid",
+    "1 when the service's manifest validates, else 0 (exported by the leader).",
+    ["service"],
+)
+unplaced_replicas = Gauge(
+    "operator_unplaced_replicas",
+    "Replicas the scheduler could not place on any host, and why (exported by the leader).",
+    ["service", "cause"],
+)
+# The cause: one of records.UNPLACED_CAUSES (none, memory, cpus, max_per_host, labels,
+# no_hosts); one series per service at a time (`set_unplaced`).
+
+rollout_state = Gauge(
+    "operator_rollout_state",
+    "1 for the state the service's last rollout is in (progressing, complete, rolling_back, "
+    "rolled_back, failed), 0 for the others (exported by the leader).",
+    ["service", "state"],
+)
+rollouts_total = Counter(
+    "operator_rollouts_total",
+    "Rollouts that ended, by result: complete, rolled_back or failed (counted by the leader).",
+    ["result"],
+)
+
+# What only the leader knows; a non-leader exports none of it, so that a sum or
+# max over all daemons is the leader's value.
+LEADER_SERVICE_GAUGES = (
+    desired_replicas,
+    healthy_replicas,
+    drift_replicas,
+    manifest_valid,
+)
+
+
+def set_unplaced(service: str, count: int, cause: str) -> None:
+    """Export ``service``'s unplaced replicas under their cause, and no other cause's series."""
+    for labels in [key for key in _series(unplaced_replicas) if key[0] == service and key[1] != cause]:
+        unplaced_replicas.remove(*labels)
+    unplaced_replicas.labels(service, cause).set(count)
+
+
+def drop_unplaced(service: str) -> None:
+    """Stop exporting ``service``'s unplaced replicas (a deleted service)."""
+    for labels in [key for key in _series(unplaced_replicas) if key[0] == service]:
+        unplaced_replicas.remove(*labels)
+
+
+def _series(metric: Gauge) -> list[tuple[str, str]]:
+    """The (service, cause) of every series of ``operator_unplaced_replicas`` exported now."""
+    return [
+        (sample.labels["service"], sample.labels["cause"])
+        for family in metric.collect()
+        for sample in family.samples
+    ]
+
+
+consecutive_failures = Gauge(
+    "operator_consecutive_failures",
+    "Failed starts and crashes of the service on the host since its last good run (back-off).",
+    ["service", "host"],
+)
+reconcile_duration = Histogram(
+    "operator_reconcile_duration_seconds",
+    "Time of one reconcile pass.",
+    ["loop"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+reconcile_errors = Counter(
+    "operator_reconcile_errors_total", "Reconcile passes that failed, by reason.", ["loop", "reason"]
+)
+last_successful_sync = Gauge(
+    "operator_last_successful_sync_timestamp_seconds",
+    "Unix time of the last reconcile pass that succeeded.",
+    ["loop"],
+)
+container_actions = Counter(
+    "operator_container_actions_total",
+    "Container and registration actions, by result.",
+    ["action", "result"],
+)
+is_leader = Gauge("operator_is_leader", "1 while this agent holds the leader lock.", ["host"])
+leader_changes = Counter("operator_leader_changes_total", "Times this agent gained or lost the leader lock.")
+orphan_sessions_reaped = Counter(
+    "operator_orphan_sessions_reaped_total",
+    "Leader-election sessions of an earlier run of this agent (killed, restarted within its TTL) "
+    "that this agent released and destroyed.",
+)
+placement_writes = Counter(
+    "operator_placement_writes_total",
+    "Keys the leader wrote or deleted in KV: placements, rollouts, revisions, lost hosts' status records.",
+)
+WRITE_FAILURE_REASONS = ("too_large", "permission_denied", "refused")
+leader_write_failures = Counter(
+    "operator_leader_write_failures_total",
+    "Fenced writes of one service's records that Consul refused (too_large: HTTP 413; "
+    "permission_denied; refused: any other answer). That service's writes back off; "
+    "the other services' go on (exported by the leader).",
+    ["reason"],
+)
+lb_reloads = Counter(
+    "operator_lb_reloads_total",
+    "NGINX config changes: ok (tested, installed, reloaded), failed (refused by nginx -t; the last "
+    "good one serves) or error (installed, but the reload command failed; retried with back-off).",
+    ["result"],
+)
+lb_upstream_servers = Gauge(
+    "operator_lb_upstream_servers", "Passing servers in the service's NGINX upstream.", ["service"]
+)
+lb_rejected = Counter(
+    "operator_lb_rejected_total",
+    "Catalog data left out of the NGINX config, counted once per piece: bad_name, bad_address, "
+    "bad_port (grammar), foreign_cluster, unknown_host, wrong_address, unreported (not made by "
+    "this cluster's agents, see ownership.py).",
+    ["reason"],
+)
+lb_quarantined = Gauge(
+    "operator_lb_quarantined_services",
+    "Services whose fresh upstream nginx -t refuses: held back at their last good upstream (or 503) "
+    "while every other service is served fresh.",
+)
+consul_requests = Counter(
+    "operator_consul_requests_total", "Requests this process sent to Consul (blocking queries included)."
+)
+consul_errors = Counter("operator_consul_errors_total", "Consul requests that failed or were refused.")
+
+LB_RELOAD_RESULTS = ("ok", "failed", "error")
+LB_REJECT_REASONS = (
+    "bad_name",
+    "bad_address",
+    "bad_port",
+    "foreign_cluster",
+    "unknown_host",
+    "wrong_address",
+    "unreported",
+)
+EVENT_FLUSH_RESULTS = ("ok", "error")
+events_recorded = Counter(
+    "operator_events_recorded",
+    "Events recorded by this daemon (placed, started, crashed...): see docs/status.md.",
+    ["reason"],
+)
+events_dropped = Counter(
+    "operator_events_dropped",
+    "Events dropped unwritten: the oldest, when the in-memory buffer is full (Consul away).",
+)
+events_flushes = Counter(
+    "operator_events_flushes",
+    "Batches of events written to Consul KV (one transaction each): ok or error.",
+    ["result"],
+)
+for _result in EVENT_FLUSH_RESULTS:
+    events_flushes.labels(_result)
+for _reason in EVENT_REASONS:
+    events_recorded.labels(_reason)
+
+for _result in LB_RELOAD_RESULTS:
+    lb_reloads.labels(_result)
+for _reason in WRITE_FAILURE_REASONS:
+    leader_write_failures.labels(_reason)
+for _reason in LB_REJECT_REASONS:
+    lb_rejected.labels(_reason)
+for _loop in LOOPS:
+    for _reason in ERROR_REASONS:
+        reconcile_errors.labels(_loop, _reason)
+for _action in ACTIONS:
+    for _result in RESULTS:
+        container_actions.labels(_action, _result)
+
+
+PageFn = Callable[[bool], str]
+"""Renders the status page (`status_page`): the whole page, or (True) its main fragment."""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    registry: CollectorRegistry = REGISTRY
+    problems: Callable[[], list[str]] = staticmethod(HEALTH.problems)
+    page: PageFn | None = None
+
+    def do_GET(self) -> None:
+        path, _, query = self.path.partition("?")
+        page = type(self).page
+        if path == "/" and page is not None:
+            try:
+                html = page(query == "part=main").encode()
+            except Exception as exc:  # a page that cannot be read says so; the daemon goes on
+                self._send(503, f"status unavailable: {type(exc).__name__}\n".encode(), "text/plain")
+                return
+            self._send(200, html, "text/html; charset=utf-8")
+        elif path == "/metrics":
+            self._send(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
+        elif self.path.split("?")[0] == "/healthz":
+            found = type(self).problems()
+            body = "".join(f"{line}\n" for line in ["unhealthy", *found]) if found else "ok\n"
+            self._send(503 if found else 200, body.encode(), "text/plain; charset=utf-8")
+        else:
+            self._send(404, b"not found\n", "text/plain")
+
+    def _send(self, code: int, body: bytes, content_type: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Scrapes are not worth a log line each."""
+
+
+class _Server(ThreadingHTTPServer):
+    """The metrics server: a client that fails the TLS handshake (plain HTTP to HTTPS) is its own problem."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        if isinstance(sys.exc_info()[1], (ssl.SSLError, ConnectionError)):
+            return
+        super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
+def serve(
+    address: str,
+    problems: Callable[[], list[str]] = HEALTH.problems,
+    page: PageFn | None = None,
+    *,
+    tls: tuple[str, str] | None = None,
+) -> ThreadingHTTPServer:
+    """Serve /metrics, /healthz and (given ``page``) the status page / on ``host:port`` from a daemon thread.
+
+    With ``tls`` (a certificate file and its key file, PEM) over HTTPS only.
+
+    ``/healthz`` answers 200 ``ok`` when ``problems()`` finds nothing, else 503
+    with ``unhealthy`` and one line per failing loop or dependency.
+    """
+    host, _, port = address.rpartition(":")
+    members: dict[str, object] = {"problems": staticmethod(problems)}
+    if page is not None:
+        members["page"] = staticmethod(page)
+    handler = type("Handler", (_Handler,), members)
+    server = _Server((host or "127.0.0.1", int(port)), handler)
+    server.daemon_threads = True
+    if tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(*tls)
+        # The handshake on the handler's thread, not in the accept loop: a slow client stalls no one.
+        server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server

@@ -1,0 +1,117 @@
+"""Reading the cluster out of Consul, in one place: the leader's pass and `operator status`/`wait`/`plan`.
+
+`read_cluster_state` is the one reader of a `ClusterState`; `read_snapshot`
+adds the leader lock and the time for the status view. A failed read raises
+(`ConsulError`): nothing is ever decided from a partial read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+
+from consul_operator.adapters.consul_client import ConsulClient, KVEntry
+from consul_operator.adapters.kv_state import (
+    host_records_of,
+    manifests_of,
+    placements_of,
+    read_leader,
+    rollouts_of,
+    statuses_of,
+)
+from consul_operator.adapters.presence import agent_registrations, agents_of, capacities_of, hosts_of
+from consul_operator.core.cluster_state import ClusterState, passing_per_host
+from consul_operator.core.desired_state import is_dns_label
+from consul_operator.core.keys import Layout
+from consul_operator.core.ownership import owned
+from consul_operator.core.status import ClusterSnapshot, HostRow
+
+
+def read_cluster_state(
+    consul: ConsulClient,
+    layout: Layout,
+    cluster: str | None,
+    *,
+    passing_of: Callable[[ClusterState], Iterable[str]],
+    leader: bool = False,
+) -> ClusterState:
+    """Read every record once, then the passing instances of the services ``passing_of`` names.
+
+    The KV records are one read-only transaction (`ConsulClient.kv_trees`):
+    one request, and one point in time for all of them.
+
+    ``passing_of`` sees the state read so far (everything but the instances):
+    the leader asks only for the services whose rollout it paces,
+    `operator status` for every service. ``leader``: the view the leader
+    schedules from: status records read consistently, an unreadable one kept
+    (empty) so that the leader can remove it, and every service's passing
+    count (its gauges).
+    """
+    trees = consul.kv_trees(
+        [
+            layout.services_prefix,
+            layout.placement_prefix,
+            layout.status_prefix,
+            layout.rollout_prefix,
+            layout.revisions_prefix,
+            layout.rollback_prefix,
+            layout.hosts_prefix,
+        ],
+        consistent=True,
+    )
+    registrations = agent_registrations(consul, cluster)
+    statuses = statuses_of(trees[layout.status_prefix], layout, keep_unreadable=leader)
+    state = ClusterState(
+        manifests=manifests_of(trees[layout.services_prefix], layout),
+        placements=placements_of(trees[layout.placement_prefix], layout),
+        rollouts=rollouts_of(trees[layout.rollout_prefix], layout),
+        revisions=frozenset(_revisions(trees[layout.revisions_prefix], layout)),
+        rollback_requests=frozenset(
+            e.key[len(layout.rollback_prefix) :] for e in trees[layout.rollback_prefix]
+        ),
+        hosts=hosts_of(registrations),
+        capacities=capacities_of(registrations),
+        agents=tuple(agents_of(registrations)),
+        statuses=statuses,
+        maintenance=host_records_of(trees[layout.hosts_prefix], layout),
+    )
+    passing = {
+        name: owned(consul.health_service(name, passing=True).value, cluster, state.agents, statuses).kept
+        for name in sorted(set(passing_of(state)))
+        if is_dns_label(name)
+    }
+    counts = consul.passing_instances() if leader else {}
+    return dataclasses.replace(state, passing=passing, passing_counts=counts)
+
+
+def _revisions(entries: Iterable[KVEntry], layout: Layout) -> Iterable[tuple[str, str]]:
+    """(service, spec) of every kept revision."""
+    for entry in entries:
+        name, _, spec = entry.key[len(layout.revisions_prefix) :].partition("/")
+        yield name, spec
+
+
+def every_service(state: ClusterState) -> set[str]:
+    """Every service with a manifest, a placement or a status record (what `operator status` shows)."""
+    return set(state.manifests) | set(state.placements) | set(state.statuses)
+
+
+def read_snapshot(consul: ConsulClient, layout: Layout, cluster: str | None, now: float) -> ClusterSnapshot:
+    """Everything the status view is built from; raises `ConsulError` when Consul cannot be read."""
+    leader = read_leader(consul, layout)
+    state = read_cluster_state(consul, layout, cluster, passing_of=every_service)
+    return ClusterSnapshot(
+        now=now,
+        leader=None if leader is None else leader.host,
+        leader_since=None if leader is None else leader.since,
+        hosts=tuple(
+            HostRow(name, live, dict(labels)) for name, (live, labels) in sorted(state.hosts.items())
+        ),
+        manifests=state.manifests,
+        placements=state.placements,
+        statuses=state.statuses,
+        passing={name: passing_per_host(instances) for name, instances in state.passing.items()},
+        rollouts=state.rollouts,
+        maintenance=state.maintenance,
+        capacities=state.capacities,
+    )

@@ -1,0 +1,526 @@
+"""The ``operator`` command: subcommands and their wiring.
+
+Exit codes follow the usual convention: 0 success, 1 the thing checked is not
+as wanted (an invalid manifest, a service not converged), 2 a usage error or
+an unreachable dependency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import ipaddress
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from consul_operator.adapters.consul_client import ConsulAddress, ConsulClient, ConsulTLS, check_token
+from consul_operator.adapters.logs import configure as configure_logs
+from consul_operator.adapters.presence import parse_label
+from consul_operator.cli import commands
+from consul_operator.cli.commands import Target
+from consul_operator.core.desired_state import is_dns_label, parse_capacity
+from consul_operator.core.durations import DurationError, parse_duration
+from consul_operator.core.keys import Layout
+
+if TYPE_CHECKING:
+    from consul_operator.daemons.agent import AgentConfig
+
+EXIT_OK = 0
+EXIT_NOT_OK = 1
+EXIT_USAGE = 2
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Check manifests locally: one OK line per good file, every problem of a bad one."""
+    return commands.validate(args.files)
+
+
+def _duration(text: str) -> float:
+    """argparse type for durations like 3s or 500ms."""
+    try:
+        return parse_duration(text, field="flag")
+    except DurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _label(text: str) -> tuple[str, str]:
+    """argparse type for --label key=value."""
+    try:
+        return parse_label(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _capacity(text: str) -> tuple[int | None, int | None]:
+    """argparse type for --capacity memory=8Gi,cpus=4."""
+    try:
+        return parse_capacity(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _host_name(text: str) -> str:
+    """argparse type for host names: DNS labels, since they end up in KV keys and container names."""
+    if not is_dns_label(text):
+        raise argparse.ArgumentTypeError(f"a host name must be a DNS label, got {text!r}")
+    return text
+
+
+def _address(text: str) -> str:
+    """argparse type for an IP address."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an IP address: {text!r}") from exc
+
+
+def _add_common(parser: argparse.ArgumentParser, *, daemon: bool = False) -> None:
+    """Flags every command that talks to Consul shares."""
+    parser.add_argument("--consul", metavar="ADDR", help="Consul HTTP address (default: $CONSUL_HTTP_ADDR)")
+    parser.add_argument("--token", help="Consul ACL token (default: $CONSUL_HTTP_TOKEN)")
+    tls = parser.add_argument_group(
+        "TLS to Consul (as the consul CLI; https:// in the address or CONSUL_HTTP_SSL)"
+    )
+    tls.add_argument(
+        "--ca-file", metavar="FILE", help="CA certificate to verify Consul's with (default: $CONSUL_CACERT)"
+    )
+    tls.add_argument(
+        "--client-cert",
+        metavar="FILE",
+        help="client certificate for verify_incoming (default: $CONSUL_CLIENT_CERT)",
+    )
+    tls.add_argument("--client-key", metavar="FILE", help="its private key (default: $CONSUL_CLIENT_KEY)")
+    tls.add_argument(
+        "--tls-server-name",
+        metavar="NAME",
+        help="the name on Consul's certificate, e.g. server.dc1.consul (default: $CONSUL_TLS_SERVER_NAME)",
+    )
+    parser.add_argument(
+        "--services-prefix",
+        default=os.environ.get("OPERATOR_SERVICES_PREFIX", "services/"),
+        help="KV prefix of the manifests (default: services/)",
+    )
+    parser.add_argument(
+        "--operator-prefix",
+        default=os.environ.get("OPERATOR_PREFIX", "operator/"),
+        help="KV prefix of the operator's own state (default: operator/)",
+    )
+    if daemon:
+        parser.add_argument(
+            "--cluster",
+            default=os.environ.get("OPERATOR_CLUSTER", "default"),
+            help="name of this operator cluster: labels its containers and registrations (default)",
+        )
+    else:
+        parser.add_argument(
+            "--cluster",
+            default=os.environ.get("OPERATOR_CLUSTER"),
+            help="only the hosts of this operator cluster (default: every agent in this Consul)",
+        )
+
+
+def consul_tls(args: argparse.Namespace, environ: Mapping[str, str]) -> ConsulTLS:
+    """The consul CLI's TLS environment variables, each overridden by its flag; ValueError names a bad one."""
+    tls = ConsulTLS.from_env(environ)
+    return dataclasses.replace(
+        tls,
+        ca_file=args.ca_file if args.ca_file is not None else tls.ca_file,
+        cert_file=args.client_cert if args.client_cert is not None else tls.cert_file,
+        key_file=args.client_key if args.client_key is not None else tls.key_file,
+        server_name=args.tls_server_name if args.tls_server_name is not None else tls.server_name,
+    )
+
+
+def _metrics_tls(args: argparse.Namespace) -> tuple[str, str] | None:
+    if args.metrics_tls_cert is None:
+        return None
+    return (args.metrics_tls_cert, args.metrics_tls_key)
+
+
+def _add_metrics(parser: argparse.ArgumentParser) -> None:
+    """The flags of the daemons' /metrics and /healthz endpoint."""
+    parser.add_argument("--metrics", metavar="ADDR", help="serve /metrics and /healthz on host:port")
+    parser.add_argument(
+        "--metrics-tls-cert", metavar="FILE", help="serve them over HTTPS only, with this certificate (PEM)"
+    )
+    parser.add_argument(
+        "--metrics-tls-key", metavar="FILE", help="the private key of --metrics-tls-cert (PEM)"
+    )
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    """Run the agent of one app host until SIGTERM."""
+    from consul_operator.daemons.agent import run_agent
+
+    configure_logs(args.log_level, json=args.log_json, daemon="agent", host=args.host)
+    return run_agent(agent_config(args))
+
+
+def agent_config(args: argparse.Namespace) -> AgentConfig:
+    """The `AgentConfig` of parsed ``operator agent`` arguments."""
+    from consul_operator.daemons.agent import AgentConfig
+
+    return AgentConfig(
+        host=args.host,
+        advertise=args.advertise,
+        consul_addr=args.consul,
+        consul_token=args.token,
+        docker_host=args.docker,
+        cluster=args.cluster,
+        layout=Layout(args.services_prefix, args.operator_prefix),
+        labels=dict(args.label),
+        capacity=args.capacity,
+        metrics_addr=args.metrics,
+        ttl=args.ttl,
+        lock_delay=args.lock_delay,
+        lost_grace=args.lost_grace,
+        resync=args.resync,
+        consul_tls=consul_tls(args, os.environ),
+        metrics_tls=_metrics_tls(args),
+    )
+
+
+def cmd_lb(args: argparse.Namespace) -> int:
+    """Run the load balancer until SIGTERM."""
+    from consul_operator.daemons.lb import LBConfig, run_lb
+
+    configure_logs(args.log_level, json=args.log_json, daemon="lb")
+    config = LBConfig(
+        consul_addr=args.consul,
+        consul_token=args.token,
+        layout=Layout(args.services_prefix, args.operator_prefix),
+        cluster=args.cluster,
+        listen=args.listen,
+        default_service=args.default_service,
+        nginx_dir=Path(args.nginx_dir) if args.nginx_dir else None,
+        nginx_binary=args.nginx_binary,
+        system_conf=Path(args.system_nginx_conf) if args.system_nginx_conf else None,
+        test_cmd=args.nginx_test_cmd,
+        reload_cmd=args.nginx_reload_cmd,
+        metrics_addr=args.metrics,
+        coalesce=args.coalesce,
+        resync=args.resync,
+        consul_tls=consul_tls(args, os.environ),
+        metrics_tls=_metrics_tls(args),
+    )
+    return run_lb(config)
+
+
+def _target(args: argparse.Namespace) -> Target:
+    return Target(
+        ConsulClient(args.consul, args.token, tls=consul_tls(args, os.environ)),
+        Layout(args.services_prefix, args.operator_prefix),
+        args.cluster,
+    )
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Leader, hosts and services: desired, running, healthy, drift, placement, state."""
+    color = sys.stdout.isatty() and not args.json
+    if args.watch:
+        # `--watch` runs until stopped: SIGTERM (a supervisor, `timeout`) ends it like Ctrl-C.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    return commands.status(_target(args), args.names, as_json=args.json, watch=args.watch, color=color)
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    """One service: spec, placement per host, replicas and recent events."""
+    return commands.describe(_target(args), args.name, as_json=args.json)
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    """Recent events of one service or of all, oldest first; ``--follow`` keeps printing new ones."""
+    if args.follow:
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    return commands.events(_target(args), args.name, since=args.since, follow=args.follow, as_json=args.json)
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    """Block until the services are converged, or (``--drained HOST``) until nothing runs on a host."""
+    if bool(args.names) == (args.drained is not None):
+        print("operator wait: error: give service NAMEs or --drained HOST, not both", file=sys.stderr)
+        return EXIT_USAGE
+    if args.drained is not None:
+        return commands.wait_drained(_target(args), args.drained, timeout=args.timeout)
+    return commands.wait(_target(args), args.names, timeout=args.timeout)
+
+
+def cmd_cordon(args: argparse.Namespace) -> int:
+    """``operator cordon HOST``."""
+    return commands.cordon(_target(args), args.host)
+
+
+def cmd_uncordon(args: argparse.Namespace) -> int:
+    """``operator uncordon HOST``."""
+    return commands.uncordon(_target(args), args.host)
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    """``operator drain HOST``."""
+    return commands.drain(_target(args), args.host, deadline=args.deadline)
+
+
+MAX_DRAIN_DEADLINE = 7 * 24 * 3600.0
+"""The longest ``operator drain --deadline`` (a week)."""
+
+
+def _deadline(text: str) -> float:
+    """argparse type for a drain's deadline: a duration above 0, at most a week."""
+    seconds = _duration(text)
+    if not 0 < seconds <= MAX_DRAIN_DEADLINE:
+        raise argparse.ArgumentTypeError(f"must be above 0s and at most 168h, got {text!r}")
+    return seconds
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    """Validate, show the diff, write."""
+    return commands.apply(_target(args), args.files)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Show what applying would change."""
+    return commands.plan(_target(args), args.files)
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """``operator rollback NAME``."""
+    return commands.rollback(_target(args), args.name, timeout=args.timeout)
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    """Delete manifests."""
+    return commands.delete(_target(args), args.names)
+
+
+def _listen(text: str) -> str:
+    """argparse type for ADDR:PORT (an IP address and a port)."""
+    host, sep, port = text.rpartition(":")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        ok = sep == ":" and 1 <= int(port) <= 65535
+    except ValueError:
+        ok = False
+    if not ok:
+        raise argparse.ArgumentTypeError(f"must look like ADDR:PORT with an IP address, got {text!r}")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="operator",
+        description="Converge Docker containers on plain hosts to manifests in Consul KV.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    validate = sub.add_parser("validate", help="check manifest files locally ('-' reads stdin)")
+    validate.add_argument("files", nargs="+", metavar="FILE")
+    validate.set_defaults(func=cmd_validate)
+
+    agent = sub.add_parser("agent", help="run the agent of one app host")
+    _add_common(agent, daemon=True)
+    agent.add_argument("--host", required=True, type=_host_name, help="this app host's name")
+    agent.add_argument(
+        "--advertise",
+        default="127.0.0.1",
+        type=_address,
+        help="address to publish container ports on and register in Consul",
+    )
+    agent.add_argument("--docker", metavar="URL", help="Docker engine (default: $DOCKER_HOST or the socket)")
+    agent.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        type=_label,
+        metavar="KEY=VALUE",
+        help="a label of this host, shown by `operator status` (repeatable)",
+    )
+    agent.add_argument(
+        "--capacity",
+        type=_capacity,
+        default=(None, None),
+        metavar="memory=SIZE,cpus=N",
+        help="what replicas may take of this host, e.g. memory=8Gi,cpus=4; what is left out is the "
+        "engine's memory and CPUs less a reserve (10%%, at least 256Mi of memory)",
+    )
+    _add_metrics(agent)
+    agent.add_argument("--ttl", type=_duration, default=3.0, help="TTL of the agent's liveness check (3s)")
+    agent.add_argument(
+        "--lock-delay", type=_duration, default=1.0, help="Consul lock-delay of the leader session (1s)"
+    )
+    agent.add_argument(
+        "--lost-grace",
+        type=_duration,
+        default=10.0,
+        help="how long a lost host keeps its replicas before they move (10s)",
+    )
+    agent.add_argument("--resync", type=_duration, default=60.0, help="safety-net resync period (60s)")
+    agent.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    agent.add_argument("--log-json", action="store_true", default=None, help="JSON log lines even on a tty")
+    agent.set_defaults(func=cmd_agent)
+
+    lb = sub.add_parser("lb", help="run the load balancer: NGINX upstreams from Consul health")
+    _add_common(lb, daemon=True)
+    lb.add_argument(
+        "--listen", default="127.0.0.1:80", type=_listen, help="NGINX listens here (127.0.0.1:80)"
+    )
+    lb.add_argument(
+        "--default-service",
+        type=_host_name,
+        help="the service of the default server (else 404 for unknown Host)",
+    )
+    mode = lb.add_mutually_exclusive_group()
+    mode.add_argument("--nginx-dir", default=".run/nginx", help="prefix of the NGINX we manage (.run/nginx)")
+    mode.add_argument(
+        "--system-nginx-conf",
+        metavar="FILE",
+        help="drive an existing NGINX instead: write this conf.d file and run the reload command",
+    )
+    lb.add_argument("--nginx-binary", default="nginx", help="the nginx program (nginx)")
+    lb.add_argument("--nginx-test-cmd", default="nginx -t", help="with --system-nginx-conf: the test command")
+    lb.add_argument("--nginx-reload-cmd", default="nginx -s reload", help="with --system-nginx-conf: reload")
+    _add_metrics(lb)
+    lb.add_argument(
+        "--coalesce", type=_duration, default=0.2, help="apply bursts of changes together (200ms)"
+    )
+    lb.add_argument("--resync", type=_duration, default=60.0, help="safety-net resync period (60s)")
+    lb.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    lb.add_argument("--log-json", action="store_true", default=None, help="JSON log lines even on a tty")
+    lb.set_defaults(func=cmd_lb)
+
+    status = sub.add_parser("status", help="leader, hosts and every service's state (exit 0 when converged)")
+    _add_common(status)
+    status.add_argument("names", nargs="*", metavar="NAME", help="only these services")
+    status.add_argument("--json", action="store_true", help="stable JSON (fields in docs/status.md)")
+    status.add_argument("--watch", action="store_true", help="print again on every change")
+    status.set_defaults(func=cmd_status)
+
+    describe = sub.add_parser("describe", help="one service: spec, placement, replicas and recent events")
+    _add_common(describe)
+    describe.add_argument("name", metavar="NAME")
+    describe.add_argument("--json", action="store_true", help="JSON (fields in docs/status.md)")
+    describe.set_defaults(func=cmd_describe)
+
+    events = sub.add_parser("events", help="recent events (placed, started, crashed...), oldest first")
+    _add_common(events)
+    events.add_argument("name", nargs="?", metavar="NAME", help="only this service")
+    events.add_argument(
+        "--since", type=_duration, default=None, help="only events newer than this (e.g. 10m)"
+    )
+    events.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    events.add_argument("--json", action="store_true", help="one JSON object per line")
+    events.set_defaults(func=cmd_events)
+
+    wait = sub.add_parser(
+        "wait",
+        help="block until the services are converged, or a host is drained (exit 1 at the timeout)",
+    )
+    _add_common(wait)
+    wait.add_argument("names", nargs="*", metavar="NAME")
+    wait.add_argument(
+        "--drained", metavar="HOST", type=_host_name, help="instead: until nothing of ours runs on HOST"
+    )
+    wait.add_argument("--timeout", type=_duration, default=60.0, help="give up after this long (60s)")
+    wait.set_defaults(func=cmd_wait)
+
+    apply = sub.add_parser("apply", help="validate manifests, show the diff against KV, write them")
+    _add_common(apply)
+    apply.add_argument("files", nargs="+", metavar="FILE")
+    apply.set_defaults(func=cmd_apply)
+
+    plan = sub.add_parser("plan", help="show what applying manifests would change, per host; writes nothing")
+    _add_common(plan)
+    plan.add_argument("files", nargs="+", metavar="FILE")
+    plan.set_defaults(func=cmd_plan)
+
+    rollback = sub.add_parser("rollback", help="return a service to its previous spec (the leader paces it)")
+    _add_common(rollback)
+    rollback.add_argument("name", metavar="NAME", type=_host_name)
+    rollback.add_argument(
+        "--timeout", type=_duration, default=30.0, help="how long the leader has to take the request up (30s)"
+    )
+    rollback.set_defaults(func=cmd_rollback)
+
+    delete = sub.add_parser("delete", help="delete services: their replicas are drained and removed")
+    _add_common(delete)
+    delete.add_argument("names", nargs="+", metavar="NAME", type=_host_name)
+    delete.set_defaults(func=cmd_delete)
+
+    cordon = sub.add_parser("cordon", help="no new replicas on a host (what runs there stays)")
+    _add_common(cordon)
+    cordon.add_argument("host", metavar="HOST", type=_host_name)
+    cordon.set_defaults(func=cmd_cordon)
+
+    drain = sub.add_parser(
+        "drain", help="cordon a host and move every replica elsewhere, each replacement passing first"
+    )
+    _add_common(drain)
+    drain.add_argument("host", metavar="HOST", type=_host_name)
+    drain.add_argument(
+        "--deadline",
+        type=_deadline,
+        default=300.0,
+        help="after this long, what is left moves at once, replacements passing or not (5m)",
+    )
+    drain.set_defaults(func=cmd_drain)
+
+    uncordon = sub.add_parser("uncordon", help="a host takes new replicas again (ends a drain)")
+    _add_common(uncordon)
+    uncordon.add_argument("host", metavar="HOST", type=_host_name)
+    uncordon.set_defaults(func=cmd_uncordon)
+    return parser
+
+
+def connection_problem(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
+    """What is wrong with the Consul address and token a command would use (flag, else environment)."""
+    if not hasattr(args, "consul"):
+        return None
+    address = args.consul if args.consul is not None else environ.get("CONSUL_HTTP_ADDR")
+    source = "--consul" if args.consul is not None else "CONSUL_HTTP_ADDR"
+    if address is not None:
+        try:
+            ConsulAddress.parse(address)
+        except ValueError as exc:
+            return f"{source}: {exc}"
+    token = args.token if args.token is not None else environ.get("CONSUL_HTTP_TOKEN")
+    source = "--token" if args.token is not None else "CONSUL_HTTP_TOKEN"
+    if token:
+        try:
+            check_token(token)
+        except ValueError as exc:
+            return f"{source}: {exc}"
+    try:
+        tls = consul_tls(args, environ)
+    except ValueError as exc:
+        return str(exc)
+    problem = tls.problem()
+    if problem is not None:
+        return problem
+    if hasattr(args, "metrics_tls_cert"):
+        pair = (args.metrics_tls_cert, args.metrics_tls_key)
+        if (pair[0] is None) != (pair[1] is None):
+            return "--metrics-tls-cert and --metrics-tls-key go together"
+        for flag, path in zip(("--metrics-tls-cert", "--metrics-tls-key"), pair, strict=True):
+            if path is not None and not os.path.isfile(path):
+                return f"{flag} {path}: no such file"
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``operator`` command; returns its exit code."""
+    args = build_parser().parse_args(argv)
+    problem = connection_problem(args, os.environ)
+    if problem is not None:
+        # A usage error: one line, no traceback, exit 2 (as argparse does).
+        print(f"operator {args.command}: error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,308 @@
+"""Events: why the cluster does what it does, per service, as plain data (pure: no I/O, no clock).
+
+The leader and every agent record one event per decision (`REASONS`); the
+adapter `event_log` buffers them in memory and flushes them in batches into
+``operator/events/<service>/<host>`` (`keys.Layout.events_key`): one JSON
+record per service per writing host, so that every key has exactly one
+writer and a flush is a plain transaction of sets. Each record is bounded
+(`retain`): the last `MAX_EVENTS` events of the last `MAX_AGE` seconds,
+whichever is less; readers merge the records of a service (`merge_records`)
+and bound the result the same way.
+
+A storm is collapsed the way Kubernetes does (`collapse`): an event that
+repeats the last event of its service, host and reason within
+`COLLAPSE_WINDOW` seconds (the same message, or any message for the storm
+reasons: crashes, starts, stops) bumps that event's ``count`` and takes its
+time and message instead of adding a new one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Final
+
+from consul_operator.core.cluster_state import ClusterState
+from consul_operator.core.desired_state import ManifestError
+from consul_operator.core.records import PlacementRecord, RolloutRecord, RolloutState
+
+MAX_EVENTS: Final = 100
+"""The most events kept per service (and per record)."""
+MAX_AGE: Final = 3600.0
+"""Seconds an event is kept."""
+COLLAPSE_WINDOW: Final = 600.0
+"""An event repeating the last one of its kind within this many seconds is collapsed into it."""
+MAX_MESSAGE: Final = 512
+"""Characters of a message kept (Docker and Consul error texts can be long)."""
+
+# Reasons: one per kind of decision.
+PLACED: Final = "Placed"
+MOVED: Final = "Moved"
+UNPLACEABLE: Final = "Unplaceable"
+ROLLOUT_STEP: Final = "RolloutStep"
+ROLLED_BACK: Final = "RolledBack"
+INVALID: Final = "InvalidManifest"
+STARTED: Final = "Started"
+START_FAILED: Final = "StartFailed"
+CRASHED: Final = "Crashed"
+REGISTERED: Final = "Registered"
+DRAINED: Final = "Drained"
+STOPPED: Final = "Stopped"
+RELOAD_REFUSED: Final = "ReloadRefused"
+REASONS: Final = (
+    PLACED,
+    MOVED,
+    UNPLACEABLE,
+    ROLLOUT_STEP,
+    ROLLED_BACK,
+    INVALID,
+    STARTED,
+    START_FAILED,
+    CRASHED,
+    REGISTERED,
+    DRAINED,
+    STOPPED,
+    RELOAD_REFUSED,
+)
+STORM_REASONS: Final = frozenset(
+    {STARTED, START_FAILED, CRASHED, REGISTERED, DRAINED, STOPPED, RELOAD_REFUSED}
+)
+"""Reasons collapsed whatever their message: a crash loop is one event with a count."""
+WARNINGS: Final = frozenset({UNPLACEABLE, ROLLED_BACK, INVALID, START_FAILED, CRASHED, RELOAD_REFUSED})
+
+LB_SERVICE: Final = "-lb"
+"""The pseudo-service of the load balancer's own events (no service name starts with a dash)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceEvent:
+    """One decision: when (wall-clock seconds), where, about what, why, and what happened.
+
+    ``count`` events collapsed into this one, the first at ``first``.
+    """
+
+    time: float
+    host: str
+    service: str
+    reason: str
+    message: str
+    count: int = 1
+    first: float | None = None
+
+    @property
+    def warning(self) -> bool:
+        """Whether it says something went wrong."""
+        return self.reason in WARNINGS
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (records, ``--json``)."""
+        return {
+            "time": round(self.time, 3),
+            "host": self.host,
+            "service": self.service,
+            "reason": self.reason,
+            "message": self.message,
+            "count": self.count,
+            "first": round(self.first, 3) if self.first is not None else None,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> ServiceEvent:
+        """Parse the JSON form; raises ValueError on a malformed event."""
+        try:
+            return cls(
+                time=float(raw["time"]),
+                host=str(raw["host"]),
+                service=str(raw["service"]),
+                reason=str(raw["reason"]),
+                message=str(raw["message"]),
+                count=int(raw.get("count", 1)),
+                first=float(raw["first"]) if raw.get("first") is not None else None,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not an event: {exc}") from exc
+
+
+def new_event(time: float, host: str, service: str, reason: str, message: str) -> ServiceEvent:
+    """An event with its message cut to `MAX_MESSAGE` characters."""
+    if len(message) > MAX_MESSAGE:
+        message = message[: MAX_MESSAGE - 1] + "…"
+    return ServiceEvent(time, host, service, reason, message)
+
+
+def collapse(
+    events: Sequence[ServiceEvent], event: ServiceEvent, window: float = COLLAPSE_WINDOW
+) -> list[ServiceEvent]:
+    """``events`` (oldest first) with ``event`` added, or collapsed into the last one like it."""
+    out = list(events)
+    for i in range(len(out) - 1, -1, -1):
+        last = out[i]
+        if (last.service, last.host, last.reason) != (event.service, event.host, event.reason):
+            continue
+        same = last.message == event.message or event.reason in STORM_REASONS
+        if same and 0 <= event.time - last.time <= window:
+            first = last.first if last.first is not None else last.time
+            out[i] = replace(event, count=last.count + event.count, first=first)
+            out.append(out.pop(i))  # the newest time: it moves to the end
+            return out
+        break  # only the last event of its kind collapses
+    out.append(event)
+    return out
+
+
+def retain(
+    events: Iterable[ServiceEvent], now: float, *, max_events: int = MAX_EVENTS, max_age: float = MAX_AGE
+) -> list[ServiceEvent]:
+    """The last ``max_events`` of the events of the last ``max_age`` seconds, oldest first."""
+    kept = sorted((e for e in events if now - e.time <= max_age), key=lambda e: e.time)
+    return kept[-max_events:] if max_events > 0 else []
+
+
+def add_events(record: Sequence[ServiceEvent], new: Iterable[ServiceEvent], now: float) -> list[ServiceEvent]:
+    """A record with ``new`` events collapsed into it, then bounded (`retain`)."""
+    out = list(record)
+    for event in sorted(new, key=lambda e: e.time):
+        out = collapse(out, event)
+    return retain(out, now)
+
+
+def merge_records(records: Iterable[Sequence[ServiceEvent]], now: float) -> list[ServiceEvent]:
+    """The events of several records (one service's hosts, or every service), bounded, oldest first."""
+    return retain((e for record in records for e in record), now)
+
+
+def record_json(events: Sequence[ServiceEvent]) -> bytes:
+    """The KV form of a record: a JSON list."""
+    return json.dumps([e.to_dict() for e in events], separators=(",", ":")).encode()
+
+
+def parse_record(value: bytes | None) -> list[ServiceEvent]:
+    """A record out of KV; a malformed record or event reads as nothing (it is only for people)."""
+    if not value:
+        return []
+    try:
+        raw = json.loads(value)
+    except ValueError:
+        return []
+    if not isinstance(raw, list):
+        return []
+    out = []
+    for item in raw:
+        try:
+            out.append(ServiceEvent.from_dict(item))
+        except (ValueError, AttributeError):
+            continue
+    return out
+
+
+# --- the leader's events, out of one pass ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Occurred:
+    """An event without its time and host: what a pure decision returns."""
+
+    service: str
+    reason: str
+    message: str
+
+
+def _counts(hosts: Mapping[str, int]) -> str:
+    return ", ".join(f"{h}={n}" for h, n in sorted(hosts.items()) if n) or "none"
+
+
+def _why_off(state: ClusterState, host: str) -> str:
+    """Why the leader takes replicas off ``host``."""
+    record = state.maintenance.get(host)
+    if record is not None:
+        return "host draining" if record.draining else "host cordoned"
+    if host not in state.hosts or not state.live(host):
+        return "host lost"
+    return "rebalanced"
+
+
+def placement_events(
+    state: ClusterState, before: PlacementRecord | None, after: PlacementRecord
+) -> list[Occurred]:
+    """Placed, Moved and Unplaceable for one service whose placement went ``before`` -> ``after``."""
+    out: list[Occurred] = []
+    name = after.service
+    old = dict(before.hosts) if before else {}
+    if dict(after.hosts) != old:
+        out.append(Occurred(name, PLACED, f"replicas per host: {_counts(after.hosts)}"))
+        for host, count in sorted(old.items()):
+            lost = count - after.hosts.get(host, 0)
+            why = _why_off(state, host)
+            if lost > 0 and why != "rebalanced":
+                out.append(Occurred(name, MOVED, f"{lost} replica(s) moved off {host}: {why}"))
+    if after.unplaced and (
+        before is None or (before.unplaced, before.reason) != (after.unplaced, after.reason)
+    ):
+        out.append(Occurred(name, UNPLACEABLE, f"{after.unplaced} replica(s) unplaced: {after.reason}"))
+    return out
+
+
+def rollout_events(before: RolloutRecord | None, after: RolloutRecord) -> list[Occurred]:
+    """RolloutStep (started, progress, done) and RolledBack for one service."""
+    name = after.service
+    moved = f"{after.from_spec[:12]} -> {after.to_spec[:12]}"
+    if before is not None and (before.state, before.to_spec, before.updated) == (
+        after.state,
+        after.to_spec,
+        after.updated,
+    ):
+        return []
+    if after.state == RolloutState.ROLLING_BACK and (before is None or before.state != after.state):
+        why = f": {after.reason}" if after.reason else ""
+        return [Occurred(name, ROLLED_BACK, f"rolling back to {after.to_spec[:12]}{why}")]
+    what = f"rollout {moved} {after.state.value}: {after.updated}/{after.total} updated"
+    return [Occurred(name, ROLLOUT_STEP, what)]
+
+
+def invalid_events(
+    manifests: Mapping[str, object], seen: Mapping[str, str]
+) -> tuple[list[Occurred], dict[str, str]]:
+    """InvalidManifest for every manifest newly invalid or with a new first problem.
+
+    ``seen`` maps each invalid service to the problem already reported; the
+    second value is the map for the next pass.
+    """
+    out: list[Occurred] = []
+    now_seen: dict[str, str] = {}
+    for name, manifest in sorted(manifests.items()):
+        if not isinstance(manifest, ManifestError):
+            continue
+        first = manifest.problems[0] if manifest.problems else str(manifest)
+        now_seen[name] = str(first)
+        if seen.get(name) != now_seen[name]:
+            out.append(Occurred(name, INVALID, str(first)))
+    return out, now_seen
+
+
+def crash_message(container: str, exit_code: int | None, oom: bool, error: str, retry_in: float) -> str:
+    """What a Crashed event says: the container, how it ended, and the back-off before the next start."""
+    how = "was OOM killed" if oom else f"exited with code {exit_code if exit_code is not None else '?'}"
+    extra = f" ({error})" if error else ""
+    wait = f"; back-off {retry_in:.0f}s before the next start" if retry_in > 0 else ""
+    return f"container {container} {how}{extra}{wait}"
+
+
+def leader_events(
+    state: ClusterState,
+    placements: Mapping[str, PlacementRecord],
+    rollouts: Mapping[str, RolloutRecord],
+    written: Iterable[str],
+    is_placement: Callable[[str], str | None],
+    is_rollout: Callable[[str], str | None],
+) -> list[Occurred]:
+    """The events of a leader pass out of the keys it wrote (``is_placement`` / ``is_rollout`` name
+    the service of a placement / rollout key, else None): each compares the record read at the start
+    of the pass with the one written."""
+    out: list[Occurred] = []
+    for key in sorted(written):
+        if (name := is_placement(key)) is not None and name in placements:
+            out.extend(placement_events(state, state.placements.get(name), placements[name]))
+        elif (name := is_rollout(key)) is not None and name in rollouts:
+            out.extend(rollout_events(state.rollouts.get(name), rollouts[name]))
+    return out

@@ -1,0 +1,273 @@
+"""The plain data the decisions work on: what is desired, what is observed, what to do.
+
+Everything here is a frozen dataclass with no behaviour that touches the
+world. The pure decisions (`reconcile.py` names them) turn these into plans; the watches and actuators fill
+them in and carry the plans out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from consul_operator.core.desired_state import Manifest, Resources
+from consul_operator.core.records import Hold, frozen_map
+
+# Labels on every container the operator starts. The operator lists, changes
+# and removes only containers that carry LABEL_CLUSTER with its own cluster name.
+LABEL_CLUSTER = "consul-operator.cluster"
+LABEL_SERVICE = "consul-operator.service"
+LABEL_HOST = "consul-operator.host"
+LABEL_SPEC = "consul-operator.spec-hash"
+
+# Meta on every Consul registration the operator makes, so that it can find
+# (and clean up) exactly its own registrations on an agent.
+META_MANAGED_BY = "managed-by"
+MANAGED_BY = "consul-operator"
+META_CLUSTER = "cluster"
+META_HOST = "host"
+META_CONTAINER = "container"
+META_SPEC = "spec-hash"
+
+
+# --- cluster level: hosts and the catalog ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceInstance:
+    """One instance of a service as the health endpoint reports it."""
+
+    node: str
+    node_address: str
+    service_id: str
+    service: str
+    address: str
+    port: int
+    meta: Mapping[str, str]
+    status: str  # aggregated: "passing", "warning" or "critical"
+
+
+@dataclass(frozen=True, slots=True)
+class HostInfo:
+    """An app host as the leader sees it: its labels, and whether its agent is live.
+
+    ``lost_since`` is when the leader first saw the host not live (None while
+    it is live); the scheduler moves its replicas once that is older than the
+    grace period. ``capacity`` is what its agent advertises; None (an agent
+    older than capacities) counts as unlimited.
+    """
+
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    live: bool = True
+    lost_since: float | None = None
+    capacity: Resources | None = None
+
+
+# --- host level: what runs here ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceDesire:
+    """What this host should run of one service.
+
+    ``manifest`` is None when the agent leaves the service alone ("hands
+    off"): nothing of it is touched; ``hold`` says why (its manifest is
+    invalid, or the leader has not placed it yet) and ``error`` says it to people.
+    """
+
+    service: str
+    manifest: Manifest | None
+    count: int
+    error: str | None = None
+    hold: Hold | None = None
+    # Set while the leader paces a rollout: replicas of each spec hash on this
+    # host, and the manifest of each spec (from operator/revisions/). A spec
+    # without a manifest here is left alone.
+    specs: Mapping[str, int] = field(default_factory=frozen_map)
+    revisions: Mapping[str, Manifest] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerInfo:
+    """One of our containers on this host, as Docker reports it.
+
+    ``state`` is Docker's: created, running, paused, restarting, removing,
+    exited or dead. Times are Unix seconds; ``started_at`` and ``finished_at``
+    are None when Docker has none.
+    """
+
+    id: str
+    name: str
+    service: str
+    spec_hash: str
+    state: str
+    host_port: int | None = None
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    exit_code: int | None = None
+    error: str = ""
+    oom_killed: bool = False
+
+    @property
+    def running(self) -> bool:
+        """Counts as a running replica."""
+        return self.state in ("running", "restarting", "paused")
+
+    @property
+    def dead(self) -> bool:
+        """Needs removing: it exited, died, or was created and never started."""
+        return self.state in ("exited", "dead", "created")
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """One of our service registrations on this host's Consul agent."""
+
+    service_id: str
+    service: str
+    container_id: str
+    spec_hash: str
+    address: str
+    port: int
+    healthy: bool
+
+
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    """Actions started by earlier passes that have not finished yet.
+
+    The plan leaves busy containers alone and counts pending starts as
+    replicas, so that a slow action is never issued twice.
+    """
+
+    busy_containers: frozenset[str] = frozenset()
+    pending_starts: Mapping[str, int] = field(default_factory=frozen_map)
+    # Pending starts per "service/spec hash".
+    pending_spec_starts: Mapping[str, int] = field(default_factory=frozen_map)
+    busy_registrations: frozenset[str] = frozenset()
+    # Actions that failed and wait for their back-off: action key (`action_key`)
+    # -> monotonic time from which they may be tried again.
+    held_until: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+
+
+# --- actions -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StartContainer:
+    """Create, start and register one new replica of ``manifest``."""
+
+    manifest: Manifest
+
+
+@dataclass(frozen=True, slots=True)
+class DrainContainer:
+    """Deregister, wait ``drain`` seconds, stop with ``stop_grace``, remove."""
+
+    container: ContainerInfo
+    drain: float
+    stop_grace: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveDead:
+    """Remove a container that is no longer running (and its registration).
+
+    ``crashed`` says it ended on its own too soon: that counts as a failure
+    for the service's back-off.
+    """
+
+    container: ContainerInfo
+    crashed: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Register:
+    """(Re-)register a running container in Consul, with its health check."""
+
+    container: ContainerInfo
+    manifest: Manifest
+
+
+@dataclass(frozen=True, slots=True)
+class Deregister:
+    """Remove a registration whose container is gone."""
+
+    service_id: str
+    reason: str
+    service: str = ""
+
+
+Action = StartContainer | DrainContainer | RemoveDead | Register | Deregister
+
+
+def action_key(action: Action) -> str | None:
+    """What a failing action backs off by: its kind and the container or registration it acts on.
+
+    None for starts: a failed start backs the whole service off (`Backoff` per service).
+    """
+    match action:
+        case DrainContainer(container=c):
+            return f"drain:{c.id}"
+        case RemoveDead(container=c):
+            return f"remove:{c.id}"
+        case Register(container=c):
+            return f"register:{c.name}"
+        case Deregister(service_id=sid):
+            return f"deregister:{sid}"
+    return None
+
+
+def action_service(action: Action) -> str:
+    """The service an action works for: the executor shares its workers fairly between services."""
+    match action:
+        case StartContainer(manifest=m):
+            return m.name
+        case DrainContainer(container=c) | RemoveDead(container=c) | Register(container=c):
+            return c.service
+        case Deregister(service=service, service_id=sid):
+            return service or sid
+    raise AssertionError(action)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceReport:
+    """What the plan found for one service on this host, for status and metrics."""
+
+    service: str
+    desired: int
+    running: int
+    healthy: int
+    spec_hash: str
+    error: str = ""
+    hold: Hold | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HostPlan:
+    """The result of one host reconcile pass.
+
+    ``wake_at`` is the earliest monotonic time at which the plan would change
+    by itself (a back-off that expires), so that the loop can sleep until then.
+    """
+
+    actions: tuple[Action, ...]
+    reports: tuple[ServiceReport, ...]
+    wake_at: float | None = None
+
+
+# --- what to log ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A decision worth a log line, as data: a pure decision returns it, its caller logs it."""
+
+    message: str
+    fields: Mapping[str, object] = field(default_factory=dict)
+    level: str = "info"

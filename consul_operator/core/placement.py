@@ -1,0 +1,409 @@
+"""Where each service's replicas go: the leader's pure placement decision (``schedule``).
+
+Nothing here does I/O or reads a clock (``now`` is an argument, on the
+leader's monotonic clock); the same input gives the same output.
+
+Scheduling (the leader: ``schedule``)
+=====================================
+
+Input: every service's manifest (None when it is invalid), every known app
+host (live, or lost since some time), the placement records now in KV.
+Output: the new placement record of every service that has a manifest.
+
+- **Invalid manifest: hands off.** Its current record is kept as it is, so
+  that nothing that runs changes because of a typo. A deleted manifest (the
+  service is absent from the input) has no record in the output.
+- **Eligible hosts** are the live hosts, filtered by ``placement.hosts`` when
+  set and by ``placement.labels`` (`matches_labels`: the host's agent labels
+  include every one asked for). Only eligible hosts receive new replicas; a
+  host that no longer matches loses its replicas (they are placed again).
+- **Capacity** (`fits`): a new replica goes only to a host where it fits:
+  the resources of every replica placed there (of every service, this
+  pass's decisions included) plus its own are within the host's advertised
+  capacity, for memory and for CPUs. A host without a capacity (an older
+  agent) is unlimited. Only new placements are checked: a replica already
+  placed stays where it is even when its host no longer fits (a smaller
+  capacity, larger resources after a spec change), like Nomad and
+  Kubernetes, which never evict for capacity; and adding capacity moves
+  nothing. An invalid manifest's replicas count with the default resources.
+- **A lost host keeps its replicas for a grace period** (``lost_grace``
+  seconds after ``lost_since``): a short network blip or an agent restart
+  must not move containers around. They count toward the total, so no
+  replacement is started elsewhere while the host may come back; but the
+  host gets no new replicas. After the grace, or when the host is unknown or
+  no longer allowed by ``placement.hosts``, its replicas are dropped and
+  placed again elsewhere. A lost host without ``lost_since`` has no grace.
+- **Stability.** Scheduling starts from the current record: a replica on a
+  host that is still valid is never moved, and a host that joins gets no
+  replicas taken from others (no rebalancing: moving a healthy replica costs
+  a drain and a start and buys nothing).
+- **Cap.** ``placement.max_per_host`` bounds every host's count; counts above
+  it (the cap was lowered) are cut.
+- **Scale down**, one replica at a time: first from hosts in grace (they
+  may never come back), then from the host with the most replicas of the
+  service; ties go to the host name that sorts last.
+- **Scale up**, one replica at a time: to the eligible live host with the
+  fewest replicas of the service, under the cap, where it fits; ties go to the host with
+  the fewest replicas of all services (spreading load), then to the host
+  name that sorts first. The load counts the records already decided in
+  this pass (services are scheduled in sorted name order) and the current
+  records of the services not decided yet.
+- **Nothing is dropped silently**: what no host can take is ``unplaced``,
+  with a cause (`records.UnplacedCause`) and a reason for people that names
+  each allowed host and why it takes no more: the resource short and the
+  free amount, the labels it lacks, not live, or ``max_per_host`` reached
+  (`unplaced_reason`).
+- **Maintenance** (`maintenance.py`): a *cordoned* host gets no new replicas
+  (``open_hosts``, the candidate filter) and gives up its replicas first when
+  a service scales down; a *draining* host keeps none: the schedule places its
+  replicas elsewhere, and the leader paces the move (``maintenance.plan_drain``).
+
+``next_schedule_wakeup`` says when the next grace period runs out, so that
+the leader can sleep until then instead of polling.
+
+Lost hosts' status records (``live_running``, ``gone_statuses``): the leader
+counts only live hosts' ``operator/status/`` records (a host in grace still
+counts through its placement), and deletes the records of a host lost past
+the grace or unknown.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from consul_operator.core.desired_state import Manifest, Resources, format_cpus, format_memory
+from consul_operator.core.maintenance import open_hosts
+from consul_operator.core.model import HostInfo
+from consul_operator.core.records import PlacementRecord, UnplacedCause, frozen_map
+
+MAX_REASON_HOSTS = 10
+"""An unplaced reason names at most this many hosts (and counts the rest)."""
+
+
+def schedule(
+    manifests: Mapping[str, Manifest | None],
+    hosts: Sequence[HostInfo],
+    current: Mapping[str, PlacementRecord],
+    now: float,
+    lost_grace: float,
+    *,
+    cordoned: Collection[str] = frozenset(),
+    draining: Collection[str] = frozenset(),
+) -> dict[str, PlacementRecord]:
+    """The new placement record of every service in ``manifests`` (see the module doc).
+
+    ``cordoned`` hosts get no new replicas; ``draining`` ones (cordoned too) keep none.
+
+    ``manifests`` maps a service to its valid manifest, or to None when its
+    manifest is invalid (its current record, if any, is kept unchanged).
+    Services absent from ``manifests`` are absent from the result.
+    """
+    by_name = {host.name: host for host in sorted(hosts, key=lambda h: h.name)}
+    load = _initial_load(manifests, current)
+    used = Usage.of(manifests, current)
+    result: dict[str, PlacementRecord] = {}
+    for service in sorted(manifests):
+        manifest = manifests[service]
+        previous = current.get(service)
+        if manifest is None:
+            if previous is not None:
+                result[service] = previous
+            continue
+        # In place: rebuilding a Counter per service costs O(hosts) each time.
+        load.subtract(previous.hosts if previous else {})
+        used.add(previous.hosts if previous else {}, manifest.resources, -1)
+        record = _place(service, manifest, by_name, previous, load, used, now, lost_grace, cordoned, draining)
+        load.update(record.hosts)
+        used.add(record.hosts, manifest.resources, 1)
+        result[service] = record
+    return result
+
+
+@dataclass(slots=True)
+class Usage:
+    """Resources of the replicas placed on each host, over every service: what `fits` counts."""
+
+    memory: Counter[str] = field(default_factory=Counter)
+    millicpus: Counter[str] = field(default_factory=Counter)
+
+    @classmethod
+    def of(cls, manifests: Mapping[str, Manifest | None], current: Mapping[str, PlacementRecord]) -> Usage:
+        """The usage of every current record of a service that still has a manifest.
+
+        An invalid manifest's resources are unknown: its replicas count with the defaults.
+        """
+        usage = cls()
+        for service, manifest in manifests.items():
+            record = current.get(service)
+            if record is not None:
+                usage.add(record.hosts, manifest.resources if manifest else Resources(), 1)
+        return usage
+
+    def add(self, counts: Mapping[str, int], need: Resources, sign: int) -> None:
+        """Add (``sign`` 1) or take away (-1) ``counts`` replicas of ``need`` per host."""
+        memory, millicpus = self.memory, self.millicpus
+        per_memory, per_millicpus = sign * need.memory, sign * need.millicpus
+        for host, count in counts.items():
+            memory[host] += count * per_memory
+            millicpus[host] += count * per_millicpus
+
+    def on(self, host: str) -> Resources:
+        """What is placed on ``host``."""
+        return Resources(self.memory[host], self.millicpus[host])
+
+
+def free_resources(host: HostInfo, used: Resources) -> Resources | None:
+    """What is left of ``host``'s capacity with ``used`` placed there; None when it has no capacity."""
+    return None if host.capacity is None else host.capacity - used
+
+
+def fits(host: HostInfo, used: Resources, need: Resources) -> bool:
+    """The capacity filter: whether one more replica of ``need`` fits on ``host`` holding ``used``."""
+    free = free_resources(host, used)
+    return free is None or free.covers(need)
+
+
+def missing_labels(host: HostInfo, wanted: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The labels of ``wanted`` that ``host``'s agent does not have (with that value)."""
+    return [(key, value) for key, value in wanted if host.labels.get(key) != value]
+
+
+def matches_labels(host: HostInfo, wanted: Iterable[tuple[str, str]]) -> bool:
+    """The label-constraint filter: whether ``host`` has every label of ``placement.labels``."""
+    return all(host.labels.get(key) == value for key, value in wanted)
+
+
+def next_schedule_wakeup(
+    hosts: Sequence[HostInfo], lost_grace: float, now: float | None = None
+) -> float | None:
+    """When the earliest lost host's grace runs out (after ``now``), or None if none will.
+
+    At that moment ``schedule`` moves the host's replicas, so the leader can
+    sleep until then. Without ``now`` every lost host's expiry counts, even
+    one already past.
+    """
+    expiries = [
+        host.lost_since + lost_grace for host in hosts if not host.live and host.lost_since is not None
+    ]
+    future = [at for at in expiries if now is None or at > now]
+    return min(future, default=None)
+
+
+def _initial_load(
+    manifests: Mapping[str, Manifest | None], current: Mapping[str, PlacementRecord]
+) -> Counter[str]:
+    """Replicas per host over all current records of services that still have a manifest."""
+    load: Counter[str] = Counter()
+    for service in manifests:
+        record = current.get(service)
+        if record is not None:
+            load.update(record.hosts)
+    return load
+
+
+def _in_grace(host: HostInfo, now: float, lost_grace: float) -> bool:
+    """Whether a lost host still keeps its replicas."""
+    return not host.live and host.lost_since is not None and now - host.lost_since < lost_grace
+
+
+def _place(
+    service: str,
+    manifest: Manifest,
+    hosts: Mapping[str, HostInfo],
+    previous: PlacementRecord | None,
+    load: Mapping[str, int],
+    used: Usage,
+    now: float,
+    lost_grace: float,
+    cordoned: Collection[str] = frozenset(),
+    draining: Collection[str] = frozenset(),
+) -> PlacementRecord:
+    """One service's new record, starting from ``previous`` (``load``, ``used``: other services')."""
+    allowed = manifest.placement.hosts
+    wanted = manifest.placement.labels
+    candidates = [
+        h
+        for h in hosts.values()
+        if (allowed is None or h.name in allowed) and (not wanted or matches_labels(h, wanted))
+    ]
+    live = [h.name for h in candidates if h.live]
+    grace = {h.name for h in candidates if _in_grace(h, now, lost_grace)}
+    cap = manifest.placement.max_per_host
+    need = manifest.resources
+
+    counts = _kept_counts(previous, (set(live) | grace) - set(draining), cap)
+    _scale_down(counts, manifest.replicas, grace, cordoned)
+
+    def room(host: str) -> bool:
+        return fits(hosts[host], used.on(host) + need.times(counts.get(host, 0)), need)
+
+    _scale_up(counts, manifest.replicas, open_hosts(live, cordoned), cap, load, room)
+    unplaced = manifest.replicas - sum(counts.values())
+    cause, reason = UnplacedCause.NONE, ""
+    if unplaced > 0:
+        closed = {**dict.fromkeys(cordoned, "cordoned"), **dict.fromkeys(draining, "draining")}
+        cause, reason = unplaced_reason(manifest, unplaced, hosts.values(), counts, used, closed)
+    return PlacementRecord(
+        service=service,
+        spec_hash=manifest.spec_hash(),
+        hosts=frozen_map({h: n for h, n in sorted(counts.items()) if n > 0}),
+        unplaced=unplaced,
+        cause=cause,
+        reason=reason,
+    )
+
+
+def unplaced_reason(
+    manifest: Manifest,
+    unplaced: int,
+    hosts: Iterable[HostInfo],
+    counts: Mapping[str, int],
+    used: Usage,
+    closed: Mapping[str, str] | None = None,
+) -> tuple[UnplacedCause, str]:
+    """Why ``unplaced`` replicas found no host: the cause, and each allowed host's reason for people.
+
+    ``counts`` is the service's new placement, ``used`` the other services';
+    ``closed``: hosts in maintenance, with why ("cordoned", "draining").
+    Hosts that ``placement.hosts`` leaves out are not named (the author left
+    them out). The cause is the one nearest to placing: a resource short on
+    a live host that matches, then ``max_per_host``, then labels, then no host.
+    """
+    placement, need = manifest.placement, manifest.resources
+    why: list[str] = []
+    short: set[UnplacedCause] = set()
+    lacking_labels = capped = False
+    for host in sorted(hosts, key=lambda h: h.name):
+        if placement.hosts is not None and host.name not in placement.hosts:
+            continue
+        lacks = missing_labels(host, placement.labels)
+        count = counts.get(host.name, 0)
+        free = free_resources(host, used.on(host.name) + need.times(count))
+        if lacks:
+            lacking_labels = lacking_labels or host.live
+            why.append(f"{host.name}: lacks label {', '.join(f'{k}={v}' for k, v in lacks)}")
+        elif not host.live:
+            why.append(f"{host.name}: not live")
+        elif closed and host.name in closed:
+            why.append(f"{host.name}: {closed[host.name]}")
+        elif placement.max_per_host is not None and count >= placement.max_per_host:
+            capped = True
+            why.append(f"{host.name}: holds max_per_host {placement.max_per_host}")
+        elif free is not None and not free.covers(need):
+            parts = []
+            if free.memory < need.memory:
+                short.add(UnplacedCause.MEMORY)
+                parts.append(f"memory {format_memory(max(0, free.memory))} free")
+            if free.millicpus < need.millicpus:
+                short.add(UnplacedCause.CPUS)
+                parts.append(f"cpus {format_cpus(max(0, free.millicpus))} free")
+            why.append(f"{host.name}: {', '.join(parts)}")
+    if UnplacedCause.MEMORY in short:
+        cause = UnplacedCause.MEMORY
+    elif UnplacedCause.CPUS in short:
+        cause = UnplacedCause.CPUS
+    elif capped:
+        cause = UnplacedCause.MAX_PER_HOST
+    elif lacking_labels:
+        cause = UnplacedCause.LABELS
+    else:
+        cause = UnplacedCause.NO_HOSTS
+    head = f"{unplaced} of {manifest.replicas} replicas fit on no host (each needs {need.text()})"
+    if not why:
+        return cause, f"{head}: no live app host" + (" in placement.hosts" if placement.hosts else "")
+    if len(why) > MAX_REASON_HOSTS:
+        why = [*why[:MAX_REASON_HOSTS], f"and {len(why) - MAX_REASON_HOSTS} more hosts"]
+    return cause, f"{head}: {'; '.join(why)}"
+
+
+def _kept_counts(previous: PlacementRecord | None, valid: set[str], cap: int | None) -> dict[str, int]:
+    """The previous counts on hosts that may keep replicas, cut to the cap."""
+    if previous is None:
+        return {}
+    counts: dict[str, int] = {}
+    for host, count in previous.hosts.items():
+        kept = count if cap is None else min(count, cap)
+        if host in valid and kept > 0:
+            counts[host] = kept
+    return counts
+
+
+def _scale_down(
+    counts: dict[str, int], target: int, grace: set[str], cordoned: Collection[str] = frozenset()
+) -> None:
+    """Remove replicas until at most ``target`` remain: lost hosts first, cordoned ones, then the fullest."""
+    while sum(counts.values()) > target:
+        # max(): in grace before live, cordoned before open, then most replicas, then the name sorting last.
+        victim = max(counts, key=lambda h: (h in grace, h in cordoned, counts[h], h))
+        counts[victim] -= 1
+        if counts[victim] == 0:
+            del counts[victim]
+
+
+def _scale_up(
+    counts: dict[str, int],
+    target: int,
+    live: Sequence[str],
+    cap: int | None,
+    load: Mapping[str, int],
+    room: Callable[[str], bool] = lambda _: True,
+) -> None:
+    """Add replicas until ``target`` or no live host takes one: emptiest host where one fits first.
+
+    A heap keyed (replicas of this service, replicas of all services, name)
+    gives the same choice as a linear min per replica, in O(log hosts): the
+    difference between 250 ms and 20 ms at 1,000 services x 10 replicas x 100 hosts.
+    ``room(host)`` says whether one more replica fits there (capacity); it is
+    asked only of the host the heap offers, and a host without room leaves the heap.
+    """
+    missing = target - sum(counts.values())
+    heap = [(counts.get(h, 0), load.get(h, 0), h) for h in live if cap is None or counts.get(h, 0) < cap]
+    heapq.heapify(heap)
+    while missing > 0 and heap:
+        count, host_load, host = heapq.heappop(heap)
+        if not room(host):
+            continue  # its room only shrinks as this service grows: it takes no more this pass
+        counts[host] = count + 1
+        missing -= 1
+        if cap is None or count + 1 < cap:
+            heapq.heappush(heap, (count + 1, host_load, host))
+
+
+def live_running(
+    running: Mapping[str, Mapping[str, Mapping[str, int]]], hosts: Sequence[HostInfo]
+) -> dict[str, dict[str, dict[str, int]]]:
+    """The agents' running counts (service -> host -> spec -> n) of live hosts only.
+
+    A lost host's record says what ran when its agent last wrote; counted, a
+    host lost for good would hold a rollout's surge and completion forever.
+    While it is in grace its replicas still count through the placement.
+    """
+    live = {h.name for h in hosts if h.live}
+    result: dict[str, dict[str, dict[str, int]]] = {}
+    for service, per_host in running.items():
+        kept = {h: dict(specs) for h, specs in per_host.items() if h in live}
+        if kept:
+            result[service] = kept
+    return result
+
+
+def gone_statuses(
+    statuses: Mapping[str, Iterable[str]], hosts: Sequence[HostInfo], now: float, lost_grace: float
+) -> list[tuple[str, str]]:
+    """(service, host) of the status records to delete: their host is gone past the lost-host grace.
+
+    ``statuses`` maps a service to the hosts that have a record of it. A host
+    unknown to ``hosts``, or lost with no grace left, is gone; a live host
+    and a host in grace keep theirs (its agent may come back and own it).
+    """
+    by_name = {h.name: h for h in hosts}
+    gone: list[tuple[str, str]] = []
+    for service in sorted(statuses):
+        for host in sorted(set(statuses[service])):
+            info = by_name.get(host)
+            if info is None or (not info.live and not _in_grace(info, now, lost_grace)):
+                gone.append((service, host))
+    return gone

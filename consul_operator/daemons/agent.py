@@ -1,0 +1,274 @@
+"""``operator agent``: one per app host. Wires presence, election, watches and the two loops.
+
+Threads, all daemons, all stopped by one ``stop`` event:
+
+* heartbeat   keeps the agent's TTL check passing (presence, and the leader session)
+* election    campaigns for ``operator/leader`` and watches it
+* watches     blocking queries on manifests, placements and this node's checks;
+              while leading, also on the agents' health, all health, rollbacks and
+              maintenance; Docker's event stream. They only fire triggers.
+* host loop   reconciles this host's containers (every agent)
+* schedule    places replicas (does work only while leading)
+
+SIGTERM/SIGINT: stop the loops, give the lock up, leave every container running.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from consul_operator.adapters import event_log, metrics
+from consul_operator.adapters.actuators.catalog import CatalogActuator
+from consul_operator.adapters.actuators.docker import DockerActuator
+from consul_operator.adapters.consul_client import ConsulClient, ConsulTLS
+from consul_operator.adapters.docker_client import connect, engine_resources
+from consul_operator.adapters.kv_state import start_watch
+from consul_operator.adapters.presence import AGENT_SERVICE, Presence
+from consul_operator.adapters.status_page import status_page
+from consul_operator.adapters.timers import Timers
+from consul_operator.core.backoff import retry_delay
+from consul_operator.core.desired_state import Resources, host_capacity
+from consul_operator.core.errors import ConsulError, DockerError
+from consul_operator.core.keys import Layout
+from consul_operator.daemons.host_agent import Executor, HostAgent, KVChanged
+from consul_operator.daemons.leader import LeaderElection
+from consul_operator.daemons.loop import Batched, Trigger, run_loop, stop_on_signals, wait_for_stop
+from consul_operator.daemons.scheduler import Scheduler
+
+log = structlog.get_logger()
+
+SHUTDOWN_WAIT = 10.0  # seconds the loops get to finish their pass after SIGTERM
+BATCH_WINDOW = 0.1  # seconds over which bursts of check changes and finished actions make one pass
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything ``operator agent`` is told on its command line."""
+
+    host: str
+    advertise: str
+    consul_addr: str | None
+    consul_token: str | None
+    docker_host: str | None
+    cluster: str
+    layout: Layout
+    labels: dict[str, str]
+    capacity: tuple[int | None, int | None]  # --capacity: memory bytes, thousandths of CPUs; None: the host's
+    metrics_addr: str | None
+    ttl: float
+    lock_delay: float
+    lost_grace: float
+    resync: float
+    consul_tls: ConsulTLS | None = None  # None: the consul CLI's environment variables
+    metrics_tls: tuple[str, str] | None = None  # --metrics-tls-cert, --metrics-tls-key
+
+
+EngineFactory = Callable[[AgentConfig], DockerActuator]
+"""Makes the agent's container engine from its configuration (`docker_engine`: the real one)."""
+
+
+def docker_engine(config: AgentConfig) -> DockerActuator:
+    """The Docker engine of ``config.docker_host`` (or ``DOCKER_HOST``, or the local socket)."""
+    return DockerActuator(
+        connect(config.docker_host), cluster=config.cluster, host=config.host, advertise=config.advertise
+    )
+
+
+def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int:
+    """Run until SIGTERM/SIGINT; returns the exit code.
+
+    ``engine``: the container engine; `operator agent` always runs Docker's.
+    """
+    stop = stop_on_signals()
+
+    consul = ConsulClient(config.consul_addr, config.consul_token, tls=config.consul_tls)
+    docker_actuator = engine(config)
+    catalog = CatalogActuator(consul, cluster=config.cluster, host=config.host, advertise=config.advertise)
+    if config.metrics_addr:
+        metrics.serve(
+            config.metrics_addr,
+            page=status_page(consul, config.layout, config.cluster, f"agent {config.host}"),
+            tls=config.metrics_tls,
+        )
+    event_log.start_flusher(consul, config.layout, config.host, stop)
+
+    host_trigger, schedule_trigger = Trigger(), Trigger()
+    presence = Presence(
+        consul,
+        host=config.host,
+        cluster=config.cluster,
+        advertise=config.advertise,
+        labels=config.labels,
+        ttl=config.ttl,
+        capacity=_capacity(config.capacity, lambda: engine_resources(docker_actuator.client), stop),
+    )
+    log.info("capacity", host=config.host, capacity=presence.capacity.text() if presence.capacity else None)
+    _register_until_done(presence, stop)
+    node = _node_name(consul, stop)
+    election = LeaderElection(
+        consul,
+        config.layout,
+        host=config.host,
+        node=node,
+        lock_delay=config.lock_delay,
+        on_change=lambda _: schedule_trigger.fire(),
+    )
+    # Bursts (a deploy's checks turning passing, its actions finishing) wake a
+    # loop at most once per window; manifests and placements wake it at once.
+    batches = Timers("batched-wakeups")
+    host_batched = Batched(host_trigger, BATCH_WINDOW, batches)
+    schedule_batched = Batched(schedule_trigger, BATCH_WINDOW, batches)
+    executor = Executor(docker_actuator, catalog, on_done=host_batched.fire)
+    kv_changed = KVChanged()  # what the host pass reads from KV changed: it reads it again
+    host_agent = HostAgent(
+        consul, config.layout, config.host, docker_actuator, catalog, executor, kv_changed=kv_changed
+    )
+    scheduler = Scheduler(consul, config.layout, election, config.cluster, config.lost_grace)
+
+    layout = config.layout
+    threads = [
+        threading.Thread(target=presence.heartbeat, args=(stop,), name="heartbeat", daemon=True),
+        threading.Thread(target=election.run, args=(stop,), name="election", daemon=True),
+        threading.Thread(
+            target=docker_actuator.watch_events,
+            args=(host_trigger.fire, stop),
+            name="docker-events",
+            daemon=True,
+        ),
+    ]
+    for thread in threads:
+        thread.start()
+    # The host loop's watches: what this host runs (manifests wake the schedule loop
+    # too, a no-op but on the leader).
+    start_watch(
+        "services",
+        lambda i, w: consul.kv_list(layout.services_prefix, index=i, wait=w),
+        [kv_changed, host_trigger, schedule_trigger],
+        stop,
+    )
+    start_watch(
+        "placements",
+        lambda i, w: consul.kv_list(layout.placement_prefix, index=i, wait=w),
+        [kv_changed, host_trigger],
+        stop,
+    )
+    start_watch("node-checks", lambda i, w: consul.health_node(node, index=i, wait=w), [host_batched], stop)
+    # The leader's watches query Consul only while this agent leads: a hundred
+    # followers each holding a query on every check in the cluster made every
+    # health change a hundred answers (docs/benchmarks.md, *Scale*). A new
+    # leader's schedule pass reads everything anyway (`on_change` fires it).
+    leading = lambda: election.is_leader  # noqa: E731
+    start_watch(
+        "agents",
+        lambda i, w: consul.health_service(AGENT_SERVICE, index=i, wait=w),
+        [schedule_trigger],
+        stop,
+        leading,
+    )
+    # `operator rollback NAME` writes a request the leader acts on.
+    start_watch(
+        "rollbacks",
+        lambda i, w: consul.kv_list(layout.rollback_prefix, index=i, wait=w),
+        [schedule_trigger],
+        stop,
+        leading,
+    )
+    # `operator cordon|drain|uncordon HOST` writes operator/hosts/<host>, which the leader acts on.
+    start_watch(
+        "maintenance",
+        lambda i, w: consul.kv_list(layout.hosts_prefix, index=i, wait=w),
+        [schedule_trigger],
+        stop,
+        leading,
+    )
+    # Health anywhere changes the leader's healthy and drift figures.
+    start_watch(
+        "health", lambda i, w: consul.health_state_any(index=i, wait=w), [schedule_batched], stop, leading
+    )
+    loops = [
+        threading.Thread(
+            target=run_loop,
+            args=("host", host_agent.reconcile, host_trigger, stop),
+            kwargs={"resync": config.resync},
+            name="host-loop",
+        ),
+        threading.Thread(
+            target=run_loop,
+            args=("schedule", scheduler.reconcile, schedule_trigger, stop),
+            kwargs={"resync": config.resync},
+            name="schedule-loop",
+        ),
+    ]
+    for thread in loops:
+        thread.start()
+    log.info("agent started", host=config.host, advertise=config.advertise, cluster=config.cluster)
+
+    wait_for_stop(stop)
+    # The lock first: another agent can lead at once, whatever the loops are doing.
+    election.resign()
+    host_trigger.fire()
+    schedule_trigger.fire()
+    deadline = time.monotonic() + SHUTDOWN_WAIT
+    for thread in loops:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    # Actions still running are left to finish or die with the process; a
+    # half-created container is removed by the next agent's first pass.
+    executor.shutdown(wait=False)
+    batches.close()
+    log.info("agent stopped; containers left running", host=config.host)
+    return 0
+
+
+def _capacity(
+    flag: tuple[int | None, int | None], read_engine: Callable[[], tuple[int, int]], stop: threading.Event
+) -> Resources | None:
+    """The capacity to advertise: ``--capacity``, and for what it leaves out the engine's less a reserve.
+
+    Reading the engine is retried while it is away: a host without Docker
+    runs nothing anyway. None only when stopped before it answered.
+    """
+    memory, millicpus = flag
+    failures = 0
+    while memory is None or millicpus is None:
+        try:
+            default = host_capacity(*read_engine())
+        except DockerError as exc:
+            failures += 1
+            delay = retry_delay(failures)
+            log.warning("cannot read the Docker engine's memory and CPUs yet", error=str(exc), retry_in=delay)
+            if stop.wait(delay):
+                return None
+            continue
+        memory = default.memory if memory is None else memory
+        millicpus = default.millicpus if millicpus is None else millicpus
+    return Resources(memory, millicpus)
+
+
+def _register_until_done(presence: Presence, stop: threading.Event) -> None:
+    """Register the agent, retrying while Consul is away (an agent may start before Consul)."""
+    failures = 0
+    while not stop.is_set():
+        try:
+            presence.register()
+            return
+        except ConsulError as exc:
+            failures += 1
+            delay = retry_delay(failures)
+            log.warning("cannot register with Consul yet", error=str(exc), retry_in=delay)
+            stop.wait(delay)
+
+
+def _node_name(consul: ConsulClient, stop: threading.Event) -> str:
+    """The Consul node name of our local agent, whose checks we watch."""
+    while True:
+        try:
+            return consul.agent_node_name()
+        except ConsulError as exc:
+            log.warning("cannot read the Consul node name yet", error=str(exc))
+            if stop.wait(1.0):
+                return ""

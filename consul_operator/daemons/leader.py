@@ -1,0 +1,219 @@
+"""Leader election with a Consul session lock on ``operator/leader``.
+
+The session is tied to two checks: the node's ``serfHealth`` (the host is
+gone) and the agent's own TTL check from `presence.py` (the agent process is
+gone or frozen). Either one going critical invalidates the session and
+releases the lock; with a small lock-delay another agent takes over within
+seconds, instead of Consul's default 15 s lock-delay plus up to 2x a session TTL.
+
+A session must not outlive the process that made it unnoticed. Re-registering
+the TTL check as passing (what a restarted agent does) restarts its timer, so
+a process killed and restarted within the TTL (systemd's ``Restart=always``)
+would keep its dead predecessor's session, and the lock it holds, valid for
+good: nobody would lead again. Before it creates its own session an agent
+therefore reaps every earlier session of its own (same node, same name, which
+names the lock and the host): it releases the lock with it, which applies no
+lock-delay, and destroys it.
+
+Leadership is only a hint for *when* to schedule. Correctness comes from
+fencing: every leader write is a transaction that first checks that this
+session still holds the lock (`ConsulClient.fenced_write`), so an ex-leader
+that was paused or cut off can never overwrite its successor's decisions.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import structlog
+
+from consul_operator.adapters import metrics
+from consul_operator.adapters.consul_client import ConsulClient
+from consul_operator.adapters.presence import ttl_check_id
+from consul_operator.core.errors import ConsulError, NotLeader
+from consul_operator.core.keys import Layout
+from consul_operator.core.records import LeaderRecord
+
+log = structlog.get_logger()
+
+WATCH_WAIT = 10.0  # seconds a blocking read of the lock may be held
+
+
+class LeaderElection:
+    """Takes part in the election; `is_leader` and `session` say where we stand."""
+
+    def __init__(
+        self,
+        consul: ConsulClient,
+        layout: Layout,
+        *,
+        host: str,
+        node: str,
+        lock_delay: float,
+        on_change: Callable[[bool], None] = lambda _: None,
+    ) -> None:
+        self.consul = consul
+        self.layout = layout
+        self.host = host
+        self.node = node
+        self.lock_delay = lock_delay
+        self.on_change = on_change
+        self._session: str | None = None
+        self._leader = False
+        self._lock = threading.Lock()
+        # Held around every acquire and by `resign`: once resigned, never acquire again.
+        self._acquire_lock = threading.Lock()
+        self._resigned = False
+        metrics.is_leader.labels(host).set(0)
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether we held the lock when we last looked."""
+        return self._leader
+
+    @property
+    def session(self) -> str | None:
+        """Our session id, for fenced writes."""
+        return self._session
+
+    def fenced_write(self, writes: dict[str, bytes | None], session: str | None = None) -> None:
+        """Write keys only if ``session`` still holds the lock; on `NotLeader`, step down at once.
+
+        ``session`` is the one the caller decided under (the scheduler takes it
+        at the start of its pass): a pass decided under a session that has since
+        been replaced must not be written with the new one. Without it, the
+        session held now. A `NotLeader` of a session that is no longer ours
+        says nothing about the current one, which keeps its leadership.
+        """
+        session = self._session if session is None else session
+        if not self._leader or session is None:
+            raise NotLeader(f"{self.host} is not the leader")
+        try:
+            self.consul.fenced_write(self.layout.leader_key, session, writes)
+        except NotLeader:
+            if session == self._session:
+                self._set_leader(False)
+            raise
+
+    def run(self, stop: threading.Event) -> None:
+        """Campaign and watch the lock until ``stop``; survives Consul outages."""
+        while not stop.is_set() and not self._resigned:
+            try:
+                self._campaign(stop)
+            except ConsulError as exc:
+                # We cannot tell whether we still hold the lock; fencing keeps
+                # writes safe, but stop scheduling until we know again.
+                self._set_leader(False)
+                log.warning("leader election: Consul error", host=self.host, error=str(exc))
+                stop.wait(1.0)
+
+    @property
+    def session_name(self) -> str:
+        """The name of our sessions: the lock and the host, so that a restart finds its predecessor's."""
+        return f"operator leader election of {self.layout.leader_key} ({self.host})"
+
+    def resign(self) -> None:
+        """Give the lock up at once (on SIGTERM): release first, so no lock-delay applies.
+
+        Under the acquire lock, and for good: the election thread may be just
+        about to acquire again, and must not once we resigned.
+        """
+        with self._acquire_lock:
+            self._resigned = True
+            session = self._session
+            self._session = None
+        self._set_leader(False)
+        if session is None:
+            return
+        try:
+            self.consul.kv_release(self.layout.leader_key, session)
+            self.consul.session_destroy(session)
+        except ConsulError as exc:
+            log.warning("could not resign cleanly", host=self.host, error=str(exc))
+
+    # --- internals ---------------------------------------------------------------
+
+    def _campaign(self, stop: threading.Event) -> None:
+        session = self._ensure_session()
+        if session is None:
+            return
+        index = 0
+        while not stop.is_set() and not self._resigned:
+            result = self.consul.kv_get(self.layout.leader_key, index=index, wait=WATCH_WAIT, consistent=True)
+            index = result.index if result.index >= index else 0
+            holder = result.value.session if result.value else None
+            if holder == session:
+                self._set_leader(True)
+                continue
+            self._set_leader(False)
+            if holder is None:
+                if self.consul.session_info(session) is None:
+                    log.info("session invalidated", host=self.host)
+                    self._session = None
+                    return
+                if self._acquire(session):
+                    self._set_leader(True)
+                    continue
+                # Refused while the lock-delay of the previous holder runs: try again shortly.
+                stop.wait(max(0.2, min(self.lock_delay, 1.0)))
+                index = 0
+
+    def _acquire(self, session: str) -> bool:
+        """Try to take the lock with ``session``, unless we resigned meanwhile."""
+        with self._acquire_lock:
+            if self._resigned:
+                return False
+            value = LeaderRecord(self.host, time.time()).to_json()
+            return self.consul.kv_acquire(self.layout.leader_key, value, session)
+
+    def _ensure_session(self) -> str | None:
+        """Our valid session: the current one, or a new one once every predecessor is reaped."""
+        if self._session is not None and self.consul.session_info(self._session) is not None:
+            return self._session
+        self._reap_predecessors()
+        with self._acquire_lock:
+            if self._resigned:
+                return None
+            self._session = self.consul.session_create(
+                self.session_name,
+                checks=["serfHealth", ttl_check_id(self.host)],
+                lock_delay=self.lock_delay,
+            )
+        log.info("session created", host=self.host, session=self._session)
+        return self._session
+
+    def _reap_predecessors(self) -> None:
+        """Release and destroy the sessions an earlier process of this agent left on our node.
+
+        Only this agent makes sessions of this name on this node, and it makes
+        them one at a time: any other one belongs to a process that is gone
+        (or to our own invalidated session, which destroying changes nothing).
+        """
+        for info in self.consul.node_sessions(self.node):
+            sid = str(info.get("ID", ""))
+            if info.get("Name") != self.session_name or not sid:
+                continue
+            # Release first: a released lock is free at once, a destroyed
+            # session's lock only after the lock-delay. A release by a session
+            # that does not hold the lock changes nothing.
+            released = self.consul.kv_release(self.layout.leader_key, sid)
+            self.consul.session_destroy(sid)
+            metrics.orphan_sessions_reaped.inc()
+            log.warning(
+                "reaped the session of an earlier run of this agent",
+                host=self.host,
+                session=sid,
+                held_the_lock=released,
+            )
+
+    def _set_leader(self, leader: bool) -> None:
+        with self._lock:
+            if leader == self._leader:
+                return
+            self._leader = leader
+        metrics.is_leader.labels(self.host).set(1 if leader else 0)
+        metrics.leader_changes.inc()
+        log.info("leadership changed", host=self.host, leader=leader)
+        self.on_change(leader)
