@@ -6,7 +6,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
-.PHONY: deps image up down status test lint unit integration chaos demo bench bench-scale provision-test clean \
+.PHONY: deps image up down status test lint unit fuzz integration chaos demo bench bench-scale provision-test clean \
         nodes-image nodes-up nodes-down nodes-status
 
 deps:           ## install what is missing: Debian packages, consul, .venv, a running dockerd
@@ -44,6 +44,9 @@ lint: deps
 
 unit: deps
 	$(VENV)/bin/pytest tests/unit
+
+fuzz: deps  ## the pure core's Hypothesis properties with a large budget and fresh randomness
+	HYPOTHESIS_PROFILE=fuzz $(VENV)/bin/pytest tests/unit -k property
 
 integration: deps image
 	$(VENV)/bin/pytest tests/integration
