@@ -71,9 +71,6 @@ STORM_REASONS: Final = frozenset(
 """Reasons collapsed whatever their message: a crash loop is one event with a count."""
 WARNINGS: Final = frozenset({UNPLACEABLE, ROLLED_BACK, INVALID, START_FAILED, CRASHED, RELOAD_REFUSED})
 
-LB_SERVICE: Final = "-lb"
-"""The pseudo-service of the load balancer's own events (no service name starts with a dash)."""
-
 
 @dataclass(frozen=True, slots=True)
 class ServiceEvent:

@@ -68,9 +68,9 @@ MAX_PARALLEL_ACTIONS = 8
 MAX_PER_SERVICE = 4
 """Workers one service is always entitled to; beyond that it may only use workers above the reserve."""
 RESERVED_WORKERS = 2
+"""Workers a service past its share leaves free, so that another service's action starts at once."""
 REGISTRARS = 4
 """Threads that register started replicas, each once its own check has passed or one interval is over."""
-"""Workers a service past its share leaves free, so that another service's action starts at once."""
 
 
 @dataclass(slots=True)
