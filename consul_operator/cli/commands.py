@@ -13,7 +13,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from consul_operator.adapters.consul_client import TXN_MAX_BYTES, TXN_MAX_OPS, BlockingQuery, ConsulClient
 from consul_operator.adapters.event_log import read_events
@@ -21,7 +20,13 @@ from consul_operator.adapters.kv_state import read_statuses
 from consul_operator.adapters.presence import agent_registrations, hosts_of
 from consul_operator.adapters.snapshot import read_snapshot
 from consul_operator.core.describe import build_description, description_json, event_line, render_description
-from consul_operator.core.desired_state import Manifest, ManifestError, is_dns_label, parse_manifest
+from consul_operator.core.desired_state import (
+    MAX_MANIFEST_BYTES,
+    Manifest,
+    ManifestError,
+    is_dns_label,
+    parse_manifest,
+)
 from consul_operator.core.durations import format_duration
 from consul_operator.core.errors import ConsulError, ConsulPermissionDenied
 from consul_operator.core.keys import Layout
@@ -164,7 +169,14 @@ def load_files(files: Sequence[str]) -> tuple[list[tuple[str, bytes, Manifest]],
     ok = True
     for name in files:
         try:
-            data = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+            data = _read_capped(name)
+            if len(data) > MAX_MANIFEST_BYTES:
+                print(
+                    f"{name}: larger than the limit of {MAX_MANIFEST_BYTES} bytes (Consul's value limit)",
+                    file=sys.stderr,
+                )
+                ok = False
+                continue
             manifest = parse_manifest(data)
         except OSError as exc:
             print(f"{name}: cannot read: {exc.strerror or exc}", file=sys.stderr)
@@ -177,6 +189,18 @@ def load_files(files: Sequence[str]) -> tuple[list[tuple[str, bytes, Manifest]],
             continue
         good.append((name, data, manifest))
     return good, ok
+
+
+def _read_capped(name: str) -> bytes:
+    """A file's bytes (``-``: standard input), at most one byte past `MAX_MANIFEST_BYTES`.
+
+    Never more: ``operator validate - < /dev/zero`` ends at once instead of
+    reading (and holding) all of its input.
+    """
+    if name == "-":
+        return sys.stdin.buffer.read(MAX_MANIFEST_BYTES + 1)
+    with open(name, "rb") as file:
+        return file.read(MAX_MANIFEST_BYTES + 1)
 
 
 def validate(files: Sequence[str]) -> int:
