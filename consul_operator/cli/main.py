@@ -27,6 +27,7 @@ from consul_operator.cli.commands import Target
 from consul_operator.core.desired_state import is_dns_label, parse_capacity
 from consul_operator.core.durations import DurationError, parse_duration
 from consul_operator.core.keys import Layout, kv_prefix
+from consul_operator.core.terminal import clean
 
 if TYPE_CHECKING:
     from consul_operator.daemons.agent import AgentConfig
@@ -362,7 +363,7 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         """Print one line and exit 2."""
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {clean(message)} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -584,7 +585,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     problem = connection_problem(args, os.environ)
     if problem is not None:
         # A usage error: one line, no traceback, exit 2 (as argparse does).
-        print(f"operator {args.command}: error: {problem}", file=sys.stderr)
+        print(f"operator {args.command}: error: {clean(problem)}", file=sys.stderr)
         return EXIT_USAGE
     code: int = args.func(args)
     return code
