@@ -24,7 +24,7 @@ from consul_operator.adapters.logs import configure as configure_logs
 from consul_operator.adapters.presence import parse_label
 from consul_operator.cli import commands
 from consul_operator.cli.commands import Target
-from consul_operator.core.desired_state import is_dns_label, parse_capacity
+from consul_operator.core.desired_state import is_dns_label, parse_capabilities, parse_capacity
 from consul_operator.core.durations import DurationError, parse_duration
 from consul_operator.core.keys import Layout, kv_prefix
 from consul_operator.core.terminal import clean
@@ -62,6 +62,14 @@ def _capacity(text: str) -> tuple[int | None, int | None]:
     """argparse type for --capacity memory=8Gi,cpus=4."""
     try:
         return parse_capacity(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _capabilities(text: str) -> frozenset[str]:
+    """argparse type for --allow-cap NET_ADMIN,SYS_TIME."""
+    try:
+        return parse_capabilities(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
@@ -227,6 +235,7 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
         resync=args.resync,
         consul_tls=consul_tls(args, os.environ),
         metrics_tls=_metrics_tls(args),
+        allowed_caps=frozenset().union(*args.allow_cap),
     )
 
 
@@ -403,6 +412,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="memory=SIZE,cpus=N",
         help="what replicas may take of this host, e.g. memory=8Gi,cpus=4; what is left out is the "
         "engine's memory and CPUs less a reserve (10%%, at least 256Mi of memory)",
+    )
+    agent.add_argument(
+        "--allow-cap",
+        action="append",
+        default=[],
+        type=_capabilities,
+        metavar="CAP,...",
+        help="capabilities a manifest's cap_add may give replicas here, e.g. NET_ADMIN (default: none; "
+        "every replica keeps only CHOWN, SETGID and SETUID of Docker's defaults)",
     )
     _add_metrics(agent)
     agent.add_argument("--ttl", type=_duration, default=3.0, help="TTL of the agent's liveness check (3s)")

@@ -57,6 +57,7 @@ def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[st
         pytest.param(["agent", "--host", "h1", "--metrics", "a b:9810"], {}, "--metrics", id="metrics-space"),
         pytest.param(["agent", "--host", "h1", "--docker", "bogus"], {}, "--docker", id="docker-flag"),
         pytest.param(["agent", "--host", "h1"], {"DOCKER_HOST": "bogus"}, "DOCKER_HOST", id="docker-env"),
+        pytest.param(["agent", "--host", "h1", "--allow-cap", "ALL"], {}, "--allow-cap", id="allow-cap-all"),
         pytest.param(["status", "--bogus"], {}, "unrecognized arguments", id="unknown-flag"),
     ],
 )
