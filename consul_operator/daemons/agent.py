@@ -66,6 +66,7 @@ class AgentConfig:
     resync: float
     consul_tls: ConsulTLS | None = None  # None: the consul CLI's environment variables
     metrics_tls: tuple[str, str] | None = None  # --metrics-tls-cert, --metrics-tls-key
+    allowed_caps: frozenset[str] = frozenset()  # --allow-cap: capabilities a manifest's cap_add may add
 
 
 EngineFactory = Callable[[AgentConfig], DockerActuator]
@@ -126,7 +127,14 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
     executor = Executor(docker_actuator, catalog, on_done=host_batched.fire)
     kv_changed = KVChanged()  # what the host pass reads from KV changed: it reads it again
     host_agent = HostAgent(
-        consul, config.layout, config.host, docker_actuator, catalog, executor, kv_changed=kv_changed
+        consul,
+        config.layout,
+        config.host,
+        docker_actuator,
+        catalog,
+        executor,
+        kv_changed=kv_changed,
+        allowed_caps=config.allowed_caps,
     )
     scheduler = Scheduler(consul, config.layout, election, config.cluster, config.lost_grace)
 

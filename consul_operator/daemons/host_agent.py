@@ -473,6 +473,7 @@ class HostAgent:
     wall: Callable[[], float] = time.time
     mono: Callable[[], float] = time.monotonic
     kv_changed: KVChanged | None = None
+    allowed_caps: frozenset[str] = frozenset()  # --allow-cap: what a manifest's cap_add may name here
 
     def __post_init__(self) -> None:
         self._written: dict[str, StatusRecord] | None = None
@@ -514,7 +515,7 @@ class HostAgent:
             present = {c.id for c in containers} | {c.name for c in containers}
             self.executor.forget_actions(present | {r.service_id for r in registrations})
 
-        desires = host_desires(self.host, manifests, placements, revisions)
+        desires = host_desires(self.host, manifests, placements, revisions, self.allowed_caps)
         mono = self.mono()
         plan = plan_host(desires, containers, registrations, inflight, backoffs, now, mono=mono)
         for action in plan.actions:
