@@ -200,6 +200,10 @@ LB_REJECT_REASONS = (
     "unknown_host",
     "wrong_address",
     "unreported",
+    "wrong_node",
+    "wrong_port",
+    "wrong_container",
+    "wrong_spec",
 )
 EVENT_FLUSH_RESULTS = ("ok", "error")
 events_recorded = Counter(

@@ -126,7 +126,14 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
     executor = Executor(docker_actuator, catalog, on_done=host_batched.fire)
     kv_changed = KVChanged()  # what the host pass reads from KV changed: it reads it again
     host_agent = HostAgent(
-        consul, config.layout, config.host, docker_actuator, catalog, executor, kv_changed=kv_changed
+        consul,
+        config.layout,
+        config.host,
+        docker_actuator,
+        catalog,
+        executor,
+        kv_changed=kv_changed,
+        node=node,
     )
     scheduler = Scheduler(consul, config.layout, election, config.cluster, config.lost_grace)
 
