@@ -10,9 +10,9 @@ import pytest
 from consul_operator.core.records import (
     Hold,
     LeaderRecord,
+    ReplicaMark,
     RollbackRequest,
     RolloutRecord,
-    ReplicaMark,
     RolloutState,
     StatusRecord,
     frozen_map,
