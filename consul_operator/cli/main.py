@@ -150,6 +150,12 @@ def _add_metrics(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics-tls-key", metavar="FILE", help="the private key of --metrics-tls-cert (PEM)"
     )
+    parser.add_argument(
+        "--page-token-file",
+        metavar="FILE",
+        help="the status page / asks for this file's token (Authorization: Bearer); "
+        "without it, / is served on a loopback --metrics address only",
+    )
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
@@ -181,6 +187,7 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
         resync=args.resync,
         consul_tls=consul_tls(args, os.environ),
         metrics_tls=_metrics_tls(args),
+        page_token_file=args.page_token_file,
     )
 
 
@@ -206,6 +213,7 @@ def cmd_lb(args: argparse.Namespace) -> int:
         resync=args.resync,
         consul_tls=consul_tls(args, os.environ),
         metrics_tls=_metrics_tls(args),
+        page_token_file=args.page_token_file,
     )
     return run_lb(config)
 
@@ -507,6 +515,13 @@ def connection_problem(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         for flag, path in zip(("--metrics-tls-cert", "--metrics-tls-key"), pair, strict=True):
             if path is not None and not os.path.isfile(path):
                 return f"{flag} {path}: no such file"
+    if getattr(args, "page_token_file", None) is not None:
+        from consul_operator.adapters.metrics import read_page_token  # the daemons' module
+
+        try:
+            read_page_token(args.page_token_file)
+        except ValueError as exc:
+            return f"--page-token-file {exc}"
     return None
 
 

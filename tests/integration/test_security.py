@@ -3,13 +3,23 @@ and the status page's server under idle connections and load."""
 
 from __future__ import annotations
 
+import http.client
+import math
+import socket
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from prometheus_client import REGISTRY
 
+from consul_operator.adapters import metrics
 from consul_operator.adapters.consul_client import ConsulClient
 from consul_operator.adapters.snapshot import read_cluster_state
+from consul_operator.adapters.status_page import status_page
 from consul_operator.core.model import META_HOST
+from consul_operator.core.page import REFRESH_S
 from tests.support.bounds import LB_UPDATE_S, REACT_S
 from tests.support.cluster import Cluster
 from tests.support.served import get
@@ -72,3 +82,86 @@ def test_a_forged_entry_with_a_real_replicas_id_is_never_proxied_nor_counted(
     )
     counted = sorted((i.node, i.service_id, i.port) for i in state.passing[service_name])
     assert counted == sorted((i.node, i.service_id, i.port) for i in real)
+
+
+def _consul_requests() -> float:
+    """Requests this process has sent to Consul (operator_consul_requests_total)."""
+    return REGISTRY.get_sample_value("operator_consul_requests_total") or 0.0
+
+
+def _answer(port: int, path: str) -> tuple[int, float]:
+    """GET ``path`` of the server on 127.0.0.1:``port``: (status, seconds it took); status 0 when refused."""
+    started = time.monotonic()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        return response.status, time.monotonic() - started
+    except OSError:
+        return 0, time.monotonic() - started
+    finally:
+        conn.close()
+
+
+def test_the_page_server_stays_responsive_under_idle_connections_and_load(
+    cluster: Cluster, service_name: str
+) -> None:
+    """200 idle connections and 50 requests/s to /: /healthz and /metrics answer within 1 s, Consul is read
+    at most once per refresh interval."""
+    cluster.put(service_name, 1)
+    cluster.wait_converged(service_name, 1)
+    consul = ConsulClient(cluster.staging.consul_addr("host-1"))
+    page = status_page(consul, cluster.layout, cluster.staging.name, "test")
+    server = metrics.serve("127.0.0.1:0", problems=list, page=page)
+    port = server.server_address[1]
+    idle: list[socket.socket] = []
+    try:
+        before = _consul_requests()
+        assert _answer(port, "/")[0] == 200
+        per_read = _consul_requests() - before  # what one read of the page's data costs
+        assert per_read >= 3
+
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(200)]
+        stop = threading.Event()
+        pages: list[int] = []
+
+        def load() -> None:
+            """50 GETs of / a second, each on its own connection, until ``stop``."""
+            with ThreadPoolExecutor(16) as pool:
+                due = time.monotonic()
+                while not stop.is_set():
+                    pool.submit(lambda: pages.append(_answer(port, "/")[0]))
+                    due += 1 / 50
+                    stop.wait(max(0.0, due - time.monotonic()))
+
+        before, started = _consul_requests(), time.monotonic()
+        loader = threading.Thread(target=load, name="page-load")
+        loader.start()
+        slowest: dict[str, float] = {"/healthz": 0.0, "/metrics": 0.0}
+        statuses: set[int] = set()
+        try:
+            while time.monotonic() - started < 3 * REFRESH_S:
+                for path in slowest:
+                    status, took = _answer(port, path)
+                    statuses.add(status)
+                    slowest[path] = max(slowest[path], took)
+                time.sleep(0.1)
+        finally:
+            stop.set()
+            loader.join()
+        elapsed = time.monotonic() - started
+        spent = _consul_requests() - before
+    finally:
+        for conn in idle:
+            conn.close()
+        server.shutdown()
+        server.server_close()
+
+    assert statuses == {200}, statuses
+    assert max(slowest.values()) < 1.0, slowest
+    assert len(pages) >= 40 * elapsed and pages.count(200) >= 0.95 * len(pages), (len(pages), set(pages))
+    intervals = math.ceil(elapsed / REFRESH_S) + 1
+    assert spent <= per_read * intervals, (
+        f"{spent:.0f} Consul requests for {len(pages)} pages in {elapsed:.1f}s"
+    )
