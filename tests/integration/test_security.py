@@ -52,10 +52,12 @@ def test_a_forged_entry_with_a_real_replicas_id_is_never_proxied_nor_counted(
     cluster.wait_converged(service_name, 2)
     wait_until(lambda: cluster.lb_serves(service_name, 2), timeout=LB_UPDATE_S, what="NGINX to serve both")
     real = cluster.passing(service_name)
-    victim = next(i for i in real if i.meta.get(META_HOST) == "host-1")
+    assert sorted(i.meta.get(META_HOST) for i in real) == ["host-1", "host-2"]
     before = cluster.metric("host-3", "operator_lb_rejected_total", reason="wrong_node")
-    # On host-2's Consul agent and on the load balancer's: the id, meta and address host-1 vouches for.
-    for host in ("host-2", "host-3"):
+    # Each replica's id, meta and address, registered on another node's Consul agent (host-1's
+    # replica on the load balancer's, host-2's on host-1's) at that host's Consul port.
+    for victim in real:
+        host = "host-3" if victim.meta.get(META_HOST) == "host-1" else "host-1"
         client = ConsulClient(cluster.staging.consul_addr(host))
         client.register_service(
             {
@@ -175,7 +177,7 @@ def test_the_page_server_stays_responsive_under_idle_connections_and_load(
 REDIRECTING = (
     "mkdir -p /www/cgi-bin && "
     "{ echo '#!/bin/sh'; echo 'echo \"Status: 302 Found\"';"
-    " echo \"echo \\\"Location: $TARGET\\\"\"; echo 'echo'; }"
+    ' echo "echo \\"Location: $TARGET\\""; echo \'echo\'; }'
     " > /www/cgi-bin/health && busybox chmod 755 /www/cgi-bin/health && exec /bin/sh /start.sh"
 )
 
