@@ -53,6 +53,10 @@ def test_a_forged_entry_with_a_real_replicas_id_is_never_proxied_nor_counted(
     wait_until(lambda: cluster.lb_serves(service_name, 2), timeout=LB_UPDATE_S, what="NGINX to serve both")
     real = cluster.passing(service_name)
     assert sorted(i.meta.get(META_HOST) for i in real) == ["host-1", "host-2"]
+    for i in real:  # each agent vouches for its replica by node, port, container and spec
+        record = cluster.status(service_name, i.meta[META_HOST])
+        assert record["node"] == i.node
+        assert record["replicas"][i.service_id] == [i.port, i.meta["container"][:12], i.meta["spec-hash"]]
     before = cluster.metric("host-3", "operator_lb_rejected_total", reason="wrong_node")
     # Each replica's id, meta and address, registered on another node's Consul agent (host-1's
     # replica on the load balancer's, host-2's on host-1's) at that host's Consul port.

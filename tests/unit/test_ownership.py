@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from consul_operator.adapters import metrics
 from consul_operator.core.model import ServiceInstance
@@ -151,3 +153,21 @@ def test_a_listed_id_without_its_mark_has_no_port() -> None:
     bare = {"web": {"host-1": StatusRecord("web", "host-1", instances=("web-host-1-a",), node="node-1")}}
     verdict = owned([inst()], "staging", AGENTS, bare)
     assert [d.reason for d in verdict.rejected] == [WRONG_PORT]
+
+
+@given(
+    node=st.sampled_from(["node-1", "node-2", "", "NODE-1"]) | st.text(max_size=8),
+    port=st.sampled_from([5000, 8500, 0]) | st.integers(1, 65535),
+    container=st.sampled_from([CONTAINER, CONTAINER[:12], CONTAINER[:11], "", "f" * 64])
+    | st.text(max_size=70),
+    spec=st.sampled_from(["spec1", "spec2", "", "SPEC1"]) | st.text(max_size=16),
+)
+def test_property_a_real_id_is_kept_only_with_its_node_port_container_and_spec(
+    node: str, port: int, container: str, spec: str
+) -> None:
+    """Whatever else a registration of a real replica's id says, it counts only as its agent reports it."""
+    instance = inst(node=node, port=port, container=container, spec=spec)
+    verdict = owned([instance], "staging", AGENTS, STATUSES)
+    vouched = node == "node-1" and port == 5000 and container.startswith(CONTAINER[:12]) and spec == "spec1"
+    assert verdict.kept == ((instance,) if vouched else ())
+    assert len(verdict.kept) + len(verdict.rejected) == 1
