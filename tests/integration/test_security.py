@@ -158,9 +158,10 @@ def test_the_page_server_stays_responsive_under_idle_connections_and_load(
                     slowest[path] = max(slowest[path], took)
                 time.sleep(0.1)
         finally:
+            window = time.monotonic() - started  # requests were sent for this long
             stop.set()
             loader.join()
-        elapsed = time.monotonic() - started
+        elapsed = time.monotonic() - started  # and answered within this
         spent = _consul_requests() - before
     finally:
         for conn in idle:
@@ -170,7 +171,7 @@ def test_the_page_server_stays_responsive_under_idle_connections_and_load(
 
     assert statuses == {200}, statuses
     assert max(slowest.values()) < 1.0, slowest
-    assert len(pages) >= 40 * elapsed and pages.count(200) >= 0.95 * len(pages), (len(pages), set(pages))
+    assert len(pages) >= 40 * window and pages.count(200) >= 0.95 * len(pages), (len(pages), set(pages))
     intervals = math.ceil(elapsed / REFRESH_S) + 1
     assert spent <= per_read * intervals, (
         f"{spent:.0f} Consul requests for {len(pages)} pages in {elapsed:.1f}s"
