@@ -25,6 +25,7 @@ import selectors
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
@@ -43,6 +44,11 @@ BACKLOG = 128
 """Connections the kernel holds until the accepting thread takes them."""
 POLL = 0.5
 """Seconds between two looks at the stop flag when nothing happens."""
+IDLE = "idle"
+"""A connection closed for sending nothing in time, or to make room for a new one."""
+BUSY = "busy"
+"""A connection closed unanswered because every worker was busy and the queue full."""
+DROP_REASONS = (IDLE, BUSY)
 
 
 class PooledHTTPServer(HTTPServer):
@@ -61,11 +67,12 @@ class PooledHTTPServer(HTTPServer):
         queued: int = QUEUED,
         max_waiting: int = MAX_WAITING,
         idle_timeout: float = IDLE_TIMEOUT,
+        on_drop: Callable[[str], None] = lambda _: None,
     ) -> None:
         super().__init__(address, handler)
         self.max_waiting = max_waiting
         self.idle_timeout = idle_timeout
-        self.refused = 0  # connections closed unanswered: queue full, or idle too long
+        self.on_drop = on_drop  # called with IDLE or BUSY for each connection closed unanswered
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="http")
         self._slots = threading.BoundedSemaphore(workers + queued)
         self._stop = threading.Event()
@@ -110,12 +117,12 @@ class PooledHTTPServer(HTTPServer):
     def _drop(self, selector: selectors.BaseSelector, waiting: dict[Any, float], conn: Any) -> None:
         selector.unregister(conn)
         del waiting[conn]
-        self.refused += 1
+        self.on_drop(IDLE)
         self.shutdown_request(conn)
 
     def _dispatch(self, conn: Any, address: Any) -> None:
         if not self._slots.acquire(blocking=False):
-            self.refused += 1
+            self.on_drop(BUSY)
             self.shutdown_request(conn)
             return
         self._pool.submit(self._work, conn, address)

@@ -26,7 +26,7 @@ from prometheus_client import (
 )
 
 from consul_operator.adapters.health import HEALTH
-from consul_operator.adapters.http_pool import REQUEST_TIMEOUT, PooledHTTPServer
+from consul_operator.adapters.http_pool import DROP_REASONS, REQUEST_TIMEOUT, PooledHTTPServer
 from consul_operator.core.events import REASONS as EVENT_REASONS
 
 # Fixed label values, pre-created below so that a rate() over them starts at 0.
@@ -193,6 +193,14 @@ consul_requests = Counter(
     "operator_consul_requests_total", "Requests this process sent to Consul (blocking queries included)."
 )
 consul_errors = Counter("operator_consul_errors_total", "Consul requests that failed or were refused.")
+http_dropped = Counter(
+    "operator_http_dropped_connections",
+    "Connections to /metrics, /healthz and the page closed unanswered: idle (nothing sent in time) "
+    "or busy (every worker busy and the queue full).",
+    ["reason"],
+)
+for _drop in DROP_REASONS:
+    http_dropped.labels(_drop)
 status_page_reads = Counter(
     "operator_status_page_reads_total",
     "Reads of Consul for the status page: at most one per refresh interval, whatever the request rate.",
@@ -343,6 +351,11 @@ def read_page_token(path: str) -> str:
     return token
 
 
+def count_drop(reason: str) -> None:
+    """Count a connection the server closed unanswered (`http_pool.DROP_REASONS`)."""
+    http_dropped.labels(reason).inc()
+
+
 def is_loopback(host: str) -> bool:
     """Whether ``host`` (an address, or ``localhost``) is only reachable from this machine."""
     if host == "localhost":
@@ -381,7 +394,7 @@ def serve(
     if page is not None:
         members["page"] = staticmethod(page)
     handler = type("Handler", (_Handler,), members)
-    server = _Server((host, int(port)), handler)
+    server = _Server((host, int(port)), handler, on_drop=count_drop)
     if tls is not None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from consul_operator.adapters import metrics
 from consul_operator.adapters.http_pool import PooledHTTPServer
@@ -46,11 +47,20 @@ def serving(server: PooledHTTPServer) -> Iterator[int]:
 def tight() -> Iterator[int]:
     """The metrics server with one worker, no queue and a 0.5 s idle timeout; its port."""
     handler = type("Handler", (metrics._Handler,), {"problems": staticmethod(list)})
-    yield from serving(metrics._Server(("127.0.0.1", 0), handler, workers=1, queued=0, idle_timeout=0.5))
+    server = metrics._Server(
+        ("127.0.0.1", 0), handler, workers=1, queued=0, idle_timeout=0.5, on_drop=metrics.count_drop
+    )
+    yield from serving(server)
+
+
+def dropped(reason: str) -> float:
+    """operator_http_dropped_connections_total{reason} of this process."""
+    return REGISTRY.get_sample_value("operator_http_dropped_connections_total", {"reason": reason}) or 0.0
 
 
 def test_idle_connections_pin_no_worker_and_are_closed(tight: int) -> None:
     """Fifty silent connections to a one-worker server: requests still answered, the silent ones closed."""
+    before = dropped("idle")
     idle = [socket.create_connection(("127.0.0.1", tight), timeout=5) for _ in range(50)]
     try:
         assert get(tight, "/healthz")[0] == 200
@@ -59,6 +69,7 @@ def test_idle_connections_pin_no_worker_and_are_closed(tight: int) -> None:
     finally:
         for conn in idle:
             conn.close()
+    assert dropped("idle") - before == 50
 
 
 def test_a_request_beyond_the_pool_and_queue_is_closed_unanswered(tight: int) -> None:
@@ -76,9 +87,10 @@ def test_a_request_beyond_the_pool_and_queue_is_closed_unanswered(tight: int) ->
     slow = socket.create_connection(("127.0.0.1", tight), timeout=5)
     try:
         slow.sendall(b"GET /healthz HTTP/1.1\r\n")  # half a request: the worker waits for the rest
-        deadline = time.monotonic() + 5
+        deadline, before = time.monotonic() + 5, dropped("busy")
         while not refused():
             assert time.monotonic() < deadline, "never refused"
+        assert dropped("busy") > before
         slow.sendall(b"\r\n")
         assert slow.recv(12).startswith(b"HTTP/1.0 200")
     finally:
