@@ -664,7 +664,13 @@ class ConsulClient:
         wait: float = DEFAULT_WAIT,
         consistent: bool = False,
     ) -> Indexed[list[ServiceInstance]]:
-        """Instances of ``service`` with their aggregated check status."""
+        """Instances of ``service`` with their aggregated check status.
+
+        Only the checks' statuses leave this method, never their ``Output``:
+        Consul 1.8's HTTP checks follow redirects and keep the first 4 KB of
+        whatever answers last, which a tenant's ``/health`` can point at a
+        loopback or metadata URL (issue 28); nothing we print or serve shows it.
+        """
         params: list[tuple[str, object]] = []
         if index:
             params += [("index", index), ("wait", _go_duration(wait))]

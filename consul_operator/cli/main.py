@@ -102,7 +102,7 @@ def _metrics_address(text: str) -> str:
     host, sep, port = text.rpartition(":")
     bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
-        port_ok = sep == ":" and port.isdigit() and 1 <= int(port) <= 65535
+        port_ok = sep == ":" and port.isdigit() and 0 <= int(port) <= 65535  # 0: any free port
         if bare != host:
             ipaddress.IPv6Address(bare)
             host_ok = True
@@ -112,7 +112,7 @@ def _metrics_address(text: str) -> str:
         port_ok = host_ok = False
     if not (port_ok and host_ok):
         raise argparse.ArgumentTypeError(
-            f"must look like HOST:PORT (an IP address or host name, a port 1-65535), got {text!r}"
+            f"must look like HOST:PORT (an IP address or host name, a port 0-65535), got {text!r}"
         )
     return text
 
@@ -204,6 +204,12 @@ def _add_metrics(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics-tls-key", metavar="FILE", help="the private key of --metrics-tls-cert (PEM)"
     )
+    parser.add_argument(
+        "--page-token-file",
+        metavar="FILE",
+        help="the status page / asks for this file's token (Authorization: Bearer); "
+        "without it, / is served on a loopback --metrics address only",
+    )
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
@@ -236,6 +242,7 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
         consul_tls=consul_tls(args, os.environ),
         metrics_tls=_metrics_tls(args),
         allowed_caps=frozenset().union(*args.allow_cap),
+        page_token_file=args.page_token_file,
     )
 
 
@@ -261,6 +268,7 @@ def cmd_lb(args: argparse.Namespace) -> int:
         resync=args.resync,
         consul_tls=consul_tls(args, os.environ),
         metrics_tls=_metrics_tls(args),
+        page_token_file=args.page_token_file,
     )
     return run_lb(config)
 
@@ -594,6 +602,13 @@ def connection_problem(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         for flag, path in zip(("--metrics-tls-cert", "--metrics-tls-key"), pair, strict=True):
             if path is not None and not os.path.isfile(path):
                 return f"{flag} {path}: no such file"
+    if getattr(args, "page_token_file", None) is not None:
+        from consul_operator.adapters.metrics import read_page_token  # the daemons' module
+
+        try:
+            read_page_token(args.page_token_file)
+        except ValueError as exc:
+            return f"--page-token-file {exc}"
     return None
 
 
