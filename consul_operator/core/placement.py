@@ -176,6 +176,17 @@ def matches_labels(host: HostInfo, wanted: Iterable[tuple[str, str]]) -> bool:
     return all(host.labels.get(key) == value for key, value in wanted)
 
 
+def allowed_hosts(manifest: Manifest, hosts: Iterable[HostInfo]) -> list[HostInfo]:
+    """The hosts ``placement.hosts`` allows (all when unset) that have every label of ``placement.labels``."""
+    allowed = manifest.placement.hosts
+    wanted = manifest.placement.labels
+    return [
+        h
+        for h in hosts
+        if (allowed is None or h.name in allowed) and (not wanted or matches_labels(h, wanted))
+    ]
+
+
 def next_schedule_wakeup(
     hosts: Sequence[HostInfo], lost_grace: float, now: float | None = None
 ) -> float | None:
@@ -222,13 +233,7 @@ def _place(
     draining: Collection[str] = frozenset(),
 ) -> PlacementRecord:
     """One service's new record, starting from ``previous`` (``load``, ``used``: other services')."""
-    allowed = manifest.placement.hosts
-    wanted = manifest.placement.labels
-    candidates = [
-        h
-        for h in hosts.values()
-        if (allowed is None or h.name in allowed) and (not wanted or matches_labels(h, wanted))
-    ]
+    candidates = allowed_hosts(manifest, hosts.values())
     live = [h.name for h in candidates if h.live]
     grace = {h.name for h in candidates if _in_grace(h, now, lost_grace)}
     cap = manifest.placement.max_per_host
