@@ -196,12 +196,13 @@ def decide_leader(
     rollouts = _Rollouts(state, memory, now, layout, running_live)
     rollouts.run(valid, decided)
     moving = _pace_drains(state, valid, decided, rollouts, drains.paced, running_live, now.mono)
+    busy = {*moving, *placed_on(state.placements, drains.draining, running_live)}
     spreading = _spread(
         state,
         valid,
         decided,
         rollouts,
-        moving,
+        busy,
         hosts,
         drains.cordoned,
         running_live,
@@ -552,7 +553,7 @@ def _spread(
     settings: LeaderSettings,
 ) -> Spreading:
     """Step 4b of `decide_leader`: `spread.plan_spreading` over every valid, placed service; one in
-    an active or failed rollout, or moving off a draining host, is busy (left to those)."""
+    an active or failed rollout, or on a draining host (``draining``), is busy (left to those)."""
     candidates: dict[str, Candidate] = {}
     for name, manifest in valid.items():
         current = state.placements.get(name)
