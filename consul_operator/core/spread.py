@@ -311,10 +311,11 @@ def _why(placed: Mapping[str, int], target: Mapping[str, int]) -> str:
 def _moves(
     name: str, placed: Mapping[str, int], after: Mapping[str, int], target: Mapping[str, int], why: str
 ) -> list[Move]:
-    """The replacements placed this step, each paired with a host it replaces a replica of."""
+    """The replacements placed this step, each paired with a host it replaces a replica of (a replica
+    the schedule adds, e.g. a scale-up during a spread, replaces none: no move)."""
     gained = [h for h, n in sorted(after.items()) for _ in range(max(0, n - placed.get(h, 0)))]
     givers = [h for h, n in sorted(placed.items()) for _ in range(max(0, n - target.get(h, 0)))]
-    return [Move(name, givers[i] if i < len(givers) else "?", host, why) for i, host in enumerate(gained)]
+    return [Move(name, giver, host, why) for host, giver in zip(gained, givers, strict=False)]
 
 
 def may_move(
