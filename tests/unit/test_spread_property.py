@@ -161,8 +161,10 @@ def test_spreading_keeps_replicas_passing_and_places_only_where_schedule_would_p
     assert occupancy(dict(after.hosts)) <= max(occupancy(dict(before.hosts)), surge)
 
     draining = {h for h, r in state.maintenance.items() if r.draining}
+    # The schedule from scratch, first in name order, with as many replicas as fit: the most it
+    # would place on each host.
     oracle = schedule(
-        {" web": dataclasses.replace(web, name=" web", replicas=50), "zz": state.manifests["zz"]},
+        {" web": dataclasses.replace(web, name=" web", replicas=50), "zz": state.valid_manifests()["zz"]},
         world.hosts,
         {"zz": plan.placements["zz"]},
         NOW,
