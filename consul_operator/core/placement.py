@@ -35,8 +35,9 @@ Output: the new placement record of every service that has a manifest.
   placed again elsewhere. A lost host without ``lost_since`` has no grace.
 - **Stability.** Scheduling starts from the current record: a replica on a
   host that is still valid is never moved, and a host that joins gets no
-  replicas taken from others (no rebalancing: moving a healthy replica costs
-  a drain and a start and buys nothing).
+  replicas taken from others here: moving a healthy replica costs a drain and
+  a start, so the schedule never does it on its own. Spreading a service again
+  when a host returns is the leader's separate, paced decision (`spread.py`).
 - **Cap.** ``placement.max_per_host`` bounds every host's count; counts above
   it (the cap was lowered) are cut.
 - **Scale down**, one replica at a time: first from hosts in grace (they
