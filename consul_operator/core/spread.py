@@ -157,9 +157,11 @@ def spread_target(
     ``used``: the other services' resources per host (`placement.fits`).
     See the module doc for the rule.
     """
+    target = {h: n for h, n in sorted(counts.items()) if n > 0}
+    if max(target.values(), default=0) < 2:
+        return target  # no host holds two: nothing to even out (the common case, and cheap)
     pool = {h.name for h in allowed_hosts(manifest, hosts.values()) if h.live and h.name not in cordoned}
     cap, need = manifest.placement.max_per_host, manifest.resources
-    target = {h: n for h, n in counts.items() if n > 0}
 
     def takes_one(host: str) -> bool:
         held = target.get(host, 0)
@@ -346,6 +348,8 @@ def may_move(
             continue
         if not enabled or not manifest.placement.rebalance or manifest.update.max_surge < 1:
             continue
+        if max(record.hosts.values(), default=0) < 2:
+            continue  # no host holds two: even already
         load.subtract(record.hosts)
         used.add(record.hosts, manifest.resources, -1)
         target = spread_target(manifest, record.hosts, by_name, by_name, cordoned, load, used)
