@@ -38,8 +38,11 @@ back, paced, on the same path as a drain:
   (``rebalancing``: why, shown by ``operator status`` as ``Rebalancing``);
   each pass recomputes the step from the records, the agents' running counts
   and the passing instances. A rollout or a drain that starts meanwhile takes
-  the service over; the marker goes when the target is reached and no
-  surplus container runs any more.
+  the service over; switched off mid-move (``placement.rebalance: false``,
+  ``--no-rebalance``) the move is undone, paced, an unproven replacement
+  going first. The marker goes when the target is reached and no surplus
+  container runs any more. A replacement that never passes holds the move
+  (and its surge replica) until it passes or the spread is switched off.
 
 No I/O and no clock: ``now`` is an argument.
 """
@@ -261,9 +264,11 @@ def plan_spreading(
         load.subtract(record.hosts)
         used.add(record.hosts, manifest.resources, -1)
         target = dict(record.hosts)
+        placed = dict(c.current.hosts)
         if settings.enabled and _may_spread(c):
             target = spread_target(manifest, record.hosts, by_name, receiving, cordoned, load, used)
-        placed = dict(c.current.hosts)
+        elif under_way and not (settings.enabled and _asked_for(manifest)):
+            target = _undone(placed, record.hosts, c.passing, manifest.replicas)  # switched off mid-move
         if target == placed and not under_way and not waiting:  # a host to settle first?
             waiting = spread_target(manifest, record.hosts, by_name, since, cordoned, load, used) != placed
         if target != placed or under_way:
@@ -285,9 +290,28 @@ def plan_spreading(
     return Spreading(decided, tuple(moves), since, wake)
 
 
+def _asked_for(manifest: Manifest) -> bool:
+    """Whether the manifest lets its service be spread: ``placement.rebalance``, a surge to move with."""
+    return manifest.placement.rebalance and manifest.update.max_surge >= 1
+
+
 def _may_spread(c: Candidate) -> bool:
-    """Whether the service may be spread at all: asked for, a surge to move with, everything placed."""
-    return c.manifest.placement.rebalance and c.manifest.update.max_surge >= 1 and c.decided.unplaced == 0
+    """Whether the service may be spread now: asked for, everything placed."""
+    return _asked_for(c.manifest) and c.decided.unplaced == 0
+
+
+def _undone(
+    placed: Mapping[str, int], decided: Mapping[str, int], passing: Mapping[str, int], replicas: int
+) -> dict[str, int]:
+    """A spread switched off mid-move goes back to ``replicas``: the replicas not passing (an unproven
+    replacement) go first, then the fullest host's; a host the schedule dropped keeps none."""
+    counts = {h: n for h, n in placed.items() if decided.get(h, 0) > 0}
+    while sum(counts.values()) > replicas:
+        host = max(counts, key=lambda h: (counts[h] - passing.get(h, 0), counts[h], h))
+        counts[host] -= 1
+        if counts[host] == 0:
+            del counts[host]
+    return counts if sum(counts.values()) == replicas else dict(decided)
 
 
 def _converged(c: Candidate, live: Collection[str]) -> bool:

@@ -371,12 +371,19 @@ def test_an_uncordoned_host_settles_from_its_uncordon() -> None:
 
 
 def test_switched_off_mid_move_the_move_winds_down_paced() -> None:
-    """Off during a move: no new replacement, and the surplus still goes only once its replacement matured."""
+    """Off during a move: no new replacement; a passing one stays and the surplus still goes only once it
+    matured; one that does not pass goes at once (the move undone)."""
     why = "spreading h1=2, h2=0 to h1=1, h2=1"
     state = cluster({"h1": 2, "h2": 1}, rebalancing=why)
     young = decide(state, memory(**{"h2-0": NOW - 1}), on=False)
     assert dict(young.placements["web"].hosts) == {"h1": 2, "h2": 1}
     assert dict(decide(state, on=False).placements["web"].hosts) == ONE_ONE
+    failing = cluster({"h1": 2, "h2": 1}, passing={"h1": 2}, rebalancing=why)
+    for off in (
+        decide(failing, on=False),
+        decide(dataclasses.replace(failing, manifests={"web": manifest(rebalance=False)})),
+    ):
+        assert dict(off.placements["web"].hosts) == {"h1": 2}
 
 
 def test_a_rollout_takes_a_service_over_mid_move() -> None:
