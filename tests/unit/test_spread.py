@@ -8,8 +8,16 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from consul_operator.cli.main import agent_config, build_parser
 from consul_operator.core.cluster_state import ClusterState
-from consul_operator.core.desired_state import Manifest, Placement, Resources, UpdatePolicy
+from consul_operator.core.desired_state import (
+    Manifest,
+    ManifestError,
+    Placement,
+    Resources,
+    UpdatePolicy,
+    parse_manifest,
+)
 from consul_operator.core.keys import Layout
 from consul_operator.core.leader_plan import (
     ROLLOUT_POLL,
@@ -457,3 +465,37 @@ def test_the_marker_survives_the_kv_form() -> None:
     record = PlacementRecord("web", SPEC, frozen_map(ONE_ONE), rebalancing="why")
     assert PlacementRecord.from_json(record.to_json()) == record
     assert b"rebalancing" not in dataclasses.replace(record, rebalancing="").to_json()
+
+
+@pytest.mark.parametrize(
+    ("flags", "want"),
+    [
+        pytest.param([], SpreadSettings(enabled=True, settle=30.0), id="default-on-settling-30s"),
+        pytest.param(["--rebalance-settle", "5s"], SpreadSettings(settle=5.0), id="settle-flag"),
+        pytest.param(["--no-rebalance"], SpreadSettings(enabled=False, settle=30.0), id="off-cluster-wide"),
+    ],
+)
+def test_agent_flags_set_the_leaders_spread_settings(flags: list[str], want: SpreadSettings) -> None:
+    """`operator agent --rebalance-settle` and `--no-rebalance` reach the agent's configuration."""
+    args = build_parser().parse_args(["agent", "--host", "host-1", *flags])
+    assert agent_config(args).spread == want
+
+
+@pytest.mark.parametrize(
+    ("line", "want"),
+    [
+        pytest.param("", True, id="default-true"),
+        pytest.param("  rebalance: false\n", False, id="false-turns-it-off"),
+        pytest.param("  rebalance: true\n", True, id="true"),
+        pytest.param('  rebalance: "no"\n', "placement.rebalance: must be true or false, got", id="a-string"),
+    ],
+)
+def test_placement_rebalance_in_a_manifest(line: str, want: bool | str) -> None:
+    """`placement.rebalance` is a boolean, true unless set; anything else is refused, naming the field."""
+    text = f"name: web\nimage: hello:1\nreplicas: 2\nport: 5000\nplacement:\n  max_per_host: 2\n{line}"
+    if isinstance(want, bool):
+        assert parse_manifest(text).placement.rebalance is want
+    else:
+        with pytest.raises(ManifestError) as refused:
+            parse_manifest(text)
+        assert want in str(refused.value)
