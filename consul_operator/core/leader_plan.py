@@ -237,9 +237,7 @@ def decide_leader(
         wake = drains.wake_at if wake is None else min(wake, drains.wake_at)
     if spreading.wake_at is not None:
         wake = spreading.wake_at if wake is None else min(wake, spreading.wake_at)
-    if (
-        rollouts.active or moving or spreading.moving
-    ):  # waiting on health, min_healthy, drains: look again soon
+    if rollouts.active or moving or spreading.moving:  # waiting on health, min_healthy, drains: look again
         poll = now.mono + ROLLOUT_POLL
         wake = poll if wake is None else min(wake, poll)
     seen, changed_at, converged = _convergence(state, decided, memory, now.mono)
