@@ -160,6 +160,11 @@ placement_writes = Counter(
     "operator_placement_writes_total",
     "Keys the leader wrote or deleted in KV: placements, rollouts, revisions, lost hosts' status records.",
 )
+rebalanced_replicas = Counter(
+    "operator_rebalanced_replicas_total",
+    "Replicas the leader moved to spread a service again once a host returned (a replacement placed "
+    "on it, the replica it replaces drained once it passes).",
+)
 WRITE_FAILURE_REASONS = ("too_large", "permission_denied", "refused")
 leader_write_failures = Counter(
     "operator_leader_write_failures_total",

@@ -27,6 +27,7 @@ from consul_operator.cli.commands import Target
 from consul_operator.core.desired_state import is_dns_label, parse_capabilities, parse_capacity
 from consul_operator.core.durations import DurationError, parse_duration
 from consul_operator.core.keys import Layout, kv_prefix
+from consul_operator.core.spread import DEFAULT_SETTLE, SpreadSettings
 from consul_operator.core.terminal import clean
 
 if TYPE_CHECKING:
@@ -239,6 +240,7 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
         lock_delay=args.lock_delay,
         lost_grace=args.lost_grace,
         resync=args.resync,
+        spread=SpreadSettings(enabled=args.rebalance, settle=args.rebalance_settle),
         consul_tls=consul_tls(args, os.environ),
         metrics_tls=_metrics_tls(args),
         allowed_caps=frozenset().union(*args.allow_cap),
@@ -440,6 +442,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=_duration,
         default=10.0,
         help="how long a lost host keeps its replicas before they move (10s)",
+    )
+    agent.add_argument(
+        "--rebalance-settle",
+        type=_duration,
+        default=DEFAULT_SETTLE,
+        help="how long a host that returns (or is uncordoned) must stay live before replicas move back "
+        "to it (30s)",
+    )
+    agent.add_argument(
+        "--no-rebalance",
+        dest="rebalance",
+        action="store_false",
+        help="as the leader, never move replicas back to a host that returns (cluster-wide; "
+        "placement.rebalance: false does it per service)",
     )
     agent.add_argument("--resync", type=_duration, default=60.0, help="safety-net resync period (60s)")
     agent.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])

@@ -127,7 +127,7 @@ _TOP_FIELDS: Final = (
 )
 _RESOURCE_FIELDS: Final = ("memory", "cpus")
 _UPDATE_FIELDS: Final = ("max_surge", "max_unavailable", "min_healthy", "deadline", "auto_rollback")
-_PLACEMENT_FIELDS: Final = ("hosts", "max_per_host", "labels")
+_PLACEMENT_FIELDS: Final = ("hosts", "max_per_host", "labels", "rebalance")
 _HEALTH_FIELDS: Final = ("http", "interval", "timeout")
 # What a container *is*; see Manifest.spec_hash.
 _SPEC_FIELDS: Final = (
@@ -235,11 +235,13 @@ def _refusal(problems: list[Problem]) -> ManifestError:
 @dataclass(frozen=True, slots=True)
 class Placement:
     """Where replicas may run: only `hosts` (None: every live host) whose agent labels include
-    every one of `labels` (sorted (key, value) pairs), at most `max_per_host` each."""
+    every one of `labels` (sorted (key, value) pairs), at most `max_per_host` each; `rebalance`:
+    whether the leader spreads the replicas again when a host returns (`spread.py`)."""
 
     hosts: tuple[str, ...] | None = None
     max_per_host: int | None = None
     labels: tuple[tuple[str, str], ...] = ()
+    rebalance: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,6 +368,7 @@ class Manifest:
                 "hosts": None if self.placement.hosts is None else list(self.placement.hosts),
                 "max_per_host": self.placement.max_per_host,
                 "labels": dict(self.placement.labels),
+                "rebalance": self.placement.rebalance,
             },
             "health": {
                 "http": self.health.http,
@@ -1134,7 +1137,11 @@ def _check_placement(value: object, problems: list[Problem]) -> Placement:
     if max_per_host_value is not None:
         max_per_host = _integer(max_per_host_value, "placement.max_per_host", 1, MAX_REPLICAS, problems)
     labels = _check_labels(fields.get("labels"), problems)
-    return Placement(hosts=hosts, max_per_host=max_per_host, labels=labels)
+    rebalance = fields.get("rebalance", True)
+    if not isinstance(rebalance, bool):
+        problems.append(Problem("placement.rebalance", f"must be true or false, got {_describe(rebalance)}"))
+        rebalance = True
+    return Placement(hosts=hosts, max_per_host=max_per_host, labels=labels, rebalance=rebalance)
 
 
 def _check_labels(value: object, problems: list[Problem]) -> tuple[tuple[str, str], ...]:

@@ -42,6 +42,7 @@ MOVED: Final = "Moved"
 UNPLACEABLE: Final = "Unplaceable"
 ROLLOUT_STEP: Final = "RolloutStep"
 ROLLED_BACK: Final = "RolledBack"
+REBALANCED: Final = "Rebalanced"
 INVALID: Final = "InvalidManifest"
 STARTED: Final = "Started"
 START_FAILED: Final = "StartFailed"
@@ -56,6 +57,7 @@ REASONS: Final = (
     UNPLACEABLE,
     ROLLOUT_STEP,
     ROLLED_BACK,
+    REBALANCED,
     INVALID,
     STARTED,
     START_FAILED,

@@ -118,6 +118,9 @@ class PlacementRecord:
     specs: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     cause: UnplacedCause = UnplacedCause.NONE
     reason: str = ""
+    # While the leader spreads the service again (`spread.py`): why, for people
+    # (``operator status`` shows ``Rebalancing``). Empty otherwise.
+    rebalancing: str = ""
 
     @property
     def total(self) -> int:
@@ -145,6 +148,8 @@ class PlacementRecord:
         if self.unplaced:  # absent when all is placed: the form of records written before causes
             body["cause"] = self.cause.value
             body["reason"] = self.reason
+        if self.rebalancing:  # absent when not rebalancing: the form of records written before
+            body["rebalancing"] = self.rebalancing
         return body
 
     def to_json(self) -> bytes:
@@ -171,6 +176,7 @@ class PlacementRecord:
                 specs=MappingProxyType({h: c for h, c in specs.items() if c}),
                 cause=UnplacedCause(cause) if cause in UNPLACED_CAUSES else UnplacedCause.NONE,
                 reason=_text(body.get("reason")),
+                rebalancing=_text(body.get("rebalancing")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"not a placement record: {exc}") from exc

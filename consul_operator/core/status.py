@@ -42,6 +42,7 @@ class ServiceState(StrEnum):
     ROLLING_BACK = "RollingBack"
     FAILED = "Failed"
     ROLLED_BACK = "RolledBack"
+    REBALANCING = "Rebalancing"
 
 
 CONVERGED: Final = ServiceState.CONVERGED
@@ -52,6 +53,7 @@ INVALID: Final = ServiceState.INVALID
 ROLLING_BACK: Final = ServiceState.ROLLING_BACK
 FAILED: Final = ServiceState.FAILED
 ROLLED_BACK: Final = ServiceState.ROLLED_BACK
+REBALANCING: Final = ServiceState.REBALANCING
 STATES: Final = tuple(ServiceState)
 """Every state; the text shown (``ServiceStatus.state``) may add a detail: ``Invalid: <first problem>``."""
 
@@ -267,9 +269,11 @@ def _service_status(name: str, snapshot: ClusterSnapshot, live: Mapping[str, boo
         if placement is not None and placement.unplaced > 0 and placement.reason:
             problems = [placement.reason]  # which resource, each host's free amount, labels
         phase = _valid_state(manifest, placement, records, running, healthy, snapshot.now, last_change)
-        if phase == PROGRESSING and (host_errors or lost):
+        if phase in (PROGRESSING, REBALANCING) and (host_errors or lost):
             phase = DEGRADED
         phase, state = _rollout_state(snapshot.rollouts.get(name), phase)
+        if phase == REBALANCING and placement is not None:
+            state = f"{REBALANCING}: {placement.rebalancing}"
     return ServiceStatus(
         name=name,
         image=image,
@@ -302,6 +306,8 @@ def _valid_state(
     """Unplaceable, Converged, Progressing, or Degraded by the deadline (host errors: the caller)."""
     if placement is not None and placement.unplaced > 0:
         return UNPLACEABLE
+    if placement is not None and placement.rebalancing:
+        return REBALANCING  # the leader spreads it again: replicas move, one replacement at a time
     spec = manifest.spec_hash()
     if (
         placement is not None
@@ -539,8 +545,8 @@ def _placement_cell(service: ServiceStatus) -> str:
 
 
 def _state_colour(state: str) -> str:
-    colours: dict[str, str] = {CONVERGED: _GREEN, PROGRESSING: _YELLOW}
-    return colours.get(state, _RED)
+    colours: dict[str, str] = {CONVERGED: _GREEN, PROGRESSING: _YELLOW, REBALANCING: _YELLOW}
+    return colours.get(state.partition(":")[0], _RED)
 
 
 def _paint(text: str, colour: str, color: bool) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -36,6 +36,7 @@ from consul_operator.core.backoff import retry_delay
 from consul_operator.core.desired_state import Resources, host_capacity
 from consul_operator.core.errors import ConsulError, DockerError
 from consul_operator.core.keys import Layout
+from consul_operator.core.spread import SpreadSettings
 from consul_operator.daemons.host_agent import Executor, HostAgent, KVChanged
 from consul_operator.daemons.leader import LeaderElection
 from consul_operator.daemons.loop import Batched, Trigger, run_loop, stop_on_signals, wait_for_stop
@@ -65,6 +66,7 @@ class AgentConfig:
     lock_delay: float
     lost_grace: float
     resync: float
+    spread: SpreadSettings = field(default_factory=SpreadSettings)  # --no-rebalance, --rebalance-settle
     consul_tls: ConsulTLS | None = None  # None: the consul CLI's environment variables
     metrics_tls: tuple[str, str] | None = None  # --metrics-tls-cert, --metrics-tls-key
     allowed_caps: frozenset[str] = frozenset()  # --allow-cap: capabilities a manifest's cap_add may add
@@ -140,7 +142,9 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
         allowed_caps=config.allowed_caps,
         node=node,
     )
-    scheduler = Scheduler(consul, config.layout, election, config.cluster, config.lost_grace)
+    scheduler = Scheduler(
+        consul, config.layout, election, config.cluster, config.lost_grace, spread=config.spread
+    )
 
     layout = config.layout
     threads = [

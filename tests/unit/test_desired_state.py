@@ -718,7 +718,7 @@ def test_to_dict_round_trips() -> None:
     assert data["drain"] == "1.5s"
     assert data["stop_grace"] == "10s"
     assert data["env"] == {"A": "y", "B": "x"}
-    assert data["placement"] == {"hosts": None, "max_per_host": None, "labels": {}}
+    assert data["placement"] == {"hosts": None, "max_per_host": None, "labels": {}, "rebalance": True}
     assert data["resources"] == {"memory": "256Mi", "cpus": 0.25}
     assert data["pids_limit"] == 1024
     assert manifest_from_dict(data) == manifest
