@@ -25,7 +25,7 @@ from typing import Any, Final
 
 from consul_operator.core.cluster_state import ClusterState
 from consul_operator.core.desired_state import ManifestError
-from consul_operator.core.records import PlacementRecord, RolloutRecord, RolloutState
+from consul_operator.core.records import PlacementRecord, RolloutRecord, RolloutState, bounded_text
 
 MAX_EVENTS: Final = 100
 """The most events kept per service (and per record)."""
@@ -35,6 +35,14 @@ COLLAPSE_WINDOW: Final = 600.0
 """An event repeating the last one of its kind within this many seconds is collapsed into it."""
 MAX_MESSAGE: Final = 512
 """Characters of a message kept (Docker and Consul error texts can be long)."""
+MAX_MESSAGE_BYTES: Final = 1024
+"""A message's JSON form at most (`records.bounded_text`): 512 characters of emoji or
+control characters are 6 KiB in it."""
+MAX_RECORD_BYTES: Final = 64 * 1024
+"""An ``operator/events/<service>/<host>`` record's KV form at most: the oldest events go
+first to fit (`record_json`). 100 distinct messages at their bound take 100 KiB and more;
+unbounded, a record had passed Consul's 512 KiB and every later write of the daemon's
+events failed with it."""
 
 # Reasons: one per kind of decision.
 PLACED: Final = "Placed"
@@ -125,10 +133,10 @@ class ServiceEvent:
 
 
 def new_event(time: float, host: str, service: str, reason: str, message: str) -> ServiceEvent:
-    """An event with its message cut to `MAX_MESSAGE` characters."""
+    """An event with its message cut to `MAX_MESSAGE` characters and `MAX_MESSAGE_BYTES`."""
     if len(message) > MAX_MESSAGE:
         message = message[: MAX_MESSAGE - 1] + "…"
-    return ServiceEvent(time, host, service, reason, message)
+    return ServiceEvent(time, host, service, reason, bounded_text(message, MAX_MESSAGE_BYTES))
 
 
 def collapse(
@@ -172,9 +180,24 @@ def merge_records(records: Iterable[Sequence[ServiceEvent]], now: float) -> list
     return retain((e for record in records for e in record), now)
 
 
-def record_json(events: Sequence[ServiceEvent]) -> bytes:
-    """The KV form of a record: a JSON list."""
-    return json.dumps([e.to_dict() for e in events], separators=(",", ":")).encode()
+def record_json(events: Sequence[ServiceEvent], max_bytes: int = MAX_RECORD_BYTES) -> bytes:
+    """The KV form of a record: a JSON list, its oldest events left out until it fits ``max_bytes``.
+
+    Every message is bounded again here (an event read back from KV may be
+    anyone's), so that even one event always fits.
+    """
+    items = [
+        json.dumps(
+            {**e.to_dict(), "message": bounded_text(e.message, MAX_MESSAGE_BYTES)}, separators=(",", ":")
+        )
+        for e in events
+    ]
+    size = 2 + sum(len(item) for item in items) + max(0, len(items) - 1)
+    start = 0
+    while size > max_bytes and start < len(items):
+        size -= len(items[start]) + (1 if start < len(items) - 1 else 0)
+        start += 1
+    return ("[" + ",".join(items[start:]) + "]").encode()
 
 
 def parse_record(value: bytes | None) -> list[ServiceEvent]:

@@ -32,6 +32,48 @@ def frozen_map(data: Mapping[str, int] | None = None) -> Mapping[str, int]:
     return MappingProxyType(dict(data or {}))
 
 
+CUT_MARKER = "… [{} bytes cut]"
+"""What ends a text cut to its bound (`bounded_text`), saying how much was left out."""
+MAX_ERROR_BYTES = 1024
+"""A status record's ``error``, JSON-encoded: an invalid manifest's first problem may quote
+the whole manifest (a 450 KB YAML tag made every agent's status transaction 600 KB)."""
+MAX_REASON_BYTES = 8192
+"""A placement's or a rollout's ``reason``, JSON-encoded (a placement's names every host)."""
+MAX_STATUS_BYTES = 64 * 1024
+"""A status record's KV form: 200 instances of the longest names take 28 KB."""
+MAX_PLACEMENT_BYTES = 64 * 1024
+"""A placement record's KV form: 100 hosts of 63 characters with 3 specs each take 30 KB."""
+MAX_ROLLOUT_BYTES = 16 * 1024
+"""A rollout record's KV form."""
+
+
+def encoded_size(text: str) -> int:
+    """Bytes of ``text`` as a JSON string in our records (ASCII-escaped, quotes included)."""
+    return len(json.dumps(text))
+
+
+def bounded_text(text: str, max_bytes: int) -> str:
+    """``text`` whose JSON form (`encoded_size`) is at most ``max_bytes``: cut at a character
+    with `CUT_MARKER` saying how many bytes (UTF-8) were left out. Tenant text (manifests,
+    Docker's and Consul's errors) may be huge, multi-byte, or all control characters, each
+    of which the JSON form writes as 6 or 12 bytes."""
+    if encoded_size(text) <= max_bytes:
+        return text
+    total = len(text.encode("utf-8", "surrogatepass"))
+    low, high = 0, min(len(text), max_bytes)
+    while low < high:  # the longest prefix that fits with its marker
+        middle = (low + high + 1) // 2
+        kept = text[:middle]
+        marker = CUT_MARKER.format(total - len(kept.encode("utf-8", "surrogatepass")))
+        if encoded_size(kept + marker) <= max_bytes:
+            low = middle
+        else:
+            high = middle - 1
+    kept = text[:low]
+    marked = kept + CUT_MARKER.format(total - len(kept.encode("utf-8", "surrogatepass")))
+    return marked if encoded_size(marked) <= max_bytes else ""
+
+
 def _dumps(body: Mapping[str, object]) -> bytes:
     """The stable KV form: sorted keys, no spaces, so that an equal record gives equal bytes."""
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
@@ -118,6 +160,9 @@ class PlacementRecord:
     specs: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     cause: UnplacedCause = UnplacedCause.NONE
     reason: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reason", bounded_text(self.reason, MAX_REASON_BYTES))
 
     @property
     def total(self) -> int:
@@ -232,6 +277,9 @@ class RolloutRecord:
     total: int = 0
     elapsed: float = 0.0
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reason", bounded_text(self.reason, MAX_REASON_BYTES))
+
     @property
     def active(self) -> bool:
         """Whether the leader is still moving replicas."""
@@ -313,6 +361,9 @@ class StatusRecord:
     specs: Mapping[str, int] = field(default_factory=frozen_map)
     instances: tuple[str, ...] = ()
     since: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "error", bounded_text(self.error, MAX_ERROR_BYTES))
 
     @property
     def says_nothing(self) -> bool:
