@@ -408,6 +408,13 @@ class ConsulClient:
                 self._readable[prefix] = now + READABLE_FOR
         return {prefix: sorted(tree.values(), key=lambda e: e.key) for prefix, tree in trees.items()}
 
+    def kv_keys(self, prefix: str, *, separator: str | None = None) -> list[str]:
+        """The keys under ``prefix`` without their values; with ``separator``, each level's
+        common prefixes once (``operator/events/`` with "/": one ``operator/events/<name>/`` per service)."""
+        with _wrapped(f"listing the keys of {prefix!r}"):
+            _, keys = self._client.kv.get(prefix, keys=True, separator=separator)
+        return [str(key) for key in keys or []]
+
     def kv_put(self, key: str, value: bytes | str, *, cas: int | None = None) -> bool:
         """Write one key; with ``cas`` only if its modify index still matches."""
         with _wrapped(f"writing KV {key!r}"):

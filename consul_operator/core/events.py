@@ -329,3 +329,58 @@ def leader_events(
         elif (name := is_rollout(key)) is not None and name in rollouts:
             out.extend(rollout_events(state.rollouts.get(name), rollouts[name]))
     return out
+
+
+# --- removing a deleted service's records ---------------------------------------------
+
+RECORDS_GRACE: Final = 10.0
+"""Seconds a deleted service's event records stay once nothing else of it is left in KV: its
+agents' last events (``Stopped``) are flushed within a second or two of their status records'
+deletion, and must not land after the removal, recreating a record nobody removes again."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordsCleanup:
+    """What the leader does with event records this pass: the services whose records go, when
+    each service left was first seen with nothing else left (the next pass's ``gone``), and when
+    to look again (None: nothing pending)."""
+
+    remove: tuple[str, ...]
+    gone: Mapping[str, float]
+    wake_at: float | None
+
+
+def expire_records(
+    with_records: Iterable[str],
+    state: ClusterState,
+    gone: Mapping[str, float],
+    now: float,
+    grace: float = RECORDS_GRACE,
+) -> RecordsCleanup:
+    """The event records (``operator/events/<name>/``) of deleted services to remove.
+
+    The leader removes them, fenced, `RECORDS_GRACE` seconds after it first
+    sees nothing else of the service in KV: no manifest, no placement, no
+    status record on any host (every agent has stopped its containers and
+    deleted its record). ``with_records`` are the services that have event
+    records; ``gone`` (monotonic seconds) and ``now`` come from the last pass
+    and the clock. A service that reappears (a manifest again) is kept, and so
+    are the load balancer's own events (`LB_SERVICE`).
+    """
+    services = set(with_records) - {LB_SERVICE}
+    first = {
+        name: gone.get(name, now)
+        for name in sorted(services)
+        if name not in state.manifests and name not in state.placements and not state.statuses.get(name)
+    }
+    remove = tuple(name for name, since in first.items() if now - since >= grace)
+    left = {name: since for name, since in first.items() if name not in remove}
+    waiting = [
+        name
+        for name in services
+        if name not in state.manifests and name not in first  # its containers are still going
+    ]
+    wakes = [since + grace for since in left.values()]
+    if waiting:
+        wakes.append(now + grace)
+    return RecordsCleanup(remove, left, min(wakes) if wakes else None)
