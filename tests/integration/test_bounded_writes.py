@@ -75,6 +75,7 @@ def test_deleted_status_records_heal_without_container_changes(cluster: Cluster,
     cluster.wait_converged(service_name, 2)
     wait_until(lambda: cluster.lb_serves(service_name, 2), timeout=LB_UPDATE_S, what="served")
     before = {c.id for c in cluster.containers(service_name)}
+    held = cluster.metric("host-3", "operator_lb_held_upstreams_total", result="held")
     answers: list[str] = []
     stop = threading.Event()
 
@@ -106,6 +107,8 @@ def test_deleted_status_records_heal_without_container_changes(cluster: Cluster,
     assert {c.id for c in cluster.containers(service_name)} == before, "no container changed"
     failed = [a for a in answers if a.startswith("HTTP")]
     assert not failed, f"{len(failed)} of {len(answers)} requests failed: {sorted(set(failed))}"
+    # The load balancer saw the records gone and held the last good upstream meanwhile.
+    assert cluster.metric("host-3", "operator_lb_held_upstreams_total", result="held") > held
 
 
 def test_deleted_service_takes_its_event_records_with_it(cluster: Cluster, service_name: str) -> None:

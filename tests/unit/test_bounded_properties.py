@@ -28,7 +28,9 @@ from consul_operator.core.records import (
     Hold,
     PlacementRecord,
     RolloutRecord,
+    RolloutState,
     StatusRecord,
+    UnplacedCause,
     bounded_text,
     encoded_size,
     frozen_map,
@@ -92,7 +94,7 @@ def test_property_status_record_fits_its_bound(
     st.sampled_from(ROLLOUT_STATES),
 )
 def test_property_placement_and_rollout_records_fit_their_bounds(
-    reason: str, hosts: dict[str, int], cause: object, state: object
+    reason: str, hosts: dict[str, int], cause: UnplacedCause, state: RolloutState
 ) -> None:
     """Placement and rollout records with any reason text and up to 100 hosts fit their bounds."""
     specs = {h: frozen_map({"a" * 16: 100, "b" * 16: 100, "c" * 16: 100}) for h in hosts}
@@ -104,11 +106,11 @@ def test_property_placement_and_rollout_records_fit_their_bounds(
         "h" * 63,
         specs,
         cause,
-        reason,  # type: ignore[arg-type]
+        reason,
     )
     assert encoded_size(placement.reason) <= MAX_REASON_BYTES
     assert len(placement.to_json()) <= MAX_PLACEMENT_BYTES
-    rollout = RolloutRecord("s" * 63, "a" * 16, "b" * 16, state, 1.7e9, reason, 100, 100, 1e9)  # type: ignore[arg-type]
+    rollout = RolloutRecord("s" * 63, "a" * 16, "b" * 16, state, 1.7e9, reason, 100, 100, 1e9)
     assert len(rollout.to_json()) <= MAX_ROLLOUT_BYTES
 
 

@@ -9,6 +9,7 @@ from typing import cast
 
 import pytest
 
+from consul_operator.adapters import metrics
 from consul_operator.adapters.actuators.catalog import CatalogActuator
 from consul_operator.adapters.actuators.docker import DockerActuator
 from consul_operator.adapters.consul_client import ConsulClient, Indexed, KVEntry
@@ -220,3 +221,53 @@ def test_an_inactive_watch_sends_no_query_until_it_is_active() -> None:
     finally:
         stop.set()
         thread.join(10)
+
+
+def served_host(services: int) -> tuple[CountingConsul, FakeDocker]:
+    """KV with ``services`` services placed here, and their containers running."""
+    consul = kv_with(services)
+    docker = FakeDocker(
+        [
+            running(
+                f"c{i:03d}",
+                f"s{i:03d}",
+                Manifest(name=f"s{i:03d}", image="hello:local", replicas=1).spec_hash(),
+            )
+            for i in range(services)
+        ]
+    )
+    return consul, docker
+
+
+def test_a_refused_status_record_fails_alone_logged_and_counted() -> None:
+    """One status record refused (an ACL): every other is written; it is counted and tried again."""
+    layout = Layout()
+    consul, docker = served_host(3)
+    consul.refuse = {layout.status_key("s001", HOST)}
+    counter = metrics.kv_write_failures.labels("status", "permission_denied")
+    before = counter._value.get()
+    agent = host_agent(consul, docker, [0.0], None)
+    agent.reconcile()
+    statuses = sorted(k for k in consul.kv if k.startswith(layout.status_prefix))
+    assert statuses == [layout.status_key("s000", HOST), layout.status_key("s002", HOST)]
+    assert counter._value.get() == before + 1
+    consul.refuse = set()
+    agent.reconcile()
+    assert layout.status_key("s001", HOST) in consul.kv, "tried again on the next pass"
+
+
+def test_status_records_deleted_from_kv_are_seen_and_written_again() -> None:
+    """Status records deleted by anyone: the check sees it, a pass writes them again, no container touched."""
+    layout = Layout()
+    consul, docker = served_host(2)
+    agent = host_agent(consul, docker, [0.0], None)
+    agent.reconcile()
+    written = {k: v for k, v in consul.kv.items() if k.startswith(layout.status_prefix)}
+    assert len(written) == 2 and not agent.status_drifted()
+    for key in written:
+        del consul.kv[key]
+    assert agent.status_drifted()
+    containers = list(docker.containers)
+    agent.reconcile()
+    assert {k for k in consul.kv if k.startswith(layout.status_prefix)} == set(written)
+    assert docker.containers == containers and not agent.status_drifted()
