@@ -112,7 +112,14 @@ class Scheduler:
             log.info("placements written", changed=sorted({self.layout.service_of(k) or k for k in written}))
         self._record_events(state, plan, written)
         self._observe(state, plan)
-        cleanup = self._remove_event_records(session, state, now.mono)
+        try:
+            cleanup = self._remove_event_records(session, state, now.mono)
+        except ConsulError as exc:
+            if consul_trouble(exc):
+                raise
+            # A clean-up for people's sake: never a reason to fail the pass that placed replicas.
+            log.warning("event records of deleted services not looked at", error=str(exc)[:300])
+            cleanup = None
 
         wake = plan.wake_at
         if cleanup is not None:

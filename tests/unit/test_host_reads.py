@@ -13,8 +13,10 @@ from consul_operator.adapters import metrics
 from consul_operator.adapters.actuators.catalog import CatalogActuator
 from consul_operator.adapters.actuators.docker import DockerActuator
 from consul_operator.adapters.consul_client import ConsulClient, Indexed, KVEntry
+from consul_operator.adapters.event_log import EventRecorder
 from consul_operator.adapters.kv_state import WHILE_IDLE, watch
 from consul_operator.core.desired_state import Manifest
+from consul_operator.core.events import STARTED
 from consul_operator.core.keys import Layout
 from consul_operator.core.records import Hold, PlacementRecord, StatusRecord, frozen_map
 from consul_operator.daemons.host_agent import KV_MAX_AGE, Executor, HostAgent, KVChanged
@@ -271,3 +273,24 @@ def test_status_records_deleted_from_kv_are_seen_and_written_again() -> None:
     agent.reconcile()
     assert {k for k in consul.kv if k.startswith(layout.status_prefix)} == set(written)
     assert docker.containers == containers and not agent.status_drifted()
+
+
+def test_a_refused_event_record_keeps_its_events_and_the_others_are_written() -> None:
+    """One service's event record refused: every other is written; its events wait for the next flush."""
+    layout, consul = Layout(), CountingConsul()
+    consul.refuse = {layout.events_key("bad", HOST)}
+    recorder = EventRecorder(clock=lambda: 100.0)
+    recorder.host = HOST
+    counter = metrics.kv_write_failures.labels("events", "permission_denied")
+    before = counter._value.get()
+    for service in ("a", "bad", "c"):
+        recorder.record(service, STARTED, f"started {service}")
+    recorder.flush(cast(ConsulClient, consul), layout)
+    assert sorted(k for k in consul.kv if k.startswith(layout.events_prefix)) == [
+        layout.events_key("a", HOST),
+        layout.events_key("c", HOST),
+    ]
+    assert recorder.pending() == 1 and counter._value.get() == before + 1
+    consul.refuse = set()
+    recorder.flush(cast(ConsulClient, consul), layout)
+    assert layout.events_key("bad", HOST) in consul.kv and recorder.pending() == 0
