@@ -124,13 +124,14 @@ def pack_writes(
     Groups are taken in sorted order and never split while they fit in one
     transaction on their own; a group too big for one is split by key. A
     group with a write that fits no transaction at all (its operation alone
-    over ``max_bytes``), or a value over ``max_value`` (the writer's bound of
-    its record, checked here before anything is sent), is left out whole, in `Packing.too_large`: sending it
-    would only earn a 413, and the rest of its group must not be written
-    without it. Empty groups are left out. The validator keeps a service's
-    records within one transaction (`desired_state.MAX_REVISION_BYTES`), so
-    in practice only many deletes (the status records of many lost hosts) are
-    split: they do not depend on each other.
+    over ``max_bytes``), or with a value over ``max_value`` (the writer's
+    bound of its records, checked here before anything is sent), is left out
+    whole, in `Packing.too_large`: sending it would only earn a 413, and the
+    rest of its group must not be written without it. Empty groups are left
+    out. The validator keeps a service's records within one transaction
+    (`desired_state.MAX_REVISION_BYTES`), so in practice only many deletes
+    (the status records of many lost hosts) are split: they do not depend on
+    each other.
     """
     batches: list[WriteBatch] = []
     too_large: dict[str, str] = {}

@@ -34,7 +34,7 @@ from consul_operator.adapters.kv_state import (
 )
 from consul_operator.adapters.timers import Timers
 from consul_operator.core import events
-from consul_operator.core.backoff import Backoff, backoff_after_failure
+from consul_operator.core.backoff import Backoff, backoff_after_failure, backoff_delay
 from consul_operator.core.desired_state import Manifest
 from consul_operator.core.errors import ConsulError, OperatorError, refusal_reason
 from consul_operator.core.host_plan import (
@@ -467,6 +467,9 @@ def check_status(agent: HostAgent, wake: Callable[[], None], stop: threading.Eve
                 log.warning("cannot look at this host's status records", error=str(exc))
             failing = True
             continue
+        except Exception:
+            log.exception("looking at this host's status records crashed")
+            continue
         failing = False
         if drifted:
             log.info("status records differ from what this host wrote; writing them again")
@@ -500,6 +503,7 @@ class HostAgent:
         self._written: dict[str, StatusRecord] | None = None
         self._kv: _KVRead | None = None
         self._kv_read_at = 0.0
+        self._refused_passes = 0  # passes in a row in which Consul refused a status record
 
     def _read_kv(self) -> _KVRead:
         """Manifests, placements and the revisions wanted here: read again, or the last read if unchanged."""
@@ -541,10 +545,16 @@ class HostAgent:
         plan = plan_host(desires, containers, registrations, inflight, backoffs, now, mono=mono)
         for action in plan.actions:
             self.executor.submit(action)
-        self._report(plan.reports, _running_specs(containers), now, _instance_ids(containers))
-        if plan.wake_at is None:
+        refused = self._report(plan.reports, _running_specs(containers), now, _instance_ids(containers))
+        # A refused status record is tried again soon, backing off while Consul keeps refusing it.
+        self._refused_passes = self._refused_passes + 1 if refused else 0
+        wake_at = plan.wake_at
+        if refused:
+            retry = mono + backoff_delay(self._refused_passes)
+            wake_at = retry if wake_at is None else min(wake_at, retry)
+        if wake_at is None:
             return PassResult()
-        return PassResult(requeue_after=max(0.0, plan.wake_at - mono))
+        return PassResult(requeue_after=max(0.0, wake_at - mono))
 
     def _observe(self) -> tuple[list[ContainerInfo], InFlight]:
         """What is in flight, then our containers: each replica counted exactly once.
@@ -578,8 +588,9 @@ class HostAgent:
         specs: dict[str, dict[str, int]],
         now: float,
         instances: dict[str, list[str]],
-    ) -> None:
-        """Write ``operator/status/<service>/<host>`` for each service whose record differs from KV's.
+    ) -> bool:
+        """Write ``operator/status/<service>/<host>`` for each service whose record differs from KV's;
+        whether Consul refused any.
 
         Every change of a pass goes in as few transactions as fit Consul's
         limits (`txn.pack_writes`), not one write each: an agent starting its
@@ -654,6 +665,7 @@ class HostAgent:
                 status=exc.status,
                 error=str(exc)[:300],
             )
+        return bool(sent.refused)
 
     def _forget_status(self, service: str) -> None:
         """No record of ``service`` here any more: forget it, and its gauges."""

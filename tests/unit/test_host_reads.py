@@ -249,7 +249,8 @@ def test_a_refused_status_record_fails_alone_logged_and_counted() -> None:
     counter = metrics.kv_write_failures.labels("status", "permission_denied")
     before = counter._value.get()
     agent = host_agent(consul, docker, [0.0], None)
-    agent.reconcile()
+    result = agent.reconcile()
+    assert result.requeue_after is not None and result.requeue_after <= 1.0, "tried again soon"
     statuses = sorted(k for k in consul.kv if k.startswith(layout.status_prefix))
     assert statuses == [layout.status_key("s000", HOST), layout.status_key("s002", HOST)]
     assert counter._value.get() == before + 1
