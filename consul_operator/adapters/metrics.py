@@ -231,7 +231,8 @@ events_dropped = Counter(
 )
 events_flushes = Counter(
     "operator_events_flushes",
-    "Batches of events written to Consul KV (one transaction each): ok or error.",
+    "Flushes of events to Consul KV: ok (records written), error (the flush failed, or one "
+    "record was refused: its events are kept for the next flush, the others written).",
     ["result"],
 )
 for _result in EVENT_FLUSH_RESULTS:
