@@ -7,16 +7,19 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from consul_operator.core.desired_state import Manifest, ManifestError, parse_manifest
 from consul_operator.core.events import (
     MAX_MESSAGE_BYTES,
     MAX_RECORD_BYTES,
     REASONS,
     ServiceEvent,
     add_events,
+    invalid_events,
     new_event,
     parse_record,
     record_json,
 )
+from consul_operator.core.host_plan import host_desires
 from consul_operator.core.records import (
     MAX_ERROR_BYTES,
     MAX_PLACEMENT_BYTES,
@@ -206,3 +209,26 @@ def test_property_one_refusal_never_stops_another_groups_write(
             assert name in sent.groups, name
             assert set(writes) <= written
     assert set(sent.keys) == written
+
+
+SHAPES = ("name: !{}", "{}", 'name: "{}"', "name: web\nimage: {}\nreplicas: 1", "{}: 1")
+
+
+@given(st.text(st.characters(), max_size=3000), st.sampled_from(SHAPES))
+def test_property_invalid_manifest_status_and_event_fit_their_bounds(text: str, shape: str) -> None:
+    """Any manifest text, through the validator, the host's desires and the leader's invalid event,
+    makes a status record and an event within their bounds that read back as written."""
+    try:
+        manifest: Manifest | ManifestError = parse_manifest(
+            shape.format(text).encode("utf-8", "surrogatepass"), key_name="web"
+        )
+    except ManifestError as exc:
+        manifest = exc
+    desire = host_desires("host-1", {"web": manifest}, {}, {})["web"]
+    record = StatusRecord("web", "host-1", error=desire.error or "", hold=desire.hold)
+    assert len(record.to_json()) <= MAX_STATUS_BYTES
+    assert record.same_report(StatusRecord.from_json(record.to_json(), service="web", host="host-1"))
+    occurred, _ = invalid_events({"web": manifest}, {})
+    for event in occurred:
+        value = record_json([new_event(1.0, "host-1", event.service, event.reason, event.message)])
+        assert len(value) <= MAX_RECORD_BYTES and parse_record(value)
