@@ -487,12 +487,12 @@ class ConsulClient:
         self._txn(f"a transaction of {_describe_keys(writes)}", json.dumps(ops))
 
     def write_records(
-        self, groups: Mapping[str, Writes], *, max_value: int = CONSUL_MAX_VALUE_BYTES
+        self, groups: Mapping[str, Writes], *, max_value: int | Callable[[str], int] = CONSUL_MAX_VALUE_BYTES
     ) -> Sent[ConsulError]:
         """Write the groups of records (unfenced: keys with one writer), each transaction on its own.
 
         Packed by `txn.pack_writes` (a value over ``max_value``, the writer's
-        bound of its records, is left out unsent as too large); one refused
+        bound of its records, `records.record_bound`, is left out unsent as too large); one refused
         write (413, an ACL denial) fails only its group (`txn.send_groups`),
         returned with its `ConsulError` for the caller to log and count. Consul
         away or failing (5xx) raises: no group could be written.

@@ -24,7 +24,6 @@ from consul_operator.adapters import metrics
 from consul_operator.adapters.consul_client import ConsulClient
 from consul_operator.core.errors import ConsulError, refusal_reason
 from consul_operator.core.events import (
-    MAX_RECORD_BYTES,
     ServiceEvent,
     add_events,
     merge_records,
@@ -33,6 +32,7 @@ from consul_operator.core.events import (
     record_json,
 )
 from consul_operator.core.keys import Layout
+from consul_operator.core.records import record_bound
 
 log = structlog.get_logger()
 
@@ -89,7 +89,7 @@ class EventRecorder:
                     self._records[key] = parse_record(_value(consul, key))
                 updated[key] = add_events(self._records[key], new, now)
                 groups[key] = {key: record_json(updated[key])}
-            sent = consul.write_records(groups, max_value=MAX_RECORD_BYTES)
+            sent = consul.write_records(groups, max_value=lambda key: record_bound(layout, key))
         except ConsulError as exc:
             metrics.events_flushes.labels("error").inc()
             log.warning("events not written, kept for the next flush", error=str(exc), events=len(taken))

@@ -25,7 +25,13 @@ from typing import Any, Final
 
 from consul_operator.core.cluster_state import ClusterState
 from consul_operator.core.desired_state import ManifestError
-from consul_operator.core.records import PlacementRecord, RolloutRecord, RolloutState, bounded_text
+from consul_operator.core.records import (
+    MAX_EVENT_RECORD_BYTES,
+    PlacementRecord,
+    RolloutRecord,
+    RolloutState,
+    bounded_text,
+)
 
 MAX_EVENTS: Final = 100
 """The most events kept per service (and per record)."""
@@ -38,7 +44,7 @@ MAX_MESSAGE: Final = 512
 MAX_MESSAGE_BYTES: Final = 1024
 """A message's JSON form at most (`records.bounded_text`): 512 characters of emoji or
 control characters are 6 KiB in it."""
-MAX_RECORD_BYTES: Final = 64 * 1024
+MAX_RECORD_BYTES: Final = MAX_EVENT_RECORD_BYTES
 """An ``operator/events/<service>/<host>`` record's KV form at most: the oldest events go
 first to fit (`record_json`). 100 distinct messages at their bound take 100 KiB and more;
 unbounded, a record had passed Consul's 512 KiB and every later write of the daemon's

@@ -26,6 +26,9 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
 
+from consul_operator.core.keys import Layout
+from consul_operator.core.txn import CONSUL_MAX_VALUE_BYTES
+
 
 def frozen_map(data: Mapping[str, int] | None = None) -> Mapping[str, int]:
     """A read-only copy, so that frozen dataclasses stay frozen all the way down."""
@@ -45,6 +48,28 @@ MAX_PLACEMENT_BYTES = 64 * 1024
 """A placement record's KV form: 100 hosts of 63 characters with 3 specs each take 30 KB."""
 MAX_ROLLOUT_BYTES = 16 * 1024
 """A rollout record's KV form."""
+MAX_EVENT_RECORD_BYTES = 64 * 1024
+"""An ``operator/events/<service>/<host>`` record's KV form (`events.record_json` trims to it)."""
+
+
+def record_bound(layout: Layout, key: str) -> int:
+    """The most bytes the record at ``key`` may hold: checked before every write (`txn.pack_writes`).
+
+    A record over its bound is never written (its writer logs and counts it);
+    the bounds hold for every input, hostile text included (the properties in
+    tests/unit/test_bounded_properties.py). Manifests kept as revisions are
+    bounded by the validator (`desired_state.MAX_REVISION_BYTES`), anything
+    else by Consul's own value limit.
+    """
+    for prefix, bound in (
+        (layout.status_prefix, MAX_STATUS_BYTES),
+        (layout.placement_prefix, MAX_PLACEMENT_BYTES),
+        (layout.rollout_prefix, MAX_ROLLOUT_BYTES),
+        (layout.events_prefix, MAX_EVENT_RECORD_BYTES),
+    ):
+        if key.startswith(prefix):
+            return bound
+    return CONSUL_MAX_VALUE_BYTES
 
 
 def encoded_size(text: str) -> int:

@@ -117,7 +117,7 @@ def pack_writes(
     *,
     max_bytes: int = TXN_MAX_BYTES,
     max_writes: int = TXN_MAX_WRITES,
-    max_value: int = CONSUL_MAX_VALUE_BYTES,
+    max_value: int | Callable[[str], int] = CONSUL_MAX_VALUE_BYTES,
 ) -> Packing:
     """Pack the writes of ``groups`` into as few transactions as fit Consul's limits.
 
@@ -125,7 +125,8 @@ def pack_writes(
     transaction on their own; a group too big for one is split by key. A
     group with a write that fits no transaction at all (its operation alone
     over ``max_bytes``), or with a value over ``max_value`` (the writer's
-    bound of its records, checked here before anything is sent), is left out
+    bound of its records, or a function of the key that gives each record's:
+    `records.record_bound`; checked here before anything is sent), is left out
     whole, in `Packing.too_large`: sending it would only earn a 413, and the
     rest of its group must not be written without it. Empty groups are left
     out. The validator keeps a service's records within one transaction
@@ -133,6 +134,7 @@ def pack_writes(
     (the status records of many lost hosts) are split: they do not depend on
     each other.
     """
+    bound = max_value if callable(max_value) else (lambda _key: max_value)
     batches: list[WriteBatch] = []
     too_large: dict[str, str] = {}
     names: list[str] = []
@@ -154,7 +156,7 @@ def pack_writes(
         oversized = [
             key
             for (key, value), op_size in zip(items, sizes, strict=True)
-            if op_size > max_bytes or (value is not None and len(value) > max_value)
+            if op_size > max_bytes or (value is not None and len(value) > bound(key))
         ]
         if oversized:
             too_large[name] = oversized[0]

@@ -58,7 +58,7 @@ from consul_operator.core.model import (
     action_key,
     action_service,
 )
-from consul_operator.core.records import MAX_STATUS_BYTES, PlacementRecord, StatusRecord, frozen_map
+from consul_operator.core.records import PlacementRecord, StatusRecord, frozen_map, record_bound
 from consul_operator.daemons.loop import PassResult
 
 log = structlog.get_logger()
@@ -648,7 +648,7 @@ class HostAgent:
             }
             for service, record in changed.items()
         }
-        sent = self.consul.write_records(groups, max_value=MAX_STATUS_BYTES)
+        sent = self.consul.write_records(groups, max_value=lambda key: record_bound(self.layout, key))
         for service in sent.groups:
             written = changed[service]
             if written is not None:

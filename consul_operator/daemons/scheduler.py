@@ -56,7 +56,7 @@ from consul_operator.core.leader_plan import (
     decide_leader,
     paced_services,
 )
-from consul_operator.core.records import ROLLOUT_STATES
+from consul_operator.core.records import ROLLOUT_STATES, record_bound
 from consul_operator.core.txn import pack_writes, send_groups
 from consul_operator.daemons.leader import LeaderElection
 from consul_operator.daemons.loop import PassResult
@@ -181,8 +181,9 @@ class Scheduler:
             backoff = self.write_backoffs.get(service)
             if backoff is not None and not backoff.ready(now):
                 del groups[service]  # refused before: wait for its back-off
-        too_large = ConsulError("a record beyond Consul's limits: not sent", status=413)
-        sent = send_groups(pack_writes(groups), lambda w: self._transaction(session, w), too_large)
+        too_large = ConsulError("a record over its bound or Consul's limits: not sent", status=413)
+        packing = pack_writes(groups, max_value=lambda key: record_bound(self.layout, key))
+        sent = send_groups(packing, lambda w: self._transaction(session, w), too_large)
         for service in sent.groups:
             self.write_backoffs.pop(service, None)
         for service, refused in sorted(sent.refused.items()):

@@ -22,8 +22,11 @@ from consul_operator.core.events import (
     parse_record,
     record_json,
 )
+from consul_operator.core.keys import Layout
 from consul_operator.core.records import (
     MAX_ERROR_BYTES,
+    MAX_PLACEMENT_BYTES,
+    MAX_ROLLOUT_BYTES,
     MAX_STATUS_BYTES,
     Hold,
     PlacementRecord,
@@ -31,8 +34,9 @@ from consul_operator.core.records import (
     bounded_text,
     encoded_size,
     frozen_map,
+    record_bound,
 )
-from consul_operator.core.txn import Writes, pack_writes, send_groups
+from consul_operator.core.txn import CONSUL_MAX_VALUE_BYTES, Writes, pack_writes, send_groups
 from consul_operator.core.upstreams import Hold as LBHold
 from consul_operator.core.upstreams import LBView, Server, Upstream, hold_last_good
 
@@ -237,3 +241,37 @@ def test_hold_wakes_the_load_balancer_when_it_runs_out() -> None:
     """A hold asks for a pass when it ends, so that its expiry needs no other event."""
     decision = hold_last_good(EMPTY, {"web": {A}}, GOOD, {"web": LBHold(5.0)}, 10.0, 60.0)
     assert decision.wake_at == 65.0
+
+
+LAYOUT = Layout()
+
+
+@pytest.mark.parametrize(
+    ("key", "bound"),
+    [
+        pytest.param(LAYOUT.status_key("web", "host-1"), MAX_STATUS_BYTES, id="status"),
+        pytest.param(LAYOUT.placement_key("web"), MAX_PLACEMENT_BYTES, id="placement"),
+        pytest.param(LAYOUT.rollout_key("web"), MAX_ROLLOUT_BYTES, id="rollout"),
+        pytest.param(LAYOUT.events_key("web", "host-1"), MAX_RECORD_BYTES, id="events"),
+        pytest.param(
+            LAYOUT.revision_key("web", "a" * 16), CONSUL_MAX_VALUE_BYTES, id="revision-validator-bounds-it"
+        ),
+    ],
+)
+def test_every_record_has_a_bound(key: str, bound: int) -> None:
+    """Each kind of record has its byte bound, checked by the packer before any write."""
+    assert record_bound(LAYOUT, key) == bound
+
+
+def test_a_record_over_its_bound_is_never_sent_and_the_other_services_are() -> None:
+    """A placement over its bound is left out unsent with its service's other writes; another service's go."""
+    groups: dict[str, Writes] = {
+        "big": {
+            LAYOUT.placement_key("big"): b"x" * (MAX_PLACEMENT_BYTES + 1),
+            LAYOUT.rollout_key("big"): b"{}",
+        },
+        "web": {LAYOUT.placement_key("web"): b"{}"},
+    }
+    packing = pack_writes(groups, max_value=lambda key: record_bound(LAYOUT, key))
+    assert dict(packing.too_large) == {"big": LAYOUT.placement_key("big")}
+    assert [dict(b.writes) for b in packing] == [groups["web"]]

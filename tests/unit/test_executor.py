@@ -165,7 +165,7 @@ class FakeConsul:
                 self.kv[key] = value
 
     def write_records(
-        self, groups: Mapping[str, Writes], *, max_value: int = CONSUL_MAX_VALUE_BYTES
+        self, groups: Mapping[str, Writes], *, max_value: int | Callable[[str], int] = CONSUL_MAX_VALUE_BYTES
     ) -> Sent[ConsulError]:
         """As `ConsulClient.write_records`: the one packer, each transaction on its own."""
 
