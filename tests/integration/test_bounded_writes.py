@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from consul_operator.core.events import INVALID, MAX_RECORD_BYTES, PLACED, parse_record
 from tests.support.bounds import CONVERGE_S, LB_UPDATE_S, REACT_S, REMOVAL_S, REPLACEMENT_S
 from tests.support.cluster import Cluster
 from tests.support.served import get, replica
@@ -127,3 +128,32 @@ def test_deleted_service_takes_its_event_records_with_it(cluster: Cluster, servi
         timeout=REMOVAL_S,
         what=f"{prefix} removed",
     )
+
+
+def test_distinct_invalid_manifest_events_never_stop_the_leaders_events(
+    cluster: Cluster, service_name: str, poison: str
+) -> None:
+    """100 distinct invalid-manifest events of emoji (600 KB unbounded) keep the leader's events flowing."""
+    leader = cluster.leader()
+    assert leader is not None
+    emoji = "%F0%9F%98%80" * 600  # a YAML tag's URI escapes: the problem quotes 600 emoji
+    for i in range(100):
+        seen = cluster.metric(leader, "operator_events_recorded_total", reason=INVALID)
+        cluster.put_raw(poison, f"name: !t{i}{emoji}")
+        wait_until(
+            lambda: cluster.metric(leader, "operator_events_recorded_total", reason=INVALID) > seen,  # noqa: B023
+            timeout=CONVERGE_S,
+            what=f"the leader records invalid manifest {i}",
+        )
+    # A decision of the leader about another service is still written.
+    cluster.put(service_name, 1)
+    key = cluster.layout.events_key(service_name, leader)
+
+    def placed() -> bool:
+        entry = cluster.consul.kv_get(key).value
+        return entry is not None and any(e.reason == PLACED for e in parse_record(entry.value))
+
+    wait_until(placed, timeout=CONVERGE_S + 5, what=f"the leader's Placed event of {service_name}")
+    record = cluster.consul.kv_get(cluster.layout.events_key(poison, leader)).value
+    assert record is not None and len(record.value) <= MAX_RECORD_BYTES
+    assert len(parse_record(record.value)) > 5, "the newest invalid-manifest events are kept"
