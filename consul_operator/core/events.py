@@ -85,9 +85,6 @@ STORM_REASONS: Final = frozenset(
 """Reasons collapsed whatever their message: a crash loop is one event with a count."""
 WARNINGS: Final = frozenset({UNPLACEABLE, ROLLED_BACK, INVALID, START_FAILED, CRASHED, RELOAD_REFUSED})
 
-LB_SERVICE: Final = "-lb"
-"""The pseudo-service of the load balancer's own events (no service name starts with a dash)."""
-
 
 @dataclass(frozen=True, slots=True)
 class ServiceEvent:
@@ -370,10 +367,9 @@ def expire_records(
     status record on any host (every agent has stopped its containers and
     deleted its record). ``with_records`` are the services that have event
     records; ``gone`` (monotonic seconds) and ``now`` come from the last pass
-    and the clock. A service that reappears (a manifest again) is kept, and so
-    are the load balancer's own events (`LB_SERVICE`).
+    and the clock. A service that reappears (a manifest again) is kept.
     """
-    services = set(with_records) - {LB_SERVICE}
+    services = set(with_records)
     first = {
         name: gone.get(name, now)
         for name in sorted(services)

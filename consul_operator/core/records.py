@@ -42,8 +42,9 @@ MAX_ERROR_BYTES = 1024
 the whole manifest (a 450 KB YAML tag made every agent's status transaction 600 KB)."""
 MAX_REASON_BYTES = 8192
 """A placement's or a rollout's ``reason``, JSON-encoded (a placement's names every host)."""
-MAX_STATUS_BYTES = 64 * 1024
-"""A status record's KV form: 200 instances of the longest names take 28 KB."""
+MAX_STATUS_BYTES = 128 * 1024
+"""A status record's KV form: 200 instances of the longest names, each with its mark
+(port, container, spec) and a node name of 255 characters, take 60 KB."""
 MAX_PLACEMENT_BYTES = 64 * 1024
 """A placement record's KV form: 100 hosts of 63 characters with 3 specs each take 30 KB."""
 MAX_ROLLOUT_BYTES = 16 * 1024
@@ -362,6 +363,41 @@ class Hold(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class ReplicaMark:
+    """What an agent vouches for about one replica it runs: its host port, container and spec.
+
+    ``container`` is the container id's first `CONTAINER_ID_CHARS` characters
+    (Docker's short id): enough to tell two containers apart, and a third of
+    the full id's bytes in a record that lists every replica (`ownership.owned`
+    compares it with the registration's ``container`` meta).
+    """
+
+    port: int
+    container: str
+    spec: str
+
+    def to_json(self) -> list[object]:
+        """The compact KV form: ``[port, container, spec]``."""
+        return [self.port, self.container, self.spec]
+
+    @classmethod
+    def from_json(cls, value: object) -> ReplicaMark | None:
+        """Parse ``[port, container, spec]``; None for anything else."""
+        if not isinstance(value, list) or len(value) != 3:
+            return None
+        port, container, spec = value
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            return None
+        if not isinstance(container, str) or not isinstance(spec, str):
+            return None
+        return cls(port, container, spec)
+
+
+CONTAINER_ID_CHARS = 12
+"""Characters of a container id that a status record keeps (`ReplicaMark.container`)."""
+
+
+@dataclass(frozen=True, slots=True)
 class StatusRecord:
     """What the agent of ``host`` runs of ``service``: ``operator/status/<service>/<host>``.
 
@@ -386,6 +422,8 @@ class StatusRecord:
     specs: Mapping[str, int] = field(default_factory=frozen_map)
     instances: tuple[str, ...] = ()
     since: float | None = None
+    node: str = ""
+    replicas: Mapping[str, ReplicaMark] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "error", bounded_text(self.error, MAX_ERROR_BYTES))
@@ -429,6 +467,8 @@ class StatusRecord:
                 "specs": dict(sorted(self.specs.items())),
                 "instances": list(self.instances),
                 "since": self.since,
+                "node": self.node,
+                "replicas": {name: mark.to_json() for name, mark in sorted(self.replicas.items())},
             }
         )
 
@@ -449,6 +489,12 @@ class StatusRecord:
         raw_instances = body.get("instances")
         listed = raw_instances if isinstance(raw_instances, list) else []
         hold = _text(body.get("hold"))
+        raw_replicas = body.get("replicas")
+        marks = {
+            str(name): mark
+            for name, value in (raw_replicas.items() if isinstance(raw_replicas, dict) else ())
+            if (mark := ReplicaMark.from_json(value)) is not None
+        }
         return cls(
             service=service,
             host=host,
@@ -461,6 +507,8 @@ class StatusRecord:
             specs=frozen_map(specs),
             instances=tuple(item for item in listed if isinstance(item, str)),
             since=_timestamp(body.get("since")),
+            node=_text(body.get("node")),
+            replicas=MappingProxyType(marks),
         )
 
 

@@ -10,7 +10,6 @@ docs and tests check the JSON against.
 from __future__ import annotations
 
 import math
-import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -26,6 +25,7 @@ from consul_operator.core.records import (
     RolloutState,
     StatusRecord,
 )
+from consul_operator.core.terminal import clean
 
 PROGRESS_DEADLINE: Final = 120.0
 """Seconds without a status change before a service that is not converged counts as Degraded."""
@@ -476,7 +476,7 @@ def render_table(view: StatusView, *, color: bool) -> str:
     lines.append("")
     if not view.services:
         lines.append("No services.")
-        return "\n".join(_clean(line) for line in lines) + "\n"
+        return "\n".join(clean(line) for line in lines) + "\n"
     header = ["SERVICE", "IMAGE", "DESIRED", "RUNNING", "HEALTHY", "DRIFT", "PLACEMENT", "AGE", "STATE"]
     rows = [
         [
@@ -493,12 +493,12 @@ def render_table(view: StatusView, *, color: bool) -> str:
         for s in view.services
     ]
     widths = _widths(header, rows)
-    out = [_clean(line) for line in lines]
+    out = [clean(line) for line in lines]
     out.append(_row(header, widths))
     for service, row in zip(view.services, rows, strict=True):
-        *cells, state = (_clean(cell) for cell in row)
+        *cells, state = (clean(cell) for cell in row)
         out.append(_row([*cells, _paint(state, _state_colour(service.state), color)], widths))
-        out.extend(_paint(f"  ! {_clean(error)}", _RED, color) for error in service.errors)
+        out.extend(_paint(f"  ! {clean(error)}", _RED, color) for error in service.errors)
     return "\n".join(out) + "\n"
 
 
@@ -548,7 +548,7 @@ def _paint(text: str, colour: str, color: bool) -> str:
 
 
 def _widths(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[int]:
-    return [max(len(_clean(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
+    return [max(len(clean(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
 
 
 def _row(cells: Sequence[str], widths: Sequence[int]) -> str:
@@ -558,16 +558,6 @@ def _row(cells: Sequence[str], widths: Sequence[int]) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    cleaned = [[_clean(cell) for cell in row] for row in rows]
+    cleaned = [[clean(cell) for cell in row] for row in rows]
     widths = _widths(header, cleaned)
     return [_row(header, widths), *(_row(row, widths) for row in cleaned)]
-
-
-def _clean(text: str) -> str:
-    """Control characters (escape codes, newlines from container errors) shown escaped, never sent."""
-    if text.isprintable():
-        return text
-    return "".join(
-        char if char == " " or unicodedata.category(char)[0] not in "CZ" else repr(char)[1:-1]
-        for char in text
-    )

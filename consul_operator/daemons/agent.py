@@ -30,6 +30,7 @@ from consul_operator.adapters.actuators.docker import DockerActuator
 from consul_operator.adapters.consul_client import ConsulClient, ConsulTLS
 from consul_operator.adapters.docker_client import connect, engine_resources
 from consul_operator.adapters.kv_state import start_watch
+from consul_operator.adapters.metrics import read_page_token
 from consul_operator.adapters.presence import AGENT_SERVICE, Presence
 from consul_operator.adapters.status_page import status_page
 from consul_operator.adapters.timers import Timers
@@ -68,6 +69,8 @@ class AgentConfig:
     resync: float
     consul_tls: ConsulTLS | None = None  # None: the consul CLI's environment variables
     metrics_tls: tuple[str, str] | None = None  # --metrics-tls-cert, --metrics-tls-key
+    allowed_caps: frozenset[str] = frozenset()  # --allow-cap: capabilities a manifest's cap_add may add
+    page_token_file: str | None = None  # --page-token-file: the status page's bearer token
 
 
 EngineFactory = Callable[[AgentConfig], DockerActuator]
@@ -96,6 +99,7 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
             config.metrics_addr,
             page=status_page(consul, config.layout, config.cluster, f"agent {config.host}"),
             tls=config.metrics_tls,
+            page_token=None if config.page_token_file is None else read_page_token(config.page_token_file),
         )
     event_log.start_flusher(consul, config.layout, config.host, stop)
 
@@ -128,7 +132,15 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
     executor = Executor(docker_actuator, catalog, on_done=host_batched.fire)
     kv_changed = KVChanged()  # what the host pass reads from KV changed: it reads it again
     host_agent = HostAgent(
-        consul, config.layout, config.host, docker_actuator, catalog, executor, kv_changed=kv_changed
+        consul,
+        config.layout,
+        config.host,
+        docker_actuator,
+        catalog,
+        executor,
+        kv_changed=kv_changed,
+        allowed_caps=config.allowed_caps,
+        node=node,
     )
     scheduler = Scheduler(consul, config.layout, election, config.cluster, config.lost_grace)
 

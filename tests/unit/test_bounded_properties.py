@@ -4,6 +4,8 @@ size, and one group's refusal never keeps another group from being written."""
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -21,6 +23,7 @@ from consul_operator.core.events import (
 )
 from consul_operator.core.host_plan import host_desires
 from consul_operator.core.records import (
+    CONTAINER_ID_CHARS,
     MAX_ERROR_BYTES,
     MAX_PLACEMENT_BYTES,
     MAX_REASON_BYTES,
@@ -30,6 +33,7 @@ from consul_operator.core.records import (
     UNPLACED_CAUSES,
     Hold,
     PlacementRecord,
+    ReplicaMark,
     RolloutRecord,
     RolloutState,
     StatusRecord,
@@ -83,8 +87,21 @@ def test_property_status_record_fits_its_bound(
     """A status record with any error text and up to 200 instances (named as the agents name them)
     fits its bound, for the longest service and host names too."""
     instances = tuple(f"{service}-{host}-{i:06x}" for i in range(count))
+    marks = {name: ReplicaMark(65535, "f" * CONTAINER_ID_CHARS, "a" * 16) for name in instances}
     record = StatusRecord(
-        service, host, "a" * 16, 100, 200, 200, error, hold, frozen_map(specs), instances, 1.7e9
+        service,
+        host,
+        "a" * 16,
+        100,
+        200,
+        200,
+        error,
+        hold,
+        frozen_map(specs),
+        instances,
+        1.7e9,
+        node="n" * 255,
+        replicas=MappingProxyType(marks),
     )
     assert encoded_size(record.error) <= MAX_ERROR_BYTES
     assert len(record.to_json()) <= MAX_STATUS_BYTES

@@ -12,7 +12,6 @@ import pytest
 from consul_operator.core.cluster_state import ClusterState
 from consul_operator.core.events import (
     INVALID,
-    LB_SERVICE,
     MAX_MESSAGE_BYTES,
     MAX_RECORD_BYTES,
     RECORDS_GRACE,
@@ -132,7 +131,6 @@ EXPIRE_ROWS = [
         ExpireRow({"web"}, {"web": 100 - RECORDS_GRACE}, remove=("web",)), id="gone-past-grace-removed"
     ),
     pytest.param(ExpireRow({"draining"}, wake_at=100 + RECORDS_GRACE), id="status-left-kept-looked-at-again"),
-    pytest.param(ExpireRow({LB_SERVICE}), id="the-load-balancers-own-events-kept"),
     pytest.param(ExpireRow({"live"}), id="service-with-manifest-kept"),
 ]
 
