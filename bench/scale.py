@@ -308,7 +308,7 @@ def running(consul: ConsulClient, names: set[str], replicas: Callable[[str], int
 def apply(consul: ConsulClient, manifests: dict[str, bytes]) -> None:
     """Write the manifests in transactions (the bulk form of ``consul kv put services/<name>``)."""
     groups = {name: {LAYOUT.service_key(name): text} for name, text in manifests.items()}
-    for batch in pack_writes(groups, max_writes=64):
+    for batch in pack_writes(groups):
         consul.kv_txn(batch.writes)
 
 

@@ -42,9 +42,20 @@ from consul_operator.core.errors import (
     ConsulTLSError,
     ConsulUnavailable,
     NotLeader,
+    consul_trouble,
 )
 from consul_operator.core.model import ServiceInstance
-from consul_operator.core.txn import txn_body, txn_operation
+from consul_operator.core.txn import (
+    CONSUL_MAX_TXN_OPS,
+    CONSUL_MAX_VALUE_BYTES,
+    Sent,
+    Writes,
+    fits_one_transaction,
+    pack_writes,
+    send_groups,
+    txn_body,
+    txn_operation,
+)
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -52,9 +63,6 @@ T_co = TypeVar("T_co", covariant=True)
 DEFAULT_ADDR = "127.0.0.1:8500"
 DEFAULT_TIMEOUT = 5.0  # seconds, for every non-blocking request
 DEFAULT_WAIT = 30.0  # seconds a blocking query may be held by Consul
-# Consul 1.8 takes at most 64 operations and a 512 KiB body per transaction (/v1/txn).
-TXN_MAX_OPS = 64
-TXN_MAX_BYTES = 512 * 1024
 READABLE_FOR = 60.0  # seconds a KV prefix found readable by the ACL token is not probed again (`kv_trees`)
 # A host name (letters, digits, dots, hyphens, underscores) or an IP address (IPv6 without brackets here).
 _HOST = re.compile(r"[A-Za-z0-9._-]+|[0-9A-Fa-f:.]+")
@@ -414,6 +422,13 @@ class ConsulClient:
                 self._readable[prefix] = now + READABLE_FOR
         return {prefix: sorted(tree.values(), key=lambda e: e.key) for prefix, tree in trees.items()}
 
+    def kv_keys(self, prefix: str, *, separator: str | None = None) -> list[str]:
+        """The keys under ``prefix`` without their values; with ``separator``, each level's
+        common prefixes once (``operator/events/`` with "/": one ``operator/events/<name>/`` per service)."""
+        with _wrapped(f"listing the keys of {prefix!r}"):
+            _, keys = self._client.kv.get(prefix, keys=True, separator=separator)
+        return [str(key) for key in keys or []]
+
     def kv_put(self, key: str, value: bytes | str, *, cas: int | None = None) -> bool:
         """Write one key; with ``cas`` only if its modify index still matches."""
         with _wrapped(f"writing KV {key!r}"):
@@ -424,17 +439,14 @@ class ConsulClient:
 
         Index 0 means "only if the key does not exist" (Consul's ``cas`` verb).
         All or nothing: returns the keys whose index no longer matched (then
-        nothing was written), or ``[]`` when all were written. At most
-        `TXN_MAX_OPS` operations and `TXN_MAX_BYTES` of request body; more is a
-        `ValueError` (split before calling).
+        nothing was written), or ``[]`` when all were written. Beyond Consul's
+        limits (`txn.fits_one_transaction`) it is a `ValueError`: pack with
+        `txn.pack_writes` before calling.
         """
-        ops = [
-            {"KV": {"Verb": "cas", "Key": key, "Value": base64.b64encode(value).decode(), "Index": index}}
-            for key, value, index in writes
-        ]
+        ops = [txn_operation(key, value, index=index) for key, value, index in writes]
+        if not fits_one_transaction(ops):
+            raise ValueError(f"a transaction of {len(ops)} operations is beyond Consul's limits")
         body = json.dumps(ops)
-        if len(ops) > TXN_MAX_OPS or len(body) > TXN_MAX_BYTES:
-            raise ValueError(f"a transaction of {len(ops)} operations and {len(body)} bytes is too big")
 
         def answer(response: Any) -> tuple[int, str]:
             if response.code not in (200, 409):
@@ -487,6 +499,54 @@ class ConsulClient:
         """
         ops = [txn_operation(key, value) for key, value in writes.items()]
         self._txn(f"a transaction of {_describe_keys(writes)}", json.dumps(ops))
+
+    def write_records(
+        self, groups: Mapping[str, Writes], *, max_value: int | Callable[[str], int] = CONSUL_MAX_VALUE_BYTES
+    ) -> Sent[ConsulError]:
+        """Write the groups of records (unfenced: keys with one writer), each transaction on its own.
+
+        Packed by `txn.pack_writes` (a value over ``max_value``, the writer's
+        bound of its records, `records.record_bound`, is left out unsent as too large); one refused
+        write (413, an ACL denial) fails only its group (`txn.send_groups`),
+        returned with its `ConsulError` for the caller to log and count. Consul
+        away or failing (5xx) raises: no group could be written.
+        """
+
+        def send(writes: Writes) -> ConsulError | None:
+            try:
+                self.kv_txn(writes)
+            except ConsulError as exc:
+                if consul_trouble(exc):
+                    raise
+                return exc
+            return None
+
+        packing = pack_writes(groups, max_value=max_value)
+        too_large = ConsulError("over the record's byte bound or Consul's limits: not sent", status=413)
+        return send_groups(packing, send, too_large)
+
+    def kv_get_keys(self, keys: Sequence[str], *, consistent: bool = False) -> dict[str, KVEntry]:
+        """The entries of exactly ``keys`` that exist, read in read-only transactions (64 keys each).
+
+        A ``get`` of a missing key fails a whole transaction; a ``get-tree`` of
+        the key does not, and its answer is filtered to the key itself.
+        """
+        found: dict[str, KVEntry] = {}
+        wanted = sorted(set(keys))
+        for start in range(0, len(wanted), CONSUL_MAX_TXN_OPS):
+            chunk = wanted[start : start + CONSUL_MAX_TXN_OPS]
+            ops = [{"KV": {"Verb": "get-tree", "Key": key}} for key in chunk]
+            text = self._txn(
+                f"reading {_describe_keys(dict.fromkeys(chunk))}",
+                json.dumps(ops),
+                params=[("consistent", "")] if consistent else [],
+            )
+            exact = set(chunk)
+            for result in json.loads(text).get("Results") or []:
+                raw = result.get("KV") or {}
+                if raw.get("Key") in exact:
+                    found[raw["Key"]] = _entry({**raw, "Value": base64.b64decode(raw.get("Value") or "")})
+        return found
 
     def fenced_write(self, lock_key: str, session: str, writes: Mapping[str, bytes | None]) -> None:
         """Write (or, for None, delete) keys only while ``session`` holds ``lock_key``.

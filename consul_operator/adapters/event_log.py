@@ -4,9 +4,11 @@
 leader pass never waits on Consul for an event. A background flusher
 (`start_flusher`) takes what the buffer holds every `FLUSH_EVERY` seconds,
 collapses it into this daemon's records (``operator/events/<service>/<host>``,
-one writer per key) and writes them in as few transactions as fit
-(`txn.pack_writes`). While Consul is away the buffer keeps the newest
-`BUFFER_SIZE` events and drops the oldest (``operator_events_dropped_total``).
+one writer per key, each within `events.MAX_RECORD_BYTES`) and writes them in
+as few transactions as fit (`ConsulClient.write_records`): a record Consul
+refuses keeps its events for the next flush, and every other is written.
+While Consul is away the buffer keeps the newest `BUFFER_SIZE` events and
+drops the oldest (``operator_events_dropped_total``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import structlog
 
 from consul_operator.adapters import metrics
 from consul_operator.adapters.consul_client import ConsulClient
-from consul_operator.core.errors import ConsulError
+from consul_operator.core.errors import ConsulError, refusal_reason
 from consul_operator.core.events import (
     ServiceEvent,
     add_events,
@@ -30,7 +32,7 @@ from consul_operator.core.events import (
     record_json,
 )
 from consul_operator.core.keys import Layout
-from consul_operator.core.txn import pack_writes
+from consul_operator.core.records import record_bound
 
 log = structlog.get_logger()
 
@@ -87,16 +89,26 @@ class EventRecorder:
                     self._records[key] = parse_record(_value(consul, key))
                 updated[key] = add_events(self._records[key], new, now)
                 groups[key] = {key: record_json(updated[key])}
-            for batch in pack_writes(groups):
-                consul.kv_txn(batch.writes)
-                for key in batch.groups:
-                    self._records[key] = updated[key]
-                    written.add(key)
-                metrics.events_flushes.labels("ok").inc()
+            sent = consul.write_records(groups, max_value=lambda key: record_bound(layout, key))
         except ConsulError as exc:
             metrics.events_flushes.labels("error").inc()
             log.warning("events not written, kept for the next flush", error=str(exc), events=len(taken))
-            again = [e for e in taken if layout.events_key(e.service, e.host) not in written]
+        else:
+            for key in sent.groups:
+                self._records[key] = updated[key]
+                written.add(key)
+            if sent.groups:
+                metrics.events_flushes.labels("ok").inc()
+            for key, refusal in sorted(sent.refused.items()):
+                # Its own record only: the events of every other key are written.
+                reason = refusal_reason(refusal)
+                metrics.kv_write_failures.labels("events", reason).inc()
+                metrics.events_flushes.labels("error").inc()
+                log.warning(
+                    "an event record was not written", key=key, reason=reason, error=str(refusal)[:300]
+                )
+        again = [e for e in taken if layout.events_key(e.service, e.host) not in written]
+        if again:
             with self._lock:
                 self._buffer.extendleft(reversed(again))
                 while len(self._buffer) > self._size:

@@ -27,6 +27,7 @@ from prometheus_client import (
 
 from consul_operator.adapters.health import HEALTH
 from consul_operator.adapters.http_pool import DROP_REASONS, REQUEST_TIMEOUT, PooledHTTPServer
+from consul_operator.core.errors import REFUSAL_REASONS
 from consul_operator.core.events import REASONS as EVENT_REASONS
 
 # Fixed label values, pre-created below so that a rate() over them starts at 0.
@@ -165,13 +166,30 @@ rebalanced_replicas = Counter(
     "Replicas the leader moved to spread a service again once a host returned (a replacement placed "
     "on it, the replica it replaces drained once it passes).",
 )
-WRITE_FAILURE_REASONS = ("too_large", "permission_denied", "refused")
+WRITE_FAILURE_REASONS = REFUSAL_REASONS
 leader_write_failures = Counter(
     "operator_leader_write_failures_total",
     "Fenced writes of one service's records that Consul refused (too_large: HTTP 413; "
     "permission_denied; refused: any other answer). That service's writes back off; "
     "the other services' go on (exported by the leader).",
     ["reason"],
+)
+KV_RECORDS = ("status", "events")
+kv_write_failures = Counter(
+    "operator_kv_write_failures_total",
+    "Unfenced KV writes of one record that were not written: too_large (over the record's bound "
+    "or Consul's limits: left out unsent, or HTTP 413), permission_denied (an ACL), refused (any "
+    "other answer); record: status (an agent's operator/status/) or events (operator/events/). "
+    "Every other record of the pass is written; this one is tried again on the next.",
+    ["record", "reason"],
+)
+LB_HOLD_RESULTS = ("held", "expired")
+lb_held_upstreams = Counter(
+    "operator_lb_held_upstreams_total",
+    "A service whose owned instances dropped to none while Consul still shows them passing "
+    "(its status records gone): held, its last good upstream kept; expired, the hold ran out "
+    "(--hold-last-good) and the service is served as it is.",
+    ["result"],
 )
 lb_reloads = Counter(
     "operator_lb_reloads_total",
@@ -237,7 +255,8 @@ events_dropped = Counter(
 )
 events_flushes = Counter(
     "operator_events_flushes",
-    "Batches of events written to Consul KV (one transaction each): ok or error.",
+    "Flushes of events to Consul KV: ok (records written), error (the flush failed, or one "
+    "record was refused: its events are kept for the next flush, the others written).",
     ["result"],
 )
 for _result in EVENT_FLUSH_RESULTS:
@@ -247,6 +266,11 @@ for _reason in EVENT_REASONS:
 
 for _result in LB_RELOAD_RESULTS:
     lb_reloads.labels(_result)
+for _result in LB_HOLD_RESULTS:
+    lb_held_upstreams.labels(_result)
+for _record in KV_RECORDS:
+    for _reason in WRITE_FAILURE_REASONS:
+        kv_write_failures.labels(_record, _reason)
 for _reason in WRITE_FAILURE_REASONS:
     leader_write_failures.labels(_reason)
 for _reason in LB_REJECT_REASONS:

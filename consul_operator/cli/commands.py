@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from consul_operator.adapters.consul_client import TXN_MAX_BYTES, TXN_MAX_OPS, BlockingQuery, ConsulClient
+from consul_operator.adapters.consul_client import BlockingQuery, ConsulClient
 from consul_operator.adapters.event_log import read_events
 from consul_operator.adapters.kv_state import read_statuses
 from consul_operator.adapters.presence import agent_registrations, hosts_of
@@ -44,6 +44,7 @@ from consul_operator.core.status import (
     to_json,
 )
 from consul_operator.core.terminal import clean_lines
+from consul_operator.core.txn import fits_one_transaction, pack_writes, txn_operation
 
 EXIT_OK = 0
 EXIT_NOT_OK = 1
@@ -234,10 +235,6 @@ def duplicate_names(loaded: Sequence[tuple[str, bytes, Manifest]]) -> dict[str, 
     return {name: names for name, names in files.items() if len(names) > 1}
 
 
-# What the writes of one transaction may take of Consul's request limit (room for the brackets).
-TXN_BUDGET = TXN_MAX_BYTES - 1024
-
-
 @dataclass(frozen=True)
 class Write:
     """One manifest to write: only if its key still has the modify index read (0: absent)."""
@@ -249,22 +246,16 @@ class Write:
 
 
 def write_batches(writes: Sequence[Write]) -> list[list[Write]]:
-    """Group writes into transactions within Consul's limits (64 operations, 512 KiB of JSON).
+    """Group writes into transactions within Consul's limits: the one packer, `txn.pack_writes`.
 
     Values travel in base64 (4/3 of their size) with some JSON around them; a
     write too big for any transaction gets a batch of its own (a single
     check-and-set PUT).
     """
-    batches: list[list[Write]] = []
-    size = 0
-    for write in writes:
-        cost = _txn_cost(write)
-        if not batches or len(batches[-1]) >= TXN_MAX_OPS or size + cost > TXN_BUDGET:
-            batches.append([])
-            size = 0
-        batches[-1].append(write)
-        size += cost
-    return batches
+    by_key = {write.key: write for write in writes}
+    packing = pack_writes({write.service: {write.key: write.data} for write in writes})
+    batches = [[by_key[key] for key in batch.writes] for batch in packing.batches]
+    return batches + [[by_key[key]] for key in packing.too_large.values()]
 
 
 def apply(target: Target, files: Sequence[str]) -> int:
@@ -331,19 +322,11 @@ def apply(target: Target, files: Sequence[str]) -> int:
 
 def _write_batch(target: Target, batch: Sequence[Write]) -> list[str]:
     """Write one batch with check-and-set; the keys another writer changed (then nothing was written)."""
-    if len(batch) == 1 and _too_big_for_txn(batch[0]):
+    ops = [txn_operation(w.key, w.data, index=w.index) for w in batch]
+    if len(batch) == 1 and not fits_one_transaction(ops):
         write = batch[0]
         return [] if target.consul.kv_put(write.key, write.data, cas=write.index) else [write.key]
     return target.consul.kv_cas_txn([(w.key, w.data, w.index) for w in batch])
-
-
-def _txn_cost(write: Write) -> int:
-    """Bytes of JSON one write adds to a transaction: base64 of the value, the key, the verb."""
-    return len(write.key) + (len(write.data) + 2) // 3 * 4 + 100
-
-
-def _too_big_for_txn(write: Write) -> bool:
-    return _txn_cost(write) > TXN_BUDGET
 
 
 def _conflict(write: Write) -> str:

@@ -271,6 +271,7 @@ def cmd_lb(args: argparse.Namespace) -> int:
         consul_tls=consul_tls(args, os.environ),
         metrics_tls=_metrics_tls(args),
         page_token_file=args.page_token_file,
+        hold_last_good=args.hold_last_good,
     )
     return run_lb(config)
 
@@ -487,6 +488,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--coalesce", type=_duration, default=0.2, help="apply bursts of changes together (200ms)"
     )
     lb.add_argument("--resync", type=_duration, default=60.0, help="safety-net resync period (60s)")
+    lb.add_argument(
+        "--hold-last-good",
+        type=_duration,
+        default=60.0,
+        help="keep a service's last good upstream this long while its agents report none of its "
+        "passing instances (status records deleted) (60s)",
+    )
     lb.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     lb.add_argument("--log-json", action="store_true", default=None, help="JSON log lines even on a tty")
     lb.set_defaults(func=cmd_lb)

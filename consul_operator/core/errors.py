@@ -49,3 +49,23 @@ class ImageNotFound(DockerError):
 
 class NotLeader(OperatorError):
     """A fenced write failed: this agent no longer holds the leader lock."""
+
+
+REFUSAL_REASONS = ("too_large", "permission_denied", "refused")
+"""Why Consul did not take one record's write (a metric label): `refusal_reason`."""
+
+
+def refusal_reason(exc: ConsulError) -> str:
+    """The bounded reason of a refused write: too_large (HTTP 413, or left out unsent as over
+    its bound), permission_denied (an ACL), refused (any other answer)."""
+    if exc.status == 413:
+        return "too_large"
+    if isinstance(exc, ConsulPermissionDenied):
+        return "permission_denied"
+    return "refused"
+
+
+def consul_trouble(exc: ConsulError) -> bool:
+    """Whether ``exc`` is Consul's trouble rather than one record's: unreachable, or a server-side
+    failure (5xx, e.g. no Raft leader). It ends a pass; a refusal (4xx) fails that record alone."""
+    return isinstance(exc, ConsulUnavailable) or (exc.status is not None and exc.status >= 500)

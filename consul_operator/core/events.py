@@ -25,7 +25,13 @@ from typing import Any, Final
 
 from consul_operator.core.cluster_state import ClusterState
 from consul_operator.core.desired_state import ManifestError
-from consul_operator.core.records import PlacementRecord, RolloutRecord, RolloutState
+from consul_operator.core.records import (
+    MAX_EVENT_RECORD_BYTES,
+    PlacementRecord,
+    RolloutRecord,
+    RolloutState,
+    bounded_text,
+)
 
 MAX_EVENTS: Final = 100
 """The most events kept per service (and per record)."""
@@ -35,6 +41,14 @@ COLLAPSE_WINDOW: Final = 600.0
 """An event repeating the last one of its kind within this many seconds is collapsed into it."""
 MAX_MESSAGE: Final = 512
 """Characters of a message kept (Docker and Consul error texts can be long)."""
+MAX_MESSAGE_BYTES: Final = 1024
+"""A message's JSON form at most (`records.bounded_text`): 512 characters of emoji or
+control characters are 6 KiB in it."""
+MAX_RECORD_BYTES: Final = MAX_EVENT_RECORD_BYTES
+"""An ``operator/events/<service>/<host>`` record's KV form at most: the oldest events go
+first to fit (`record_json`). 100 distinct messages at their bound take 100 KiB and more;
+unbounded, a record had passed Consul's 512 KiB and every later write of the daemon's
+events failed with it."""
 
 # Reasons: one per kind of decision.
 PLACED: Final = "Placed"
@@ -124,10 +138,10 @@ class ServiceEvent:
 
 
 def new_event(time: float, host: str, service: str, reason: str, message: str) -> ServiceEvent:
-    """An event with its message cut to `MAX_MESSAGE` characters."""
+    """An event with its message cut to `MAX_MESSAGE` characters and `MAX_MESSAGE_BYTES`."""
     if len(message) > MAX_MESSAGE:
         message = message[: MAX_MESSAGE - 1] + "…"
-    return ServiceEvent(time, host, service, reason, message)
+    return ServiceEvent(time, host, service, reason, bounded_text(message, MAX_MESSAGE_BYTES))
 
 
 def collapse(
@@ -171,9 +185,24 @@ def merge_records(records: Iterable[Sequence[ServiceEvent]], now: float) -> list
     return retain((e for record in records for e in record), now)
 
 
-def record_json(events: Sequence[ServiceEvent]) -> bytes:
-    """The KV form of a record: a JSON list."""
-    return json.dumps([e.to_dict() for e in events], separators=(",", ":")).encode()
+def record_json(events: Sequence[ServiceEvent], max_bytes: int = MAX_RECORD_BYTES) -> bytes:
+    """The KV form of a record: a JSON list, its oldest events left out until it fits ``max_bytes``.
+
+    Every message is bounded again here (an event read back from KV may be
+    anyone's), so that even one event always fits.
+    """
+    items = [
+        json.dumps(
+            {**e.to_dict(), "message": bounded_text(e.message, MAX_MESSAGE_BYTES)}, separators=(",", ":")
+        )
+        for e in events
+    ]
+    size = 2 + sum(len(item) for item in items) + max(0, len(items) - 1)
+    start = 0
+    while size > max_bytes and start < len(items):
+        size -= len(items[start]) + (1 if start < len(items) - 1 else 0)
+        start += 1
+    return ("[" + ",".join(items[start:]) + "]").encode()
 
 
 def parse_record(value: bytes | None) -> list[ServiceEvent]:
@@ -305,3 +334,57 @@ def leader_events(
         elif (name := is_rollout(key)) is not None and name in rollouts:
             out.extend(rollout_events(state.rollouts.get(name), rollouts[name]))
     return out
+
+
+# --- removing a deleted service's records ---------------------------------------------
+
+RECORDS_GRACE: Final = 10.0
+"""Seconds a deleted service's event records stay once nothing else of it is left in KV: its
+agents' last events (``Stopped``) are flushed within a second or two of their status records'
+deletion, and must not land after the removal, recreating a record nobody removes again."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordsCleanup:
+    """What the leader does with event records this pass: the services whose records go, when
+    each service left was first seen with nothing else left (the next pass's ``gone``), and when
+    to look again (None: nothing pending)."""
+
+    remove: tuple[str, ...]
+    gone: Mapping[str, float]
+    wake_at: float | None
+
+
+def expire_records(
+    with_records: Iterable[str],
+    state: ClusterState,
+    gone: Mapping[str, float],
+    now: float,
+    grace: float = RECORDS_GRACE,
+) -> RecordsCleanup:
+    """The event records (``operator/events/<name>/``) of deleted services to remove.
+
+    The leader removes them, fenced, `RECORDS_GRACE` seconds after it first
+    sees nothing else of the service in KV: no manifest, no placement, no
+    status record on any host (every agent has stopped its containers and
+    deleted its record). ``with_records`` are the services that have event
+    records; ``gone`` (monotonic seconds) and ``now`` come from the last pass
+    and the clock. A service that reappears (a manifest again) is kept.
+    """
+    services = set(with_records)
+    first = {
+        name: gone.get(name, now)
+        for name in sorted(services)
+        if name not in state.manifests and name not in state.placements and not state.statuses.get(name)
+    }
+    remove = tuple(name for name, since in first.items() if now - since >= grace)
+    left = {name: since for name, since in first.items() if name not in remove}
+    waiting = [
+        name
+        for name in services
+        if name not in state.manifests and name not in first  # its containers are still going
+    ]
+    wakes = [since + grace for since in left.values()]
+    if waiting:
+        wakes.append(now + grace)
+    return RecordsCleanup(remove, left, min(wakes) if wakes else None)

@@ -26,10 +26,78 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
 
+from consul_operator.core.keys import Layout
+from consul_operator.core.txn import CONSUL_MAX_VALUE_BYTES
+
 
 def frozen_map(data: Mapping[str, int] | None = None) -> Mapping[str, int]:
     """A read-only copy, so that frozen dataclasses stay frozen all the way down."""
     return MappingProxyType(dict(data or {}))
+
+
+CUT_MARKER = "… [{} bytes cut]"
+"""What ends a text cut to its bound (`bounded_text`), saying how much was left out."""
+MAX_ERROR_BYTES = 1024
+"""A status record's ``error``, JSON-encoded: an invalid manifest's first problem may quote
+the whole manifest (a 450 KB YAML tag made every agent's status transaction 600 KB)."""
+MAX_REASON_BYTES = 8192
+"""A placement's or a rollout's ``reason``, JSON-encoded (a placement's names every host)."""
+MAX_STATUS_BYTES = 128 * 1024
+"""A status record's KV form: 200 instances of the longest names, each with its mark
+(port, container, spec) and a node name of 255 characters, take 60 KB."""
+MAX_PLACEMENT_BYTES = 64 * 1024
+"""A placement record's KV form: 100 hosts of 63 characters with 3 specs each take 30 KB."""
+MAX_ROLLOUT_BYTES = 16 * 1024
+"""A rollout record's KV form."""
+MAX_EVENT_RECORD_BYTES = 64 * 1024
+"""An ``operator/events/<service>/<host>`` record's KV form (`events.record_json` trims to it)."""
+
+
+def record_bound(layout: Layout, key: str) -> int:
+    """The most bytes the record at ``key`` may hold: checked before every write (`txn.pack_writes`).
+
+    A record over its bound is never written (its writer logs and counts it);
+    the bounds hold for every input, hostile text included (the properties in
+    tests/unit/test_bounded_properties.py). Manifests kept as revisions are
+    bounded by the validator (`desired_state.MAX_REVISION_BYTES`), anything
+    else by Consul's own value limit.
+    """
+    for prefix, bound in (
+        (layout.status_prefix, MAX_STATUS_BYTES),
+        (layout.placement_prefix, MAX_PLACEMENT_BYTES),
+        (layout.rollout_prefix, MAX_ROLLOUT_BYTES),
+        (layout.events_prefix, MAX_EVENT_RECORD_BYTES),
+    ):
+        if key.startswith(prefix):
+            return bound
+    return CONSUL_MAX_VALUE_BYTES
+
+
+def encoded_size(text: str) -> int:
+    """Bytes of ``text`` as a JSON string in our records (ASCII-escaped, quotes included)."""
+    return len(json.dumps(text))
+
+
+def bounded_text(text: str, max_bytes: int) -> str:
+    """``text`` whose JSON form (`encoded_size`) is at most ``max_bytes``: cut at a character
+    with `CUT_MARKER` saying how many bytes (UTF-8) were left out. Tenant text (manifests,
+    Docker's and Consul's errors) may be huge, multi-byte, or all control characters, each
+    of which the JSON form writes as 6 or 12 bytes."""
+    if encoded_size(text) <= max_bytes:
+        return text
+    total = len(text.encode("utf-8", "surrogatepass"))
+    low, high = 0, min(len(text), max_bytes)
+    while low < high:  # the longest prefix that fits with its marker
+        middle = (low + high + 1) // 2
+        kept = text[:middle]
+        marker = CUT_MARKER.format(total - len(kept.encode("utf-8", "surrogatepass")))
+        if encoded_size(kept + marker) <= max_bytes:
+            low = middle
+        else:
+            high = middle - 1
+    kept = text[:low]
+    marked = kept + CUT_MARKER.format(total - len(kept.encode("utf-8", "surrogatepass")))
+    return marked if encoded_size(marked) <= max_bytes else ""
 
 
 def _dumps(body: Mapping[str, object]) -> bytes:
@@ -121,6 +189,9 @@ class PlacementRecord:
     # While the leader spreads the service again (`spread.py`): why, for people
     # (``operator status`` shows ``Rebalancing``). Empty otherwise.
     rebalancing: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reason", bounded_text(self.reason, MAX_REASON_BYTES))
 
     @property
     def total(self) -> int:
@@ -237,6 +308,9 @@ class RolloutRecord:
     updated: int = 0
     total: int = 0
     elapsed: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reason", bounded_text(self.reason, MAX_REASON_BYTES))
 
     @property
     def active(self) -> bool:
@@ -356,6 +430,9 @@ class StatusRecord:
     since: float | None = None
     node: str = ""
     replicas: Mapping[str, ReplicaMark] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "error", bounded_text(self.error, MAX_ERROR_BYTES))
 
     @property
     def says_nothing(self) -> bool:

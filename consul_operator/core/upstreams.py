@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from consul_operator.core.desired_state import is_dns_label
 from consul_operator.core.model import ServiceInstance
@@ -163,3 +164,83 @@ def substitute(view: LBView, faulty: Collection[str], last_good: Mapping[str, Up
         for up in view.upstreams
     )
     return LBView(upstreams, view.default_service, view.rejected)
+
+
+# --- holding the last good upstream while status records are missing -------------------
+
+HOLD_LAST_GOOD: Final = 60.0
+"""Seconds a service keeps its last good upstream at most (``operator lb --hold-last-good``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A service served at its last good upstream since ``since`` (clock seconds); ``expired``
+    once ``hold_for`` has run out (it is then served as it is, until it has servers again)."""
+
+    since: float
+    expired: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HoldDecision:
+    """The upstreams to serve, the holds for the next pass, and what changed (to log and count)."""
+
+    view: LBView
+    holds: Mapping[str, Hold]
+    started: tuple[str, ...] = ()
+    expired: tuple[str, ...] = ()
+    wake_at: float | None = None
+
+
+def hold_last_good(
+    view: LBView,
+    unreported: Mapping[str, Collection[Server]],
+    last_good: Mapping[str, Upstream],
+    holds: Mapping[str, Hold],
+    now: float,
+    hold_for: float = HOLD_LAST_GOOD,
+) -> HoldDecision:
+    """Keep serving a service whose owned instances dropped to none while Consul still shows them passing.
+
+    Ownership counts an instance only when its agent lists it in its status
+    record (`ownership.owned`); records deleted (an admin's clean-up, a
+    snapshot restore) made NGINX answer 503 for healthy replicas until their
+    agents wrote them again. So a service with no owned server now, whose
+    last good upstream's servers are still passing but ``unreported``
+    (rejected only for the missing record), is served at those servers, for
+    ``hold_for`` seconds at most from when it started; then as it is (503),
+    until it has owned servers again. Never a server that is not passing
+    now, never one that was not in the last good upstream: a forged
+    registration gains nothing.
+    """
+    upstreams: list[Upstream] = []
+    kept: dict[str, Hold] = {}
+    started: list[str] = []
+    expired: list[str] = []
+    wakes: list[float] = []
+    for up in view.upstreams:
+        previous = last_good.get(up.name)
+        passing = set(unreported.get(up.name, ()))
+        keep = tuple(s for s in previous.servers if s in passing) if previous and not up.servers else ()
+        if not keep:
+            upstreams.append(up)
+            continue
+        hold = holds.get(up.name) or Hold(now)
+        if up.name not in holds:
+            started.append(up.name)
+        if now - hold.since < hold_for:
+            upstreams.append(Upstream(up.name, keep))
+            wakes.append(hold.since + hold_for)
+        else:
+            if not hold.expired:
+                expired.append(up.name)
+                hold = Hold(hold.since, expired=True)
+            upstreams.append(up)
+        kept[up.name] = hold
+    return HoldDecision(
+        LBView(tuple(upstreams), view.default_service, view.rejected),
+        kept,
+        tuple(started),
+        tuple(expired),
+        min(wakes) if wakes else None,
+    )

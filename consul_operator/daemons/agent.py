@@ -7,6 +7,8 @@ Threads, all daemons, all stopped by one ``stop`` event:
 * watches     blocking queries on manifests, placements and this node's checks;
               while leading, also on the agents' health, all health, rollbacks and
               maintenance; Docker's event stream. They only fire triggers.
+* status-check looks at this host's status records every 2 s: changed or
+              deleted in KV, they wake the host loop, which writes them again
 * host loop   reconciles this host's containers (every agent)
 * schedule    places replicas (does work only while leading)
 
@@ -37,7 +39,7 @@ from consul_operator.core.desired_state import Resources, host_capacity
 from consul_operator.core.errors import ConsulError, DockerError
 from consul_operator.core.keys import Layout
 from consul_operator.core.spread import SpreadSettings
-from consul_operator.daemons.host_agent import Executor, HostAgent, KVChanged
+from consul_operator.daemons.host_agent import Executor, HostAgent, KVChanged, check_status
 from consul_operator.daemons.leader import LeaderElection
 from consul_operator.daemons.loop import Batched, Trigger, run_loop, stop_on_signals, wait_for_stop
 from consul_operator.daemons.scheduler import Scheduler
@@ -150,6 +152,10 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
     threads = [
         threading.Thread(target=presence.heartbeat, args=(stop,), name="heartbeat", daemon=True),
         threading.Thread(target=election.run, args=(stop,), name="election", daemon=True),
+        # Status records deleted or changed by anyone are written again (`check_status`).
+        threading.Thread(
+            target=check_status, args=(host_agent, host_trigger.fire, stop), name="status-check", daemon=True
+        ),
         threading.Thread(
             target=docker_actuator.watch_events,
             args=(host_trigger.fire, stop),

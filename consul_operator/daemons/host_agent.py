@@ -9,6 +9,7 @@ starts or stops a container.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
@@ -33,9 +34,9 @@ from consul_operator.adapters.kv_state import (
 )
 from consul_operator.adapters.timers import Timers
 from consul_operator.core import events
-from consul_operator.core.backoff import Backoff, backoff_after_failure
+from consul_operator.core.backoff import Backoff, backoff_after_failure, backoff_delay
 from consul_operator.core.desired_state import Manifest
-from consul_operator.core.errors import ConsulError, OperatorError
+from consul_operator.core.errors import ConsulError, OperatorError, refusal_reason
 from consul_operator.core.host_plan import (
     backoff_after_crash,
     ends_streak,
@@ -63,8 +64,8 @@ from consul_operator.core.records import (
     ReplicaMark,
     StatusRecord,
     frozen_map,
+    record_bound,
 )
-from consul_operator.core.txn import pack_writes
 from consul_operator.daemons.loop import PassResult
 
 log = structlog.get_logger()
@@ -455,8 +456,33 @@ class KVChanged:
         return fired
 
 
+STATUS_CHECK_EVERY = 2.0
+"""Seconds between two looks at this host's status records in KV (`HostAgent.status_drifted`)."""
+
 KV_MAX_AGE = 60.0
 """Seconds a pass may reuse its last read of KV at most, whatever the watches say: a safety net."""
+
+
+def check_status(agent: HostAgent, wake: Callable[[], None], stop: threading.Event) -> None:
+    """Every `STATUS_CHECK_EVERY` seconds until ``stop``: wake a host pass when KV lost or changed
+    this host's status records (`HostAgent.status_drifted`); a failed look is logged and retried."""
+    failing = False
+    while not stop.wait(STATUS_CHECK_EVERY):
+        try:
+            drifted = agent.status_drifted()
+        except ConsulError as exc:
+            if not failing:
+                log.warning("cannot look at this host's status records", error=str(exc))
+            failing = True
+            continue
+        except Exception:
+            log.exception("looking at this host's status records crashed")
+            continue
+        failing = False
+        if drifted:
+            log.info("status records differ from what this host wrote; writing them again")
+            wake()
+
 
 _KVRead = tuple[dict[str, ManifestResult], dict[str, PlacementRecord], dict[tuple[str, str], Manifest]]
 
@@ -489,6 +515,7 @@ class HostAgent:
         self._written: dict[str, StatusRecord] | None = None
         self._kv: _KVRead | None = None
         self._kv_read_at = 0.0
+        self._refused_passes = 0  # passes in a row in which Consul refused a status record
 
     def _read_kv(self) -> _KVRead:
         """Manifests, placements and the revisions wanted here: read again, or the last read if unchanged."""
@@ -530,10 +557,16 @@ class HostAgent:
         plan = plan_host(desires, containers, registrations, inflight, backoffs, now, mono=mono)
         for action in plan.actions:
             self.executor.submit(action)
-        self._report(plan.reports, _running_specs(containers), now, _instance_marks(containers))
-        if plan.wake_at is None:
+        refused = self._report(plan.reports, _running_specs(containers), now, _instance_marks(containers))
+        # A refused status record is tried again soon, backing off while Consul keeps refusing it.
+        self._refused_passes = self._refused_passes + 1 if refused else 0
+        wake_at = plan.wake_at
+        if refused:
+            retry = mono + backoff_delay(self._refused_passes)
+            wake_at = retry if wake_at is None else min(wake_at, retry)
+        if wake_at is None:
             return PassResult()
-        return PassResult(requeue_after=max(0.0, plan.wake_at - mono))
+        return PassResult(requeue_after=max(0.0, wake_at - mono))
 
     def _observe(self) -> tuple[list[ContainerInfo], InFlight]:
         """What is in flight, then our containers: each replica counted exactly once.
@@ -567,18 +600,21 @@ class HostAgent:
         specs: dict[str, dict[str, int]],
         now: float,
         instances: dict[str, dict[str, ReplicaMark]],
-    ) -> None:
-        """Write ``operator/status/<service>/<host>`` for each service whose status changed.
+    ) -> bool:
+        """Write ``operator/status/<service>/<host>`` for each service whose record differs from KV's;
+        whether Consul refused any.
 
         Every change of a pass goes in as few transactions as fit Consul's
         limits (`txn.pack_writes`), not one write each: an agent starting its
         share of 1,000 services had written a hundred keys one by one, a Raft
-        commit each (docs/benchmarks.md, *Scale*).
+        commit each (docs/benchmarks.md, *Scale*). Each transaction goes on its
+        own (`ConsulClient.write_records`): a record Consul refuses (413, an
+        ACL) is logged, counted in ``operator_kv_write_failures_total`` and
+        tried again next pass, and every other is written.
         """
         if self._written is None:
             self._written = self._read_written()
-        changed: dict[str, StatusRecord | None] = {}
-        reported: set[str] = set()
+        wanted: dict[str, StatusRecord] = {}
         for report in reports:
             marks = instances.get(report.service, {})
             record = StatusRecord(
@@ -601,33 +637,83 @@ class HostAgent:
             )
             if record.says_nothing:
                 continue  # no record (its old one goes below), no gauges
-            reported.add(report.service)
+            wanted[report.service] = record
             metrics.running_replicas.labels(report.service, self.host).set(report.running)
             metrics.host_healthy_replicas.labels(report.service, self.host).set(report.healthy)
             backoff = self.executor.backoffs.get(report.service, Backoff())
             metrics.consecutive_failures.labels(report.service, self.host).set(backoff.failures)
-            if not record.same_report(self._written.get(report.service)):
-                changed[report.service] = record
-        for service in self._written:
-            if service not in reported:
-                changed[service] = None  # deleted, or nothing of it here any more: its status goes too
+        # Compared with what KV holds, not with what this agent remembers writing:
+        # a record deleted (an admin, a snapshot restore, the leader's clean-up of a
+        # host it took for lost) or changed by anyone is written again.
+        held = self._read_own(set(wanted) | set(self._written))
+        changed: dict[str, StatusRecord | None] = {}
+        for service, record in wanted.items():
+            current = held.get(service)
+            if record.same_report(current):
+                assert current is not None
+                self._written[service] = current
+            else:
+                changed[service] = record
+        for service in set(held) - set(wanted):
+            changed[service] = None  # deleted, or nothing of it here any more: its status goes too
+        for service in set(self._written) - set(wanted) - set(held):
+            self._forget_status(service)  # gone from KV already
         groups = {
             service: {
                 self.layout.status_key(service, self.host): None if record is None else record.to_json()
             }
             for service, record in changed.items()
         }
-        for batch in pack_writes(groups):
-            self.consul.kv_txn(batch.writes)
-            for service in batch.groups:
-                written = changed[service]
-                if written is not None:
-                    self._written[service] = written
-                    continue
-                del self._written[service]
-                metrics.running_replicas.remove(service, self.host)
-                metrics.host_healthy_replicas.remove(service, self.host)
-                metrics.consecutive_failures.remove(service, self.host)
+        sent = self.consul.write_records(groups, max_value=lambda key: record_bound(self.layout, key))
+        for service in sent.groups:
+            written = changed[service]
+            if written is not None:
+                self._written[service] = written
+            else:
+                self._forget_status(service)
+        for service, exc in sorted(sent.refused.items()):
+            reason = refusal_reason(exc)
+            metrics.kv_write_failures.labels("status", reason).inc()
+            log.warning(
+                "status record not written; the others were",
+                service=service,
+                reason=reason,
+                status=exc.status,
+                error=str(exc)[:300],
+            )
+        return bool(sent.refused)
+
+    def _forget_status(self, service: str) -> None:
+        """No record of ``service`` here any more: forget it, and its gauges."""
+        assert self._written is not None
+        self._written.pop(service, None)
+        for gauge in (metrics.running_replicas, metrics.host_healthy_replicas, metrics.consecutive_failures):
+            with contextlib.suppress(KeyError):  # never set
+                gauge.remove(service, self.host)
+
+    def _read_own(self, services: set[str]) -> dict[str, StatusRecord]:
+        """This host's status records of ``services`` as KV holds them now (unreadable: absent)."""
+        keys = {self.layout.status_key(service, self.host): service for service in services}
+        held: dict[str, StatusRecord] = {}
+        for key, entry in self.consul.kv_get_keys(list(keys)).items():
+            try:
+                held[keys[key]] = StatusRecord.from_json(entry.value, service=keys[key], host=self.host)
+            except ValueError:
+                held[keys[key]] = StatusRecord(keys[key], self.host, error="unreadable")
+        return held
+
+    def status_drifted(self) -> bool:
+        """Whether KV holds other status records of this host than the last pass left there.
+
+        Read by a background check (`STATUS_CHECK_EVERY`), which wakes a pass when
+        it is so: a deletion of ``operator/status/`` changes no container, and no
+        other watch of an agent would see it.
+        """
+        remembered = dict(self._written or {})
+        if not remembered:
+            return False
+        held = self._read_own(set(remembered))
+        return any(not record.same_report(held.get(s)) for s, record in remembered.items())
 
     def _read_written(self) -> dict[str, StatusRecord]:
         """Our status keys as a previous run of this agent left them, so a restart rewrites nothing."""

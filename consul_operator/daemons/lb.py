@@ -38,15 +38,20 @@ from consul_operator.core.backoff import retry_delay
 from consul_operator.core.desired_state import is_dns_label
 from consul_operator.core.keys import Layout
 from consul_operator.core.model import ServiceInstance
-from consul_operator.core.ownership import owned
+from consul_operator.core.ownership import UNREPORTED, owned
 from consul_operator.core.upstreams import (
+    HOLD_LAST_GOOD,
+    Hold,
     LBView,
     Rejected,
+    Server,
     Upstream,
     build_view,
     find_faulty,
+    hold_last_good,
     restrict,
     substitute,
+    vet_server,
 )
 from consul_operator.daemons.loop import (
     PassResult,
@@ -92,6 +97,7 @@ class LoadBalancer:
     default_service: str | None
     coalesce: float
     cluster: str = "default"
+    hold_last_good: float = HOLD_LAST_GOOD
     clock: Callable[[], float] = time.monotonic
     template: RenderFn = render
     _last_reload: float = field(default=float("-inf"), init=False)
@@ -99,6 +105,8 @@ class LoadBalancer:
     # Each service's upstream as last installed: what a service NGINX refuses keeps serving.
     _last_good: dict[str, Upstream] = field(default_factory=dict, init=False)
     _refused: _Refusal | None = field(default=None, init=False)
+    # Services served at their last good upstream while no instance of theirs is reported.
+    _holds: dict[str, Hold] = field(default_factory=dict, init=False)
     _quarantined: frozenset[str] = field(default=frozenset(), init=False)
     _reload_failures: int = field(default=0, init=False)
     # Services whose upstream size is exported: a deleted service's gauge goes with it.
@@ -106,8 +114,9 @@ class LoadBalancer:
 
     def reconcile(self) -> PassResult:
         """One pass; raises on a failed read so that nothing is rendered from it."""
-        view = self._read_view()
+        view, unreported = self._read_view()
         self._report_rejected(view.rejected)
+        view, hold_until = self._hold(view, unreported)
         text = self._render(view)
 
         wait = self._last_reload + self.coalesce - self.clock()
@@ -120,18 +129,20 @@ class LoadBalancer:
         result = self.nginx.apply(text)
         if result.ok or result.reload_failed:
             self._refused = None
-            return self._installed(view, result, frozenset())
+            return _sooner(self._installed(view, result, frozenset()), hold_until, self.clock())
         metrics.lb_reloads.labels("failed").inc()
         log.error("config refused; finding the services at fault", error=result.error)
-        return self._isolate(view, text)
+        return _sooner(self._isolate(view, text), hold_until, self.clock())
 
-    def _read_view(self) -> LBView:
-        """Manifests' names, and for each our agents' passing instances, vetted."""
+    def _read_view(self) -> tuple[LBView, dict[str, list[Server]]]:
+        """Manifests' names, and for each our agents' passing instances, vetted; and per service
+        the passing servers left out only as `ownership.UNREPORTED` (what `_hold` may keep)."""
         names = self._service_names()
         agents = read_agents(self.consul, self.cluster)
         statuses = read_statuses(self.consul, self.layout)
         instances: dict[str, list[ServiceInstance]] = {}
         disowned: list[Rejected] = []
+        unreported: dict[str, list[Server]] = {}
         for name in names:
             if not is_dns_label(name):
                 continue
@@ -141,8 +152,30 @@ class LoadBalancer:
             disowned.extend(
                 Rejected(name, d.instance.service_id, d.reason, d.detail) for d in verdict.rejected
             )
+            for d in verdict.rejected:
+                server = vet_server(name, d.instance)
+                if d.reason == UNREPORTED and isinstance(server, Server):
+                    unreported.setdefault(name, []).append(server)
         view = build_view(names, instances, self.default_service)
-        return dataclasses.replace(view, rejected=(*disowned, *view.rejected))
+        return dataclasses.replace(view, rejected=(*disowned, *view.rejected)), unreported
+
+    def _hold(self, view: LBView, unreported: dict[str, list[Server]]) -> tuple[LBView, float | None]:
+        """Keep the last good upstream of a service whose status records went (`upstreams.hold_last_good`)."""
+        now = self.clock()
+        decision = hold_last_good(view, unreported, self._last_good, self._holds, now, self.hold_last_good)
+        self._holds = dict(decision.holds)
+        for name in decision.started:
+            metrics.lb_held_upstreams.labels("held").inc()
+            log.warning(
+                "no instance of the service is reported by its agents, yet they pass in Consul: "
+                "serving its last good upstream",
+                service=name,
+                hold_for=self.hold_last_good,
+            )
+        for name in decision.expired:
+            metrics.lb_held_upstreams.labels("expired").inc()
+            log.error("held upstream expired; serving the service as it is", service=name)
+        return decision.view, decision.wake_at
 
     def _render(self, view: LBView) -> str:
         managed = isinstance(self.nginx, ManagedNginx)
@@ -241,6 +274,16 @@ class LoadBalancer:
         self._reported = seen
 
 
+def _sooner(result: PassResult, at: float | None, now: float) -> PassResult:
+    """``result``, requeued by ``at`` (a clock time) at the latest."""
+    if at is None:
+        return result
+    wait = max(0.0, at - now) + 0.05
+    if result.requeue_after is not None and result.requeue_after <= wait:
+        return result
+    return dataclasses.replace(result, requeue_after=wait)
+
+
 def lb_host(listen: str) -> str:
     """The name the load balancer records its events under: one writer per key, so one per listener."""
     return "lb-" + "".join(c if c.isalnum() or c in ".-" else "-" for c in listen)
@@ -267,6 +310,7 @@ class LBConfig:
     consul_tls: ConsulTLS | None = None  # None: the consul CLI's environment variables
     metrics_tls: tuple[str, str] | None = None  # --metrics-tls-cert, --metrics-tls-key
     page_token_file: str | None = None  # --page-token-file: the status page's bearer token
+    hold_last_good: float = HOLD_LAST_GOOD  # --hold-last-good
 
 
 def run_lb(config: LBConfig) -> int:
@@ -303,6 +347,7 @@ def run_lb(config: LBConfig) -> int:
         config.default_service,
         config.coalesce,
         cluster=config.cluster,
+        hold_last_good=config.hold_last_good,
     )
     prefix = config.layout.services_prefix
     start_watch("services", lambda i, w: consul.kv_list(prefix, index=i, wait=w), [trigger], stop)

@@ -40,7 +40,14 @@ from consul_operator.core import events
 from consul_operator.core.backoff import Backoff, backoff_after_failure
 from consul_operator.core.cluster_state import ClusterState
 from consul_operator.core.desired_state import Manifest
-from consul_operator.core.errors import ConsulError, ConsulPermissionDenied, ConsulUnavailable, NotLeader
+from consul_operator.core.errors import (
+    ConsulError,
+    ConsulPermissionDenied,
+    ConsulUnavailable,
+    NotLeader,
+    consul_trouble,
+    refusal_reason,
+)
 from consul_operator.core.keys import Layout
 from consul_operator.core.leader_plan import (
     LeaderMemory,
@@ -50,9 +57,9 @@ from consul_operator.core.leader_plan import (
     decide_leader,
     paced_services,
 )
-from consul_operator.core.records import ROLLOUT_STATES
+from consul_operator.core.records import ROLLOUT_STATES, record_bound
 from consul_operator.core.spread import SpreadSettings
-from consul_operator.core.txn import pack_writes
+from consul_operator.core.txn import pack_writes, send_groups
 from consul_operator.daemons.leader import LeaderElection
 from consul_operator.daemons.loop import PassResult
 
@@ -81,6 +88,8 @@ class Scheduler:
     write_backoffs: dict[str, Backoff] = field(default_factory=dict)
     # Invalid manifests whose first problem was recorded as an event: service -> problem.
     invalid_seen: dict[str, str] = field(default_factory=dict)
+    # Deleted services with event records left: when nothing else of each was first seen (mono).
+    records_gone: Mapping[str, float] = field(default_factory=dict)
 
     def reconcile(self) -> PassResult:
         """One scheduling pass (a no-op unless we lead)."""
@@ -114,12 +123,43 @@ class Scheduler:
             log.info("placements written", changed=sorted({self.layout.service_of(k) or k for k in written}))
         self._record_events(state, plan, written)
         self._observe(state, plan)
+        try:
+            cleanup = self._remove_event_records(session, state, now.mono)
+        except ConsulError as exc:
+            if consul_trouble(exc):
+                raise
+            # A clean-up for people's sake: never a reason to fail the pass that placed replicas.
+            log.warning("event records of deleted services not looked at", error=str(exc)[:300])
+            cleanup = None
 
         wake = plan.wake_at
+        if cleanup is not None:
+            wake = cleanup if wake is None else min(wake, cleanup)
         retries = [b.retry_at for b in self.write_backoffs.values() if b.retry_at > now.mono]
         if retries:
             wake = min([*retries, *([] if wake is None else [wake])])
         return PassResult(requeue_after=None if wake is None else max(0.0, wake - now.mono) + 0.05)
+
+    def _remove_event_records(self, session: str, state: ClusterState, now: float) -> float | None:
+        """Remove, fenced, the event records of services deleted and gone (`events.expire_records`);
+        when to look again. The leader is their one remover: agents and the load balancer only
+        ever write their own records, and no one else knows when a service is gone everywhere."""
+        prefix = self.layout.events_prefix
+        listed = self.consul.kv_keys(prefix, separator="/")
+        with_records = {key[len(prefix) :].rstrip("/") for key in listed if key.endswith("/")}
+        cleanup = events.expire_records(with_records, state, self.records_gone, now)
+        self.records_gone = cleanup.gone
+        if cleanup.remove:
+            groups: dict[str, dict[str, bytes | None]] = {
+                name: dict.fromkeys(self.consul.kv_keys(f"{prefix}{name}/")) for name in cleanup.remove
+            }
+            too_large = ConsulError("beyond Consul's limits: not sent", status=413)
+            sent = send_groups(pack_writes(groups), lambda w: self._transaction(session, w), too_large)
+            if sent.groups:
+                log.info("event records of deleted services removed", services=list(sent.groups))
+            for name, refused in sorted(sent.refused.items()):
+                log.warning("event records not removed", service=name, error=str(refused)[:300])
+        return cleanup.wake_at
 
     def _check_view(self, state: ClusterState) -> None:
         """Refuse to schedule from a partial view: the leader must see itself live."""
@@ -152,33 +192,14 @@ class Scheduler:
             backoff = self.write_backoffs.get(service)
             if backoff is not None and not backoff.ready(now):
                 del groups[service]  # refused before: wait for its back-off
-        written: list[str] = []
-        for batch in pack_writes(groups):
-            refused = self._transaction(session, batch.writes)
-            if refused is None:
-                written.extend(batch.writes)
-                for service in batch.groups:
-                    self.write_backoffs.pop(service, None)
-            elif len(batch.groups) == 1:
-                self._write_failed(batch.groups[0], refused, now)
-            else:
-                for service in batch.groups:  # find the one at fault; the others go through
-                    written.extend(self._write_alone(session, service, groups[service], now))
-        return written
-
-    def _write_alone(
-        self, session: str, service: str, writes: Mapping[str, bytes | None], now: float
-    ) -> list[str]:
-        """One service's writes in transactions of their own; on a refusal, that service backs off."""
-        written: list[str] = []
-        for batch in pack_writes({service: writes}):
-            refused = self._transaction(session, batch.writes)
-            if refused is not None:
-                self._write_failed(service, refused, now)
-                return written
-            written.extend(batch.writes)
-        self.write_backoffs.pop(service, None)
-        return written
+        too_large = ConsulError("a record over its bound or Consul's limits: not sent", status=413)
+        packing = pack_writes(groups, max_value=lambda key: record_bound(self.layout, key))
+        sent = send_groups(packing, lambda w: self._transaction(session, w), too_large)
+        for service in sent.groups:
+            self.write_backoffs.pop(service, None)
+        for service, refused in sorted(sent.refused.items()):
+            self._write_failed(service, refused, now)
+        return list(sent.keys)
 
     def _transaction(self, session: str, writes: Mapping[str, bytes | None]) -> ConsulError | None:
         """One fenced transaction: None once written, or the refusal of one service's writes.
@@ -190,19 +211,14 @@ class Scheduler:
         except (NotLeader, ConsulUnavailable):
             raise
         except ConsulError as exc:
-            if _consul_trouble(exc):
+            if consul_trouble(exc):
                 raise
             return exc
         return None
 
     def _write_failed(self, service: str, exc: ConsulError, now: float) -> None:
         """Count, log and back off a service whose writes Consul refused."""
-        if exc.status == 413:
-            reason = "too_large"
-        elif isinstance(exc, ConsulPermissionDenied):
-            reason = "permission_denied"
-        else:
-            reason = "refused"
+        reason = refusal_reason(exc)
         error = str(exc)[:300]
         backoff = backoff_after_failure(self.write_backoffs.get(service, Backoff()), now, error)
         self.write_backoffs[service] = backoff
@@ -286,15 +302,8 @@ class Scheduler:
         self.memory = LeaderMemory()
         self.write_backoffs.clear()
         self.invalid_seen.clear()
+        self.records_gone = {}
         metrics.rollout_state.clear()
         metrics.convergence_seconds.clear()
         for gauge in (*metrics.LEADER_SERVICE_GAUGES, metrics.unplaced_replicas):
             gauge.clear()
-
-
-def _consul_trouble(exc: ConsulError) -> bool:
-    """A server-side failure (5xx, e.g. no Raft leader): Consul's trouble, not one service's records.
-
-    It ends the pass, and the loop retries it; a refusal (4xx) is the service's own.
-    """
-    return exc.status is not None and exc.status >= 500

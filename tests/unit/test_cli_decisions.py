@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from consul_operator.adapters.consul_client import TXN_MAX_OPS
 from consul_operator.cli.commands import (
-    TXN_BUDGET,
     Write,
     duplicate_names,
     rollback_refusal,
@@ -14,6 +12,7 @@ from consul_operator.cli.commands import (
 )
 from consul_operator.core.desired_state import Manifest
 from consul_operator.core.records import RolloutRecord, RolloutState
+from consul_operator.core.txn import TXN_MAX_WRITES, fits_one_transaction, txn_operation
 
 WEB = Manifest(name="web", image="hello:1", replicas=1, port=5000)
 API = Manifest(name="api", image="hello:1", replicas=1, port=5000)
@@ -41,21 +40,21 @@ def writes(count: int, size: int) -> list[Write]:
     [
         pytest.param(0, 10, [], id="nothing"),
         pytest.param(3, 100, [3], id="few-small-one-txn"),
-        pytest.param(TXN_MAX_OPS, 100, [TXN_MAX_OPS], id="exactly-64-one-txn"),
-        pytest.param(TXN_MAX_OPS + 1, 100, [TXN_MAX_OPS, 1], id="65-split-at-64"),
+        pytest.param(TXN_MAX_WRITES, 100, [TXN_MAX_WRITES], id="exactly-63-one-txn"),
+        pytest.param(TXN_MAX_WRITES + 1, 100, [TXN_MAX_WRITES, 1], id="64-split-at-63-the-one-limit"),
         pytest.param(3, 200 * 1024, [1, 1, 1], id="200k-each-one-per-txn-base64-grows"),
         pytest.param(4, 110 * 1024, [3, 1], id="110k-each-three-fit"),
         pytest.param(2, 400 * 1024, [1, 1], id="too-big-for-a-txn-alone"),
     ],
 )
 def test_write_batches_respect_consul_limits(count: int, size: int, sizes: list[int]) -> None:
-    """Batches keep the order, hold at most 64 writes and stay under 512 KiB once base64-encoded."""
+    """Batches (the one packer's, by service) hold every write once and each fits one transaction."""
     batches = write_batches(writes(count, size))
     assert [len(b) for b in batches] == sizes
-    assert [w for b in batches for w in b] == writes(count, size)
+    assert sorted(w.key for b in batches for w in b) == sorted(w.key for w in writes(count, size))
     for batch in batches:
-        encoded = sum(len(w.key) + (len(w.data) + 2) // 3 * 4 + 100 for w in batch)
-        assert len(batch) == 1 or encoded <= TXN_BUDGET
+        ops = [txn_operation(w.key, w.data, index=2**64 - 1) for w in batch]
+        assert len(batch) == 1 or fits_one_transaction(ops)
 
 
 @pytest.mark.parametrize(

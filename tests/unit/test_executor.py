@@ -15,7 +15,7 @@ from consul_operator.adapters.actuators.docker import DockerActuator
 from consul_operator.adapters.consul_client import ConsulClient, Indexed, KVEntry
 from consul_operator.core.backoff import Backoff
 from consul_operator.core.desired_state import Manifest
-from consul_operator.core.errors import ConsulPermissionDenied, DockerError
+from consul_operator.core.errors import ConsulError, ConsulPermissionDenied, DockerError
 from consul_operator.core.keys import Layout
 from consul_operator.core.model import (
     Action,
@@ -27,6 +27,7 @@ from consul_operator.core.model import (
     StartContainer,
 )
 from consul_operator.core.records import PlacementRecord, frozen_map
+from consul_operator.core.txn import CONSUL_MAX_VALUE_BYTES, Sent, Writes, pack_writes, send_groups
 from consul_operator.daemons.host_agent import MAX_PARALLEL_ACTIONS, RESERVED_WORKERS, Executor, HostAgent
 from consul_operator.daemons.loop import Trigger, run_loop
 from tests.support.staging import wait_until
@@ -122,6 +123,8 @@ class FakeConsul:
     """Consul KV in memory, with a manifest and this host's placement of it."""
 
     kv: dict[str, bytes] = field(default_factory=dict)
+    refuse: set[str] = field(default_factory=set)
+    """Keys whose writes Consul refuses (an ACL on one key)."""
 
     def kv_list(self, prefix: str, **_: object) -> Indexed[list[KVEntry]]:
         entries = [KVEntry(k, v, 1) for k, v in sorted(self.kv.items()) if k.startswith(prefix)]
@@ -141,12 +144,40 @@ class FakeConsul:
     def kv_delete(self, key: str, **_: object) -> None:
         self.kv.pop(key, None)
 
+    def kv_get_keys(self, keys: list[str], **_: object) -> dict[str, KVEntry]:
+        return {key: KVEntry(key, self.kv[key], 1) for key in keys if key in self.kv}
+
+    def kv_keys(self, prefix: str, *, separator: str | None = None) -> list[str]:
+        keys = sorted(k for k in self.kv if k.startswith(prefix))
+        if separator is None:
+            return keys
+        # Consul's rule: each key up to and including the first separator after the prefix.
+        return sorted({prefix + "".join(k[len(prefix) :].partition(separator)[:2]) for k in keys})
+
     def kv_txn(self, writes: Mapping[str, bytes | None]) -> None:
+        refused = sorted(self.refuse & set(writes))
+        if refused:
+            raise ConsulPermissionDenied(f"permission denied for {refused[0]}", status=403)
         for key, value in writes.items():
             if value is None:
                 self.kv.pop(key, None)
             else:
                 self.kv[key] = value
+
+    def write_records(
+        self, groups: Mapping[str, Writes], *, max_value: int | Callable[[str], int] = CONSUL_MAX_VALUE_BYTES
+    ) -> Sent[ConsulError]:
+        """As `ConsulClient.write_records`: the one packer, each transaction on its own."""
+
+        def send(writes: Writes) -> ConsulError | None:
+            try:
+                self.kv_txn(writes)
+            except ConsulError as exc:
+                return exc
+            return None
+
+        too_large = ConsulError("too large", status=413)
+        return send_groups(pack_writes(groups, max_value=max_value), send, too_large)
 
 
 def placed(manifest: Manifest, count: int) -> FakeConsul:

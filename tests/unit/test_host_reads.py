@@ -9,11 +9,14 @@ from typing import cast
 
 import pytest
 
+from consul_operator.adapters import metrics
 from consul_operator.adapters.actuators.catalog import CatalogActuator
 from consul_operator.adapters.actuators.docker import DockerActuator
 from consul_operator.adapters.consul_client import ConsulClient, Indexed, KVEntry
+from consul_operator.adapters.event_log import EventRecorder
 from consul_operator.adapters.kv_state import WHILE_IDLE, watch
 from consul_operator.core.desired_state import Manifest
+from consul_operator.core.events import STARTED
 from consul_operator.core.keys import Layout
 from consul_operator.core.records import Hold, PlacementRecord, StatusRecord, frozen_map
 from consul_operator.daemons.host_agent import KV_MAX_AGE, Executor, HostAgent, KVChanged
@@ -220,3 +223,75 @@ def test_an_inactive_watch_sends_no_query_until_it_is_active() -> None:
     finally:
         stop.set()
         thread.join(10)
+
+
+def served_host(services: int) -> tuple[CountingConsul, FakeDocker]:
+    """KV with ``services`` services placed here, and their containers running."""
+    consul = kv_with(services)
+    docker = FakeDocker(
+        [
+            running(
+                f"c{i:03d}",
+                f"s{i:03d}",
+                Manifest(name=f"s{i:03d}", image="hello:local", replicas=1).spec_hash(),
+            )
+            for i in range(services)
+        ]
+    )
+    return consul, docker
+
+
+def test_a_refused_status_record_fails_alone_logged_and_counted() -> None:
+    """One status record refused (an ACL): every other is written; it is counted and tried again."""
+    layout = Layout()
+    consul, docker = served_host(3)
+    consul.refuse = {layout.status_key("s001", HOST)}
+    counter = metrics.kv_write_failures.labels("status", "permission_denied")
+    before = counter._value.get()
+    agent = host_agent(consul, docker, [0.0], None)
+    result = agent.reconcile()
+    assert result.requeue_after is not None and result.requeue_after <= 1.0, "tried again soon"
+    statuses = sorted(k for k in consul.kv if k.startswith(layout.status_prefix))
+    assert statuses == [layout.status_key("s000", HOST), layout.status_key("s002", HOST)]
+    assert counter._value.get() == before + 1
+    consul.refuse = set()
+    agent.reconcile()
+    assert layout.status_key("s001", HOST) in consul.kv, "tried again on the next pass"
+
+
+def test_status_records_deleted_from_kv_are_seen_and_written_again() -> None:
+    """Status records deleted by anyone: the check sees it, a pass writes them again, no container touched."""
+    layout = Layout()
+    consul, docker = served_host(2)
+    agent = host_agent(consul, docker, [0.0], None)
+    agent.reconcile()
+    written = {k: v for k, v in consul.kv.items() if k.startswith(layout.status_prefix)}
+    assert len(written) == 2 and not agent.status_drifted()
+    for key in written:
+        del consul.kv[key]
+    assert agent.status_drifted()
+    containers = list(docker.containers)
+    agent.reconcile()
+    assert {k for k in consul.kv if k.startswith(layout.status_prefix)} == set(written)
+    assert docker.containers == containers and not agent.status_drifted()
+
+
+def test_a_refused_event_record_keeps_its_events_and_the_others_are_written() -> None:
+    """One service's event record refused: every other is written; its events wait for the next flush."""
+    layout, consul = Layout(), CountingConsul()
+    consul.refuse = {layout.events_key("bad", HOST)}
+    recorder = EventRecorder(clock=lambda: 100.0)
+    recorder.host = HOST
+    counter = metrics.kv_write_failures.labels("events", "permission_denied")
+    before = counter._value.get()
+    for service in ("a", "bad", "c"):
+        recorder.record(service, STARTED, f"started {service}")
+    recorder.flush(cast(ConsulClient, consul), layout)
+    assert sorted(k for k in consul.kv if k.startswith(layout.events_prefix)) == [
+        layout.events_key("a", HOST),
+        layout.events_key("c", HOST),
+    ]
+    assert recorder.pending() == 1 and counter._value.get() == before + 1
+    consul.refuse = set()
+    recorder.flush(cast(ConsulClient, consul), layout)
+    assert layout.events_key("bad", HOST) in consul.kv and recorder.pending() == 0

@@ -70,6 +70,7 @@ class PackRow:
     groups: dict[str, dict[str, bytes | None]]
     expect: list[tuple[str, ...]]
     max_bytes: int = TXN_MAX_BYTES
+    too_large: tuple[str, ...] = ()
 
 
 A, B = ("a",), ("b",)
@@ -82,18 +83,24 @@ PACK_ROWS = [
     pytest.param(PackRow(groups(("a", 100, 10), ("b", 1, 10)), [A, A, B]), id="huge-group-split-by-key"),
     pytest.param(PackRow(groups(("a", 0, 10), ("b", 1, 10)), [B]), id="empty-group-left-out"),
     pytest.param(
-        PackRow(groups(("a", 1, 2000), ("b", 1, 10)), [A, B], 1000), id="oversized-write-goes-alone"
+        PackRow(groups(("a", 1, 2000), ("b", 1, 10)), [B], 1000, A), id="oversized-write-left-out-unsent"
+    ),
+    pytest.param(
+        PackRow(groups(("a", 1, 2000), ("a2", 1, 10), ("b", 1, 10)), [("a2", "b")], 1000, A),
+        id="the-others-still-packed",
     ),
 ]
 
 
 @pytest.mark.parametrize("row", PACK_ROWS)
 def test_pack_writes(row: PackRow) -> None:
-    """Writes are packed per service, within the op and byte limits; every write is in exactly one batch."""
+    """Writes are packed per service within the op and byte limits; each is in one batch or left out."""
     batches = pack_writes(row.groups, max_bytes=row.max_bytes)
     assert [b.groups for b in batches] == row.expect
+    assert tuple(batches.too_large) == row.too_large
     keys = [k for b in batches for k in b.writes]
-    assert sorted(keys) == sorted(k for g in row.groups.values() for k in g)
+    left_out = [k for name in row.too_large for k in row.groups[name]]
+    assert sorted(keys + left_out) == sorted(k for g in row.groups.values() for k in g)
     for batch in batches:
         assert len(batch.writes) <= TXN_MAX_WRITES
         size = sum(operation_bytes(k, v) for k, v in batch.writes.items())
