@@ -1,4 +1,4 @@
-"""Chaos on a staging environment of its own (127.0.0.61-63): seeded faults, continuous checks, a report.
+"""Chaos on a staging environment of its own (.61-63 of the run's block): seeded faults, checks, a report.
 
 Faults (picked by a seeded `random.Random`, so a seed replays the same run):
 
@@ -62,6 +62,7 @@ from consul_operator.core.model import LABEL_CLUSTER, LABEL_HOST, LABEL_SERVICE,
 from tests.support.bounds import CHAOS_CONVERGE_S, LB_UPDATE_S, NEW_LEADER_S
 from tests.support.cluster import Cluster, manifest_yaml
 from tests.support.load import Load
+from tests.support.places import PLACE
 from tests.support.staging import (
     ROOT,
     SLOW_RESYNC,
@@ -70,7 +71,7 @@ from tests.support.staging import (
     wait_until,
 )
 
-CHAOS_ADDRESSES = ("127.0.0.61", "127.0.0.62", "127.0.0.63")
+CHAOS_ADDRESSES = PLACE.three(61)  # tests/support/places.py
 SERVICES = {"simple": 2, "web": 3}  # simple is the LB's default service
 CONVERGE_BOUND = CHAOS_CONVERGE_S  # seconds after a fault's end within which everything must converge
 FAULTS = (
