@@ -34,7 +34,14 @@ live session. The monitor counts its samples and errors: a run with too few
 samples, or with monitor errors outside a fault that took Consul or Docker
 away, fails.
 
-usage: python -m tests.chaos.harness [--seed N] [--duration SECONDS] [--faults a,b,...]
+Before each fault the run waits until Consul's autopilot reports three healthy
+voters, as people would: a server that returns (host_down, consul_down) rejoins
+as a non-voter for autopilot's server_stabilization_time (10 s), and losing a
+second server in that window (host_lost) leaves no quorum, and nothing can
+converge. A run that cannot go on (no quorum, a fault's own step failing) ends
+with a verdict, ABORTED and why, never a traceback.
+
+usage: python -m tests.chaos.harness [--seed N] [--duration SECONDS] [--faults a,b,...] [--skip a,b,...]
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -159,6 +167,8 @@ class Chaos:
         self.samples = 0
         self.monitor_errors: list[str] = []
         self.monitor_seconds = 0.0
+        # Why the run stopped before its schedule's end (a verdict, not a traceback); None if it did not.
+        self.aborted: str | None = None
         self._stop = threading.Event()
         self._log_lock = threading.Lock()
         self.loads = {
@@ -206,6 +216,25 @@ class Chaos:
             return False
         entry = consul.kv_get("operator/leader", consistent=True).value
         return bool(entry and entry.session and consul.session_info(entry.session) is not None)
+
+    def consul_healthy(self) -> bool:
+        """Consul's autopilot says healthy, with all three servers voters again.
+
+        A server back from a cut or a restart rejoins as a non-voter for
+        autopilot's server_stabilization_time (10 s); losing a second server in
+        that window leaves one voter of two, and no leader. Faults wait for
+        this, as people would.
+        """
+        address = self.cluster.consul.address
+        url = f"http://{address.host}:{address.port}/v1/operator/autopilot/health"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                health = json.loads(response.read())
+        except (OSError, ValueError):
+            return False
+        return (
+            bool(health.get("Healthy")) and sum(1 for s in health.get("Servers", []) if s.get("Voter")) == 3
+        )
 
     def converged(self) -> bool:
         """Every service at its count, all passing, nothing orphaned or dead, served through NGINX."""
@@ -616,6 +645,12 @@ class Chaos:
     def inject(self, name: str) -> FaultRecord:
         """Run one fault, then wait for convergence; record how long it took and what failed."""
         action: Callable[[], str] = getattr(self, name)
+        wait_until(
+            self.consul_healthy,
+            timeout=CONVERGE_BOUND,
+            what=f"three healthy Consul voters (autopilot) before {name}",
+            interval=0.5,
+        )
         before = {s: (len(load.outcomes), len(load.failures)) for s, load in self.loads.items()}
         record = FaultRecord(name, "", time.time())
         self.faults.append(record)
@@ -643,13 +678,19 @@ class Chaos:
         monitor.start()
         try:
             for name in schedule:
-                self.inject(name)
+                try:
+                    self.inject(name)
+                except Exception as exc:  # the verdict of a run that cannot go on, not a traceback
+                    self.aborted = f"{name}: {type(exc).__name__}: {exc}"[:500]
+                    self.log("aborted", fault=name, error=repr(exc))
+                    break
         finally:
             self._stop.set()
             monitor.join(timeout=10)
             for load in self.loads.values():
                 load.__exit__(None, None, None)
-        self.violations.orphans = self.orphans()
+        if self.aborted is None:
+            self.violations.orphans = self.orphans()
 
     def orphans(self) -> list[str]:
         """Containers or registrations of ours that nothing desires."""
@@ -673,6 +714,7 @@ class Chaos:
         failed = sum(len(load.failures) for load in self.loads.values())
         lines = [
             f"chaos run, seed {self.seed}: {len(self.faults)} faults, log {self.log_path}",
+            *([f"ABORTED: the run could not go on after {self.aborted}"] if self.aborted else []),
             "",
             f"{'fault':<19} {'converged after':>16} {'failed/requests':>16}  detail",
         ]
@@ -732,7 +774,16 @@ def main(argv: list[str] | None = None) -> int:
         "--duration", type=float, default=None, help="seconds of random faults (default: each once)"
     )
     parser.add_argument("--faults", default=",".join(FAULTS))
+    parser.add_argument(
+        "--skip",
+        default="",
+        help="faults left out of the seed's schedule, which keeps its order (e.g. docker_restart)",
+    )
     args = parser.parse_args(argv)
+    skip = {name for name in args.skip.split(",") if name}
+    unknown = sorted((skip | set(args.faults.split(","))) - set(FAULTS))
+    if unknown:
+        parser.error(f"unknown faults: {', '.join(unknown)} (known: {', '.join(FAULTS)})")
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log_path = LOG_DIR / f"chaos-seed-{args.seed}.log"
     log_path.unlink(missing_ok=True)
@@ -741,10 +792,16 @@ def main(argv: list[str] | None = None) -> int:
     ok = False
     try:
         chaos.setup()
-        chaos.run(schedule_for(args.seed, args.duration, args.faults.split(",")))
+        schedule = schedule_for(args.seed, args.duration, args.faults.split(","))
+        chaos.run([name for name in schedule if name not in skip])
         v = chaos.violations
         ok = all(f.converged_after is not None for f in chaos.faults) and not (
-            v.extra_replicas or v.unfenced_writes or v.orphans or v.fault_checks or chaos.monitor_failed()
+            chaos.aborted
+            or v.extra_replicas
+            or v.unfenced_writes
+            or v.orphans
+            or v.fault_checks
+            or chaos.monitor_failed()
         )
     finally:
         print(chaos.report())

@@ -37,6 +37,7 @@ def chaos_run() -> Chaos:
 
 def test_every_fault_converges(chaos_run: Chaos) -> None:
     """After each fault, every service is back at its count, passing, and served by NGINX within the bound."""
+    assert chaos_run.aborted is None, chaos_run.report()
     assert sorted(f.name for f in chaos_run.faults) == sorted(FAULTS)
     never = [f"{f.name} ({f.detail})" for f in chaos_run.faults if f.converged_after is None]
     assert never == [], f"did not converge: {never}; log {chaos_run.log_path}"
