@@ -128,6 +128,8 @@ class FaultRecord:
     # The fault took every replica of some service (or the load balancer) down at
     # once: requests fail until replacements pass, and are reported, not budgeted.
     total_loss: bool = False
+    # Why it had not converged when the bound ran out (what the checks found first).
+    not_converged: str = ""
 
 
 @dataclass
@@ -238,24 +240,29 @@ class Chaos:
 
     def converged(self) -> bool:
         """Every service at its count, all passing, nothing orphaned or dead, served through NGINX."""
+        return self.unconverged() is None
+
+    def unconverged(self) -> str | None:
+        """What is not converged yet (the first thing found), or None when everything is."""
         for service, replicas in self.desired.items():
             if not self.service_converged(service, replicas):
-                return False
+                return f"{service}: not {replicas} running, registered and passing"
             passing = {f"{i.address}:{i.port}" for i in self.cluster.passing(service)}
             if self.nginx_servers(service) != passing:
-                return False
+                return f"{service}: NGINX's upstream is not the passing instances"
             # Requests through NGINX reach exactly the running containers.
             if not self.cluster.lb_serves(service, replicas):
-                return False
+                return f"{service}: NGINX does not reach exactly the running containers"
         ours = self.cluster.docker.containers.list(
             all=True, filters={"label": [f"{LABEL_CLUSTER}={self.cluster.staging.name}"]}, ignore_removed=True
         )
         if {c.labels.get(LABEL_SERVICE) for c in ours if c.status == "running"} - set(self.desired):
-            return False
+            return "containers of a service nothing desires run"
         # Nothing dead left behind (a lost host's containers wait for its return).
-        if any(c.status != "running" and c.labels.get(LABEL_HOST) not in self.lost for c in ours):
-            return False
-        return self.leader_live()
+        dead = [c.name for c in ours if c.status != "running" and c.labels.get(LABEL_HOST) not in self.lost]
+        if dead:
+            return f"dead containers left: {', '.join(dead)}"
+        return None if self.leader_live() else "no live leader"
 
     def monitor(self) -> None:
         """Sample, until stopped: replicas never above desired, placements only written by the lock holder."""
@@ -662,6 +669,11 @@ class Chaos:
             record.converged_after = time.time() - record.ended
         except AssertionError:
             record.converged_after = None
+            try:
+                why = self.unconverged()
+            except Exception as exc:  # the reason is for the log; Consul or Docker may be away
+                why = repr(exc)
+            record.not_converged = why or "converged just after the bound"
         restore: Callable[[], None] | None = getattr(self, f"after_{name}", None)
         if restore is not None:
             restore()
@@ -722,7 +734,8 @@ class Chaos:
             after = f"{f.converged_after:.1f}s" if f.converged_after is not None else "NEVER"
             loss = " (every replica down at once)" if f.total_loss else ""
             counts = f"{f.failed_requests}/{f.requests}"
-            lines.append(f"{f.name:<19} {after:>16} {counts:>16}  {f.detail}{loss}")
+            still = f"; still: {f.not_converged}" if f.not_converged else ""
+            lines.append(f"{f.name:<19} {after:>16} {counts:>16}  {f.detail}{loss}{still}")
         if converged:
             ordered = sorted(converged)
             p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]

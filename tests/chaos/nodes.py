@@ -75,8 +75,11 @@ class NodeChaos(Chaos):
         """The Consul the faults chose: one that the cut in place leaves in the majority."""
         return self.cluster.consul
 
-    def converged(self) -> bool:
-        return super().converged() and self.consul_healthy()
+    def unconverged(self) -> str | None:
+        found = super().unconverged()
+        if found is None and not self.consul_healthy():
+            return "Consul's autopilot: not three healthy voters"
+        return found
 
     def inject(self, name: str) -> FaultRecord:
         record = super().inject(name)  # waits for convergence: the returned hosts' stale containers are gone

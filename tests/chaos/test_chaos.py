@@ -6,6 +6,10 @@ import pytest
 
 from tests.chaos.harness import FAULTS, LOG_DIR, Chaos, schedule_for, start_environment
 
+# Its docker_restart fault restarts the shared Docker engine: `make test` runs this module after
+# the parallel part, alone (the engine_restart marker, pyproject.toml).
+pytestmark = pytest.mark.engine_restart
+
 SEED = 20261127
 # The request budget. A fault that leaves some replica of every service (and
 # NGINX) alive must be hidden by the drain and NGINX's retries: at most
