@@ -57,8 +57,8 @@ integration: deps image
 
 # `make test` in two steps (README, *Tests*). First everything but the tests that restart the
 # shared Docker engine, in TEST_WORKERS pytest-xdist workers, each with its own loopback block,
-# name and so Consul cluster, KV and container label (tests/support/places.py); tests sharing
-# a module's environment, and the node tests, each on one worker (tests/conftest.py). Then the
+# name and so Consul cluster, KV and container label (tests/support/places.py); a whole module
+# at a time, the node tests together (tests/support/scheduling.py). Then the
 # tests marked engine_restart, alone: an engine restart kills every container on the engine,
 # the other workers' too. Both steps run whatever the first one's outcome; the 15 slowest tests
 # of both come last.
@@ -66,7 +66,7 @@ TEST_WORKERS ?= 4
 JUNIT := .run/junit
 test: deps image lint  ## the whole suite; CI runs this
 	@mkdir -p $(JUNIT); rm -f $(JUNIT)/*.xml; status=0; \
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup -m "not engine_restart" \
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadscope -m "not engine_restart" \
 	  --junitxml=$(JUNIT)/parallel.xml tests || status=$$?; \
 	$(VENV)/bin/pytest -m engine_restart --junitxml=$(JUNIT)/engine-restart.xml tests || status=$$?; \
 	$(PY) -m tests.support.slowest 15 $(JUNIT)/parallel.xml $(JUNIT)/engine-restart.xml; \

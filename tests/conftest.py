@@ -21,34 +21,13 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-# The node environment (tests/nodes/conftest.py) is one per session: every node test on one worker.
-NODE_TESTS = "tests/nodes/"
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """`--dist loadscope` (`make test`): one module per work unit, and every node test in one.
 
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (--dist loadgroup)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Keep the tests that share an environment bigger than one test on one worker.
-
-    Under `pytest -n N --dist loadgroup` (`make test`) each worker has its own
-    session environment (tests/support/places.py); a module whose tests share
-    a module-scoped environment (test_acl's secured cluster, test_shared_consul's
-    second one, a Prometheus, the chaos run) runs on one worker, so that the
-    environment is made once, and the node tests share one node environment.
+    See tests/support/scheduling.py; any other --dist keeps pytest-xdist's own.
     """
-    for item in items:
-        if item.nodeid.startswith(NODE_TESTS):
-            item.add_marker(pytest.mark.xdist_group("nodes"))
-        elif _uses_module_fixture(item):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from tests.support.scheduling import ModuleScheduling
 
-
-def _uses_module_fixture(item: pytest.Item) -> bool:
-    """Whether ``item`` uses a module-scoped fixture of the suite's own."""
-    info = getattr(item, "_fixtureinfo", None)
-    if info is None:
-        return False
-    return any(
-        d.scope == "module" and d.baseid.startswith("tests/")
-        for defs in info.name2fixturedefs.values()
-        for d in defs
-    )
+    return ModuleScheduling(config, log)
