@@ -124,7 +124,9 @@ def test_up_down_leaves_no_process_and_no_labelled_container(
         env.run("down")
         assert not any(pid_alive(p) for p in first_pids.values())
         assert env.pids() == {}
-        ids = {c.id for c in docker_engine.containers.list(all=True)}
+        # ignore_removed: other environments' containers (other workers', other checkouts') come
+        # and go between docker-py's listing and its inspect of each.
+        ids = {c.id for c in docker_engine.containers.list(all=True, ignore_removed=True)}
         assert ours.id not in ids
         assert foreign.id in ids and other_env.id in ids
     finally:
