@@ -31,6 +31,7 @@ import requests
 
 from consul_operator.adapters.consul_client import ConsulClient, ConsulTLS
 from consul_operator.core.errors import ConsulError, ConsulPermissionDenied, ConsulTLSError, ConsulUnavailable
+from tests.support.bounds import PROCESS_S, REACT_S
 from tests.support.cluster import Cluster, manifest_yaml
 from tests.support.places import PLACE
 from tests.support.staging import PROCESSES, ROOT, Staging, pid_alive, tool, wait_until
@@ -376,7 +377,10 @@ def test_agent_without_node_read_schedules_nothing(
             return sum("does not see itself live" in e for log in logs.values() for e in log_errors(log))
 
         # Back-off 0.5 + 1 + 2 s: the third refusal comes well after the 1 s lost grace.
-        wait_until(lambda: refusals() >= 3, timeout=30, what="the leader refusing to schedule")
+        # The agents start with the block: their start-up is in this wait too.
+        wait_until(
+            lambda: refusals() >= 3, timeout=PROCESS_S + REACT_S, what="the leader refusing to schedule"
+        )
         assert any(
             'node_prefix "" and service_prefix "" read' in e
             for e in log_errors(logs["host-1"]) + log_errors(logs["host-2"])

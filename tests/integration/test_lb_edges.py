@@ -236,7 +236,8 @@ def test_two_clusters_on_one_consul_never_mix(
         return len(running) == 1 and running == {i.service_id for i in mine}
 
     wait_until(ours_converged, timeout=CONVERGE_S, what="our replica")
-    wait_until(lambda: len(theirs()) == 1, timeout=CONVERGE_S, what="the other cluster's replica")
+    # The other cluster's agent starts with the test: its start-up is in this wait too.
+    wait_until(lambda: len(theirs()) == 1, timeout=PROCESS_S + CONVERGE_S, what="the other cluster's replica")
     wait_until(
         lambda: (
             sorted(i.meta.get("cluster") for i in cluster.passing(service_name))
