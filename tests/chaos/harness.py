@@ -100,7 +100,6 @@ FAULTS = (
     "stuck_action",
 )
 LOG_DIR = ROOT / ".run" / "chaos"
-CLOCK_DIR = LOG_DIR / "clock"
 MONITOR_INTERVAL = 0.25  # seconds between two samples of the monitor
 # A removal that keeps failing for STUCK_SECONDS must not make the host loop spin:
 # with back-off a handful of passes, without it thousands.
@@ -549,8 +548,8 @@ class Chaos:
                 timeout=CONVERGE_BOUND,
                 what="the rollout to start",
             )
-            (CLOCK_DIR / leader).write_text("3600\n")
-            (CLOCK_DIR / follower).write_text("-3600\n")
+            (clock_dir(self.cluster.staging.name) / leader).write_text("3600\n")
+            (clock_dir(self.cluster.staging.name) / follower).write_text("-3600\n")
             record = wait_until(
                 lambda: self._rollout_ended("simple", target), timeout=CONVERGE_BOUND, what="the rollout"
             )
@@ -564,7 +563,7 @@ class Chaos:
             self.violations.fault_checks.append(f"clock_step: {exc}")
         finally:
             for host in (leader, follower):
-                (CLOCK_DIR / host).write_text("0\n")
+                (clock_dir(self.cluster.staging.name) / host).write_text("0\n")
             self.ceiling["simple"] = SERVICES["simple"]
         self.simple_image = image
         return f"simple -> {image} with {leader} +1h, {follower} -1h"
@@ -756,13 +755,19 @@ class Chaos:
         return "\n".join(lines)
 
 
-def start_environment() -> Cluster:
-    """The chaos environment, fresh."""
-    CLOCK_DIR.mkdir(parents=True, exist_ok=True)
-    for clock in CLOCK_DIR.iterdir():
+def clock_dir(name: str) -> Path:
+    """Where the environment ``name``'s agents read their clock offsets (tests/support/clockshim)."""
+    return LOG_DIR / "clock" / name
+
+
+def start_environment(name: str = "chaos") -> Cluster:
+    """The chaos environment, fresh, under ``name`` (its containers' label, its run directory)."""
+    clocks = clock_dir(name)
+    clocks.mkdir(parents=True, exist_ok=True)
+    for clock in clocks.iterdir():
         clock.write_text("0\n")
-    clock_env = ("CLOCK_OFFSET_DIR", str(CLOCK_DIR))
-    staging = Staging("chaos", CHAOS_ADDRESSES, extra_env=(*SLOW_RESYNC, clock_env))
+    clock_env = ("CLOCK_OFFSET_DIR", str(clocks))
+    staging = Staging(name, CHAOS_ADDRESSES, extra_env=(*SLOW_RESYNC, clock_env))
     staging.run("down")
     staging.run("up")
     # host-3's Consul: host faults (host_down, host_lost) take host-1's or host-2's away.
