@@ -431,6 +431,10 @@ class Chaos:
 
     def consul_down(self) -> str:
         host = self.rng.choice(["host-1", "host-2", "host-3"])
+        # Its node's checks, and so every replica on it, are critical while its Consul is
+        # away: a total loss when that host runs every replica of a service (after a host
+        # fault moved them there; there is no rebalancing), as for host_down.
+        self.faults[-1].total_loss = self.takes_every_replica({c.id for c in self.containers(host=host)})
         self.cluster.kill(f"consul-{host}", signal.SIGTERM)
         down = self.rng.uniform(2.0, 6.0)
         hold(down)  # the fault's length
