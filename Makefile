@@ -1,12 +1,13 @@
 # consul-operator: the commands of the README.
 #   make demo   the original walkthrough on the local staging environment
-#   make test   everything CI runs: deps, image, lint, unit and integration tests
+#   make check  the inner loop while working: lint, import contracts, unit and property tests (< 90 s)
+#   make test   everything CI runs: deps, image, lint, unit and integration tests (< 10 min)
 SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
-.PHONY: deps image up down status test lint unit fuzz integration chaos demo bench bench-scale provision-test clean \
+.PHONY: deps image up down status test check lint unit fuzz integration chaos demo bench bench-scale provision-test clean \
         nodes-image nodes-up nodes-down nodes-status
 
 deps:           ## install what is missing: Debian packages, consul, .venv, a running dockerd
@@ -45,14 +46,31 @@ lint: deps
 unit: deps
 	$(VENV)/bin/pytest tests/unit
 
+check: lint  ## the inner loop: lint, import contracts, unit and property tests, in under 90 s
+	$(VENV)/bin/pytest -n 2 -q tests/unit
+
 fuzz: deps  ## the pure core's Hypothesis properties with a large budget and fresh randomness
 	HYPOTHESIS_PROFILE=fuzz $(VENV)/bin/pytest tests/unit -k property
 
 integration: deps image
 	$(VENV)/bin/pytest tests/integration
 
+# `make test` in two steps (README, *Tests*). First everything but the tests that restart the
+# shared Docker engine, in TEST_WORKERS pytest-xdist workers, each with its own loopback block,
+# name and so Consul cluster, KV and container label (tests/support/places.py); a whole module
+# at a time, the node tests together (tests/support/scheduling.py). Then the
+# tests marked engine_restart, alone: an engine restart kills every container on the engine,
+# the other workers' too. Both steps run whatever the first one's outcome; the 15 slowest tests
+# of both come last.
+TEST_WORKERS ?= 4
+JUNIT := .run/junit
 test: deps image lint  ## the whole suite; CI runs this
-	$(VENV)/bin/pytest tests
+	@mkdir -p $(JUNIT); rm -f $(JUNIT)/*.xml; status=0; \
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadscope -m "not engine_restart" \
+	  --junitxml=$(JUNIT)/parallel.xml tests || status=$$?; \
+	$(VENV)/bin/pytest -m engine_restart --junitxml=$(JUNIT)/engine-restart.xml tests || status=$$?; \
+	$(PY) -m tests.support.slowest 15 $(JUNIT)/parallel.xml $(JUNIT)/engine-restart.xml; \
+	exit $$status
 
 demo: up
 	@bash scripts/demo.sh

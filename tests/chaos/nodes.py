@@ -30,9 +30,7 @@ only written by the lock holder, failed requests within the budget.
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 from pathlib import Path
 from typing import cast
 
@@ -77,26 +75,11 @@ class NodeChaos(Chaos):
         """The Consul the faults chose: one that the cut in place leaves in the majority."""
         return self.cluster.consul
 
-    def consul_healthy(self) -> bool:
-        """Consul's autopilot says healthy, with all three servers voters again.
-
-        A server back from a cut rejoins as a non-voter for autopilot's
-        server_stabilization_time (10 s); a second cut in that window leaves one
-        voter of two, and no leader. Faults wait for this, as people would.
-        """
-        address = self.cluster.consul.address
-        url = f"http://{address.host}:{address.port}/v1/operator/autopilot/health"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                health = json.loads(response.read())
-        except (OSError, ValueError):
-            return False
-        return (
-            bool(health.get("Healthy")) and sum(1 for s in health.get("Servers", []) if s.get("Voter")) == 3
-        )
-
-    def converged(self) -> bool:
-        return super().converged() and self.consul_healthy()
+    def unconverged(self) -> str | None:
+        found = super().unconverged()
+        if found is None and not self.consul_healthy():
+            return "Consul's autopilot: not three healthy voters"
+        return found
 
     def inject(self, name: str) -> FaultRecord:
         record = super().inject(name)  # waits for convergence: the returned hosts' stale containers are gone

@@ -1,12 +1,21 @@
-"""The short chaos run of `make test`: every fault once, in a seeded order, with every check."""
+"""The short chaos run of `make test`: every fault once, in a seeded order, with every check.
+
+Two runs, each on an environment of its own: every fault but `docker_restart`
+in the seed's order, beside the other tests (in `make test`'s parallel part);
+and `docker_restart` alone, after everything else (the engine_restart marker,
+pyproject.toml): it restarts the shared Docker engine, which kills every
+container on it, the other workers' too.
+"""
 
 from __future__ import annotations
 
 import pytest
 
 from tests.chaos.harness import FAULTS, LOG_DIR, Chaos, schedule_for, start_environment
+from tests.support.places import PLACE
 
 SEED = 20261127
+ENGINE_FAULT = "docker_restart"
 # The request budget. A fault that leaves some replica of every service (and
 # NGINX) alive must be hidden by the drain and NGINX's retries: at most
 # PER_FAULT_BUDGET failed requests (a response cut off mid-flight). A fault
@@ -18,26 +27,32 @@ PER_FAULT_BUDGET = 2
 RUN_BUDGET = 0.25
 
 
+def chaos(schedule: list[str], label: str) -> Chaos:
+    """One run of ``schedule`` on a fresh environment of this worker's, torn down afterwards."""
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log_path = LOG_DIR / f"chaos-seed-{SEED}-{label}.log"
+    log_path.unlink(missing_ok=True)
+    cluster = start_environment(f"{PLACE.name}-chaos")
+    run = Chaos(cluster, SEED, log_path)
+    try:
+        run.setup()
+        run.run(schedule)
+    finally:
+        print(run.report())
+        cluster.staging.run("down")
+    return run
+
+
 @pytest.fixture(scope="module")
 def chaos_run() -> Chaos:
-    """The run, done once for the module's assertions; its environment is torn down afterwards."""
-    LOG_DIR.mkdir(parents=True, exist_ok=True)
-    log_path = LOG_DIR / f"chaos-seed-{SEED}.log"
-    log_path.unlink(missing_ok=True)
-    cluster = start_environment()
-    chaos = Chaos(cluster, SEED, log_path)
-    try:
-        chaos.setup()
-        chaos.run(schedule_for(SEED, None, list(FAULTS)))
-    finally:
-        print(chaos.report())
-        cluster.staging.run("down")
-    return chaos
+    """The run of every fault but the engine restart, done once for the module's assertions."""
+    return chaos([f for f in schedule_for(SEED, None, list(FAULTS)) if f != ENGINE_FAULT], "faults")
 
 
 def test_every_fault_converges(chaos_run: Chaos) -> None:
     """After each fault, every service is back at its count, passing, and served by NGINX within the bound."""
-    assert sorted(f.name for f in chaos_run.faults) == sorted(FAULTS)
+    assert chaos_run.aborted is None, chaos_run.report()
+    assert sorted(f.name for f in chaos_run.faults) == sorted(set(FAULTS) - {ENGINE_FAULT})
     never = [f"{f.name} ({f.detail})" for f in chaos_run.faults if f.converged_after is None]
     assert never == [], f"did not converge: {never}; log {chaos_run.log_path}"
 
@@ -71,3 +86,18 @@ def test_no_orphans_left(chaos_run: Chaos) -> None:
 def test_failed_requests_within_budget(chaos_run: Chaos) -> None:
     """Faults that leave a replica alive fail (almost) no request; the whole run stays within its budget."""
     assert chaos_run.over_budget(PER_FAULT_BUDGET, RUN_BUDGET) == [], chaos_run.report()
+
+
+@pytest.mark.engine_restart
+def test_docker_restart_converges_and_keeps_every_promise() -> None:
+    """The engine restarted under load: converged, never too many replicas, fenced, nothing left."""
+    run = chaos([ENGINE_FAULT], "engine")
+    assert run.aborted is None, run.report()
+    assert [(f.name, f.converged_after is not None) for f in run.faults] == [(ENGINE_FAULT, True)], (
+        run.report()
+    )
+    violations = run.violations
+    assert (violations.extra_replicas, violations.unfenced_writes, violations.fault_checks) == ([], [], [])
+    assert run.monitor_failed() == [], run.report()
+    assert violations.orphans == []
+    assert run.over_budget(PER_FAULT_BUDGET, RUN_BUDGET) == [], run.report()

@@ -19,18 +19,17 @@ from consul_operator.adapters.consul_client import ConsulClient
 from consul_operator.adapters.docker_client import connect, ping
 from tests.support.bounds import PROCESS_S, REMOVAL_S
 from tests.support.cluster import Cluster
+from tests.support.places import PLACE
 from tests.support.staging import HOSTS_APART, SLOW_RESYNC, Staging, pid_alive, tool, wait_until
 
-# The tests' own environment, apart from the developer's `make up` on 127.0.0.11-13;
-# OPERATOR_TEST_ADDRS moves it, so that two checkouts can run their tests at once.
-_ADDRS = os.environ.get("OPERATOR_TEST_ADDRS", "127.0.0.21 127.0.0.22 127.0.0.23").split()
-TEST_ADDRESSES = (_ADDRS[0], _ADDRS[1], _ADDRS[2])
-# The environment's name is also its containers' cluster label: two checkouts running
-# their tests on one Docker engine need different names, or each one's agents would
-# take the other's containers for their own (and remove them). OPERATOR_TEST_NAME
-# sets it; moved addresses (OPERATOR_TEST_ADDRS) alone give a name of their own.
-_DEFAULT_NAME = "test" if "OPERATOR_TEST_ADDRS" not in os.environ else "test-" + _ADDRS[0].replace(".", "-")
-TEST_NAME = os.environ.get("OPERATOR_TEST_NAME", _DEFAULT_NAME)
+# The tests' own environment, apart from the developer's `make up` on 127.0.0.11-13:
+# OPERATOR_TEST_ADDRS and OPERATOR_TEST_NAME move it (two checkouts running their tests
+# at once), and each pytest-xdist worker has a block and a name of its own
+# (tests/support/places.py), so that the session fixtures below are per worker.
+TEST_ADDRESSES = PLACE.addresses
+# Also its containers' cluster label: two environments on one Docker engine need different
+# names, or each one's agents would take the other's containers for their own.
+TEST_NAME = PLACE.name
 
 
 @pytest.fixture(scope="session")

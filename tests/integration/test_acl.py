@@ -1,7 +1,7 @@
 """Consul ACLs for real: default deny, the policies of deploy/acl/, one token per role.
 
 The environment is staging.sh's secured variant (STAGING_SECURE=1: ACLs, TLS,
-gossip encryption) on 127.0.0.71-73, under its own name: Consul with
+gossip encryption) on .71-73 of the run's block (tests/support/places.py), under its own name: Consul with
 deploy/consul/acl.hcl and deploy/consul/tls.hcl, bootstrapped by
 scripts/acl-bootstrap.sh, the agents and the LB started with their role's
 token and a client certificate (the secured loop itself: test_secure.py). A
@@ -31,10 +31,12 @@ import requests
 
 from consul_operator.adapters.consul_client import ConsulClient, ConsulTLS
 from consul_operator.core.errors import ConsulError, ConsulPermissionDenied, ConsulTLSError, ConsulUnavailable
+from tests.support.bounds import PROCESS_S, REACT_S
 from tests.support.cluster import Cluster, manifest_yaml
+from tests.support.places import PLACE
 from tests.support.staging import PROCESSES, ROOT, Staging, pid_alive, tool, wait_until
 
-ACL_ADDRESSES = ("127.0.0.71", "127.0.0.72", "127.0.0.73")
+ACL_ADDRESSES = PLACE.three(71)
 AGENT_POLICY = ROOT / "deploy" / "acl" / "operator-agent.hcl"
 # Docker actions that would mean a container was touched.
 TOUCHING = ("create", "start", "kill", "die", "stop", "destroy", "restart")
@@ -44,7 +46,7 @@ TOUCHING = ("create", "start", "kill", "die", "stop", "destroy", "restart")
 def acl_env(docker_engine: docker.DockerClient, nginx_binary: str) -> Iterator[Staging]:
     """The ACL staging environment, up for this module and torn down after it."""
     tool("consul")
-    env = Staging("acl", ACL_ADDRESSES, acl=True, secure=True)
+    env = Staging(f"{PLACE.name}-acl", ACL_ADDRESSES, acl=True, secure=True)
     env.run("down")  # a previous run that crashed may have left it behind
     env.run("up")
     yield env
@@ -375,7 +377,10 @@ def test_agent_without_node_read_schedules_nothing(
             return sum("does not see itself live" in e for log in logs.values() for e in log_errors(log))
 
         # Back-off 0.5 + 1 + 2 s: the third refusal comes well after the 1 s lost grace.
-        wait_until(lambda: refusals() >= 3, timeout=30, what="the leader refusing to schedule")
+        # The agents start with the block: their start-up is in this wait too.
+        wait_until(
+            lambda: refusals() >= 3, timeout=PROCESS_S + REACT_S, what="the leader refusing to schedule"
+        )
         assert any(
             'node_prefix "" and service_prefix "" read' in e
             for e in log_errors(logs["host-1"]) + log_errors(logs["host-2"])

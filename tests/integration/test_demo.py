@@ -10,9 +10,10 @@ import docker
 
 from consul_operator.core.model import LABEL_CLUSTER, LABEL_SERVICE
 from tests.support.cluster import Cluster
+from tests.support.places import PLACE
 from tests.support.staging import ROOT, Staging, pid_alive
 
-DEMO_ADDRS = ("127.0.0.57", "127.0.0.58", "127.0.0.59")
+DEMO_ADDRS = PLACE.three(57)
 
 
 def test_make_demo_goes_through_the_load_balancer(
@@ -41,7 +42,7 @@ def test_make_demo_goes_through_the_load_balancer(
             check=False,
         )
         assert demo.returncode == 0, demo.stdout + demo.stderr
-        # "  curl http://127.0.0.59/  ->  Hello World from <container>": answers through NGINX,
+        # "  curl http://<host-3>/  ->  Hello World from <container>": answers through NGINX,
         # 2 with one replica, 6 with two, 4 after one of them was killed and replaced.
         lb = re.escape(f"curl http://{DEMO_ADDRS[2]}/")
         answers = re.findall(rf"^  {lb}  ->  Hello World from (\w+)$", demo.stdout, re.MULTILINE)

@@ -13,6 +13,7 @@ import pytest
 from consul_operator.adapters.consul_client import BlockingQuery, ConsulClient
 from consul_operator.core.errors import ConsulUnavailable
 from tests.support.bounds import CONVERGE_S
+from tests.support.places import PLACE
 from tests.support.staging import HOSTS, PROCESSES, Staging, pid_alive, wait_until
 
 
@@ -69,7 +70,7 @@ def test_blocking_query_times_out_cleanly(consul: ConsulClient) -> None:
 
 def test_unreachable_consul_raises_our_error_fast() -> None:
     """A Consul address where nothing listens gives ConsulUnavailable, not a hang."""
-    client = ConsulClient("127.0.0.29:8500", timeout=2)
+    client = ConsulClient(f"{PLACE.at(29)}:8500", timeout=2)
     started = time.monotonic()
     with pytest.raises(ConsulUnavailable):
         client.kv_get("anything")
@@ -103,7 +104,7 @@ def test_up_down_leaves_no_process_and_no_labelled_container(
     docker_engine: docker.DockerClient, round_: int
 ) -> None:
     """`up` twice is harmless; `down` stops its processes and removes only its labelled containers."""
-    env = Staging("updown", ("127.0.0.31", "127.0.0.32", "127.0.0.33"))
+    env = Staging(f"{PLACE.name}-updown", PLACE.three(31))
     env.run("down")
     env.run("up")
     first_pids = env.pids()
@@ -113,7 +114,7 @@ def test_up_down_leaves_no_process_and_no_labelled_container(
     assert all(pid_alive(p) for p in first_pids.values())
 
     ours = docker_engine.containers.run(
-        "hello:local", detach=True, labels={"consul-operator.cluster": "updown"}
+        "hello:local", detach=True, labels={"consul-operator.cluster": env.name}
     )
     foreign = docker_engine.containers.run("hello:local", detach=True)
     other_env = docker_engine.containers.run(
@@ -123,7 +124,9 @@ def test_up_down_leaves_no_process_and_no_labelled_container(
         env.run("down")
         assert not any(pid_alive(p) for p in first_pids.values())
         assert env.pids() == {}
-        ids = {c.id for c in docker_engine.containers.list(all=True)}
+        # ignore_removed: other environments' containers (other workers', other checkouts') come
+        # and go between docker-py's listing and its inspect of each.
+        ids = {c.id for c in docker_engine.containers.list(all=True, ignore_removed=True)}
         assert ours.id not in ids
         assert foreign.id in ids and other_env.id in ids
     finally:

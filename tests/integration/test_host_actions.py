@@ -27,6 +27,7 @@ from tests.support.bounds import CONVERGE_BURST_S, CONVERGE_S, REACT_S, REMOVAL_
 from tests.support.cluster import Cluster
 from tests.support.daemons import consul_client_argv, healthz, json_lines, operator_argv, started
 from tests.support.hanging import hanging_server
+from tests.support.places import PLACE
 from tests.support.staging import Staging, wait_until
 
 
@@ -190,8 +191,8 @@ def test_long_drain_does_not_delay_another_services_replacement(cluster: Cluster
         )
 
 
-# The second environment's last address: its Consul client and agent live only during the test.
-REFUSING_ADDR = "127.0.0.56"
+# An address of the run's block of its own: its Consul client and agent live only during the test.
+REFUSING_ADDR = PLACE.at(26)
 # A real Consul that refuses deregistrations (403), and only those: its HTTP API's own blocklist.
 BLOCK_DEREGISTER = 'http_config { block_endpoints = ["/v1/agent/service/deregister"] }'
 

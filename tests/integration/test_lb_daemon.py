@@ -2,8 +2,8 @@
 
 Each test runs its own `operator lb` (`python -m consul_operator lb`) against
 the staging environment's Consul, with its NGINX listening on the tests' own
-address (127.0.0.24, apart from the environment's NGINX), and looks at it the
-way a user would: requests through NGINX, the config file, /metrics.
+address (.24 of the run's block, tests/support/places.py, apart from the
+environment's NGINX), and looks at it the way a user would: requests through NGINX, the config file, /metrics.
 """
 
 from __future__ import annotations
@@ -25,12 +25,13 @@ from consul_operator.core.backoff import retry_delay
 from tests.support.bounds import CONSUL_RETURN_S, LB_UPDATE_S, LOAD_S, PROCESS_S, REACT_S
 from tests.support.cluster import Cluster, metric_at
 from tests.support.load import Load
+from tests.support.places import PLACE
 from tests.support.served import get, served, serves
 from tests.support.staging import ROOT, pid_alive, wait_until
 
 # The LB tests' own address, as in test_lb_edges.py (ports 8080-8081 there): NGINX on 8091-8094
 # here, /metrics 10000 above.
-OWN_ADDRESS = "127.0.0.24"
+OWN_ADDRESS = PLACE.at(24)
 
 
 @dataclass

@@ -31,11 +31,12 @@ from consul_operator.daemons.loop import Trigger, run_loop
 from tests.support.bounds import CONVERGE_S, LB_UPDATE_S, PROCESS_S, REACT_S, REMOVAL_S
 from tests.support.cluster import Cluster, manifest_yaml, operator
 from tests.support.delays import assert_backs_off
+from tests.support.places import PLACE
 from tests.support.served import get, served, serves
 from tests.support.staging import ROOT, wait_until
 
 # The test's own NGINX (only this module, test_load_balancer.py and test_lb_daemon.py use it).
-OWN_ADDRESS = "127.0.0.24"
+OWN_ADDRESS = PLACE.at(24)
 
 
 def metric(name: str, **labels: str) -> float:
@@ -235,7 +236,8 @@ def test_two_clusters_on_one_consul_never_mix(
         return len(running) == 1 and running == {i.service_id for i in mine}
 
     wait_until(ours_converged, timeout=CONVERGE_S, what="our replica")
-    wait_until(lambda: len(theirs()) == 1, timeout=CONVERGE_S, what="the other cluster's replica")
+    # The other cluster's agent starts with the test: its start-up is in this wait too.
+    wait_until(lambda: len(theirs()) == 1, timeout=PROCESS_S + CONVERGE_S, what="the other cluster's replica")
     wait_until(
         lambda: (
             sorted(i.meta.get("cluster") for i in cluster.passing(service_name))

@@ -16,8 +16,12 @@ from consul_operator.core.upstreams import build_view
 from tests.support.bounds import LB_UPDATE_S, LOAD_S, REACT_S, REPLACEMENT_S
 from tests.support.cluster import Cluster
 from tests.support.load import Load
+from tests.support.places import PLACE
 from tests.support.served import get, replica
 from tests.support.staging import wait_until
+
+# The load balancer tests' own NGINX address (tests/support/places.py), as in test_lb_edges.py.
+OWN_ADDRESS = PLACE.at(24)
 
 # Failed requests allowed when a container is killed outright (not drained): the
 # proxy retries connection errors on the next server, so we expect none, but a
@@ -146,13 +150,13 @@ def own_nginx(tmp_path: Path, nginx_binary: str) -> Iterator[ManagedNginx]:
 
 
 def static_conf(prefix: Path, body: str) -> str:
-    """A whole managed config answering ``body`` on 127.0.0.24:8080."""
+    """A whole managed config answering ``body`` on OWN_ADDRESS:8080."""
     return (
         f"pid {prefix}/nginx.pid; error_log {prefix}/logs/error.log;\n"
         "events {}\n"
         f"http {{ access_log off; client_body_temp_path {prefix}/tmp/cb; proxy_temp_path {prefix}/tmp/p;\n"
         f"fastcgi_temp_path {prefix}/tmp/f; uwsgi_temp_path {prefix}/tmp/u; scgi_temp_path {prefix}/tmp/s;\n"
-        f'server {{ listen 127.0.0.24:8080; location / {{ return 200 "{body}"; }} }} }}\n'
+        f'server {{ listen {OWN_ADDRESS}:8080; location / {{ return 200 "{body}"; }} }} }}\n'
     )
 
 
@@ -161,7 +165,7 @@ def test_config_failing_nginx_t_leaves_the_old_one_serving(own_nginx: ManagedNgi
     first = own_nginx.apply(static_conf(own_nginx.prefix, "one"))
     assert first.ok and first.changed
     wait_until(
-        lambda: get("127.0.0.24", "x", port=8080) == (200, "one"), timeout=LB_UPDATE_S, what="NGINX to serve"
+        lambda: get(OWN_ADDRESS, "x", port=8080) == (200, "one"), timeout=LB_UPDATE_S, what="NGINX to serve"
     )
     good_text = own_nginx.current()
 
@@ -169,12 +173,12 @@ def test_config_failing_nginx_t_leaves_the_old_one_serving(own_nginx: ManagedNgi
     assert not broken.ok and not broken.changed
     assert "nginx -t failed" in broken.error
     assert own_nginx.current() == good_text
-    assert get("127.0.0.24", "x", port=8080) == (200, "one")
+    assert get(OWN_ADDRESS, "x", port=8080) == (200, "one")
 
     second = own_nginx.apply(static_conf(own_nginx.prefix, "two"))
     assert second.ok
     wait_until(
-        lambda: get("127.0.0.24", "x", port=8080) == (200, "two"), timeout=LB_UPDATE_S, what="the reload"
+        lambda: get(OWN_ADDRESS, "x", port=8080) == (200, "two"), timeout=LB_UPDATE_S, what="the reload"
     )
 
 
@@ -204,7 +208,7 @@ def test_rendered_configs_pass_nginx_t(
     }
     text = render(
         build_view(catalog.keys(), catalog, "simple"),
-        listen="127.0.0.24:8081",
+        listen=f"{OWN_ADDRESS}:8081",
         managed=True,
         prefix=str(nginx.prefix),
     )

@@ -7,6 +7,7 @@ figures come from the leader only.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -18,6 +19,7 @@ import docker
 
 from consul_operator.adapters.consul_client import ConsulClient
 from consul_operator.adapters.presence import ttl_check_id
+from consul_operator.core.errors import ConsulError
 from consul_operator.core.model import LABEL_HOST
 from tests.support.bounds import CONVERGE_S, NEW_LEADER_S
 from tests.support.cluster import Cluster, manifest_yaml, operator
@@ -390,9 +392,14 @@ def test_agent_restarted_within_its_ttl_reaps_its_session(cluster: Cluster) -> N
 
     def hold_ttl() -> None:
         # A supervisor's restart within the TTL, made certain: the dead process's TTL
-        # check, and so its session, stays passing until the new process replaces it.
+        # check, and so its session, stays passing until the new process has reaped it.
+        # Not only until `up` returns: /healthz answers before the new process registers,
+        # and on a busy machine its registration came more than a TTL later, when the
+        # session had died with its TTL (nothing left to reap; issue 29). A failed beat
+        # (a slow Consul) is retried, never the end of the holding.
         while True:
-            consul.check_pass(ttl_check_id(victim))
+            with contextlib.suppress(ConsulError):
+                consul.check_pass(ttl_check_id(victim))
             if stop.wait(0.5):
                 return
 
@@ -401,15 +408,15 @@ def test_agent_restarted_within_its_ttl_reaps_its_session(cluster: Cluster) -> N
     holder.start()
     try:
         cluster.staging.run("up")
+        # `up` returns once the new process answers /healthz; it registers and reaps just after.
+        wait_until(
+            lambda: cluster.metric(victim, "operator_orphan_sessions_reaped_total") >= 1,
+            timeout=NEW_LEADER_S,
+            what="the predecessor's session reaped",
+        )
     finally:
         stop.set()
         holder.join(timeout=10)
-    # `up` returns once the new process answers /healthz; its election thread reaps just after.
-    wait_until(
-        lambda: cluster.metric(victim, "operator_orphan_sessions_reaped_total") >= 1,
-        timeout=NEW_LEADER_S,
-        what="the predecessor's session reaped",
-    )
     assert cluster.metric(victim, "operator_orphan_sessions_reaped_total") == 1
     assert leading(cluster) == leader
     assert cluster.metric(leader, "operator_leader_changes_total") == changes

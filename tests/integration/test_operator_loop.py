@@ -436,7 +436,9 @@ def test_docker_stop_of_a_young_replica_is_a_crash_by_its_exit_code(
         assert cluster.status_error(service_name, "host-1") == ""
 
 
-# Last in this module: it disturbs every container on the engine.
+# It disturbs every container on the engine, every worker's: `make test` runs it after the
+# parallel part, alone (the engine_restart marker, pyproject.toml).
+@pytest.mark.engine_restart
 def test_docker_engine_restart_converges_again(cluster: Cluster, service_name: str) -> None:
     """After the Docker engine restarts (stopping every container), the agents reconnect and converge."""
     cluster.put(service_name, 2)

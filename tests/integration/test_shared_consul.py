@@ -27,9 +27,10 @@ from consul_operator.core.keys import Layout
 from consul_operator.core.model import LABEL_CLUSTER, META_CLUSTER
 from tests.support.cluster import Cluster, operator
 from tests.support.daemons import consul_client_argv, healthz, json_lines, log_size, operator_argv, started
+from tests.support.places import PLACE
 from tests.support.staging import Environment, Staging, wait_until
 
-SECOND_ADDRS = ("127.0.0.54", "127.0.0.55", "127.0.0.56")
+SECOND_ADDRS = PLACE.three(54)
 SECOND_LAYOUT = Layout("b/services/", "b/operator/")
 RESYNC = 2.0
 # The events of actions (README, Metrics: one line per action, saying what and why).

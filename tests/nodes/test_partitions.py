@@ -31,6 +31,7 @@ def node_chaos(node_cluster: Cluster) -> NodeChaos:
 
 def test_every_node_fault_converges(node_chaos: NodeChaos) -> None:
     """After each partition, crash and reboot, every service is back at its count, passing, behind NGINX."""
+    assert node_chaos.aborted is None, node_chaos.report()
     assert sorted(f.name for f in node_chaos.faults) == sorted(NODE_FAULTS)
     never = [f"{f.name} ({f.detail})" for f in node_chaos.faults if f.converged_after is None]
     assert never == [], f"did not converge: {never}; log {node_chaos.log_path}"

@@ -11,6 +11,12 @@ few seconds. None comes from the resync: the test environments resync every
 600 s (`staging.SLOW_RESYNC`), so a test that converges within its bound
 proves the reaction to events (Docker's event stream, Consul's blocking
 queries). The goals themselves are measured in bench/, never asserted.
+
+Issue 29 measured them again with `make test`'s parallel part (4 workers)
+beside five other checkouts' test runs (load averages 20 to 30 on the two
+cores, every process slowed ten-fold: a CLI run took 5 s, a unit test 30x
+its idle time): 1,034 waits in two runs. Three bounds failed there and are
+raised from those figures (REACT_S, CONVERGE_S, PROCESS_S below).
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ from typing import Final
 
 # kv put of a service (1-4 replicas) or of a new count -> every replica running,
 # registered and passing. Measured 0.01-2.8 s (2.8 s: 3 -> 1 with a 2 s drain); 4.5 s
-# for replicas that sleep 4 s before they answer.
-CONVERGE_S: Final = 15.0
+# for replicas that sleep 4 s before they answer. At a load of 20-30 (issue 29): p99
+# 15.2 s, the worst 32 s (a wait whose condition runs the CLI).
+CONVERGE_S: Final = 30.0
 
 # 16 replicas at once on one host (twice the executor's workers). Measured 3.7-7.7 s.
 CONVERGE_BURST_S: Final = 30.0
@@ -36,8 +43,9 @@ NEW_LEADER_S: Final = 15.0
 LB_UPDATE_S: Final = 5.0
 
 # A change -> a daemon's next pass shows it: a status record, a metric, a rejection
-# counted, the lock released. Measured 0.00-0.16 s.
-REACT_S: Final = 5.0
+# counted, the lock released. Measured 0.00-0.16 s; at a load of 20-30 (issue 29) p99
+# 2.1 s, the worst 5.1 s (an agent's next host pass).
+REACT_S: Final = 15.0
 
 # Two replicas to a new spec (max_surge 1, min_healthy 1-2 s) -> the rollout complete,
 # or a rollback of one -> rolled back. Measured 6.0-9.8 s.
@@ -60,8 +68,10 @@ CONSUL_RETURN_S: Final = 30.0
 ENGINE_RESTART_S: Final = 60.0
 
 # A process started -> healthy (/healthz 200, Consul's leader, Prometheus ready), or
-# signalled -> exited. Measured 0.0-1.4 s; a daemon's loops get up to 30 s to stop.
-PROCESS_S: Final = 30.0
+# signalled -> exited. Measured 0.0-1.4 s; a daemon's loops get up to 30 s to stop. At a
+# load of 20-30 (issue 29) the worst was 31 s (`operator lb` to pass: Python's start-up
+# alone took seconds).
+PROCESS_S: Final = 60.0
 
 # Prometheus (1 s scrapes) -> a target up, or a metric's change visible in a query.
 # Measured 0.5-5.6 s.
