@@ -21,7 +21,7 @@ from consul_operator.adapters.docker_client import docker_errors
 from consul_operator.adapters.timers import Timers
 from consul_operator.core.backoff import retry_delay
 from consul_operator.core.desired_state import DEFAULT_CAPABILITIES, TMPFS_SIZE, Manifest
-from consul_operator.core.errors import DockerError, ImageNotFound
+from consul_operator.core.errors import DockerError, DockerUnavailable, ImageNotFound
 from consul_operator.core.model import (
     LABEL_CLUSTER,
     LABEL_HOST,
@@ -146,6 +146,10 @@ class DockerActuator:
             try:
                 with docker_errors("inspecting a container"):
                     infos.append(self._from_inspect(self.client.api.inspect_container(summary["Id"])))
+            except DockerUnavailable:
+                # A timeout is no removal: leaving the container out would plan from a
+                # listing without it. The pass fails and is retried (`loop.run_loop`).
+                raise
             except DockerError:
                 continue  # removed between list and inspect
         return infos

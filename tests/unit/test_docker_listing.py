@@ -1,0 +1,64 @@
+"""The Docker actuator's listing of our containers, on a fake of the SDK's low-level API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import docker
+import pytest
+import requests
+
+from consul_operator.adapters.actuators.docker import DockerActuator
+from consul_operator.core.errors import DockerUnavailable
+from consul_operator.core.model import LABEL_SERVICE
+
+EXITED = {"Id": "c1", "Names": ["/web-1"], "State": "exited", "Labels": {LABEL_SERVICE: "web"}, "Created": 1}
+INSPECTED = {
+    "Id": "c1",
+    "Name": "/web-1",
+    "Config": {"Labels": {LABEL_SERVICE: "web"}},
+    "State": {"Status": "exited", "ExitCode": 137},
+    "NetworkSettings": {"Ports": {}},
+}
+
+
+@dataclass
+class FakeApi:
+    """`docker.APIClient`'s two calls of a listing; inspect answers, or raises what it is given."""
+
+    inspect_raises: Exception | None = None
+
+    def containers(self, **_: Any) -> list[dict[str, Any]]:
+        return [EXITED]
+
+    def inspect_container(self, container_id: str) -> dict[str, Any]:
+        if self.inspect_raises is not None:
+            raise self.inspect_raises
+        return INSPECTED
+
+
+@dataclass
+class FakeClient:
+    api: FakeApi
+
+
+def actuator(api: FakeApi) -> DockerActuator:
+    return DockerActuator(FakeClient(api), cluster="c", host="h", advertise="127.0.0.1")
+
+
+def test_an_exited_container_is_listed_with_its_inspect() -> None:
+    """A stopped container is listed from its inspect (exit details)."""
+    assert [c.name for c in actuator(FakeApi()).list_containers()] == ["web-1"]
+
+
+def test_a_container_removed_between_list_and_inspect_is_left_out() -> None:
+    """A 404 on inspect means the container went away meanwhile: it is simply not listed."""
+    gone = docker.errors.NotFound("No such container: c1")
+    assert actuator(FakeApi(inspect_raises=gone)).list_containers() == []
+
+
+def test_an_inspect_that_times_out_fails_the_listing() -> None:
+    """A timed-out inspect is no removal: the listing fails rather than leave the container out."""
+    with pytest.raises(DockerUnavailable):
+        actuator(FakeApi(inspect_raises=requests.ReadTimeout("read timed out"))).list_containers()
