@@ -15,6 +15,15 @@
 (not JSON, not an object, a required field missing); within a readable record,
 a field of the wrong type reads as its empty value, as the status view always
 did. Pure: no I/O, no clock.
+
+Bounds: a record in KV is data anyone with write on ``operator/`` (or a bug,
+or a restore) may have put there, and a count drives loops and allocations
+(a placement of 10**12 replicas hung the leader). Every number read has a
+bound, checked here at parse time: counts within `MAX_RECORD_COUNT`, maps and
+lists within `MAX_RECORD_ENTRIES` entries, durations within
+`MAX_RECORD_SECONDS`, wall-clock stamps within [0, `MAX_TIMESTAMP`]. A record
+out of bounds raises ValueError, like an unreadable one, and its reader treats
+it so (skips it, or keeps it empty: `kv_state`).
 """
 
 from __future__ import annotations
@@ -25,6 +34,72 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
+
+MAX_RECORD_COUNT = 1_000
+"""The largest count a record may hold: replicas per host, in total, unplaced, running, updated...
+Ten times `desired_state.MAX_REPLICAS`: room for a surge, draining containers and crash loops."""
+MAX_RECORD_ENTRIES = 1_024
+"""The most entries of any map or list in a record (hosts, specs per host, instances)."""
+MAX_RECORD_SECONDS = 10 * 366 * 86400.0
+"""The longest duration a record may hold (a rollout's ``elapsed``, a drain's ``deadline``): ten years."""
+MAX_TIMESTAMP = 1e10
+"""The latest wall-clock stamp a record may hold (Unix seconds, the year 2286)."""
+
+
+class RecordBoundError(ValueError):
+    """A number or a size in a record is out of its bound: the record counts as unreadable."""
+
+
+def _bounded(value: int, what: str, high: int = MAX_RECORD_COUNT) -> int:
+    """``value`` when it is within [0, ``high``]; RecordBoundError otherwise."""
+    if not 0 <= value <= high:
+        raise RecordBoundError(f"{what} {value} is out of bounds (0 to {high})")
+    return value
+
+
+def _entries(items: Mapping[str, object] | list[object], what: str) -> None:
+    """RecordBoundError when ``items`` has more than `MAX_RECORD_ENTRIES` entries."""
+    if len(items) > MAX_RECORD_ENTRIES:
+        raise RecordBoundError(f"{what} has {len(items)} entries, more than {MAX_RECORD_ENTRIES}")
+
+
+def _map(value: object, what: str) -> dict[str, object]:
+    """A JSON object of at most `MAX_RECORD_ENTRIES` entries; ValueError otherwise."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} is not a JSON object")
+    _entries(value, what)
+    return value
+
+
+def _seconds(value: float, what: str) -> float:
+    """A duration within [0, `MAX_RECORD_SECONDS`]; RecordBoundError otherwise (NaN included)."""
+    if not 0.0 <= value <= MAX_RECORD_SECONDS:
+        raise RecordBoundError(f"{what} {value} is out of bounds (0 to {MAX_RECORD_SECONDS:g}s)")
+    return value
+
+
+def _stamp(value: float, what: str) -> float:
+    """A wall-clock stamp within [0, `MAX_TIMESTAMP`]; RecordBoundError otherwise (NaN included)."""
+    if not 0.0 <= value <= MAX_TIMESTAMP:
+        raise RecordBoundError(f"{what} {value} is out of bounds (0 to {MAX_TIMESTAMP:g})")
+    return value
+
+
+def _integer(value: object, what: str, high: int = MAX_RECORD_COUNT) -> int:
+    """A count the leader wrote: an integer (not a boolean) within [0, ``high``]; ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what} is not an integer: {value!r:.40}")
+    return _bounded(value, what, high)
+
+
+def _number(value: object, what: str) -> float:
+    """A JSON number as a float; ValueError for anything else (a boolean, text, a number too large)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{what} is not a number: {value!r:.40}")
+    try:
+        return float(value)
+    except OverflowError as exc:
+        raise RecordBoundError(f"{what} is out of bounds: {exc}") from exc
 
 
 def frozen_map(data: Mapping[str, int] | None = None) -> Mapping[str, int]:
@@ -41,26 +116,31 @@ def _object(data: bytes | str, what: str) -> dict[str, object]:
     """``data`` as a JSON object; ValueError when it is not one."""
     try:
         body = json.loads(data)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the parser goes
         raise ValueError(f"not a {what} record: {exc}") from exc
     if not isinstance(body, dict):
         raise ValueError(f"not a {what} record: not a JSON object")
     return body
 
 
-def _count(value: object) -> int:
-    """A count out of a JSON record; anything but a non-negative integer counts as 0."""
+def _count(value: object, what: str) -> int:
+    """A count out of a JSON record; anything but an integer counts as 0, a negative one too;
+    RecordBoundError above `MAX_RECORD_COUNT`."""
     if isinstance(value, bool) or not isinstance(value, int):
         return 0
-    return max(0, value)
+    return _bounded(max(0, value), what)
 
 
-def _timestamp(value: object) -> float | None:
-    """A Unix time out of a JSON record, None when it is not a finite number."""
+def _timestamp(value: object, what: str = "time") -> float | None:
+    """A Unix time out of a JSON record, None when it is not a finite number;
+    RecordBoundError outside [0, `MAX_TIMESTAMP`]."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    stamp = float(value)
-    return stamp if math.isfinite(stamp) else None
+    try:
+        stamp = float(value)
+    except OverflowError:
+        return None
+    return _stamp(stamp, what) if math.isfinite(stamp) else None
 
 
 def _text(value: object) -> str:
@@ -154,19 +234,24 @@ class PlacementRecord:
     @classmethod
     def from_json(cls, data: bytes) -> PlacementRecord:
         """Parse the KV form; raises ValueError when it is not ours."""
+        body = _object(data, "placement")
         try:
-            body = json.loads(data)
-            cause = body.get("cause", "none")
-            hosts = {str(h): int(n) for h, n in dict(body["hosts"]).items()}
-            specs = {
-                str(h): MappingProxyType({str(s): int(n) for s, n in dict(c).items() if int(n) > 0})
-                for h, c in dict(body.get("specs") or {}).items()
-            }
+            cause = _text(body.get("cause", "none"))
+            raw_hosts = _map(body["hosts"], "hosts")
+            _entries(raw_hosts, "hosts")
+            hosts = {str(h): _integer(n, f"replicas on {h}") for h, n in raw_hosts.items()}
+            _bounded(sum(hosts.values()), "replicas placed")
+            raw_specs = _map(body.get("specs") or {}, "specs")
+            specs: dict[str, Mapping[str, int]] = {}
+            for h, c in raw_specs.items():
+                per_spec = _map(c, f"specs on {h}")
+                counts = {str(s): _integer(n, f"replicas of {s} on {h}") for s, n in per_spec.items()}
+                specs[str(h)] = MappingProxyType({s: n for s, n in counts.items() if n > 0})
             return cls(
                 service=str(body["service"]),
                 spec_hash=str(body["spec_hash"]),
                 hosts=frozen_map({h: n for h, n in hosts.items() if n > 0}),
-                unplaced=int(body.get("unplaced", 0)),
+                unplaced=_integer(body.get("unplaced", 0), "unplaced"),
                 written_by=str(body.get("written_by", "")),
                 specs=MappingProxyType({h: c for h, c in specs.items() if c}),
                 cause=UnplacedCause(cause) if cause in UNPLACED_CAUSES else UnplacedCause.NONE,
@@ -256,21 +341,22 @@ class RolloutRecord:
     @classmethod
     def from_json(cls, data: bytes) -> RolloutRecord:
         """Parse the KV form; raises ValueError when it is not ours."""
+        body = _object(data, "rollout")
         try:
-            body = json.loads(data)
             state = str(body["state"])
             if state not in RolloutState.__members__.values():
                 raise ValueError(f"unknown state {state!r}")
+            elapsed = _number(body.get("elapsed", 0.0), "elapsed")
             return cls(
                 service=str(body["service"]),
                 from_spec=str(body["from"]),
                 to_spec=str(body["to"]),
                 state=RolloutState(state),
-                started=float(body["started"]),
+                started=_stamp(_number(body["started"], "started"), "started"),
                 reason=str(body.get("reason", "")),
-                updated=int(body.get("updated", 0)),
-                total=int(body.get("total", 0)),
-                elapsed=max(0.0, float(body.get("elapsed", 0.0))),
+                updated=_integer(body.get("updated", 0), "updated"),
+                total=_integer(body.get("total", 0), "total"),
+                elapsed=_seconds(elapsed if math.isnan(elapsed) else max(0.0, elapsed), "elapsed"),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"not a rollout record: {exc}") from exc
@@ -363,29 +449,36 @@ class StatusRecord:
         ValueError when it is not a JSON object; a field of the wrong type reads as empty.
         """
         body = _object(data, "status")
-        raw_specs = body.get("specs")
-        specs: dict[str, int] = {}
-        if isinstance(raw_specs, dict):
-            try:
-                specs = {str(spec): int(n) for spec, n in raw_specs.items()}
-            except (ValueError, TypeError):
-                specs = {}
-        raw_instances = body.get("instances")
-        listed = raw_instances if isinstance(raw_instances, list) else []
-        hold = _text(body.get("hold"))
-        return cls(
-            service=service,
-            host=host,
-            spec_hash=_text(body.get("spec_hash")),
-            desired=_count(body.get("desired")),
-            running=_count(body.get("running")),
-            healthy=_count(body.get("healthy")),
-            error=_text(body.get("error")),
-            hold=Hold(hold) if hold in Hold.__members__.values() else None,
-            specs=frozen_map(specs),
-            instances=tuple(item for item in listed if isinstance(item, str)),
-            since=_timestamp(body.get("since")),
-        )
+        try:
+            raw_specs = body.get("specs")
+            specs: dict[str, int] = {}
+            if isinstance(raw_specs, dict):
+                _entries(raw_specs, "specs")
+                try:
+                    specs = {str(spec): _integer(n, f"running of {spec}") for spec, n in raw_specs.items()}
+                except RecordBoundError:
+                    raise
+                except ValueError:
+                    specs = {}  # junk counts: count nothing
+            raw_instances = body.get("instances")
+            listed = raw_instances if isinstance(raw_instances, list) else []
+            _entries(listed, "instances")
+            hold = _text(body.get("hold"))
+            return cls(
+                service=service,
+                host=host,
+                spec_hash=_text(body.get("spec_hash")),
+                desired=_count(body.get("desired"), "desired"),
+                running=_count(body.get("running"), "running"),
+                healthy=_count(body.get("healthy"), "healthy"),
+                error=_text(body.get("error")),
+                hold=Hold(hold) if hold in Hold.__members__.values() else None,
+                specs=frozen_map(specs),
+                instances=tuple(item for item in listed if isinstance(item, str)),
+                since=_timestamp(body.get("since"), "since"),
+            )
+        except RecordBoundError as exc:
+            raise ValueError(f"not a status record: {exc}") from exc
 
 
 # --- operator/leader, operator/rollback/<name> --------------------------------------------
@@ -406,7 +499,10 @@ class LeaderRecord:
     def from_json(cls, data: bytes | str) -> LeaderRecord:
         """Parse the lock's value; raises ValueError when it is not ours."""
         body = _object(data, "leader")
-        host, since = body.get("host"), _timestamp(body.get("since"))
+        try:
+            host, since = body.get("host"), _timestamp(body.get("since"), "since")
+        except RecordBoundError as exc:
+            raise ValueError(f"not a leader record: {exc}") from exc
         if host is None or since is None:
             raise ValueError("not a leader record: no host or no time")
         return cls(host=str(host), since=since)
@@ -464,10 +560,16 @@ class HostRecord:
         empty (a drain without a readable deadline has none: it waits for its replacements).
         """
         body = _object(data, "host")
-        deadline = _timestamp(body.get("deadline"))
-        return cls(
-            host=host,
-            draining=body.get("draining") is True,
-            deadline=None if deadline is None or deadline < 0 else deadline,
-            started=_timestamp(body.get("started")),
-        )
+        try:
+            raw = body.get("deadline")
+            deadline = None if isinstance(raw, bool) or not isinstance(raw, int | float) else float(raw)
+            if deadline is not None and (not math.isfinite(deadline) or deadline < 0):
+                deadline = None  # no readable deadline: the drain waits for its replacements
+            return cls(
+                host=host,
+                draining=body.get("draining") is True,
+                deadline=None if deadline is None else _seconds(deadline, "deadline"),
+                started=_timestamp(body.get("started"), "started"),
+            )
+        except (RecordBoundError, OverflowError) as exc:
+            raise ValueError(f"not a host record: {exc}") from exc
