@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 
 from consul_operator.adapters.consul_client import ConsulClient, KVEntry
 from consul_operator.adapters.kv_state import (
+    TreeMirror,
     host_records_of,
     manifests_of,
     placements_of,
@@ -34,6 +35,7 @@ def read_cluster_state(
     *,
     passing_of: Callable[[ClusterState], Iterable[str]],
     leader: bool = False,
+    services: TreeMirror | None = None,
 ) -> ClusterState:
     """Read every record once, then the passing instances of the services ``passing_of`` names.
 
@@ -45,24 +47,25 @@ def read_cluster_state(
     `operator status` for every service. ``leader``: the view the leader
     schedules from: status records read consistently, an unreadable one kept
     (empty) so that the leader can remove it, and every service's passing
-    count (its gauges).
+    count (its gauges). ``services``: the loop's mirror of ``services/``
+    (`kv_state.TreeMirror`: only changed manifests are read), read just after
+    the transaction; without one, ``services/`` is part of it.
     """
-    trees = consul.kv_trees(
-        [
-            layout.services_prefix,
-            layout.placement_prefix,
-            layout.status_prefix,
-            layout.rollout_prefix,
-            layout.revisions_prefix,
-            layout.rollback_prefix,
-            layout.hosts_prefix,
-        ],
-        consistent=True,
-    )
+    prefixes = [
+        *([] if services is not None else [layout.services_prefix]),
+        layout.placement_prefix,
+        layout.status_prefix,
+        layout.rollout_prefix,
+        layout.revisions_prefix,
+        layout.rollback_prefix,
+        layout.hosts_prefix,
+    ]
+    trees = consul.kv_trees(prefixes, consistent=True)
+    manifests = trees[layout.services_prefix] if services is None else services.read(consul)
     registrations = agent_registrations(consul, cluster)
     statuses = statuses_of(trees[layout.status_prefix], layout, keep_unreadable=leader)
     state = ClusterState(
-        manifests=manifests_of(trees[layout.services_prefix], layout),
+        manifests=manifests_of(manifests, layout),
         placements=placements_of(trees[layout.placement_prefix], layout),
         rollouts=rollouts_of(trees[layout.rollout_prefix], layout),
         revisions=frozenset(_revisions(trees[layout.revisions_prefix], layout)),

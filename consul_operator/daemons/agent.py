@@ -147,7 +147,8 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
     # too, a no-op but on the leader).
     start_watch(
         "services",
-        lambda i, w: consul.kv_list(layout.services_prefix, index=i, wait=w),
+        # Keys only: the watch drops the data, and manifests are up to 512 KiB each.
+        lambda i, w: consul.kv_keys(layout.services_prefix, index=i, wait=w),
         [kv_changed, host_trigger, schedule_trigger],
         stop,
     )

@@ -26,6 +26,7 @@ from consul_operator.adapters.actuators.docker import DockerActuator, container_
 from consul_operator.adapters.consul_client import ConsulClient
 from consul_operator.adapters.kv_state import (
     ManifestResult,
+    TreeMirror,
     manifests_of,
     placements_of,
     read_revision,
@@ -478,6 +479,7 @@ class HostAgent:
         self._written: dict[str, StatusRecord] | None = None
         self._kv: _KVRead | None = None
         self._kv_read_at = 0.0
+        self._services = TreeMirror(self.layout.services_prefix)  # only changed manifests are read
 
     def _read_kv(self) -> _KVRead:
         """Manifests, placements and the revisions wanted here: read again, or the last read if unchanged."""
@@ -487,8 +489,8 @@ class HostAgent:
             return self._kv
         try:
             layout = self.layout
-            trees = self.consul.kv_trees([layout.services_prefix, layout.placement_prefix], consistent=True)
-            manifests = manifests_of(trees[layout.services_prefix], layout)
+            trees = self.consul.kv_trees([layout.placement_prefix], consistent=True)
+            manifests = manifests_of(self._services.read(self.consul), layout)
             placements = placements_of(trees[layout.placement_prefix], layout)
             revisions = {
                 (name, spec): kept

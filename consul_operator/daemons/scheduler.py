@@ -33,6 +33,7 @@ import structlog
 
 from consul_operator.adapters import event_log, metrics
 from consul_operator.adapters.consul_client import ConsulClient
+from consul_operator.adapters.kv_state import TreeMirror
 from consul_operator.adapters.presence import AGENT_SERVICE
 from consul_operator.adapters.snapshot import read_cluster_state
 from consul_operator.core import events
@@ -77,6 +78,8 @@ class Scheduler:
     write_backoffs: dict[str, Backoff] = field(default_factory=dict)
     # Invalid manifests whose first problem was recorded as an event: service -> problem.
     invalid_seen: dict[str, str] = field(default_factory=dict)
+    # The manifests as last read: each pass reads only what changed (`kv_state.TreeMirror`).
+    services: TreeMirror | None = None
 
     def reconcile(self) -> PassResult:
         """One scheduling pass (a no-op unless we lead)."""
@@ -88,8 +91,15 @@ class Scheduler:
                 self._forget()
             return PassResult()
         now = Now(self.clock(), self.wall_clock())
+        if self.services is None:
+            self.services = TreeMirror(self.layout.services_prefix)
         state = read_cluster_state(
-            self.consul, self.layout, self.cluster, passing_of=paced_services, leader=True
+            self.consul,
+            self.layout,
+            self.cluster,
+            passing_of=paced_services,
+            leader=True,
+            services=self.services,
         )
         self._check_view(state)
         plan = decide_leader(

@@ -130,6 +130,21 @@ class FakeConsul:
     def kv_trees(self, prefixes: list[str], **_: object) -> dict[str, list[KVEntry]]:
         return {prefix: self.kv_list(prefix).value for prefix in prefixes}
 
+    @staticmethod
+    def _index(*parts: object) -> int:
+        """A modify index that changes with the content (tests also write ``kv`` directly)."""
+        return 1 + (hash(parts) & 0xFFFFFFF)
+
+    def kv_keys(self, prefix: str, **_: object) -> Indexed[list[str]]:
+        items = tuple(sorted((k, v) for k, v in self.kv.items() if k.startswith(prefix)))
+        return Indexed(self._index(prefix, items), [k for k, _ in items])
+
+    def kv_stale(self, known: Mapping[str, int], **_: object) -> set[str]:
+        return {k for k, i in known.items() if k not in self.kv or self._index(k, self.kv[k]) != i}
+
+    def kv_get_many(self, keys: list[str], **_: object) -> list[KVEntry]:
+        return [KVEntry(k, self.kv[k], self._index(k, self.kv[k])) for k in keys if k in self.kv]
+
     def kv_get(self, key: str, **_: object) -> Indexed[KVEntry | None]:
         value = self.kv.get(key)
         return Indexed(1, None if value is None else KVEntry(key, value, 1))

@@ -1,0 +1,73 @@
+"""Audit findings of issue 26, each against the real parts: parsing, phantom hosts, registration threads."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.cluster import Cluster
+from tests.support.staging import wait_until
+
+BIG_MANIFESTS = 70
+BIG_BYTES = 510_000
+PARSE_ALL_S = 600.0
+"""The first parse of 70 manifests of 510 KB by every agent of a loaded 2-core machine (about 0.5 s each)."""
+PLACED_WITHIN_S = 2.0
+"""Issue 26: a new small service is placed within 2 s, however many large manifests KV holds."""
+
+
+def big_manifest(name: str) -> str:
+    """A valid manifest of about 510 KB, no replicas (a comment pads it: the loader reads every byte)."""
+    head = f"name: {name}\nimage: hello:local\nreplicas: 0\nport: 5000\n"
+    line = "# " + "x" * 98 + "\n"
+    return head + line * ((BIG_BYTES - len(head)) // len(line))
+
+
+@pytest.fixture
+def big_manifests(cluster: Cluster) -> Iterator[list[str]]:
+    """70 manifests of 510 KB in KV (put with the Consul client), deleted afterwards."""
+    prefix = "big" + uuid.uuid4().hex[:6]
+    names = [f"{prefix}-{i}" for i in range(BIG_MANIFESTS)]
+    try:
+        for name in names:
+            cluster.consul.kv_put(cluster.layout.service_key(name), big_manifest(name))
+        yield names
+    finally:
+        for name in names:
+            cluster.consul.kv_delete(cluster.layout.service_key(name))
+
+
+def _placed(cluster: Cluster, name: str, replicas: int) -> bool:
+    record = cluster.consul.kv_get(cluster.layout.placement_key(name)).value
+    return (
+        record is not None
+        and sum(cluster.kv_json(cluster.layout.placement_key(name))["hosts"].values()) == replicas
+    )
+
+
+def test_new_service_is_placed_fast_beside_seventy_large_manifests(
+    cluster: Cluster, big_manifests: list[str], service_name: str
+) -> None:
+    """With 70 manifests of 510 KB in KV, a new small service is placed within 2 s: each large one is
+    parsed once, not on every pass (a text-bytes LRU of 32 MiB missed 70 of 70 every pass)."""
+    wait_until(
+        lambda: all(cluster.consul.kv_get(cluster.layout.placement_key(n)).value for n in big_manifests),
+        timeout=PARSE_ALL_S,
+        what="the leader to have placed the 70 large manifests (parsed once)",
+    )
+    warm = f"{service_name}w"
+    try:
+        cluster.put(warm, 1)  # a pass after the large ones: every loop has parsed them by then
+        wait_until(
+            lambda: _placed(cluster, warm, 1), timeout=PARSE_ALL_S, what="a first small service placed"
+        )
+        started = time.monotonic()
+        cluster.put(service_name, 1)
+        wait_until(lambda: _placed(cluster, service_name, 1), timeout=60, what="the new service placed")
+        took = time.monotonic() - started
+    finally:
+        cluster.delete(warm)
+    assert took <= PLACED_WITHIN_S, f"placed after {took:.1f}s"
