@@ -65,7 +65,7 @@ def read_cluster_state(
     registrations = agent_registrations(consul, cluster)
     statuses = statuses_of(trees[layout.status_prefix], layout, keep_unreadable=leader)
     state = ClusterState(
-        manifests=manifests_of(manifests, layout),
+        manifests=manifests_of(manifests, layout, by_index=services is not None),
         placements=placements_of(trees[layout.placement_prefix], layout),
         rollouts=rollouts_of(trees[layout.rollout_prefix], layout),
         revisions=frozenset(_revisions(trees[layout.revisions_prefix], layout)),
