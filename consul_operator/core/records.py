@@ -198,6 +198,9 @@ class PlacementRecord:
     specs: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     cause: UnplacedCause = UnplacedCause.NONE
     reason: str = ""
+    stuck: Mapping[str, int] = field(default_factory=frozen_map)
+    """Replicas held on a draining host because no other host takes them (counted in ``unplaced``
+    too, and in ``hosts``): a drain stops them only when forced (`maintenance.keep_stuck`)."""
 
     @property
     def total(self) -> int:
@@ -225,6 +228,9 @@ class PlacementRecord:
         if self.unplaced:  # absent when all is placed: the form of records written before causes
             body["cause"] = self.cause.value
             body["reason"] = self.reason
+        stuck = {h: n for h, n in sorted(self.stuck.items()) if n > 0}
+        if stuck:  # absent unless a drain holds replicas: the form of records written before
+            body["stuck"] = stuck
         return body
 
     def to_json(self) -> bytes:
@@ -247,6 +253,8 @@ class PlacementRecord:
                 per_spec = _map(c, f"specs on {h}")
                 counts = {str(s): _integer(n, f"replicas of {s} on {h}") for s, n in per_spec.items()}
                 specs[str(h)] = MappingProxyType({s: n for s, n in counts.items() if n > 0})
+            raw_stuck = _map(body.get("stuck") or {}, "stuck")
+            stuck = {str(h): _integer(n, f"stuck on {h}") for h, n in raw_stuck.items()}
             return cls(
                 service=str(body["service"]),
                 spec_hash=str(body["spec_hash"]),
@@ -256,6 +264,7 @@ class PlacementRecord:
                 specs=MappingProxyType({h: c for h, c in specs.items() if c}),
                 cause=UnplacedCause(cause) if cause in UNPLACED_CAUSES else UnplacedCause.NONE,
                 reason=_text(body.get("reason")),
+                stuck=frozen_map({h: n for h, n in stuck.items() if n > 0}),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"not a placement record: {exc}") from exc
@@ -532,6 +541,8 @@ class HostRecord:
     ``deadline`` seconds; what is left then is moved at once. ``started``
     is a wall-clock stamp, for people only: the leader times the deadline on
     its own monotonic clock from when it first sees the drain (`maintenance.time_drains`).
+    ``force`` (``operator drain --force``): past the deadline, replicas that no other
+    host takes are stopped too; without it they stay, shown as stuck (`maintenance.keep_stuck`).
     ``operator uncordon`` deletes the record.
     """
 
@@ -539,6 +550,7 @@ class HostRecord:
     draining: bool = False
     deadline: float | None = None
     started: float | None = None
+    force: bool = False
 
     def to_json(self) -> bytes:
         """The KV form."""
@@ -549,6 +561,7 @@ class HostRecord:
                 "draining": self.draining,
                 "deadline": self.deadline,
                 "started": self.started,
+                "force": self.force,
             }
         )
 
@@ -570,6 +583,7 @@ class HostRecord:
                 draining=body.get("draining") is True,
                 deadline=None if deadline is None else _seconds(deadline, "deadline"),
                 started=_timestamp(body.get("started"), "started"),
+                force=body.get("force") is True,
             )
         except (RecordBoundError, OverflowError) as exc:
             raise ValueError(f"not a host record: {exc}") from exc

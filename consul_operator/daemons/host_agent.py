@@ -490,7 +490,7 @@ class HostAgent:
         try:
             layout = self.layout
             trees = self.consul.kv_trees([layout.placement_prefix], consistent=True)
-            manifests = manifests_of(self._services.read(self.consul), layout)
+            manifests = manifests_of(self._services.read(self.consul), layout, by_index=True)
             placements = placements_of(trees[layout.placement_prefix], layout)
             revisions = {
                 (name, spec): kept
