@@ -457,8 +457,8 @@ def _drain_json(drain: DrainView | None) -> dict[str, object] | None:
         "started": drain.started,
         "deadline": drain.deadline,
         "remaining": drain.remaining,
-        "stuck": drain.stuck,
         "done": drain.done,
+        "stuck": drain.stuck,
     }
 
 
