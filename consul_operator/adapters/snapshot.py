@@ -20,7 +20,13 @@ from consul_operator.adapters.kv_state import (
     rollouts_of,
     statuses_of,
 )
-from consul_operator.adapters.presence import agent_registrations, agents_of, capacities_of, hosts_of
+from consul_operator.adapters.presence import (
+    agent_nodes_of,
+    agent_registrations,
+    agents_of,
+    capacities_of,
+    hosts_of,
+)
 from consul_operator.core.cluster_state import ClusterState, passing_per_host
 from consul_operator.core.desired_state import is_dns_label
 from consul_operator.core.keys import Layout
@@ -59,10 +65,12 @@ def read_cluster_state(
         layout.revisions_prefix,
         layout.rollback_prefix,
         layout.hosts_prefix,
+        layout.agents_prefix,
     ]
     trees = consul.kv_trees(prefixes, consistent=True)
     manifests = trees[layout.services_prefix] if services is None else services.read(consul)
-    registrations = agent_registrations(consul, cluster)
+    nodes = agent_nodes_of(trees[layout.agents_prefix], layout)
+    registrations = agent_registrations(consul, cluster, layout, nodes=nodes)
     statuses = statuses_of(trees[layout.status_prefix], layout, keep_unreadable=leader)
     state = ClusterState(
         manifests=manifests_of(manifests, layout, by_index=services is not None),

@@ -495,7 +495,7 @@ def _host_record(target: Target, host: str) -> tuple[HostRecord | None, int]:
 
 def _registered(target: Target, host: str) -> bool:
     """Whether ``host`` has a registered agent (of ``--cluster``, when given), live or not."""
-    return host in hosts_of(agent_registrations(target.consul, target.cluster))
+    return host in hosts_of(agent_registrations(target.consul, target.cluster, target.layout))
 
 
 def _put_host_record(target: Target, record: HostRecord, index: int) -> bool:

@@ -8,6 +8,7 @@
 | ``operator/status/<name>/<host>`` | `StatusRecord` | the agent of ``host`` |
 | ``operator/rollback/<name>`` | `RollbackRequest` | ``operator rollback`` |
 | ``operator/hosts/<host>`` | `HostRecord` | ``operator cordon`` / ``drain`` (the admin role) |
+| ``operator/agents/<host>`` | `AgentRecord` | the agent of ``host`` (its Consul node) |
 
 (``services/<name>`` and ``operator/revisions/<name>/<spec>`` hold manifests:
 `desired_state.Manifest`.) Every record is parsed here and only here:
@@ -587,3 +588,36 @@ class HostRecord:
             )
         except (RecordBoundError, OverflowError) as exc:
             raise ValueError(f"not a host record: {exc}") from exc
+
+
+# --- operator/agents/<host> ----------------------------------------------------------------
+
+MAX_NODE_NAME = 256
+"""The longest Consul node name an agent record may hold."""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRecord:
+    """Which Consul node the agent of ``host`` runs on: ``operator/agents/<host>``, written by that agent.
+
+    An ``operator-agent`` registration counts for ``host`` only on this node
+    (`presence.is_agent_registration`): anyone who may register services can
+    put a look-alike in the catalog, on a node of theirs, but only an agent
+    (write on ``operator/``) can write this record.
+    """
+
+    host: str
+    node: str
+
+    def to_json(self) -> bytes:
+        """The KV form."""
+        return _dumps({"host": self.host, "node": self.node})
+
+    @classmethod
+    def from_json(cls, data: bytes | str, *, host: str) -> AgentRecord:
+        """Parse the record stored under ``operator/agents/<host>``; ValueError when it is not one."""
+        body = _object(data, "agent")
+        node = body.get("node")
+        if not isinstance(node, str) or not 0 < len(node) <= MAX_NODE_NAME:
+            raise ValueError("not an agent record: no node name (or one too long)")
+        return cls(host=host, node=node)

@@ -98,8 +98,11 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
     event_log.start_flusher(consul, config.layout, config.host, stop)
 
     host_trigger, schedule_trigger = Trigger(), Trigger()
+    node = _node_name(consul, stop)  # claimed for our host before we register (`presence`)
     presence = Presence(
         consul,
+        layout=config.layout,
+        node=node,
         host=config.host,
         cluster=config.cluster,
         advertise=config.advertise,
@@ -109,7 +112,6 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
     )
     log.info("capacity", host=config.host, capacity=presence.capacity.text() if presence.capacity else None)
     _register_until_done(presence, stop)
-    node = _node_name(consul, stop)
     election = LeaderElection(
         consul,
         config.layout,

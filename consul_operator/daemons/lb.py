@@ -127,7 +127,7 @@ class LoadBalancer:
     def _read_view(self) -> LBView:
         """Manifests' names, and for each our agents' passing instances, vetted."""
         names = self._service_names()
-        agents = read_agents(self.consul, self.cluster)
+        agents = read_agents(self.consul, self.cluster, self.layout)
         statuses = read_statuses(self.consul, self.layout)
         instances: dict[str, list[ServiceInstance]] = {}
         disowned: list[Rejected] = []

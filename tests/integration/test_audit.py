@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
+import requests
 
-from tests.support.cluster import Cluster
+from consul_operator.core.model import META_CLUSTER, META_HOST
+from tests.support.bounds import REACT_S
+from tests.support.cluster import Cluster, operator
 from tests.support.staging import wait_until
 
 BIG_MANIFESTS = 70
@@ -71,3 +75,48 @@ def test_new_service_is_placed_fast_beside_seventy_large_manifests(
     finally:
         cluster.delete(warm)
     assert took <= PLACED_WITHIN_S, f"placed after {took:.1f}s"
+
+
+@pytest.fixture
+def phantom(cluster: Cluster) -> Iterator[str]:
+    """``operator-agent-host-9`` with host meta, put in the catalog through another node, as anyone
+    allowed to register services could (the catalog API); that node deregistered afterwards."""
+    node = "phantom-" + uuid.uuid4().hex[:6]
+    base = f"http://{cluster.staging.consul_addr('host-1')}"
+    service = {
+        "ID": "operator-agent-host-9",
+        "Service": "operator-agent",
+        "Address": "127.0.0.1",
+        "Meta": {META_HOST: "host-9", META_CLUSTER: cluster.staging.name},
+    }
+    check = {
+        "Node": node,
+        "CheckID": "operator-agent-host-9-ttl",
+        "Name": "alive",
+        "Status": "passing",
+        "ServiceID": "operator-agent-host-9",
+    }
+    answer = requests.put(
+        f"{base}/v1/catalog/register",
+        json={"Node": node, "Address": "127.0.0.1", "Service": service, "Check": check},
+        timeout=10,
+    )
+    assert answer.status_code == 200, answer.text
+    try:
+        yield node
+    finally:
+        requests.put(f"{base}/v1/catalog/deregister", json={"Node": node}, timeout=10)
+
+
+def test_a_phantom_agent_registration_gets_no_replicas(
+    cluster: Cluster, phantom: str, service_name: str
+) -> None:
+    """A look-alike agent registration on another Consul node makes no live host: the leader places
+    nothing on host-9 (it would never run, nor move), and the service converges on the real hosts."""
+    assert any(i.meta.get(META_HOST) == "host-9" for i in cluster.registrations("operator-agent"))
+    cluster.put(service_name, 3)
+    wait_until(lambda: _placed(cluster, service_name, 3), timeout=REACT_S * 3, what="3 replicas placed")
+    assert "host-9" not in cluster.kv_json(cluster.layout.placement_key(service_name))["hosts"]
+    cluster.wait_converged(service_name, 3)
+    shown = operator(cluster, "status", "--json")
+    assert "host-9" not in {h["name"] for h in json.loads(shown.stdout)["hosts"]}
