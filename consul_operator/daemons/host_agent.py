@@ -61,6 +61,7 @@ from consul_operator.core.model import (
 from consul_operator.core.records import PlacementRecord, StatusRecord, frozen_map
 from consul_operator.core.txn import pack_writes
 from consul_operator.daemons.loop import PassResult
+from consul_operator.daemons.registrar import Registrar
 
 log = structlog.get_logger()
 
@@ -69,8 +70,6 @@ MAX_PARALLEL_ACTIONS = 8
 MAX_PER_SERVICE = 4
 """Workers one service is always entitled to; beyond that it may only use workers above the reserve."""
 RESERVED_WORKERS = 2
-REGISTRARS = 4
-"""Threads that register started replicas, each once its own check has passed or one interval is over."""
 """Workers a service past its share leaves free, so that another service's action starts at once."""
 
 
@@ -132,7 +131,7 @@ class Executor:
         self.mono = mono
         self.lock = threading.Lock()
         self._pool = ThreadPoolExecutor(MAX_PARALLEL_ACTIONS, thread_name_prefix="action")
-        self._registrar = ThreadPoolExecutor(REGISTRARS, thread_name_prefix="register")
+        self._registrar = Registrar()  # a thread per registration: a hanging check delays no other
         self._timers = Timers("executor-timers", clock=mono)
         self._starting: dict[str, str] = {}  # container name -> service
         self._starting_spec: dict[str, str] = {}  # container name -> "service/spec"
@@ -206,7 +205,7 @@ class Executor:
             self._turns.clear()
         self._timers.close()
         self._pool.shutdown(wait=wait, cancel_futures=True)
-        self._registrar.shutdown(wait=wait, cancel_futures=True)
+        self._registrar.shutdown()
 
     # --- dispatch (under ``lock``) ------------------------------------------------------
 
@@ -311,12 +310,13 @@ class Executor:
             # application, and the next start must not wait for it.
             with self.lock:
                 self._busy_registrations.add(info.name)
-            self._registrar.submit(self._register_started, info, manifest)
+            self._registrar.submit(lambda probe: self._register_started(info, manifest, probe))
 
-    def _register_started(self, info: ContainerInfo, manifest: Manifest) -> None:
-        """Register a replica just started, passing at once if its own check passes (`probe`)."""
+    def _register_started(self, info: ContainerInfo, manifest: Manifest, probe: bool = True) -> None:
+        """Register a replica just started, passing at once if its own check passes (`probe`; without
+        ``probe``, at once, critical: too many registrations wait already)."""
         try:
-            passed = self.catalog.register_started(info, manifest)
+            passed = self.catalog.register_started(info, manifest, probe=probe)
         except ConsulError as exc:
             # The container runs; the next pass registers it.
             log.warning("registration failed", container=info.name, error=str(exc))

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from consul_operator.core.model import META_CLUSTER, META_HOST
-from tests.support.bounds import REACT_S
+from tests.support.bounds import CONVERGE_S, REACT_S
 from tests.support.cluster import Cluster, operator
 from tests.support.staging import wait_until
 
@@ -120,3 +120,36 @@ def test_a_phantom_agent_registration_gets_no_replicas(
     cluster.wait_converged(service_name, 3)
     shown = operator(cluster, "status", "--json")
     assert "host-9" not in {h["name"] for h in json.loads(shown.stdout)["hosts"]}
+
+
+HANGING_HEALTH = ["/bin/sh", "-c", "while true; do sleep 3600 | /bin/busybox nc -l -p 5000; done"]
+"""A replica that accepts a connection on its port and never answers: its /health hangs."""
+
+
+def test_a_hanging_health_endpoint_delays_no_other_registration(
+    cluster: Cluster, service_name: str, other_service: str
+) -> None:
+    """Four replicas on host-1 whose /health never answers (check timeout 59 min) hold no registration
+    another service needs: a normal replica started beside them is registered within one check
+    interval (1 s) plus a margin."""
+    pinned = {"hosts": ["host-1"]}
+    cluster.put(
+        service_name,
+        4,
+        command=HANGING_HEALTH,
+        placement=pinned,
+        health={"http": "/health", "interval": "1h", "timeout": "59m"},
+    )
+    wait_until(
+        lambda: cluster.per_host(service_name) == {"host-1": 4},
+        timeout=CONVERGE_S,
+        what="the four hanging replicas running on host-1",
+    )
+    cluster.put(other_service, 1, placement=pinned)  # health: interval 1s, timeout 500ms
+    wait_until(lambda: cluster.per_host(other_service) == {"host-1": 1}, timeout=CONVERGE_S, what="it runs")
+    started = time.monotonic()
+    wait_until(
+        lambda: cluster.passing(other_service), timeout=CONVERGE_S, what="the normal replica registered"
+    )
+    took = time.monotonic() - started
+    assert took <= 1.0 + REACT_S, f"registered {took:.1f}s after it ran"

@@ -105,7 +105,7 @@ class FakeCatalog:
         if self.refuse:
             raise ConsulPermissionDenied("permission denied for registering: ACL not found")
 
-    def register_started(self, container: ContainerInfo, manifest: Manifest) -> bool:
+    def register_started(self, container: ContainerInfo, manifest: Manifest, *, probe: bool = True) -> bool:
         if self.probe_gate is not None:
             self.probe_gate.wait(60)
         self.registered_started.append(container.name)
