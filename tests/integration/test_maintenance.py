@@ -109,6 +109,7 @@ def test_drain_under_load_fails_no_request(cluster: Cluster, service_name: str, 
         "deadline": 120.0,
         "remaining": 0,
         "done": True,
+        "stuck": 0,
     }
 
 
