@@ -159,16 +159,20 @@ def is_agent_registration(instance: ServiceInstance, nodes: Mapping[str, str]) -
 
     An agent registers exactly the ID `agent_service_id` of the host in its
     meta, never the meta our replicas carry, and on the Consul node it claimed
-    for its host (``nodes``: host -> node, from ``operator/agents/``): anything
-    else (a replica registered under the name, a hand-made entry, an entry put
-    in the catalog through another node) says nothing about a host.
+    for its host (``nodes``: host -> node, from ``operator/agents/``); a host
+    that no agent claimed yet (an agent older than the claim, during an
+    upgrade) counts only on a node named after it, as `deploy/consul/hosts/`
+    names them (with ACLs, registering on a node takes write on that node's
+    name). Anything else (a replica registered under the name, a hand-made
+    entry, an entry put in the catalog through another node) says nothing
+    about a host.
     """
     host = instance.meta.get(META_HOST, "")
     return (
         bool(host)
         and instance.service_id == agent_service_id(host)
         and META_MANAGED_BY not in instance.meta
-        and nodes.get(host) == instance.node
+        and instance.node == nodes.get(host, host)
     )
 
 

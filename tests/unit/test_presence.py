@@ -45,6 +45,16 @@ NODES = {"host-1": "node-1"}
             False,
             id="phantom-host-no-agent-claimed-it",
         ),
+        pytest.param(
+            _instance("operator-agent-host-2", "host-2", host="host-2", cluster="c"),
+            True,
+            id="unclaimed-host-on-the-node-named-after-it",
+        ),
+        pytest.param(
+            _instance("operator-agent-host-1", "host-1", host="host-1", cluster="c"),
+            False,
+            id="claimed-host-only-on-its-claimed-node",
+        ),
     ],
 )
 def test_only_an_agents_own_registration_counts_as_presence(instance: ServiceInstance, counts: bool) -> None:
