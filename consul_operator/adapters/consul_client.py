@@ -404,12 +404,17 @@ class ConsulClient:
         self, prefix: str, *, index: int = 0, wait: float = DEFAULT_WAIT, consistent: bool = False
     ) -> Indexed[list[str]]:
         """The keys under ``prefix``, without their values, and the prefix's index (blocking when
-        ``index`` > 0): what changes whenever any key under it is written or deleted."""
+        ``index`` > 0): what changes whenever any key under it is written or deleted.
+
+        An empty listing is probed as in `kv_list`: "empty" (404) or "not allowed" (`ConsulPermissionDenied`).
+        """
         consistency = "consistent" if consistent else None
         with _wrapped(f"listing KV keys {prefix!r}"):
             idx, raw = self._client.kv.get(
                 prefix, index=index or None, wait=_go_duration(wait), keys=True, consistency=consistency
             )
+            if not raw:
+                self._client.kv.get(prefix)
         return Indexed(int(idx or 0), [str(key) for key in raw or []])
 
     def kv_stale(self, known: Mapping[str, int], *, consistent: bool = False) -> set[str]:

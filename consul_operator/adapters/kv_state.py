@@ -172,11 +172,7 @@ class TreeMirror:
 
     def read(self, consul: ConsulClient, *, consistent: bool = True) -> list[KVEntry]:
         """Every entry under the prefix now, sorted by key, reading only what changed since the last read."""
-        listing = consul.kv_keys(self.prefix, consistent=consistent)
-        if not listing.value:
-            # Consul leaves out of a listing what the token may not read: reading the
-            # prefix itself tells "empty" (404) from "not allowed" (ConsulPermissionDenied).
-            consul.kv_get(self.prefix, consistent=consistent)
+        listing = consul.kv_keys(self.prefix, consistent=consistent)  # refuses an unreadable prefix
         if listing.index and listing.index == self.index:
             return sorted(self.entries.values(), key=lambda e: e.key)
         keys = set(listing.value)
