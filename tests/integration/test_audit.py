@@ -42,6 +42,12 @@ def big_manifests(cluster: Cluster) -> Iterator[list[str]]:
     finally:
         for name in names:
             cluster.consul.kv_delete(cluster.layout.service_key(name))
+        # The leader removes their records in a few passes: the next test starts on a quiet cluster.
+        wait_until(
+            lambda: not any(cluster.consul.kv_get(cluster.layout.placement_key(n)).value for n in names),
+            timeout=PARSE_ALL_S,
+            what="the 70 placements removed",
+        )
 
 
 def _placed(cluster: Cluster, name: str, replicas: int) -> bool:
