@@ -463,8 +463,11 @@ class ConsulClient:
             if code == 409:
                 errors = _txn_errors(text)
                 gone = {batch[op] for op, _ in errors if op is not None and 0 <= op < len(batch)}
-                if not gone or any("permission denied" in what.lower() for _, what in errors):
-                    raise ConsulError(f"Consul refused reading KV keys: {errors[:1]}", status=code)
+                said = "; ".join(what for _, what in errors[:3]) or text.strip()[:300]
+                if any("permission denied" in what.lower() for _, what in errors):
+                    raise ConsulPermissionDenied(f"permission denied reading KV keys: {said}", status=code)
+                if not gone:
+                    raise ConsulError(f"Consul refused reading KV keys: {said}", status=code)
                 pending = [key for key in batch if key not in gone] + pending
                 continue
             for result in json.loads(text).get("Results") or []:
