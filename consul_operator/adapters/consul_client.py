@@ -409,7 +409,7 @@ class ConsulClient:
         An empty listing is probed as in `kv_list`: "empty" (404) or "not allowed" (`ConsulPermissionDenied`).
         """
         consistency = "consistent" if consistent else None
-        with _wrapped(f"listing KV keys {prefix!r}"):
+        with _wrapped(f"listing KV {prefix!r}"):  # the same words as kv_list (logs, tests match them)
             idx, raw = self._client.kv.get(
                 prefix, index=index or None, wait=_go_duration(wait), keys=True, consistency=consistency
             )
