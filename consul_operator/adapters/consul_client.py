@@ -422,12 +422,117 @@ class ConsulClient:
                 self._readable[prefix] = now + READABLE_FOR
         return {prefix: sorted(tree.values(), key=lambda e: e.key) for prefix, tree in trees.items()}
 
-    def kv_keys(self, prefix: str, *, separator: str | None = None) -> list[str]:
-        """The keys under ``prefix`` without their values; with ``separator``, each level's
-        common prefixes once (``operator/events/`` with "/": one ``operator/events/<name>/`` per service)."""
-        with _wrapped(f"listing the keys of {prefix!r}"):
-            _, keys = self._client.kv.get(prefix, keys=True, separator=separator)
-        return [str(key) for key in keys or []]
+    def kv_keys(
+        self,
+        prefix: str,
+        *,
+        index: int = 0,
+        wait: float = DEFAULT_WAIT,
+        consistent: bool = False,
+        separator: str | None = None,
+    ) -> Indexed[list[str]]:
+        """The keys under ``prefix``, without their values, and the prefix's index (blocking when
+        ``index`` > 0): what changes whenever any key under it is written or deleted. With
+        ``separator``, each level's common prefixes once (``operator/events/`` with "/": one
+        ``operator/events/<name>/`` per service).
+
+        An empty listing is probed as in `kv_list`: "empty" (404) or "not allowed" (`ConsulPermissionDenied`).
+        """
+        consistency = "consistent" if consistent else None
+        with _wrapped(f"listing KV {prefix!r}"):  # the same words as kv_list (logs, tests match them)
+            idx, raw = self._client.kv.get(
+                prefix,
+                index=index or None,
+                wait=_go_duration(wait),
+                keys=True,
+                separator=separator,
+                consistency=consistency,
+            )
+            if not raw:
+                self._client.kv.get(prefix)
+        return Indexed(int(idx or 0), [str(key) for key in raw or []])
+
+    def kv_stale(self, known: Mapping[str, int], *, consistent: bool = False) -> set[str]:
+        """The keys of ``known`` (key -> modify index) whose modify index is no longer that one.
+
+        Read-only transactions of ``check-index`` operations, `CONSUL_MAX_TXN_OPS` at a
+        time: Consul answers 409 naming every operation whose index differs, and
+        sends no value, so that an unchanged tree of large values costs a few
+        hundred bytes to confirm (`kv_state.TreeMirror`).
+        """
+        stale: set[str] = set()
+        items = sorted(known.items())
+        params = [("consistent", "")] if consistent else []
+        for start in range(0, len(items), CONSUL_MAX_TXN_OPS):
+            batch = items[start : start + CONSUL_MAX_TXN_OPS]
+            ops = [{"KV": {"Verb": "check-index", "Key": key, "Index": index}} for key, index in batch]
+
+            code, text = self._read_txn(f"checking the indexes of {len(batch)} KV keys", ops, params)
+            if code == 200:
+                continue
+            errors = _txn_errors(text)
+            if any("permission denied" in what.lower() for _, what in errors):
+                raise ConsulPermissionDenied(
+                    f"permission denied checking KV indexes: {errors[0][1]}", status=code
+                )
+            for op, _ in errors:
+                if op is not None and 0 <= op < len(batch):
+                    stale.add(batch[op][0])
+                else:  # an error we cannot place: take the whole batch as changed
+                    stale.update(key for key, _ in batch)
+        return stale
+
+    def kv_get_many(self, keys: Sequence[str], *, consistent: bool = False) -> list[KVEntry]:
+        """The entries of ``keys`` that exist, `CONSUL_MAX_TXN_OPS` a read-only transaction.
+
+        A key deleted meanwhile fails its ``get`` (409, naming it): it is left out and the rest read again.
+        """
+        entries: list[KVEntry] = []
+        params = [("consistent", "")] if consistent else []
+        pending = list(keys)
+        while pending:
+            batch, pending = pending[:CONSUL_MAX_TXN_OPS], pending[CONSUL_MAX_TXN_OPS:]
+            ops = [{"KV": {"Verb": "get", "Key": key}} for key in batch]
+
+            code, text = self._read_txn(f"reading {len(batch)} KV keys", ops, params)
+            if code == 409:
+                errors = _txn_errors(text)
+                gone = {batch[op] for op, _ in errors if op is not None and 0 <= op < len(batch)}
+                said = "; ".join(what for _, what in errors[:3]) or text.strip()[:300]
+                if any("permission denied" in what.lower() for _, what in errors):
+                    raise ConsulPermissionDenied(f"permission denied reading KV keys: {said}", status=code)
+                if not gone:
+                    raise ConsulError(f"Consul refused reading KV keys: {said}", status=code)
+                pending = [key for key in batch if key not in gone] + pending
+                continue
+            for result in json.loads(text).get("Results") or []:
+                raw = result.get("KV") or {}
+                entries.append(_entry({**raw, "Value": base64.b64decode(raw.get("Value") or "")}))
+        return entries
+
+    def _headers(self) -> Any:
+        """py-consul's headers with our token (txn.put() of py-consul sends none)."""
+        return self._client.prepare_headers()
+
+    def _read_txn(
+        self, described: str, ops: Sequence[Mapping[str, Any]], params: Sequence[tuple[str, str]]
+    ) -> tuple[int, str]:
+        """A read-only transaction: (200 or 409, the answer's text); any other status raises."""
+
+        def answer(response: Any) -> tuple[int, str]:
+            if response.code not in (200, 409):
+                CB._status(response)
+            return int(response.code), str(response.body)
+
+        with _wrapped(described):
+            code, text = self._client.http.put(
+                answer,
+                "/v1/txn",
+                params=list(params),
+                data=json.dumps(ops),
+                headers=self._client.prepare_headers(),
+            )
+        return int(code), str(text)
 
     def kv_put(self, key: str, value: bytes | str, *, cas: int | None = None) -> bool:
         """Write one key; with ``cas`` only if its modify index still matches."""

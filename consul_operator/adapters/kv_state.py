@@ -10,9 +10,10 @@ default-mode read was seen to answer with an empty store, which looked like
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Protocol, TypeVar
 
 import structlog
@@ -49,67 +50,90 @@ ManifestResult = Manifest | ManifestError
 WATCH_RETRY_CAP = 5.0
 
 
-def manifests_of(entries: Sequence[KVEntry], layout: Layout) -> dict[str, ManifestResult]:
-    """The manifests among ``services/``'s entries, by name: parsed, or the reason it is invalid."""
+def manifests_of(
+    entries: Sequence[KVEntry], layout: Layout, *, by_index: bool = False
+) -> dict[str, ManifestResult]:
+    """The manifests among ``services/``'s entries, by name: parsed, or the reason it is invalid.
+
+    ``entries`` is a whole listing of the prefix: the parse cache forgets the keys no longer in it.
+    ``by_index``: the entries' modify indexes are Consul's (`TreeMirror`): an unchanged key is
+    known by its index, without hashing its text.
+    """
     result: dict[str, ManifestResult] = {}
     for entry in entries:
         name = layout.service_name(entry.key)
         if name is None:
             continue  # "services/" itself, or nested keys: not manifests
-        result[name] = _parse(entry.value, name)
+        index = entry.modify_index if by_index else None
+        result[name] = PARSE_CACHE.parse(entry.key, entry.value, name, index=index)
+    PARSE_CACHE.retain(layout.services_prefix, {entry.key for entry in entries})
     return result
 
 
-PARSE_CACHE_BYTES = 32 * 1024 * 1024
-"""What the parse cache may hold, counted in manifest bytes: a few hundred typical
-manifests, or 64 of Consul's largest (512 KiB) values."""
+PARSE_CACHE_KEYS = 8192
+"""The most KV keys whose parse the cache holds (one result each), least recently used out."""
 
 
 class ParseCache:
-    """Parsed manifests by their text, least recently used first out, bounded by bytes.
+    """Parsed manifests by KV key: a key's result is kept, and reused, while its text is unchanged.
 
-    Every pass re-reads KV, but YAML parsing of a hundred unchanged manifests
-    would be most of an idle agent's CPU: each distinct text is parsed once.
-    A count bound is not enough (4096 values of 512 KiB are 2 GiB): the
-    texts held, which a parse result is proportional to, stay within
-    ``budget`` bytes. A text larger than the budget is parsed and not kept.
-    Shared by the host and schedule loops, so it takes a lock.
+    Every pass re-reads KV, and parsing is the costly part (the strict YAML
+    loader: up to about 10 µs a byte, a quarter of a second and more for a
+    manifest of 510 KB). Each key holds one entry, what identifies its text
+    (its modify index and length when the reader vouches for the index, else
+    its digest) and the result, so an unchanged manifest is parsed once
+    however large it is and however many there are. (An LRU bounded by the bytes of the texts
+    thrashed: 70 manifests of 510 KB over a 32 MiB budget missed 70 of 70 on
+    every pass, and a pass took minutes.)
+
+    Memory: the results (each at most about its text's size; an error may
+    quote the text) and a 16-byte digest, not the texts; one per key that the
+    last listing of its prefix still holds (`retain`): what a pass holds of
+    KV anyway, at most ``max_keys`` of them (least recently used out). A text
+    past `desired_state.MAX_MANIFEST_BYTES` is refused before it is parsed
+    (`parse_manifest`). Shared by the host and schedule loops, so it takes a lock.
     """
 
-    def __init__(self, budget: int = PARSE_CACHE_BYTES) -> None:
-        self.budget = budget
-        self._entries: OrderedDict[tuple[bytes, str], ManifestResult] = OrderedDict()
-        self._bytes = 0
+    def __init__(self, max_keys: int = PARSE_CACHE_KEYS) -> None:
+        self.max_keys = max_keys
+        self._entries: OrderedDict[tuple[str, str], tuple[tuple[object, ...], ManifestResult]] = OrderedDict()
         self._lock = threading.Lock()
-
-    @property
-    def held_bytes(self) -> int:
-        """Bytes of manifest text held now."""
-        return self._bytes
+        self.parses = 0
+        """Texts parsed so far (cache misses)."""
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def parse(self, value: bytes, name: str) -> ManifestResult:
-        """The parsed manifest, or the reason it is invalid, of ``value`` stored as ``name``."""
-        key = (value, name)
+    def parse(self, key: str, value: bytes, name: str, *, index: int | None = None) -> ManifestResult:
+        """The parsed manifest, or the reason it is invalid, of ``value`` stored at KV ``key`` as ``name``.
+
+        ``index``: the key's modify index in Consul, which changes with every write: then the text is
+        known by it (and its length), not hashed (70 texts of 510 KB hash in a quarter of a second).
+        """
+        slot = (key, name)
+        if index:
+            seen: tuple[object, ...] = ("index", index, len(value))
+        else:
+            seen = ("digest", hashlib.blake2b(value, digest_size=16).digest())
         with self._lock:
-            found = self._entries.get(key)
-            if found is not None:
-                self._entries.move_to_end(key)
-                return found
+            found = self._entries.get(slot)
+            if found is not None and found[0] == seen:
+                self._entries.move_to_end(slot)
+                return found[1]
         result = _parse_uncached(value, name)
-        size = len(value) + len(name)
-        if size > self.budget:
-            return result
         with self._lock:
-            if key not in self._entries:
-                self._entries[key] = result
-                self._bytes += size
-            while self._bytes > self.budget:
-                (old_value, old_name), _ = self._entries.popitem(last=False)
-                self._bytes -= len(old_value) + len(old_name)
+            self.parses += 1
+            self._entries[slot] = (seen, result)
+            self._entries.move_to_end(slot)
+            while len(self._entries) > self.max_keys:
+                self._entries.popitem(last=False)
         return result
+
+    def retain(self, prefix: str, keys: Collection[str]) -> None:
+        """Forget the keys under ``prefix`` that are not in ``keys`` (a whole listing of the prefix)."""
+        with self._lock:
+            for slot in [s for s in self._entries if s[0].startswith(prefix) and s[0] not in keys]:
+                del self._entries[slot]
 
 
 def _parse_uncached(value: bytes, name: str) -> ManifestResult:
@@ -122,9 +146,43 @@ def _parse_uncached(value: bytes, name: str) -> ManifestResult:
 PARSE_CACHE = ParseCache()
 
 
-def _parse(value: bytes, name: str) -> ManifestResult:
-    """Parse once per distinct manifest text (see `ParseCache`)."""
-    return PARSE_CACHE.parse(value, name)
+def _parse(key: str, value: bytes, name: str) -> ManifestResult:
+    """Parse once per KV key and text (see `ParseCache`), the text known by its digest."""
+    return PARSE_CACHE.parse(key, value, name)
+
+
+class TreeMirror:
+    """One prefix's entries (``services/``), kept between passes and brought up to date by what changed.
+
+    Every pass read every manifest's value: with 70 manifests of 510 KB, 35 MB
+    per read, per loop, per agent, which took Consul 2.5 s and more per read on
+    a loaded machine and timed its readers out (issue 26). `read` asks for the
+    keys and the prefix's index (no values): an unchanged index is an unchanged
+    tree. Otherwise the kept keys' modify indexes are checked (`ConsulClient.kv_stale`:
+    no values either), and only new and changed keys are read. The index is the
+    one of the key listing, taken before the checks: a write after it changes
+    the index, and the next read looks again. One mirror per loop (not shared:
+    each loop reads when it needs to).
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.index = 0
+        self.entries: dict[str, KVEntry] = {}
+
+    def read(self, consul: ConsulClient, *, consistent: bool = True) -> list[KVEntry]:
+        """Every entry under the prefix now, sorted by key, reading only what changed since the last read."""
+        listing = consul.kv_keys(self.prefix, consistent=consistent)  # refuses an unreadable prefix
+        if listing.index and listing.index == self.index:
+            return sorted(self.entries.values(), key=lambda e: e.key)
+        keys = set(listing.value)
+        known = {key: entry.modify_index for key, entry in self.entries.items() if key in keys}
+        stale = consul.kv_stale(known, consistent=consistent) if known else set()
+        fetch = sorted((keys - set(known)) | stale)
+        entries = {key: entry for key, entry in self.entries.items() if key in known and key not in stale}
+        entries.update({entry.key: entry for entry in consul.kv_get_many(fetch, consistent=consistent)})
+        self.entries, self.index = entries, listing.index
+        return sorted(entries.values(), key=lambda e: e.key)
 
 
 def _records_of(
@@ -150,7 +208,7 @@ def read_revision(consul: ConsulClient, layout: Layout, name: str, spec: str) ->
     entry = consul.kv_get(layout.revision_key(name, spec), consistent=True).value
     if entry is None:
         return None
-    manifest = _parse(entry.value, name)
+    manifest = _parse(entry.key, entry.value, name)
     return manifest if isinstance(manifest, Manifest) and manifest.spec_hash() == spec else None
 
 

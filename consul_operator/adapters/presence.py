@@ -6,6 +6,14 @@ keeps passing from a heartbeat thread. The leader reads the live hosts from
 the health of that service: a host is live when its TTL check *and* its
 node's serfHealth pass, so both a killed agent and a dead host drop out.
 The same TTL check backs the leader session (`leader.py`).
+
+A registration counts only on its own host's Consul node: the agent writes
+that node's name to ``operator/agents/<host>`` (`records.AgentRecord`), and a
+registration of ``host`` on any other node is a look-alike
+(`is_agent_registration`). Anyone allowed to register services can put an
+``operator-agent-host-9`` in the catalog (on a node of theirs, or through
+the catalog API), but writing under ``operator/`` takes an agent's (or an
+admin's) token: a phantom host would get replicas that never run or move.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from collections.abc import Iterable, Mapping
 
 import structlog
 
-from consul_operator.adapters.consul_client import ConsulClient
+from consul_operator.adapters.consul_client import ConsulClient, KVEntry
 from consul_operator.core.desired_state import (
     LABEL_KEY_RE,
     RESERVED_SERVICE_NAMES,
@@ -26,8 +34,10 @@ from consul_operator.core.desired_state import (
     parse_memory,
 )
 from consul_operator.core.errors import ConsulError
+from consul_operator.core.keys import Layout
 from consul_operator.core.model import META_CLUSTER, META_HOST, META_MANAGED_BY, ServiceInstance
 from consul_operator.core.ownership import AgentHost
+from consul_operator.core.records import AgentRecord
 
 log = structlog.get_logger()
 
@@ -36,6 +46,8 @@ assert AGENT_SERVICE in RESERVED_SERVICE_NAMES  # no manifest may register under
 LABEL_META_PREFIX = "label-"
 META_CAPACITY_MEMORY = "capacity-memory"
 META_CAPACITY_CPUS = "capacity-cpus"
+CLAIM_EVERY = 10
+"""Heartbeats between two checks of the agent's node claim (``operator/agents/<host>``)."""
 
 
 def agent_service_id(host: str) -> str:
@@ -71,8 +83,12 @@ class Presence:
         labels: dict[str, str],
         ttl: float,
         capacity: Resources | None = None,
+        layout: Layout | None = None,
+        node: str = "",
     ) -> None:
         self.consul = consul
+        self.layout = layout
+        self.node = node
         self.host = host
         self.cluster = cluster
         self.advertise = advertise
@@ -81,8 +97,18 @@ class Presence:
         self.capacity = capacity
         self.registered = threading.Event()
 
+    def claim_node(self) -> None:
+        """Write ``operator/agents/<host>`` with our Consul node, unless it says so already."""
+        if self.layout is None or not self.node:
+            return
+        key, record = self.layout.agent_key(self.host), AgentRecord(self.host, self.node)
+        entry = self.consul.kv_get(key).value
+        if entry is None or entry.value != record.to_json():
+            self.consul.kv_put(key, record.to_json())
+
     def register(self) -> None:
-        """(Re-)register the agent service and its TTL check, passing from the start."""
+        """(Re-)register the agent service and its TTL check, passing from the start; claim our node."""
+        self.claim_node()
         meta = {META_HOST: self.host, META_CLUSTER: self.cluster}
         meta.update({LABEL_META_PREFIX + k: v for k, v in self.labels.items()})
         if self.capacity is not None:
@@ -106,11 +132,18 @@ class Presence:
         self.registered.set()
 
     def heartbeat(self, stop: threading.Event) -> None:
-        """Pass the TTL check every third of its TTL until ``stop``; re-register when it is gone."""
+        """Pass the TTL check every third of its TTL until ``stop``; re-register when it is gone.
+
+        Every `CLAIM_EVERY` beats the node claim is checked again (an admin's clean-up of ``operator/``).
+        """
+        beats = 0
         while not stop.is_set():
             try:
+                beats += 1
                 if not self.registered.is_set():
                     self.register()
+                elif beats % CLAIM_EVERY == 0:
+                    self.claim_node()
                 # A third of the TTL: a slow Consul fails the beat in time for the next one.
                 self.consul.check_pass(ttl_check_id(self.host), timeout=self.ttl / 3)
             except ConsulError as exc:
@@ -121,29 +154,57 @@ class Presence:
             stop.wait(self.ttl / 3)
 
 
-def is_agent_registration(instance: ServiceInstance) -> bool:
+def is_agent_registration(instance: ServiceInstance, nodes: Mapping[str, str]) -> bool:
     """Whether an ``operator-agent`` instance is an agent's own registration, not a look-alike.
 
     An agent registers exactly the ID `agent_service_id` of the host in its
-    meta, and never the meta our replicas carry: anything else (a replica
-    registered under the name, a hand-made entry) says nothing about a host.
+    meta, never the meta our replicas carry, and on the Consul node it claimed
+    for its host (``nodes``: host -> node, from ``operator/agents/``); a host
+    that no agent claimed yet (an agent older than the claim, during an
+    upgrade) counts only on a node named after it, as `deploy/consul/hosts/`
+    names them (with ACLs, registering on a node takes write on that node's
+    name). Anything else (a replica registered under the name, a hand-made
+    entry, an entry put in the catalog through another node) says nothing
+    about a host.
     """
     host = instance.meta.get(META_HOST, "")
     return (
-        bool(host) and instance.service_id == agent_service_id(host) and META_MANAGED_BY not in instance.meta
+        bool(host)
+        and instance.service_id == agent_service_id(host)
+        and META_MANAGED_BY not in instance.meta
+        and instance.node == nodes.get(host, host)
     )
 
 
-def agent_registrations(consul: ConsulClient, cluster: str | None) -> list[ServiceInstance]:
+def agent_nodes_of(entries: Iterable[KVEntry], layout: Layout) -> dict[str, str]:
+    """The Consul node each agent claimed (``operator/agents/<host>``): host -> node; junk is skipped."""
+    nodes: dict[str, str] = {}
+    for entry in entries:
+        host = layout.record_of(layout.agents_prefix, entry.key)
+        if host is None:
+            continue
+        try:
+            nodes[host] = AgentRecord.from_json(entry.value, host=host).node
+        except ValueError as exc:
+            log.warning("ignoring an agent record", key=entry.key, error=str(exc))
+    return nodes
+
+
+def agent_registrations(
+    consul: ConsulClient, cluster: str | None, layout: Layout, *, nodes: Mapping[str, str] | None = None
+) -> list[ServiceInstance]:
     """Every agent's own registration of ``cluster`` (of any cluster for None), passing or not.
 
     One read serves both views below: which hosts are live (`hosts_of`) and
-    which agents vouch for instances (`agents_of`).
+    which agents vouch for instances (`agents_of`). ``nodes``: the agents'
+    node claims when already read (else they are read here).
     """
+    if nodes is None:
+        nodes = agent_nodes_of(consul.kv_list(layout.agents_prefix, consistent=True).value, layout)
     return [
         inst
         for inst in consul.health_service(AGENT_SERVICE).value
-        if (cluster is None or inst.meta.get(META_CLUSTER) == cluster) and is_agent_registration(inst)
+        if (cluster is None or inst.meta.get(META_CLUSTER) == cluster) and is_agent_registration(inst, nodes)
     ]
 
 
@@ -202,6 +263,6 @@ def agents_of(registrations: Iterable[ServiceInstance]) -> list[AgentHost]:
     ]
 
 
-def read_agents(consul: ConsulClient, cluster: str | None) -> list[AgentHost]:
+def read_agents(consul: ConsulClient, cluster: str | None, layout: Layout) -> list[AgentHost]:
     """The registered agents of ``cluster`` (of every cluster for None), with their addresses."""
-    return agents_of(agent_registrations(consul, cluster))
+    return agents_of(agent_registrations(consul, cluster, layout))

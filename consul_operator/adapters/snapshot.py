@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 
 from consul_operator.adapters.consul_client import ConsulClient, KVEntry
 from consul_operator.adapters.kv_state import (
+    TreeMirror,
     host_records_of,
     manifests_of,
     placements_of,
@@ -21,7 +22,13 @@ from consul_operator.adapters.kv_state import (
     rollouts_of,
     statuses_of,
 )
-from consul_operator.adapters.presence import agent_registrations, agents_of, capacities_of, hosts_of
+from consul_operator.adapters.presence import (
+    agent_nodes_of,
+    agent_registrations,
+    agents_of,
+    capacities_of,
+    hosts_of,
+)
 from consul_operator.core.cluster_state import ClusterState, passing_per_host
 from consul_operator.core.desired_state import is_dns_label
 from consul_operator.core.keys import Layout
@@ -36,6 +43,7 @@ def read_cluster_state(
     *,
     passing_of: Callable[[ClusterState], Iterable[str]],
     leader: bool = False,
+    services: TreeMirror | None = None,
 ) -> ClusterState:
     """Read every record once, then the passing instances of the services ``passing_of`` names.
 
@@ -47,24 +55,27 @@ def read_cluster_state(
     `operator status` for every service. ``leader``: the view the leader
     schedules from: status records read consistently, an unreadable one kept
     (empty) so that the leader can remove it, and every service's passing
-    count (its gauges).
+    count (its gauges). ``services``: the loop's mirror of ``services/``
+    (`kv_state.TreeMirror`: only changed manifests are read), read just after
+    the transaction; without one, ``services/`` is part of it.
     """
-    trees = consul.kv_trees(
-        [
-            layout.services_prefix,
-            layout.placement_prefix,
-            layout.status_prefix,
-            layout.rollout_prefix,
-            layout.revisions_prefix,
-            layout.rollback_prefix,
-            layout.hosts_prefix,
-        ],
-        consistent=True,
-    )
-    registrations = agent_registrations(consul, cluster)
+    prefixes = [
+        *([] if services is not None else [layout.services_prefix]),
+        layout.placement_prefix,
+        layout.status_prefix,
+        layout.rollout_prefix,
+        layout.revisions_prefix,
+        layout.rollback_prefix,
+        layout.hosts_prefix,
+        layout.agents_prefix,
+    ]
+    trees = consul.kv_trees(prefixes, consistent=True)
+    manifests = trees[layout.services_prefix] if services is None else services.read(consul)
+    nodes = agent_nodes_of(trees[layout.agents_prefix], layout)
+    registrations = agent_registrations(consul, cluster, layout, nodes=nodes)
     statuses = statuses_of(trees[layout.status_prefix], layout, keep_unreadable=leader)
     state = ClusterState(
-        manifests=manifests_of(trees[layout.services_prefix], layout),
+        manifests=manifests_of(manifests, layout, by_index=services is not None),
         placements=placements_of(trees[layout.placement_prefix], layout),
         rollouts=rollouts_of(trees[layout.rollout_prefix], layout),
         revisions=frozenset(_revisions(trees[layout.revisions_prefix], layout)),

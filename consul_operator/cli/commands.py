@@ -30,7 +30,7 @@ from consul_operator.core.desired_state import (
 from consul_operator.core.durations import format_duration
 from consul_operator.core.errors import ConsulError, ConsulPermissionDenied
 from consul_operator.core.keys import Layout
-from consul_operator.core.maintenance import drain_remains
+from consul_operator.core.maintenance import drain_remains, only_stuck_left
 from consul_operator.core.model import HostInfo
 from consul_operator.core.reconcile import schedule
 from consul_operator.core.records import HostRecord, RollbackRequest, RolloutRecord, RolloutState
@@ -514,7 +514,7 @@ def _host_record(target: Target, host: str) -> tuple[HostRecord | None, int]:
 
 def _registered(target: Target, host: str) -> bool:
     """Whether ``host`` has a registered agent (of ``--cluster``, when given), live or not."""
-    return host in hosts_of(agent_registrations(target.consul, target.cluster))
+    return host in hosts_of(agent_registrations(target.consul, target.cluster, target.layout))
 
 
 def _put_host_record(target: Target, record: HostRecord, index: int) -> bool:
@@ -547,30 +547,38 @@ def cordon(target: Target, host: str) -> int:
     return EXIT_OK
 
 
-def drain(target: Target, host: str, *, deadline: float) -> int:
+def drain(target: Target, host: str, *, deadline: float, force: bool = False) -> int:
     """``operator drain HOST``: cordon it, and have the leader move every replica elsewhere.
 
     Each replacement passes before the replica it replaces is drained, within
     the services' update limits; what is left after ``deadline`` seconds moves
-    at once. A drain already under way with the same deadline is left as it
-    is (its deadline keeps running); another deadline starts it afresh.
+    at once. A replica that no other host takes (``placement.hosts``, labels,
+    the last open host) is never stopped: it stays, stuck, unless ``force``
+    (recorded in the host record), which stops it too past the deadline. A
+    drain already under way with the same deadline and force is left as it
+    is (its deadline keeps running); another one starts it afresh.
     """
     try:
         if not _registered(target, host):
             _say(f"{host}: no such host (no agent of it is registered)", err=True)
             return EXIT_NOT_OK
         record, index = _host_record(target, host)
-        if record is not None and record.draining and record.deadline == deadline:
+        if record is not None and record.draining and (record.deadline, record.force) == (deadline, force):
             _say(f"{host}: already draining")
             return EXIT_OK
-        new = HostRecord(host, draining=True, deadline=deadline, started=time.time())
+        new = HostRecord(host, draining=True, deadline=deadline, started=time.time(), force=force)
         if not _put_host_record(target, new, index):
             return EXIT_NOT_OK
     except ConsulError as exc:
         return _unreachable(exc)
+    stuck = (
+        "replicas with nowhere else to go are stopped too"
+        if force
+        else "replicas with nowhere else to go stay (--force stops them)"
+    )
     _say(
         f"{host}: draining: no new replicas there; every replica moves elsewhere, each replacement"
-        f" passing first; what is left after {format_duration(deadline)} moves at once"
+        f" passing first; what is left after {format_duration(deadline)} moves at once; {stuck}"
     )
     _say(f"  operator wait --drained {host}    # blocks until nothing of ours runs there")
     return EXIT_OK
@@ -599,6 +607,9 @@ def wait_drained(
     reports no container running there (draining ones included) and no
     instance of ours passes there (`maintenance.drain_remains`). A host that
     no agent registered and that is not in maintenance is no such host (1 at once).
+    When all that is left is stuck (replicas that no other host takes, which a
+    drain without ``--force`` never stops: `maintenance.only_stuck_left`), it
+    says what is stuck, per service (count, why), and exits 1 at once.
     """
     deadline = clock() + timeout
     # Placements, status records and the host's record are all under operator/.
@@ -618,6 +629,14 @@ def wait_drained(
         if not remains:
             _say(f"{host}: drained")
             return EXIT_OK
+        record = snapshot.maintenance.get(host)
+        forced = record is not None and record.force
+        if not forced and only_stuck_left(host, snapshot.placements, snapshot.statuses, snapshot.passing):
+            _say(f"{host}: stuck: replicas with nowhere else to go stay on it:", err=True)
+            for line in remains:
+                _say(f"  {line}", err=True)
+            _say(f"  operator drain --force {host}    # stops them at the deadline", err=True)
+            return EXIT_NOT_OK
         if clock() >= deadline:
             record = snapshot.maintenance.get(host)
             if record is None or not record.draining:

@@ -327,7 +327,7 @@ def cmd_uncordon(args: argparse.Namespace) -> int:
 
 def cmd_drain(args: argparse.Namespace) -> int:
     """``operator drain HOST``."""
-    return commands.drain(_target(args), args.host, deadline=args.deadline)
+    return commands.drain(_target(args), args.host, deadline=args.deadline, force=args.force)
 
 
 MAX_DRAIN_DEADLINE = 7 * 24 * 3600.0
@@ -572,6 +572,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=_deadline,
         default=300.0,
         help="after this long, what is left moves at once, replacements passing or not (5m)",
+    )
+    drain.add_argument(
+        "--force",
+        action="store_true",
+        help="past the deadline, also stop replicas that no other host takes (without it they stay, stuck)",
     )
     drain.set_defaults(func=cmd_drain)
 

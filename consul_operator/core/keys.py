@@ -118,6 +118,15 @@ class Layout:
         """``operator/hosts/<host>``: ``host`` cordoned, or draining (`records.HostRecord`)."""
         return self.hosts_prefix + host
 
+    @property
+    def agents_prefix(self) -> str:
+        """``operator/agents/``: which Consul node each agent runs on, written by the agent itself."""
+        return self.operator_prefix + "agents/"
+
+    def agent_key(self, host: str) -> str:
+        """``operator/agents/<host>``: the Consul node of ``host``'s agent (`records.AgentRecord`)."""
+        return self.agents_prefix + host
+
     def record_of(self, prefix: str, key: str) -> str | None:
         """The service of a ``<prefix><service>`` key; None for other keys."""
         if not key.startswith(prefix):

@@ -30,6 +30,8 @@ One pass:
    replacements passing ``min_healthy`` before the replicas they replace go,
    within its ``update`` limits. Past the drain's deadline (timed from when
    this leader first saw it: ``memory.drain_timers``) the rest moves at once.
+   A replica that no other host takes stays on its draining host, stuck
+   (`maintenance.keep_stuck`), unless the drain is forced and past its deadline.
    During a rollout the rollout paces the move: the draining host's target is 0.
    **Spread** (`spread.py`): a service otherwise converged whose replicas are
    uneven over its eligible hosts (one came back) moves replicas to the hosts
@@ -55,7 +57,7 @@ from dataclasses import dataclass, field
 from consul_operator.core.cluster_state import ClusterState, spec_of
 from consul_operator.core.desired_state import Manifest, revision_json
 from consul_operator.core.keys import Layout
-from consul_operator.core.maintenance import DrainTimer, placed_on, plan_drain, time_drains
+from consul_operator.core.maintenance import DrainTimer, keep_stuck, placed_on, plan_drain, time_drains
 from consul_operator.core.model import META_HOST, Event, HostInfo, ServiceInstance
 from consul_operator.core.placement import gone_statuses, live_running, next_schedule_wakeup, schedule
 from consul_operator.core.records import (
@@ -192,6 +194,7 @@ def decide_leader(
         cordoned=drains.cordoned,
         draining=drains.draining,
     )
+    decided = {n: keep_stuck(r, state.placements.get(n), drains.holding) for n, r in decided.items()}
     running_live = live_running(running_all, hosts)
     rollouts = _Rollouts(state, memory, now, layout, running_live)
     rollouts.run(valid, decided)
@@ -224,7 +227,9 @@ def decide_leader(
         Event("rebalancing", {"service": m.service, "frm": m.source, "to": m.target}) for m in spreading.moves
     )
     for host in drains.newly_forced:
-        events.append(Event("drain deadline passed: moving the rest at once", {"host": host}, "warning"))
+        stuck = "stopped (forced)" if host in drains.force else "stay (operator drain --force stops them)"
+        fields = {"host": host, "nowhere_else_to_go": stuck}
+        events.append(Event("drain deadline passed: moving the rest at once", fields, "warning"))
     gone = gone_statuses(running_all, hosts, now.mono, settings.lost_grace)
     writes.update({layout.status_key(service, host): None for service, host in gone})
     if gone:
@@ -532,8 +537,13 @@ def _pace_drains(
         )
         specs = {h: frozen_map({record.spec_hash: n}) for h, n in hosts.items()} if record.specs else {}
         decided[name] = dataclasses.replace(record, hosts=frozen_map(hosts), specs=specs)
-        if any(hosts.get(h) or sum(running.get(name, {}).get(h, {}).values()) for h in draining):
-            moving.append(name)
+        stuck = record.stuck
+        if any(
+            hosts.get(h, 0) > stuck.get(h, 0)
+            or sum(running.get(name, {}).get(h, {}).values()) > hosts.get(h, 0)
+            for h in draining
+        ):
+            moving.append(name)  # what stays stuck is not moving: no need to look again soon
     return moving
 
 

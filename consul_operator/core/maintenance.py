@@ -4,12 +4,18 @@
   record) gets no new replicas; the schedule's candidate filter;
 * `time_drains`: which drains are paced and which are past their deadline
   (forced), on the leader's monotonic clock;
+* `keep_stuck`: a replica that no other host takes stays on its draining
+  host, shown as stuck, unless the drain is forced (``operator drain
+  --force``) and past its deadline: a drain never stops what cannot move
+  (``kubectl drain`` refuses without ``--force``; Nomad's drain leaves system
+  jobs unless asked);
 * `plan_drain`: one pacing step of one service off its draining hosts,
   computed like a rollout step (`rollout.plan_rollout`): a replacement is
   placed elsewhere first, and a replica on the draining host goes only once
   enough replacements have passed ``min_healthy``, within the service's
   ``update`` limits (``max_surge``, ``max_unavailable``);
-* `drain_remains`: what of ours still runs on a host (`operator wait --drained`).
+* `drain_remains`, `only_stuck_left`: what of ours still runs on a host, and
+  whether only stuck replicas do (`operator wait --drained`).
 
 Level-triggered: each pass recomputes the step from the placement record,
 the agents' status records and the passing instances; nothing of a drain's
@@ -22,10 +28,10 @@ grace). No I/O and no clock: times are arguments.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from consul_operator.core.desired_state import UpdatePolicy
-from consul_operator.core.records import HostRecord, PlacementRecord, StatusRecord
+from consul_operator.core.records import HostRecord, PlacementRecord, StatusRecord, frozen_map
 
 
 def cordoned_hosts(records: Mapping[str, HostRecord]) -> frozenset[str]:
@@ -58,7 +64,10 @@ class Drains:
     paced: frozenset[str] = frozenset()
     """Draining hosts within their deadline: their replicas move paced (`plan_drain`)."""
     forced: frozenset[str] = frozenset()
-    """Draining hosts past their deadline: what is left is moved at once."""
+    """Draining hosts past their deadline: what is left is moved at once (what can move)."""
+    force: frozenset[str] = frozenset()
+    """Draining hosts whose drain is forced (``operator drain --force``): past the deadline,
+    even replicas that no other host takes are stopped."""
     newly_forced: tuple[str, ...] = ()
     """The hosts whose deadline ran out in this pass (to log once)."""
     timers: Mapping[str, DrainTimer] = field(default_factory=dict)
@@ -70,6 +79,12 @@ class Drains:
     def draining(self) -> frozenset[str]:
         """Every draining host, paced or forced: the schedule places none of its replicas there."""
         return self.paced | self.forced
+
+    @property
+    def holding(self) -> frozenset[str]:
+        """The draining hosts that keep the replicas no other host takes (`keep_stuck`): all but
+        those forced (``--force``) and past their deadline."""
+        return self.draining - (self.forced & self.force)
 
 
 def time_drains(records: Mapping[str, HostRecord], timers: Mapping[str, DrainTimer], now: float) -> Drains:
@@ -104,10 +119,42 @@ def time_drains(records: Mapping[str, HostRecord], timers: Mapping[str, DrainTim
         cordoned=cordoned_hosts(records),
         paced=frozenset(paced),
         forced=frozenset(forced),
+        force=frozenset(h for h, r in records.items() if r.draining and r.force),
         newly_forced=tuple(newly),
         timers=kept,
         wake_at=wake,
     )
+
+
+def keep_stuck(
+    record: PlacementRecord, previous: PlacementRecord | None, holding: Collection[str]
+) -> PlacementRecord:
+    """The schedule's ``record`` with the replicas that no other host takes kept on their ``holding``
+    draining hosts (``stuck``): a drain never stops a replica that has nowhere to go, unless forced.
+
+    The schedule places a draining host's replicas elsewhere; those it cannot
+    place are ``unplaced``. Of those, as many as ``previous`` had on holding
+    draining hosts stay there (the fullest host first, then by name), counted
+    in ``hosts`` (the agent keeps them running), in ``stuck`` (status and
+    ``operator wait --drained`` name them) and still in ``unplaced`` (no
+    eligible host has them: the service shows the reason). A host that
+    comes, or a rule that changes, lets them move on the next pass; a
+    scale-down drops them first (``unplaced`` shrinks).
+    """
+    on = {h: n for h in holding if previous is not None and (n := previous.hosts.get(h, 0)) > 0}
+    left = min(record.unplaced, sum(on.values()))
+    if left <= 0:
+        return record if not record.stuck else replace(record, stuck=frozen_map())
+    stuck: dict[str, int] = {}
+    for host in sorted(on, key=lambda h: (-on[h], h)):
+        stuck[host] = min(on[host], left)
+        left -= stuck[host]
+        if left == 0:
+            break
+    hosts = {**record.hosts}
+    for host, n in stuck.items():
+        hosts[host] = hosts.get(host, 0) + n
+    return replace(record, hosts=frozen_map(dict(sorted(hosts.items()))), stuck=frozen_map(stuck))
 
 
 def plan_drain(
@@ -138,7 +185,8 @@ def plan_drain(
 
     A replacement that never passes holds its drain until the deadline
     (then the caller moves everything, unpaced). Without anything placed or
-    running on a draining host, the step is ``target``.
+    running on a draining host, the step is ``target``. ``target``'s count on
+    a draining host (its stuck replicas: `keep_stuck`) is a floor: those never go.
     """
     old = {h: n for h in sorted(draining) if (n := placed.get(h, 0)) > 0}
     if not old and not any(running.get(h, 0) for h in draining):
@@ -150,11 +198,14 @@ def plan_drain(
     passing_old = min(old_total, sum(passing.get(h, 0) for h in old))
     matured_else = min(elsewhere, sum(n for h, n in matured.items() if h not in old))
     floor = replicas - policy.max_unavailable
+    stuck = {h: min(old.get(h, 0), target.get(h, 0)) for h in old}  # nowhere else to go: they stay
 
     # Replicas on draining hosts go: the failing ones freely, passing ones as replacements mature.
     removable = min(old_total, (old_total - passing_old) + max(0, matured_else + passing_old - floor))
+    removable = min(removable, old_total - sum(stuck.values()))
     for _ in range(removable):
-        host = max(old, key=lambda h: (old[h] - passing.get(h, 0), old[h], h))
+        movable = [h for h in old if old[h] > stuck[h]]
+        host = max(movable, key=lambda h: (old[h] - passing.get(h, 0), old[h], h))
         old[host] -= 1
         if old[host] == 0:
             del old[host]
@@ -209,5 +260,31 @@ def drain_remains(
         running = max(status.running, sum(status.specs.values())) if status else 0
         healthy = passing.get(name, {}).get(host, 0)
         if placed or running or healthy:
-            lines.append(f"{name}: {placed} placed, {running} running, {healthy} passing")
+            line = f"{name}: {placed} placed, {running} running, {healthy} passing"
+            stuck = record.stuck.get(host, 0) if record else 0
+            if stuck and record is not None:
+                line += f"; {stuck} stuck, nowhere else to go: {record.reason or 'no other host takes them'}"
+            lines.append(line)
     return lines
+
+
+def only_stuck_left(
+    host: str,
+    placements: Mapping[str, PlacementRecord],
+    statuses: Mapping[str, Mapping[str, StatusRecord]],
+    passing: Mapping[str, Mapping[str, int]],
+) -> bool:
+    """Whether all that is left of ours on ``host`` is stuck replicas (and something is): the drain
+    has moved everything it can; without ``--force`` it stops no more (`keep_stuck`)."""
+    any_stuck = False
+    for name in set(placements) | set(statuses) | set(passing):
+        record = placements.get(name)
+        placed = record.hosts.get(host, 0) if record else 0
+        stuck = record.stuck.get(host, 0) if record else 0
+        status = statuses.get(name, {}).get(host)
+        running = max(status.running, sum(status.specs.values())) if status else 0
+        healthy = passing.get(name, {}).get(host, 0)
+        if placed > stuck or running > stuck or healthy > stuck:
+            return False
+        any_stuck = any_stuck or stuck > 0
+    return any_stuck

@@ -8,6 +8,7 @@
 | ``operator/status/<name>/<host>`` | `StatusRecord` | the agent of ``host`` |
 | ``operator/rollback/<name>`` | `RollbackRequest` | ``operator rollback`` |
 | ``operator/hosts/<host>`` | `HostRecord` | ``operator cordon`` / ``drain`` (the admin role) |
+| ``operator/agents/<host>`` | `AgentRecord` | the agent of ``host`` (its Consul node) |
 
 (``services/<name>`` and ``operator/revisions/<name>/<spec>`` hold manifests:
 `desired_state.Manifest`.) Every record is parsed here and only here:
@@ -15,6 +16,15 @@
 (not JSON, not an object, a required field missing); within a readable record,
 a field of the wrong type reads as its empty value, as the status view always
 did. Pure: no I/O, no clock.
+
+Bounds: a record in KV is data anyone with write on ``operator/`` (or a bug,
+or a restore) may have put there, and a count drives loops and allocations
+(a placement of 10**12 replicas hung the leader). Every number read has a
+bound, checked here at parse time: counts within `MAX_RECORD_COUNT`, maps and
+lists within `MAX_RECORD_ENTRIES` entries, durations within
+`MAX_RECORD_SECONDS`, wall-clock stamps within [0, `MAX_TIMESTAMP`]. A record
+out of bounds raises ValueError, like an unreadable one, and its reader treats
+it so (skips it, or keeps it empty: `kv_state`).
 """
 
 from __future__ import annotations
@@ -28,6 +38,72 @@ from types import MappingProxyType
 
 from consul_operator.core.keys import Layout
 from consul_operator.core.txn import CONSUL_MAX_VALUE_BYTES
+
+MAX_RECORD_COUNT = 1_000
+"""The largest count a record may hold: replicas per host, in total, unplaced, running, updated...
+Ten times `desired_state.MAX_REPLICAS`: room for a surge, draining containers and crash loops."""
+MAX_RECORD_ENTRIES = 1_024
+"""The most entries of any map or list in a record (hosts, specs per host, instances)."""
+MAX_RECORD_SECONDS = 10 * 366 * 86400.0
+"""The longest duration a record may hold (a rollout's ``elapsed``, a drain's ``deadline``): ten years."""
+MAX_TIMESTAMP = 1e10
+"""The latest wall-clock stamp a record may hold (Unix seconds, the year 2286)."""
+
+
+class RecordBoundError(ValueError):
+    """A number or a size in a record is out of its bound: the record counts as unreadable."""
+
+
+def _bounded(value: int, what: str, high: int = MAX_RECORD_COUNT) -> int:
+    """``value`` when it is within [0, ``high``]; RecordBoundError otherwise."""
+    if not 0 <= value <= high:
+        raise RecordBoundError(f"{what} {value} is out of bounds (0 to {high})")
+    return value
+
+
+def _entries(items: Mapping[str, object] | list[object], what: str) -> None:
+    """RecordBoundError when ``items`` has more than `MAX_RECORD_ENTRIES` entries."""
+    if len(items) > MAX_RECORD_ENTRIES:
+        raise RecordBoundError(f"{what} has {len(items)} entries, more than {MAX_RECORD_ENTRIES}")
+
+
+def _map(value: object, what: str) -> dict[str, object]:
+    """A JSON object of at most `MAX_RECORD_ENTRIES` entries; ValueError otherwise."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} is not a JSON object")
+    _entries(value, what)
+    return value
+
+
+def _seconds(value: float, what: str) -> float:
+    """A duration within [0, `MAX_RECORD_SECONDS`]; RecordBoundError otherwise (NaN included)."""
+    if not 0.0 <= value <= MAX_RECORD_SECONDS:
+        raise RecordBoundError(f"{what} {value} is out of bounds (0 to {MAX_RECORD_SECONDS:g}s)")
+    return value
+
+
+def _stamp(value: float, what: str) -> float:
+    """A wall-clock stamp within [0, `MAX_TIMESTAMP`]; RecordBoundError otherwise (NaN included)."""
+    if not 0.0 <= value <= MAX_TIMESTAMP:
+        raise RecordBoundError(f"{what} {value} is out of bounds (0 to {MAX_TIMESTAMP:g})")
+    return value
+
+
+def _integer(value: object, what: str, high: int = MAX_RECORD_COUNT) -> int:
+    """A count the leader wrote: an integer (not a boolean) within [0, ``high``]; ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what} is not an integer: {value!r:.40}")
+    return _bounded(value, what, high)
+
+
+def _number(value: object, what: str) -> float:
+    """A JSON number as a float; ValueError for anything else (a boolean, text, a number too large)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{what} is not a number: {value!r:.40}")
+    try:
+        return float(value)
+    except OverflowError as exc:
+        raise RecordBoundError(f"{what} is out of bounds: {exc}") from exc
 
 
 def frozen_map(data: Mapping[str, int] | None = None) -> Mapping[str, int]:
@@ -109,26 +185,31 @@ def _object(data: bytes | str, what: str) -> dict[str, object]:
     """``data`` as a JSON object; ValueError when it is not one."""
     try:
         body = json.loads(data)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the parser goes
         raise ValueError(f"not a {what} record: {exc}") from exc
     if not isinstance(body, dict):
         raise ValueError(f"not a {what} record: not a JSON object")
     return body
 
 
-def _count(value: object) -> int:
-    """A count out of a JSON record; anything but a non-negative integer counts as 0."""
+def _count(value: object, what: str) -> int:
+    """A count out of a JSON record; anything but an integer counts as 0, a negative one too;
+    RecordBoundError above `MAX_RECORD_COUNT`."""
     if isinstance(value, bool) or not isinstance(value, int):
         return 0
-    return max(0, value)
+    return _bounded(max(0, value), what)
 
 
-def _timestamp(value: object) -> float | None:
-    """A Unix time out of a JSON record, None when it is not a finite number."""
+def _timestamp(value: object, what: str = "time") -> float | None:
+    """A Unix time out of a JSON record, None when it is not a finite number;
+    RecordBoundError outside [0, `MAX_TIMESTAMP`]."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    stamp = float(value)
-    return stamp if math.isfinite(stamp) else None
+    try:
+        stamp = float(value)
+    except OverflowError:
+        return None
+    return _stamp(stamp, what) if math.isfinite(stamp) else None
 
 
 def _text(value: object) -> str:
@@ -186,6 +267,9 @@ class PlacementRecord:
     specs: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     cause: UnplacedCause = UnplacedCause.NONE
     reason: str = ""
+    stuck: Mapping[str, int] = field(default_factory=frozen_map)
+    """Replicas held on a draining host because no other host takes them (counted in ``unplaced``
+    too, and in ``hosts``): a drain stops them only when forced (`maintenance.keep_stuck`)."""
     # While the leader spreads the service again (`spread.py`): why, for people
     # (``operator status`` shows ``Rebalancing``). Empty otherwise.
     rebalancing: str = ""
@@ -221,6 +305,9 @@ class PlacementRecord:
             body["reason"] = self.reason
         if self.rebalancing:  # absent when not rebalancing: the form of records written before
             body["rebalancing"] = self.rebalancing
+        stuck = {h: n for h, n in sorted(self.stuck.items()) if n > 0}
+        if stuck:  # absent unless a drain holds replicas: the form of records written before
+            body["stuck"] = stuck
         return body
 
     def to_json(self) -> bytes:
@@ -230,24 +317,32 @@ class PlacementRecord:
     @classmethod
     def from_json(cls, data: bytes) -> PlacementRecord:
         """Parse the KV form; raises ValueError when it is not ours."""
+        body = _object(data, "placement")
         try:
-            body = json.loads(data)
-            cause = body.get("cause", "none")
-            hosts = {str(h): int(n) for h, n in dict(body["hosts"]).items()}
-            specs = {
-                str(h): MappingProxyType({str(s): int(n) for s, n in dict(c).items() if int(n) > 0})
-                for h, c in dict(body.get("specs") or {}).items()
-            }
+            cause = _text(body.get("cause", "none"))
+            raw_hosts = _map(body["hosts"], "hosts")
+            _entries(raw_hosts, "hosts")
+            hosts = {str(h): _integer(n, f"replicas on {h}") for h, n in raw_hosts.items()}
+            _bounded(sum(hosts.values()), "replicas placed")
+            raw_specs = _map(body.get("specs") or {}, "specs")
+            specs: dict[str, Mapping[str, int]] = {}
+            for h, c in raw_specs.items():
+                per_spec = _map(c, f"specs on {h}")
+                counts = {str(s): _integer(n, f"replicas of {s} on {h}") for s, n in per_spec.items()}
+                specs[str(h)] = MappingProxyType({s: n for s, n in counts.items() if n > 0})
+            raw_stuck = _map(body.get("stuck") or {}, "stuck")
+            stuck = {str(h): _integer(n, f"stuck on {h}") for h, n in raw_stuck.items()}
             return cls(
                 service=str(body["service"]),
                 spec_hash=str(body["spec_hash"]),
                 hosts=frozen_map({h: n for h, n in hosts.items() if n > 0}),
-                unplaced=int(body.get("unplaced", 0)),
+                unplaced=_integer(body.get("unplaced", 0), "unplaced"),
                 written_by=str(body.get("written_by", "")),
                 specs=MappingProxyType({h: c for h, c in specs.items() if c}),
                 cause=UnplacedCause(cause) if cause in UNPLACED_CAUSES else UnplacedCause.NONE,
                 reason=_text(body.get("reason")),
                 rebalancing=_text(body.get("rebalancing")),
+                stuck=frozen_map({h: n for h, n in stuck.items() if n > 0}),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"not a placement record: {exc}") from exc
@@ -336,21 +431,22 @@ class RolloutRecord:
     @classmethod
     def from_json(cls, data: bytes) -> RolloutRecord:
         """Parse the KV form; raises ValueError when it is not ours."""
+        body = _object(data, "rollout")
         try:
-            body = json.loads(data)
             state = str(body["state"])
             if state not in RolloutState.__members__.values():
                 raise ValueError(f"unknown state {state!r}")
+            elapsed = _number(body.get("elapsed", 0.0), "elapsed")
             return cls(
                 service=str(body["service"]),
                 from_spec=str(body["from"]),
                 to_spec=str(body["to"]),
                 state=RolloutState(state),
-                started=float(body["started"]),
+                started=_stamp(_number(body["started"], "started"), "started"),
                 reason=str(body.get("reason", "")),
-                updated=int(body.get("updated", 0)),
-                total=int(body.get("total", 0)),
-                elapsed=max(0.0, float(body.get("elapsed", 0.0))),
+                updated=_integer(body.get("updated", 0), "updated"),
+                total=_integer(body.get("total", 0), "total"),
+                elapsed=_seconds(elapsed if math.isnan(elapsed) else max(0.0, elapsed), "elapsed"),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"not a rollout record: {exc}") from exc
@@ -485,37 +581,46 @@ class StatusRecord:
         ValueError when it is not a JSON object; a field of the wrong type reads as empty.
         """
         body = _object(data, "status")
-        raw_specs = body.get("specs")
-        specs: dict[str, int] = {}
-        if isinstance(raw_specs, dict):
-            try:
-                specs = {str(spec): int(n) for spec, n in raw_specs.items()}
-            except (ValueError, TypeError):
-                specs = {}
-        raw_instances = body.get("instances")
-        listed = raw_instances if isinstance(raw_instances, list) else []
-        hold = _text(body.get("hold"))
-        raw_replicas = body.get("replicas")
-        marks = {
-            str(name): mark
-            for name, value in (raw_replicas.items() if isinstance(raw_replicas, dict) else ())
-            if (mark := ReplicaMark.from_json(value)) is not None
-        }
-        return cls(
-            service=service,
-            host=host,
-            spec_hash=_text(body.get("spec_hash")),
-            desired=_count(body.get("desired")),
-            running=_count(body.get("running")),
-            healthy=_count(body.get("healthy")),
-            error=_text(body.get("error")),
-            hold=Hold(hold) if hold in Hold.__members__.values() else None,
-            specs=frozen_map(specs),
-            instances=tuple(item for item in listed if isinstance(item, str)),
-            since=_timestamp(body.get("since")),
-            node=_text(body.get("node")),
-            replicas=MappingProxyType(marks),
-        )
+        try:
+            raw_specs = body.get("specs")
+            specs: dict[str, int] = {}
+            if isinstance(raw_specs, dict):
+                _entries(raw_specs, "specs")
+                try:
+                    specs = {str(spec): _integer(n, f"running of {spec}") for spec, n in raw_specs.items()}
+                except RecordBoundError:
+                    raise
+                except ValueError:
+                    specs = {}  # junk counts: count nothing
+            raw_instances = body.get("instances")
+            listed = raw_instances if isinstance(raw_instances, list) else []
+            _entries(listed, "instances")
+            hold = _text(body.get("hold"))
+            raw_replicas = body.get("replicas")
+            replicas = raw_replicas if isinstance(raw_replicas, dict) else {}
+            _entries(replicas, "replicas")
+            marks = {
+                str(name): mark
+                for name, value in replicas.items()
+                if (mark := ReplicaMark.from_json(value)) is not None
+            }
+            return cls(
+                service=service,
+                host=host,
+                spec_hash=_text(body.get("spec_hash")),
+                desired=_count(body.get("desired"), "desired"),
+                running=_count(body.get("running"), "running"),
+                healthy=_count(body.get("healthy"), "healthy"),
+                error=_text(body.get("error")),
+                hold=Hold(hold) if hold in Hold.__members__.values() else None,
+                specs=frozen_map(specs),
+                instances=tuple(item for item in listed if isinstance(item, str)),
+                since=_timestamp(body.get("since"), "since"),
+                node=_text(body.get("node")),
+                replicas=MappingProxyType(marks),
+            )
+        except RecordBoundError as exc:
+            raise ValueError(f"not a status record: {exc}") from exc
 
 
 # --- operator/leader, operator/rollback/<name> --------------------------------------------
@@ -536,7 +641,10 @@ class LeaderRecord:
     def from_json(cls, data: bytes | str) -> LeaderRecord:
         """Parse the lock's value; raises ValueError when it is not ours."""
         body = _object(data, "leader")
-        host, since = body.get("host"), _timestamp(body.get("since"))
+        try:
+            host, since = body.get("host"), _timestamp(body.get("since"), "since")
+        except RecordBoundError as exc:
+            raise ValueError(f"not a leader record: {exc}") from exc
         if host is None or since is None:
             raise ValueError("not a leader record: no host or no time")
         return cls(host=str(host), since=since)
@@ -566,6 +674,8 @@ class HostRecord:
     ``deadline`` seconds; what is left then is moved at once. ``started``
     is a wall-clock stamp, for people only: the leader times the deadline on
     its own monotonic clock from when it first sees the drain (`maintenance.time_drains`).
+    ``force`` (``operator drain --force``): past the deadline, replicas that no other
+    host takes are stopped too; without it they stay, shown as stuck (`maintenance.keep_stuck`).
     ``operator uncordon`` deletes the record.
     """
 
@@ -573,6 +683,7 @@ class HostRecord:
     draining: bool = False
     deadline: float | None = None
     started: float | None = None
+    force: bool = False
 
     def to_json(self) -> bytes:
         """The KV form."""
@@ -583,6 +694,7 @@ class HostRecord:
                 "draining": self.draining,
                 "deadline": self.deadline,
                 "started": self.started,
+                "force": self.force,
             }
         )
 
@@ -594,10 +706,50 @@ class HostRecord:
         empty (a drain without a readable deadline has none: it waits for its replacements).
         """
         body = _object(data, "host")
-        deadline = _timestamp(body.get("deadline"))
-        return cls(
-            host=host,
-            draining=body.get("draining") is True,
-            deadline=None if deadline is None or deadline < 0 else deadline,
-            started=_timestamp(body.get("started")),
-        )
+        try:
+            raw = body.get("deadline")
+            deadline = None if isinstance(raw, bool) or not isinstance(raw, int | float) else float(raw)
+            if deadline is not None and (not math.isfinite(deadline) or deadline < 0):
+                deadline = None  # no readable deadline: the drain waits for its replacements
+            return cls(
+                host=host,
+                draining=body.get("draining") is True,
+                deadline=None if deadline is None else _seconds(deadline, "deadline"),
+                started=_timestamp(body.get("started"), "started"),
+                force=body.get("force") is True,
+            )
+        except (RecordBoundError, OverflowError) as exc:
+            raise ValueError(f"not a host record: {exc}") from exc
+
+
+# --- operator/agents/<host> ----------------------------------------------------------------
+
+MAX_NODE_NAME = 256
+"""The longest Consul node name an agent record may hold."""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRecord:
+    """Which Consul node the agent of ``host`` runs on: ``operator/agents/<host>``, written by that agent.
+
+    An ``operator-agent`` registration counts for ``host`` only on this node
+    (`presence.is_agent_registration`): anyone who may register services can
+    put a look-alike in the catalog, on a node of theirs, but only an agent
+    (write on ``operator/``) can write this record.
+    """
+
+    host: str
+    node: str
+
+    def to_json(self) -> bytes:
+        """The KV form."""
+        return _dumps({"host": self.host, "node": self.node})
+
+    @classmethod
+    def from_json(cls, data: bytes | str, *, host: str) -> AgentRecord:
+        """Parse the record stored under ``operator/agents/<host>``; ValueError when it is not one."""
+        body = _object(data, "agent")
+        node = body.get("node")
+        if not isinstance(node, str) or not 0 < len(node) <= MAX_NODE_NAME:
+            raise ValueError("not an agent record: no node name (or one too long)")
+        return cls(host=host, node=node)

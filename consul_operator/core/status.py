@@ -65,7 +65,7 @@ JSON_FIELDS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
         "top": ("leader", "hosts", "services", "converged"),
         "leader": ("host", "since"),
         "host": ("name", "live", "labels", "cordoned", "drain"),
-        "drain": ("started", "deadline", "remaining", "done"),
+        "drain": ("started", "deadline", "remaining", "done", "stuck"),
         "service": (
             "name",
             "image",
@@ -101,6 +101,8 @@ class DrainView:
     """Seconds the drain may take before what is left is moved at once (None: no deadline)."""
     remaining: int
     """Services with something still on the host (placed, running or passing there)."""
+    stuck: int = 0
+    """Replicas held there because no other host takes them (`maintenance.keep_stuck`)."""
 
     @property
     def done(self) -> bool:
@@ -220,7 +222,8 @@ def _host_rows(snapshot: ClusterSnapshot) -> tuple[HostRow, ...]:
         drain = None
         if record.draining:
             remaining = drain_remains(name, snapshot.placements, snapshot.statuses, snapshot.passing)
-            drain = DrainView(record.started, record.deadline, len(remaining))
+            stuck = sum(p.stuck.get(name, 0) for p in snapshot.placements.values())
+            drain = DrainView(record.started, record.deadline, len(remaining), stuck)
         result.append(HostRow(row.name, row.live, row.labels, cordoned=True, drain=drain))
     return tuple(result)
 
@@ -268,6 +271,12 @@ def _service_status(name: str, snapshot: ClusterSnapshot, live: Mapping[str, boo
         desired, image, problems = manifest.replicas, manifest.image, []
         if placement is not None and placement.unplaced > 0 and placement.reason:
             problems = [placement.reason]  # which resource, each host's free amount, labels
+        if placement is not None:
+            problems += [
+                f"{host}: {n} stuck on this draining host, nowhere else to go"
+                f" (operator drain --force {host} stops them at the deadline)"
+                for host, n in sorted(placement.stuck.items())
+            ]
         phase = _valid_state(manifest, placement, records, running, healthy, snapshot.now, last_change)
         if phase in (PROGRESSING, REBALANCING) and (host_errors or lost):
             phase = DEGRADED
@@ -455,6 +464,7 @@ def _drain_json(drain: DrainView | None) -> dict[str, object] | None:
         "deadline": drain.deadline,
         "remaining": drain.remaining,
         "done": drain.done,
+        "stuck": drain.stuck,
     }
 
 
@@ -522,6 +532,8 @@ def _maintenance(host: HostRow, now: float) -> str:
         if host.drain.done:
             return "drained"
         left = f"{host.drain.remaining} service{'s' if host.drain.remaining != 1 else ''} left"
+        if host.drain.stuck:
+            left += f", {host.drain.stuck} replica{'s' if host.drain.stuck != 1 else ''} stuck"
         deadline = (
             "no deadline" if host.drain.deadline is None else f"deadline {format_age(host.drain.deadline)}"
         )

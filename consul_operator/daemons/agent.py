@@ -106,8 +106,11 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
     event_log.start_flusher(consul, config.layout, config.host, stop)
 
     host_trigger, schedule_trigger = Trigger(), Trigger()
+    node = _node_name(consul, stop)  # claimed for our host before we register (`presence`)
     presence = Presence(
         consul,
+        layout=config.layout,
+        node=node,
         host=config.host,
         cluster=config.cluster,
         advertise=config.advertise,
@@ -117,7 +120,6 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
     )
     log.info("capacity", host=config.host, capacity=presence.capacity.text() if presence.capacity else None)
     _register_until_done(presence, stop)
-    node = _node_name(consul, stop)
     election = LeaderElection(
         consul,
         config.layout,
@@ -169,7 +171,8 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
     # too, a no-op but on the leader).
     start_watch(
         "services",
-        lambda i, w: consul.kv_list(layout.services_prefix, index=i, wait=w),
+        # Keys only: the watch drops the data, and manifests are up to 512 KiB each.
+        lambda i, w: consul.kv_keys(layout.services_prefix, index=i, wait=w),
         [kv_changed, host_trigger, schedule_trigger],
         stop,
     )

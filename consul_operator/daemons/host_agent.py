@@ -27,6 +27,7 @@ from consul_operator.adapters.actuators.docker import DockerActuator, container_
 from consul_operator.adapters.consul_client import ConsulClient
 from consul_operator.adapters.kv_state import (
     ManifestResult,
+    TreeMirror,
     manifests_of,
     placements_of,
     read_revision,
@@ -67,6 +68,7 @@ from consul_operator.core.records import (
     record_bound,
 )
 from consul_operator.daemons.loop import PassResult
+from consul_operator.daemons.registrar import Registrar
 
 log = structlog.get_logger()
 
@@ -76,8 +78,6 @@ MAX_PER_SERVICE = 4
 """Workers one service is always entitled to; beyond that it may only use workers above the reserve."""
 RESERVED_WORKERS = 2
 """Workers a service past its share leaves free, so that another service's action starts at once."""
-REGISTRARS = 4
-"""Threads that register started replicas, each once its own check has passed or one interval is over."""
 
 
 @dataclass(slots=True)
@@ -138,7 +138,7 @@ class Executor:
         self.mono = mono
         self.lock = threading.Lock()
         self._pool = ThreadPoolExecutor(MAX_PARALLEL_ACTIONS, thread_name_prefix="action")
-        self._registrar = ThreadPoolExecutor(REGISTRARS, thread_name_prefix="register")
+        self._registrar = Registrar()  # a thread per registration: a hanging check delays no other
         self._timers = Timers("executor-timers", clock=mono)
         self._starting: dict[str, str] = {}  # container name -> service
         self._starting_spec: dict[str, str] = {}  # container name -> "service/spec"
@@ -212,7 +212,7 @@ class Executor:
             self._turns.clear()
         self._timers.close()
         self._pool.shutdown(wait=wait, cancel_futures=True)
-        self._registrar.shutdown(wait=wait, cancel_futures=True)
+        self._registrar.shutdown()
 
     # --- dispatch (under ``lock``) ------------------------------------------------------
 
@@ -317,12 +317,13 @@ class Executor:
             # application, and the next start must not wait for it.
             with self.lock:
                 self._busy_registrations.add(info.name)
-            self._registrar.submit(self._register_started, info, manifest)
+            self._registrar.submit(lambda probe: self._register_started(info, manifest, probe))
 
-    def _register_started(self, info: ContainerInfo, manifest: Manifest) -> None:
-        """Register a replica just started, passing at once if its own check passes (`probe`)."""
+    def _register_started(self, info: ContainerInfo, manifest: Manifest, probe: bool = True) -> None:
+        """Register a replica just started, passing at once if its own check passes (`probe`; without
+        ``probe``, at once, critical: too many registrations wait already)."""
         try:
-            passed = self.catalog.register_started(info, manifest)
+            passed = self.catalog.register_started(info, manifest, probe=probe)
         except ConsulError as exc:
             # The container runs; the next pass registers it.
             log.warning("registration failed", container=info.name, error=str(exc))
@@ -516,6 +517,7 @@ class HostAgent:
         self._kv: _KVRead | None = None
         self._kv_read_at = 0.0
         self._refused_passes = 0  # passes in a row in which Consul refused a status record
+        self._services = TreeMirror(self.layout.services_prefix)  # only changed manifests are read
 
     def _read_kv(self) -> _KVRead:
         """Manifests, placements and the revisions wanted here: read again, or the last read if unchanged."""
@@ -525,8 +527,8 @@ class HostAgent:
             return self._kv
         try:
             layout = self.layout
-            trees = self.consul.kv_trees([layout.services_prefix, layout.placement_prefix], consistent=True)
-            manifests = manifests_of(trees[layout.services_prefix], layout)
+            trees = self.consul.kv_trees([layout.placement_prefix], consistent=True)
+            manifests = manifests_of(self._services.read(self.consul), layout, by_index=True)
             placements = placements_of(trees[layout.placement_prefix], layout)
             revisions = {
                 (name, spec): kept

@@ -138,7 +138,7 @@ class LoadBalancer:
         """Manifests' names, and for each our agents' passing instances, vetted; and per service
         the passing servers left out only as `ownership.UNREPORTED` (what `_hold` may keep)."""
         names = self._service_names()
-        agents = read_agents(self.consul, self.cluster)
+        agents = read_agents(self.consul, self.cluster, self.layout)
         statuses = read_statuses(self.consul, self.layout)
         instances: dict[str, list[ServiceInstance]] = {}
         disowned: list[Rejected] = []
@@ -255,8 +255,9 @@ class LoadBalancer:
 
     def _service_names(self) -> list[str]:
         names = []
-        for entry in self.consul.kv_list(self.layout.services_prefix, consistent=True).value:
-            name = self.layout.service_name(entry.key)
+        # Keys only: the values (up to 512 KiB each) are not needed here.
+        for key in self.consul.kv_keys(self.layout.services_prefix, consistent=True).value:
+            name = self.layout.service_name(key)
             if name is not None:
                 names.append(name)
         return names
@@ -350,7 +351,7 @@ def run_lb(config: LBConfig) -> int:
         hold_last_good=config.hold_last_good,
     )
     prefix = config.layout.services_prefix
-    start_watch("services", lambda i, w: consul.kv_list(prefix, index=i, wait=w), [trigger], stop)
+    start_watch("services", lambda i, w: consul.kv_keys(prefix, index=i, wait=w), [trigger], stop)
     start_watch("health", lambda i, w: consul.health_state_any(index=i, wait=w), [trigger], stop)
     # The agents' status records list their instances: a new one is served once listed.
     status_prefix = config.layout.status_prefix

@@ -34,6 +34,7 @@ import structlog
 
 from consul_operator.adapters import event_log, metrics
 from consul_operator.adapters.consul_client import ConsulClient
+from consul_operator.adapters.kv_state import TreeMirror
 from consul_operator.adapters.presence import AGENT_SERVICE
 from consul_operator.adapters.snapshot import read_cluster_state
 from consul_operator.core import events
@@ -90,6 +91,8 @@ class Scheduler:
     invalid_seen: dict[str, str] = field(default_factory=dict)
     # Deleted services with event records left: when nothing else of each was first seen (mono).
     records_gone: Mapping[str, float] = field(default_factory=dict)
+    # The manifests as last read: each pass reads only what changed (`kv_state.TreeMirror`).
+    services: TreeMirror | None = None
 
     def reconcile(self) -> PassResult:
         """One scheduling pass (a no-op unless we lead)."""
@@ -101,12 +104,15 @@ class Scheduler:
                 self._forget()
             return PassResult()
         now = Now(self.clock(), self.wall_clock())
+        if self.services is None:
+            self.services = TreeMirror(self.layout.services_prefix)
         state = read_cluster_state(
             self.consul,
             self.layout,
             self.cluster,
             passing_of=partial(paced_services, rebalance=self.spread.enabled),
             leader=True,
+            services=self.services,
         )
         self._check_view(state)
         plan = decide_leader(
@@ -145,13 +151,13 @@ class Scheduler:
         when to look again. The leader is their one remover: agents and the load balancer only
         ever write their own records, and no one else knows when a service is gone everywhere."""
         prefix = self.layout.events_prefix
-        listed = self.consul.kv_keys(prefix, separator="/")
+        listed = self.consul.kv_keys(prefix, separator="/").value
         with_records = {key[len(prefix) :].rstrip("/") for key in listed if key.endswith("/")}
         cleanup = events.expire_records(with_records, state, self.records_gone, now)
         self.records_gone = cleanup.gone
         if cleanup.remove:
             groups: dict[str, dict[str, bytes | None]] = {
-                name: dict.fromkeys(self.consul.kv_keys(f"{prefix}{name}/")) for name in cleanup.remove
+                name: dict.fromkeys(self.consul.kv_keys(f"{prefix}{name}/").value) for name in cleanup.remove
             }
             too_large = ConsulError("beyond Consul's limits: not sent", status=413)
             sent = send_groups(pack_writes(groups), lambda w: self._transaction(session, w), too_large)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.integration.test_rolling_update import sampled
+from tests.support.bounds import REACT_S
 from tests.support.cluster import Cluster, operator
 from tests.support.load import Load
 from tests.support.staging import wait_until
@@ -108,6 +109,7 @@ def test_drain_under_load_fails_no_request(cluster: Cluster, service_name: str, 
         "deadline": 120.0,
         "remaining": 0,
         "done": True,
+        "stuck": 0,
     }
 
 
@@ -120,10 +122,11 @@ DRAIN_DEADLINE = 20.0
 def test_drain_past_its_deadline_moves_what_cannot_be_replaced(
     cluster: Cluster, service_name: str, host_1: str
 ) -> None:
-    """A replica with nowhere to go (max_per_host 1) stays until the deadline, then goes anyway."""
+    """A replica with nowhere to go (max_per_host 1) stays until the deadline, then, the drain forced,
+    goes anyway."""
     cluster.put(service_name, REPLICAS, update=UPDATE, placement={"max_per_host": 1})
     cluster.wait_converged(service_name, REPLICAS)
-    drained = operator(cluster, "drain", host_1, "--deadline", f"{DRAIN_DEADLINE:g}s")
+    drained = operator(cluster, "drain", host_1, "--deadline", f"{DRAIN_DEADLINE:g}s", "--force")
     assert drained.returncode == 0, drained.stderr
     early = operator(cluster, "wait", "--drained", host_1, "--timeout", "1s")
     assert early.returncode == 1, "within the deadline its replica stays: no replacement can pass first"
@@ -135,6 +138,40 @@ def test_drain_past_its_deadline_moves_what_cannot_be_replaced(
     status = operator(cluster, "status", service_name)
     assert status.returncode == 1
     assert "Unplaceable" in status.stdout
+
+
+def test_drain_never_stops_a_pinned_replica_unless_forced(
+    cluster: Cluster, service_name: str, host_1: str
+) -> None:
+    """Replicas pinned to host-1 (placement.hosts) stay past the drain's deadline, shown as stuck;
+    wait --drained names them and exits 1; drain --force stops them past its deadline."""
+    cluster.put(service_name, REPLICAS, placement={"hosts": [host_1]})
+    cluster.wait_converged(service_name, REPLICAS)
+    drained = operator(cluster, "drain", host_1, "--deadline", "2s")
+    assert drained.returncode == 0, drained.stderr
+    started = time.monotonic()
+    stuck = operator(cluster, "wait", "--drained", host_1, "--timeout", "60s")
+    assert stuck.returncode == 1, stuck.stdout
+    assert "host-1: stuck" in stuck.stderr
+    assert f"{service_name}: 2 placed, 2 running, 2 passing; 2 stuck, nowhere else to go" in stuck.stderr
+    assert "operator drain --force host-1" in stuck.stderr
+
+    def still_running() -> bool:
+        """Past the deadline (and a pass after it), both replicas still run and pass on host-1."""
+        assert cluster.per_host(service_name) == {host_1: REPLICAS}, "a stuck replica was stopped"
+        assert len(cluster.passing(service_name)) == REPLICAS
+        return time.monotonic() - started > 2 + REACT_S
+
+    wait_until(still_running, timeout=2 + 3 * REACT_S, what="the drain's deadline and a pass after it")
+    assert host_json(cluster, host_1)["drain"]["stuck"] == REPLICAS
+    status = operator(cluster, "status", service_name)
+    assert f"host-1: {REPLICAS} stuck on this draining host" in status.stdout
+
+    forced = operator(cluster, "drain", host_1, "--deadline", "2s", "--force")
+    assert forced.returncode == 0, forced.stderr
+    waited = operator(cluster, "wait", "--drained", host_1, "--timeout", "60s")
+    assert waited.returncode == 0, waited.stderr
+    assert cluster.per_host(service_name) == {}
 
 
 def test_wait_drained_exit_codes(cluster: Cluster) -> None:

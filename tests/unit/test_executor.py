@@ -106,7 +106,7 @@ class FakeCatalog:
         if self.refuse:
             raise ConsulPermissionDenied("permission denied for registering: ACL not found")
 
-    def register_started(self, container: ContainerInfo, manifest: Manifest) -> bool:
+    def register_started(self, container: ContainerInfo, manifest: Manifest, *, probe: bool = True) -> bool:
         if self.probe_gate is not None:
             self.probe_gate.wait(60)
         self.registered_started.append(container.name)
@@ -133,6 +133,25 @@ class FakeConsul:
     def kv_trees(self, prefixes: list[str], **_: object) -> dict[str, list[KVEntry]]:
         return {prefix: self.kv_list(prefix).value for prefix in prefixes}
 
+    @staticmethod
+    def _index(*parts: object) -> int:
+        """A modify index that changes with the content (tests also write ``kv`` directly)."""
+        return 1 + (hash(parts) & 0xFFFFFFF)
+
+    def kv_keys(self, prefix: str, *, separator: str | None = None, **_: object) -> Indexed[list[str]]:
+        items = tuple(sorted((k, v) for k, v in self.kv.items() if k.startswith(prefix)))
+        keys = [k for k, _ in items]
+        if separator is not None:
+            # Consul's rule: each key up to and including the first separator after the prefix.
+            keys = sorted({prefix + "".join(k[len(prefix) :].partition(separator)[:2]) for k in keys})
+        return Indexed(self._index(prefix, items), keys)
+
+    def kv_stale(self, known: Mapping[str, int], **_: object) -> set[str]:
+        return {k for k, i in known.items() if k not in self.kv or self._index(k, self.kv[k]) != i}
+
+    def kv_get_many(self, keys: list[str], **_: object) -> list[KVEntry]:
+        return [KVEntry(k, self.kv[k], self._index(k, self.kv[k])) for k in keys if k in self.kv]
+
     def kv_get(self, key: str, **_: object) -> Indexed[KVEntry | None]:
         value = self.kv.get(key)
         return Indexed(1, None if value is None else KVEntry(key, value, 1))
@@ -146,13 +165,6 @@ class FakeConsul:
 
     def kv_get_keys(self, keys: list[str], **_: object) -> dict[str, KVEntry]:
         return {key: KVEntry(key, self.kv[key], 1) for key in keys if key in self.kv}
-
-    def kv_keys(self, prefix: str, *, separator: str | None = None) -> list[str]:
-        keys = sorted(k for k in self.kv if k.startswith(prefix))
-        if separator is None:
-            return keys
-        # Consul's rule: each key up to and including the first separator after the prefix.
-        return sorted({prefix + "".join(k[len(prefix) :].partition(separator)[:2]) for k in keys})
 
     def kv_txn(self, writes: Mapping[str, bytes | None]) -> None:
         refused = sorted(self.refuse & set(writes))

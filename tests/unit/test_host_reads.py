@@ -34,6 +34,10 @@ class CountingConsul(FakeConsul):
         self.lists.append(prefix)
         return super().kv_list(prefix, **kw)
 
+    def kv_keys(self, prefix: str, *, separator: str | None = None, **kw: object) -> Indexed[list[str]]:
+        self.lists.append(prefix)  # the manifests are read through their keys (`TreeMirror`)
+        return super().kv_keys(prefix, separator=separator, **kw)
+
     def kv_txn(self, writes: Mapping[str, bytes | None]) -> None:
         self.txns.append(len(writes))
         super().kv_txn(writes)

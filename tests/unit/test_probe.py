@@ -11,6 +11,7 @@ from typing import ClassVar
 import pytest
 
 from consul_operator.adapters.actuators.probe import passes_within, run_check
+from consul_operator.daemons.registrar import MAX_PROBING, Registrar
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -118,3 +119,56 @@ def test_a_redirect_is_never_followed_and_never_passes(status: int) -> None:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_each_run_gets_what_is_left_of_the_budget_not_the_whole_timeout() -> None:
+    """A check with a timeout of an hour runs within the budget (one interval): a hanging health
+    endpoint holds its registration one interval, not an hour."""
+    now = [0.0]
+    given: list[float] = []
+
+    def hang(_: object, timeout: float) -> bool:
+        given.append(timeout)
+        now[0] += timeout  # hangs for as long as it is allowed
+        return False
+
+    passed = passes_within(
+        {"HTTP": "http://x/health"},
+        3599.0,
+        2.0,
+        clock=lambda: now[0],
+        sleep=lambda s: now.__setitem__(0, now[0] + s),
+        run=hang,
+    )
+    assert not passed
+    assert given and max(given) <= 2.0
+    assert now[0] <= 2.0 + 0.1
+
+
+def test_registrations_wait_on_threads_of_their_own() -> None:
+    """Four registrations whose check hangs hold no thread another registration needs: a fifth runs at
+    once and probes its own check; past the limit a registration does not wait for its check."""
+    hang = threading.Event()
+
+    def hanging(_: bool) -> None:
+        hang.wait(60)
+
+    for limit, probes in ((MAX_PROBING, True), (4, False)):
+        ran: list[bool] = []
+        done = threading.Event()
+
+        def fifth(probe: bool) -> None:
+            ran.append(probe)  # noqa: B023
+            done.set()  # noqa: B023
+
+        registrar = Registrar(limit=limit)
+        try:
+            for _ in range(4):
+                registrar.submit(hanging)
+            registrar.submit(fifth)
+            assert done.wait(5), "the fifth registration waited behind the hanging ones"
+            assert ran == [probes]
+        finally:
+            hang.set()
+            registrar.shutdown()
+        hang.clear()

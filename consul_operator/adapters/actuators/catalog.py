@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from consul_operator.adapters.actuators import probe
+from consul_operator.adapters.actuators import probe as probe_module
 from consul_operator.adapters.consul_client import ConsulClient
 from consul_operator.core.desired_state import Manifest
 from consul_operator.core.durations import format_duration
@@ -137,17 +137,18 @@ class CatalogActuator:
         """Register (or update) one replica with its health check."""
         self.consul.register_service(self.definition(container, manifest))
 
-    def register_started(self, container: ContainerInfo, manifest: Manifest) -> bool:
+    def register_started(self, container: ContainerInfo, manifest: Manifest, *, probe: bool = True) -> bool:
         """Register a replica that has just started, passing from the start if its check passes now.
 
         Runs the registered check itself (`probe.passes_within`) for up to one
-        check interval (at most `probe.MAX_BUDGET`); returns whether it passed (else the check starts
-        critical, and Consul's runs decide, as for any registration).
+        check interval (at most `probe.MAX_BUDGET`), each run within what is left
+        of it; returns whether it passed (else the check starts critical, and
+        Consul's runs decide, as for any registration). Without ``probe``, at once.
         """
         definition = self.definition(container, manifest)
         health = manifest.health
-        budget = min(health.interval, probe.MAX_BUDGET)
-        passed = probe.passes_within(definition["Check"], health.timeout, budget)
+        budget = min(health.interval, probe_module.MAX_BUDGET)
+        passed = probe and probe_module.passes_within(definition["Check"], health.timeout, budget)
         if passed:
             definition["Check"]["Status"] = "passing"
         self.consul.register_service(definition)

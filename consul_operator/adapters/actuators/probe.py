@@ -24,6 +24,8 @@ PROBE_EVERY = 0.05
 """Seconds between two runs while the application is coming up."""
 MAX_BUDGET = 10.0
 """Seconds at most that a start's registration waits for its check to pass (else it starts critical)."""
+MIN_RUN = 0.05
+"""Seconds a run of the check always gets, however little of the budget is left."""
 USER_AGENT = "Consul Health Check"  # what Consul's HTTP check sends
 
 
@@ -68,10 +70,16 @@ def passes_within(
     sleep: Callable[[float], None] = time.sleep,
     run: Callable[[Mapping[str, Any], float], bool] = run_check,
 ) -> bool:
-    """Run ``check`` until it passes or ``budget`` seconds are over; whether it passed."""
+    """Run ``check`` until it passes or ``budget`` seconds are over; whether it passed.
+
+    Each run gets what is left of the budget at most (never less than
+    `MIN_RUN`), not the check's whole ``timeout``: a health endpoint that
+    hangs, with a timeout of up to an hour, holds its registration one
+    interval, not an hour.
+    """
     deadline = clock() + budget
     while True:
-        if run(check, timeout):
+        if run(check, min(timeout, max(MIN_RUN, deadline - clock()))):
             return True
         left = deadline - clock()
         if left <= 0:
