@@ -20,7 +20,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Final
 
-from consul_operator.core.desired_state import Manifest, UpdatePolicy
+from consul_operator.core.desired_state import Manifest, Resources, UpdatePolicy, format_cpus, format_memory
 from consul_operator.core.model import Event
 from consul_operator.core.records import PlacementRecord, RolloutRecord, RolloutState, frozen_map
 
@@ -44,7 +44,9 @@ def next_rollout(
     The state machine: a first deployment (no placement yet) is no rollout;
     a spec other than the one in use starts one (``progressing``) if the
     spec in use has a kept revision (``revisions``: (service, spec)) to roll
-    back to, and otherwise replaces without pacing; while rolling back, the
+    back to, and otherwise replaces without pacing (no record: a record of
+    another spec goes, as it would keep the service from `Converged`); a
+    ``held`` rollout is a ``progressing`` one waiting for room; while rolling back, the
     bad spec still in ``services/`` keeps rolling back; after ``rolled_back``
     or ``failed`` the service stays until a person writes another manifest;
     a manifest back at the spec in use completes at once. ``now`` (wall
@@ -57,7 +59,7 @@ def next_rollout(
         in_use = record.spec_hash
         if spec == in_use:
             return None, None
-    elif old.state == S.PROGRESSING:
+    elif old.state in (S.PROGRESSING, S.HELD):
         if spec == old.to_spec:
             return old, None
         in_use = old.from_spec
@@ -78,7 +80,7 @@ def next_rollout(
         return RolloutRecord(name, in_use, spec, S.COMPLETE, now, "back to the running spec"), None
     if (name, in_use) not in revisions:
         warning = "no revision of the running spec: replacing without a paced rollout"
-        return old, Event(warning, {"service": name}, "warning")
+        return None, Event(warning, {"service": name}, "warning")
     started = RolloutRecord(name, in_use, spec, S.PROGRESSING, now)
     return started, Event("rollout started", {"service": name, "frm": in_use, "to": spec})
 
@@ -101,6 +103,9 @@ def plan_rollout(
     passing: Mapping[str, int],
     matured: Mapping[str, int],
     now: float,
+    *,
+    free: Mapping[str, Resources | None] | None = None,
+    need: Mapping[str, Resources] | None = None,
 ) -> RolloutStep:
     """One pacing step of a rollout from every other spec to ``rollout.to_spec``.
 
@@ -116,14 +121,28 @@ def plan_rollout(
     `time_rollout`) a forward rollout fails: it rolls back with
     ``auto_rollback``, else it stops changing anything. ``now`` (wall clock)
     only stamps a rollback's ``started``, for people.
+
+    Capacity (``free``, ``need``): a new replica, surge included, goes only to
+    a host where it fits. ``free`` is what the other services leave of each
+    host's capacity (None: unlimited; no map: no capacity check), ``need``
+    what one replica of each spec takes (a spec it lacks takes what the
+    target spec does). This service's charge on a host is, per spec, the
+    larger of the replicas placed and running there (`spec_charge`): a
+    draining replica still takes its room. A forward rollout that wants a new
+    replica where none fits, with nothing in flight that could free room, is
+    ``held`` (the reason names each host's free resources): the old replicas
+    keep running.
     """
     counts = {h: {s: n for s, n in c.items() if n > 0} for h, c in placed.items()}
     if not rollout.active:
         return RolloutStep(counts, rollout)
     to = rollout.to_spec
     new_placed = sum(c.get(to, 0) for c in counts.values())
-    if rollout.state == RolloutState.PROGRESSING and rollout.elapsed > policy.deadline:
+    forward = (RolloutState.PROGRESSING, RolloutState.HELD)
+    if rollout.state in forward and rollout.elapsed > policy.deadline:
         reason = f"new replicas not healthy within {policy.deadline:g}s"
+        if rollout.state == RolloutState.HELD:
+            reason = f"held past the deadline ({policy.deadline:g}s): {rollout.reason}"
         if not policy.auto_rollback:
             updated = min(matured.get(to, 0), new_placed)
             return RolloutStep(
@@ -158,26 +177,99 @@ def plan_rollout(
         if counts[host][spec] == 0:
             del counts[host][spec]
 
-    # New replicas come: within the surge (draining ones count), a few unproven at a time.
+    # New replicas come: within the surge (draining ones count), a few unproven at a time,
+    # and only where they fit.
+    sizes = dict(need or {})
+    size = sizes.get(to, Resources())
+
+    def room(host: str) -> bool:
+        left = None if free is None else free.get(host)
+        if left is None or need is None:
+            return True
+        grown = {**counts.get(host, {}), to: counts.get(host, {}).get(to, 0) + 1}
+        return left.covers(spec_charge(grown, running.get(host, {}), sizes, size))
+
     target_hosts = sum(1 for n in target.values() if n > 0)
     in_flight_cap = max(1, min(policy.max_surge + policy.max_unavailable, target_hosts - 1))
+    added, short = 0, []
     while new_placed < replicas and new_placed - matured_new < in_flight_cap:
         if _occupancy(counts, running) >= replicas + policy.max_surge:
             break
-        deficits = [(target.get(h, 0) - counts.get(h, {}).get(to, 0), h) for h in target]
-        _, host = min(((-d, h) for d, h in deficits if d > 0), default=(0, ""))
+        wanting = sorted((-(target.get(h, 0) - counts.get(h, {}).get(to, 0)), h) for h in target)
+        wanting = [(d, h) for d, h in wanting if d < 0]
+        host = next((h for _, h in wanting if room(h)), "")
         if not host:
+            short = [h for _, h in wanting]
             break
         counts.setdefault(host, {})[to] = counts.get(host, {}).get(to, 0) + 1
         new_placed += 1
+        added += 1
 
     old_placed = sum(n for c in counts.values() for s, n in c.items() if s != to)
     old_running = sum(n for c in running.values() for s, n in c.items() if s != to)
-    state = rollout.state
+    state, reason = rollout.state, rollout.reason
+    if state in forward:
+        # Held: a new replica is wanted, fits nowhere, and nothing pending (an unproven new
+        # replica, an old one leaving) may free room.
+        stuck = short and not added and new_placed == matured_new and old_running <= old_placed
+        state, reason = (
+            (
+                RolloutState.HELD,
+                _held_reason(replicas - new_placed, short, counts, running, free, sizes, size),
+            )
+            if stuck
+            else (RolloutState.PROGRESSING, "")
+        )
     if new_placed >= replicas and matured_new >= replicas and old_placed == 0 and old_running == 0:
-        state = RolloutState.COMPLETE if state == RolloutState.PROGRESSING else RolloutState.ROLLED_BACK
+        state = RolloutState.COMPLETE if state in forward else RolloutState.ROLLED_BACK
+        reason = "" if state == RolloutState.COMPLETE else reason
     counts = {h: c for h, c in counts.items() if c}
-    return RolloutStep(counts, replace(rollout, state=state, updated=matured_new, total=replicas))
+    return RolloutStep(
+        counts, replace(rollout, state=state, reason=reason, updated=matured_new, total=replicas)
+    )
+
+
+def spec_charge(
+    placed: Mapping[str, int], running: Mapping[str, int], need: Mapping[str, Resources], default: Resources
+) -> Resources:
+    """What one service takes of one host: per spec, the larger of the replicas placed and running
+    there, each taking what a replica of its spec takes (``need``; a spec it lacks: ``default``)."""
+    total = Resources(0, 0)
+    for spec in set(placed) | set(running):
+        count = max(placed.get(spec, 0), running.get(spec, 0))
+        if count > 0:
+            total = total + need.get(spec, default).times(count)
+    return total
+
+
+def _held_reason(
+    missing: int,
+    hosts: Iterable[str],
+    counts: SpecCounts,
+    running: SpecCounts,
+    free: Mapping[str, Resources | None] | None,
+    need: Mapping[str, Resources],
+    size: Resources,
+) -> str:
+    """E.g. "2 new replicas fit on no host (each needs memory=8Gi cpus=0.25): h1: memory 1Gi free"."""
+    why = []
+    for host in sorted(hosts):
+        left = None if free is None else free.get(host)
+        if left is None:
+            continue
+        room = left - spec_charge(counts.get(host, {}), running.get(host, {}), need, size)
+        parts = []
+        if room.memory < size.memory:
+            parts.append(f"memory {format_memory(max(0, room.memory))} free")
+        if room.millicpus < size.millicpus:
+            parts.append(f"cpus {format_cpus(max(0, room.millicpus))} free")
+        why.append(f"{host}: {', '.join(parts)}")
+    head = f"{missing} new replica{'s' if missing != 1 else ''} fit on no host (each needs {size.text()})"
+    return f"{head}: {'; '.join(why[:MAX_HELD_HOSTS])}" if why else head
+
+
+MAX_HELD_HOSTS: Final = 10
+"""A held rollout's reason names at most this many hosts."""
 
 
 def _occupancy(counts: SpecCounts, running: SpecCounts) -> int:
