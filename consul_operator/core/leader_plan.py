@@ -193,7 +193,8 @@ def decide_leader(
         running=running_live,
         sizes=state.spec_sizes,
     )
-    rollouts = _Rollouts(state, memory, now, layout, running_live, _Capacity(hosts, used, state))
+    room = _Capacity(hosts, used, state, drains.cordoned)
+    rollouts = _Rollouts(state, memory, now, layout, running_live, room)
     rollouts.run(valid, decided)
     moving = _pace_drains(state, valid, decided, rollouts, drains.paced, running_live, now.mono)
 
@@ -326,13 +327,18 @@ def _requested(
 
 
 class _Capacity:
-    """What each host is charged (`placement.Usage`, after the schedule) and can hold: the
-    rollouts' capacity filter, kept up to date as each rollout's step changes its service's charge."""
+    """What each host is charged (`placement.Usage`, after the schedule) and can hold, and which
+    hosts take no new replica (``closed``, with why): the rollouts' filters, the charge kept up to
+    date as each rollout's step changes its service's."""
 
-    def __init__(self, hosts: list[HostInfo], used: Usage, state: ClusterState) -> None:
+    def __init__(
+        self, hosts: list[HostInfo], used: Usage, state: ClusterState, cordoned: Collection[str]
+    ) -> None:
         self.capacity = {h.name: h.capacity for h in hosts}
         self.used = used
         self.sizes = state.spec_sizes
+        self.closed = {h.name: "not live" for h in hosts if not h.live}
+        self.closed.update({h: "cordoned" for h in cordoned if h not in self.closed})
 
     def need(self, manifest: Manifest) -> dict[str, Resources]:
         """What one replica of each spec of ``manifest``'s service takes (the kept specs in use)."""
@@ -480,6 +486,8 @@ class _Rollouts:
             self.now.wall,
             free=self.capacity.free(name, set(target) | set(placed)),
             need=self.capacity.need(manifest),
+            closed=self.capacity.closed,
+            max_per_host=manifest.placement.max_per_host,
         )
         if step.rollout.state == RolloutState.FAILED:
             # No spec changes any more, but a lost host's replicas still move.

@@ -106,6 +106,8 @@ def plan_rollout(
     *,
     free: Mapping[str, Resources | None] | None = None,
     need: Mapping[str, Resources] | None = None,
+    closed: Mapping[str, str] | None = None,
+    max_per_host: int | None = None,
 ) -> RolloutStep:
     """One pacing step of a rollout from every other spec to ``rollout.to_spec``.
 
@@ -132,6 +134,12 @@ def plan_rollout(
     replica where none fits, with nothing in flight that could free room, is
     ``held`` (the reason names each host's free resources): the old replicas
     keep running.
+
+    ``closed``: target hosts that take no new replica, with why (lost in its
+    grace, cordoned). Their replicas are replaced on the open target hosts
+    (the fewest new replicas first, within ``max_per_host``), as a Nomad
+    destructive update places its allocations again; their old ones go as
+    the new ones mature.
     """
     counts = {h: {s: n for s, n in c.items() if n > 0} for h, c in placed.items()}
     if not rollout.active:
@@ -189,17 +197,29 @@ def plan_rollout(
         grown = {**counts.get(host, {}), to: counts.get(host, {}).get(to, 0) + 1}
         return left.covers(spec_charge(grown, running.get(host, {}), sizes, size))
 
+    shut = closed or {}
+    open_hosts = sorted(h for h, n in target.items() if n > 0 and h not in shut)
+
+    def spill() -> list[str]:
+        """Open target hosts that may take a closed host's replacement, fewest new replicas first."""
+        if not any(target.get(h, 0) > counts.get(h, {}).get(to, 0) for h in shut if h in target):
+            return []
+        under_cap = [
+            h for h in open_hosts if max_per_host is None or counts.get(h, {}).get(to, 0) < max_per_host
+        ]
+        return sorted(under_cap, key=lambda h: (counts.get(h, {}).get(to, 0), h))
+
     target_hosts = sum(1 for n in target.values() if n > 0)
     in_flight_cap = max(1, min(policy.max_surge + policy.max_unavailable, target_hosts - 1))
     added, short = 0, []
     while new_placed < replicas and new_placed - matured_new < in_flight_cap:
         if _occupancy(counts, running) >= replicas + policy.max_surge:
             break
-        wanting = sorted((-(target.get(h, 0) - counts.get(h, {}).get(to, 0)), h) for h in target)
-        wanting = [(d, h) for d, h in wanting if d < 0]
-        host = next((h for _, h in wanting if room(h)), "")
+        wanting = sorted((-(target.get(h, 0) - counts.get(h, {}).get(to, 0)), h) for h in open_hosts)
+        candidates = [h for d, h in wanting if d < 0] or spill()
+        host = next((h for h in candidates if room(h)), "")
         if not host:
-            short = [h for _, h in wanting]
+            short = candidates or sorted(h for h in shut if target.get(h, 0) > counts.get(h, {}).get(to, 0))
             break
         counts.setdefault(host, {})[to] = counts.get(host, {}).get(to, 0) + 1
         new_placed += 1
@@ -215,7 +235,7 @@ def plan_rollout(
         state, reason = (
             (
                 RolloutState.HELD,
-                _held_reason(replicas - new_placed, short, counts, running, free, sizes, size),
+                _held_reason(replicas - new_placed, short, counts, running, free, sizes, size, shut),
             )
             if stuck
             else (RolloutState.PROGRESSING, "")
@@ -250,10 +270,14 @@ def _held_reason(
     free: Mapping[str, Resources | None] | None,
     need: Mapping[str, Resources],
     size: Resources,
+    closed: Mapping[str, str],
 ) -> str:
     """E.g. "2 new replicas fit on no host (each needs memory=8Gi cpus=0.25): h1: memory 1Gi free"."""
     why = []
     for host in sorted(hosts):
+        if host in closed:
+            why.append(f"{host}: {closed[host]}")
+            continue
         left = None if free is None else free.get(host)
         if left is None:
             continue

@@ -111,6 +111,57 @@ ROWS = [
 ]  # fmt: skip
 
 
+CLOSED_ROWS = [
+    pytest.param(
+        {"h1": "cordoned"}, None, {"h1": {OLD: 1}, "h2": {OLD: 1, NEW: 1}}, PROGRESSING, "",
+        id="a-cordoned-hosts-replacement-goes-to-an-open-host",
+    ),
+    pytest.param(
+        {"h1": "not live"}, None, {"h1": {OLD: 1}, "h2": {OLD: 1, NEW: 1}}, PROGRESSING, "",
+        id="a-lost-hosts-replacement-goes-to-a-live-host",
+    ),
+    pytest.param(
+        {"h1": "cordoned", "h2": "cordoned"}, None, TWO_OLD, HELD,
+        "2 new replicas fit on no host (each needs memory=4Gi cpus=0.25): h1: cordoned; h2: cordoned",
+        id="no-open-host-holds",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("closed", "cap", "expect", "state", "reason"), CLOSED_ROWS)
+def test_new_replicas_go_only_to_open_hosts(
+    closed: dict[str, str],
+    cap: int | None,
+    expect: dict[str, dict[str, int]],
+    state: RolloutState,
+    reason: str,
+) -> None:
+    """A rollout places no new replica on a cordoned or lost host: it replaces it on an open one."""
+    step = plan_rollout(
+        rollout(), 2, POLICY, {"h1": 1, "h2": 1}, TWO_OLD, TWO_OLD, {OLD: 2}, {}, WALL,
+        free={"h1": ROOMY, "h2": ROOMY}, need=SIZES, closed=closed, max_per_host=cap,
+    )  # fmt: skip
+    assert (step.specs, step.rollout.state, step.rollout.reason) == (expect, state, reason)
+
+
+def test_a_cordoned_hosts_replicas_move_over_a_whole_rollout() -> None:
+    """Simulated to the end (agents follow at once, replicas mature at once): h1 is cordoned, every
+    new replica runs on h2, the rollout completes and the old one on h1 is gone."""
+    record, placed = rollout(), {h: dict(c) for h, c in TWO_OLD.items()}
+    for _ in range(10):
+        new = sum(c.get(NEW, 0) for c in placed.values())
+        old = sum(c.get(OLD, 0) for c in placed.values())
+        step = plan_rollout(
+            record, 2, POLICY, {"h1": 1, "h2": 1}, placed, placed, {OLD: old, NEW: new}, {NEW: new}, WALL,
+            closed={"h1": "cordoned"},
+        )  # fmt: skip
+        record, placed = step.rollout, step.specs
+        assert placed.get("h1", {}).get(NEW, 0) == 0
+        if record.state == RolloutState.COMPLETE:
+            break
+    assert (record.state, placed) == (RolloutState.COMPLETE, {"h2": {NEW: 2}})
+
+
 @pytest.mark.parametrize("row", ROWS)
 def test_plan_rollout_under_capacity(row: Row) -> None:
     """New replicas go only where they fit (the old replicas' and draining ones' room counted)."""
