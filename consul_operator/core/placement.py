@@ -162,7 +162,10 @@ def schedule_usage(
             service, manifest, by_name, previous, load, used, now, lost_grace, cordoned, draining, charge
         )
         load.update(record.hosts)
-        used.charge(service, charge.of(record.hosts))
+        # Until the next pass, the larger of the old and the new placement: a paced rollout
+        # may keep what the schedule dropped, and the agents have yet to stop it.
+        before, after = charge.of(previous.hosts if previous else {}), charge.of(record.hosts)
+        used.charge(service, {h: _larger(before.get(h), after.get(h)) for h in set(before) | set(after)})
         result[service] = record
     return result, used
 
@@ -217,6 +220,12 @@ class Usage:
     def of_service(self, service: str) -> Mapping[str, Resources]:
         """What ``service`` is charged, per host."""
         return self.services.get(service, {})
+
+
+def _larger(one: Resources | None, other: Resources | None) -> Resources:
+    """Per resource, the larger of two charges (None: nothing)."""
+    a, b = one or Resources(0, 0), other or Resources(0, 0)
+    return Resources(max(a.memory, b.memory), max(a.millicpus, b.millicpus))
 
 
 class _Charge:
