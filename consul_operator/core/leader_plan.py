@@ -80,6 +80,7 @@ from consul_operator.core.rollout import (
     rollout_needs_write,
     spec_charge,
     time_rollout,
+    within_capacity,
 )
 
 ROLLOUT_POLL = 0.5
@@ -450,6 +451,7 @@ class _Rollouts:
             record = decided[name]
             specs = {h: frozen_map({rollout.to_spec: n}) for h, n in record.hosts.items()}
             decided[name] = dataclasses.replace(record, spec_hash=rollout.to_spec, specs=specs)
+            self._fit(manifest, current, decided)
         self.records[name] = rollout
         if rollout_needs_write(old, rollout):
             self.writes[layout.rollout_key(name)] = rollout.to_json()
@@ -492,17 +494,41 @@ class _Rollouts:
         if step.rollout.state == RolloutState.FAILED:
             # No spec changes any more, but a lost host's replicas still move.
             decided[name] = frozen_placement(record, decided[name], step.rollout.from_spec)
-        else:
-            specs = {h: frozen_map(c) for h, c in step.specs.items()}
-            hosts = frozen_map({h: sum(c.values()) for h, c in step.specs.items()})
-            decided[name] = dataclasses.replace(
-                decided[name], spec_hash=step.rollout.to_spec, hosts=hosts, specs=specs
-            )
-            if step.rollout.state == RolloutState.COMPLETE:
-                decided[name] = dataclasses.replace(decided[name], specs={})
+            self._fit(manifest, record, decided)
+            return step.rollout
+        specs = {h: frozen_map(c) for h, c in step.specs.items()}
+        hosts = frozen_map({h: sum(c.values()) for h, c in step.specs.items()})
+        decided[name] = dataclasses.replace(
+            decided[name], spec_hash=step.rollout.to_spec, hosts=hosts, specs=specs
+        )
+        if step.rollout.state == RolloutState.COMPLETE:
+            decided[name] = dataclasses.replace(decided[name], specs={})
         after = decided[name]
         self.capacity.charge(manifest, {h: after.spec_counts(h) for h in after.hosts}, running)
         return step.rollout
+
+    def _fit(
+        self, manifest: Manifest, before: PlacementRecord | None, decided: dict[str, PlacementRecord]
+    ) -> None:
+        """Cut what ``decided[name]`` adds past a host's capacity (`rollout.within_capacity`): a
+        frozen or rolled-back spec mix is not the spec the schedule sized new replicas by."""
+        name, record = manifest.name, decided[manifest.name]
+        running = self.running.get(name, {})
+        placed = {h: record.spec_counts(h) for h in record.hosts}
+        had = {h: before.spec_counts(h) for h in before.hosts} if before else {}
+        free = self.capacity.free(name, set(placed))
+        specs, cut = within_capacity(
+            placed, had, running, free, self.capacity.need(manifest), manifest.resources
+        )
+        if cut:
+            decided[name] = dataclasses.replace(
+                record,
+                hosts=frozen_map({h: sum(c.values()) for h, c in specs.items()}),
+                specs={h: frozen_map(c) for h, c in specs.items()},
+                unplaced=record.unplaced + cut,
+                reason=record.reason or f"{cut} replicas fit on no host at their spec's resources",
+            )
+        self.capacity.charge(manifest, specs, running)
 
     def _health(
         self, name: str, instances: Collection[ServiceInstance], min_healthy: float

@@ -154,7 +154,8 @@ def plan_rollout(
         if not policy.auto_rollback:
             updated = min(matured.get(to, 0), new_placed)
             return RolloutStep(
-                counts, replace(rollout, state=RolloutState.FAILED, reason=reason, updated=updated)
+                counts,
+                replace(rollout, state=RolloutState.FAILED, reason=reason, updated=updated, total=replicas),
             )
         rollout = replace(
             rollout,
@@ -260,6 +261,38 @@ def spec_charge(
         if count > 0:
             total = total + need.get(spec, default).times(count)
     return total
+
+
+def within_capacity(
+    specs: SpecCounts,
+    before: SpecCounts,
+    running: SpecCounts,
+    free: Mapping[str, Resources | None],
+    need: Mapping[str, Resources],
+    default: Resources,
+) -> tuple[dict[str, dict[str, int]], int]:
+    """``specs`` with the replicas it adds (beyond what ``before`` placed or runs there) cut, the
+    largest first, on each host whose charge would pass ``free``; and how many were cut.
+
+    For the placements that are not paced step by step: a failed rollout's frozen spec mix
+    (`frozen_placement`) and a rolled-back one's, whose specs differ from the one the schedule
+    sized its new replicas by.
+    """
+    out = {h: dict(c) for h, c in specs.items()}
+    cut = 0
+    for host, counts in out.items():
+        left = free.get(host)
+        ran, had = running.get(host, {}), before.get(host, {})
+        while left is not None and not left.covers(spec_charge(counts, ran, need, default)):
+            added = [s for s, n in counts.items() if n > max(had.get(s, 0), ran.get(s, 0))]
+            if not added:
+                break
+            spec = max(added, key=lambda s: (need.get(s, default).memory, need.get(s, default).millicpus, s))
+            counts[spec] -= 1
+            cut += 1
+            if counts[spec] == 0:
+                del counts[spec]
+    return {h: c for h, c in out.items() if c}, cut
 
 
 def _held_reason(

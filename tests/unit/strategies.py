@@ -49,11 +49,13 @@ millicpus = st.sampled_from([100, 250, 500, 1000])
 resources = st.builds(Resources, memories, millicpus)
 """What one replica takes."""
 capacities = st.sampled_from([True, True, True, False]).flatmap(
-    lambda limited: st.builds(
-        Resources, st.sampled_from([512 * MI, 1 * GI, 2 * GI, 4 * GI]), st.sampled_from([500, 1000, 2000])
+    lambda limited: (
+        st.builds(
+            Resources, st.sampled_from([512 * MI, 1 * GI, 2 * GI, 4 * GI]), st.sampled_from([500, 1000, 2000])
+        )
+        if limited
+        else st.none()
     )
-    if limited
-    else st.none()
 )
 """What a host advertises (None, one in four: an agent without capacities, unlimited)."""
 labels = st.dictionaries(st.sampled_from(LABEL_KEYS), st.sampled_from(LABEL_VALUES), max_size=2)
