@@ -115,6 +115,9 @@ def test_a_spec_too_big_for_a_host_holds_there_and_other_services_are_still_plac
     )
     waited = operator(cluster, "wait", service_name, "--timeout", "1s")
     assert waited.returncode == 1, "a held rollout is not converged"
+    leader = cluster.leader()
+    assert leader is not None
+    assert cluster.scrape(leader).get("operator_rollout_state", service=service_name, state="held") == 1
 
     over = [(s, h) for s in samples for h, used in s.items() if used > CAPACITY[h]]
     print(f"limits per host: at most {max_per_host(samples)} over {len(samples)} samples")

@@ -84,7 +84,7 @@ def test_same_report_ignores_only_the_time() -> None:
 
 
 def test_rollout_states_are_an_enum_with_three_active() -> None:
-    """Only progressing, held and rolling back move replicas; a record with any other state word is refused."""
+    """Only progressing, held and rolling back move replicas; a record with another state word is refused."""
     active = {RolloutState.PROGRESSING, RolloutState.HELD, RolloutState.ROLLING_BACK}
     assert {s for s in RolloutState if s.active} == active
     record = RolloutRecord("web", "a", "b", RolloutState.FAILED, 1.7e9, "deadline")
