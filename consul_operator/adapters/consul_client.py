@@ -94,25 +94,39 @@ class ConsulAddress:
         return f"{self.scheme}://{host}:{self.port}"
 
 
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off", "")
+GO_TRUE = ("1", "t", "T", "TRUE", "true", "True")
+GO_FALSE = ("0", "f", "F", "FALSE", "false", "False")
+"""The spellings Go's ``strconv.ParseBool`` accepts, exactly (case matters: ``tRUE`` is an error)."""
 
 
-def _flag(name: str, text: str) -> bool:
-    """A boolean environment variable as Go's strconv.ParseBool (and the consul CLI) reads it."""
-    if text.lower() in _TRUE:
+def parse_bool(name: str, text: str | None) -> bool | None:
+    """A boolean environment variable as the ``consul`` CLI reads it; None when unset or empty.
+
+    Consul's api package (``api.DefaultConfig``) ignores an empty value and
+    parses the rest with Go's ``strconv.ParseBool``. On a value ParseBool
+    refuses the CLI only logs a warning and goes on with ``false``, which for
+    ``CONSUL_HTTP_SSL_VERIFY`` turns verification *off*; we refuse it instead
+    (ValueError naming the variable), so that a typo never weakens TLS.
+    """
+    if text is None or text == "":
+        return None
+    if text in GO_TRUE:
         return True
-    if text.lower() in _FALSE:
+    if text in GO_FALSE:
         return False
-    raise ValueError(f"{name} must be true or false, got {text!r}")
+    spellings = "/".join(GO_TRUE + GO_FALSE)
+    raise ValueError(f"{name} must be one of {spellings} (as the consul CLI reads it), got {text!r}")
 
 
 @dataclass(frozen=True, slots=True)
 class ConsulTLS:
     """How to talk TLS to Consul's HTTPS API: the ``consul`` CLI's settings.
 
-    ``ssl`` None means "as the address says" (``https://`` or not). ``verify``
-    is on unless turned off explicitly (``CONSUL_HTTP_SSL_VERIFY=false``).
+    ``ssl`` None means "as the address says" (``https://`` or not); True means
+    HTTPS whatever the address's scheme (an ``http://`` address included, as
+    the consul CLI: it never reverts to HTTP once TLS is asked for); False
+    leaves an ``https://`` address HTTPS. ``verify`` is on unless turned off
+    explicitly (``CONSUL_HTTP_SSL_VERIFY=false``, ``0``, ``f`` ...).
     """
 
     ca_file: str | None = None
@@ -125,15 +139,14 @@ class ConsulTLS:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> ConsulTLS:
         """The settings of the ``consul`` CLI's environment variables; ValueError names a bad one."""
-        ssl = environ.get("CONSUL_HTTP_SSL")
-        verify = environ.get("CONSUL_HTTP_SSL_VERIFY")
+        verify = parse_bool("CONSUL_HTTP_SSL_VERIFY", environ.get("CONSUL_HTTP_SSL_VERIFY"))
         return cls(
             ca_file=environ.get("CONSUL_CACERT") or None,
             cert_file=environ.get("CONSUL_CLIENT_CERT") or None,
             key_file=environ.get("CONSUL_CLIENT_KEY") or None,
             server_name=environ.get("CONSUL_TLS_SERVER_NAME") or None,
-            ssl=None if ssl is None else _flag("CONSUL_HTTP_SSL", ssl),
-            verify=True if verify is None else _flag("CONSUL_HTTP_SSL_VERIFY", verify),
+            ssl=parse_bool("CONSUL_HTTP_SSL", environ.get("CONSUL_HTTP_SSL")),
+            verify=True if verify is None else verify,
         )
 
     def problem(self) -> str | None:
@@ -317,8 +330,9 @@ class ConsulClient:
         text = address or os.environ.get("CONSUL_HTTP_ADDR") or DEFAULT_ADDR
         self.tls = tls if tls is not None else ConsulTLS.from_env(os.environ)
         address_parsed = ConsulAddress.parse(text)
-        if self.tls.ssl and address_parsed.scheme == "http" and "://" not in text:
-            # CONSUL_HTTP_SSL=true: https for an address given without a scheme, as the consul CLI.
+        if self.tls.ssl and address_parsed.scheme == "http":
+            # CONSUL_HTTP_SSL=true: https, for an http:// address too (the consul CLI's api.NewClient
+            # "never reverts to http if TLS was explicitly requested").
             address_parsed = ConsulAddress("https", address_parsed.host, address_parsed.port)
         self.address = address_parsed
         self._client = self._new_client()
@@ -650,7 +664,13 @@ class ConsulClient:
         wait: float = DEFAULT_WAIT,
         consistent: bool = False,
     ) -> Indexed[list[ServiceInstance]]:
-        """Instances of ``service`` with their aggregated check status."""
+        """Instances of ``service`` with their aggregated check status.
+
+        Only the checks' statuses leave this method, never their ``Output``:
+        Consul 1.8's HTTP checks follow redirects and keep the first 4 KB of
+        whatever answers last, which a tenant's ``/health`` can point at a
+        loopback or metadata URL (issue 28); nothing we print or serve shows it.
+        """
         params: list[tuple[str, object]] = []
         if index:
             params += [("index", index), ("wait", _go_duration(wait))]

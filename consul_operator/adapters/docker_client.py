@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 import docker
 import docker.errors
+import docker.utils
 import requests
 
 from consul_operator.adapters import health
@@ -39,6 +40,16 @@ def docker_errors(what: str) -> Iterator[None]:
         health.report("docker", False, str(exc))
         raise DockerUnavailable(f"Docker engine unreachable during {what}: {exc}") from exc
     health.report("docker", True)
+
+
+def check_docker_url(url: str) -> str:
+    """A Docker engine address as given (``unix:///…``, ``tcp://host:port``, ``ssh://…``); ValueError if
+    the Docker SDK could not use it (checked before connecting: a usage error, not a failed start)."""
+    try:
+        docker.utils.parse_host(url, False, False)
+    except docker.errors.DockerException as exc:
+        raise ValueError(f"not a Docker engine address: {exc}") from exc
+    return url
 
 
 def connect(base_url: str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> docker.DockerClient:

@@ -154,26 +154,16 @@ def read_revision(consul: ConsulClient, layout: Layout, name: str, spec: str) ->
     return manifest if isinstance(manifest, Manifest) and manifest.spec_hash() == spec else None
 
 
-def read_rollouts(consul: ConsulClient, layout: Layout) -> dict[str, RolloutRecord]:
-    """The leader's rollouts, by service."""
-    return rollouts_of(consul.kv_list(layout.rollout_prefix, consistent=True).value, layout)
-
-
 def rollouts_of(entries: Sequence[KVEntry], layout: Layout) -> dict[str, RolloutRecord]:
     """The rollout records among ``operator/rollout/``'s entries, by service."""
     return _records_of(entries, layout.rollout_prefix, RolloutRecord.from_json, "rollout")
 
 
-def read_host_records(consul: ConsulClient, layout: Layout) -> dict[str, HostRecord]:
-    """The hosts in maintenance (``operator/hosts/<host>``), by host; unreadable ones are skipped and logged.
+def host_records_of(entries: Sequence[KVEntry], layout: Layout) -> dict[str, HostRecord]:
+    """The hosts in maintenance among ``operator/hosts/``'s entries, by host; unreadable ones skipped, logged.
 
     An unreadable record is left out: its host is not cordoned until someone writes it again.
     """
-    return host_records_of(consul.kv_list(layout.hosts_prefix, consistent=True).value, layout)
-
-
-def host_records_of(entries: Sequence[KVEntry], layout: Layout) -> dict[str, HostRecord]:
-    """The host records among ``operator/hosts/``'s entries, by host (`read_host_records`)."""
     prefix = layout.hosts_prefix
     records: dict[str, HostRecord] = {}
     for entry in entries:
@@ -264,7 +254,7 @@ def watch(
             if failures == 1:
                 log.warning("watch lost Consul", watch=what, error=str(exc))
             query.index = 0  # start afresh: the index may mean nothing to the next server
-            stop.wait(exponential(failures + 1, 0.5, WATCH_RETRY_CAP))
+            stop.wait(exponential(failures, 0.5, WATCH_RETRY_CAP))  # 0.5 s, 1 s, ... 5 s
             continue
         if failures:
             log.info("watch reconnected", watch=what)

@@ -7,11 +7,13 @@ label a fixed set of values listed next to its metric.
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import ssl
 import sys
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -24,6 +26,7 @@ from prometheus_client import (
 )
 
 from consul_operator.adapters.health import HEALTH
+from consul_operator.adapters.http_pool import DROP_REASONS, REQUEST_TIMEOUT, PooledHTTPServer
 from consul_operator.core.events import REASONS as EVENT_REASONS
 
 # Fixed label values, pre-created below so that a rate() over them starts at 0.
@@ -157,6 +160,11 @@ placement_writes = Counter(
     "operator_placement_writes_total",
     "Keys the leader wrote or deleted in KV: placements, rollouts, revisions, lost hosts' status records.",
 )
+rebalanced_replicas = Counter(
+    "operator_rebalanced_replicas_total",
+    "Replicas the leader moved to spread a service again once a host returned (a replacement placed "
+    "on it, the replica it replaces drained once it passes).",
+)
 WRITE_FAILURE_REASONS = ("too_large", "permission_denied", "refused")
 leader_write_failures = Counter(
     "operator_leader_write_failures_total",
@@ -190,6 +198,18 @@ consul_requests = Counter(
     "operator_consul_requests_total", "Requests this process sent to Consul (blocking queries included)."
 )
 consul_errors = Counter("operator_consul_errors_total", "Consul requests that failed or were refused.")
+http_dropped = Counter(
+    "operator_http_dropped_connections",
+    "Connections to /metrics, /healthz and the page closed unanswered: idle (nothing sent in time) "
+    "or busy (every worker busy and the queue full).",
+    ["reason"],
+)
+for _drop in DROP_REASONS:
+    http_dropped.labels(_drop)
+status_page_reads = Counter(
+    "operator_status_page_reads_total",
+    "Reads of Consul for the status page: at most one per refresh interval, whatever the request rate.",
+)
 
 LB_RELOAD_RESULTS = ("ok", "failed", "error")
 LB_REJECT_REASONS = (
@@ -200,6 +220,10 @@ LB_REJECT_REASONS = (
     "unknown_host",
     "wrong_address",
     "unreported",
+    "wrong_node",
+    "wrong_port",
+    "wrong_container",
+    "wrong_spec",
 )
 EVENT_FLUSH_RESULTS = ("ok", "error")
 events_recorded = Counter(
@@ -239,15 +263,27 @@ PageFn = Callable[[bool], str]
 """Renders the status page (`status_page`): the whole page, or (True) its main fragment."""
 
 
+PAGE_CLOSED = (
+    "the status page is served without a token only on a loopback address: "
+    "give the daemon --page-token-file FILE (docs/deploy.md)\n"
+)
+
+
 class _Handler(BaseHTTPRequestHandler):
     registry: CollectorRegistry = REGISTRY
     problems: Callable[[], list[str]] = staticmethod(HEALTH.problems)
     page: PageFn | None = None
+    # The page's bearer token (--page-token-file); None: the page is open on loopback only.
+    page_token: str | None = None
+    page_open: bool = True
+    timeout = REQUEST_TIMEOUT  # every socket read and write of a request (StreamRequestHandler)
 
     def do_GET(self) -> None:
         path, _, query = self.path.partition("?")
         page = type(self).page
         if path == "/" and page is not None:
+            if not self._may_see_page():
+                return
             try:
                 html = page(query == "part=main").encode()
             except Exception as exc:  # a page that cannot be read says so; the daemon goes on
@@ -256,17 +292,33 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, html, "text/html; charset=utf-8")
         elif path == "/metrics":
             self._send(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
-        elif self.path.split("?")[0] == "/healthz":
+        elif path == "/healthz":
             found = type(self).problems()
             body = "".join(f"{line}\n" for line in ["unhealthy", *found]) if found else "ok\n"
             self._send(503 if found else 200, body.encode(), "text/plain; charset=utf-8")
         else:
             self._send(404, b"not found\n", "text/plain")
 
-    def _send(self, code: int, body: bytes, content_type: str) -> None:
+    def _may_see_page(self) -> bool:
+        """Whether this request may see the page; else answered 401 or 403 here."""
+        token = type(self).page_token
+        if token is None:
+            if type(self).page_open:
+                return True
+            self._send(403, PAGE_CLOSED.encode(), "text/plain; charset=utf-8")
+            return False
+        given = self.headers.get("Authorization", "")
+        if hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return True
+        self._send(401, b"a bearer token is needed\n", "text/plain", {"WWW-Authenticate": "Bearer"})
+        return False
+
+    def _send(self, code: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
 
@@ -274,15 +326,49 @@ class _Handler(BaseHTTPRequestHandler):
         """Scrapes are not worth a log line each."""
 
 
-class _Server(ThreadingHTTPServer):
+class _Server(PooledHTTPServer):
     """The metrics server: a client that fails the TLS handshake (plain HTTP to HTTPS) is its own problem."""
 
-    daemon_threads = True
-
     def handle_error(self, request: object, client_address: object) -> None:
-        if isinstance(sys.exc_info()[1], (ssl.SSLError, ConnectionError)):
+        if isinstance(sys.exc_info()[1], (ssl.SSLError, ConnectionError, TimeoutError)):
             return
         super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
+MAX_TOKEN_FILE = 4096
+"""Bytes at most of a --page-token-file."""
+
+
+def read_page_token(path: str) -> str:
+    """The bearer token in ``path`` (its one line, surrounding white space left out).
+
+    ValueError, naming the file, when it cannot be read, is empty, too long
+    or holds more than a line of printable ASCII.
+    """
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_TOKEN_FILE + 1)
+    except OSError as exc:
+        raise ValueError(f"{path}: {exc.strerror or exc}") from exc
+    token = data.decode("ascii", "replace").strip()
+    if len(data) > MAX_TOKEN_FILE or not token or not all(33 <= ord(c) < 127 for c in token):
+        raise ValueError(f"{path}: not one line of printable ASCII (at most {MAX_TOKEN_FILE} bytes)")
+    return token
+
+
+def count_drop(reason: str) -> None:
+    """Count a connection the server closed unanswered (`http_pool.DROP_REASONS`)."""
+    http_dropped.labels(reason).inc()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address, or ``localhost``) is only reachable from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def serve(
@@ -291,21 +377,29 @@ def serve(
     page: PageFn | None = None,
     *,
     tls: tuple[str, str] | None = None,
-) -> ThreadingHTTPServer:
+    page_token: str | None = None,
+) -> PooledHTTPServer:
     """Serve /metrics, /healthz and (given ``page``) the status page / on ``host:port`` from a daemon thread.
 
-    With ``tls`` (a certificate file and its key file, PEM) over HTTPS only.
+    ``host`` defaults to 127.0.0.1 (``:9810``). With ``tls`` (a certificate file
+    and its key file, PEM) over HTTPS only. The page asks for ``page_token``
+    as a bearer token when given; without one it is served on a loopback
+    address only (403 elsewhere: it shows what the ACLs protect).
 
     ``/healthz`` answers 200 ``ok`` when ``problems()`` finds nothing, else 503
     with ``unhealthy`` and one line per failing loop or dependency.
     """
     host, _, port = address.rpartition(":")
-    members: dict[str, object] = {"problems": staticmethod(problems)}
+    host = host or "127.0.0.1"
+    members: dict[str, object] = {
+        "problems": staticmethod(problems),
+        "page_token": page_token,
+        "page_open": is_loopback(host),
+    }
     if page is not None:
         members["page"] = staticmethod(page)
     handler = type("Handler", (_Handler,), members)
-    server = _Server((host or "127.0.0.1", int(port)), handler)
-    server.daemon_threads = True
+    server = _Server((host, int(port)), handler, on_drop=count_drop)
     if tls is not None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2

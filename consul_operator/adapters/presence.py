@@ -202,11 +202,6 @@ def agents_of(registrations: Iterable[ServiceInstance]) -> list[AgentHost]:
     ]
 
 
-def read_hosts(consul: ConsulClient, cluster: str | None) -> dict[str, tuple[bool, dict[str, str]]]:
-    """Every known agent host of ``cluster`` (of any cluster for None): host -> (live, labels)."""
-    return hosts_of(agent_registrations(consul, cluster))
-
-
 def read_agents(consul: ConsulClient, cluster: str | None) -> list[AgentHost]:
     """The registered agents of ``cluster`` (of every cluster for None), with their addresses."""
     return agents_of(agent_registrations(consul, cluster))

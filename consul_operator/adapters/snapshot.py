@@ -1,4 +1,6 @@
-"""Reading the cluster out of Consul, in one place: the leader's pass and `operator status`/`wait`/`plan`.
+"""Reading the whole cluster out of Consul: for the leader's pass and for `operator status`/`wait`/`plan`.
+
+(The host loop reads only its own part, in `kv_state`.)
 
 `read_cluster_state` is the one reader of a `ClusterState`; `read_snapshot`
 adds the leader lock and the time for the status view. A failed read raises

@@ -13,7 +13,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from consul_operator.adapters.consul_client import TXN_MAX_BYTES, TXN_MAX_OPS, BlockingQuery, ConsulClient
 from consul_operator.adapters.event_log import read_events
@@ -21,7 +20,13 @@ from consul_operator.adapters.kv_state import read_statuses
 from consul_operator.adapters.presence import agent_registrations, hosts_of
 from consul_operator.adapters.snapshot import read_snapshot
 from consul_operator.core.describe import build_description, description_json, event_line, render_description
-from consul_operator.core.desired_state import Manifest, ManifestError, is_dns_label, parse_manifest
+from consul_operator.core.desired_state import (
+    MAX_MANIFEST_BYTES,
+    Manifest,
+    ManifestError,
+    is_dns_label,
+    parse_manifest,
+)
 from consul_operator.core.durations import format_duration
 from consul_operator.core.errors import ConsulError, ConsulPermissionDenied
 from consul_operator.core.keys import Layout
@@ -38,10 +43,22 @@ from consul_operator.core.status import (
     shortfalls,
     to_json,
 )
+from consul_operator.core.terminal import clean_lines
 
 EXIT_OK = 0
 EXIT_NOT_OK = 1
 EXIT_UNREACHABLE = 2
+
+
+def _say(text: str = "", *, err: bool = False, end: str = "\n") -> None:
+    """Print human-facing text, every line cleaned (`terminal.clean_lines`): names, manifests,
+    diffs, Consul's errors and reasons come from KV and the catalog and never reach a terminal raw.
+
+    The one way the commands print text; only JSON (escaped by ``json.dumps``) and the
+    status table (cleaned before it is coloured, `status.render_table`) are printed as they are.
+    """
+    stream = sys.stderr if err else sys.stdout
+    stream.write(clean_lines(text) + end)
 
 
 @dataclass(frozen=True)
@@ -66,9 +83,9 @@ def _only(view: StatusView, names: Sequence[str]) -> StatusView:
 
 def _unreachable(exc: ConsulError) -> int:
     if isinstance(exc, ConsulPermissionDenied):
-        print(f"error: {exc} (check the ACL token: --token or CONSUL_HTTP_TOKEN)", file=sys.stderr)
+        _say(f"error: {exc} (check the ACL token: --token or CONSUL_HTTP_TOKEN)", err=True)
         return EXIT_UNREACHABLE
-    print(f"error: cannot read Consul: {exc}", file=sys.stderr)
+    _say(f"error: cannot read Consul: {exc}", err=True)
     return EXIT_UNREACHABLE
 
 
@@ -108,7 +125,7 @@ def _status(target: Target, names: Sequence[str], *, as_json: bool, watch: bool,
             print(render_table(view, color=color), end="")
         missing = [n for n in names if n not in {s.name for s in view.services}]
         for name in missing:
-            print(f"{name}: no such service", file=sys.stderr)
+            _say(f"{name}: no such service", err=True)
         if watch:
             # Each update must reach a pipe (`| jq`, a log) now, not when the buffer fills.
             sys.stdout.flush()
@@ -137,17 +154,17 @@ def wait(
         except ConsulError as exc:
             return _unreachable(exc)
         if converged(view, list(names)):
-            print(f"{', '.join(names)}: converged")
+            _say(f"{', '.join(names)}: converged")
             return EXIT_OK
         failed = [s for s in view.services if s.name in names and rollout_ended_badly(s)]
         if failed:
             for service in failed:
-                print(f"{service.name}: {service.state}", file=sys.stderr)
+                _say(f"{service.name}: {service.state}", err=True)
             return EXIT_NOT_OK
         if clock() >= deadline:
-            print(f"timed out after {timeout:g}s:", file=sys.stderr)
+            _say(f"timed out after {timeout:g}s:", err=True)
             for line in shortfalls(view, list(names)):
-                print(f"  {line}", file=sys.stderr)
+                _say(f"  {line}", err=True)
             return EXIT_NOT_OK
         try:
             query.next()
@@ -164,26 +181,45 @@ def load_files(files: Sequence[str]) -> tuple[list[tuple[str, bytes, Manifest]],
     ok = True
     for name in files:
         try:
-            data = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+            data = _read_capped(name)
+            if len(data) > MAX_MANIFEST_BYTES:
+                _say(
+                    f"{name}: larger than the limit of {MAX_MANIFEST_BYTES} bytes (Consul's value limit)",
+                    err=True,
+                )
+                ok = False
+                continue
             manifest = parse_manifest(data)
         except OSError as exc:
-            print(f"{name}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+            _say(f"{name}: cannot read: {exc.strerror or exc}", err=True)
             ok = False
             continue
         except ManifestError as exc:
             for problem in exc.problems:
-                print(f"{name}: {problem}", file=sys.stderr)
+                _say(f"{name}: {problem}", err=True)
             ok = False
             continue
         good.append((name, data, manifest))
     return good, ok
 
 
+def _read_capped(name: str) -> bytes:
+    """A file's bytes (``-``: standard input), at most one byte past `MAX_MANIFEST_BYTES`.
+
+    Never more: ``operator validate - < /dev/zero`` ends at once instead of
+    reading (and holding) all of its input.
+    """
+    if name == "-":
+        return sys.stdin.buffer.read(MAX_MANIFEST_BYTES + 1)
+    with open(name, "rb") as file:
+        return file.read(MAX_MANIFEST_BYTES + 1)
+
+
 def validate(files: Sequence[str]) -> int:
     """``operator validate``: one OK line per good file, every problem of a bad one (exit 1)."""
     loaded, ok = load_files(files)
     for name, _, manifest in loaded:
-        print(
+        _say(
             f"{name}: OK ({manifest.name}: {manifest.image}, {manifest.replicas} replicas,"
             f" spec {manifest.spec_hash()})"
         )
@@ -242,13 +278,13 @@ def apply(target: Target, files: Sequence[str]) -> int:
     """
     loaded, ok = load_files(files)
     if not ok:
-        print("nothing written: fix the problems above", file=sys.stderr)
+        _say("nothing written: fix the problems above", err=True)
         return EXIT_NOT_OK
     duplicates = duplicate_names(loaded)
     for name, where in sorted(duplicates.items()):
-        print(f"{name}: named by more than one file: {', '.join(where)}", file=sys.stderr)
+        _say(f"{name}: named by more than one file: {', '.join(where)}", err=True)
     if duplicates:
-        print("nothing written: one file per service", file=sys.stderr)
+        _say("nothing written: one file per service", err=True)
         return EXIT_NOT_OK
     writes: list[Write] = []
     created: dict[str, bool] = {}
@@ -259,17 +295,17 @@ def apply(target: Target, files: Sequence[str]) -> int:
             old = current.value.decode(errors="replace") if current else ""
             new = data.decode()
             if current is not None and current.value == data:
-                print(f"{manifest.name}: unchanged")
+                _say(f"{manifest.name}: unchanged")
                 continue
             diff = difflib.unified_diff(
                 old.splitlines(keepends=True), new.splitlines(keepends=True), f"{key} (in Consul)", name
             )
-            sys.stdout.writelines(diff)
+            _say("".join(diff), end="")
             writes.append(Write(manifest.name, key, data, current.modify_index if current else 0))
             created[manifest.name] = current is None
         batches = write_batches(writes)
         if len(batches) > 1:
-            print(
+            _say(
                 f"{len(writes)} manifests exceed one Consul transaction (64 operations, 512 KiB):"
                 f" writing them in {len(batches)} steps, each all-or-nothing"
             )
@@ -279,14 +315,14 @@ def apply(target: Target, files: Sequence[str]) -> int:
             if stale:
                 for write in batch:
                     if write.key in stale:
-                        print(_conflict(write), file=sys.stderr)
+                        _say(_conflict(write), err=True)
                 rest = [w.service for w in writes if w.service not in done]
-                print(f"nothing written for {', '.join(rest)}", file=sys.stderr)
+                _say(f"nothing written for {', '.join(rest)}", err=True)
                 if done:
-                    print(f"already written: {', '.join(done)}", file=sys.stderr)
+                    _say(f"already written: {', '.join(done)}", err=True)
                 return EXIT_NOT_OK
             for write in batch:
-                print(f"{write.service}: {'created' if created[write.service] else 'configured'}")
+                _say(f"{write.service}: {'created' if created[write.service] else 'configured'}")
                 done.append(write.service)
     except ConsulError as exc:
         return _unreachable(exc)
@@ -349,20 +385,20 @@ def plan(target: Target, files: Sequence[str]) -> int:
         before = snapshot.placements.get(name)
         old_manifest = snapshot.manifests.get(name)
         record = after[name]
-        print(f"{name}:")
+        _say(f"{name}:")
         if not isinstance(old_manifest, Manifest):
-            print("  new service" if old_manifest is None else "  replaces an invalid manifest")
+            _say("  new service" if old_manifest is None else "  replaces an invalid manifest")
         else:
             if old_manifest.replicas != manifest.replicas:
-                print(f"  replicas: {old_manifest.replicas} -> {manifest.replicas}")
+                _say(f"  replicas: {old_manifest.replicas} -> {manifest.replicas}")
             if old_manifest.spec_hash() != manifest.spec_hash():
-                print("  spec changed: every replica is replaced")
+                _say("  spec changed: every replica is replaced")
         for host in sorted(set(record.hosts) | set(before.hosts if before else {})):
             was = before.hosts.get(host, 0) if before else 0
             will = record.hosts.get(host, 0)
-            print(f"  {host}: {was} -> {will}" if was != will else f"  {host}: {will} (unchanged)")
+            _say(f"  {host}: {was} -> {will}" if was != will else f"  {host}: {will} (unchanged)")
         if record.unplaced:
-            print(f"  unplaced: {record.unplaced} ({record.reason or 'no host can take them'})")
+            _say(f"  unplaced: {record.unplaced} ({record.reason or 'no host can take them'})")
     return EXIT_OK
 
 
@@ -406,16 +442,16 @@ def rollback(
     try:
         refusal = rollback_refusal(*_rollback_facts(target, name))
         if refusal is not None:
-            print(f"{name}: cannot roll back: {refusal}", file=sys.stderr)
+            _say(f"{name}: cannot roll back: {refusal}", err=True)
             return EXIT_NOT_OK
         request = RollbackRequest(time.time()).to_json()
         if not target.consul.kv_put(layout.rollback_key(name), request, cas=0):
-            print(
+            _say(
                 f"{name}: a rollback is already requested; the leader has not taken it up yet",
-                file=sys.stderr,
+                err=True,
             )
             return EXIT_NOT_OK
-        print(f"{name}: rollback requested; waiting for the leader to take it up")
+        _say(f"{name}: rollback requested; waiting for the leader to take it up")
         deadline = clock() + timeout
         query = BlockingQuery(
             lambda i, w: target.consul.kv_get(layout.rollback_key(name), index=i, wait=w), wait=1
@@ -426,20 +462,20 @@ def rollback(
                 break
             if clock() >= deadline:
                 target.consul.kv_delete(layout.rollback_key(name))
-                print(
+                _say(
                     f"{name}: no leader took the request up within {timeout:g}s; request withdrawn"
                     " (is an agent leading? see `operator status`)",
-                    file=sys.stderr,
+                    err=True,
                 )
                 return EXIT_NOT_OK
         _, rollout = _rollback_facts(target, name)
     except ConsulError as exc:
         return _unreachable(exc)
     if rollout is not None and rollout.state == RolloutState.ROLLING_BACK:
-        print(f"{name}: rolling back to spec {rollout.to_spec}; `operator wait {name}` follows it")
+        _say(f"{name}: rolling back to spec {rollout.to_spec}; `operator wait {name}` follows it")
         return EXIT_OK
     state = "no rollout" if rollout is None else rollout.state
-    print(f"{name}: the leader dropped the rollback request (rollout: {state})", file=sys.stderr)
+    _say(f"{name}: the leader dropped the rollback request (rollout: {state})", err=True)
     return EXIT_NOT_OK
 
 
@@ -469,11 +505,11 @@ def delete(target: Target, names: Sequence[str]) -> int:
         for name in names:
             key = target.layout.service_key(name)
             if target.consul.kv_get(key).value is None:
-                print(f"{name}: no such service", file=sys.stderr)
+                _say(f"{name}: no such service", err=True)
                 code = EXIT_NOT_OK
                 continue
             target.consul.kv_delete(key)
-            print(f"{name}: deleted")
+            _say(f"{name}: deleted")
     except ConsulError as exc:
         return _unreachable(exc)
     return code
@@ -502,10 +538,10 @@ def _put_host_record(target: Target, record: HostRecord, index: int) -> bool:
     """Write ``record`` only if the key still has modify index ``index`` (0: absent); print a conflict."""
     if target.consul.kv_put(target.layout.host_key(record.host), record.to_json(), cas=index):
         return True
-    print(
+    _say(
         f"{record.host}: another writer changed {target.layout.host_key(record.host)} meanwhile;"
         " not overwritten: run the command again",
-        file=sys.stderr,
+        err=True,
     )
     return False
 
@@ -514,17 +550,17 @@ def cordon(target: Target, host: str) -> int:
     """``operator cordon HOST``: no new replicas there; what runs there stays."""
     try:
         if not _registered(target, host):
-            print(f"{host}: no such host (no agent of it is registered)", file=sys.stderr)
+            _say(f"{host}: no such host (no agent of it is registered)", err=True)
             return EXIT_NOT_OK
         record, index = _host_record(target, host)
         if record is not None:
-            print(f"{host}: already {'draining' if record.draining else 'cordoned'}")
+            _say(f"{host}: already {'draining' if record.draining else 'cordoned'}")
             return EXIT_OK
         if not _put_host_record(target, HostRecord(host), index):
             return EXIT_NOT_OK
     except ConsulError as exc:
         return _unreachable(exc)
-    print(f"{host}: cordoned: no new replicas are placed there; what runs there stays")
+    _say(f"{host}: cordoned: no new replicas are placed there; what runs there stays")
     return EXIT_OK
 
 
@@ -538,22 +574,22 @@ def drain(target: Target, host: str, *, deadline: float) -> int:
     """
     try:
         if not _registered(target, host):
-            print(f"{host}: no such host (no agent of it is registered)", file=sys.stderr)
+            _say(f"{host}: no such host (no agent of it is registered)", err=True)
             return EXIT_NOT_OK
         record, index = _host_record(target, host)
         if record is not None and record.draining and record.deadline == deadline:
-            print(f"{host}: already draining")
+            _say(f"{host}: already draining")
             return EXIT_OK
         new = HostRecord(host, draining=True, deadline=deadline, started=time.time())
         if not _put_host_record(target, new, index):
             return EXIT_NOT_OK
     except ConsulError as exc:
         return _unreachable(exc)
-    print(
+    _say(
         f"{host}: draining: no new replicas there; every replica moves elsewhere, each replacement"
         f" passing first; what is left after {format_duration(deadline)} moves at once"
     )
-    print(f"  operator wait --drained {host}    # blocks until nothing of ours runs there")
+    _say(f"  operator wait --drained {host}    # blocks until nothing of ours runs there")
     return EXIT_OK
 
 
@@ -562,12 +598,12 @@ def uncordon(target: Target, host: str) -> int:
     try:
         key = target.layout.host_key(host)
         if target.consul.kv_get(key, consistent=True).value is None:
-            print(f"{host}: not cordoned")
+            _say(f"{host}: not cordoned")
             return EXIT_OK
         target.consul.kv_delete(key)
     except ConsulError as exc:
         return _unreachable(exc)
-    print(f"{host}: uncordoned: new replicas may be placed there; nothing moves back")
+    _say(f"{host}: uncordoned: new replicas may be placed there; nothing moves back")
     return EXIT_OK
 
 
@@ -594,18 +630,18 @@ def wait_drained(
         remains = drain_remains(host, snapshot.placements, snapshot.statuses, snapshot.passing)
         known = host in {h.name for h in snapshot.hosts} or host in snapshot.maintenance
         if not known and not remains:
-            print(f"{host}: no such host (no agent of it is registered)", file=sys.stderr)
+            _say(f"{host}: no such host (no agent of it is registered)", err=True)
             return EXIT_NOT_OK
         if not remains:
-            print(f"{host}: drained")
+            _say(f"{host}: drained")
             return EXIT_OK
         if clock() >= deadline:
             record = snapshot.maintenance.get(host)
             if record is None or not record.draining:
-                print(f"{host}: not draining (operator drain {host})", file=sys.stderr)
-            print(f"timed out after {timeout:g}s; still on {host}:", file=sys.stderr)
+                _say(f"{host}: not draining (operator drain {host})", err=True)
+            _say(f"timed out after {timeout:g}s; still on {host}:", err=True)
             for line in remains:
-                print(f"  {line}", file=sys.stderr)
+                _say(f"  {line}", err=True)
             return EXIT_NOT_OK
         try:
             query.next()
@@ -623,7 +659,7 @@ def describe(target: Target, name: str, *, as_json: bool) -> int:
         view = _view(target)
         found = [s for s in view.services if s.name == name]
         if not found:
-            print(f"{name}: no such service", file=sys.stderr)
+            _say(f"{name}: no such service", err=True)
             return EXIT_NOT_OK
         entry = target.consul.kv_get(target.layout.service_key(name)).value
         spec = entry.value.decode("utf-8", "replace") if entry is not None else ""
@@ -639,7 +675,7 @@ def describe(target: Target, name: str, *, as_json: bool) -> int:
         assert isinstance(status_json, list)
         print(json.dumps(description_json(described, status_json[0]), indent=2, sort_keys=True))
     else:
-        print(render_description(described), end="")
+        _say(render_description(described), end="")
     return EXIT_OK
 
 
@@ -663,7 +699,7 @@ def events(target: Target, name: str | None, *, since: float | None, follow: boo
                     print(json.dumps(event.to_dict(), sort_keys=True))
                 else:
                     service = "" if name else f"{event.service:<16} "
-                    print(service + event_line(event, now))
+                    _say(service + event_line(event, now))
             if not follow:
                 return EXIT_OK
             sys.stdout.flush()

@@ -11,20 +11,24 @@ import argparse
 import dataclasses
 import ipaddress
 import os
+import re
 import signal
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from consul_operator.adapters.consul_client import ConsulAddress, ConsulClient, ConsulTLS, check_token
+from consul_operator.adapters.docker_client import check_docker_url
 from consul_operator.adapters.logs import configure as configure_logs
 from consul_operator.adapters.presence import parse_label
 from consul_operator.cli import commands
 from consul_operator.cli.commands import Target
-from consul_operator.core.desired_state import is_dns_label, parse_capacity
+from consul_operator.core.desired_state import is_dns_label, parse_capabilities, parse_capacity
 from consul_operator.core.durations import DurationError, parse_duration
-from consul_operator.core.keys import Layout
+from consul_operator.core.keys import Layout, kv_prefix
+from consul_operator.core.spread import DEFAULT_SETTLE, SpreadSettings
+from consul_operator.core.terminal import clean
 
 if TYPE_CHECKING:
     from consul_operator.daemons.agent import AgentConfig
@@ -63,6 +67,14 @@ def _capacity(text: str) -> tuple[int | None, int | None]:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def _capabilities(text: str) -> frozenset[str]:
+    """argparse type for --allow-cap NET_ADMIN,SYS_TIME."""
+    try:
+        return parse_capabilities(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def _host_name(text: str) -> str:
     """argparse type for host names: DNS labels, since they end up in KV keys and container names."""
     if not is_dns_label(text):
@@ -76,6 +88,45 @@ def _address(text: str) -> str:
         return str(ipaddress.ip_address(text))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not an IP address: {text!r}") from exc
+
+
+def _kv_prefix(text: str) -> str:
+    """argparse type for a KV prefix (``services/``); a bare ``/`` or odd characters are refused."""
+    try:
+        return kv_prefix(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _metrics_address(text: str) -> str:
+    """argparse type for ``--metrics``: ``[HOST]:PORT``, HOST an IP address or a host name, or empty."""
+    host, sep, port = text.rpartition(":")
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        port_ok = sep == ":" and port.isdigit() and 0 <= int(port) <= 65535  # 0: any free port
+        if bare != host:
+            ipaddress.IPv6Address(bare)
+            host_ok = True
+        else:
+            host_ok = host == "" or _is_ip(host) or _METRICS_HOST.fullmatch(host) is not None
+    except ValueError:
+        port_ok = host_ok = False
+    if not (port_ok and host_ok):
+        raise argparse.ArgumentTypeError(
+            f"must look like HOST:PORT (an IP address or host name, a port 0-65535), got {text!r}"
+        )
+    return text
+
+
+_METRICS_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _add_common(parser: argparse.ArgumentParser, *, daemon: bool = False) -> None:
@@ -102,11 +153,13 @@ def _add_common(parser: argparse.ArgumentParser, *, daemon: bool = False) -> Non
     parser.add_argument(
         "--services-prefix",
         default=os.environ.get("OPERATOR_SERVICES_PREFIX", "services/"),
+        type=_kv_prefix,
         help="KV prefix of the manifests (default: services/)",
     )
     parser.add_argument(
         "--operator-prefix",
         default=os.environ.get("OPERATOR_PREFIX", "operator/"),
+        type=_kv_prefix,
         help="KV prefix of the operator's own state (default: operator/)",
     )
     if daemon:
@@ -143,12 +196,20 @@ def _metrics_tls(args: argparse.Namespace) -> tuple[str, str] | None:
 
 def _add_metrics(parser: argparse.ArgumentParser) -> None:
     """The flags of the daemons' /metrics and /healthz endpoint."""
-    parser.add_argument("--metrics", metavar="ADDR", help="serve /metrics and /healthz on host:port")
+    parser.add_argument(
+        "--metrics", metavar="ADDR", type=_metrics_address, help="serve /metrics and /healthz on host:port"
+    )
     parser.add_argument(
         "--metrics-tls-cert", metavar="FILE", help="serve them over HTTPS only, with this certificate (PEM)"
     )
     parser.add_argument(
         "--metrics-tls-key", metavar="FILE", help="the private key of --metrics-tls-cert (PEM)"
+    )
+    parser.add_argument(
+        "--page-token-file",
+        metavar="FILE",
+        help="the status page / asks for this file's token (Authorization: Bearer); "
+        "without it, / is served on a loopback --metrics address only",
     )
 
 
@@ -179,8 +240,11 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
         lock_delay=args.lock_delay,
         lost_grace=args.lost_grace,
         resync=args.resync,
+        spread=SpreadSettings(enabled=args.rebalance, settle=args.rebalance_settle),
         consul_tls=consul_tls(args, os.environ),
         metrics_tls=_metrics_tls(args),
+        allowed_caps=frozenset().union(*args.allow_cap),
+        page_token_file=args.page_token_file,
     )
 
 
@@ -206,6 +270,7 @@ def cmd_lb(args: argparse.Namespace) -> int:
         resync=args.resync,
         consul_tls=consul_tls(args, os.environ),
         metrics_tls=_metrics_tls(args),
+        page_token_file=args.page_token_file,
     )
     return run_lb(config)
 
@@ -309,9 +374,20 @@ def _listen(text: str) -> str:
     return text
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a usage error on one line (``operator agent: error: argument --metrics: ...``).
+
+    As for every other usage error of the command: exit 2, one line on stderr; ``--help`` shows usage.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        """Print one line and exit 2."""
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {clean(message)} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of every subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="operator",
         description="Converge Docker containers on plain hosts to manifests in Consul KV.",
     )
@@ -347,6 +423,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="what replicas may take of this host, e.g. memory=8Gi,cpus=4; what is left out is the "
         "engine's memory and CPUs less a reserve (10%%, at least 256Mi of memory)",
     )
+    agent.add_argument(
+        "--allow-cap",
+        action="append",
+        default=[],
+        type=_capabilities,
+        metavar="CAP,...",
+        help="capabilities a manifest's cap_add may give replicas here, e.g. NET_ADMIN (default: none; "
+        "every replica keeps only CHOWN, SETGID and SETUID of Docker's defaults)",
+    )
     _add_metrics(agent)
     agent.add_argument("--ttl", type=_duration, default=3.0, help="TTL of the agent's liveness check (3s)")
     agent.add_argument(
@@ -357,6 +442,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=_duration,
         default=10.0,
         help="how long a lost host keeps its replicas before they move (10s)",
+    )
+    agent.add_argument(
+        "--rebalance-settle",
+        type=_duration,
+        default=DEFAULT_SETTLE,
+        help="how long a host that returns (or is uncordoned) must stay live before replicas move back "
+        "to it (30s)",
+    )
+    agent.add_argument(
+        "--no-rebalance",
+        dest="rebalance",
+        action="store_false",
+        help="as the leader, never move replicas back to a host that returns (cluster-wide; "
+        "placement.rebalance: false does it per service)",
     )
     agent.add_argument("--resync", type=_duration, default=60.0, help="safety-net resync period (60s)")
     agent.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -479,6 +578,10 @@ def connection_problem(args: argparse.Namespace, environ: Mapping[str, str]) -> 
     """What is wrong with the Consul address and token a command would use (flag, else environment)."""
     if not hasattr(args, "consul"):
         return None
+    try:
+        Layout(args.services_prefix, args.operator_prefix)
+    except ValueError as exc:
+        return str(exc)
     address = args.consul if args.consul is not None else environ.get("CONSUL_HTTP_ADDR")
     source = "--consul" if args.consul is not None else "CONSUL_HTTP_ADDR"
     if address is not None:
@@ -493,6 +596,14 @@ def connection_problem(args: argparse.Namespace, environ: Mapping[str, str]) -> 
             check_token(token)
         except ValueError as exc:
             return f"{source}: {exc}"
+    if hasattr(args, "docker"):
+        docker_url = args.docker if args.docker is not None else environ.get("DOCKER_HOST")
+        source = "--docker" if args.docker is not None else "DOCKER_HOST"
+        if docker_url:
+            try:
+                check_docker_url(docker_url)
+            except ValueError as exc:
+                return f"{source}: {exc}"
     try:
         tls = consul_tls(args, environ)
     except ValueError as exc:
@@ -507,6 +618,13 @@ def connection_problem(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         for flag, path in zip(("--metrics-tls-cert", "--metrics-tls-key"), pair, strict=True):
             if path is not None and not os.path.isfile(path):
                 return f"{flag} {path}: no such file"
+    if getattr(args, "page_token_file", None) is not None:
+        from consul_operator.adapters.metrics import read_page_token  # the daemons' module
+
+        try:
+            read_page_token(args.page_token_file)
+        except ValueError as exc:
+            return f"--page-token-file {exc}"
     return None
 
 
@@ -516,7 +634,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     problem = connection_problem(args, os.environ)
     if problem is not None:
         # A usage error: one line, no traceback, exit 2 (as argparse does).
-        print(f"operator {args.command}: error: {problem}", file=sys.stderr)
+        print(f"operator {args.command}: error: {clean(problem)}", file=sys.stderr)
         return EXIT_USAGE
     code: int = args.func(args)
     return code

@@ -17,6 +17,7 @@ from consul_operator.core.events import CRASHED, STARTED, ServiceEvent
 from consul_operator.core.model import ServiceInstance
 from consul_operator.core.records import StatusRecord
 from consul_operator.core.status import ServiceStatus, format_age
+from consul_operator.core.terminal import clean
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,16 +79,24 @@ def build_description(
 
 
 def event_line(event: ServiceEvent, now: float) -> str:
-    """One event as a line: age, host, reason, message, and ``(xN over AGE)`` when collapsed."""
+    """One event as a line: age, host, reason, message, and ``(xN over AGE)`` when collapsed.
+
+    Cleaned (`terminal.clean`): a message or a host name from KV never reaches the terminal raw.
+    """
     times = ""
     if event.count > 1:
         since = event.first if event.first is not None else event.time
         times = f" (x{event.count} over {format_age(event.time - since)})"
-    return f"{format_age(now - event.time):>5}  {event.host:<10} {event.reason:<15} {event.message}{times}"
+    host, reason, message = clean(event.host), clean(event.reason), clean(event.message)
+    return f"{format_age(now - event.time):>5}  {host:<10} {reason:<15} {message}{times}"
 
 
 def render_description(d: Description) -> str:
-    """The text of `operator describe NAME`."""
+    r"""The text of `operator describe NAME`, every line cleaned (`terminal.clean`).
+
+    The spec is the manifest as stored, which may hold escape sequences (YAML's
+    ``"\e"``) or raw control bytes: each of its lines is shown escaped.
+    """
     s = d.status
     lines = [
         f"Name:      {s.name}",
@@ -101,7 +110,8 @@ def render_description(d: Description) -> str:
         if error != s.unplaced_reason:
             lines.append(f"Error:     {error}")
     lines += ["", "Spec:"]
-    lines += [f"  {line}" for line in d.spec.rstrip("\n").splitlines()] or ["  (no manifest)"]
+    spec = [line.removesuffix("\r") for line in d.spec.rstrip("\n").split("\n")] if d.spec else []
+    lines += [f"  {line}" for line in spec] or ["  (no manifest)"]
     lines += ["", "Placement:", "  HOST        DESIRED  RUNNING  HEALTHY"]
     for host, p in sorted(s.placement.items()):
         lines.append(f"  {host:<11} {p.desired:>7}  {p.running:>7}  {p.healthy:>7}")
@@ -117,7 +127,7 @@ def render_description(d: Description) -> str:
         )
     lines += ["", "Events (newest last):"]
     lines += [f"  {event_line(e, d.now)}" for e in d.events] or ["  (none)"]
-    return "\n".join(lines) + "\n"
+    return "\n".join(clean(line) for line in lines) + "\n"
 
 
 def description_json(d: Description, status_json: Mapping[str, Any]) -> dict[str, Any]:

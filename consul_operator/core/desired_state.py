@@ -82,6 +82,30 @@ MAX_LABEL_VALUE_CHARS: Final = 256
 LABEL_KEY_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,48}")
 """A host label's key (``operator agent --label``): Consul's rule for meta keys, less our prefix."""
 
+LINUX_CAPABILITIES: Final = frozenset(
+    {
+        "AUDIT_CONTROL", "AUDIT_READ", "AUDIT_WRITE", "BLOCK_SUSPEND", "BPF", "CHECKPOINT_RESTORE",
+        "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "IPC_LOCK", "IPC_OWNER", "KILL",
+        "LEASE", "LINUX_IMMUTABLE", "MAC_ADMIN", "MAC_OVERRIDE", "MKNOD", "NET_ADMIN", "NET_BIND_SERVICE",
+        "NET_BROADCAST", "NET_RAW", "PERFMON", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_ADMIN",
+        "SYS_BOOT", "SYS_CHROOT", "SYS_MODULE", "SYS_NICE", "SYS_PACCT", "SYS_PTRACE", "SYS_RAWIO",
+        "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "SYSLOG", "WAKE_ALARM",
+    }
+)  # fmt: skip
+"""Linux's capabilities (capabilities(7)), named as Docker names them: without ``CAP_``."""
+DEFAULT_CAPABILITIES: Final = ("CHOWN", "SETGID", "SETUID")
+"""What a replica keeps of Docker's default capabilities; every other one is dropped (README,
+"Container defaults"). An image that starts as root and switches to a user of its own (nginx's
+workers, a gosu or su-exec entry point) needs these three; with ``no-new-privileges`` nothing can
+regain the rest. Binding a port below 1024 needs no NET_BIND_SERVICE: Docker (20.10 and later)
+sets ``net.ipv4.ip_unprivileged_port_start=0`` in every container."""
+MAX_TMPFS: Final = 16
+MAX_TMPFS_PATH_CHARS: Final = 256
+TMPFS_SIZE: Final = 64 * 1024 * 1024
+"""Each ``tmpfs:`` mount's size; what a replica writes there counts against its memory limit."""
+_USER_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,31})?")
+_TMPFS_RE: Final = re.compile(r"(?:/[A-Za-z0-9_.-]+)+")
+
 _TOP_FIELDS: Final = (
     "name",
     "image",
@@ -96,13 +120,34 @@ _TOP_FIELDS: Final = (
     "update",
     "resources",
     "pids_limit",
+    "user",
+    "read_only",
+    "tmpfs",
+    "cap_add",
 )
 _RESOURCE_FIELDS: Final = ("memory", "cpus")
 _UPDATE_FIELDS: Final = ("max_surge", "max_unavailable", "min_healthy", "deadline", "auto_rollback")
-_PLACEMENT_FIELDS: Final = ("hosts", "max_per_host", "labels")
+_PLACEMENT_FIELDS: Final = ("hosts", "max_per_host", "labels", "rebalance")
 _HEALTH_FIELDS: Final = ("http", "interval", "timeout")
 # What a container *is*; see Manifest.spec_hash.
-_SPEC_FIELDS: Final = ("name", "image", "command", "env", "port", "health", "resources", "pids_limit")
+_SPEC_FIELDS: Final = (
+    "name",
+    "image",
+    "command",
+    "env",
+    "port",
+    "health",
+    "resources",
+    "pids_limit",
+    "user",
+    "read_only",
+    "tmpfs",
+    "cap_add",
+)
+# Privilege fields: in the normalised form (and so in the spec hash and the kept revisions)
+# only when set, so that a manifest without them keeps the hash and the revision it had
+# before they existed, and an agent of the previous release still reads its revisions.
+_PRIVILEGE_DEFAULTS: Final[dict[str, object]] = {"user": None, "read_only": False, "tmpfs": [], "cap_add": []}
 
 # RFC 1123 label. Names end up in container labels, Consul service names and
 # the NGINX config: whitelisted, never escaped. The one rule of the code base:
@@ -190,11 +235,13 @@ def _refusal(problems: list[Problem]) -> ManifestError:
 @dataclass(frozen=True, slots=True)
 class Placement:
     """Where replicas may run: only `hosts` (None: every live host) whose agent labels include
-    every one of `labels` (sorted (key, value) pairs), at most `max_per_host` each."""
+    every one of `labels` (sorted (key, value) pairs), at most `max_per_host` each; `rebalance`:
+    whether the leader spreads the replicas again when a host returns (`spread.py`)."""
 
     hosts: tuple[str, ...] | None = None
     max_per_host: int | None = None
     labels: tuple[tuple[str, str], ...] = ()
+    rebalance: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +317,10 @@ class Manifest:
     update: UpdatePolicy = UpdatePolicy()
     resources: Resources = field(default_factory=Resources)
     pids_limit: int = DEFAULT_PIDS_LIMIT
+    user: str | None = None  # None: the image's user
+    read_only: bool = False
+    tmpfs: tuple[str, ...] = ()  # sorted absolute paths
+    cap_add: tuple[str, ...] = ()  # sorted, beyond DEFAULT_CAPABILITIES; each host allows them or not
 
     @property
     def env_dict(self) -> dict[str, str]:
@@ -279,8 +330,9 @@ class Manifest:
     def spec_hash(self) -> str:
         """A short hash of what a container of this service *is*, to tell stale containers.
 
-        Covers name, image, command, env, port, health, resources and
-        pids_limit: a container whose
+        Covers name, image, command, env, port, health, resources,
+        pids_limit, and user, read_only, tmpfs and cap_add when set (a
+        manifest without them hashes as before they existed): a container whose
         labelled hash differs runs an old spec and is replaced. Deliberately
         leaves out replicas, placement, drain, stop_grace and update: changing them
         scales, moves or stops containers differently, but must never replace
@@ -288,15 +340,23 @@ class Manifest:
         defaults written out or omitted give the same hash.
         """
         normalised = self.to_dict()
-        spec = {field: normalised[field] for field in _SPEC_FIELDS}
+        spec = {field: normalised[field] for field in _SPEC_FIELDS if field in normalised}
         canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, object]:
         """The normalised form: every field, defaults included, durations spelled canonically.
 
-        `manifest_from_dict` accepts it back and gives an equal Manifest.
+        `manifest_from_dict` accepts it back and gives an equal Manifest. The privilege
+        fields (user, read_only, tmpfs, cap_add) are left out when they are their defaults.
         """
+        privileges: dict[str, object] = {
+            "user": self.user,
+            "read_only": self.read_only,
+            "tmpfs": list(self.tmpfs),
+            "cap_add": list(self.cap_add),
+        }
+        set_privileges = {k: v for k, v in privileges.items() if v != _PRIVILEGE_DEFAULTS[k]}
         return {
             "name": self.name,
             "image": self.image,
@@ -308,6 +368,7 @@ class Manifest:
                 "hosts": None if self.placement.hosts is None else list(self.placement.hosts),
                 "max_per_host": self.placement.max_per_host,
                 "labels": dict(self.placement.labels),
+                "rebalance": self.placement.rebalance,
             },
             "health": {
                 "http": self.health.http,
@@ -328,6 +389,7 @@ class Manifest:
                 "cpus": _cpus_number(self.resources.millicpus),
             },
             "pids_limit": self.pids_limit,
+            **set_privileges,
         }
 
 
@@ -378,6 +440,15 @@ def manifest_from_dict(data: object, *, key_name: str | None = None) -> Manifest
             _integer(fields["pids_limit"], "pids_limit", MIN_PIDS_LIMIT, MAX_PIDS_LIMIT, problems)
             or DEFAULT_PIDS_LIMIT
         )
+    user = _check_user(fields.get("user"), problems)
+    read_only = fields.get("read_only")
+    if read_only is None:
+        read_only = False
+    elif not isinstance(read_only, bool):
+        problems.append(Problem("read_only", f"must be true or false, got {_describe(read_only)}"))
+        read_only = False
+    tmpfs = _check_tmpfs(fields.get("tmpfs"), problems)
+    cap_add = _check_cap_add(fields.get("cap_add"), problems)
     # A check that returns None for a required value has always recorded a problem;
     # the None tests are for the type checker.
     if problems or None in (name, image, replicas, drain, stop_grace):
@@ -398,6 +469,10 @@ def manifest_from_dict(data: object, *, key_name: str | None = None) -> Manifest
         update=update,
         resources=resources,
         pids_limit=pids_limit,
+        user=user,
+        read_only=read_only,
+        tmpfs=tmpfs,
+        cap_add=cap_add,
     )
     size = len(revision_json(manifest))
     if size > MAX_REVISION_BYTES:
@@ -408,6 +483,100 @@ def manifest_from_dict(data: object, *, key_name: str | None = None) -> Manifest
         )
         raise ManifestError([Problem("", message)])
     return manifest
+
+
+def _check_user(value: object, problems: list[Problem]) -> str | None:
+    """``user:``: a user (and group) by name or number, as ``docker run --user`` takes it."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31:
+        return str(value)
+    rule = "must be a user name or uid, optionally with :group or :gid (like 1000, 1000:1000 or app)"
+    if not isinstance(value, str) or not _USER_RE.fullmatch(value):
+        shown = _short(value) if isinstance(value, str) else _describe(value)
+        problems.append(Problem("user", f"{rule}, got {shown}"))
+        return None
+    return value
+
+
+def _check_tmpfs(value: object, problems: list[Problem]) -> tuple[str, ...]:
+    """``tmpfs:``: distinct absolute paths, each a tmpfs of `TMPFS_SIZE` in the container; sorted."""
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        problems.append(Problem("tmpfs", f"must be a list of absolute paths, got {_describe(value)}"))
+        return ()
+    if len(value) > MAX_TMPFS:
+        problems.append(Problem("tmpfs", f"must have at most {MAX_TMPFS} entries, got {len(value)}"))
+        return ()
+    paths: set[str] = set()
+    for index, item in enumerate(value):
+        where = f"tmpfs[{index}]"
+        path = _string(item, where, problems)
+        if path is None:
+            continue
+        parts = path.split("/")
+        if (
+            len(path) > MAX_TMPFS_PATH_CHARS
+            or not _TMPFS_RE.fullmatch(path)
+            or any(p in (".", "..") for p in parts)
+        ):
+            rule = f"an absolute path of letters, digits, '_', '.' and '-' (at most {MAX_TMPFS_PATH_CHARS})"
+            problems.append(Problem(where, f"must be {rule}, not / itself, got {_short(path)}"))
+        elif parts[1] in ("proc", "sys"):
+            problems.append(Problem(where, f"must not be under /proc or /sys, got {_short(path)}"))
+        elif path in paths:
+            problems.append(Problem(where, f"{path!r} is listed twice"))
+        paths.add(path)
+    return tuple(sorted(paths))
+
+
+def _check_cap_add(value: object, problems: list[Problem]) -> tuple[str, ...]:
+    """``cap_add:``: Linux capabilities beyond `DEFAULT_CAPABILITIES`, by name; sorted.
+
+    Only names are checked here; whether a host grants them is its agent's
+    ``--allow-cap`` (`capabilities_refused`).
+    """
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        problems.append(Problem("cap_add", f"must be a list of capability names, got {_describe(value)}"))
+        return ()
+    names: set[str] = set()
+    for index, item in enumerate(value):
+        where = f"cap_add[{index}]"
+        name = _string(item, where, problems)
+        if name is None:
+            continue
+        if name.upper() == "ALL":
+            problems.append(Problem(where, "ALL is not allowed: name each capability the service needs"))
+        elif name.startswith("CAP_") and name.removeprefix("CAP_") in LINUX_CAPABILITIES:
+            problems.append(Problem(where, f"write {name.removeprefix('CAP_')}, without CAP_"))
+        elif name not in LINUX_CAPABILITIES:
+            close = difflib.get_close_matches(name.upper(), sorted(LINUX_CAPABILITIES), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(Problem(where, f"not a Linux capability: {_short(name)}{hint}"))
+        elif name in names:
+            problems.append(Problem(where, f"{name!r} is listed twice"))
+        names.add(name)
+    return tuple(sorted(names & LINUX_CAPABILITIES))
+
+
+def capabilities_refused(manifest: Manifest, allowed: frozenset[str]) -> tuple[str, ...]:
+    """The capabilities ``manifest`` adds that a host allowing ``allowed`` (``--allow-cap``) refuses.
+
+    `DEFAULT_CAPABILITIES` are every replica's, and so always allowed.
+    """
+    return tuple(c for c in manifest.cap_add if c not in allowed and c not in DEFAULT_CAPABILITIES)
+
+
+def parse_capabilities(text: str) -> frozenset[str]:
+    """``NET_ADMIN,SYS_TIME`` (``operator agent --allow-cap``) -> the names; ValueError naming a bad one."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    for name in names:
+        if name not in LINUX_CAPABILITIES:
+            raise ValueError(f"not a Linux capability (capabilities(7), without CAP_): {name!r}")
+    return frozenset(names)
 
 
 def revision_json(manifest: Manifest) -> bytes:
@@ -968,7 +1137,11 @@ def _check_placement(value: object, problems: list[Problem]) -> Placement:
     if max_per_host_value is not None:
         max_per_host = _integer(max_per_host_value, "placement.max_per_host", 1, MAX_REPLICAS, problems)
     labels = _check_labels(fields.get("labels"), problems)
-    return Placement(hosts=hosts, max_per_host=max_per_host, labels=labels)
+    rebalance = fields.get("rebalance", True)
+    if not isinstance(rebalance, bool):
+        problems.append(Problem("placement.rebalance", f"must be true or false, got {_describe(rebalance)}"))
+        rebalance = True
+    return Placement(hosts=hosts, max_per_host=max_per_host, labels=labels, rebalance=rebalance)
 
 
 def _check_labels(value: object, problems: list[Problem]) -> tuple[tuple[str, str], ...]:

@@ -42,6 +42,7 @@ MOVED: Final = "Moved"
 UNPLACEABLE: Final = "Unplaceable"
 ROLLOUT_STEP: Final = "RolloutStep"
 ROLLED_BACK: Final = "RolledBack"
+REBALANCED: Final = "Rebalanced"
 INVALID: Final = "InvalidManifest"
 STARTED: Final = "Started"
 START_FAILED: Final = "StartFailed"
@@ -56,6 +57,7 @@ REASONS: Final = (
     UNPLACEABLE,
     ROLLOUT_STEP,
     ROLLED_BACK,
+    REBALANCED,
     INVALID,
     STARTED,
     START_FAILED,
@@ -70,9 +72,6 @@ STORM_REASONS: Final = frozenset(
 )
 """Reasons collapsed whatever their message: a crash loop is one event with a count."""
 WARNINGS: Final = frozenset({UNPLACEABLE, ROLLED_BACK, INVALID, START_FAILED, CRASHED, RELOAD_REFUSED})
-
-LB_SERVICE: Final = "-lb"
-"""The pseudo-service of the load balancer's own events (no service name starts with a dash)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,7 +83,13 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from consul_operator.core.backoff import Backoff, backoff_after_failure
-from consul_operator.core.desired_state import DEFAULT_DRAIN, DEFAULT_STOP_GRACE, Manifest, ManifestError
+from consul_operator.core.desired_state import (
+    DEFAULT_DRAIN,
+    DEFAULT_STOP_GRACE,
+    Manifest,
+    ManifestError,
+    capabilities_refused,
+)
 from consul_operator.core.model import (
     Action,
     ContainerInfo,
@@ -132,6 +138,7 @@ def host_desires(
     manifests: Mapping[str, Manifest | ManifestError],
     placements: Mapping[str, PlacementRecord],
     revisions: Revisions,
+    allowed_caps: frozenset[str] = frozenset(),
 ) -> dict[str, ServiceDesire]:
     """What ``host`` should run of every service with a manifest, from the leader's placements.
 
@@ -143,6 +150,10 @@ def host_desires(
     * a changed manifest whose placement still names the spec in use, kept
       in ``revisions``: keep to that spec until the leader paces the change
       (without a revision, from before rollouts, the host plan replaces);
+    * a manifest whose ``cap_add`` names a capability this host's agent does
+      not allow (``allowed_caps``, its ``--allow-cap``): hands off, with an
+      error naming the field and the capabilities (no hold: the host is at
+      fault for the service, and `operator status` shows it degraded);
     * otherwise the placed count of the manifest's spec.
 
     ``revisions`` holds what `revisions_wanted` asked for (absent: not kept).
@@ -153,6 +164,12 @@ def host_desires(
         if not isinstance(manifest, Manifest):
             error = f"Invalid: {manifest.problems[0]}"
             desires[name] = ServiceDesire(name, None, 0, error=error, hold=Hold.INVALID)
+        elif refused := capabilities_refused(manifest, allowed_caps):
+            error = (
+                f"cap_add: {', '.join(refused)} not allowed on {host} (its agent's --allow-cap); "
+                "nothing of the service is started or changed here"
+            )
+            desires[name] = ServiceDesire(name, None, record.hosts.get(host, 0) if record else 0, error=error)
         elif record is None:
             # No decision yet: keep whatever runs rather than guess a count.
             desires[name] = ServiceDesire(name, None, 0, error="Pending: not placed yet", hold=Hold.UNPLACED)

@@ -7,14 +7,27 @@ what the operator writes.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Final
+
+_SEGMENT: Final = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
 
-def _prefix(value: str) -> str:
-    value = value.strip("/")
-    if not value:
-        raise ValueError("a KV prefix must not be empty")
-    return value + "/"
+def kv_prefix(value: str) -> str:
+    """A KV prefix in its one form, ``a/b/``; ValueError says why ``value`` is not one.
+
+    Segments of letters, digits, ``_``, ``.`` and ``-`` (not ``.`` or ``..``),
+    separated by ``/``; leading and trailing slashes are dropped.
+    """
+    stripped = value.strip("/")
+    if not stripped:
+        raise ValueError(f"a KV prefix must name at least one segment, like services/, got {value!r}")
+    segments = stripped.split("/")
+    if any(not _SEGMENT.fullmatch(s) or s in (".", "..") for s in segments):
+        rule = "segments of letters, digits, '_', '.' and '-' separated by '/'"
+        raise ValueError(f"a KV prefix must be {rule}, got {value!r}")
+    return stripped + "/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,8 +38,15 @@ class Layout:
     operator_prefix: str = "operator/"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "services_prefix", _prefix(self.services_prefix))
-        object.__setattr__(self, "operator_prefix", _prefix(self.operator_prefix))
+        services = kv_prefix(self.services_prefix)
+        operator = kv_prefix(self.operator_prefix)
+        if services.startswith(operator) or operator.startswith(services):
+            # One inside the other: the operator's own keys would be read as manifests, or the reverse.
+            raise ValueError(
+                f"the services prefix {services!r} and the operator prefix {operator!r} must not overlap"
+            )
+        object.__setattr__(self, "services_prefix", services)
+        object.__setattr__(self, "operator_prefix", operator)
 
     def service_key(self, name: str) -> str:
         """``services/<name>``: the manifest, written by a person."""

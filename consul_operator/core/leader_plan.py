@@ -31,13 +31,17 @@ One pass:
    within its ``update`` limits. Past the drain's deadline (timed from when
    this leader first saw it: ``memory.drain_timers``) the rest moves at once.
    During a rollout the rollout paces the move: the draining host's target is 0.
+   **Spread** (`spread.py`): a service otherwise converged whose replicas are
+   uneven over its eligible hosts (one came back) moves replicas to the hosts
+   live and uncordoned for ``settings.spread.settle`` s (``memory.open_since``),
+   paced like a drain; its record says so (``rebalancing``).
 5. **Writes**: changed placements, rollout records (on a change, and their
    ``elapsed`` every few seconds), the revision of every spec in use, and
    deletes: placements and rollouts of deleted services, revisions no longer
    needed, rollback requests handled or dropped, status records of hosts lost
    past the grace.
-6. **Wake-up**: when the next grace or drain deadline runs out, and every
-   ``ROLLOUT_POLL`` s while a rollout or a drain is active.
+6. **Wake-up**: when the next grace, drain deadline or host's settling time runs
+   out, and every ``ROLLOUT_POLL`` s while a rollout, a drain or a spread is active.
 7. **Convergence**: the time from a manifest change to every replica passing
    (``operator_convergence_seconds``).
 """
@@ -82,6 +86,7 @@ from consul_operator.core.rollout import (
     time_rollout,
     within_capacity,
 )
+from consul_operator.core.spread import Candidate, Move, Spreading, SpreadSettings, may_move, plan_spreading
 
 ROLLOUT_POLL = 0.5
 """How often (seconds) the leader looks at an active rollout (health, min_healthy, drains)."""
@@ -107,6 +112,8 @@ class LeaderSettings:
     host: str
     layout: Layout
     lost_grace: float
+    spread: SpreadSettings = field(default_factory=SpreadSettings)
+    """Spreading replicas again when a host returns: on or off, and the settling time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +138,8 @@ class LeaderMemory:
     """The services with a manifest, valid or not, at the last pass (their figures are exported)."""
     drain_timers: Mapping[str, DrainTimer] = field(default_factory=dict)
     """Per draining host: when this leader first saw its drain (the deadline)."""
+    open_since: Mapping[str, float] = field(default_factory=dict)
+    """Per host live and uncordoned: since when this leader has seen it so (the spread's settling time)."""
     observed: bool = False
     """Whether this leader has had a pass: a service first seen after it is new (a change to time);
     on its first pass every service is only new to this leader."""
@@ -171,6 +180,8 @@ class LeaderPlan:
     """Whether a rollout is active (the pass asks to look again within ``ROLLOUT_POLL``)."""
     draining: tuple[str, ...] = ()
     """The services moving off a draining host, paced, after this pass."""
+    rebalanced: tuple[Move, ...] = ()
+    """Replacements placed this pass to spread a service again (the ``Rebalanced`` events)."""
 
 
 def decide_leader(
@@ -198,6 +209,21 @@ def decide_leader(
     rollouts = _Rollouts(state, memory, now, layout, running_live, room)
     rollouts.run(valid, decided)
     moving = _pace_drains(state, valid, decided, rollouts, drains.paced, running_live, now.mono)
+    busy = {*moving, *placed_on(state.placements, drains.draining, running_live)}
+    spreading = _spread(
+        state,
+        valid,
+        decided,
+        rollouts,
+        busy,
+        hosts,
+        drains.cordoned,
+        running_live,
+        memory,
+        now.mono,
+        settings,
+    )
+    decided.update(spreading.placements)
 
     writes: Writes = {
         layout.placement_key(name): dataclasses.replace(record, written_by=settings.host).to_json()
@@ -207,6 +233,9 @@ def decide_leader(
     writes.update({layout.placement_key(n): None for n in state.placements if n not in decided})
     writes.update(rollouts.writes)
     events = list(rollouts.events)
+    events.extend(
+        Event("rebalancing", {"service": m.service, "frm": m.source, "to": m.target}) for m in spreading.moves
+    )
     for host in drains.newly_forced:
         events.append(Event("drain deadline passed: moving the rest at once", {"host": host}, "warning"))
     gone = gone_statuses(running_all, hosts, now.mono, settings.lost_grace)
@@ -219,7 +248,9 @@ def decide_leader(
     wake = next_schedule_wakeup(hosts, settings.lost_grace, now.mono)
     if drains.wake_at is not None:
         wake = drains.wake_at if wake is None else min(wake, drains.wake_at)
-    if rollouts.active or moving:  # waiting on health, min_healthy and drains: look again soon
+    if spreading.wake_at is not None:
+        wake = spreading.wake_at if wake is None else min(wake, spreading.wake_at)
+    if rollouts.active or moving or spreading.moving:  # waiting on health, min_healthy, drains: look again
         poll = now.mono + ROLLOUT_POLL
         wake = poll if wake is None else min(wake, poll)
     seen, changed_at, converged = _convergence(state, decided, rollouts.records, memory, now.mono)
@@ -237,6 +268,7 @@ def decide_leader(
             first_passing=rollouts.first_passing,
             rollout_timers=rollouts.timers,
             drain_timers=drains.timers,
+            open_since=spreading.open_since,
             seen=seen,
             changed_at=changed_at,
             exported=frozenset(state.manifests),
@@ -244,21 +276,25 @@ def decide_leader(
         ),
         active_rollouts=rollouts.active,
         draining=tuple(moving),
+        rebalanced=spreading.moves,
     )
 
 
-def paced_services(state: ClusterState) -> list[str]:
-    """The services whose rollout or drain `decide_leader` will pace on ``state``: whose passing
-    instances it needs.
+def paced_services(state: ClusterState, *, rebalance: bool = True) -> list[str]:
+    """The services whose rollout, drain or spread `decide_leader` will pace on ``state``: whose
+    passing instances it needs.
 
     The same state machine as the pass itself (`next_rollout`, a rollback
     request), so that the reader asks Consul for the health of exactly these;
-    and every valid service with replicas placed on a draining host.
+    every valid service with replicas placed on a draining host; and those a
+    spread may move (`spread.may_move`; ``rebalance``: the agent's flag).
     """
     draining = {host for host, record in state.maintenance.items() if record.draining}
     valid = state.valid_manifests()
     on = placed_on(state.placements, draining, running_specs(state.statuses))
     paced: list[str] = [n for n in on if valid.get(n) is not None]
+    hosts, _ = known_hosts(state, running_specs(state.statuses), {}, 0.0)
+    paced.extend(may_move(valid, state.placements, hosts, set(state.maintenance), enabled=rebalance))
     for name, manifest in sorted(state.valid_manifests().items()):
         record = state.placements.get(name)
         if manifest is None or record is None:
@@ -596,6 +632,43 @@ def _pace_drains(
         if any(hosts.get(h) or sum(running.get(name, {}).get(h, {}).values()) for h in draining):
             moving.append(name)
     return moving
+
+
+def _spread(
+    state: ClusterState,
+    valid: Mapping[str, Manifest | None],
+    decided: dict[str, PlacementRecord],
+    rollouts: _Rollouts,
+    draining: Collection[str],
+    hosts: list[HostInfo],
+    cordoned: Collection[str],
+    running: SpecsByHost,
+    memory: LeaderMemory,
+    mono: float,
+    settings: LeaderSettings,
+) -> Spreading:
+    """Step 4b of `decide_leader`: `spread.plan_spreading` over every valid, placed service; one in
+    an active or failed rollout, or on a draining host (``draining``), is busy (left to those)."""
+    candidates: dict[str, Candidate] = {}
+    for name, manifest in valid.items():
+        current = state.placements.get(name)
+        if manifest is None or current is None or name not in decided:
+            continue
+        rollout = rollouts.records.get(name)
+        busy = name in draining or (
+            rollout is not None and (rollout.active or rollout.state == RolloutState.FAILED)
+        )
+        passing: Mapping[str, int] = {}
+        matured: Mapping[str, int] = {}
+        if name in state.passing and not busy:
+            passing, matured = _host_health(
+                state.passing[name], rollouts.first_passing, name, manifest.update.min_healthy, mono
+            )
+        run = {h: sum(specs.values()) for h, specs in running.get(name, {}).items()}
+        candidates[name] = Candidate(manifest, current, decided[name], run, passing, matured, busy)
+    return plan_spreading(
+        candidates, valid, decided, hosts, cordoned, memory.open_since, settings.spread, mono
+    )
 
 
 def _host_health(

@@ -22,6 +22,18 @@ from consul_operator.core.events import ServiceEvent
 from consul_operator.core.status import StatusView, format_age
 
 REFRESH_S: Final = 3
+
+
+def fresh(read_at: float | None, now: float, every: float = REFRESH_S) -> bool:
+    """Whether the page's data read at ``read_at`` still serves a request at ``now`` (monotonic seconds).
+
+    The page shows nothing newer than its refresh interval anyway, so its
+    data is read at most once per `REFRESH_S`, whatever the request rate
+    (`status_page.status_page`). A clock that went back never counts as fresh.
+    """
+    return read_at is not None and 0 <= now - read_at < every
+
+
 PAGE_EVENTS: Final = 50
 """Events shown on the page, newest first."""
 

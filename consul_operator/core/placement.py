@@ -39,8 +39,9 @@ Output: the new placement record of every service that has a manifest.
   placed again elsewhere. A lost host without ``lost_since`` has no grace.
 - **Stability.** Scheduling starts from the current record: a replica on a
   host that is still valid is never moved, and a host that joins gets no
-  replicas taken from others (no rebalancing: moving a healthy replica costs
-  a drain and a start and buys nothing).
+  replicas taken from others here: moving a healthy replica costs a drain and
+  a start, so the schedule never does it on its own. Spreading a service again
+  when a host returns is the leader's separate, paced decision (`spread.py`).
 - **Cap.** ``placement.max_per_host`` bounds every host's count; counts above
   it (the cap was lowered) are cut.
 - **Scale down**, one replica at a time: first from hosts in grace (they
@@ -213,6 +214,13 @@ class Usage:
             memory[host] += taken.memory
             millicpus[host] += taken.millicpus
 
+    def add(self, counts: Mapping[str, int], need: Resources, sign: int) -> None:
+        """Add (``sign`` 1) or take away (-1) ``counts`` replicas of ``need`` per host, to the
+        totals only (`spread.py` moves a converged service's replicas, all of one spec, this way)."""
+        for host, count in counts.items():
+            self.memory[host] += sign * count * need.memory
+            self.millicpus[host] += sign * count * need.millicpus
+
     def on(self, host: str) -> Resources:
         """What ``host`` is charged."""
         return Resources(self.memory[host], self.millicpus[host])
@@ -284,6 +292,17 @@ def matches_labels(host: HostInfo, wanted: Iterable[tuple[str, str]]) -> bool:
     return all(host.labels.get(key) == value for key, value in wanted)
 
 
+def allowed_hosts(manifest: Manifest, hosts: Iterable[HostInfo]) -> list[HostInfo]:
+    """The hosts ``placement.hosts`` allows (all when unset) that have every label of ``placement.labels``."""
+    allowed = manifest.placement.hosts
+    wanted = manifest.placement.labels
+    return [
+        h
+        for h in hosts
+        if (allowed is None or h.name in allowed) and (not wanted or matches_labels(h, wanted))
+    ]
+
+
 def next_schedule_wakeup(
     hosts: Sequence[HostInfo], lost_grace: float, now: float | None = None
 ) -> float | None:
@@ -331,13 +350,7 @@ def _place(
     charge: _Charge | None = None,
 ) -> PlacementRecord:
     """One service's new record, starting from ``previous`` (``load``, ``used``: other services')."""
-    allowed = manifest.placement.hosts
-    wanted = manifest.placement.labels
-    candidates = [
-        h
-        for h in hosts.values()
-        if (allowed is None or h.name in allowed) and (not wanted or matches_labels(h, wanted))
-    ]
+    candidates = allowed_hosts(manifest, hosts.values())
     live = [h.name for h in candidates if h.live]
     grace = {h.name for h in candidates if _in_grace(h, now, lost_grace)}
     cap = manifest.placement.max_per_host

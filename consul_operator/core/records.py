@@ -118,6 +118,9 @@ class PlacementRecord:
     specs: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     cause: UnplacedCause = UnplacedCause.NONE
     reason: str = ""
+    # While the leader spreads the service again (`spread.py`): why, for people
+    # (``operator status`` shows ``Rebalancing``). Empty otherwise.
+    rebalancing: str = ""
 
     @property
     def total(self) -> int:
@@ -145,6 +148,8 @@ class PlacementRecord:
         if self.unplaced:  # absent when all is placed: the form of records written before causes
             body["cause"] = self.cause.value
             body["reason"] = self.reason
+        if self.rebalancing:  # absent when not rebalancing: the form of records written before
+            body["rebalancing"] = self.rebalancing
         return body
 
     def to_json(self) -> bytes:
@@ -171,6 +176,7 @@ class PlacementRecord:
                 specs=MappingProxyType({h: c for h, c in specs.items() if c}),
                 cause=UnplacedCause(cause) if cause in UNPLACED_CAUSES else UnplacedCause.NONE,
                 reason=_text(body.get("reason")),
+                rebalancing=_text(body.get("rebalancing")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"not a placement record: {exc}") from exc
@@ -296,6 +302,41 @@ class Hold(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class ReplicaMark:
+    """What an agent vouches for about one replica it runs: its host port, container and spec.
+
+    ``container`` is the container id's first `CONTAINER_ID_CHARS` characters
+    (Docker's short id): enough to tell two containers apart, and a third of
+    the full id's bytes in a record that lists every replica (`ownership.owned`
+    compares it with the registration's ``container`` meta).
+    """
+
+    port: int
+    container: str
+    spec: str
+
+    def to_json(self) -> list[object]:
+        """The compact KV form: ``[port, container, spec]``."""
+        return [self.port, self.container, self.spec]
+
+    @classmethod
+    def from_json(cls, value: object) -> ReplicaMark | None:
+        """Parse ``[port, container, spec]``; None for anything else."""
+        if not isinstance(value, list) or len(value) != 3:
+            return None
+        port, container, spec = value
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            return None
+        if not isinstance(container, str) or not isinstance(spec, str):
+            return None
+        return cls(port, container, spec)
+
+
+CONTAINER_ID_CHARS = 12
+"""Characters of a container id that a status record keeps (`ReplicaMark.container`)."""
+
+
+@dataclass(frozen=True, slots=True)
 class StatusRecord:
     """What the agent of ``host`` runs of ``service``: ``operator/status/<service>/<host>``.
 
@@ -320,6 +361,8 @@ class StatusRecord:
     specs: Mapping[str, int] = field(default_factory=frozen_map)
     instances: tuple[str, ...] = ()
     since: float | None = None
+    node: str = ""
+    replicas: Mapping[str, ReplicaMark] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def says_nothing(self) -> bool:
@@ -360,6 +403,8 @@ class StatusRecord:
                 "specs": dict(sorted(self.specs.items())),
                 "instances": list(self.instances),
                 "since": self.since,
+                "node": self.node,
+                "replicas": {name: mark.to_json() for name, mark in sorted(self.replicas.items())},
             }
         )
 
@@ -380,6 +425,12 @@ class StatusRecord:
         raw_instances = body.get("instances")
         listed = raw_instances if isinstance(raw_instances, list) else []
         hold = _text(body.get("hold"))
+        raw_replicas = body.get("replicas")
+        marks = {
+            str(name): mark
+            for name, value in (raw_replicas.items() if isinstance(raw_replicas, dict) else ())
+            if (mark := ReplicaMark.from_json(value)) is not None
+        }
         return cls(
             service=service,
             host=host,
@@ -392,6 +443,8 @@ class StatusRecord:
             specs=frozen_map(specs),
             instances=tuple(item for item in listed if isinstance(item, str)),
             since=_timestamp(body.get("since")),
+            node=_text(body.get("node")),
+            replicas=MappingProxyType(marks),
         )
 
 

@@ -10,7 +10,6 @@ docs and tests check the JSON against.
 from __future__ import annotations
 
 import math
-import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -27,6 +26,7 @@ from consul_operator.core.records import (
     RolloutState,
     StatusRecord,
 )
+from consul_operator.core.terminal import clean
 
 PROGRESS_DEADLINE: Final = 120.0
 """Seconds without a status change before a service that is not converged counts as Degraded."""
@@ -43,6 +43,7 @@ class ServiceState(StrEnum):
     ROLLING_BACK = "RollingBack"
     FAILED = "Failed"
     ROLLED_BACK = "RolledBack"
+    REBALANCING = "Rebalancing"
 
 
 CONVERGED: Final = ServiceState.CONVERGED
@@ -53,6 +54,7 @@ INVALID: Final = ServiceState.INVALID
 ROLLING_BACK: Final = ServiceState.ROLLING_BACK
 FAILED: Final = ServiceState.FAILED
 ROLLED_BACK: Final = ServiceState.ROLLED_BACK
+REBALANCING: Final = ServiceState.REBALANCING
 STATES: Final = tuple(ServiceState)
 """Every state; the text shown (``ServiceStatus.state``) may add a detail: ``Invalid: <first problem>``."""
 
@@ -276,14 +278,14 @@ def _service_status(name: str, snapshot: ClusterSnapshot, live: Mapping[str, boo
             and rollout.state == RolloutState.HELD
             and rollout.to_spec == manifest.spec_hash()
         ):
-            problems.append(
-                f"rollout held: {rollout.reason}"
-            )  # what fits nowhere, each host's free resources
+            problems.append(f"rollout held: {rollout.reason}")  # fits nowhere: each host's free resources
         pending = unconverged(manifest, placement, records.values(), healthy, rollout)
         phase = _valid_state(placement, pending, snapshot.now, last_change)
-        if phase == PROGRESSING and (host_errors or lost):
+        if phase in (PROGRESSING, REBALANCING) and (host_errors or lost):
             phase = DEGRADED
         phase, state = _rollout_state(rollout, phase)
+        if phase == REBALANCING and placement is not None:
+            state = f"{REBALANCING}: {placement.rebalancing}"
     return ServiceStatus(
         name=name,
         image=image,
@@ -312,6 +314,8 @@ def _valid_state(
     Degraded by the deadline (host errors: the caller)."""
     if placement is not None and placement.unplaced > 0:
         return UNPLACEABLE
+    if placement is not None and placement.rebalancing:
+        return REBALANCING  # the leader spreads it again: replicas move, one replacement at a time
     if not pending:
         return CONVERGED
     if last_change is not None and now - last_change > PROGRESS_DEADLINE:
@@ -485,7 +489,7 @@ def render_table(view: StatusView, *, color: bool) -> str:
     lines.append("")
     if not view.services:
         lines.append("No services.")
-        return "\n".join(_clean(line) for line in lines) + "\n"
+        return "\n".join(clean(line) for line in lines) + "\n"
     header = ["SERVICE", "IMAGE", "DESIRED", "RUNNING", "HEALTHY", "DRIFT", "PLACEMENT", "AGE", "STATE"]
     rows = [
         [
@@ -502,12 +506,12 @@ def render_table(view: StatusView, *, color: bool) -> str:
         for s in view.services
     ]
     widths = _widths(header, rows)
-    out = [_clean(line) for line in lines]
+    out = [clean(line) for line in lines]
     out.append(_row(header, widths))
     for service, row in zip(view.services, rows, strict=True):
-        *cells, state = (_clean(cell) for cell in row)
+        *cells, state = (clean(cell) for cell in row)
         out.append(_row([*cells, _paint(state, _state_colour(service.state), color)], widths))
-        out.extend(_paint(f"  ! {_clean(error)}", _RED, color) for error in service.errors)
+        out.extend(_paint(f"  ! {clean(error)}", _RED, color) for error in service.errors)
     return "\n".join(out) + "\n"
 
 
@@ -548,8 +552,8 @@ def _placement_cell(service: ServiceStatus) -> str:
 
 
 def _state_colour(state: str) -> str:
-    colours: dict[str, str] = {CONVERGED: _GREEN, PROGRESSING: _YELLOW}
-    return colours.get(state, _RED)
+    colours: dict[str, str] = {CONVERGED: _GREEN, PROGRESSING: _YELLOW, REBALANCING: _YELLOW}
+    return colours.get(state.partition(":")[0], _RED)
 
 
 def _paint(text: str, colour: str, color: bool) -> str:
@@ -557,7 +561,7 @@ def _paint(text: str, colour: str, color: bool) -> str:
 
 
 def _widths(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[int]:
-    return [max(len(_clean(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
+    return [max(len(clean(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
 
 
 def _row(cells: Sequence[str], widths: Sequence[int]) -> str:
@@ -567,16 +571,6 @@ def _row(cells: Sequence[str], widths: Sequence[int]) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    cleaned = [[_clean(cell) for cell in row] for row in rows]
+    cleaned = [[clean(cell) for cell in row] for row in rows]
     widths = _widths(header, cleaned)
     return [_row(header, widths), *(_row(row, widths) for row in cleaned)]
-
-
-def _clean(text: str) -> str:
-    """Control characters (escape codes, newlines from container errors) shown escaped, never sent."""
-    if text.isprintable():
-        return text
-    return "".join(
-        char if char == " " or unicodedata.category(char)[0] not in "CZ" else repr(char)[1:-1]
-        for char in text
-    )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -28,6 +28,7 @@ from consul_operator.adapters.actuators.docker import DockerActuator
 from consul_operator.adapters.consul_client import ConsulClient, ConsulTLS
 from consul_operator.adapters.docker_client import connect, engine_resources
 from consul_operator.adapters.kv_state import start_watch
+from consul_operator.adapters.metrics import read_page_token
 from consul_operator.adapters.presence import AGENT_SERVICE, Presence
 from consul_operator.adapters.status_page import status_page
 from consul_operator.adapters.timers import Timers
@@ -35,6 +36,7 @@ from consul_operator.core.backoff import retry_delay
 from consul_operator.core.desired_state import Resources, host_capacity
 from consul_operator.core.errors import ConsulError, DockerError
 from consul_operator.core.keys import Layout
+from consul_operator.core.spread import SpreadSettings
 from consul_operator.daemons.host_agent import Executor, HostAgent, KVChanged
 from consul_operator.daemons.leader import LeaderElection
 from consul_operator.daemons.loop import Batched, Trigger, run_loop, stop_on_signals, wait_for_stop
@@ -64,8 +66,11 @@ class AgentConfig:
     lock_delay: float
     lost_grace: float
     resync: float
+    spread: SpreadSettings = field(default_factory=SpreadSettings)  # --no-rebalance, --rebalance-settle
     consul_tls: ConsulTLS | None = None  # None: the consul CLI's environment variables
     metrics_tls: tuple[str, str] | None = None  # --metrics-tls-cert, --metrics-tls-key
+    allowed_caps: frozenset[str] = frozenset()  # --allow-cap: capabilities a manifest's cap_add may add
+    page_token_file: str | None = None  # --page-token-file: the status page's bearer token
 
 
 EngineFactory = Callable[[AgentConfig], DockerActuator]
@@ -94,6 +99,7 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
             config.metrics_addr,
             page=status_page(consul, config.layout, config.cluster, f"agent {config.host}"),
             tls=config.metrics_tls,
+            page_token=None if config.page_token_file is None else read_page_token(config.page_token_file),
         )
     event_log.start_flusher(consul, config.layout, config.host, stop)
 
@@ -126,9 +132,19 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
     executor = Executor(docker_actuator, catalog, on_done=host_batched.fire)
     kv_changed = KVChanged()  # what the host pass reads from KV changed: it reads it again
     host_agent = HostAgent(
-        consul, config.layout, config.host, docker_actuator, catalog, executor, kv_changed=kv_changed
+        consul,
+        config.layout,
+        config.host,
+        docker_actuator,
+        catalog,
+        executor,
+        kv_changed=kv_changed,
+        allowed_caps=config.allowed_caps,
+        node=node,
     )
-    scheduler = Scheduler(consul, config.layout, election, config.cluster, config.lost_grace)
+    scheduler = Scheduler(
+        consul, config.layout, election, config.cluster, config.lost_grace, spread=config.spread
+    )
 
     layout = config.layout
     threads = [

@@ -57,7 +57,13 @@ from consul_operator.core.model import (
     action_key,
     action_service,
 )
-from consul_operator.core.records import PlacementRecord, StatusRecord, frozen_map
+from consul_operator.core.records import (
+    CONTAINER_ID_CHARS,
+    PlacementRecord,
+    ReplicaMark,
+    StatusRecord,
+    frozen_map,
+)
 from consul_operator.core.txn import pack_writes
 from consul_operator.daemons.loop import PassResult
 
@@ -68,9 +74,9 @@ MAX_PARALLEL_ACTIONS = 8
 MAX_PER_SERVICE = 4
 """Workers one service is always entitled to; beyond that it may only use workers above the reserve."""
 RESERVED_WORKERS = 2
+"""Workers a service past its share leaves free, so that another service's action starts at once."""
 REGISTRARS = 4
 """Threads that register started replicas, each once its own check has passed or one interval is over."""
-"""Workers a service past its share leaves free, so that another service's action starts at once."""
 
 
 @dataclass(slots=True)
@@ -415,13 +421,14 @@ def _running_specs(containers: list[ContainerInfo]) -> dict[str, dict[str, int]]
     return counts
 
 
-def _instance_ids(containers: list[ContainerInfo]) -> dict[str, list[str]]:
-    """Per service, the sorted names (= Consul service ids) of its running containers."""
-    ids: dict[str, list[str]] = {}
+def _instance_marks(containers: list[ContainerInfo]) -> dict[str, dict[str, ReplicaMark]]:
+    """Per service, its running containers by name (= Consul service id): port, short id and spec."""
+    marks: dict[str, dict[str, ReplicaMark]] = {}
     for c in sorted(containers, key=lambda c: c.name):
         if c.running:
-            ids.setdefault(c.service, []).append(c.name)
-    return ids
+            mark = ReplicaMark(c.host_port or 0, c.id[:CONTAINER_ID_CHARS], c.spec_hash)
+            marks.setdefault(c.service, {})[c.name] = mark
+    return marks
 
 
 class KVChanged:
@@ -473,6 +480,10 @@ class HostAgent:
     wall: Callable[[], float] = time.time
     mono: Callable[[], float] = time.monotonic
     kv_changed: KVChanged | None = None
+    allowed_caps: frozenset[str] = frozenset()  # --allow-cap: what a manifest's cap_add may name here
+    # The Consul node our replicas are registered on (the local agent's), named
+    # in every status record so that a registration elsewhere is not ours (ownership.py).
+    node: str = ""
 
     def __post_init__(self) -> None:
         self._written: dict[str, StatusRecord] | None = None
@@ -514,12 +525,12 @@ class HostAgent:
             present = {c.id for c in containers} | {c.name for c in containers}
             self.executor.forget_actions(present | {r.service_id for r in registrations})
 
-        desires = host_desires(self.host, manifests, placements, revisions)
+        desires = host_desires(self.host, manifests, placements, revisions, self.allowed_caps)
         mono = self.mono()
         plan = plan_host(desires, containers, registrations, inflight, backoffs, now, mono=mono)
         for action in plan.actions:
             self.executor.submit(action)
-        self._report(plan.reports, _running_specs(containers), now, _instance_ids(containers))
+        self._report(plan.reports, _running_specs(containers), now, _instance_marks(containers))
         if plan.wake_at is None:
             return PassResult()
         return PassResult(requeue_after=max(0.0, plan.wake_at - mono))
@@ -555,7 +566,7 @@ class HostAgent:
         reports: tuple[ServiceReport, ...],
         specs: dict[str, dict[str, int]],
         now: float,
-        instances: dict[str, list[str]],
+        instances: dict[str, dict[str, ReplicaMark]],
     ) -> None:
         """Write ``operator/status/<service>/<host>`` for each service whose status changed.
 
@@ -569,6 +580,7 @@ class HostAgent:
         changed: dict[str, StatusRecord | None] = {}
         reported: set[str] = set()
         for report in reports:
+            marks = instances.get(report.service, {})
             record = StatusRecord(
                 service=report.service,
                 host=self.host,
@@ -580,9 +592,12 @@ class HostAgent:
                 hold=report.hold,
                 # Running containers per spec, draining ones included: the leader's surge limit.
                 specs=frozen_map(specs.get(report.service, {})),
-                # Our instance ids (container names): what counts as ours (ownership.py).
-                instances=tuple(instances.get(report.service, [])),
+                # Our instance ids (container names), our node, each one's port, container
+                # and spec: what counts as ours (ownership.py).
+                instances=tuple(marks),
                 since=now,
+                node=self.node,
+                replicas=MappingProxyType(marks),
             )
             if record.says_nothing:
                 continue  # no record (its old one goes below), no gauges

@@ -30,6 +30,7 @@ from consul_operator.adapters.actuators.nginx import ApplyResult, ManagedNginx, 
 from consul_operator.adapters.consul_client import ConsulClient, ConsulTLS
 from consul_operator.adapters.health import HEALTH, tcp_probe
 from consul_operator.adapters.kv_state import read_statuses, start_watch
+from consul_operator.adapters.metrics import read_page_token
 from consul_operator.adapters.presence import read_agents
 from consul_operator.adapters.status_page import status_page
 from consul_operator.core import events
@@ -265,6 +266,7 @@ class LBConfig:
     resync: float
     consul_tls: ConsulTLS | None = None  # None: the consul CLI's environment variables
     metrics_tls: tuple[str, str] | None = None  # --metrics-tls-cert, --metrics-tls-key
+    page_token_file: str | None = None  # --page-token-file: the status page's bearer token
 
 
 def run_lb(config: LBConfig) -> int:
@@ -290,6 +292,7 @@ def run_lb(config: LBConfig) -> int:
             config.metrics_addr,
             page=status_page(consul, config.layout, config.cluster, served_by),
             tls=config.metrics_tls,
+            page_token=None if config.page_token_file is None else read_page_token(config.page_token_file),
         )
     event_log.start_flusher(consul, config.layout, lb_host(config.listen), stop)
     lb = LoadBalancer(

@@ -28,6 +28,7 @@ import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 
 import structlog
 
@@ -50,6 +51,7 @@ from consul_operator.core.leader_plan import (
     paced_services,
 )
 from consul_operator.core.records import ROLLOUT_STATES
+from consul_operator.core.spread import SpreadSettings
 from consul_operator.core.txn import pack_writes
 from consul_operator.daemons.leader import LeaderElection
 from consul_operator.daemons.loop import PassResult
@@ -66,6 +68,8 @@ class Scheduler:
     election: LeaderElection
     cluster: str
     lost_grace: float
+    # Spreading replicas again when a host returns (`spread.py`): --no-rebalance, --rebalance-settle.
+    spread: SpreadSettings = field(default_factory=SpreadSettings)
     # Durations within this process: monotonic, so that a step of the wall clock
     # (NTP) neither keeps a dead host's replicas nor ends a grace at once.
     clock: Callable[[], float] = time.monotonic
@@ -89,11 +93,18 @@ class Scheduler:
             return PassResult()
         now = Now(self.clock(), self.wall_clock())
         state = read_cluster_state(
-            self.consul, self.layout, self.cluster, passing_of=paced_services, leader=True
+            self.consul,
+            self.layout,
+            self.cluster,
+            passing_of=partial(paced_services, rebalance=self.spread.enabled),
+            leader=True,
         )
         self._check_view(state)
         plan = decide_leader(
-            state, self.memory, now, LeaderSettings(self.election.host, self.layout, self.lost_grace)
+            state,
+            self.memory,
+            now,
+            LeaderSettings(self.election.host, self.layout, self.lost_grace, self.spread),
         )
         self.memory = plan.memory
         self._log_decisions(plan)
@@ -232,6 +243,11 @@ class Scheduler:
         invalid, self.invalid_seen = events.invalid_events(state.manifests, self.invalid_seen)
         for event in [*occurred, *invalid]:
             event_log.record(event.service, event.reason, event.message)
+        placed = set(written)
+        for move in plan.rebalanced:  # counted once its placement is written
+            if layout.placement_key(move.service) in placed:
+                event_log.record(move.service, events.REBALANCED, move.message)
+                metrics.rebalanced_replicas.inc()
 
     def _observe(self, state: ClusterState, plan: LeaderPlan) -> None:
         """Export what only the leader knows: desired, healthy, drift, validity, convergence time."""

@@ -36,7 +36,7 @@ def host_json(cluster: Cluster, host: str) -> Any:
 def test_cordon_stops_new_placements_and_uncordon_allows_them(
     cluster: Cluster, service_name: str, host_1: str
 ) -> None:
-    """A cordoned host gets no new replica; uncordoned it gets the next one; nothing moves back."""
+    """A cordoned host gets no new replica; uncordoned it gets the next one; nothing moves back at once."""
     cordoned = operator(cluster, "cordon", host_1)
     assert cordoned.returncode == 0, cordoned.stderr
     assert "host-1: cordoned" in cordoned.stdout
@@ -54,7 +54,7 @@ def test_cordon_stops_new_placements_and_uncordon_allows_them(
         "cordoned": False,
         "drain": None,
     }
-    assert cluster.per_host(service_name) == {"host-2": REPLICAS}, "uncordon moves nothing back"
+    assert cluster.per_host(service_name) == {"host-2": REPLICAS}, "nothing moves back before host-1 settles"
     cluster.put(service_name, REPLICAS + 1)
     cluster.wait_converged(service_name, REPLICAS + 1)
     assert cluster.per_host(service_name) == {"host-1": 1, "host-2": REPLICAS}

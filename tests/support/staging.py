@@ -32,11 +32,13 @@ SLOW_RESYNC = (("AGENT_ARGS", "--resync 600s"), ("LB_ARGS", "--resync 600s"))
 # The tests' app hosts differ in labels and capacity (tests/integration/test_capacity.py):
 # host-1 is the big one in zone a, host-2 the small one in zone b. Nominal capacities (the
 # hosts share one machine); CPU quotas above the machine's CPUs would not start, so no
-# test asks for more than 1 CPU per replica.
+# test asks for more than 1 CPU per replica. Only host-1 lets a manifest add NET_ADMIN
+# (tests/integration/test_container_privileges.py).
 HOST_CAPACITY_1 = "memory=16Gi,cpus=8"
 HOST_CAPACITY_2 = "memory=4Gi,cpus=8"
+HOST_1_ALLOWED_CAPS = "NET_ADMIN"
 HOSTS_APART = (
-    ("AGENT_ARGS_HOST1", f"--label zone=a --capacity {HOST_CAPACITY_1}"),
+    ("AGENT_ARGS_HOST1", f"--label zone=a --capacity {HOST_CAPACITY_1} --allow-cap {HOST_1_ALLOWED_CAPS}"),
     ("AGENT_ARGS_HOST2", f"--label zone=b --capacity {HOST_CAPACITY_2}"),
 )
 

@@ -86,9 +86,14 @@ def test_host_without_a_readable_capacity_is_unlimited(meta: dict[str, str]) -> 
 
 
 def test_every_container_gets_limits_and_safe_defaults() -> None:
-    """Memory without extra swap, a CPU quota, the pids limit, no-new-privileges, no restart, a capped log."""
+    """Memory without extra swap, a CPU quota, the pids limit, no-new-privileges, no restart, a capped log;
+    every capability dropped but CHOWN, SETGID and SETUID; a writable root without tmpfs by default."""
     manifest = Manifest("web", "hello:local", 1, resources=Resources(300 * MI, 250), pids_limit=200)
     assert host_config(manifest) == {
+        "cap_drop": ["ALL"],
+        "cap_add": ["CHOWN", "SETGID", "SETUID"],
+        "read_only": False,
+        "tmpfs": {},
         "mem_limit": 300 * MI,
         "memswap_limit": 300 * MI,
         "nano_cpus": 250_000_000,

@@ -135,16 +135,52 @@ def test_tls_settings_come_from_the_consul_cli_variables(env: dict[str, str], ex
         pytest.param("127.0.0.1:8501", {"CONSUL_HTTP_SSL": "true"}, "https://127.0.0.1:8501", id="ssl-var"),
         pytest.param("https://127.0.0.1:8501", {}, "https://127.0.0.1:8501", id="https-address"),
         pytest.param(
-            "http://127.0.0.1:8500", {"CONSUL_HTTP_SSL": "true"}, "http://127.0.0.1:8500", id="explicit-http"
+            "http://127.0.0.1:8500", {"CONSUL_HTTP_SSL": "true"}, "https://127.0.0.1:8500", id="http-upgraded"
         ),
+        pytest.param(
+            "https://127.0.0.1:8501", {"CONSUL_HTTP_SSL": "false"}, "https://127.0.0.1:8501", id="https-kept"
+        ),
+        pytest.param("127.0.0.1:8500", {"CONSUL_HTTP_SSL": ""}, "http://127.0.0.1:8500", id="empty-unset"),
         pytest.param("127.0.0.1:8500", {}, "http://127.0.0.1:8500", id="plain"),
     ],
 )
 def test_https_follows_the_address_and_consul_http_ssl(
     address: str, env: dict[str, str], expected: str
 ) -> None:
-    """CONSUL_HTTP_SSL=true makes a scheme-less address https, as the consul CLI; an explicit scheme wins."""
+    """CONSUL_HTTP_SSL=true makes the address https, an http:// one included (as the consul CLI never
+    reverts to HTTP once TLS is asked for); false or empty leaves the address's scheme."""
     assert str(ConsulClient(address, tls=ConsulTLS.from_env(env)).address) == expected
+
+
+GO_TRUE = ["1", "t", "T", "TRUE", "true", "True"]
+GO_FALSE = ["0", "f", "F", "FALSE", "false", "False"]
+GO_ERRORS = ["no", "off", "yes", "on", "tRUE", "False ", " 1", "2", "enabled", "y", "n", "trUe"]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        *(pytest.param(v, t, True, id=f"{v}={t}") for v in ("SSL", "SSL_VERIFY") for t in GO_TRUE),
+        *(pytest.param(v, f, False, id=f"{v}={f}") for v in ("SSL", "SSL_VERIFY") for f in GO_FALSE),
+        pytest.param("SSL", "", None, id="SSL-empty-as-unset"),
+        pytest.param("SSL_VERIFY", "", True, id="SSL_VERIFY-empty-keeps-verifying"),
+        pytest.param("SSL", None, None, id="SSL-unset"),
+        pytest.param("SSL_VERIFY", None, True, id="SSL_VERIFY-unset-verifies"),
+    ],
+)
+def test_tls_flags_parse_as_go_parsebool(variable: str, value: str | None, expected: bool | None) -> None:
+    """CONSUL_HTTP_SSL and _SSL_VERIFY take exactly strconv.ParseBool's spellings; empty is unset."""
+    env = {} if value is None else {f"CONSUL_HTTP_{variable}": value}
+    tls = ConsulTLS.from_env(env)
+    assert (tls.ssl if variable == "SSL" else tls.verify) is expected
+
+
+@pytest.mark.parametrize("variable", ["CONSUL_HTTP_SSL", "CONSUL_HTTP_SSL_VERIFY"])
+@pytest.mark.parametrize("value", GO_ERRORS)
+def test_tls_flags_outside_parsebool_are_refused(variable: str, value: str) -> None:
+    """Any other spelling (no, off, yes, tRUE, padded ...) is an error naming the variable, never "off"."""
+    with pytest.raises(ValueError, match=f"^{variable} must be one of 1/t/T/TRUE/true/True/0/f/F"):
+        ConsulTLS.from_env({variable: value})
 
 
 def test_verification_uses_the_ca_file_and_the_client_pair(tmp_path: Path) -> None:
@@ -180,8 +216,14 @@ def test_verification_uses_the_ca_file_and_the_client_pair(tmp_path: Path) -> No
         pytest.param(
             ["wait", "web"],
             {"CONSUL_HTTP_SSL": "maybe"},
-            "CONSUL_HTTP_SSL must be true or false",
+            "CONSUL_HTTP_SSL must be one of 1/t/T/TRUE/true/True/0/f/F/FALSE/false/False",
             id="bad-ssl",
+        ),
+        pytest.param(
+            ["status"],
+            {"CONSUL_HTTP_SSL_VERIFY": "off"},
+            "CONSUL_HTTP_SSL_VERIFY must be one of 1/t/T/TRUE/true/True/0/f/F/FALSE/false/False",
+            id="verify-off-spelled-off",
         ),
         pytest.param(
             ["agent", "--host", "host-1", "--metrics-tls-cert", "/nonexistent/m.pem"],

@@ -718,7 +718,7 @@ def test_to_dict_round_trips() -> None:
     assert data["drain"] == "1.5s"
     assert data["stop_grace"] == "10s"
     assert data["env"] == {"A": "y", "B": "x"}
-    assert data["placement"] == {"hosts": None, "max_per_host": None, "labels": {}}
+    assert data["placement"] == {"hosts": None, "max_per_host": None, "labels": {}, "rebalance": True}
     assert data["resources"] == {"memory": "256Mi", "cpus": 0.25}
     assert data["pids_limit"] == 1024
     assert manifest_from_dict(data) == manifest
@@ -863,6 +863,10 @@ def test_full_fields_is_full() -> None:
         pytest.param("resources", {"memory": "512Mi"}, id="resources-memory"),
         pytest.param("resources", {"cpus": 1}, id="resources-cpus"),
         pytest.param("pids_limit", 100, id="pids-limit"),
+        pytest.param("user", "1000", id="user"),
+        pytest.param("read_only", True, id="read-only"),
+        pytest.param("tmpfs", ["/tmp"], id="tmpfs"),
+        pytest.param("cap_add", ["NET_ADMIN"], id="cap-add"),
     ],
 )
 def test_spec_hash_changes_with_each_container_field(name: str, value: object) -> None:
@@ -882,6 +886,9 @@ def test_spec_hash_changes_with_each_container_field(name: str, value: object) -
         pytest.param("update", {"max_surge": 2, "deadline": "1m"}, id="update"),
         pytest.param("resources", {"memory": "256Mi", "cpus": 0.25}, id="default-resources-spelled-out"),
         pytest.param("pids_limit", 1024, id="default-pids-limit-spelled-out"),
+        pytest.param("read_only", False, id="default-read-only-spelled-out"),
+        pytest.param("tmpfs", [], id="empty-tmpfs-spelled-out"),
+        pytest.param("cap_add", [], id="empty-cap-add-spelled-out"),
     ],
 )
 def test_spec_hash_leaves_out_each_other_field(name: str, value: object) -> None:

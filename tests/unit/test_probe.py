@@ -6,6 +6,7 @@ import http.server
 import socket
 import threading
 from collections.abc import Iterator
+from typing import ClassVar
 
 import pytest
 
@@ -76,3 +77,44 @@ def test_probe_retries_until_the_app_passes_within_its_budget() -> None:
     now[0] = 0.0
     assert not passes_within({}, 1.0, 0.5, clock=lambda: now[0], sleep=sleep, run=lambda *_: False)
     assert now[0] == pytest.approx(0.5)
+
+
+class _Redirecting(http.server.BaseHTTPRequestHandler):
+    """GET /<status> answers that redirect to /target, which answers 200 and counts its requests."""
+
+    hits: ClassVar[list[str]] = []
+    port: ClassVar[int] = 0
+
+    def do_GET(self) -> None:
+        if self.path == "/target":
+            type(self).hits.append(self.path)
+            body = b"SECRET"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self.send_response(int(self.path.strip("/")))
+        self.send_header("Location", f"http://127.0.0.1:{self.port}/target")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_never_followed_and_never_passes(status: int) -> None:
+    """A health path that redirects (to loopback, say) does not pass, and its target is never asked."""
+    _Redirecting.hits = []
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Redirecting)
+    _Redirecting.port = int(httpd.server_address[1])
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        check = {"HTTP": f"http://127.0.0.1:{_Redirecting.port}/{status}"}
+        assert not run_check(check, 2.0)
+        assert not passes_within(check, 2.0, 0.2)
+        assert _Redirecting.hits == []
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

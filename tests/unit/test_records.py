@@ -10,6 +10,7 @@ import pytest
 from consul_operator.core.records import (
     Hold,
     LeaderRecord,
+    ReplicaMark,
     RollbackRequest,
     RolloutRecord,
     RolloutState,
@@ -29,6 +30,11 @@ FULL = StatusRecord(
     specs=frozen_map({"abc": 2}),
     instances=("web-host-1-a", "web-host-1-b"),
     since=1.7e9,
+    node="node-1",
+    replicas={
+        "web-host-1-a": ReplicaMark(31001, "0123456789ab", "abc"),
+        "web-host-1-b": ReplicaMark(31002, "ba9876543210", "abc"),
+    },
 )
 
 
@@ -56,6 +62,20 @@ def test_status_record_round_trips() -> None:
         pytest.param({"specs": {"a": "x"}}, "specs", {}, id="specs-with-junk-count-nothing"),
         pytest.param({"specs": ["a"]}, "specs", {}, id="specs-not-a-mapping"),
         pytest.param({"hold": "pending"}, "hold", None, id="unknown-hold-is-no-hold"),
+        pytest.param({}, "node", "", id="no-node-an-older-agents-record"),
+        pytest.param({"replicas": ["a"]}, "replicas", {}, id="replicas-not-a-mapping"),
+        pytest.param(
+            {"replicas": {"a": [8080, "c", "s"], "b": ["8080", "c", "s"], "c": [0, "c", "s"]}},
+            "replicas",
+            {"a": ReplicaMark(8080, "c", "s")},
+            id="marks-with-a-bad-port-dropped",
+        ),
+        pytest.param(
+            {"replicas": {"a": [8080, "c"], "b": [8080, 1, "s"], "d": [True, "c", "s"]}},
+            "replicas",
+            {},
+            id="marks-of-the-wrong-shape-dropped",
+        ),
         pytest.param({"hold": "unplaced"}, "hold", Hold.UNPLACED, id="unplaced-hold"),
     ],
 )
@@ -65,7 +85,7 @@ def test_status_record_fields_are_read_defensively(
     """A field of the wrong type (an old or a hand-made record) reads as empty, never as a crash."""
     record = StatusRecord.from_json(json.dumps(body), service="web", host="host-1")
     got = getattr(record, field)
-    assert (dict(got) if field == "specs" else got) == value
+    assert (dict(got) if field in ("specs", "replicas") else got) == value
 
 
 @pytest.mark.parametrize("data", [b"not json", b"[1, 2]", b'"text"'], ids=["not-json", "list", "string"])
@@ -80,6 +100,14 @@ def test_same_report_ignores_only_the_time() -> None:
     assert FULL.same_report(dataclasses.replace(FULL, since=2e9))
     assert not FULL.same_report(dataclasses.replace(FULL, healthy=2))
     assert not FULL.same_report(dataclasses.replace(FULL, instances=("web-host-1-a",)))
+    moved = {**FULL.replicas, "web-host-1-a": ReplicaMark(31009, "0123456789ab", "abc")}
+    assert not FULL.same_report(dataclasses.replace(FULL, replicas=moved))
+
+
+def test_a_replica_costs_few_bytes_in_a_status_record() -> None:
+    """Each replica's mark adds its port, short container id and spec: under 70 bytes with its name."""
+    one = dataclasses.replace(FULL, instances=(), replicas={})
+    assert (len(FULL.to_json()) - len(one.to_json())) / 2 < 70
     assert not FULL.same_report(None)
 
 

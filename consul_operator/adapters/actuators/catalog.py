@@ -39,6 +39,13 @@ def service_definition(
 
     ``initial_passing``: the check starts as passing instead of critical, for a
     replica whose check the agent has just run itself and seen pass (`probe`).
+
+    ``health.http`` is an HTTP GET check, as the manifest asks. Consul 1.8
+    follows its redirects and has no way to say otherwise (it refuses
+    ``DisableRedirects``, a field of later versions, with "unknown field"):
+    what the last answer says stays in the check's Output inside Consul,
+    which the operator never reads (`ConsulClient.health_service`). Our own
+    probe follows none (`probe.run_check`). docs/deploy.md says what remains.
     """
     port = container.host_port
     if port is None:

@@ -20,7 +20,7 @@ import structlog
 from consul_operator.adapters.docker_client import docker_errors
 from consul_operator.adapters.timers import Timers
 from consul_operator.core.backoff import retry_delay
-from consul_operator.core.desired_state import Manifest
+from consul_operator.core.desired_state import DEFAULT_CAPABILITIES, TMPFS_SIZE, Manifest
 from consul_operator.core.errors import DockerError, ImageNotFound
 from consul_operator.core.model import (
     LABEL_CLUSTER,
@@ -56,15 +56,27 @@ RESTART_POLICY = "no"
 """Docker never restarts a replica: the operator does, with back-off, and sees every crash."""
 
 
+TMPFS_OPTIONS = f"rw,nosuid,nodev,size={TMPFS_SIZE // (1024 * 1024)}m,mode=1777"
+"""Each ``tmpfs:`` path's mount: no setuid programs or devices, `TMPFS_SIZE`, writable by every user
+(over a directory of the image, Docker keeps that directory's owner and mode)."""
+
+
 def host_config(manifest: Manifest) -> dict[str, Any]:
     """The limits and defaults every replica is created with (docker-py's create arguments).
 
     Memory is a hard limit without swap on top (the swap limit equals it), the
     CPUs a CFS quota, the pids limit the manifest's; no-new-privileges, no
-    restart by Docker, and a log capped in size.
+    restart by Docker, and a log capped in size. Every capability is dropped
+    but `DEFAULT_CAPABILITIES` and the manifest's ``cap_add`` (which the host
+    plan has checked against the agent's ``--allow-cap``); the root file
+    system is read-only with ``read_only``, with a tmpfs at each ``tmpfs`` path.
     """
     resources = manifest.resources
     return {
+        "cap_drop": ["ALL"],
+        "cap_add": sorted(set(DEFAULT_CAPABILITIES) | set(manifest.cap_add)),
+        "read_only": manifest.read_only,
+        "tmpfs": {path: TMPFS_OPTIONS for path in manifest.tmpfs},
         "mem_limit": resources.memory,
         "memswap_limit": resources.memory,
         "nano_cpus": resources.millicpus * 1_000_000,
@@ -218,6 +230,7 @@ class DockerActuator:
             name=name,
             command=list(manifest.command) if manifest.command else None,
             environment=manifest.env_dict,
+            user=manifest.user,
             labels=labels,
             ports=list(bindings),
             detach=True,

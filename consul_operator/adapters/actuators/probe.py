@@ -31,8 +31,10 @@ def run_check(check: Mapping[str, Any], timeout: float) -> bool:
     """One run of a check definition (``HTTP`` or ``TCP``), passing by Consul's rules.
 
     HTTP: a GET of the URL, passing on a 2xx answer (Consul counts 429 as
-    warning and anything else as critical; we follow no redirect, so a 3xx
-    is simply "not known to pass"). TCP: a connection that opens.
+    warning and anything else as critical). A redirect is never followed
+    (``http.client`` follows none): a 3xx does not pass, and whatever it
+    points at, a loopback or a cloud metadata URL, is never asked. TCP: a
+    connection that opens.
     """
     try:
         if "HTTP" in check:
