@@ -84,7 +84,7 @@ unplaced_replicas = Gauge(
 
 rollout_state = Gauge(
     "operator_rollout_state",
-    "1 for the state the service's last rollout is in (progressing, complete, rolling_back, "
+    "1 for the state the service's last rollout is in (progressing, held, complete, rolling_back, "
     "rolled_back, failed), 0 for the others (exported by the leader).",
     ["service", "state"],
 )

@@ -30,7 +30,7 @@ from consul_operator.adapters.presence import (
     hosts_of,
 )
 from consul_operator.core.cluster_state import ClusterState, passing_per_host
-from consul_operator.core.desired_state import is_dns_label
+from consul_operator.core.desired_state import ManifestError, Resources, is_dns_label, parse_manifest
 from consul_operator.core.keys import Layout
 from consul_operator.core.ownership import owned
 from consul_operator.core.status import ClusterSnapshot, HostRow
@@ -94,7 +94,30 @@ def read_cluster_state(
         if is_dns_label(name)
     }
     counts = consul.passing_instances() if leader else {}
-    return dataclasses.replace(state, passing=passing, passing_counts=counts)
+    sizes = _spec_sizes(trees[layout.revisions_prefix], layout, state.specs_in_use())
+    return dataclasses.replace(state, passing=passing, passing_counts=counts, spec_sizes=sizes)
+
+
+def _spec_sizes(
+    entries: Iterable[KVEntry], layout: Layout, wanted: set[tuple[str, str]]
+) -> dict[tuple[str, str], Resources]:
+    """The resources of the kept revisions of ``wanted`` (service, spec): parsed only while in use.
+
+    A revision that does not parse, or is not of its spec, is left out (its
+    replicas are then charged at the manifest's resources).
+    """
+    sizes: dict[tuple[str, str], Resources] = {}
+    for entry in entries:
+        name, _, spec = entry.key[len(layout.revisions_prefix) :].partition("/")
+        if (name, spec) not in wanted:
+            continue
+        try:
+            manifest = parse_manifest(entry.value, key_name=name)
+        except ManifestError:
+            continue
+        if manifest.spec_hash() == spec:
+            sizes[name, spec] = manifest.resources
+    return sizes
 
 
 def _revisions(entries: Iterable[KVEntry], layout: Layout) -> Iterable[tuple[str, str]]:

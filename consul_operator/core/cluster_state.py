@@ -26,6 +26,9 @@ class ClusterState:
     * ``manifests``: ``services/<name>``, parsed, or why it is invalid;
     * ``placements``, ``rollouts``: the leader's records;
     * ``revisions``: the kept specs, (service, spec hash) of ``operator/revisions/``;
+      ``spec_sizes``: what one replica takes, per (service, spec hash), of the
+      kept specs that are placed or run but are not the manifest's (a
+      rollout's old spec: what its hosts are charged);
     * ``rollback_requests``: services with an ``operator/rollback/<name>``;
     * ``hosts``: the registered agents, live or not, with their labels;
       ``capacities``: what each agent advertises (none: an older agent, unlimited);
@@ -43,6 +46,7 @@ class ClusterState:
     placements: Mapping[str, PlacementRecord] = field(default_factory=dict)
     rollouts: Mapping[str, RolloutRecord] = field(default_factory=dict)
     revisions: frozenset[tuple[str, str]] = frozenset()
+    spec_sizes: Mapping[tuple[str, str], Resources] = field(default_factory=dict)
     rollback_requests: frozenset[str] = frozenset()
     hosts: KnownHosts = field(default_factory=dict)
     capacities: Mapping[str, Resources] = field(default_factory=dict)
@@ -55,6 +59,16 @@ class ClusterState:
     def valid_manifests(self) -> dict[str, Manifest | None]:
         """Every service with a manifest: the manifest, or None when it is invalid (hands off)."""
         return {n: (m if isinstance(m, Manifest) else None) for n, m in self.manifests.items()}
+
+    def specs_in_use(self) -> set[tuple[str, str]]:
+        """(service, spec) placed or running that is not its valid manifest's spec (sizes to read)."""
+        used: set[tuple[str, str]] = set()
+        for name, record in self.placements.items():
+            used.update((name, spec) for host in record.hosts for spec in record.spec_counts(host))
+        for name, per_host in self.statuses.items():
+            used.update((name, spec) for status in per_host.values() for spec in status.specs)
+        current = {(n, m.spec_hash()) for n, m in self.manifests.items() if isinstance(m, Manifest)}
+        return used - current
 
     def live(self, host: str) -> bool:
         """Whether ``host``'s agent is registered and live."""

@@ -285,6 +285,8 @@ def rollout_events(before: RolloutRecord | None, after: RolloutRecord) -> list[O
         why = f": {after.reason}" if after.reason else ""
         return [Occurred(name, ROLLED_BACK, f"rolling back to {after.to_spec[:12]}{why}")]
     what = f"rollout {moved} {after.state.value}: {after.updated}/{after.total} updated"
+    if after.state == RolloutState.HELD and after.reason:
+        what += f"; {after.reason}"  # what fits nowhere, and each host's free resources
     return [Occurred(name, ROLLOUT_STEP, what)]
 
 

@@ -55,11 +55,18 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from consul_operator.core.cluster_state import ClusterState, spec_of
-from consul_operator.core.desired_state import Manifest, revision_json
+from consul_operator.core.convergence import unconverged
+from consul_operator.core.desired_state import Manifest, Resources, revision_json
 from consul_operator.core.keys import Layout
 from consul_operator.core.maintenance import DrainTimer, keep_stuck, placed_on, plan_drain, time_drains
 from consul_operator.core.model import META_HOST, Event, HostInfo, ServiceInstance
-from consul_operator.core.placement import gone_statuses, live_running, next_schedule_wakeup, schedule
+from consul_operator.core.placement import (
+    Usage,
+    gone_statuses,
+    live_running,
+    next_schedule_wakeup,
+    schedule_usage,
+)
 from consul_operator.core.records import (
     PlacementRecord,
     RolloutRecord,
@@ -69,6 +76,7 @@ from consul_operator.core.records import (
 )
 from consul_operator.core.rollout import (
     RolloutTimer,
+    SpecCounts,
     SpecsByHost,
     dropped_rollback_requests,
     frozen_placement,
@@ -76,7 +84,9 @@ from consul_operator.core.rollout import (
     orphaned_revisions,
     plan_rollout,
     rollout_needs_write,
+    spec_charge,
     time_rollout,
+    within_capacity,
 )
 from consul_operator.core.spread import Candidate, Move, Spreading, SpreadSettings, may_move, plan_spreading
 
@@ -185,7 +195,8 @@ def decide_leader(
     hosts, lost_since = known_hosts(state, running_all, memory.lost_since, now.mono)
     valid = state.valid_manifests()
     drains = time_drains(state.maintenance, memory.drain_timers, now.mono)
-    decided = schedule(
+    running_live = live_running(running_all, hosts)
+    decided, used = schedule_usage(
         valid,
         hosts,
         state.placements,
@@ -193,10 +204,12 @@ def decide_leader(
         settings.lost_grace,
         cordoned=drains.cordoned,
         draining=drains.draining,
+        running=running_live,
+        sizes=state.spec_sizes,
     )
     decided = {n: keep_stuck(r, state.placements.get(n), drains.holding) for n, r in decided.items()}
-    running_live = live_running(running_all, hosts)
-    rollouts = _Rollouts(state, memory, now, layout, running_live)
+    room = _Capacity(hosts, used, state, drains.cordoned)
+    rollouts = _Rollouts(state, memory, now, layout, running_live, room)
     rollouts.run(valid, decided)
     moving = _pace_drains(state, valid, decided, rollouts, drains.paced, running_live, now.mono)
     busy = {*moving, *placed_on(state.placements, drains.draining, running_live)}
@@ -245,7 +258,7 @@ def decide_leader(
     if rollouts.active or moving or spreading.moving:  # waiting on health, min_healthy, drains: look again
         poll = now.mono + ROLLOUT_POLL
         wake = poll if wake is None else min(wake, poll)
-    seen, changed_at, converged = _convergence(state, decided, memory, now.mono)
+    seen, changed_at, converged = _convergence(state, decided, rollouts.records, memory, now.mono)
     return LeaderPlan(
         placements=decided,
         rollouts=rollouts.records,
@@ -355,13 +368,60 @@ def _requested(
     return back, Event("rollback requested", {"service": rollout.service, "to": back.to_spec})
 
 
+class _Capacity:
+    """What each host is charged (`placement.Usage`, after the schedule) and can hold, and which
+    hosts take no new replica (``closed``, with why): the rollouts' filters, the charge kept up to
+    date as each rollout's step changes its service's."""
+
+    def __init__(
+        self, hosts: list[HostInfo], used: Usage, state: ClusterState, cordoned: Collection[str]
+    ) -> None:
+        self.capacity = {h.name: h.capacity for h in hosts}
+        self.used = used
+        self.sizes = state.spec_sizes
+        self.closed = {h.name: "not live" for h in hosts if not h.live}
+        self.closed.update({h: "cordoned" for h in cordoned if h not in self.closed})
+
+    def need(self, manifest: Manifest) -> dict[str, Resources]:
+        """What one replica of each spec of ``manifest``'s service takes (the kept specs in use)."""
+        sizes = {spec: r for (name, spec), r in self.sizes.items() if name == manifest.name}
+        return {**sizes, manifest.spec_hash(): manifest.resources}
+
+    def free(self, service: str, hosts: Collection[str]) -> dict[str, Resources | None]:
+        """What the other services leave of each host's capacity (None: unlimited)."""
+        mine = self.used.of_service(service)
+        free: dict[str, Resources | None] = {}
+        for host in hosts:
+            capacity = self.capacity.get(host)
+            free[host] = (
+                None if capacity is None else capacity - self.used.on(host) + mine.get(host, Resources(0, 0))
+            )
+        return free
+
+    def charge(self, manifest: Manifest, specs: SpecCounts, running: SpecCounts) -> None:
+        """``manifest``'s service now takes ``specs`` placed, against ``running``."""
+        need = self.need(manifest)
+        charged = {
+            host: spec_charge(specs.get(host, {}), running.get(host, {}), need, manifest.resources)
+            for host in set(specs) | set(running)
+        }
+        self.used.charge(manifest.name, {h: r for h, r in charged.items() if r.memory or r.millicpus})
+
+
 class _Rollouts:
     """Step 3 of `decide_leader`: every service's rollout, the placements it paces, its writes."""
 
     def __init__(
-        self, state: ClusterState, memory: LeaderMemory, now: Now, layout: Layout, running: SpecsByHost
+        self,
+        state: ClusterState,
+        memory: LeaderMemory,
+        now: Now,
+        layout: Layout,
+        running: SpecsByHost,
+        capacity: _Capacity,
     ) -> None:
         self.state = state
+        self.capacity = capacity
         self.now = now
         self.layout = layout
         self.running = running
@@ -411,6 +471,10 @@ class _Rollouts:
         rollout, event = next_rollout(name, spec, timed, current, revisions, wall)
         if event is not None:
             self.events.append(event)
+        if rollout is None and old is not None:
+            self.writes[layout.rollout_key(name)] = (
+                None  # replaced without pacing: its record is of another spec
+            )
         if requested:
             self.writes[layout.rollback_key(name)] = None
             rollout, event = _requested(rollout, True, wall)
@@ -428,6 +492,7 @@ class _Rollouts:
             record = decided[name]
             specs = {h: frozen_map({rollout.to_spec: n}) for h, n in record.hosts.items()}
             decided[name] = dataclasses.replace(record, spec_hash=rollout.to_spec, specs=specs)
+            self._fit(manifest, current, decided)
         self.records[name] = rollout
         if rollout_needs_write(old, rollout):
             self.writes[layout.rollout_key(name)] = rollout.to_json()
@@ -450,29 +515,61 @@ class _Rollouts:
         name = manifest.name
         placed = {h: record.spec_counts(h) for h in record.hosts}
         passing, matured = self._health(name, self.state.passing.get(name, ()), manifest.update.min_healthy)
+        target = dict(decided[name].hosts)
+        running = self.running.get(name, {})
         step = plan_rollout(
             rollout,
             manifest.replicas,
             manifest.update,
-            dict(decided[name].hosts),
+            target,
             placed,
-            self.running.get(name, {}),
+            running,
             passing,
             matured,
             self.now.wall,
+            free=self.capacity.free(name, set(target) | set(placed)),
+            need=self.capacity.need(manifest),
+            closed=self.capacity.closed,
+            max_per_host=manifest.placement.max_per_host,
         )
         if step.rollout.state == RolloutState.FAILED:
             # No spec changes any more, but a lost host's replicas still move.
             decided[name] = frozen_placement(record, decided[name], step.rollout.from_spec)
-        else:
-            specs = {h: frozen_map(c) for h, c in step.specs.items()}
-            hosts = frozen_map({h: sum(c.values()) for h, c in step.specs.items()})
-            decided[name] = dataclasses.replace(
-                decided[name], spec_hash=step.rollout.to_spec, hosts=hosts, specs=specs
-            )
-            if step.rollout.state == RolloutState.COMPLETE:
-                decided[name] = dataclasses.replace(decided[name], specs={})
+            self._fit(manifest, record, decided)
+            return step.rollout
+        specs = {h: frozen_map(c) for h, c in step.specs.items()}
+        hosts = frozen_map({h: sum(c.values()) for h, c in step.specs.items()})
+        decided[name] = dataclasses.replace(
+            decided[name], spec_hash=step.rollout.to_spec, hosts=hosts, specs=specs
+        )
+        if step.rollout.state == RolloutState.COMPLETE:
+            decided[name] = dataclasses.replace(decided[name], specs={})
+        after = decided[name]
+        self.capacity.charge(manifest, {h: after.spec_counts(h) for h in after.hosts}, running)
         return step.rollout
+
+    def _fit(
+        self, manifest: Manifest, before: PlacementRecord | None, decided: dict[str, PlacementRecord]
+    ) -> None:
+        """Cut what ``decided[name]`` adds past a host's capacity (`rollout.within_capacity`): a
+        frozen or rolled-back spec mix is not the spec the schedule sized new replicas by."""
+        name, record = manifest.name, decided[manifest.name]
+        running = self.running.get(name, {})
+        placed = {h: record.spec_counts(h) for h in record.hosts}
+        had = {h: before.spec_counts(h) for h in before.hosts} if before else {}
+        free = self.capacity.free(name, set(placed))
+        specs, cut = within_capacity(
+            placed, had, running, free, self.capacity.need(manifest), manifest.resources
+        )
+        if cut:
+            decided[name] = dataclasses.replace(
+                record,
+                hosts=frozen_map({h: sum(c.values()) for h, c in specs.items()}),
+                specs={h: frozen_map(c) for h, c in specs.items()},
+                unplaced=record.unplaced + cut,
+                reason=record.reason or f"{cut} replicas fit on no host at their spec's resources",
+            )
+        self.capacity.charge(manifest, specs, running)
 
     def _health(
         self, name: str, instances: Collection[ServiceInstance], min_healthy: float
@@ -609,9 +706,14 @@ def _host_health(
 
 
 def _convergence(
-    state: ClusterState, decided: Mapping[str, PlacementRecord], memory: LeaderMemory, now: float
+    state: ClusterState,
+    decided: Mapping[str, PlacementRecord],
+    rollouts: Mapping[str, RolloutRecord],
+    memory: LeaderMemory,
+    now: float,
 ) -> tuple[dict[str, Manifest], dict[str, float], list[Converged]]:
-    """The manifests seen, the changes not converged yet, and the services that converged now."""
+    """The manifests seen, the changes not converged yet, and the services that converged now
+    (`convergence.unconverged` over this pass's placement and rollout)."""
     seen = {n: m for n, m in memory.seen.items() if n in state.manifests}
     changed_at = {n: t for n, t in memory.changed_at.items() if n in state.manifests}
     converged: list[Converged] = []
@@ -622,8 +724,8 @@ def _convergence(
             changed_at[name] = now
         seen[name] = manifest
         healthy = state.passing_counts.get(name, 0)
-        record = decided.get(name)
-        done = healthy == manifest.replicas and record is not None and record.unplaced == 0
+        records = state.statuses.get(name, {}).values()
+        done = not unconverged(manifest, decided.get(name), records, healthy, rollouts.get(name))
         if done and name in changed_at:
             converged.append(Converged(name, now - changed_at.pop(name), manifest.replicas))
     return seen, changed_at, converged

@@ -18,14 +18,18 @@ Output: the new placement record of every service that has a manifest.
   include every one asked for). Only eligible hosts receive new replicas; a
   host that no longer matches loses its replicas (they are placed again).
 - **Capacity** (`fits`): a new replica goes only to a host where it fits:
-  the resources of every replica placed there (of every service, this
-  pass's decisions included) plus its own are within the host's advertised
-  capacity, for memory and for CPUs. A host without a capacity (an older
-  agent) is unlimited. Only new placements are checked: a replica already
-  placed stays where it is even when its host no longer fits (a smaller
-  capacity, larger resources after a spec change), like Nomad and
-  Kubernetes, which never evict for capacity; and adding capacity moves
-  nothing. An invalid manifest's replicas count with the default resources.
+  what the host is charged (`Usage`, every service, this pass's decisions
+  included) plus its own are within the host's advertised capacity, for
+  memory and for CPUs. A host is charged what runs or is placed there, per
+  spec (`rollout.spec_charge`: per spec the larger of the replicas placed
+  and running, each at its own spec's resources), not a spec that did not
+  start. A host without a capacity (an older agent) is unlimited. A replica
+  already placed stays where it is even when its host no longer fits (a
+  smaller capacity), and adding capacity moves nothing; but a spec change
+  replaces replicas, and each new replica goes through this filter (the
+  rollout's, `rollout.plan_rollout`; a spec that fits nowhere holds the
+  rollout with the old replicas running). An invalid manifest's replicas
+  count with the default resources, or their spec's kept ones.
 - **A lost host keeps its replicas for a grace period** (``lost_grace``
   seconds after ``lost_since``): a short network blip or an agent restart
   must not move containers around. They count toward the total, so no
@@ -79,6 +83,13 @@ from consul_operator.core.desired_state import Manifest, Resources, format_cpus,
 from consul_operator.core.maintenance import open_hosts
 from consul_operator.core.model import HostInfo
 from consul_operator.core.records import PlacementRecord, UnplacedCause, frozen_map
+from consul_operator.core.rollout import spec_charge
+
+SpecsRunning = Mapping[str, Mapping[str, Mapping[str, int]]]
+"""Per service, per host, per spec hash: running containers (the live agents' status records)."""
+
+SpecSizes = Mapping[tuple[str, str], Resources]
+"""What one replica takes, per (service, spec hash) known (kept revisions of specs still in use)."""
 
 MAX_REASON_HOSTS = 10
 """An unplaced reason names at most this many hosts (and counts the rest)."""
@@ -93,6 +104,8 @@ def schedule(
     *,
     cordoned: Collection[str] = frozenset(),
     draining: Collection[str] = frozenset(),
+    running: SpecsRunning | None = None,
+    sizes: SpecSizes | None = None,
 ) -> dict[str, PlacementRecord]:
     """The new placement record of every service in ``manifests`` (see the module doc).
 
@@ -101,10 +114,39 @@ def schedule(
     ``manifests`` maps a service to its valid manifest, or to None when its
     manifest is invalid (its current record, if any, is kept unchanged).
     Services absent from ``manifests`` are absent from the result.
+    ``running`` and ``sizes`` say what each host is charged (`Usage.of`).
     """
+    result, _ = schedule_usage(
+        manifests,
+        hosts,
+        current,
+        now,
+        lost_grace,
+        cordoned=cordoned,
+        draining=draining,
+        running=running,
+        sizes=sizes,
+    )
+    return result
+
+
+def schedule_usage(
+    manifests: Mapping[str, Manifest | None],
+    hosts: Sequence[HostInfo],
+    current: Mapping[str, PlacementRecord],
+    now: float,
+    lost_grace: float,
+    *,
+    cordoned: Collection[str] = frozenset(),
+    draining: Collection[str] = frozenset(),
+    running: SpecsRunning | None = None,
+    sizes: SpecSizes | None = None,
+) -> tuple[dict[str, PlacementRecord], Usage]:
+    """`schedule`, and what each host is charged after it (the rollouts' capacity filter starts there)."""
     by_name = {host.name: host for host in sorted(hosts, key=lambda h: h.name)}
     load = _initial_load(manifests, current)
-    used = Usage.of(manifests, current)
+    ran = running or {}
+    used = Usage.of(manifests, current, ran, sizes or {})
     result: dict[str, PlacementRecord] = {}
     for service in sorted(manifests):
         manifest = manifests[service]
@@ -115,45 +157,118 @@ def schedule(
             continue
         # In place: rebuilding a Counter per service costs O(hosts) each time.
         load.subtract(previous.hosts if previous else {})
-        used.add(previous.hosts if previous else {}, manifest.resources, -1)
-        record = _place(service, manifest, by_name, previous, load, used, now, lost_grace, cordoned, draining)
+        used.charge(service, {})
+        charge = _Charge(service, manifest, previous, ran.get(service, {}), sizes or {})
+        record = _place(
+            service, manifest, by_name, previous, load, used, now, lost_grace, cordoned, draining, charge
+        )
         load.update(record.hosts)
-        used.add(record.hosts, manifest.resources, 1)
+        # Until the next pass, the larger of the old and the new placement: a paced rollout
+        # may keep what the schedule dropped, and the agents have yet to stop it.
+        before, after = charge.of(previous.hosts if previous else {}), charge.of(record.hosts)
+        used.charge(service, {h: _larger(before.get(h), after.get(h)) for h in set(before) | set(after)})
         result[service] = record
-    return result
+    return result, used
 
 
 @dataclass(slots=True)
 class Usage:
-    """Resources of the replicas placed on each host, over every service: what `fits` counts."""
+    """What each host is charged, over every service: what `fits` counts (per service, so that
+    one service's charge can be replaced)."""
 
     memory: Counter[str] = field(default_factory=Counter)
     millicpus: Counter[str] = field(default_factory=Counter)
+    services: dict[str, dict[str, Resources]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, manifests: Mapping[str, Manifest | None], current: Mapping[str, PlacementRecord]) -> Usage:
-        """The usage of every current record of a service that still has a manifest.
+    def of(
+        cls,
+        manifests: Mapping[str, Manifest | None],
+        current: Mapping[str, PlacementRecord],
+        running: SpecsRunning | None = None,
+        sizes: SpecSizes | None = None,
+    ) -> Usage:
+        """The charge of every service that still has a manifest: per host and spec, the larger of
+        its replicas placed (``current``) and running (``running``), each at its spec's resources.
 
-        An invalid manifest's resources are unknown: its replicas count with the defaults.
+        A spec's resources: the manifest's for its spec, ``sizes`` for a kept one,
+        else the manifest's (an invalid manifest's are unknown: the defaults).
         """
         usage = cls()
         for service, manifest in manifests.items():
-            record = current.get(service)
-            if record is not None:
-                usage.add(record.hosts, manifest.resources if manifest else Resources(), 1)
+            charge = _Charge(
+                service, manifest, current.get(service), (running or {}).get(service, {}), sizes or {}
+            )
+            usage.charge(service, charge.of(current[service].hosts if service in current else {}))
         return usage
 
-    def add(self, counts: Mapping[str, int], need: Resources, sign: int) -> None:
-        """Add (``sign`` 1) or take away (-1) ``counts`` replicas of ``need`` per host."""
+    def charge(self, service: str, per_host: Mapping[str, Resources]) -> None:
+        """``service`` is now charged ``per_host`` (replacing what it was charged before)."""
         memory, millicpus = self.memory, self.millicpus
-        per_memory, per_millicpus = sign * need.memory, sign * need.millicpus
+        for host, taken in self.services.pop(service, {}).items():
+            memory[host] -= taken.memory
+            millicpus[host] -= taken.millicpus
+        if per_host:
+            self.services[service] = dict(per_host)
+        for host, taken in per_host.items():
+            memory[host] += taken.memory
+            millicpus[host] += taken.millicpus
+
+    def add(self, counts: Mapping[str, int], need: Resources, sign: int) -> None:
+        """Add (``sign`` 1) or take away (-1) ``counts`` replicas of ``need`` per host, to the
+        totals only (`spread.py` moves a converged service's replicas, all of one spec, this way)."""
         for host, count in counts.items():
-            memory[host] += count * per_memory
-            millicpus[host] += count * per_millicpus
+            self.memory[host] += sign * count * need.memory
+            self.millicpus[host] += sign * count * need.millicpus
 
     def on(self, host: str) -> Resources:
-        """What is placed on ``host``."""
+        """What ``host`` is charged."""
         return Resources(self.memory[host], self.millicpus[host])
+
+    def of_service(self, service: str) -> Mapping[str, Resources]:
+        """What ``service`` is charged, per host."""
+        return self.services.get(service, {})
+
+
+def _larger(one: Resources | None, other: Resources | None) -> Resources:
+    """Per resource, the larger of two charges (None: nothing)."""
+    a, b = one or Resources(0, 0), other or Resources(0, 0)
+    return Resources(max(a.memory, b.memory), max(a.millicpus, b.millicpus))
+
+
+class _Charge:
+    """One service's charge on a host for a new count there: the previous record's spec mix on the
+    host (other specs cut first, new replicas of the manifest's spec), against what runs there."""
+
+    def __init__(
+        self,
+        service: str,
+        manifest: Manifest | None,
+        previous: PlacementRecord | None,
+        running: Mapping[str, Mapping[str, int]],
+        sizes: SpecSizes,
+    ) -> None:
+        self.spec = manifest.spec_hash() if manifest is not None else (previous.spec_hash if previous else "")
+        self.size = manifest.resources if manifest is not None else Resources()
+        self.sizes = {spec: need for (name, spec), need in sizes.items() if name == service}
+        if manifest is not None:
+            self.sizes[self.spec] = manifest.resources
+        self.previous = previous
+        self.running = running
+
+    def on(self, host: str, count: int) -> Resources:
+        """The charge on ``host`` with ``count`` replicas placed there."""
+        mix = dict(self.previous.spec_counts(host)) if self.previous else {}
+        for spec in sorted(mix, key=lambda s: (s == self.spec, s)):  # the current spec is cut last
+            mix[spec] -= min(mix[spec], max(0, sum(mix.values()) - count))
+        mix[self.spec] = mix.get(self.spec, 0) + max(0, count - sum(mix.values()))
+        return spec_charge(mix, self.running.get(host, {}), self.sizes, self.size)
+
+    def of(self, counts: Mapping[str, int]) -> dict[str, Resources]:
+        """The charge per host for ``counts`` placed (hosts where only something runs included)."""
+        hosts = set(counts) | set(self.running)
+        charged = {host: self.on(host, counts.get(host, 0)) for host in hosts}
+        return {h: r for h, r in charged.items() if r.memory or r.millicpus}
 
 
 def free_resources(host: HostInfo, used: Resources) -> Resources | None:
@@ -232,6 +347,7 @@ def _place(
     lost_grace: float,
     cordoned: Collection[str] = frozenset(),
     draining: Collection[str] = frozenset(),
+    charge: _Charge | None = None,
 ) -> PlacementRecord:
     """One service's new record, starting from ``previous`` (``load``, ``used``: other services')."""
     candidates = allowed_hosts(manifest, hosts.values())
@@ -244,7 +360,10 @@ def _place(
     _scale_down(counts, manifest.replicas, grace, cordoned)
 
     def room(host: str) -> bool:
-        return fits(hosts[host], used.on(host) + need.times(counts.get(host, 0)), need)
+        if charge is None:
+            return fits(hosts[host], used.on(host) + need.times(counts.get(host, 0)), need)
+        free = free_resources(hosts[host], used.on(host))
+        return free is None or free.covers(charge.on(host, counts.get(host, 0) + 1))
 
     _scale_up(counts, manifest.replicas, open_hosts(live, cordoned), cap, load, room)
     unplaced = manifest.replicas - sum(counts.values())

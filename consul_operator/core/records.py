@@ -356,9 +356,16 @@ class PlacementRecord:
 
 
 class RolloutState(StrEnum):
-    """Where a rollout is; ``progressing`` and ``rolling_back`` are the active states."""
+    """Where a rollout is; ``progressing``, ``held`` and ``rolling_back`` are the active states.
+
+    ``held``: a forward rollout that wants new replicas where none fits (the
+    capacity filter); the old replicas keep running, the record's ``reason``
+    says why, and it goes on (``progressing``) once one fits, or fails at its
+    deadline like any other.
+    """
 
     PROGRESSING = "progressing"
+    HELD = "held"
     COMPLETE = "complete"
     ROLLING_BACK = "rolling_back"
     ROLLED_BACK = "rolled_back"
@@ -367,7 +374,7 @@ class RolloutState(StrEnum):
     @property
     def active(self) -> bool:
         """Whether the leader is still moving replicas."""
-        return self in (RolloutState.PROGRESSING, RolloutState.ROLLING_BACK)
+        return self in (RolloutState.PROGRESSING, RolloutState.HELD, RolloutState.ROLLING_BACK)
 
 
 ROLLOUT_STATES = tuple(RolloutState)

@@ -20,7 +20,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Final
 
-from consul_operator.core.desired_state import Manifest, UpdatePolicy
+from consul_operator.core.desired_state import Manifest, Resources, UpdatePolicy, format_cpus, format_memory
 from consul_operator.core.model import Event
 from consul_operator.core.records import PlacementRecord, RolloutRecord, RolloutState, frozen_map
 
@@ -44,7 +44,9 @@ def next_rollout(
     The state machine: a first deployment (no placement yet) is no rollout;
     a spec other than the one in use starts one (``progressing``) if the
     spec in use has a kept revision (``revisions``: (service, spec)) to roll
-    back to, and otherwise replaces without pacing; while rolling back, the
+    back to, and otherwise replaces without pacing (no record: a record of
+    another spec goes, as it would keep the service from `Converged`); a
+    ``held`` rollout is a ``progressing`` one waiting for room; while rolling back, the
     bad spec still in ``services/`` keeps rolling back; after ``rolled_back``
     or ``failed`` the service stays until a person writes another manifest;
     a manifest back at the spec in use completes at once. ``now`` (wall
@@ -57,7 +59,7 @@ def next_rollout(
         in_use = record.spec_hash
         if spec == in_use:
             return None, None
-    elif old.state == S.PROGRESSING:
+    elif old.state in (S.PROGRESSING, S.HELD):
         if spec == old.to_spec:
             return old, None
         in_use = old.from_spec
@@ -78,7 +80,7 @@ def next_rollout(
         return RolloutRecord(name, in_use, spec, S.COMPLETE, now, "back to the running spec"), None
     if (name, in_use) not in revisions:
         warning = "no revision of the running spec: replacing without a paced rollout"
-        return old, Event(warning, {"service": name}, "warning")
+        return None, Event(warning, {"service": name}, "warning")
     started = RolloutRecord(name, in_use, spec, S.PROGRESSING, now)
     return started, Event("rollout started", {"service": name, "frm": in_use, "to": spec})
 
@@ -101,6 +103,11 @@ def plan_rollout(
     passing: Mapping[str, int],
     matured: Mapping[str, int],
     now: float,
+    *,
+    free: Mapping[str, Resources | None] | None = None,
+    need: Mapping[str, Resources] | None = None,
+    closed: Mapping[str, str] | None = None,
+    max_per_host: int | None = None,
 ) -> RolloutStep:
     """One pacing step of a rollout from every other spec to ``rollout.to_spec``.
 
@@ -116,18 +123,39 @@ def plan_rollout(
     `time_rollout`) a forward rollout fails: it rolls back with
     ``auto_rollback``, else it stops changing anything. ``now`` (wall clock)
     only stamps a rollback's ``started``, for people.
+
+    Capacity (``free``, ``need``): a new replica, surge included, goes only to
+    a host where it fits. ``free`` is what the other services leave of each
+    host's capacity (None: unlimited; no map: no capacity check), ``need``
+    what one replica of each spec takes (a spec it lacks takes what the
+    target spec does). This service's charge on a host is, per spec, the
+    larger of the replicas placed and running there (`spec_charge`): a
+    draining replica still takes its room. A forward rollout that wants a new
+    replica where none fits, with nothing in flight that could free room, is
+    ``held`` (the reason names each host's free resources): the old replicas
+    keep running.
+
+    ``closed``: target hosts that take no new replica, with why (lost in its
+    grace, cordoned). Their replicas are replaced on the open target hosts
+    (the fewest new replicas first, within ``max_per_host``), as a Nomad
+    destructive update places its allocations again; their old ones go as
+    the new ones mature.
     """
     counts = {h: {s: n for s, n in c.items() if n > 0} for h, c in placed.items()}
     if not rollout.active:
         return RolloutStep(counts, rollout)
     to = rollout.to_spec
     new_placed = sum(c.get(to, 0) for c in counts.values())
-    if rollout.state == RolloutState.PROGRESSING and rollout.elapsed > policy.deadline:
+    forward = (RolloutState.PROGRESSING, RolloutState.HELD)
+    if rollout.state in forward and rollout.elapsed > policy.deadline:
         reason = f"new replicas not healthy within {policy.deadline:g}s"
+        if rollout.state == RolloutState.HELD:
+            reason = f"held past the deadline ({policy.deadline:g}s): {rollout.reason}"
         if not policy.auto_rollback:
             updated = min(matured.get(to, 0), new_placed)
             return RolloutStep(
-                counts, replace(rollout, state=RolloutState.FAILED, reason=reason, updated=updated)
+                counts,
+                replace(rollout, state=RolloutState.FAILED, reason=reason, updated=updated, total=replicas),
             )
         rollout = replace(
             rollout,
@@ -158,26 +186,147 @@ def plan_rollout(
         if counts[host][spec] == 0:
             del counts[host][spec]
 
-    # New replicas come: within the surge (draining ones count), a few unproven at a time.
+    # New replicas come: within the surge (draining ones count), a few unproven at a time,
+    # and only where they fit.
+    sizes = dict(need or {})
+    size = sizes.get(to, Resources())
+
+    def room(host: str) -> bool:
+        left = None if free is None else free.get(host)
+        if left is None or need is None:
+            return True
+        grown = {**counts.get(host, {}), to: counts.get(host, {}).get(to, 0) + 1}
+        return left.covers(spec_charge(grown, running.get(host, {}), sizes, size))
+
+    shut = closed or {}
+    open_hosts = sorted(h for h, n in target.items() if n > 0 and h not in shut)
+
+    def spill() -> list[str]:
+        """Open target hosts that may take a closed host's replacement, fewest new replicas first."""
+        if not any(target.get(h, 0) > counts.get(h, {}).get(to, 0) for h in shut if h in target):
+            return []
+        under_cap = [
+            h for h in open_hosts if max_per_host is None or counts.get(h, {}).get(to, 0) < max_per_host
+        ]
+        return sorted(under_cap, key=lambda h: (counts.get(h, {}).get(to, 0), h))
+
     target_hosts = sum(1 for n in target.values() if n > 0)
     in_flight_cap = max(1, min(policy.max_surge + policy.max_unavailable, target_hosts - 1))
+    added, short = 0, []
     while new_placed < replicas and new_placed - matured_new < in_flight_cap:
         if _occupancy(counts, running) >= replicas + policy.max_surge:
             break
-        deficits = [(target.get(h, 0) - counts.get(h, {}).get(to, 0), h) for h in target]
-        _, host = min(((-d, h) for d, h in deficits if d > 0), default=(0, ""))
+        wanting = sorted((-(target.get(h, 0) - counts.get(h, {}).get(to, 0)), h) for h in open_hosts)
+        candidates = [h for d, h in wanting if d < 0] or spill()
+        host = next((h for h in candidates if room(h)), "")
         if not host:
+            short = candidates or sorted(h for h in shut if target.get(h, 0) > counts.get(h, {}).get(to, 0))
             break
         counts.setdefault(host, {})[to] = counts.get(host, {}).get(to, 0) + 1
         new_placed += 1
+        added += 1
 
     old_placed = sum(n for c in counts.values() for s, n in c.items() if s != to)
     old_running = sum(n for c in running.values() for s, n in c.items() if s != to)
-    state = rollout.state
+    state, reason = rollout.state, rollout.reason
+    if state in forward:
+        # Held: a new replica is wanted, fits nowhere, and nothing pending (an unproven new
+        # replica, an old one leaving) may free room.
+        stuck = short and not added and new_placed == matured_new and old_running <= old_placed
+        state, reason = (
+            (
+                RolloutState.HELD,
+                _held_reason(replicas - new_placed, short, counts, running, free, sizes, size, shut),
+            )
+            if stuck
+            else (RolloutState.PROGRESSING, "")
+        )
     if new_placed >= replicas and matured_new >= replicas and old_placed == 0 and old_running == 0:
-        state = RolloutState.COMPLETE if state == RolloutState.PROGRESSING else RolloutState.ROLLED_BACK
+        state = RolloutState.COMPLETE if state in forward else RolloutState.ROLLED_BACK
+        reason = "" if state == RolloutState.COMPLETE else reason
     counts = {h: c for h, c in counts.items() if c}
-    return RolloutStep(counts, replace(rollout, state=state, updated=matured_new, total=replicas))
+    return RolloutStep(
+        counts, replace(rollout, state=state, reason=reason, updated=matured_new, total=replicas)
+    )
+
+
+def spec_charge(
+    placed: Mapping[str, int], running: Mapping[str, int], need: Mapping[str, Resources], default: Resources
+) -> Resources:
+    """What one service takes of one host: per spec, the larger of the replicas placed and running
+    there, each taking what a replica of its spec takes (``need``; a spec it lacks: ``default``)."""
+    total = Resources(0, 0)
+    for spec in set(placed) | set(running):
+        count = max(placed.get(spec, 0), running.get(spec, 0))
+        if count > 0:
+            total = total + need.get(spec, default).times(count)
+    return total
+
+
+def within_capacity(
+    specs: SpecCounts,
+    before: SpecCounts,
+    running: SpecCounts,
+    free: Mapping[str, Resources | None],
+    need: Mapping[str, Resources],
+    default: Resources,
+) -> tuple[dict[str, dict[str, int]], int]:
+    """``specs`` with the replicas it adds (beyond what ``before`` placed or runs there) cut, the
+    largest first, on each host whose charge would pass ``free``; and how many were cut.
+
+    For the placements that are not paced step by step: a failed rollout's frozen spec mix
+    (`frozen_placement`) and a rolled-back one's, whose specs differ from the one the schedule
+    sized its new replicas by.
+    """
+    out = {h: dict(c) for h, c in specs.items()}
+    cut = 0
+    for host, counts in out.items():
+        left = free.get(host)
+        ran, had = running.get(host, {}), before.get(host, {})
+        while left is not None and not left.covers(spec_charge(counts, ran, need, default)):
+            added = [s for s, n in counts.items() if n > max(had.get(s, 0), ran.get(s, 0))]
+            if not added:
+                break
+            spec = max(added, key=lambda s: (need.get(s, default).memory, need.get(s, default).millicpus, s))
+            counts[spec] -= 1
+            cut += 1
+            if counts[spec] == 0:
+                del counts[spec]
+    return {h: c for h, c in out.items() if c}, cut
+
+
+def _held_reason(
+    missing: int,
+    hosts: Iterable[str],
+    counts: SpecCounts,
+    running: SpecCounts,
+    free: Mapping[str, Resources | None] | None,
+    need: Mapping[str, Resources],
+    size: Resources,
+    closed: Mapping[str, str],
+) -> str:
+    """E.g. "2 new replicas fit on no host (each needs memory=8Gi cpus=0.25): h1: memory 1Gi free"."""
+    why = []
+    for host in sorted(hosts):
+        if host in closed:
+            why.append(f"{host}: {closed[host]}")
+            continue
+        left = None if free is None else free.get(host)
+        if left is None:
+            continue
+        room = left - spec_charge(counts.get(host, {}), running.get(host, {}), need, size)
+        parts = []
+        if room.memory < size.memory:
+            parts.append(f"memory {format_memory(max(0, room.memory))} free")
+        if room.millicpus < size.millicpus:
+            parts.append(f"cpus {format_cpus(max(0, room.millicpus))} free")
+        why.append(f"{host}: {', '.join(parts)}")
+    head = f"{missing} new replica{'s' if missing != 1 else ''} fit on no host (each needs {size.text()})"
+    return f"{head}: {'; '.join(why[:MAX_HELD_HOSTS])}" if why else head
+
+
+MAX_HELD_HOSTS: Final = 10
+"""A held rollout's reason names at most this many hosts."""
 
 
 def _occupancy(counts: SpecCounts, running: SpecCounts) -> int:

@@ -16,6 +16,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Final
 
+from consul_operator.core.convergence import unconverged
 from consul_operator.core.desired_state import Manifest, ManifestError, Resources
 from consul_operator.core.maintenance import drain_remains
 from consul_operator.core.records import (
@@ -178,6 +179,8 @@ class ServiceStatus:
     """The errors of ``errors`` that concern one host (its report, or that it is lost), by host."""
     unplaced_reason: str = ""
     """Why the leader could place no more replicas (also the first of ``errors``)."""
+    pending: str = ""
+    """Why a valid service is not converged (`convergence.unconverged`); "" when it is."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +263,7 @@ def _service_status(name: str, snapshot: ClusterSnapshot, live: Mapping[str, boo
     host_errors = [f"{host}: {error}" for host, error in failing]
     lost = [f"{host}: {error}" for host, error in gone]
 
+    pending = ""
     if manifest is None:
         desired, image, problems = 0, "", [BEING_DELETED]
         phase, state = PROGRESSING, str(PROGRESSING)
@@ -277,10 +281,18 @@ def _service_status(name: str, snapshot: ClusterSnapshot, live: Mapping[str, boo
                 f" (operator drain --force {host} stops them at the deadline)"
                 for host, n in sorted(placement.stuck.items())
             ]
-        phase = _valid_state(manifest, placement, records, running, healthy, snapshot.now, last_change)
+        rollout = snapshot.rollouts.get(name)
+        if (
+            rollout is not None
+            and rollout.state == RolloutState.HELD
+            and rollout.to_spec == manifest.spec_hash()
+        ):
+            problems.append(f"rollout held: {rollout.reason}")  # fits nowhere: each host's free resources
+        pending = unconverged(manifest, placement, records.values(), healthy, rollout)
+        phase = _valid_state(placement, pending, snapshot.now, last_change)
         if phase in (PROGRESSING, REBALANCING) and (host_errors or lost):
             phase = DEGRADED
-        phase, state = _rollout_state(snapshot.rollouts.get(name), phase)
+        phase, state = _rollout_state(rollout, phase)
         if phase == REBALANCING and placement is not None:
             state = f"{REBALANCING}: {placement.rebalancing}"
     return ServiceStatus(
@@ -300,31 +312,20 @@ def _service_status(name: str, snapshot: ClusterSnapshot, live: Mapping[str, boo
         unplaced_reason=placement.reason
         if placement and placement.unplaced and isinstance(manifest, Manifest)
         else "",
+        pending=pending,
     )
 
 
 def _valid_state(
-    manifest: Manifest,
-    placement: PlacementRecord | None,
-    records: Mapping[str, StatusRecord],
-    running: int,
-    healthy: int,
-    now: float,
-    last_change: float | None,
+    placement: PlacementRecord | None, pending: str, now: float, last_change: float | None
 ) -> ServiceState:
-    """Unplaceable, Converged, Progressing, or Degraded by the deadline (host errors: the caller)."""
+    """Unplaceable, Converged (nothing ``pending``: `convergence.unconverged`), Progressing, or
+    Degraded by the deadline (host errors: the caller)."""
     if placement is not None and placement.unplaced > 0:
         return UNPLACEABLE
     if placement is not None and placement.rebalancing:
         return REBALANCING  # the leader spreads it again: replicas move, one replacement at a time
-    spec = manifest.spec_hash()
-    if (
-        placement is not None
-        and placement.spec_hash == spec
-        and healthy == manifest.replicas
-        and running == manifest.replicas
-        and all(r.spec_hash == spec for r in records.values() if r.running > 0)
-    ):
+    if not pending:
         return CONVERGED
     if last_change is not None and now - last_change > PROGRESS_DEADLINE:
         return DEGRADED
@@ -343,6 +344,8 @@ def _rollout_state(rollout: RolloutRecord | None, phase: ServiceState) -> tuple[
         return ROLLED_BACK, f"{ROLLED_BACK}: {rollout.reason}"
     if rollout.state == RolloutState.PROGRESSING and phase in (PROGRESSING, DEGRADED):
         return phase, f"{phase} (rollout {rollout.updated}/{rollout.total})"
+    if rollout.state == RolloutState.HELD and phase in (PROGRESSING, DEGRADED):
+        return phase, f"{phase} (rollout held {rollout.updated}/{rollout.total})"
     return phase, str(phase)
 
 
@@ -388,7 +391,11 @@ def _shortfall(view: StatusView, service: ServiceStatus) -> str:
         head += f", {service.desired - placed} cannot be placed"
         head += f": {service.unplaced_reason}" if service.unplaced_reason else ""
     elif not service.errors and service.healthy == service.desired == service.running:
-        head += ", waiting for the current spec and placement"
+        head += (
+            f", waiting: {service.pending}"
+            if service.pending
+            else ", waiting for the current spec and placement"
+        )
     if (
         service.state == DEGRADED
         and not service.errors

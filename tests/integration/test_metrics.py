@@ -273,7 +273,14 @@ def test_rollout_and_rollback_move_rollout_state_and_rollouts_total(
         for s in after.samples
         if s.name == "operator_rollout_state" and s.labels["service"] == service_name
     }
-    assert states == {"progressing": 0, "complete": 1, "rolling_back": 0, "rolled_back": 0, "failed": 0}
+    assert states == {
+        "progressing": 0,
+        "held": 0,
+        "complete": 1,
+        "rolling_back": 0,
+        "rolled_back": 0,
+        "failed": 0,
+    }
     assert delta(before, after, "operator_rollouts_total", result="complete") == 1
     assert delta(before, after, "operator_rollouts_total", result="rolled_back") == 0
 

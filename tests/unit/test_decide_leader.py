@@ -416,10 +416,14 @@ def test_convergence_is_timed_from_the_change_the_leader_saw() -> None:
         Case(dataclasses.replace(V1, port=6000), placement, memory=LeaderMemory(seen={"web": V1}))
     )
     assert dict(changed.memory.changed_at) == {"web": NOW}
+    moved = dataclasses.replace(V1, port=6000)
+    old_state = dataclasses.replace(state_of(Case(moved, placement)), passing_counts={"web": 2})
+    still_old = decide_leader(old_state, changed.memory, Now(NOW + 3, WALL), SETTINGS)
+    assert still_old.converged == ()  # the old spec's replicas passing is no convergence
     state = dataclasses.replace(
-        state_of(Case(dataclasses.replace(V1, port=6000), placement)), passing_counts={"web": 2}
+        state_of(Case(moved, placed({"h1": 1, "h2": 1}, moved.spec_hash()))), passing_counts={"web": 2}
     )
-    later = decide_leader(state, changed.memory, Now(NOW + 7, WALL), SETTINGS)
+    later = decide_leader(state, still_old.memory, Now(NOW + 7, WALL), SETTINGS)
     assert [(c.service, c.seconds) for c in later.converged] == [("web", 7.0)]
     assert dict(later.memory.changed_at) == {}
 

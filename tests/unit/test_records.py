@@ -111,9 +111,10 @@ def test_a_replica_costs_few_bytes_in_a_status_record() -> None:
     assert not FULL.same_report(None)
 
 
-def test_rollout_states_are_an_enum_with_two_active() -> None:
-    """Only progressing and rolling back move replicas; a record with any other state word is refused."""
-    assert {s for s in RolloutState if s.active} == {RolloutState.PROGRESSING, RolloutState.ROLLING_BACK}
+def test_rollout_states_are_an_enum_with_three_active() -> None:
+    """Only progressing, held and rolling back move replicas; a record with another state word is refused."""
+    active = {RolloutState.PROGRESSING, RolloutState.HELD, RolloutState.ROLLING_BACK}
+    assert {s for s in RolloutState if s.active} == active
     record = RolloutRecord("web", "a", "b", RolloutState.FAILED, 1.7e9, "deadline")
     assert RolloutRecord.from_json(record.to_json()) == record
     body = json.loads(record.to_json())

@@ -530,7 +530,7 @@ def test_shortfall_for_scaling_unplaceable_and_old_spec() -> None:
         passing=ONE_EACH,
     )
     assert shortfalls(build_status(old), ["simple"]) == [
-        "simple: 2/2 healthy, waiting for the current spec and placement"
+        "simple: 2/2 healthy, waiting: the placement is not of the current spec yet"
     ]
 
 
