@@ -627,7 +627,9 @@ class ConsulClient:
             return None
 
         packing = pack_writes(groups, max_value=max_value)
-        too_large = ConsulError("over the record's byte bound or Consul's limits: not sent", status=413)
+        too_large = ConsulError(
+            "too large (413): over the record's byte bound or Consul's limits, not sent", status=413
+        )
         return send_groups(packing, send, too_large)
 
     def kv_get_keys(self, keys: Sequence[str], *, consistent: bool = False) -> dict[str, KVEntry]:

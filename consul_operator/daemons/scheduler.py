@@ -159,7 +159,7 @@ class Scheduler:
             groups: dict[str, dict[str, bytes | None]] = {
                 name: dict.fromkeys(self.consul.kv_keys(f"{prefix}{name}/").value) for name in cleanup.remove
             }
-            too_large = ConsulError("beyond Consul's limits: not sent", status=413)
+            too_large = ConsulError("too large (413): beyond Consul's limits, not sent", status=413)
             sent = send_groups(pack_writes(groups), lambda w: self._transaction(session, w), too_large)
             if sent.groups:
                 log.info("event records of deleted services removed", services=list(sent.groups))
@@ -198,7 +198,9 @@ class Scheduler:
             backoff = self.write_backoffs.get(service)
             if backoff is not None and not backoff.ready(now):
                 del groups[service]  # refused before: wait for its back-off
-        too_large = ConsulError("a record over its bound or Consul's limits: not sent", status=413)
+        too_large = ConsulError(
+            "too large (413): a record over its bound or Consul's limits, not sent", status=413
+        )
         packing = pack_writes(groups, max_value=lambda key: record_bound(self.layout, key))
         sent = send_groups(packing, lambda w: self._transaction(session, w), too_large)
         for service in sent.groups:

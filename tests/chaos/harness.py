@@ -57,6 +57,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -287,7 +288,9 @@ class Chaos:
                 # judged against the faults that can do that (see monitor_failed).
                 fault = self.faults[-1].name if self.faults else "setup"
                 self.monitor_errors.append(f"{fault}: {exc!r}"[:300])
-                self.log("monitor_error", fault=fault, error=repr(exc))
+                frames = traceback.extract_tb(exc.__traceback__)[-3:]  # where: for a later reader
+                where = " < ".join(f"{Path(f.filename).name}:{f.lineno}" for f in reversed(frames))
+                self.log("monitor_error", fault=fault, error=repr(exc), where=where)
 
     def uncounted_hosts(self) -> set[str]:
         """Hosts whose containers the monitor's ceiling leaves out: the lost ones."""
