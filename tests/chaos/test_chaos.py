@@ -1,9 +1,10 @@
 """The short chaos run of `make test`: every fault once, in a seeded order, with every check.
 
-Two runs, each on an environment of its own: every fault but `docker_restart`
-in the seed's order, beside the other tests (in `make test`'s parallel part);
-and `docker_restart` alone, after everything else (the engine_restart marker,
-pyproject.toml): it restarts the shared Docker engine, which kills every
+Two runs, each on an environment of its own, both after `make test`'s parallel
+part and alone (the `alone` marker, pyproject.toml: the run's promises are timed,
+and beside three busy workers one host's Docker stalled for 95 s): every fault
+but `docker_restart` in the seed's order; and `docker_restart` (the
+engine_restart marker): it restarts the shared Docker engine, which kills every
 container on it, the other workers' too.
 """
 
@@ -13,6 +14,8 @@ import pytest
 
 from tests.chaos.harness import FAULTS, LOG_DIR, Chaos, schedule_for, start_environment
 from tests.support.places import PLACE
+
+pytestmark = pytest.mark.alone
 
 SEED = 20261127
 ENGINE_FAULT = "docker_restart"
