@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from consul_operator.adapters.consul_client import ConsulClient
+from consul_operator.adapters.presence import agent_registrations, hosts_of
 from consul_operator.core.keys import Layout
 from consul_operator.core.model import LABEL_CLUSTER, META_CLUSTER
 from tests.support.cluster import Cluster, operator
@@ -102,7 +103,21 @@ def second(cluster: Cluster, nginx_binary: str) -> Iterator[Cluster]:
                     timeout=60,
                     what=f"the daemon on {address} healthy",
                 )
-            yield Cluster(env, ConsulClient(f"{SECOND_ADDRS[0]}:8500"), cluster.docker, SECOND_LAYOUT)
+            client = ConsulClient(f"{SECOND_ADDRS[0]}:8500")
+            # /healthz answers before an agent registers: wait until both are live hosts, or a
+            # first manifest would be placed on the one host that is (both replicas on host-2).
+            wait_until(
+                lambda: (
+                    [
+                        live
+                        for live, _ in hosts_of(agent_registrations(client, env.name, SECOND_LAYOUT)).values()
+                    ]
+                    == [True, True]
+                ),
+                timeout=60,
+                what="both agents of the second cluster live",
+            )
+            yield Cluster(env, client, cluster.docker, SECOND_LAYOUT)
     finally:
         # Its daemons are stopped (SIGTERM: containers left running; the Consul
         # clients leave the cluster with their registrations): remove the rest.
