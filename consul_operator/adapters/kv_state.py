@@ -19,6 +19,7 @@ from typing import Protocol, TypeVar
 import structlog
 
 from consul_operator.adapters.consul_client import BlockingQuery, ConsulClient, Indexed, KVEntry
+from consul_operator.adapters.interfaces import KVStore
 from consul_operator.core.backoff import exponential
 from consul_operator.core.desired_state import Manifest, ManifestError, parse_manifest
 from consul_operator.core.errors import ConsulError
@@ -170,7 +171,7 @@ class TreeMirror:
         self.index = 0
         self.entries: dict[str, KVEntry] = {}
 
-    def read(self, consul: ConsulClient, *, consistent: bool = True) -> list[KVEntry]:
+    def read(self, consul: KVStore, *, consistent: bool = True) -> list[KVEntry]:
         """Every entry under the prefix now, sorted by key, reading only what changed since the last read."""
         listing = consul.kv_keys(self.prefix, consistent=consistent)  # refuses an unreadable prefix
         if listing.index and listing.index == self.index:
@@ -203,7 +204,7 @@ def placements_of(entries: Sequence[KVEntry], layout: Layout) -> dict[str, Place
     return _records_of(entries, layout.placement_prefix, PlacementRecord.from_json, "placement")
 
 
-def read_revision(consul: ConsulClient, layout: Layout, name: str, spec: str) -> Manifest | None:
+def read_revision(consul: KVStore, layout: Layout, name: str, spec: str) -> Manifest | None:
     """The manifest of spec ``spec`` of ``name`` kept by the leader; None when absent or not that spec."""
     entry = consul.kv_get(layout.revision_key(name, spec), consistent=True).value
     if entry is None:
@@ -240,7 +241,7 @@ StatusRecords = dict[str, dict[str, StatusRecord]]
 
 
 def read_statuses(
-    consul: ConsulClient, layout: Layout, *, consistent: bool = False, keep_unreadable: bool = False
+    consul: KVStore, layout: Layout, *, consistent: bool = False, keep_unreadable: bool = False
 ) -> StatusRecords:
     """``operator/status/<service>/<host>`` records: service -> host -> record.
 

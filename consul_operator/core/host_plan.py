@@ -80,6 +80,7 @@ import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Final
 
 from consul_operator.core.backoff import Backoff, backoff_after_failure
@@ -95,7 +96,7 @@ from consul_operator.core.model import (
     ContainerInfo,
     Deregister,
     DrainContainer,
-    HostPlan,
+    HostActions,
     InFlight,
     Register,
     Registration,
@@ -244,6 +245,10 @@ class _Pass:
     # Service IDs of containers this pass drains or removes: those actions
     # deregister by themselves.
     handled: set[str] = field(default_factory=set)
+    # Container ids whose crash is in the back-offs given already, and the
+    # back-off of each service after the crashes this pass counts.
+    counted_before: frozenset[str] = frozenset()
+    counted: dict[str, Backoff] = field(default_factory=dict)
 
     def wake(self, at: float) -> None:
         """Wake up no later than ``at``."""
@@ -259,17 +264,20 @@ def plan_host(
     now: float,
     *,
     mono: float,
-) -> HostPlan:
+    counted: frozenset[str] = frozenset(),
+) -> HostActions:
     """The actions that bring ``host`` to its desires, one report per service (module doc).
 
     ``desires`` holds the services that have a manifest in KV (``manifest``
     None: invalid, hands off); ``containers`` and ``registrations`` are ours on
     this host. ``now`` is wall-clock time (for Docker's times), ``mono`` the
     agent's monotonic time (for ``backoffs`` and ``inflight.held_until``).
+    ``counted``: the dead containers whose crash ``backoffs`` hold already (a
+    removal that failed is planned again, and its crash must not count twice).
     """
     busy = inflight.busy_containers
     idle = sorted((c for c in containers if c.id not in busy), key=lambda c: (c.name, c.id))
-    plan = _Pass()
+    plan = _Pass(counted_before=counted)
     reported = set(desires) | {c.service for c in containers}
     for service in sorted(reported):
         mine = [c for c in idle if c.service == service]
@@ -286,7 +294,8 @@ def plan_host(
             _plan_valid(plan, desire, desire.manifest, mine, registrations, inflight, backoff, mono)
     plan.actions.extend(_deregistrations(plan, desires, containers, registrations, inflight))
     actions = _not_held(plan, inflight.held_until, mono)
-    return HostPlan(actions=actions, reports=tuple(plan.reports), wake_at=plan.wake_at)
+    counted_now = MappingProxyType(plan.counted)
+    return HostActions(actions, tuple(plan.reports), wake_at=plan.wake_at, counted=counted_now)
 
 
 def _not_held(plan: _Pass, held_until: Mapping[str, float], mono: float) -> tuple[Action, ...]:
@@ -337,10 +346,7 @@ def _plan_valid(
     spec = manifest.spec_hash()
     want = desire.count
     removals = [_removal(c) for c in containers if c.dead]
-    for crash in (r for r in removals if r.crashed):
-        # The agent records this failure once the removal is done; counting it
-        # mono keeps the replacement from starting before the back-off applies.
-        backoff = backoff_after_crash(backoff, mono, crash)
+    backoff = _count_crashes(plan, desire.service, removals, backoff, mono)
 
     running = [c for c in containers if c.running]
     current = [c for c in running if c.spec_hash == spec]
@@ -380,8 +386,7 @@ def _plan_specs(
     A spec whose manifest is not known (no revision) keeps what runs of it.
     """
     removals = [_removal(c) for c in containers if c.dead]
-    for crash in (r for r in removals if r.crashed):
-        backoff = backoff_after_crash(backoff, mono, crash)
+    backoff = _count_crashes(plan, desire.service, removals, backoff, mono)
     plan.actions.extend(removals)
     plan.handled.update(r.container.name for r in removals)
     running = [c for c in containers if c.running]
@@ -414,6 +419,19 @@ def _plan_specs(
     plan.reports.append(
         _report(desire.service, want_total, containers, registrations, manifest.spec_hash(), error)
     )
+
+
+def _count_crashes(
+    plan: _Pass, service: str, removals: Sequence[RemoveDead], backoff: Backoff, mono: float
+) -> Backoff:
+    """``backoff`` with the crashes among ``removals`` not counted before: the replacement waits
+    for the back-off at once, instead of racing the removal."""
+    new = [r for r in removals if r.crashed and r.container.id not in plan.counted_before]
+    for crash in new:
+        backoff = backoff_after_crash(backoff, mono, crash)
+    if new:
+        plan.counted[service] = backoff
+    return backoff
 
 
 def _to_drain(

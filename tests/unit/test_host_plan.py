@@ -14,7 +14,7 @@ from consul_operator.core.model import (
     ContainerInfo,
     Deregister,
     DrainContainer,
-    HostPlan,
+    HostActions,
     InFlight,
     Register,
     Registration,
@@ -106,7 +106,7 @@ def plan(
     backoffs: Mapping[str, Backoff] | None = None,
     now: float = NOW,
     mono: float = NOW,
-) -> HostPlan:
+) -> HostActions:
     return plan_host(desires, containers, registrations, inflight, backoffs or {}, now, mono=mono)
 
 
@@ -126,7 +126,7 @@ def summary(action: Action) -> tuple[object, ...]:
     raise AssertionError(action)
 
 
-def summaries(result: HostPlan) -> list[tuple[object, ...]]:
+def summaries(result: HostActions) -> list[tuple[object, ...]]:
     return [summary(a) for a in result.actions]
 
 
