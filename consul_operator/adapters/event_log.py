@@ -149,7 +149,7 @@ def read_events(
     consul: ConsulClient, layout: Layout, service: str | None = None, *, now: float | None = None
 ) -> list[ServiceEvent]:
     """The recent events of ``service`` (every service: None), merged over hosts, oldest first."""
-    prefix = layout.events_prefix + (f"{service}/" if service else "")
+    prefix = layout.service_events_prefix(service) if service else layout.events_prefix
     entries = consul.kv_list(prefix).value
     records = [parse_record(e.value) for e in entries]
     when = time.time() if now is None else now

@@ -187,13 +187,16 @@ class TreeMirror:
 
 
 def _records_of(
-    entries: Sequence[KVEntry], prefix: str, parse: Callable[[bytes], R], what: str
+    entries: Sequence[KVEntry], layout: Layout, prefix: str, parse: Callable[[bytes], R], what: str
 ) -> dict[str, R]:
     """The JSON records among ``prefix``'s entries, by service; unreadable ones are skipped and logged."""
     records: dict[str, R] = {}
     for entry in entries:
+        service = layout.under(prefix, entry.key)
+        if service is None:
+            continue
         try:
-            records[entry.key[len(prefix) :]] = parse(entry.value)
+            records[service] = parse(entry.value)
         except ValueError as exc:
             log.warning(f"ignoring a {what} record", key=entry.key, error=str(exc))
     return records
@@ -201,7 +204,7 @@ def _records_of(
 
 def placements_of(entries: Sequence[KVEntry], layout: Layout) -> dict[str, PlacementRecord]:
     """The placement records among ``operator/placement/``'s entries, by service."""
-    return _records_of(entries, layout.placement_prefix, PlacementRecord.from_json, "placement")
+    return _records_of(entries, layout, layout.placement_prefix, PlacementRecord.from_json, "placement")
 
 
 def read_revision(consul: KVStore, layout: Layout, name: str, spec: str) -> Manifest | None:
@@ -215,7 +218,7 @@ def read_revision(consul: KVStore, layout: Layout, name: str, spec: str) -> Mani
 
 def rollouts_of(entries: Sequence[KVEntry], layout: Layout) -> dict[str, RolloutRecord]:
     """The rollout records among ``operator/rollout/``'s entries, by service."""
-    return _records_of(entries, layout.rollout_prefix, RolloutRecord.from_json, "rollout")
+    return _records_of(entries, layout, layout.rollout_prefix, RolloutRecord.from_json, "rollout")
 
 
 def host_records_of(entries: Sequence[KVEntry], layout: Layout) -> dict[str, HostRecord]:
@@ -226,8 +229,8 @@ def host_records_of(entries: Sequence[KVEntry], layout: Layout) -> dict[str, Hos
     prefix = layout.hosts_prefix
     records: dict[str, HostRecord] = {}
     for entry in entries:
-        host = entry.key[len(prefix) :]
-        if not host or "/" in host:
+        host = layout.record_of(prefix, entry.key)
+        if host is None:
             continue
         try:
             records[host] = HostRecord.from_json(entry.value, host=host)
@@ -258,9 +261,10 @@ def statuses_of(
     """The status records among ``operator/status/``'s entries (`read_statuses`)."""
     statuses: StatusRecords = {}
     for entry in entries:
-        service, _, host = entry.key[len(layout.status_prefix) :].partition("/")
-        if not service or not host or "/" in host:
+        of = layout.status_of(entry.key)
+        if of is None:
             continue
+        service, host = of
         try:
             record = StatusRecord.from_json(entry.value, service=service, host=host)
         except ValueError:
