@@ -1,4 +1,7 @@
-"""What one host does about its containers: the pure host plan (``plan_host``, every agent).
+"""What one host does about its containers: its desires and actions (``plan_host``, every agent).
+
+`host_pass.decide_host` calls these once per pass, with the back-offs it keeps
+in the agent's memory.
 
 Nothing here does I/O or reads a clock: time comes in as arguments (wall
 clock ``now`` for Docker's times, monotonic ``mono`` for the agent's own
@@ -15,7 +18,8 @@ held by their back-off, the per-service back-off, and the time on two clocks:
 ``now`` (wall, Unix seconds) is compared only with Docker's start and finish
 times; ``mono`` (the agent's monotonic clock) with back-off deadlines, which
 the agent set on that clock. Output: a ``HostPlan`` of actions, one report
-per service, and when (``mono``) to look again by itself.
+per service, when (``mono``) to look again by itself, and the back-off of
+each service after the crashes the plan counted.
 
 - **Busy containers** (an action from an earlier pass is still running on
   them) are neither counted nor acted on, nor are their registrations: an
@@ -32,8 +36,9 @@ per service, and when (``mono``) to look again by itself.
     than ``MIN_RUN_SECONDS`` after starting, or never started. Killed by a
     signal from outside (exit 137/143 without an OOM kill: `docker kill`, an
     engine restart) is not a crash. A crash is a
-    failure for the back-off; the plan already counts the crashes it removes,
-    so the replacement waits for the back-off instead of racing the removal.
+    failure for the back-off; the plan counts the crashes it removes (once
+    per container: ``counted`` holds those counted before), so the
+    replacement waits for the back-off instead of racing the removal.
   - running containers are *current* (labelled with the manifest's spec
     hash) or *outdated*.
   - too few (current + pending starts < desired): start the missing ones,
@@ -70,8 +75,8 @@ start that failed) the next start waits ``backoff.backoff_delay(n)``
 seconds: 1, 2, 4, ... 60 s; a failing action (per container or
 registration and kind) waits the same. A container that has run for
 ``MIN_RUN_SECONDS`` (``healthy_run``, on the wall clock against Docker's start
-time) ends the streak. The agent keeps the ``Backoff`` values, with deadlines
-on its monotonic clock; the plan only reads them.
+time) ends the streak. The agent's memory keeps the ``Backoff`` values
+(`host_pass.HostMemory`), with deadlines on its monotonic clock.
 """
 
 from __future__ import annotations
