@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import sys
 import xml.etree.ElementTree as ET
-from collections import Counter
 from pathlib import Path
 
 from tests.support.scheduling import scope_of
@@ -42,9 +41,9 @@ def slowest(reports: list[Path], count: int) -> list[tuple[float, str]]:
 
 def unit_seconds(reports: list[Path]) -> dict[str, float]:
     """Seconds per work unit of the scheduler, summed over ``reports``, rounded to 0.1 s."""
-    total: Counter[str] = Counter()
+    total: dict[str, float] = {}
     for seconds, nodeid in cases(reports):
-        total[scope_of(nodeid)] += seconds
+        total[scope_of(nodeid)] = total.get(scope_of(nodeid), 0.0) + seconds
     return {unit: round(seconds, 1) for unit, seconds in sorted(total.items())}
 
 
