@@ -275,6 +275,24 @@ def test_failing_action_backs_off_instead_of_a_hot_loop(
     assert max(b.failures for b in backoffs.values()) >= 2
 
 
+@dataclass
+class BrokenDocker(FakeDocker):
+    """An engine whose client raises an unexpected error on every start (no `DockerError`)."""
+
+    def start(self, manifest: Manifest, *, name: str) -> ContainerInfo:
+        self.started.append(manifest.name)
+        raise RuntimeError("could not parse the engine's answer")
+
+
+def test_a_start_that_crashes_backs_off_like_a_refused_one(stop: threading.Event) -> None:
+    """A start failing with an unexpected error backs its service off (1 s, 2 s), not a hot loop of starts."""
+    docker = BrokenDocker()
+    agent = run_agent(docker, FakeCatalog(), placed(WEB, 1), stop)
+    wait_until(lambda: len(docker.started) >= 3, timeout=30, what="three tries")
+    elapsed = time.monotonic() - agent.started
+    assert elapsed >= 1 + 2, f"three starts in {elapsed:.2f}s: the back-off (1 s, 2 s) was not kept"
+
+
 def test_success_clears_an_action_backoff(stop: threading.Event) -> None:
     """Once a refused registration goes through, its back-off is forgotten."""
     catalog = FakeCatalog([], refuse=True)
