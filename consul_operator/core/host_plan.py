@@ -17,7 +17,7 @@ registrations on the host's Consul agent, the actions still in flight or
 held by their back-off, the per-service back-off, and the time on two clocks:
 ``now`` (wall, Unix seconds) is compared only with Docker's start and finish
 times; ``mono`` (the agent's monotonic clock) with back-off deadlines, which
-the agent set on that clock. Output: a ``HostPlan`` of actions, one report
+the agent set on that clock. Output: a ``HostActions`` of actions, one report
 per service, when (``mono``) to look again by itself, and the back-off of
 each service after the crashes the plan counted.
 
