@@ -13,8 +13,9 @@ in the plan (and, once the status writes are sent, from `after_writes`).
 One pass:
 
 1. **Outcomes** (`model.Outcome`, from the executor): a failed start backs
-   its service off (`Backoff`, 1 s doubling to 60 s); a failed action backs
-   off by its `action_key`, and a success clears that key.
+   its service off (`Backoff`, 1 s doubling to 60 s), unless the Docker
+   engine was away; a failed action backs off by its `action_key`, and a
+   success clears that key.
 2. **Forgetting**: the back-offs of actions on containers and registrations
    no longer there; a service's streak ends once a container of its failing
    spec has run `host_plan.MIN_RUN_SECONDS` (`ends_streak`).
@@ -253,7 +254,10 @@ def _fold_outcomes(
     """The per-service and per-action back-offs after ``outcomes``."""
     backoffs, actions = dict(memory.backoffs), dict(memory.action_backoffs)
     for outcome in outcomes:
-        if outcome.kind == "start" and outcome.error:
+        if outcome.kind == "start" and outcome.error and not outcome.engine_away:
+            # The engine away is not the service failing: the pass retries on the loop's own
+            # back-off (its listing fails too); a streak grown during a 10 s engine restart
+            # held every start for a minute after the engine was back (chaos seed 42).
             previous = backoffs.get(outcome.service, Backoff())
             error = f"start failed: {outcome.error}"
             backoffs[outcome.service] = backoff_after_failure(previous, outcome.at, error, outcome.spec_hash)

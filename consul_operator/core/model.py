@@ -277,6 +277,8 @@ class Outcome:
     ``error`` is empty for a success; ``at`` is the executor's monotonic time
     at the end; ``key`` the action's back-off key (`action_key`; None for a
     start, which backs its whole service off); ``spec_hash`` a start's spec.
+    ``engine_away``: the action failed because the Docker engine was away, not
+    through any fault of the service (a start then backs nothing off).
     """
 
     kind: str
@@ -285,6 +287,7 @@ class Outcome:
     error: str
     at: float
     spec_hash: str = ""
+    engine_away: bool = False
 
 
 @dataclass(frozen=True, slots=True)

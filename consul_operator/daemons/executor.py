@@ -26,7 +26,7 @@ from consul_operator.adapters.interfaces import Catalog, Containers
 from consul_operator.adapters.timers import Timers
 from consul_operator.core import events
 from consul_operator.core.desired_state import Manifest
-from consul_operator.core.errors import ConsulError, OperatorError
+from consul_operator.core.errors import ConsulError, DockerUnavailable, OperatorError
 from consul_operator.core.model import (
     Action,
     ContainerInfo,
@@ -223,11 +223,12 @@ class Executor:
 
     def _run(self, job: _Job) -> None:
         error = ""
+        away = False
         later: _Later | None = None
         try:
             later = job.work()
         except OperatorError as exc:
-            error = str(exc)
+            error, away = str(exc), isinstance(exc, DockerUnavailable)
             log.warning("action failed", action=job.kind, container=job.label, error=error)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
@@ -237,7 +238,7 @@ class Executor:
         with self.lock:
             self._active[job.service] -= 1
             if later is None:
-                self._finish(job, error)
+                self._finish(job, error, away)
             else:
                 at, follow_up = later
                 # The container stays busy; the rest of the action queues when the time comes.
@@ -250,18 +251,20 @@ class Executor:
         with self.lock:
             self._enqueue(job)
 
-    def _finish(self, job: _Job, error: str) -> None:
+    def _finish(self, job: _Job, error: str, away: bool) -> None:
         """The action is over (under ``lock``): release what it kept busy, report its outcome."""
         self._starting.pop(job.name, None)
         self._starting_spec.pop(job.name, None)
         self._busy.discard(job.cid)
         if job.sid:  # a start's registration, if any, is released by `_register_started`
             self._busy_registrations.discard(job.sid)
-        self._outcomes.append(Outcome(job.kind, job.service, job.key, error, self.mono(), job.spec))
+        self._outcomes.append(Outcome(job.kind, job.service, job.key, error, self.mono(), job.spec, away))
 
     def _start(self, manifest: Manifest, name: str) -> None:
         try:
             info = self.docker.start(manifest, name=name)
+        except DockerUnavailable:
+            raise  # the engine is away, not the service failing: no StartFailed either
         except OperatorError as exc:
             event_log.record(manifest.name, events.START_FAILED, f"container {name} not started: {exc}")
             raise

@@ -208,6 +208,15 @@ CASES = [
     pytest.param(
         Case(
             placed=1,
+            outcomes=(Outcome("start", "web", None, "engine unreachable", MONO, SPEC, engine_away=True),),
+            actions=(("start", "web"),),
+            writes={"web": ""},
+        ),
+        id="a-start-that-found-the-engine-away-backs-nothing-off",
+    ),
+    pytest.param(
+        Case(
+            placed=1,
             containers=(C1,),
             registrations=(),
             outcomes=(Outcome("register", "web", "register:web-c1", "ACL not found", MONO),),

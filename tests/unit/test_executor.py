@@ -13,7 +13,7 @@ import pytest
 from consul_operator.adapters.consul_client import Indexed, KVEntry
 from consul_operator.core.backoff import Backoff
 from consul_operator.core.desired_state import Manifest
-from consul_operator.core.errors import ConsulError, ConsulPermissionDenied, DockerError
+from consul_operator.core.errors import ConsulError, ConsulPermissionDenied, DockerError, DockerUnavailable
 from consul_operator.core.host_pass import HostMemory, HostSettings, HostState, decide_host
 from consul_operator.core.keys import Layout
 from consul_operator.core.model import (
@@ -56,6 +56,7 @@ class FakeDocker:
     containers: list[ContainerInfo] = field(default_factory=list)
     refuse_remove: bool = False
     refuse_start: bool = False
+    engine_away: bool = False  # every call fails as with the engine's socket gone
     stop_gate: threading.Event | None = None  # stop() blocks until set: a long stop grace
     publish: bool = False  # started containers publish a port (and so are registered)
     on_remove: Callable[[], None] = lambda: None  # runs as remove() is called
@@ -76,6 +77,8 @@ class FakeDocker:
             raise DockerError(f"Docker refused removing {container_id}: removal already in progress")
 
     def start(self, manifest: Manifest, *, name: str) -> ContainerInfo:
+        if self.engine_away:
+            raise DockerUnavailable(f"Docker engine unreachable during creating {name}: connection refused")
         if self.refuse_start:
             raise DockerError(f"Docker refused creating {name}")
         self.started.append(manifest.name)
@@ -328,6 +331,34 @@ def test_backoffs_are_on_the_monotonic_clock(stop: threading.Event) -> None:
     memory = decide_host(state, HostMemory(), Now(mono=500.5, wall=time.time()), HostSettings(HOST)).memory
     assert memory.backoffs["web"].retry_at == 501.0
     assert memory.action_backoffs["register:web-c1"] == Backoff(failures=1, retry_at=501.0, last_error=denied)
+
+
+@pytest.mark.parametrize(
+    ("docker", "backed_off"),
+    [
+        pytest.param(FakeDocker(refuse_start=True), True, id="engine-refuses-the-start"),
+        pytest.param(FakeDocker(engine_away=True), False, id="engine-away"),
+    ],
+)
+def test_only_a_start_the_engine_refuses_backs_the_service_off(docker: FakeDocker, backed_off: bool) -> None:
+    """A start refused by Docker backs its service off; one that finds the engine away does not
+    (the pass retries on the loop's back-off), so an engine restart leaves no minute-long hold."""
+    done = threading.Event()
+    executor = Executor(docker, FakeCatalog(), on_done=done.set)
+    try:
+        for _ in range(3):
+            done.clear()
+            executor.submit(StartContainer(WEB))
+            wait_until(done.is_set, timeout=10, what="the start to finish")
+    finally:
+        executor.shutdown()
+    with executor.lock:
+        outcomes = executor.take_outcomes()
+    state = HostState({}, {}, {}, outcomes=outcomes)
+    memory = decide_host(state, HostMemory(), Now(time.monotonic(), time.time()), HostSettings(HOST)).memory
+    assert ("web" in memory.backoffs) is backed_off
+    if backed_off:
+        assert memory.backoffs["web"].failures == 3
 
 
 def test_slow_service_cannot_hold_every_worker(stop: threading.Event) -> None:
