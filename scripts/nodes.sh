@@ -188,7 +188,7 @@ host_hcl() {  # host-N ADDR: the node's /etc/consul.d/host.hcl
   cat <<EOF
 # $host of the node environment $NAME (scripts/nodes.sh): installed as /etc/consul.d/host.hcl.
 node_name = "$host"
-$clientbind_addr = "$addr"
+${client}bind_addr = "$addr"
 advertise_addr = "$addr"
 client_addr = "127.0.0.1 $addr"
 retry_join = ["${ADDRS[0]}", "${ADDRS[1]}", "${ADDRS[2]}"]
