@@ -270,6 +270,7 @@ keepalived_config() {
   # The checks run as this user (keepalived's default script user), never as root.
   id keepalived_script >/dev/null 2>&1 \
     || useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin keepalived_script
+  install_file 0755 "$ROOT/deploy/keepalived/consul-has-leader" /usr/local/lib/consul-operator/consul-has-leader
   tmp=$(mktemp)
   cat >"$tmp" <<KEEPALIVED
 # /etc/keepalived/keepalived.conf of $NODE_NAME: written by scripts/provision.sh lb from
@@ -306,6 +307,19 @@ vrrp_script operator_lb {
   weight -50
 }
 
+# This host's Consul knows a leader: it is on the majority's side. Two failures
+# lower the priority by 50: a host cut off from the others yields to its peer when
+# the cut heals (both held the address meanwhile). Root: it reads the client key.
+vrrp_script consul {
+  script "/usr/local/lib/consul-operator/consul-has-leader"
+  user root
+  interval 1
+  timeout 2
+  fall 2
+  rise 2
+  weight -50
+}
+
 vrrp_instance consul_operator_lb {
   # Every host starts as a backup: the first to find no master takes the address.
   state BACKUP
@@ -325,6 +339,7 @@ $peers  }
   track_script {
     nginx
     operator_lb
+    consul
   }
 }
 KEEPALIVED
