@@ -85,7 +85,7 @@ in_node() { local host=$1; shift; docker exec "$(node "$host")" "$@"; }
 # --- build ------------------------------------------------------------------------------
 # The Debian packages of both roles (scripts/provision.sh) and what systemd as PID 1
 # and the partitions need; debootstrap resolves their dependencies.
-PACKAGES=systemd,systemd-sysv,dbus,iproute2,iptables,procps,docker.io,busybox-static,nginx,curl,ca-certificates,python3,python3-venv
+PACKAGES=systemd,systemd-sysv,dbus,iproute2,iptables,procps,docker.io,busybox-static,nginx,keepalived,curl,ca-certificates,python3,python3-venv
 
 # The sources, as the Vagrantfile's rsync synced folder has them: a one-way copy
 # without this machine's build products.
