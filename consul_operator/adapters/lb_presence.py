@@ -75,6 +75,7 @@ class LBPresence:
         self.service_id = lb_service_id(cluster, listen)
         self.holds: bool | None = None  # None: not looked yet (or `ip` failed so far)
         self._registered: bool | None = None  # the holds registered, None: not registered
+        self._failing: set[str] = set()  # what failed last time ("ip", "consul"): logged once, not every poll
 
     def look(self) -> bool | None:
         """Whether this host holds the floating address now (None without one, or when ``ip`` fails)."""
@@ -83,8 +84,11 @@ class LBPresence:
         try:
             holds = self.floating in self.addresses()
         except OSError as exc:
-            log.error("cannot tell whether this host holds the floating address", error=str(exc))
+            if "ip" not in self._failing:
+                log.error("cannot tell whether this host holds the floating address", error=str(exc))
+                self._failing.add("ip")
             return self.holds
+        self._failing.discard("ip")
         if holds != self.holds:
             metrics.lb_floating_address_held.labels(self.floating).set(1 if holds else 0)
             if self.holds is not None or holds:
@@ -125,7 +129,13 @@ class LBPresence:
         except ConsulError as exc:
             # The local agent lost the registration (restarted without its data) or is away.
             self._registered = None
-            log.warning("load balancer registration failed", error=str(exc))
+            if "consul" not in self._failing:
+                log.warning("load balancer registration failed; retrying", error=str(exc))
+                self._failing.add("consul")
+            return
+        if "consul" in self._failing and self._registered is not None:
+            log.info("load balancer registered again")
+            self._failing.discard("consul")
 
     def run(self, stop: threading.Event) -> None:
         """A `step` every `POLL` s, a TTL beat every third of the TTL, until ``stop``."""

@@ -11,8 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
 
 from consul_operator.adapters.lb_presence import LBPresence
+from consul_operator.core.errors import ConsulUnavailable
 from consul_operator.core.floating import (
     LB_SERVICE,
     LBHost,
@@ -209,3 +211,35 @@ def test_status_shows_the_lb_hosts_and_the_active_one() -> None:
         ("host-3", "active", True),
         ("host-4", "standby", False),
     ]
+
+
+@dataclass
+class AwayRegistrar(FakeRegistrar):
+    """A local Consul agent that refuses while ``away``."""
+
+    away: bool = True
+
+    def register_service(self, definition: Mapping[str, Any], *, timeout: float | None = None) -> None:
+        if self.away:
+            raise ConsulUnavailable("127.0.0.1:8500 unreachable during registering: refused")
+        super().register_service(definition, timeout=timeout)
+
+
+def test_presence_logs_an_away_consul_once_and_registers_when_it_returns() -> None:
+    """Consul away: one warning, not one per poll; back: registered again, said once."""
+    consul = AwayRegistrar()
+    presence = LBPresence(
+        consul, cluster="c", listen="0.0.0.0:80", floating=None, addresses=lambda: frozenset()
+    )
+    with capture_logs() as logs:
+        for _ in range(5):
+            presence.step(beat=True)
+        consul.away = False
+        presence.step(beat=True)
+        presence.step(beat=True)
+    assert [entry["event"] for entry in logs] == [
+        "load balancer registration failed; retrying",
+        "load balancer registered again",
+    ]
+    assert len(consul.registered) == 1
+    assert consul.passed == [f"{lb_service_id('c', '0.0.0.0:80')}-ttl"]
