@@ -31,7 +31,7 @@ from consul_operator.core.durations import format_duration
 from consul_operator.core.errors import ConsulError, ConsulPermissionDenied
 from consul_operator.core.keys import Layout
 from consul_operator.core.maintenance import drain_remains, only_stuck_left
-from consul_operator.core.model import HostInfo
+from consul_operator.core.model import HostInfo, is_extra_port
 from consul_operator.core.reconcile import schedule
 from consul_operator.core.records import HostRecord, RollbackRequest, RolloutRecord, RolloutState
 from consul_operator.core.status import (
@@ -666,7 +666,8 @@ def describe(target: Target, name: str, *, as_json: bool) -> int:
         entry = target.consul.kv_get(target.layout.service_key(name)).value
         spec = entry.value.decode("utf-8", "replace") if entry is not None else ""
         records = read_statuses(target.consul, target.layout).get(name, {})
-        instances = target.consul.health_service(name).value if is_dns_label(name) else []
+        listed = target.consul.health_service(name).value if is_dns_label(name) else []
+        instances = [i for i in listed if not is_extra_port(i)]
         recent = read_events(target.consul, target.layout, name, now=now)
     except ConsulError as exc:
         return _unreachable(exc)

@@ -124,6 +124,8 @@ _TOP_FIELDS: Final = (
     "read_only",
     "tmpfs",
     "cap_add",
+    "ports",
+    "lb_port",
 )
 _RESOURCE_FIELDS: Final = ("memory", "cpus")
 _UPDATE_FIELDS: Final = ("max_surge", "max_unavailable", "min_healthy", "deadline", "auto_rollback")
@@ -143,11 +145,25 @@ _SPEC_FIELDS: Final = (
     "read_only",
     "tmpfs",
     "cap_add",
+    "ports",
+    "lb_port",
 )
 # Privilege fields: in the normalised form (and so in the spec hash and the kept revisions)
 # only when set, so that a manifest without them keeps the hash and the revision it had
 # before they existed, and an agent of the previous release still reads its revisions.
-_PRIVILEGE_DEFAULTS: Final[dict[str, object]] = {"user": None, "read_only": False, "tmpfs": [], "cap_add": []}
+_PRIVILEGE_DEFAULTS: Final[dict[str, object]] = {
+    "user": None,
+    "read_only": False,
+    "tmpfs": [],
+    "cap_add": [],
+    "ports": {},
+    "lb_port": None,
+}
+MAX_PORTS: Final = 16
+LB_PORT_NAME: Final = "http"
+"""The port the load balancer serves when ``lb_port`` names none."""
+_PORT_NAME_RE: Final = re.compile(r"[a-z](?:[a-z0-9-]{0,13}[a-z0-9])?")
+"""A port's name: a tag in Consul and part of a registration's ID (15 characters, as Kubernetes')."""
 
 # RFC 1123 label. Names end up in container labels, Consul service names and
 # the NGINX config: whitelisted, never escaped. The one rule of the code base:
@@ -321,6 +337,39 @@ class Manifest:
     read_only: bool = False
     tmpfs: tuple[str, ...] = ()  # sorted absolute paths
     cap_add: tuple[str, ...] = ()  # sorted, beyond DEFAULT_CAPABILITIES; each host allows them or not
+    # ``ports:``: (name, container port) sorted by name; empty with the ``port:`` shorthand. Then
+    # ``port`` is the primary one's: ``lb_port``'s, else ``http``'s, else the first by name.
+    ports: tuple[tuple[str, int], ...] = ()
+    lb_port: str | None = None
+
+    @property
+    def primary_port_name(self) -> str | None:
+        """The name of the port registered as the replica itself (``port``); None with the shorthand."""
+        if not self.ports:
+            return None
+        names = [n for n, _ in self.ports]
+        if self.lb_port is not None:
+            return self.lb_port
+        return LB_PORT_NAME if LB_PORT_NAME in names else names[0]
+
+    @property
+    def load_balanced(self) -> bool:
+        """Whether the load balancer serves this service: ``port:``, a port named ``http``, or ``lb_port``."""
+        if not self.ports:
+            return self.port is not None
+        return self.lb_port is not None or any(n == LB_PORT_NAME for n, _ in self.ports)
+
+    @property
+    def extra_ports(self) -> tuple[tuple[str, int], ...]:
+        """The named ports other than the primary one, each registered on its own."""
+        primary = self.primary_port_name
+        return tuple((n, p) for n, p in self.ports if n != primary)
+
+    @property
+    def container_ports(self) -> tuple[int, ...]:
+        """Every container port to publish, the primary first."""
+        extra = tuple(p for _, p in self.extra_ports)
+        return ((self.port,) if self.port is not None else ()) + extra
 
     @property
     def env_dict(self) -> dict[str, str]:
@@ -355,13 +404,15 @@ class Manifest:
             "read_only": self.read_only,
             "tmpfs": list(self.tmpfs),
             "cap_add": list(self.cap_add),
+            "ports": dict(self.ports),
+            "lb_port": self.lb_port,
         }
         set_privileges = {k: v for k, v in privileges.items() if v != _PRIVILEGE_DEFAULTS[k]}
         return {
             "name": self.name,
             "image": self.image,
             "replicas": self.replicas,
-            "port": self.port,
+            "port": None if self.ports else self.port,
             "command": None if self.command is None else list(self.command),
             "env": dict(self.env),
             "placement": {
@@ -418,10 +469,17 @@ def manifest_from_dict(data: object, *, key_name: str | None = None) -> Manifest
     image = _check_image(fields, problems)
     replicas = _check_replicas(fields, problems)
     port = _check_port(fields.get("port"), problems)
+    ports, lb_port = _check_ports(fields.get("ports"), fields.get("lb_port"), problems)
+    if ports and fields.get("port") is not None:
+        problems.append(Problem("port", "give either port or ports, not both (port: N is ports: {http: N})"))
+    if ports:
+        primary = Manifest(name="x", image="x", replicas=0, ports=ports, lb_port=lb_port)
+        port = dict(ports)[primary.primary_port_name or ""]
     command = _check_command(fields.get("command"), problems)
     env = _check_env(fields.get("env"), problems)
     placement = _check_placement(fields.get("placement"), problems)
-    health = _check_health(fields.get("health"), fields.get("port") is not None, problems)
+    has_port = fields.get("port") is not None or fields.get("ports") is not None
+    health = _check_health(fields.get("health"), has_port, problems)
     drain = _duration_field(fields, "drain", "drain", DEFAULT_DRAIN, 0.0, MAX_DRAIN_SECONDS, problems)
     stop_grace = _duration_field(
         fields,
@@ -473,6 +531,8 @@ def manifest_from_dict(data: object, *, key_name: str | None = None) -> Manifest
         read_only=read_only,
         tmpfs=tmpfs,
         cap_add=cap_add,
+        ports=ports,
+        lb_port=lb_port,
     )
     size = len(revision_json(manifest))
     if size > MAX_REVISION_BYTES:
@@ -483,6 +543,51 @@ def manifest_from_dict(data: object, *, key_name: str | None = None) -> Manifest
         )
         raise ManifestError([Problem("", message)])
     return manifest
+
+
+def _check_ports(
+    value: object, lb_port: object, problems: list[Problem]
+) -> tuple[tuple[tuple[str, int], ...], str | None]:
+    """``ports: {http: 5000, metrics: 9100}`` and ``lb_port: NAME``: named, distinct container ports."""
+    if lb_port is not None and value is None:
+        problems.append(Problem("lb_port", "needs ports (it names one of them)"))
+        return (), None
+    if value is None:
+        return (), None
+    if not isinstance(value, Mapping) or not value:
+        problems.append(
+            Problem("ports", f"must be a non-empty mapping of name: port, got {_describe(value)}")
+        )
+        return (), None
+    if len(value) > MAX_PORTS:
+        problems.append(Problem("ports", f"must have at most {MAX_PORTS} entries, got {len(value)}"))
+        return (), None
+    pairs: list[tuple[str, int]] = []
+    seen: dict[int, str] = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not _PORT_NAME_RE.fullmatch(key):
+            shown = _short(key) if isinstance(key, str) else _describe(key)
+            rule = "1-15 lowercase letters, digits and '-', starting with a letter"
+            problems.append(Problem("ports", f"a port name must be {rule}, got {shown}"))
+            continue
+        where = _join("ports", key)
+        port = _check_port(item, problems, where)
+        if port is None:
+            continue
+        if port in seen:
+            problems.append(Problem(where, f"port {port} is also {seen[port]!r}"))
+            continue
+        seen[port] = key
+        pairs.append((key, port))
+    chosen: str | None = None
+    if lb_port is not None:
+        if not isinstance(lb_port, str) or lb_port not in value:
+            names = ", ".join(sorted(str(k) for k in value))
+            shown = _short(lb_port) if isinstance(lb_port, str) else _describe(lb_port)
+            problems.append(Problem("lb_port", f"must name one of the ports ({names}), got {shown}"))
+        else:
+            chosen = lb_port
+    return tuple(sorted(pairs)), chosen
 
 
 def _check_user(value: object, problems: list[Problem]) -> str | None:
@@ -1021,11 +1126,11 @@ def _check_replicas(fields: Mapping[str, object], problems: list[Problem]) -> in
     return _integer(fields["replicas"], "replicas", 0, MAX_REPLICAS, problems)
 
 
-def _check_port(value: object, problems: list[Problem]) -> int | None:
-    """The container port, 1..65535, or None when absent (or invalid: then with a problem)."""
+def _check_port(value: object, problems: list[Problem], path: str = "port") -> int | None:
+    """A container port, 1..65535, or None when absent (or invalid: then with a problem)."""
     if value is None:
         return None
-    return _integer(value, "port", 1, 65535, problems)
+    return _integer(value, path, 1, 65535, problems)
 
 
 def _check_command(value: object, problems: list[Problem]) -> tuple[str, ...] | None:
@@ -1370,7 +1475,7 @@ def _check_http(value: object, has_port: bool, problems: list[Problem]) -> str |
     if http is None:
         return None
     if not has_port:
-        problems.append(Problem(path, "needs 'port' (the container port to send the check to)"))
+        problems.append(Problem(path, "needs 'port' or 'ports' (the container port to send the check to)"))
     # Whitelist: the path goes into a Consul check URL, never escaped.
     if not http.startswith("/"):
         problems.append(Problem(path, f"must be a path starting with '/', got {_short(http)}"))

@@ -104,6 +104,7 @@ from consul_operator.core.model import (
     ServiceReport,
     StartContainer,
     action_key,
+    extra_port_id,
 )
 from consul_operator.core.records import Hold, PlacementRecord, frozen_map
 
@@ -481,7 +482,7 @@ def _exit_text(container: ContainerInfo, ran: float | None) -> str:
 
 def _healthy_ids(registrations: Iterable[Registration]) -> set[str]:
     """IDs of the containers that have a passing registration."""
-    return {r.container_id for r in registrations if r.healthy}
+    return {r.container_id for r in registrations if r.healthy and not r.extra_port}
 
 
 def _drain_order(containers: Iterable[ContainerInfo], healthy: set[str]) -> list[ContainerInfo]:
@@ -520,20 +521,32 @@ def _plan_registrations(
             plan.unregistrable[c.name] = "container publishes no port"
             continue
         plan.wanted.add(c.name)
+        published = dict(c.host_ports)
+        extras = [
+            (extra_port_id(c.name, name), published[port])
+            for name, port in manifest.extra_ports
+            if port in published
+        ]
+        plan.wanted.update(sid for sid, _ in extras)
         if c.name in inflight.busy_registrations:
             continue  # a (de)registration of it is still in flight
-        if not _registered(by_id.get(c.name), c, manifest.name):
+        if not _registered(by_id.get(c.name), c, manifest.name) or any(
+            not _registered(by_id.get(sid), c, manifest.name, port) for sid, port in extras
+        ):
             plan.actions.append(Register(c, manifest))
 
 
-def _registered(registration: Registration | None, container: ContainerInfo, service: str) -> bool:
-    """Whether ``registration`` is exactly what ``container`` should have."""
+def _registered(
+    registration: Registration | None, container: ContainerInfo, service: str, port: int | None = None
+) -> bool:
+    """Whether ``registration`` is exactly what ``container`` should have (at ``port``, an extra
+    port's host port; by default the replica's own)."""
     return (
         registration is not None
         and registration.service == service
         and registration.container_id == container.id
         and registration.spec_hash == container.spec_hash
-        and registration.port == container.host_port
+        and registration.port == (container.host_port if port is None else port)
     )
 
 

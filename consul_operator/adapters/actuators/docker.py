@@ -25,6 +25,7 @@ from consul_operator.core.errors import DockerError, DockerUnavailable, ImageNot
 from consul_operator.core.model import (
     LABEL_CLUSTER,
     LABEL_HOST,
+    LABEL_PORT,
     LABEL_SERVICE,
     LABEL_SPEC,
     ContainerInfo,
@@ -101,6 +102,17 @@ def container_name(service: str, host: str) -> str:
     return f"{service}-{host}-{secrets.token_hex(3)}"
 
 
+def _primary(
+    published: dict[int, int], labels: dict[str, str]
+) -> tuple[tuple[tuple[int, int], ...], int | None]:
+    """Every published (container, host) port, sorted, and the host port of the replica itself:
+    the one its `LABEL_PORT` names, else (a container of one port) the only one."""
+    primary = labels.get(LABEL_PORT, "")
+    by_label = published.get(int(primary)) if primary.isdigit() else None
+    port = by_label if primary.isdigit() else next(iter(sorted(published.values())), None)
+    return tuple(sorted(published.items())), port
+
+
 class DockerActuator:
     """Our containers on one host."""
 
@@ -156,14 +168,12 @@ class DockerActuator:
 
     def _from_summary(self, summary: dict[str, Any]) -> ContainerInfo:
         labels = summary.get("Labels") or {}
-        port = next(
-            (
-                int(p["PublicPort"])
-                for p in summary.get("Ports") or []
-                if p.get("PublicPort") and p.get("IP") == self.advertise
-            ),
-            None,
-        )
+        published = {
+            int(p["PrivatePort"]): int(p["PublicPort"])
+            for p in summary.get("Ports") or []
+            if p.get("PublicPort") and p.get("PrivatePort") and p.get("IP") == self.advertise
+        }
+        host_ports, port = _primary(published, labels)
         return ContainerInfo(
             id=summary["Id"],
             name=summary["Names"][0].lstrip("/") if summary.get("Names") else summary["Id"][:12],
@@ -175,16 +185,18 @@ class DockerActuator:
             # The listing has no start time; we start every container right after
             # creating it and never let Docker restart it, so creation is close enough.
             started_at=float(summary.get("Created", 0)),
+            host_ports=host_ports,
         )
 
     def _from_inspect(self, data: dict[str, Any]) -> ContainerInfo:
         labels = data["Config"].get("Labels") or {}
         state = data.get("State") or {}
-        port = None
-        for binding in ((data.get("NetworkSettings") or {}).get("Ports") or {}).values():
+        published: dict[int, int] = {}
+        for private, binding in ((data.get("NetworkSettings") or {}).get("Ports") or {}).items():
             for item in binding or []:
                 if item.get("HostIp") == self.advertise and item.get("HostPort"):
-                    port = int(item["HostPort"])
+                    published[int(str(private).partition("/")[0])] = int(item["HostPort"])
+        host_ports, port = _primary(published, labels)
         return ContainerInfo(
             id=data["Id"],
             name=data["Name"].lstrip("/"),
@@ -198,6 +210,7 @@ class DockerActuator:
             exit_code=state.get("ExitCode"),
             error=state.get("Error") or "",
             oom_killed=bool(state.get("OOMKilled")),
+            host_ports=host_ports,
         )
 
     def start(self, manifest: Manifest, *, name: str | None = None) -> ContainerInfo:
@@ -209,6 +222,8 @@ class DockerActuator:
             LABEL_SERVICE: manifest.name,
             LABEL_SPEC: manifest.spec_hash(),
         }
+        if manifest.ports and manifest.port is not None:
+            labels[LABEL_PORT] = str(manifest.port)
         self._ensure_image(manifest.image)
         try:
             with docker_errors(f"creating {name}"):
@@ -228,7 +243,7 @@ class DockerActuator:
         """Create the container; its id. The low-level call: no inspect before the start (one per replica
         less in a burst; the one after the start reads the published port)."""
         api = self.client.api
-        bindings = {manifest.port: (self.advertise, None)} if manifest.port else {}
+        bindings = {port: (self.advertise, None) for port in manifest.container_ports}
         created = api.create_container(
             manifest.image,
             name=name,
