@@ -20,6 +20,9 @@ LABEL_CLUSTER = "consul-operator.cluster"
 LABEL_SERVICE = "consul-operator.service"
 LABEL_HOST = "consul-operator.host"
 LABEL_SPEC = "consul-operator.spec-hash"
+LABEL_SLOT = "consul-operator.slot"
+"""A replica's slot on its host (0, 1, ...; a service with named volumes only): which volumes it mounts."""
+LABEL_VOLUME = "consul-operator.volume"
 LABEL_PORT = "consul-operator.port"
 """The container port registered as the replica itself (with ``ports:``, a replica publishes several)."""
 
@@ -135,6 +138,7 @@ class ContainerInfo:
     oom_killed: bool = False
     # Every published port on the advertise address: (container port, host port), sorted.
     host_ports: tuple[tuple[int, int], ...] = ()
+    slot: int | None = None  # `LABEL_SLOT`: a replica of a service with named volumes
 
     @property
     def running(self) -> bool:
@@ -184,9 +188,10 @@ class InFlight:
 
 @dataclass(frozen=True, slots=True)
 class StartContainer:
-    """Create, start and register one new replica of ``manifest``."""
+    """Create, start and register one new replica of ``manifest`` (in ``slot``: its named volumes)."""
 
     manifest: Manifest
+    slot: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

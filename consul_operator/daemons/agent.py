@@ -72,6 +72,7 @@ class AgentConfig:
     consul_tls: ConsulTLS | None = None  # None: the consul CLI's environment variables
     metrics_tls: tuple[str, str] | None = None  # --metrics-tls-cert, --metrics-tls-key
     allowed_caps: frozenset[str] = frozenset()  # --allow-cap: capabilities a manifest's cap_add may add
+    allowed_host_paths: tuple[str, ...] = ()  # --allow-host-path: directories a manifest's volumes may mount
     page_token_file: str | None = None  # --page-token-file: the status page's bearer token
 
 
@@ -82,7 +83,11 @@ EngineFactory = Callable[[AgentConfig], DockerActuator]
 def docker_engine(config: AgentConfig) -> DockerActuator:
     """The Docker engine of ``config.docker_host`` (or ``DOCKER_HOST``, or the local socket)."""
     return DockerActuator(
-        connect(config.docker_host), cluster=config.cluster, host=config.host, advertise=config.advertise
+        connect(config.docker_host),
+        cluster=config.cluster,
+        host=config.host,
+        advertise=config.advertise,
+        allowed_host_paths=config.allowed_host_paths,
     )
 
 
@@ -144,6 +149,7 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
         executor,
         kv_changed=kv_changed,
         allowed_caps=config.allowed_caps,
+        allowed_host_paths=config.allowed_host_paths,
         node=node,
     )
     scheduler = Scheduler(

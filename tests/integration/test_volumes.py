@@ -1,0 +1,127 @@
+"""Volumes against real Docker and Consul: a named volume per replica slot, labelled, that stays with
+its replica through a ``docker kill`` and a rollout; host paths only under ``--allow-host-path``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from consul_operator.core.model import LABEL_CLUSTER, LABEL_HOST, LABEL_SERVICE, LABEL_SLOT, LABEL_VOLUME
+from tests.support.bounds import CONVERGE_S
+from tests.support.cluster import Cluster, operator
+from tests.support.staging import HOST_1_ALLOWED_HOST_PATH, wait_until
+
+DATA = {"name": "data", "path": "/data"}
+
+
+def _read(container: Any, path: str) -> str:
+    """``cat path`` in the replica."""
+    code, output = container.exec_run(["cat", path])
+    assert code == 0, output
+    return str(output.decode())
+
+
+def _only(cluster: Cluster, service: str) -> Any:
+    (container,) = cluster.containers(service)
+    return container
+
+
+def _volumes(cluster: Cluster, service: str) -> list[Any]:
+    labels = [f"{LABEL_CLUSTER}={cluster.staging.name}", f"{LABEL_SERVICE}={service}"]
+    return list(cluster.docker.volumes.list(filters={"label": labels}))
+
+
+def _events(cluster: Cluster, service: str) -> list[dict[str, Any]]:
+    described = operator(cluster, "describe", service, "--json")
+    assert described.returncode == 0, described.stderr
+    return list(json.loads(described.stdout)["events"])
+
+
+def test_a_named_volume_keeps_its_data_through_docker_kill_and_a_rollout(
+    cluster: Cluster, service_name: str
+) -> None:
+    """A replica with ``volumes: [{name: data, path: /data}]`` gets one Docker volume labelled with
+    the cluster, host, service, slot and volume. Data written there is read by the replacement after
+    a ``docker kill``, and by the new replica of a rollout (which replaces it in place, on the same
+    host); describe's events say once that the volume was created fresh."""
+    cluster.put(service_name, 1, volumes=[DATA])
+    cluster.wait_converged(service_name, 1)
+    first = _only(cluster, service_name)
+    host = first.labels[LABEL_HOST]
+    assert first.labels[LABEL_SLOT] == "0"
+    (volume,) = _volumes(cluster, service_name)
+    assert {k: volume.attrs["Labels"][k] for k in (LABEL_HOST, LABEL_SLOT, LABEL_VOLUME)} == {
+        LABEL_HOST: host,
+        LABEL_SLOT: "0",
+        LABEL_VOLUME: "data",
+    }
+    planted = uuid.uuid4().hex
+    code, output = first.exec_run(["sh", "-c", f"echo {planted} > /data/planted"])
+    assert code == 0, output
+
+    first.kill()
+    wait_until(
+        lambda: [c.id for c in cluster.containers(service_name)] not in ([], [first.id]),
+        timeout=CONVERGE_S,
+        what="a replacement",
+    )
+    cluster.wait_converged(service_name, 1)
+    second = _only(cluster, service_name)
+    assert second.labels[LABEL_HOST] == host
+    assert _read(second, "/data/planted").strip() == planted
+
+    cluster.put(service_name, 1, volumes=[DATA], env={"GREETING": "rolled"})
+    wait_until(
+        lambda: [c.id for c in cluster.containers(service_name)] not in ([], [second.id]),
+        timeout=CONVERGE_S,
+        what="the rollout's new replica",
+    )
+    cluster.wait_converged(service_name, 1)
+    third = _only(cluster, service_name)
+    assert third.labels[LABEL_HOST] == host
+    assert _read(third, "/data/planted").strip() == planted
+    assert [v.name for v in _volumes(cluster, service_name)] == [volume.name]
+    created = [e for e in _events(cluster, service_name) if e["reason"] == "VolumeCreated"]
+    assert len(created) == 1 and f"for slot 0 on {host}" in created[0]["message"], created
+
+
+def test_host_paths_only_under_the_agents_allowed_directory(
+    cluster: Cluster, service_name: str, other_service: str
+) -> None:
+    """A host path under host-1's ``--allow-host-path`` is mounted (read-only here) and its file read
+    in the replica; host-2 allows none, so there nothing starts and its status names the field.
+    The Docker socket is refused by validation before any agent sees it."""
+    shared = Path(HOST_1_ALLOWED_HOST_PATH) / service_name
+    shared.mkdir(parents=True, exist_ok=True)
+    (shared / "greeting").write_text("from the host\n")
+    mount = {"host_path": str(shared), "path": "/shared", "read_only": True}
+    cluster.put(service_name, 1, volumes=[mount], placement={"hosts": ["host-1"]})
+    cluster.wait_converged(service_name, 1)
+    replica = _only(cluster, service_name)
+    assert _read(replica, "/shared/greeting") == "from the host\n"
+    assert replica.exec_run(["sh", "-c", "echo x > /shared/x"])[0] != 0  # read-only
+
+    cluster.put(other_service, 1, volumes=[mount], placement={"hosts": ["host-2"]})
+    wait_until(
+        lambda: "--allow-host-path" in cluster.status_error(other_service, "host-2"),
+        timeout=CONVERGE_S,
+        what="host-2 refuses the host path",
+    )
+    assert cluster.containers(other_service, all_states=True) == []
+    assert str(shared) in cluster.status_error(other_service, "host-2")
+
+    sock = {"host_path": "/var/run/docker.sock", "path": "/var/run/docker.sock"}
+    manifest = {"name": service_name, "image": "hello:local", "replicas": 1, "volumes": [sock]}
+    refused = subprocess.run(
+        [sys.executable, "-m", "consul_operator", "validate", "-"],
+        input=json.dumps(manifest),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 1 and "volumes[0].host_path" in refused.stdout + refused.stderr, refused
