@@ -45,6 +45,7 @@ from consul_operator.core.status import (
 )
 from consul_operator.core.terminal import clean_lines
 from consul_operator.core.txn import fits_one_transaction, pack_writes, txn_operation
+from consul_operator.core.volumes import RemovalRequest
 
 EXIT_OK = 0
 EXIT_NOT_OK = 1
@@ -481,17 +482,24 @@ def _rollback_facts(target: Target, name: str) -> tuple[Manifest | str | None, R
     return manifest, rollout
 
 
-def delete(target: Target, names: Sequence[str]) -> int:
-    """Delete manifests: the agents drain and remove every replica."""
+def delete(target: Target, names: Sequence[str], *, volumes: bool = False) -> int:
+    """Delete manifests: the agents drain and remove every replica. Their volumes stay unless
+    ``volumes``: then each agent removes its own once the replicas are gone (`core.volumes`)."""
     code = EXIT_OK
     try:
         for name in names:
             key = target.layout.service_key(name)
+            removal = target.layout.volume_removal_key(name)
             if target.consul.kv_get(key).value is None:
                 _say(f"{name}: no such service", err=True)
                 code = EXIT_NOT_OK
                 continue
             target.consul.kv_delete(key)
+            if volumes:
+                target.consul.kv_put(removal, RemovalRequest(time.time()).to_json())
+                _say(f"{name}: deleted; its volumes are removed once its replicas are gone")
+                continue
+            target.consul.kv_delete(removal)  # an older request must not remove what is kept now
             _say(f"{name}: deleted")
     except ConsulError as exc:
         return _unreachable(exc)

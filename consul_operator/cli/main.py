@@ -373,7 +373,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_delete(args: argparse.Namespace) -> int:
     """Delete manifests."""
-    return commands.delete(_target(args), args.names)
+    return commands.delete(_target(args), args.names, volumes=args.volumes)
 
 
 def _listen(text: str) -> str:
@@ -578,6 +578,12 @@ def build_parser() -> argparse.ArgumentParser:
     delete = sub.add_parser("delete", help="delete services: their replicas are drained and removed")
     _add_common(delete)
     delete.add_argument("names", nargs="+", metavar="NAME", type=_host_name)
+    delete.add_argument(
+        "--volumes",
+        action="store_true",
+        help="also remove the services' named volumes on every host, once their replicas are gone "
+        "(default: the volumes stay, with their data)",
+    )
     delete.set_defaults(func=cmd_delete)
 
     cordon = sub.add_parser("cordon", help="no new replicas on a host (what runs there stays)")

@@ -43,6 +43,7 @@ from consul_operator.daemons.host_agent import Executor, HostAgent, KVChanged, c
 from consul_operator.daemons.leader import LeaderElection
 from consul_operator.daemons.loop import Batched, Trigger, run_loop, stop_on_signals, wait_for_stop
 from consul_operator.daemons.scheduler import Scheduler
+from consul_operator.daemons.volume_janitor import run_volume_janitor
 
 log = structlog.get_logger()
 
@@ -163,6 +164,12 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
         # Status records deleted or changed by anyone are written again (`check_status`).
         threading.Thread(
             target=check_status, args=(host_agent, host_trigger.fire, stop), name="status-check", daemon=True
+        ),
+        threading.Thread(
+            target=run_volume_janitor,
+            args=(consul, config.layout, docker_actuator, stop),
+            name="volume-removals",
+            daemon=True,
         ),
         threading.Thread(
             target=docker_actuator.watch_events,

@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from consul_operator.adapters.event_log import read_events
 from consul_operator.core.model import LABEL_CLUSTER, LABEL_HOST, LABEL_SERVICE, LABEL_SLOT, LABEL_VOLUME
 from tests.support.bounds import CONVERGE_S
 from tests.support.cluster import Cluster, operator
@@ -125,3 +126,44 @@ def test_host_paths_only_under_the_agents_allowed_directory(
         check=False,
     )
     assert refused.returncode == 1 and "volumes[0].host_path" in refused.stdout + refused.stderr, refused
+
+
+def test_delete_keeps_volumes_and_delete_volumes_removes_them(cluster: Cluster, service_name: str) -> None:
+    """``operator delete NAME`` drains the replicas and keeps their volumes (with the data: a manifest
+    put back finds it); ``operator delete NAME --volumes`` also removes them on every host once the
+    replicas are gone, with a VolumeRemoved event."""
+    cluster.put(service_name, 2, volumes=[DATA])
+    cluster.wait_converged(service_name, 2)
+    planted = uuid.uuid4().hex
+    for container in cluster.containers(service_name):
+        assert container.exec_run(["sh", "-c", f"echo {planted} > /data/planted"])[0] == 0
+    names = sorted(v.name for v in _volumes(cluster, service_name))
+    assert len(names) == 2
+
+    deleted = operator(cluster, "delete", service_name)
+    assert deleted.returncode == 0, deleted.stderr
+    wait_until(
+        lambda: not cluster.containers(service_name, all_states=True),
+        timeout=CONVERGE_S,
+        what="replicas removed",
+    )
+    assert sorted(v.name for v in _volumes(cluster, service_name)) == names
+
+    cluster.put(service_name, 2, volumes=[DATA])
+    cluster.wait_converged(service_name, 2)
+    assert {_read(c, "/data/planted").strip() for c in cluster.containers(service_name)} == {planted}
+
+    removed = operator(cluster, "delete", service_name, "--volumes")
+    assert removed.returncode == 0, removed.stderr
+    wait_until(lambda: not _volumes(cluster, service_name), timeout=CONVERGE_S, what="volumes removed")
+    assert not cluster.containers(service_name, all_states=True)
+    wait_until(
+        lambda: [e["reason"] for e in read_events_json(cluster, service_name)].count("VolumeRemoved") == 2,
+        timeout=CONVERGE_S,
+        what="a VolumeRemoved event per volume",
+    )
+
+
+def read_events_json(cluster: Cluster, service: str) -> list[dict[str, Any]]:
+    """The service's events as JSON (the service is deleted: describe has nothing to show)."""
+    return [e.to_dict() for e in read_events(cluster.consul, cluster.layout, service)]

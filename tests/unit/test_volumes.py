@@ -30,6 +30,7 @@ from consul_operator.core.model import (
 from consul_operator.core.placement import next_schedule_wakeup, schedule
 from consul_operator.core.reconcile import plan_host
 from consul_operator.core.records import PlacementRecord
+from consul_operator.core.volumes import REMOVAL_WINDOW, RemovalRequest, VolumeCleanup, volumes_to_remove
 
 HEAD = "name: db\nimage: redis:7\nreplicas: 1\n"
 
@@ -261,3 +262,51 @@ def test_a_lost_host_keeps_a_volume_replica_for_the_manifests_grace() -> None:
         now=60.0,
         lost_grace=30.0,
     )["web"].hosts == {"host-2": 1}
+
+
+NOW = 1_700_000_000.0
+FRESH = RemovalRequest(NOW - 10)
+
+
+@pytest.mark.parametrize(
+    ("requests", "manifests", "containers", "expected"),
+    [
+        pytest.param({}, set(), set(), VolumeCleanup((), False), id="no-request-keeps"),
+        pytest.param(
+            {"db": FRESH}, set(), set(), VolumeCleanup((("db", "v0"), ("db", "v1")), False), id="removed"
+        ),
+        pytest.param({"db": FRESH}, {"db"}, set(), VolumeCleanup((), False), id="manifest-again-keeps"),
+        pytest.param({"db": FRESH}, set(), {"db"}, VolumeCleanup((), True), id="containers-left-waits"),
+        pytest.param(
+            {"db": RemovalRequest(NOW - REMOVAL_WINDOW - 1)},
+            set(),
+            set(),
+            VolumeCleanup((), False),
+            id="expired",
+        ),
+        pytest.param({"web": FRESH}, set(), set(), VolumeCleanup((), False), id="other-service"),
+    ],
+)
+def test_volumes_to_remove(
+    requests: dict[str, RemovalRequest], manifests: set[str], containers: set[str], expected: VolumeCleanup
+) -> None:
+    """Only a current ``delete --volumes`` request of a service with no manifest removes its volumes on
+    a host, and only once no container of it is left there (until then the agent looks again)."""
+    assert volumes_to_remove(requests, manifests, containers, {"db": ["v1", "v0"]}, NOW) == expected
+
+
+@pytest.mark.parametrize(
+    ("data", "parsed"),
+    [
+        pytest.param(b'{"requested": 5}', RemovalRequest(5.0), id="good"),
+        pytest.param(b'{"requested": true}', None, id="bool"),
+        pytest.param(b"[1]", None, id="list"),
+        pytest.param(b"nope", None, id="not-json"),
+        pytest.param(b'{"requested": 5, "pad": "' + b"x" * 200 + b'"}', None, id="too-big"),
+    ],
+)
+def test_removal_request_parsing(data: bytes, parsed: RemovalRequest | None) -> None:
+    """A removal request is read in one place; anything else in its key is never honoured."""
+    assert RemovalRequest.from_json(data) == parsed
+    if parsed is not None:
+        assert RemovalRequest.from_json(parsed.to_json()) == parsed

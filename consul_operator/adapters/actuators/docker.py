@@ -263,12 +263,15 @@ class DockerActuator:
             fresh.append(name)
         return tuple(fresh)
 
-    def volumes(self, service: str) -> list[str]:
-        """The names of this host's volumes of ``service`` (ours: labelled with our cluster and host)."""
-        labels = [*self.label_filters, f"{LABEL_SERVICE}={service}"]
+    def our_volumes(self) -> dict[str, list[str]]:
+        """This host's volumes (ours: labelled with our cluster and host), by service."""
         with docker_errors("listing volumes"):
-            found = self.client.api.volumes(filters={"label": labels}).get("Volumes") or []
-        return sorted(str(v["Name"]) for v in found)
+            found = self.client.api.volumes(filters={"label": self.label_filters}).get("Volumes") or []
+        by_service: dict[str, list[str]] = {}
+        for volume in found:
+            service = (volume.get("Labels") or {}).get(LABEL_SERVICE, "")
+            by_service.setdefault(service, []).append(str(volume["Name"]))
+        return {service: sorted(names) for service, names in by_service.items() if service}
 
     def remove_volume(self, name: str) -> None:
         """Remove one of our volumes (Docker refuses while a container uses it)."""
