@@ -42,6 +42,11 @@ META_EXTRA_PORT = "extra-port"
 META_LB = "lb"
 
 
+EXTRA_PORT_CHECK_SUFFIX = "-extra-port-check"
+"""The end of an extra port's check ID (a replica's own is ``<container>-check``, and container names end
+in hex digits): what tells an extra port from a replica where only checks are read (`passing_instances`)."""
+
+
 def extra_port_id(container_name: str, port_name: str) -> str:
     """The Consul service ID of a replica's extra port ``port_name``."""
     return f"{container_name}-{port_name}"

@@ -4,12 +4,13 @@ registered under the service's name, tagged with its name; the load balancer ser
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from consul_operator.adapters.consul_client import ConsulClient
 from consul_operator.core.model import LABEL_HOST, LABEL_SERVICE, META_CLUSTER
 from tests.support.bounds import CONVERGE_S, LB_UPDATE_S
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, operator
 from tests.support.served import get
 from tests.support.staging import wait_until
 
@@ -74,6 +75,17 @@ def test_each_named_port_is_published_registered_and_only_http_is_load_balanced(
         f"{c.name}-metrics" for c in by_id.values()
     }
     wait_until(lambda: cluster.lb_serves(service_name, 2), timeout=LB_UPDATE_S, what="http served")
+    # The leader counts replicas, not registrations: 2 healthy, not 4 (the metrics ports pass too).
+    wait_until(
+        lambda: (
+            cluster.scrape(str(cluster.leader())).get("operator_healthy_replicas", service=service_name) == 2
+        ),
+        timeout=CONVERGE_S,
+        what="the leader's healthy_replicas = 2",
+    )
+    status = operator(cluster, "status", service_name, "--json")
+    (shown,) = json.loads(status.stdout)["services"]
+    assert shown["healthy"] == 2, shown
     conf = cluster.staging.nginx_conf()
     for container in by_id.values():
         assert f":{_published(container, 9100)} " not in conf, conf

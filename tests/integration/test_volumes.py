@@ -167,3 +167,39 @@ def test_delete_keeps_volumes_and_delete_volumes_removes_them(cluster: Cluster, 
 def read_events_json(cluster: Cluster, service: str) -> list[dict[str, Any]]:
     """The service's events as JSON (the service is deleted: describe has nothing to show)."""
     return [e.to_dict() for e in read_events(cluster.consul, cluster.layout, service)]
+
+
+def test_a_drained_host_moves_the_replica_to_a_fresh_volume(cluster: Cluster, service_name: str) -> None:
+    """Draining its host moves a replica with a named volume: it starts on the other host with a
+    fresh, empty volume, a VolumeCreated event names that host, and the old volume (with the data)
+    stays on the drained host."""
+    cluster.put(service_name, 1, volumes=[DATA])
+    cluster.wait_converged(service_name, 1)
+    first = _only(cluster, service_name)
+    source = first.labels[LABEL_HOST]
+    target = "host-2" if source == "host-1" else "host-1"
+    assert first.exec_run(["sh", "-c", "echo old > /data/planted"])[0] == 0
+    try:
+        drained = operator(cluster, "drain", source, "--deadline", "2m")
+        assert drained.returncode == 0, drained.stderr
+        wait_until(
+            lambda: [c.labels[LABEL_HOST] for c in cluster.containers(service_name)] == [target],
+            timeout=CONVERGE_S * 2,
+            what=f"the replica moved to {target}",
+        )
+        cluster.wait_converged(service_name, 1)
+        moved = _only(cluster, service_name)
+        assert moved.exec_run(["cat", "/data/planted"])[0] != 0  # a fresh volume: no file
+        hosts = sorted(v.attrs["Labels"][LABEL_HOST] for v in _volumes(cluster, service_name))
+        assert hosts == sorted([source, target])
+        wait_until(
+            lambda: any(
+                e["reason"] == "VolumeCreated" and f"on {target}" in e["message"]
+                for e in _events(cluster, service_name)
+            ),
+            timeout=CONVERGE_S,
+            what="a VolumeCreated event on the new host",
+        )
+    finally:
+        undone = operator(cluster, "uncordon", source)
+        assert undone.returncode == 0, undone.stderr

@@ -15,6 +15,7 @@ from consul_operator.adapters.consul_client import ConsulClient
 from consul_operator.core.desired_state import Manifest
 from consul_operator.core.durations import format_duration
 from consul_operator.core.model import (
+    EXTRA_PORT_CHECK_SUFFIX,
     MANAGED_BY,
     META_CLUSTER,
     META_CONTAINER,
@@ -122,7 +123,7 @@ def extra_port_definitions(
                     META_LB: "no",
                 },
                 "Check": {
-                    "CheckID": f"{sid}-check",
+                    "CheckID": sid + EXTRA_PORT_CHECK_SUFFIX,
                     "Name": f"TCP {address}:{port}",
                     "TCP": f"{address}:{port}",
                     "Interval": format_duration(manifest.health.interval),
