@@ -84,8 +84,8 @@ def test_each_named_port_is_published_registered_and_only_http_is_load_balanced(
         timeout=CONVERGE_S,
         what="the leader's healthy_replicas = 2",
     )
-    status = operator(cluster, "status", service_name, "--json")
-    (shown,) = json.loads(status.stdout)["services"]
+    shown_status = operator(cluster, "status", service_name, "--json")
+    (shown,) = json.loads(shown_status.stdout)["services"]
     assert shown["healthy"] == 2, shown
     # This service's upstream holds exactly the http ports (other services' ports may be reused numbers).
     block = cluster.staging.nginx_conf().split(f"upstream svc_{service_name} {{", 1)[1].split("}", 1)[0]

@@ -4,8 +4,10 @@ its replica through a ``docker kill`` and a rollout; host paths only under ``--a
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -203,3 +205,32 @@ def test_a_drained_host_moves_the_replica_to_a_fresh_volume(cluster: Cluster, se
     finally:
         undone = operator(cluster, "uncordon", source)
         assert undone.returncode == 0, undone.stderr
+
+
+CLUSTER_LOST_GRACE = 10.0  # the agents' --lost-grace default, which staging keeps
+
+
+def test_a_volume_replica_waits_for_its_lost_host_past_the_leaders_grace(
+    cluster: Cluster, service_name: str
+) -> None:
+    """With ``placement.lost_grace: 2m``, the agent of the replica's host killed for twice the
+    leader's own grace: the replica stays placed there (nothing starts elsewhere), and once the
+    agent is back the same container runs on with its data."""
+    cluster.put(service_name, 1, volumes=[DATA], placement={"lost_grace": "2m"})
+    cluster.wait_converged(service_name, 1)
+    first = _only(cluster, service_name)
+    host = first.labels[LABEL_HOST]
+    assert first.exec_run(["sh", "-c", "echo kept > /data/planted"])[0] == 0
+    cluster.kill(f"agent-{host}", signal.SIGKILL)
+    try:
+        lost = time.monotonic()
+        while time.monotonic() - lost < 2 * CLUSTER_LOST_GRACE:
+            placement = cluster.kv_json(cluster.layout.placement_key(service_name))
+            assert placement["hosts"] == {host: 1}, placement
+            assert [c.id for c in cluster.containers(service_name, all_states=True)] == [first.id]
+            time.sleep(0.5)  # sampling what must not change while the host is lost
+    finally:
+        cluster.staging.run("up")  # starts exactly the killed agent again
+    cluster.wait_converged(service_name, 1)
+    assert [c.id for c in cluster.containers(service_name)] == [first.id]
+    assert _read(first, "/data/planted").strip() == "kept"
