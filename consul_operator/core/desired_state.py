@@ -777,11 +777,13 @@ def host_path_refused(path: str) -> bool:
 def host_paths_refused(manifest: Manifest, allowed: tuple[str, ...]) -> tuple[str, ...]:
     """The host paths ``manifest`` mounts that a host allowing ``allowed`` (``--allow-host-path``)
     refuses: each must be one of those directories or under one."""
-    return tuple(
-        p
-        for p in manifest.host_paths
-        if not any(p == a or p.startswith(a.rstrip("/") + "/") for a in allowed)
-    )
+    return tuple(p for p in manifest.host_paths if not host_path_allowed(p, allowed))
+
+
+def host_path_allowed(path: str, allowed: tuple[str, ...]) -> bool:
+    """Whether ``path`` is one of the ``allowed`` directories or under one (and never a refused one)."""
+    under = any(path == a or path.startswith(a.rstrip("/") + "/") for a in allowed)
+    return under and not host_path_refused(path)
 
 
 def parse_allowed_host_path(text: str) -> str:

@@ -49,10 +49,18 @@ per service, and when (``mono``) to look again by itself.
     (a service placed before rollouts existed, without a kept revision);
     normally the leader paces it with ``plan_rollout`` and each host follows
     per-spec counts.
+  - a service with named volumes (``volumes: [{name: ...}]``) is replaced in
+    place: its outdated containers are drained at once, and each start takes
+    the lowest *slot* below the wanted count that no container of the
+    service on this host holds, in any state (``StartContainer.slot``; the
+    slot names the Docker volumes it mounts). A start with no free slot
+    waits: the old container's removal wakes the next pass.
   - every running container that is kept and publishes a port, of a service
     with a port, has a registration that names it (service ID = container
     name), its container ID, spec hash and host port; otherwise it is
-    (re-)registered.
+    (re-)registered; with ``ports:``, each other published port has a
+    registration of its own too (ID ``<container>-<name>``), and only the
+    replica's own counts it healthy.
 - **Registrations** that name no such container are deregistered, except
   those of an invalid service, those in flight, and those of containers this
   plan drains or removes (draining and removing deregister first by

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from consul_operator.adapters.actuators.docker import DockerActuator
 from consul_operator.core.desired_state import (
     VOLUME_LOST_GRACE,
     Manifest,
@@ -18,6 +21,7 @@ from consul_operator.core.desired_state import (
     parse_allowed_host_path,
     parse_manifest,
 )
+from consul_operator.core.errors import DockerError
 from consul_operator.core.host_plan import host_desires
 from consul_operator.core.model import (
     ContainerInfo,
@@ -310,3 +314,23 @@ def test_removal_request_parsing(data: bytes, parsed: RemovalRequest | None) -> 
     assert RemovalRequest.from_json(data) == parsed
     if parsed is not None:
         assert RemovalRequest.from_json(parsed.to_json()) == parsed
+
+
+def test_a_symbolic_link_out_of_an_allowed_directory_is_not_mounted(tmp_path: Path) -> None:
+    """The agent resolves a host path before it mounts it: a link under ``--allow-host-path`` that
+    leads out of it (to /etc) is refused with an error; a real directory under it is bound as asked."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "escape").symlink_to("/etc")
+    allowed = (str(tmp_path),)
+    actuator = DockerActuator(None, cluster="c", host="h", advertise="127.0.0.1", allowed_host_paths=allowed)
+
+    def manifest(sub: str) -> Manifest:
+        return parse_manifest(
+            HEAD + f"volumes: [{{host_path: {tmp_path / sub}, path: /x, read_only: true}}]\n"
+        )
+
+    assert actuator._binds(manifest("real"), None) == {str(tmp_path / "real"): {"bind": "/x", "mode": "ro"}}
+    with pytest.raises(DockerError, match="resolves to /etc, outside --allow-host-path"):
+        actuator._binds(manifest("escape"), None)
+    named = parse_manifest(HEAD + "volumes: [{name: data, path: /data}]\n")
+    assert actuator._binds(named, 3) == {"c-h-db-3-data": {"bind": "/data", "mode": "rw"}}

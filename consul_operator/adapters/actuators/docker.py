@@ -25,9 +25,7 @@ from consul_operator.core.desired_state import (
     DEFAULT_CAPABILITIES,
     TMPFS_SIZE,
     Manifest,
-    Volume,
-    host_path_refused,
-    host_paths_refused,
+    host_path_allowed,
 )
 from consul_operator.core.errors import DockerError, DockerUnavailable, ImageNotFound
 from consul_operator.core.model import (
@@ -325,12 +323,7 @@ class DockerActuator:
             else:
                 assert volume.host_path is not None
                 source = os.path.realpath(volume.host_path)
-                if host_path_refused(source) or host_paths_refused(
-                    Manifest(
-                        manifest.name, manifest.image, 0, volumes=(Volume(volume.path, host_path=source),)
-                    ),
-                    self.allowed_host_paths,
-                ):
+                if not host_path_allowed(source, self.allowed_host_paths):
                     raise DockerError(
                         f"host path {volume.host_path} resolves to {source}, outside --allow-host-path"
                     )
