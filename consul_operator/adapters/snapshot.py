@@ -22,6 +22,7 @@ from consul_operator.adapters.kv_state import (
     rollouts_of,
     statuses_of,
 )
+from consul_operator.adapters.lb_presence import read_lbs
 from consul_operator.adapters.presence import (
     agent_nodes_of,
     agent_registrations,
@@ -156,4 +157,5 @@ def read_snapshot(consul: ConsulClient, layout: Layout, cluster: str | None, now
         rollouts=state.rollouts,
         maintenance=state.maintenance,
         capacities=state.capacities,
+        load_balancers=read_lbs(consul, cluster),
     )

@@ -80,7 +80,7 @@ def _only(view: StatusView, names: Sequence[str]) -> StatusView:
     if not names:
         return view
     services = tuple(s for s in view.services if s.name in names)
-    return StatusView(view.now, view.leader, view.leader_since, view.hosts, services)
+    return StatusView(view.now, view.leader, view.leader_since, view.hosts, services, view.load_balancers)
 
 
 def _unreachable(exc: ConsulError) -> int:

@@ -286,6 +286,7 @@ def cmd_lb(args: argparse.Namespace) -> int:
         metrics_tls=_metrics_tls(args),
         page_token_file=args.page_token_file,
         hold_last_good=args.hold_last_good,
+        floating_address=args.floating_address,
     )
     return run_lb(config)
 
@@ -387,6 +388,16 @@ def _listen(text: str) -> str:
     if not ok:
         raise argparse.ArgumentTypeError(f"must look like ADDR:PORT with an IP address, got {text!r}")
     return text
+
+
+def _floating_address(text: str) -> str:
+    """argparse type for an IP address without a prefix (keepalived's floating address)."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be an IP address without a prefix (192.168.50.100), got {text!r}"
+        ) from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -517,6 +528,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=60.0,
         help="keep a service's last good upstream this long while its agents report none of its "
         "passing instances (status records deleted) (60s)",
+    )
+    lb.add_argument(
+        "--floating-address",
+        type=_floating_address,
+        default=os.environ.get("OPERATOR_FLOATING_ADDRESS") or None,
+        metavar="ADDRESS",
+        help="the address keepalived moves between the LB hosts: exported (whether this host holds "
+        "it) and shown by `operator status` (default: $OPERATOR_FLOATING_ADDRESS, else none)",
     )
     lb.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     lb.add_argument("--log-json", action="store_true", default=None, help="JSON log lines even on a tty")

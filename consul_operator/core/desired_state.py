@@ -191,7 +191,7 @@ _DNS_LABEL_RULE: Final = (
 # Service names the operator itself registers in Consul's catalog, or Consul's
 # own: a manifest under one of them would mix its replicas into what the
 # operator reads as agents (keeping a dead host looking live) or into Consul's.
-RESERVED_SERVICE_NAMES: Final = frozenset({"operator-agent", "consul"})
+RESERVED_SERVICE_NAMES: Final = frozenset({"operator-agent", "operator-lb", "consul"})
 
 
 def is_dns_label(text: object) -> bool:

@@ -30,6 +30,7 @@ from consul_operator.adapters.actuators.nginx import ApplyResult, ManagedNginx, 
 from consul_operator.adapters.consul_client import ConsulClient, ConsulTLS
 from consul_operator.adapters.health import HEALTH, tcp_probe
 from consul_operator.adapters.kv_state import read_statuses, start_watch
+from consul_operator.adapters.lb_presence import LBPresence
 from consul_operator.adapters.metrics import read_page_token
 from consul_operator.adapters.presence import read_agents
 from consul_operator.adapters.status_page import status_page
@@ -317,6 +318,7 @@ class LBConfig:
     metrics_tls: tuple[str, str] | None = None  # --metrics-tls-cert, --metrics-tls-key
     page_token_file: str | None = None  # --page-token-file: the status page's bearer token
     hold_last_good: float = HOLD_LAST_GOOD  # --hold-last-good
+    floating_address: str | None = None  # --floating-address: the address keepalived moves
 
 
 def run_lb(config: LBConfig) -> int:
@@ -345,6 +347,11 @@ def run_lb(config: LBConfig) -> int:
             page_token=None if config.page_token_file is None else read_page_token(config.page_token_file),
         )
     event_log.start_flusher(consul, config.layout, lb_host(config.listen), stop)
+    # Registered in Consul for `operator status`, with whether this host holds the floating address.
+    presence = LBPresence(
+        consul, cluster=config.cluster, listen=config.listen, floating=config.floating_address
+    )
+    threading.Thread(target=presence.run, args=(stop,), name="lb-presence", daemon=True).start()
     lb = LoadBalancer(
         consul,
         config.layout,
@@ -375,6 +382,7 @@ def run_lb(config: LBConfig) -> int:
         listen=config.listen,
         default_service=config.default_service,
         cluster=config.cluster,
+        floating_address=config.floating_address,
     )
     wait_for_stop(stop)
     trigger.fire()
