@@ -368,9 +368,10 @@ class Chaos:
     def takes_every_replica(self, ids: set[str]) -> bool:
         """Whether losing the containers ``ids`` leaves some service with no replica at all.
 
-        There is no rebalancing (by design, as in Nomad): after a host was lost,
-        a host may run every replica of a service, and a fault of that host is a
-        total loss whose failed requests only the run's budget bounds.
+        After a host was lost, a host may run every replica of a service until
+        the spread comes back (the returning host's settling time, then paced
+        moves; issue 27): a fault of that host meanwhile, or of the last host
+        standing, is a total loss whose failed requests only the run's budget bounds.
         """
         by_service: dict[str, set[str]] = {}
         for c in self.containers():

@@ -8,6 +8,7 @@ from tests.chaos.harness import LOG_DIR
 from tests.chaos.nodes import NODE_FAULTS, NodeChaos
 from tests.chaos.test_chaos import PER_FAULT_BUDGET, RUN_BUDGET
 from tests.support.cluster import Cluster
+from tests.support.staging import HOSTS
 
 SEED = 20261128
 
@@ -26,6 +27,9 @@ def node_chaos(node_cluster: Cluster) -> NodeChaos:
     finally:
         print(chaos.report())
         print(chaos.figures)
+        # Where each second went (docs/chaos.md's timelines): the daemons' journals beside the run's log.
+        for host in HOSTS:
+            log_path.with_name(f"nodes-seed-{SEED}-{host}.journal").write_text(chaos.nodes.journal(host))
     return chaos
 
 
