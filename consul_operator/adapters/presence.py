@@ -19,11 +19,14 @@ admin's) token: a phantom host would get replicas that never run or move.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable, Mapping
 
 import structlog
 
+from consul_operator.adapters import metrics
 from consul_operator.adapters.consul_client import ConsulClient, KVEntry
+from consul_operator.core.backoff import RETRY_CAP, exponential
 from consul_operator.core.desired_state import (
     LABEL_KEY_RE,
     RESERVED_SERVICE_NAMES,
@@ -33,7 +36,7 @@ from consul_operator.core.desired_state import (
     parse_cpus,
     parse_memory,
 )
-from consul_operator.core.errors import ConsulError
+from consul_operator.core.errors import ConsulError, ConsulUnavailable
 from consul_operator.core.keys import Layout
 from consul_operator.core.model import META_CLUSTER, META_HOST, META_MANAGED_BY, ServiceInstance
 from consul_operator.core.ownership import AgentHost
@@ -129,28 +132,50 @@ class Presence:
             # Within the TTL, as every beat: a re-registration is a beat too.
             timeout=self.ttl / 3,
         )
+        metrics.agent_registrations.inc()
         self.registered.set()
 
     def heartbeat(self, stop: threading.Event) -> None:
-        """Pass the TTL check every third of its TTL until ``stop``; re-register when it is gone.
+        """Pass the TTL check every third of its TTL until ``stop``; re-register when Consul lost it.
 
-        Every `CLAIM_EVERY` beats the node claim is checked again (an admin's clean-up of ``operator/``).
+        Only an answer makes a registration again: a beat that times out or
+        finds Consul away beats again (a stalled Consul would otherwise queue
+        one registration per beat and run them all when it resumes, issue 33;
+        a restarted one restores the check from its data directory, and the next
+        beat passes it). A failed registration is tried again after a capped
+        exponential back-off (a third of the TTL, doubling, at most
+        `backoff.RETRY_CAP`), beats going on meanwhile. Every `CLAIM_EVERY`
+        beats the node claim is checked again (an admin's clean-up of ``operator/``).
         """
         beats = 0
+        failed_registrations = 0
+        register_after = 0.0  # monotonic
         while not stop.is_set():
             try:
                 beats += 1
                 if not self.registered.is_set():
-                    self.register()
+                    if time.monotonic() < register_after:
+                        stop.wait(self.ttl / 3)
+                        continue
+                    try:
+                        self.register()
+                        failed_registrations = 0
+                    except ConsulError:
+                        failed_registrations += 1
+                        wait = exponential(failed_registrations, self.ttl / 3, RETRY_CAP)
+                        register_after = time.monotonic() + wait
+                        raise
                 elif beats % CLAIM_EVERY == 0:
                     self.claim_node()
                 # A third of the TTL: a slow Consul fails the beat in time for the next one.
                 self.consul.check_pass(ttl_check_id(self.host), timeout=self.ttl / 3)
-            except ConsulError as exc:
-                # The local agent lost the check (restarted without its data) or is away:
-                # register again on the next beat.
-                self.registered.clear()
+            except ConsulUnavailable as exc:
+                # Slow or away: the check is still there (or comes back with Consul's data).
                 log.warning("heartbeat failed", host=self.host, error=str(exc))
+            except ConsulError as exc:
+                # Consul answered that it lacks the check (restarted without its data): register again.
+                self.registered.clear()
+                log.warning("heartbeat refused: registering again", host=self.host, error=str(exc))
             stop.wait(self.ttl / 3)
 
 
