@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import structlog
 
@@ -51,6 +51,9 @@ META_CAPACITY_MEMORY = "capacity-memory"
 META_CAPACITY_CPUS = "capacity-cpus"
 CLAIM_EVERY = 10
 """Heartbeats between two checks of the agent's node claim (``operator/agents/<host>``)."""
+AWAY_BEAT = 0.1
+"""Seconds between two beats while Consul is away: its return is seen at once (a restart restores our
+replicas' checks critical, and the host pass registers them again passing before Consul's first sync)."""
 
 
 def agent_service_id(host: str) -> str:
@@ -88,8 +91,10 @@ class Presence:
         capacity: Resources | None = None,
         layout: Layout | None = None,
         node: str = "",
+        on_return: Callable[[], None] = lambda: None,
     ) -> None:
         self.consul = consul
+        self.on_return = on_return
         self.layout = layout
         self.node = node
         self.host = host
@@ -150,6 +155,7 @@ class Presence:
         beats = 0
         failed_registrations = 0
         register_after = 0.0  # monotonic
+        away = False  # the last beat found Consul away
         while not stop.is_set():
             try:
                 beats += 1
@@ -169,14 +175,20 @@ class Presence:
                     self.claim_node()
                 # A third of the TTL: a slow Consul fails the beat in time for the next one.
                 self.consul.check_pass(ttl_check_id(self.host), timeout=self.ttl / 3)
+                if away:
+                    log.info("Consul answers heartbeats again", host=self.host)
+                    self.on_return()
+                away = False
             except ConsulUnavailable as exc:
                 # Slow or away: the check is still there (or comes back with Consul's data).
-                log.warning("heartbeat failed", host=self.host, error=str(exc))
+                if not away:
+                    log.warning("heartbeat failed", host=self.host, error=str(exc))
+                away = True
             except ConsulError as exc:
                 # Consul answered that it lacks the check (restarted without its data): register again.
                 self.registered.clear()
                 log.warning("heartbeat refused: registering again", host=self.host, error=str(exc))
-            stop.wait(self.ttl / 3)
+            stop.wait(AWAY_BEAT if away else self.ttl / 3)
 
 
 def is_agent_registration(instance: ServiceInstance, nodes: Mapping[str, str]) -> bool:

@@ -52,7 +52,10 @@ per service, and when (``mono``) to look again by itself.
   - every running container that is kept and publishes a port, of a service
     with a port, has a registration that names it (service ID = container
     name), its container ID, spec hash and host port; otherwise it is
-    (re-)registered.
+    (re-)registered. A right registration whose check Consul restored
+    critical after its agent restarted (``Registration.restored``) is
+    registered again, passing, if the replica's own check passes
+    (``Register.restored``): the restart costs no passing replica.
 - **Registrations** that name no such container are deregistered, except
   those of an invalid service, those in flight, and those of containers this
   plan drains or removes (draining and removing deregister first by
@@ -522,8 +525,11 @@ def _plan_registrations(
         plan.wanted.add(c.name)
         if c.name in inflight.busy_registrations:
             continue  # a (de)registration of it is still in flight
-        if not _registered(by_id.get(c.name), c, manifest.name):
+        registration = by_id.get(c.name)
+        if registration is None or not _registered(registration, c, manifest.name):
             plan.actions.append(Register(c, manifest))
+        elif registration.restored and not registration.healthy:
+            plan.actions.append(Register(c, manifest, restored=True))
 
 
 def _registered(registration: Registration | None, container: ContainerInfo, service: str) -> bool:

@@ -133,6 +133,9 @@ class Registration:
     address: str
     port: int
     healthy: bool
+    restored: bool = False
+    """Critical, and Consul has not run its check since it loaded it (no output): its agent restarted
+    and restored the check critical, as Consul does, until the first run (up to one interval later)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,10 +191,16 @@ class RemoveDead:
 
 @dataclass(frozen=True, slots=True)
 class Register:
-    """(Re-)register a running container in Consul, with its health check."""
+    """(Re-)register a running container in Consul, with its health check.
+
+    ``restored``: its registration is right but Consul restored its check critical (`Registration.restored`):
+    once the replica's own check passes when we run it, deregister and register it again, passing
+    (registering a check Consul knows keeps its status); else fail, and back off.
+    """
 
     container: ContainerInfo
     manifest: Manifest
+    restored: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -117,6 +117,8 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
         labels=config.labels,
         ttl=config.ttl,
         capacity=_capacity(config.capacity, lambda: engine_resources(docker_actuator.client), stop),
+        # Consul back (restarted): a host pass at once re-registers the replicas it restored critical.
+        on_return=host_trigger.fire,
     )
     log.info("capacity", host=config.host, capacity=presence.capacity.text() if presence.capacity else None)
     _register_until_done(presence, stop)
