@@ -119,7 +119,19 @@ class NodeChaos(Chaos):
         record.requests += sum(len(load.outcomes) - outcomes[s][0] for s, load in self.loads.items())
         record.failed_requests += sum(len(load.failures) - outcomes[s][1] for s, load in self.loads.items())
         self.log("spread_done", name=name, requests=record.requests, failed=record.failed_requests)
+        self._keep_journals(record.started)
         return record
+
+    def _keep_journals(self, since: float) -> None:
+        """Append what each node's daemons logged since ``since`` to the run's journals (kept per fault:
+        a node environment lost later, to an engine restart, keeps what came before)."""
+        for host in HOSTS:
+            try:
+                text = self.nodes.journal(host, since=since)
+            except Exception as exc:  # a node that is down has no journal to give
+                text = f"-- journal of {host} unreadable: {exc!r}\n"
+            with open(self.log_path.with_name(f"{self.log_path.stem}-{host}.journal"), "a") as handle:
+                handle.write(f"-- fault {self.faults[-1].name}\n{text}")
 
     def not_spread(self) -> str | None:
         """Why the services are not spread again (None when they are): moving, uneven, unconverged.

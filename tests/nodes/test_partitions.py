@@ -8,7 +8,6 @@ from tests.chaos.harness import LOG_DIR
 from tests.chaos.nodes import NODE_FAULTS, NodeChaos
 from tests.chaos.test_chaos import PER_FAULT_BUDGET, RUN_BUDGET
 from tests.support.cluster import Cluster
-from tests.support.staging import HOSTS
 
 SEED = 20261128
 
@@ -17,7 +16,9 @@ SEED = 20261128
 def node_chaos(node_cluster: Cluster) -> NodeChaos:
     """The run, done once for the module's assertions."""
     log_path = LOG_DIR / f"nodes-seed-{SEED}.log"
-    log_path.unlink(missing_ok=True)
+    # The run's log and, beside it, the daemons' journals per fault (`NodeChaos._keep_journals`).
+    for old in LOG_DIR.glob(f"nodes-seed-{SEED}*"):
+        old.unlink()
     chaos = NodeChaos(node_cluster, SEED, log_path)
     order = list(NODE_FAULTS)
     chaos.rng.shuffle(order)
@@ -27,9 +28,6 @@ def node_chaos(node_cluster: Cluster) -> NodeChaos:
     finally:
         print(chaos.report())
         print(chaos.figures)
-        # Where each second went (docs/chaos.md's timelines): the daemons' journals beside the run's log.
-        for host in HOSTS:
-            log_path.with_name(f"nodes-seed-{SEED}-{host}.journal").write_text(chaos.nodes.journal(host))
     return chaos
 
 

@@ -178,12 +178,13 @@ class Nodes:
             )
             self.exec(host, "systemctl", "restart", "operator-agent")
 
-    def journal(self, host: str) -> str:
-        """The journal of ``host``'s Consul and operator daemons, with microsecond timestamps."""
+    def journal(self, host: str, since: float = 0.0) -> str:
+        """What ``host``'s Consul and operator daemons logged since Unix time ``since`` (microseconds)."""
         return self.exec(
             host,
             "journalctl",
             "--no-pager",
+            f"--since=@{since:.0f}",
             "-o",
             "short-iso-precise",
             "-u",
