@@ -191,20 +191,24 @@ class NodeChaos(Chaos):
                     self.nodes.cut(host, other)
         self.lost.add(host)
         try:
-            wait_until(
-                lambda: self.cluster.leader() in others and self.leader_live(),
-                timeout=CONVERGE_BOUND,
-                what="a leader in the majority",
-            )
+            stepped_down: list[float] = []  # when the cut-off leader's own gauge first read 0
+
+            def majority_leads() -> bool:
+                gauge = "operator_is_leader"
+                if was_leader and not stepped_down and self.cluster.metric(host, gauge, host=host) == 0:
+                    stepped_down.append(time.monotonic() - started)
+                return self.cluster.leader() in others and self.leader_live()
+
+            wait_until(majority_leads, timeout=CONVERGE_BOUND, what="a leader in the majority")
             new_leader = time.monotonic() - started
-            # The old leader's own view: it gave up (its session is gone), so it writes nothing more.
+            # The old leader's own view: it gave up (its lease ran out), so it writes nothing more.
             if was_leader:
                 wait_until(
                     lambda: self.cluster.metric(host, "operator_is_leader", host=host) == 0,
                     timeout=CONVERGE_BOUND,
                     what=f"{host} to stop leading",
                 )
-                self._figure(old_leader_stepped_down=time.monotonic() - started)
+                self._figure(old_leader_stepped_down=(stepped_down or [time.monotonic() - started])[0])
             wait_until(
                 lambda: all(self.service_converged(s, n) for s, n in self.desired.items()),
                 timeout=CONVERGE_BOUND,

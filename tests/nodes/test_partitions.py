@@ -60,3 +60,34 @@ def test_monitor_sampled_throughout_the_node_faults(node_chaos: NodeChaos) -> No
 def test_node_faults_fail_requests_within_budget(node_chaos: NodeChaos) -> None:
     """A fault that leaves a replica of every service reachable fails at most a couple of requests."""
     assert node_chaos.over_budget(PER_FAULT_BUDGET, RUN_BUDGET) == [], node_chaos.report()
+
+
+# Issue 33's goals, in seconds (docs/chaos.md, "Where the seconds of a fault go").
+NEW_LEADER_GOAL = 5.0  # a cut-off leader replaced, from the cut
+LOST_GRACE = 10.0  # the agents' --lost-grace
+REPLACED_GOAL = LOST_GRACE + 3.0  # a cut-off host's replicas running and passing elsewhere, from the cut
+CAUGHT_UP_GOAL = 2.0  # NGINX's upstreams the passing instances again, from partition_lb's heal
+SETTLED_GOAL = 5.0  # everything converged, from each heal
+
+
+def test_node_faults_heal_fast(node_chaos: NodeChaos) -> None:
+    """Each fault's figures within issue 33's goals: a new leader within 5 s of a cut, the cut-off one
+    stepped down before it, replacements within the grace + 3 s, NGINX caught up in 2 s, settled in 5 s."""
+    missed = []
+    for name, figures in node_chaos.figures.items():
+        new_leader = figures.get("new_leader", 0.0)
+        if new_leader > NEW_LEADER_GOAL:
+            missed.append(f"{name}: new leader after {new_leader:.1f}s")
+        stepped_down = figures.get("old_leader_stepped_down")
+        if stepped_down is not None and stepped_down >= new_leader:
+            missed.append(
+                f"{name}: old leader said it led until {stepped_down:.1f}s, new at {new_leader:.1f}s"
+            )
+        if figures.get("replaced", 0.0) > REPLACED_GOAL:
+            missed.append(f"{name}: replacements after {figures['replaced']:.1f}s")
+        if figures.get("caught_up", 0.0) > CAUGHT_UP_GOAL:
+            missed.append(f"{name}: NGINX caught up {figures['caught_up']:.1f}s after the heal")
+    for fault in node_chaos.faults:
+        if fault.converged_after is not None and fault.converged_after > SETTLED_GOAL:
+            missed.append(f"{fault.name}: converged {fault.converged_after:.1f}s after it ended")
+    assert missed == [], f"{missed}; figures {node_chaos.figures}"
