@@ -182,14 +182,17 @@ class LeaderElection:
         if session is None:
             return
         index = 0
+        holds = False  # our session held the lock at the last read
         while not stop.is_set() and not self._resigned:
-            # A leader confirms its lease: a read returns at least every quarter of it.
-            wait = self.lease / 4 if self._leader else WATCH_WAIT
+            # While our session holds the lock, a read returns at least every quarter of the lease
+            # to confirm it, also after a lapse (a slow Consul): it leads again at the next one.
+            wait = self.lease / 4 if holds else WATCH_WAIT
             asked = time.monotonic()
             result = self.consul.kv_get(self.layout.leader_key, index=index, wait=wait, consistent=True)
             index = result.index if result.index >= index else 0
             holder = result.value.session if result.value else None
-            if holder == session:
+            holds = holder == session
+            if holds:
                 self._confirm(asked)
                 continue
             self._set_leader(False)

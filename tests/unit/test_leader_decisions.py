@@ -14,7 +14,7 @@ import pytest
 from consul.base import Response
 
 from consul_operator.adapters import metrics
-from consul_operator.adapters.consul_client import ConsulClient
+from consul_operator.adapters.consul_client import ConsulClient, Indexed, KVEntry
 from consul_operator.core.desired_state import (
     MAX_REVISION_BYTES,
     Manifest,
@@ -487,3 +487,38 @@ def test_a_confirmation_counts_from_when_its_read_was_sent(asked_ago: float, lea
     election = LeaderElection(RefusingConsul(), LAYOUT, host="h-asked", node="n1", lock_delay=0, lease=2.0)  # type: ignore[arg-type]
     election._confirm(time.monotonic() - asked_ago)
     assert election.is_leader is leading
+
+
+@dataclass
+class HeldLockConsul:
+    """A Consul where our session holds the lock; blocking reads block (up to 1 s); the first is slow."""
+
+    session: str
+    slow: float
+    stop: threading.Event
+    waits: list[float] = field(default_factory=list)
+
+    def session_info(self, session: str) -> dict[str, Any]:
+        return {"ID": session}
+
+    def kv_get(
+        self, key: str, *, index: int = 0, wait: float = 0.0, consistent: bool = False
+    ) -> Indexed[KVEntry]:
+        """The lock, held by ``session``: the first read takes ``slow`` s, later ones their wait."""
+        self.waits.append(wait)
+        time.sleep(self.slow if len(self.waits) == 1 else min(wait, 1.0) if index else 0.0)
+        if len(self.waits) >= 6:
+            self.stop.set()
+        return Indexed(7, KVEntry(key, b"{}", 7, session=self.session))
+
+
+def test_a_leader_whose_lease_lapsed_leads_again_at_its_next_confirmation() -> None:
+    """A read slower than the lease steps the leader down; the lock still ours, it confirms it again
+    with short reads (not a follower's 10 s wait, which would date every confirmation too old)."""
+    stop = threading.Event()
+    consul = HeldLockConsul(session="s1", slow=0.5, stop=stop)
+    election = LeaderElection(consul, LAYOUT, host="h-lapse", node="n1", lock_delay=0, lease=0.3)  # type: ignore[arg-type]
+    election._session = "s1"
+    election._campaign(stop)
+    assert election.is_leader
+    assert all(wait == 0.3 / 4 for wait in consul.waits[1:]), consul.waits
