@@ -31,7 +31,7 @@ def test_the_leader_keeps_its_lease_under_load(cluster: Cluster, service_name: s
         cluster.put(service_name, 4, image="hello:v2")
         wait_until(
             lambda: {c.attrs["Config"]["Image"] for c in cluster.containers(service_name)} == {"hello:v2"},
-            timeout=ROLLOUT_S,
+            timeout=ROLLOUT_S * 3,  # four replicas, one at a time, on a loaded machine
             what="the rollout to hello:v2",
         )
         cluster.wait_converged(service_name, 4, timeout=CONVERGE_S)
