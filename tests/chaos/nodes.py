@@ -25,13 +25,11 @@ are hosts (each node its own network stack, systemd and engine):
 
 After each fault the checks of `Chaos` apply: everything converged within the
 bound, no more replicas than desired on the hosts the majority sees, placements
-only written by the lock holder, failed requests within the budget. Then the
-run waits for the spread to come back (issue 27): the agents run with a short
-settling time (`AGENT_ARGS`), and the next fault comes only once no service is
-`Rebalancing` and each one's replicas are as even as they can be over the live
-app hosts (meanwhile the monitor allows ``max_surge``, 1, above the count). So a
-fault finds every replica on one host only when the host is the last one
-standing, not because the previous fault piled them there.
+only written by the lock holder, failed requests within the budget; convergence
+includes the spread coming back (issue 27), with the agents settling as the
+loopback ones do (`AGENT_ARGS`). So a fault finds every replica on one host only
+when the host is the last one standing, not because the previous fault piled
+them there.
 """
 
 from __future__ import annotations
@@ -43,7 +41,7 @@ from typing import cast
 import docker
 
 from consul_operator.adapters.consul_client import ConsulClient
-from tests.chaos.harness import CONVERGE_BOUND, LOG_DIR, Chaos, FaultRecord, hold
+from tests.chaos.harness import CONVERGE_BOUND, LOG_DIR, REBALANCE_SETTLE, Chaos, FaultRecord, hold
 from tests.support.cluster import Cluster
 from tests.support.nodes import APP_HOSTS, Nodes
 from tests.support.staging import HOSTS, wait_until
@@ -58,11 +56,9 @@ NODE_FAULTS = (
 )
 # A leader must exist again this soon after its agent was killed and systemd restarted it.
 AGENT_CRASH_BOUND = 10.0
-# The node environment's agents: a returning host settles for 5 s (the default 30 s is longer
-# than the harness lets a healed cluster rest, issue 27), set in their settings file.
-AGENT_ARGS = "--rebalance-settle 5s"
-# Replicas a spread may run above the count: the services' max_surge.
-SPREAD_SURGE = 1
+# The node environment's agents settle as the loopback ones do (the default 30 s is longer than
+# the harness lets a healed cluster rest, issue 27), set in their settings file.
+AGENT_ARGS = f"--rebalance-settle {REBALANCE_SETTLE}"
 
 
 class NodeChaos(Chaos):
@@ -93,32 +89,8 @@ class NodeChaos(Chaos):
         return found
 
     def inject(self, name: str) -> FaultRecord:
-        record = super().inject(name)  # waits for convergence: the returned hosts' stale containers are gone
-        # From here the returned host counts again, and a spread may run max_surge above the count.
-        self.ceiling.update({s: n + SPREAD_SURGE for s, n in self.desired.items()})
+        record = super().inject(name)  # waits for convergence, the spread back included
         self.returning.clear()
-        outcomes = {s: (len(load.outcomes), len(load.failures)) for s, load in self.loads.items()}
-        started = time.monotonic()
-        try:
-            wait_until(
-                lambda: self.not_spread() is None,
-                timeout=CONVERGE_BOUND,
-                what=f"the spread back after {name}",
-                interval=0.5,
-            )
-            spread = time.time() - record.ended
-            self.figures.setdefault(name, {})["spread"] = spread
-            record.detail += f"; spread {spread:.1f}s after it ended ({time.monotonic() - started:.1f}s more)"
-        except AssertionError:
-            why = self.not_spread()
-            self.violations.fault_checks.append(f"{name}: not spread again within the bound: {why}")
-            self.log("violation", kind="fault_check", note=f"not spread: {why}")
-        finally:
-            self.ceiling.update(self.desired)
-        # What failed while the spread came back belongs to the fault that made it necessary.
-        record.requests += sum(len(load.outcomes) - outcomes[s][0] for s, load in self.loads.items())
-        record.failed_requests += sum(len(load.failures) - outcomes[s][1] for s, load in self.loads.items())
-        self.log("spread_done", name=name, requests=record.requests, failed=record.failed_requests)
         self._keep_journals(record.started)
         return record
 
@@ -132,24 +104,6 @@ class NodeChaos(Chaos):
                 text = f"-- journal of {host} unreadable: {exc!r}\n"
             with open(self.log_path.with_name(f"{self.log_path.stem}-{host}.journal"), "a") as handle:
                 handle.write(f"-- fault {self.faults[-1].name}\n{text}")
-
-    def not_spread(self) -> str | None:
-        """Why the services are not spread again (None when they are): moving, uneven, unconverged.
-
-        Spread: no placement record says ``rebalancing`` and each service's replicas
-        differ by at most one between the live app hosts (two app hosts, no placement
-        constraint: what the schedule would place from scratch).
-        """
-        live = [h for h in APP_HOSTS if h not in self.lost]
-        for service in self.desired:
-            record = self.cluster.kv_json(self.cluster.layout.placement_key(service)) or {}
-            if record.get("rebalancing"):
-                return f"{service}: Rebalancing ({record['rebalancing']})"
-            counts = self.cluster.per_host(service)
-            per_host = [counts.get(h, 0) for h in live]
-            if max(per_host) - min(per_host) > 1:
-                return f"{service}: {counts} not spread over {live}"
-        return self.unconverged()
 
     @property
     def nodes(self) -> Nodes:
