@@ -360,11 +360,18 @@ class ConsulClient:
     # --- KV -------------------------------------------------------------------
 
     def kv_get(
-        self, key: str, *, index: int = 0, wait: float = DEFAULT_WAIT, consistent: bool = False
+        self,
+        key: str,
+        *,
+        index: int = 0,
+        wait: float = DEFAULT_WAIT,
+        consistent: bool = False,
+        timeout: float | None = None,
     ) -> Indexed[KVEntry | None]:
-        """Read one key (blocking when ``index`` > 0)."""
+        """Read one key (blocking when ``index`` > 0); ``timeout`` overrides the client's for this call."""
+        client = self._client if timeout is None else self._client_with_timeout(timeout)
         with _wrapped(f"reading KV {key!r}"):
-            idx, raw = self._client.kv.get(
+            idx, raw = client.kv.get(
                 key,
                 index=index or None,
                 wait=_go_duration(wait),

@@ -18,6 +18,7 @@ admin's) token: a phantom host would get replicas that never run or move.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -106,11 +107,16 @@ class Presence:
         self.registered = threading.Event()
 
     def claim_node(self) -> None:
-        """Write ``operator/agents/<host>`` with our Consul node, unless it says so already."""
+        """Write ``operator/agents/<host>`` with our Consul node, unless it says so already.
+
+        The read gives up after a third of the TTL, as a beat does: it needs Consul's
+        Raft leader, and a host cut off from the majority has none for as long as
+        the cut lasts, while its own agent still takes the beats.
+        """
         if self.layout is None or not self.node:
             return
         key, record = self.layout.agent_key(self.host), AgentRecord(self.host, self.node)
-        entry = self.consul.kv_get(key).value
+        entry = self.consul.kv_get(key, timeout=self.ttl / 3).value
         if entry is None or entry.value != record.to_json():
             self.consul.kv_put(key, record.to_json())
 
@@ -171,14 +177,20 @@ class Presence:
                         wait = exponential(failed_registrations, self.ttl / 3, RETRY_CAP)
                         register_after = time.monotonic() + wait
                         raise
-                elif beats % CLAIM_EVERY == 0:
-                    self.claim_node()
                 # A third of the TTL: a slow Consul fails the beat in time for the next one.
                 self.consul.check_pass(ttl_check_id(self.host), timeout=self.ttl / 3)
                 if away:
                     log.info("Consul answers heartbeats again", host=self.host)
                     self.on_return()
                 away = False
+                # After the beat, never before it: a claim that cannot be read (a host cut off
+                # from the Raft majority) must not cost the beat, and with it the TTL check
+                # (a node run: critical locally during a cut, and stale-critical in the
+                # catalog for over 30 s after the heal, so the host was not live).
+                if beats % CLAIM_EVERY == 0:
+                    # No Raft leader on our side (a cut): the next claim check tries again.
+                    with contextlib.suppress(ConsulUnavailable):
+                        self.claim_node()
             except ConsulUnavailable as exc:
                 # Slow or away: the check is still there (or comes back with Consul's data).
                 if not away:
