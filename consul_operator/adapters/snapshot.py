@@ -32,6 +32,7 @@ from consul_operator.adapters.presence import (
 from consul_operator.core.cluster_state import ClusterState, passing_per_host
 from consul_operator.core.desired_state import ManifestError, Resources, is_dns_label, parse_manifest
 from consul_operator.core.keys import Layout
+from consul_operator.core.model import is_extra_port
 from consul_operator.core.ownership import owned
 from consul_operator.core.status import ClusterSnapshot, HostRow
 
@@ -89,7 +90,12 @@ def read_cluster_state(
         maintenance=host_records_of(trees[layout.hosts_prefix], layout),
     )
     passing = {
-        name: owned(consul.health_service(name, passing=True).value, cluster, state.agents, statuses).kept
+        name: owned(
+            [i for i in consul.health_service(name, passing=True).value if not is_extra_port(i)],
+            cluster,
+            state.agents,
+            statuses,
+        ).kept
         for name in sorted(set(passing_of(state)))
         if is_dns_label(name)
     }

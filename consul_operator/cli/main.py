@@ -24,7 +24,12 @@ from consul_operator.adapters.logs import configure as configure_logs
 from consul_operator.adapters.presence import parse_label
 from consul_operator.cli import commands
 from consul_operator.cli.commands import Target
-from consul_operator.core.desired_state import is_dns_label, parse_capabilities, parse_capacity
+from consul_operator.core.desired_state import (
+    is_dns_label,
+    parse_allowed_host_path,
+    parse_capabilities,
+    parse_capacity,
+)
 from consul_operator.core.durations import DurationError, parse_duration
 from consul_operator.core.keys import Layout, kv_prefix
 from consul_operator.core.spread import DEFAULT_SETTLE, SpreadSettings
@@ -71,6 +76,14 @@ def _capabilities(text: str) -> frozenset[str]:
     """argparse type for --allow-cap NET_ADMIN,SYS_TIME."""
     try:
         return parse_capabilities(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _host_path(text: str) -> str:
+    """argparse type for --allow-host-path /srv."""
+    try:
+        return parse_allowed_host_path(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
@@ -244,6 +257,7 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
         consul_tls=consul_tls(args, os.environ),
         metrics_tls=_metrics_tls(args),
         allowed_caps=frozenset().union(*args.allow_cap),
+        allowed_host_paths=tuple(sorted(set(args.allow_host_path))),
         page_token_file=args.page_token_file,
     )
 
@@ -359,7 +373,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_delete(args: argparse.Namespace) -> int:
     """Delete manifests."""
-    return commands.delete(_target(args), args.names)
+    return commands.delete(_target(args), args.names, volumes=args.volumes)
 
 
 def _listen(text: str) -> str:
@@ -432,6 +446,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CAP,...",
         help="capabilities a manifest's cap_add may give replicas here, e.g. NET_ADMIN (default: none; "
         "every replica keeps only CHOWN, SETGID and SETUID of Docker's defaults)",
+    )
+    agent.add_argument(
+        "--allow-host-path",
+        action="append",
+        default=[],
+        type=_host_path,
+        metavar="DIR",
+        help="a directory whose subdirectories a manifest's volumes may mount (host_path); repeatable "
+        "(default: none). Never /, /proc, /sys, /dev or a Docker socket or a directory above one",
     )
     _add_metrics(agent)
     agent.add_argument("--ttl", type=_duration, default=3.0, help="TTL of the agent's liveness check (3s)")
@@ -555,6 +578,12 @@ def build_parser() -> argparse.ArgumentParser:
     delete = sub.add_parser("delete", help="delete services: their replicas are drained and removed")
     _add_common(delete)
     delete.add_argument("names", nargs="+", metavar="NAME", type=_host_name)
+    delete.add_argument(
+        "--volumes",
+        action="store_true",
+        help="also remove the services' named volumes on every host, once their replicas are gone "
+        "(default: the volumes stay, with their data)",
+    )
     delete.set_defaults(func=cmd_delete)
 
     cordon = sub.add_parser("cordon", help="no new replicas on a host (what runs there stays)")

@@ -37,7 +37,7 @@ from consul_operator.core import events
 from consul_operator.core.backoff import retry_delay
 from consul_operator.core.desired_state import is_dns_label
 from consul_operator.core.keys import Layout
-from consul_operator.core.model import ServiceInstance
+from consul_operator.core.model import ServiceInstance, load_balanced
 from consul_operator.core.ownership import UNREPORTED, owned
 from consul_operator.core.upstreams import (
     HOLD_LAST_GOOD,
@@ -146,7 +146,12 @@ class LoadBalancer:
         for name in names:
             if not is_dns_label(name):
                 continue
-            found = self.consul.health_service(name, passing=True, consistent=True).value
+            # A replica's extra ports and a TCP service's replicas are no HTTP servers.
+            found = [
+                i
+                for i in self.consul.health_service(name, passing=True, consistent=True).value
+                if load_balanced(i)
+            ]
             verdict = owned(found, self.cluster, agents, statuses)
             instances[name] = list(verdict.kept)
             disowned.extend(
