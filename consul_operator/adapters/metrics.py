@@ -152,6 +152,11 @@ container_actions = Counter(
 )
 is_leader = Gauge("operator_is_leader", "1 while this agent holds the leader lock.", ["host"])
 leader_changes = Counter("operator_leader_changes_total", "Times this agent gained or lost the leader lock.")
+agent_registrations = Counter(
+    "operator_agent_registrations_total",
+    "Registrations of this agent's own service and TTL check with its Consul agent: the first, "
+    "then one each time Consul answers that it lost the check (never one per timed-out heartbeat).",
+)
 orphan_sessions_reaped = Counter(
     "operator_orphan_sessions_reaped_total",
     "Leader-election sessions of an earlier run of this agent (killed, restarted within its TTL) "

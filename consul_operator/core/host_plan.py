@@ -60,7 +60,10 @@ per service, and when (``mono``) to look again by itself.
     name), its container ID, spec hash and host port; otherwise it is
     (re-)registered; with ``ports:``, each other published port has a
     registration of its own too (ID ``<container>-<name>``), and only the
-    replica's own counts it healthy.
+    replica's own counts it healthy. A right registration whose check Consul
+    restored critical after its agent restarted (``Registration.restored``)
+    is registered again, passing, if the replica's own check passes
+    (``Register.restored``): the restart costs no passing replica.
 - **Registrations** that name no such container are deregistered, except
   those of an invalid service, those in flight, and those of containers this
   plan drains or removes (draining and removing deregister first by
@@ -566,10 +569,15 @@ def _plan_registrations(
         plan.wanted.update(sid for sid, _ in extras)
         if c.name in inflight.busy_registrations:
             continue  # a (de)registration of it is still in flight
-        if not _registered(by_id.get(c.name), c, manifest.name) or any(
-            not _registered(by_id.get(sid), c, manifest.name, port) for sid, port in extras
+        registration = by_id.get(c.name)
+        if (
+            registration is None
+            or not _registered(registration, c, manifest.name)
+            or any(not _registered(by_id.get(sid), c, manifest.name, port) for sid, port in extras)
         ):
             plan.actions.append(Register(c, manifest))
+        elif registration.restored and not registration.healthy:
+            plan.actions.append(Register(c, manifest, restored=True))
 
 
 def _registered(

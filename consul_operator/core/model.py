@@ -168,6 +168,9 @@ class Registration:
     port: int
     healthy: bool
     extra_port: str = ""  # the port's name when this registers an extra port, not the replica
+    restored: bool = False
+    """Critical, and Consul has not run its check since it loaded it (no output): its agent restarted
+    and restored the check critical, as Consul does, until the first run (up to one interval later)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,10 +227,16 @@ class RemoveDead:
 
 @dataclass(frozen=True, slots=True)
 class Register:
-    """(Re-)register a running container in Consul, with its health check."""
+    """(Re-)register a running container in Consul, with its health check.
+
+    ``restored``: its registration is right but Consul restored its check critical (`Registration.restored`):
+    once the replica's own check passes when we run it, deregister and register it again, passing
+    (registering a check Consul knows keeps its status); else fail, and back off.
+    """
 
     container: ContainerInfo
     manifest: Manifest
+    restored: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ from consul_operator.adapters.docker_client import connect, engine_resources
 from consul_operator.adapters.kv_state import start_watch
 from consul_operator.adapters.metrics import read_page_token
 from consul_operator.adapters.presence import AGENT_SERVICE, Presence
+from consul_operator.adapters.rejoin import rejoin_failed
 from consul_operator.adapters.status_page import status_page
 from consul_operator.adapters.timers import Timers
 from consul_operator.core.backoff import retry_delay
@@ -123,6 +124,8 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
         labels=config.labels,
         ttl=config.ttl,
         capacity=_capacity(config.capacity, lambda: engine_resources(docker_actuator.client), stop),
+        # Consul back (restarted): a host pass at once re-registers the replicas it restored critical.
+        on_return=host_trigger.fire,
     )
     log.info("capacity", host=config.host, capacity=presence.capacity.text() if presence.capacity else None)
     _register_until_done(presence, stop)
@@ -132,6 +135,8 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
         host=config.host,
         node=node,
         lock_delay=config.lock_delay,
+        # Shorter than the soonest a successor can act (`leader.py`, the lease).
+        lease=max(1.0, config.ttl - config.lock_delay),
         on_change=lambda _: schedule_trigger.fire(),
     )
     # Bursts (a deploy's checks turning passing, its actions finishing) wake a
@@ -160,7 +165,10 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
     layout = config.layout
     threads = [
         threading.Thread(target=presence.heartbeat, args=(stop,), name="heartbeat", daemon=True),
+        # A healed partition: Consul members declared failed joined again in seconds (`rejoin`).
+        threading.Thread(target=rejoin_failed, args=(consul, stop), name="rejoin", daemon=True),
         threading.Thread(target=election.run, args=(stop,), name="election", daemon=True),
+        threading.Thread(target=election.watch_lease, args=(stop,), name="lease", daemon=True),
         # Status records deleted or changed by anyone are written again (`check_status`).
         threading.Thread(
             target=check_status, args=(host_agent, host_trigger.fire, stop), name="status-check", daemon=True

@@ -17,6 +17,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from types import MappingProxyType
 
 import structlog
@@ -194,6 +195,10 @@ class Executor:
                 case RemoveDead(container=c):
                     self._busy.add(c.id)
                     job = _Job("remove_dead", service, lambda: self._remove_dead(action), cid=c.id, key=key)
+                case Register(container=c, manifest=m, restored=True):
+                    self._busy_registrations.add(c.name)
+                    work = partial(self._register_restored, c, m)
+                    job = _Job("register", service, work, sid=c.name, key=key)
                 case Register(container=c, manifest=m):
                     log.info("registering", service=c.service, container=c.name, reason="missing or outdated")
                     self._busy_registrations.add(c.name)
@@ -356,6 +361,22 @@ class Executor:
         where = f" at port {container.host_port}" if container.host_port else ""
         event_log.record(
             container.service, events.REGISTERED, f"registered {container.name}{where} in Consul"
+        )
+
+    def _register_restored(self, container: ContainerInfo, manifest: Manifest) -> None:
+        """Its check restored critical by a restarted Consul: registered again, passing, if it passes here.
+
+        A probe that fails is the action's failure: it backs off (`action_key`),
+        and Consul's own first run decides meanwhile.
+        """
+        if not self.catalog.register_restored(container, manifest):
+            raise OperatorError(f"{container.name}: its check does not pass when run here yet")
+        log.info("registered again, passing", service=container.service, container=container.name)
+        event_log.record(
+            container.service,
+            events.REGISTERED,
+            f"registered {container.name} again in Consul, passing its health check "
+            "(its Consul agent restarted and restored the check critical)",
         )
 
     def _drain(self, action: DrainContainer) -> _Later:

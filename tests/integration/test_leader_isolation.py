@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 import uuid
 
 from consul_operator.adapters.consul_client import ConsulClient
@@ -45,9 +46,10 @@ def test_a_refused_write_blocks_only_its_own_service(cluster: Cluster) -> None:
     session = consul.session_create("isolation test", checks=["serfHealth"], lock_delay=0)
     try:
         assert consul.kv_acquire(layout.leader_key, b"test", session)
-        election = LeaderElection(consul, layout, host="isolation-test", node="", lock_delay=0)
+        # The lock is ours (acquired above), confirmed now, with a lease longer than the test.
+        election = LeaderElection(consul, layout, host="isolation-test", node="", lock_delay=0, lease=600)
         election._session = session
-        election._set_leader(True)
+        election._confirm(time.monotonic())
         scheduler = Scheduler(consul, layout, election, "isolation-test", lost_grace=10.0)
         writes: dict[str, bytes | None] = {
             layout.placement_key("alpha"): b'{"a":1}',

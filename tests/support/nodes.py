@@ -188,6 +188,40 @@ class Nodes:
             what=f"{host}'s daemon to be healthy",
         )
 
+    def set_agent_args(self, args: str) -> None:
+        """Each app host's ``OPERATOR_AGENT_ARGS`` set to ``args``, its agent restarted, one at a time.
+
+        As an operator would (deploy/env/operator-agent: edit, then `systemctl
+        restart operator-agent`): the restart returns once /healthz answers.
+        """
+        for host in APP_HOSTS:
+            self.exec(
+                host,
+                "sed",
+                "-i",
+                f"s|^OPERATOR_AGENT_ARGS=.*|OPERATOR_AGENT_ARGS={args}|",
+                "/etc/default/operator-agent",
+            )
+            self.exec(host, "systemctl", "restart", "operator-agent")
+
+    def journal(self, host: str, since: float = 0.0) -> str:
+        """What ``host``'s Consul and operator daemons logged since Unix time ``since`` (microseconds)."""
+        return self.exec(
+            host,
+            "journalctl",
+            "--no-pager",
+            f"--since=@{since:.0f}",
+            "-o",
+            "short-iso-precise",
+            "-u",
+            "consul",
+            "-u",
+            "operator-agent",
+            "-u",
+            "operator-lb",
+            check=False,
+        )
+
     def engines(self) -> Engines:
         """Clients of the app hosts' engines, through the sockets nodes.sh gives the machine."""
         return Engines({h: connect(f"unix://{self.run_dir / h / 'docker.sock'}") for h in APP_HOSTS})

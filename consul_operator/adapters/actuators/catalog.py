@@ -148,10 +148,13 @@ class CatalogActuator:
         services = self.consul.agent_services()
         checks = self.consul.agent_checks()
         passing: dict[str, bool] = {}
+        restored: dict[str, bool] = {}  # a check critical with no output: never run since Consul loaded it
         for check in checks.values():
             sid = check.get("ServiceID") or ""
             if sid:
                 passing[sid] = passing.get(sid, True) and check.get("Status") == "passing"
+                unrun = check.get("Status") == "critical" and not check.get("Output")
+                restored[sid] = restored.get(sid, False) or unrun
         result = []
         for sid, svc in services.items():
             meta = svc.get("Meta") or {}
@@ -170,6 +173,7 @@ class CatalogActuator:
                     address=svc.get("Address", ""),
                     port=int(svc.get("Port") or 0),
                     healthy=passing.get(sid, False),
+                    restored=restored.get(sid, False),
                     extra_port=meta.get(META_PORT, "") if meta.get(META_EXTRA_PORT) else "",
                 )
             )
@@ -216,6 +220,23 @@ class CatalogActuator:
         self.consul.register_service(definition)
         self._register_extra_ports(container, manifest)
         return passed
+
+    def register_restored(self, container: ContainerInfo, manifest: Manifest) -> bool:
+        """Register again, passing, a replica whose check Consul restored critical (its agent restarted).
+
+        Only if the check passes when we run it now (`probe.passes_within`, one
+        try within the check's timeout: an action's worker waits no longer);
+        returns whether it did. Deregistered first: registering a check Consul
+        knows keeps the check's status, critical until Consul's first run, up
+        to one interval after the restart.
+        """
+        definition = self.definition(container, manifest, initial_passing=True)
+        timeout = min(manifest.health.timeout, probe_module.MAX_BUDGET)
+        if not probe_module.passes_within(definition["Check"], timeout, timeout):
+            return False
+        self.consul.deregister_service(definition["ID"])
+        self.consul.register_service(definition)
+        return True
 
     def deregister(self, service_id: str) -> None:
         """Remove one replica's registration (and its check)."""
