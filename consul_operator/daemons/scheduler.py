@@ -313,5 +313,6 @@ class Scheduler:
         self.records_gone = {}
         metrics.rollout_state.clear()
         metrics.convergence_seconds.clear()
-        for gauge in (*metrics.LEADER_SERVICE_GAUGES, metrics.unplaced_replicas):
+        for gauge in metrics.LEADER_SERVICE_GAUGES:
             gauge.clear()
+        metrics.drop_unplaced(None)
