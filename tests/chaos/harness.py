@@ -59,6 +59,7 @@ import threading
 import time
 import traceback
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -83,6 +84,10 @@ from tests.support.staging import (
 CHAOS_ADDRESSES = PLACE.three(61)  # tests/support/places.py
 SERVICES = {"simple": 2, "web": 3}  # simple is the LB's default service
 CONVERGE_BOUND = CHAOS_CONVERGE_S  # seconds after a fault's end within which everything must converge
+REBALANCE_SETTLE = "3s"
+"""The agents' --rebalance-settle here: a returning host draws its replicas back within a fault's
+convergence, so the next fault starts from an even spread (the default 30 s would overlap it)."""
+APP_HOSTS = ("host-1", "host-2")
 FAULTS = (
     "kill_replica",
     "kill_many",
@@ -211,6 +216,29 @@ class Chaos:
         passing = {i.service_id for i in regs if i.status == "passing"}
         return len(running) == replicas and running == registered == passing
 
+    def rebalancing(self, service: str) -> str:
+        """Why the leader is spreading ``service`` back (its placement record's marker), or ""."""
+        record = self.cluster.kv_json(f"operator/placement/{service}")
+        return str(record.get("rebalancing", "")) if isinstance(record, dict) else ""
+
+    def spread(self, service: str) -> str | None:
+        """How ``service`` is not spread evenly over the app hosts not lost, or None when it is.
+
+        After a host returns, the leader moves replicas back to it once it has
+        settled (``REBALANCE_SETTLE``); until then a fault of the host holding
+        them all would be a total loss.
+        """
+        hosts = [h for h in APP_HOSTS if h not in self.lost]
+        counts = Counter({h: 0 for h in hosts})
+        counts.update(
+            c.labels.get(LABEL_HOST) for c in self.containers(service) if c.labels.get(LABEL_HOST) in hosts
+        )
+        if max(counts.values()) - min(counts.values()) > 1:
+            return f"{service}: not spread over {', '.join(hosts)} ({dict(counts)})"
+        if why := self.rebalancing(service):
+            return f"{service}: being spread again ({why})"
+        return None
+
     def leader_live(self) -> bool:
         """The leader lock is held, by a session that exists (not one of a dead process)."""
         consul = self._any_consul()
@@ -247,6 +275,8 @@ class Chaos:
         for service, replicas in self.desired.items():
             if not self.service_converged(service, replicas):
                 return f"{service}: not {replicas} running, registered and passing"
+            if uneven := self.spread(service):
+                return uneven
             passing = {f"{i.address}:{i.port}" for i in self.cluster.passing(service)}
             if self.nginx_servers(service) != passing:
                 return f"{service}: NGINX's upstream is not the passing instances"
@@ -277,7 +307,8 @@ class Chaos:
                     running = len(
                         [c for c in self.containers(service) if c.labels.get(LABEL_HOST) not in uncounted]
                     )
-                    if running > replicas:
+                    # Spreading back moves one replica at a time, the replacement first (max_surge 1).
+                    if running > replicas + (1 if self.rebalancing(service) else 0):
                         note = f"{time.time():.1f} {service}: {running} running > {replicas} desired"
                         self.violations.extra_replicas.append(note)
                         self.log("violation", kind="extra_replicas", note=note)
@@ -368,9 +399,10 @@ class Chaos:
     def takes_every_replica(self, ids: set[str]) -> bool:
         """Whether losing the containers ``ids`` leaves some service with no replica at all.
 
-        There is no rebalancing (by design, as in Nomad): after a host was lost,
-        a host may run every replica of a service, and a fault of that host is a
-        total loss whose failed requests only the run's budget bounds.
+        Each fault's convergence includes the spread coming back (`spread`), so
+        this is a total loss only where the fault itself takes every host a
+        service runs on (docker_restart) or every one of its replicas (kill_many);
+        only the run's budget bounds its failed requests.
         """
         by_service: dict[str, set[str]] = {}
         for c in self.containers():
@@ -435,8 +467,7 @@ class Chaos:
     def consul_down(self) -> str:
         host = self.rng.choice(["host-1", "host-2", "host-3"])
         # Its node's checks, and so every replica on it, are critical while its Consul is
-        # away: a total loss when that host runs every replica of a service (after a host
-        # fault moved them there; there is no rebalancing), as for host_down.
+        # away: a total loss if that host ran every replica of a service, as for host_down.
         self.faults[-1].total_loss = self.takes_every_replica({c.id for c in self.containers(host=host)})
         self.cluster.kill(f"consul-{host}", signal.SIGTERM)
         down = self.rng.uniform(2.0, 6.0)
@@ -774,7 +805,9 @@ def start_environment(name: str = "chaos") -> Cluster:
     for clock in clocks.iterdir():
         clock.write_text("0\n")
     clock_env = ("CLOCK_OFFSET_DIR", str(clocks))
-    staging = Staging(name, CHAOS_ADDRESSES, extra_env=(*SLOW_RESYNC, clock_env))
+    agent_args = f"{dict(SLOW_RESYNC)['AGENT_ARGS']} --rebalance-settle {REBALANCE_SETTLE}"
+    env = (*SLOW_RESYNC, ("AGENT_ARGS", agent_args), clock_env)
+    staging = Staging(name, CHAOS_ADDRESSES, extra_env=env)
     staging.run("down")
     staging.run("up")
     # host-3's Consul: host faults (host_down, host_lost) take host-1's or host-2's away.

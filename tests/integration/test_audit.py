@@ -15,7 +15,7 @@ from tests.support.bounds import CONVERGE_S, REACT_S
 from tests.support.cluster import Cluster, operator
 from tests.support.staging import wait_until
 
-BIG_MANIFESTS = 70
+BIG_MANIFESTS = 16
 BIG_BYTES = 510_000
 PARSE_ALL_S = 600.0
 """The first parse of 70 manifests of 510 KB by every agent of a loaded 2-core machine (about 0.5 s each)."""

@@ -13,15 +13,15 @@ from tests.support.bounds import ROLLOUT_S
 from tests.support.cluster import Cluster, operator
 
 REPLICAS = 2
-# A quick rollout (min_healthy 0s) keeps twenty of them short; the pacing is the same.
+# A quick rollout (min_healthy 0s) keeps six of them short; the pacing is the same.
 UPDATE = {"max_surge": 1, "max_unavailable": 0, "min_healthy": "0s", "deadline": "2m"}
-ROUNDS = 20
+ROUNDS = 6
 
 
 def test_wait_right_after_a_spec_change_returns_only_once_every_replica_runs_it(
     cluster: Cluster, service_name: str
 ) -> None:
-    """hello:local <-> hello:v2 twenty times, `operator wait` at once after each put: each time it
+    """hello:local <-> hello:v2 six times, `operator wait` at once after each put: each time it
     exits 0, every running container of the service runs the new image, exactly ``REPLICAS`` of them."""
     cluster.put(service_name, REPLICAS, update=UPDATE)
     cluster.wait_converged(service_name, REPLICAS)

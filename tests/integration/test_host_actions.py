@@ -145,7 +145,7 @@ def test_slow_pull_fails_the_start_in_time_and_backs_off(
     )
 
 
-DRAIN = 40.0  # seconds: far longer than a replacement takes
+DRAIN = 30.0  # seconds: far longer than a replacement takes (bounds: REPLACEMENT_S)
 
 
 def test_long_drain_does_not_delay_another_services_replacement(cluster: Cluster, service_name: str) -> None:

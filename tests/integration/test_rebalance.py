@@ -26,8 +26,8 @@ from tests.support.staging import Staging, wait_until
 
 REPLICAS = 2
 UPDATE = {"max_surge": 1, "max_unavailable": 0, "min_healthy": "2s"}
-SETTLE = 8.0
-"""The agents' --rebalance-settle in this module (the default 30 s would add 22 s to each test)."""
+SETTLE = 5.0
+"""The agents' --rebalance-settle in this module (the default 30 s would add 25 s to each test)."""
 # A returning host settled -> its replicas back, one per host, the marker gone: the settling
 # time, a replacement's start and min_healthy (2 s), the old replica's drain (0.5 s) and stop.
 SPREAD_S = SETTLE + 3 * CONVERGE_S
@@ -44,7 +44,7 @@ def restart_agents(cluster: Cluster, env: Staging) -> None:
 
 @pytest.fixture(scope="module")
 def settling(staging: Staging, cluster: Cluster) -> Iterator[Staging]:
-    """Both agents with ``--rebalance-settle 8s`` for this module; the session's flags again after it."""
+    """Both agents with ``--rebalance-settle 5s`` for this module; the session's flags again after it."""
     agent_args = f"{dict(staging.extra_env).get('AGENT_ARGS', '')} --rebalance-settle {SETTLE:g}s".strip()
     fast = dataclasses.replace(staging, extra_env=(*staging.extra_env, ("AGENT_ARGS", agent_args)))
     restart_agents(cluster, fast)
