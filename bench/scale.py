@@ -556,7 +556,9 @@ def save_results(results: dict[str, Any]) -> None:
 
 def render(results: dict[str, Any]) -> None:
     """bench/results/scale.md and scale.png from scale.json."""
-    cells = sorted(results.values(), key=lambda c: (c["services"], c["hosts"]))
+    cells = sorted(
+        (c for k, c in results.items() if "-i31" not in k), key=lambda c: (c["services"], c["hosts"])
+    )
     lines = [
         "# Scale: N simulated hosts on one real Consul cluster",
         "",
@@ -600,6 +602,7 @@ def render(results: dict[str, Any]) -> None:
             f"| {idle.get('server_rpcs_per_s_per_agent', 0):.2f} "
             f"| {empty['requests_per_s_per_agent']:.2f} |"
         )
+    lines += issue31_lines(results)
     goal = results.get("100x1000")
     if goal:
         idle = goal["idle_full"]
@@ -648,6 +651,34 @@ def render(results: dict[str, Any]) -> None:
         ]
     (RESULTS / "scale.md").write_text("\n".join(lines) + "\n")
     plot(cells)
+
+
+def issue31_lines(results: dict[str, Any]) -> list[str]:
+    """The before/after cells of issue 31 (keys with ``-i31``): the code of the branch's base
+    (``-i31-before``) and of the branch (``-i31-after``), measured the same way, back to back."""
+    tagged = sorted((k, c) for k, c in results.items() if "-i31" in k)
+    if not tagged:
+        return []
+    lines = [
+        "",
+        "## Issue 31: before and after, measured the same way (blocking-query watches, apply timed apart)",
+        "",
+        "| cell | apply (s) | placed from apply's start / end (s) | reported from start / end (s) "
+        "| one change p50 / largest of N (s) | leader pass idle (s) | idle leader CPU (%) "
+        "| idle req/s per agent | load average (1/5/15 min) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for key, c in tagged:
+        idle = c["idle_full"]
+        load = "/".join(f"{x:.1f}" for x in c.get("load_average", ()))
+        lines.append(
+            f"| {key} | {c['apply_s']:.2f} | {c['placed_s']:.2f} / {c.get('placed_after_apply_s', 0):.2f} "
+            f"| {c['reported_s']:.2f} / {c.get('reported_after_apply_s', 0):.2f} "
+            f"| {c['change_s_median']:.3f} / {c.get('change_s_p99', 0):.3f} (N={len(c['change_s'])}) "
+            f"| {c['leader_pass_s']:.3f} | {idle['leader_cpu_pct']:.1f} "
+            f"| {idle['requests_per_s_per_agent']:.2f} | {load} |"
+        )
+    return lines
 
 
 def plot(cells: list[dict[str, Any]]) -> None:

@@ -27,7 +27,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from consul_operator.core.desired_state import Manifest, ManifestError
+from consul_operator.core.desired_state import DEFAULT_DRAIN, DEFAULT_STOP_GRACE, Manifest, ManifestError
 from consul_operator.core.keys import Layout
 from consul_operator.core.records import MAX_WORK_BYTES, PlacementRecord, bounded_text
 
@@ -45,8 +45,10 @@ class WorkEntry:
     count: int
     specs: Mapping[str, int] = field(default_factory=dict)
     """During a rollout: the count per spec hash (``count`` is their sum); empty otherwise."""
-    drain: float = 0.0
-    stop_grace: float = 0.0
+    drain: float = DEFAULT_DRAIN
+    stop_grace: float = DEFAULT_STOP_GRACE
+    """The manifest's, which its spec hash (and so its revision) leaves out; left out of the KV
+    form when they are the defaults."""
     invalid: str = ""
     """The manifest's first problem when it is invalid: the host keeps what runs (a hold)."""
 
@@ -55,9 +57,9 @@ class WorkEntry:
         body: dict[str, object] = {"spec": self.spec, "count": self.count}
         if self.specs:
             body["specs"] = dict(sorted(self.specs.items()))
-        if self.drain:
+        if self.drain != DEFAULT_DRAIN:
             body["drain"] = self.drain
-        if self.stop_grace:
+        if self.stop_grace != DEFAULT_STOP_GRACE:
             body["stop_grace"] = self.stop_grace
         if self.invalid:
             body["invalid"] = self.invalid
@@ -238,6 +240,9 @@ def work_writes(
                 removals.update(dict.fromkeys(sorted(before.keys)))
                 del after[host]
             continue
+        unchanged = previous is not None and host in previous and previous[host] == work
+        if before is not None and before.session == session and unchanged:
+            continue  # as last written: no digest to work out (most hosts, most passes)
         digest = work_digest(work)
         if before is not None and before.session == session and before.digest == digest:
             continue

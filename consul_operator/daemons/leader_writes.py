@@ -180,6 +180,7 @@ class WorkKeys:
         if self.written is None or now - self.read_at >= WORK_RESYNC:
             entries = consul.kv_list(self.layout.work_prefix, consistent=True).value
             self.written = written_work(self.layout, {e.key: e.value for e in entries})
+            self.decided = {}  # compared by digest with what was read, not with what we last wrote
             self.read_at = now
         desired = host_work(placements, state.manifests)
         planned = work_writes(self.layout, desired, self.written, session, self.decided or None, state.hosts)

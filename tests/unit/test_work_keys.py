@@ -33,7 +33,7 @@ from consul_operator.core.work import (
     written_work,
 )
 from consul_operator.daemons import scheduler as scheduler_module
-from consul_operator.daemons.leader_writes import FencedWriter, WorkKeys, write_pass
+from consul_operator.daemons.leader_writes import WORK_RESYNC, FencedWriter, WorkKeys, write_pass
 from consul_operator.daemons.scheduler import Scheduler
 
 LAYOUT = Layout()
@@ -308,3 +308,20 @@ def test_refused_rollout_is_logged_and_counted_once_written(monkeypatch: pytest.
     assert [e["state"] for e in written_logs if e["event"] == "rollout"] == ["progressing"]
     assert gauge._value.get() == 1
     assert json.loads(election.kv[LAYOUT.rollout_key("web")])["state"] == "progressing"
+
+
+def test_work_key_changed_by_hand_is_written_again_at_the_resync() -> None:
+    """A work key deleted or changed by someone else is written again by the leader's full read of
+    ``operator/work/`` (every `WORK_RESYNC` s), not before: passes in between write nothing."""
+    election = FakeElection()
+    writer, work = FencedWriter(election, LAYOUT), WorkKeys(LAYOUT)
+    decided = {"web": placement(WEB, {"h1": 2})}
+    state = ClusterState(manifests={"web": WEB}, placements=decided, hosts={"h1": (True, {})})
+    consul = FakeConsul(election)
+    write_pass(writer, work, consul, "s1", state, decided, {}, 0.0)  # type: ignore[arg-type]
+    key = LAYOUT.work_key("h1", 0)
+    kept = election.kv.pop(key)
+    write_pass(writer, work, consul, "s1", state, decided, {}, 1.0)  # type: ignore[arg-type]
+    assert key not in election.kv
+    write_pass(writer, work, consul, "s1", state, decided, {}, WORK_RESYNC)  # type: ignore[arg-type]
+    assert election.kv[key] == kept
