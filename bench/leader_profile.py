@@ -5,9 +5,10 @@
 Starts one Consul agent in dev mode on ``--addr``, registers ``--hosts``
 agents on it (their TTL checks passing, their node claims written), lets the
 real `Scheduler` place ``--services`` services of 10 replicas, writes every
-host's status records as agents that run them would, and then runs idle passes
-(nothing changed) under cProfile. Prints the pass times and the top functions
-by cumulative and own time. Nothing is simulated but the agents' processes:
+host's status records as agents that run them would, and then times idle passes
+(nothing changed) and passes that place one new service each (wall time and
+the process's CPU time), and profiles idle passes under cProfile: the pass
+times and the top functions by cumulative and own time. Nothing is simulated but the agents' processes:
 the scheduler, its reads, its decisions and its fenced writes are the real
 ones, on one Consul server.
 """
@@ -164,6 +165,17 @@ def main(argv: list[str]) -> int:
             scheduler.reconcile()
             plain.append(time.perf_counter() - t0)
         print("idle passes, not profiled (s):", " ".join(f"{t:.3f}" for t in plain))
+        changes, cpu = [], []
+        for k in range(args.passes):
+            name = f"new{k:03d}"
+            consul.kv_put(LAYOUT.service_key(name), manifest(name, REPLICAS))
+            t0, c0 = time.perf_counter(), time.process_time()
+            scheduler.reconcile()
+            changes.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+            assert consul.kv_get(LAYOUT.placement_key(name)).value is not None, "not placed"
+        print("one new service, its pass (s):", " ".join(f"{t:.3f}" for t in changes))
+        print("one new service, the leader's CPU (s):", " ".join(f"{t:.3f}" for t in cpu))
         times = []
         profile = cProfile.Profile()
         for _ in range(args.passes):
