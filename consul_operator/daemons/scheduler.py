@@ -31,7 +31,7 @@ from functools import partial
 import structlog
 
 from consul_operator.adapters.consul_client import ConsulClient
-from consul_operator.adapters.kv_state import TreeMirror
+from consul_operator.adapters.kv_state import StatusCache, TreeMirror
 from consul_operator.adapters.presence import AGENT_SERVICE
 from consul_operator.adapters.snapshot import read_cluster_state
 from consul_operator.core import events
@@ -73,6 +73,8 @@ class Scheduler:
     records_gone: Mapping[str, float] = field(default_factory=dict)
     # The manifests as last read: each pass reads only what changed (`kv_state.TreeMirror`).
     services: TreeMirror | None = None
+    # The status records as last parsed: reused while their modify index is unchanged.
+    statuses: StatusCache = field(default_factory=StatusCache)
     # Fenced writes per service, with the back-offs of refused ones (`leader_writes`).
     writer: FencedWriter = field(init=False)
     # Every host's work key as KV holds it (`leader_writes.WorkKeys`).
@@ -101,6 +103,7 @@ class Scheduler:
             passing_of=partial(paced_services, rebalance=self.spread.enabled),
             leader=True,
             services=self.services,
+            statuses=self.statuses,
         )
         self._check_view(state)
         settings = LeaderSettings(self.election.host, self.layout, self.lost_grace, self.spread)
