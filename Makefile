@@ -7,7 +7,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
-.PHONY: deps image up down status test check lint unit fuzz integration chaos demo bench bench-scale provision-test clean \
+.PHONY: deps image up down status test check lint unit fuzz integration chaos durations demo bench bench-scale provision-test clean \
         nodes-image nodes-up nodes-down nodes-status
 
 deps:           ## install what is missing: Debian packages, consul, .venv, a running dockerd
@@ -71,6 +71,9 @@ test: deps image lint  ## the whole suite; CI runs this
 	$(VENV)/bin/pytest -m "engine_restart or alone" --junitxml=$(JUNIT)/engine-restart.xml tests || status=$$?; \
 	$(PY) -m tests.support.slowest 15 $(JUNIT)/parallel.xml $(JUNIT)/engine-restart.xml; \
 	exit $$status
+
+durations:  ## rewrite tests/support/durations.json (the scheduler's longest-first order) from the last make test
+	$(PY) -m tests.support.slowest --save tests/support/durations.json $(JUNIT)/parallel.xml $(JUNIT)/engine-restart.xml
 
 demo: up
 	@bash scripts/demo.sh
