@@ -90,7 +90,7 @@ def invalid() -> ManifestError:
         pytest.param(
             {"api": placement(API, {"h2": 1})},
             {"api": invalid()},
-            {"h2": {"api": WorkEntry(API.spec_hash(), 1, {}, invalid="replicas: must be at least 0")}},
+            {"h2": {"api": WorkEntry(API.spec_hash(), 1, {}, invalid=str(invalid().problems[0]))}},
             id="invalid-manifest-holds",
         ),
     ],
@@ -102,14 +102,6 @@ def test_host_work(
 ) -> None:
     """Every host's work follows its placements: counts, the rollout's specs, the invalid hold."""
     got = host_work(placements, manifests)
-    if "api" in manifests and not isinstance(manifests["api"], Manifest):
-        got = {
-            h: {n: dataclasses.replace(e, invalid=e.invalid and "x") for n, e in w.items()}
-            for h, w in got.items()
-        }
-        expected = {
-            h: {n: dataclasses.replace(e, invalid="x") for n, e in w.items()} for h, w in expected.items()
-        }
     assert got == expected
 
 
