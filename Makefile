@@ -58,17 +58,17 @@ integration: deps image
 # `make test` in two steps (README, *Tests*). First everything but the tests that restart the
 # shared Docker engine, in TEST_WORKERS pytest-xdist workers, each with its own loopback block,
 # name and so Consul cluster, KV and container label (tests/support/places.py); a whole module
-# at a time, the node tests together (tests/support/scheduling.py). Then the
-# tests marked engine_restart or alone, serially: an engine restart kills every container on the
-# engine, the other workers' too, and the chaos run is timed against a machine of its own. Both steps run whatever the first one's outcome; the 15 slowest tests
-# of both come last.
+# at a time, the node tests together, the longest first (tests/support/scheduling.py). Then the
+# tests marked engine_restart, serially: an engine restart kills every container on the
+# engine, the other workers' too. Both steps run whatever the first one's outcome; the 15
+# slowest tests of both come last.
 TEST_WORKERS ?= 2  # 4 overloaded this 2-core machine: Consul reads timed out at 5 s (issue 29)
 JUNIT := .run/junit
 test: deps image lint  ## the whole suite; CI runs this
 	@mkdir -p $(JUNIT); rm -f $(JUNIT)/*.xml; status=0; \
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadscope -m "not engine_restart and not alone" \
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadscope -m "not engine_restart" \
 	  --junitxml=$(JUNIT)/parallel.xml tests || status=$$?; \
-	$(VENV)/bin/pytest -m "engine_restart or alone" --junitxml=$(JUNIT)/engine-restart.xml tests || status=$$?; \
+	$(VENV)/bin/pytest -m engine_restart --junitxml=$(JUNIT)/engine-restart.xml tests || status=$$?; \
 	$(PY) -m tests.support.slowest 15 $(JUNIT)/parallel.xml $(JUNIT)/engine-restart.xml; \
 	exit $$status
 

@@ -15,7 +15,7 @@ from consul_operator.adapters.actuators.docker import DockerActuator
 from consul_operator.adapters.consul_client import ConsulClient, Indexed, KVEntry
 from consul_operator.core.backoff import Backoff
 from consul_operator.core.desired_state import Manifest
-from consul_operator.core.errors import ConsulError, ConsulPermissionDenied, DockerError
+from consul_operator.core.errors import ConsulError, ConsulPermissionDenied, DockerError, DockerUnavailable
 from consul_operator.core.keys import Layout
 from consul_operator.core.model import (
     Action,
@@ -55,6 +55,7 @@ class FakeDocker:
     containers: list[ContainerInfo] = field(default_factory=list)
     refuse_remove: bool = False
     refuse_start: bool = False
+    engine_away: bool = False  # every call fails as with the engine's socket gone
     stop_gate: threading.Event | None = None  # stop() blocks until set: a long stop grace
     publish: bool = False  # started containers publish a port (and so are registered)
     on_remove: Callable[[], None] = lambda: None  # runs as remove() is called
@@ -75,6 +76,8 @@ class FakeDocker:
             raise DockerError(f"Docker refused removing {container_id}: removal already in progress")
 
     def start(self, manifest: Manifest, *, name: str) -> ContainerInfo:
+        if self.engine_away:
+            raise DockerUnavailable(f"Docker engine unreachable during creating {name}: connection refused")
         if self.refuse_start:
             raise DockerError(f"Docker refused creating {name}")
         self.started.append(manifest.name)
@@ -312,6 +315,30 @@ def test_backoffs_are_on_the_monotonic_clock(stop: threading.Event) -> None:
     assert executor.action_backoffs["register:web-c1"] == Backoff(
         failures=1, retry_at=501.0, last_error="permission denied for registering: ACL not found"
     )
+
+
+@pytest.mark.parametrize(
+    ("docker", "backed_off"),
+    [
+        pytest.param(FakeDocker(refuse_start=True), True, id="engine-refuses-the-start"),
+        pytest.param(FakeDocker(engine_away=True), False, id="engine-away"),
+    ],
+)
+def test_only_a_start_the_engine_refuses_backs_the_service_off(docker: FakeDocker, backed_off: bool) -> None:
+    """A start refused by Docker backs its service off; one that finds the engine away does not
+    (the pass retries on the loop's back-off), so an engine restart leaves no minute-long hold."""
+    done = threading.Event()
+    executor = Executor(cast(DockerActuator, docker), cast(CatalogActuator, FakeCatalog()), on_done=done.set)
+    try:
+        for _ in range(3):
+            done.clear()
+            executor.submit(StartContainer(WEB))
+            wait_until(done.is_set, timeout=10, what="the start to finish")
+    finally:
+        executor.shutdown()
+    assert ("web" in executor.backoffs) is backed_off
+    if backed_off:
+        assert executor.backoffs["web"].failures == 3
 
 
 CRASHED = ContainerInfo(
