@@ -44,7 +44,7 @@ from consul_operator.core.errors import (
     NotLeader,
     consul_trouble,
 )
-from consul_operator.core.model import ServiceInstance
+from consul_operator.core.model import EXTRA_PORT_CHECK_SUFFIX, ServiceInstance
 from consul_operator.core.txn import (
     CONSUL_MAX_TXN_OPS,
     CONSUL_MAX_VALUE_BYTES,
@@ -885,6 +885,8 @@ class ConsulClient:
         service_of: dict[tuple[str, str], str] = {}
         for check in checks or []:
             ok = check["Status"] == "passing"
+            if str(check.get("CheckID", "")).endswith(EXTRA_PORT_CHECK_SUFFIX):
+                continue  # a replica's extra port (`ports:`), not a replica
             if check.get("ServiceID"):
                 key = (check["Node"], check["ServiceID"])
                 instance_ok[key] = instance_ok.get(key, True) and ok

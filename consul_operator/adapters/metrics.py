@@ -225,6 +225,12 @@ lb_quarantined = Gauge(
     "Services whose fresh upstream nginx -t refuses: held back at their last good upstream (or 503) "
     "while every other service is served fresh.",
 )
+lb_floating_address_held = Gauge(
+    "operator_lb_floating_address_held",
+    "1 while this load balancer's host holds the floating address (keepalived put it on one of "
+    "its interfaces), 0 while another LB host does; exported with --floating-address only.",
+    ["address"],
+)
 consul_requests = Counter(
     "operator_consul_requests_total", "Requests this process sent to Consul (blocking queries included)."
 )

@@ -23,6 +23,7 @@ from consul_operator.adapters.kv_state import (
     rollouts_of,
     statuses_of,
 )
+from consul_operator.adapters.lb_presence import read_lbs
 from consul_operator.adapters.presence import (
     agent_nodes_of,
     agent_registrations,
@@ -33,6 +34,7 @@ from consul_operator.adapters.presence import (
 from consul_operator.core.cluster_state import ClusterState, passing_per_host
 from consul_operator.core.desired_state import ManifestError, Resources, is_dns_label, parse_manifest
 from consul_operator.core.keys import Layout
+from consul_operator.core.model import is_extra_port
 from consul_operator.core.ownership import owned
 from consul_operator.core.status import ClusterSnapshot, HostRow
 
@@ -92,7 +94,12 @@ def read_cluster_state(
         maintenance=host_records_of(trees[layout.hosts_prefix], layout),
     )
     passing = {
-        name: owned(consul.health_service(name, passing=True).value, cluster, state.agents, records).kept
+        name: owned(
+            [i for i in consul.health_service(name, passing=True).value if not is_extra_port(i)],
+            cluster,
+            state.agents,
+            records,
+        ).kept
         for name in sorted(set(passing_of(state)))
         if is_dns_label(name)
     }
@@ -153,4 +160,5 @@ def read_snapshot(consul: ConsulClient, layout: Layout, cluster: str | None, now
         rollouts=state.rollouts,
         maintenance=state.maintenance,
         capacities=state.capacities,
+        load_balancers=read_lbs(consul, cluster),
     )

@@ -110,6 +110,15 @@ class Layout:
         return self.rollback_prefix + name
 
     @property
+    def volume_removals_prefix(self) -> str:
+        """``operator/volume-removals/``: requests to remove deleted services' volumes."""
+        return self.operator_prefix + "volume-removals/"
+
+    def volume_removal_key(self, name: str) -> str:
+        """``operator/volume-removals/<name>``: ``operator delete NAME --volumes`` (`RemovalRequest`)."""
+        return self.volume_removals_prefix + name
+
+    @property
     def hosts_prefix(self) -> str:
         """``operator/hosts/``: hosts in maintenance (``operator cordon`` / ``drain``)."""
         return self.operator_prefix + "hosts/"

@@ -43,6 +43,7 @@ from consul_operator.daemons.host_agent import Executor, HostAgent, KVChanged, c
 from consul_operator.daemons.leader import LeaderElection
 from consul_operator.daemons.loop import Batched, Trigger, run_loop, stop_on_signals, wait_for_stop
 from consul_operator.daemons.scheduler import Scheduler
+from consul_operator.daemons.volume_janitor import run_volume_janitor
 
 log = structlog.get_logger()
 
@@ -72,6 +73,7 @@ class AgentConfig:
     consul_tls: ConsulTLS | None = None  # None: the consul CLI's environment variables
     metrics_tls: tuple[str, str] | None = None  # --metrics-tls-cert, --metrics-tls-key
     allowed_caps: frozenset[str] = frozenset()  # --allow-cap: capabilities a manifest's cap_add may add
+    allowed_host_paths: tuple[str, ...] = ()  # --allow-host-path: directories a manifest's volumes may mount
     page_token_file: str | None = None  # --page-token-file: the status page's bearer token
 
 
@@ -82,7 +84,11 @@ EngineFactory = Callable[[AgentConfig], DockerActuator]
 def docker_engine(config: AgentConfig) -> DockerActuator:
     """The Docker engine of ``config.docker_host`` (or ``DOCKER_HOST``, or the local socket)."""
     return DockerActuator(
-        connect(config.docker_host), cluster=config.cluster, host=config.host, advertise=config.advertise
+        connect(config.docker_host),
+        cluster=config.cluster,
+        host=config.host,
+        advertise=config.advertise,
+        allowed_host_paths=config.allowed_host_paths,
     )
 
 
@@ -144,6 +150,7 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
         executor,
         kv_changed=kv_changed,
         allowed_caps=config.allowed_caps,
+        allowed_host_paths=config.allowed_host_paths,
         node=node,
     )
     scheduler = Scheduler(
@@ -157,6 +164,12 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
         # Status records deleted or changed by anyone are written again (`check_status`).
         threading.Thread(
             target=check_status, args=(host_agent, host_trigger.fire, stop), name="status-check", daemon=True
+        ),
+        threading.Thread(
+            target=run_volume_janitor,
+            args=(consul, config.layout, docker_actuator, stop),
+            name="volume-removals",
+            daemon=True,
         ),
         threading.Thread(
             target=docker_actuator.watch_events,

@@ -183,11 +183,11 @@ class Executor:
         service = action_service(action)
         with self.lock:
             match action:
-                case StartContainer(manifest=m):
+                case StartContainer(manifest=m, slot=slot):
                     name = container_name(m.name, self.docker.host)
                     self._starting[name] = m.name
                     self._starting_spec[name] = f"{m.name}/{m.spec_hash()}"
-                    job = _Job("start", service, lambda: self._start(m, name), name=name)
+                    job = _Job("start", service, lambda: self._start(m, name, slot), name=name)
                 case DrainContainer(container=c):
                     self._busy.add(c.id)
                     job = _Job("drain", service, lambda: self._drain(action), cid=c.id, key=key)
@@ -296,9 +296,13 @@ class Executor:
         else:
             self.action_backoffs.pop(job.key, None)
 
-    def _start(self, manifest: Manifest, name: str) -> None:
+    def _start(self, manifest: Manifest, name: str, slot: int | None = None) -> None:
         try:
-            info = self.docker.start(manifest, name=name)
+            for volume in self.docker.ensure_volumes(manifest, slot):
+                # A first start here, or a replica moved from a lost or drained host: its data stays there.
+                why = f"created fresh volume {volume} for slot {slot} on {self.docker.host}: no earlier data"
+                event_log.record(manifest.name, events.VOLUME_CREATED, why)
+            info = self.docker.start(manifest, name=name, slot=slot)
         except DockerUnavailable:
             # The engine is away, not the service failing: no service back-off. The
             # pass retries on the loop's own back-off (its listing fails too); a
@@ -515,6 +519,7 @@ class HostAgent:
     mono: Callable[[], float] = time.monotonic
     kv_changed: KVChanged | None = None
     allowed_caps: frozenset[str] = frozenset()  # --allow-cap: what a manifest's cap_add may name here
+    allowed_host_paths: tuple[str, ...] = ()  # --allow-host-path: what a manifest's volumes may mount here
     # The Consul node our replicas are registered on (the local agent's), named
     # in every status record so that a registration elsewhere is not ours (ownership.py).
     node: str = ""
@@ -561,7 +566,9 @@ class HostAgent:
             present = {c.id for c in containers} | {c.name for c in containers}
             self.executor.forget_actions(present | {r.service_id for r in registrations})
 
-        desires = host_desires(self.host, manifests, placements, revisions, self.allowed_caps)
+        desires = host_desires(
+            self.host, manifests, placements, revisions, self.allowed_caps, self.allowed_host_paths
+        )
         mono = self.mono()
         plan = plan_host(desires, containers, registrations, inflight, backoffs, now, mono=mono)
         for action in plan.actions:

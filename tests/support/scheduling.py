@@ -6,8 +6,10 @@ module's tests may run on any worker; but on one worker together:
 * a module's module-scoped environment (test_acl's secured cluster,
   test_shared_consul's second one, a Prometheus, the chaos run) is then made
   once, and tests placed "last in this module" (they restart daemons) stay last;
-* every node test (tests/nodes/): the node environment is a session fixture,
-  three systemd containers, made once.
+* every node test that uses the node environment (tests/nodes/): it is a
+  session fixture, systemd containers, made once. `test_secure_nodes.py`
+  makes a secured environment of its own (module fixture), so it is a unit
+  of its own: another worker boots it meanwhile.
 
 pytest-xdist's `loadscope` groups by module already; this adds the node tests'
 group. (Its `loadgroup` with `xdist_group` marks would say the same per test,
@@ -29,6 +31,7 @@ from pathlib import Path
 from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]
 
 NODE_TESTS = "tests/nodes/"
+OWN_NODE_ENVIRONMENT = ("tests/nodes/test_secure_nodes.py",)
 DURATIONS = Path(__file__).with_name("durations.json")
 GUESS_PER_TEST = 3.0  # seconds: about an integration test's; unit tests are far below it
 
@@ -52,10 +55,11 @@ def longest_first(units: Mapping[str, Mapping[str, bool]], known: Mapping[str, f
 
 
 def scope_of(nodeid: str) -> str:
-    """The work unit of a test: its module, or all the node tests together."""
-    if nodeid.startswith(NODE_TESTS):
+    """The work unit of a test: its module, or the node tests that share the node environment."""
+    module = nodeid.split("::", 1)[0]
+    if module.startswith(NODE_TESTS) and module not in OWN_NODE_ENVIRONMENT:
         return NODE_TESTS
-    return nodeid.split("::", 1)[0]
+    return module
 
 
 class ModuleScheduling(LoadScopeScheduling):  # type: ignore[misc]

@@ -75,7 +75,10 @@ class FakeDocker:
         if self.refuse_remove:
             raise DockerError(f"Docker refused removing {container_id}: removal already in progress")
 
-    def start(self, manifest: Manifest, *, name: str) -> ContainerInfo:
+    def ensure_volumes(self, manifest: Manifest, slot: int | None) -> tuple[str, ...]:
+        return ()
+
+    def start(self, manifest: Manifest, *, name: str, slot: int | None = None) -> ContainerInfo:
         if self.engine_away:
             raise DockerUnavailable(f"Docker engine unreachable during creating {name}: connection refused")
         if self.refuse_start:

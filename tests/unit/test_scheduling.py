@@ -17,10 +17,15 @@ from tests.support.slowest import unit_seconds
         pytest.param("tests/unit/test_places.py::test_y[gw0-a::b]", "tests/unit/test_places.py", id="params"),
         pytest.param("tests/nodes/test_partitions.py::test_z", "tests/nodes/", id="node-test"),
         pytest.param("tests/nodes/test_deploy_path.py::test_w", "tests/nodes/", id="other-node-module"),
+        pytest.param(
+            "tests/nodes/test_secure_nodes.py::test_v[host-1]",
+            "tests/nodes/test_secure_nodes.py",
+            id="node-module-with-its-own-environment",
+        ),
     ],
 )
 def test_a_module_or_the_node_tests_are_one_work_unit(nodeid: str, scope: str) -> None:
-    """Every test of a module shares a worker; every node test shares the one node environment's."""
+    """Every test of a module shares a worker; every node test on the shared node environment shares one."""
     assert scope_of(nodeid) == scope
 
 
