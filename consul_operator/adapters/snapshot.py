@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 
 from consul_operator.adapters.consul_client import ConsulClient, KVEntry
 from consul_operator.adapters.kv_state import (
+    StatusCache,
     TreeMirror,
     host_records_of,
     manifests_of,
@@ -46,6 +47,7 @@ def read_cluster_state(
     passing_of: Callable[[ClusterState], Iterable[str]],
     leader: bool = False,
     services: TreeMirror | None = None,
+    statuses: StatusCache | None = None,
 ) -> ClusterState:
     """Read every record once, then the passing instances of the services ``passing_of`` names.
 
@@ -59,7 +61,8 @@ def read_cluster_state(
     (empty) so that the leader can remove it, and every service's passing
     count (its gauges). ``services``: the loop's mirror of ``services/``
     (`kv_state.TreeMirror`: only changed manifests are read), read just after
-    the transaction; without one, ``services/`` is part of it.
+    the transaction; without one, ``services/`` is part of it. ``statuses``: the loop's
+    status records parsed by its last read (`kv_state.StatusCache`), reused while unchanged.
     """
     prefixes = [
         *([] if services is not None else [layout.services_prefix]),
@@ -75,7 +78,7 @@ def read_cluster_state(
     manifests = trees[layout.services_prefix] if services is None else services.read(consul)
     nodes = agent_nodes_of(trees[layout.agents_prefix], layout)
     registrations = agent_registrations(consul, cluster, layout, nodes=nodes)
-    statuses = statuses_of(trees[layout.status_prefix], layout, keep_unreadable=leader)
+    records = statuses_of(trees[layout.status_prefix], layout, keep_unreadable=leader, cache=statuses)
     state = ClusterState(
         manifests=manifests_of(manifests, layout, by_index=services is not None),
         placements=placements_of(trees[layout.placement_prefix], layout),
@@ -87,7 +90,7 @@ def read_cluster_state(
         hosts=hosts_of(registrations),
         capacities=capacities_of(registrations),
         agents=tuple(agents_of(registrations)),
-        statuses=statuses,
+        statuses=records,
         maintenance=host_records_of(trees[layout.hosts_prefix], layout),
     )
     passing = {
@@ -95,7 +98,7 @@ def read_cluster_state(
             [i for i in consul.health_service(name, passing=True).value if not is_extra_port(i)],
             cluster,
             state.agents,
-            statuses,
+            records,
         ).kept
         for name in sorted(set(passing_of(state)))
         if is_dns_label(name)

@@ -431,18 +431,18 @@ def test_refused_service_backs_off_alone(error: ConsulError, reason: str) -> Non
     scheduler = Scheduler(None, LAYOUT, election, "c", 10.0)  # type: ignore[arg-type]
     before = metrics.leader_write_failures.labels(reason)._value.get()
     writes: dict[str, bytes | None] = {LAYOUT.placement_key(n): b"{}" for n in ("alpha", "bravo", "charlie")}
-    written = scheduler._write("s1", writes, now=10.0)
+    written = list(scheduler.writer.write("s1", writes, 10.0).keys)
     assert sorted(written) == [LAYOUT.placement_key("alpha"), LAYOUT.placement_key("charlie")]
     assert set(election.sessions) == {"s1"}
-    assert scheduler.write_backoffs["bravo"].retry_at == 11.0
+    assert scheduler.writer.backoffs["bravo"].retry_at == 11.0
     assert metrics.leader_write_failures.labels(reason)._value.get() == before + 1
-    assert scheduler._write("s1", writes, now=10.5) == [
+    assert list(scheduler.writer.write("s1", writes, 10.5).keys) == [
         LAYOUT.placement_key("alpha"),
         LAYOUT.placement_key("charlie"),
     ]
     election.refuse.clear()
-    assert LAYOUT.placement_key("bravo") in scheduler._write("s1", writes, now=11.0)
-    assert "bravo" not in scheduler.write_backoffs
+    assert LAYOUT.placement_key("bravo") in list(scheduler.writer.write("s1", writes, 11.0).keys)
+    assert "bravo" not in scheduler.writer.backoffs
 
 
 def test_consul_server_error_ends_the_pass() -> None:
@@ -450,8 +450,8 @@ def test_consul_server_error_ends_the_pass() -> None:
     election = FakeElection({LAYOUT.placement_key("a"): ConsulError("No cluster leader", status=500)})
     scheduler = Scheduler(None, LAYOUT, election, "c", 10.0)  # type: ignore[arg-type]
     with pytest.raises(ConsulError):
-        scheduler._write("s1", {LAYOUT.placement_key("a"): b"{}"}, now=0.0)
-    assert not scheduler.write_backoffs
+        list(scheduler.writer.write("s1", {LAYOUT.placement_key("a"): b"{}"}, 0.0).keys)
+    assert not scheduler.writer.backoffs
 
 
 def test_a_lease_not_confirmed_in_time_stops_the_writes_and_the_gauge() -> None:
