@@ -28,7 +28,7 @@ status:
 nodes-image: deps  ## the node image, once: debootstrap + provision.sh's packages, consul, virtualenv
 	@bash scripts/nodes.sh build
 
-nodes-up: deps  ## the node environment: host-1..3 as systemd containers on 198.18.1.11-13, provisioned by provision.sh
+nodes-up: deps  ## the node environment: host-1..4 as systemd containers on 198.18.1.11-14 (host-3, host-4: LBs behind .100), provisioned by provision.sh
 	@bash scripts/nodes.sh up
 
 nodes-down:     ## removes exactly what nodes-up made (containers, volumes, network); the image stays

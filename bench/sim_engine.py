@@ -45,7 +45,11 @@ class SimulatedDockerActuator(DockerActuator):
         with self._lock:
             return list(self._containers.values())
 
-    def start(self, manifest: Manifest, *, name: str | None = None) -> ContainerInfo:
+    def ensure_volumes(self, manifest: Manifest, slot: int | None) -> tuple[str, ...]:
+        """No volumes in the simulation."""
+        return ()
+
+    def start(self, manifest: Manifest, *, name: str | None = None, slot: int | None = None) -> ContainerInfo:
         """A running container after ``start_latency`` seconds."""
         if self.start_latency:
             time.sleep(self.start_latency)

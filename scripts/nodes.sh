@@ -8,7 +8,10 @@
 #
 #   host-1  <subnet>.11  app: Docker engine, Consul server, operator-agent.service
 #   host-2  <subnet>.12  app: Docker engine, Consul server, operator-agent.service
-#   host-3  <subnet>.13  lb:  Consul server, operator-lb.service, NGINX on :80
+#   host-3  <subnet>.13  lb:  Consul server, operator-lb.service, NGINX on :80, keepalived
+#   host-4  <subnet>.14  lb:  Consul client, operator-lb.service, NGINX on :80, keepalived
+#   <subnet>.100         the floating address: keepalived puts it on host-3 or host-4
+#                        (unicast VRRP between them), on the node's eth0
 #
 # usage: nodes.sh build | up | down | status | destroy
 #
@@ -16,8 +19,9 @@
 #            packages of both roles, then provision.sh's package, consul and
 #            operator steps, committed): consul-operator-node:bookworm
 #   up       build when the image is missing, then the network, the three nodes,
-#            provision.sh in each; returns once Consul has a leader, an agent leads
-#            and every daemon's /healthz answers 200. `up` twice is harmless.
+#            provision.sh in each; returns once Consul has a leader, an agent leads,
+#            every daemon's /healthz answers 200 and one LB host holds the floating
+#            address. `up` twice is harmless.
 #   down     removes exactly what `up` made, by this environment's label: the node
 #            containers (their engines' containers go with them), their volumes,
 #            the network, and $RUN_DIR. The image stays (it is `build`'s, a cache).
@@ -28,7 +32,8 @@
 #   NODES_NAME    the environment's name: its containers, volumes and network carry
 #                 it, and it is the operator cluster's name (default: nodes)
 #   NODES_SUBNET  a /24 of 198.18.0.0/15 for its network (default: 198.18.1.0/24);
-#                 the hosts are .11, .12 and .13, the machine reaches them through .1
+#                 the hosts are .11 to .14, the floating address .100, the machine
+#                 reaches them through .1
 #   RUN_DIR       per-node files: generated Consul host configs, each engine's
 #                 socket (default: .run/$NODES_NAME)
 #   DEBIAN_MIRROR for the build (default: http://deb.debian.org/debian)
@@ -61,8 +66,8 @@ IMAGE=${NODES_IMAGE:-consul-operator-node:bookworm}
 SECURE=${NODES_SECURE:-0}
 LABEL=consul-operator.nodes
 NETWORK=co-nodes-$NAME
-HOSTS=(host-1 host-2 host-3)
-ROLES=(app app lb)
+HOSTS=(host-1 host-2 host-3 host-4)
+ROLES=(app app lb lb)
 BUILD_DIR="$ROOT/.run/node-image"
 
 say() { printf '[nodes %s] %s\n' "$NAME" "$*"; }
@@ -70,7 +75,8 @@ die() { printf '[nodes %s] ERROR: %s\n' "$NAME" "$*" >&2; exit 1; }
 
 [[ $SUBNET =~ ^198\.(18|19)\.([0-9]{1,3})\.0/24$ ]] || die "NODES_SUBNET must be a /24 of 198.18.0.0/15, got '$SUBNET'"
 PREFIX3=${SUBNET%.0/24}
-ADDRS=("$PREFIX3.11" "$PREFIX3.12" "$PREFIX3.13")
+ADDRS=("$PREFIX3.11" "$PREFIX3.12" "$PREFIX3.13" "$PREFIX3.14")
+FLOATING="$PREFIX3.100"
 GATEWAY="$PREFIX3.1"
 
 node() { echo "$NAME-$1"; }  # node HOST: its container's name
@@ -79,7 +85,7 @@ in_node() { local host=$1; shift; docker exec "$(node "$host")" "$@"; }
 # --- build ------------------------------------------------------------------------------
 # The Debian packages of both roles (scripts/provision.sh) and what systemd as PID 1
 # and the partitions need; debootstrap resolves their dependencies.
-PACKAGES=systemd,systemd-sysv,dbus,iproute2,iptables,procps,docker.io,busybox-static,nginx,curl,ca-certificates,python3,python3-venv
+PACKAGES=systemd,systemd-sysv,dbus,iproute2,iptables,procps,docker.io,busybox-static,nginx,keepalived,curl,ca-certificates,python3,python3-venv
 
 # The sources, as the Vagrantfile's rsync synced folder has them: a one-way copy
 # without this machine's build products.
@@ -157,7 +163,7 @@ NO_START=1 NODE_NAME=host-3 CONSUL_HOST_CONFIG=/vagrant/deploy/consul/hosts/host
 /opt/consul-operator/bin/pip install -q "setuptools>=68" wheel
 rm -f /etc/default/operator-agent /etc/default/operator-lb /etc/consul.d/host.hcl
 # NGINX runs on the load balancer only (provision.sh lb enables it there).
-systemctl disable --quiet nginx.service
+systemctl disable --quiet nginx.service keepalived.service
 rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb /root/.cache /vagrant
 '
   if ! sources | docker run -i --name "$name" "${ca_mount[@]}" "$BASE_IMAGE" bash -c "$inside" \
@@ -176,11 +182,13 @@ rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb /root/.cache /vagrant
 
 # --- up -----------------------------------------------------------------------------------
 host_hcl() {  # host-N ADDR: the node's /etc/consul.d/host.hcl
-  local host=$1 addr=$2
+  local host=$1 addr=$2 client=""
+  # The three app and first LB hosts are the servers; host-4 is a client agent.
+  [[ $host == host-4 ]] && client=$'server = false\nbootstrap_expect = 0\n'
   cat <<EOF
 # $host of the node environment $NAME (scripts/nodes.sh): installed as /etc/consul.d/host.hcl.
 node_name = "$host"
-bind_addr = "$addr"
+${client}bind_addr = "$addr"
 advertise_addr = "$addr"
 client_addr = "127.0.0.1 $addr"
 retry_join = ["${ADDRS[0]}", "${ADDRS[1]}", "${ADDRS[2]}"]
@@ -254,7 +262,9 @@ provision() {  # INDEX
     tar -C "$RUN_DIR/secrets" --exclude=./consul-agent-ca-key.pem -cf - . \
       | docker exec -i "$(node "$host")" sh -c 'mkdir -m 0700 /vagrant/.secrets && tar -C /vagrant/.secrets -xf -'
   fi
-  in_node "$host" env NODE_NAME="$host" NODE_ADDR="$addr" OPERATOR_CLUSTER="$NAME" \
+  local floating=()
+  [[ ${ROLES[$i]} == lb ]] && floating=(LB_FLOATING_ADDRESS="$FLOATING/24" LB_PEERS="${ADDRS[2]} ${ADDRS[3]}")
+  in_node "$host" env NODE_NAME="$host" NODE_ADDR="$addr" OPERATOR_CLUSTER="$NAME" "${floating[@]}" \
     CONSUL_TLS="$SECURE" CONSUL_GOSSIP="$SECURE" CONSUL_ACL="$SECURE" \
     CONSUL_HOST_CONFIG=/srv/node/host.hcl PIP_NO_INDEX=1 PIP_NO_BUILD_ISOLATION=0 \
     bash /vagrant/scripts/provision.sh "${ROLES[$i]}" >"$RUN_DIR/$host/provision.log" 2>&1 \
@@ -264,7 +274,7 @@ provision() {  # INDEX
 # Secured: the cluster's secrets, made here (the machine holds the CA key, the nodes do not).
 secrets_up() {
   local pairs=() i
-  for i in 0 1 2; do pairs+=("${HOSTS[$i]}=${ADDRS[$i]}"); done
+  for i in "${!HOSTS[@]}"; do pairs+=("${HOSTS[$i]}=${ADDRS[$i]}"); done
   CONSUL="$ROOT/.tools/bin/consul" bash "$ROOT/scripts/consul-secrets.sh" "$RUN_DIR/secrets" "${pairs[@]}" >/dev/null
 }
 
@@ -272,12 +282,12 @@ secrets_up() {
 # stdin (never a command line) and restarted; the containers keep running.
 acl_up() {
   local pairs=() i host unit role
-  for i in 0 1 2; do pairs+=("${HOSTS[$i]}=https://${ADDRS[$i]}:8501"); done
+  for i in "${!HOSTS[@]}"; do pairs+=("${HOSTS[$i]}=https://${ADDRS[$i]}:8501"); done
   CONSUL="$ROOT/.tools/bin/consul" CONSUL_CACERT="$RUN_DIR/secrets/consul-agent-ca.pem" \
     CONSUL_CLIENT_CERT="$RUN_DIR/secrets/host-1-client.pem" CONSUL_CLIENT_KEY="$RUN_DIR/secrets/host-1-client-key.pem" \
     bash "$ROOT/scripts/acl-bootstrap.sh" "$RUN_DIR/acl" "${pairs[@]}" >"$RUN_DIR/acl-bootstrap.log" 2>&1 \
     || { tail -20 "$RUN_DIR/acl-bootstrap.log" >&2; die "ACL bootstrap failed"; }
-  for i in 0 1 2; do
+  for i in "${!HOSTS[@]}"; do
     host=${HOSTS[$i]}
     if [[ ${ROLES[$i]} == app ]]; then unit=operator-agent role=operator-agent; else unit=operator-lb role=operator-lb; fi
     # shellcheck disable=SC2016
@@ -296,18 +306,37 @@ wait_healthy() {  # host addr
   die "$1 is not healthy after 60 s: $(curl -sS --max-time 2 "http://$2:9810/healthz" 2>&1 | tr '\n' ' ')"
 }
 
+holder() {  # the LB hosts that hold the floating address, space-separated
+  local i found=()
+  for i in "${!HOSTS[@]}"; do
+    [[ ${ROLES[$i]} == lb ]] || continue
+    docker exec "$(node "${HOSTS[$i]}")" ip -o -4 addr show 2>/dev/null | grep -q " $FLOATING/" && found+=("${HOSTS[$i]}")
+  done
+  echo "${found[*]}"
+}
+
+wait_floating() {
+  local held=""
+  for _ in $(seq 1 150); do
+    held=$(holder)
+    [[ -n $held && $held != *" "* ]] && return 0
+    sleep 0.2
+  done
+  die "the floating address $FLOATING: held by '${held:-no LB host}' after 30 s, not by one; keepalived: $(docker exec "$(node host-3)" journalctl -u keepalived --no-pager -n 20 2>&1 | tr '\n' ' ')"
+}
+
 cmd_up() {
   local started=$SECONDS i pids=()
   build
   mkdir -p "$RUN_DIR"
   network_up
-  for i in 0 1 2; do node_up "$i"; done
+  for i in "${!HOSTS[@]}"; do node_up "$i"; done
   for h in "${HOSTS[@]}"; do wait_booted "$h"; done
   for i in 0 1; do engine_up "${HOSTS[$i]}"; done
   # The three at once: each Consul server waits for the other two (bootstrap_expect = 3).
   ((SECURE)) && secrets_up
-  for i in 0 1 2; do provision "$i" & pids+=($!); done
-  for i in 0 1 2; do wait "${pids[$i]}" || die "provisioning ${HOSTS[$i]} failed"; done
+  for i in "${!HOSTS[@]}"; do provision "$i" & pids+=($!); done
+  for i in "${!HOSTS[@]}"; do wait "${pids[$i]}" || die "provisioning ${HOSTS[$i]} failed"; done
   local leader="" api="http://${ADDRS[0]}:8500" curl_tls=()
   if ((SECURE)); then
     acl_up
@@ -321,8 +350,9 @@ cmd_up() {
     sleep 0.2
   done
   [[ -n $leader ]] || die "no operator leader after 60 s"
-  for i in 0 1 2; do wait_healthy "${HOSTS[$i]}" "${ADDRS[$i]}"; done
-  say "up in $((SECONDS - started)) s: Consul on ${ADDRS[*]} (${api%%:*} :${api##*:}), agents of host-1 and host-2, NGINX on http://${ADDRS[2]}/"
+  for i in "${!HOSTS[@]}"; do wait_healthy "${HOSTS[$i]}" "${ADDRS[$i]}"; done
+  wait_floating
+  say "up in $((SECONDS - started)) s: Consul on ${ADDRS[*]} (${api%%:*} :${api##*:}), agents of host-1 and host-2, NGINX on http://${ADDRS[2]}/ and http://${ADDRS[3]}/, the floating address http://$FLOATING/ on $(holder)"
 }
 
 cmd_down() {
@@ -341,14 +371,16 @@ cmd_down() {
 }
 
 cmd_status() {
-  local h c
+  local h c held
+  held=$(holder)
   for h in "${HOSTS[@]}"; do
     c=$(node "$h")
     if [[ $(docker inspect -f '{{.State.Running}}' "$c" 2>/dev/null) != true ]]; then echo "$h: not running"; continue; fi
     echo "$h: systemd $(docker exec "$c" systemctl is-system-running 2>&1 || true);" \
-      "$(docker exec "$c" systemctl is-active consul operator-agent operator-lb nginx docker 2>/dev/null | paste -sd' ' || true)" \
-      "(consul operator-agent operator-lb nginx docker)"
+      "$(docker exec "$c" systemctl is-active consul operator-agent operator-lb nginx keepalived docker 2>/dev/null | paste -sd' ' || true)" \
+      "(consul operator-agent operator-lb nginx keepalived docker)"
   done
+  echo "floating address $FLOATING: held by ${held:-no LB host}"
 }
 
 cmd_destroy() {

@@ -7,7 +7,8 @@
 # usage: provision.sh app|lb
 #
 #   app  an app host: Docker, a Consul server, operator-agent.service
-#   lb   the load-balancer host: NGINX, a Consul server, operator-lb.service
+#   lb   a load-balancer host: NGINX, a Consul server (or client), operator-lb.service,
+#        and keepalived holding the floating address with the other LB hosts
 #
 # The packages and consul come from scripts/deps.sh, the same script as
 # `make deps`, told to install only a host's runtime packages and to put
@@ -20,6 +21,19 @@
 #                       registered with (default: bind_addr of the host config)
 #   OPERATOR_CLUSTER    the operator cluster's name written into the settings file
 #                       (default: the file's, "default"); letters, digits, '.', '_', '-'
+#
+# The floating address (lb hosts; docs/deploy.md, "Two load balancers"): keepalived
+# (VRRP, unicast between the LB hosts) puts it on the healthy LB host that holds it;
+# without LB_FLOATING_ADDRESS keepalived is installed but not configured (one LB).
+#   LB_FLOATING_ADDRESS the address clients use, with its prefix: 192.168.50.100/24
+#   LB_PEERS            every LB host's address, space-separated (this host's own is
+#                       skipped): VRRP adverts go to these only, and only theirs count
+#   LB_PRIORITY         1..254 (default 100). Equal on every LB host (the default): the
+#                       address stays where it is when a failed host returns. A higher
+#                       one makes this host the preferred, which takes it back when healthy
+#   LB_ROUTER_ID        VRRP virtual router id, 1..255 (default 51): one per pair on a
+#                       network segment
+#   LB_INTERFACE        where the address goes (default: the interface of NODE_ADDR)
 #
 # Secure by default (docs/deploy.md, "Hardening"); each is turned off only by
 # its own explicit 0:
@@ -73,6 +87,25 @@ OPERATOR_CLUSTER=${OPERATOR_CLUSTER:-default}
 for flag in CONSUL_ACL CONSUL_TLS CONSUL_GOSSIP; do
   [[ ${!flag} == 0 || ${!flag} == 1 ]] || die "$flag must be 0 or 1, got '${!flag}'"
 done
+LB_FLOATING_ADDRESS=${LB_FLOATING_ADDRESS:-}
+LB_PEERS=${LB_PEERS:-}
+LB_PRIORITY=${LB_PRIORITY:-100}
+LB_ROUTER_ID=${LB_ROUTER_ID:-51}
+LB_INTERFACE=${LB_INTERFACE:-}
+ipv4='([0-9]{1,3}\.){3}[0-9]{1,3}'
+if [[ -n $LB_FLOATING_ADDRESS ]]; then
+  [[ $ROLE == lb ]] || die "LB_FLOATING_ADDRESS is for the lb role only"
+  [[ $LB_FLOATING_ADDRESS =~ ^$ipv4/[0-9]{1,2}$ ]] \
+    || die "LB_FLOATING_ADDRESS must be an IPv4 address with its prefix (192.168.50.100/24), got '$LB_FLOATING_ADDRESS'"
+  for peer in $LB_PEERS; do
+    [[ $peer =~ ^$ipv4$ ]] || die "LB_PEERS: '$peer' is not an IPv4 address"
+  done
+  [[ $LB_PRIORITY =~ ^[0-9]+$ ]] && ((LB_PRIORITY >= 1 && LB_PRIORITY <= 254)) \
+    || die "LB_PRIORITY must be 1..254, got '$LB_PRIORITY'"
+  [[ $LB_ROUTER_ID =~ ^[0-9]+$ ]] && ((LB_ROUTER_ID >= 1 && LB_ROUTER_ID <= 255)) \
+    || die "LB_ROUTER_ID must be 1..255, got '$LB_ROUTER_ID'"
+  [[ -z $LB_INTERFACE || $LB_INTERFACE =~ ^[A-Za-z0-9._-]+$ ]] || die "LB_INTERFACE: '$LB_INTERFACE' is not an interface name"
+fi
 systemd_runs() { [[ -d /run/systemd/system ]]; }
 
 # --- packages and consul: the same script as `make deps` --------------------------
@@ -82,7 +115,7 @@ if [[ $ROLE == app ]]; then
   # The engine: started by its package under systemd; deps.sh checks that it answers.
   systemd_runs && steps="$steps engine"
 else
-  packages="nginx iproute2 curl ca-certificates python3-venv"
+  packages="nginx keepalived iproute2 curl ca-certificates python3-venv"
   steps="packages consul"
 fi
 DEPS_STEPS=$steps DEPS_PACKAGES=$packages PREFIX=$PREFIX bash "$ROOT/scripts/deps.sh"
@@ -215,6 +248,113 @@ if [[ $CONSUL_TLS == 1 ]]; then
 fi
 chown "$SERVICE_USER:$SERVICE_USER" "$envfile"
 chmod 0600 "$envfile"
+# keepalived_config: the floating address (LB_*), keepalived's settings and checks.
+keepalived_config() {
+  local iface=$LB_INTERFACE listen metrics peers="" peer tmp
+  if [[ -z $iface ]]; then
+    iface=$(ip -o -4 addr show | awk -v a="$NODE_ADDR" 'index($4, a "/") == 1 {print $2; exit}')
+    [[ -n $iface ]] || die "no interface has $NODE_ADDR: set LB_INTERFACE"
+  fi
+  # What the checks connect to: the settings file's listen and metrics addresses,
+  # the wildcard as the loopback.
+  listen=$(sed -n 's/^OPERATOR_LISTEN=//p' "$envfile" | tail -1)
+  metrics=$(sed -n 's/^OPERATOR_METRICS=//p' "$envfile" | tail -1)
+  listen=${listen:-0.0.0.0:80}
+  metrics=${metrics:-127.0.0.1:9810}
+  listen=${listen/#0.0.0.0:/127.0.0.1:}
+  metrics=${metrics/#0.0.0.0:/127.0.0.1:}
+  for peer in $LB_PEERS; do
+    [[ $peer == "$NODE_ADDR" ]] || peers+="    $peer"$'\n'
+  done
+  [[ -n $peers ]] || die "LB_PEERS names no LB host but this one: the floating address needs a peer"
+  # The checks run as this user (keepalived's default script user), never as root.
+  id keepalived_script >/dev/null 2>&1 \
+    || useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin keepalived_script
+  install_file 0755 "$ROOT/deploy/keepalived/consul-has-leader" /usr/local/lib/consul-operator/consul-has-leader
+  tmp=$(mktemp)
+  cat >"$tmp" <<KEEPALIVED
+# /etc/keepalived/keepalived.conf of $NODE_NAME: written by scripts/provision.sh lb from
+# LB_FLOATING_ADDRESS, LB_PEERS, LB_PRIORITY, LB_ROUTER_ID (docs/deploy.md, "Two load
+# balancers"). Run provision.sh again to change it; edits here are overwritten.
+global_defs {
+  router_id $NODE_NAME
+  # VRRP version 3: adverts every half second (version 2 counts whole seconds).
+  vrrp_version 3
+  enable_script_security
+  script_user keepalived_script
+}
+
+# NGINX answers on its listen address (any HTTP status: it is up). One failure puts
+# this host in FAULT: the address goes to the peer at once, whatever the priorities.
+vrrp_script nginx {
+  script "/usr/bin/curl -s -o /dev/null --max-time 1 http://$listen/"
+  interval 1
+  timeout 2
+  fall 1
+  rise 2
+}
+
+# operator lb's /healthz (its loop passes, it reaches Consul, NGINX accepts).
+# Two failures lower the priority by 50: a healthy peer (higher now) takes the
+# address; when both fail (a Consul outage), the holder keeps it and NGINX serves
+# the last good config.
+vrrp_script operator_lb {
+  script "/usr/bin/curl -fs -o /dev/null --max-time 1 http://$metrics/healthz"
+  interval 1
+  timeout 2
+  fall 2
+  rise 2
+  weight -50
+}
+
+# This host's Consul knows a leader: it is on the majority's side. Two failures
+# lower the priority by 50: a host cut off from the others yields to its peer when
+# the cut heals (both held the address meanwhile). Root: it reads the client key.
+vrrp_script consul {
+  script "/usr/local/lib/consul-operator/consul-has-leader"
+  user root
+  interval 1
+  timeout 2
+  fall 2
+  rise 2
+  weight -50
+}
+
+vrrp_instance consul_operator_lb {
+  # Every host starts as a backup: the first to find no master takes the address.
+  state BACKUP
+  interface $iface
+  virtual_router_id $LB_ROUTER_ID
+  # Equal on every LB host (the default): a returning host does not take the address back.
+  priority $LB_PRIORITY
+  advert_int 0.5
+  # Unicast VRRP: no multicast needed; adverts from other sources are ignored.
+  unicast_src_ip $NODE_ADDR
+  unicast_peer {
+$peers  }
+  check_unicast_src
+  virtual_ipaddress {
+    $LB_FLOATING_ADDRESS dev $iface
+  }
+  track_script {
+    nginx
+    operator_lb
+    consul
+  }
+}
+KEEPALIVED
+  install_file 0644 "$tmp" /etc/keepalived/keepalived.conf
+  rm -f "$tmp"
+  # Stopped before NGINX and operator-lb at shutdown (started after them): a host
+  # that goes down hands the address over before it stops serving.
+  tmp=$(mktemp)
+  printf '%s\n' "# Installed by scripts/provision.sh lb: the floating address is given up before NGINX stops." \
+    "[Unit]" "After=nginx.service operator-lb.service" >"$tmp"
+  install_file 0644 "$tmp" /etc/systemd/system/keepalived.service.d/consul-operator.conf
+  rm -f "$tmp"
+  # operator lb exports whether this host holds the address, and status shows it.
+  set_env OPERATOR_FLOATING_ADDRESS "${LB_FLOATING_ADDRESS%/*}"
+}
 if [[ $ROLE == app ]]; then
   # No registry: the demo image is built on every app host.
   if docker info >/dev/null 2>&1; then
@@ -230,6 +370,11 @@ else
     say "removed NGINX's default site"
   fi
   install -d -m 0755 /etc/nginx/conf.d
+  if [[ -n $LB_FLOATING_ADDRESS ]]; then
+    keepalived_config
+  elif [[ -f /etc/keepalived/keepalived.conf ]]; then
+    say "keeping /etc/keepalived/keepalived.conf (no LB_FLOATING_ADDRESS given): remove it by hand for one LB"
+  fi
 fi
 
 # --- start --------------------------------------------------------------------------
@@ -257,4 +402,17 @@ if ((operator_changed)) || [[ $changed == *" /etc/systemd/system/$UNIT.service "
 else
   systemctl start "$UNIT.service"
 fi
-say "done: consul and $UNIT run ($(systemctl is-active consul.service "$UNIT.service" | tr '\n' ' '))"
+running="consul.service $UNIT.service"
+if [[ $ROLE == lb && -s /etc/keepalived/keepalived.conf ]]; then
+  # After NGINX and the daemon: it takes the address only once its checks pass.
+  systemctl enable --quiet keepalived.service
+  if [[ $changed == *" /etc/keepalived/"* || $changed == *" /etc/systemd/system/keepalived.service.d/"* ]]; then
+    systemctl restart keepalived.service  # a holder hands the address to its peer meanwhile
+    say "keepalived restarted (configuration changed)"
+  else
+    systemctl start keepalived.service
+  fi
+  running+=" keepalived.service"
+fi
+# shellcheck disable=SC2086
+say "done: ${running//.service/} run ($(systemctl is-active $running | tr '\n' ' '))"

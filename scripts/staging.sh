@@ -252,6 +252,13 @@ remove_containers() {
     docker rm -f $ids >/dev/null
     say "removed containers labelled $LABEL_CLUSTER: $(echo $ids | wc -w)"
   fi
+  # Replicas' named volumes (manifests' volumes:) carry the same label; the data goes with the state.
+  ids=$(docker volume ls -q --filter "label=$LABEL_CLUSTER")
+  if [[ -n $ids ]]; then
+    # shellcheck disable=SC2086
+    docker volume rm -f $ids >/dev/null
+    say "removed volumes labelled $LABEL_CLUSTER: $(echo $ids | wc -w)"
+  fi
 }
 
 agents_up() {

@@ -44,7 +44,7 @@ from consul_operator.core.errors import (
     NotLeader,
     consul_trouble,
 )
-from consul_operator.core.model import ServiceInstance
+from consul_operator.core.model import EXTRA_PORT_CHECK_SUFFIX, ServiceInstance
 from consul_operator.core.txn import (
     CONSUL_MAX_TXN_OPS,
     CONSUL_MAX_VALUE_BYTES,
@@ -66,6 +66,10 @@ DEFAULT_WAIT = 30.0  # seconds a blocking query may be held by Consul
 READABLE_FOR = 60.0  # seconds a KV prefix found readable by the ACL token is not probed again (`kv_trees`)
 # A host name (letters, digits, dots, hyphens, underscores) or an IP address (IPv6 without brackets here).
 _HOST = re.compile(r"[A-Za-z0-9._-]+|[0-9A-Fa-f:.]+")
+
+
+SERF_FAILED = 4
+"""A member's status in /v1/agent/members when gossip declared it failed (1 alive, 3 left)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,11 +360,18 @@ class ConsulClient:
     # --- KV -------------------------------------------------------------------
 
     def kv_get(
-        self, key: str, *, index: int = 0, wait: float = DEFAULT_WAIT, consistent: bool = False
+        self,
+        key: str,
+        *,
+        index: int = 0,
+        wait: float = DEFAULT_WAIT,
+        consistent: bool = False,
+        timeout: float | None = None,
     ) -> Indexed[KVEntry | None]:
-        """Read one key (blocking when ``index`` > 0)."""
+        """Read one key (blocking when ``index`` > 0); ``timeout`` overrides the client's for this call."""
+        client = self._client if timeout is None else self._client_with_timeout(timeout)
         with _wrapped(f"reading KV {key!r}"):
-            idx, raw = self._client.kv.get(
+            idx, raw = client.kv.get(
                 key,
                 index=index or None,
                 wait=_go_duration(wait),
@@ -747,6 +758,27 @@ class ConsulClient:
             info = self._client.http.get(CB.json(), "/v1/agent/self", headers=self._client.prepare_headers())
         return str(info["Config"]["NodeName"])
 
+    def failed_members(self) -> list[tuple[str, str]]:
+        """The LAN members our agent sees as failed (serf status 4): (name, gossip address host:port)."""
+        with _wrapped("listing Consul's members"):
+            members = self._client.http.get(
+                CB.json(), "/v1/agent/members", headers=self._client.prepare_headers()
+            )
+        return [
+            (str(m.get("Name", "")), f"{m.get('Addr', '')}:{m.get('Port', 8301)}")
+            for m in members or []
+            if m.get("Status") == SERF_FAILED
+        ]
+
+    def join(self, address: str) -> None:
+        """Ask our agent to join the member at ``address`` (host:port of its LAN gossip)."""
+        with _wrapped(f"joining {address}"):
+            self._client.http.put(
+                CB.boolean(),
+                f"/v1/agent/join/{urllib.parse.quote(address, safe=':')}",
+                headers=self._client.prepare_headers(),
+            )
+
     def register_service(self, definition: Mapping[str, Any], *, timeout: float | None = None) -> None:
         """Register a service (Consul's JSON service definition) on the local agent.
 
@@ -885,6 +917,8 @@ class ConsulClient:
         service_of: dict[tuple[str, str], str] = {}
         for check in checks or []:
             ok = check["Status"] == "passing"
+            if str(check.get("CheckID", "")).endswith(EXTRA_PORT_CHECK_SUFFIX):
+                continue  # a replica's extra port (`ports:`), not a replica
             if check.get("ServiceID"):
                 key = (check["Node"], check["ServiceID"])
                 instance_ok[key] = instance_ok.get(key, True) and ok

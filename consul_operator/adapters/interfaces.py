@@ -88,8 +88,12 @@ class Containers(Protocol):
         """Ours on this host (``starting``: names being started, looked at even half-created)."""
         ...
 
-    def start(self, manifest: Manifest, *, name: str) -> ContainerInfo:
-        """Create and start one replica of ``manifest`` named ``name``."""
+    def ensure_volumes(self, manifest: Manifest, slot: int | None, /) -> tuple[str, ...]:
+        """Create replica ``slot``'s named volumes that do not exist yet; the names of those created."""
+        ...
+
+    def start(self, manifest: Manifest, *, name: str, slot: int | None = None) -> ContainerInfo:
+        """Create and start one replica of ``manifest`` named ``name`` (in ``slot``: its volumes)."""
         ...
 
     def stop(self, container_id: str, grace: float, /) -> None:
@@ -116,6 +120,11 @@ class Catalog(Protocol):
         self, container: ContainerInfo, manifest: Manifest, /, *, probe: bool = True
     ) -> bool:
         """Register a replica just started; whether its check passed at once."""
+        ...
+
+    def register_restored(self, container: ContainerInfo, manifest: Manifest, /) -> bool:
+        """Register again, passing, a replica whose check a restarted Consul restored critical, if it
+        passes when run now; whether it did."""
         ...
 
     def deregister(self, service_id: str, /) -> None:

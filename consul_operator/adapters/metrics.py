@@ -7,6 +7,7 @@ label a fixed set of values listed next to its metric.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
 import ssl
@@ -104,26 +105,38 @@ LEADER_SERVICE_GAUGES = (
 )
 
 
+_UNPLACED_CAUSE: dict[str, str] = {}
+"""The cause under which each service's unplaced replicas are exported now (one series per service)."""
+_UNPLACED_LOCK = threading.Lock()
+
+
 def set_unplaced(service: str, count: int, cause: str) -> None:
-    """Export ``service``'s unplaced replicas under their cause, and no other cause's series."""
-    for labels in [key for key in _series(unplaced_replicas) if key[0] == service and key[1] != cause]:
-        unplaced_replicas.remove(*labels)
-    unplaced_replicas.labels(service, cause).set(count)
+    """Export ``service``'s unplaced replicas under their cause, and no other cause's series.
+
+    The cause exported is remembered per service: listing the gauge's series
+    (``collect``) on every call made a leader pass over 1,000 services take
+    seconds (a million samples built per pass: issue 31's profile).
+    """
+    with _UNPLACED_LOCK:
+        before = _UNPLACED_CAUSE.get(service)
+        if before is not None and before != cause:
+            with contextlib.suppress(KeyError):
+                unplaced_replicas.remove(service, before)
+        _UNPLACED_CAUSE[service] = cause
+        unplaced_replicas.labels(service, cause).set(count)
 
 
-def drop_unplaced(service: str) -> None:
-    """Stop exporting ``service``'s unplaced replicas (a deleted service)."""
-    for labels in [key for key in _series(unplaced_replicas) if key[0] == service]:
-        unplaced_replicas.remove(*labels)
-
-
-def _series(metric: Gauge) -> list[tuple[str, str]]:
-    """The (service, cause) of every series of ``operator_unplaced_replicas`` exported now."""
-    return [
-        (sample.labels["service"], sample.labels["cause"])
-        for family in metric.collect()
-        for sample in family.samples
-    ]
+def drop_unplaced(service: str | None = None) -> None:
+    """Stop exporting ``service``'s unplaced replicas (a deleted service); every service's for None."""
+    with _UNPLACED_LOCK:
+        if service is None:
+            _UNPLACED_CAUSE.clear()
+            unplaced_replicas.clear()
+            return
+        cause = _UNPLACED_CAUSE.pop(service, None)
+        if cause is not None:
+            with contextlib.suppress(KeyError):
+                unplaced_replicas.remove(service, cause)
 
 
 consecutive_failures = Gauge(
@@ -154,6 +167,11 @@ container_actions = Counter(
 )
 is_leader = Gauge("operator_is_leader", "1 while this agent holds the leader lock.", ["host"])
 leader_changes = Counter("operator_leader_changes_total", "Times this agent gained or lost the leader lock.")
+agent_registrations = Counter(
+    "operator_agent_registrations_total",
+    "Registrations of this agent's own service and TTL check with its Consul agent: the first, "
+    "then one each time Consul answers that it lost the check (never one per timed-out heartbeat).",
+)
 orphan_sessions_reaped = Counter(
     "operator_orphan_sessions_reaped_total",
     "Leader-election sessions of an earlier run of this agent (killed, restarted within its TTL) "
@@ -213,6 +231,12 @@ lb_quarantined = Gauge(
     "operator_lb_quarantined_services",
     "Services whose fresh upstream nginx -t refuses: held back at their last good upstream (or 503) "
     "while every other service is served fresh.",
+)
+lb_floating_address_held = Gauge(
+    "operator_lb_floating_address_held",
+    "1 while this load balancer's host holds the floating address (keepalived put it on one of "
+    "its interfaces), 0 while another LB host does; exported with --floating-address only.",
+    ["address"],
 )
 consul_requests = Counter(
     "operator_consul_requests_total", "Requests this process sent to Consul (blocking queries included)."

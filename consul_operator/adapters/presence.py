@@ -18,12 +18,16 @@ admin's) token: a phantom host would get replicas that never run or move.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 
 import structlog
 
+from consul_operator.adapters import metrics
 from consul_operator.adapters.consul_client import ConsulClient, KVEntry
+from consul_operator.core.backoff import RETRY_CAP, exponential
 from consul_operator.core.desired_state import (
     LABEL_KEY_RE,
     RESERVED_SERVICE_NAMES,
@@ -33,7 +37,7 @@ from consul_operator.core.desired_state import (
     parse_cpus,
     parse_memory,
 )
-from consul_operator.core.errors import ConsulError
+from consul_operator.core.errors import ConsulError, ConsulUnavailable
 from consul_operator.core.keys import Layout
 from consul_operator.core.model import META_CLUSTER, META_HOST, META_MANAGED_BY, ServiceInstance
 from consul_operator.core.ownership import AgentHost
@@ -48,6 +52,9 @@ META_CAPACITY_MEMORY = "capacity-memory"
 META_CAPACITY_CPUS = "capacity-cpus"
 CLAIM_EVERY = 10
 """Heartbeats between two checks of the agent's node claim (``operator/agents/<host>``)."""
+AWAY_BEAT = 0.1
+"""Seconds between two beats while Consul is away: its return is seen at once (a restart restores our
+replicas' checks critical, and the host pass registers them again passing before Consul's first sync)."""
 
 
 def agent_service_id(host: str) -> str:
@@ -85,8 +92,10 @@ class Presence:
         capacity: Resources | None = None,
         layout: Layout | None = None,
         node: str = "",
+        on_return: Callable[[], None] = lambda: None,
     ) -> None:
         self.consul = consul
+        self.on_return = on_return
         self.layout = layout
         self.node = node
         self.host = host
@@ -98,11 +107,16 @@ class Presence:
         self.registered = threading.Event()
 
     def claim_node(self) -> None:
-        """Write ``operator/agents/<host>`` with our Consul node, unless it says so already."""
+        """Write ``operator/agents/<host>`` with our Consul node, unless it says so already.
+
+        The read gives up after a third of the TTL, as a beat does: it needs Consul's
+        Raft leader, and a host cut off from the majority has none for as long as
+        the cut lasts, while its own agent still takes the beats.
+        """
         if self.layout is None or not self.node:
             return
         key, record = self.layout.agent_key(self.host), AgentRecord(self.host, self.node)
-        entry = self.consul.kv_get(key).value
+        entry = self.consul.kv_get(key, timeout=self.ttl / 3).value
         if entry is None or entry.value != record.to_json():
             self.consul.kv_put(key, record.to_json())
 
@@ -129,29 +143,64 @@ class Presence:
             # Within the TTL, as every beat: a re-registration is a beat too.
             timeout=self.ttl / 3,
         )
+        metrics.agent_registrations.inc()
         self.registered.set()
 
     def heartbeat(self, stop: threading.Event) -> None:
-        """Pass the TTL check every third of its TTL until ``stop``; re-register when it is gone.
+        """Pass the TTL check every third of its TTL until ``stop``; re-register when Consul lost it.
 
-        Every `CLAIM_EVERY` beats the node claim is checked again (an admin's clean-up of ``operator/``).
+        Only an answer makes a registration again: a beat that times out or
+        finds Consul away beats again (a stalled Consul would otherwise queue
+        one registration per beat and run them all when it resumes, issue 33;
+        a restarted one restores the check from its data directory, and the next
+        beat passes it). A failed registration is tried again after a capped
+        exponential back-off (a third of the TTL, doubling, at most
+        `backoff.RETRY_CAP`), beats going on meanwhile. Every `CLAIM_EVERY`
+        beats the node claim is checked again (an admin's clean-up of ``operator/``).
         """
         beats = 0
+        failed_registrations = 0
+        register_after = 0.0  # monotonic
+        away = False  # the last beat found Consul away
         while not stop.is_set():
             try:
                 beats += 1
                 if not self.registered.is_set():
-                    self.register()
-                elif beats % CLAIM_EVERY == 0:
-                    self.claim_node()
+                    if time.monotonic() < register_after:
+                        stop.wait(self.ttl / 3)
+                        continue
+                    try:
+                        self.register()
+                        failed_registrations = 0
+                    except ConsulError:
+                        failed_registrations += 1
+                        wait = exponential(failed_registrations, self.ttl / 3, RETRY_CAP)
+                        register_after = time.monotonic() + wait
+                        raise
                 # A third of the TTL: a slow Consul fails the beat in time for the next one.
                 self.consul.check_pass(ttl_check_id(self.host), timeout=self.ttl / 3)
+                if away:
+                    log.info("Consul answers heartbeats again", host=self.host)
+                    self.on_return()
+                away = False
+                # After the beat, never before it: a claim that cannot be read (a host cut off
+                # from the Raft majority) must not cost the beat, and with it the TTL check
+                # (a node run: critical locally during a cut, and stale-critical in the
+                # catalog for over 30 s after the heal, so the host was not live).
+                if beats % CLAIM_EVERY == 0:
+                    # No Raft leader on our side (a cut): the next claim check tries again.
+                    with contextlib.suppress(ConsulUnavailable):
+                        self.claim_node()
+            except ConsulUnavailable as exc:
+                # Slow or away: the check is still there (or comes back with Consul's data).
+                if not away:
+                    log.warning("heartbeat failed", host=self.host, error=str(exc))
+                away = True
             except ConsulError as exc:
-                # The local agent lost the check (restarted without its data) or is away:
-                # register again on the next beat.
+                # Consul answered that it lacks the check (restarted without its data): register again.
                 self.registered.clear()
-                log.warning("heartbeat failed", host=self.host, error=str(exc))
-            stop.wait(self.ttl / 3)
+                log.warning("heartbeat refused: registering again", host=self.host, error=str(exc))
+            stop.wait(AWAY_BEAT if away else self.ttl / 3)
 
 
 def is_agent_registration(instance: ServiceInstance, nodes: Mapping[str, str]) -> bool:

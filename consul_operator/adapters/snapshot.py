@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 
 from consul_operator.adapters.consul_client import ConsulClient, KVEntry
 from consul_operator.adapters.kv_state import (
+    StatusCache,
     TreeMirror,
     host_records_of,
     manifests_of,
@@ -22,6 +23,7 @@ from consul_operator.adapters.kv_state import (
     rollouts_of,
     statuses_of,
 )
+from consul_operator.adapters.lb_presence import read_lbs
 from consul_operator.adapters.presence import (
     agent_nodes_of,
     agent_registrations,
@@ -32,6 +34,7 @@ from consul_operator.adapters.presence import (
 from consul_operator.core.cluster_state import ClusterState, passing_per_host
 from consul_operator.core.desired_state import ManifestError, Resources, is_dns_label, parse_manifest
 from consul_operator.core.keys import Layout
+from consul_operator.core.model import is_extra_port
 from consul_operator.core.ownership import owned
 from consul_operator.core.status import ClusterSnapshot, HostRow
 
@@ -44,6 +47,7 @@ def read_cluster_state(
     passing_of: Callable[[ClusterState], Iterable[str]],
     leader: bool = False,
     services: TreeMirror | None = None,
+    statuses: StatusCache | None = None,
 ) -> ClusterState:
     """Read every record once, then the passing instances of the services ``passing_of`` names.
 
@@ -57,7 +61,8 @@ def read_cluster_state(
     (empty) so that the leader can remove it, and every service's passing
     count (its gauges). ``services``: the loop's mirror of ``services/``
     (`kv_state.TreeMirror`: only changed manifests are read), read just after
-    the transaction; without one, ``services/`` is part of it.
+    the transaction; without one, ``services/`` is part of it. ``statuses``: the loop's
+    status records parsed by its last read (`kv_state.StatusCache`), reused while unchanged.
     """
     prefixes = [
         *([] if services is not None else [layout.services_prefix]),
@@ -73,7 +78,7 @@ def read_cluster_state(
     manifests = trees[layout.services_prefix] if services is None else services.read(consul)
     nodes = agent_nodes_of(trees[layout.agents_prefix], layout)
     registrations = agent_registrations(consul, cluster, layout, nodes=nodes)
-    statuses = statuses_of(trees[layout.status_prefix], layout, keep_unreadable=leader)
+    records = statuses_of(trees[layout.status_prefix], layout, keep_unreadable=leader, cache=statuses)
     state = ClusterState(
         manifests=manifests_of(manifests, layout, by_index=services is not None),
         placements=placements_of(trees[layout.placement_prefix], layout),
@@ -87,11 +92,16 @@ def read_cluster_state(
         hosts=hosts_of(registrations),
         capacities=capacities_of(registrations),
         agents=tuple(agents_of(registrations)),
-        statuses=statuses,
+        statuses=records,
         maintenance=host_records_of(trees[layout.hosts_prefix], layout),
     )
     passing = {
-        name: owned(consul.health_service(name, passing=True).value, cluster, state.agents, statuses).kept
+        name: owned(
+            [i for i in consul.health_service(name, passing=True).value if not is_extra_port(i)],
+            cluster,
+            state.agents,
+            records,
+        ).kept
         for name in sorted(set(passing_of(state)))
         if is_dns_label(name)
     }
@@ -154,4 +164,5 @@ def read_snapshot(consul: ConsulClient, layout: Layout, cluster: str | None, now
         rollouts=state.rollouts,
         maintenance=state.maintenance,
         capacities=state.capacities,
+        load_balancers=read_lbs(consul, cluster),
     )

@@ -31,7 +31,7 @@ from consul_operator.core.durations import format_duration
 from consul_operator.core.errors import ConsulError, ConsulPermissionDenied
 from consul_operator.core.keys import Layout
 from consul_operator.core.maintenance import drain_remains, only_stuck_left
-from consul_operator.core.model import HostInfo
+from consul_operator.core.model import HostInfo, is_extra_port
 from consul_operator.core.reconcile import schedule
 from consul_operator.core.records import HostRecord, RollbackRequest, RolloutRecord, RolloutState
 from consul_operator.core.status import (
@@ -45,6 +45,7 @@ from consul_operator.core.status import (
 )
 from consul_operator.core.terminal import clean_lines
 from consul_operator.core.txn import fits_one_transaction, pack_writes, txn_operation
+from consul_operator.core.volumes import RemovalRequest
 
 EXIT_OK = 0
 EXIT_NOT_OK = 1
@@ -79,7 +80,7 @@ def _only(view: StatusView, names: Sequence[str]) -> StatusView:
     if not names:
         return view
     services = tuple(s for s in view.services if s.name in names)
-    return StatusView(view.now, view.leader, view.leader_since, view.hosts, services)
+    return StatusView(view.now, view.leader, view.leader_since, view.hosts, services, view.load_balancers)
 
 
 def _unreachable(exc: ConsulError) -> int:
@@ -481,17 +482,24 @@ def _rollback_facts(target: Target, name: str) -> tuple[Manifest | str | None, R
     return manifest, rollout
 
 
-def delete(target: Target, names: Sequence[str]) -> int:
-    """Delete manifests: the agents drain and remove every replica."""
+def delete(target: Target, names: Sequence[str], *, volumes: bool = False) -> int:
+    """Delete manifests: the agents drain and remove every replica. Their volumes stay unless
+    ``volumes``: then each agent removes its own once the replicas are gone (`core.volumes`)."""
     code = EXIT_OK
     try:
         for name in names:
             key = target.layout.service_key(name)
+            removal = target.layout.volume_removal_key(name)
             if target.consul.kv_get(key).value is None:
                 _say(f"{name}: no such service", err=True)
                 code = EXIT_NOT_OK
                 continue
             target.consul.kv_delete(key)
+            if volumes:
+                target.consul.kv_put(removal, RemovalRequest(time.time()).to_json())
+                _say(f"{name}: deleted; its volumes are removed once its replicas are gone")
+                continue
+            target.consul.kv_delete(removal)  # an older request must not remove what is kept now
             _say(f"{name}: deleted")
     except ConsulError as exc:
         return _unreachable(exc)
@@ -666,7 +674,8 @@ def describe(target: Target, name: str, *, as_json: bool) -> int:
         entry = target.consul.kv_get(target.layout.service_key(name)).value
         spec = entry.value.decode("utf-8", "replace") if entry is not None else ""
         records = read_statuses(target.consul, target.layout).get(name, {})
-        instances = target.consul.health_service(name).value if is_dns_label(name) else []
+        listed = target.consul.health_service(name).value if is_dns_label(name) else []
+        instances = [i for i in listed if not is_extra_port(i)]
         recent = read_events(target.consul, target.layout, name, now=now)
     except ConsulError as exc:
         return _unreachable(exc)

@@ -24,7 +24,12 @@ from consul_operator.adapters.logs import configure as configure_logs
 from consul_operator.adapters.presence import parse_label
 from consul_operator.cli import commands
 from consul_operator.cli.commands import Target
-from consul_operator.core.desired_state import is_dns_label, parse_capabilities, parse_capacity
+from consul_operator.core.desired_state import (
+    is_dns_label,
+    parse_allowed_host_path,
+    parse_capabilities,
+    parse_capacity,
+)
 from consul_operator.core.durations import DurationError, parse_duration
 from consul_operator.core.keys import Layout, kv_prefix
 from consul_operator.core.spread import DEFAULT_SETTLE, SpreadSettings
@@ -71,6 +76,14 @@ def _capabilities(text: str) -> frozenset[str]:
     """argparse type for --allow-cap NET_ADMIN,SYS_TIME."""
     try:
         return parse_capabilities(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _host_path(text: str) -> str:
+    """argparse type for --allow-host-path /srv."""
+    try:
+        return parse_allowed_host_path(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
@@ -244,6 +257,7 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
         consul_tls=consul_tls(args, os.environ),
         metrics_tls=_metrics_tls(args),
         allowed_caps=frozenset().union(*args.allow_cap),
+        allowed_host_paths=tuple(sorted(set(args.allow_host_path))),
         page_token_file=args.page_token_file,
     )
 
@@ -272,6 +286,7 @@ def cmd_lb(args: argparse.Namespace) -> int:
         metrics_tls=_metrics_tls(args),
         page_token_file=args.page_token_file,
         hold_last_good=args.hold_last_good,
+        floating_address=args.floating_address,
     )
     return run_lb(config)
 
@@ -359,7 +374,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_delete(args: argparse.Namespace) -> int:
     """Delete manifests."""
-    return commands.delete(_target(args), args.names)
+    return commands.delete(_target(args), args.names, volumes=args.volumes)
 
 
 def _listen(text: str) -> str:
@@ -373,6 +388,16 @@ def _listen(text: str) -> str:
     if not ok:
         raise argparse.ArgumentTypeError(f"must look like ADDR:PORT with an IP address, got {text!r}")
     return text
+
+
+def _floating_address(text: str) -> str:
+    """argparse type for an IP address without a prefix (keepalived's floating address)."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be an IP address without a prefix (192.168.50.100), got {text!r}"
+        ) from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -432,6 +457,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CAP,...",
         help="capabilities a manifest's cap_add may give replicas here, e.g. NET_ADMIN (default: none; "
         "every replica keeps only CHOWN, SETGID and SETUID of Docker's defaults)",
+    )
+    agent.add_argument(
+        "--allow-host-path",
+        action="append",
+        default=[],
+        type=_host_path,
+        metavar="DIR",
+        help="a directory whose subdirectories a manifest's volumes may mount (host_path); repeatable "
+        "(default: none). Never /, /proc, /sys, /dev or a Docker socket or a directory above one",
     )
     _add_metrics(agent)
     agent.add_argument("--ttl", type=_duration, default=3.0, help="TTL of the agent's liveness check (3s)")
@@ -495,6 +529,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep a service's last good upstream this long while its agents report none of its "
         "passing instances (status records deleted) (60s)",
     )
+    lb.add_argument(
+        "--floating-address",
+        type=_floating_address,
+        default=os.environ.get("OPERATOR_FLOATING_ADDRESS") or None,
+        metavar="ADDRESS",
+        help="the address keepalived moves between the LB hosts: exported (whether this host holds "
+        "it) and shown by `operator status` (default: $OPERATOR_FLOATING_ADDRESS, else none)",
+    )
     lb.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     lb.add_argument("--log-json", action="store_true", default=None, help="JSON log lines even on a tty")
     lb.set_defaults(func=cmd_lb)
@@ -555,6 +597,12 @@ def build_parser() -> argparse.ArgumentParser:
     delete = sub.add_parser("delete", help="delete services: their replicas are drained and removed")
     _add_common(delete)
     delete.add_argument("names", nargs="+", metavar="NAME", type=_host_name)
+    delete.add_argument(
+        "--volumes",
+        action="store_true",
+        help="also remove the services' named volumes on every host, once their replicas are gone "
+        "(default: the volumes stay, with their data)",
+    )
     delete.set_defaults(func=cmd_delete)
 
     cordon = sub.add_parser("cordon", help="no new replicas on a host (what runs there stays)")

@@ -5,7 +5,9 @@ its wait and keeps its own count of failures:
 
 * a failed loop pass, a lost Docker event stream, a failed NGINX reload:
   `retry_delay` (0.5 s doubling to 10 s: cheap even while a dependency is away);
-* a lost watch: ``kv_state.watch`` (0.5 s doubling to 5 s);
+* a lost watch: ``kv_state.watch`` (0.5 s, then 1 s);
+* the agent's own registration with Consul: ``presence.Presence.heartbeat`` (a third of the TTL
+  doubling to `RETRY_CAP`);
 * a crashing service, a failing container or registration action, a service
   whose leader writes Consul refuses: a `Backoff` value (1 s doubling to 60 s),
   which also remembers when the next try may start and why the last one failed.

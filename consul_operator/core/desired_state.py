@@ -124,10 +124,14 @@ _TOP_FIELDS: Final = (
     "read_only",
     "tmpfs",
     "cap_add",
+    "ports",
+    "lb_port",
+    "volumes",
 )
 _RESOURCE_FIELDS: Final = ("memory", "cpus")
 _UPDATE_FIELDS: Final = ("max_surge", "max_unavailable", "min_healthy", "deadline", "auto_rollback")
-_PLACEMENT_FIELDS: Final = ("hosts", "max_per_host", "labels", "rebalance")
+_PLACEMENT_FIELDS: Final = ("hosts", "max_per_host", "labels", "rebalance", "lost_grace")
+_VOLUME_FIELDS: Final = ("name", "path", "host_path", "read_only")
 _HEALTH_FIELDS: Final = ("http", "interval", "timeout")
 # What a container *is*; see Manifest.spec_hash.
 _SPEC_FIELDS: Final = (
@@ -143,11 +147,37 @@ _SPEC_FIELDS: Final = (
     "read_only",
     "tmpfs",
     "cap_add",
+    "ports",
+    "lb_port",
+    "volumes",
 )
 # Privilege fields: in the normalised form (and so in the spec hash and the kept revisions)
 # only when set, so that a manifest without them keeps the hash and the revision it had
 # before they existed, and an agent of the previous release still reads its revisions.
-_PRIVILEGE_DEFAULTS: Final[dict[str, object]] = {"user": None, "read_only": False, "tmpfs": [], "cap_add": []}
+_PRIVILEGE_DEFAULTS: Final[dict[str, object]] = {
+    "user": None,
+    "read_only": False,
+    "tmpfs": [],
+    "cap_add": [],
+    "ports": {},
+    "lb_port": None,
+    "volumes": [],
+}
+MAX_VOLUMES: Final = 16
+VOLUME_LOST_GRACE: Final = 300.0
+"""How long a replica with a named volume waits for its lost host before it moves (and starts with a
+fresh volume elsewhere), unless ``placement.lost_grace`` says otherwise."""
+MAX_LOST_GRACE_SECONDS: Final = 7 * 86400.0
+_VOLUME_NAME_RE: Final = re.compile(r"[a-z](?:[a-z0-9-]{0,30}[a-z0-9])?")
+FORBIDDEN_HOST_PATHS: Final = ("/proc", "/sys", "/dev")
+"""Host paths no manifest mounts, whatever an agent allows (nor ``/`` itself, nor a Docker socket)."""
+DOCKER_SOCKETS: Final = ("/var/run/docker.sock", "/run/docker.sock")
+"""Where Docker's socket lives: neither it nor a directory above it (/var, /run) is ever mounted."""
+MAX_PORTS: Final = 16
+LB_PORT_NAME: Final = "http"
+"""The port the load balancer serves when ``lb_port`` names none."""
+_PORT_NAME_RE: Final = re.compile(r"[a-z](?:[a-z0-9-]{0,13}[a-z0-9])?")
+"""A port's name: a tag in Consul and part of a registration's ID (15 characters, as Kubernetes')."""
 
 # RFC 1123 label. Names end up in container labels, Consul service names and
 # the NGINX config: whitelisted, never escaped. The one rule of the code base:
@@ -161,7 +191,7 @@ _DNS_LABEL_RULE: Final = (
 # Service names the operator itself registers in Consul's catalog, or Consul's
 # own: a manifest under one of them would mix its replicas into what the
 # operator reads as agents (keeping a dead host looking live) or into Consul's.
-RESERVED_SERVICE_NAMES: Final = frozenset({"operator-agent", "consul"})
+RESERVED_SERVICE_NAMES: Final = frozenset({"operator-agent", "operator-lb", "consul"})
 
 
 def is_dns_label(text: object) -> bool:
@@ -242,6 +272,24 @@ class Placement:
     max_per_host: int | None = None
     labels: tuple[tuple[str, str], ...] = ()
     rebalance: bool = True
+    lost_grace: float | None = None  # None: the leader's --lost-grace
+
+
+@dataclass(frozen=True, slots=True)
+class Volume:
+    """A mount at ``path`` in the container: a named Docker volume per replica slot (``name``), or a
+    directory of the host (``host_path``, only under a directory its agent allows)."""
+
+    path: str
+    name: str | None = None
+    host_path: str | None = None
+    read_only: bool = False
+
+    def to_dict(self) -> dict[str, object]:
+        """The normalised form: ``path`` and ``name``, or ``path``, ``host_path`` and ``read_only``."""
+        if self.name is not None:
+            return {"name": self.name, "path": self.path, "read_only": self.read_only}
+        return {"host_path": self.host_path, "path": self.path, "read_only": self.read_only}
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +369,53 @@ class Manifest:
     read_only: bool = False
     tmpfs: tuple[str, ...] = ()  # sorted absolute paths
     cap_add: tuple[str, ...] = ()  # sorted, beyond DEFAULT_CAPABILITIES; each host allows them or not
+    # ``ports:``: (name, container port) sorted by name; empty with the ``port:`` shorthand. Then
+    # ``port`` is the primary one's: ``lb_port``'s, else ``http``'s, else the first by name.
+    ports: tuple[tuple[str, int], ...] = ()
+    lb_port: str | None = None
+    volumes: tuple[Volume, ...] = ()  # sorted by path
+    # The spec hash, worked out once (`spec_hash`): a leader pass asked for it 27,000 times at
+    # 1,000 services, a JSON dump and a SHA-256 each (issue 31). Not a field of the manifest.
+    _spec: str = field(default="", init=False, repr=False, compare=False, hash=False)
+
+    @property
+    def named_volumes(self) -> tuple[Volume, ...]:
+        """The volumes that are Docker volumes of their own per replica slot (which make it sticky)."""
+        return tuple(v for v in self.volumes if v.name is not None)
+
+    @property
+    def host_paths(self) -> tuple[str, ...]:
+        """The host directories the manifest mounts."""
+        return tuple(v.host_path for v in self.volumes if v.host_path is not None)
+
+    @property
+    def primary_port_name(self) -> str | None:
+        """The name of the port registered as the replica itself (``port``); None with the shorthand."""
+        if not self.ports:
+            return None
+        names = [n for n, _ in self.ports]
+        if self.lb_port is not None:
+            return self.lb_port
+        return LB_PORT_NAME if LB_PORT_NAME in names else names[0]
+
+    @property
+    def load_balanced(self) -> bool:
+        """Whether the load balancer serves this service: ``port:``, a port named ``http``, or ``lb_port``."""
+        if not self.ports:
+            return self.port is not None
+        return self.lb_port is not None or any(n == LB_PORT_NAME for n, _ in self.ports)
+
+    @property
+    def extra_ports(self) -> tuple[tuple[str, int], ...]:
+        """The named ports other than the primary one, each registered on its own."""
+        primary = self.primary_port_name
+        return tuple((n, p) for n, p in self.ports if n != primary)
+
+    @property
+    def container_ports(self) -> tuple[int, ...]:
+        """Every container port to publish, the primary first."""
+        extra = tuple(p for _, p in self.extra_ports)
+        return ((self.port,) if self.port is not None else ()) + extra
 
     @property
     def env_dict(self) -> dict[str, str]:
@@ -339,10 +434,14 @@ class Manifest:
         a running one. Computed over the normalised form, so key order and
         defaults written out or omitted give the same hash.
         """
+        if self._spec:
+            return self._spec
         normalised = self.to_dict()
         spec = {field: normalised[field] for field in _SPEC_FIELDS if field in normalised}
         canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+        digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+        object.__setattr__(self, "_spec", digest)  # frozen: set once, the same value every time
+        return digest
 
     def to_dict(self) -> dict[str, object]:
         """The normalised form: every field, defaults included, durations spelled canonically.
@@ -355,13 +454,16 @@ class Manifest:
             "read_only": self.read_only,
             "tmpfs": list(self.tmpfs),
             "cap_add": list(self.cap_add),
+            "ports": dict(self.ports),
+            "lb_port": self.lb_port,
+            "volumes": [v.to_dict() for v in self.volumes],
         }
         set_privileges = {k: v for k, v in privileges.items() if v != _PRIVILEGE_DEFAULTS[k]}
         return {
             "name": self.name,
             "image": self.image,
             "replicas": self.replicas,
-            "port": self.port,
+            "port": None if self.ports else self.port,
             "command": None if self.command is None else list(self.command),
             "env": dict(self.env),
             "placement": {
@@ -369,6 +471,11 @@ class Manifest:
                 "max_per_host": self.placement.max_per_host,
                 "labels": dict(self.placement.labels),
                 "rebalance": self.placement.rebalance,
+                **(
+                    {"lost_grace": format_duration(self.placement.lost_grace)}
+                    if self.placement.lost_grace is not None
+                    else {}
+                ),
             },
             "health": {
                 "http": self.health.http,
@@ -418,10 +525,17 @@ def manifest_from_dict(data: object, *, key_name: str | None = None) -> Manifest
     image = _check_image(fields, problems)
     replicas = _check_replicas(fields, problems)
     port = _check_port(fields.get("port"), problems)
+    ports, lb_port = _check_ports(fields.get("ports"), fields.get("lb_port"), problems)
+    if ports and fields.get("port") is not None:
+        problems.append(Problem("port", "give either port or ports, not both (port: N is ports: {http: N})"))
+    if ports:
+        primary = Manifest(name="x", image="x", replicas=0, ports=ports, lb_port=lb_port)
+        port = dict(ports)[primary.primary_port_name or ""]
     command = _check_command(fields.get("command"), problems)
     env = _check_env(fields.get("env"), problems)
     placement = _check_placement(fields.get("placement"), problems)
-    health = _check_health(fields.get("health"), fields.get("port") is not None, problems)
+    has_port = fields.get("port") is not None or fields.get("ports") is not None
+    health = _check_health(fields.get("health"), has_port, problems)
     drain = _duration_field(fields, "drain", "drain", DEFAULT_DRAIN, 0.0, MAX_DRAIN_SECONDS, problems)
     stop_grace = _duration_field(
         fields,
@@ -449,6 +563,9 @@ def manifest_from_dict(data: object, *, key_name: str | None = None) -> Manifest
         read_only = False
     tmpfs = _check_tmpfs(fields.get("tmpfs"), problems)
     cap_add = _check_cap_add(fields.get("cap_add"), problems)
+    volumes = _check_volumes(fields.get("volumes"), tmpfs, problems)
+    if any(v.name is not None for v in volumes):
+        placement, update = _sticky(placement, update, fields, problems)
     # A check that returns None for a required value has always recorded a problem;
     # the None tests are for the type checker.
     if problems or None in (name, image, replicas, drain, stop_grace):
@@ -473,6 +590,9 @@ def manifest_from_dict(data: object, *, key_name: str | None = None) -> Manifest
         read_only=read_only,
         tmpfs=tmpfs,
         cap_add=cap_add,
+        ports=ports,
+        lb_port=lb_port,
+        volumes=volumes,
     )
     size = len(revision_json(manifest))
     if size > MAX_REVISION_BYTES:
@@ -483,6 +603,207 @@ def manifest_from_dict(data: object, *, key_name: str | None = None) -> Manifest
         )
         raise ManifestError([Problem("", message)])
     return manifest
+
+
+def _check_ports(
+    value: object, lb_port: object, problems: list[Problem]
+) -> tuple[tuple[tuple[str, int], ...], str | None]:
+    """``ports: {http: 5000, metrics: 9100}`` and ``lb_port: NAME``: named, distinct container ports."""
+    if lb_port is not None and value is None:
+        problems.append(Problem("lb_port", "needs ports (it names one of them)"))
+        return (), None
+    if value is None:
+        return (), None
+    if not isinstance(value, Mapping) or not value:
+        problems.append(
+            Problem("ports", f"must be a non-empty mapping of name: port, got {_describe(value)}")
+        )
+        return (), None
+    if len(value) > MAX_PORTS:
+        problems.append(Problem("ports", f"must have at most {MAX_PORTS} entries, got {len(value)}"))
+        return (), None
+    pairs: list[tuple[str, int]] = []
+    seen: dict[int, str] = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not _PORT_NAME_RE.fullmatch(key):
+            shown = _short(key) if isinstance(key, str) else _describe(key)
+            rule = "1-15 lowercase letters, digits and '-', starting with a letter"
+            problems.append(Problem("ports", f"a port name must be {rule}, got {shown}"))
+            continue
+        where = _join("ports", key)
+        port = _check_port(item, problems, where)
+        if port is None:
+            continue
+        if port in seen:
+            problems.append(Problem(where, f"port {port} is also {seen[port]!r}"))
+            continue
+        seen[port] = key
+        pairs.append((key, port))
+    chosen: str | None = None
+    if lb_port is not None:
+        if not isinstance(lb_port, str) or lb_port not in value:
+            names = ", ".join(sorted(str(k) for k in value))
+            shown = _short(lb_port) if isinstance(lb_port, str) else _describe(lb_port)
+            problems.append(Problem("lb_port", f"must name one of the ports ({names}), got {shown}"))
+        else:
+            chosen = lb_port
+    return tuple(sorted(pairs)), chosen
+
+
+def _sticky(
+    placement: Placement, update: UpdatePolicy, fields: Mapping[str, object], problems: list[Problem]
+) -> tuple[Placement, UpdatePolicy]:
+    """A service with named volumes: its replicas are replaced in place (a new one starts only once
+    the old one is gone: the volume is not shared), so ``update.max_surge`` is 0 and
+    ``max_unavailable`` at least 1 by default; and a lost host keeps them ``VOLUME_LOST_GRACE``."""
+    given = fields.get("update")
+    given_update = given if isinstance(given, Mapping) else {}
+    if given_update.get("max_surge") not in (None, 0):
+        message = (
+            "must be 0 for a service with named volumes (a replica is replaced in place, after the old one)"
+        )
+        problems.append(Problem("update.max_surge", message))
+    unavailable = update.max_unavailable
+    if given_update.get("max_unavailable") is None:
+        unavailable = max(1, unavailable)
+    update = UpdatePolicy(0, unavailable, update.min_healthy, update.deadline, update.auto_rollback)
+    if unavailable == 0 and not _bad(problems):
+        problems.append(
+            Problem("update.max_unavailable", "must be at least 1 for a service with named volumes")
+        )
+    if placement.lost_grace is None:
+        placement = Placement(
+            placement.hosts, placement.max_per_host, placement.labels, placement.rebalance, VOLUME_LOST_GRACE
+        )
+    return placement, update
+
+
+def _check_volumes(value: object, tmpfs: tuple[str, ...], problems: list[Problem]) -> tuple[Volume, ...]:
+    """``volumes:``: a list of {name, path} (a named volume per replica slot) or {host_path, path,
+    read_only}; mount paths distinct (from each other and from ``tmpfs``); sorted by path."""
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        problems.append(
+            Problem(
+                "volumes", f"must be a list of {{name, path}} or {{host_path, path}}, got {_describe(value)}"
+            )
+        )
+        return ()
+    if len(value) > MAX_VOLUMES:
+        problems.append(Problem("volumes", f"must have at most {MAX_VOLUMES} entries, got {len(value)}"))
+        return ()
+    volumes: list[Volume] = []
+    paths = set(tmpfs)
+    names: set[str] = set()
+    for index, item in enumerate(value):
+        where = f"volumes[{index}]"
+        if not isinstance(item, Mapping):
+            problems.append(
+                Problem(where, f"must be a mapping like {{name: data, path: /data}}, got {_describe(item)}")
+            )
+            continue
+        fields = _known_fields(item, where, _VOLUME_FIELDS, problems)
+        path = _absolute_path(fields.get("path"), f"{where}.path", problems)
+        read_only = fields.get("read_only", False)
+        if not isinstance(read_only, bool):
+            problems.append(
+                Problem(f"{where}.read_only", f"must be true or false, got {_describe(read_only)}")
+            )
+            read_only = False
+        name_value, host_value = fields.get("name"), fields.get("host_path")
+        if (name_value is None) == (host_value is None):
+            problems.append(Problem(where, "needs exactly one of name (a Docker volume) and host_path"))
+            continue
+        if name_value is not None:
+            name = _string(name_value, f"{where}.name", problems)
+            if name is not None and not _VOLUME_NAME_RE.fullmatch(name):
+                rule = "1-32 lowercase letters, digits and '-', starting with a letter"
+                problems.append(Problem(f"{where}.name", f"must be {rule}, got {_short(name)}"))
+                name = None
+            elif name in names:
+                problems.append(Problem(f"{where}.name", f"{name!r} is listed twice"))
+                name = None
+            if name is None or path is None:
+                continue
+            names.add(name)
+            volume = Volume(path=path, name=name, read_only=read_only)
+        else:
+            host_path = _absolute_path(host_value, f"{where}.host_path", problems)
+            if host_path is None or path is None:
+                continue
+            if host_path_refused(host_path):
+                places = ", ".join(FORBIDDEN_HOST_PATHS)
+                message = (
+                    f"must not be /, under {places}, or a Docker socket or above one, got {_short(host_path)}"
+                )
+                problems.append(Problem(f"{where}.host_path", message))
+                continue
+            volume = Volume(path=path, host_path=host_path, read_only=read_only)
+        if path in paths:
+            problems.append(Problem(f"{where}.path", f"{path!r} is mounted twice (volumes or tmpfs)"))
+            continue
+        paths.add(path)
+        volumes.append(volume)
+    return tuple(sorted(volumes, key=lambda v: v.path))
+
+
+def _absolute_path(value: object, where: str, problems: list[Problem]) -> str | None:
+    """An absolute path of letters, digits, '_', '.' and '-', without '.' or '..' parts, not /."""
+    if value is None:
+        problems.append(Problem(where, "required field is missing"))
+        return None
+    path = _string(value, where, problems)
+    if path is None:
+        return None
+    if (
+        len(path) > MAX_TMPFS_PATH_CHARS
+        or not _TMPFS_RE.fullmatch(path)
+        or any(p in (".", "..") for p in path.split("/"))
+    ):
+        rule = f"an absolute path of letters, digits, '_', '.' and '-' (at most {MAX_TMPFS_PATH_CHARS})"
+        problems.append(Problem(where, f"must be {rule}, not / itself, got {_short(path)}"))
+        return None
+    if path.split("/")[1] in ("proc", "sys") and not where.endswith("host_path"):
+        problems.append(Problem(where, f"must not be under /proc or /sys, got {_short(path)}"))
+        return None
+    return path
+
+
+def host_path_refused(path: str) -> bool:
+    """Whether a manifest may never mount host ``path``: ``/``, under `FORBIDDEN_HOST_PATHS`, a Docker
+    socket or a directory above one (the engine is root on the host), whatever an agent allows."""
+    return (
+        path == "/"
+        or any(path == f or path.startswith(f + "/") for f in FORBIDDEN_HOST_PATHS)
+        or "docker.sock" in path
+        or any(socket.startswith(path.rstrip("/") + "/") for socket in DOCKER_SOCKETS)
+    )
+
+
+def host_paths_refused(manifest: Manifest, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    """The host paths ``manifest`` mounts that a host allowing ``allowed`` (``--allow-host-path``)
+    refuses: each must be one of those directories or under one."""
+    return tuple(p for p in manifest.host_paths if not host_path_allowed(p, allowed))
+
+
+def host_path_allowed(path: str, allowed: tuple[str, ...]) -> bool:
+    """Whether ``path`` is one of the ``allowed`` directories or under one (and never a refused one)."""
+    under = any(path == a or path.startswith(a.rstrip("/") + "/") for a in allowed)
+    return under and not host_path_refused(path)
+
+
+def parse_allowed_host_path(text: str) -> str:
+    """``--allow-host-path /srv`` -> the directory; ValueError for / itself, a relative or odd path."""
+    problems: list[Problem] = []
+    path = _absolute_path(text.rstrip("/") or "/", "--allow-host-path", problems)
+    if path is None:
+        raise ValueError(str(problems[0]))
+    if host_path_refused(path):
+        raise ValueError(
+            f"--allow-host-path: {path} may never be mounted (/, /proc, /sys, /dev, a Docker socket)"
+        )
+    return path
 
 
 def _check_user(value: object, problems: list[Problem]) -> str | None:
@@ -1021,11 +1342,11 @@ def _check_replicas(fields: Mapping[str, object], problems: list[Problem]) -> in
     return _integer(fields["replicas"], "replicas", 0, MAX_REPLICAS, problems)
 
 
-def _check_port(value: object, problems: list[Problem]) -> int | None:
-    """The container port, 1..65535, or None when absent (or invalid: then with a problem)."""
+def _check_port(value: object, problems: list[Problem], path: str = "port") -> int | None:
+    """A container port, 1..65535, or None when absent (or invalid: then with a problem)."""
     if value is None:
         return None
-    return _integer(value, "port", 1, 65535, problems)
+    return _integer(value, path, 1, 65535, problems)
 
 
 def _check_command(value: object, problems: list[Problem]) -> tuple[str, ...] | None:
@@ -1141,7 +1462,14 @@ def _check_placement(value: object, problems: list[Problem]) -> Placement:
     if not isinstance(rebalance, bool):
         problems.append(Problem("placement.rebalance", f"must be true or false, got {_describe(rebalance)}"))
         rebalance = True
-    return Placement(hosts=hosts, max_per_host=max_per_host, labels=labels, rebalance=rebalance)
+    lost_grace = None
+    if fields.get("lost_grace") is not None:
+        lost_grace = _duration_field(
+            fields, "lost_grace", "placement.lost_grace", 0.0, 1.0, MAX_LOST_GRACE_SECONDS, problems
+        )
+    return Placement(
+        hosts=hosts, max_per_host=max_per_host, labels=labels, rebalance=rebalance, lost_grace=lost_grace
+    )
 
 
 def _check_labels(value: object, problems: list[Problem]) -> tuple[tuple[str, str], ...]:
@@ -1370,7 +1698,7 @@ def _check_http(value: object, has_port: bool, problems: list[Problem]) -> str |
     if http is None:
         return None
     if not has_port:
-        problems.append(Problem(path, "needs 'port' (the container port to send the check to)"))
+        problems.append(Problem(path, "needs 'port' or 'ports' (the container port to send the check to)"))
     # Whitelist: the path goes into a Consul check URL, never escaped.
     if not http.startswith("/"):
         problems.append(Problem(path, f"must be a path starting with '/', got {_short(http)}"))

@@ -65,6 +65,10 @@ REGISTERED: Final = "Registered"
 DRAINED: Final = "Drained"
 STOPPED: Final = "Stopped"
 RELOAD_REFUSED: Final = "ReloadRefused"
+VOLUME_REMOVED: Final = "VolumeRemoved"
+"""A deleted service's volume removed from a host (``operator delete NAME --volumes``)."""
+VOLUME_CREATED: Final = "VolumeCreated"
+"""A replica starts with a fresh (empty) volume: its first start on the host, or it moved here."""
 REASONS: Final = (
     PLACED,
     MOVED,
@@ -80,6 +84,8 @@ REASONS: Final = (
     DRAINED,
     STOPPED,
     RELOAD_REFUSED,
+    VOLUME_CREATED,
+    VOLUME_REMOVED,
 )
 STORM_REASONS: Final = frozenset(
     {STARTED, START_FAILED, CRASHED, REGISTERED, DRAINED, STOPPED, RELOAD_REFUSED}

@@ -80,6 +80,8 @@ class HostSettings:
     """The Consul node our replicas are registered on, named in every status record (ownership.py)."""
     allowed_caps: frozenset[str] = frozenset()
     """--allow-cap: what a manifest's ``cap_add`` may name here."""
+    allowed_host_paths: tuple[str, ...] = ()
+    """--allow-host-path: the directories a manifest's volumes may mount here."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +170,12 @@ def decide_host(state: HostState, memory: HostMemory, now: Now, settings: HostSe
     ended = memory.ended & {c.id for c in containers}
 
     desires = host_desires(
-        settings.host, state.manifests, state.placements, state.revisions, settings.allowed_caps
+        settings.host,
+        state.manifests,
+        state.placements,
+        state.revisions,
+        settings.allowed_caps,
+        settings.allowed_host_paths,
     )
     held = MappingProxyType({k: b.retry_at for k, b in action_backoffs.items()})
     inflight = dataclasses.replace(state.inflight, held_until=held)

@@ -54,10 +54,21 @@ each service after the crashes the plan counted.
     (a service placed before rollouts existed, without a kept revision);
     normally the leader paces it with ``plan_rollout`` and each host follows
     per-spec counts.
+  - a service with named volumes (``volumes: [{name: ...}]``) is replaced in
+    place: its outdated containers are drained at once, and each start takes
+    the lowest *slot* below the wanted count that no container of the
+    service on this host holds, in any state (``StartContainer.slot``; the
+    slot names the Docker volumes it mounts). A start with no free slot
+    waits: the old container's removal wakes the next pass.
   - every running container that is kept and publishes a port, of a service
     with a port, has a registration that names it (service ID = container
     name), its container ID, spec hash and host port; otherwise it is
-    (re-)registered.
+    (re-)registered; with ``ports:``, each other published port has a
+    registration of its own too (ID ``<container>-<name>``), and only the
+    replica's own counts it healthy. A right registration whose check Consul
+    restored critical after its agent restarted (``Registration.restored``)
+    is registered again, passing, if the replica's own check passes
+    (``Register.restored``): the restart costs no passing replica.
 - **Registrations** that name no such container are deregistered, except
   those of an invalid service, those in flight, and those of containers this
   plan drains or removes (draining and removing deregister first by
@@ -95,6 +106,7 @@ from consul_operator.core.desired_state import (
     Manifest,
     ManifestError,
     capabilities_refused,
+    host_paths_refused,
 )
 from consul_operator.core.model import (
     Action,
@@ -110,6 +122,7 @@ from consul_operator.core.model import (
     ServiceReport,
     StartContainer,
     action_key,
+    extra_port_id,
 )
 from consul_operator.core.records import Hold, PlacementRecord, frozen_map
 
@@ -145,6 +158,7 @@ def host_desires(
     placements: Mapping[str, PlacementRecord],
     revisions: Revisions,
     allowed_caps: frozenset[str] = frozenset(),
+    allowed_host_paths: tuple[str, ...] = (),
 ) -> dict[str, ServiceDesire]:
     """What ``host`` should run of every service with a manifest, from the leader's placements.
 
@@ -159,7 +173,8 @@ def host_desires(
     * a manifest whose ``cap_add`` names a capability this host's agent does
       not allow (``allowed_caps``, its ``--allow-cap``): hands off, with an
       error naming the field and the capabilities (no hold: the host is at
-      fault for the service, and `operator status` shows it degraded);
+      fault for the service, and `operator status` shows it degraded); the same for a
+      ``host_path`` volume outside the agent's ``--allow-host-path`` directories;
     * otherwise the placed count of the manifest's spec.
 
     ``revisions`` holds what `revisions_wanted` asked for (absent: not kept).
@@ -174,6 +189,12 @@ def host_desires(
             error = (
                 f"cap_add: {', '.join(refused)} not allowed on {host} (its agent's --allow-cap); "
                 "nothing of the service is started or changed here"
+            )
+            desires[name] = ServiceDesire(name, None, record.hosts.get(host, 0) if record else 0, error=error)
+        elif refused_paths := host_paths_refused(manifest, allowed_host_paths):
+            error = (
+                f"volumes: host path {', '.join(refused_paths)} not allowed on {host} (its agent's "
+                "--allow-host-path); nothing of the service is started or changed here"
             )
             desires[name] = ServiceDesire(name, None, record.hosts.get(host, 0) if record else 0, error=error)
         elif record is None:
@@ -254,6 +275,8 @@ class _Pass:
     # back-off of each service after the crashes this pass counts.
     counted_before: frozenset[str] = frozenset()
     counted: dict[str, Backoff] = field(default_factory=dict)
+    # Slots held by a container of each service on this host, in any state, busy ones included.
+    slots: dict[str, set[int]] = field(default_factory=dict)
 
     def wake(self, at: float) -> None:
         """Wake up no later than ``at``."""
@@ -283,6 +306,9 @@ def plan_host(
     busy = inflight.busy_containers
     idle = sorted((c for c in containers if c.id not in busy), key=lambda c: (c.name, c.id))
     plan = _Pass(counted_before=counted)
+    for c in containers:
+        if c.slot is not None:
+            plan.slots.setdefault(c.service, set()).add(c.slot)
     reported = set(desires) | {c.service for c in containers}
     for service in sorted(reported):
         mine = [c for c in idle if c.service == service]
@@ -356,13 +382,15 @@ def _plan_valid(
     running = [c for c in containers if c.running]
     current = [c for c in running if c.spec_hash == spec]
     surplus, stale = _to_drain(running, spec, want, _healthy_ids(registrations))
+    if manifest.named_volumes:  # replaced in place: the new replica needs the old one's slot
+        stale = [c for c in running if c.spec_hash != spec]
     missing = max(0, want - len(current) - inflight.pending_starts.get(desire.service, 0))
 
     plan.actions.extend(removals)
     plan.actions.extend(_drain(c, manifest, REASON_SCALE_DOWN) for c in surplus)
     plan.actions.extend(_drain(c, manifest, REASON_SPEC_CHANGED) for c in stale)
     if missing and backoff.ready(mono):
-        plan.actions.extend(StartContainer(manifest) for _ in range(missing))
+        plan.actions.extend(_starts(plan, manifest, missing, want))
     elif missing:
         plan.wake(backoff.retry_at)
     plan.handled.update(r.container.name for r in removals)
@@ -413,7 +441,7 @@ def _plan_specs(
         pending = inflight.pending_spec_starts.get(f"{desire.service}/{spec}", 0)
         missing = max(0, want - len(mine) - pending)
         if missing and spec_manifest is not None and backoff.ready(mono):
-            plan.actions.extend(StartContainer(spec_manifest) for _ in range(missing))
+            plan.actions.extend(_starts(plan, spec_manifest, missing, sum(desire.specs.values())))
         elif missing:
             plan.wake(backoff.retry_at)
         drained = {c.id for c in surplus}
@@ -437,6 +465,18 @@ def _count_crashes(
     if new:
         plan.counted[service] = backoff
     return backoff
+
+
+def _starts(plan: _Pass, manifest: Manifest, missing: int, want: int) -> list[StartContainer]:
+    """``missing`` starts of ``manifest``; with named volumes, each in a free slot below ``want`` (a
+    slot is free once no container of the service holds it: the old replica is stopped and removed
+    first), and only as many as there are free slots (the removal's event wakes the next pass)."""
+    if not manifest.named_volumes:
+        return [StartContainer(manifest) for _ in range(missing)]
+    held = plan.slots.setdefault(manifest.name, set())
+    free = [slot for slot in range(want) if slot not in held][:missing]
+    held.update(free)
+    return [StartContainer(manifest, slot) for slot in free]
 
 
 def _to_drain(
@@ -504,7 +544,7 @@ def _exit_text(container: ContainerInfo, ran: float | None) -> str:
 
 def _healthy_ids(registrations: Iterable[Registration]) -> set[str]:
     """IDs of the containers that have a passing registration."""
-    return {r.container_id for r in registrations if r.healthy}
+    return {r.container_id for r in registrations if r.healthy and not r.extra_port}
 
 
 def _drain_order(containers: Iterable[ContainerInfo], healthy: set[str]) -> list[ContainerInfo]:
@@ -543,20 +583,37 @@ def _plan_registrations(
             plan.unregistrable[c.name] = "container publishes no port"
             continue
         plan.wanted.add(c.name)
+        published = dict(c.host_ports)
+        extras = [
+            (extra_port_id(c.name, name), published[port])
+            for name, port in manifest.extra_ports
+            if port in published
+        ]
+        plan.wanted.update(sid for sid, _ in extras)
         if c.name in inflight.busy_registrations:
             continue  # a (de)registration of it is still in flight
-        if not _registered(by_id.get(c.name), c, manifest.name):
+        registration = by_id.get(c.name)
+        if (
+            registration is None
+            or not _registered(registration, c, manifest.name)
+            or any(not _registered(by_id.get(sid), c, manifest.name, port) for sid, port in extras)
+        ):
             plan.actions.append(Register(c, manifest))
+        elif registration.restored and not registration.healthy:
+            plan.actions.append(Register(c, manifest, restored=True))
 
 
-def _registered(registration: Registration | None, container: ContainerInfo, service: str) -> bool:
-    """Whether ``registration`` is exactly what ``container`` should have."""
+def _registered(
+    registration: Registration | None, container: ContainerInfo, service: str, port: int | None = None
+) -> bool:
+    """Whether ``registration`` is exactly what ``container`` should have (at ``port``, an extra
+    port's host port; by default the replica's own)."""
     return (
         registration is not None
         and registration.service == service
         and registration.container_id == container.id
         and registration.spec_hash == container.spec_hash
-        and registration.port == container.host_port
+        and registration.port == (container.host_port if port is None else port)
     )
 
 

@@ -123,6 +123,15 @@ class Layout:
         return self.rollback_prefix + name
 
     @property
+    def volume_removals_prefix(self) -> str:
+        """``operator/volume-removals/``: requests to remove deleted services' volumes."""
+        return self.operator_prefix + "volume-removals/"
+
+    def volume_removal_key(self, name: str) -> str:
+        """``operator/volume-removals/<name>``: ``operator delete NAME --volumes`` (`RemovalRequest`)."""
+        return self.volume_removals_prefix + name
+
+    @property
     def hosts_prefix(self) -> str:
         """``operator/hosts/``: hosts in maintenance (``operator cordon`` / ``drain``)."""
         return self.operator_prefix + "hosts/"
@@ -139,6 +148,28 @@ class Layout:
     def agent_key(self, host: str) -> str:
         """``operator/agents/<host>``: the Consul node of ``host``'s agent (`records.AgentRecord`)."""
         return self.agents_prefix + host
+
+    @property
+    def work_prefix(self) -> str:
+        """``operator/work/``: each host's work, written by the leader (`work.py`)."""
+        return self.operator_prefix + "work/"
+
+    def host_work_prefix(self, host: str) -> str:
+        """``operator/work/<host>/``: every shard of ``host``'s work (what its agent blocks on)."""
+        return f"{self.work_prefix}{host}/"
+
+    def work_key(self, host: str, shard: int) -> str:
+        """``operator/work/<host>/<shard>``: one shard of ``host``'s work."""
+        return f"{self.work_prefix}{host}/{shard}"
+
+    def work_host(self, key: str) -> tuple[str, int] | None:
+        """The host and shard of an ``operator/work/<host>/<shard>`` key; None for other keys."""
+        if not key.startswith(self.work_prefix):
+            return None
+        host, _, shard = key[len(self.work_prefix) :].partition("/")
+        if not host or not shard.isdigit() or not shard.isascii():
+            return None
+        return host, int(shard)
 
     def record_of(self, prefix: str, key: str) -> str | None:
         """The service of a ``<prefix><service>`` key; None for other keys."""

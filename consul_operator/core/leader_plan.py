@@ -250,7 +250,8 @@ def decide_leader(
             Event("removing status records of lost hosts", {"records": [f"{s}/{h}" for s, h in gone]})
         )
 
-    wake = next_schedule_wakeup(hosts, settings.lost_grace, now.mono)
+    own_graces = (m.placement.lost_grace for m in valid.values() if m and m.placement.lost_grace is not None)
+    wake = next_schedule_wakeup(hosts, settings.lost_grace, now.mono, own_graces)
     if drains.wake_at is not None:
         wake = drains.wake_at if wake is None else min(wake, drains.wake_at)
     if spreading.wake_at is not None:

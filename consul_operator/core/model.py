@@ -21,6 +21,11 @@ LABEL_CLUSTER = "consul-operator.cluster"
 LABEL_SERVICE = "consul-operator.service"
 LABEL_HOST = "consul-operator.host"
 LABEL_SPEC = "consul-operator.spec-hash"
+LABEL_SLOT = "consul-operator.slot"
+"""A replica's slot on its host (0, 1, ...; a service with named volumes only): which volumes it mounts."""
+LABEL_VOLUME = "consul-operator.volume"
+LABEL_PORT = "consul-operator.port"
+"""The container port registered as the replica itself (with ``ports:``, a replica publishes several)."""
 
 # Meta on every Consul registration the operator makes, so that it can find
 # (and clean up) exactly its own registrations on an agent.
@@ -30,6 +35,32 @@ META_CLUSTER = "cluster"
 META_HOST = "host"
 META_CONTAINER = "container"
 META_SPEC = "spec-hash"
+# With ``ports:`` only: the port's name (also the registration's tag); on the registration of
+# a port other than the primary one, META_EXTRA_PORT (its ID is ``<container>-<name>``); and on
+# a replica the load balancer must not serve (a TCP service), META_LB = "no".
+META_PORT = "port"
+META_EXTRA_PORT = "extra-port"
+META_LB = "lb"
+
+
+EXTRA_PORT_CHECK_SUFFIX = "-extra-port-check"
+"""The end of an extra port's check ID (a replica's own is ``<container>-check``, and container names end
+in hex digits): what tells an extra port from a replica where only checks are read (`passing_instances`)."""
+
+
+def extra_port_id(container_name: str, port_name: str) -> str:
+    """The Consul service ID of a replica's extra port ``port_name``."""
+    return f"{container_name}-{port_name}"
+
+
+def is_extra_port(instance: ServiceInstance) -> bool:
+    """Whether ``instance`` is a replica's extra port, not the replica (counted nowhere as one)."""
+    return bool(instance.meta.get(META_EXTRA_PORT))
+
+
+def load_balanced(instance: ServiceInstance) -> bool:
+    """Whether the load balancer may serve ``instance``: the replica itself, of an HTTP service."""
+    return not is_extra_port(instance) and instance.meta.get(META_LB) != "no"
 
 
 # --- cluster level: hosts and the catalog ---------------------------------------------
@@ -111,6 +142,9 @@ class ContainerInfo:
     exit_code: int | None = None
     error: str = ""
     oom_killed: bool = False
+    # Every published port on the advertise address: (container port, host port), sorted.
+    host_ports: tuple[tuple[int, int], ...] = ()
+    slot: int | None = None  # `LABEL_SLOT`: a replica of a service with named volumes
 
     @property
     def running(self) -> bool:
@@ -134,6 +168,10 @@ class Registration:
     address: str
     port: int
     healthy: bool
+    extra_port: str = ""  # the port's name when this registers an extra port, not the replica
+    restored: bool = False
+    """Critical, and Consul has not run its check since it loaded it (no output): its agent restarted
+    and restored the check critical, as Consul does, until the first run (up to one interval later)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,9 +197,10 @@ class InFlight:
 
 @dataclass(frozen=True, slots=True)
 class StartContainer:
-    """Create, start and register one new replica of ``manifest``."""
+    """Create, start and register one new replica of ``manifest`` (in ``slot``: its named volumes)."""
 
     manifest: Manifest
+    slot: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,10 +228,16 @@ class RemoveDead:
 
 @dataclass(frozen=True, slots=True)
 class Register:
-    """(Re-)register a running container in Consul, with its health check."""
+    """(Re-)register a running container in Consul, with its health check.
+
+    ``restored``: its registration is right but Consul restored its check critical (`Registration.restored`):
+    once the replica's own check passes when we run it, deregister and register it again, passing
+    (registering a check Consul knows keeps its status); else fail, and back off.
+    """
 
     container: ContainerInfo
     manifest: Manifest
+    restored: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -127,6 +127,10 @@ MAX_ROLLOUT_BYTES = 16 * 1024
 """A rollout record's KV form."""
 MAX_EVENT_RECORD_BYTES = 64 * 1024
 """An ``operator/events/<service>/<host>`` record's KV form (`events.record_json` trims to it)."""
+MAX_WORK_BYTES = 96 * 1024
+"""A shard of a host's work, ``operator/work/<host>/<shard>`` (`work.work_records` splits to it):
+well inside Consul's 512 KiB value, and five shards fit one transaction. About 1,500 services of
+one host fit a shard."""
 
 
 def record_bound(layout: Layout, key: str) -> int:
@@ -143,6 +147,7 @@ def record_bound(layout: Layout, key: str) -> int:
         (layout.placement_prefix, MAX_PLACEMENT_BYTES),
         (layout.rollout_prefix, MAX_ROLLOUT_BYTES),
         (layout.events_prefix, MAX_EVENT_RECORD_BYTES),
+        (layout.work_prefix, MAX_WORK_BYTES),
     ):
         if key.startswith(prefix):
             return bound

@@ -18,6 +18,7 @@ from typing import Final
 
 from consul_operator.core.convergence import unconverged
 from consul_operator.core.desired_state import Manifest, ManifestError, Resources
+from consul_operator.core.floating import LBHost, floating_problems
 from consul_operator.core.maintenance import drain_remains
 from consul_operator.core.records import (
     HostRecord,
@@ -63,8 +64,9 @@ HOST_LOST: Final = "host is lost"
 
 JSON_FIELDS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
     {
-        "top": ("leader", "hosts", "services", "converged"),
+        "top": ("leader", "hosts", "load_balancers", "services", "converged"),
         "leader": ("host", "since"),
+        "load_balancer": ("node", "address", "listen", "floating_address", "holds", "live", "state"),
         "host": ("name", "live", "labels", "cordoned", "drain"),
         "drain": ("started", "deadline", "remaining", "done", "stuck"),
         "service": (
@@ -144,6 +146,8 @@ class ClusterSnapshot:
     """The hosts cordoned or draining (``operator/hosts/<host>``)."""
     capacities: Mapping[str, Resources] = field(default_factory=dict)
     """What each agent advertises (the status page shows it)."""
+    load_balancers: tuple[LBHost, ...] = ()
+    """The registered ``operator lb`` daemons (`floating.lb_hosts`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +196,7 @@ class StatusView:
     leader_since: float | None
     hosts: tuple[HostRow, ...]
     services: tuple[ServiceStatus, ...]
+    load_balancers: tuple[LBHost, ...] = ()
 
 
 # --- building ------------------------------------------------------------------------
@@ -208,6 +213,7 @@ def build_status(snapshot: ClusterSnapshot) -> StatusView:
         leader_since=snapshot.leader_since,
         hosts=_host_rows(snapshot),
         services=services,
+        load_balancers=snapshot.load_balancers,
     )
 
 
@@ -440,6 +446,18 @@ def to_json(view: StatusView) -> dict[str, object]:
             }
             for host in view.hosts
         ],
+        "load_balancers": [
+            {
+                "node": lb.node,
+                "address": lb.address,
+                "listen": lb.listen,
+                "floating_address": lb.floating or None,
+                "holds": lb.holds if lb.floating else None,
+                "live": lb.live,
+                "state": str(lb.state),
+            }
+            for lb in view.load_balancers
+        ],
         "services": [
             {
                 "name": s.name,
@@ -497,6 +515,13 @@ def render_table(view: StatusView, *, color: bool) -> str:
     ]
     lines.extend(_table(["HOST", "STATE", "LABELS", "MAINTENANCE"], host_rows))
     lines.append("")
+    if view.load_balancers:
+        lb_rows = [
+            [lb.node, lb.address, lb.listen, lb.floating or "-", str(lb.state)] for lb in view.load_balancers
+        ]
+        lines.extend(_table(["LOAD BALANCER", "ADDRESS", "LISTEN", "FLOATING", "STATE"], lb_rows))
+        lines.extend(f"  ! {problem}" for problem in floating_problems(view.load_balancers))
+        lines.append("")
     if not view.services:
         lines.append("No services.")
         return "\n".join(clean(line) for line in lines) + "\n"

@@ -33,6 +33,7 @@ from consul_operator.adapters.host_reads import KVChanged
 from consul_operator.adapters.kv_state import start_watch
 from consul_operator.adapters.metrics import read_page_token
 from consul_operator.adapters.presence import AGENT_SERVICE, Presence
+from consul_operator.adapters.rejoin import rejoin_failed
 from consul_operator.adapters.status_page import status_page
 from consul_operator.adapters.timers import Timers
 from consul_operator.core.backoff import retry_delay
@@ -45,6 +46,7 @@ from consul_operator.daemons.host_agent import HostAgent, check_status
 from consul_operator.daemons.leader import LeaderElection
 from consul_operator.daemons.loop import Batched, Trigger, run_loop, stop_on_signals, wait_for_stop
 from consul_operator.daemons.scheduler import Scheduler
+from consul_operator.daemons.volume_janitor import run_volume_janitor
 
 log = structlog.get_logger()
 
@@ -74,6 +76,7 @@ class AgentConfig:
     consul_tls: ConsulTLS | None = None  # None: the consul CLI's environment variables
     metrics_tls: tuple[str, str] | None = None  # --metrics-tls-cert, --metrics-tls-key
     allowed_caps: frozenset[str] = frozenset()  # --allow-cap: capabilities a manifest's cap_add may add
+    allowed_host_paths: tuple[str, ...] = ()  # --allow-host-path: directories a manifest's volumes may mount
     page_token_file: str | None = None  # --page-token-file: the status page's bearer token
 
 
@@ -84,7 +87,11 @@ EngineFactory = Callable[[AgentConfig], DockerActuator]
 def docker_engine(config: AgentConfig) -> DockerActuator:
     """The Docker engine of ``config.docker_host`` (or ``DOCKER_HOST``, or the local socket)."""
     return DockerActuator(
-        connect(config.docker_host), cluster=config.cluster, host=config.host, advertise=config.advertise
+        connect(config.docker_host),
+        cluster=config.cluster,
+        host=config.host,
+        advertise=config.advertise,
+        allowed_host_paths=config.allowed_host_paths,
     )
 
 
@@ -119,6 +126,8 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
         labels=config.labels,
         ttl=config.ttl,
         capacity=_capacity(config.capacity, lambda: engine_resources(docker_actuator.client), stop),
+        # Consul back (restarted): a host pass at once re-registers the replicas it restored critical.
+        on_return=host_trigger.fire,
     )
     log.info("capacity", host=config.host, capacity=presence.capacity.text() if presence.capacity else None)
     _register_until_done(presence, stop)
@@ -128,6 +137,8 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
         host=config.host,
         node=node,
         lock_delay=config.lock_delay,
+        # Shorter than the soonest a successor can act (`leader.py`, the lease).
+        lease=max(1.0, config.ttl - config.lock_delay),
         on_change=lambda _: schedule_trigger.fire(),
     )
     # Bursts (a deploy's checks turning passing, its actions finishing) wake a
@@ -146,6 +157,7 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
         executor,
         kv_changed=kv_changed,
         allowed_caps=config.allowed_caps,
+        allowed_host_paths=config.allowed_host_paths,
         node=node,
     )
     scheduler = Scheduler(
@@ -155,10 +167,19 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
     layout = config.layout
     threads = [
         threading.Thread(target=presence.heartbeat, args=(stop,), name="heartbeat", daemon=True),
+        # A healed partition: Consul members declared failed joined again in seconds (`rejoin`).
+        threading.Thread(target=rejoin_failed, args=(consul, stop), name="rejoin", daemon=True),
         threading.Thread(target=election.run, args=(stop,), name="election", daemon=True),
+        threading.Thread(target=election.watch_lease, args=(stop,), name="lease", daemon=True),
         # Status records deleted or changed by anyone are written again (`check_status`).
         threading.Thread(
             target=check_status, args=(host_agent, host_trigger.fire, stop), name="status-check", daemon=True
+        ),
+        threading.Thread(
+            target=run_volume_janitor,
+            args=(consul, config.layout, docker_actuator, stop),
+            name="volume-removals",
+            daemon=True,
         ),
         threading.Thread(
             target=docker_actuator.watch_events,

@@ -17,6 +17,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import structlog
 
@@ -153,18 +154,23 @@ class Executor:
         service = action_service(action)
         with self.lock:
             match action:
-                case StartContainer(manifest=m):
+                case StartContainer(manifest=m, slot=slot):
                     name = container_name(m.name, self.docker.host)
                     spec = m.spec_hash()
                     self._starting[name] = m.name
                     self._starting_spec[name] = f"{m.name}/{spec}"
-                    job = _Job("start", service, lambda: self._start(m, name), name=name, spec=spec)
+                    job = _Job("start", service, partial(self._start, m, name, slot), name=name, spec=spec)
                 case DrainContainer(container=c):
                     self._busy.add(c.id)
                     job = _Job("drain", service, lambda: self._drain(action), cid=c.id, key=key)
                 case RemoveDead(container=c):
                     self._busy.add(c.id)
                     job = _Job("remove_dead", service, lambda: self._remove_dead(action), cid=c.id, key=key)
+                case Register(container=c, manifest=m, restored=True):
+                    self._busy_registrations.add(c.name)
+                    job = _Job(
+                        "register", service, partial(self._register_restored, c, m), sid=c.name, key=key
+                    )
                 case Register(container=c, manifest=m):
                     self._busy_registrations.add(c.name)
                     job = _Job("register", service, lambda: self._register(c, m), sid=c.name, key=key)
@@ -260,9 +266,13 @@ class Executor:
             self._busy_registrations.discard(job.sid)
         self._outcomes.append(Outcome(job.kind, job.service, job.key, error, self.mono(), job.spec, away))
 
-    def _start(self, manifest: Manifest, name: str) -> None:
+    def _start(self, manifest: Manifest, name: str, slot: int | None = None) -> None:
         try:
-            info = self.docker.start(manifest, name=name)
+            for volume in self.docker.ensure_volumes(manifest, slot):
+                # A first start here, or a replica moved from a lost or drained host: its data stays there.
+                why = f"created fresh volume {volume} for slot {slot} on {self.docker.host}: no earlier data"
+                event_log.record(manifest.name, events.VOLUME_CREATED, why)
+            info = self.docker.start(manifest, name=name, slot=slot)
         except DockerUnavailable:
             raise  # the engine is away, not the service failing: no StartFailed either
         except OperatorError as exc:
@@ -310,6 +320,22 @@ class Executor:
         where = f" at port {container.host_port}" if container.host_port else ""
         event_log.record(
             container.service, events.REGISTERED, f"registered {container.name}{where} in Consul"
+        )
+
+    def _register_restored(self, container: ContainerInfo, manifest: Manifest) -> None:
+        """Its check restored critical by a restarted Consul: registered again, passing, if it passes here.
+
+        A probe that fails is the action's failure: it backs off (`action_key`),
+        and Consul's own first run decides meanwhile.
+        """
+        if not self.catalog.register_restored(container, manifest):
+            raise OperatorError(f"{container.name}: its check does not pass when run here yet")
+        log.info("registered again, passing", service=container.service, container=container.name)
+        event_log.record(
+            container.service,
+            events.REGISTERED,
+            f"registered {container.name} again in Consul, passing its health check "
+            "(its Consul agent restarted and restored the check critical)",
         )
 
     def _drain(self, action: DrainContainer) -> _Later:

@@ -88,6 +88,7 @@ class HostAgent:
     mono: Callable[[], float] = time.monotonic
     kv_changed: KVChanged | None = None
     allowed_caps: frozenset[str] = frozenset()  # --allow-cap: what a manifest's cap_add may name here
+    allowed_host_paths: tuple[str, ...] = ()  # --allow-host-path: what a manifest's volumes may mount here
     # The Consul node our replicas are registered on (the local agent's), named
     # in every status record so that a registration elsewhere is not ours (ownership.py).
     node: str = ""
@@ -101,7 +102,7 @@ class HostAgent:
     @property
     def settings(self) -> HostSettings:
         """What `decide_host` is told about this host."""
-        return HostSettings(self.host, self.node, self.allowed_caps)
+        return HostSettings(self.host, self.node, self.allowed_caps, self.allowed_host_paths)
 
     def reconcile(self) -> PassResult:
         """One pass: read, decide, act, report."""

@@ -30,6 +30,7 @@ from consul_operator.adapters.actuators.nginx import ApplyResult, ManagedNginx, 
 from consul_operator.adapters.consul_client import ConsulClient, ConsulTLS
 from consul_operator.adapters.health import HEALTH, tcp_probe
 from consul_operator.adapters.kv_state import read_statuses, start_watch
+from consul_operator.adapters.lb_presence import LBPresence
 from consul_operator.adapters.metrics import read_page_token
 from consul_operator.adapters.presence import read_agents
 from consul_operator.adapters.status_page import status_page
@@ -37,7 +38,7 @@ from consul_operator.core import events
 from consul_operator.core.backoff import retry_delay
 from consul_operator.core.desired_state import is_dns_label
 from consul_operator.core.keys import Layout
-from consul_operator.core.model import ServiceInstance
+from consul_operator.core.model import ServiceInstance, load_balanced
 from consul_operator.core.ownership import UNREPORTED, owned
 from consul_operator.core.upstreams import (
     HOLD_LAST_GOOD,
@@ -146,7 +147,12 @@ class LoadBalancer:
         for name in names:
             if not is_dns_label(name):
                 continue
-            found = self.consul.health_service(name, passing=True, consistent=True).value
+            # A replica's extra ports and a TCP service's replicas are no HTTP servers.
+            found = [
+                i
+                for i in self.consul.health_service(name, passing=True, consistent=True).value
+                if load_balanced(i)
+            ]
             verdict = owned(found, self.cluster, agents, statuses)
             instances[name] = list(verdict.kept)
             disowned.extend(
@@ -312,6 +318,7 @@ class LBConfig:
     metrics_tls: tuple[str, str] | None = None  # --metrics-tls-cert, --metrics-tls-key
     page_token_file: str | None = None  # --page-token-file: the status page's bearer token
     hold_last_good: float = HOLD_LAST_GOOD  # --hold-last-good
+    floating_address: str | None = None  # --floating-address: the address keepalived moves
 
 
 def run_lb(config: LBConfig) -> int:
@@ -340,6 +347,11 @@ def run_lb(config: LBConfig) -> int:
             page_token=None if config.page_token_file is None else read_page_token(config.page_token_file),
         )
     event_log.start_flusher(consul, config.layout, lb_host(config.listen), stop)
+    # Registered in Consul for `operator status`, with whether this host holds the floating address.
+    presence = LBPresence(
+        consul, cluster=config.cluster, listen=config.listen, floating=config.floating_address
+    )
+    threading.Thread(target=presence.run, args=(stop,), name="lb-presence", daemon=True).start()
     lb = LoadBalancer(
         consul,
         config.layout,
@@ -370,6 +382,7 @@ def run_lb(config: LBConfig) -> int:
         listen=config.listen,
         default_service=config.default_service,
         cluster=config.cluster,
+        floating_address=config.floating_address,
     )
     wait_for_stop(stop)
     trigger.fire()

@@ -19,10 +19,25 @@ Leadership is only a hint for *when* to schedule. Correctness comes from
 fencing: every leader write is a transaction that first checks that this
 session still holds the lock (`ConsulClient.fenced_write`), so an ex-leader
 that was paused or cut off can never overwrite its successor's decisions.
+
+**The lease.** A leader cut off from the Consul majority cannot learn that its
+session ended: its reads hang (a minority server holds them up to Consul's
+7 s RPC hold timeout, then fails them), and a blocking read of the lock
+returns only after its wait. It went on saying it led (``operator_is_leader
+1``) for 5-6 s after the majority's new leader took over (docs/chaos.md). So
+a leader confirms the lock with a consistent read (which Consul answers only
+with a quorum behind it) at least every quarter of its ``lease``, and counts
+as leading only while its last confirmation is younger than the lease; a
+watch (`watch_lease`) turns the gauge to 0 the moment it runs out. The lease
+is shorter than the soonest a new leader can act: the majority declares the
+cut host failed (gossip, about 2 s with deploy/consul's timers), its session
+ends, and the lock-delay (1 s) runs before anyone else may take the lock. A
+confirmation is dated from when its read was sent, never from its answer.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -38,7 +53,11 @@ from consul_operator.core.records import LeaderRecord
 
 log = structlog.get_logger()
 
-WATCH_WAIT = 10.0  # seconds a blocking read of the lock may be held
+WATCH_WAIT = 10.0  # seconds a blocking read of the lock may be held (a follower's)
+DEFAULT_LEASE = 2.0
+"""Seconds a leader counts as leading after its last confirmation of the lock (--ttl less --lock-delay)."""
+LEASE_CHECKS = 10
+"""Looks of `watch_lease` per lease: the gauge drops within a tenth of the lease of its end."""
 
 
 class LeaderElection:
@@ -52,9 +71,12 @@ class LeaderElection:
         host: str,
         node: str,
         lock_delay: float,
+        lease: float = DEFAULT_LEASE,
         on_change: Callable[[bool], None] = lambda _: None,
     ) -> None:
         self.consul = consul
+        self.lease = lease
+        self._confirmed = -math.inf  # monotonic time the last confirming read was sent
         self.layout = layout
         self.host = host
         self.node = node
@@ -70,8 +92,28 @@ class LeaderElection:
 
     @property
     def is_leader(self) -> bool:
-        """Whether we held the lock when we last looked."""
-        return self._leader
+        """Whether we hold the lock: seen held by our session, confirmed within the lease."""
+        return self._leader and self._lease_valid()
+
+    def _lease_valid(self) -> bool:
+        return time.monotonic() - self._confirmed < self.lease
+
+    def _confirm(self, asked: float) -> None:
+        """The lock was seen held by our session in a read sent at monotonic ``asked``."""
+        self._confirmed = max(self._confirmed, asked)
+        self._set_leader(self._lease_valid())
+
+    def watch_lease(self, stop: threading.Event) -> None:
+        """Until ``stop``: step down (the gauge to 0) as soon as the lease ran out unconfirmed."""
+        while not stop.wait(self.lease / LEASE_CHECKS):
+            if self._leader and not self._lease_valid():
+                log.warning(
+                    "leader lease ran out: not confirmed by Consul",
+                    host=self.host,
+                    lease=self.lease,
+                    since=round(time.monotonic() - self._confirmed, 2),
+                )
+                self._set_leader(False)
 
     @property
     def session(self) -> str | None:
@@ -88,7 +130,7 @@ class LeaderElection:
         says nothing about the current one, which keeps its leadership.
         """
         session = self._session if session is None else session
-        if not self._leader or session is None:
+        if not self.is_leader or session is None:
             raise NotLeader(f"{self.host} is not the leader")
         try:
             self.consul.fenced_write(self.layout.leader_key, session, writes)
@@ -140,12 +182,18 @@ class LeaderElection:
         if session is None:
             return
         index = 0
+        holds = False  # our session held the lock at the last read
         while not stop.is_set() and not self._resigned:
-            result = self.consul.kv_get(self.layout.leader_key, index=index, wait=WATCH_WAIT, consistent=True)
+            # While our session holds the lock, a read returns at least every quarter of the lease
+            # to confirm it, also after a lapse (a slow Consul): it leads again at the next one.
+            wait = self.lease / 4 if holds else WATCH_WAIT
+            asked = time.monotonic()
+            result = self.consul.kv_get(self.layout.leader_key, index=index, wait=wait, consistent=True)
             index = result.index if result.index >= index else 0
             holder = result.value.session if result.value else None
-            if holder == session:
-                self._set_leader(True)
+            holds = holder == session
+            if holds:
+                self._confirm(asked)
                 continue
             self._set_leader(False)
             if holder is None:
@@ -153,8 +201,9 @@ class LeaderElection:
                     log.info("session invalidated", host=self.host)
                     self._session = None
                     return
+                asked = time.monotonic()
                 if self._acquire(session):
-                    self._set_leader(True)
+                    self._confirm(asked)
                     continue
                 # Refused while the lock-delay of the previous holder runs: try again shortly.
                 stop.wait(max(0.2, min(self.lock_delay, 1.0)))

@@ -1,7 +1,8 @@
 # ACL policy for people (or CI) who change the desired state: `consul kv put
 # services/NAME`, `operator apply|delete|status|wait|plan|rollback`, and who
 # take hosts out for maintenance: `operator cordon|drain|uncordon HOST`.
-# Writes manifests, rollback requests (operator/rollback/<name>) and
+# Writes manifests, rollback requests (operator/rollback/<name>), volume
+# removal requests (operator/volume-removals/<name>) and
 # maintenance records (operator/hosts/<host>), reads what the operator
 # reports; cannot touch the rest of the operator's own state.
 key_prefix "services/" {
@@ -16,6 +17,10 @@ key_prefix "operator/hosts/" {
   policy = "write"
 }
 key_prefix "operator/rollback/" {
+  policy = "write"
+}
+# `operator delete NAME --volumes`: a request that every agent removes NAME's volumes.
+key_prefix "operator/volume-removals/" {
   policy = "write"
 }
 service_prefix "" {

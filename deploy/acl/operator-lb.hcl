@@ -5,7 +5,9 @@
 # (operator/status/), at a live agent's address (service operator-agent).
 # Its status page (/ on --metrics-addr) reads the rest of operator/ (leader,
 # placements, rollouts, hosts, events). The one thing it writes is its own
-# events: operator/events/<service>/lb-<listen> (a refused NGINX reload).
+# events: operator/events/<service>/lb-<listen> (a refused NGINX reload). It
+# registers itself (service operator-lb, with a TTL check and whether its host
+# holds the floating address) on its own Consul agent, for `operator status`.
 key_prefix "services/" {
   policy = "read"
 }
@@ -18,6 +20,9 @@ key_prefix "operator/events/" {
 }
 service_prefix "" {
   policy = "read"
+}
+service "operator-lb" {
+  policy = "write"
 }
 node_prefix "" {
   policy = "read"

@@ -25,7 +25,11 @@ are hosts (each node its own network stack, systemd and engine):
 
 After each fault the checks of `Chaos` apply: everything converged within the
 bound, no more replicas than desired on the hosts the majority sees, placements
-only written by the lock holder, failed requests within the budget.
+only written by the lock holder, failed requests within the budget; convergence
+includes the spread coming back (issue 27), with the agents settling as the
+loopback ones do (`AGENT_ARGS`). So a fault finds every replica on one host only
+when the host is the last one standing, not because the previous fault piled
+them there.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from typing import cast
 import docker
 
 from consul_operator.adapters.consul_client import ConsulClient
-from tests.chaos.harness import CONVERGE_BOUND, LOG_DIR, Chaos, FaultRecord, hold
+from tests.chaos.harness import CONVERGE_BOUND, LOG_DIR, REBALANCE_SETTLE, Chaos, FaultRecord, hold
 from tests.support.cluster import Cluster
 from tests.support.nodes import APP_HOSTS, Nodes
 from tests.support.staging import HOSTS, wait_until
@@ -52,6 +56,9 @@ NODE_FAULTS = (
 )
 # A leader must exist again this soon after its agent was killed and systemd restarted it.
 AGENT_CRASH_BOUND = 10.0
+# The node environment's agents settle as the loopback ones do (the default 30 s is longer than
+# the harness lets a healed cluster rest, issue 27), set in their settings file.
+AGENT_ARGS = f"--rebalance-settle {REBALANCE_SETTLE}"
 
 
 class NodeChaos(Chaos):
@@ -82,9 +89,21 @@ class NodeChaos(Chaos):
         return found
 
     def inject(self, name: str) -> FaultRecord:
-        record = super().inject(name)  # waits for convergence: the returned hosts' stale containers are gone
+        record = super().inject(name)  # waits for convergence, the spread back included
         self.returning.clear()
+        self._keep_journals(record.started)
         return record
+
+    def _keep_journals(self, since: float) -> None:
+        """Append what each node's daemons logged since ``since`` to the run's journals (kept per fault:
+        a node environment lost later, to an engine restart, keeps what came before)."""
+        for host in HOSTS:
+            try:
+                text = self.nodes.journal(host, since=since)
+            except Exception as exc:  # a node that is down has no journal to give
+                text = f"-- journal of {host} unreadable: {exc!r}\n"
+            with open(self.log_path.with_name(f"{self.log_path.stem}-{host}.journal"), "a") as handle:
+                handle.write(f"-- fault {self.faults[-1].name}\n{text}")
 
     @property
     def nodes(self) -> Nodes:
@@ -115,7 +134,7 @@ class NodeChaos(Chaos):
         was_leader = self.cluster.leader() == host
         self._read_through("host-3")
         kept = {c.id for c in self.containers(host=host)}
-        # No rebalancing after a host returns: a host may run every replica of a service.
+        # Spread again before each fault (`inject`): a total loss only if the host is the last one standing.
         self.faults[-1].total_loss = self.takes_every_replica(kept)
         started = time.monotonic()
         if cut == "isolate":
@@ -126,20 +145,24 @@ class NodeChaos(Chaos):
                     self.nodes.cut(host, other)
         self.lost.add(host)
         try:
-            wait_until(
-                lambda: self.cluster.leader() in others and self.leader_live(),
-                timeout=CONVERGE_BOUND,
-                what="a leader in the majority",
-            )
+            stepped_down: list[float] = []  # when the cut-off leader's own gauge first read 0
+
+            def majority_leads() -> bool:
+                gauge = "operator_is_leader"
+                if was_leader and not stepped_down and self.cluster.metric(host, gauge, host=host) == 0:
+                    stepped_down.append(time.monotonic() - started)
+                return self.cluster.leader() in others and self.leader_live()
+
+            wait_until(majority_leads, timeout=CONVERGE_BOUND, what="a leader in the majority")
             new_leader = time.monotonic() - started
-            # The old leader's own view: it gave up (its session is gone), so it writes nothing more.
+            # The old leader's own view: it gave up (its lease ran out), so it writes nothing more.
             if was_leader:
                 wait_until(
                     lambda: self.cluster.metric(host, "operator_is_leader", host=host) == 0,
                     timeout=CONVERGE_BOUND,
                     what=f"{host} to stop leading",
                 )
-                self._figure(old_leader_stepped_down=time.monotonic() - started)
+                self._figure(old_leader_stepped_down=(stepped_down or [time.monotonic() - started])[0])
             wait_until(
                 lambda: all(self.service_converged(s, n) for s, n in self.desired.items()),
                 timeout=CONVERGE_BOUND,
@@ -288,6 +311,7 @@ def start_node_environment(name: str, subnet: str) -> Cluster:
     nodes = Nodes(name, subnet)
     nodes.run("down")
     nodes.run("up")
+    nodes.set_agent_args(AGENT_ARGS)
     return Cluster(
         nodes, ConsulClient(nodes.consul_addr("host-3")), cast(docker.DockerClient, nodes.engines())
     )

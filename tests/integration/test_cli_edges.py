@@ -108,9 +108,15 @@ class RacingConsul(ConsulClient):
         self.values = values
 
     def kv_get(
-        self, key: str, *, index: int = 0, wait: float = 30.0, consistent: bool = False
+        self,
+        key: str,
+        *,
+        index: int = 0,
+        wait: float = 30.0,
+        consistent: bool = False,
+        timeout: float | None = None,
     ) -> Indexed[KVEntry | None]:
-        result = super().kv_get(key, index=index, wait=wait, consistent=consistent)
+        result = super().kv_get(key, index=index, wait=wait, consistent=consistent, timeout=timeout)
         if key in self.values:
             self.other.kv_put(key, self.values.pop(key))
         return result

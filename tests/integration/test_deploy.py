@@ -30,6 +30,7 @@ TOPOLOGY = {
     "host-1": ("192.168.50.101", "app"),
     "host-2": ("192.168.50.102", "app"),
     "host-3": ("192.168.50.103", "lb"),
+    "host-4": ("192.168.50.104", "lb"),
 }
 
 # Evaluates the Vagrantfile against a recording stub of Vagrant's API and prints
@@ -99,8 +100,9 @@ def test_vagrantfile_parses_with_ruby() -> None:
     assert result.stdout.strip() == "Syntax OK"
 
 
-def test_vagrantfile_defines_the_three_hosts() -> None:
-    """Debian 12 boxes host-1/2/3 on 192.168.50.101-103, each provisioned by provision.sh with its role."""
+def test_vagrantfile_defines_the_four_hosts() -> None:
+    """Debian 12 boxes host-1..4 on 192.168.50.101-104, each provisioned by provision.sh with its role;
+    the LB hosts with the floating address and each other as VRRP peers."""
     vm = vagrant_config()["children"]["vm"]
     assert ["box", "debian/bookworm64"] in vm["calls"]
     machines = {call[1][0]: call[2] for call in vm["calls"] if call[0] == "define:block"}
@@ -117,6 +119,9 @@ def test_vagrantfile_defines_the_three_hosts() -> None:
         assert options["inline"] == f"bash /vagrant/scripts/provision.sh {role}"
         assert options["env"]["NODE_NAME"] == name
         assert options["env"]["NODE_ADDR"] == ip
+        floating = {k: v for k, v in options["env"].items() if k.startswith("LB_")}
+        expected = {"LB_FLOATING_ADDRESS": "192.168.50.100/24", "LB_PEERS": "192.168.50.103 192.168.50.104"}
+        assert floating == (expected if role == "lb" else {})
 
 
 def provision_env(env: dict[str, str] | None = None) -> list[dict[str, str]]:
@@ -360,7 +365,8 @@ def test_consul_validate_refuses_a_broken_config(tmp_path: Path) -> None:
 
 
 def test_host_configs_match_the_topology() -> None:
-    """deploy/consul/hosts/ has host-1..3 bound to 192.168.50.101..103, each joining all three."""
+    """deploy/consul/hosts/ has host-1..4 bound to 192.168.50.101..104, each joining the three servers;
+    host-4 (the second LB) is a client agent."""
     assert [h.stem for h in HOST_CONFIGS] == sorted(TOPOLOGY)
     for host in HOST_CONFIGS:
         text = host.read_text()
@@ -368,6 +374,7 @@ def test_host_configs_match_the_topology() -> None:
         assert f'node_name = "{host.stem}"' in text
         assert f'bind_addr = "{ip}"' in text
         assert 'retry_join = ["192.168.50.101", "192.168.50.102", "192.168.50.103"]' in text
+        assert ("server = false" in text) == (host.stem == "host-4")
     common = (DEPLOY / "consul" / "consul.hcl").read_text()
     assert "bootstrap_expect = 3" in common
     assert "retry_join =" not in common  # the addresses are the hosts' (the node environment has others)
@@ -381,11 +388,15 @@ def rules_of(policy: str) -> str:
 
 
 def test_lb_policy_reads_and_writes_only_its_events() -> None:
-    """The LB's policy reads, and writes nothing but operator/events/ (its own events); the agent's writes
-    only operator/ of the KV store."""
+    """The LB's policy reads, and writes nothing but operator/events/ (its own events) and its own
+    registration (service operator-lb); the agent's writes only operator/ of the KV store."""
     lb = rules_of("operator-lb.hcl")
     assert re.findall(r'(\w+_prefix) "([^"]*)" \{\n  policy = "write"', lb) == [
         ("key_prefix", "operator/events/")
+    ]
+    assert re.findall(r'(\w+) "([^"]*)" \{\n  policy = "write"', lb) == [
+        ("key_prefix", "operator/events/"),
+        ("service", "operator-lb"),
     ]
     assert set(re.findall(r'policy = "(\w+)"', lb)) == {"read", "write"}
     agent = rules_of("operator-agent.hcl")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 import uuid
 
 from consul_operator.adapters.consul_client import ConsulClient
@@ -45,9 +46,10 @@ def test_a_refused_write_blocks_only_its_own_service(cluster: Cluster) -> None:
     session = consul.session_create("isolation test", checks=["serfHealth"], lock_delay=0)
     try:
         assert consul.kv_acquire(layout.leader_key, b"test", session)
-        election = LeaderElection(consul, layout, host="isolation-test", node="", lock_delay=0)
+        # The lock is ours (acquired above), confirmed now, with a lease longer than the test.
+        election = LeaderElection(consul, layout, host="isolation-test", node="", lock_delay=0, lease=600)
         election._session = session
-        election._set_leader(True)
+        election._confirm(time.monotonic())
         scheduler = Scheduler(consul, layout, election, "isolation-test", lost_grace=10.0)
         writes: dict[str, bytes | None] = {
             layout.placement_key("alpha"): b'{"a":1}',
@@ -55,17 +57,19 @@ def test_a_refused_write_blocks_only_its_own_service(cluster: Cluster) -> None:
             layout.placement_key("bravo"): b'{"b":1}',
             layout.placement_key("charlie"): b'{"c":1}',
         }
-        written = scheduler._write(session, writes, now=100.0)
+        written = list(scheduler.writer.write(session, writes, 100.0).keys)
         for name in ("alpha", "charlie"):
             assert layout.placement_key(name) in written
             assert consul.kv_get(layout.placement_key(name), consistent=True).value is not None
         big = layout.revision_key("bravo", "0123456789abcdef")
         assert big not in written and consul.kv_get(big, consistent=True).value is None
-        backoff = scheduler.write_backoffs["bravo"]
+        backoff = scheduler.writer.backoffs["bravo"]
         assert backoff.failures == 1 and backoff.retry_at > 100.0 and "413" in backoff.last_error
         assert election.is_leader, "a refused write is not a lost lock"
         # In back-off, bravo's writes are not even tried; the others still go through.
-        again = scheduler._write(session, {**writes, layout.placement_key("delta"): b"{}"}, now=100.1)
+        again = list(
+            scheduler.writer.write(session, {**writes, layout.placement_key("delta"): b"{}"}, 100.1).keys
+        )
         assert layout.placement_key("bravo") not in again and layout.placement_key("delta") in again
     finally:
         consul.session_destroy(session)

@@ -8,10 +8,15 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.cluster import Cluster
-from tests.support.nodes import APP_HOSTS, Nodes
-from tests.support.staging import HOSTS, ROOT, wait_until
+from tests.support.nodes import APP_HOSTS, LB_HOSTS, NODE_HOSTS, Nodes
+from tests.support.staging import ROOT, wait_until
 
-UNITS = {"host-1": "operator-agent", "host-2": "operator-agent", "host-3": "operator-lb"}
+UNITS = {
+    "host-1": "operator-agent",
+    "host-2": "operator-agent",
+    "host-3": "operator-lb",
+    "host-4": "operator-lb",
+}
 
 
 @pytest.fixture
@@ -23,7 +28,7 @@ def service(node_cluster: Cluster) -> Iterator[str]:
     wait_until(lambda: not node_cluster.containers(name, all_states=True), timeout=60, what=f"{name} removed")
 
 
-@pytest.mark.parametrize("host", HOSTS)
+@pytest.mark.parametrize("host", NODE_HOSTS)
 def test_each_node_boots_systemd_with_no_failed_unit(nodes: Nodes, host: str) -> None:
     """systemd is PID 1 of every node and says `running`: no unit failed, the shipped ones included."""
     assert nodes.exec(host, "cat", "/proc/1/comm").strip() == "systemd"
@@ -36,9 +41,10 @@ def test_each_node_boots_systemd_with_no_failed_unit(nodes: Nodes, host: str) ->
     [
         ("host-1", ("consul", "operator-agent", "docker")),
         ("host-2", ("consul", "operator-agent", "docker")),
-        ("host-3", ("consul", "operator-lb", "nginx")),
+        ("host-3", ("consul", "operator-lb", "nginx", "keepalived")),
+        ("host-4", ("consul", "operator-lb", "nginx", "keepalived")),
     ],
-    ids=["host-1-app", "host-2-app", "host-3-lb"],
+    ids=["host-1-app", "host-2-app", "host-3-lb", "host-4-lb"],
 )
 def test_the_shipped_units_run_as_installed_by_provision(
     nodes: Nodes, host: str, units: tuple[str, ...]
@@ -53,12 +59,13 @@ def test_the_shipped_units_run_as_installed_by_provision(
 
 
 def test_each_app_host_has_its_own_engine_and_address(nodes: Nodes) -> None:
-    """host-1 and host-2 run separate Docker engines; the LB host runs none."""
+    """host-1 and host-2 run separate Docker engines; the LB hosts run none."""
     engines = nodes.engines().clients
     ids = {host: client.info()["ID"] for host, client in engines.items()}
     assert len(set(ids.values())) == len(APP_HOSTS), ids
-    assert nodes.exec("host-3", "systemctl", "is-active", "docker", check=False).strip() != "active"
-    for host in HOSTS:
+    for host in LB_HOSTS:
+        assert nodes.exec(host, "systemctl", "is-active", "docker", check=False).strip() != "active"
+    for host in NODE_HOSTS:
         assert nodes.address(host) in nodes.exec(host, "ip", "-4", "-o", "addr", "show")
 
 
@@ -76,12 +83,12 @@ def test_a_service_is_placed_on_both_engines_and_served_through_the_lb_node(
     wait_until(lambda: node_cluster.lb_serves(service, 2), timeout=60, what="NGINX serving both replicas")
 
 
-@pytest.mark.parametrize("host", HOSTS)
+@pytest.mark.parametrize("host", NODE_HOSTS)
 def test_provisioning_again_changes_nothing(nodes: Nodes, host: str) -> None:
     """A second `provision.sh ROLE` on a running host (`vagrant provision`) installs and restarts nothing."""
     unit = UNITS[host]
     pid = nodes.exec(host, "systemctl", "show", "-p", "MainPID", "--value", unit).strip()
-    role = "lb" if host == "host-3" else "app"
+    role = "lb" if host in LB_HOSTS else "app"
     secured = "1" if nodes.secure else "0"  # as nodes.sh provisioned it (provision.sh's default: 1)
     out = nodes.exec(
         host,

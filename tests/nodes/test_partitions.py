@@ -16,7 +16,9 @@ SEED = 20261128
 def node_chaos(node_cluster: Cluster) -> NodeChaos:
     """The run, done once for the module's assertions."""
     log_path = LOG_DIR / f"nodes-seed-{SEED}.log"
-    log_path.unlink(missing_ok=True)
+    # The run's log and, beside it, the daemons' journals per fault (`NodeChaos._keep_journals`).
+    for old in LOG_DIR.glob(f"nodes-seed-{SEED}*"):
+        old.unlink()
     chaos = NodeChaos(node_cluster, SEED, log_path)
     order = list(NODE_FAULTS)
     chaos.rng.shuffle(order)
@@ -58,3 +60,26 @@ def test_monitor_sampled_throughout_the_node_faults(node_chaos: NodeChaos) -> No
 def test_node_faults_fail_requests_within_budget(node_chaos: NodeChaos) -> None:
     """A fault that leaves a replica of every service reachable fails at most a couple of requests."""
     assert node_chaos.over_budget(PER_FAULT_BUDGET, RUN_BUDGET) == [], node_chaos.report()
+
+
+# Issue 33's figures, in seconds (docs/chaos.md, "Where the seconds of a fault go"). The goal for a
+# new leader is 5 s: measured 4.5 s (run4, load average 15-38) and 5.3-6.2 s (run5, load 30-42),
+# before 6.4-11.8 s. The bound is the worst of those with a margin; the other goals (replacements
+# within the grace + 3 s, NGINX caught up in 2 s, settled in 5 s) are not met on this machine yet,
+# and docs/chaos.md gives their figures instead of a bound here.
+NEW_LEADER_BOUND = 8.0
+
+
+def test_node_faults_heal_fast(node_chaos: NodeChaos) -> None:
+    """A cut-off leader stops saying it leads before the majority's new leader took over (the lease),
+    and the new one leads within NEW_LEADER_BOUND of the cut."""
+    missed = []
+    for name, figures in node_chaos.figures.items():
+        new_leader = figures.get("new_leader", 0.0)
+        if new_leader > NEW_LEADER_BOUND:
+            missed.append(f"{name}: new leader after {new_leader:.1f}s")
+        stepped_down = figures.get("old_leader_stepped_down")
+        if stepped_down is not None and stepped_down >= new_leader:
+            missed.append(f"{name}: old leader led until {stepped_down:.1f}s, new one at {new_leader:.1f}s")
+    assert any("old_leader_stepped_down" in f for f in node_chaos.figures.values()), node_chaos.figures
+    assert missed == [], f"{missed}; figures {node_chaos.figures}"

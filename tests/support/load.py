@@ -17,6 +17,7 @@ class Outcome:
     at: float
     status: int
     body: str
+    took: float = 0.0  # seconds the request took (a failure's start is ``at - took``)
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Load:
     port: int = 80
     interval: float = 0.02
     limit: float = 120.0
+    timeout: float = 10.0  # per request
     outcomes: list[Outcome] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -51,11 +53,12 @@ class Load:
             self._stop.wait(self.interval)
 
     def _one(self) -> Outcome:
+        started = time.monotonic()
         try:
-            status, body = get(self.address, self.host, port=self.port, timeout=10)
+            status, body = get(self.address, self.host, port=self.port, timeout=self.timeout)
         except Exception as exc:  # refused, reset, cut off mid-body (IncompleteRead): all failures
-            return Outcome(time.time(), 0, repr(exc))
-        return Outcome(time.time(), status, body)
+            return Outcome(time.time(), 0, repr(exc), time.monotonic() - started)
+        return Outcome(time.time(), status, body, time.monotonic() - started)
 
     @property
     def failures(self) -> list[Outcome]:

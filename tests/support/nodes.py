@@ -16,9 +16,11 @@ gateway) always reaches every node, so a test keeps seeing all sides.
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,9 @@ from tests.support.staging import HOSTS, ROOT, wait_until
 
 NODES = ROOT / "scripts" / "nodes.sh"
 APP_HOSTS = ("host-1", "host-2")
+# The second LB host (scripts/nodes.sh): a Consul client, `operator lb` and keepalived like host-3.
+LB_HOSTS = ("host-3", "host-4")
+NODE_HOSTS = (*HOSTS, "host-4")
 CHAIN = "CHAOS"
 # Consul's server RPC, LAN and WAN gossip: what a control-plane-only cut drops.
 CONSUL_PORTS = "8300:8302"
@@ -39,6 +44,11 @@ def node_addresses(subnet: str) -> tuple[str, str, str]:
     """host-1..3 of a /24: .11, .12, .13 (as scripts/nodes.sh gives them)."""
     prefix = subnet.removesuffix(".0/24")
     return (f"{prefix}.11", f"{prefix}.12", f"{prefix}.13")
+
+
+def floating_address(subnet: str) -> str:
+    """The address keepalived moves between host-3 and host-4: .100 of the /24 (scripts/nodes.sh)."""
+    return f"{subnet.removesuffix('.0/24')}.100"
 
 
 class Engines:
@@ -101,7 +111,23 @@ class Nodes:
         return f"{self.name}-{host}"
 
     def address(self, host: str) -> str:
+        if host == "host-4":
+            return f"{self.subnet.removesuffix('.0/24')}.14"
         return self.addresses[HOSTS.index(host)]
+
+    @property
+    def floating(self) -> str:
+        """The floating address of the LB pair."""
+        return floating_address(self.subnet)
+
+    def holders(self) -> list[str]:
+        """The LB hosts whose interfaces carry the floating address now (one, but for a split)."""
+        return [
+            host
+            for host in LB_HOSTS
+            if self.running(host)
+            and f" {self.floating}/" in self.exec(host, "ip", "-o", "-4", "addr", "show", check=False)
+        ]
 
     def consul_addr(self, host: str = "host-1") -> str:
         """HTTP(S) address of the Consul agent of ``host`` (its client_addr includes the node's address)."""
@@ -162,6 +188,40 @@ class Nodes:
             what=f"{host}'s daemon to be healthy",
         )
 
+    def set_agent_args(self, args: str) -> None:
+        """Each app host's ``OPERATOR_AGENT_ARGS`` set to ``args``, its agent restarted, one at a time.
+
+        As an operator would (deploy/env/operator-agent: edit, then `systemctl
+        restart operator-agent`): the restart returns once /healthz answers.
+        """
+        for host in APP_HOSTS:
+            self.exec(
+                host,
+                "sed",
+                "-i",
+                f"s|^OPERATOR_AGENT_ARGS=.*|OPERATOR_AGENT_ARGS={args}|",
+                "/etc/default/operator-agent",
+            )
+            self.exec(host, "systemctl", "restart", "operator-agent")
+
+    def journal(self, host: str, since: float = 0.0) -> str:
+        """What ``host``'s Consul and operator daemons logged since Unix time ``since`` (microseconds)."""
+        return self.exec(
+            host,
+            "journalctl",
+            "--no-pager",
+            f"--since=@{since:.0f}",
+            "-o",
+            "short-iso-precise",
+            "-u",
+            "consul",
+            "-u",
+            "operator-agent",
+            "-u",
+            "operator-lb",
+            check=False,
+        )
+
     def engines(self) -> Engines:
         """Clients of the app hosts' engines, through the sockets nodes.sh gives the machine."""
         return Engines({h: connect(f"unix://{self.run_dir / h / 'docker.sock'}") for h in APP_HOSTS})
@@ -213,13 +273,31 @@ class Nodes:
         self.cut(b, a, consul_only=consul_only)
 
     def isolate(self, host: str, *, consul_only: bool = False) -> None:
-        """``host`` cut off from both other nodes, both ways (the machine still reaches it)."""
-        for other in HOSTS:
-            if other != host:
-                self.cut_link(host, other, consul_only=consul_only)
+        """``host`` cut off from every other node, both ways (the machine still reaches it).
+
+        At once: one command per node, all nodes in parallel (a cut made link by link
+        took 4-6 s on a loaded machine, and a half-made cut is another fault).
+        """
+        others = [other for other in NODE_HOSTS if other != host]
+        sources = {host: others, **{other: [host] for other in others}}
+
+        def cut_all(target: str) -> None:
+            rules = [rule for source in sources[target] for rule in self._rules(source, consul_only)]
+            chain = (
+                f"iptables -t raw -N {CHAIN} 2>/dev/null; "
+                f"iptables -t raw -C PREROUTING -j {CHAIN} 2>/dev/null"
+                f" || iptables -t raw -I PREROUTING 1 -j {CHAIN}"
+            )
+            appends = " && ".join(shlex.join(["iptables", "-t", "raw", "-A", CHAIN, *rule]) for rule in rules)
+            self.exec(target, "sh", "-c", f"{chain}; {appends}")
+
+        with ThreadPoolExecutor(len(sources)) as pool:
+            list(pool.map(cut_all, sources))
+        for other in others:
+            self.cuts.update({(host, other, consul_only), (other, host, consul_only)})
 
     def heal(self) -> None:
         """Every cut gone."""
-        for host in HOSTS:
+        for host in NODE_HOSTS:
             self.exec(host, "sh", "-c", f"iptables -t raw -F {CHAIN} 2>/dev/null || true")
         self.cuts.clear()

@@ -37,8 +37,14 @@ SLOW_RESYNC = (("AGENT_ARGS", "--resync 600s"), ("LB_ARGS", "--resync 600s"))
 HOST_CAPACITY_1 = "memory=16Gi,cpus=8"
 HOST_CAPACITY_2 = "memory=4Gi,cpus=8"
 HOST_1_ALLOWED_CAPS = "NET_ADMIN"
+HOST_1_ALLOWED_HOST_PATH = "/tmp/consul-operator-host-paths"
+"""The one directory host-1's agent lets manifests mount from (tests/integration/test_volumes.py)."""
 HOSTS_APART = (
-    ("AGENT_ARGS_HOST1", f"--label zone=a --capacity {HOST_CAPACITY_1} --allow-cap {HOST_1_ALLOWED_CAPS}"),
+    (
+        "AGENT_ARGS_HOST1",
+        f"--label zone=a --capacity {HOST_CAPACITY_1} --allow-cap {HOST_1_ALLOWED_CAPS}"
+        f" --allow-host-path {HOST_1_ALLOWED_HOST_PATH}",
+    ),
     ("AGENT_ARGS_HOST2", f"--label zone=b --capacity {HOST_CAPACITY_2}"),
 )
 

@@ -11,7 +11,7 @@ import requests
 
 from consul_operator.adapters.actuators.docker import DockerActuator
 from consul_operator.core.errors import DockerUnavailable
-from consul_operator.core.model import LABEL_SERVICE
+from consul_operator.core.model import LABEL_PORT, LABEL_SERVICE
 
 EXITED = {"Id": "c1", "Names": ["/web-1"], "State": "exited", "Labels": {LABEL_SERVICE: "web"}, "Created": 1}
 INSPECTED = {
@@ -62,3 +62,45 @@ def test_an_inspect_that_times_out_fails_the_listing() -> None:
     """A timed-out inspect is no removal: the listing fails rather than leave the container out."""
     with pytest.raises(DockerUnavailable):
         actuator(FakeApi(inspect_raises=requests.ReadTimeout("read timed out"))).list_containers()
+
+
+@pytest.mark.parametrize(
+    ("labels", "primary"),
+    [
+        pytest.param({LABEL_PORT: "9100"}, 32001, id="labelled-primary"),
+        pytest.param({}, 32000, id="unlabelled-lowest-host-port"),
+        pytest.param({LABEL_PORT: "7"}, None, id="primary-not-published"),
+    ],
+)
+def test_every_published_port_is_listed_with_the_primary(labels: dict[str, str], primary: int | None) -> None:
+    """A container publishing several ports on the advertise address lists each (container port,
+    host port), both from the listing and from an inspect; ``host_port`` is the one `LABEL_PORT`
+    names. A port bound on another address is not ours to register."""
+    summary = {
+        "Id": "c2",
+        "Names": ["/web-2"],
+        "State": "running",
+        "Labels": labels,
+        "Ports": [
+            {"PrivatePort": 5000, "PublicPort": 32000, "IP": "127.0.0.1"},
+            {"PrivatePort": 9100, "PublicPort": 32001, "IP": "127.0.0.1"},
+            {"PrivatePort": 9200, "PublicPort": 32002, "IP": "0.0.0.0"},
+        ],
+    }
+    inspected = {
+        "Id": "c2",
+        "Name": "/web-2",
+        "Config": {"Labels": labels},
+        "State": {"Status": "running"},
+        "NetworkSettings": {
+            "Ports": {
+                "5000/tcp": [{"HostIp": "127.0.0.1", "HostPort": "32000"}],
+                "9100/tcp": [{"HostIp": "127.0.0.1", "HostPort": "32001"}],
+                "9200/tcp": [{"HostIp": "0.0.0.0", "HostPort": "32002"}],
+            }
+        },
+    }
+    docker_actuator = actuator(FakeApi())
+    for info in (docker_actuator._from_summary(summary), docker_actuator._from_inspect(inspected)):
+        assert info.host_ports == ((5000, 32000), (9100, 32001))
+        assert info.host_port == primary

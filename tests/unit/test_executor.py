@@ -76,7 +76,10 @@ class FakeDocker:
         if self.refuse_remove:
             raise DockerError(f"Docker refused removing {container_id}: removal already in progress")
 
-    def start(self, manifest: Manifest, *, name: str) -> ContainerInfo:
+    def ensure_volumes(self, manifest: Manifest, slot: int | None) -> tuple[str, ...]:
+        return ()
+
+    def start(self, manifest: Manifest, *, name: str, slot: int | None = None) -> ContainerInfo:
         if self.engine_away:
             raise DockerUnavailable(f"Docker engine unreachable during creating {name}: connection refused")
         if self.refuse_start:
@@ -115,6 +118,10 @@ class FakeCatalog:
             self.probe_gate.wait(60)
         self.registered_started.append(container.name)
         return True
+
+    def register_restored(self, container: ContainerInfo, manifest: Manifest) -> bool:
+        self.registers += 1
+        return not self.refuse
 
     def deregister(self, service_id: str) -> None:
         self.deregisters += 1
@@ -282,7 +289,7 @@ def test_failing_action_backs_off_instead_of_a_hot_loop(
 class BrokenDocker(FakeDocker):
     """An engine whose client raises an unexpected error on every start (no `DockerError`)."""
 
-    def start(self, manifest: Manifest, *, name: str) -> ContainerInfo:
+    def start(self, manifest: Manifest, *, name: str, slot: int | None = None) -> ContainerInfo:
         self.started.append(manifest.name)
         raise RuntimeError("could not parse the engine's answer")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 
 import pytest
 
@@ -77,8 +78,10 @@ def ctr(
     )
 
 
-def reg(c: ContainerInfo, *, healthy: bool = True, port: int | None = None) -> Registration:
-    """The registration ``c`` should have (or one with another port)."""
+def reg(
+    c: ContainerInfo, *, healthy: bool = True, port: int | None = None, restored: bool = False
+) -> Registration:
+    """The registration ``c`` should have (or one with another port; ``restored``: by a restarted Consul)."""
     return Registration(
         service_id=c.name,
         service=c.service,
@@ -87,6 +90,7 @@ def reg(c: ContainerInfo, *, healthy: bool = True, port: int | None = None) -> R
         address="127.0.0.11",
         port=port if port is not None else (c.host_port or 0),
         healthy=healthy,
+        restored=restored,
     )
 
 
@@ -119,6 +123,8 @@ def summary(action: Action) -> tuple[object, ...]:
             return ("drain", c.id, reason)
         case RemoveDead(container=c, crashed=crashed, reason=reason):
             return ("remove", c.id, crashed, reason)
+        case Register(container=c, restored=True):
+            return ("register again passing", c.id)
         case Register(container=c):
             return ("register", c.id)
         case Deregister(service_id=sid, reason=reason):
@@ -335,6 +341,46 @@ def test_spec_change_keeps_capacity(
     result = plan(want(WEB_V2, 2), containers, registrations, inflight)
     assert summaries(result) == expected
     assert result.reports[0].running == len(containers)
+
+
+@pytest.mark.parametrize(
+    ("registration", "inflight", "expected"),
+    [
+        pytest.param(
+            reg(C1, healthy=False, restored=True),
+            NOTHING_IN_FLIGHT,
+            [("register again passing", "c1")],
+            id="restored-critical-registered-again",
+        ),
+        pytest.param(reg(C1, healthy=False), NOTHING_IN_FLIGHT, [], id="critical-after-a-run-left-to-consul"),
+        pytest.param(reg(C1, restored=True), NOTHING_IN_FLIGHT, [], id="passing-left-alone"),
+        pytest.param(
+            reg(C1, healthy=False, restored=True),
+            InFlight(busy_registrations=frozenset({C1.name})),
+            [],
+            id="registration-in-flight",
+        ),
+        pytest.param(
+            reg(C1, healthy=False, restored=True),
+            InFlight(held_until=MappingProxyType({f"register:{C1.name}": NOW + 5})),
+            [],
+            id="backing-off-after-a-failed-probe",
+        ),
+        pytest.param(
+            reg(C1, healthy=False, restored=True, port=1),
+            NOTHING_IN_FLIGHT,
+            [("register", "c1")],
+            id="wrong-registration-registered-as-usual",
+        ),
+    ],
+)
+def test_a_check_restored_critical_by_a_consul_restart_is_registered_again(
+    registration: Registration, inflight: InFlight, expected: list[tuple[object, ...]]
+) -> None:
+    """A right registration Consul restored critical (its agent restarted) is registered again, passing;
+    nothing else is, and not while in flight or backing off."""
+    result = plan(want(WEB, 1), [C1], [registration], inflight=inflight)
+    assert summaries(result) == expected
 
 
 def test_outdated_container_keeps_its_registration() -> None:

@@ -4,6 +4,8 @@ status records, failed rollouts, stale requests and revisions, rollout time; and
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,7 +14,7 @@ import pytest
 from consul.base import Response
 
 from consul_operator.adapters import metrics
-from consul_operator.adapters.consul_client import ConsulClient
+from consul_operator.adapters.consul_client import ConsulClient, Indexed, KVEntry
 from consul_operator.core.desired_state import (
     MAX_REVISION_BYTES,
     Manifest,
@@ -47,6 +49,7 @@ from consul_operator.core.txn import (
 )
 from consul_operator.daemons.leader import LeaderElection
 from consul_operator.daemons.scheduler import Scheduler
+from tests.support.staging import wait_until
 
 LAYOUT = Layout()
 
@@ -230,7 +233,7 @@ def test_write_decided_under_an_old_session_uses_it_and_keeps_the_new_leadership
     consul = RefusingConsul()
     election = LeaderElection(consul, LAYOUT, host="h1", node="n1", lock_delay=0)  # type: ignore[arg-type]
     election._session = "s2"
-    election._set_leader(True)
+    election._confirm(time.monotonic())  # the lock seen held by s2 just now
     with pytest.raises(NotLeader):
         election.fenced_write({"k": b"v"}, session="s1")
     assert consul.sessions == ["s1"] and election.is_leader
@@ -428,18 +431,18 @@ def test_refused_service_backs_off_alone(error: ConsulError, reason: str) -> Non
     scheduler = Scheduler(None, LAYOUT, election, "c", 10.0)  # type: ignore[arg-type]
     before = metrics.leader_write_failures.labels(reason)._value.get()
     writes: dict[str, bytes | None] = {LAYOUT.placement_key(n): b"{}" for n in ("alpha", "bravo", "charlie")}
-    written = scheduler._write("s1", writes, now=10.0)
+    written = list(scheduler.writer.write("s1", writes, 10.0).keys)
     assert sorted(written) == [LAYOUT.placement_key("alpha"), LAYOUT.placement_key("charlie")]
     assert set(election.sessions) == {"s1"}
-    assert scheduler.write_backoffs["bravo"].retry_at == 11.0
+    assert scheduler.writer.backoffs["bravo"].retry_at == 11.0
     assert metrics.leader_write_failures.labels(reason)._value.get() == before + 1
-    assert scheduler._write("s1", writes, now=10.5) == [
+    assert list(scheduler.writer.write("s1", writes, 10.5).keys) == [
         LAYOUT.placement_key("alpha"),
         LAYOUT.placement_key("charlie"),
     ]
     election.refuse.clear()
-    assert LAYOUT.placement_key("bravo") in scheduler._write("s1", writes, now=11.0)
-    assert "bravo" not in scheduler.write_backoffs
+    assert LAYOUT.placement_key("bravo") in list(scheduler.writer.write("s1", writes, 11.0).keys)
+    assert "bravo" not in scheduler.writer.backoffs
 
 
 def test_consul_server_error_ends_the_pass() -> None:
@@ -447,5 +450,75 @@ def test_consul_server_error_ends_the_pass() -> None:
     election = FakeElection({LAYOUT.placement_key("a"): ConsulError("No cluster leader", status=500)})
     scheduler = Scheduler(None, LAYOUT, election, "c", 10.0)  # type: ignore[arg-type]
     with pytest.raises(ConsulError):
-        scheduler._write("s1", {LAYOUT.placement_key("a"): b"{}"}, now=0.0)
-    assert not scheduler.write_backoffs
+        list(scheduler.writer.write("s1", {LAYOUT.placement_key("a"): b"{}"}, 0.0).keys)
+    assert not scheduler.writer.backoffs
+
+
+def test_a_lease_not_confirmed_in_time_stops_the_writes_and_the_gauge() -> None:
+    """A leader whose last confirmation is older than its lease writes nothing; the watch drops the gauge."""
+    consul = RefusingConsul()
+    election = LeaderElection(consul, LAYOUT, host="h-lease", node="n1", lock_delay=0, lease=0.3)  # type: ignore[arg-type]
+    election._session = "s1"
+    election._confirm(time.monotonic())
+    leading_before = election.is_leader
+    stop = threading.Event()
+    watch = threading.Thread(target=election.watch_lease, args=(stop,), daemon=True)
+    watch.start()
+    try:
+        wait_until(lambda: metrics.is_leader.labels("h-lease")._value.get() == 0, timeout=5, what="the gauge")
+    finally:
+        stop.set()
+    assert leading_before and not election.is_leader
+    with pytest.raises(NotLeader):
+        election.fenced_write({"k": b"v"})
+    assert consul.sessions == []  # refused before any write was sent
+
+
+@pytest.mark.parametrize(
+    ("asked_ago", "leading"),
+    [
+        pytest.param(0.0, True, id="read-sent-now-confirms"),
+        pytest.param(1.9, True, id="read-sent-within-the-lease-confirms"),
+        pytest.param(2.1, False, id="answer-to-a-read-sent-before-the-lease-does-not"),
+    ],
+)
+def test_a_confirmation_counts_from_when_its_read_was_sent(asked_ago: float, leading: bool) -> None:
+    """A read that saw our session holding the lock confirms the lease as of when it was sent."""
+    election = LeaderElection(RefusingConsul(), LAYOUT, host="h-asked", node="n1", lock_delay=0, lease=2.0)  # type: ignore[arg-type]
+    election._confirm(time.monotonic() - asked_ago)
+    assert election.is_leader is leading
+
+
+@dataclass
+class HeldLockConsul:
+    """A Consul where our session holds the lock; blocking reads block (up to 1 s); the first is slow."""
+
+    session: str
+    slow: float
+    stop: threading.Event
+    waits: list[float] = field(default_factory=list)
+
+    def session_info(self, session: str) -> dict[str, Any]:
+        return {"ID": session}
+
+    def kv_get(
+        self, key: str, *, index: int = 0, wait: float = 0.0, consistent: bool = False
+    ) -> Indexed[KVEntry]:
+        """The lock, held by ``session``: the first read takes ``slow`` s, later ones their wait."""
+        self.waits.append(wait)
+        time.sleep(self.slow if len(self.waits) == 1 else min(wait, 1.0) if index else 0.0)
+        if len(self.waits) >= 6:
+            self.stop.set()
+        return Indexed(7, KVEntry(key, b"{}", 7, session=self.session))
+
+
+def test_a_leader_whose_lease_lapsed_leads_again_at_its_next_confirmation() -> None:
+    """A read slower than the lease steps the leader down; the lock still ours, it confirms it again
+    with short reads (not a follower's 10 s wait, which would date every confirmation too old)."""
+    stop = threading.Event()
+    consul = HeldLockConsul(session="s1", slow=0.5, stop=stop)
+    election = LeaderElection(consul, LAYOUT, host="h-lapse", node="n1", lock_delay=0, lease=0.3)  # type: ignore[arg-type]
+    election._session = "s1"
+    election._campaign(stop)
+    assert election.is_leader
+    assert all(wait == 0.3 / 4 for wait in consul.waits[1:]), consul.waits

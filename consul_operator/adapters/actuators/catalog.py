@@ -15,14 +15,19 @@ from consul_operator.adapters.consul_client import ConsulClient
 from consul_operator.core.desired_state import Manifest
 from consul_operator.core.durations import format_duration
 from consul_operator.core.model import (
+    EXTRA_PORT_CHECK_SUFFIX,
     MANAGED_BY,
     META_CLUSTER,
     META_CONTAINER,
+    META_EXTRA_PORT,
     META_HOST,
+    META_LB,
     META_MANAGED_BY,
+    META_PORT,
     META_SPEC,
     ContainerInfo,
     Registration,
+    extra_port_id,
 )
 
 
@@ -64,7 +69,7 @@ def service_definition(
         check["TCP"] = f"{address}:{port}"
     if initial_passing:
         check["Status"] = "passing"
-    return {
+    definition: dict[str, Any] = {
         "ID": container.name,
         "Name": manifest.name,
         "Address": address,
@@ -78,6 +83,55 @@ def service_definition(
         },
         "Check": check,
     }
+    primary = manifest.primary_port_name
+    if primary is not None:  # ``ports:``; the ``port:`` shorthand registers as it always did
+        definition["Tags"] = [primary]
+        definition["Meta"][META_PORT] = primary
+        if not manifest.load_balanced:
+            definition["Meta"][META_LB] = "no"
+    return definition
+
+
+def extra_port_definitions(
+    container: ContainerInfo, manifest: Manifest, *, cluster: str, host: str, address: str
+) -> list[dict[str, Any]]:
+    """The registrations of a replica's ports other than its primary one (`Manifest.extra_ports`):
+    each under the service's name, tagged with the port's name, with a TCP check on it. A port
+    the container does not publish (yet) has none."""
+    published = dict(container.host_ports)
+    definitions = []
+    for name, container_port in manifest.extra_ports:
+        port = published.get(container_port)
+        if port is None:
+            continue
+        sid = extra_port_id(container.name, name)
+        definitions.append(
+            {
+                "ID": sid,
+                "Name": manifest.name,
+                "Address": address,
+                "Port": port,
+                "Tags": [name],
+                "Meta": {
+                    META_MANAGED_BY: MANAGED_BY,
+                    META_CLUSTER: cluster,
+                    META_HOST: host,
+                    META_CONTAINER: container.id,
+                    META_SPEC: container.spec_hash,
+                    META_PORT: name,
+                    META_EXTRA_PORT: "true",
+                    META_LB: "no",
+                },
+                "Check": {
+                    "CheckID": sid + EXTRA_PORT_CHECK_SUFFIX,
+                    "Name": f"TCP {address}:{port}",
+                    "TCP": f"{address}:{port}",
+                    "Interval": format_duration(manifest.health.interval),
+                    "Timeout": format_duration(manifest.health.timeout),
+                },
+            }
+        )
+    return definitions
 
 
 class CatalogActuator:
@@ -94,10 +148,13 @@ class CatalogActuator:
         services = self.consul.agent_services()
         checks = self.consul.agent_checks()
         passing: dict[str, bool] = {}
+        restored: dict[str, bool] = {}  # a check critical with no output: never run since Consul loaded it
         for check in checks.values():
             sid = check.get("ServiceID") or ""
             if sid:
                 passing[sid] = passing.get(sid, True) and check.get("Status") == "passing"
+                unrun = check.get("Status") == "critical" and not check.get("Output")
+                restored[sid] = restored.get(sid, False) or unrun
         result = []
         for sid, svc in services.items():
             meta = svc.get("Meta") or {}
@@ -116,6 +173,8 @@ class CatalogActuator:
                     address=svc.get("Address", ""),
                     port=int(svc.get("Port") or 0),
                     healthy=passing.get(sid, False),
+                    restored=restored.get(sid, False),
+                    extra_port=meta.get(META_PORT, "") if meta.get(META_EXTRA_PORT) else "",
                 )
             )
         return result
@@ -134,8 +193,15 @@ class CatalogActuator:
         )
 
     def register(self, container: ContainerInfo, manifest: Manifest) -> None:
-        """Register (or update) one replica with its health check."""
+        """Register (or update) one replica with its health check, and its extra ports."""
         self.consul.register_service(self.definition(container, manifest))
+        self._register_extra_ports(container, manifest)
+
+    def _register_extra_ports(self, container: ContainerInfo, manifest: Manifest) -> None:
+        for definition in extra_port_definitions(
+            container, manifest, cluster=self.cluster, host=self.host, address=self.advertise
+        ):
+            self.consul.register_service(definition)
 
     def register_started(self, container: ContainerInfo, manifest: Manifest, *, probe: bool = True) -> bool:
         """Register a replica that has just started, passing from the start if its check passes now.
@@ -152,7 +218,25 @@ class CatalogActuator:
         if passed:
             definition["Check"]["Status"] = "passing"
         self.consul.register_service(definition)
+        self._register_extra_ports(container, manifest)
         return passed
+
+    def register_restored(self, container: ContainerInfo, manifest: Manifest) -> bool:
+        """Register again, passing, a replica whose check Consul restored critical (its agent restarted).
+
+        Only if the check passes when we run it now (`probe.passes_within`, one
+        try within the check's timeout: an action's worker waits no longer);
+        returns whether it did. Deregistered first: registering a check Consul
+        knows keeps the check's status, critical until Consul's first run, up
+        to one interval after the restart.
+        """
+        definition = self.definition(container, manifest, initial_passing=True)
+        timeout = min(manifest.health.timeout, probe_module.MAX_BUDGET)
+        if not probe_module.passes_within(definition["Check"], timeout, timeout):
+            return False
+        self.consul.deregister_service(definition["ID"])
+        self.consul.register_service(definition)
+        return True
 
     def deregister(self, service_id: str) -> None:
         """Remove one replica's registration (and its check)."""

@@ -6,6 +6,7 @@ listed, changed or removed; anything else on the engine is invisible here.
 
 from __future__ import annotations
 
+import os
 import secrets
 import threading
 from collections.abc import Callable, Collection
@@ -20,13 +21,21 @@ import structlog
 from consul_operator.adapters.docker_client import docker_errors
 from consul_operator.adapters.timers import Timers
 from consul_operator.core.backoff import retry_delay
-from consul_operator.core.desired_state import DEFAULT_CAPABILITIES, TMPFS_SIZE, Manifest
+from consul_operator.core.desired_state import (
+    DEFAULT_CAPABILITIES,
+    TMPFS_SIZE,
+    Manifest,
+    host_path_allowed,
+)
 from consul_operator.core.errors import DockerError, DockerUnavailable, ImageNotFound
 from consul_operator.core.model import (
     LABEL_CLUSTER,
     LABEL_HOST,
+    LABEL_PORT,
     LABEL_SERVICE,
+    LABEL_SLOT,
     LABEL_SPEC,
+    LABEL_VOLUME,
     ContainerInfo,
 )
 
@@ -91,6 +100,17 @@ def host_config(manifest: Manifest) -> dict[str, Any]:
     }
 
 
+def volume_name(cluster: str, host: str, service: str, slot: int, volume: str) -> str:
+    """The Docker volume of ``volume`` for replica ``slot`` of ``service`` on ``host`` (one engine may
+    serve several hosts of a test environment, and several clusters)."""
+    return f"{cluster}-{host}-{service}-{slot}-{volume}"
+
+
+def _slot(labels: dict[str, str]) -> int | None:
+    text = labels.get(LABEL_SLOT, "")
+    return int(text) if text.isdigit() else None
+
+
 def _timestamp(text: str | None) -> float | None:
     """Docker's RFC 3339 time (nanoseconds, 'Z'), or its zero time, as Unix seconds."""
     if not text or text.startswith("0001-"):
@@ -105,6 +125,17 @@ def container_name(service: str, host: str) -> str:
     return f"{service}-{host}-{secrets.token_hex(3)}"
 
 
+def _primary(
+    published: dict[int, int], labels: dict[str, str]
+) -> tuple[tuple[tuple[int, int], ...], int | None]:
+    """Every published (container, host) port, sorted, and the host port of the replica itself:
+    the one its `LABEL_PORT` names, else (a container of one port) the only one."""
+    primary = labels.get(LABEL_PORT, "")
+    by_label = published.get(int(primary)) if primary.isdigit() else None
+    port = by_label if primary.isdigit() else next(iter(sorted(published.values())), None)
+    return tuple(sorted(published.items())), port
+
+
 class DockerActuator:
     """Our containers on one host."""
 
@@ -116,8 +147,10 @@ class DockerActuator:
         host: str,
         advertise: str,
         pull_timeout: float = PULL_TIMEOUT,
+        allowed_host_paths: tuple[str, ...] = (),
     ) -> None:
         self.client = client
+        self.allowed_host_paths = allowed_host_paths
         self.cluster = cluster
         self.host = host
         self.advertise = advertise
@@ -160,14 +193,12 @@ class DockerActuator:
 
     def _from_summary(self, summary: dict[str, Any]) -> ContainerInfo:
         labels = summary.get("Labels") or {}
-        port = next(
-            (
-                int(p["PublicPort"])
-                for p in summary.get("Ports") or []
-                if p.get("PublicPort") and p.get("IP") == self.advertise
-            ),
-            None,
-        )
+        published = {
+            int(p["PrivatePort"]): int(p["PublicPort"])
+            for p in summary.get("Ports") or []
+            if p.get("PublicPort") and p.get("PrivatePort") and p.get("IP") == self.advertise
+        }
+        host_ports, port = _primary(published, labels)
         return ContainerInfo(
             id=summary["Id"],
             name=summary["Names"][0].lstrip("/") if summary.get("Names") else summary["Id"][:12],
@@ -179,16 +210,19 @@ class DockerActuator:
             # The listing has no start time; we start every container right after
             # creating it and never let Docker restart it, so creation is close enough.
             started_at=float(summary.get("Created", 0)),
+            host_ports=host_ports,
+            slot=_slot(labels),
         )
 
     def _from_inspect(self, data: dict[str, Any]) -> ContainerInfo:
         labels = data["Config"].get("Labels") or {}
         state = data.get("State") or {}
-        port = None
-        for binding in ((data.get("NetworkSettings") or {}).get("Ports") or {}).values():
+        published: dict[int, int] = {}
+        for private, binding in ((data.get("NetworkSettings") or {}).get("Ports") or {}).items():
             for item in binding or []:
                 if item.get("HostIp") == self.advertise and item.get("HostPort"):
-                    port = int(item["HostPort"])
+                    published[int(str(private).partition("/")[0])] = int(item["HostPort"])
+        host_ports, port = _primary(published, labels)
         return ContainerInfo(
             id=data["Id"],
             name=data["Name"].lstrip("/"),
@@ -202,10 +236,53 @@ class DockerActuator:
             exit_code=state.get("ExitCode"),
             error=state.get("Error") or "",
             oom_killed=bool(state.get("OOMKilled")),
+            host_ports=host_ports,
+            slot=_slot(labels),
         )
 
-    def start(self, manifest: Manifest, *, name: str | None = None) -> ContainerInfo:
-        """Create and start one replica; a container that fails to start is removed again."""
+    def ensure_volumes(self, manifest: Manifest, slot: int | None) -> tuple[str, ...]:
+        """Create the named volumes of replica ``slot`` that do not exist yet, labelled with the
+        cluster, host, service, slot and volume; the names of those created (fresh, empty)."""
+        if slot is None or not manifest.named_volumes:
+            return ()
+        fresh = []
+        for volume in manifest.named_volumes:
+            assert volume.name is not None
+            name = volume_name(self.cluster, self.host, manifest.name, slot, volume.name)
+            with docker_errors(f"looking up volume {name}"):
+                found = self.client.api.volumes(filters={"name": name}).get("Volumes") or []
+            if any(v.get("Name") == name for v in found):
+                continue
+            labels = {
+                LABEL_CLUSTER: self.cluster,
+                LABEL_HOST: self.host,
+                LABEL_SERVICE: manifest.name,
+                LABEL_SLOT: str(slot),
+                LABEL_VOLUME: volume.name,
+            }
+            with docker_errors(f"creating volume {name}"):
+                self.client.api.create_volume(name, labels=labels)
+            fresh.append(name)
+        return tuple(fresh)
+
+    def our_volumes(self) -> dict[str, list[str]]:
+        """This host's volumes (ours: labelled with our cluster and host), by service."""
+        with docker_errors("listing volumes"):
+            found = self.client.api.volumes(filters={"label": self.label_filters}).get("Volumes") or []
+        by_service: dict[str, list[str]] = {}
+        for volume in found:
+            service = (volume.get("Labels") or {}).get(LABEL_SERVICE, "")
+            by_service.setdefault(service, []).append(str(volume["Name"]))
+        return {service: sorted(names) for service, names in by_service.items() if service}
+
+    def remove_volume(self, name: str) -> None:
+        """Remove one of our volumes (Docker refuses while a container uses it)."""
+        with docker_errors(f"removing volume {name}"):
+            self.client.api.remove_volume(name)
+
+    def start(self, manifest: Manifest, *, name: str | None = None, slot: int | None = None) -> ContainerInfo:
+        """Create and start one replica (in ``slot``, which names its volumes: `ensure_volumes` made
+        them); a container that fails to start is removed again."""
         name = name or container_name(manifest.name, self.host)
         labels = {
             LABEL_CLUSTER: self.cluster,
@@ -213,10 +290,14 @@ class DockerActuator:
             LABEL_SERVICE: manifest.name,
             LABEL_SPEC: manifest.spec_hash(),
         }
+        if slot is not None:
+            labels[LABEL_SLOT] = str(slot)
+        if manifest.ports and manifest.port is not None:
+            labels[LABEL_PORT] = str(manifest.port)
         self._ensure_image(manifest.image)
         try:
             with docker_errors(f"creating {name}"):
-                cid = self._create(manifest, name, labels)
+                cid = self._create(manifest, name, labels, slot)
         except ImageNotFound:
             self._images.discard(manifest.image)  # removed since we looked: look again next time
             raise
@@ -228,11 +309,36 @@ class DockerActuator:
             self.remove(cid)  # no half-started leftovers (a port clash, say)
             raise
 
-    def _create(self, manifest: Manifest, name: str, labels: dict[str, str]) -> str:
+    def _binds(self, manifest: Manifest, slot: int | None) -> dict[str, dict[str, str]]:
+        """Docker's binds: each named volume of ``slot`` and each host path at its path in the container.
+
+        A host path is checked again here, resolved (a symbolic link under an allowed directory must
+        not lead out of it): `host_desires` only compared the text with ``--allow-host-path``.
+        """
+        binds: dict[str, dict[str, str]] = {}
+        for volume in manifest.volumes:
+            mode = "ro" if volume.read_only else "rw"
+            if volume.name is not None:
+                if slot is None:
+                    raise DockerError(
+                        f"a replica of {manifest.name} has no slot for its volume {volume.name}"
+                    )
+                source = volume_name(self.cluster, self.host, manifest.name, slot, volume.name)
+            else:
+                assert volume.host_path is not None
+                source = os.path.realpath(volume.host_path)
+                if not host_path_allowed(source, self.allowed_host_paths):
+                    raise DockerError(
+                        f"host path {volume.host_path} resolves to {source}, outside --allow-host-path"
+                    )
+            binds[source] = {"bind": volume.path, "mode": mode}
+        return binds
+
+    def _create(self, manifest: Manifest, name: str, labels: dict[str, str], slot: int | None = None) -> str:
         """Create the container; its id. The low-level call: no inspect before the start (one per replica
         less in a burst; the one after the start reads the published port)."""
         api = self.client.api
-        bindings = {manifest.port: (self.advertise, None)} if manifest.port else {}
+        bindings = {port: (self.advertise, None) for port in manifest.container_ports}
         created = api.create_container(
             manifest.image,
             name=name,
@@ -242,7 +348,10 @@ class DockerActuator:
             labels=labels,
             ports=list(bindings),
             detach=True,
-            host_config=api.create_host_config(port_bindings=bindings, **host_config(manifest)),
+            volumes=[v.path for v in manifest.volumes] or None,
+            host_config=api.create_host_config(
+                port_bindings=bindings, binds=self._binds(manifest, slot) or None, **host_config(manifest)
+            ),
         )
         return str(created["Id"])
 

@@ -1,0 +1,200 @@
+"""Profile the leader's idle pass at full size against a real Consul (issue 31).
+
+    python -m bench.leader_profile [--services 1000] [--hosts 100] [--addr 127.0.0.84] [--passes 5]
+
+Starts one Consul agent in dev mode on ``--addr``, registers ``--hosts``
+agents on it (their TTL checks passing, their node claims written), lets the
+real `Scheduler` place ``--services`` services of 10 replicas, writes every
+host's status records as agents that run them would, and then times idle passes
+(nothing changed) and passes that place one new service each (wall time and
+the process's CPU time), and profiles idle passes under cProfile: the pass
+times and the top functions by cumulative and own time. Nothing is simulated but the agents' processes:
+the scheduler, its reads, its decisions and its fenced writes are the real
+ones, on one Consul server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.scale import consul_binary, manifest, service_names
+from consul_operator.adapters.consul_client import ConsulClient
+from consul_operator.adapters.presence import AGENT_SERVICE, agent_service_id, capacity_meta, ttl_check_id
+from consul_operator.core.desired_state import Resources
+from consul_operator.core.keys import Layout
+from consul_operator.core.model import META_CLUSTER, META_HOST
+from consul_operator.core.records import AgentRecord, PlacementRecord, StatusRecord, frozen_map
+from consul_operator.core.txn import pack_writes
+from consul_operator.daemons.scheduler import Scheduler
+from tests.support.staging import wait_until
+
+CLUSTER = "profile"
+LAYOUT = Layout()
+REPLICAS = 10
+
+
+@dataclass
+class Election:
+    """A leader that always leads, writing fenced with a real session on a real lock."""
+
+    consul: ConsulClient
+    host: str
+    session: str | None = None
+    is_leader: bool = True
+
+    def fenced_write(self, writes: dict[str, bytes | None], session: str | None = None) -> None:
+        """The real fenced write (`ConsulClient.fenced_write`)."""
+        assert self.session is not None
+        self.consul.fenced_write(LAYOUT.leader_key, session or self.session, writes)
+
+
+def free_port(addr: str) -> int:
+    with socket.socket() as s:
+        s.bind((addr, 0))
+        return int(s.getsockname()[1])
+
+
+def start_consul(addr: str, data: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port(addr)
+    cmd = [
+        consul_binary(),
+        "agent",
+        "-dev",
+        f"-bind={addr}",
+        f"-client={addr}",
+        f"-http-port={port}",
+        "-dns-port=-1",
+        f"-serf-lan-port={free_port(addr)}",
+        f"-server-port={free_port(addr)}",
+        "-grpc-port=-1",
+        "-node=profile-node",
+        f"-data-dir={data}",
+        "-hcl=disable_update_check = true",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=(data / "consul.log").open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+    return proc, f"{addr}:{port}"
+
+
+def register_agents(consul: ConsulClient, hosts: int, node: str) -> None:
+    capacity = capacity_meta(Resources(64 * 1024**3, 64_000))
+    for i in range(1, hosts + 1):
+        host = f"host-{i}"
+        consul.kv_put(LAYOUT.agent_key(host), AgentRecord(host, node).to_json())
+        consul.register_service(
+            {
+                "ID": agent_service_id(host),
+                "Name": AGENT_SERVICE,
+                "Address": "127.0.0.1",
+                "Meta": {META_HOST: host, META_CLUSTER: CLUSTER, **capacity},
+                "Check": {
+                    "CheckID": ttl_check_id(host),
+                    "Name": "alive",
+                    "TTL": "3600s",
+                    "Status": "passing",
+                },
+            }
+        )
+
+
+def write_statuses(consul: ConsulClient) -> int:
+    """Every host's status records, as agents running their placements would write them."""
+    groups: dict[str, dict[str, bytes | None]] = {}
+    for entry in consul.kv_list(LAYOUT.placement_prefix).value:
+        record = PlacementRecord.from_json(entry.value)
+        for host, count in record.hosts.items():
+            status = StatusRecord(
+                service=record.service,
+                host=host,
+                spec_hash=record.spec_hash,
+                desired=count,
+                running=count,
+                healthy=count,
+                specs=frozen_map({record.spec_hash: count}),
+                since=time.time(),
+                node="profile-node",
+            )
+            groups[f"{record.service}/{host}"] = {LAYOUT.status_key(record.service, host): status.to_json()}
+    for batch in pack_writes(groups):
+        consul.kv_txn(batch.writes)
+    return len(groups)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="bench.leader_profile", description=__doc__.split("\n")[0])
+    parser.add_argument("--services", type=int, default=1000)
+    parser.add_argument("--hosts", type=int, default=100)
+    parser.add_argument("--addr", default="127.0.0.84")
+    parser.add_argument("--passes", type=int, default=5)
+    parser.add_argument("--top", type=int, default=35)
+    args = parser.parse_args(argv)
+    data = Path(tempfile.mkdtemp(prefix="leader-profile-"))
+    proc, http = start_consul(args.addr, data)
+    try:
+        consul = ConsulClient(http, timeout=60)
+        wait_until(lambda: consul.kv_put("ready", b"1"), timeout=60, what="Consul writable", interval=0.2)
+        node = consul.agent_node_name()
+        register_agents(consul, args.hosts, node)
+        groups = {n: {LAYOUT.service_key(n): manifest(n, REPLICAS)} for n in service_names(args.services)}
+        for batch in pack_writes(groups):
+            consul.kv_txn(batch.writes)
+        election = Election(consul, "host-1")
+        election.session = consul.session_create("leader", checks=[], lock_delay=0)
+        consul.kv_acquire(LAYOUT.leader_key, b'{"host": "host-1"}', election.session)
+        scheduler = Scheduler(consul, LAYOUT, election, CLUSTER, 10.0)  # type: ignore[arg-type]
+        t0 = time.perf_counter()
+        scheduler.reconcile()
+        print(f"first pass (placing {args.services} services): {time.perf_counter() - t0:.3f}s")
+        print(f"status records written: {write_statuses(consul)}")
+        scheduler.reconcile()
+        plain = []
+        for _ in range(args.passes):
+            t0 = time.perf_counter()
+            scheduler.reconcile()
+            plain.append(time.perf_counter() - t0)
+        print("idle passes, not profiled (s):", " ".join(f"{t:.3f}" for t in plain))
+        changes, cpu = [], []
+        for k in range(args.passes):
+            name = f"new{k:03d}"
+            consul.kv_put(LAYOUT.service_key(name), manifest(name, REPLICAS))
+            t0, c0 = time.perf_counter(), time.process_time()
+            scheduler.reconcile()
+            changes.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+            assert consul.kv_get(LAYOUT.placement_key(name)).value is not None, "not placed"
+        print("one new service, its pass (s):", " ".join(f"{t:.3f}" for t in changes))
+        print("one new service, the leader's CPU (s):", " ".join(f"{t:.3f}" for t in cpu))
+        times = []
+        profile = cProfile.Profile()
+        for _ in range(args.passes):
+            t0 = time.perf_counter()
+            profile.enable()
+            scheduler.reconcile()
+            profile.disable()
+            times.append(time.perf_counter() - t0)
+        print("idle passes, profiled (s):", " ".join(f"{t:.3f}" for t in times))
+        for order in ("cumulative", "tottime"):
+            out = io.StringIO()
+            pstats.Stats(profile, stream=out).sort_stats(order).print_stats(args.top)
+            print(out.getvalue())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        shutil.rmtree(data, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

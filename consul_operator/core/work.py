@@ -1,0 +1,290 @@
+"""Each host's work, as the leader writes it: ``operator/work/<host>/<shard>`` (issue 31).
+
+Pure: no I/O. The leader derives every host's work from the placements it
+decided (`host_work`), shards it under a byte bound (`work_records`) and
+writes only the hosts whose work changed (`work_writes`), in the fenced
+transactions of its pass. A host's agent can then block on its own prefix
+``operator/work/<host>/`` instead of on every manifest and placement.
+
+One entry per service placed on the host: the spec hash and count, during a
+rollout the count per spec (each spec's manifest is its revision,
+``operator/revisions/<name>/<spec>``, written before and never changed, so an
+agent caches it by hash), the two timings of the manifest that the spec hash
+leaves out (``drain``, ``stop_grace``), and for an invalid manifest its hold.
+
+Every shard carries the leader's session and a digest of the host's whole
+work: a reader takes a host's shards only when all of them are there and
+agree (a torn set, or one written under an older leader session, means
+"keep what runs"). A new leader rebuilds every host's work from one full
+read before it writes any (`work_writes` with what it read as ``written``):
+its session differs from every record's, so every host is written again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from consul_operator.core.desired_state import DEFAULT_DRAIN, DEFAULT_STOP_GRACE, Manifest, ManifestError
+from consul_operator.core.keys import Layout
+from consul_operator.core.records import MAX_WORK_BYTES, PlacementRecord, bounded_text
+
+MAX_WORK_ERROR_BYTES = 256
+"""An invalid manifest's first problem in a work entry, JSON-encoded (the status record says more)."""
+WORK_FORMAT = 1
+"""The version of the record's form; a reader refuses a form it does not know."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkEntry:
+    """What one host runs of one service (see the module doc)."""
+
+    spec: str
+    count: int
+    specs: Mapping[str, int] = field(default_factory=dict)
+    """During a rollout: the count per spec hash (``count`` is their sum); empty otherwise."""
+    drain: float = DEFAULT_DRAIN
+    stop_grace: float = DEFAULT_STOP_GRACE
+    """The manifest's, which its spec hash (and so its revision) leaves out; left out of the KV
+    form when they are the defaults."""
+    invalid: str = ""
+    """The manifest's first problem when it is invalid: the host keeps what runs (a hold)."""
+
+    def to_dict(self) -> dict[str, object]:
+        """The entry's JSON form (sorted, defaults left out)."""
+        body: dict[str, object] = {"spec": self.spec, "count": self.count}
+        if self.specs:
+            body["specs"] = dict(sorted(self.specs.items()))
+        if self.drain != DEFAULT_DRAIN:
+            body["drain"] = self.drain
+        if self.stop_grace != DEFAULT_STOP_GRACE:
+            body["stop_grace"] = self.stop_grace
+        if self.invalid:
+            body["invalid"] = self.invalid
+        return body
+
+
+HostWork = Mapping[str, WorkEntry]
+"""One host's work: service -> entry."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkShard:
+    """One ``operator/work/<host>/<shard>`` record."""
+
+    host: str
+    session: str
+    digest: str
+    """Of the host's whole work (every shard the same): a reader checks its shards agree."""
+    shard: int
+    shards: int
+    services: Mapping[str, Mapping[str, object]]
+
+    def to_json(self) -> bytes:
+        """The KV form."""
+        body = {
+            "format": WORK_FORMAT,
+            "host": self.host,
+            "session": self.session,
+            "digest": self.digest,
+            "shard": self.shard,
+            "shards": self.shards,
+            "services": self.services,
+        }
+        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str, *, host: str) -> WorkShard:
+        """Parse a shard stored under ``operator/work/<host>/``; ValueError when it is not one."""
+        try:
+            body = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"not a work record: {exc}") from exc
+        if not isinstance(body, dict) or body.get("format") != WORK_FORMAT:
+            raise ValueError("not a work record of a known format")
+        session, digest = body.get("session"), body.get("digest")
+        shard, shards, services = body.get("shard"), body.get("shards"), body.get("services")
+        if not (
+            isinstance(session, str)
+            and isinstance(digest, str)
+            and isinstance(shard, int)
+            and isinstance(shards, int)
+            and 0 <= shard < shards
+            and isinstance(services, dict)
+            and body.get("host") == host
+        ):
+            raise ValueError("not a work record: fields missing or of the wrong type")
+        return cls(host, session, digest, shard, shards, services)
+
+
+@dataclass(frozen=True, slots=True)
+class WrittenWork:
+    """What KV holds (or the leader last wrote) of one host's work: its session, digest and shard keys."""
+
+    session: str
+    digest: str
+    keys: frozenset[str]
+
+
+def host_work(
+    placements: Mapping[str, PlacementRecord], manifests: Mapping[str, Manifest | ManifestError]
+) -> dict[str, dict[str, WorkEntry]]:
+    """Every host's work from the placements: host -> service -> entry (hosts with replicas only).
+
+    A service without a manifest has no work anywhere (its replicas drain);
+    an invalid manifest's entry carries its first problem (the host holds).
+    """
+    work: dict[str, dict[str, WorkEntry]] = {}
+    for name, record in placements.items():
+        manifest = manifests.get(name)
+        if manifest is None:
+            continue
+        for host, count in record.hosts.items():
+            specs = record.spec_counts(host)
+            if count <= 0 and not any(specs.values()):
+                continue
+            if isinstance(manifest, Manifest):
+                entry = WorkEntry(
+                    record.spec_hash,
+                    count,
+                    specs if record.specs else {},
+                    manifest.drain,
+                    manifest.stop_grace,
+                )
+            else:
+                first = str(manifest.problems[0]) if manifest.problems else "invalid"
+                problem = bounded_text(first, MAX_WORK_ERROR_BYTES)
+                entry = WorkEntry(record.spec_hash, count, specs if record.specs else {}, invalid=problem)
+            work.setdefault(host, {})[name] = entry
+    return work
+
+
+def work_digest(work: HostWork) -> str:
+    """A digest of one host's whole work (equal work, equal digest)."""
+    canonical = json.dumps(
+        {name: entry.to_dict() for name, entry in sorted(work.items())}, sort_keys=True, separators=(",", ":")
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def work_records(
+    layout: Layout, host: str, work: HostWork, session: str, max_bytes: int = MAX_WORK_BYTES
+) -> dict[str, bytes]:
+    """``host``'s work as shard records, key -> KV form, each within ``max_bytes``.
+
+    Services are taken in name order and a shard is closed when the next entry
+    would pass the bound (measured on the encoded form, with room for the
+    record's own fields). A host without work has one empty shard: present
+    and current, it says "run nothing here".
+    """
+    digest = work_digest(work)
+    overhead = len(WorkShard(host, session, digest, 999_999, 999_999, {}).to_json())
+    shards: list[dict[str, Mapping[str, object]]] = [{}]
+    size = overhead
+    for name in sorted(work):
+        body = work[name].to_dict()
+        entry_bytes = len(json.dumps({name: body}, separators=(",", ":"))) + 1
+        if shards[-1] and size + entry_bytes > max_bytes:
+            shards.append({})
+            size = overhead
+        shards[-1][name] = body
+        size += entry_bytes
+    return {
+        layout.work_key(host, i): WorkShard(host, session, digest, i, len(shards), services).to_json()
+        for i, services in enumerate(shards)
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class WorkWrites:
+    """The work-key writes of a pass, in the order they must land: additions first (hosts gaining a
+    service or replicas), then the rest and the deletions; and what KV holds once they are written."""
+
+    additions: Mapping[str, bytes | None]
+    removals: Mapping[str, bytes | None]
+    written: Mapping[str, WrittenWork]
+
+    def __bool__(self) -> bool:
+        return bool(self.additions or self.removals)
+
+
+def work_writes(
+    layout: Layout,
+    desired: Mapping[str, HostWork],
+    written: Mapping[str, WrittenWork],
+    session: str,
+    previous: Mapping[str, HostWork] | None = None,
+    hosts: Mapping[str, object] | None = None,
+) -> WorkWrites:
+    """The writes that bring KV's work keys from ``written`` to ``desired``, under ``session``.
+
+    A host whose digest and session are unchanged is not written. A host
+    with no work left gets an empty shard while it is a known host
+    (``hosts``: registered agents), and loses its keys otherwise. A host
+    counts as an *addition* when some service's count there grows (by
+    ``previous``, what the leader last decided: unknown counts as growing);
+    those are written before the others, so that a replica moving between
+    hosts starts on its new host before it is drained from the old one.
+    """
+    additions: dict[str, bytes | None] = {}
+    removals: dict[str, bytes | None] = {}
+    after = dict(written)
+    known = set(desired) | set(hosts or {})
+    for host in sorted(known | set(written)):
+        work = desired.get(host, {})
+        before = written.get(host)
+        if host not in known:
+            if before is not None:
+                removals.update(dict.fromkeys(sorted(before.keys)))
+                del after[host]
+            continue
+        unchanged = previous is not None and host in previous and previous[host] == work
+        if before is not None and before.session == session and unchanged:
+            continue  # as last written: no digest to work out (most hosts, most passes)
+        digest = work_digest(work)
+        if before is not None and before.session == session and before.digest == digest:
+            continue
+        records = work_records(layout, host, work, session)
+        stale = dict.fromkeys(sorted(before.keys - set(records))) if before is not None else {}
+        grows = previous is None or _grows(work, previous.get(host, {}))
+        (additions if grows else removals).update({**records, **stale})
+        after[host] = WrittenWork(session, digest, frozenset(records))
+    return WorkWrites(additions, removals, after)
+
+
+def _grows(work: HostWork, before: HostWork) -> bool:
+    """Whether some service's count in ``work`` is above its count in ``before``."""
+    return any(entry.count > (before[n].count if n in before else 0) for n, entry in work.items())
+
+
+def written_work(layout: Layout, entries: Mapping[str, bytes]) -> dict[str, WrittenWork]:
+    """What KV holds of every host's work (``operator/work/``'s entries: key -> value), as
+    `work_writes` compares it. A host whose shards disagree, or one of them unreadable, is held
+    under an empty session, so that it is written again."""
+    shards: dict[str, list[WorkShard | None]] = {}
+    keys: dict[str, set[str]] = {}
+    for key, value in entries.items():
+        parsed = layout.work_host(key)
+        if parsed is None:
+            continue
+        host, _ = parsed
+        keys.setdefault(host, set()).add(key)
+        try:
+            shards.setdefault(host, []).append(WorkShard.from_json(value, host=host))
+        except ValueError:
+            shards.setdefault(host, []).append(None)
+    result: dict[str, WrittenWork] = {}
+    for host, found in shards.items():
+        first = found[0]
+        whole = (
+            first is not None
+            and all(s is not None and (s.session, s.digest) == (first.session, first.digest) for s in found)
+            and len(found) == first.shards
+        )
+        if whole and first is not None:
+            result[host] = WrittenWork(first.session, first.digest, frozenset(keys[host]))
+        else:
+            result[host] = WrittenWork("", "", frozenset(keys[host]))
+    return result
