@@ -22,6 +22,7 @@ import structlog
 
 from consul_operator.adapters import metrics
 from consul_operator.adapters.consul_client import ConsulClient
+from consul_operator.adapters.interfaces import KVStore
 from consul_operator.core.errors import ConsulError, refusal_reason
 from consul_operator.core.events import (
     ServiceEvent,
@@ -69,7 +70,7 @@ class EventRecorder:
         with self._lock:
             return len(self._buffer)
 
-    def flush(self, consul: ConsulClient, layout: Layout) -> None:
+    def flush(self, consul: KVStore, layout: Layout) -> None:
         """Write what the buffer holds; on a failure the events go back to the buffer (oldest dropped)."""
         with self._lock:
             taken = list(self._buffer)
@@ -115,16 +116,14 @@ class EventRecorder:
                     self._buffer.popleft()
                     metrics.events_dropped.inc()
 
-    def run(
-        self, consul: ConsulClient, layout: Layout, stop: threading.Event, every: float = FLUSH_EVERY
-    ) -> None:
+    def run(self, consul: KVStore, layout: Layout, stop: threading.Event, every: float = FLUSH_EVERY) -> None:
         """Flush every ``every`` seconds until ``stop``, and once more at the end."""
         while not stop.wait(every):
             self.flush(consul, layout)
         self.flush(consul, layout)
 
 
-def _value(consul: ConsulClient, key: str) -> bytes | None:
+def _value(consul: KVStore, key: str) -> bytes | None:
     entry = consul.kv_get(key).value
     return entry.value if entry is not None else None
 
@@ -150,7 +149,7 @@ def read_events(
     consul: ConsulClient, layout: Layout, service: str | None = None, *, now: float | None = None
 ) -> list[ServiceEvent]:
     """The recent events of ``service`` (every service: None), merged over hosts, oldest first."""
-    prefix = layout.events_prefix + (f"{service}/" if service else "")
+    prefix = layout.service_events_prefix(service) if service else layout.events_prefix
     entries = consul.kv_list(prefix).value
     records = [parse_record(e.value) for e in entries]
     when = time.time() if now is None else now

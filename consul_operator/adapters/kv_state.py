@@ -19,6 +19,7 @@ from typing import Protocol, TypeVar
 import structlog
 
 from consul_operator.adapters.consul_client import BlockingQuery, ConsulClient, Indexed, KVEntry
+from consul_operator.adapters.interfaces import KVStore
 from consul_operator.core.backoff import exponential
 from consul_operator.core.desired_state import Manifest, ManifestError, parse_manifest
 from consul_operator.core.errors import ConsulError
@@ -172,7 +173,7 @@ class TreeMirror:
         self.index = 0
         self.entries: dict[str, KVEntry] = {}
 
-    def read(self, consul: ConsulClient, *, consistent: bool = True) -> list[KVEntry]:
+    def read(self, consul: KVStore, *, consistent: bool = True) -> list[KVEntry]:
         """Every entry under the prefix now, sorted by key, reading only what changed since the last read."""
         listing = consul.kv_keys(self.prefix, consistent=consistent)  # refuses an unreadable prefix
         if listing.index and listing.index == self.index:
@@ -188,13 +189,16 @@ class TreeMirror:
 
 
 def _records_of(
-    entries: Sequence[KVEntry], prefix: str, parse: Callable[[bytes], R], what: str
+    entries: Sequence[KVEntry], layout: Layout, prefix: str, parse: Callable[[bytes], R], what: str
 ) -> dict[str, R]:
     """The JSON records among ``prefix``'s entries, by service; unreadable ones are skipped and logged."""
     records: dict[str, R] = {}
     for entry in entries:
+        service = layout.under(prefix, entry.key)
+        if service is None:
+            continue
         try:
-            records[entry.key[len(prefix) :]] = parse(entry.value)
+            records[service] = parse(entry.value)
         except ValueError as exc:
             log.warning(f"ignoring a {what} record", key=entry.key, error=str(exc))
     return records
@@ -202,10 +206,10 @@ def _records_of(
 
 def placements_of(entries: Sequence[KVEntry], layout: Layout) -> dict[str, PlacementRecord]:
     """The placement records among ``operator/placement/``'s entries, by service."""
-    return _records_of(entries, layout.placement_prefix, PlacementRecord.from_json, "placement")
+    return _records_of(entries, layout, layout.placement_prefix, PlacementRecord.from_json, "placement")
 
 
-def read_revision(consul: ConsulClient, layout: Layout, name: str, spec: str) -> Manifest | None:
+def read_revision(consul: KVStore, layout: Layout, name: str, spec: str) -> Manifest | None:
     """The manifest of spec ``spec`` of ``name`` kept by the leader; None when absent or not that spec."""
     entry = consul.kv_get(layout.revision_key(name, spec), consistent=True).value
     if entry is None:
@@ -216,7 +220,7 @@ def read_revision(consul: ConsulClient, layout: Layout, name: str, spec: str) ->
 
 def rollouts_of(entries: Sequence[KVEntry], layout: Layout) -> dict[str, RolloutRecord]:
     """The rollout records among ``operator/rollout/``'s entries, by service."""
-    return _records_of(entries, layout.rollout_prefix, RolloutRecord.from_json, "rollout")
+    return _records_of(entries, layout, layout.rollout_prefix, RolloutRecord.from_json, "rollout")
 
 
 def host_records_of(entries: Sequence[KVEntry], layout: Layout) -> dict[str, HostRecord]:
@@ -227,8 +231,8 @@ def host_records_of(entries: Sequence[KVEntry], layout: Layout) -> dict[str, Hos
     prefix = layout.hosts_prefix
     records: dict[str, HostRecord] = {}
     for entry in entries:
-        host = entry.key[len(prefix) :]
-        if not host or "/" in host:
+        host = layout.record_of(prefix, entry.key)
+        if host is None:
             continue
         try:
             records[host] = HostRecord.from_json(entry.value, host=host)
@@ -242,7 +246,7 @@ StatusRecords = dict[str, dict[str, StatusRecord]]
 
 
 def read_statuses(
-    consul: ConsulClient, layout: Layout, *, consistent: bool = False, keep_unreadable: bool = False
+    consul: KVStore, layout: Layout, *, consistent: bool = False, keep_unreadable: bool = False
 ) -> StatusRecords:
     """``operator/status/<service>/<host>`` records: service -> host -> record.
 
@@ -277,9 +281,10 @@ def statuses_of(
     statuses: StatusRecords = {}
     kept: dict[str, tuple[int, int, StatusRecord | None]] = {}
     for entry in entries:
-        service, _, host = entry.key[len(layout.status_prefix) :].partition("/")
-        if not service or not host or "/" in host:
+        of = layout.status_of(entry.key)
+        if of is None:
             continue
+        service, host = of
         seen = cache.entries.get(entry.key) if cache is not None else None
         if seen is not None and entry.modify_index and seen[:2] == (entry.modify_index, len(entry.value)):
             parsed = seen[2]

@@ -144,6 +144,8 @@ consecutive_failures = Gauge(
     "Failed starts and crashes of the service on the host since its last good run (back-off).",
     ["service", "host"],
 )
+HOST_SERVICE_GAUGES = (running_replicas, host_healthy_replicas, consecutive_failures)
+"""What a host agent exports per service and host (`host_pass.Gauges`)."""
 reconcile_duration = Histogram(
     "operator_reconcile_duration_seconds",
     "Time of one reconcile pass.",

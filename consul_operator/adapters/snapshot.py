@@ -85,7 +85,9 @@ def read_cluster_state(
         rollouts=rollouts_of(trees[layout.rollout_prefix], layout),
         revisions=frozenset(_revisions(trees[layout.revisions_prefix], layout)),
         rollback_requests=frozenset(
-            e.key[len(layout.rollback_prefix) :] for e in trees[layout.rollback_prefix]
+            name
+            for e in trees[layout.rollback_prefix]
+            if (name := layout.under(layout.rollback_prefix, e.key)) is not None
         ),
         hosts=hosts_of(registrations),
         capacities=capacities_of(registrations),
@@ -118,9 +120,10 @@ def _spec_sizes(
     """
     sizes: dict[tuple[str, str], Resources] = {}
     for entry in entries:
-        name, _, spec = entry.key[len(layout.revisions_prefix) :].partition("/")
-        if (name, spec) not in wanted:
+        of = layout.revision_of(entry.key)
+        if of is None or of not in wanted:
             continue
+        name, spec = of
         try:
             manifest = parse_manifest(entry.value, key_name=name)
         except ManifestError:
@@ -133,8 +136,9 @@ def _spec_sizes(
 def _revisions(entries: Iterable[KVEntry], layout: Layout) -> Iterable[tuple[str, str]]:
     """(service, spec) of every kept revision."""
     for entry in entries:
-        name, _, spec = entry.key[len(layout.revisions_prefix) :].partition("/")
-        yield name, spec
+        of = layout.revision_of(entry.key)
+        if of is not None:
+            yield of
 
 
 def every_service(state: ClusterState) -> set[str]:

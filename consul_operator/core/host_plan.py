@@ -1,4 +1,7 @@
-"""What one host does about its containers: the pure host plan (``plan_host``, every agent).
+"""What one host does about its containers: its desires and actions (``plan_host``, every agent).
+
+`host_pass.decide_host` calls these once per pass, with the back-offs it keeps
+in the agent's memory.
 
 Nothing here does I/O or reads a clock: time comes in as arguments (wall
 clock ``now`` for Docker's times, monotonic ``mono`` for the agent's own
@@ -14,8 +17,9 @@ registrations on the host's Consul agent, the actions still in flight or
 held by their back-off, the per-service back-off, and the time on two clocks:
 ``now`` (wall, Unix seconds) is compared only with Docker's start and finish
 times; ``mono`` (the agent's monotonic clock) with back-off deadlines, which
-the agent set on that clock. Output: a ``HostPlan`` of actions, one report
-per service, and when (``mono``) to look again by itself.
+the agent set on that clock. Output: a ``HostActions`` of actions, one report
+per service, when (``mono``) to look again by itself, and the back-off of
+each service after the crashes the plan counted.
 
 - **Busy containers** (an action from an earlier pass is still running on
   them) are neither counted nor acted on, nor are their registrations: an
@@ -32,8 +36,9 @@ per service, and when (``mono``) to look again by itself.
     than ``MIN_RUN_SECONDS`` after starting, or never started. Killed by a
     signal from outside (exit 137/143 without an OOM kill: `docker kill`, an
     engine restart) is not a crash. A crash is a
-    failure for the back-off; the plan already counts the crashes it removes,
-    so the replacement waits for the back-off instead of racing the removal.
+    failure for the back-off; the plan counts the crashes it removes (once
+    per container: ``counted`` holds those counted before), so the
+    replacement waits for the back-off instead of racing the removal.
   - running containers are *current* (labelled with the manifest's spec
     hash) or *outdated*.
   - too few (current + pending starts < desired): start the missing ones,
@@ -81,8 +86,8 @@ start that failed) the next start waits ``backoff.backoff_delay(n)``
 seconds: 1, 2, 4, ... 60 s; a failing action (per container or
 registration and kind) waits the same. A container that has run for
 ``MIN_RUN_SECONDS`` (``healthy_run``, on the wall clock against Docker's start
-time) ends the streak. The agent keeps the ``Backoff`` values, with deadlines
-on its monotonic clock; the plan only reads them.
+time) ends the streak. The agent's memory keeps the ``Backoff`` values
+(`host_pass.HostMemory`), with deadlines on its monotonic clock.
 """
 
 from __future__ import annotations
@@ -91,6 +96,7 @@ import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Final
 
 from consul_operator.core.backoff import Backoff, backoff_after_failure
@@ -107,7 +113,7 @@ from consul_operator.core.model import (
     ContainerInfo,
     Deregister,
     DrainContainer,
-    HostPlan,
+    HostActions,
     InFlight,
     Register,
     Registration,
@@ -265,6 +271,10 @@ class _Pass:
     # Service IDs of containers this pass drains or removes: those actions
     # deregister by themselves.
     handled: set[str] = field(default_factory=set)
+    # Container ids whose crash is in the back-offs given already, and the
+    # back-off of each service after the crashes this pass counts.
+    counted_before: frozenset[str] = frozenset()
+    counted: dict[str, Backoff] = field(default_factory=dict)
     # Slots held by a container of each service on this host, in any state, busy ones included.
     slots: dict[str, set[int]] = field(default_factory=dict)
 
@@ -282,17 +292,20 @@ def plan_host(
     now: float,
     *,
     mono: float,
-) -> HostPlan:
+    counted: frozenset[str] = frozenset(),
+) -> HostActions:
     """The actions that bring ``host`` to its desires, one report per service (module doc).
 
     ``desires`` holds the services that have a manifest in KV (``manifest``
     None: invalid, hands off); ``containers`` and ``registrations`` are ours on
     this host. ``now`` is wall-clock time (for Docker's times), ``mono`` the
     agent's monotonic time (for ``backoffs`` and ``inflight.held_until``).
+    ``counted``: the dead containers whose crash ``backoffs`` hold already (a
+    removal that failed is planned again, and its crash must not count twice).
     """
     busy = inflight.busy_containers
     idle = sorted((c for c in containers if c.id not in busy), key=lambda c: (c.name, c.id))
-    plan = _Pass()
+    plan = _Pass(counted_before=counted)
     for c in containers:
         if c.slot is not None:
             plan.slots.setdefault(c.service, set()).add(c.slot)
@@ -312,7 +325,8 @@ def plan_host(
             _plan_valid(plan, desire, desire.manifest, mine, registrations, inflight, backoff, mono)
     plan.actions.extend(_deregistrations(plan, desires, containers, registrations, inflight))
     actions = _not_held(plan, inflight.held_until, mono)
-    return HostPlan(actions=actions, reports=tuple(plan.reports), wake_at=plan.wake_at)
+    counted_now = MappingProxyType(plan.counted)
+    return HostActions(actions, tuple(plan.reports), wake_at=plan.wake_at, counted=counted_now)
 
 
 def _not_held(plan: _Pass, held_until: Mapping[str, float], mono: float) -> tuple[Action, ...]:
@@ -363,10 +377,7 @@ def _plan_valid(
     spec = manifest.spec_hash()
     want = desire.count
     removals = [_removal(c) for c in containers if c.dead]
-    for crash in (r for r in removals if r.crashed):
-        # The agent records this failure once the removal is done; counting it
-        # mono keeps the replacement from starting before the back-off applies.
-        backoff = backoff_after_crash(backoff, mono, crash)
+    backoff = _count_crashes(plan, desire.service, removals, backoff, mono)
 
     running = [c for c in containers if c.running]
     current = [c for c in running if c.spec_hash == spec]
@@ -408,8 +419,7 @@ def _plan_specs(
     A spec whose manifest is not known (no revision) keeps what runs of it.
     """
     removals = [_removal(c) for c in containers if c.dead]
-    for crash in (r for r in removals if r.crashed):
-        backoff = backoff_after_crash(backoff, mono, crash)
+    backoff = _count_crashes(plan, desire.service, removals, backoff, mono)
     plan.actions.extend(removals)
     plan.handled.update(r.container.name for r in removals)
     running = [c for c in containers if c.running]
@@ -442,6 +452,19 @@ def _plan_specs(
     plan.reports.append(
         _report(desire.service, want_total, containers, registrations, manifest.spec_hash(), error)
     )
+
+
+def _count_crashes(
+    plan: _Pass, service: str, removals: Sequence[RemoveDead], backoff: Backoff, mono: float
+) -> Backoff:
+    """``backoff`` with the crashes among ``removals`` not counted before: the replacement waits
+    for the back-off at once, instead of racing the removal."""
+    new = [r for r in removals if r.crashed and r.container.id not in plan.counted_before]
+    for crash in new:
+        backoff = backoff_after_crash(backoff, mono, crash)
+    if new:
+        plan.counted[service] = backoff
+    return backoff
 
 
 def _starts(plan: _Pass, manifest: Manifest, missing: int, want: int) -> list[StartContainer]:

@@ -82,6 +82,10 @@ class Layout:
         """``operator/status/<name>/<host>``: what runs of ``name`` on ``host``."""
         return f"{self.status_prefix}{name}/{host}"
 
+    def status_of(self, key: str) -> tuple[str, str] | None:
+        """(service, host) of a `status_key`; None for other keys."""
+        return self._pair(self.status_prefix, key)
+
     @property
     def revisions_prefix(self) -> str:
         """``operator/revisions/``: manifests of the specs in use, by service and spec hash."""
@@ -90,6 +94,15 @@ class Layout:
     def revision_key(self, name: str, spec: str) -> str:
         """``operator/revisions/<name>/<spec>``: the manifest of one spec of ``name``."""
         return f"{self.revisions_prefix}{name}/{spec}"
+
+    def revision_of(self, key: str) -> tuple[str, str] | None:
+        """(service, spec) of a `revision_key`; None for keys not under the prefix. A stray key
+        deeper down reads as a revision of no spec in use, which the leader removes."""
+        rest = self.under(self.revisions_prefix, key)
+        if rest is None:
+            return None
+        name, _, spec = rest.partition("/")
+        return name, spec
 
     @property
     def rollout_prefix(self) -> str:
@@ -173,6 +186,37 @@ class Layout:
     def events_key(self, name: str, host: str) -> str:
         """``operator/events/<name>/<host>``: the recent events of ``name`` recorded on ``host``."""
         return f"{self.events_prefix}{name}/{host}"
+
+    def service_events_prefix(self, name: str) -> str:
+        """``operator/events/<name>/``: every host's event record of ``name``."""
+        return f"{self.events_prefix}{name}/"
+
+    def events_service(self, key: str) -> str | None:
+        """The service of a `service_events_prefix` (as a listing with separator "/" gives them);
+        None for other keys."""
+        if not key.endswith("/"):
+            return None
+        return self.record_of(self.events_prefix, key[:-1])
+
+    def under(self, prefix: str, key: str) -> str | None:
+        """What follows ``prefix`` in ``key``; None when ``key`` is not under it or nothing follows.
+
+        The name of a leader's record (``operator/placement/``, ``rollout/``,
+        ``rollback/``): a stray key deeper down reads as a service without a
+        manifest, whose record the leader removes.
+        """
+        if not key.startswith(prefix) or key == prefix:
+            return None
+        return key[len(prefix) :]
+
+    def _pair(self, prefix: str, key: str) -> tuple[str, str] | None:
+        """The two segments of a ``<prefix><a>/<b>`` key; None for other keys."""
+        if not key.startswith(prefix):
+            return None
+        first, slash, second = key[len(prefix) :].partition("/")
+        if not first or not slash or not second or "/" in second:
+            return None
+        return first, second
 
     def service_of(self, key: str) -> str | None:
         """The service an ``operator/`` record belongs to (placement, status, revision, rollout,

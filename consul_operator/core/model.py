@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from consul_operator.core.backoff import Backoff
 from consul_operator.core.desired_state import Manifest, Resources
 from consul_operator.core.records import Hold, frozen_map
 
@@ -268,6 +269,11 @@ def action_key(action: Action) -> str | None:
     return None
 
 
+def action_subject(key: str) -> str:
+    """What an action key (`action_key`: ``kind:subject``) acts on: a container id or a service id."""
+    return key.partition(":")[2]
+
+
 def action_service(action: Action) -> str:
     """The service an action works for: the executor shares its workers fairly between services."""
     match action:
@@ -294,16 +300,49 @@ class ServiceReport:
 
 
 @dataclass(frozen=True, slots=True)
-class HostPlan:
-    """The result of one host reconcile pass.
+class HostActions:
+    """What `host_plan.plan_host` decides: the actions, one report per service, and when to look again.
 
     ``wake_at`` is the earliest monotonic time at which the plan would change
     by itself (a back-off that expires), so that the loop can sleep until then.
+    ``counted`` holds, per service, its back-off after the crashes this plan
+    counted (dead containers it removes as crashes, not counted before).
     """
 
     actions: tuple[Action, ...]
     reports: tuple[ServiceReport, ...]
     wake_at: float | None = None
+    counted: Mapping[str, Backoff] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one action ended, as the executor reports it to the next host pass.
+
+    ``error`` is empty for a success; ``at`` is the executor's monotonic time
+    at the end; ``key`` the action's back-off key (`action_key`; None for a
+    start, which backs its whole service off); ``spec_hash`` a start's spec.
+    ``engine_away``: the action failed because the Docker engine was away, not
+    through any fault of the service (a start then backs nothing off).
+    """
+
+    kind: str
+    service: str
+    key: str | None
+    error: str
+    at: float
+    spec_hash: str = ""
+    engine_away: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Now:
+    """A pass's two clocks, read once at its start."""
+
+    mono: float
+    """Monotonic seconds: every deadline the process sets for itself (back-offs, wake-ups)."""
+    wall: float
+    """Unix seconds: compared with Docker's times, and stamps for people in records."""
 
 
 # --- what to log ---------------------------------------------------------------------

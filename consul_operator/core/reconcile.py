@@ -13,6 +13,7 @@ decisions out. Each subject has a module of its own:
 | host filters (fit, labels); why unplaced | `fits`, `matches_labels`, `unplaced_reason` | ``placement.py`` |
 | a rollout's state machine and pacing | `next_rollout`, `plan_rollout` | ``rollout.py`` |
 | cordoned hosts; a drain: its deadline, its pacing | `time_drains`, `plan_drain` | ``maintenance.py`` |
+| one host's whole pass: actions, status writes, events, metrics, wake-up | `decide_host` | ``host_pass.py`` |
 | what one host should run | `host_desires` | ``host_plan.py`` |
 | one host's actions | `plan_host` | ``host_plan.py`` |
 | how long to wait after failures | `exponential`, `Backoff` | ``backoff.py`` |
@@ -26,6 +27,7 @@ per pass), ``model.py`` (hosts, containers, registrations, actions).
 from __future__ import annotations
 
 from consul_operator.core.backoff import Backoff, backoff_after_failure, exponential
+from consul_operator.core.host_pass import HostMemory, HostPlan, decide_host
 from consul_operator.core.host_plan import host_desires, plan_host
 from consul_operator.core.leader_plan import LeaderMemory, LeaderPlan, decide_leader
 from consul_operator.core.placement import (
@@ -40,10 +42,13 @@ from consul_operator.core.status import build_status
 
 __all__ = [
     "Backoff",
+    "HostMemory",
+    "HostPlan",
     "LeaderMemory",
     "LeaderPlan",
     "backoff_after_failure",
     "build_status",
+    "decide_host",
     "decide_leader",
     "exponential",
     "fits",

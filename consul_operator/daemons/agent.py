@@ -29,6 +29,7 @@ from consul_operator.adapters.actuators.catalog import CatalogActuator
 from consul_operator.adapters.actuators.docker import DockerActuator
 from consul_operator.adapters.consul_client import ConsulClient, ConsulTLS
 from consul_operator.adapters.docker_client import connect, engine_resources
+from consul_operator.adapters.host_reads import KVChanged
 from consul_operator.adapters.kv_state import start_watch
 from consul_operator.adapters.metrics import read_page_token
 from consul_operator.adapters.presence import AGENT_SERVICE, Presence
@@ -40,7 +41,8 @@ from consul_operator.core.desired_state import Resources, host_capacity
 from consul_operator.core.errors import ConsulError, DockerError
 from consul_operator.core.keys import Layout
 from consul_operator.core.spread import SpreadSettings
-from consul_operator.daemons.host_agent import Executor, HostAgent, KVChanged, check_status
+from consul_operator.daemons.executor import Executor
+from consul_operator.daemons.host_agent import HostAgent, check_status
 from consul_operator.daemons.leader import LeaderElection
 from consul_operator.daemons.loop import Batched, Trigger, run_loop, stop_on_signals, wait_for_stop
 from consul_operator.daemons.scheduler import Scheduler

@@ -142,14 +142,14 @@ class Scheduler:
         """Remove, fenced, the event records of services deleted and gone (`events.expire_records`);
         when to look again. The leader is their one remover: agents and the load balancer only
         ever write their own records, and no one else knows when a service is gone everywhere."""
-        prefix = self.layout.events_prefix
-        listed = self.consul.kv_keys(prefix, separator="/").value
-        with_records = {key[len(prefix) :].rstrip("/") for key in listed if key.endswith("/")}
+        listed = self.consul.kv_keys(self.layout.events_prefix, separator="/").value
+        with_records = {name for key in listed if (name := self.layout.events_service(key)) is not None}
         cleanup = events.expire_records(with_records, state, self.records_gone, now)
         self.records_gone = cleanup.gone
         if cleanup.remove:
             groups: dict[str, dict[str, bytes | None]] = {
-                name: dict.fromkeys(self.consul.kv_keys(f"{prefix}{name}/").value) for name in cleanup.remove
+                name: dict.fromkeys(self.consul.kv_keys(self.layout.service_events_prefix(name)).value)
+                for name in cleanup.remove
             }
             too_large = ConsulError("too large (413): beyond Consul's limits, not sent", status=413)
             sent = send_groups(pack_writes(groups), lambda w: self.writer.transaction(session, w), too_large)

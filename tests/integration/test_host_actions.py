@@ -20,9 +20,10 @@ from consul_operator.adapters.actuators.probe import MAX_BUDGET
 from consul_operator.adapters.consul_client import ConsulClient
 from consul_operator.core.desired_state import Manifest
 from consul_operator.core.errors import DockerError
+from consul_operator.core.host_pass import HostMemory, HostSettings, HostState, decide_host
 from consul_operator.core.keys import Layout
-from consul_operator.core.model import LABEL_CLUSTER, LABEL_HOST, LABEL_SERVICE, StartContainer
-from consul_operator.daemons.host_agent import MAX_PARALLEL_ACTIONS, Executor
+from consul_operator.core.model import LABEL_CLUSTER, LABEL_HOST, LABEL_SERVICE, Now, Outcome, StartContainer
+from consul_operator.daemons.executor import MAX_PARALLEL_ACTIONS, Executor
 from tests.support.bounds import CONVERGE_BURST_S, CONVERGE_S, REACT_S, REMOVAL_S, REPLACEMENT_S
 from tests.support.cluster import Cluster
 from tests.support.daemons import consul_client_argv, healthz, json_lines, operator_argv, started
@@ -125,19 +126,23 @@ def test_slow_pull_fails_the_start_in_time_and_backs_off(
         actuator.start(manifest)
     assert time.monotonic() - started < 2.0 + 10, "the pull timeout was not kept"
 
-    stop = threading.Event()
     executor = Executor(actuator, catalog, on_done=lambda: None)
+    outcomes: list[Outcome] = []
+
+    def ended() -> bool:
+        with executor.lock:
+            outcomes.extend(executor.take_outcomes())
+        return bool(outcomes)
+
     try:
         executor.submit(StartContainer(manifest))
-        wait_until(
-            lambda: "slowpull" in executor.backoffs,
-            timeout=PULL_TIMEOUT + REACT_S,
-            what="the failed start's back-off",
-        )
+        wait_until(ended, timeout=PULL_TIMEOUT + REACT_S, what="the failed start's outcome")
     finally:
-        stop.set()
         executor.shutdown(wait=False)
-    backoff = executor.backoffs["slowpull"]
+    # The next pass reads the outcome and backs the service off.
+    state = HostState({}, {}, {}, outcomes=tuple(outcomes))
+    now = Now(time.monotonic(), time.time())
+    backoff = decide_host(state, HostMemory(), now, HostSettings("host-x")).memory.backoffs["slowpull"]
     assert backoff.failures == 1 and f"took longer than {PULL_TIMEOUT:g}s" in backoff.last_error
     assert (
         docker_engine.containers.list(all=True, filters={"label": f"{LABEL_CLUSTER}={own_cluster_label}"})

@@ -2,33 +2,34 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import cast
 
 import pytest
 
-from consul_operator.adapters.actuators.catalog import CatalogActuator
-from consul_operator.adapters.actuators.docker import DockerActuator
-from consul_operator.adapters.consul_client import ConsulClient, Indexed, KVEntry
+from consul_operator.adapters.consul_client import Indexed, KVEntry
 from consul_operator.core.backoff import Backoff
 from consul_operator.core.desired_state import Manifest
 from consul_operator.core.errors import ConsulError, ConsulPermissionDenied, DockerError, DockerUnavailable
+from consul_operator.core.host_pass import HostMemory, HostSettings, HostState, decide_host
 from consul_operator.core.keys import Layout
 from consul_operator.core.model import (
     Action,
     ContainerInfo,
     DrainContainer,
+    Now,
+    Outcome,
     Register,
     Registration,
-    RemoveDead,
     StartContainer,
 )
 from consul_operator.core.records import PlacementRecord, frozen_map
 from consul_operator.core.txn import CONSUL_MAX_VALUE_BYTES, Sent, Writes, pack_writes, send_groups
-from consul_operator.daemons.host_agent import MAX_PARALLEL_ACTIONS, RESERVED_WORKERS, Executor, HostAgent
+from consul_operator.daemons.executor import MAX_PARALLEL_ACTIONS, RESERVED_WORKERS, Executor
+from consul_operator.daemons.host_agent import HostAgent
 from consul_operator.daemons.loop import Trigger, run_loop
 from tests.support.staging import wait_until
 
@@ -117,6 +118,10 @@ class FakeCatalog:
             self.probe_gate.wait(60)
         self.registered_started.append(container.name)
         return True
+
+    def register_restored(self, container: ContainerInfo, manifest: Manifest) -> bool:
+        self.registers += 1
+        return not self.refuse
 
     def deregister(self, service_id: str) -> None:
         self.deregisters += 1
@@ -218,6 +223,7 @@ class Running:
     docker: FakeDocker
     catalog: FakeCatalog
     executor: Executor
+    agent: HostAgent
     started: float
 
 
@@ -232,20 +238,13 @@ def stop() -> Iterator[threading.Event]:
 def run_agent(docker: FakeDocker, catalog: FakeCatalog, consul: FakeConsul, stop: threading.Event) -> Running:
     """The real executor, host agent and loop runner on the fakes, in a daemon thread."""
     trigger = Trigger()
-    executor = Executor(cast(DockerActuator, docker), cast(CatalogActuator, catalog), on_done=trigger.fire)
-    agent = HostAgent(
-        cast(ConsulClient, consul),
-        Layout(),
-        HOST,
-        cast(DockerActuator, docker),
-        cast(CatalogActuator, catalog),
-        executor,
-    )
+    executor = Executor(docker, catalog, on_done=trigger.fire)
+    agent = HostAgent(consul, Layout(), HOST, docker, catalog, executor)
     thread = threading.Thread(
         target=run_loop, args=("host", agent.reconcile, trigger, stop), kwargs={"resync": 60.0}, daemon=True
     )
     thread.start()
-    return Running(docker, catalog, executor, time.monotonic())
+    return Running(docker, catalog, executor, agent, time.monotonic())
 
 
 C1 = running("c1")
@@ -282,8 +281,26 @@ def test_failing_action_backs_off_instead_of_a_hot_loop(
     assert elapsed >= 1 + 2, f"three tries in {elapsed:.2f}s: the back-off (1 s, 2 s) was not kept"
     # A pass for the first look and one per try and per wake-up: a handful, not thousands.
     assert docker.listings <= 12, f"{docker.listings} container listings in {elapsed:.1f}s"
-    key = next(iter(agent.executor.action_backoffs))
-    assert agent.executor.action_backoffs[key].failures >= 2
+    backoffs = agent.agent.memory.action_backoffs
+    assert max(b.failures for b in backoffs.values()) >= 2
+
+
+@dataclass
+class BrokenDocker(FakeDocker):
+    """An engine whose client raises an unexpected error on every start (no `DockerError`)."""
+
+    def start(self, manifest: Manifest, *, name: str, slot: int | None = None) -> ContainerInfo:
+        self.started.append(manifest.name)
+        raise RuntimeError("could not parse the engine's answer")
+
+
+def test_a_start_that_crashes_backs_off_like_a_refused_one(stop: threading.Event) -> None:
+    """A start failing with an unexpected error backs its service off (1 s, 2 s), not a hot loop of starts."""
+    docker = BrokenDocker()
+    agent = run_agent(docker, FakeCatalog(), placed(WEB, 1), stop)
+    wait_until(lambda: len(docker.started) >= 3, timeout=30, what="three tries")
+    elapsed = time.monotonic() - agent.started
+    assert elapsed >= 1 + 2, f"three starts in {elapsed:.2f}s: the back-off (1 s, 2 s) was not kept"
 
 
 def test_success_clears_an_action_backoff(stop: threading.Event) -> None:
@@ -291,22 +308,17 @@ def test_success_clears_an_action_backoff(stop: threading.Event) -> None:
     catalog = FakeCatalog([], refuse=True)
     agent = run_agent(FakeDocker([C1]), catalog, placed(WEB, 1), stop)
     wait_until(lambda: catalog.registers >= 1, timeout=30, what="the first try")
-    wait_until(lambda: agent.executor.action_backoffs, timeout=30, what="the back-off")
+    wait_until(lambda: agent.agent.memory.action_backoffs, timeout=30, what="the back-off")
     catalog.refuse = False
     wait_until(lambda: catalog.registers >= 2, timeout=30, what="the retry")
-    wait_until(lambda: not agent.executor.action_backoffs, timeout=30, what="the back-off forgotten")
+    wait_until(lambda: not agent.agent.memory.action_backoffs, timeout=30, what="the back-off forgotten")
 
 
 def test_backoffs_are_on_the_monotonic_clock(stop: threading.Event) -> None:
-    """Failed starts and actions set deadlines on the executor's monotonic clock, not the wall clock."""
+    """Failed starts and actions end at the executor's monotonic time; the next pass backs off from it."""
     docker, catalog = FakeDocker(refuse_start=True), FakeCatalog(refuse=True)
     done = threading.Event()
-    executor = Executor(
-        cast(DockerActuator, docker),
-        cast(CatalogActuator, catalog),
-        on_done=done.set,
-        mono=lambda: 500.0,
-    )
+    executor = Executor(docker, catalog, on_done=done.set, mono=lambda: 500.0)
     try:
         for action in (StartContainer(WEB), Register(C1, WEB)):
             done.clear()
@@ -314,10 +326,18 @@ def test_backoffs_are_on_the_monotonic_clock(stop: threading.Event) -> None:
             wait_until(done.is_set, timeout=10, what=f"{type(action).__name__} to finish")
     finally:
         executor.shutdown()
-    assert executor.backoffs["web"].retry_at == 501.0
-    assert executor.action_backoffs["register:web-c1"] == Backoff(
-        failures=1, retry_at=501.0, last_error="permission denied for registering: ACL not found"
-    )
+    with executor.lock:
+        outcomes = executor.take_outcomes()
+    denied = "permission denied for registering: ACL not found"
+    start, register = outcomes
+    assert (start.kind, start.key, start.at, start.spec_hash) == ("start", None, 500.0, WEB.spec_hash())
+    assert start.error.startswith("Docker refused creating web-")
+    assert register == Outcome("register", "web", "register:web-c1", denied, 500.0)
+    young = dataclasses.replace(C1, started_at=time.time())  # a long run would end the streak
+    state = HostState({}, {}, {}, (young,), (), outcomes=outcomes)
+    memory = decide_host(state, HostMemory(), Now(mono=500.5, wall=time.time()), HostSettings(HOST)).memory
+    assert memory.backoffs["web"].retry_at == 501.0
+    assert memory.action_backoffs["register:web-c1"] == Backoff(failures=1, retry_at=501.0, last_error=denied)
 
 
 @pytest.mark.parametrize(
@@ -331,7 +351,7 @@ def test_only_a_start_the_engine_refuses_backs_the_service_off(docker: FakeDocke
     """A start refused by Docker backs its service off; one that finds the engine away does not
     (the pass retries on the loop's back-off), so an engine restart leaves no minute-long hold."""
     done = threading.Event()
-    executor = Executor(cast(DockerActuator, docker), cast(CatalogActuator, FakeCatalog()), on_done=done.set)
+    executor = Executor(docker, FakeCatalog(), on_done=done.set)
     try:
         for _ in range(3):
             done.clear()
@@ -339,49 +359,20 @@ def test_only_a_start_the_engine_refuses_backs_the_service_off(docker: FakeDocke
             wait_until(done.is_set, timeout=10, what="the start to finish")
     finally:
         executor.shutdown()
-    assert ("web" in executor.backoffs) is backed_off
+    with executor.lock:
+        outcomes = executor.take_outcomes()
+    state = HostState({}, {}, {}, outcomes=outcomes)
+    memory = decide_host(state, HostMemory(), Now(time.monotonic(), time.time()), HostSettings(HOST)).memory
+    assert ("web" in memory.backoffs) is backed_off
     if backed_off:
-        assert executor.backoffs["web"].failures == 3
-
-
-CRASHED = ContainerInfo(
-    "x1", "web-x1", "web", WEB.spec_hash(), "exited", started_at=time.time() - 1,
-    finished_at=time.time() - 1, exit_code=1,
-)  # fmt: skip
-
-
-@pytest.mark.parametrize(
-    ("refuse_remove", "failures_after"),
-    [pytest.param(False, 1, id="removed"), pytest.param(True, 0, id="removal-refused")],
-)
-def test_crash_counts_before_its_container_goes(refuse_remove: bool, failures_after: int) -> None:
-    """A crash is in the back-off by the time Docker removes its container; a refused removal undoes it."""
-    docker = FakeDocker(refuse_remove=refuse_remove)
-    done = threading.Event()
-    executor = Executor(
-        cast(DockerActuator, docker),
-        cast(CatalogActuator, FakeCatalog()),
-        on_done=done.set,
-        mono=lambda: 500.0,
-    )
-    at_removal: list[Backoff] = []
-    docker.on_remove = lambda: at_removal.append(executor.backoffs.get("web", Backoff()))
-    try:
-        executor.submit(RemoveDead(CRASHED, crashed=True, reason="exited with code 1 after 0.0s"))
-        wait_until(done.is_set, timeout=10, what="the removal to finish")
-    finally:
-        executor.shutdown()
-    assert [(b.failures, b.retry_at) for b in at_removal] == [(1, 501.0)], "a pass woken by the removal"
-    assert executor.backoffs.get("web", Backoff()).failures == failures_after
+        assert memory.backoffs["web"].failures == 3
 
 
 def test_slow_service_cannot_hold_every_worker(stop: threading.Event) -> None:
     """Slow stops of one service use all workers but a reserve, which another service's start gets."""
     gate = threading.Event()
     docker = FakeDocker(stop_gate=gate)
-    executor = Executor(
-        cast(DockerActuator, docker), cast(CatalogActuator, FakeCatalog()), on_done=lambda: None
-    )
+    executor = Executor(docker, FakeCatalog(), on_done=lambda: None)
     try:
         drains: list[Action] = [
             DrainContainer(running(f"s{i}", service="slow"), drain=0.0, stop_grace=600.0, reason="scale down")
@@ -402,9 +393,7 @@ def test_slow_service_cannot_hold_every_worker(stop: threading.Event) -> None:
 def test_drain_time_holds_no_worker(stop: threading.Event) -> None:
     """Containers waiting out a long drain hold no worker: every start of another service runs at once."""
     docker = FakeDocker()
-    executor = Executor(
-        cast(DockerActuator, docker), cast(CatalogActuator, FakeCatalog()), on_done=lambda: None
-    )
+    executor = Executor(docker, FakeCatalog(), on_done=lambda: None)
     try:
         for i in range(2 * MAX_PARALLEL_ACTIONS):
             c = running(f"s{i}", service="slow")
@@ -427,7 +416,7 @@ def test_registration_waits_for_its_check_off_the_workers() -> None:
     docker = FakeDocker(publish=True)
     catalog = FakeCatalog(probe_gate=gate)
     done = threading.Event()
-    executor = Executor(cast(DockerActuator, docker), cast(CatalogActuator, catalog), on_done=done.set)
+    executor = Executor(docker, catalog, on_done=done.set)
     web = Manifest(name="web", image="hello:local", replicas=1, port=5000)
     try:
         for _ in range(MAX_PARALLEL_ACTIONS + 1):

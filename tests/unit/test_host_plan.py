@@ -15,7 +15,7 @@ from consul_operator.core.model import (
     ContainerInfo,
     Deregister,
     DrainContainer,
-    HostPlan,
+    HostActions,
     InFlight,
     Register,
     Registration,
@@ -110,7 +110,7 @@ def plan(
     backoffs: Mapping[str, Backoff] | None = None,
     now: float = NOW,
     mono: float = NOW,
-) -> HostPlan:
+) -> HostActions:
     return plan_host(desires, containers, registrations, inflight, backoffs or {}, now, mono=mono)
 
 
@@ -132,7 +132,7 @@ def summary(action: Action) -> tuple[object, ...]:
     raise AssertionError(action)
 
 
-def summaries(result: HostPlan) -> list[tuple[object, ...]]:
+def summaries(result: HostActions) -> list[tuple[object, ...]]:
     return [summary(a) for a in result.actions]
 
 

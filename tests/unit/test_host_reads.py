@@ -5,21 +5,20 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import cast
 
 import pytest
 
 from consul_operator.adapters import metrics
-from consul_operator.adapters.actuators.catalog import CatalogActuator
-from consul_operator.adapters.actuators.docker import DockerActuator
-from consul_operator.adapters.consul_client import ConsulClient, Indexed, KVEntry
+from consul_operator.adapters.consul_client import Indexed, KVEntry
 from consul_operator.adapters.event_log import EventRecorder
+from consul_operator.adapters.host_reads import KV_MAX_AGE, KVChanged
 from consul_operator.adapters.kv_state import WHILE_IDLE, watch
 from consul_operator.core.desired_state import Manifest
 from consul_operator.core.events import STARTED
 from consul_operator.core.keys import Layout
 from consul_operator.core.records import Hold, PlacementRecord, StatusRecord, frozen_map
-from consul_operator.daemons.host_agent import KV_MAX_AGE, Executor, HostAgent, KVChanged
+from consul_operator.daemons.executor import Executor
+from consul_operator.daemons.host_agent import HostAgent
 from tests.unit.test_executor import HOST, FakeCatalog, FakeConsul, FakeDocker, running
 
 
@@ -59,16 +58,9 @@ def host_agent(
     consul: CountingConsul, docker: FakeDocker, clock: list[float], kv_changed: KVChanged | None
 ) -> HostAgent:
     catalog = FakeCatalog()
-    executor = Executor(cast(DockerActuator, docker), cast(CatalogActuator, catalog), on_done=lambda: None)
+    executor = Executor(docker, catalog, on_done=lambda: None)
     return HostAgent(
-        cast(ConsulClient, consul),
-        Layout(),
-        HOST,
-        cast(DockerActuator, docker),
-        cast(CatalogActuator, catalog),
-        executor,
-        mono=lambda: clock[0],
-        kv_changed=kv_changed,
+        consul, Layout(), HOST, docker, catalog, executor, mono=lambda: clock[0], kv_changed=kv_changed
     )
 
 
@@ -290,12 +282,12 @@ def test_a_refused_event_record_keeps_its_events_and_the_others_are_written() ->
     before = counter._value.get()
     for service in ("a", "bad", "c"):
         recorder.record(service, STARTED, f"started {service}")
-    recorder.flush(cast(ConsulClient, consul), layout)
+    recorder.flush(consul, layout)
     assert sorted(k for k in consul.kv if k.startswith(layout.events_prefix)) == [
         layout.events_key("a", HOST),
         layout.events_key("c", HOST),
     ]
     assert recorder.pending() == 1 and counter._value.get() == before + 1
     consul.refuse = set()
-    recorder.flush(cast(ConsulClient, consul), layout)
+    recorder.flush(consul, layout)
     assert layout.events_key("bad", HOST) in consul.kv and recorder.pending() == 0

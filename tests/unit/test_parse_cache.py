@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import cast
-
 import pytest
 
 from consul_operator.adapters import kv_state
-from consul_operator.adapters.consul_client import ConsulClient, KVEntry
+from consul_operator.adapters.consul_client import KVEntry
 from consul_operator.adapters.kv_state import ParseCache, TreeMirror, manifests_of
 from consul_operator.core.desired_state import Manifest
 from consul_operator.core.keys import Layout
@@ -100,14 +98,14 @@ def test_a_mirror_reads_only_new_and_changed_values() -> None:
     for i in range(70):
         consul.kv[f"services/s{i}"] = manifest_text(f"s{i}", 10)
     mirror = TreeMirror("services/")
-    assert len(mirror.read(cast(ConsulClient, consul))) == 70
+    assert len(mirror.read(consul)) == 70
     assert len(consul.fetched) == 70
     consul.fetched.clear()
-    mirror.read(cast(ConsulClient, consul))
+    mirror.read(consul)
     assert consul.fetched == []
     consul.kv["services/s3"] = manifest_text("s3", 11)
     consul.kv["services/new"] = manifest_text("new", 1)
     del consul.kv["services/s4"]
-    entries = {e.key: e.value for e in mirror.read(cast(ConsulClient, consul))}
+    entries = {e.key: e.value for e in mirror.read(consul)}
     assert sorted(consul.fetched) == ["services/new", "services/s3"]
     assert entries == {k: v for k, v in consul.kv.items() if k.startswith("services/")}
