@@ -114,20 +114,24 @@ def restricted_token(env: Staging, tmp_path: Path, name: str, rules: str) -> str
     return str(created["SecretID"])
 
 
-def state_of(cluster: Cluster, service: str) -> tuple[dict[str, int], set[tuple[str, str]]]:
-    """What must not change: KV (key -> modify index) and the containers.
+def state_of(cluster: Cluster, service: str) -> tuple[dict[str, object], set[tuple[str, str]]]:
+    """What must not change: KV (key -> modify index; a work key -> its work) and the containers.
 
     Left out: the leader lock, the agents' status reports (`operator/status/`),
     which they rewrite whenever a check's result changes, and the events
     (`operator/events/`), a log of what happened (a registration, a pass); none
     is state a refused command could lose.
     """
-    kv = {
+    kv: dict[str, object] = {
         e.key: e.modify_index
         for prefix in ("services/", "operator/")
         for e in cluster.consul.kv_list(prefix).value
         if e.key != "operator/leader" and not e.key.startswith(("operator/status/", "operator/events/"))
     }
+    # A work key by what it asks of its host: a new leader writes every one again under its own
+    # session on taking the lead (`leader_writes.WorkKeys`), the same work; a change of work shows.
+    for e in cluster.consul.kv_list("operator/work/").value:
+        kv[e.key] = json.loads(e.value).get("services")
     containers = {(c.id, c.status) for c in cluster.containers(service, all_states=True)}
     return kv, containers
 
