@@ -153,7 +153,7 @@ def main(argv: list[str]) -> int:
         election = Election(consul, "host-1")
         election.session = consul.session_create("leader", checks=[], lock_delay=0)
         consul.kv_acquire(LAYOUT.leader_key, b'{"host": "host-1"}', election.session)
-        scheduler = Scheduler(consul, LAYOUT, election, CLUSTER, 10.0)  # type: ignore[arg-type]
+        scheduler = Scheduler(consul, LAYOUT, election, CLUSTER, 10.0)
         t0 = time.perf_counter()
         scheduler.reconcile()
         print(f"first pass (placing {args.services} services): {time.perf_counter() - t0:.3f}s")

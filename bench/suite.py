@@ -105,7 +105,7 @@ def ours(cluster: Cluster, n: int, results: Results) -> None:
     table = results.convergence.setdefault(n, {})
     line = Timeline(began=0.0)
     with (
-        docker_starts(cluster.docker, service_label(name), line.starts),
+        docker_starts(cluster.engine, service_label(name), line.starts),
         consul_stages(cluster.consul, cluster.layout.placement_key(name), name, line),
     ):
         line.began = time.time()
@@ -132,13 +132,13 @@ def raw_docker_run(cluster: Cluster, n: int, results: Results) -> None:
     labels = {"consul-operator.cluster": cluster.staging.name, "bench": batch}
 
     def run_one(_: int) -> str:
-        c = cluster.docker.containers.run(
+        c = cluster.engine.containers.run(
             "hello:local", detach=True, labels=labels, ports={"5000/tcp": (ADDRESSES[0], None)}
         )
         return str(c.id)
 
     starts: dict[str, float] = {}
-    with docker_starts(cluster.docker, f"bench={batch}", starts):
+    with docker_starts(cluster.engine, f"bench={batch}", starts):
         began = time.time()
         with ThreadPoolExecutor(max_workers=8) as pool:
             ids = list(pool.map(run_one, range(n)))
@@ -146,7 +146,7 @@ def raw_docker_run(cluster: Cluster, n: int, results: Results) -> None:
     table = results.convergence.setdefault(n, {})
     results.add(table, "raw parallel docker run", max(starts.values()) - began)
     for cid in ids:
-        cluster.docker.api.remove_container(cid, force=True)
+        cluster.engine.api.remove_container(cid, force=True)
 
 
 class Swarm:
@@ -602,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
             results.add(
                 results.recovery,
                 "Swarm: replacement runs",
-                swarm.replacement(name, lambda cid: cluster.docker.api.kill(cid)),
+                swarm.replacement(name, lambda cid: cluster.engine.api.kill(cid)),
             )
             swarm.remove(name)
     args.out.mkdir(parents=True, exist_ok=True)

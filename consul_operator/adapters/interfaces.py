@@ -1,4 +1,4 @@
-"""The surfaces the host side uses of Consul and Docker, as `typing.Protocol`s.
+"""The surfaces the host and leader sides use of Consul and Docker, as `typing.Protocol`s.
 
 The real clients (`consul_client.ConsulClient`, `actuators.docker.DockerActuator`,
 `actuators.catalog.CatalogActuator`) implement them, and so do the tests' fakes:
@@ -10,13 +10,13 @@ positional-only.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
-from typing import Protocol
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any, Protocol
 
 from consul_operator.adapters.consul_client import DEFAULT_WAIT, Indexed, KVEntry
 from consul_operator.core.desired_state import Manifest
 from consul_operator.core.errors import ConsulError
-from consul_operator.core.model import ContainerInfo, Registration
+from consul_operator.core.model import ContainerInfo, Registration, ServiceInstance
 from consul_operator.core.txn import CONSUL_MAX_VALUE_BYTES, Sent, Writes
 
 
@@ -76,6 +76,77 @@ class KVStore(Protocol):
         max_value: int | Callable[[str], int] = CONSUL_MAX_VALUE_BYTES,
     ) -> Sent[ConsulError]:
         """Groups of records, packed, each transaction on its own (`ConsulClient.write_records`)."""
+        ...
+
+
+class ClusterReads(KVStore, Protocol):
+    """What a read of the whole cluster uses (`snapshot.read_cluster_state`, the leader's pass)."""
+
+    def health_service(
+        self,
+        service: str,
+        /,
+        *,
+        passing: bool = False,
+        index: int = 0,
+        wait: float = DEFAULT_WAIT,
+        consistent: bool = False,
+    ) -> Indexed[list[ServiceInstance]]:
+        """Instances of ``service`` with their checks' status (`ConsulClient.health_service`)."""
+        ...
+
+    def passing_instances(self) -> dict[str, int]:
+        """Per service, its instances whose checks all pass (`ConsulClient.passing_instances`)."""
+        ...
+
+
+class LeaderLock(Protocol):
+    """Sessions, the leader lock and fenced writes: what `daemons.leader.LeaderElection` uses."""
+
+    def kv_get(
+        self, key: str, /, *, index: int = 0, wait: float = DEFAULT_WAIT, consistent: bool = False
+    ) -> Indexed[KVEntry | None]:
+        """One key (`ConsulClient.kv_get`): the lock, and the session that holds it."""
+        ...
+
+    def kv_acquire(self, key: str, value: bytes | str, session: str, /) -> bool:
+        """Take the lock ``key`` with ``session``; whether it was taken (`ConsulClient.kv_acquire`)."""
+        ...
+
+    def kv_release(self, key: str, session: str, /) -> bool:
+        """Release the lock ``key`` held by ``session``; whether it was (`ConsulClient.kv_release`)."""
+        ...
+
+    def fenced_write(self, lock_key: str, session: str, writes: Mapping[str, bytes | None], /) -> None:
+        """Write only while ``session`` holds ``lock_key``, else `NotLeader` (`ConsulClient.fenced_write`)."""
+        ...
+
+    def session_create(self, name: str, /, *, checks: Sequence[str], lock_delay: float) -> str:
+        """A new session tied to ``checks`` (`ConsulClient.session_create`)."""
+        ...
+
+    def session_destroy(self, session: str, /) -> None:
+        """End a session (`ConsulClient.session_destroy`)."""
+        ...
+
+    def session_info(self, session: str, /) -> dict[str, Any] | None:
+        """A session, None once it ended (`ConsulClient.session_info`)."""
+        ...
+
+    def node_sessions(self, node: str, /) -> list[dict[str, Any]]:
+        """The sessions of ``node`` (`ConsulClient.node_sessions`)."""
+        ...
+
+
+class Members(Protocol):
+    """The local agent's view of the gossip pool (`rejoin.rejoin_failed`)."""
+
+    def failed_members(self) -> list[tuple[str, str]]:
+        """Name and address of each member gossip declared failed (`ConsulClient.failed_members`)."""
+        ...
+
+    def join(self, address: str, /) -> None:
+        """Join the member at ``address`` (`ConsulClient.join`)."""
         ...
 
 

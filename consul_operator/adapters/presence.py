@@ -27,6 +27,7 @@ import structlog
 
 from consul_operator.adapters import metrics
 from consul_operator.adapters.consul_client import ConsulClient, KVEntry
+from consul_operator.adapters.interfaces import ClusterReads
 from consul_operator.core.backoff import RETRY_CAP, exponential
 from consul_operator.core.desired_state import (
     LABEL_KEY_RE,
@@ -240,7 +241,7 @@ def agent_nodes_of(entries: Iterable[KVEntry], layout: Layout) -> dict[str, str]
 
 
 def agent_registrations(
-    consul: ConsulClient, cluster: str | None, layout: Layout, *, nodes: Mapping[str, str] | None = None
+    consul: ClusterReads, cluster: str | None, layout: Layout, *, nodes: Mapping[str, str] | None = None
 ) -> list[ServiceInstance]:
     """Every agent's own registration of ``cluster`` (of any cluster for None), passing or not.
 

@@ -22,7 +22,7 @@ import threading
 
 import structlog
 
-from consul_operator.adapters.consul_client import ConsulClient
+from consul_operator.adapters.interfaces import Members
 from consul_operator.core.errors import ConsulError, ConsulPermissionDenied
 
 log = structlog.get_logger()
@@ -31,7 +31,7 @@ REJOIN_EVERY = 2.0
 """Seconds between two looks for failed members."""
 
 
-def rejoin_failed(consul: ConsulClient, stop: threading.Event) -> None:
+def rejoin_failed(consul: Members, stop: threading.Event) -> None:
     """Until ``stop``: every `REJOIN_EVERY` s, join each member our Consul agent sees as failed."""
     refused = False
     while not stop.wait(REJOIN_EVERY):

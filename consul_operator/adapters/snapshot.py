@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Callable, Iterable
 
 from consul_operator.adapters.consul_client import ConsulClient, KVEntry
+from consul_operator.adapters.interfaces import ClusterReads
 from consul_operator.adapters.kv_state import (
     StatusCache,
     TreeMirror,
@@ -40,7 +41,7 @@ from consul_operator.core.status import ClusterSnapshot, HostRow
 
 
 def read_cluster_state(
-    consul: ConsulClient,
+    consul: ClusterReads,
     layout: Layout,
     cluster: str | None,
     *,

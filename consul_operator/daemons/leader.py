@@ -45,7 +45,7 @@ from collections.abc import Callable
 import structlog
 
 from consul_operator.adapters import metrics
-from consul_operator.adapters.consul_client import ConsulClient
+from consul_operator.adapters.interfaces import LeaderLock
 from consul_operator.adapters.presence import ttl_check_id
 from consul_operator.core.errors import ConsulError, NotLeader
 from consul_operator.core.keys import Layout
@@ -65,7 +65,7 @@ class LeaderElection:
 
     def __init__(
         self,
-        consul: ConsulClient,
+        consul: LeaderLock,
         layout: Layout,
         *,
         host: str,

@@ -24,7 +24,7 @@ from typing import Protocol
 import structlog
 
 from consul_operator.adapters import metrics
-from consul_operator.adapters.consul_client import ConsulClient
+from consul_operator.adapters.interfaces import KVStore
 from consul_operator.core.backoff import Backoff, backoff_after_failure
 from consul_operator.core.cluster_state import ClusterState
 from consul_operator.core.errors import (
@@ -54,6 +54,26 @@ class Fencing(Protocol):
 
     def fenced_write(self, writes: dict[str, bytes | None], session: str | None = None) -> None:
         """Write only while ``session`` holds the lock; `NotLeader` otherwise."""
+        ...
+
+
+class Election(Fencing, Protocol):
+    """What the leader's pass needs of the election (`leader.LeaderElection`): where it stands."""
+
+    @property
+    def host(self) -> str:
+        """This agent's host."""
+        ...
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether we hold the lock, confirmed within the lease."""
+        ...
+
+    @property
+    def session(self) -> str | None:
+        """Our session id, for fenced writes."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +189,7 @@ class WorkKeys:
 
     def writes(
         self,
-        consul: ConsulClient,
+        consul: KVStore,
         session: str,
         state: ClusterState,
         placements: Mapping[str, PlacementRecord],
@@ -224,7 +244,7 @@ def effective(
 def write_pass(
     writer: FencedWriter,
     work: WorkKeys,
-    consul: ConsulClient,
+    consul: KVStore,
     session: str,
     state: ClusterState,
     decided: Mapping[str, PlacementRecord],

@@ -30,7 +30,7 @@ from functools import partial
 
 import structlog
 
-from consul_operator.adapters.consul_client import ConsulClient
+from consul_operator.adapters.interfaces import ClusterReads
 from consul_operator.adapters.kv_state import StatusCache, TreeMirror
 from consul_operator.adapters.presence import AGENT_SERVICE
 from consul_operator.adapters.snapshot import read_cluster_state
@@ -42,8 +42,7 @@ from consul_operator.core.leader_plan import LeaderMemory, LeaderSettings, Now, 
 from consul_operator.core.spread import SpreadSettings
 from consul_operator.core.txn import pack_writes, send_groups
 from consul_operator.daemons import leader_report
-from consul_operator.daemons.leader import LeaderElection
-from consul_operator.daemons.leader_writes import FencedWriter, WorkKeys, write_pass
+from consul_operator.daemons.leader_writes import Election, FencedWriter, WorkKeys, write_pass
 from consul_operator.daemons.loop import PassResult
 
 log = structlog.get_logger()
@@ -53,9 +52,9 @@ log = structlog.get_logger()
 class Scheduler:
     """The leader's pass: read -> decide -> fenced write -> metrics and logs."""
 
-    consul: ConsulClient
+    consul: ClusterReads
     layout: Layout
-    election: LeaderElection
+    election: Election
     cluster: str
     lost_grace: float
     # Spreading replicas again when a host returns (`spread.py`): --no-rebalance, --rebalance-settle.

@@ -36,9 +36,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import cast
-
-import docker
 
 from consul_operator.adapters.consul_client import ConsulClient
 from tests.chaos.harness import CONVERGE_BOUND, LOG_DIR, REBALANCE_SETTLE, Chaos, FaultRecord, hold
@@ -107,7 +104,9 @@ class NodeChaos(Chaos):
 
     @property
     def nodes(self) -> Nodes:
-        return cast(Nodes, self.cluster.staging)
+        staging = self.cluster.staging
+        assert isinstance(staging, Nodes), f"not a node environment: {staging!r}"
+        return staging
 
     def _check(self, ok: bool, what: str) -> None:
         if not ok:
@@ -312,6 +311,4 @@ def start_node_environment(name: str, subnet: str) -> Cluster:
     nodes.run("down")
     nodes.run("up")
     nodes.set_agent_args(AGENT_ARGS)
-    return Cluster(
-        nodes, ConsulClient(nodes.consul_addr("host-3")), cast(docker.DockerClient, nodes.engines())
-    )
+    return Cluster(nodes, ConsulClient(nodes.consul_addr("host-3")), nodes.engines())

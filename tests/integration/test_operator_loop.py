@@ -373,7 +373,7 @@ def test_paused_leader_steps_down_and_writes_nothing(cluster: Cluster, service_n
 
 def lifetime(cluster: Cluster, container_id: str, since: float) -> tuple[int, float]:
     """Exit code and seconds from start to death of a container, from Docker's own events."""
-    events = cluster.docker.events(
+    events = cluster.engine.events(
         since=f"{since:.9f}",
         until=f"{time.time() + 0.5:.9f}",
         decode=True,

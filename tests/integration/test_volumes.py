@@ -35,7 +35,7 @@ def _only(cluster: Cluster, service: str) -> Any:
 
 def _volumes(cluster: Cluster, service: str) -> list[Any]:
     labels = [f"{LABEL_CLUSTER}={cluster.staging.name}", f"{LABEL_SERVICE}={service}"]
-    return list(cluster.docker.volumes.list(filters={"label": labels}))
+    return list(cluster.engine.volumes.list(filters={"label": labels}))
 
 
 def _events(cluster: Cluster, service: str) -> list[dict[str, Any]]:

@@ -11,9 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
-from typing import cast
 
-import docker
 import pytest
 
 from consul_operator.adapters.consul_client import ConsulClient, ConsulTLS
@@ -57,7 +55,7 @@ def secure_cluster(secure_nodes: Nodes) -> Cluster:
     client = ConsulClient(
         secure_nodes.consul_addr("host-3"), token, tls=ConsulTLS.from_env(secure_nodes.tls_env())
     )
-    return Cluster(secure_nodes, client, cast(docker.DockerClient, secure_nodes.engines()))
+    return Cluster(secure_nodes, client, secure_nodes.engines())
 
 
 @pytest.mark.parametrize(("host", "path", "owner"), PRIVATE_FILES)

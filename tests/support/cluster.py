@@ -12,10 +12,10 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-import docker
 import yaml
+from docker import DockerClient
 
 from consul_operator.adapters.consul_client import ConsulClient
 from consul_operator.core.keys import Layout
@@ -55,14 +55,41 @@ def metric_at(address: str, name: str, **labels: str) -> float:
     return scrape(address).value(name, **labels)
 
 
+class ContainerList(Protocol):
+    """``containers`` of a Docker client: what `Cluster` and the chaos checks list."""
+
+    def list(
+        self, *, all: bool = False, filters: dict[str, Any] | None = None, ignore_removed: bool = False
+    ) -> list[Any]:
+        """The containers ``filters`` selects (stopped ones too with ``all``)."""
+        ...
+
+
+class Engine(Protocol):
+    """What `Cluster` and the chaos checks use of Docker: a ``docker.DockerClient`` (staging), or
+    `nodes.Engines` (the node environment: every app host's engine as one)."""
+
+    @property
+    def containers(self) -> ContainerList:
+        """The containers, to list."""
+        ...
+
+
 @dataclass
 class Cluster:
     """A staging environment with its clients; ``layout``: the KV prefixes its daemons were given."""
 
     staging: Environment
     consul: ConsulClient
-    docker: docker.DockerClient  # or, on nodes, `Engines`: every app host's engine
+    docker: Engine
     layout: Layout = field(default_factory=Layout)
+
+    @property
+    def engine(self) -> DockerClient:
+        """The one Docker engine of a staging environment, for its events and volumes (the node
+        environment's engines list containers only)."""
+        assert isinstance(self.docker, DockerClient), f"not one Docker engine: {self.docker!r}"
+        return self.docker
 
     def put(self, name: str, replicas: int, **fields: Any) -> None:
         """`consul kv put services/<name>` of a hello manifest."""
@@ -147,7 +174,7 @@ class Cluster:
 
     def container_events(self, service: str, since: float, actions: tuple[str, ...]) -> list[str]:
         """Docker's events of ``service``'s containers from ``since`` until now, by action name."""
-        events = self.docker.events(
+        events = self.engine.events(
             since=f"{since:.9f}",
             until=f"{time.time() + 0.5:.9f}",
             decode=True,
@@ -162,7 +189,7 @@ class Cluster:
         Read live from the stream: the engine's history of past events is bounded,
         and a busy shared engine may have dropped them by the time a test asks.
         """
-        stream = self.docker.events(
+        stream = self.engine.events(
             decode=True, filters={"type": "container", "label": f"{LABEL_SERVICE}={service}"}
         )
         seen: list[tuple[float, str]] = []

@@ -52,7 +52,7 @@ def floating_address(subnet: str) -> str:
 
 
 class Engines:
-    """The app hosts' Docker engines as one: `containers.list` over all of them (what `Cluster` calls)."""
+    """The app hosts' Docker engines as one: `containers.list` over all of them (a `cluster.Engine`)."""
 
     def __init__(self, clients: dict[str, docker.DockerClient]) -> None:
         self.clients = clients

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,7 +48,7 @@ from consul_operator.core.txn import (
     txn_body,
 )
 from consul_operator.daemons.leader import LeaderElection
-from consul_operator.daemons.scheduler import Scheduler
+from consul_operator.daemons.leader_writes import FencedWriter
 from tests.support.staging import wait_until
 
 LAYOUT = Layout()
@@ -216,8 +216,38 @@ def test_fenced_write_outcome_follows_the_status_code(
     assert not (error is not NotLeader and isinstance(caught.value, NotLeader))
 
 
+class LockConsul:
+    """`LeaderLock` for the fakes below: each call a test does not expect fails it."""
+
+    def kv_get(
+        self, key: str, *, index: int = 0, wait: float = 0.0, consistent: bool = False
+    ) -> Indexed[KVEntry | None]:
+        raise AssertionError(f"read of {key} not expected")
+
+    def kv_acquire(self, key: str, value: bytes | str, session: str) -> bool:
+        raise AssertionError(f"acquire of {key} not expected")
+
+    def kv_release(self, key: str, session: str) -> bool:
+        raise AssertionError(f"release of {key} not expected")
+
+    def fenced_write(self, lock_key: str, session: str, writes: Mapping[str, bytes | None]) -> None:
+        raise AssertionError("fenced write not expected")
+
+    def session_create(self, name: str, *, checks: Sequence[str], lock_delay: float) -> str:
+        raise AssertionError("new session not expected")
+
+    def session_destroy(self, session: str) -> None:
+        raise AssertionError(f"end of session {session} not expected")
+
+    def session_info(self, session: str) -> dict[str, Any] | None:
+        raise AssertionError(f"read of session {session} not expected")
+
+    def node_sessions(self, node: str) -> list[dict[str, Any]]:
+        raise AssertionError(f"sessions of {node} not expected")
+
+
 @dataclass
-class RefusingConsul:
+class RefusingConsul(LockConsul):
     """A Consul whose fenced writes all fail the lock check; records the sessions used."""
 
     sessions: list[str] = field(default_factory=list)
@@ -231,7 +261,7 @@ class RefusingConsul:
 def test_write_decided_under_an_old_session_uses_it_and_keeps_the_new_leadership() -> None:
     """A pass decided under session s1 writes with s1; its NotLeader does not step down the leader of s2."""
     consul = RefusingConsul()
-    election = LeaderElection(consul, LAYOUT, host="h1", node="n1", lock_delay=0)  # type: ignore[arg-type]
+    election = LeaderElection(consul, LAYOUT, host="h1", node="n1", lock_delay=0)
     election._session = "s2"
     election._confirm(time.monotonic())  # the lock seen held by s2 just now
     with pytest.raises(NotLeader):
@@ -428,36 +458,36 @@ def test_refused_service_backs_off_alone(error: ConsulError, reason: str) -> Non
     """A refusal for one service's key: the others are written with the pass's session; it backs off."""
     bad = LAYOUT.placement_key("bravo")
     election = FakeElection({bad: error})
-    scheduler = Scheduler(None, LAYOUT, election, "c", 10.0)  # type: ignore[arg-type]
+    writer = FencedWriter(election, LAYOUT)
     before = metrics.leader_write_failures.labels(reason)._value.get()
     writes: dict[str, bytes | None] = {LAYOUT.placement_key(n): b"{}" for n in ("alpha", "bravo", "charlie")}
-    written = list(scheduler.writer.write("s1", writes, 10.0).keys)
+    written = list(writer.write("s1", writes, 10.0).keys)
     assert sorted(written) == [LAYOUT.placement_key("alpha"), LAYOUT.placement_key("charlie")]
     assert set(election.sessions) == {"s1"}
-    assert scheduler.writer.backoffs["bravo"].retry_at == 11.0
+    assert writer.backoffs["bravo"].retry_at == 11.0
     assert metrics.leader_write_failures.labels(reason)._value.get() == before + 1
-    assert list(scheduler.writer.write("s1", writes, 10.5).keys) == [
+    assert list(writer.write("s1", writes, 10.5).keys) == [
         LAYOUT.placement_key("alpha"),
         LAYOUT.placement_key("charlie"),
     ]
     election.refuse.clear()
-    assert LAYOUT.placement_key("bravo") in list(scheduler.writer.write("s1", writes, 11.0).keys)
-    assert "bravo" not in scheduler.writer.backoffs
+    assert LAYOUT.placement_key("bravo") in list(writer.write("s1", writes, 11.0).keys)
+    assert "bravo" not in writer.backoffs
 
 
 def test_consul_server_error_ends_the_pass() -> None:
     """A 5xx (no Raft leader) is Consul's trouble, not a service's: the pass fails and the loop retries."""
     election = FakeElection({LAYOUT.placement_key("a"): ConsulError("No cluster leader", status=500)})
-    scheduler = Scheduler(None, LAYOUT, election, "c", 10.0)  # type: ignore[arg-type]
+    writer = FencedWriter(election, LAYOUT)
     with pytest.raises(ConsulError):
-        list(scheduler.writer.write("s1", {LAYOUT.placement_key("a"): b"{}"}, 0.0).keys)
-    assert not scheduler.writer.backoffs
+        list(writer.write("s1", {LAYOUT.placement_key("a"): b"{}"}, 0.0).keys)
+    assert not writer.backoffs
 
 
 def test_a_lease_not_confirmed_in_time_stops_the_writes_and_the_gauge() -> None:
     """A leader whose last confirmation is older than its lease writes nothing; the watch drops the gauge."""
     consul = RefusingConsul()
-    election = LeaderElection(consul, LAYOUT, host="h-lease", node="n1", lock_delay=0, lease=0.3)  # type: ignore[arg-type]
+    election = LeaderElection(consul, LAYOUT, host="h-lease", node="n1", lock_delay=0, lease=0.3)
     election._session = "s1"
     election._confirm(time.monotonic())
     leading_before = election.is_leader
@@ -484,13 +514,13 @@ def test_a_lease_not_confirmed_in_time_stops_the_writes_and_the_gauge() -> None:
 )
 def test_a_confirmation_counts_from_when_its_read_was_sent(asked_ago: float, leading: bool) -> None:
     """A read that saw our session holding the lock confirms the lease as of when it was sent."""
-    election = LeaderElection(RefusingConsul(), LAYOUT, host="h-asked", node="n1", lock_delay=0, lease=2.0)  # type: ignore[arg-type]
+    election = LeaderElection(RefusingConsul(), LAYOUT, host="h-asked", node="n1", lock_delay=0, lease=2.0)
     election._confirm(time.monotonic() - asked_ago)
     assert election.is_leader is leading
 
 
 @dataclass
-class HeldLockConsul:
+class HeldLockConsul(LockConsul):
     """A Consul where our session holds the lock; blocking reads block (up to 1 s); the first is slow."""
 
     session: str
@@ -503,7 +533,7 @@ class HeldLockConsul:
 
     def kv_get(
         self, key: str, *, index: int = 0, wait: float = 0.0, consistent: bool = False
-    ) -> Indexed[KVEntry]:
+    ) -> Indexed[KVEntry | None]:
         """The lock, held by ``session``: the first read takes ``slow`` s, later ones their wait."""
         self.waits.append(wait)
         time.sleep(self.slow if len(self.waits) == 1 else min(wait, 1.0) if index else 0.0)
@@ -517,7 +547,7 @@ def test_a_leader_whose_lease_lapsed_leads_again_at_its_next_confirmation() -> N
     with short reads (not a follower's 10 s wait, which would date every confirmation too old)."""
     stop = threading.Event()
     consul = HeldLockConsul(session="s1", slow=0.5, stop=stop)
-    election = LeaderElection(consul, LAYOUT, host="h-lapse", node="n1", lock_delay=0, lease=0.3)  # type: ignore[arg-type]
+    election = LeaderElection(consul, LAYOUT, host="h-lapse", node="n1", lock_delay=0, lease=0.3)
     election._session = "s1"
     election._campaign(stop)
     assert election.is_leader

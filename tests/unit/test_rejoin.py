@@ -35,7 +35,7 @@ class FakeConsul:
 
 def run(consul: FakeConsul, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(rejoin, "REJOIN_EVERY", 0.01)
-    rejoin.rejoin_failed(consul, consul.stop)  # type: ignore[arg-type]
+    rejoin.rejoin_failed(consul, consul.stop)
 
 
 def test_every_failed_member_is_joined_at_each_look_and_one_still_cut_off_does_not_stop_the_others(

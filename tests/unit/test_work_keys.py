@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import pytest
@@ -12,10 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consul_operator.adapters import metrics
+from consul_operator.adapters.consul_client import Indexed, KVEntry
 from consul_operator.core.cluster_state import ClusterState
 from consul_operator.core.desired_state import Manifest, ManifestError, UpdatePolicy, parse_manifest
 from consul_operator.core.errors import ConsulError
 from consul_operator.core.keys import Layout
+from consul_operator.core.model import ServiceInstance
 from consul_operator.core.records import (
     MAX_WORK_BYTES,
     PlacementRecord,
@@ -23,6 +26,7 @@ from consul_operator.core.records import (
     frozen_map,
     record_bound,
 )
+from consul_operator.core.txn import CONSUL_MAX_VALUE_BYTES, Sent, Writes
 from consul_operator.core.work import (
     WorkEntry,
     WorkShard,
@@ -195,33 +199,61 @@ class FakeElection:
 
 
 @dataclass
-class Listing:
-    """What `ConsulClient.kv_list` / `kv_keys` answer: ``value``."""
-
-    value: list[object]
-
-
-@dataclass
 class FakeConsul:
-    """Reads out of the fake election's KV (the work keys); no event records."""
+    """`ClusterReads` out of the fake election's KV (the work keys): no instances, no event records.
+    The leader writes only fenced (through the election): an unfenced write fails the test."""
 
     election: FakeElection
 
-    def kv_list(self, prefix: str, **_: object) -> Listing:
+    def _entries(self, keys: Iterable[str]) -> list[KVEntry]:
+        kv = self.election.kv
+        return [KVEntry(k, kv[k], 1) for k in sorted(keys) if k in kv]
+
+    def kv_list(self, prefix: str, **_: object) -> Indexed[list[KVEntry]]:
         """Entries under ``prefix``."""
-        return Listing([Entry(k, v) for k, v in sorted(self.election.kv.items()) if k.startswith(prefix)])
+        return Indexed(1, self._entries(k for k in self.election.kv if k.startswith(prefix)))
 
-    def kv_keys(self, prefix: str, **_: object) -> Listing:
+    def kv_keys(self, prefix: str, **_: object) -> Indexed[list[str]]:
         """No keys (no event records)."""
-        return Listing([])
+        return Indexed(1, [])
 
+    def kv_get(self, key: str, **_: object) -> Indexed[KVEntry | None]:
+        """One key."""
+        return Indexed(1, next(iter(self._entries([key])), None))
 
-@dataclass
-class Entry:
-    """A KV entry."""
+    def kv_trees(self, prefixes: list[str], **_: object) -> dict[str, list[KVEntry]]:
+        """Entries under each prefix."""
+        return {prefix: self.kv_list(prefix).value for prefix in prefixes}
 
-    key: str
-    value: bytes
+    def kv_stale(self, known: Mapping[str, int], **_: object) -> set[str]:
+        """The keys of ``known`` gone (modify indexes never change here)."""
+        return {k for k in known if k not in self.election.kv}
+
+    def kv_get_many(self, keys: list[str], **_: object) -> list[KVEntry]:
+        """The entries of ``keys`` that exist."""
+        return self._entries(keys)
+
+    def kv_get_keys(self, keys: list[str], **_: object) -> dict[str, KVEntry]:
+        """The entries of ``keys`` that exist, by key."""
+        return {e.key: e for e in self._entries(keys)}
+
+    def kv_txn(self, writes: Mapping[str, bytes | None]) -> None:
+        """Not the leader's: it writes fenced."""
+        raise AssertionError(f"unfenced write of {sorted(writes)}")
+
+    def write_records(
+        self, groups: Mapping[str, Writes], *, max_value: int | Callable[[str], int] = CONSUL_MAX_VALUE_BYTES
+    ) -> Sent[ConsulError]:
+        """Not the leader's: it writes fenced."""
+        raise AssertionError(f"unfenced records of {sorted(groups)}")
+
+    def health_service(self, service: str, **_: object) -> Indexed[list[ServiceInstance]]:
+        """No instances."""
+        return Indexed(1, [])
+
+    def passing_instances(self) -> dict[str, int]:
+        """No instances."""
+        return {}
 
 
 def test_pass_writes_work_keys_behind_the_placements() -> None:
@@ -235,7 +267,7 @@ def test_pass_writes_work_keys_behind_the_placements() -> None:
         LAYOUT.placement_key("web"): decided["web"].to_json(),
         LAYOUT.revision_key("web", WEB.spec_hash()): b"{}",
     }
-    written = write_pass(writer, work, FakeConsul(election), "s1", state, decided, writes, 0.0)  # type: ignore[arg-type]
+    written = write_pass(writer, work, FakeConsul(election), "s1", state, decided, writes, 0.0)
     assert len(election.transactions) == 1
     keys = election.transactions[0]
     assert keys[-2:] == [LAYOUT.work_key("h1", 0), LAYOUT.work_key("h2", 0)]
@@ -243,7 +275,7 @@ def test_pass_writes_work_keys_behind_the_placements() -> None:
     h1 = WorkShard.from_json(election.kv[LAYOUT.work_key("h1", 0)], host="h1")
     assert h1.services["web"]["count"] == 2 and h1.session == "s1"
     state = dataclasses.replace(state, placements=decided)
-    write_pass(writer, work, FakeConsul(election), "s1", state, decided, {}, 1.0)  # type: ignore[arg-type]
+    write_pass(writer, work, FakeConsul(election), "s1", state, decided, {}, 1.0)
     assert len(election.transactions) == 1
 
 
@@ -257,7 +289,7 @@ def test_refused_placement_leaves_work_keys_as_kv_holds_them() -> None:
     )
     decided = {"web": placement(WEB, {"h1": 1, "h2": 2})}
     writes: dict[str, bytes | None] = {LAYOUT.placement_key("web"): decided["web"].to_json()}
-    written = write_pass(writer, work, FakeConsul(election), "s1", state, decided, writes, 0.0)  # type: ignore[arg-type]
+    written = write_pass(writer, work, FakeConsul(election), "s1", state, decided, writes, 0.0)
     assert "web" in written.refused
     h2 = WorkShard.from_json(election.kv[LAYOUT.work_key("h2", 0)], host="h2")
     assert h2.services == {}
@@ -285,7 +317,7 @@ def test_refused_rollout_is_logged_and_counted_once_written(monkeypatch: pytest.
     )
     refusal = ConsulError("denied", status=403)
     election = FakeElection(refuse={LAYOUT.rollout_key("web"): refusal})
-    scheduler = Scheduler(FakeConsul(election), LAYOUT, election, "c", 10.0, clock=lambda: 100.0)  # type: ignore[arg-type]
+    scheduler = Scheduler(FakeConsul(election), LAYOUT, election, "c", 10.0, clock=lambda: 100.0)
     gauge = metrics.rollout_state.labels("web", "progressing")
     gauge.set(0)
     monkeypatch.setattr(scheduler_module, "read_cluster_state", lambda *_a, **_k: state)
@@ -310,10 +342,10 @@ def test_work_key_changed_by_hand_is_written_again_at_the_resync() -> None:
     decided = {"web": placement(WEB, {"h1": 2})}
     state = ClusterState(manifests={"web": WEB}, placements=decided, hosts={"h1": (True, {})})
     consul = FakeConsul(election)
-    write_pass(writer, work, consul, "s1", state, decided, {}, 0.0)  # type: ignore[arg-type]
+    write_pass(writer, work, consul, "s1", state, decided, {}, 0.0)
     key = LAYOUT.work_key("h1", 0)
     kept = election.kv.pop(key)
-    write_pass(writer, work, consul, "s1", state, decided, {}, 1.0)  # type: ignore[arg-type]
+    write_pass(writer, work, consul, "s1", state, decided, {}, 1.0)
     assert key not in election.kv
-    write_pass(writer, work, consul, "s1", state, decided, {}, WORK_RESYNC)  # type: ignore[arg-type]
+    write_pass(writer, work, consul, "s1", state, decided, {}, WORK_RESYNC)
     assert election.kv[key] == kept
