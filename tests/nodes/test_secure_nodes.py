@@ -17,7 +17,7 @@ import pytest
 from consul_operator.adapters.consul_client import ConsulClient, ConsulTLS
 from consul_operator.core.errors import ConsulTLSError, ConsulUnavailable
 from tests.support.cluster import Cluster
-from tests.support.nodes import Nodes
+from tests.support.nodes import LB_HOSTS, Nodes
 
 NAME = os.environ.get("NODES_SECURE_TEST_NAME", "nodes-test-secure")
 SUBNET = os.environ.get("NODES_SECURE_TEST_SUBNET", "198.18.2.0/24")
@@ -117,12 +117,23 @@ def test_provisioning_with_the_defaults_again_changes_nothing(
 ) -> None:
     """provision.sh without a flag is the secured install: run again on a secured host, it changes nothing."""
     pid = secure_nodes.exec(host, "systemctl", "show", "-p", "MainPID", "--value", unit).strip()
+    # The LB pair's settings as nodes.sh gave them: without them provision.sh keeps the pair's
+    # keepalived.conf and says so ("keeping"), which this test takes for a setting it implied.
+    pair = (
+        [
+            f"LB_FLOATING_ADDRESS={secure_nodes.floating}/24",
+            f"LB_PEERS={' '.join(secure_nodes.address(h) for h in LB_HOSTS)}",
+        ]
+        if role == "lb"
+        else []
+    )
     out = secure_nodes.exec(
         host,
         "env",
         f"NODE_NAME={host}",
         f"NODE_ADDR={secure_nodes.address(host)}",
         "CONSUL_HOST_CONFIG=/srv/node/host.hcl",
+        *pair,
         "bash",
         "/vagrant/scripts/provision.sh",
         role,
