@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 
 from consul_operator.adapters.actuators.docker import DockerActuator, container_name
 from consul_operator.core.desired_state import Manifest
@@ -49,7 +49,14 @@ class SimulatedDockerActuator(DockerActuator):
         """No volumes in the simulation."""
         return ()
 
-    def start(self, manifest: Manifest, *, name: str | None = None, slot: int | None = None) -> ContainerInfo:
+    def start(
+        self,
+        manifest: Manifest,
+        *,
+        name: str | None = None,
+        slot: int | None = None,
+        secrets: Mapping[str, bytes] | None = None,
+    ) -> ContainerInfo:
         """A running container after ``start_latency`` seconds."""
         if self.start_latency:
             time.sleep(self.start_latency)

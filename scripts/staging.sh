@@ -18,6 +18,8 @@
 #   STAGING_NAME   name of the environment, also the containers' cluster label (default: staging)
 #   STAGING_ADDRS  the three hosts' addresses (default: "127.0.0.11 127.0.0.12 127.0.0.13")
 #   RUN_DIR        state, logs and pid files (default: .run/$STAGING_NAME)
+#   RUNTIME_DIR    the agents' --runtime-dir, a tmpfs for secret files
+#                  (default /dev/shm/consul-operator-$STAGING_NAME; `down` removes it)
 #   AGENT_ARGS     extra flags for every `operator agent` (e.g. "--lost-grace 5s")
 #   AGENT_ARGS_HOST1, AGENT_ARGS_HOST2  extra flags for host-1's or host-2's agent only,
 #                  after AGENT_ARGS (e.g. "--label zone=a --capacity memory=4Gi,cpus=2")
@@ -51,6 +53,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 NAME=${STAGING_NAME:-staging}
+RUNTIME_DIR=${RUNTIME_DIR:-/dev/shm/consul-operator-$NAME}
 read -r -a ADDRS <<<"${STAGING_ADDRS:-127.0.0.11 127.0.0.12 127.0.0.13}"
 RUN_DIR=${RUN_DIR:-$ROOT/.run/$NAME}
 HOSTS=(host-1 host-2 host-3)
@@ -280,6 +283,7 @@ agents_up() {
       # shellcheck disable=SC2046
       SPAWN_TOKEN_FILE=$(token_file operator-agent) spawn "agent-$host" "$py" -m consul_operator agent \
         --host "$host" --advertise "$addr" --consul "$API_SCHEME://$addr:$API_PORT" --cluster "$NAME" --metrics "$addr:9810" \
+        --runtime-dir "$RUNTIME_DIR" \
         $(metrics_tls_args "$i") --capacity "$CAPACITY" --log-json ${AGENT_ARGS:-} ${!own:-}
     )
   done
@@ -355,7 +359,7 @@ cmd_down() {
   nginx_leftover_down
   ((${#rest[@]})) && stop "${rest[@]}"
   remove_containers
-  rm -rf "$RUN_DIR/consul" "$RUN_DIR/nginx" "$ACL_DIR" "$TLS_DIR"
+  rm -rf "$RUN_DIR/consul" "$RUN_DIR/nginx" "$ACL_DIR" "$TLS_DIR" "$RUNTIME_DIR"
   say "down"
 }
 

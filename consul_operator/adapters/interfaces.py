@@ -163,8 +163,16 @@ class Containers(Protocol):
         """Create replica ``slot``'s named volumes that do not exist yet; the names of those created."""
         ...
 
-    def start(self, manifest: Manifest, *, name: str, slot: int | None = None) -> ContainerInfo:
-        """Create and start one replica of ``manifest`` named ``name`` (in ``slot``: its volumes)."""
+    def start(
+        self,
+        manifest: Manifest,
+        *,
+        name: str,
+        slot: int | None = None,
+        secrets: Mapping[str, bytes] | None = None,
+    ) -> ContainerInfo:
+        """Create and start one replica of ``manifest`` named ``name`` (in ``slot``: its volumes; with
+        ``secrets``: the values of its secrets by name)."""
         ...
 
     def stop(self, container_id: str, grace: float, /) -> None:

@@ -21,8 +21,8 @@ import structlog
 from consul_operator.adapters.consul_client import BlockingQuery, ConsulClient, Indexed, KVEntry
 from consul_operator.adapters.interfaces import KVStore
 from consul_operator.core.backoff import exponential
-from consul_operator.core.desired_state import Manifest, ManifestError, parse_manifest
-from consul_operator.core.errors import ConsulError
+from consul_operator.core.desired_state import MAX_SECRET_BYTES, Manifest, ManifestError, parse_manifest
+from consul_operator.core.errors import ConsulError, SecretMissing
 from consul_operator.core.keys import Layout
 from consul_operator.core.records import (
     HostRecord,
@@ -370,3 +370,19 @@ def start_watch(
     )
     thread.start()
     return thread
+
+
+def read_secrets(consul: KVStore, layout: Layout, manifest: Manifest) -> dict[str, bytes]:
+    """The values of ``manifest``'s secrets, by name, read just before a start (`secrets/<service>/<name>`).
+
+    Raises `SecretMissing` naming a secret that is not in KV or is larger than `MAX_SECRET_BYTES`;
+    no message ever holds a value.
+    """
+    keys = {layout.secret_key(manifest.name, s.name): s.name for s in manifest.secrets}
+    found = {keys[e.key]: e.value for e in consul.kv_get_many(list(keys), consistent=True) if e.key in keys}
+    for key, name in keys.items():
+        if name not in found:
+            raise SecretMissing(f"secret {name} missing: write it to {key}")
+        if len(found[name]) > MAX_SECRET_BYTES:
+            raise SecretMissing(f"secret {name} is larger than {MAX_SECRET_BYTES} bytes ({key})")
+    return found

@@ -10,7 +10,7 @@ adds the leader lock and the time for the status view. A failed read raises
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from consul_operator.adapters.consul_client import ConsulClient, KVEntry
 from consul_operator.adapters.interfaces import ClusterReads
@@ -33,10 +33,18 @@ from consul_operator.adapters.presence import (
     hosts_of,
 )
 from consul_operator.core.cluster_state import ClusterState, passing_per_host
-from consul_operator.core.desired_state import ManifestError, Resources, is_dns_label, parse_manifest
+from consul_operator.core.desired_state import (
+    Manifest,
+    ManifestError,
+    Resources,
+    is_dns_label,
+    parse_manifest,
+)
+from consul_operator.core.errors import ConsulPermissionDenied
 from consul_operator.core.keys import Layout
 from consul_operator.core.model import is_extra_port
 from consul_operator.core.ownership import owned
+from consul_operator.core.resolve import SecretVersions, resolve_manifests
 from consul_operator.core.status import ClusterSnapshot, HostRow
 
 
@@ -80,8 +88,10 @@ def read_cluster_state(
     nodes = agent_nodes_of(trees[layout.agents_prefix], layout)
     registrations = agent_registrations(consul, cluster, layout, nodes=nodes)
     records = statuses_of(trees[layout.status_prefix], layout, keep_unreadable=leader, cache=statuses)
+    parsed = manifests_of(manifests, layout, by_index=services is not None)
+    versions = _secret_versions(consul, layout, parsed, leader=leader)
     state = ClusterState(
-        manifests=manifests_of(manifests, layout, by_index=services is not None),
+        manifests=resolve_manifests(parsed, versions, layout.secrets_prefix),
         placements=placements_of(trees[layout.placement_prefix], layout),
         rollouts=rollouts_of(trees[layout.rollout_prefix], layout),
         revisions=frozenset(_revisions(trees[layout.revisions_prefix], layout)),
@@ -109,6 +119,37 @@ def read_cluster_state(
     counts = consul.passing_instances() if leader else {}
     sizes = _spec_sizes(trees[layout.revisions_prefix], layout, state.specs_in_use())
     return dataclasses.replace(state, passing=passing, passing_counts=counts, spec_sizes=sizes)
+
+
+def _secret_versions(
+    consul: ClusterReads, layout: Layout, manifests: Mapping[str, Manifest | ManifestError], *, leader: bool
+) -> SecretVersions | None:
+    """The version (KV ModifyIndex) of every secret of the valid manifests that name some, in one
+    transaction; the values are read (Consul has no read of the index alone) and dropped here.
+
+    None for a reader whose token may not read ``secrets/`` (the load balancer's status page): it shows
+    such a service by its manifest as written. The leader must read them: a refusal fails its pass.
+    """
+    prefixes = [
+        layout.service_secrets_prefix(name)
+        for name, m in sorted(manifests.items())
+        if isinstance(m, Manifest) and m.secrets and is_dns_label(name)
+    ]
+    if not prefixes:
+        return {}
+    try:
+        trees = consul.kv_trees(prefixes, consistent=True)
+    except ConsulPermissionDenied:
+        if leader:
+            raise
+        return None
+    versions: dict[str, dict[str, int]] = {}
+    for entries in trees.values():
+        for entry in entries:
+            of = layout.secret_of(entry.key)
+            if of is not None:
+                versions.setdefault(of[0], {})[of[1]] = entry.modify_index
+    return versions
 
 
 def _spec_sizes(

@@ -175,6 +175,12 @@ def _add_common(parser: argparse.ArgumentParser, *, daemon: bool = False) -> Non
         type=_kv_prefix,
         help="KV prefix of the operator's own state (default: operator/)",
     )
+    parser.add_argument(
+        "--secrets-prefix",
+        default=os.environ.get("OPERATOR_SECRETS_PREFIX", "secrets/"),
+        type=_kv_prefix,
+        help="KV prefix of the services' secrets, secrets/<service>/<name> (default: secrets/)",
+    )
     if daemon:
         parser.add_argument(
             "--cluster",
@@ -245,7 +251,7 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
         consul_token=args.token,
         docker_host=args.docker,
         cluster=args.cluster,
-        layout=Layout(args.services_prefix, args.operator_prefix),
+        layout=Layout(args.services_prefix, args.operator_prefix, args.secrets_prefix),
         labels=dict(args.label),
         capacity=args.capacity,
         metrics_addr=args.metrics,
@@ -259,6 +265,7 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
         allowed_caps=frozenset().union(*args.allow_cap),
         allowed_host_paths=tuple(sorted(set(args.allow_host_path))),
         page_token_file=args.page_token_file,
+        runtime_dir=args.runtime_dir,
     )
 
 
@@ -270,7 +277,7 @@ def cmd_lb(args: argparse.Namespace) -> int:
     config = LBConfig(
         consul_addr=args.consul,
         consul_token=args.token,
-        layout=Layout(args.services_prefix, args.operator_prefix),
+        layout=Layout(args.services_prefix, args.operator_prefix, args.secrets_prefix),
         cluster=args.cluster,
         listen=args.listen,
         default_service=args.default_service,
@@ -294,7 +301,7 @@ def cmd_lb(args: argparse.Namespace) -> int:
 def _target(args: argparse.Namespace) -> Target:
     return Target(
         ConsulClient(args.consul, args.token, tls=consul_tls(args, os.environ)),
-        Layout(args.services_prefix, args.operator_prefix),
+        Layout(args.services_prefix, args.operator_prefix, args.secrets_prefix),
         args.cluster,
     )
 
@@ -466,6 +473,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="a directory whose subdirectories a manifest's volumes may mount (host_path); repeatable "
         "(default: none). Never /, /proc, /sys, /dev or a Docker socket or a directory above one",
+    )
+    agent.add_argument(
+        "--runtime-dir",
+        default=os.environ.get("OPERATOR_RUNTIME_DIR", "/run/consul-operator"),
+        metavar="DIR",
+        help="a directory on a tmpfs where the replicas' secret files are written and mounted from "
+        "(default: /run/consul-operator, systemd's RuntimeDirectory)",
     )
     _add_metrics(agent)
     agent.add_argument("--ttl", type=_duration, default=3.0, help="TTL of the agent's liveness check (3s)")
@@ -640,7 +654,7 @@ def connection_problem(args: argparse.Namespace, environ: Mapping[str, str]) -> 
     if not hasattr(args, "consul"):
         return None
     try:
-        Layout(args.services_prefix, args.operator_prefix)
+        Layout(args.services_prefix, args.operator_prefix, args.secrets_prefix)
     except ValueError as exc:
         return str(exc)
     address = args.consul if args.consul is not None else environ.get("CONSUL_HTTP_ADDR")

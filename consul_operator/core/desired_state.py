@@ -127,11 +127,15 @@ _TOP_FIELDS: Final = (
     "ports",
     "lb_port",
     "volumes",
+    "secrets",
+    "resolved",
 )
 _RESOURCE_FIELDS: Final = ("memory", "cpus")
 _UPDATE_FIELDS: Final = ("max_surge", "max_unavailable", "min_healthy", "deadline", "auto_rollback")
 _PLACEMENT_FIELDS: Final = ("hosts", "max_per_host", "labels", "rebalance", "lost_grace")
 _VOLUME_FIELDS: Final = ("name", "path", "host_path", "read_only")
+_SECRET_FIELDS: Final = ("name", "env")
+_RESOLVED_FIELDS: Final = ("secrets", "files")
 _HEALTH_FIELDS: Final = ("http", "interval", "timeout")
 # What a container *is*; see Manifest.spec_hash.
 _SPEC_FIELDS: Final = (
@@ -150,6 +154,8 @@ _SPEC_FIELDS: Final = (
     "ports",
     "lb_port",
     "volumes",
+    "secrets",
+    "resolved",
 )
 # Privilege fields: in the normalised form (and so in the spec hash and the kept revisions)
 # only when set, so that a manifest without them keeps the hash and the revision it had
@@ -162,6 +168,8 @@ _PRIVILEGE_DEFAULTS: Final[dict[str, object]] = {
     "ports": {},
     "lb_port": None,
     "volumes": [],
+    "secrets": [],
+    "resolved": {},
 }
 MAX_VOLUMES: Final = 16
 VOLUME_LOST_GRACE: Final = 300.0
@@ -173,6 +181,14 @@ FORBIDDEN_HOST_PATHS: Final = ("/proc", "/sys", "/dev")
 """Host paths no manifest mounts, whatever an agent allows (nor ``/`` itself, nor a Docker socket)."""
 DOCKER_SOCKETS: Final = ("/var/run/docker.sock", "/run/docker.sock")
 """Where Docker's socket lives: neither it nor a directory above it (/var, /run) is ever mounted."""
+MAX_SECRETS: Final = 32
+MAX_SECRET_BYTES: Final = 64 * 1024
+"""A secret's value at most (the agent refuses a larger one before it writes the file)."""
+SECRETS_PATH: Final = "/run/secrets"
+"""Where a replica finds its secrets, one file each (a tmpfs of the host, read-only; as Swarm's)."""
+_SECRET_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+"""A secret's name: its file's name in `SECRETS_PATH` and the last segment of its KV key."""
+MAX_RESOLVED_VERSION: Final = 2**63 - 1
 MAX_PORTS: Final = 16
 LB_PORT_NAME: Final = "http"
 """The port the load balancer serves when ``lb_port`` names none."""
@@ -293,6 +309,32 @@ class Volume:
 
 
 @dataclass(frozen=True, slots=True)
+class Secret:
+    """A value kept in KV at ``secrets/<service>/<name>``: a file ``/run/secrets/<name>`` in each
+    replica, and with ``env`` also that environment variable. The manifest holds no value."""
+
+    name: str
+    env: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        """``{name}``, or ``{name, env}``."""
+        return {"name": self.name} if self.env is None else {"name": self.name, "env": self.env}
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """What the leader read out of Consul for a manifest's ``secrets`` (and ``templates``): each secret's
+    version (its KV ModifyIndex, never its value). Part of the spec hash and of the kept revision, so that a
+    changed secret is a new spec that rolls out; empty in a manifest as a person writes it."""
+
+    secrets: tuple[tuple[str, int], ...] = ()  # sorted by name
+
+    def to_dict(self) -> dict[str, object]:
+        """The normalised form: only the parts that are set."""
+        return {"secrets": dict(self.secrets)} if self.secrets else {}
+
+
+@dataclass(frozen=True, slots=True)
 class Resources:
     """Memory (bytes) and CPUs (thousandths): what a replica may use, or what a host can hold.
 
@@ -374,9 +416,16 @@ class Manifest:
     ports: tuple[tuple[str, int], ...] = ()
     lb_port: str | None = None
     volumes: tuple[Volume, ...] = ()  # sorted by path
+    secrets: tuple[Secret, ...] = ()  # sorted by name
+    resolved: Resolved = Resolved()  # set by the leader (`resolve.py`), kept in revisions
     # The spec hash, worked out once (`spec_hash`): a leader pass asked for it 27,000 times at
     # 1,000 services, a JSON dump and a SHA-256 each (issue 31). Not a field of the manifest.
     _spec: str = field(default="", init=False, repr=False, compare=False, hash=False)
+
+    @property
+    def needs_resolving(self) -> bool:
+        """Whether the leader must read Consul (secrets' versions) before this manifest can run."""
+        return bool(self.secrets)
 
     @property
     def named_volumes(self) -> tuple[Volume, ...]:
@@ -426,8 +475,9 @@ class Manifest:
         """A short hash of what a container of this service *is*, to tell stale containers.
 
         Covers name, image, command, env, port, health, resources,
-        pids_limit, and user, read_only, tmpfs and cap_add when set (a
-        manifest without them hashes as before they existed): a container whose
+        pids_limit, and user, read_only, tmpfs, cap_add, ports, lb_port, volumes,
+        secrets and what the leader resolved of them (each secret's version) when
+        set (a manifest without them hashes as before they existed): a container whose
         labelled hash differs runs an old spec and is replaced. Deliberately
         leaves out replicas, placement, drain, stop_grace and update: changing them
         scales, moves or stops containers differently, but must never replace
@@ -457,6 +507,8 @@ class Manifest:
             "ports": dict(self.ports),
             "lb_port": self.lb_port,
             "volumes": [v.to_dict() for v in self.volumes],
+            "secrets": [s.to_dict() for s in self.secrets],
+            "resolved": self.resolved.to_dict(),
         }
         set_privileges = {k: v for k, v in privileges.items() if v != _PRIVILEGE_DEFAULTS[k]}
         return {
@@ -564,6 +616,10 @@ def manifest_from_dict(data: object, *, key_name: str | None = None) -> Manifest
     tmpfs = _check_tmpfs(fields.get("tmpfs"), problems)
     cap_add = _check_cap_add(fields.get("cap_add"), problems)
     volumes = _check_volumes(fields.get("volumes"), tmpfs, problems)
+    secrets = _check_secrets(fields.get("secrets"), env, problems)
+    if secrets and any(p == SECRETS_PATH for p in (*tmpfs, *(v.path for v in volumes))):
+        problems.append(Problem("secrets", f"{SECRETS_PATH} is where secrets go: no volume or tmpfs there"))
+    resolved = _check_resolved(fields.get("resolved"), secrets, problems)
     if any(v.name is not None for v in volumes):
         placement, update = _sticky(placement, update, fields, problems)
     # A check that returns None for a required value has always recorded a problem;
@@ -593,6 +649,8 @@ def manifest_from_dict(data: object, *, key_name: str | None = None) -> Manifest
         ports=ports,
         lb_port=lb_port,
         volumes=volumes,
+        secrets=secrets,
+        resolved=resolved,
     )
     size = len(revision_json(manifest))
     if size > MAX_REVISION_BYTES:
@@ -648,6 +706,84 @@ def _check_ports(
         else:
             chosen = lb_port
     return tuple(sorted(pairs)), chosen
+
+
+def _check_secrets(
+    value: object, env: tuple[tuple[str, str], ...], problems: list[Problem]
+) -> tuple[Secret, ...]:
+    """``secrets: [{name: db_password}, {name: api_key, env: API_KEY}]``: distinct names (files in
+    `SECRETS_PATH`), each ``env`` a variable name of its own (not one of ``env:``); sorted by name."""
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        problems.append(Problem("secrets", f"must be a list of {{name, env}}, got {_describe(value)}"))
+        return ()
+    if len(value) > MAX_SECRETS:
+        problems.append(Problem("secrets", f"must have at most {MAX_SECRETS} entries, got {len(value)}"))
+        return ()
+    found: list[Secret] = []
+    names: set[str] = set()
+    variables = {n for n, _ in env}
+    for index, item in enumerate(value):
+        where = f"secrets[{index}]"
+        if not isinstance(item, Mapping):
+            problems.append(
+                Problem(where, f"must be a mapping like {{name: db_password}}, got {_describe(item)}")
+            )
+            continue
+        fields = _known_fields(item, where, _SECRET_FIELDS, problems)
+        if fields.get("name") is None:
+            problems.append(Problem(f"{where}.name", "required field is missing"))
+            continue
+        name = _string(fields["name"], f"{where}.name", problems)
+        if name is not None and not _SECRET_NAME_RE.fullmatch(name):
+            rule = "1-63 letters, digits, '_', '.' and '-', starting with a letter or digit"
+            problems.append(Problem(f"{where}.name", f"must be {rule}, got {_short(name)}"))
+            continue
+        if name in names:
+            problems.append(Problem(f"{where}.name", f"{name!r} is listed twice"))
+            continue
+        variable: str | None = None
+        if fields.get("env") is not None:
+            variable = _string(fields["env"], f"{where}.env", problems)
+            if variable is not None and not _ENV_NAME_RE.fullmatch(variable):
+                rule = "letters, digits and '_', not starting with a digit"
+                problems.append(
+                    Problem(f"{where}.env", f"must be a variable name of {rule}, got {_short(variable)}")
+                )
+                continue
+            if variable in variables:
+                problems.append(Problem(f"{where}.env", f"{variable!r} is set twice (env or another secret)"))
+                continue
+            if variable is None:
+                continue
+            variables.add(variable)
+        if name is None:
+            continue
+        names.add(name)
+        found.append(Secret(name, variable))
+    return tuple(sorted(found, key=lambda s: s.name))
+
+
+def _check_resolved(value: object, secrets: tuple[Secret, ...], problems: list[Problem]) -> Resolved:
+    """``resolved:``, which the leader writes into its kept revisions (`Resolved`): a version per secret."""
+    if value is None:
+        return Resolved()
+    if not isinstance(value, Mapping):
+        problems.append(Problem("resolved", f"must be a mapping, got {_describe(value)}"))
+        return Resolved()
+    fields = _known_fields(value, "resolved", _RESOLVED_FIELDS, problems)
+    versions = fields.get("secrets") or {}
+    named = {s.name for s in secrets}
+    if not isinstance(versions, Mapping) or set(versions) != named:
+        problems.append(Problem("resolved.secrets", "must give a version of each secret, and only of them"))
+        return Resolved()
+    pairs: list[tuple[str, int]] = []
+    for key, item in versions.items():
+        version = _integer(item, _join("resolved.secrets", str(key)), 0, MAX_RESOLVED_VERSION, problems)
+        if version is not None:
+            pairs.append((str(key), version))
+    return Resolved(tuple(sorted(pairs)))
 
 
 def _sticky(

@@ -69,3 +69,7 @@ def consul_trouble(exc: ConsulError) -> bool:
     """Whether ``exc`` is Consul's trouble rather than one record's: unreachable, or a server-side
     failure (5xx, e.g. no Raft leader). It ends a pass; a refusal (4xx) fails that record alone."""
     return isinstance(exc, ConsulUnavailable) or (exc.status is not None and exc.status >= 500)
+
+
+class SecretMissing(OperatorError):
+    """A secret a manifest names is not in KV (or cannot be delivered); the message names it, no value."""

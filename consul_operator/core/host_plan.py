@@ -175,6 +175,8 @@ def host_desires(
       error naming the field and the capabilities (no hold: the host is at
       fault for the service, and `operator status` shows it degraded); the same for a
       ``host_path`` volume outside the agent's ``--allow-host-path`` directories;
+    * a manifest with secrets runs only as the leader resolved it (their versions, `resolve.py`): from
+      the revision of the placed spec; without it, hands off (``hold``);
     * otherwise the placed count of the manifest's spec.
 
     ``revisions`` holds what `revisions_wanted` asked for (absent: not kept).
@@ -205,6 +207,10 @@ def host_desires(
         elif record.spec_hash != manifest.spec_hash() and (name, record.spec_hash) in revisions:
             # The placed spec is kept (and placed here): `revisions_wanted` asked for it.
             desires[name] = _paced_desire(manifest, record.spec_counts(host), revisions)
+        elif manifest.needs_resolving and record.spec_hash != manifest.spec_hash():
+            # Its secrets' versions are in the leader's kept revision only: never run it as written.
+            error = f"Pending: the leader's revision {record.spec_hash} of its secrets is not here yet"
+            desires[name] = ServiceDesire(name, None, 0, error=error, hold=Hold.UNPLACED)
         else:
             desires[name] = ServiceDesire(name, manifest, record.hosts.get(host, 0))
     return desires

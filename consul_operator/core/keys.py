@@ -36,17 +36,38 @@ class Layout:
 
     services_prefix: str = "services/"
     operator_prefix: str = "operator/"
+    secrets_prefix: str = "secrets/"
 
     def __post_init__(self) -> None:
         services = kv_prefix(self.services_prefix)
         operator = kv_prefix(self.operator_prefix)
+        secrets = kv_prefix(self.secrets_prefix)
         if services.startswith(operator) or operator.startswith(services):
             # One inside the other: the operator's own keys would be read as manifests, or the reverse.
             raise ValueError(
                 f"the services prefix {services!r} and the operator prefix {operator!r} must not overlap"
             )
+        for other, what in ((services, "services"), (operator, "operator")):
+            if secrets.startswith(other) or other.startswith(secrets):
+                # Secrets must be a prefix of their own: its ACL rule is not the manifests' or the operator's.
+                raise ValueError(
+                    f"the secrets prefix {secrets!r} and the {what} prefix {other!r} must not overlap"
+                )
         object.__setattr__(self, "services_prefix", services)
         object.__setattr__(self, "operator_prefix", operator)
+        object.__setattr__(self, "secrets_prefix", secrets)
+
+    def service_secrets_prefix(self, service: str) -> str:
+        """``secrets/<service>/``: the secrets of one service, written by an admin, read by the agents."""
+        return f"{self.secrets_prefix}{service}/"
+
+    def secret_key(self, service: str, name: str) -> str:
+        """``secrets/<service>/<name>``: one secret's value."""
+        return f"{self.secrets_prefix}{service}/{name}"
+
+    def secret_of(self, key: str) -> tuple[str, str] | None:
+        """(service, name) of a `secret_key`; None for keys that are not one."""
+        return self._pair(self.secrets_prefix, key)
 
     def service_key(self, name: str) -> str:
         """``services/<name>``: the manifest, written by a person."""

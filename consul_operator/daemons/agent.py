@@ -30,15 +30,16 @@ from consul_operator.adapters.actuators.docker import DockerActuator
 from consul_operator.adapters.consul_client import ConsulClient, ConsulTLS
 from consul_operator.adapters.docker_client import connect, engine_resources
 from consul_operator.adapters.host_reads import KVChanged
-from consul_operator.adapters.kv_state import start_watch
+from consul_operator.adapters.kv_state import read_secrets, start_watch
 from consul_operator.adapters.metrics import read_page_token
 from consul_operator.adapters.presence import AGENT_SERVICE, Presence
 from consul_operator.adapters.rejoin import rejoin_failed
+from consul_operator.adapters.runtime_files import DEFAULT_RUNTIME_DIR
 from consul_operator.adapters.status_page import status_page
 from consul_operator.adapters.timers import Timers
 from consul_operator.core.backoff import retry_delay
 from consul_operator.core.desired_state import Resources, host_capacity
-from consul_operator.core.errors import ConsulError, DockerError
+from consul_operator.core.errors import ConsulError, DockerError, OperatorError
 from consul_operator.core.keys import Layout
 from consul_operator.core.spread import SpreadSettings
 from consul_operator.daemons.executor import Executor
@@ -78,6 +79,7 @@ class AgentConfig:
     allowed_caps: frozenset[str] = frozenset()  # --allow-cap: capabilities a manifest's cap_add may add
     allowed_host_paths: tuple[str, ...] = ()  # --allow-host-path: directories a manifest's volumes may mount
     page_token_file: str | None = None  # --page-token-file: the status page's bearer token
+    runtime_dir: str | None = DEFAULT_RUNTIME_DIR  # --runtime-dir: a tmpfs for the replicas' secret files
 
 
 EngineFactory = Callable[[AgentConfig], DockerActuator]
@@ -92,6 +94,7 @@ def docker_engine(config: AgentConfig) -> DockerActuator:
         host=config.host,
         advertise=config.advertise,
         allowed_host_paths=config.allowed_host_paths,
+        runtime_dir=config.runtime_dir,
     )
 
 
@@ -104,6 +107,10 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
 
     consul = ConsulClient(config.consul_addr, config.consul_token, tls=config.consul_tls)
     docker_actuator = engine(config)
+    try:
+        docker_actuator.sweep_files()  # secrets' directories of containers removed while we were away
+    except OperatorError as exc:
+        log.warning("secret files not swept", error=str(exc))
     catalog = CatalogActuator(consul, cluster=config.cluster, host=config.host, advertise=config.advertise)
     if config.metrics_addr:
         metrics.serve(
@@ -146,7 +153,12 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
     batches = Timers("batched-wakeups")
     host_batched = Batched(host_trigger, BATCH_WINDOW, batches)
     schedule_batched = Batched(schedule_trigger, BATCH_WINDOW, batches)
-    executor = Executor(docker_actuator, catalog, on_done=host_batched.fire)
+    executor = Executor(
+        docker_actuator,
+        catalog,
+        on_done=host_batched.fire,
+        secrets=lambda manifest: read_secrets(consul, config.layout, manifest),
+    )
     kv_changed = KVChanged()  # what the host pass reads from KV changed: it reads it again
     host_agent = HostAgent(
         consul,

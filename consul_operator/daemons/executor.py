@@ -105,8 +105,12 @@ class Executor:
         *,
         on_done: Callable[[], None],
         mono: Callable[[], float] = time.monotonic,
+        secrets: Callable[[Manifest], dict[str, bytes]] | None = None,
     ) -> None:
         self.docker = docker
+        self.secrets = (
+            secrets  # reads a manifest's secret values just before its start (`kv_state.read_secrets`)
+        )
         self.catalog = catalog
         self.on_done = on_done
         self.mono = mono
@@ -272,7 +276,12 @@ class Executor:
                 # A first start here, or a replica moved from a lost or drained host: its data stays there.
                 why = f"created fresh volume {volume} for slot {slot} on {self.docker.host}: no earlier data"
                 event_log.record(manifest.name, events.VOLUME_CREATED, why)
-            info = self.docker.start(manifest, name=name, slot=slot)
+            if manifest.secrets:
+                if self.secrets is None:
+                    raise OperatorError(f"{manifest.name} has secrets and this agent reads none")
+                info = self.docker.start(manifest, name=name, slot=slot, secrets=self.secrets(manifest))
+            else:
+                info = self.docker.start(manifest, name=name, slot=slot)
         except DockerUnavailable:
             raise  # the engine is away, not the service failing: no StartFailed either
         except OperatorError as exc:

@@ -3,9 +3,13 @@
 # take hosts out for maintenance: `operator cordon|drain|uncordon HOST`.
 # Writes manifests, rollback requests (operator/rollback/<name>), volume
 # removal requests (operator/volume-removals/<name>) and
-# maintenance records (operator/hosts/<host>), reads what the operator
-# reports; cannot touch the rest of the operator's own state.
+# maintenance records (operator/hosts/<host>), and the services' secrets
+# (secrets/<service>/<name>: `consul kv put secrets/web/db_password -`), reads
+# what the operator reports; cannot touch the rest of the operator's own state.
 key_prefix "services/" {
+  policy = "write"
+}
+key_prefix "secrets/" {
   policy = "write"
 }
 key_prefix "operator/" {

@@ -6,6 +6,9 @@
 #                    transactions), this host's status records: write
 #   services/        the manifests: read only; people (or `operator apply`
 #                    with their own token) write them
+#   secrets/         the services' secrets (secrets/<service>/<name>): read
+#                    only; the leader reads their versions, each agent the
+#                    values of the replicas it starts; an admin writes them
 #   services         the agent registers itself ("operator-agent", with a TTL
 #                    check) and one instance per replica, named after the
 #                    manifest. Manifest names are chosen by whoever writes
@@ -23,6 +26,9 @@ key_prefix "operator/" {
   policy = "write"
 }
 key_prefix "services/" {
+  policy = "read"
+}
+key_prefix "secrets/" {
   policy = "read"
 }
 service_prefix "" {

@@ -1,4 +1,5 @@
-# ACL policy of `operator lb`. It lists the manifests (which services exist)
+# ACL policy of `operator lb`. No rule on secrets/: the load balancer never
+# reads a secret (its status page shows a service with secrets as written). It lists the manifests (which services exist)
 # and reads the passing instances of each; the health endpoints show an
 # instance only when both its service and its node may be read. It serves
 # only instances the agents report in their status records

@@ -439,6 +439,29 @@ def test_admin_token_may_request_a_rollback_and_the_lb_token_may_not(
         admin.kv_delete(key)
 
 
+def test_admin_writes_secrets_agents_read_them_and_the_lb_token_neither(
+    acl_env: Staging, acl_cluster: Cluster
+) -> None:
+    """secrets/<service>/<name>: the admin token writes it, the agents' token reads it but may not
+    write it, and the load balancer's token can neither read nor write it."""
+    key = acl_cluster.layout.secret_key("acl-secret-probe", "password")
+    admin = client(acl_env, acl_env.token("operator-admin"))
+    agent = client(acl_env, acl_env.token("operator-agent"))
+    lb = client(acl_env, acl_env.token("operator-lb"))
+    try:
+        assert admin.kv_put(key, b"planted-acl-value")
+        entry = agent.kv_get(key).value
+        assert entry is not None and entry.value == b"planted-acl-value"
+        with pytest.raises(ConsulPermissionDenied):
+            agent.kv_put(key, b"other")
+        with pytest.raises(ConsulPermissionDenied):
+            lb.kv_put(key, b"other")
+        with pytest.raises(ConsulPermissionDenied):
+            lb.kv_get(key)
+    finally:
+        admin.kv_delete(key)
+
+
 # --- secured: TLS, gossip encryption, secrets hygiene (#21) -----------------------------
 
 

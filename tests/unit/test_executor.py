@@ -79,7 +79,14 @@ class FakeDocker:
     def ensure_volumes(self, manifest: Manifest, slot: int | None) -> tuple[str, ...]:
         return ()
 
-    def start(self, manifest: Manifest, *, name: str, slot: int | None = None) -> ContainerInfo:
+    def start(
+        self,
+        manifest: Manifest,
+        *,
+        name: str,
+        slot: int | None = None,
+        secrets: Mapping[str, bytes] | None = None,
+    ) -> ContainerInfo:
         if self.engine_away:
             raise DockerUnavailable(f"Docker engine unreachable during creating {name}: connection refused")
         if self.refuse_start:
@@ -289,7 +296,14 @@ def test_failing_action_backs_off_instead_of_a_hot_loop(
 class BrokenDocker(FakeDocker):
     """An engine whose client raises an unexpected error on every start (no `DockerError`)."""
 
-    def start(self, manifest: Manifest, *, name: str, slot: int | None = None) -> ContainerInfo:
+    def start(
+        self,
+        manifest: Manifest,
+        *,
+        name: str,
+        slot: int | None = None,
+        secrets: Mapping[str, bytes] | None = None,
+    ) -> ContainerInfo:
         self.started.append(manifest.name)
         raise RuntimeError("could not parse the engine's answer")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import datetime
@@ -19,10 +19,12 @@ import docker
 import structlog
 
 from consul_operator.adapters.docker_client import docker_errors
+from consul_operator.adapters.runtime_files import RuntimeFiles, file_from_tar, owner_of
 from consul_operator.adapters.timers import Timers
 from consul_operator.core.backoff import retry_delay
 from consul_operator.core.desired_state import (
     DEFAULT_CAPABILITIES,
+    SECRETS_PATH,
     TMPFS_SIZE,
     Manifest,
     host_path_allowed,
@@ -100,6 +102,17 @@ def host_config(manifest: Manifest) -> dict[str, Any]:
     }
 
 
+def _env_text(name: str, value: bytes) -> str:
+    """A secret's value as an environment variable: UTF-8 text without NUL, or a refusal naming the secret."""
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DockerError(f"secret {name} is not UTF-8 text: it cannot be an environment variable") from exc
+    if "\0" in text:
+        raise DockerError(f"secret {name} holds a NUL character: it cannot be an environment variable")
+    return text
+
+
 def volume_name(cluster: str, host: str, service: str, slot: int, volume: str) -> str:
     """The Docker volume of ``volume`` for replica ``slot`` of ``service`` on ``host`` (one engine may
     serve several hosts of a test environment, and several clusters)."""
@@ -148,8 +161,10 @@ class DockerActuator:
         advertise: str,
         pull_timeout: float = PULL_TIMEOUT,
         allowed_host_paths: tuple[str, ...] = (),
+        runtime_dir: str | None = None,
     ) -> None:
         self.client = client
+        self.files = RuntimeFiles(runtime_dir, cluster, host)  # secrets' files (`runtime_files`)
         self.allowed_host_paths = allowed_host_paths
         self.cluster = cluster
         self.host = host
@@ -280,9 +295,17 @@ class DockerActuator:
         with docker_errors(f"removing volume {name}"):
             self.client.api.remove_volume(name)
 
-    def start(self, manifest: Manifest, *, name: str | None = None, slot: int | None = None) -> ContainerInfo:
+    def start(
+        self,
+        manifest: Manifest,
+        *,
+        name: str | None = None,
+        slot: int | None = None,
+        secrets: Mapping[str, bytes] | None = None,
+    ) -> ContainerInfo:
         """Create and start one replica (in ``slot``, which names its volumes: `ensure_volumes` made
-        them); a container that fails to start is removed again."""
+        them; ``secrets``: the values of its secrets, by name, written as files before the start); a
+        container that fails to start is removed again."""
         name = name or container_name(manifest.name, self.host)
         labels = {
             LABEL_CLUSTER: self.cluster,
@@ -295,19 +318,56 @@ class DockerActuator:
         if manifest.ports and manifest.port is not None:
             labels[LABEL_PORT] = str(manifest.port)
         self._ensure_image(manifest.image)
+        values = dict(secrets or {})
+        missing = [s.name for s in manifest.secrets if s.name not in values]
+        if missing:
+            raise DockerError(f"{name}: no value for secret {', '.join(missing)}")
         try:
-            with docker_errors(f"creating {name}"):
-                cid = self._create(manifest, name, labels, slot)
+            with self.files.lock:  # not swept (`remove`) before the container exists
+                where = self.files.secrets_dir(name) if manifest.secrets else None
+                with docker_errors(f"creating {name}"):
+                    cid = self._create(manifest, name, labels, slot, secrets_dir=where, secrets=values)
         except ImageNotFound:
             self._images.discard(manifest.image)  # removed since we looked: look again next time
+            self.files.forget(name)
+            raise
+        except (DockerError, OSError) as exc:
+            self.files.forget(name)
+            if isinstance(exc, OSError):
+                raise DockerError(f"{name}: its secrets' directory: {exc.strerror}") from exc
             raise
         try:
+            if where is not None:
+                self._write_secrets(manifest, cid, where, values)
             with docker_errors(f"starting {name}"):
                 self.client.api.start(cid)
             return self._from_inspect(self.client.api.inspect_container(cid))
         except DockerError:
             self.remove(cid)  # no half-started leftovers (a port clash, say)
             raise
+
+    def _write_secrets(self, manifest: Manifest, cid: str, where: str, values: Mapping[str, bytes]) -> None:
+        """The secret files of a created container, owned by the user it will run as."""
+        user = manifest.user
+        if user is None:
+            with docker_errors(f"inspecting image {manifest.image}"):
+                user = str(
+                    (self.client.api.inspect_image(manifest.image).get("Config") or {}).get("User") or ""
+                )
+
+        def read(path: str) -> bytes | None:
+            try:
+                with docker_errors(f"reading {path} of the image"):
+                    stream, _ = self.client.api.get_archive(cid, path)
+                    return file_from_tar(b"".join(stream))
+            except DockerError:
+                return None
+
+        owner = owner_of(user, read)
+        try:
+            self.files.write_secrets(where, {s.name: values[s.name] for s in manifest.secrets}, owner)
+        except OSError as exc:
+            raise DockerError(f"writing the secret files of {manifest.name}: {exc.strerror}") from exc
 
     def _binds(self, manifest: Manifest, slot: int | None) -> dict[str, dict[str, str]]:
         """Docker's binds: each named volume of ``slot`` and each host path at its path in the container.
@@ -334,23 +394,41 @@ class DockerActuator:
             binds[source] = {"bind": volume.path, "mode": mode}
         return binds
 
-    def _create(self, manifest: Manifest, name: str, labels: dict[str, str], slot: int | None = None) -> str:
+    def _create(
+        self,
+        manifest: Manifest,
+        name: str,
+        labels: dict[str, str],
+        slot: int | None = None,
+        *,
+        secrets_dir: str | None = None,
+        secrets: Mapping[str, bytes] | None = None,
+    ) -> str:
         """Create the container; its id. The low-level call: no inspect before the start (one per replica
-        less in a burst; the one after the start reads the published port)."""
+        less in a burst; the one after the start reads the published port). ``secrets_dir`` is mounted
+        read-only at `SECRETS_PATH`; a secret with ``env`` is also that variable (the manifest asked:
+        ``docker inspect`` shows it)."""
         api = self.client.api
         bindings = {port: (self.advertise, None) for port in manifest.container_ports}
+        binds = self._binds(manifest, slot)
+        if secrets_dir is not None:
+            binds[secrets_dir] = {"bind": SECRETS_PATH, "mode": "ro"}
+        environment = manifest.env_dict
+        for secret in manifest.secrets:
+            if secret.env is not None:
+                environment[secret.env] = _env_text(secret.name, (secrets or {}).get(secret.name, b""))
         created = api.create_container(
             manifest.image,
             name=name,
             command=list(manifest.command) if manifest.command else None,
-            environment=manifest.env_dict,
+            environment=environment,
             user=manifest.user,
             labels=labels,
             ports=list(bindings),
             detach=True,
-            volumes=[v.path for v in manifest.volumes] or None,
+            volumes=[*(v.path for v in manifest.volumes), *([SECRETS_PATH] if secrets_dir else [])] or None,
             host_config=api.create_host_config(
-                port_bindings=bindings, binds=self._binds(manifest, slot) or None, **host_config(manifest)
+                port_bindings=bindings, binds=binds or None, **host_config(manifest)
             ),
         )
         return str(created["Id"])
@@ -416,13 +494,24 @@ class DockerActuator:
             self.client.api.stop(container_id, timeout=max(0, round(grace)))
 
     def remove(self, container_id: str) -> None:
-        """Remove a container (forcefully: it may still be running after a failed stop)."""
+        """Remove a container (forcefully: it may still be running after a failed stop), and the
+        secrets' directories of containers no longer here."""
         try:
             with docker_errors(f"removing {container_id[:12]}"):
                 self.client.api.remove_container(container_id, force=True)
         except DockerError as exc:
             if "No such container" not in str(exc) and "not found" not in str(exc):
                 raise
+        self.sweep_files()
+
+    def sweep_files(self) -> None:
+        """Remove the secrets' directories of containers gone (a listing only when there are some)."""
+        if not self.files.leftovers():
+            return
+        with self.files.lock:
+            with docker_errors("listing containers"):
+                listed = self.client.api.containers(all=True, filters={"label": self.label_filters})
+            self.files.sweep({n.lstrip("/") for c in listed for n in c.get("Names") or []})
 
     def watch_events(self, on_event: Callable[[], None], stop: threading.Event) -> None:
         """Call ``on_event`` for every event of our containers; reconnect after engine restarts.
