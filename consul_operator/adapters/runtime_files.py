@@ -1,4 +1,5 @@
-"""Files the agent hands a replica: its secrets, on a tmpfs of the host, bind-mounted read-only.
+"""Files the agent hands a replica: its secrets and rendered templates, on a tmpfs of the host,
+bind-mounted read-only.
 
 Each container that needs them gets a directory of its own,
 ``<runtime dir>/<cluster>/<host>/<container>/secrets/``, one file per secret,
@@ -18,6 +19,11 @@ Docker's own ways do not fit: a ``tmpfs`` mount exists only once the container
 runs (``docker cp``/``put_archive`` before the start writes under it, to the
 container's disk layer), and a write after the start races the application
 reading its secret at start-up.
+
+A rendered template (``templates:``, not secret: the leader keeps its text in
+the revision) is a file ``<container>/files/<n>``, mode 0444, bind-mounted
+read-only at its path; a ``change_mode: signal`` template is rewritten in
+place (`rewrite`: the same inode, which the bind mount shows at once).
 
 The directory goes with its container (`RuntimeFiles.forget`) and is swept of
 containers no longer there (`RuntimeFiles.sweep`).
@@ -133,6 +139,44 @@ class RuntimeFiles:
         os.chmod(place.parent, DIR_MODE)
         os.chmod(place, DIR_MODE)
         return str(place)
+
+    def write_files(self, container: str, files: Mapping[str, str]) -> dict[str, str]:
+        """Write ``container``'s rendered templates (by path in the container); the host file of each."""
+        if self.base is None:
+            raise DockerError("templates need the agent's --runtime-dir")
+        place = self.base / container / "files"
+        place.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        os.chmod(place.parent, DIR_MODE)
+        os.chmod(place, DIR_MODE)
+        sources: dict[str, str] = {}
+        for index, (path, text) in enumerate(sorted(files.items())):
+            host = str(place / str(index))
+            self.rewrite(host, text)
+            sources[path] = host
+        return sources
+
+    def rewrite(self, host: str, text: str) -> None:
+        """Write ``text`` into the file ``host`` in place (created 0444 if absent, never through a link)."""
+        fd = os.open(host, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o444)
+        try:
+            data = text.encode("utf-8")
+            view = memoryview(data)
+            offset = 0
+            while offset < len(data):
+                offset += os.pwrite(fd, view[offset:], offset)
+            os.ftruncate(fd, len(data))
+            os.fchmod(fd, 0o444)
+        finally:
+            os.close(fd)
+
+    def read_file(self, container: str, index: int) -> str | None:
+        """The text of ``container``'s rendered template ``index`` as written here (None if absent)."""
+        if self.base is None:
+            return None
+        try:
+            return (self.base / container / "files" / str(index)).read_text("utf-8")
+        except (OSError, UnicodeDecodeError):
+            return None
 
     def write_secrets(self, directory: str, values: Mapping[str, bytes], owner: tuple[int, int]) -> None:
         """One file per secret, mode 0400, owned by ``owner`` (the agent needs CAP_CHOWN unless it is

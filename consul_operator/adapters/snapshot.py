@@ -42,10 +42,11 @@ from consul_operator.core.desired_state import (
 )
 from consul_operator.core.errors import ConsulPermissionDenied
 from consul_operator.core.keys import Layout
-from consul_operator.core.model import is_extra_port
+from consul_operator.core.model import META_CLUSTER, META_CONTAINER, META_PORT, is_extra_port
 from consul_operator.core.ownership import owned
 from consul_operator.core.resolve import SecretVersions, resolve_manifests
 from consul_operator.core.status import ClusterSnapshot, HostRow
+from consul_operator.core.templating import Instance, TemplateInputs
 
 
 def read_cluster_state(
@@ -89,9 +90,8 @@ def read_cluster_state(
     registrations = agent_registrations(consul, cluster, layout, nodes=nodes)
     records = statuses_of(trees[layout.status_prefix], layout, keep_unreadable=leader, cache=statuses)
     parsed = manifests_of(manifests, layout, by_index=services is not None)
-    versions = _secret_versions(consul, layout, parsed, leader=leader)
     state = ClusterState(
-        manifests=resolve_manifests(parsed, versions, layout.secrets_prefix),
+        manifests=parsed,
         placements=placements_of(trees[layout.placement_prefix], layout),
         rollouts=rollouts_of(trees[layout.rollout_prefix], layout),
         revisions=frozenset(_revisions(trees[layout.revisions_prefix], layout)),
@@ -106,6 +106,12 @@ def read_cluster_state(
         statuses=records,
         maintenance=host_records_of(trees[layout.hosts_prefix], layout),
     )
+    versions = _secret_versions(consul, layout, parsed, leader=leader)
+    inputs = _template_inputs(consul, layout, cluster, state, leader=leader) if versions is not None else None
+    resolved = resolve_manifests(
+        parsed, versions if inputs is not None else None, layout.secrets_prefix, inputs, layout.config_prefix
+    )
+    state = dataclasses.replace(state, manifests=resolved)
     passing = {
         name: owned(
             [i for i in consul.health_service(name, passing=True).value if not is_extra_port(i)],
@@ -150,6 +156,53 @@ def _secret_versions(
             if of is not None:
                 versions.setdefault(of[0], {})[of[1]] = entry.modify_index
     return versions
+
+
+def _template_inputs(
+    consul: ClusterReads, layout: Layout, cluster: str | None, state: ClusterState, *, leader: bool
+) -> TemplateInputs | None:
+    """What the templates of the valid manifests read (`templating.dependencies`): their config keys,
+    and the passing instances of their services that this cluster's agents vouch for (`ownership.owned`),
+    each with its named ports, sorted. None for a reader not allowed to read the config prefix."""
+    templates = [t for m in state.manifests.values() if isinstance(m, Manifest) for t in m.templates]
+    keys = sorted({k for t in templates for k in t.keys})
+    services = sorted({s for t in templates for s in t.services})
+    config: dict[str, str] = {}
+    if keys:
+        try:
+            entries = consul.kv_get_many([layout.config_key(k) for k in keys], consistent=True)
+        except ConsulPermissionDenied:
+            if leader:
+                raise
+            return None
+        config = {e.key[len(layout.config_prefix) :]: e.value.decode("utf-8", "replace") for e in entries}
+    instances: dict[str, tuple[Instance, ...]] = {}
+    for name in services:
+        found = consul.health_service(name, passing=True).value
+        kept = owned([i for i in found if not is_extra_port(i)], cluster, state.agents, state.statuses).kept
+        extra: dict[str, dict[str, int]] = {}
+        for inst in found:
+            if is_extra_port(inst) and inst.meta.get(META_CLUSTER) == cluster:
+                extra.setdefault(inst.meta.get(META_CONTAINER, ""), {})[inst.meta.get(META_PORT, "")] = (
+                    inst.port
+                )
+        instances[name] = tuple(
+            sorted(
+                (
+                    Instance(
+                        i.address,
+                        i.port,
+                        {
+                            **({i.meta[META_PORT]: i.port} if i.meta.get(META_PORT) else {}),
+                            **extra.get(i.meta.get(META_CONTAINER, "-"), {}),
+                        },
+                    )
+                    for i in kept
+                ),
+                key=lambda i: (i.address, i.port),
+            )
+        )
+    return TemplateInputs(config, instances)
 
 
 def _spec_sizes(

@@ -181,6 +181,12 @@ def _add_common(parser: argparse.ArgumentParser, *, daemon: bool = False) -> Non
         type=_kv_prefix,
         help="KV prefix of the services' secrets, secrets/<service>/<name> (default: secrets/)",
     )
+    parser.add_argument(
+        "--config-prefix",
+        default=os.environ.get("OPERATOR_CONFIG_PREFIX", "config/"),
+        type=_kv_prefix,
+        help="KV prefix that templates' key() reads, config/<path> (default: config/)",
+    )
     if daemon:
         parser.add_argument(
             "--cluster",
@@ -251,7 +257,7 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
         consul_token=args.token,
         docker_host=args.docker,
         cluster=args.cluster,
-        layout=Layout(args.services_prefix, args.operator_prefix, args.secrets_prefix),
+        layout=Layout(args.services_prefix, args.operator_prefix, args.secrets_prefix, args.config_prefix),
         labels=dict(args.label),
         capacity=args.capacity,
         metrics_addr=args.metrics,
@@ -277,7 +283,7 @@ def cmd_lb(args: argparse.Namespace) -> int:
     config = LBConfig(
         consul_addr=args.consul,
         consul_token=args.token,
-        layout=Layout(args.services_prefix, args.operator_prefix, args.secrets_prefix),
+        layout=Layout(args.services_prefix, args.operator_prefix, args.secrets_prefix, args.config_prefix),
         cluster=args.cluster,
         listen=args.listen,
         default_service=args.default_service,
@@ -301,7 +307,7 @@ def cmd_lb(args: argparse.Namespace) -> int:
 def _target(args: argparse.Namespace) -> Target:
     return Target(
         ConsulClient(args.consul, args.token, tls=consul_tls(args, os.environ)),
-        Layout(args.services_prefix, args.operator_prefix, args.secrets_prefix),
+        Layout(args.services_prefix, args.operator_prefix, args.secrets_prefix, args.config_prefix),
         args.cluster,
     )
 
@@ -654,7 +660,7 @@ def connection_problem(args: argparse.Namespace, environ: Mapping[str, str]) -> 
     if not hasattr(args, "consul"):
         return None
     try:
-        Layout(args.services_prefix, args.operator_prefix, args.secrets_prefix)
+        Layout(args.services_prefix, args.operator_prefix, args.secrets_prefix, args.config_prefix)
     except ValueError as exc:
         return str(exc)
     address = args.consul if args.consul is not None else environ.get("CONSUL_HTTP_ADDR")

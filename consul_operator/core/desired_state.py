@@ -27,6 +27,7 @@ from yaml.reader import ReaderError
 
 from consul_operator.core.durations import DurationError, format_duration, parse_duration
 from consul_operator.core.errors import OperatorError
+from consul_operator.core.templating import TemplateError, dependencies
 
 MAX_MANIFEST_BYTES: Final = 512 * 1024
 """Consul's KV value limit: a larger manifest could not be stored anyway."""
@@ -128,6 +129,7 @@ _TOP_FIELDS: Final = (
     "lb_port",
     "volumes",
     "secrets",
+    "templates",
     "resolved",
 )
 _RESOURCE_FIELDS: Final = ("memory", "cpus")
@@ -136,6 +138,7 @@ _PLACEMENT_FIELDS: Final = ("hosts", "max_per_host", "labels", "rebalance", "los
 _VOLUME_FIELDS: Final = ("name", "path", "host_path", "read_only")
 _SECRET_FIELDS: Final = ("name", "env")
 _RESOLVED_FIELDS: Final = ("secrets", "files")
+_TEMPLATE_FIELDS: Final = ("path", "source", "change_mode", "signal")
 _HEALTH_FIELDS: Final = ("http", "interval", "timeout")
 # What a container *is*; see Manifest.spec_hash.
 _SPEC_FIELDS: Final = (
@@ -155,6 +158,7 @@ _SPEC_FIELDS: Final = (
     "lb_port",
     "volumes",
     "secrets",
+    "templates",
     "resolved",
 )
 # Privilege fields: in the normalised form (and so in the spec hash and the kept revisions)
@@ -169,6 +173,7 @@ _PRIVILEGE_DEFAULTS: Final[dict[str, object]] = {
     "lb_port": None,
     "volumes": [],
     "secrets": [],
+    "templates": [],
     "resolved": {},
 }
 MAX_VOLUMES: Final = 16
@@ -189,6 +194,11 @@ SECRETS_PATH: Final = "/run/secrets"
 _SECRET_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 """A secret's name: its file's name in `SECRETS_PATH` and the last segment of its KV key."""
 MAX_RESOLVED_VERSION: Final = 2**63 - 1
+MAX_TEMPLATES: Final = 8
+MAX_TEMPLATE_SOURCE_BYTES: Final = 16 * 1024
+TEMPLATE_SIGNALS: Final = ("SIGHUP", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGTERM", "SIGQUIT", "SIGWINCH")
+"""What ``change_mode: signal`` may send (SIGHUP by default): no SIGKILL or SIGSTOP."""
+CHANGE_MODES: Final = ("restart", "signal")
 MAX_PORTS: Final = 16
 LB_PORT_NAME: Final = "http"
 """The port the load balancer serves when ``lb_port`` names none."""
@@ -328,10 +338,36 @@ class Resolved:
     changed secret is a new spec that rolls out; empty in a manifest as a person writes it."""
 
     secrets: tuple[tuple[str, int], ...] = ()  # sorted by name
+    files: tuple[tuple[str, str], ...] = ()  # a ``change_mode: restart`` template's path and rendered text
 
     def to_dict(self) -> dict[str, object]:
         """The normalised form: only the parts that are set."""
-        return {"secrets": dict(self.secrets)} if self.secrets else {}
+        parts: dict[str, object] = {}
+        if self.secrets:
+            parts["secrets"] = dict(self.secrets)
+        if self.files:
+            parts["files"] = dict(self.files)
+        return parts
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A file rendered from Consul (`templating`) at ``path`` in each replica, read-only. A change to
+    what it renders rolls the service (``restart``) or is written in place and ``signal`` sent."""
+
+    path: str
+    source: str
+    change_mode: str = "restart"
+    signal: str | None = None  # with change_mode signal: SIGHUP unless given
+    keys: tuple[str, ...] = field(default=(), compare=False)  # what it reads (`templating.dependencies`)
+    services: tuple[str, ...] = field(default=(), compare=False)
+
+    def to_dict(self) -> dict[str, object]:
+        """The normalised form: path, source and change_mode; signal with change_mode signal."""
+        body: dict[str, object] = {"path": self.path, "source": self.source, "change_mode": self.change_mode}
+        if self.signal is not None:
+            body["signal"] = self.signal
+        return body
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,6 +453,7 @@ class Manifest:
     lb_port: str | None = None
     volumes: tuple[Volume, ...] = ()  # sorted by path
     secrets: tuple[Secret, ...] = ()  # sorted by name
+    templates: tuple[Template, ...] = ()  # sorted by path
     resolved: Resolved = Resolved()  # set by the leader (`resolve.py`), kept in revisions
     # The spec hash, worked out once (`spec_hash`): a leader pass asked for it 27,000 times at
     # 1,000 services, a JSON dump and a SHA-256 each (issue 31). Not a field of the manifest.
@@ -425,7 +462,7 @@ class Manifest:
     @property
     def needs_resolving(self) -> bool:
         """Whether the leader must read Consul (secrets' versions) before this manifest can run."""
-        return bool(self.secrets)
+        return bool(self.secrets or self.templates)
 
     @property
     def named_volumes(self) -> tuple[Volume, ...]:
@@ -508,6 +545,7 @@ class Manifest:
             "lb_port": self.lb_port,
             "volumes": [v.to_dict() for v in self.volumes],
             "secrets": [s.to_dict() for s in self.secrets],
+            "templates": [t.to_dict() for t in self.templates],
             "resolved": self.resolved.to_dict(),
         }
         set_privileges = {k: v for k, v in privileges.items() if v != _PRIVILEGE_DEFAULTS[k]}
@@ -619,7 +657,9 @@ def manifest_from_dict(data: object, *, key_name: str | None = None) -> Manifest
     secrets = _check_secrets(fields.get("secrets"), env, problems)
     if secrets and any(p == SECRETS_PATH for p in (*tmpfs, *(v.path for v in volumes))):
         problems.append(Problem("secrets", f"{SECRETS_PATH} is where secrets go: no volume or tmpfs there"))
-    resolved = _check_resolved(fields.get("resolved"), secrets, problems)
+    taken = {*tmpfs, *(v.path for v in volumes)}
+    templates = _check_templates(fields.get("templates"), name, taken, problems)
+    resolved = _check_resolved(fields.get("resolved"), secrets, templates, problems)
     if any(v.name is not None for v in volumes):
         placement, update = _sticky(placement, update, fields, problems)
     # A check that returns None for a required value has always recorded a problem;
@@ -650,6 +690,7 @@ def manifest_from_dict(data: object, *, key_name: str | None = None) -> Manifest
         lb_port=lb_port,
         volumes=volumes,
         secrets=secrets,
+        templates=templates,
         resolved=resolved,
     )
     size = len(revision_json(manifest))
@@ -765,7 +806,101 @@ def _check_secrets(
     return tuple(sorted(found, key=lambda s: s.name))
 
 
-def _check_resolved(value: object, secrets: tuple[Secret, ...], problems: list[Problem]) -> Resolved:
+def _check_templates(
+    value: object, name: str | None, taken: set[str], problems: list[Problem]
+) -> tuple[Template, ...]:
+    """``templates: [{path, source, change_mode, signal}]``: distinct absolute paths (not under
+    /run/secrets, no volume's or tmpfs' path), sources that parse and name only literal keys and other
+    services; sorted by path."""
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        problems.append(Problem("templates", f"must be a list of {{path, source}}, got {_describe(value)}"))
+        return ()
+    if len(value) > MAX_TEMPLATES:
+        problems.append(Problem("templates", f"must have at most {MAX_TEMPLATES} entries, got {len(value)}"))
+        return ()
+    found: list[Template] = []
+    paths: set[str] = set()
+    for index, item in enumerate(value):
+        where = f"templates[{index}]"
+        if not isinstance(item, Mapping):
+            problems.append(
+                Problem(
+                    where,
+                    f"must be a mapping like {{path: /etc/app.conf, source: ...}}, got {_describe(item)}",
+                )
+            )
+            continue
+        fields = _known_fields(item, where, _TEMPLATE_FIELDS, problems)
+        path = _absolute_path(fields.get("path"), f"{where}.path", problems)
+        if path is not None and (path == SECRETS_PATH or path.startswith(SECRETS_PATH + "/")):
+            problems.append(
+                Problem(f"{where}.path", f"must not be under {SECRETS_PATH} (the secrets' mount)")
+            )
+            path = None
+        elif path is not None and (path in paths or path in taken):
+            problems.append(
+                Problem(f"{where}.path", f"{path!r} is mounted twice (templates, volumes or tmpfs)")
+            )
+            path = None
+        source = _template_source(fields.get("source"), f"{where}.source", name, problems)
+        mode = fields.get("change_mode", "restart")
+        if mode not in CHANGE_MODES:
+            problems.append(
+                Problem(f"{where}.change_mode", f"must be restart or signal, got {_describe(mode)}")
+            )
+            continue
+        signal = fields.get("signal")
+        if signal is not None and (mode != "signal" or signal not in TEMPLATE_SIGNALS):
+            allowed = ", ".join(TEMPLATE_SIGNALS)
+            problems.append(
+                Problem(
+                    f"{where}.signal",
+                    f"needs change_mode: signal and one of {allowed}, got {_describe(signal)}",
+                )
+            )
+            continue
+        if path is None or source is None:
+            continue
+        paths.add(path)
+        text, keys, services = source
+        chosen = (str(signal) if signal is not None else "SIGHUP") if mode == "signal" else None
+        found.append(Template(path, text, str(mode), chosen, keys, services))
+    return tuple(sorted(found, key=lambda t: t.path))
+
+
+def _template_source(
+    value: object, where: str, name: str | None, problems: list[Problem]
+) -> tuple[str, tuple[str, ...], tuple[str, ...]] | None:
+    """A template's text with the keys and services it reads, or None and a problem."""
+    if value is None:
+        problems.append(Problem(where, "required field is missing"))
+        return None
+    text = _string(value, where, problems)
+    if text is None:
+        return None
+    if len(text.encode("utf-8")) > MAX_TEMPLATE_SOURCE_BYTES or "\0" in text:
+        problems.append(
+            Problem(where, f"must be text without NUL of at most {MAX_TEMPLATE_SOURCE_BYTES} bytes")
+        )
+        return None
+    try:
+        keys, services = dependencies(text)
+    except TemplateError as exc:
+        problems.append(Problem(where, str(exc)))
+        return None
+    if name is not None and name in services:
+        problems.append(
+            Problem(where, f"service({name!r}) is this service: each rollout would change it again")
+        )
+        return None
+    return text, keys, services
+
+
+def _check_resolved(
+    value: object, secrets: tuple[Secret, ...], templates: tuple[Template, ...], problems: list[Problem]
+) -> Resolved:
     """``resolved:``, which the leader writes into its kept revisions (`Resolved`): a version per secret."""
     if value is None:
         return Resolved()
@@ -783,7 +918,18 @@ def _check_resolved(value: object, secrets: tuple[Secret, ...], problems: list[P
         version = _integer(item, _join("resolved.secrets", str(key)), 0, MAX_RESOLVED_VERSION, problems)
         if version is not None:
             pairs.append((str(key), version))
-    return Resolved(tuple(sorted(pairs)))
+    files = fields.get("files") or {}
+    rolled = {t.path for t in templates if t.change_mode == "restart"}
+    if (
+        not isinstance(files, Mapping)
+        or set(files) - rolled
+        or not all(isinstance(v, str) for v in files.values())
+    ):
+        problems.append(
+            Problem("resolved.files", "must give the text of templates with change_mode restart only")
+        )
+        return Resolved()
+    return Resolved(tuple(sorted(pairs)), tuple(sorted((str(k), str(v)) for k, v in files.items())))
 
 
 def _sticky(

@@ -37,11 +37,13 @@ class Layout:
     services_prefix: str = "services/"
     operator_prefix: str = "operator/"
     secrets_prefix: str = "secrets/"
+    config_prefix: str = "config/"
 
     def __post_init__(self) -> None:
         services = kv_prefix(self.services_prefix)
         operator = kv_prefix(self.operator_prefix)
         secrets = kv_prefix(self.secrets_prefix)
+        config = kv_prefix(self.config_prefix)
         if services.startswith(operator) or operator.startswith(services):
             # One inside the other: the operator's own keys would be read as manifests, or the reverse.
             raise ValueError(
@@ -55,7 +57,18 @@ class Layout:
                 )
         object.__setattr__(self, "services_prefix", services)
         object.__setattr__(self, "operator_prefix", operator)
+        for other, what in ((secrets, "secrets"), (operator, "operator")):
+            if config.startswith(other) or other.startswith(config):
+                # A template's key() reads only under config/: never a secret or the operator's state.
+                raise ValueError(
+                    f"the config prefix {config!r} and the {what} prefix {other!r} must not overlap"
+                )
         object.__setattr__(self, "secrets_prefix", secrets)
+        object.__setattr__(self, "config_prefix", config)
+
+    def config_key(self, path: str) -> str:
+        """``config/<path>``: a value a template reads with ``key("<path>")``."""
+        return self.config_prefix + path
 
     def service_secrets_prefix(self, service: str) -> str:
         """``secrets/<service>/``: the secrets of one service, written by an admin, read by the agents."""

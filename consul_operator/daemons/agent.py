@@ -21,13 +21,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import structlog
 
 from consul_operator.adapters import event_log, metrics
 from consul_operator.adapters.actuators.catalog import CatalogActuator
 from consul_operator.adapters.actuators.docker import DockerActuator
-from consul_operator.adapters.consul_client import ConsulClient, ConsulTLS
+from consul_operator.adapters.consul_client import ConsulClient, ConsulTLS, Indexed
 from consul_operator.adapters.docker_client import connect, engine_resources
 from consul_operator.adapters.host_reads import KVChanged
 from consul_operator.adapters.kv_state import read_secrets, start_watch
@@ -246,6 +247,10 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
         stop,
         leading,
     )
+    # A secret written (its version is in its service's spec) or a config key a template reads:
+    # the leader resolves the manifests again (`resolve.py`). Keys only: values stay in KV.
+    for name, prefix in (("secrets", layout.secrets_prefix), ("config", layout.config_prefix)):
+        start_watch(name, partial(_keys_of, consul, prefix), [schedule_trigger], stop, leading)
     # Health anywhere changes the leader's healthy and drift figures.
     start_watch(
         "health", lambda i, w: consul.health_state_any(index=i, wait=w), [schedule_batched], stop, leading
@@ -282,6 +287,11 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
     batches.close()
     log.info("agent stopped; containers left running", host=config.host)
     return 0
+
+
+def _keys_of(consul: ConsulClient, prefix: str, index: int, wait: float) -> Indexed[list[str]]:
+    """The keys under ``prefix``, blocking from ``index`` (a watch's query: no values)."""
+    return consul.kv_keys(prefix, index=index, wait=wait)
 
 
 def _capacity(

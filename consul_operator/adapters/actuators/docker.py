@@ -325,8 +325,11 @@ class DockerActuator:
         try:
             with self.files.lock:  # not swept (`remove`) before the container exists
                 where = self.files.secrets_dir(name) if manifest.secrets else None
+                rendered = self.files.write_files(name, self.rendered(manifest)) if manifest.templates else {}
                 with docker_errors(f"creating {name}"):
-                    cid = self._create(manifest, name, labels, slot, secrets_dir=where, secrets=values)
+                    cid = self._create(
+                        manifest, name, labels, slot, secrets_dir=where, secrets=values, rendered=rendered
+                    )
         except ImageNotFound:
             self._images.discard(manifest.image)  # removed since we looked: look again next time
             self.files.forget(name)
@@ -345,6 +348,14 @@ class DockerActuator:
         except DockerError:
             self.remove(cid)  # no half-started leftovers (a port clash, say)
             raise
+
+    def rendered(self, manifest: Manifest) -> dict[str, str]:
+        """The text of each of ``manifest``'s templates, by path: what the leader rendered into it."""
+        texts = dict(manifest.resolved.files)
+        missing = [t.path for t in manifest.templates if t.path not in texts]
+        if missing:
+            raise DockerError(f"{manifest.name}: no rendered text for template {', '.join(missing)}")
+        return texts
 
     def _write_secrets(self, manifest: Manifest, cid: str, where: str, values: Mapping[str, bytes]) -> None:
         """The secret files of a created container, owned by the user it will run as."""
@@ -403,6 +414,7 @@ class DockerActuator:
         *,
         secrets_dir: str | None = None,
         secrets: Mapping[str, bytes] | None = None,
+        rendered: Mapping[str, str] | None = None,
     ) -> str:
         """Create the container; its id. The low-level call: no inspect before the start (one per replica
         less in a burst; the one after the start reads the published port). ``secrets_dir`` is mounted
@@ -413,6 +425,8 @@ class DockerActuator:
         binds = self._binds(manifest, slot)
         if secrets_dir is not None:
             binds[secrets_dir] = {"bind": SECRETS_PATH, "mode": "ro"}
+        for path, host_file in (rendered or {}).items():
+            binds[host_file] = {"bind": path, "mode": "ro"}
         environment = manifest.env_dict
         for secret in manifest.secrets:
             if secret.env is not None:
@@ -426,7 +440,12 @@ class DockerActuator:
             labels=labels,
             ports=list(bindings),
             detach=True,
-            volumes=[*(v.path for v in manifest.volumes), *([SECRETS_PATH] if secrets_dir else [])] or None,
+            volumes=[
+                *(v.path for v in manifest.volumes),
+                *([SECRETS_PATH] if secrets_dir else []),
+                *(rendered or {}),
+            ]
+            or None,
             host_config=api.create_host_config(
                 port_bindings=bindings, binds=binds or None, **host_config(manifest)
             ),
