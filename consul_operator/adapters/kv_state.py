@@ -28,6 +28,7 @@ from consul_operator.core.records import (
     HostRecord,
     LeaderRecord,
     PlacementRecord,
+    RenderedRecord,
     RolloutRecord,
     StatusRecord,
 )
@@ -216,6 +217,33 @@ def read_revision(consul: KVStore, layout: Layout, name: str, spec: str) -> Mani
         return None
     manifest = _parse(entry.key, entry.value, name)
     return manifest if isinstance(manifest, Manifest) and manifest.spec_hash() == spec else None
+
+
+def rendered_of(entries: Sequence[KVEntry], layout: Layout) -> dict[str, RenderedRecord]:
+    """The leader's rendered records among ``operator/rendered/``'s entries, by service; unreadable
+    ones are skipped and logged (the leader writes them again)."""
+    records: dict[str, RenderedRecord] = {}
+    for entry in entries:
+        service = layout.under(layout.rendered_prefix, entry.key)
+        if service is None:
+            continue
+        try:
+            records[service] = RenderedRecord.from_json(entry.value, service=service)
+        except ValueError as exc:
+            log.warning("ignoring a rendered record", key=entry.key, error=str(exc))
+    return records
+
+
+def read_rendered(consul: KVStore, layout: Layout, name: str) -> RenderedRecord | None:
+    """The text of ``name``'s signal templates as the leader last rendered it (None: not written, or
+    unreadable)."""
+    entry = consul.kv_get(layout.rendered_key(name), consistent=True).value
+    if entry is None:
+        return None
+    try:
+        return RenderedRecord.from_json(entry.value, service=name)
+    except ValueError:
+        return None
 
 
 def rollouts_of(entries: Sequence[KVEntry], layout: Layout) -> dict[str, RolloutRecord]:

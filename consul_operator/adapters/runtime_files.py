@@ -21,7 +21,7 @@ container's disk layer), and a write after the start races the application
 reading its secret at start-up.
 
 A rendered template (``templates:``, not secret: the leader keeps its text in
-the revision) is a file ``<container>/files/<n>``, mode 0444, bind-mounted
+the revision) is a file ``<container>/files/<hash of its path>``, mode 0444, bind-mounted
 read-only at its path; a ``change_mode: signal`` template is rewritten in
 place (`rewrite`: the same inode, which the bind mount shows at once).
 
@@ -31,6 +31,7 @@ containers no longer there (`RuntimeFiles.sweep`).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import shutil
@@ -49,6 +50,11 @@ DIR_MODE: Final = 0o755
 """A container's directories: the container's user must enter them and list its secrets."""
 TREE_MODE: Final = 0o711
 """The directories above (cluster, host): nobody lists which containers have secrets."""
+
+
+def file_name(path: str) -> str:
+    """The host file name of a template at ``path`` in the container."""
+    return hashlib.sha256(path.encode("utf-8")).hexdigest()[:16]
 
 
 def filesystem_type(path: str, mountinfo: str | None = None) -> str:
@@ -149,11 +155,15 @@ class RuntimeFiles:
         os.chmod(place.parent, DIR_MODE)
         os.chmod(place, DIR_MODE)
         sources: dict[str, str] = {}
-        for index, (path, text) in enumerate(sorted(files.items())):
-            host = str(place / str(index))
+        for path, text in sorted(files.items()):
+            host = str(place / file_name(path))
             self.rewrite(host, text)
             sources[path] = host
         return sources
+
+    def file_of(self, container: str, path: str) -> str | None:
+        """The host file of ``container``'s template at ``path`` (None without a runtime directory)."""
+        return None if self.base is None else str(self.base / container / "files" / file_name(path))
 
     def rewrite(self, host: str, text: str) -> None:
         """Write ``text`` into the file ``host`` in place (created 0444 if absent, never through a link)."""
@@ -169,12 +179,13 @@ class RuntimeFiles:
         finally:
             os.close(fd)
 
-    def read_file(self, container: str, index: int) -> str | None:
-        """The text of ``container``'s rendered template ``index`` as written here (None if absent)."""
-        if self.base is None:
+    def read_file(self, container: str, path: str) -> str | None:
+        """The text of ``container``'s template at ``path`` as written here (None: it has none)."""
+        host = self.file_of(container, path)
+        if host is None:
             return None
         try:
-            return (self.base / container / "files" / str(index)).read_text("utf-8")
+            return Path(host).read_text("utf-8")
         except (OSError, UnicodeDecodeError):
             return None
 

@@ -21,6 +21,7 @@ from consul_operator.adapters.kv_state import (
     manifests_of,
     placements_of,
     read_leader,
+    rendered_of,
     rollouts_of,
     statuses_of,
 )
@@ -83,6 +84,7 @@ def read_cluster_state(
         layout.rollback_prefix,
         layout.hosts_prefix,
         layout.agents_prefix,
+        layout.rendered_prefix,
     ]
     trees = consul.kv_trees(prefixes, consistent=True)
     manifests = trees[layout.services_prefix] if services is None else services.read(consul)
@@ -105,6 +107,7 @@ def read_cluster_state(
         agents=tuple(agents_of(registrations)),
         statuses=records,
         maintenance=host_records_of(trees[layout.hosts_prefix], layout),
+        rendered=rendered_of(trees[layout.rendered_prefix], layout),
     )
     versions = _secret_versions(consul, layout, parsed, leader=leader)
     inputs = _template_inputs(consul, layout, cluster, state, leader=leader) if versions is not None else None

@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 from consul_operator.core.desired_state import Manifest, ManifestError, Resources
 from consul_operator.core.model import META_HOST, META_SPEC, ServiceInstance
 from consul_operator.core.ownership import AgentHost
-from consul_operator.core.records import HostRecord, PlacementRecord, RolloutRecord, StatusRecord
+from consul_operator.core.records import (
+    HostRecord,
+    PlacementRecord,
+    RenderedRecord,
+    RolloutRecord,
+    StatusRecord,
+)
 
 KnownHosts = Mapping[str, tuple[bool, Mapping[str, str]]]
 """Every registered agent host: host -> (live, labels)."""
@@ -38,6 +44,7 @@ class ClusterState:
     * ``passing``: per service, its instances passing in Consul that this
       cluster's agents made (`ownership.owned`), for the services the reader
       was asked about;
+    * ``rendered``: the leader's ``operator/rendered/<service>`` records (signal templates' text);
     * ``passing_counts``: per service, every instance passing in Consul, ours or
       not (the leader's healthy and drift gauges; read only for the leader).
     """
@@ -55,6 +62,7 @@ class ClusterState:
     maintenance: Mapping[str, HostRecord] = field(default_factory=dict)
     passing: Mapping[str, tuple[ServiceInstance, ...]] = field(default_factory=dict)
     passing_counts: Mapping[str, int] = field(default_factory=dict)
+    rendered: Mapping[str, RenderedRecord] = field(default_factory=dict)
 
     def valid_manifests(self) -> dict[str, Manifest | None]:
         """Every service with a manifest: the manifest, or None when it is invalid (hands off)."""

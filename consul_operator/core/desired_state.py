@@ -339,6 +339,9 @@ class Resolved:
 
     secrets: tuple[tuple[str, int], ...] = ()  # sorted by name
     files: tuple[tuple[str, str], ...] = ()  # a ``change_mode: restart`` template's path and rendered text
+    # A ``change_mode: signal`` template's path, text and signal: not in the spec (nor `to_dict`), written
+    # by the leader to ``operator/rendered/<service>`` (`records.RenderedRecord`).
+    live: tuple[tuple[str, str, str], ...] = ()
 
     def to_dict(self) -> dict[str, object]:
         """The normalised form: only the parts that are set."""

@@ -69,6 +69,8 @@ VOLUME_REMOVED: Final = "VolumeRemoved"
 """A deleted service's volume removed from a host (``operator delete NAME --volumes``)."""
 VOLUME_CREATED: Final = "VolumeCreated"
 """A replica starts with a fresh (empty) volume: its first start on the host, or it moved here."""
+TEMPLATE_REFRESHED: Final = "TemplateRefreshed"
+"""A running replica's signal template written anew and its signal sent (``change_mode: signal``)."""
 REASONS: Final = (
     PLACED,
     MOVED,
@@ -86,6 +88,7 @@ REASONS: Final = (
     RELOAD_REFUSED,
     VOLUME_CREATED,
     VOLUME_REMOVED,
+    TEMPLATE_REFRESHED,
 )
 STORM_REASONS: Final = frozenset(
     {STARTED, START_FAILED, CRASHED, REGISTERED, DRAINED, STOPPED, RELOAD_REFUSED}

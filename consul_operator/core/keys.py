@@ -213,6 +213,15 @@ class Layout:
         return rest if rest and "/" not in rest else None
 
     @property
+    def rendered_prefix(self) -> str:
+        """``operator/rendered/``: the text of each service's ``change_mode: signal`` templates."""
+        return self.operator_prefix + "rendered/"
+
+    def rendered_key(self, name: str) -> str:
+        """``operator/rendered/<name>``, written by the leader."""
+        return self.rendered_prefix + name
+
+    @property
     def events_prefix(self) -> str:
         """``operator/events/``: what the leader and the agents did, and why (`events`)."""
         return self.operator_prefix + "events/"
@@ -254,13 +263,14 @@ class Layout:
 
     def service_of(self, key: str) -> str | None:
         """The service an ``operator/`` record belongs to (placement, status, revision, rollout,
-        rollback); None for other keys. The leader groups its writes by it."""
+        rollback, rendered); None for other keys. The leader groups its writes by it."""
         for prefix in (
             self.placement_prefix,
             self.status_prefix,
             self.revisions_prefix,
             self.rollout_prefix,
             self.rollback_prefix,
+            self.rendered_prefix,
         ):
             if key.startswith(prefix):
                 service = key[len(prefix) :].partition("/")[0]

@@ -74,6 +74,7 @@ from consul_operator.core.records import (
     StatusRecord,
     frozen_map,
 )
+from consul_operator.core.resolve import rendered_record
 from consul_operator.core.rollout import (
     RolloutTimer,
     SpecCounts,
@@ -453,6 +454,21 @@ class _Rollouts:
                 self.writes[layout.rollout_key(name)] = None
         for name, spec in orphaned_revisions(revisions, state.manifests):
             self.writes[layout.revision_key(name, spec)] = None
+        self._rendered(valid, decided)
+
+    def _rendered(self, valid: Mapping[str, Manifest | None], decided: dict[str, PlacementRecord]) -> None:
+        """``operator/rendered/<name>`` where its signal templates' text changed; gone with the
+        manifest (an invalid one's, or one whose template does not render, is kept as it is)."""
+        for name in sorted(valid):
+            manifest = valid[name]
+            if manifest is None or name not in decided:
+                continue
+            want = rendered_record(manifest) if manifest.resolved.live else None
+            if want != self.state.rendered.get(name):
+                self.writes[self.layout.rendered_key(name)] = None if want is None else want.to_json()
+        for name in sorted(self.state.rendered):
+            if name not in self.state.manifests:
+                self.writes[self.layout.rendered_key(name)] = None
 
     def _service(
         self,

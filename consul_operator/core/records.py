@@ -148,6 +148,7 @@ def record_bound(layout: Layout, key: str) -> int:
         (layout.rollout_prefix, MAX_ROLLOUT_BYTES),
         (layout.events_prefix, MAX_EVENT_RECORD_BYTES),
         (layout.work_prefix, MAX_WORK_BYTES),
+        (layout.rendered_prefix, MAX_RENDERED_BYTES),
     ):
         if key.startswith(prefix):
             return bound
@@ -765,3 +766,38 @@ class AgentRecord:
         if not isinstance(node, str) or not 0 < len(node) <= MAX_NODE_NAME:
             raise ValueError("not an agent record: no node name (or one too long)")
         return cls(host=host, node=node)
+
+
+MAX_RENDERED_BYTES = 160 * 1024
+"""An ``operator/rendered/<service>`` record's KV form (`resolve.resolve` refuses a larger one)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedRecord:
+    """The text of a service's ``change_mode: signal`` templates, ``operator/rendered/<service>``,
+    written by the leader (fenced) when it changes. Not part of the spec: the agents write a new text
+    into their running replicas' files in place and send each template's signal (`refresh.py`)."""
+
+    service: str
+    files: tuple[tuple[str, str, str], ...]  # (path, text, signal), sorted by path
+
+    def to_json(self) -> bytes:
+        """The KV form."""
+        files = {path: {"text": text, "signal": signal} for path, text, signal in self.files}
+        return _dumps({"service": self.service, "files": files})
+
+    @classmethod
+    def from_json(cls, data: bytes | str, *, service: str) -> RenderedRecord:
+        """Parse the record of ``service``; ValueError when it is not one."""
+        body = _object(data, "rendered")
+        files = body.get("files")
+        if not isinstance(files, dict):
+            raise ValueError("not a rendered record: no files")
+        parsed: list[tuple[str, str, str]] = []
+        for path, item in files.items():
+            text = item.get("text") if isinstance(item, dict) else None
+            signal = item.get("signal") if isinstance(item, dict) else None
+            if not isinstance(text, str) or not isinstance(signal, str):
+                raise ValueError(f"not a rendered record: {path!r} has no text or signal")
+            parsed.append((str(path), text, signal))
+        return cls(service, tuple(sorted(parsed)))

@@ -40,6 +40,7 @@ from consul_operator.core.desired_state import (
     Resolved,
     revision_json,
 )
+from consul_operator.core.records import MAX_RENDERED_BYTES, RenderedRecord
 from consul_operator.core.templating import TemplateError, TemplateInputs, render
 
 SecretVersions = Mapping[str, Mapping[str, int]]
@@ -66,6 +67,7 @@ def resolve(
         if s.name not in versions
     ]
     files: list[tuple[str, str]] = []
+    live: list[tuple[str, str, str]] = []
     for template in manifest.templates:
         try:
             text = render(template.source, inputs or TemplateInputs(), config_prefix)
@@ -74,10 +76,17 @@ def resolve(
             continue
         if template.change_mode == "restart":
             files.append((template.path, text))
+        else:
+            live.append((template.path, text, template.signal or "SIGHUP"))
     if problems:
         return ManifestError(problems)
     found = tuple(sorted((s.name, versions[s.name]) for s in manifest.secrets))
-    resolved = dataclasses.replace(manifest, resolved=Resolved(secrets=found, files=tuple(sorted(files))))
+    resolved = dataclasses.replace(
+        manifest, resolved=Resolved(secrets=found, files=tuple(sorted(files)), live=tuple(sorted(live)))
+    )
+    if live and len(rendered_record(resolved).to_json()) > MAX_RENDERED_BYTES:
+        why = f"the signal templates render more than {MAX_RENDERED_BYTES} bytes of JSON together"
+        return ManifestError([Problem("templates", why)])
     size = len(revision_json(resolved))
     if size > MAX_REVISION_BYTES:
         why = f"rendered, the manifest is {size} bytes of JSON, more than {MAX_REVISION_BYTES}"
@@ -102,3 +111,8 @@ def resolve_manifests(
         else m
         for name, m in manifests.items()
     }
+
+
+def rendered_record(manifest: Manifest) -> RenderedRecord:
+    """The ``operator/rendered/<service>`` record of a resolved manifest's signal templates."""
+    return RenderedRecord(manifest.name, manifest.resolved.live)

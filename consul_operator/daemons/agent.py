@@ -31,7 +31,7 @@ from consul_operator.adapters.actuators.docker import DockerActuator
 from consul_operator.adapters.consul_client import ConsulClient, ConsulTLS, Indexed
 from consul_operator.adapters.docker_client import connect, engine_resources
 from consul_operator.adapters.host_reads import KVChanged
-from consul_operator.adapters.kv_state import read_secrets, start_watch
+from consul_operator.adapters.kv_state import read_rendered, read_secrets, start_watch
 from consul_operator.adapters.metrics import read_page_token
 from consul_operator.adapters.presence import AGENT_SERVICE, Presence
 from consul_operator.adapters.rejoin import rejoin_failed
@@ -47,6 +47,7 @@ from consul_operator.daemons.executor import Executor
 from consul_operator.daemons.host_agent import HostAgent, check_status
 from consul_operator.daemons.leader import LeaderElection
 from consul_operator.daemons.loop import Batched, Trigger, run_loop, stop_on_signals, wait_for_stop
+from consul_operator.daemons.refresher import Refresher
 from consul_operator.daemons.scheduler import Scheduler
 from consul_operator.daemons.volume_janitor import run_volume_janitor
 
@@ -122,7 +123,7 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
         )
     event_log.start_flusher(consul, config.layout, config.host, stop)
 
-    host_trigger, schedule_trigger = Trigger(), Trigger()
+    host_trigger, schedule_trigger, refresh_trigger = Trigger(), Trigger(), Trigger()
     node = _node_name(consul, stop)  # claimed for our host before we register (`presence`)
     presence = Presence(
         consul,
@@ -159,7 +160,10 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
         catalog,
         on_done=host_batched.fire,
         secrets=lambda manifest: read_secrets(consul, config.layout, manifest),
+        rendered=lambda name: read_rendered(consul, config.layout, name),
+        after_live_start=refresh_trigger.fire,
     )
+    refresher = Refresher(consul, config.layout, docker_actuator)
     kv_changed = KVChanged()  # what the host pass reads from KV changed: it reads it again
     host_agent = HostAgent(
         consul,
@@ -251,6 +255,13 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
     # the leader resolves the manifests again (`resolve.py`). Keys only: values stay in KV.
     for name, prefix in (("secrets", layout.secrets_prefix), ("config", layout.config_prefix)):
         start_watch(name, partial(_keys_of, consul, prefix), [schedule_trigger], stop, leading)
+    # A signal template's new text: every agent writes it into its replicas (`refresher.py`).
+    start_watch(
+        "rendered",
+        lambda i, w: consul.kv_keys(layout.rendered_prefix, index=i, wait=w),
+        [refresh_trigger],
+        stop,
+    )
     # Health anywhere changes the leader's healthy and drift figures.
     start_watch(
         "health", lambda i, w: consul.health_state_any(index=i, wait=w), [schedule_batched], stop, leading
@@ -267,6 +278,13 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
             args=("schedule", scheduler.reconcile, schedule_trigger, stop),
             kwargs={"resync": config.resync},
             name="schedule-loop",
+        ),
+        # Signal templates' new text into running replicas (`refresher.py`).
+        threading.Thread(
+            target=run_loop,
+            args=("refresh", refresher.reconcile, refresh_trigger, stop),
+            kwargs={"resync": config.resync},
+            name="refresh-loop",
         ),
     ]
     for thread in loops:

@@ -11,6 +11,7 @@ does it.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import Counter, deque
@@ -41,7 +42,7 @@ from consul_operator.core.model import (
     action_key,
     action_service,
 )
-from consul_operator.core.records import frozen_map
+from consul_operator.core.records import RenderedRecord, frozen_map
 from consul_operator.daemons.registrar import Registrar
 
 log = structlog.get_logger()
@@ -106,11 +107,15 @@ class Executor:
         on_done: Callable[[], None],
         mono: Callable[[], float] = time.monotonic,
         secrets: Callable[[Manifest], dict[str, bytes]] | None = None,
+        rendered: Callable[[str], RenderedRecord | None] | None = None,
+        after_live_start: Callable[[], None] = lambda: None,
     ) -> None:
         self.docker = docker
-        self.secrets = (
-            secrets  # reads a manifest's secret values just before its start (`kv_state.read_secrets`)
-        )
+        # Read just before a start: a manifest's secret values (`kv_state.read_secrets`), and the text
+        # of its signal templates (`kv_state.read_rendered`).
+        self.secrets = secrets
+        self.rendered = rendered
+        self.after_live_start = after_live_start  # the refresh loop: the text may have changed meanwhile
         self.catalog = catalog
         self.on_done = on_done
         self.mono = mono
@@ -276,6 +281,15 @@ class Executor:
                 # A first start here, or a replica moved from a lost or drained host: its data stays there.
                 why = f"created fresh volume {volume} for slot {slot} on {self.docker.host}: no earlier data"
                 event_log.record(manifest.name, events.VOLUME_CREATED, why)
+            if any(t.change_mode == "signal" for t in manifest.templates):
+                record = None if self.rendered is None else self.rendered(manifest.name)
+                if record is None:
+                    raise OperatorError(f"the leader has not rendered {manifest.name}'s signal templates yet")
+                paths = {t.path for t in manifest.templates if t.change_mode == "signal"}
+                live = dataclasses.replace(
+                    manifest.resolved, live=tuple(f for f in record.files if f[0] in paths)
+                )
+                manifest = dataclasses.replace(manifest, resolved=live)
             if manifest.secrets:
                 if self.secrets is None:
                     raise OperatorError(f"{manifest.name} has secrets and this agent reads none")
@@ -288,6 +302,8 @@ class Executor:
             event_log.record(manifest.name, events.START_FAILED, f"container {name} not started: {exc}")
             raise
         event_log.record(manifest.name, events.STARTED, f"started container {info.name} (missing replica)")
+        if manifest.resolved.live:
+            self.after_live_start()
         log.info(
             "started",
             service=manifest.name,

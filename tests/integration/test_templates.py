@@ -78,3 +78,38 @@ def test_a_template_that_does_not_render_holds_its_service_only(
     )
     assert "does not render" in operator(cluster, "status").stdout
     assert cluster.containers(service_name) == []
+
+
+def test_a_signal_template_is_rewritten_in_place_and_the_replica_signalled(
+    cluster: Cluster, service_name: str
+) -> None:
+    """``change_mode: signal``: a new key value reaches the running replica's file in place and the
+    replica gets SIGHUP (its trap copies the file it then reads); the same container runs on, with
+    the same spec, and a TemplateRefreshed event says so."""
+    live = "/etc/app/live.conf"
+    key = f"{service_name}/level"
+    assert cluster.consul.kv_put(cluster.layout.config_key(key), b"one")
+    command = [
+        "sh",
+        "-c",
+        f"trap 'cp {live} /tmp/seen' HUP; trap 'kill $c; exit 0' TERM; /bin/sh /start.sh & c=$!; "
+        "while kill -0 $c 2>/dev/null; do wait $c; done",
+    ]
+    template = {"path": live, "source": f"level={{{{ key('{key}') }}}}", "change_mode": "signal"}
+    cluster.put(service_name, 1, templates=[template], command=command)
+    cluster.wait_converged(service_name, 1)
+    first = _only(cluster, service_name)
+    assert _read(first, live) == "level=one"
+
+    assert cluster.consul.kv_put(cluster.layout.config_key(key), b"two")
+
+    def signalled() -> bool:
+        code, seen = first.exec_run(["cat", "/tmp/seen"])
+        return bool(code == 0 and seen.decode() == "level=two")
+
+    wait_until(signalled, timeout=REACT_S + CONVERGE_S, what="the replica signalled with the new text")
+    assert _read(first, live) == "level=two"
+    (now,) = cluster.containers(service_name)
+    assert now.id == first.id and now.labels[LABEL_SPEC] == first.labels[LABEL_SPEC]
+    described = operator(cluster, "describe", service_name)
+    assert "TemplateRefreshed" in described.stdout, described.stdout

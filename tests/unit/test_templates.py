@@ -7,7 +7,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from consul_operator.core.cluster_state import ClusterState
 from consul_operator.core.desired_state import Manifest, ManifestError, manifest_from_dict, parse_manifest
+from consul_operator.core.keys import Layout
+from consul_operator.core.leader_plan import LeaderMemory, LeaderSettings, Now, decide_leader
+from consul_operator.core.model import ContainerInfo
+from consul_operator.core.records import RenderedRecord
+from consul_operator.core.refresh import plan_refresh
 from consul_operator.core.resolve import resolve
 from consul_operator.core.templating import (
     MAX_RENDERED_BYTES,
@@ -177,3 +183,95 @@ def test_property_rendering_any_text_never_crashes_and_stays_bounded(source: str
     except TemplateError:
         return
     assert len(out.encode()) <= MAX_RENDERED_BYTES
+
+
+def _container(name: str, service: str = "web", state: str = "running") -> ContainerInfo:
+    return ContainerInfo(id=f"id-{name}", name=name, service=service, spec_hash="s", state=state)
+
+
+RECORD = RenderedRecord("web", (("/a", "new-a", "SIGHUP"), ("/b", "new-b", "SIGUSR1")))
+
+
+@pytest.mark.parametrize(
+    ("current", "containers", "expected"),
+    [
+        pytest.param({("c1", "/a"): "new-a", ("c1", "/b"): "new-b"}, [_container("c1")], [], id="up-to-date"),
+        pytest.param(
+            {("c1", "/a"): "old", ("c1", "/b"): "new-b"},
+            [_container("c1")],
+            [("c1", {"/a": "new-a"}, ("SIGHUP",))],
+            id="one-file-one-signal",
+        ),
+        pytest.param(
+            {("c1", "/a"): "old", ("c1", "/b"): "old"},
+            [_container("c1")],
+            [("c1", {"/a": "new-a", "/b": "new-b"}, ("SIGHUP", "SIGUSR1"))],
+            id="both-files-both-signals",
+        ),
+        pytest.param({("c1", "/a"): None}, [_container("c1")], [], id="no-such-file-older-spec"),
+        pytest.param({("c1", "/a"): "old"}, [_container("c1", state="exited")], [], id="not-running"),
+        pytest.param({("c1", "/a"): "old"}, [_container("c1", service="api")], [], id="other-service"),
+    ],
+)
+def test_plan_refresh(
+    current: dict[tuple[str, str], str | None],
+    containers: list[ContainerInfo],
+    expected: list[tuple[str, dict[str, str], tuple[str, ...]]],
+) -> None:
+    """A running replica whose signal template's text differs from the leader's gets the new text and
+    each changed template's signal once; one without the file, stopped, or of another service does not."""
+    plan = plan_refresh({"web": RECORD}, containers, current)
+    assert [(r.container.name, dict(r.files), r.signals) for r in plan] == expected
+
+
+def test_the_rendered_record_round_trips() -> None:
+    """`RenderedRecord` parses back what it writes, and refuses what is not one."""
+    assert RenderedRecord.from_json(RECORD.to_json(), service="web") == RECORD
+    with pytest.raises(ValueError, match="not a rendered record"):
+        RenderedRecord.from_json(b'{"files": {"/a": {"text": 1}}}', service="web")
+
+
+def _signal_manifest(text: str) -> Manifest:
+    manifest = parse_manifest(
+        HEAD + "templates: [{path: /a, source: \"{{ key('g') }}\", change_mode: signal}]\n"
+    )
+    resolved = resolve(manifest, {}, "secrets/", TemplateInputs({"g": text}), "config/")
+    assert isinstance(resolved, Manifest)
+    return resolved
+
+
+@pytest.mark.parametrize(
+    ("kept", "text", "expected"),
+    [
+        pytest.param(None, "1", "written", id="first-text"),
+        pytest.param(RenderedRecord("web", (("/a", "1", "SIGHUP"),)), "1", "untouched", id="same-text"),
+        pytest.param(RenderedRecord("web", (("/a", "1", "SIGHUP"),)), "2", "written", id="new-text"),
+    ],
+)
+def test_the_leader_writes_a_signal_template_s_text_only_when_it_changes(
+    kept: RenderedRecord | None, text: str, expected: str
+) -> None:
+    """The leader writes operator/rendered/<name> when its signal templates' text differs from what KV
+    holds, and the spec (and so the placement's spec hash) is the same whatever the text."""
+    manifest = _signal_manifest(text)
+    assert manifest.spec_hash() == _signal_manifest("other").spec_hash()
+    state = ClusterState(
+        manifests={"web": manifest},
+        hosts={"h1": (True, {})},
+        rendered={} if kept is None else {"web": kept},
+    )
+    plan = decide_leader(state, LeaderMemory(), Now(1000.0, 1.7e9), LeaderSettings("h1", Layout(), 10.0))
+    key = Layout().rendered_key("web")
+    if expected == "written":
+        assert RenderedRecord.from_json(plan.writes[key] or b"", service="web").files == (
+            ("/a", text, "SIGHUP"),
+        )
+    else:
+        assert key not in plan.writes
+
+
+def test_a_deleted_service_s_rendered_record_goes() -> None:
+    """The rendered record of a service without a manifest is deleted."""
+    state = ClusterState(hosts={"h1": (True, {})}, rendered={"web": RECORD})
+    plan = decide_leader(state, LeaderMemory(), Now(1000.0, 1.7e9), LeaderSettings("h1", Layout(), 10.0))
+    assert plan.writes[Layout().rendered_key("web")] is None

@@ -350,8 +350,9 @@ class DockerActuator:
             raise
 
     def rendered(self, manifest: Manifest) -> dict[str, str]:
-        """The text of each of ``manifest``'s templates, by path: what the leader rendered into it."""
-        texts = dict(manifest.resolved.files)
+        """The text of each of ``manifest``'s templates, by path: what the leader rendered into it (and,
+        for signal templates, into its rendered record)."""
+        texts = dict(manifest.resolved.files) | {path: text for path, text, _ in manifest.resolved.live}
         missing = [t.path for t in manifest.templates if t.path not in texts]
         if missing:
             raise DockerError(f"{manifest.name}: no rendered text for template {', '.join(missing)}")
@@ -522,6 +523,20 @@ class DockerActuator:
             if "No such container" not in str(exc) and "not found" not in str(exc):
                 raise
         self.sweep_files()
+
+    def refresh(self, container: ContainerInfo, files: Mapping[str, str], signals: tuple[str, ...]) -> None:
+        """Write new texts into a running replica's template files in place, then send it ``signals``."""
+        for path, text in files.items():
+            host = self.files.file_of(container.name, path)
+            if host is None:
+                raise DockerError(f"{container.name} has no file for {path}")
+            try:
+                self.files.rewrite(host, text)
+            except OSError as exc:
+                raise DockerError(f"rewriting {path} of {container.name}: {exc.strerror}") from exc
+        for signal in signals:
+            with docker_errors(f"sending {signal} to {container.name}"):
+                self.client.api.kill(container.id, signal=signal)
 
     def sweep_files(self) -> None:
         """Remove the secrets' directories of containers gone (a listing only when there are some)."""
