@@ -234,8 +234,13 @@ class LockConsul:
     def fenced_write(self, lock_key: str, session: str, writes: Mapping[str, bytes | None]) -> None:
         raise AssertionError("fenced write not expected")
 
-    def session_create(self, name: str, *, checks: Sequence[str], lock_delay: float) -> str:
+    def session_create(
+        self, name: str, *, checks: Sequence[str], lock_delay: float, ttl: float | None = None
+    ) -> str:
         raise AssertionError("new session not expected")
+
+    def session_renew(self, session: str) -> bool:
+        raise AssertionError(f"renewal of {session} not expected")
 
     def session_destroy(self, session: str) -> None:
         raise AssertionError(f"end of session {session} not expected")
