@@ -188,6 +188,7 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
         threading.Thread(target=rejoin_failed, args=(consul, stop), name="rejoin", daemon=True),
         threading.Thread(target=election.run, args=(stop,), name="election", daemon=True),
         threading.Thread(target=election.watch_lease, args=(stop,), name="lease", daemon=True),
+        threading.Thread(target=election.renew_session, args=(stop,), name="session-renew", daemon=True),
         # Status records deleted or changed by anyone are written again (`check_status`).
         threading.Thread(
             target=check_status, args=(host_agent, host_trigger.fire, stop), name="status-check", daemon=True
