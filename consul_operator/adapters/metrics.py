@@ -32,7 +32,7 @@ from consul_operator.core.errors import REFUSAL_REASONS
 from consul_operator.core.events import REASONS as EVENT_REASONS
 
 # Fixed label values, pre-created below so that a rate() over them starts at 0.
-LOOPS = ("schedule", "host", "lb")
+LOOPS = ("schedule", "host", "refresh", "lb")
 ERROR_REASONS = (
     "consul_unavailable",
     "consul_error",

@@ -375,7 +375,7 @@ def plan(target: Target, files: Sequence[str]) -> int:
         else:
             if old_manifest.replicas != manifest.replicas:
                 _say(f"  replicas: {old_manifest.replicas} -> {manifest.replicas}")
-            if old_manifest.spec_hash() != manifest.spec_hash():
+            if old_manifest.as_written().spec_hash() != manifest.as_written().spec_hash():
                 _say("  spec changed: every replica is replaced")
         for host in sorted(set(record.hosts) | set(before.hosts if before else {})):
             was = before.hosts.get(host, 0) if before else 0

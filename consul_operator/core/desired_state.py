@@ -18,7 +18,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from typing import Final, Protocol
 
@@ -461,6 +461,12 @@ class Manifest:
     # The spec hash, worked out once (`spec_hash`): a leader pass asked for it 27,000 times at
     # 1,000 services, a JSON dump and a SHA-256 each (issue 31). Not a field of the manifest.
     _spec: str = field(default="", init=False, repr=False, compare=False, hash=False)
+
+    def as_written(self) -> Manifest:
+        """This manifest without what the leader resolved (`Resolved`): as a person wrote it."""
+        if self.resolved == Resolved():
+            return self
+        return replace(self, resolved=Resolved())
 
     @property
     def needs_resolving(self) -> bool:

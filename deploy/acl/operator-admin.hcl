@@ -4,12 +4,16 @@
 # Writes manifests, rollback requests (operator/rollback/<name>), volume
 # removal requests (operator/volume-removals/<name>) and
 # maintenance records (operator/hosts/<host>), and the services' secrets
-# (secrets/<service>/<name>: `consul kv put secrets/web/db_password -`), reads
+# (secrets/<service>/<name>: `consul kv put secrets/web/db_password -`), the
+# values templates read (config/: `consul kv put config/web/greeting hi`), reads
 # what the operator reports; cannot touch the rest of the operator's own state.
 key_prefix "services/" {
   policy = "write"
 }
 key_prefix "secrets/" {
+  policy = "write"
+}
+key_prefix "config/" {
   policy = "write"
 }
 key_prefix "operator/" {

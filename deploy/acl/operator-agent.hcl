@@ -9,6 +9,8 @@
 #   secrets/         the services' secrets (secrets/<service>/<name>): read
 #                    only; the leader reads their versions, each agent the
 #                    values of the replicas it starts; an admin writes them
+#   config/          what templates' key() reads: read only (the leader
+#                    renders); an admin writes it
 #   services         the agent registers itself ("operator-agent", with a TTL
 #                    check) and one instance per replica, named after the
 #                    manifest. Manifest names are chosen by whoever writes
@@ -29,6 +31,9 @@ key_prefix "services/" {
   policy = "read"
 }
 key_prefix "secrets/" {
+  policy = "read"
+}
+key_prefix "config/" {
   policy = "read"
 }
 service_prefix "" {

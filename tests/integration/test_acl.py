@@ -462,6 +462,22 @@ def test_admin_writes_secrets_agents_read_them_and_the_lb_token_neither(
         admin.kv_delete(key)
 
 
+def test_admin_writes_template_config_and_agents_read_it(acl_env: Staging, acl_cluster: Cluster) -> None:
+    """config/<path>, what templates' key() reads: the admin token writes it, the agents' token (the
+    leader renders) reads it but may not write it."""
+    key = acl_cluster.layout.config_key("acl-probe/greeting")
+    admin = client(acl_env, acl_env.token("operator-admin"))
+    agent = client(acl_env, acl_env.token("operator-agent"))
+    try:
+        assert admin.kv_put(key, b"hello")
+        entry = agent.kv_get(key).value
+        assert entry is not None and entry.value == b"hello"
+        with pytest.raises(ConsulPermissionDenied):
+            agent.kv_put(key, b"other")
+    finally:
+        admin.kv_delete(key)
+
+
 # --- secured: TLS, gossip encryption, secrets hygiene (#21) -----------------------------
 
 

@@ -187,3 +187,13 @@ def test_property_no_secret_value_reaches_the_normalised_form(names: list[str]) 
     assert isinstance(resolved, Manifest)
     assert resolved.to_dict()["resolved"] == {"secrets": {n: i for i, n in enumerate(names)}}
     assert {s["name"] for s in resolved.to_dict()["secrets"]} == set(names)  # type: ignore[attr-defined]
+
+
+def test_as_written_drops_what_the_leader_resolved() -> None:
+    """`operator plan` compares manifests as written: a resolved manifest without its versions hashes
+    as the manifest in services/ does (else every plan of a service with secrets said "spec changed")."""
+    manifest = parse_manifest(HEAD + "secrets: [{name: token}]\n")
+    resolved = resolve(manifest, {"token": 5}, "secrets/")
+    assert isinstance(resolved, Manifest)
+    assert resolved.spec_hash() != manifest.spec_hash()
+    assert resolved.as_written().spec_hash() == manifest.spec_hash()
