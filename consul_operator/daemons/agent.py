@@ -297,6 +297,7 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
     election.resign()
     host_trigger.fire()
     schedule_trigger.fire()
+    refresh_trigger.fire()
     deadline = time.monotonic() + SHUTDOWN_WAIT
     for thread in loops:
         thread.join(timeout=max(0.0, deadline - time.monotonic()))

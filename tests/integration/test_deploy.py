@@ -189,6 +189,8 @@ KNOWN = {
         "ExecStartPost", "ExecReload", "KillMode", "KillSignal", "Restart", "RestartSec", "TimeoutStopSec",
         "LimitNOFILE",
         "NoNewPrivileges", "ProtectSystem", "ProtectHome", "PrivateTmp", "ReadWritePaths",
+        "RuntimeDirectory", "RuntimeDirectoryMode", "RuntimeDirectoryPreserve", "AmbientCapabilities",
+        "CapabilityBoundingSet",
     },
     "Install": {"WantedBy"},
 }  # fmt: skip

@@ -126,6 +126,11 @@ def test_a_missing_secret_holds_its_service_only_and_keeps_what_runs(
 
     wait_until(says_missing, timeout=REACT_S + CONVERGE_S, what="describe to name the missing secret")
     assert cluster.containers(service_name) == []
+    described = json.loads(operator(cluster, "describe", service_name, "--json").stdout)
+    assert any(
+        e["reason"] == "InvalidManifest" and "secret db_password missing" in e["message"]
+        for e in described["events"]
+    ), described["events"]
     status = operator(cluster, "status")
     assert "secret db_password missing" in status.stdout, status.stdout
 
