@@ -13,8 +13,9 @@ export PATH := $(CURDIR)/.tools/bin:$(PATH)
 deps:           ## install what is missing: Debian packages, consul, .venv, a running dockerd
 	@bash scripts/deps.sh
 
-image: deps     ## build hello:local and hello:v2 without a registry
+image: deps     ## build hello:local, hello:v2 and the two-tier example's visits-redis:local, visits-web:local without a registry
 	@bash images/hello/build.sh
+	@bash images/visits/build.sh
 
 up: deps image  ## start the local staging environment (127.0.0.11-13)
 	@bash scripts/staging.sh up
