@@ -7,7 +7,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
-.PHONY: deps image up down status test check lint unit fuzz integration chaos durations demo bench bench-scale provision-test clean \
+.PHONY: deps image up down status test check lint unit fuzz integration chaos durations demo demo-app demo-app-down bench bench-scale provision-test clean \
         nodes-image nodes-up nodes-down nodes-status
 
 deps:           ## install what is missing: Debian packages, consul, .venv, a running dockerd
@@ -78,6 +78,12 @@ durations:  ## rewrite tests/support/durations.json (the scheduler's longest-fir
 
 demo: up
 	@bash scripts/demo.sh
+
+demo-app: deps image  ## the two-tier example (web app + Redis: template, secret, volume) on its own environment (127.0.0.14-16)
+	@bash scripts/demo-app.sh
+
+demo-app-down:  ## stop demo-app's environment: what it started, its containers and volumes
+	@bash scripts/demo-app.sh down
 
 chaos: deps image  ## a longer chaos run: make chaos DURATION=600 SEED=42 (default: every fault once)
 	$(PY) -m tests.chaos.harness $(if $(SEED),--seed $(SEED)) $(if $(DURATION),--duration $(DURATION))
