@@ -434,7 +434,7 @@ class Manifest:
         pids_limit, and user, read_only, tmpfs and cap_add when set (a
         manifest without them hashes as before they existed): a container whose
         labelled hash differs runs an old spec and is replaced. Deliberately
-        leaves out replicas, placement, drain, stop_grace and update: changing them
+        leaves out replicas, placement, drain, stop_grace, update and image_pull_secret: changing them
         scales, moves or stops containers differently, but must never replace
         a running one. Computed over the normalised form, so key order and
         defaults written out or omitted give the same hash.
