@@ -297,3 +297,28 @@ def test_a_bad_registry_auth_file_is_a_usage_error_that_does_not_quote_it(tmp_pa
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and "--registry-auth" in lines[0] and target in lines[0], done.stderr
         assert PASSWORD not in done.stderr + done.stdout
+
+
+def test_a_rollout_to_an_image_in_pull_backoff_keeps_the_old_replica_and_says_why() -> None:
+    """During a paced rollout to a private image whose pull failed, the new spec's start waits for the
+    image's back-off, the old spec's replica keeps running, and the status says ImagePullBackOff."""
+    old = Manifest(name="web", image="hello:local", replicas=1, port=5000)
+    new = WEB
+    c = ContainerInfo(
+        "c1", "web-c1", "web", old.spec_hash(), "running", host_port=30000, started_at=WALL - 60
+    )
+    specs = {HOST: {old.spec_hash(): 1, new.spec_hash(): 1}}
+    record = PlacementRecord("web", new.spec_hash(), frozen_map({HOST: 2}), specs=specs)
+    base = HostState(
+        {"web": new},
+        {"web": record},
+        {("web", old.spec_hash()): old},
+        (c,),
+        outcomes=(pull_failed("web", MONO),),
+    )
+    plan = decide_host(base, HostMemory(), Now(MONO, WALL), HostSettings(HOST))
+    assert starts(plan.actions) == []
+    assert not any(type(a).__name__ == "DrainContainer" for a in plan.actions)
+    written = plan.status_writes["web"]
+    assert written is not None
+    assert written.error.startswith(f"{PULL_BACKOFF}: pulling {PRIVATE}"), written.error
