@@ -131,6 +131,11 @@ def test_a_wrong_password_backs_the_image_off_with_the_reason_and_the_host_goes_
         status = operator(cluster, "status", "--json")
         described = operator(cluster, "describe", service_name)
         events = operator(cluster, "events", service_name, "--json")
+        (shown,) = [s for s in json.loads(status.stdout)["services"] if s["name"] == service_name]
+        assert shown["state"] == "Degraded", shown
+        assert any(
+            e.startswith(f"host-1: {PULL_BACKOFF}: ") and "(unauthorized)" in e for e in shown["errors"]
+        ), shown
         assert PULL_BACKOFF in described.stdout and "unauthorized" in described.stdout, described.stdout
         assert "unauthorized" in events.stdout, events.stdout
         logs = "".join(
