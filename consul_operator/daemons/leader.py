@@ -99,7 +99,21 @@ class LeaderElection:
         return time.monotonic() - self._confirmed < self.lease
 
     def _confirm(self, asked: float) -> None:
-        """The lock was seen held by our session in a read sent at monotonic ``asked``."""
+        """The lock was seen held by our session in a read sent at monotonic ``asked``.
+
+        A lease that ran out since the last confirmation was a step down even when
+        `watch_lease` had not looked yet: `is_leader` said False meanwhile, and a pass
+        that ran then did nothing and waits for a wake-up. So it is said and counted,
+        and leading again wakes the scheduler (``on_change``), as after any step down.
+        """
+        if self._leader and not self._lease_valid():
+            log.warning(
+                "leader lease ran out: not confirmed by Consul",
+                host=self.host,
+                lease=self.lease,
+                since=round(time.monotonic() - self._confirmed, 2),
+            )
+            self._set_leader(False)
         self._confirmed = max(self._confirmed, asked)
         self._set_leader(self._lease_valid())
 
