@@ -322,3 +322,36 @@ def test_a_rollout_to_an_image_in_pull_backoff_keeps_the_old_replica_and_says_wh
     written = plan.status_writes["web"]
     assert written is not None
     assert written.error.startswith(f"{PULL_BACKOFF}: pulling {PRIVATE}"), written.error
+
+
+IMAGES = (PRIVATE, "127.0.0.1:5443/team/other:2")
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(("web", "api")), st.sampled_from(IMAGES), st.floats(0, 200)),
+        max_size=12,
+    )
+)
+def test_failed_pulls_back_off_only_their_image_property(failures: list[tuple[str, str, float]]) -> None:
+    """Whatever pulls fail, when: no service's own streak moves, each image's count stays within its
+    failures, its wait within the cap, and a start of an image with no failure is never held."""
+    outcomes = tuple(
+        Outcome("start", s, None, PULL_ERROR, MONO + at, image=i, pull_failed=True)
+        for s, i, at in sorted(failures, key=lambda f: f[2])
+    )
+    manifests = [
+        Manifest(name=s, image=i, replicas=1, port=5000) for s, i in {(s, i) for s, i, _ in failures}
+    ]
+    by_name = {m.name: m for m in manifests}  # one manifest per service name (the last image wins)
+    end = Now(MONO + 201, WALL)
+    plan = decide_host(state(*by_name.values(), outcomes=outcomes), HostMemory(), end, HostSettings(HOST))
+    assert plan.memory.backoffs == {}
+    named = {m.image for m in by_name.values()}
+    for image, pull in plan.memory.pull_backoffs.items():
+        assert image in named
+        assert 1 <= pull.failures <= sum(1 for _, i, _ in failures if i == image)
+        assert pull.retry_at <= MONO + 200 + backoff_delay(pull.failures)
+    held = {i for i, b in plan.memory.pull_backoffs.items() if not b.ready(end.mono)}
+    assert {m.image for m in by_name.values() if m.name in starts(plan.actions)}.isdisjoint(held)
+    assert {m.name for m in by_name.values() if m.image not in held} <= set(starts(plan.actions))
