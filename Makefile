@@ -7,14 +7,15 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
-.PHONY: deps image up down status test check lint unit fuzz integration chaos durations demo bench bench-scale provision-test clean \
+.PHONY: deps image up down status test check lint unit fuzz integration chaos durations demo demo-app demo-app-down bench bench-scale provision-test clean \
         nodes-image nodes-up nodes-down nodes-status
 
 deps:           ## install what is missing: Debian packages, consul, .venv, a running dockerd
 	@bash scripts/deps.sh
 
-image: deps     ## build hello:local and hello:v2 without a registry
+image: deps     ## build hello:local, hello:v2 and the two-tier example's visits-redis:local, visits-web:local without a registry
 	@bash images/hello/build.sh
+	@bash images/visits/build.sh
 
 up: deps image  ## start the local staging environment (127.0.0.11-13)
 	@bash scripts/staging.sh up
@@ -78,6 +79,12 @@ durations:  ## rewrite tests/support/durations.json (the scheduler's longest-fir
 
 demo: up
 	@bash scripts/demo.sh
+
+demo-app: deps image  ## the two-tier example (web app + Redis: template, secret, volume) on its own environment (127.0.0.14-16)
+	@bash scripts/demo-app.sh
+
+demo-app-down:  ## stop demo-app's environment: what it started, its containers and volumes
+	@bash scripts/demo-app.sh down
 
 chaos: deps image  ## a longer chaos run: make chaos DURATION=600 SEED=42 (default: every fault once)
 	$(PY) -m tests.chaos.harness $(if $(SEED),--seed $(SEED)) $(if $(DURATION),--duration $(DURATION))

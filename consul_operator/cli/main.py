@@ -272,6 +272,7 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
         allowed_host_paths=tuple(sorted(set(args.allow_host_path))),
         page_token_file=args.page_token_file,
         runtime_dir=args.runtime_dir,
+        registry_auth=args.registry_auth,
     )
 
 
@@ -487,6 +488,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a directory on a tmpfs where the replicas' secret files are written and mounted from "
         "(default: /run/consul-operator, systemd's RuntimeDirectory)",
     )
+    agent.add_argument(
+        "--registry-auth",
+        metavar="FILE",
+        help="a Docker config.json whose 'auths' pull images of private registries (read by the agent, "
+        "again when it changes; never logged); a manifest's image_pull_secret wins over it",
+    )
     _add_metrics(agent)
     agent.add_argument("--ttl", type=_duration, default=3.0, help="TTL of the agent's liveness check (3s)")
     agent.add_argument(
@@ -699,6 +706,13 @@ def connection_problem(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         for flag, path in zip(("--metrics-tls-cert", "--metrics-tls-key"), pair, strict=True):
             if path is not None and not os.path.isfile(path):
                 return f"{flag} {path}: no such file"
+    if getattr(args, "registry_auth", None) is not None:
+        from consul_operator.adapters.registry_auth import read_registry_auth  # the agent's module
+
+        try:
+            read_registry_auth(args.registry_auth)
+        except ValueError as exc:
+            return f"--registry-auth {exc}"
     if getattr(args, "page_token_file", None) is not None:
         from consul_operator.adapters.metrics import read_page_token  # the daemons' module
 

@@ -105,6 +105,9 @@ MAX_TMPFS_PATH_CHARS: Final = 256
 TMPFS_SIZE: Final = 64 * 1024 * 1024
 """Each ``tmpfs:`` mount's size; what a replica writes there counts against its memory limit."""
 _USER_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,31})?")
+_SECRET_NAME_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+"""A secret's name (``secrets:``, ``image_pull_secret``): the last segment of its KV key, and a file's
+name in `SECRETS_PATH`."""
 _TMPFS_RE: Final = re.compile(r"(?:/[A-Za-z0-9_.-]+)+")
 
 _TOP_FIELDS: Final = (
@@ -131,6 +134,7 @@ _TOP_FIELDS: Final = (
     "secrets",
     "templates",
     "resolved",
+    "image_pull_secret",
 )
 _RESOURCE_FIELDS: Final = ("memory", "cpus")
 _UPDATE_FIELDS: Final = ("max_surge", "max_unavailable", "min_healthy", "deadline", "auto_rollback")
@@ -191,8 +195,6 @@ MAX_SECRET_BYTES: Final = 64 * 1024
 """A secret's value at most (the agent refuses a larger one before it writes the file)."""
 SECRETS_PATH: Final = "/run/secrets"
 """Where a replica finds its secrets, one file each (a tmpfs of the host, read-only; as Swarm's)."""
-_SECRET_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
-"""A secret's name: its file's name in `SECRETS_PATH` and the last segment of its KV key."""
 MAX_RESOLVED_VERSION: Final = 2**63 - 1
 MAX_TEMPLATES: Final = 8
 MAX_TEMPLATE_SOURCE_BYTES: Final = 16 * 1024
@@ -458,6 +460,9 @@ class Manifest:
     secrets: tuple[Secret, ...] = ()  # sorted by name
     templates: tuple[Template, ...] = ()  # sorted by path
     resolved: Resolved = Resolved()  # set by the leader (`resolve.py`), kept in revisions
+    # The secret whose KV value (``secrets/<service>/<name>``: username and password) pulls the image; not in
+    # the spec hash (new credentials replace no container), in the normalised form when set.
+    image_pull_secret: str | None = None
     # The spec hash, worked out once (`spec_hash`): a leader pass asked for it 27,000 times at
     # 1,000 services, a JSON dump and a SHA-256 each (issue 31). Not a field of the manifest.
     _spec: str = field(default="", init=False, repr=False, compare=False, hash=False)
@@ -525,7 +530,7 @@ class Manifest:
         secrets and what the leader resolved of them (each secret's version) when
         set (a manifest without them hashes as before they existed): a container whose
         labelled hash differs runs an old spec and is replaced. Deliberately
-        leaves out replicas, placement, drain, stop_grace and update: changing them
+        leaves out replicas, placement, drain, stop_grace, update and image_pull_secret: changing them
         scales, moves or stops containers differently, but must never replace
         a running one. Computed over the normalised form, so key order and
         defaults written out or omitted give the same hash.
@@ -596,6 +601,7 @@ class Manifest:
             },
             "pids_limit": self.pids_limit,
             **set_privileges,
+            **({"image_pull_secret": self.image_pull_secret} if self.image_pull_secret else {}),
         }
 
 
@@ -654,6 +660,7 @@ def manifest_from_dict(data: object, *, key_name: str | None = None) -> Manifest
             or DEFAULT_PIDS_LIMIT
         )
     user = _check_user(fields.get("user"), problems)
+    image_pull_secret = _check_secret_name(fields.get("image_pull_secret"), "image_pull_secret", problems)
     read_only = fields.get("read_only")
     if read_only is None:
         read_only = False
@@ -701,6 +708,7 @@ def manifest_from_dict(data: object, *, key_name: str | None = None) -> Manifest
         secrets=secrets,
         templates=templates,
         resolved=resolved,
+        image_pull_secret=image_pull_secret,
     )
     size = len(revision_json(manifest))
     if size > MAX_REVISION_BYTES:
@@ -785,10 +793,8 @@ def _check_secrets(
         if fields.get("name") is None:
             problems.append(Problem(f"{where}.name", "required field is missing"))
             continue
-        name = _string(fields["name"], f"{where}.name", problems)
-        if name is not None and not _SECRET_NAME_RE.fullmatch(name):
-            rule = "1-63 letters, digits, '_', '.' and '-', starting with a letter or digit"
-            problems.append(Problem(f"{where}.name", f"must be {rule}, got {_short(name)}"))
+        name = _check_secret_name(fields["name"], f"{where}.name", problems)
+        if name is None:
             continue
         if name in names:
             problems.append(Problem(f"{where}.name", f"{name!r} is listed twice"))
@@ -808,8 +814,6 @@ def _check_secrets(
             if variable is None:
                 continue
             variables.add(variable)
-        if name is None:
-            continue
         names.add(name)
         found.append(Secret(name, variable))
     return tuple(sorted(found, key=lambda s: s.name))
@@ -1095,6 +1099,19 @@ def parse_allowed_host_path(text: str) -> str:
             f"--allow-host-path: {path} may never be mounted (/, /proc, /sys, /dev, a Docker socket)"
         )
     return path
+
+
+def _check_secret_name(value: object, where: str, problems: list[Problem]) -> str | None:
+    """A secret's name (``secrets:``, ``image_pull_secret``): the last segment of its KV key
+    ``secrets/<service>/<name>``, 1-64 letters, digits, '_', '.' and '-', not starting with '.' or '-'."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _SECRET_NAME_RE.fullmatch(value):
+        shown = _short(value) if isinstance(value, str) else _describe(value)
+        rule = "must be a secret's name: 1-64 letters, digits, '_', '.' and '-', not starting with '.' or '-'"
+        problems.append(Problem(where, f"{rule}, got {shown}"))
+        return None
+    return value
 
 
 def _check_user(value: object, problems: list[Problem]) -> str | None:

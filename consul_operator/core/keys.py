@@ -75,7 +75,8 @@ class Layout:
         return f"{self.secrets_prefix}{service}/"
 
     def secret_key(self, service: str, name: str) -> str:
-        """``secrets/<service>/<name>``: one secret's value."""
+        """``secrets/<service>/<name>``: one secret's value (a manifest's ``secrets:`` and
+        ``image_pull_secret`` name them); beside ``services/``, not under the operator's."""
         return f"{self.secrets_prefix}{service}/{name}"
 
     def secret_of(self, key: str) -> tuple[str, str] | None:

@@ -34,6 +34,7 @@ from consul_operator.adapters.host_reads import KVChanged
 from consul_operator.adapters.kv_state import read_rendered, read_secrets, start_watch
 from consul_operator.adapters.metrics import read_page_token
 from consul_operator.adapters.presence import AGENT_SERVICE, Presence
+from consul_operator.adapters.registry_auth import PullAuth
 from consul_operator.adapters.rejoin import rejoin_failed
 from consul_operator.adapters.runtime_files import DEFAULT_RUNTIME_DIR
 from consul_operator.adapters.status_page import status_page
@@ -82,13 +83,15 @@ class AgentConfig:
     allowed_host_paths: tuple[str, ...] = ()  # --allow-host-path: directories a manifest's volumes may mount
     page_token_file: str | None = None  # --page-token-file: the status page's bearer token
     runtime_dir: str | None = DEFAULT_RUNTIME_DIR  # --runtime-dir: a tmpfs for the replicas' secret files
+    registry_auth: str | None = None  # --registry-auth: a Docker config.json with registry credentials
 
 
-EngineFactory = Callable[[AgentConfig], DockerActuator]
-"""Makes the agent's container engine from its configuration (`docker_engine`: the real one)."""
+EngineFactory = Callable[[AgentConfig, PullAuth], DockerActuator]
+"""Makes the agent's container engine from its configuration and whose credentials pull images
+(`docker_engine`: the real one)."""
 
 
-def docker_engine(config: AgentConfig) -> DockerActuator:
+def docker_engine(config: AgentConfig, pull_auth: PullAuth) -> DockerActuator:
     """The Docker engine of ``config.docker_host`` (or ``DOCKER_HOST``, or the local socket)."""
     return DockerActuator(
         connect(config.docker_host),
@@ -97,6 +100,7 @@ def docker_engine(config: AgentConfig) -> DockerActuator:
         advertise=config.advertise,
         allowed_host_paths=config.allowed_host_paths,
         runtime_dir=config.runtime_dir,
+        pull_auth=pull_auth,
     )
 
 
@@ -108,7 +112,8 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
     stop = stop_on_signals()
 
     consul = ConsulClient(config.consul_addr, config.consul_token, tls=config.consul_tls)
-    docker_actuator = engine(config)
+    # Pull secrets from KV, else the --registry-auth file (read again when it changes).
+    docker_actuator = engine(config, PullAuth(consul, config.layout, config.registry_auth))
     try:
         docker_actuator.sweep_files()  # secrets' directories of containers removed while we were away
     except OperatorError as exc:

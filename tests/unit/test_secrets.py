@@ -39,8 +39,8 @@ def problems(extra: str) -> list[str]:
         pytest.param("secrets: {name: a}\n", "secrets: must be a list", id="not-a-list"),
         pytest.param("secrets: [a]\n", "secrets[0]: must be a mapping", id="not-a-mapping"),
         pytest.param("secrets: [{env: A}]\n", "secrets[0].name: required field is missing", id="no-name"),
-        pytest.param("secrets: [{name: ../x}]\n", "secrets[0].name: must be 1-63", id="dot-dot"),
-        pytest.param("secrets: [{name: a/b}]\n", "secrets[0].name: must be 1-63", id="slash"),
+        pytest.param("secrets: [{name: ../x}]\n", "secrets[0].name: must be a secret's name", id="dot-dot"),
+        pytest.param("secrets: [{name: a/b}]\n", "secrets[0].name: must be a secret's name", id="slash"),
         pytest.param("secrets: [{name: a}, {name: a}]\n", "secrets[1].name: 'a' is listed twice", id="twice"),
         pytest.param(
             "secrets: [{name: a, env: 1A}]\n", "secrets[0].env: must be a variable name", id="bad-env"
