@@ -314,7 +314,12 @@ class Nodes:
                 self.cuts.add((other, host, consul_only))
 
     def heal(self) -> None:
-        """Every cut gone."""
-        for host in NODE_HOSTS:
+        """Every cut gone, at once (one command per node, in parallel, as a cut is made: one node
+        after the other took 1-2 s on a loaded machine, a heal in stages the figures counted)."""
+
+        def flush(host: str) -> None:
             self.exec(host, "sh", "-c", f"iptables -t raw -F {CHAIN} 2>/dev/null || true")
+
+        with ThreadPoolExecutor(len(NODE_HOSTS)) as pool:
+            list(pool.map(flush, NODE_HOSTS))
         self.cuts.clear()
