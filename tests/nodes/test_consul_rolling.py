@@ -38,6 +38,22 @@ def autopilot_healthy(nodes: Nodes, through: str) -> bool:
     return bool(health.get("Healthy")) and voters == 3
 
 
+def consul_pid(nodes: Nodes, host: str) -> str:
+    """The main pid of ``host``'s Consul unit."""
+    return nodes.exec(host, "systemctl", "show", "-p", "MainPID", "--value", "consul").strip()
+
+
+def knows_leader(nodes: Nodes, host: str) -> bool:
+    """``host``'s Consul answers, and names a Raft leader."""
+    try:
+        with urllib.request.urlopen(
+            f"http://{nodes.consul_addr(host)}/v1/status/leader", timeout=2
+        ) as response:
+            return bool(json.loads(response.read()))
+    except (OSError, ValueError):
+        return False
+
+
 @pytest.fixture(scope="module")
 def served(node_cluster: Cluster, nodes: Nodes) -> Iterator[str]:
     """A service of two replicas (one per app host) served at the floating address; deleted afterwards."""
@@ -63,12 +79,14 @@ def test_a_rolling_restart_of_the_consul_servers_fails_no_request(
         for host in HOSTS:
             observer = HOSTS[(HOSTS.index(host) + 1) % len(HOSTS)]
             assert autopilot_healthy(nodes, observer), f"autopilot not healthy before restarting {host}"
+            pid = consul_pid(nodes, host)
             started = time.monotonic()
             nodes.exec(host, "systemctl", "restart", "consul")
+            assert consul_pid(nodes, host) != pid, f"{host}'s Consul was not restarted"
             wait_until(
-                lambda o=observer: autopilot_healthy(nodes, o),  # type: ignore[misc]
+                lambda h=host, o=observer: knows_leader(nodes, h) and autopilot_healthy(nodes, o),  # type: ignore[misc]
                 timeout=AUTOPILOT_S,
-                what=f"autopilot healthy after {host}'s Consul restarted",
+                what=f"{host}'s Consul back with a leader, and autopilot healthy",
             )
             took[host] = round(time.monotonic() - started, 1)
         wait_until(lambda: node_cluster.converged(served, 2), timeout=60, what=f"{served} converged again")
