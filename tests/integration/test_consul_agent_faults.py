@@ -63,8 +63,7 @@ def test_a_consul_agent_restart_keeps_every_replica_passing(cluster: Cluster, se
 
 
 def test_a_consul_agent_restart_keeps_every_named_port_passing(cluster: Cluster, service_name: str) -> None:
-    """The same with ``ports: {http: 5000, metrics: 9100}``: the extra ports' TCP checks, restored critical
-    too, are registered again passing with the replicas' own (no registration out for over DIP_BOUND)."""
+    """With ``ports: {http:, metrics:}`` too: the extra ports' TCP checks are registered again passing."""
     ports = {"http": 5000, "metrics": 9100}
     cluster.put(service_name, REPLICAS, port=None, ports=ports, command=TWO_PORTS, health=HEALTH)
     restart_under_load(cluster, service_name, REPLICAS * len(ports))

@@ -432,8 +432,7 @@ def two_port_regs(*, own: str = "passing", metrics: str = "passing") -> list[Reg
 def test_an_extra_port_restored_critical_by_a_consul_restart_is_registered_again(
     registrations: list[Registration], expected: list[tuple[object, ...]]
 ) -> None:
-    """A replica with named ports: each of its registrations (its own, its extra ports') that a restarted
-    Consul restored critical is registered again, passing; the passing ones are left alone."""
+    """Each of a replica's registrations (its own, its extra ports') restored critical is registered again."""
     result = plan(want(TWO_PORTS, 1), [C_TWO], registrations)
     assert summaries(result) == expected
 
