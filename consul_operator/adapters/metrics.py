@@ -40,6 +40,7 @@ ERROR_REASONS = (
     "docker_error",
     "not_leader",
     "permission_denied",
+    "work_pending",
     "internal",
 )
 ACTIONS = ("start", "drain", "remove_dead", "register", "deregister")

@@ -259,6 +259,7 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
         allowed_caps=frozenset().union(*args.allow_cap),
         allowed_host_paths=tuple(sorted(set(args.allow_host_path))),
         page_token_file=args.page_token_file,
+        reads_work=not args.read_placements,
     )
 
 
@@ -466,6 +467,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="a directory whose subdirectories a manifest's volumes may mount (host_path); repeatable "
         "(default: none). Never /, /proc, /sys, /dev or a Docker socket or a directory above one",
+    )
+    agent.add_argument(
+        "--read-placements",
+        action="store_true",
+        default=os.environ.get("OPERATOR_READ_PLACEMENTS") == "1",
+        help="for rolling upgrades only: read every manifest and placement as agents before work keys "
+        "did, instead of this host's work key (also OPERATOR_READ_PLACEMENTS=1)",
     )
     _add_metrics(agent)
     agent.add_argument("--ttl", type=_duration, default=3.0, help="TTL of the agent's liveness check (3s)")

@@ -47,6 +47,11 @@ class ImageNotFound(DockerError):
     """The image is neither present locally nor pullable."""
 
 
+class WorkPending(OperatorError):
+    """A host has no current work key to act on yet (none, or one of an older leader's session),
+    and no earlier one this run: its pass decides nothing, so what runs keeps running."""
+
+
 class NotLeader(OperatorError):
     """A fenced write failed: this agent no longer holds the leader lock."""
 
