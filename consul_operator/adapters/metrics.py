@@ -167,6 +167,10 @@ container_actions = Counter(
     ["action", "result"],
 )
 is_leader = Gauge("operator_is_leader", "1 while this agent holds the leader lock.", ["host"])
+agents_reading_placements = Gauge(
+    "operator_agents_reading_placements",
+    "Live agents from before work keys (no reads-work meta): a rolling upgrade is not done while above 0.",
+)
 leader_changes = Counter("operator_leader_changes_total", "Times this agent gained or lost the leader lock.")
 agent_registrations = Counter(
     "operator_agent_registrations_total",

@@ -280,6 +280,16 @@ def hosts_of(registrations: Iterable[ServiceInstance]) -> dict[str, tuple[bool, 
     return hosts
 
 
+def placement_readers(registrations: Iterable[ServiceInstance]) -> frozenset[str]:
+    """The live hosts whose agent does not advertise ``reads-work`` (`META_READS_WORK`): agents from
+    before work keys, which run from every manifest and placement (a rolling upgrade under way)."""
+    return frozenset(
+        inst.meta.get(META_HOST, "")
+        for inst in registrations
+        if inst.status == "passing" and inst.meta.get(META_READS_WORK) != "1"
+    )
+
+
 def capacity_meta(capacity: Resources) -> dict[str, str]:
     """The agent's meta advertising its capacity: ``capacity-memory: 7680Mi``, ``capacity-cpus: 1.8``."""
     return {
