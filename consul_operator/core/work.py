@@ -18,6 +18,11 @@ agree (a torn set, or one written under an older leader session, means
 "keep what runs"). A new leader rebuilds every host's work from one full
 read before it writes any (`work_writes` with what it read as ``written``):
 its session differs from every record's, so every host is written again.
+
+The host side: `current_work` reads a host's shards back when they are
+current (all there, one digest, the lock holder's session), `specs_wanted`
+names the revisions they run, and `work_view` turns them into the
+manifests and placements `host_plan.host_desires` takes.
 """
 
 from __future__ import annotations
