@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from consul_operator.core.desired_state import (
@@ -141,14 +141,28 @@ class WrittenWork:
 
 
 def host_work(
-    placements: Mapping[str, PlacementRecord], manifests: Mapping[str, Manifest | ManifestError]
+    placements: Mapping[str, PlacementRecord],
+    manifests: Mapping[str, Manifest | ManifestError],
+    hosts: Iterable[str] = (),
 ) -> dict[str, dict[str, WorkEntry]]:
-    """Every host's work from the placements: host -> service -> entry (hosts with replicas only).
+    """Every host's work from the placements: host -> service -> entry (hosts with replicas, and
+    ``hosts`` with an invalid manifest's entry).
 
     A service without a manifest has no work anywhere (its replicas drain);
-    an invalid manifest's entry carries its first problem (the host holds).
+    an invalid manifest's entry carries its first problem (the host holds),
+    on every one of ``hosts`` (the registered agents) too, with a count of
+    0 where nothing of it is placed: every host reports an invalid manifest,
+    as every host did when each read every manifest.
     """
     work: dict[str, dict[str, WorkEntry]] = {}
+    for name, invalid in manifests.items():
+        if isinstance(invalid, ManifestError):
+            first = str(invalid.problems[0]) if invalid.problems else "invalid"
+            problem = bounded_text(first, MAX_WORK_ERROR_BYTES)
+            placed = placements.get(name)
+            spec = placed.spec_hash if placed is not None else ""
+            for host in hosts:
+                work.setdefault(host, {})[name] = WorkEntry(spec, 0, invalid=problem)
     for name, record in placements.items():
         manifest = manifests.get(name)
         if manifest is None:

@@ -11,12 +11,12 @@ from hypothesis import strategies as st
 
 from consul_operator.adapters.consul_client import KVEntry
 from consul_operator.adapters.host_reads import KVChanged, WorkKVReader
-from consul_operator.core.desired_state import Manifest, ManifestError, revision_json
+from consul_operator.core.desired_state import Manifest, ManifestError, parse_manifest, revision_json
 from consul_operator.core.errors import WorkPending
 from consul_operator.core.host_plan import host_desires
 from consul_operator.core.keys import Layout
 from consul_operator.core.records import Hold, LeaderRecord
-from consul_operator.core.work import WorkEntry, current_work, work_records, work_view
+from consul_operator.core.work import WorkEntry, current_work, host_work, work_records, work_view
 from tests.unit.test_executor import HOST, FakeConsul
 
 LAYOUT = Layout()
@@ -217,3 +217,14 @@ def test_a_revision_not_kept_holds_the_service() -> None:
     desire = host_desires(HOST, *read.read())["web"]
     assert (desire.manifest, desire.hold) == (None, Hold.INVALID)
     assert isinstance(read.read()[0]["web"], ManifestError)
+
+
+def test_every_host_holds_and_reports_an_invalid_manifest_placed_nowhere() -> None:
+    """An invalid manifest is in every registered host's work (count 0): each holds it and says why."""
+    with pytest.raises(ManifestError) as caught:
+        parse_manifest(b"name: [broken\n", key_name="bad")
+    work = host_work({}, {"bad": caught.value}, ["h1", "h2"])
+    assert set(work) == {"h1", "h2"}
+    assert work["h1"]["bad"].count == 0 and "YAML" in work["h1"]["bad"].invalid
+    desire = host_desires("h1", *work_view("h1", work["h1"], {}))["bad"]
+    assert desire.hold == Hold.INVALID and str(desire.error).startswith("Invalid: ")
