@@ -15,6 +15,7 @@ import sys
 
 from bench.sim_engine import SimulatedDockerActuator
 from consul_operator.adapters.logs import configure as configure_logs
+from consul_operator.adapters.registry_auth import PullAuth
 from consul_operator.cli.main import agent_config, build_parser
 from consul_operator.daemons.agent import AgentConfig, run_agent
 
@@ -26,7 +27,7 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(["agent", *rest])
     configure_logs(args.log_level, json=True, daemon="agent", host=args.host)
 
-    def engine(config: AgentConfig) -> SimulatedDockerActuator:
+    def engine(config: AgentConfig, _pull_auth: PullAuth) -> SimulatedDockerActuator:
         return SimulatedDockerActuator(
             cluster=config.cluster,
             host=config.host,

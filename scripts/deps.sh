@@ -3,7 +3,9 @@
 #
 #   Debian packages  docker.io nginx busybox-static iproute2 curl prometheus ruby
 #                    debootstrap (the node image of scripts/nodes.sh), chromium
-#                    (headless: the status page's browser test)
+#                    (headless: the status page's browser test), docker-registry,
+#                    apache2-utils and openssl (the private registry tests), redis-server
+#                    and python3 (the two-tier example's images: images/visits/)
 #   consul           Debian 11's package, fetched through a private apt source
 #                    list (never added to the system's sources) and unpacked
 #   .venv            the package, editable, with its test extras
@@ -50,6 +52,11 @@ declare -A PKG_FILE=(
   [ruby]=/usr/bin/ruby
   [debootstrap]=/usr/sbin/debootstrap
   [chromium]=/usr/bin/chromium  # headless: tests/integration/test_events.py loads the status page in it
+  [docker-registry]=/usr/bin/docker-registry  # a private registry the tests start (tests/support/registry.py)
+  [apache2-utils]=/usr/bin/htpasswd  # its users' passwords (htpasswd -B)
+  [openssl]=/usr/bin/openssl  # its self-signed certificate
+  [redis-server]=/usr/bin/redis-server  # copied into visits-redis:local (images/visits/build.sh)
+  [python3]=/usr/bin/python3  # Debian's, copied into visits-web:local
 )
 # installed PACKAGE: its file exists, or (for a package of DEPS_PACKAGES not in
 # the table) dpkg knows it as installed.

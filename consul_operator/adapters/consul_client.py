@@ -714,15 +714,24 @@ class ConsulClient:
     # --- sessions -------------------------------------------------------------
 
     def session_create(
-        self, name: str, *, checks: Sequence[str], lock_delay: float, behavior: str = "release"
+        self,
+        name: str,
+        *,
+        checks: Sequence[str],
+        lock_delay: float,
+        behavior: str = "release",
+        ttl: float | None = None,
     ) -> str:
-        """Create a session on the local node tied to ``checks``; returns its id."""
+        """Create a session on the local node tied to ``checks`` (and, with ``ttl``, to its renewal
+        within it: Consul's minimum is 10 s, and it ends the session up to twice that late); its id."""
         body = {
             "Name": name,
             "Checks": list(checks),
             "LockDelay": _go_duration(lock_delay) if lock_delay > 0 else "0s",
             "Behavior": behavior,
         }
+        if ttl is not None:
+            body["TTL"] = _go_duration(ttl)
         with _wrapped("creating a session"):
             result = self._client.http.put(
                 CB.json(),
@@ -731,6 +740,21 @@ class ConsulClient:
                 headers=self._client.prepare_headers(),
             )
         return str(result["ID"])
+
+    def session_renew(self, session: str) -> bool:
+        """Renew a session's TTL; False when Consul no longer knows it (it ended)."""
+        path = f"/v1/session/renew/{urllib.parse.quote(session, safe='')}"
+        with _wrapped("renewing a session"):
+            response = self._client.http.put(lambda r: r, path, headers=self._client.prepare_headers())
+        code = int(response.code)
+        if code == 404:
+            return False
+        if code >= 400:
+            metrics.consul_errors.inc()
+            raise ConsulError(
+                f"Consul refused renewing a session (HTTP {code}): {str(response.body)[:300]}", status=code
+            )
+        return True
 
     def session_destroy(self, session: str) -> None:
         """Invalidate a session, releasing its locks at once."""

@@ -121,8 +121,14 @@ class LeaderLock(Protocol):
         """Write only while ``session`` holds ``lock_key``, else `NotLeader` (`ConsulClient.fenced_write`)."""
         ...
 
-    def session_create(self, name: str, /, *, checks: Sequence[str], lock_delay: float) -> str:
-        """A new session tied to ``checks`` (`ConsulClient.session_create`)."""
+    def session_create(
+        self, name: str, /, *, checks: Sequence[str], lock_delay: float, ttl: float | None = None
+    ) -> str:
+        """A new session tied to ``checks`` and renewed within ``ttl`` (`ConsulClient.session_create`)."""
+        ...
+
+    def session_renew(self, session: str, /) -> bool:
+        """Renew a session's TTL; False once it ended (`ConsulClient.session_renew`)."""
         ...
 
     def session_destroy(self, session: str, /) -> None:

@@ -9,21 +9,39 @@ whether the address is on one of the host's interfaces, sets
 ``operator_lb_floating_address_held`` and, on a change, registers again with
 the new meta and logs it. `operator status` reads the registrations
 (`read_lbs`).
+
+A registration reaches the catalog through the local Consul agent's
+anti-entropy. When that sync fails (the agent's server was cut off, as in a
+partition that moved the address here), Consul retries it only at its next
+full sync, up to a minute later, and `operator status` would show no active
+LB meanwhile. So after each registration this module reads the catalog until
+it shows what was registered, and registers again (which makes the agent sync
+again) every `CONFIRM_AGAIN` seconds until it does.
 """
 
 from __future__ import annotations
 
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import structlog
 
 from consul_operator.adapters import metrics
-from consul_operator.adapters.consul_client import ConsulClient
+from consul_operator.adapters.consul_client import ConsulClient, Indexed
 from consul_operator.core.errors import ConsulError
-from consul_operator.core.floating import LB_SERVICE, LBHost, addresses_in, lb_hosts, lb_meta, lb_service_id
+from consul_operator.core.floating import (
+    LB_SERVICE,
+    META_HOLDS,
+    LBHost,
+    addresses_in,
+    lb_hosts,
+    lb_meta,
+    lb_service_id,
+)
+from consul_operator.core.model import ServiceInstance
 
 log = structlog.get_logger()
 
@@ -32,6 +50,8 @@ POLL = 0.5
 TTL = 10.0
 """The registration's TTL check: a stopped LB shows as down this long after its last beat."""
 IP_COMMAND = ("ip", "-j", "addr", "show")
+CONFIRM_AGAIN = 2.0
+"""Seconds a registration may stay unseen in the catalog before it is made again."""
 
 
 def local_addresses() -> frozenset[str]:
@@ -50,6 +70,10 @@ class Registrar(Protocol):
 
     def check_pass(self, check_id: str, note: str = "", *, timeout: float | None = None) -> None: ...
 
+    def agent_node_name(self) -> str: ...
+
+    def health_service(self, service: str) -> Indexed[list[ServiceInstance]]: ...
+
 
 class LBPresence:
     """Registers this load balancer, keeps its TTL check passing, and follows the floating address."""
@@ -64,6 +88,7 @@ class LBPresence:
         addresses: Callable[[], frozenset[str]] = local_addresses,
         ttl: float = TTL,
         poll: float = POLL,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.consul = consul
         self.cluster = cluster
@@ -72,10 +97,14 @@ class LBPresence:
         self.addresses = addresses
         self.ttl = ttl
         self.poll = poll
+        self.clock = clock
         self.service_id = lb_service_id(cluster, listen)
         self.holds: bool | None = None  # None: not looked yet (or `ip` failed so far)
         self._registered: bool | None = None  # the holds registered, None: not registered
         self._failing: set[str] = set()  # what failed last time ("ip", "consul"): logged once, not every poll
+        self._node: str | None = None  # our Consul node, asked once
+        self._registered_at = -float("inf")  # monotonic time of the last registration
+        self._confirmed = True  # the catalog shows the last registration's holds
 
     def look(self) -> bool | None:
         """Whether this host holds the floating address now (None without one, or when ``ip`` fails)."""
@@ -117,6 +146,27 @@ class LBPresence:
             timeout=self.ttl / 3,
         )
         self._registered = holds
+        self._registered_at = self.clock()
+        self._confirmed = not self.floating  # without a floating address there is nothing to follow
+
+    def confirm(self) -> None:
+        """Until the catalog shows the registered ``holds``: look, and register again when it lags."""
+        if self._confirmed or self._registered is None:
+            return
+        if self._node is None:
+            self._node = self.consul.agent_node_name()
+        mine = [
+            i
+            for i in self.consul.health_service(LB_SERVICE).value
+            if i.node == self._node and i.service_id == self.service_id
+        ]
+        want = "true" if self._registered else "false"
+        if mine and mine[0].meta.get(META_HOLDS) == want:
+            self._confirmed = True
+            return
+        if self.clock() - self._registered_at >= CONFIRM_AGAIN:
+            log.info("the catalog lags this load balancer's registration; registering again", holds=want)
+            self.register()
 
     def step(self, *, beat: bool) -> None:
         """One look; register again when what we hold changed (or we are not registered), else beat."""
@@ -126,6 +176,7 @@ class LBPresence:
                 self.register()
             elif beat:
                 self.consul.check_pass(f"{self.service_id}-ttl", timeout=self.ttl / 3)
+            self.confirm()
         except ConsulError as exc:
             # The local agent lost the registration (restarted without its data) or is away.
             self._registered = None

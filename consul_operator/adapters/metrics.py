@@ -30,6 +30,7 @@ from consul_operator.adapters.health import HEALTH
 from consul_operator.adapters.http_pool import DROP_REASONS, REQUEST_TIMEOUT, PooledHTTPServer
 from consul_operator.core.errors import REFUSAL_REASONS
 from consul_operator.core.events import REASONS as EVENT_REASONS
+from consul_operator.core.registry import PULL_REASONS
 
 # Fixed label values, pre-created below so that a rate() over them starts at 0.
 LOOPS = ("schedule", "host", "lb")
@@ -165,6 +166,14 @@ container_actions = Counter(
     "operator_container_actions_total",
     "Container and registration actions, by result.",
     ["action", "result"],
+)
+PULL_RESULTS = ("ok", *PULL_REASONS)
+image_pulls = Counter(
+    "operator_image_pulls_total",
+    "Image pulls an agent asked of its engine, by result: ok, or why it failed: unauthorized (the "
+    "registry refused the credentials), not_found, tls, unreachable, timeout (longer than the pull's "
+    "bound), secret (the manifest's image_pull_secret cannot be read), error.",
+    ["result"],
 )
 is_leader = Gauge("operator_is_leader", "1 while this agent holds the leader lock.", ["host"])
 agents_reading_placements = Gauge(
@@ -312,6 +321,8 @@ for _loop in LOOPS:
 for _action in ACTIONS:
     for _result in RESULTS:
         container_actions.labels(_action, _result)
+for _result in PULL_RESULTS:
+    image_pulls.labels(_result)
 
 
 PageFn = Callable[[bool], str]

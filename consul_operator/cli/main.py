@@ -260,6 +260,7 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
         allowed_host_paths=tuple(sorted(set(args.allow_host_path))),
         page_token_file=args.page_token_file,
         reads_work=not args.read_placements,
+        registry_auth=args.registry_auth,
     )
 
 
@@ -475,6 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="for rolling upgrades only: read every manifest and placement as agents before work keys "
         "did, instead of this host's work key (also OPERATOR_READ_PLACEMENTS=1)",
     )
+    agent.add_argument(
+        "--registry-auth",
+        metavar="FILE",
+        help="a Docker config.json whose 'auths' pull images of private registries (read by the agent, "
+        "again when it changes; never logged); a manifest's image_pull_secret wins over it",
+    )
     _add_metrics(agent)
     agent.add_argument("--ttl", type=_duration, default=3.0, help="TTL of the agent's liveness check (3s)")
     agent.add_argument(
@@ -687,6 +694,13 @@ def connection_problem(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         for flag, path in zip(("--metrics-tls-cert", "--metrics-tls-key"), pair, strict=True):
             if path is not None and not os.path.isfile(path):
                 return f"{flag} {path}: no such file"
+    if getattr(args, "registry_auth", None) is not None:
+        from consul_operator.adapters.registry_auth import read_registry_auth  # the agent's module
+
+        try:
+            read_registry_auth(args.registry_auth)
+        except ValueError as exc:
+            return f"--registry-auth {exc}"
     if getattr(args, "page_token_file", None) is not None:
         from consul_operator.adapters.metrics import read_page_token  # the daemons' module
 

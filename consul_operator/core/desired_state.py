@@ -104,6 +104,7 @@ MAX_TMPFS_PATH_CHARS: Final = 256
 TMPFS_SIZE: Final = 64 * 1024 * 1024
 """Each ``tmpfs:`` mount's size; what a replica writes there counts against its memory limit."""
 _USER_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,31})?")
+_SECRET_NAME_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 _TMPFS_RE: Final = re.compile(r"(?:/[A-Za-z0-9_.-]+)+")
 
 _TOP_FIELDS: Final = (
@@ -127,6 +128,7 @@ _TOP_FIELDS: Final = (
     "ports",
     "lb_port",
     "volumes",
+    "image_pull_secret",
 )
 _RESOURCE_FIELDS: Final = ("memory", "cpus")
 _UPDATE_FIELDS: Final = ("max_surge", "max_unavailable", "min_healthy", "deadline", "auto_rollback")
@@ -374,6 +376,9 @@ class Manifest:
     ports: tuple[tuple[str, int], ...] = ()
     lb_port: str | None = None
     volumes: tuple[Volume, ...] = ()  # sorted by path
+    # The secret whose KV value (``secrets/<service>/<name>``: username and password) pulls the image; not in
+    # the spec hash (new credentials replace no container), in the normalised form when set.
+    image_pull_secret: str | None = None
     # The spec hash, worked out once (`spec_hash`): a leader pass asked for it 27,000 times at
     # 1,000 services, a JSON dump and a SHA-256 each (issue 31). Not a field of the manifest.
     _spec: str = field(default="", init=False, repr=False, compare=False, hash=False)
@@ -429,7 +434,7 @@ class Manifest:
         pids_limit, and user, read_only, tmpfs and cap_add when set (a
         manifest without them hashes as before they existed): a container whose
         labelled hash differs runs an old spec and is replaced. Deliberately
-        leaves out replicas, placement, drain, stop_grace and update: changing them
+        leaves out replicas, placement, drain, stop_grace, update and image_pull_secret: changing them
         scales, moves or stops containers differently, but must never replace
         a running one. Computed over the normalised form, so key order and
         defaults written out or omitted give the same hash.
@@ -497,6 +502,7 @@ class Manifest:
             },
             "pids_limit": self.pids_limit,
             **set_privileges,
+            **({"image_pull_secret": self.image_pull_secret} if self.image_pull_secret else {}),
         }
 
 
@@ -555,6 +561,7 @@ def manifest_from_dict(data: object, *, key_name: str | None = None) -> Manifest
             or DEFAULT_PIDS_LIMIT
         )
     user = _check_user(fields.get("user"), problems)
+    image_pull_secret = _check_secret_name(fields.get("image_pull_secret"), "image_pull_secret", problems)
     read_only = fields.get("read_only")
     if read_only is None:
         read_only = False
@@ -593,6 +600,7 @@ def manifest_from_dict(data: object, *, key_name: str | None = None) -> Manifest
         ports=ports,
         lb_port=lb_port,
         volumes=volumes,
+        image_pull_secret=image_pull_secret,
     )
     size = len(revision_json(manifest))
     if size > MAX_REVISION_BYTES:
@@ -804,6 +812,19 @@ def parse_allowed_host_path(text: str) -> str:
             f"--allow-host-path: {path} may never be mounted (/, /proc, /sys, /dev, a Docker socket)"
         )
     return path
+
+
+def _check_secret_name(value: object, where: str, problems: list[Problem]) -> str | None:
+    """A secret's name (``image_pull_secret``): the last segment of its KV key ``secrets/<service>/<name>``,
+    1-64 letters, digits, '_', '.' and '-', not starting with '.' or '-'."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _SECRET_NAME_RE.fullmatch(value):
+        shown = _short(value) if isinstance(value, str) else _describe(value)
+        rule = "must be a secret's name: 1-64 letters, digits, '_', '.' and '-', not starting with '.' or '-'"
+        problems.append(Problem(where, f"{rule}, got {shown}"))
+        return None
+    return value
 
 
 def _check_user(value: object, problems: list[Problem]) -> str | None:

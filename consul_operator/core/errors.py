@@ -52,6 +52,18 @@ class WorkPending(OperatorError):
     and no earlier one this run: its pass decides nothing, so what runs keeps running."""
 
 
+class ImagePullFailed(ImageNotFound):
+    """A pull failed (refused, unreachable, too slow, no usable credentials): its ``image`` backs off.
+
+    ``reason`` is one of `registry.PULL_REASONS`; the message never holds a credential.
+    """
+
+    def __init__(self, message: str, *, image: str, reason: str) -> None:
+        super().__init__(message)
+        self.image = image
+        self.reason = reason
+
+
 class NotLeader(OperatorError):
     """A fenced write failed: this agent no longer holds the leader lock."""
 

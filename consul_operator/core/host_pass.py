@@ -14,11 +14,16 @@ One pass:
 
 1. **Outcomes** (`model.Outcome`, from the executor): a failed start backs
    its service off (`Backoff`, 1 s doubling to 60 s), unless the Docker
-   engine was away; a failed action backs off by its `action_key`, and a
-   success clears that key.
+   engine was away; a start that failed pulling its image backs the *image*
+   off instead (``pull_backoffs``, as the kubelet's ``ImagePullBackOff``):
+   every start of that image on this host waits, whatever service, and the
+   starts that waited for one failed pull count it once; a start of the
+   image that succeeds clears it. A failed action backs off by its
+   `action_key`, and a success clears that key.
 2. **Forgetting**: the back-offs of actions on containers and registrations
-   no longer there; a service's streak ends once a container of its failing
-   spec has run `host_plan.MIN_RUN_SECONDS` (`ends_streak`).
+   no longer there, and of images no manifest or kept revision names; a
+   service's streak ends once a container of its failing spec has run
+   `host_plan.MIN_RUN_SECONDS` (`ends_streak`).
 3. **Actions**: `host_plan.host_desires` and `host_plan.plan_host` (its
    module doc says how), with the actions still held by their back-off left
    out. A crash is counted once per container, when the plan first removes
@@ -69,6 +74,7 @@ from consul_operator.core.records import (
     StatusRecord,
     frozen_map,
 )
+from consul_operator.core.registry import PULL_BACKOFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +122,8 @@ class HostMemory:
     """Per service: its failed starts and crashes in a row."""
     action_backoffs: Mapping[str, Backoff] = field(default_factory=dict)
     """Per action key (`action_key`): the failures in a row of that action."""
+    pull_backoffs: Mapping[str, Backoff] = field(default_factory=dict)
+    """Per image: its failed pulls in a row (every service's starts of it wait)."""
     ended: frozenset[str] = frozenset()
     """Container ids the plan has removed as ended: their crash is counted, their event recorded."""
     written: Mapping[str, StatusRecord] = field(default_factory=dict)
@@ -160,7 +168,10 @@ class HostPlan:
 def decide_host(state: HostState, memory: HostMemory, now: Now, settings: HostSettings) -> HostPlan:
     """The host pass over ``state`` (see the module doc): actions, status writes, events, metrics."""
     containers = state.containers
-    backoffs, action_backoffs = _fold_outcomes(memory, state.outcomes)
+    backoffs, action_backoffs, pulls = _fold_outcomes(memory, state.outcomes)
+    named = {m.image for m in state.manifests.values() if isinstance(m, Manifest)}
+    named |= {m.image for m in state.revisions.values()}
+    pulls = {image: b for image, b in pulls.items() if image in named}
     present = {c.id for c in containers} | {c.name for c in containers}
     present |= {r.service_id for r in state.registrations}
     action_backoffs = {k: b for k, b in action_backoffs.items() if action_subject(k) in present}
@@ -180,7 +191,15 @@ def decide_host(state: HostState, memory: HostMemory, now: Now, settings: HostSe
     held = MappingProxyType({k: b.retry_at for k, b in action_backoffs.items()})
     inflight = dataclasses.replace(state.inflight, held_until=held)
     decided = plan_host(
-        desires, containers, state.registrations, inflight, backoffs, now.wall, mono=now.mono, counted=ended
+        desires,
+        containers,
+        state.registrations,
+        inflight,
+        backoffs,
+        now.wall,
+        mono=now.mono,
+        counted=ended,
+        pull_backoffs=pulls,
     )
     backoffs.update(decided.counted)
     removed = [a for a in decided.actions if isinstance(a, RemoveDead) and a.container.id not in ended]
@@ -189,7 +208,7 @@ def decide_host(state: HostState, memory: HostMemory, now: Now, settings: HostSe
     wanted = _status_records(decided.reports, containers, now.wall, settings)
     writes, written = _status_diff(wanted, state.statuses, memory.written)
     gauges = {
-        service: Gauges(report.running, report.healthy, backoffs.get(service, Backoff()).failures)
+        service: Gauges(report.running, report.healthy, _failures(service, backoffs, pulls, state.manifests))
         for report in decided.reports
         if (service := report.service) in wanted
     }
@@ -204,6 +223,7 @@ def decide_host(state: HostState, memory: HostMemory, now: Now, settings: HostSe
         memory=HostMemory(
             backoffs=backoffs,
             action_backoffs=action_backoffs,
+            pull_backoffs=pulls,
             ended=ended | {r.container.id for r in removed},
             written=written,
             refused_passes=memory.refused_passes,
@@ -257,11 +277,21 @@ def status_services(
 
 def _fold_outcomes(
     memory: HostMemory, outcomes: Sequence[Outcome]
-) -> tuple[dict[str, Backoff], dict[str, Backoff]]:
-    """The per-service and per-action back-offs after ``outcomes``."""
+) -> tuple[dict[str, Backoff], dict[str, Backoff], dict[str, Backoff]]:
+    """The per-service, per-action and per-image back-offs after ``outcomes``."""
     backoffs, actions = dict(memory.backoffs), dict(memory.action_backoffs)
+    pulls = dict(memory.pull_backoffs)
     for outcome in outcomes:
-        if outcome.kind == "start" and outcome.error and not outcome.engine_away:
+        if outcome.kind == "start" and outcome.pull_failed:
+            previous = pulls.get(outcome.image, Backoff())
+            # Starts that waited for one pull end with it: a failure while the image's back-off
+            # still holds is that same pull, seen by another start (no start began since).
+            if previous.ready(outcome.at):
+                error = f"{PULL_BACKOFF}: {outcome.error}"
+                pulls[outcome.image] = backoff_after_failure(previous, outcome.at, error)
+        elif outcome.kind == "start" and not outcome.error:
+            pulls.pop(outcome.image, None)
+        elif outcome.kind == "start" and outcome.error and not outcome.engine_away:
             # The engine away is not the service failing: the pass retries on the loop's own
             # back-off (its listing fails too); a streak grown during a 10 s engine restart
             # held every start for a minute after the engine was back (chaos seed 42).
@@ -275,7 +305,19 @@ def _fold_outcomes(
             actions[outcome.key] = backoff_after_failure(previous, outcome.at, outcome.error)
         else:
             actions.pop(outcome.key, None)
-    return backoffs, actions
+    return backoffs, actions, pulls
+
+
+def _failures(
+    service: str,
+    backoffs: Mapping[str, Backoff],
+    pulls: Mapping[str, Backoff],
+    manifests: Mapping[str, Manifest | ManifestError],
+) -> int:
+    """``operator_consecutive_failures``: the service's streak, or its image's failed pulls if more."""
+    manifest = manifests.get(service)
+    pulled = pulls.get(manifest.image, Backoff()) if isinstance(manifest, Manifest) else Backoff()
+    return max(backoffs.get(service, Backoff()).failures, pulled.failures)
 
 
 def _ended_event(removal: RemoveDead, backoff: Backoff, mono: float) -> Occurred | None:

@@ -293,6 +293,7 @@ def plan_host(
     *,
     mono: float,
     counted: frozenset[str] = frozenset(),
+    pull_backoffs: Mapping[str, Backoff] = MappingProxyType({}),
 ) -> HostActions:
     """The actions that bring ``host`` to its desires, one report per service (module doc).
 
@@ -302,6 +303,7 @@ def plan_host(
     agent's monotonic time (for ``backoffs`` and ``inflight.held_until``).
     ``counted``: the dead containers whose crash ``backoffs`` hold already (a
     removal that failed is planned again, and its crash must not count twice).
+    ``pull_backoffs``: per image, its failed pulls: no start of it until that back-off ends.
     """
     busy = inflight.busy_containers
     idle = sorted((c for c in containers if c.id not in busy), key=lambda c: (c.name, c.id))
@@ -322,7 +324,8 @@ def plan_host(
             backoff = backoffs.get(service, Backoff())
             if any(ends_streak(backoff, c, now) for c in mine):
                 backoff = Backoff()  # a long enough run: the streak is over (the agent forgets it too)
-            _plan_valid(plan, desire, desire.manifest, mine, registrations, inflight, backoff, mono)
+            pulls = _Pulls(pull_backoffs)
+            _plan_valid(plan, desire, desire.manifest, mine, registrations, inflight, backoff, mono, pulls)
     plan.actions.extend(_deregistrations(plan, desires, containers, registrations, inflight))
     actions = _not_held(plan, inflight.held_until, mono)
     counted_now = MappingProxyType(plan.counted)
@@ -369,10 +372,11 @@ def _plan_valid(
     inflight: InFlight,
     backoff: Backoff,
     mono: float,
+    pulls: _Pulls,
 ) -> None:
     """A service with a valid manifest: remove dead, start missing, drain surplus, register."""
     if desire.specs:
-        _plan_specs(plan, desire, manifest, containers, registrations, inflight, backoff, mono)
+        _plan_specs(plan, desire, manifest, containers, registrations, inflight, backoff, mono, pulls)
         return
     spec = manifest.spec_hash()
     want = desire.count
@@ -389,6 +393,7 @@ def _plan_valid(
     plan.actions.extend(removals)
     plan.actions.extend(_drain(c, manifest, REASON_SCALE_DOWN) for c in surplus)
     plan.actions.extend(_drain(c, manifest, REASON_SPEC_CHANGED) for c in stale)
+    backoff = pulls.holding(backoff, manifest.image, mono) if missing else backoff
     if missing and backoff.ready(mono):
         plan.actions.extend(_starts(plan, manifest, missing, want))
     elif missing:
@@ -413,6 +418,7 @@ def _plan_specs(
     inflight: InFlight,
     backoff: Backoff,
     mono: float,
+    pulls: _Pulls,
 ) -> None:
     """A service in a rollout: per spec, exactly the leader's count (starts and drains are paced there).
 
@@ -440,10 +446,15 @@ def _plan_specs(
         plan.handled.update(c.name for c in surplus)
         pending = inflight.pending_spec_starts.get(f"{desire.service}/{spec}", 0)
         missing = max(0, want - len(mine) - pending)
-        if missing and spec_manifest is not None and backoff.ready(mono):
+        held = backoff
+        if missing and spec_manifest is not None:
+            held = pulls.holding(backoff, spec_manifest.image, mono)
+            if held is not backoff:
+                errors.append(_backoff_error(held, mono))
+        if missing and spec_manifest is not None and held.ready(mono):
             plan.actions.extend(_starts(plan, spec_manifest, missing, sum(desire.specs.values())))
         elif missing:
-            plan.wake(backoff.retry_at)
+            plan.wake(held.retry_at)
         drained = {c.id for c in surplus}
         _plan_registrations(plan, timings, [c for c in mine if c.id not in drained], registrations, inflight)
     error = desire.error or ("" if backoff.ready(mono) else _backoff_error(backoff, mono))
@@ -452,6 +463,21 @@ def _plan_specs(
     plan.reports.append(
         _report(desire.service, want_total, containers, registrations, manifest.spec_hash(), error)
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Pulls:
+    """The images' pull back-offs (`host_pass.HostMemory.pull_backoffs`)."""
+
+    backoffs: Mapping[str, Backoff]
+
+    def holding(self, backoff: Backoff, image: str, mono: float) -> Backoff:
+        """What holds a start of ``image``: the image's pull back-off when it ends later than the service's
+        ``backoff`` (its error then says ``ImagePullBackOff``), else ``backoff``."""
+        pull = self.backoffs.get(image)
+        if pull is not None and not pull.ready(mono) and pull.retry_at > backoff.retry_at:
+            return pull
+        return backoff
 
 
 def _count_crashes(

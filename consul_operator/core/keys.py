@@ -30,6 +30,10 @@ def kv_prefix(value: str) -> str:
     return stripped + "/"
 
 
+SECRETS_PREFIX: Final = "secrets/"
+"""Where secrets' values live (issue 32): readable by agents, written by an admin (deploy/acl/)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Layout:
     """Where each piece of state lives in Consul KV."""
@@ -47,6 +51,11 @@ class Layout:
             )
         object.__setattr__(self, "services_prefix", services)
         object.__setattr__(self, "operator_prefix", operator)
+
+    def secret_key(self, service: str, name: str) -> str:
+        """``secrets/<service>/<name>``: a secret's value, written by an admin, read by the agents (a
+        manifest's ``image_pull_secret`` names one); beside ``services/``, not under the operator's."""
+        return f"{SECRETS_PREFIX}{service}/{name}"
 
     def service_key(self, name: str) -> str:
         """``services/<name>``: the manifest, written by a person."""

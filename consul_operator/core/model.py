@@ -324,6 +324,8 @@ class Outcome:
     start, which backs its whole service off); ``spec_hash`` a start's spec.
     ``engine_away``: the action failed because the Docker engine was away, not
     through any fault of the service (a start then backs nothing off).
+    ``image``: a start's image; ``pull_failed``: the start failed pulling it (the
+    image backs off, not the service: `host_pass`).
     """
 
     kind: str
@@ -333,6 +335,8 @@ class Outcome:
     at: float
     spec_hash: str = ""
     engine_away: bool = False
+    image: str = ""
+    pull_failed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ from consul_operator.adapters.host_reads import KVChanged
 from consul_operator.adapters.kv_state import start_watch
 from consul_operator.adapters.metrics import read_page_token
 from consul_operator.adapters.presence import AGENT_SERVICE, Presence
+from consul_operator.adapters.registry_auth import PullAuth
 from consul_operator.adapters.rejoin import rejoin_failed
 from consul_operator.adapters.status_page import status_page
 from consul_operator.adapters.timers import Timers
@@ -81,13 +82,15 @@ class AgentConfig:
     allowed_host_paths: tuple[str, ...] = ()  # --allow-host-path: directories a manifest's volumes may mount
     page_token_file: str | None = None  # --page-token-file: the status page's bearer token
     reads_work: bool = True  # False: --read-placements, the reader of agents before work keys (upgrades only)
+    registry_auth: str | None = None  # --registry-auth: a Docker config.json with registry credentials
 
 
-EngineFactory = Callable[[AgentConfig], DockerActuator]
-"""Makes the agent's container engine from its configuration (`docker_engine`: the real one)."""
+EngineFactory = Callable[[AgentConfig, PullAuth], DockerActuator]
+"""Makes the agent's container engine from its configuration and whose credentials pull images
+(`docker_engine`: the real one)."""
 
 
-def docker_engine(config: AgentConfig) -> DockerActuator:
+def docker_engine(config: AgentConfig, pull_auth: PullAuth) -> DockerActuator:
     """The Docker engine of ``config.docker_host`` (or ``DOCKER_HOST``, or the local socket)."""
     return DockerActuator(
         connect(config.docker_host),
@@ -95,6 +98,7 @@ def docker_engine(config: AgentConfig) -> DockerActuator:
         host=config.host,
         advertise=config.advertise,
         allowed_host_paths=config.allowed_host_paths,
+        pull_auth=pull_auth,
     )
 
 
@@ -106,7 +110,8 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
     stop = stop_on_signals()
 
     consul = ConsulClient(config.consul_addr, config.consul_token, tls=config.consul_tls)
-    docker_actuator = engine(config)
+    # Pull secrets from KV, else the --registry-auth file (read again when it changes).
+    docker_actuator = engine(config, PullAuth(consul, config.layout, config.registry_auth))
     catalog = CatalogActuator(consul, cluster=config.cluster, host=config.host, advertise=config.advertise)
     if config.metrics_addr:
         metrics.serve(
@@ -176,6 +181,7 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
         threading.Thread(target=rejoin_failed, args=(consul, stop), name="rejoin", daemon=True),
         threading.Thread(target=election.run, args=(stop,), name="election", daemon=True),
         threading.Thread(target=election.watch_lease, args=(stop,), name="lease", daemon=True),
+        threading.Thread(target=election.renew_session, args=(stop,), name="session-renew", daemon=True),
         # Status records deleted or changed by anyone are written again (`check_status`).
         threading.Thread(
             target=check_status, args=(host_agent, host_trigger.fire, stop), name="status-check", daemon=True

@@ -27,7 +27,7 @@ from consul_operator.adapters.interfaces import Catalog, Containers
 from consul_operator.adapters.timers import Timers
 from consul_operator.core import events
 from consul_operator.core.desired_state import Manifest
-from consul_operator.core.errors import ConsulError, DockerUnavailable, OperatorError
+from consul_operator.core.errors import ConsulError, DockerUnavailable, ImagePullFailed, OperatorError
 from consul_operator.core.model import (
     Action,
     ContainerInfo,
@@ -66,6 +66,7 @@ class _Job:
     sid: str = ""  # a registration being changed
     key: str | None = None  # the action's back-off key (`action_key`)
     spec: str = ""  # a start's spec hash
+    image: str = ""  # a start's image
 
     @property
     def label(self) -> str:
@@ -159,7 +160,14 @@ class Executor:
                     spec = m.spec_hash()
                     self._starting[name] = m.name
                     self._starting_spec[name] = f"{m.name}/{spec}"
-                    job = _Job("start", service, partial(self._start, m, name, slot), name=name, spec=spec)
+                    job = _Job(
+                        "start",
+                        service,
+                        partial(self._start, m, name, slot),
+                        name=name,
+                        spec=spec,
+                        image=m.image,
+                    )
                 case DrainContainer(container=c):
                     self._busy.add(c.id)
                     job = _Job("drain", service, lambda: self._drain(action), cid=c.id, key=key)
@@ -229,12 +237,13 @@ class Executor:
 
     def _run(self, job: _Job) -> None:
         error = ""
-        away = False
+        away = pull_failed = False
         later: _Later | None = None
         try:
             later = job.work()
         except OperatorError as exc:
             error, away = str(exc), isinstance(exc, DockerUnavailable)
+            pull_failed = isinstance(exc, ImagePullFailed)
             log.warning("action failed", action=job.kind, container=job.label, error=error)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
@@ -244,7 +253,7 @@ class Executor:
         with self.lock:
             self._active[job.service] -= 1
             if later is None:
-                self._finish(job, error, away)
+                self._finish(job, error, away, pull_failed)
             else:
                 at, follow_up = later
                 # The container stays busy; the rest of the action queues when the time comes.
@@ -257,14 +266,17 @@ class Executor:
         with self.lock:
             self._enqueue(job)
 
-    def _finish(self, job: _Job, error: str, away: bool) -> None:
+    def _finish(self, job: _Job, error: str, away: bool, pull_failed: bool = False) -> None:
         """The action is over (under ``lock``): release what it kept busy, report its outcome."""
         self._starting.pop(job.name, None)
         self._starting_spec.pop(job.name, None)
         self._busy.discard(job.cid)
         if job.sid:  # a start's registration, if any, is released by `_register_started`
             self._busy_registrations.discard(job.sid)
-        self._outcomes.append(Outcome(job.kind, job.service, job.key, error, self.mono(), job.spec, away))
+        outcome = Outcome(
+            job.kind, job.service, job.key, error, self.mono(), job.spec, away, job.image, pull_failed
+        )
+        self._outcomes.append(outcome)
 
     def _start(self, manifest: Manifest, name: str, slot: int | None = None) -> None:
         try:

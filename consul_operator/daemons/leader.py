@@ -33,6 +33,18 @@ is shorter than the soonest a new leader can act: the majority declares the
 cut host failed (gossip, about 2 s with deploy/consul's timers), its session
 ends, and the lock-delay (1 s) runs before anyone else may take the lock. A
 confirmation is dated from when its read was sent, never from its answer.
+
+**The session's own TTL.** The two checks live on the agent's host: its
+Consul agent runs them and tells the servers. A host that can still reach one
+other node, but no server (a partial partition), stays alive in gossip, since
+the node it reaches relays its probes, and its agent cannot tell the servers
+that its checks failed; the session, and the lock with it, lived on, and no
+one could lead until the cut healed (the node run's ``one_way``, while the
+second LB host still heard the cut-off leader). So the session also has a TTL
+of its own (`SESSION_TTL`, Consul's minimum), renewed on the servers every
+third of it (`renew_session`): a leader that cannot reach them loses its
+session within twice the TTL (Consul ends it that late), and another agent
+leads. The lease has stopped it long before.
 """
 
 from __future__ import annotations
@@ -58,6 +70,10 @@ DEFAULT_LEASE = 2.0
 """Seconds a leader counts as leading after its last confirmation of the lock (--ttl less --lock-delay)."""
 LEASE_CHECKS = 10
 """Looks of `watch_lease` per lease: the gauge drops within a tenth of the lease of its end."""
+SESSION_TTL = 10.0
+"""Seconds of the session's own TTL (Consul's minimum; it ends the session up to twice as late)."""
+RENEWALS = 3
+"""Renewals of the session per `SESSION_TTL`."""
 
 
 class LeaderElection:
@@ -99,7 +115,21 @@ class LeaderElection:
         return time.monotonic() - self._confirmed < self.lease
 
     def _confirm(self, asked: float) -> None:
-        """The lock was seen held by our session in a read sent at monotonic ``asked``."""
+        """The lock was seen held by our session in a read sent at monotonic ``asked``.
+
+        A lease that ran out since the last confirmation was a step down even when
+        `watch_lease` had not looked yet: `is_leader` said False meanwhile, and a pass
+        that ran then did nothing and waits for a wake-up. So it is said and counted,
+        and leading again wakes the scheduler (``on_change``), as after any step down.
+        """
+        if self._leader and not self._lease_valid():
+            log.warning(
+                "leader lease ran out: not confirmed by Consul",
+                host=self.host,
+                lease=self.lease,
+                since=round(time.monotonic() - self._confirmed, 2),
+            )
+            self._set_leader(False)
         self._confirmed = max(self._confirmed, asked)
         self._set_leader(self._lease_valid())
 
@@ -114,6 +144,29 @@ class LeaderElection:
                     since=round(time.monotonic() - self._confirmed, 2),
                 )
                 self._set_leader(False)
+
+    def renew_session(self, stop: threading.Event, every: float = SESSION_TTL / RENEWALS) -> None:
+        """Until ``stop``: renew our session on the servers ``every`` s (a `RENEWALS`-th of its TTL).
+
+        A session Consul no longer knows is left to the election (`_campaign` makes a new
+        one); a failed renewal is said once, and said again when one succeeds.
+        """
+        failing = False
+        while not stop.wait(every):
+            session = self._session
+            if session is None:
+                continue
+            try:
+                if not self.consul.session_renew(session):
+                    log.info("session ended before its renewal", host=self.host, session=session)
+            except ConsulError as exc:
+                if not failing:
+                    log.warning("session not renewed; trying again", host=self.host, error=str(exc)[:300])
+                failing = True
+                continue
+            if failing:
+                log.info("session renewed again", host=self.host)
+            failing = False
 
     @property
     def session(self) -> str | None:
@@ -229,6 +282,7 @@ class LeaderElection:
                 self.session_name,
                 checks=["serfHealth", ttl_check_id(self.host)],
                 lock_delay=self.lock_delay,
+                ttl=SESSION_TTL,
             )
         log.info("session created", host=self.host, session=self._session)
         return self._session

@@ -20,7 +20,15 @@ from consul_operator.adapters.docker_client import connect, ping
 from tests.support.bounds import PROCESS_S, REMOVAL_S
 from tests.support.cluster import Cluster
 from tests.support.places import PLACE
-from tests.support.staging import HOSTS_APART, SLOW_RESYNC, Staging, pid_alive, tool, wait_until
+from tests.support.staging import (
+    HOSTS_APART,
+    SLOW_RESYNC,
+    Staging,
+    pid_alive,
+    tool,
+    wait_until,
+    write_registry_auth,
+)
 
 # The tests' own environment, apart from the developer's `make up` on 127.0.0.11-13:
 # OPERATOR_TEST_ADDRS and OPERATOR_TEST_NAME move it (two checkouts running their tests
@@ -54,6 +62,7 @@ def staging(docker_engine: docker.DockerClient, nginx_binary: str) -> Iterator[S
     """The tests' staging environment, up for the whole session."""
     tool("consul")
     env = Staging(TEST_NAME, TEST_ADDRESSES, extra_env=SLOW_RESYNC + HOSTS_APART)
+    write_registry_auth()  # host-2's --registry-auth (tests/integration/test_registry.py)
     env.run("down")  # a previous run that crashed may have left it behind
     env.run("up")
     yield env

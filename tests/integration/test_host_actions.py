@@ -19,7 +19,7 @@ from consul_operator.adapters.actuators.docker import DockerActuator
 from consul_operator.adapters.actuators.probe import MAX_BUDGET
 from consul_operator.adapters.consul_client import ConsulClient
 from consul_operator.core.desired_state import Manifest
-from consul_operator.core.errors import DockerError
+from consul_operator.core.errors import ImagePullFailed
 from consul_operator.core.host_pass import HostMemory, HostSettings, HostState, decide_host
 from consul_operator.core.keys import Layout
 from consul_operator.core.model import LABEL_CLUSTER, LABEL_HOST, LABEL_SERVICE, Now, Outcome, StartContainer
@@ -108,7 +108,7 @@ def hanging_registry() -> Iterator[str]:
 def test_slow_pull_fails_the_start_in_time_and_backs_off(
     docker_engine: docker.DockerClient, own_cluster_label: str, hanging_registry: str
 ) -> None:
-    """A pull from a registry that never answers fails the start after the pull timeout and backs it off."""
+    """A pull from a registry that never answers fails the start in its time bound; its image backs off."""
     actuator = DockerActuator(
         docker_engine,
         cluster=own_cluster_label,
@@ -122,7 +122,7 @@ def test_slow_pull_fails_the_start_in_time_and_backs_off(
     )
     manifest = Manifest(name="slowpull", image=f"{hanging_registry}/slow/image:v1", replicas=1)
     started = time.monotonic()
-    with pytest.raises(DockerError, match="took longer than 2s"):
+    with pytest.raises(ImagePullFailed, match="took longer than 2s"):
         actuator.start(manifest)
     assert time.monotonic() - started < 2.0 + 10, "the pull timeout was not kept"
 
@@ -139,11 +139,13 @@ def test_slow_pull_fails_the_start_in_time_and_backs_off(
         wait_until(ended, timeout=PULL_TIMEOUT + REACT_S, what="the failed start's outcome")
     finally:
         executor.shutdown(wait=False)
-    # The next pass reads the outcome and backs the service off.
-    state = HostState({}, {}, {}, outcomes=tuple(outcomes))
+    # The next pass reads the outcome and backs the image off (ImagePullBackOff), not the service.
+    state = HostState({"slowpull": manifest}, {}, {}, outcomes=tuple(outcomes))
     now = Now(time.monotonic(), time.time())
-    backoff = decide_host(state, HostMemory(), now, HostSettings("host-x")).memory.backoffs["slowpull"]
+    memory = decide_host(state, HostMemory(), now, HostSettings("host-x")).memory
+    backoff = memory.pull_backoffs[manifest.image]
     assert backoff.failures == 1 and f"took longer than {PULL_TIMEOUT:g}s" in backoff.last_error
+    assert "(timeout)" in backoff.last_error and memory.backoffs == {}
     assert (
         docker_engine.containers.list(all=True, filters={"label": f"{LABEL_CLUSTER}={own_cluster_label}"})
         == []

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from tests.integration.test_rolling_update import sampled
 from tests.support.bounds import CONVERGE_S, ROLLOUT_S
 from tests.support.cluster import Cluster
@@ -11,6 +13,10 @@ from tests.support.load import Load
 from tests.support.staging import wait_until
 
 WINDOW = 30.0  # seconds of load the leader must lead through, without a gap
+
+# A CI run with another worker's node environment beside it starved the agents for seconds:
+# the lease then runs out for real, which this test must see, but not blame on its own load.
+pytestmark = pytest.mark.alone
 
 
 def test_the_leader_keeps_its_lease_under_load(cluster: Cluster, service_name: str) -> None:

@@ -23,6 +23,7 @@ the address stays where it went (equal priorities: no flapping back).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -49,6 +50,9 @@ ARP_GRACE = 1.0
 SETTLE = 5.0
 """How long the address is watched after a fault, and again after the faulted host returned."""
 SERVICE = "pairweb"
+STATUS_S = 15.0
+"""How long `operator status` may lag the address (the LB re-registers every 2 s until the catalog
+shows it; without that, a sync that failed in the partition waited for Consul's next full sync)."""
 
 
 @dataclass
@@ -126,8 +130,6 @@ class PairRun:
         outcomes = list(load.outcomes)
         failures = [o for o in outcomes if o.status != 200]
         failed_for = max(o.at for o in failures) - min(o.at - o.took for o in failures) if failures else 0.0
-        lbs = {lb.node: lb for lb in read_lbs(self.cluster.consul, self.nodes.name)}
-        actives = [n for n, lb in lbs.items() if lb.state is LBState.ACTIVE]
         fault = PairFault(
             name=name,
             host=host,
@@ -140,7 +142,7 @@ class PairRun:
             failed_after_return=sum(1 for o in failures if o.at - o.took > returned_at),
             stayed=stayed,
             held_metric=(held(self.nodes, host), held(self.nodes, peer)),
-            status_active=actives[0] if len(actives) == 1 else ",".join(actives) or None,
+            status_active=self._status_active(peer),
             load_average=round(os.getloadavg()[0], 2),
         )
         self.faults.append(fault)
@@ -165,6 +167,21 @@ class PairRun:
                 return False
             time.sleep(0.2)
         return True
+
+    def _status_active(self, peer: str) -> str | None:
+        """The LB host(s) `operator status` shows active, once it shows ``peer`` (at most `STATUS_S` s)."""
+        actives: list[str] = []
+
+        def shows_peer() -> bool:
+            nonlocal actives
+            actives = [
+                lb.node for lb in read_lbs(self.cluster.consul, self.nodes.name) if lb.state is LBState.ACTIVE
+            ]
+            return actives == [peer]
+
+        with contextlib.suppress(AssertionError):
+            wait_until(shows_peer, timeout=STATUS_S, what=f"status to show {peer} active")
+        return ",".join(actives) or None
 
     # --- the faults: each returns (inject, restore) -------------------------------------
 

@@ -148,7 +148,21 @@ class Cluster:
                 "catalog": sorted((i.service_id, i.status) for i in self.registrations(service)),
                 "placement": self.kv_json(self.layout.placement_key(service)),
             }
-            raise AssertionError(f"{exc}; state: {state}") from None
+            raise AssertionError(f"{exc}; state: {state}; {self.log_tail(service)}") from None
+
+    def log_tail(self, service: str, lines: int = 20) -> str:
+        """The agents' last log lines about ``service`` or above info, for a failure's message
+        (a CI run keeps no logs): the leader's decisions and what refused them."""
+        picked: list[tuple[str, str]] = []
+        for log in sorted((self.staging.run_dir / "logs").glob("agent-*.log")):
+            with contextlib.suppress(OSError):
+                for line in log.read_text(errors="replace").splitlines()[-2000:]:
+                    with contextlib.suppress(ValueError, AttributeError):
+                        entry = json.loads(line)
+                        if entry.get("service") == service or entry.get("level") not in ("info", "debug"):
+                            picked.append((str(entry.get("timestamp", "")), line[:400]))
+        picked.sort()
+        return "agents' log:\n" + "\n".join(line for _, line in picked[-lines:])
 
     def kv_json(self, key: str) -> Any:
         """A JSON value from KV, or None."""

@@ -11,6 +11,7 @@ the same last octets in every block:
   .54-.56  test_shared_consul's second environment
   .57-.59  test_demo's environment
   .61-.63  the chaos run's environment
+  .64-.66  test_demo_app's environment (`make demo-app`)
   .71-.73  test_acl's secured environment
 
 A serial run (no pytest-xdist worker) uses the block of OPERATOR_TEST_ADDRS's

@@ -12,11 +12,14 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+from tests.support.places import PLACE
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGING = ROOT / "scripts" / "staging.sh"
@@ -39,14 +42,31 @@ HOST_CAPACITY_2 = "memory=4Gi,cpus=8"
 HOST_1_ALLOWED_CAPS = "NET_ADMIN"
 HOST_1_ALLOWED_HOST_PATH = "/tmp/consul-operator-host-paths"
 """The one directory host-1's agent lets manifests mount from (tests/integration/test_volumes.py)."""
+HOST_2_REGISTRY_AUTH = Path(tempfile.gettempdir()) / f"consul-operator-registry-auth-{PLACE.name}.json"
+"""host-2's agent's --registry-auth file (tests/integration/test_registry.py writes a registry's
+credentials into it; the agent reads it again when it changes). `write_registry_auth` writes it."""
+NO_REGISTRY_AUTH: dict[str, object] = {"auths": {"registry.invalid": {"username": "nobody", "password": "x"}}}
+"""What host-2's --registry-auth file holds between tests: credentials for no registry in use."""
 HOSTS_APART = (
     (
         "AGENT_ARGS_HOST1",
         f"--label zone=a --capacity {HOST_CAPACITY_1} --allow-cap {HOST_1_ALLOWED_CAPS}"
         f" --allow-host-path {HOST_1_ALLOWED_HOST_PATH}",
     ),
-    ("AGENT_ARGS_HOST2", f"--label zone=b --capacity {HOST_CAPACITY_2}"),
+    (
+        "AGENT_ARGS_HOST2",
+        f"--label zone=b --capacity {HOST_CAPACITY_2} --registry-auth {HOST_2_REGISTRY_AUTH}",
+    ),
 )
+
+
+def write_registry_auth(config: dict[str, object] | None = None) -> None:
+    """Write host-2's --registry-auth file (a Docker config.json; default `NO_REGISTRY_AUTH`), readable by
+    its owner only, replaced in one rename so that the agent never reads half of it."""
+    fd, temporary = tempfile.mkstemp(dir=HOST_2_REGISTRY_AUTH.parent, prefix=".registry-auth-")
+    with os.fdopen(fd, "w") as file:
+        json.dump(NO_REGISTRY_AUTH if config is None else config, file)
+    os.replace(temporary, HOST_2_REGISTRY_AUTH)
 
 
 def tool(name: str) -> str:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
+from consul_operator.adapters.consul_client import Indexed
 from consul_operator.adapters.lb_presence import LBPresence
 from consul_operator.core.errors import ConsulUnavailable
 from consul_operator.core.floating import (
@@ -135,16 +136,38 @@ def test_addresses_in_refuses_what_is_not_ip_output(text: str) -> None:
 
 @dataclass
 class FakeRegistrar:
-    """The two calls of `ConsulClient` that `LBPresence` makes, recorded."""
+    """The calls of `ConsulClient` that `LBPresence` makes, recorded; the catalog syncs at once
+    unless ``lagging`` (a local agent whose anti-entropy sync failed)."""
 
     registered: list[dict[str, Any]] = field(default_factory=list)
     passed: list[str] = field(default_factory=list)
+    catalog: list[ServiceInstance] = field(default_factory=list)
+    lagging: bool = False
 
     def register_service(self, definition: Mapping[str, Any], *, timeout: float | None = None) -> None:
         self.registered.append(dict(definition))
+        if not self.lagging:
+            self.catalog = [
+                ServiceInstance(
+                    node="host-4",
+                    service_id=definition["ID"],
+                    service=definition["Name"],
+                    node_address="198.18.9.14",
+                    address="198.18.9.14",
+                    port=0,
+                    meta=dict(definition["Meta"]),
+                    status="passing",
+                )
+            ]
 
     def check_pass(self, check_id: str, note: str = "", *, timeout: float | None = None) -> None:
         self.passed.append(check_id)
+
+    def agent_node_name(self) -> str:
+        return "host-4"
+
+    def health_service(self, service: str) -> Indexed[list[ServiceInstance]]:
+        return Indexed(1, list(self.catalog))
 
 
 def held(address: str) -> float | None:
@@ -211,6 +234,48 @@ def test_status_shows_the_lb_hosts_and_the_active_one() -> None:
         ("host-3", "active", True),
         ("host-4", "standby", False),
     ]
+
+
+def test_presence_registers_again_while_the_catalog_lags_its_registration() -> None:
+    """An address taken while the local agent cannot sync: registered again every 2 s until the
+    catalog (what `operator status` reads) shows it held, then only beats."""
+    address = "198.18.9.103"
+    on_host: set[str] = set()
+    now = [100.0]
+    consul = FakeRegistrar()
+    presence = LBPresence(
+        consul,
+        cluster="prod",
+        listen="0.0.0.0:80",
+        floating=address,
+        addresses=lambda: frozenset(on_host),
+        clock=lambda: now[0],
+    )
+    presence.step(beat=True)
+    assert [r["Meta"]["holds"] for r in consul.registered] == ["false"]
+    consul.lagging = True
+    on_host.add(address)
+    presence.step(beat=False)
+    assert [r["Meta"]["holds"] for r in consul.registered] == ["false", "true"]
+    now[0] += 1.0
+    presence.step(beat=False)  # 1 s: the sync may still come
+    assert len(consul.registered) == 2
+    now[0] += 1.5
+    with capture_logs() as logs:
+        presence.step(beat=False)  # 2.5 s unseen: register again, the agent syncs again
+    assert [r["Meta"]["holds"] for r in consul.registered] == ["false", "true", "true"]
+    assert [e["event"] for e in logs] == [
+        "the catalog lags this load balancer's registration; registering again"
+    ]
+    consul.lagging = False
+    now[0] += 2.5
+    presence.step(beat=False)  # synced by this registration
+    now[0] += 5.0
+    presence.step(beat=True)
+    presence.step(beat=True)
+    assert len(consul.registered) == 4
+    assert consul.catalog[0].meta["holds"] == "true"
+    assert len(consul.passed) == 2
 
 
 @dataclass

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
+from structlog.testing import capture_logs
+
 from consul_operator.adapters.consul_client import ConsulClient
+from consul_operator.adapters.presence import ttl_check_id
+from consul_operator.core.errors import ConsulError, ConsulUnavailable
 from consul_operator.core.keys import Layout
-from consul_operator.daemons.leader import LeaderElection
+from consul_operator.daemons.leader import SESSION_TTL, LeaderElection
 
 
 class RecordingConsul:
@@ -26,8 +31,9 @@ class RecordingConsul:
     def session_destroy(self, session: str) -> None:
         self.calls.append(("destroy", session))
 
-    def session_create(self, name: str, **_: object) -> str:
+    def session_create(self, name: str, **options: object) -> str:
         self.calls.append(("create", name))
+        self.options = options
         return "new"
 
     def session_info(self, session: str) -> dict[str, Any] | None:
@@ -77,3 +83,52 @@ def test_no_acquire_and_no_new_session_after_resign() -> None:
     election._session = None
     assert election._ensure_session() is None
     assert not [c for c in consul.calls if c[0] in ("acquire", "create")]
+
+
+def test_the_session_has_a_ttl_of_its_own_besides_its_checks() -> None:
+    """A leader cut off from the servers but alive in gossip loses its session: it has Consul's
+    minimum TTL, on top of the node's serfHealth and the agent's own TTL check."""
+    consul = RecordingConsul([])
+    election = _election(consul)
+    election._ensure_session()
+    assert consul.options == {
+        "checks": ["serfHealth", ttl_check_id("host-1")],
+        "lock_delay": 1.0,
+        "ttl": SESSION_TTL,
+    }
+
+
+class RenewingConsul(RecordingConsul):
+    """Renewals answered from ``answers`` (True: renewed, False: unknown session, an error: raised)."""
+
+    def __init__(self, answers: list[bool | ConsulError], stop: threading.Event) -> None:
+        super().__init__([])
+        self.answers = answers
+        self.stop = stop
+
+    def session_renew(self, session: str) -> bool:
+        self.calls.append(("renew", session))
+        answer = self.answers.pop(0)
+        if not self.answers:
+            self.stop.set()
+        if isinstance(answer, ConsulError):
+            raise answer
+        return answer
+
+
+def test_renewals_go_on_through_errors_and_say_a_streak_of_them_once() -> None:
+    """Every renewal is tried, whatever the last one's outcome; a run of failures is one warning,
+    the first success after it one line; an ended session is said and left to the election."""
+    stop = threading.Event()
+    down = ConsulUnavailable("127.0.0.1:8500 unreachable during renewing a session: refused")
+    consul = RenewingConsul([True, down, down, True, False], stop)
+    election = _election(consul)
+    election._session = "s1"
+    with capture_logs() as logs:
+        election.renew_session(stop, every=0.001)
+    assert consul.calls == [("renew", "s1")] * 5
+    assert [e["event"] for e in logs] == [
+        "session not renewed; trying again",
+        "session renewed again",
+        "session ended before its renewal",
+    ]

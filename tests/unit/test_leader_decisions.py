@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from consul.base import Response
+from structlog.testing import capture_logs
 
 from consul_operator.adapters import metrics
 from consul_operator.adapters.consul_client import ConsulClient, Indexed, KVEntry
@@ -233,8 +234,13 @@ class LockConsul:
     def fenced_write(self, lock_key: str, session: str, writes: Mapping[str, bytes | None]) -> None:
         raise AssertionError("fenced write not expected")
 
-    def session_create(self, name: str, *, checks: Sequence[str], lock_delay: float) -> str:
+    def session_create(
+        self, name: str, *, checks: Sequence[str], lock_delay: float, ttl: float | None = None
+    ) -> str:
         raise AssertionError("new session not expected")
+
+    def session_renew(self, session: str) -> bool:
+        raise AssertionError(f"renewal of {session} not expected")
 
     def session_destroy(self, session: str) -> None:
         raise AssertionError(f"end of session {session} not expected")
@@ -517,6 +523,34 @@ def test_a_confirmation_counts_from_when_its_read_was_sent(asked_ago: float, lea
     election = LeaderElection(RefusingConsul(), LAYOUT, host="h-asked", node="n1", lock_delay=0, lease=2.0)
     election._confirm(time.monotonic() - asked_ago)
     assert election.is_leader is leading
+
+
+def test_a_lapse_the_watch_did_not_see_still_wakes_the_scheduler_when_confirmed_again() -> None:
+    """A lease that ran out between two looks of the watch (a pass then saw no leader and did
+    nothing): the next confirmation says it stepped down and up, and wakes the scheduler."""
+    changes: list[bool] = []
+    election = LeaderElection(
+        RefusingConsul(),
+        LAYOUT,
+        host="h-unseen",
+        node="n1",
+        lock_delay=0,
+        lease=2.0,
+        on_change=changes.append,
+    )
+    election._confirm(time.monotonic())
+    assert changes == [True]
+    election._confirmed -= 5.0  # 5 s without a confirmation, the watch not looking meanwhile
+    lapsed = election.is_leader  # what the scheduler's pass saw meanwhile
+    with capture_logs() as logs:
+        election._confirm(time.monotonic())
+    assert (lapsed, election.is_leader) == (False, True)
+    assert changes == [True, False, True]
+    assert [e["event"] for e in logs] == [
+        "leader lease ran out: not confirmed by Consul",
+        "leadership changed",
+        "leadership changed",
+    ]
 
 
 @dataclass

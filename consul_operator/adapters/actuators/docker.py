@@ -18,7 +18,9 @@ from typing import Any
 import docker
 import structlog
 
+from consul_operator.adapters import metrics
 from consul_operator.adapters.docker_client import docker_errors
+from consul_operator.adapters.registry_auth import PullAuth
 from consul_operator.adapters.timers import Timers
 from consul_operator.core.backoff import retry_delay
 from consul_operator.core.desired_state import (
@@ -27,7 +29,7 @@ from consul_operator.core.desired_state import (
     Manifest,
     host_path_allowed,
 )
-from consul_operator.core.errors import DockerError, DockerUnavailable, ImageNotFound
+from consul_operator.core.errors import DockerError, DockerUnavailable, ImageNotFound, ImagePullFailed
 from consul_operator.core.model import (
     LABEL_CLUSTER,
     LABEL_HOST,
@@ -38,6 +40,7 @@ from consul_operator.core.model import (
     LABEL_VOLUME,
     ContainerInfo,
 )
+from consul_operator.core.registry import RegistryCredentials, pull_error, pull_reason
 
 log = structlog.get_logger()
 
@@ -148,8 +151,10 @@ class DockerActuator:
         advertise: str,
         pull_timeout: float = PULL_TIMEOUT,
         allowed_host_paths: tuple[str, ...] = (),
+        pull_auth: PullAuth | None = None,
     ) -> None:
         self.client = client
+        self.pull_auth = pull_auth  # whose credentials pull an image that is not here (None: the engine's)
         self.allowed_host_paths = allowed_host_paths
         self.cluster = cluster
         self.host = host
@@ -294,7 +299,7 @@ class DockerActuator:
             labels[LABEL_SLOT] = str(slot)
         if manifest.ports and manifest.port is not None:
             labels[LABEL_PORT] = str(manifest.port)
-        self._ensure_image(manifest.image)
+        self._ensure_image(manifest)
         try:
             with docker_errors(f"creating {name}"):
                 cid = self._create(manifest, name, labels, slot)
@@ -355,8 +360,10 @@ class DockerActuator:
         )
         return str(created["Id"])
 
-    def _ensure_image(self, image: str) -> None:
-        """Use a local image; pull it only when it is not here. Remembers images seen present."""
+    def _ensure_image(self, manifest: Manifest) -> None:
+        """Use a local image; pull it only when it is not here, with the manifest's credentials
+        (`PullAuth`). Remembers images seen present."""
+        image = manifest.image
         if image in self._images:
             return
         try:
@@ -366,15 +373,23 @@ class DockerActuator:
             return
         except ImageNotFound:
             pass
-        self._pull(image)
+        credentials = None
+        if self.pull_auth is not None:
+            try:
+                credentials = self.pull_auth.credentials(manifest)
+            except ImagePullFailed:
+                metrics.image_pulls.labels("secret").inc()
+                raise
+        self._pull(image, credentials)
 
-    def _pull(self, image: str) -> None:
+    def _pull(self, image: str, credentials: RegistryCredentials | None = None) -> None:
         """Pull ``image``, waiting at most ``pull_timeout`` seconds.
 
         docker-py pulls with no timeout, so the pull runs in a thread of its
         own, shared by every start that needs the same image: a start that
         waited too long fails (and backs its service off), the pull goes on,
-        and a later start waits for the same pull again.
+        and a later start waits for the same pull again. Every failure is an `ImagePullFailed`
+        with its reason (`registry.pull_reason`), which backs the image off (`host_pass`).
         """
         with self._pulls_lock:
             pull = self._pulls.get(image)
@@ -382,29 +397,49 @@ class DockerActuator:
                 pull = Future()
                 self._pulls[image] = pull
                 threading.Thread(
-                    target=self._pull_now, args=(image, pull), name="image-pull", daemon=True
+                    target=self._pull_now, args=(image, credentials, pull), name="image-pull", daemon=True
                 ).start()
         try:
             pull.result(timeout=self.pull_timeout)
         except FutureTimeout as exc:
-            raise DockerError(
-                f"pulling image {image} took longer than {self.pull_timeout:g}s; the pull goes on"
-                " in the background and the next start waits for it again"
+            metrics.image_pulls.labels("timeout").inc()
+            detail = (
+                f"took longer than {self.pull_timeout:g}s; the pull goes on in the background"
+                " and the next start waits for it again"
+            )
+            raise ImagePullFailed(
+                pull_error(image, "timeout", detail), image=image, reason="timeout"
             ) from exc
         self._images.add(image)
 
-    def _pull_now(self, image: str, pull: Future[None]) -> None:
+    def _pull_now(self, image: str, credentials: RegistryCredentials | None, pull: Future[None]) -> None:
+        """The pull itself, on a thread of its own; its end goes to ``pull``. The engine's message of a
+        failure is scrubbed of the credentials before it goes anywhere."""
+        auth = None if credentials is None else credentials.auth_config()
         try:
             with docker_errors(f"pulling image {image}"):
                 try:
-                    self.client.images.pull(image)
+                    self.client.images.pull(image, auth_config=auth)
                 except docker.errors.APIError as exc:
-                    raise ImageNotFound(f"image {image} is not here and cannot be pulled: {exc}") from exc
-        except DockerError as exc:
+                    detail = str(exc.explanation or exc)
+                    if credentials is not None:
+                        detail = credentials.redact(detail)
+                    reason = pull_reason(detail)
+                    message = pull_error(image, reason, detail)
+                    raise ImagePullFailed(message, image=image, reason=reason) from exc
+        except DockerUnavailable as exc:
+            pull.set_exception(exc)  # the engine away: no fault of the image
+        except ImagePullFailed as exc:
+            metrics.image_pulls.labels(exc.reason).inc()
             pull.set_exception(exc)
         except Exception as exc:
-            pull.set_exception(DockerError(f"pulling image {image} failed: {exc}"))
+            detail = str(exc) if credentials is None else credentials.redact(str(exc))
+            metrics.image_pulls.labels("error").inc()
+            pull.set_exception(
+                ImagePullFailed(pull_error(image, "error", detail), image=image, reason="error")
+            )
         else:
+            metrics.image_pulls.labels("ok").inc()
             pull.set_result(None)
         finally:
             with self._pulls_lock:
