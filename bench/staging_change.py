@@ -11,8 +11,10 @@ placed every one, then ``--runs`` times writes a new service of 1 replica
 and times its `kv put` until Docker reports its container started (a
 Docker event, not polling), and the leading agent's CPU-seconds over the
 same window (its /proc/<pid>/stat). Prints one JSON line with the figures
-and their medians, then takes the environment down. Run from a checkout to
-measure that checkout's code.
+and their medians (with ``--record NAME``, also kept under NAME in
+bench/results/staging_change.json, which `bench.scale --render` adds to
+scale.md), then takes the environment down. Run from a checkout to measure
+that checkout's code.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from tests.support.cluster import manifest_yaml
 from tests.support.staging import Staging, wait_until
 
 LAYOUT = Layout()
+RESULTS = Path(__file__).resolve().parent / "results" / "staging_change.json"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -56,6 +59,7 @@ def main() -> int:
     parser.add_argument("--name", default="h-bench")
     parser.add_argument("--services", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--record", default="", help="keep the figures under this name in the results")
     args = parser.parse_args()
     addrs = tuple(args.addrs.split())
     assert len(addrs) == 3
@@ -107,19 +111,21 @@ def main() -> int:
             cpus.append(cpu_seconds(pid) - cpu)
             time.sleep(3)  # apart, so that each change is measured alone
         stop.set()
-        print(
-            json.dumps(
-                {
-                    "services": args.services,
-                    "apply_s": round(applied, 2),
-                    "put_to_start_s": [round(d, 3) for d in delays],
-                    "median_s": round(statistics.median(delays), 3),
-                    "leader_cpu_s": [round(c, 2) for c in cpus],
-                    "leader_cpu_median_s": round(statistics.median(cpus), 2),
-                    "load": os.getloadavg(),
-                }
-            )
-        )
+        figures = {
+            "services": args.services,
+            "apply_s": round(applied, 2),
+            "put_to_start_s": [round(d, 3) for d in delays],
+            "median_s": round(statistics.median(delays), 3),
+            "leader_cpu_s": [round(c, 2) for c in cpus],
+            "leader_cpu_median_s": round(statistics.median(cpus), 2),
+            "load": os.getloadavg(),
+        }
+        print(json.dumps(figures))
+        if args.record:
+            results = RESULTS if RESULTS.is_file() else None
+            kept = json.loads(RESULTS.read_text()) if results is not None else {}
+            kept[args.record] = figures
+            RESULTS.write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")
     finally:
         env.run("down")
     return 0
