@@ -122,8 +122,7 @@ def main() -> int:
         }
         print(json.dumps(figures))
         if args.record:
-            results = RESULTS if RESULTS.is_file() else None
-            kept = json.loads(RESULTS.read_text()) if results is not None else {}
+            kept = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
             kept[args.record] = figures
             RESULTS.write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")
     finally:
