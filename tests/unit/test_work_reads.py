@@ -11,10 +11,12 @@ from hypothesis import strategies as st
 
 from consul_operator.adapters.consul_client import KVEntry
 from consul_operator.adapters.host_reads import KVChanged, WorkKVReader
+from consul_operator.adapters.presence import placement_readers
 from consul_operator.core.desired_state import Manifest, ManifestError, parse_manifest, revision_json
 from consul_operator.core.errors import WorkPending
 from consul_operator.core.host_plan import host_desires
 from consul_operator.core.keys import Layout
+from consul_operator.core.model import ServiceInstance
 from consul_operator.core.records import Hold, LeaderRecord
 from consul_operator.core.work import WorkEntry, current_work, host_work, work_records, work_view
 from tests.unit.test_executor import HOST, FakeConsul
@@ -228,3 +230,21 @@ def test_every_host_holds_and_reports_an_invalid_manifest_placed_nowhere() -> No
     assert work["h1"]["bad"].count == 0 and "YAML" in work["h1"]["bad"].invalid
     desire = host_desires("h1", *work_view("h1", work["h1"], {}))["bad"]
     assert desire.hold == Hold.INVALID and str(desire.error).startswith("Invalid: ")
+
+
+@pytest.mark.parametrize(
+    ("meta", "status", "counted"),
+    [
+        pytest.param({"reads-work": "1"}, "passing", False, id="upgraded"),
+        pytest.param({}, "passing", True, id="from-before-work-keys"),
+        pytest.param({}, "critical", False, id="not-live"),
+    ],
+)
+def test_the_leader_counts_live_agents_that_read_placements(
+    meta: dict[str, str], status: str, counted: bool
+) -> None:
+    """A live agent without ``reads-work`` in its meta is one the rolling upgrade has not reached."""
+    inst = ServiceInstance(
+        "n1", "10.0.0.1", "operator-agent-h1", "operator-agent", "10.0.0.1", 0, {"host": "h1", **meta}, status
+    )
+    assert placement_readers([inst]) == (frozenset({"h1"}) if counted else frozenset())
