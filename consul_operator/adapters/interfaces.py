@@ -199,9 +199,12 @@ class Catalog(Protocol):
         """Register a replica just started; whether its check passed at once."""
         ...
 
-    def register_restored(self, container: ContainerInfo, manifest: Manifest, /) -> bool:
-        """Register again, passing, a replica whose check a restarted Consul restored critical, if it
-        passes when run now; whether it did."""
+    def register_restored(
+        self, container: ContainerInfo, manifest: Manifest, service_ids: Sequence[str], /
+    ) -> bool:
+        """Register again, passing, the registrations ``service_ids`` of a replica (its own, its extra
+        ports') whose checks a restarted Consul restored critical, each if its check passes when run
+        now; whether all did."""
         ...
 
     def deregister(self, service_id: str, /) -> None:

@@ -625,8 +625,14 @@ def _plan_registrations(
             or any(not _registered(by_id.get(sid), c, manifest.name, port) for sid, port in extras)
         ):
             plan.actions.append(Register(c, manifest))
-        elif registration.restored and not registration.healthy:
-            plan.actions.append(Register(c, manifest, restored=True))
+        else:  # right; checks a restarted Consul restored critical, the extra ports' TCP ones too
+            restored = tuple(
+                sid
+                for sid in (c.name, *(sid for sid, _ in extras))
+                if (r := by_id.get(sid)) is not None and r.restored and not r.healthy
+            )
+            if restored:
+                plan.actions.append(Register(c, manifest, restored=True, restored_ids=restored))
 
 
 def _registered(

@@ -230,14 +230,16 @@ class RemoveDead:
 class Register:
     """(Re-)register a running container in Consul, with its health check.
 
-    ``restored``: its registration is right but Consul restored its check critical (`Registration.restored`):
-    once the replica's own check passes when we run it, deregister and register it again, passing
-    (registering a check Consul knows keeps its status); else fail, and back off.
+    ``restored``: its registrations are right but Consul restored checks critical (`Registration.restored`):
+    the replica's own, its extra ports' or both, named in ``restored_ids``; once each one's check passes
+    when we run it, deregister and register it again, passing (registering a check Consul knows keeps
+    its status); else fail, and back off.
     """
 
     container: ContainerInfo
     manifest: Manifest
     restored: bool = False
+    restored_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -174,10 +174,10 @@ class Executor:
                 case RemoveDead(container=c):
                     self._busy.add(c.id)
                     job = _Job("remove_dead", service, lambda: self._remove_dead(action), cid=c.id, key=key)
-                case Register(container=c, manifest=m, restored=True):
+                case Register(container=c, manifest=m, restored=True, restored_ids=ids):
                     self._busy_registrations.add(c.name)
                     job = _Job(
-                        "register", service, partial(self._register_restored, c, m), sid=c.name, key=key
+                        "register", service, partial(self._register_restored, c, m, ids), sid=c.name, key=key
                     )
                 case Register(container=c, manifest=m):
                     self._busy_registrations.add(c.name)
@@ -334,14 +334,19 @@ class Executor:
             container.service, events.REGISTERED, f"registered {container.name}{where} in Consul"
         )
 
-    def _register_restored(self, container: ContainerInfo, manifest: Manifest) -> None:
-        """Its check restored critical by a restarted Consul: registered again, passing, if it passes here.
+    def _register_restored(
+        self, container: ContainerInfo, manifest: Manifest, service_ids: tuple[str, ...]
+    ) -> None:
+        """Its checks (its own, its extra ports') restored critical by a restarted Consul: registered
+        again, passing, each that passes here.
 
         A probe that fails is the action's failure: it backs off (`action_key`),
         and Consul's own first run decides meanwhile.
         """
-        if not self.catalog.register_restored(container, manifest):
-            raise OperatorError(f"{container.name}: its check does not pass when run here yet")
+        if not self.catalog.register_restored(container, manifest, service_ids):
+            raise OperatorError(
+                f"{container.name}: a check of {', '.join(service_ids)} does not pass when run here yet"
+            )
         log.info("registered again, passing", service=container.service, container=container.name)
         event_log.record(
             container.service,

@@ -40,8 +40,8 @@ from pathlib import Path
 from consul_operator.adapters.consul_client import ConsulClient
 from tests.chaos.harness import CONVERGE_BOUND, LOG_DIR, REBALANCE_SETTLE, Chaos, FaultRecord, hold
 from tests.support.cluster import Cluster
-from tests.support.nodes import APP_HOSTS, Nodes
-from tests.support.staging import HOSTS, wait_until
+from tests.support.nodes import APP_HOSTS, NODE_HOSTS, Nodes
+from tests.support.staging import wait_until
 
 NODE_FAULTS = (
     "partition_leader",
@@ -94,7 +94,7 @@ class NodeChaos(Chaos):
     def _keep_journals(self, since: float) -> None:
         """Append what each node's daemons logged since ``since`` to the run's journals (kept per fault:
         a node environment lost later, to an engine restart, keeps what came before)."""
-        for host in HOSTS:
+        for host in NODE_HOSTS:
             try:
                 text = self.nodes.journal(host, since=since)
             except Exception as exc:  # a node that is down has no journal to give
@@ -138,12 +138,18 @@ class NodeChaos(Chaos):
         started = time.monotonic()
         if cut == "isolate":
             self.nodes.isolate(host)
-        else:  # one way: what host sends to the others is dropped, what they send arrives
-            for other in HOSTS:
-                if other != host:
-                    self.nodes.cut(host, other)
+        else:  # one way: what host sends to every other node is dropped, what they send arrives
+            self.nodes.cut_off(host)
         self.lost.add(host)
         try:
+            # The majority's gossip must declare the host failed: that ends its session, and so its
+            # lock. A cut that leaves it one node to talk to (host-4, before) never does (`Nodes.cut_off`).
+            wait_until(
+                lambda: self._declared_failed(host),
+                timeout=CONVERGE_BOUND,
+                what=f"the majority's gossip to declare {host} failed",
+            )
+            self._figure(declared_failed=time.monotonic() - started)
             stepped_down: list[float] = []  # when the cut-off leader's own gauge first read 0
 
             def majority_leads() -> bool:
@@ -185,6 +191,10 @@ class NodeChaos(Chaos):
             self.lost.discard(host)
             self.returning.add(host)
         return detail
+
+    def _declared_failed(self, host: str) -> bool:
+        """The node's serfHealth is critical in the catalog, as the majority's servers hold it."""
+        return "serfHealth=critical" in self.cluster.consul.health_node(host).value
 
     def partition_leader(self) -> str:
         leader, _ = self._leader_and_follower()

@@ -9,6 +9,7 @@ import time
 
 from consul_operator.adapters.consul_client import ConsulClient
 from consul_operator.core.model import LABEL_HOST
+from tests.integration.test_named_ports import TWO_PORTS
 from tests.integration.test_rolling_update import sampled
 from tests.support.bounds import CONVERGE_S, PROCESS_S
 from tests.support.cluster import Cluster
@@ -57,14 +58,37 @@ DIP_BOUND = 2.0
 def test_a_consul_agent_restart_keeps_every_replica_passing(cluster: Cluster, service_name: str) -> None:
     """host-1's Consul restarted under load (checks every 10 s, two replicas per host): no replica
     leaves the catalog's passing ones for longer than DIP_BOUND (sampled every 100 ms), no request fails."""
-    health = {"http": "/health", "interval": f"{INTERVAL:g}s", "timeout": "1s"}
-    cluster.put(service_name, REPLICAS, health=health)
-    cluster.wait_converged(service_name, REPLICAS)
-    assert cluster.per_host(service_name) == {"host-1": 2, "host-2": 2}
-    wait_until(lambda: cluster.lb_serves(service_name, REPLICAS), timeout=30, what="NGINX to serve all four")
+    cluster.put(service_name, REPLICAS, health=HEALTH)
+    restart_under_load(cluster, service_name, REPLICAS)
+
+
+def test_a_consul_agent_restart_keeps_every_named_port_passing(cluster: Cluster, service_name: str) -> None:
+    """With ``ports: {http:, metrics:}`` too: the extra ports' TCP checks are registered again passing."""
+    ports = {"http": 5000, "metrics": 9100}
+    cluster.put(service_name, REPLICAS, port=None, ports=ports, command=TWO_PORTS, health=HEALTH)
+    restart_under_load(cluster, service_name, REPLICAS * len(ports))
+
+
+HEALTH = {"http": "/health", "interval": f"{INTERVAL:g}s", "timeout": "1s"}
+
+
+def restart_under_load(cluster: Cluster, service_name: str, registrations: int) -> None:
+    """Restart host-1's Consul while a load runs through NGINX; assert that the catalog's passing
+    registrations of the service (replicas and extra ports) never stay short of ``registrations``
+    for over DIP_BOUND, and that no request fails."""
     observer = ConsulClient(cluster.staging.consul_addr("host-2"), timeout=2)  # host-1's is the one restarted
 
-    samples: list[tuple[float, int]] = []  # (monotonic time, replicas passing)
+    def settled() -> bool:
+        found = sum(1 for i in observer.health_service(service_name).value if i.status == "passing")
+        return len(cluster.containers(service_name)) == REPLICAS and found == registrations
+
+    wait_until(
+        settled, timeout=CONVERGE_S, what=f"{REPLICAS} replicas, {registrations} registrations passing"
+    )
+    assert cluster.per_host(service_name) == {"host-1": 2, "host-2": 2}
+    wait_until(lambda: cluster.lb_serves(service_name, REPLICAS), timeout=30, what="NGINX to serve all four")
+
+    samples: list[tuple[float, int]] = []  # (monotonic time, registrations passing)
 
     def passing() -> int:
         try:
@@ -86,11 +110,11 @@ def test_a_consul_agent_restart_keeps_every_replica_passing(cluster: Cluster, se
             lambda: time.monotonic() > restarted + INTERVAL + 2, timeout=INTERVAL * 3, what="one interval"
         )
     assert len(samples) > 50, f"only {len(samples)} samples"
-    dips = short_of(samples, REPLICAS)
-    assert max(dips, default=0.0) <= DIP_BOUND, f"fewer than {REPLICAS} passing for {dips} s: {samples}"
+    dips = short_of(samples, registrations)
+    assert max(dips, default=0.0) <= DIP_BOUND, f"fewer than {registrations} passing for {dips} s: {samples}"
     assert load.failures == [], load.failures[:5]
     assert len({c.labels[LABEL_HOST] for c in cluster.containers(service_name)}) == 2
-    cluster.wait_converged(service_name, REPLICAS, timeout=CONVERGE_S)
+    wait_until(settled, timeout=CONVERGE_S, what="settled again")
 
 
 def short_of(samples: list[tuple[float, int]], replicas: int) -> list[float]:

@@ -63,11 +63,13 @@ def test_node_faults_fail_requests_within_budget(node_chaos: NodeChaos) -> None:
 
 
 # Issue 33's figures, in seconds (docs/chaos.md, "Where the seconds of a fault go"). The goal for a
-# new leader is 5 s: measured 4.5 s (run4, load average 15-38) and 5.3-6.2 s (run5, load 30-42),
-# before 6.4-11.8 s. The bound is the worst of those with a margin; the other goals (replacements
-# within the grace + 3 s, NGINX caught up in 2 s, settled in 5 s) are not met on this machine yet,
-# and docs/chaos.md gives their figures instead of a bound here.
-NEW_LEADER_BOUND = 8.0
+# new leader is 5 s, for both kinds of cut of the leader: measured 3.4 s isolated and 3.4 s one way
+# (the run of faults33b, load average 5-8; 3.5-4.5 s isolated in run4 and run7 at 15-38). One way
+# took 6.2-7.4 s before, and never ended in CI once the LB pair's host-4, left out of the cut,
+# relayed the host's gossip (`Nodes.cut_off`). The other goals (replacements within the grace + 3 s,
+# NGINX caught up in 2 s, settled in 5 s) are not met on this machine; docs/chaos.md gives their
+# figures and where their seconds go instead of a bound here.
+NEW_LEADER_BOUND = 5.0
 
 
 def test_node_faults_heal_fast(node_chaos: NodeChaos) -> None:

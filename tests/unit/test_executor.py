@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pytest
@@ -120,7 +120,9 @@ class FakeCatalog:
         self.registered_started.append(container.name)
         return True
 
-    def register_restored(self, container: ContainerInfo, manifest: Manifest) -> bool:
+    def register_restored(
+        self, container: ContainerInfo, manifest: Manifest, service_ids: Sequence[str]
+    ) -> bool:
         self.registers += 1
         return not self.refuse
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
@@ -23,6 +24,7 @@ from consul_operator.core.model import (
     ServiceDesire,
     ServiceReport,
     StartContainer,
+    extra_port_id,
 )
 from consul_operator.core.reconcile import plan_host
 from consul_operator.core.records import frozen_map
@@ -123,8 +125,8 @@ def summary(action: Action) -> tuple[object, ...]:
             return ("drain", c.id, reason)
         case RemoveDead(container=c, crashed=crashed, reason=reason):
             return ("remove", c.id, crashed, reason)
-        case Register(container=c, restored=True):
-            return ("register again passing", c.id)
+        case Register(container=c, restored=True, restored_ids=ids):
+            return ("register again passing", c.id, *ids)
         case Register(container=c):
             return ("register", c.id)
         case Deregister(service_id=sid, reason=reason):
@@ -349,7 +351,7 @@ def test_spec_change_keeps_capacity(
         pytest.param(
             reg(C1, healthy=False, restored=True),
             NOTHING_IN_FLIGHT,
-            [("register again passing", "c1")],
+            [("register again passing", "c1", "web-c1")],
             id="restored-critical-registered-again",
         ),
         pytest.param(reg(C1, healthy=False), NOTHING_IN_FLIGHT, [], id="critical-after-a-run-left-to-consul"),
@@ -380,6 +382,58 @@ def test_a_check_restored_critical_by_a_consul_restart_is_registered_again(
     """A right registration Consul restored critical (its agent restarted) is registered again, passing;
     nothing else is, and not while in flight or backing off."""
     result = plan(want(WEB, 1), [C1], [registration], inflight=inflight)
+    assert summaries(result) == expected
+
+
+TWO_PORTS = Manifest("web", "hello:1", 2, port=5000, ports=(("http", 5000), ("metrics", 9100)))
+C_TWO = dataclasses.replace(
+    ctr("c1", spec=TWO_PORTS.spec_hash()), host_port=32000, host_ports=((5000, 32000), (9100, 32001))
+)
+
+
+def two_port_regs(*, own: str = "passing", metrics: str = "passing") -> list[Registration]:
+    """C_TWO's registration and its metrics port's: each passing, critical after a run, or restored."""
+    own_reg = reg(C_TWO, healthy=own == "passing", restored=own == "restored")
+    extra = dataclasses.replace(
+        own_reg,
+        service_id=extra_port_id(C_TWO.name, "metrics"),
+        port=32001,
+        extra_port="metrics",
+        healthy=metrics == "passing",
+        restored=metrics == "restored",
+    )
+    return [own_reg, extra]
+
+
+@pytest.mark.parametrize(
+    ("registrations", "expected"),
+    [
+        pytest.param(two_port_regs(), [], id="both-passing"),
+        pytest.param(
+            two_port_regs(metrics="restored"),
+            [("register again passing", "c1", "web-c1-metrics")],
+            id="only-the-extra-port-restored",
+        ),
+        pytest.param(
+            two_port_regs(own="restored", metrics="restored"),
+            [("register again passing", "c1", "web-c1", "web-c1-metrics")],
+            id="both-restored",
+        ),
+        pytest.param(
+            two_port_regs(own="restored"),
+            [("register again passing", "c1", "web-c1")],
+            id="only-its-own-restored",
+        ),
+        pytest.param(
+            two_port_regs(metrics="critical"), [], id="extra-port-critical-after-a-run-left-to-consul"
+        ),
+    ],
+)
+def test_an_extra_port_restored_critical_by_a_consul_restart_is_registered_again(
+    registrations: list[Registration], expected: list[tuple[object, ...]]
+) -> None:
+    """Each of a replica's registrations (its own, its extra ports') restored critical is registered again."""
+    result = plan(want(TWO_PORTS, 1), [C_TWO], registrations)
     assert summaries(result) == expected
 
 

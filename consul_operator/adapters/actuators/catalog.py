@@ -8,6 +8,7 @@ spec, so that we find and clean up exactly our own.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from consul_operator.adapters.actuators import probe as probe_module
@@ -198,10 +199,13 @@ class CatalogActuator:
         self._register_extra_ports(container, manifest)
 
     def _register_extra_ports(self, container: ContainerInfo, manifest: Manifest) -> None:
-        for definition in extra_port_definitions(
-            container, manifest, cluster=self.cluster, host=self.host, address=self.advertise
-        ):
+        for definition in self._extra_port_definitions(container, manifest):
             self.consul.register_service(definition)
+
+    def _extra_port_definitions(self, container: ContainerInfo, manifest: Manifest) -> list[dict[str, Any]]:
+        return extra_port_definitions(
+            container, manifest, cluster=self.cluster, host=self.host, address=self.advertise
+        )
 
     def register_started(self, container: ContainerInfo, manifest: Manifest, *, probe: bool = True) -> bool:
         """Register a replica that has just started, passing from the start if its check passes now.
@@ -221,22 +225,35 @@ class CatalogActuator:
         self._register_extra_ports(container, manifest)
         return passed
 
-    def register_restored(self, container: ContainerInfo, manifest: Manifest) -> bool:
-        """Register again, passing, a replica whose check Consul restored critical (its agent restarted).
+    def register_restored(
+        self, container: ContainerInfo, manifest: Manifest, service_ids: Sequence[str]
+    ) -> bool:
+        """Register again, passing, the registrations ``service_ids`` of a replica (its own and its extra
+        ports') whose checks Consul restored critical (its agent restarted).
 
-        Only if the check passes when we run it now (`probe.passes_within`, one
-        try within the check's timeout: an action's worker waits no longer);
-        returns whether it did. Deregistered first: registering a check Consul
+        Each only if its check passes when we run it now (`probe.passes_within`,
+        one try within the check's timeout: an action's worker waits no longer);
+        returns whether all did. Deregistered first: registering a check Consul
         knows keeps the check's status, critical until Consul's first run, up
         to one interval after the restart.
         """
-        definition = self.definition(container, manifest, initial_passing=True)
+        wanted = set(service_ids)
+        definitions = [
+            self.definition(container, manifest),
+            *self._extra_port_definitions(container, manifest),
+        ]
         timeout = min(manifest.health.timeout, probe_module.MAX_BUDGET)
-        if not probe_module.passes_within(definition["Check"], timeout, timeout):
-            return False
-        self.consul.deregister_service(definition["ID"])
-        self.consul.register_service(definition)
-        return True
+        every = True
+        for definition in definitions:
+            if definition["ID"] not in wanted:
+                continue
+            if not probe_module.passes_within(definition["Check"], timeout, timeout):
+                every = False
+                continue
+            definition["Check"]["Status"] = "passing"
+            self.consul.deregister_service(definition["ID"])
+            self.consul.register_service(definition)
+        return every
 
     def deregister(self, service_id: str) -> None:
         """Remove one replica's registration (and its check)."""

@@ -1,0 +1,97 @@
+"""A rolling restart of the three Consul servers on the node environment, under load (issue 33).
+
+One server at a time, as docs/chaos.md says people should: `systemctl restart consul`
+in its node, then wait for autopilot to report healthy with three voters (read
+through a server not being restarted) before the next one. A request every 20 ms
+goes to the LB pair's floating address throughout; none may fail.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.cluster import Cluster
+from tests.support.load import Load
+from tests.support.nodes import Nodes
+from tests.support.served import get
+from tests.support.staging import HOSTS, wait_until
+
+SERVICE = "rollweb"
+AUTOPILOT_S = 60.0
+"""How long a restarted server may take to be a healthy voter again (measured: see docs/chaos.md)."""
+
+
+def autopilot_healthy(nodes: Nodes, through: str) -> bool:
+    """Autopilot, as ``through``'s Consul reports it: healthy, with three voters."""
+    url = f"http://{nodes.consul_addr(through)}/v1/operator/autopilot/health"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            health = json.loads(response.read())
+    except (OSError, ValueError):
+        return False
+    voters = sum(1 for s in health.get("Servers", []) if s.get("Voter") and s.get("Healthy"))
+    return bool(health.get("Healthy")) and voters == 3
+
+
+def consul_pid(nodes: Nodes, host: str) -> str:
+    """The main pid of ``host``'s Consul unit."""
+    return nodes.exec(host, "systemctl", "show", "-p", "MainPID", "--value", "consul").strip()
+
+
+def knows_leader(nodes: Nodes, host: str) -> bool:
+    """``host``'s Consul answers, and names a Raft leader."""
+    try:
+        with urllib.request.urlopen(
+            f"http://{nodes.consul_addr(host)}/v1/status/leader", timeout=2
+        ) as response:
+            return bool(json.loads(response.read()))
+    except (OSError, ValueError):
+        return False
+
+
+@pytest.fixture(scope="module")
+def served(node_cluster: Cluster, nodes: Nodes) -> Iterator[str]:
+    """A service of two replicas (one per app host) served at the floating address; deleted afterwards."""
+    node_cluster.put(SERVICE, 2, placement={"max_per_host": 1})
+    node_cluster.wait_converged(SERVICE, 2, timeout=120)
+    wait_until(
+        lambda: get(nodes.floating, SERVICE, timeout=2)[0] == 200, timeout=60, what=f"{SERVICE} served"
+    )
+    yield SERVICE
+    node_cluster.delete(SERVICE)
+    wait_until(
+        lambda: not node_cluster.containers(SERVICE, all_states=True), timeout=60, what=f"{SERVICE} gone"
+    )
+
+
+def test_a_rolling_restart_of_the_consul_servers_fails_no_request(
+    node_cluster: Cluster, nodes: Nodes, served: str
+) -> None:
+    """Each Consul server restarted in turn, autopilot healthy between them: no request via the LB fails."""
+    took: dict[str, float] = {}
+    with Load(nodes.floating, served, interval=0.02, timeout=2.0, limit=300) as load:
+        wait_until(lambda: len(load.outcomes) >= 25, timeout=30, what="the load to run")
+        for host in HOSTS:
+            observer = HOSTS[(HOSTS.index(host) + 1) % len(HOSTS)]
+            assert autopilot_healthy(nodes, observer), f"autopilot not healthy before restarting {host}"
+            pid = consul_pid(nodes, host)
+            started = time.monotonic()
+            nodes.exec(host, "systemctl", "restart", "consul")
+            assert consul_pid(nodes, host) != pid, f"{host}'s Consul was not restarted"
+            wait_until(
+                lambda h=host, o=observer: knows_leader(nodes, h) and autopilot_healthy(nodes, o),  # type: ignore[misc]
+                timeout=AUTOPILOT_S,
+                what=f"{host}'s Consul back with a leader, and autopilot healthy",
+            )
+            took[host] = round(time.monotonic() - started, 1)
+        wait_until(lambda: node_cluster.converged(served, 2), timeout=60, what=f"{served} converged again")
+        settled = len(load.outcomes)
+        wait_until(lambda: len(load.outcomes) >= settled + 25, timeout=30, what="the load after the restarts")
+    print(f"consul rolling restart: {took}, {len(load.outcomes)} requests, {len(load.failures)} failed")
+    assert load.failures == [], f"{len(load.failures)} of {len(load.outcomes)} failed: {load.failures[:5]}"
+    assert node_cluster.leader() is not None
