@@ -684,6 +684,29 @@ def issue31_lines(results: dict[str, Any]) -> list[str]:
             "The base commit's cells (`-i31-before`) did not complete: a change was not reported within",
             "120 s, twice; what they measured is in docs/benchmarks.md, *Issue 31, leader side*.",
         ]
+    staging = RESULTS / "staging_change.json"
+    if staging.is_file():
+        lines += ["", *_staging_lines(json.loads(staging.read_text()))]
+    return lines
+
+
+def _staging_lines(runs: dict[str, Any]) -> list[str]:
+    """`bench.staging_change`'s figures (real Docker, 2 app hosts), one row per run recorded."""
+    lines = [
+        "## Issue 31: `kv put` of a new service until its container started (staging, real Docker)",
+        "",
+        "`python -m bench.staging_change`: 2 app hosts, 1,000 services of 0 replicas in KV, 5 new services",
+        "of 1 replica each; the leading agent's CPU over each window. Goals: ≤ 0.5 s, ≤ 0.3 CPU-s.",
+        "",
+        "| run | put → started, each (s) | median (s) | leader CPU median (CPU-s) | load (1/5/15 min) |",
+        "|---|---|---:|---:|---|",
+    ]
+    for name, run in sorted(runs.items()):
+        each = ", ".join(f"{d:.2f}" for d in run["put_to_start_s"])
+        load = "/".join(f"{x:.1f}" for x in run["load"])
+        lines.append(
+            f"| {name} | {each} | {run['median_s']:.2f} | {run['leader_cpu_median_s']:.2f} | {load} |"
+        )
     return lines
 
 

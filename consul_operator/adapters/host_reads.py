@@ -1,12 +1,20 @@
-"""What a host pass reads out of Consul KV: manifests, placements and kept revisions (again only after
-a change), and this host's own status records.
+"""What a host pass reads out of Consul KV: its own work (or, for upgrades only, every manifest and
+placement), the revisions it runs, and this host's own status records.
 
-The manifests, placements and revisions are read again only once a watch on
-them fired (`KVChanged`), at the latest every `KV_MAX_AGE` seconds: a pass
-woken only by its own actions or Docker reuses its last read instead of
-reading the whole prefixes again (at 1,000 services, 100 agents doing so on
-every finished start kept three Consul servers saturated:
-docs/benchmarks.md, *Scale*).
+`WorkKVReader` (the default, issue 31) reads ``operator/work/<host>/``, the
+work the leader wrote for this host, and the lock's holder in one read-only
+transaction; the spec of each entry comes from ``operator/revisions/<name>/<spec>``,
+which never changes once written, so it is read once and cached by (name, spec).
+A missing work key, or one written under an older leader's session, means "keep
+what runs": the last current work is kept (none yet: `WorkPending`, the pass
+decides nothing). `HostKVReader` is the reader of agents before work keys
+(``--read-placements``, for rolling upgrades only): ``services/`` and
+``operator/placement/`` in full.
+
+Either reads again only once a watch fired (`KVChanged`), at the latest every
+`KV_MAX_AGE` seconds: a pass woken only by its own actions or Docker reuses its
+last read (at 1,000 services, 100 agents reading the whole prefixes on every
+finished start kept three Consul servers saturated: docs/benchmarks.md, *Scale*).
 """
 
 from __future__ import annotations
@@ -14,6 +22,9 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Collection
+from typing import Protocol
+
+import structlog
 
 from consul_operator.adapters.interfaces import KVStore
 from consul_operator.adapters.kv_state import (
@@ -22,12 +33,17 @@ from consul_operator.adapters.kv_state import (
     manifests_of,
     placements_of,
     read_revision,
+    read_revisions,
     read_statuses,
 )
 from consul_operator.core.desired_state import Manifest
+from consul_operator.core.errors import WorkPending
 from consul_operator.core.host_plan import revisions_wanted
 from consul_operator.core.keys import Layout
 from consul_operator.core.records import PlacementRecord, StatusRecord
+from consul_operator.core.work import HostWork, current_work, specs_wanted, work_view
+
+log = structlog.get_logger()
 
 KV_MAX_AGE = 60.0
 """Seconds a pass may reuse its last read of KV at most, whatever the watches say: a safety net."""
@@ -57,9 +73,94 @@ class KVChanged:
         return fired
 
 
+class HostReader(Protocol):
+    """What a host pass reads its `HostKV` with (`WorkKVReader`, or `HostKVReader` for upgrades)."""
+
+    def read(self) -> HostKV:
+        """Manifests, placements and the revisions wanted here (a failed read raises)."""
+        ...
+
+    def settle(self, services: Collection[str]) -> None:
+        """``services`` have containers on this host now: what the reader keeps of others may go."""
+        ...
+
+
+class WorkKVReader:
+    """Reads `HostKV` for ``host`` from its work keys (see the module doc); with ``changed``, again
+    only after it fired (or `KV_MAX_AGE`), else on every read."""
+
+    def __init__(
+        self,
+        consul: KVStore,
+        layout: Layout,
+        host: str,
+        changed: KVChanged | None,
+        mono: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.consul, self.layout, self.host, self.changed, self.mono = consul, layout, host, changed, mono
+        self._last: HostKV | None = None
+        self._read_at = 0.0
+        self._work: HostWork | None = None  # the last current work read
+        self._kept: dict[tuple[str, str], Manifest] = {}  # revisions by (name, spec): never change
+        self._gone: dict[str, Manifest] = {}  # left out of the current work, drained with these
+        self._stale = False  # the last read found no current work (logged once)
+
+    def read(self) -> HostKV:
+        """This host's work as manifests, placements and revisions: read again, or the last read if
+        unchanged; the last current one while the work key is missing or of an older leader."""
+        changed = self.changed is None or self.changed.take()
+        started = self.mono()
+        if not changed and self._last is not None and started - self._read_at < KV_MAX_AGE:
+            return self._last
+        try:
+            view = self._read()
+        except BaseException:
+            if self.changed is not None:
+                self.changed.fire()  # not read: the next pass must try again
+            raise
+        self._last, self._read_at = view, started
+        return view
+
+    def _read(self) -> HostKV:
+        layout, prefix = self.layout, self.layout.host_work_prefix(self.host)
+        trees = self.consul.kv_trees([prefix, layout.leader_key], consistent=True)
+        lock = next((e for e in trees[layout.leader_key] if e.key == layout.leader_key), None)
+        values = [e.value for e in trees[prefix] if layout.work_host(e.key) is not None]
+        work = current_work(self.host, values, None if lock is None else lock.session)
+        if work is None:
+            if not self._stale:
+                log.info("no current work key for this host: keeping what runs", host=self.host)
+            self._stale = True
+            if self._last is None:
+                raise WorkPending(f"no current work key for {self.host} yet (operator/work/{self.host}/)")
+            return self._last
+        self._stale = False
+        if self._work is not None and self._last is not None:
+            manifests = self._last[0]
+            for name in set(self._work) - set(work):
+                last = manifests.get(name)
+                if isinstance(last, Manifest):
+                    self._gone[name] = last
+        for name in set(self._gone) & set(work):
+            del self._gone[name]
+        wanted = specs_wanted(work)
+        missing = wanted - set(self._kept)
+        if missing:
+            self._kept.update(read_revisions(self.consul, layout, missing))
+        self._kept = {k: m for k, m in self._kept.items() if k in wanted}
+        self._work = work
+        return work_view(self.host, work, self._kept, self._gone)
+
+    def settle(self, services: Collection[str]) -> None:
+        """Forget the services left out of the work that no longer have containers here."""
+        for name in [n for n in self._gone if n not in services]:
+            del self._gone[name]
+
+
 class HostKVReader:
-    """Reads `HostKV` for ``host``; with ``changed``, again only after it fired (or `KV_MAX_AGE`),
-    else on every read."""
+    """Reads `HostKV` for ``host`` from every manifest and placement (the reader of agents before work
+    keys, kept for rolling upgrades: ``--read-placements``); with ``changed``, again only after it
+    fired (or `KV_MAX_AGE`), else on every read."""
 
     def __init__(
         self,
@@ -100,6 +201,9 @@ class HostKVReader:
             raise
         self._last, self._read_at = (manifests, placements, revisions), started
         return self._last
+
+    def settle(self, services: Collection[str]) -> None:
+        """Nothing kept beyond the last read."""
 
 
 def read_own_statuses(

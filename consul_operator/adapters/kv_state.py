@@ -246,6 +246,23 @@ def read_rendered(consul: KVStore, layout: Layout, name: str) -> RenderedRecord 
         return None
 
 
+def read_revisions(
+    consul: KVStore, layout: Layout, wanted: Collection[tuple[str, str]]
+) -> dict[tuple[str, str], Manifest]:
+    """The kept manifests of ``wanted`` (service, spec), read together; those absent, unreadable or not
+    of their spec are left out. Not through the parse cache: the caller keeps what it reads."""
+    keys = {layout.revision_key(name, spec): (name, spec) for name, spec in wanted}
+    found: dict[tuple[str, str], Manifest] = {}
+    for entry in consul.kv_get_many(sorted(keys), consistent=True):
+        if entry.key not in keys:
+            continue
+        name, spec = keys[entry.key]
+        manifest = _parse_uncached(entry.value, name)
+        if isinstance(manifest, Manifest) and manifest.spec_hash() == spec:
+            found[name, spec] = manifest
+    return found
+
+
 def rollouts_of(entries: Sequence[KVEntry], layout: Layout) -> dict[str, RolloutRecord]:
     """The rollout records among ``operator/rollout/``'s entries, by service."""
     return _records_of(entries, layout, layout.rollout_prefix, RolloutRecord.from_json, "rollout")

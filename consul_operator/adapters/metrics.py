@@ -41,6 +41,7 @@ ERROR_REASONS = (
     "docker_error",
     "not_leader",
     "permission_denied",
+    "work_pending",
     "internal",
 )
 ACTIONS = ("start", "drain", "remove_dead", "register", "deregister")
@@ -175,6 +176,10 @@ image_pulls = Counter(
     ["result"],
 )
 is_leader = Gauge("operator_is_leader", "1 while this agent holds the leader lock.", ["host"])
+agents_reading_placements = Gauge(
+    "operator_agents_reading_placements",
+    "Live agents from before work keys (no reads-work meta): a rolling upgrade is not done while above 0.",
+)
 leader_changes = Counter("operator_leader_changes_total", "Times this agent gained or lost the leader lock.")
 agent_registrations = Counter(
     "operator_agent_registrations_total",

@@ -51,6 +51,9 @@ assert AGENT_SERVICE in RESERVED_SERVICE_NAMES  # no manifest may register under
 LABEL_META_PREFIX = "label-"
 META_CAPACITY_MEMORY = "capacity-memory"
 META_CAPACITY_CPUS = "capacity-cpus"
+META_READS_WORK = "reads-work"
+"""An agent's meta ``reads-work: "1"``: it reads its work keys, not every placement (issue 31). While a
+live agent lacks it (one not upgraded yet), the leader's placements are what it runs from."""
 CLAIM_EVERY = 10
 """Heartbeats between two checks of the agent's node claim (``operator/agents/<host>``)."""
 AWAY_BEAT = 0.1
@@ -94,8 +97,10 @@ class Presence:
         layout: Layout | None = None,
         node: str = "",
         on_return: Callable[[], None] = lambda: None,
+        reads_work: bool = True,
     ) -> None:
         self.consul = consul
+        self.reads_work = reads_work
         self.on_return = on_return
         self.layout = layout
         self.node = node
@@ -128,6 +133,8 @@ class Presence:
         meta.update({LABEL_META_PREFIX + k: v for k, v in self.labels.items()})
         if self.capacity is not None:
             meta.update(capacity_meta(self.capacity))
+        if self.reads_work:
+            meta[META_READS_WORK] = "1"
         self.consul.register_service(
             {
                 "ID": agent_service_id(self.host),
@@ -271,6 +278,16 @@ def hosts_of(registrations: Iterable[ServiceInstance]) -> dict[str, tuple[bool, 
         previous_live = hosts.get(host, (False, {}))[0]
         hosts[host] = (live or previous_live, labels)
     return hosts
+
+
+def placement_readers(registrations: Iterable[ServiceInstance]) -> frozenset[str]:
+    """The live hosts whose agent does not advertise ``reads-work`` (`META_READS_WORK`): agents from
+    before work keys, which run from every manifest and placement (a rolling upgrade under way)."""
+    return frozenset(
+        inst.meta.get(META_HOST, "")
+        for inst in registrations
+        if inst.status == "passing" and inst.meta.get(META_READS_WORK) != "1"
+    )
 
 
 def capacity_meta(capacity: Resources) -> dict[str, str]:

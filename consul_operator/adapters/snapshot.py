@@ -32,6 +32,7 @@ from consul_operator.adapters.presence import (
     agents_of,
     capacities_of,
     hosts_of,
+    placement_readers,
 )
 from consul_operator.core.cluster_state import ClusterState, passing_per_host
 from consul_operator.core.desired_state import (
@@ -105,6 +106,7 @@ def read_cluster_state(
         hosts=hosts_of(registrations),
         capacities=capacities_of(registrations),
         agents=tuple(agents_of(registrations)),
+        placement_readers=placement_readers(registrations),
         statuses=records,
         maintenance=host_records_of(trees[layout.hosts_prefix], layout),
         rendered=rendered_of(trees[layout.rendered_prefix], layout),

@@ -272,6 +272,7 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
         allowed_host_paths=tuple(sorted(set(args.allow_host_path))),
         page_token_file=args.page_token_file,
         runtime_dir=args.runtime_dir,
+        reads_work=not args.read_placements,
         registry_auth=args.registry_auth,
     )
 
@@ -487,6 +488,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="a directory on a tmpfs where the replicas' secret files are written and mounted from "
         "(default: /run/consul-operator, systemd's RuntimeDirectory)",
+    )
+    agent.add_argument(
+        "--read-placements",
+        action="store_true",
+        default=os.environ.get("OPERATOR_READ_PLACEMENTS") == "1",
+        help="for rolling upgrades only: read every manifest and placement as agents before work keys "
+        "did, instead of this host's work key (also OPERATOR_READ_PLACEMENTS=1)",
     )
     agent.add_argument(
         "--registry-auth",

@@ -39,6 +39,8 @@ class ClusterState:
     * ``hosts``: the registered agents, live or not, with their labels;
       ``capacities``: what each agent advertises (none: an older agent, unlimited);
       ``agents``: the same with their advertised addresses (`ownership.owned`);
+      ``placement_readers``: the live ones from before work keys (no ``reads-work``
+      meta), which run from every manifest and placement (a rolling upgrade);
     * ``maintenance``: the hosts cordoned or draining, ``operator/hosts/<host>``;
     * ``statuses``: the agents' ``operator/status/<service>/<host>`` records;
     * ``passing``: per service, its instances passing in Consul that this
@@ -63,6 +65,7 @@ class ClusterState:
     passing: Mapping[str, tuple[ServiceInstance, ...]] = field(default_factory=dict)
     passing_counts: Mapping[str, int] = field(default_factory=dict)
     rendered: Mapping[str, RenderedRecord] = field(default_factory=dict)
+    placement_readers: frozenset[str] = frozenset()
 
     def valid_manifests(self) -> dict[str, Manifest | None]:
         """Every service with a manifest: the manifest, or None when it is invalid (hands off)."""

@@ -47,6 +47,11 @@ class ImageNotFound(DockerError):
     """The image is neither present locally nor pullable."""
 
 
+class WorkPending(OperatorError):
+    """A host has no current work key to act on yet (none, or one of an older leader's session),
+    and no earlier one this run: its pass decides nothing, so what runs keeps running."""
+
+
 class ImagePullFailed(ImageNotFound):
     """A pull failed (refused, unreachable, too slow, no usable credentials): its ``image`` backs off.
 

@@ -18,16 +18,28 @@ agree (a torn set, or one written under an older leader session, means
 "keep what runs"). A new leader rebuilds every host's work from one full
 read before it writes any (`work_writes` with what it read as ``written``):
 its session differs from every record's, so every host is written again.
+
+The host side: `current_work` reads a host's shards back when they are
+current (all there, one digest, the lock holder's session), `specs_wanted`
+names the revisions they run, and `work_view` turns them into the
+manifests and placements `host_plan.host_desires` takes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from consul_operator.core.desired_state import DEFAULT_DRAIN, DEFAULT_STOP_GRACE, Manifest, ManifestError
+from consul_operator.core.desired_state import (
+    DEFAULT_DRAIN,
+    DEFAULT_STOP_GRACE,
+    Manifest,
+    ManifestError,
+    Problem,
+)
 from consul_operator.core.keys import Layout
 from consul_operator.core.records import MAX_WORK_BYTES, PlacementRecord, bounded_text
 
@@ -129,14 +141,28 @@ class WrittenWork:
 
 
 def host_work(
-    placements: Mapping[str, PlacementRecord], manifests: Mapping[str, Manifest | ManifestError]
+    placements: Mapping[str, PlacementRecord],
+    manifests: Mapping[str, Manifest | ManifestError],
+    hosts: Iterable[str] = (),
 ) -> dict[str, dict[str, WorkEntry]]:
-    """Every host's work from the placements: host -> service -> entry (hosts with replicas only).
+    """Every host's work from the placements: host -> service -> entry (hosts with replicas, and
+    ``hosts`` with an invalid manifest's entry).
 
     A service without a manifest has no work anywhere (its replicas drain);
-    an invalid manifest's entry carries its first problem (the host holds).
+    an invalid manifest's entry carries its first problem (the host holds),
+    on every one of ``hosts`` (the registered agents) too, with a count of
+    0 where nothing of it is placed: every host reports an invalid manifest,
+    as every host did when each read every manifest.
     """
     work: dict[str, dict[str, WorkEntry]] = {}
+    for name, invalid in manifests.items():
+        if isinstance(invalid, ManifestError):
+            first = str(invalid.problems[0]) if invalid.problems else "invalid"
+            problem = bounded_text(first, MAX_WORK_ERROR_BYTES)
+            placed = placements.get(name)
+            spec = placed.spec_hash if placed is not None else ""
+            for host in hosts:
+                work.setdefault(host, {})[name] = WorkEntry(spec, 0, invalid=problem)
     for name, record in placements.items():
         manifest = manifests.get(name)
         if manifest is None:
@@ -288,3 +314,106 @@ def written_work(layout: Layout, entries: Mapping[str, bytes]) -> dict[str, Writ
         else:
             result[host] = WrittenWork("", "", frozenset(keys[host]))
     return result
+
+
+# --- the host side: reading its own work ---------------------------------------------------
+
+
+def entry_of(body: object) -> WorkEntry:
+    """A work entry from its JSON form (`WorkEntry.to_dict`); ValueError when it is not one."""
+    if not isinstance(body, dict):
+        raise ValueError("a work entry must be an object")
+    spec, count, specs = body.get("spec"), body.get("count"), body.get("specs", {})
+    drain, stop_grace = body.get("drain", DEFAULT_DRAIN), body.get("stop_grace", DEFAULT_STOP_GRACE)
+    invalid = body.get("invalid", "")
+    if not (
+        isinstance(spec, str)
+        and isinstance(count, int)
+        and count >= 0
+        and isinstance(specs, dict)
+        and all(isinstance(s, str) and isinstance(n, int) and n >= 0 for s, n in specs.items())
+        and isinstance(drain, int | float)
+        and isinstance(stop_grace, int | float)
+        and isinstance(invalid, str)
+    ):
+        raise ValueError("a work entry's fields are missing or of the wrong type")
+    return WorkEntry(spec, count, dict(specs), float(drain), float(stop_grace), invalid)
+
+
+def current_work(host: str, values: Sequence[bytes], session: str | None) -> dict[str, WorkEntry] | None:
+    """``host``'s work from the values of its ``operator/work/<host>/`` keys, when they are current:
+    every shard there, readable, of one digest, and written under ``session`` (the leader lock's
+    holder now). None otherwise: a missing key, a torn set, or one written under an older leader's
+    session, which all mean "keep what runs" (the agent does not act on it)."""
+    if not values or session is None:
+        return None
+    try:
+        shards = [WorkShard.from_json(value, host=host) for value in values]
+    except ValueError:
+        return None
+    first = shards[0]
+    if len(shards) != first.shards or any(
+        (s.session, s.digest, s.shards) != (first.session, first.digest, first.shards) for s in shards
+    ):
+        return None
+    if first.session != session or sorted(s.shard for s in shards) != list(range(first.shards)):
+        return None
+    work: dict[str, WorkEntry] = {}
+    try:
+        for shard in shards:
+            work.update({name: entry_of(body) for name, body in shard.services.items()})
+    except ValueError:
+        return None
+    return work
+
+
+def specs_wanted(work: HostWork) -> set[tuple[str, str]]:
+    """(service, spec) of every revision ``work`` runs: each valid entry's spec and rollout specs."""
+    return {(name, s) for name, e in work.items() if not e.invalid for s in {e.spec, *e.specs}}
+
+
+WorkView = tuple[
+    dict[str, Manifest | ManifestError], dict[str, PlacementRecord], dict[tuple[str, str], Manifest]
+]
+"""What a host pass decides over, as `host_plan.host_desires` takes it: manifests, placements
+(this host's count only) and the revisions of the other specs it runs."""
+
+
+def work_view(
+    host: str,
+    work: HostWork,
+    kept: Mapping[tuple[str, str], Manifest],
+    gone: Mapping[str, Manifest] | None = None,
+) -> WorkView:
+    """``host``'s work as manifests, placements and revisions (`host_plan.host_desires`'s input).
+
+    Each entry's manifest is the revision of its spec (``kept``), with the
+    entry's ``drain`` and ``stop_grace`` (which the spec hash leaves out). An
+    entry whose manifest is invalid, or whose spec's revision is not kept,
+    is a hold: what runs of it keeps running. ``gone``: services the last
+    current work had and this one leaves out, with their last manifest;
+    they get a count of 0 here, so their containers drain with the
+    manifest's timings (a deleted service drains with the defaults instead).
+    """
+    manifests: dict[str, Manifest | ManifestError] = {}
+    placements: dict[str, PlacementRecord] = {}
+    revisions: dict[tuple[str, str], Manifest] = {}
+    for name, manifest in (gone or {}).items():
+        if name not in work:
+            manifests[name] = manifest
+            placements[name] = PlacementRecord(name, manifest.spec_hash(), {host: 0})
+    for name, entry in work.items():
+        specs = {host: dict(entry.specs)} if entry.specs else {}
+        placements[name] = PlacementRecord(name, entry.spec, {host: entry.count}, specs=specs)
+        kept_spec = kept.get((name, entry.spec))
+        if entry.invalid:
+            manifests[name] = ManifestError([Problem("", entry.invalid)])
+        elif kept_spec is None:
+            missing = f"the revision of spec {entry.spec} is not in KV yet: keeping what runs"
+            manifests[name] = ManifestError([Problem("", missing)])
+        else:
+            manifests[name] = dataclasses.replace(kept_spec, drain=entry.drain, stop_grace=entry.stop_grace)
+            revisions.update(
+                {(name, s): kept[name, s] for s in entry.specs if s != entry.spec and (name, s) in kept}
+            )
+    return manifests, placements, revisions

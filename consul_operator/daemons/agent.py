@@ -4,9 +4,11 @@ Threads, all daemons, all stopped by one ``stop`` event:
 
 * heartbeat   keeps the agent's TTL check passing (presence, and the leader session)
 * election    campaigns for ``operator/leader`` and watches it
-* watches     blocking queries on manifests, placements and this node's checks;
-              while leading, also on the agents' health, all health, rollbacks and
-              maintenance; Docker's event stream. They only fire triggers.
+* watches     blocking queries on this host's work keys and this node's checks;
+              while leading, also on manifests, the agents' health, all health,
+              rollbacks and maintenance; Docker's event stream. They only fire
+              triggers. (With --read-placements, for upgrades only: manifests and
+              placements instead of the work keys, as before work keys.)
 * status-check looks at this host's status records every 2 s: changed or
               deleted in KV, they wake the host loop, which writes them again
 * host loop   reconciles this host's containers (every agent)
@@ -83,6 +85,7 @@ class AgentConfig:
     allowed_host_paths: tuple[str, ...] = ()  # --allow-host-path: directories a manifest's volumes may mount
     page_token_file: str | None = None  # --page-token-file: the status page's bearer token
     runtime_dir: str | None = DEFAULT_RUNTIME_DIR  # --runtime-dir: a tmpfs for the replicas' secret files
+    reads_work: bool = True  # False: --read-placements, the reader of agents before work keys (upgrades only)
     registry_auth: str | None = None  # --registry-auth: a Docker config.json with registry credentials
 
 
@@ -142,6 +145,7 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
         capacity=_capacity(config.capacity, lambda: engine_resources(docker_actuator.client), stop),
         # Consul back (restarted): a host pass at once re-registers the replicas it restored critical.
         on_return=host_trigger.fire,
+        reads_work=config.reads_work,
     )
     log.info("capacity", host=config.host, capacity=presence.capacity.text() if presence.capacity else None)
     _register_until_done(presence, stop)
@@ -181,6 +185,7 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
         allowed_caps=config.allowed_caps,
         allowed_host_paths=config.allowed_host_paths,
         node=node,
+        reads_work=config.reads_work,
     )
     scheduler = Scheduler(
         consul, config.layout, election, config.cluster, config.lost_grace, spread=config.spread
@@ -213,27 +218,43 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
     ]
     for thread in threads:
         thread.start()
-    # The host loop's watches: what this host runs (manifests wake the schedule loop
-    # too, a no-op but on the leader).
-    start_watch(
-        "services",
-        # Keys only: the watch drops the data, and manifests are up to 512 KiB each.
-        lambda i, w: consul.kv_keys(layout.services_prefix, index=i, wait=w),
-        [kv_changed, host_trigger, schedule_trigger],
-        stop,
-    )
-    start_watch(
-        "placements",
-        lambda i, w: consul.kv_list(layout.placement_prefix, index=i, wait=w),
-        [kv_changed, host_trigger],
-        stop,
-    )
-    start_watch("node-checks", lambda i, w: consul.health_node(node, index=i, wait=w), [host_batched], stop)
     # The leader's watches query Consul only while this agent leads: a hundred
     # followers each holding a query on every check in the cluster made every
     # health change a hundred answers (docs/benchmarks.md, *Scale*). A new
     # leader's schedule pass reads everything anyway (`on_change` fires it).
     leading = lambda: election.is_leader  # noqa: E731
+    if config.reads_work:
+        # What this host runs: its own work keys (issue 31), which the leader writes behind the
+        # placements and revisions of each pass. Manifests wake the leader only.
+        start_watch(
+            "work",
+            lambda i, w: consul.kv_keys(layout.host_work_prefix(config.host), index=i, wait=w),
+            [kv_changed, host_trigger],
+            stop,
+        )
+        start_watch(
+            "services",
+            # Keys only: the watch drops the data, and manifests are up to 512 KiB each.
+            lambda i, w: consul.kv_keys(layout.services_prefix, index=i, wait=w),
+            [schedule_trigger],
+            stop,
+            leading,
+        )
+    else:
+        # For upgrades only (--read-placements): every manifest and placement, as before work keys.
+        start_watch(
+            "services",
+            lambda i, w: consul.kv_keys(layout.services_prefix, index=i, wait=w),
+            [kv_changed, host_trigger, schedule_trigger],
+            stop,
+        )
+        start_watch(
+            "placements",
+            lambda i, w: consul.kv_list(layout.placement_prefix, index=i, wait=w),
+            [kv_changed, host_trigger],
+            stop,
+        )
+    start_watch("node-checks", lambda i, w: consul.health_node(node, index=i, wait=w), [host_batched], stop)
     start_watch(
         "agents",
         lambda i, w: consul.health_service(AGENT_SERVICE, index=i, wait=w),

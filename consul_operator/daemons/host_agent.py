@@ -1,7 +1,8 @@
 """The host loop: read a `HostState` once, decide purely (`host_pass.decide_host`), act, write the status.
 
-Every pass reads what it decides over: manifests, placements and kept
-revisions (again only after a watch on them fired: `host_reads.KVChanged`), the
+Every pass reads what it decides over: this host's work key and the
+revisions it runs (again only after a watch on it fired: `host_reads.KVChanged`;
+for upgrades only, every manifest and placement instead), the
 containers with our labels, what the `Executor` has in flight and how the
 actions it finished ended, our registrations, and this host's status records
 as KV holds them. `decide_host` turns that and the agent's `HostMemory` into
@@ -23,7 +24,13 @@ from dataclasses import dataclass, field
 import structlog
 
 from consul_operator.adapters import event_log, metrics
-from consul_operator.adapters.host_reads import HostKVReader, KVChanged, read_own_statuses
+from consul_operator.adapters.host_reads import (
+    HostKVReader,
+    HostReader,
+    KVChanged,
+    WorkKVReader,
+    read_own_statuses,
+)
 from consul_operator.adapters.interfaces import Catalog, Containers, KVStore
 from consul_operator.core.errors import ConsulError, refusal_reason
 from consul_operator.core.host_pass import (
@@ -73,7 +80,9 @@ class HostAgent:
     """One host's reconcile pass: read -> `decide_host` -> act, write, record, export.
 
     ``kv_changed``: when given, KV is read again only after it fired (or
-    `host_reads.KV_MAX_AGE`); None reads it on every pass.
+    `host_reads.KV_MAX_AGE`); None reads it on every pass. ``reads_work``: read
+    this host's work keys (`host_reads.WorkKVReader`); False, every manifest and
+    placement as agents before work keys did (for rolling upgrades only).
     """
 
     consul: KVStore
@@ -93,9 +102,11 @@ class HostAgent:
     # in every status record so that a registration elsewhere is not ours (ownership.py).
     node: str = ""
     memory: HostMemory = field(default_factory=HostMemory)  # read by `status_drifted` too: replaced whole
+    reads_work: bool = True
 
     def __post_init__(self) -> None:
-        self._kv = HostKVReader(self.consul, self.layout, self.host, self.kv_changed, self.mono)
+        reader = WorkKVReader if self.reads_work else HostKVReader
+        self._kv: HostReader = reader(self.consul, self.layout, self.host, self.kv_changed, self.mono)
         self._outcomes: list[Outcome] = []  # taken from the executor, not yet decided on
         self._restored = False  # whether a pass has read what an earlier run left in KV
 
@@ -126,6 +137,7 @@ class HostAgent:
         """Everything the pass decides over, read once (a failed read raises: nothing is decided)."""
         manifests, placements, revisions = self._kv.read()
         containers, inflight = self._observe()
+        self._kv.settle({c.service for c in containers})
         registrations = self.catalog.registrations()  # after the snapshot, as `_observe` says
         services = status_services(self.settings, manifests, placements, containers, self.memory)
         # On the first pass, all of them: what an earlier run of this agent left there.

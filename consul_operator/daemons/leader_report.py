@@ -84,6 +84,7 @@ def observe(state: ClusterState, plan: LeaderPlan) -> None:
     for done in plan.converged:
         metrics.convergence_seconds.labels(done.service).observe(done.seconds)
         log.info("converged", service=done.service, seconds=round(done.seconds, 3), replicas=done.replicas)
+    metrics.agents_reading_placements.set(len(state.placement_readers))
 
 
 def drop_service(name: str) -> None:
@@ -104,6 +105,7 @@ def drop_all() -> None:
     for gauge in metrics.LEADER_SERVICE_GAUGES:
         gauge.clear()
     metrics.drop_unplaced(None)
+    metrics.agents_reading_placements.set(0)
 
 
 def count_placements(keys: int, services: list[str]) -> None:

@@ -202,7 +202,7 @@ class WorkKeys:
             self.written = written_work(self.layout, {e.key: e.value for e in entries})
             self.decided = {}  # compared by digest with what was read, not with what we last wrote
             self.read_at = now
-        desired = host_work(placements, state.manifests)
+        desired = host_work(placements, state.manifests, state.hosts)
         planned = work_writes(self.layout, desired, self.written, session, self.decided or None, state.hosts)
         return {**planned.additions, **planned.removals}, desired, dict(planned.written)
 

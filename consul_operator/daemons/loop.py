@@ -30,6 +30,7 @@ from consul_operator.core.errors import (
     DockerUnavailable,
     NotLeader,
     OperatorError,
+    WorkPending,
 )
 
 log = structlog.get_logger()
@@ -139,6 +140,8 @@ def error_reason(exc: BaseException) -> str:
         return "docker_error"
     if isinstance(exc, NotLeader):
         return "not_leader"
+    if isinstance(exc, WorkPending):
+        return "work_pending"
     return "internal"
 
 

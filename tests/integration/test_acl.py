@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from stat import S_IMODE
 
@@ -114,8 +115,30 @@ def restricted_token(env: Staging, tmp_path: Path, name: str, rules: str) -> str
     return str(created["SecretID"])
 
 
+def settled(cluster: Cluster) -> str:
+    """Wait until the lock holder has written every work key (a new leader writes them all on its
+    first pass, `leader_writes.WorkKeys`); its session. From then on, nobody else may write one."""
+
+    def holder() -> str | None:
+        entry = cluster.consul.kv_get(cluster.layout.leader_key, consistent=True).value
+        return None if entry is None or not entry.session else entry.session
+
+    def sessions() -> set[str]:
+        entries = cluster.consul.kv_list(cluster.layout.work_prefix, consistent=True).value
+        return {str(json.loads(e.value)["session"]) for e in entries}
+
+    wait_until(
+        lambda: (s := holder()) is not None and sessions() == {s},
+        timeout=PROCESS_S,
+        what="every work key written by the leader holding the lock",
+    )
+    session = holder()
+    assert session is not None
+    return session
+
+
 def state_of(cluster: Cluster, service: str) -> tuple[dict[str, object], set[tuple[str, str]]]:
-    """What must not change: KV (key -> modify index; a work key -> its work) and the containers.
+    """What must not change: KV (key -> modify index) and the containers (take it once `settled`).
 
     Left out: the leader lock, the agents' status reports (`operator/status/`),
     which they rewrite whenever a check's result changes, and the events
@@ -128,24 +151,38 @@ def state_of(cluster: Cluster, service: str) -> tuple[dict[str, object], set[tup
         for e in cluster.consul.kv_list(prefix).value
         if e.key != "operator/leader" and not e.key.startswith(("operator/status/", "operator/events/"))
     }
-    # A work key by what it asks of its host: a new leader writes every one again under its own
-    # session on taking the lead (`leader_writes.WorkKeys`), the same work; a change of work shows.
-    for e in cluster.consul.kv_list("operator/work/").value:
-        kv[e.key] = json.loads(e.value).get("services")
     containers = {(c.id, c.status) for c in cluster.containers(service, all_states=True)}
     return kv, containers
 
 
+@dataclass(frozen=True)
+class Restricted:
+    """Agents with a restricted token: their logs, and `state_of` the service before they started."""
+
+    logs: dict[str, Path]
+    before: tuple[dict[str, object], set[tuple[str, str]]]
+
+
 @contextmanager
-def agents_with_token(cluster: Cluster, token: str, tmp_path: Path, *extra: str) -> Iterator[dict[str, Path]]:
+def agents_with_token(
+    cluster: Cluster, token: str, tmp_path: Path, service: str, *extra: str
+) -> Iterator[Restricted]:
     """Both agents replaced by agents running with ``token``; the staging ones come back afterwards.
 
     SIGTERM leaves the containers running; `staging.sh up` restarts the agents
-    with their role token, and they find everything as it was.
+    with their role token, and they find everything as it was. Both staging
+    agents get SIGTERM before either is waited for, and ``service``'s state is
+    taken once both are gone: stopped one after the other, the second took the
+    lock the first gave up and, a new leader, wrote every work key again under
+    its own session (issue 31), which then looked like a restricted agent's write.
     """
     env = cluster.staging
-    for host in ("host-1", "host-2"):
-        cluster.kill(f"agent-{host}", signal.SIGTERM)
+    pids = {host: cluster.staging.pids()[f"agent-{host}"] for host in ("host-1", "host-2")}
+    for pid in pids.values():
+        os.kill(pid, signal.SIGTERM)
+    for host, pid in pids.items():
+        wait_until(lambda: not pid_alive(pid), timeout=PROCESS_S, what=f"agent-{host} to exit")  # noqa: B023
+    before = state_of(cluster, service)
     logs = {host: tmp_path / f"agent-{host}.log" for host in ("host-1", "host-2")}
     procs = []
     try:
@@ -175,7 +212,7 @@ def agents_with_token(cluster: Cluster, token: str, tmp_path: Path, *extra: str)
                         env={**os.environ, **env.tls_env(), "CONSUL_HTTP_TOKEN": token},
                     )
                 )
-        yield logs
+        yield Restricted(logs, before)
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
@@ -291,6 +328,7 @@ def test_lb_token_cannot_change_services_and_loses_nothing(
     acl_env: Staging, acl_cluster: Cluster, running: str, tmp_path: Path
 ) -> None:
     """apply and delete with the read-only LB token are refused, naming the key; nothing changes."""
+    settled(acl_cluster)
     before = state_of(acl_cluster, running)
     since = time.time()
     manifest = tmp_path / f"{running}.yaml"
@@ -319,10 +357,10 @@ def test_agent_without_operator_write_never_leads_and_loses_nothing(
         'key_prefix "operator/" {\n  policy = "write"', 'key_prefix "operator/" {\n  policy = "read"'
     )
     token = restricted_token(acl_env, tmp_path, "agent-without-operator-write", rules)
-    before = state_of(acl_cluster, running)
     since = time.time()
 
-    with agents_with_token(acl_cluster, token, tmp_path, "--lost-grace", "1s") as logs:
+    with agents_with_token(acl_cluster, token, tmp_path, running, "--lost-grace", "1s") as restricted:
+        logs, before = restricted.logs, restricted.before
 
         def refused() -> bool:
             return any(
@@ -347,20 +385,24 @@ def test_agent_without_operator_write_never_leads_and_loses_nothing(
 def test_agent_without_services_read_drains_nothing(
     acl_env: Staging, acl_cluster: Cluster, running: str, tmp_path: Path
 ) -> None:
-    """Agents whose token cannot read services/ fail their passes, naming it, instead of draining all."""
+    """Agents whose token cannot read services/: the one that leads fails its passes, naming it, instead
+    of draining all; the host passes read only their work keys and go on (nothing drains either)."""
     rules = AGENT_POLICY.read_text().replace('key_prefix "services/" {\n  policy = "read"\n}\n', "")
     token = restricted_token(acl_env, tmp_path, "agent-without-services-read", rules)
-    before = state_of(acl_cluster, running)
     since = time.time()
 
-    with agents_with_token(acl_cluster, token, tmp_path) as logs:
+    with agents_with_token(acl_cluster, token, tmp_path, running) as restricted:
+        logs, before = restricted.logs, restricted.before
 
-        def refusals(log: Path) -> int:
-            return sum("permission denied for listing KV 'services/'" in e for e in log_errors(log))
+        def refusals() -> int:
+            return sum(
+                "permission denied for listing KV 'services/'" in e
+                for log in logs.values()
+                for e in log_errors(log)
+            )
 
-        for host, log in logs.items():
-            # Several failed host passes in a row on each host: every one refused before deciding.
-            wait_until(lambda: refusals(log) >= 3, timeout=30, what=f"{host}'s passes refused")  # noqa: B023
+        # Several failed leader passes in a row: every one refused before deciding.
+        wait_until(lambda: refusals() >= 3, timeout=30, what="the leader's passes refused")
         assert state_of(acl_cluster, running) == before
     acl_cluster.wait_converged(running, 2)
     assert acl_cluster.container_events(running, since, TOUCHING) == []
@@ -372,10 +414,10 @@ def test_agent_without_node_read_schedules_nothing(
     """A leader whose token cannot read nodes (so sees no live host) refuses to schedule; nothing moves."""
     rules = AGENT_POLICY.read_text().replace('node_prefix "" {\n  policy = "read"\n}\n', "")
     token = restricted_token(acl_env, tmp_path, "agent-without-node-read", rules)
-    before = state_of(acl_cluster, running)
     since = time.time()
 
-    with agents_with_token(acl_cluster, token, tmp_path, "--lost-grace", "1s") as logs:
+    with agents_with_token(acl_cluster, token, tmp_path, running, "--lost-grace", "1s") as restricted:
+        logs, before = restricted.logs, restricted.before
 
         def refusals() -> int:
             return sum("does not see itself live" in e for log in logs.values() for e in log_errors(log))
@@ -401,6 +443,7 @@ def test_admin_token_cordons_and_drains_and_may_write_nothing_else_of_the_operat
     admin token still may not write the operator's other state."""
     admin, lb = acl_env.token("operator-admin"), acl_env.token("operator-lb")
     key = acl_cluster.layout.host_key("host-1")
+    settled(acl_cluster)
     before = state_of(acl_cluster, running)
     refused = operator_cli(acl_env, lb, "cordon", "host-1")
     assert refused.returncode == 2, refused.stdout + refused.stderr

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
+from collections.abc import Iterator
+
+import pytest
 
 from consul_operator.core.work import WorkShard
 from tests.support.bounds import CONVERGE_S, REACT_S
 from tests.support.cluster import Cluster
-from tests.support.staging import wait_until
+from tests.support.staging import Staging, wait_until
 
 
 def work_of(cluster: Cluster, host: str) -> dict[str, dict[str, object]]:
@@ -97,4 +101,52 @@ def test_work_keys_follow_placements_and_a_new_leader_rewrites_them(
         lambda: work_counts(cluster, service_name) == {},
         timeout=REACT_S,
         what="the service gone from every work key",
+    )
+
+
+def agent_meta(cluster: Cluster, host: str) -> dict[str, str]:
+    """The meta of ``host``'s agent registration."""
+    instances = cluster.consul.health_service("operator-agent").value
+    return next(dict(i.meta) for i in instances if i.meta.get("host") == host and i.meta.get("cluster"))
+
+
+@pytest.fixture
+def old_host_2(staging: Staging, cluster: Cluster) -> Iterator[None]:
+    """host-2's agent as before work keys (``--read-placements``) for one test; the session's after it."""
+    args = f"{dict(staging.extra_env).get('AGENT_ARGS_HOST2', '')} --read-placements".strip()
+    old = dataclasses.replace(staging, extra_env=(*staging.extra_env, ("AGENT_ARGS_HOST2", args)))
+    cluster.kill("agent-host-2", signal.SIGTERM)
+    old.run("up")
+    yield
+    cluster.kill("agent-host-2", signal.SIGTERM)
+    staging.run("up")
+
+
+def test_an_old_and_a_new_agent_run_one_service_together(
+    cluster: Cluster, service_name: str, old_host_2: None
+) -> None:
+    """A rolling upgrade half done: host-1's agent reads its work key, host-2's (``--read-placements``)
+    every placement. Each advertises what it reads, the leader counts the old one, and a service
+    placed on both starts, scales and drains on both."""
+    assert agent_meta(cluster, "host-1").get("reads-work") == "1"
+    assert "reads-work" not in agent_meta(cluster, "host-2")
+    leader = cluster.leader()
+    assert leader is not None
+    wait_until(
+        lambda: cluster.metric(leader, "operator_agents_reading_placements") == 1,
+        timeout=REACT_S,
+        what="the leader counting one agent that reads placements",
+    )
+
+    cluster.put(service_name, 2, placement={"max_per_host": 1})
+    cluster.wait_converged(service_name, 2)
+    assert cluster.per_host(service_name) == {"host-1": 1, "host-2": 1}
+    cluster.put(service_name, 4, placement={"max_per_host": 2})
+    cluster.wait_converged(service_name, 4)
+    assert cluster.per_host(service_name) == {"host-1": 2, "host-2": 2}
+    cluster.delete(service_name)
+    wait_until(
+        lambda: not cluster.containers(service_name, all_states=True),
+        timeout=CONVERGE_S,
+        what="the service's containers drained on both hosts",
     )

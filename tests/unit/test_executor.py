@@ -12,7 +12,7 @@ import pytest
 
 from consul_operator.adapters.consul_client import Indexed, KVEntry
 from consul_operator.core.backoff import Backoff
-from consul_operator.core.desired_state import Manifest
+from consul_operator.core.desired_state import Manifest, revision_json
 from consul_operator.core.errors import ConsulError, ConsulPermissionDenied, DockerError, DockerUnavailable
 from consul_operator.core.host_pass import HostMemory, HostSettings, HostState, decide_host
 from consul_operator.core.keys import Layout
@@ -26,8 +26,9 @@ from consul_operator.core.model import (
     Registration,
     StartContainer,
 )
-from consul_operator.core.records import PlacementRecord, frozen_map
+from consul_operator.core.records import LeaderRecord, PlacementRecord, frozen_map
 from consul_operator.core.txn import CONSUL_MAX_VALUE_BYTES, Sent, Writes, pack_writes, send_groups
+from consul_operator.core.work import WorkEntry, work_records
 from consul_operator.daemons.executor import MAX_PARALLEL_ACTIONS, RESERVED_WORKERS, Executor
 from consul_operator.daemons.host_agent import HostAgent
 from consul_operator.daemons.loop import Trigger, run_loop
@@ -145,9 +146,13 @@ class FakeConsul:
     kv: dict[str, bytes] = field(default_factory=dict)
     refuse: set[str] = field(default_factory=set)
     """Keys whose writes Consul refuses (an ACL on one key)."""
+    sessions: dict[str, str] = field(default_factory=dict)
+    """Keys held by a session (the leader lock): key -> session."""
 
     def kv_list(self, prefix: str, **_: object) -> Indexed[list[KVEntry]]:
-        entries = [KVEntry(k, v, 1) for k, v in sorted(self.kv.items()) if k.startswith(prefix)]
+        entries = [
+            KVEntry(k, v, 1, self.sessions.get(k)) for k, v in sorted(self.kv.items()) if k.startswith(prefix)
+        ]
         return Indexed(1, entries)
 
     def kv_trees(self, prefixes: list[str], **_: object) -> dict[str, list[KVEntry]]:
@@ -174,7 +179,7 @@ class FakeConsul:
 
     def kv_get(self, key: str, **_: object) -> Indexed[KVEntry | None]:
         value = self.kv.get(key)
-        return Indexed(1, None if value is None else KVEntry(key, value, 1))
+        return Indexed(1, None if value is None else KVEntry(key, value, 1, self.sessions.get(key)))
 
     def kv_put(self, key: str, value: bytes | str, **_: object) -> bool:
         self.kv[key] = value.encode() if isinstance(value, str) else value
@@ -212,16 +217,27 @@ class FakeConsul:
         return send_groups(pack_writes(groups, max_value=max_value), send, too_large)
 
 
+LEADER_SESSION = "s1"
+"""The session holding the leader lock in `placed`'s KV (the one its work keys are written under)."""
+
+
 def placed(manifest: Manifest, count: int) -> FakeConsul:
-    """KV holding ``manifest`` and a placement of ``count`` replicas on this host."""
+    """KV as a leader leaves it for ``manifest`` with ``count`` replicas placed on this host: the
+    manifest, its placement and revision, the leader lock and this host's work key under its session."""
     layout = Layout()
     text = f"name: {manifest.name}\nimage: {manifest.image}\nreplicas: {count}\nport: {manifest.port}\n"
-    record = PlacementRecord(manifest.name, manifest.spec_hash(), frozen_map({HOST: count}))
+    spec = manifest.spec_hash()
+    record = PlacementRecord(manifest.name, spec, frozen_map({HOST: count}))
+    work = {manifest.name: WorkEntry(spec, count)} if count else {}
     return FakeConsul(
         {
             layout.service_key(manifest.name): text.encode(),
             layout.placement_prefix + manifest.name: record.to_json(),
-        }
+            layout.revision_key(manifest.name, spec): revision_json(manifest),
+            layout.leader_key: LeaderRecord("host-0", 0.0).to_json(),
+            **work_records(layout, HOST, work, LEADER_SESSION),
+        },
+        sessions={layout.leader_key: LEADER_SESSION},
     )
 
 

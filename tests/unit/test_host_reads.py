@@ -59,8 +59,17 @@ def host_agent(
 ) -> HostAgent:
     catalog = FakeCatalog()
     executor = Executor(docker, catalog, on_done=lambda: None)
+    # The reader of agents before work keys (--read-placements): what these tests count is its reads.
     return HostAgent(
-        consul, Layout(), HOST, docker, catalog, executor, mono=lambda: clock[0], kv_changed=kv_changed
+        consul,
+        Layout(),
+        HOST,
+        docker,
+        catalog,
+        executor,
+        mono=lambda: clock[0],
+        kv_changed=kv_changed,
+        reads_work=False,
     )
 
 
