@@ -366,16 +366,20 @@ class ConsulClient:
         index: int = 0,
         wait: float = DEFAULT_WAIT,
         consistent: bool = False,
+        stale: bool = False,
         timeout: float | None = None,
     ) -> Indexed[KVEntry | None]:
-        """Read one key (blocking when ``index`` > 0); ``timeout`` overrides the client's for this call."""
+        """Read one key (blocking when ``index`` > 0); ``timeout`` overrides the client's for this call.
+
+        ``stale``: any server answers from its own copy, without asking the Raft leader.
+        """
         client = self._client if timeout is None else self._client_with_timeout(timeout)
         with _wrapped(f"reading KV {key!r}"):
             idx, raw = client.kv.get(
                 key,
                 index=index or None,
                 wait=_go_duration(wait),
-                consistency="consistent" if consistent else None,
+                consistency="consistent" if consistent else "stale" if stale else None,
             )
         return Indexed(int(idx or 0), _entry(raw) if raw else None)
 

@@ -104,7 +104,14 @@ class LeaderLock(Protocol):
     """Sessions, the leader lock and fenced writes: what `daemons.leader.LeaderElection` uses."""
 
     def kv_get(
-        self, key: str, /, *, index: int = 0, wait: float = DEFAULT_WAIT, consistent: bool = False
+        self,
+        key: str,
+        /,
+        *,
+        index: int = 0,
+        wait: float = DEFAULT_WAIT,
+        consistent: bool = False,
+        stale: bool = False,
     ) -> Indexed[KVEntry | None]:
         """One key (`ConsulClient.kv_get`): the lock, and the session that holds it."""
         ...

@@ -240,14 +240,22 @@ class LeaderElection:
             # While our session holds the lock, a read returns at least every quarter of the lease
             # to confirm it, also after a lapse (a slow Consul): it leads again at the next one.
             wait = self.lease / 4 if holds else WATCH_WAIT
+            # The holder confirms its lease with consistent reads. A follower only waits for the
+            # lock to come free, from any server's copy: a consistent read goes to Consul's Raft
+            # leader, and when that leader is the host cut off (one way, its answers dropped), the
+            # follower's read hung for its whole wait and the new leader came 16.7 s after the cut.
+            consistent = holds
             asked = time.monotonic()
-            result = self.consul.kv_get(self.layout.leader_key, index=index, wait=wait, consistent=True)
+            result = self.consul.kv_get(
+                self.layout.leader_key, index=index, wait=wait, consistent=consistent, stale=not consistent
+            )
             index = result.index if result.index >= index else 0
             holder = result.value.session if result.value else None
             holds = holder == session
             if holds:
-                self._confirm(asked)
-                continue
+                if consistent:
+                    self._confirm(asked)
+                continue  # a stale copy says ours: the next read (consistent) confirms it or not
             self._set_leader(False)
             if holder is None:
                 if self.consul.session_info(session) is None:

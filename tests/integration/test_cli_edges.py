@@ -114,9 +114,12 @@ class RacingConsul(ConsulClient):
         index: int = 0,
         wait: float = 30.0,
         consistent: bool = False,
+        stale: bool = False,
         timeout: float | None = None,
     ) -> Indexed[KVEntry | None]:
-        result = super().kv_get(key, index=index, wait=wait, consistent=consistent, timeout=timeout)
+        result = super().kv_get(
+            key, index=index, wait=wait, consistent=consistent, stale=stale, timeout=timeout
+        )
         if key in self.values:
             self.other.kv_put(key, self.values.pop(key))
         return result

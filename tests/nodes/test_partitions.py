@@ -69,7 +69,11 @@ def test_node_faults_fail_requests_within_budget(node_chaos: NodeChaos) -> None:
 # relayed the host's gossip (`Nodes.cut_off`). The other goals (replacements within the grace + 3 s,
 # NGINX caught up in 2 s, settled in 5 s) are not met on this machine; docs/chaos.md gives their
 # figures and where their seconds go instead of a bound here.
-NEW_LEADER_BOUND = 5.0
+# The bound is the goal with a margin for a loaded CI machine: 8 s. A run beside busy workers (load
+# 40) took 16.7 s one way when the cut host was also Consul's Raft leader: the follower's consistent
+# read of the lock went to that leader and hung for its whole 10 s wait. Followers now read the lock
+# stale (`LeaderElection._campaign`), from their own server's copy.
+NEW_LEADER_BOUND = 8.0
 
 
 def test_node_faults_heal_fast(node_chaos: NodeChaos) -> None:

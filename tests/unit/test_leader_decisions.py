@@ -221,7 +221,7 @@ class LockConsul:
     """`LeaderLock` for the fakes below: each call a test does not expect fails it."""
 
     def kv_get(
-        self, key: str, *, index: int = 0, wait: float = 0.0, consistent: bool = False
+        self, key: str, *, index: int = 0, wait: float = 0.0, consistent: bool = False, stale: bool = False
     ) -> Indexed[KVEntry | None]:
         raise AssertionError(f"read of {key} not expected")
 
@@ -566,7 +566,7 @@ class HeldLockConsul(LockConsul):
         return {"ID": session}
 
     def kv_get(
-        self, key: str, *, index: int = 0, wait: float = 0.0, consistent: bool = False
+        self, key: str, *, index: int = 0, wait: float = 0.0, consistent: bool = False, stale: bool = False
     ) -> Indexed[KVEntry | None]:
         """The lock, held by ``session``: the first read takes ``slow`` s, later ones their wait."""
         self.waits.append(wait)
