@@ -122,6 +122,17 @@ class LeaderElection:
         that ran then did nothing and waits for a wake-up. So it is said and counted,
         and leading again wakes the scheduler (``on_change``), as after any step down.
         """
+        self._step_down_if_lapsed()
+        self._confirmed = max(self._confirmed, asked)
+        self._set_leader(self._lease_valid())
+
+    def watch_lease(self, stop: threading.Event) -> None:
+        """Until ``stop``: step down (the gauge to 0) as soon as the lease ran out unconfirmed."""
+        while not stop.wait(self.lease / LEASE_CHECKS):
+            self._step_down_if_lapsed()
+
+    def _step_down_if_lapsed(self) -> None:
+        """A leader whose lease ran out unconfirmed steps down, and says why."""
         if self._leader and not self._lease_valid():
             log.warning(
                 "leader lease ran out: not confirmed by Consul",
@@ -130,20 +141,6 @@ class LeaderElection:
                 since=round(time.monotonic() - self._confirmed, 2),
             )
             self._set_leader(False)
-        self._confirmed = max(self._confirmed, asked)
-        self._set_leader(self._lease_valid())
-
-    def watch_lease(self, stop: threading.Event) -> None:
-        """Until ``stop``: step down (the gauge to 0) as soon as the lease ran out unconfirmed."""
-        while not stop.wait(self.lease / LEASE_CHECKS):
-            if self._leader and not self._lease_valid():
-                log.warning(
-                    "leader lease ran out: not confirmed by Consul",
-                    host=self.host,
-                    lease=self.lease,
-                    since=round(time.monotonic() - self._confirmed, 2),
-                )
-                self._set_leader(False)
 
     def renew_session(self, stop: threading.Event, every: float = SESSION_TTL / RENEWALS) -> None:
         """Until ``stop``: renew our session on the servers ``every`` s (a `RENEWALS`-th of its TTL).

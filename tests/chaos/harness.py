@@ -58,7 +58,6 @@ import sys
 import threading
 import time
 import traceback
-import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -69,6 +68,7 @@ from consul_operator.adapters.consul_client import ConsulClient
 from consul_operator.adapters.docker_client import connect
 from consul_operator.core.desired_state import ManifestError, parse_manifest
 from consul_operator.core.model import LABEL_CLUSTER, LABEL_HOST, LABEL_SERVICE, META_HOST
+from tests.support.autopilot import three_healthy_voters
 from tests.support.bounds import CHAOS_CONVERGE_S, LB_UPDATE_S, NEW_LEADER_S
 from tests.support.cluster import Cluster, manifest_yaml
 from tests.support.load import Load
@@ -248,23 +248,9 @@ class Chaos:
         return bool(entry and entry.session and consul.session_info(entry.session) is not None)
 
     def consul_healthy(self) -> bool:
-        """Consul's autopilot says healthy, with all three servers voters again.
-
-        A server back from a cut or a restart rejoins as a non-voter for
-        autopilot's server_stabilization_time (10 s); losing a second server in
-        that window leaves one voter of two, and no leader. Faults wait for
-        this, as people would.
-        """
+        """Consul's autopilot says healthy, with all three servers voters again (`three_healthy_voters`)."""
         address = self.cluster.consul.address
-        url = f"http://{address.host}:{address.port}/v1/operator/autopilot/health"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                health = json.loads(response.read())
-        except (OSError, ValueError):
-            return False
-        return (
-            bool(health.get("Healthy")) and sum(1 for s in health.get("Servers", []) if s.get("Voter")) == 3
-        )
+        return three_healthy_voters(f"{address.host}:{address.port}")
 
     def converged(self) -> bool:
         """Every service at its count, all passing, nothing orphaned or dead, served through NGINX."""

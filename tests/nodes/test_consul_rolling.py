@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.autopilot import three_healthy_voters
 from tests.support.cluster import Cluster
 from tests.support.load import Load
 from tests.support.nodes import Nodes
@@ -28,14 +29,7 @@ AUTOPILOT_S = 60.0
 
 def autopilot_healthy(nodes: Nodes, through: str) -> bool:
     """Autopilot, as ``through``'s Consul reports it: healthy, with three voters."""
-    url = f"http://{nodes.consul_addr(through)}/v1/operator/autopilot/health"
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            health = json.loads(response.read())
-    except (OSError, ValueError):
-        return False
-    voters = sum(1 for s in health.get("Servers", []) if s.get("Voter") and s.get("Healthy"))
-    return bool(health.get("Healthy")) and voters == 3
+    return three_healthy_voters(nodes.consul_addr(through))
 
 
 def consul_pid(nodes: Nodes, host: str) -> str:

@@ -13,11 +13,10 @@ Consul ends it within twice `SESSION_TTL`, and the other agent leads.
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 
 from consul_operator.daemons.leader import SESSION_TTL
+from tests.support.autopilot import three_healthy_voters
 from tests.support.cluster import Cluster
 from tests.support.nodes import APP_HOSTS, NODE_HOSTS, Nodes
 from tests.support.staging import wait_until
@@ -29,16 +28,9 @@ TAKEOVER_S = 2 * SESSION_TTL + 30.0
 
 
 def autopilot_healthy(cluster: Cluster) -> bool:
-    """Consul's autopilot says healthy, all three servers voters (as the node chaos run waits)."""
+    """Consul's autopilot, through the cluster's client: healthy, three healthy voters."""
     address = cluster.consul.address
-    url = f"http://{address.host}:{address.port}/v1/operator/autopilot/health"
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            health = json.loads(response.read())
-    except (OSError, ValueError):
-        return False
-    voters = [s for s in health.get("Servers") or [] if s.get("Voter") and s.get("Healthy")]
-    return bool(health.get("Healthy")) and len(voters) == 3
+    return three_healthy_voters(f"{address.host}:{address.port}")
 
 
 def test_a_leader_that_reaches_one_node_only_loses_the_lock_to_the_majority(
