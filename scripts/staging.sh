@@ -110,7 +110,8 @@ spawn() {
     setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
   fi
   local pid=$! i
-  echo "$pid $exe" >"$PIDS/$name.pid"
+  # Written whole then renamed: a reader (the chaos monitor) never sees the file half written.
+  echo "$pid $exe" >"$PIDS/$name.pid.tmp" && mv -f "$PIDS/$name.pid.tmp" "$PIDS/$name.pid"
   # Until setsid has exec'd the program, /proc/<pid>/exe is bash or setsid.
   for i in $(seq 1 100); do
     [[ $(readlink "/proc/$pid/exe" 2>/dev/null) == "$exe" ]] && break

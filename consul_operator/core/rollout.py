@@ -116,7 +116,8 @@ def plan_rollout(
     agents report running (draining containers included), ``passing`` the
     passing instances per spec and ``matured`` those passing for at least
     ``policy.min_healthy``. Old-spec replicas go only as new ones mature and
-    never below ``replicas - max_unavailable`` passing; new ones are added
+    never below ``replicas - max_unavailable`` passing, failing ones first but
+    never below that many proven (old placed, new matured); new ones are added
     while placed-or-running stays within ``replicas + max_surge`` and no more
     than ``max_surge + max_unavailable`` (and fewer than the number of target
     hosts) are unproven. Past the deadline (``rollout.elapsed``, see
@@ -174,8 +175,16 @@ def plan_rollout(
     passing_old = min(old_placed, sum(n for s, n in passing.items() if s != to))
     matured_new = min(matured.get(to, 0), new_placed)
 
-    # Old replicas go: the unhealthy ones freely, healthy ones while enough stay passing.
-    removable = min(old_placed, (old_placed - passing_old) + max(0, matured_new + passing_old - floor))
+    # Old replicas go: the unhealthy ones first, healthy ones while enough stay passing; in all
+    # no more than the proven replicas (old placed, new matured) above the floor, as Kubernetes
+    # caps a rolling update's scale-down (``maxScaledDown``). An old replica whose check failed
+    # once under load is still a replica: without the cap it went at once, and with a new spec
+    # that never passes the service ran one short until the rollback put it back.
+    removable = min(
+        old_placed,
+        (old_placed - passing_old) + max(0, matured_new + passing_old - floor),
+        max(0, old_placed + matured_new - floor),
+    )
     for _ in range(removable):
         host = min(
             (h for h, c in counts.items() if any(s != to for s in c)),

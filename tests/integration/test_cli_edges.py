@@ -260,6 +260,7 @@ def test_status_watch_prints_each_change_until_a_signal(
     """`status --watch --json | …`: a document per change up to Converged; SIGINT/SIGTERM: exit 0, quiet."""
     # A person's pipe (`| jq`) is block-buffered: no PYTHONUNBUFFERED from the test run.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env["PYTHONFAULTHANDLER"] = "1"  # SIGABRT prints every thread's stack: where a hang hangs
     argv = [sys.executable, "-m", "consul_operator", "status", "--watch", "--json", service_name]
     argv += ["--consul", cluster.staging.consul_addr(), "--cluster", cluster.staging.name]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -277,7 +278,15 @@ def test_status_watch_prints_each_change_until_a_signal(
         states = watch.states(service_name)
         assert len(states) >= 3 and states[0] == "-" and "Progressing" in states, states
         proc.send_signal(sig)
-        assert proc.wait(timeout=30) == 0
+        try:
+            code = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            proc.wait(timeout=30)
+            raise AssertionError(
+                f"still running 30 s after {sig.name}:\n{proc.stderr.read()[-6000:]}"
+            ) from None
+        assert code == 0
         stderr = proc.stderr.read()
         assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
     finally:

@@ -8,6 +8,7 @@ addresses and its own run directory under .run/.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -170,7 +171,12 @@ class Staging:
         pid_dir = self.run_dir / "pids"
         if not pid_dir.is_dir():
             return {}
-        return {p.stem: int(p.read_text().split()[0]) for p in pid_dir.glob("*.pid")}
+        found = {}
+        for path in pid_dir.glob("*.pid"):
+            # staging.sh renames each file in whole; one removed meanwhile is simply gone.
+            with contextlib.suppress(FileNotFoundError):
+                found[path.stem] = int(path.read_text().split()[0])
+        return found
 
 
 def wait_until(

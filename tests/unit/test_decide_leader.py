@@ -141,6 +141,7 @@ def kind(key: str) -> str:
 
 OLD_PASSING = (instance("web-h1-a", OLD), instance("web-h2-a", OLD, "h2"))
 MATURE_NEW = LeaderMemory(first_passing={"web": {"web-h1-n": NOW - 5}})
+MATURE_OLD = LeaderMemory(first_passing={"web": {"web-h1-a": NOW - 60, "web-h2-a": NOW - 60}})
 
 CASES = [
     pytest.param(
@@ -294,12 +295,27 @@ CASES = [
             rolling(elapsed=61.0),
             frozenset({OLD, NEW}),
             passing=OLD_PASSING,
+            memory=MATURE_OLD,
             specs={"h1": {OLD: 1}, "h2": {OLD: 1}},
             state=RolloutState.ROLLING_BACK,
             written=frozenset({"placement", "rollout"}),
             wake_in=ROLLOUT_POLL,
         ),
         id="auto-rollback-past-the-deadline-turns-back-to-the-old-spec",
+    ),
+    pytest.param(
+        Case(
+            V2,
+            mixed({"h1": {OLD: 1, NEW: 1}, "h2": {OLD: 1}}),
+            rolling(elapsed=61.0),
+            frozenset({OLD, NEW}),
+            passing=OLD_PASSING,
+            specs={"h1": {OLD: 1, NEW: 1}, "h2": {OLD: 1}},
+            state=RolloutState.ROLLING_BACK,
+            written=frozenset({"placement", "rollout"}),
+            wake_in=ROLLOUT_POLL,
+        ),
+        id="a-new-leader-takes-the-new-replica-back-once-the-old-ones-proved-themselves-to-it",
     ),
     pytest.param(
         Case(

@@ -55,6 +55,23 @@ ROWS = [
     pytest.param(
         Row(
             {"h1": {OLD: 1, NEW: 1}, "h2": {OLD: 1}},
+            {"h1": {OLD: 1, NEW: 1}, "h2": {OLD: 1}},
+            passing={OLD: 1},
+        ),
+        id="an-old-replica-failing-its-check-stays-while-the-new-one-is-unproven",
+    ),
+    pytest.param(
+        Row(
+            {"h1": {OLD: 1, NEW: 1}, "h2": {OLD: 1}},
+            {"h1": {NEW: 1}, "h2": {OLD: 1}},
+            passing={OLD: 1, NEW: 1},
+            matured={NEW: 1},
+        ),
+        id="with-an-old-replica-failing-one-old-goes-once-a-new-one-matured",
+    ),
+    pytest.param(
+        Row(
+            {"h1": {OLD: 1, NEW: 1}, "h2": {OLD: 1}},
             {"h1": {NEW: 1}, "h2": {OLD: 1}},
             passing={OLD: 2, NEW: 1},
             matured={NEW: 1},

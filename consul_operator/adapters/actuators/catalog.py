@@ -194,8 +194,20 @@ class CatalogActuator:
         )
 
     def register(self, container: ContainerInfo, manifest: Manifest) -> None:
-        """Register (or update) one replica with its health check, and its extra ports."""
-        self.consul.register_service(self.definition(container, manifest))
+        """Register (or update) one running replica with its health check, and its extra ports:
+        passing from the start if its check passes when run here now (one try within the
+        check's timeout).
+
+        A check registered critical keeps no output until Consul's first run, and that is what
+        a check restored by a restarted Consul looks like (`registrations`): without the try, a
+        healthy replica registered again (its registration was lost) read as restored at the
+        next pass, and was registered a second time, deregistered first.
+        """
+        definition = self.definition(container, manifest)
+        timeout = min(manifest.health.timeout, probe_module.MAX_BUDGET)
+        if probe_module.passes_within(definition["Check"], timeout, timeout):
+            definition["Check"]["Status"] = "passing"
+        self.consul.register_service(definition)
         self._register_extra_ports(container, manifest)
 
     def _register_extra_ports(self, container: ContainerInfo, manifest: Manifest) -> None:
