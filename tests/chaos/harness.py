@@ -290,11 +290,17 @@ class Chaos:
                 for service, replicas in list(self.ceiling.items()):  # faults add probes
                     # A lost host's containers do not count: a partition leaves them running.
                     uncounted = self.uncounted_hosts()
+                    # Spreading back moves one replica at a time, the replacement first (max_surge 1).
+                    # Its marker is read before and after the listing: a move may start or end
+                    # (the surplus stopped, its status written, the marker cleared) while a slow
+                    # listing runs, and either way the listing may hold the surge replica.
+                    moving = bool(self.rebalancing(service))
                     running = len(
                         [c for c in self.containers(service) if c.labels.get(LABEL_HOST) not in uncounted]
                     )
-                    # Spreading back moves one replica at a time, the replacement first (max_surge 1).
-                    if running > replicas + (1 if self.rebalancing(service) else 0):
+                    if running > replicas + 1 or (
+                        running > replicas and not (moving or self.rebalancing(service))
+                    ):
                         note = f"{time.time():.1f} {service}: {running} running > {replicas} desired"
                         self.violations.extra_replicas.append(note)
                         self.log("violation", kind="extra_replicas", note=note)
