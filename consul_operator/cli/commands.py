@@ -12,6 +12,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 from consul_operator.adapters.consul_client import BlockingQuery, ConsulClient
@@ -91,21 +92,36 @@ def _unreachable(exc: ConsulError) -> int:
     return EXIT_UNREACHABLE
 
 
-def status(target: Target, names: Sequence[str], *, as_json: bool, watch: bool, color: bool) -> int:
+Output = Callable[[], AbstractContextManager[object]]
+"""One whole output of a command that runs until stopped (`interrupts.StopBetweenOutputs.output`)."""
+
+
+def status(
+    target: Target,
+    names: Sequence[str],
+    *,
+    as_json: bool,
+    watch: bool,
+    color: bool,
+    output: Output = nullcontext,
+) -> int:
     """Print the status once, or on every change with ``watch``; exit 0 when all shown is converged.
 
-    ``watch`` runs until interrupted: a KeyboardInterrupt (Ctrl-C; `main` turns
-    SIGTERM into one too) is its normal end, exit 0 without a traceback.
+    ``watch`` runs until stopped: `main` ends the process on SIGINT or SIGTERM
+    between two documents (``output``: each one is printed whole). Run in
+    another process's hands, a KeyboardInterrupt is its end too: exit 0.
     """
     try:
-        return _status(target, names, as_json=as_json, watch=watch, color=color)
+        return _status(target, names, as_json=as_json, watch=watch, color=color, output=output)
     except KeyboardInterrupt:
         if not watch:
             raise
         return EXIT_OK
 
 
-def _status(target: Target, names: Sequence[str], *, as_json: bool, watch: bool, color: bool) -> int:
+def _status(
+    target: Target, names: Sequence[str], *, as_json: bool, watch: bool, color: bool, output: Output
+) -> int:
     query = BlockingQuery(
         lambda i, w: target.consul.kv_list(target.layout.operator_prefix, index=i, wait=w), wait=5
     )
@@ -119,19 +135,20 @@ def _status(target: Target, names: Sequence[str], *, as_json: bool, watch: bool,
             view = _only(_view(target), names)
         except ConsulError as exc:
             return _unreachable(exc)
-        if as_json:
-            print(json.dumps(to_json(view), indent=2, sort_keys=True))
-        else:
+        with output():
+            if as_json:
+                print(json.dumps(to_json(view), indent=2, sort_keys=True))
+            else:
+                if watch:
+                    print("\x1b[H\x1b[2J" if color else "", end="")
+                print(render_table(view, color=color), end="")
+            missing = [n for n in names if n not in {s.name for s in view.services}]
+            for name in missing:
+                _say(f"{name}: no such service", err=True)
             if watch:
-                print("\x1b[H\x1b[2J" if color else "", end="")
-            print(render_table(view, color=color), end="")
-        missing = [n for n in names if n not in {s.name for s in view.services}]
-        for name in missing:
-            _say(f"{name}: no such service", err=True)
-        if watch:
-            # Each update must reach a pipe (`| jq`, a log) now, not when the buffer fills.
-            sys.stdout.flush()
-        else:
+                # Each update must reach a pipe (`| jq`, a log) now, not when the buffer fills.
+                sys.stdout.flush()
+        if not watch:
             return EXIT_OK if converged(view, list(names) or None) else EXIT_NOT_OK
         try:
             # Until something under operator/ changes: placements, statuses, the leader.
@@ -690,8 +707,17 @@ def describe(target: Target, name: str, *, as_json: bool) -> int:
     return EXIT_OK
 
 
-def events(target: Target, name: str | None, *, since: float | None, follow: bool, as_json: bool) -> int:
-    """Print the recent events of one service or of all, oldest first; with ``follow``, then each new one."""
+def events(
+    target: Target,
+    name: str | None,
+    *,
+    since: float | None,
+    follow: bool,
+    as_json: bool,
+    output: Output = nullcontext,
+) -> int:
+    """Print the recent events of one service or of all, oldest first; with ``follow``, then each new one
+    (``output``: each batch printed whole before a signal ends the process, as for `status`)."""
     query = BlockingQuery(
         lambda i, w: target.consul.kv_list(target.layout.events_prefix, index=i, wait=w), wait=5
     )
@@ -701,19 +727,21 @@ def events(target: Target, name: str | None, *, since: float | None, follow: boo
             query.next()
         while True:
             now = time.time()
-            for event in read_events(target.consul, target.layout, name, now=now):
-                key = (event.service, event.host, event.reason, event.time, event.count)
-                if key in shown or (since is not None and now - event.time > since):
-                    continue
-                shown.add(key)
-                if as_json:
-                    print(json.dumps(event.to_dict(), sort_keys=True))
-                else:
-                    service = "" if name else f"{event.service:<16} "
-                    _say(service + event_line(event, now))
+            found = read_events(target.consul, target.layout, name, now=now)
+            with output():
+                for event in found:
+                    key = (event.service, event.host, event.reason, event.time, event.count)
+                    if key in shown or (since is not None and now - event.time > since):
+                        continue
+                    shown.add(key)
+                    if as_json:
+                        print(json.dumps(event.to_dict(), sort_keys=True))
+                    else:
+                        service = "" if name else f"{event.service:<16} "
+                        _say(service + event_line(event, now))
+                sys.stdout.flush()
             if not follow:
                 return EXIT_OK
-            sys.stdout.flush()
             while not query.next()[0]:
                 pass
     except ConsulError as exc:

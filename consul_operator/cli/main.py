@@ -8,11 +8,11 @@ an unreachable dependency.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import ipaddress
 import os
 import re
-import signal
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,6 +24,7 @@ from consul_operator.adapters.logs import configure as configure_logs
 from consul_operator.adapters.presence import parse_label
 from consul_operator.cli import commands
 from consul_operator.cli.commands import Target
+from consul_operator.cli.interrupts import StopBetweenOutputs
 from consul_operator.core.desired_state import (
     is_dns_label,
     parse_allowed_host_path,
@@ -317,10 +318,15 @@ def _target(args: argparse.Namespace) -> Target:
 def cmd_status(args: argparse.Namespace) -> int:
     """Leader, hosts and services: desired, running, healthy, drift, placement, state."""
     color = sys.stdout.isatty() and not args.json
+    output: commands.Output = contextlib.nullcontext
     if args.watch:
-        # `--watch` runs until stopped: SIGTERM (a supervisor, `timeout`) ends it like Ctrl-C.
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
-    return commands.status(_target(args), args.names, as_json=args.json, watch=args.watch, color=color)
+        # `--watch` runs until stopped: Ctrl-C or SIGTERM (a supervisor, `timeout`), between documents.
+        stop = StopBetweenOutputs()
+        stop.install()
+        output = stop.output
+    return commands.status(
+        _target(args), args.names, as_json=args.json, watch=args.watch, color=color, output=output
+    )
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
@@ -330,9 +336,14 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 def cmd_events(args: argparse.Namespace) -> int:
     """Recent events of one service or of all, oldest first; ``--follow`` keeps printing new ones."""
+    output: commands.Output = contextlib.nullcontext
     if args.follow:
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
-    return commands.events(_target(args), args.name, since=args.since, follow=args.follow, as_json=args.json)
+        stop = StopBetweenOutputs()
+        stop.install()
+        output = stop.output
+    return commands.events(
+        _target(args), args.name, since=args.since, follow=args.follow, as_json=args.json, output=output
+    )
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
