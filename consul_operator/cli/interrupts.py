@@ -1,14 +1,19 @@
 """How a command that runs until stopped (`status --watch`, `events --follow`) stops: on SIGINT
 or SIGTERM, at once, never in the middle of an output, with exit 0.
 
-Python's default handler turns SIGINT into a KeyboardInterrupt raised after whichever bytecode
-runs then: inside requests' connection pool, half through a lock's release, in a finaliser.
-The signal module's documentation warns that this can leave a program inconsistent, and
-recommends a handler that raises nothing. A `status --watch` once still ran 30 s after its
-SIGINT on a loaded CI machine. Here the handler raises nothing: between two outputs (the last
-one flushed) it ends the process at once, with ``os._exit``, so that no finaliser runs that
-could wait on what the signal interrupted; during an output it only notes the signal, and the
-end of that output ends the process.
+Two things Python does by default do not serve such a command:
+
+* started with SIGINT ignored (a shell does that to a command started with ``&``), Python
+  leaves it ignored: a `status --watch` of a test run started so ran on 30 s after its SIGINT,
+  blocked in a Consul query (its stack, printed by faulthandler on SIGABRT);
+* otherwise SIGINT becomes a KeyboardInterrupt raised after whichever bytecode runs then:
+  inside requests' connection pool, half through a lock's release. The signal module's
+  documentation warns that this can leave a program inconsistent.
+
+So both signals get a handler here, whatever was inherited, and it raises nothing: between two
+outputs (the last one flushed) it ends the process at once, with ``os._exit``, so that no
+finaliser runs that could wait on what the signal interrupted; during an output it only notes
+the signal, and the end of that output ends the process.
 """
 
 from __future__ import annotations
@@ -58,6 +63,6 @@ class StopBetweenOutputs:
             self._stop()
 
     def _stop(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            sys.stderr.flush()
+        # Nothing to flush: stdout was flushed at the end of the last output, and stderr is
+        # line-buffered. A flush here could re-enter a write the signal interrupted.
         self._exit_now(self._code)

@@ -9,6 +9,7 @@ decides how to react to a failed pass.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -96,24 +97,47 @@ class Batched:
         self.target.fire()
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 def stop_on_signals() -> threading.Event:
-    """An event that SIGTERM or SIGINT sets: how a daemon is asked to stop."""
+    """An event that SIGTERM or SIGINT sets: how a daemon is asked to stop (main thread only).
+
+    The Python handler does nothing: CPython writes each signal's number to the wakeup pipe
+    (`signal.set_wakeup_fd`) before it, and a thread of its own reads the pipe, logs the signal
+    and sets the event. A handler that logged itself ran inside whatever the main thread was
+    doing; when that was writing a log line, structlog's write lock was held by the very thread
+    the handler interrupted, and the daemon hung for good: an agent sent SIGTERM 0.3 s after
+    it started, while it logged "agent started", ran on past the test's 60 s (CI).
+    """
     stop = threading.Event()
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)  # CPython's requirement: a full pipe never blocks a handler
+    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _noted_by_the_wakeup_pipe)
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("signal received, stopping", signal=signal.Signals(signum).name)
-        stop.set()
+    def relay() -> None:
+        while not stop.is_set():
+            for signum in os.read(read_end, 64):
+                if signum in STOP_SIGNALS:
+                    log.info("signal received, stopping", signal=signal.Signals(signum).name)
+                    stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    threading.Thread(target=relay, name="signals", daemon=True).start()
     return stop
+
+
+def _noted_by_the_wakeup_pipe(_signum: int, _frame: FrameType | None) -> None:
+    """Nothing: the signal's number is in the wakeup pipe already (`stop_on_signals`)."""
 
 
 def wait_for_stop(stop: threading.Event) -> None:
     """Block the main thread until ``stop`` is set.
 
-    Short waits: a signal may land on another thread, and CPython runs its
-    handler only when the main thread wakes up.
+    Short waits: the event is set by the thread that reads the wakeup pipe
+    (`stop_on_signals`); a short wait also keeps the main thread able to run
+    Python's (empty) handler soon.
     """
     while not stop.wait(0.2):
         pass

@@ -216,10 +216,16 @@ def agents_with_token(
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
+        hung: list[int] = []
         for proc in procs:
-            proc.wait(timeout=60)
-            assert not pid_alive(proc.pid)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                hung.append(proc.pid)
+                proc.kill()  # ours, by pid: the next tests need the environment back
+                proc.wait(timeout=30)
         env.run("up")
+        assert hung == [], f"agents (pids {hung}) still running 60 s after SIGTERM: logs in {tmp_path}"
 
 
 def log_errors(log: Path) -> list[str]:

@@ -57,8 +57,19 @@ def test_an_output_without_a_signal_goes_on() -> None:
     assert codes == []
 
 
-def test_a_real_sigint_ends_a_process_blocked_where_a_keyboardinterrupt_could_not() -> None:
-    """A real SIGINT ends, with 0, a process whose main thread waits where KeyboardInterrupt is caught."""
+# Starts the script in argv[1] with SIGINT at ``disposition`` (as a shell's ``&`` ignores it):
+# an ignored signal stays ignored across exec.
+WITH_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.{}); "
+    "os.execv(sys.executable, [sys.executable, '-c', sys.argv[1]])"
+)
+
+
+@pytest.mark.parametrize(
+    "disposition", ["SIG_DFL", "SIG_IGN"], ids=["inherited-default", "inherited-ignored"]
+)
+def test_a_real_sigint_ends_a_process_blocked_where_a_keyboardinterrupt_could_not(disposition: str) -> None:
+    """SIGINT ends with 0 a process that swallows KeyboardInterrupt, even one started ignoring SIGINT."""
     script = textwrap.dedent(
         """
         import sys, time
@@ -73,7 +84,8 @@ def test_a_real_sigint_ends_a_process_blocked_where_a_keyboardinterrupt_could_no
         """
     )
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+    argv = [sys.executable, "-c", WITH_SIGINT.format(disposition), script]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
         proc.send_signal(signal.SIGINT)
