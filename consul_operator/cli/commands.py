@@ -130,24 +130,34 @@ def _status(
             query.next()  # the index to block on: from here on, a read returns on a change only
         except ConsulError as exc:
             return _unreachable(exc)
+    shown = None  # what the last output said: a watch prints a change only
     while True:
         try:
             view = _only(_view(target), names)
         except ConsulError as exc:
             return _unreachable(exc)
-        with output():
-            if as_json:
-                print(json.dumps(to_json(view), indent=2, sort_keys=True))
-            else:
+        text = (
+            json.dumps(to_json(view), indent=2, sort_keys=True)
+            if as_json
+            else render_table(view, color=color)
+        )
+        # A write under operator/ that changes nothing shown (another service's records, a
+        # record written again as it was) prints nothing: one document per change of what is shown.
+        if text != shown:
+            shown = text
+            with output():
+                if as_json:
+                    print(text)
+                else:
+                    if watch:
+                        print("\x1b[H\x1b[2J" if color else "", end="")
+                    print(text, end="")
+                missing = [n for n in names if n not in {s.name for s in view.services}]
+                for name in missing:
+                    _say(f"{name}: no such service", err=True)
                 if watch:
-                    print("\x1b[H\x1b[2J" if color else "", end="")
-                print(render_table(view, color=color), end="")
-            missing = [n for n in names if n not in {s.name for s in view.services}]
-            for name in missing:
-                _say(f"{name}: no such service", err=True)
-            if watch:
-                # Each update must reach a pipe (`| jq`, a log) now, not when the buffer fills.
-                sys.stdout.flush()
+                    # Each update must reach a pipe (`| jq`, a log) now, not when the buffer fills.
+                    sys.stdout.flush()
         if not watch:
             return EXIT_OK if converged(view, list(names) or None) else EXIT_NOT_OK
         try:
