@@ -117,7 +117,7 @@ def plan_rollout(
     passing instances per spec and ``matured`` those passing for at least
     ``policy.min_healthy``. Old-spec replicas go only as new ones mature and
     never below ``replicas - max_unavailable`` passing, failing ones first but
-    never below that many proven (old placed, new matured); new ones are added
+    never below that many proven (old running, new matured); new ones are added
     while placed-or-running stays within ``replicas + max_surge`` and no more
     than ``max_surge + max_unavailable`` (and fewer than the number of target
     hosts) are unproven. Past the deadline (``rollout.elapsed``, see
@@ -179,11 +179,15 @@ def plan_rollout(
     # no more than the proven replicas (old placed, new matured) above the floor, as Kubernetes
     # caps a rolling update's scale-down (``maxScaledDown``). An old replica whose check failed
     # once under load is still a replica: without the cap it went at once, and with a new spec
-    # that never passes the service ran one short until the rollback put it back.
+    # that never passes the service ran one short until the rollback put it back. Old replicas
+    # placed but not running (crashed, never started) are beyond the cap: they serve nothing
+    # and hold room that a fix's new replicas may need.
+    old_running = sum(n for c in running.values() for s, n in c.items() if s != to)
+    idle_old = max(0, old_placed - old_running)
     removable = min(
         old_placed,
         (old_placed - passing_old) + max(0, matured_new + passing_old - floor),
-        max(0, old_placed + matured_new - floor),
+        max(0, old_placed - idle_old + matured_new - floor) + idle_old,
     )
     for _ in range(removable):
         host = min(

@@ -73,6 +73,15 @@ ROWS = [
         Row(
             {"h1": {OLD: 1, NEW: 1}, "h2": {OLD: 1}},
             {"h1": {NEW: 1}, "h2": {OLD: 1}},
+            running={"h1": {NEW: 1}, "h2": {OLD: 1}},
+            passing={OLD: 1},
+        ),
+        id="an-old-replica-that-does-not-run-goes-at-once",
+    ),
+    pytest.param(
+        Row(
+            {"h1": {OLD: 1, NEW: 1}, "h2": {OLD: 1}},
+            {"h1": {NEW: 1}, "h2": {OLD: 1}},
             passing={OLD: 2, NEW: 1},
             matured={NEW: 1},
         ),

@@ -4,9 +4,9 @@ capacities and closed hosts, and the invariants that every interleaving keeps.
 
 * never more than ``replicas + max_surge`` replicas placed or running;
 * a step never takes the passing replicas it keeps placed below ``replicas - max_unavailable``
-  (nor below what passed before the step, when that was already less), and never removes an
-  old replica, failing its check or not, that the proven ones (old placed, new matured) need
-  to stay at that floor;
+  (nor below what passed before the step, when that was already less), and never removes a
+  running old replica, failing its check or not, that the proven ones (old running, new
+  matured) need to stay at that floor;
 * a new replica goes only to an open host where it fits (what the other services leave free);
 * states move only along the allowed transitions; ``updated`` never exceeds ``total``.
 """
@@ -104,14 +104,16 @@ class RolloutMachine(RuleBasedStateMachine):
         floor = self.replicas - self.policy.max_unavailable
         kept = sum(min(n, total(step.specs, s)) for s, n in self.passing.items())
         assert kept >= min(floor, healthy_before), (kept, floor, healthy_before)
-        # Failing or not, an old replica goes only while the proven ones (old placed, new
-        # matured) stay at the floor: a check failing once under load costs no replica.
+        # Failing or not, a running old replica goes only while the proven ones (old placed
+        # and running, new matured) stay at the floor: a check failing once under load costs
+        # no replica.
         to = step.rollout.to_spec
         proven_new = self.matured.get(to, 0)
+        old_running = sum(n for c in self.running.values() for s, n in c.items() if s != to)
 
         def proven(specs: Mapping[str, Mapping[str, int]]) -> int:
             old = sum(n for c in specs.values() for s, n in c.items() if s != to)
-            return old + min(proven_new, total(specs, to))
+            return min(old, old_running) + min(proven_new, total(specs, to))
 
         assert proven(step.specs) >= min(floor, proven(before)), (step.specs, before, proven_new)
         for host, counts in step.specs.items():
