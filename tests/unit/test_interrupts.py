@@ -72,13 +72,13 @@ def test_a_real_sigint_ends_a_process_blocked_where_a_keyboardinterrupt_could_no
     """SIGINT ends with 0 a process that swallows KeyboardInterrupt, even one started ignoring SIGINT."""
     script = textwrap.dedent(
         """
-        import sys, time
+        import select
         from consul_operator.cli.interrupts import StopBetweenOutputs
         StopBetweenOutputs().install()
         print("ready", flush=True)
         while True:
             try:
-                time.sleep(60)
+                select.select([], [], [], 60)  # blocked, as in a Consul query
             except BaseException:  # what a careless library may do with a KeyboardInterrupt
                 pass
         """
