@@ -176,7 +176,7 @@ def plan_rollout(
     matured_new = min(matured.get(to, 0), new_placed)
 
     # Old replicas go: the unhealthy ones first, healthy ones while enough stay passing; in all
-    # no more than the proven replicas (old placed, new matured) above the floor, as Kubernetes
+    # no more than the proven replicas (old running, new matured) above the floor, as Kubernetes
     # caps a rolling update's scale-down (``maxScaledDown``). An old replica whose check failed
     # once under load is still a replica: without the cap it went at once, and with a new spec
     # that never passes the service ran one short until the rollback put it back. Old replicas
