@@ -115,7 +115,7 @@ if [[ $ROLE == app ]]; then
   # The engine: started by its package under systemd; deps.sh checks that it answers.
   systemd_runs && steps="$steps engine"
 else
-  packages="nginx keepalived iproute2 curl ca-certificates python3-venv"
+  packages="nginx keepalived iproute2 curl procps ca-certificates python3-venv"
   steps="packages consul"
 fi
 DEPS_STEPS=$steps DEPS_PACKAGES=$packages PREFIX=$PREFIX bash "$ROOT/scripts/deps.sh"
@@ -294,12 +294,12 @@ vrrp_script nginx {
   rise 2
 }
 
-# operator lb's /healthz (its loop passes, it reaches Consul, NGINX accepts).
-# Two failures lower the priority by 50: a healthy peer (higher now) takes the
-# address; when both fail (a Consul outage), the holder keeps it and NGINX serves
-# the last good config.
+# operator lb's /healthz (its loop passes, NGINX accepts), Consul left to the check
+# below, which tells a restart of this host's agent from a cut. Two failures lower
+# the priority by 50: a healthy peer (higher now) takes the address; when both fail,
+# the holder keeps it and NGINX serves the last good config.
 vrrp_script operator_lb {
-  script "/usr/bin/curl -fs -o /dev/null --max-time 1 http://$metrics/healthz"
+  script "/usr/bin/curl -fs -o /dev/null --max-time 1 http://$metrics/healthz?exclude=consul"
   interval 1
   timeout 2
   fall 2
@@ -307,9 +307,10 @@ vrrp_script operator_lb {
   weight -50
 }
 
-# This host's Consul knows a leader: it is on the majority's side. Two failures
-# lower the priority by 50: a host cut off from the others yields to its peer when
-# the cut heals (both held the address meanwhile). Root: it reads the client key.
+# This host's Consul knows a leader: it is on the majority's side (or it restarted in
+# the last 15 s). Two failures lower the priority by 50: a host cut off from the others
+# yields to its peer when the cut heals (both held the address meanwhile). Root: it
+# reads the client key and asks systemd about the consul unit.
 vrrp_script consul {
   script "/usr/local/lib/consul-operator/consul-has-leader"
   user root

@@ -20,7 +20,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 STALE_FACTOR = 3.0  # a loop without a good pass for this many resync periods is unhealthy
@@ -50,11 +50,17 @@ def problems(
     now: float,
     *,
     factor: float = STALE_FACTOR,
+    exclude: Collection[str] = (),
 ) -> list[str]:
-    """Why the daemon is unhealthy, one line per loop or dependency; empty when healthy."""
+    """Why the daemon is unhealthy, one line per loop or dependency; empty when healthy.
+
+    Dependencies named in ``exclude`` are not judged (Kubernetes' ``/livez?exclude=etcd``):
+    keepalived's check of `operator lb` leaves Consul to its own check, which knows a
+    restart of the local agent from a cut (deploy/keepalived/consul-has-leader).
+    """
     found: list[str] = []
     for name, dep in sorted(dependencies.items()):
-        if not dep.ok:
+        if not dep.ok and name not in exclude:
             found.append(f"{name}: unreachable: {dep.reason}" if dep.reason else f"{name}: unreachable")
     for name, loop in sorted(loops.items()):
         limit = factor * loop.resync
@@ -102,10 +108,10 @@ class Health:
         with self._lock:
             self._probes[dependency] = probe
 
-    def problems(self) -> list[str]:
-        """What `problems` finds now, probes asked first."""
+    def problems(self, exclude: Collection[str] = ()) -> list[str]:
+        """What `problems` finds now, probes asked first (but those of ``exclude``d dependencies)."""
         with self._lock:
-            probes = dict(self._probes)
+            probes = {name: probe for name, probe in self._probes.items() if name not in exclude}
         for dependency, probe in probes.items():
             try:
                 reason = probe()
@@ -114,7 +120,7 @@ class Health:
             self.report(dependency, reason is None, reason or "")
         with self._lock:
             loops, deps = dict(self._loops), dict(self._deps)
-        return problems(loops, deps, self._clock())
+        return problems(loops, deps, self._clock(), exclude=exclude)
 
     def reset(self) -> None:
         """Forget everything (tests)."""

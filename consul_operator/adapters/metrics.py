@@ -13,8 +13,9 @@ import ipaddress
 import ssl
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from http.server import BaseHTTPRequestHandler
+from urllib.parse import parse_qs
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -335,9 +336,13 @@ PAGE_CLOSED = (
 )
 
 
+ProblemsFn = Callable[[Collection[str]], list[str]]
+"""What makes the daemon unhealthy, given the dependencies not to judge (`Health.problems`)."""
+
+
 class _Handler(BaseHTTPRequestHandler):
     registry: CollectorRegistry = REGISTRY
-    problems: Callable[[], list[str]] = staticmethod(HEALTH.problems)
+    problems: ProblemsFn = staticmethod(HEALTH.problems)
     page: PageFn | None = None
     # The page's bearer token (--page-token-file); None: the page is open on loopback only.
     page_token: str | None = None
@@ -359,7 +364,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/metrics":
             self._send(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
         elif path == "/healthz":
-            found = type(self).problems()
+            # ?exclude=consul (repeatable): judge everything but those dependencies.
+            excluded = frozenset(parse_qs(query).get("exclude", ()))
+            found = type(self).problems(excluded)
             body = "".join(f"{line}\n" for line in ["unhealthy", *found]) if found else "ok\n"
             self._send(503 if found else 200, body.encode(), "text/plain; charset=utf-8")
         else:
@@ -439,7 +446,7 @@ def is_loopback(host: str) -> bool:
 
 def serve(
     address: str,
-    problems: Callable[[], list[str]] = HEALTH.problems,
+    problems: ProblemsFn = HEALTH.problems,
     page: PageFn | None = None,
     *,
     tls: tuple[str, str] | None = None,
@@ -453,7 +460,8 @@ def serve(
     address only (403 elsewhere: it shows what the ACLs protect).
 
     ``/healthz`` answers 200 ``ok`` when ``problems()`` finds nothing, else 503
-    with ``unhealthy`` and one line per failing loop or dependency.
+    with ``unhealthy`` and one line per failing loop or dependency;
+    ``/healthz?exclude=consul`` leaves that dependency out.
     """
     host, _, port = address.rpartition(":")
     host = host or "127.0.0.1"

@@ -18,7 +18,7 @@ import pytest
 from tests.support.autopilot import three_healthy_voters
 from tests.support.cluster import Cluster
 from tests.support.load import Load
-from tests.support.nodes import Nodes
+from tests.support.nodes import LB_HOSTS, Nodes
 from tests.support.served import get
 from tests.support.staging import HOSTS, wait_until
 
@@ -48,6 +48,30 @@ def knows_leader(nodes: Nodes, host: str) -> bool:
         return False
 
 
+def hold_address_on(nodes: Nodes, host: str) -> None:
+    """Put the floating address on ``host``: its peer's keepalived stops (handing over), then starts again.
+
+    Equal priorities: the peer, back as a backup with its checks passing, does not take
+    the address back, but would take it over if ``host`` fell lower.
+    """
+    if nodes.holders() == [host]:
+        return
+    peer = next(lb for lb in LB_HOSTS if lb != host)
+    nodes.exec(peer, "systemctl", "stop", "keepalived")
+    try:
+        wait_until(lambda: nodes.holders() == [host], timeout=30, what=f"{host} to take the address")
+    finally:
+        since = nodes.exec(peer, "date", "+@%s").strip()
+        nodes.exec(peer, "systemctl", "start", "keepalived")
+    ready = ("Entering BACKUP STATE", "VRRP_Script(operator_lb) succeeded", "VRRP_Script(consul) succeeded")
+    journal = ("journalctl", "-u", "keepalived", "--since", since, "--no-pager")
+    wait_until(
+        lambda: all(line in nodes.exec(peer, *journal, check=False) for line in ready),
+        timeout=30,
+        what=f"{peer}'s keepalived back as a backup, its checks passing",
+    )
+
+
 @pytest.fixture(scope="module")
 def served(node_cluster: Cluster, nodes: Nodes) -> Iterator[str]:
     """A service of two replicas (one per app host) served at the floating address; deleted afterwards."""
@@ -67,6 +91,8 @@ def test_a_rolling_restart_of_the_consul_servers_fails_no_request(
     node_cluster: Cluster, nodes: Nodes, served: str
 ) -> None:
     """Each Consul server restarted in turn, autopilot healthy between them: no request via the LB fails."""
+    lb_server = next(lb for lb in LB_HOSTS if lb in HOSTS)
+    hold_address_on(nodes, lb_server)
     took: dict[str, float] = {}
     with Load(nodes.floating, served, interval=0.02, timeout=2.0, limit=300) as load:
         wait_until(lambda: len(load.outcomes) >= 25, timeout=30, what="the load to run")
@@ -88,4 +114,5 @@ def test_a_rolling_restart_of_the_consul_servers_fails_no_request(
         wait_until(lambda: len(load.outcomes) >= settled + 25, timeout=30, what="the load after the restarts")
     print(f"consul rolling restart: {took}, {len(load.outcomes)} requests, {len(load.failures)} failed")
     assert load.failures == [], f"{len(load.failures)} of {len(load.outcomes)} failed: {load.failures[:5]}"
+    assert nodes.holders() == [lb_server], "the restart of its Consul moved the floating address"
     assert node_cluster.leader() is not None

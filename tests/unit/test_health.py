@@ -129,19 +129,43 @@ def test_run_loop_records_its_passes() -> None:
     assert health.problems() == ["loop host: last successful pass for 31s (limit 30s = 3x resync 10s)"]
 
 
+def test_excluded_dependency_is_not_judged_nor_its_probe_asked() -> None:
+    """``exclude`` leaves a named dependency out (its probe unasked); the others and the loops still count."""
+    asked: list[str] = []
+    health = Health(clock=lambda: 0.0)
+    health.report("consul", False, "refused")
+
+    def probe() -> str | None:
+        asked.append("nginx")
+        return "cannot connect"
+
+    health.add_probe("nginx", probe)
+    assert health.problems(exclude={"consul"}) == ["nginx: unreachable: cannot connect"]
+    assert health.problems(exclude={"consul", "nginx"}) == []
+    assert asked == ["nginx"]
+    assert health.problems() == ["consul: unreachable: refused", "nginx: unreachable: cannot connect"]
+
+
 def test_healthz_endpoint_answers_503_with_the_problems() -> None:
-    """The HTTP endpoint answers 200 "ok" when healthy, else 503 with one line per problem."""
-    found: list[str] = []
-    server = metrics.serve("127.0.0.1:0", problems=lambda: list(found))
+    """The endpoint answers 200 "ok" when healthy, else 503 with one line per problem; ?exclude= skips one."""
+    health = Health(clock=lambda: 0.0)
+    server = metrics.serve("127.0.0.1:0", problems=health.problems)
     port = server.server_address[1]
+    url = f"http://127.0.0.1:{port}/healthz"
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+        with urllib.request.urlopen(url, timeout=5) as response:
             assert (response.status, response.read()) == (200, b"ok\n")
-        found.append("consul: unreachable: refused")
+        health.report("consul", False, "refused")
         with pytest.raises(urllib.error.HTTPError) as raised:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+            urllib.request.urlopen(url, timeout=5)
         assert raised.value.code == 503
         assert raised.value.read() == b"unhealthy\nconsul: unreachable: refused\n"
+        with urllib.request.urlopen(f"{url}?exclude=consul", timeout=5) as response:
+            assert (response.status, response.read()) == (200, b"ok\n")
+        health.report("docker", False, "gone")
+        with pytest.raises(urllib.error.HTTPError) as raised:
+            urllib.request.urlopen(f"{url}?exclude=consul", timeout=5)
+        assert raised.value.read() == b"unhealthy\ndocker: unreachable: gone\n"
     finally:
         server.shutdown()
         server.server_close()

@@ -127,7 +127,7 @@ PAGE = "<html>the page</html>"
 )
 def test_who_may_see_the_page(address: str, token: str | None, headers: dict[str, str], status: int) -> None:
     """The page needs its bearer token when one is set; without one it is served on loopback only."""
-    server = metrics.serve(f"{address}:0", problems=list, page=lambda _: PAGE, page_token=token)
+    server = metrics.serve(f"{address}:0", problems=lambda _: [], page=lambda _: PAGE, page_token=token)
     port = server.server_address[1]
     try:
         got, body = get(port, "/", headers)
