@@ -1,13 +1,15 @@
 """Profile the leader's idle pass at full size against a real Consul (issue 31).
 
-    python -m bench.leader_profile [--services 1000] [--hosts 100] [--addr 127.0.0.84] [--passes 5]
+    python -m bench.leader_profile [--services 1000] [--hosts 100] [--replicas 10] [--addr 127.0.0.84]
+                                   [--passes 5]
 
 Starts one Consul agent in dev mode on ``--addr``, registers ``--hosts``
 agents on it (their TTL checks passing, their node claims written), lets the
 real `Scheduler` place ``--services`` services of 10 replicas, writes every
 host's status records as agents that run them would, and then times idle passes
 (nothing changed) and passes that place one new service each (wall time and
-the process's CPU time), and profiles idle passes under cProfile: the pass
+the process's CPU time, for both; the garbage collector's collections and
+time in the idle passes, the process's RSS after), and profiles idle passes under cProfile: the pass
 times and the top functions by cumulative and own time. Nothing is simulated but the agents' processes:
 the scheduler, its reads, its decisions and its fenced writes are the real
 ones, on one Consul server.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import io
 import pstats
 import shutil
@@ -36,8 +39,42 @@ from consul_operator.core.keys import Layout
 from consul_operator.core.model import META_CLUSTER, META_HOST
 from consul_operator.core.records import AgentRecord, PlacementRecord, StatusRecord, frozen_map
 from consul_operator.core.txn import pack_writes
+from consul_operator.daemons.agent import tune_collector
 from consul_operator.daemons.scheduler import Scheduler
 from tests.support.staging import wait_until
+
+GcInfo = dict[str, int]
+
+
+class CollectorTimes:
+    """The cyclic garbage collector's collections per generation and their wall time (`gc.callbacks`)."""
+
+    def __init__(self) -> None:
+        self.counts = [0, 0, 0]
+        self.seconds = 0.0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: GcInfo) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._started
+            self.counts[info["generation"]] += 1
+
+    def reset(self) -> None:
+        self.counts, self.seconds = [0, 0, 0], 0.0
+
+    def text(self) -> str:
+        return f"{self.seconds:.3f}s/{'+'.join(map(str, self.counts))}"
+
+
+def rss_mib() -> float:
+    """This process's resident set now (VmRSS), in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
 
 CLUSTER = "profile"
 LAYOUT = Layout()
@@ -138,8 +175,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--hosts", type=int, default=100)
     parser.add_argument("--addr", default="127.0.0.84")
     parser.add_argument("--passes", type=int, default=5)
+    parser.add_argument(
+        "--replicas", type=int, default=REPLICAS, help="of each service (0: staging_change's idle services)"
+    )
     parser.add_argument("--top", type=int, default=35)
+    parser.add_argument(
+        "--collector",
+        choices=("default", "agent"),
+        default="agent",
+        help="the garbage collector as `operator agent` sets it (tune_collector), or CPython's default",
+    )
     args = parser.parse_args(argv)
+    if args.collector == "agent":
+        tune_collector()  # as run_agent does: after the imports, before the leader builds anything
     data = Path(tempfile.mkdtemp(prefix="leader-profile-"))
     proc, http = start_consul(args.addr, data)
     try:
@@ -147,7 +195,9 @@ def main(argv: list[str]) -> int:
         wait_until(lambda: consul.kv_put("ready", b"1"), timeout=60, what="Consul writable", interval=0.2)
         node = consul.agent_node_name()
         register_agents(consul, args.hosts, node)
-        groups = {n: {LAYOUT.service_key(n): manifest(n, REPLICAS)} for n in service_names(args.services)}
+        groups = {
+            n: {LAYOUT.service_key(n): manifest(n, args.replicas)} for n in service_names(args.services)
+        }
         for batch in pack_writes(groups):
             consul.kv_txn(batch.writes)
         election = Election(consul, "host-1")
@@ -159,16 +209,28 @@ def main(argv: list[str]) -> int:
         print(f"first pass (placing {args.services} services): {time.perf_counter() - t0:.3f}s")
         print(f"status records written: {write_statuses(consul)}")
         scheduler.reconcile()
-        plain = []
+        plain, idle_cpu, collector = [], [], []
+        times_gc = CollectorTimes()
+        gc.callbacks.append(times_gc)
         for _ in range(args.passes):
-            t0 = time.perf_counter()
+            times_gc.reset()
+            t0, c0 = time.perf_counter(), time.process_time()
             scheduler.reconcile()
             plain.append(time.perf_counter() - t0)
+            idle_cpu.append(time.process_time() - c0)
+            collector.append(times_gc.text())
+        gc.callbacks.remove(times_gc)
         print("idle passes, not profiled (s):", " ".join(f"{t:.3f}" for t in plain))
+        print("idle passes, the leader's CPU (s):", " ".join(f"{t:.3f}" for t in idle_cpu))
+        print("idle passes, the collector (wall s/collections of generations 0+1+2):", " ".join(collector))
+        print(
+            f"after the idle passes: RSS {rss_mib():.1f} MiB, {len(gc.get_objects())} objects tracked,"
+            f" {gc.get_freeze_count()} frozen, thresholds {gc.get_threshold()}"
+        )
         changes, cpu = [], []
         for k in range(args.passes):
             name = f"new{k:03d}"
-            consul.kv_put(LAYOUT.service_key(name), manifest(name, REPLICAS))
+            consul.kv_put(LAYOUT.service_key(name), manifest(name, max(args.replicas, 1)))
             t0, c0 = time.perf_counter(), time.process_time()
             scheduler.reconcile()
             changes.append(time.perf_counter() - t0)
@@ -176,6 +238,7 @@ def main(argv: list[str]) -> int:
             assert consul.kv_get(LAYOUT.placement_key(name)).value is not None, "not placed"
         print("one new service, its pass (s):", " ".join(f"{t:.3f}" for t in changes))
         print("one new service, the leader's CPU (s):", " ".join(f"{t:.3f}" for t in cpu))
+        print(f"after the new services' passes: RSS {rss_mib():.1f} MiB")
         times = []
         profile = cProfile.Profile()
         for _ in range(args.passes):

@@ -20,6 +20,7 @@ relies on and the library leaves to its callers:
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import os
 import re
@@ -422,13 +423,7 @@ class ConsulClient:
             json.dumps(ops),
             params=[("consistent", "")] if consistent else [],
         )
-        trees: dict[str, dict[str, KVEntry]] = {prefix: {} for prefix in prefixes}
-        for result in json.loads(text).get("Results") or []:
-            raw = result.get("KV") or {}
-            entry = _entry({**raw, "Value": base64.b64decode(raw.get("Value") or "")})
-            for prefix, tree in trees.items():
-                if entry.key.startswith(prefix):  # nested prefixes: each op listed it, keep it once each
-                    tree[entry.key] = entry
+        trees = _trees_of(json.loads(text).get("Results") or [], prefixes)
         now = time.monotonic()
         for prefix, tree in trees.items():
             if not tree and self._readable.get(prefix, 0.0) <= now:
@@ -982,6 +977,36 @@ def _describe_keys(writes: Mapping[str, object], limit: int = 5) -> str:
     keys = sorted(writes)
     text = ", ".join(keys[:limit])
     return f"[{text}, and {len(keys) - limit} more]" if len(keys) > limit else f"[{text}]"
+
+
+def _trees_of(results: Sequence[Mapping[str, Any]], prefixes: Sequence[str]) -> dict[str, dict[str, KVEntry]]:
+    """A read-only transaction's ``Results`` (its get-tree operations, in order), by prefix and key.
+
+    A key is kept under every prefix it starts with: nested prefixes list it once each. At 1,000
+    services the leader's pass decodes 12,000 entries here: each value goes to `binascii` at once
+    (`base64.b64decode` first copies the text to bytes: a third of the time), and where no prefix
+    holds another, a key is matched first against the prefix of the key before it (the results
+    come in operation order), not against every prefix.
+    """
+    trees: dict[str, dict[str, KVEntry]] = {prefix: {} for prefix in prefixes}
+    nested = any(a != b and a.startswith(b) for a in prefixes for b in prefixes)
+    last = ""
+    for result in results:
+        raw = result.get("KV") or {}
+        key = str(raw["Key"])
+        entry = KVEntry(
+            key, binascii.a2b_base64(raw.get("Value") or ""), int(raw["ModifyIndex"]), raw.get("Session")
+        )
+        if not nested and last and key.startswith(last):
+            trees[last][key] = entry
+            continue
+        for prefix, tree in trees.items():
+            if key.startswith(prefix):
+                tree[key] = entry
+                last = prefix
+                if not nested:
+                    break
+    return trees
 
 
 def _entry(raw: Mapping[str, Any]) -> KVEntry:

@@ -66,6 +66,7 @@ from consul_operator.core.placement import (
     live_running,
     next_schedule_wakeup,
     schedule_usage,
+    sizes_by_service,
 )
 from consul_operator.core.records import (
     PlacementRecord,
@@ -298,11 +299,12 @@ def paced_services(state: ClusterState, *, rebalance: bool = True) -> list[str]:
     """
     draining = {host for host, record in state.maintenance.items() if record.draining}
     valid = state.valid_manifests()
-    on = placed_on(state.placements, draining, running_specs(state.statuses))
+    running = running_specs(state.statuses)  # once: a copy of every status record's counts
+    on = placed_on(state.placements, draining, running)
     paced: list[str] = [n for n in on if valid.get(n) is not None]
-    hosts, _ = known_hosts(state, running_specs(state.statuses), {}, 0.0)
+    hosts, _ = known_hosts(state, running, {}, 0.0)
     paced.extend(may_move(valid, state.placements, hosts, set(state.maintenance), enabled=rebalance))
-    for name, manifest in sorted(state.valid_manifests().items()):
+    for name, manifest in sorted(valid.items()):
         record = state.placements.get(name)
         if manifest is None or record is None:
             continue
@@ -380,14 +382,13 @@ class _Capacity:
     ) -> None:
         self.capacity = {h.name: h.capacity for h in hosts}
         self.used = used
-        self.sizes = state.spec_sizes
+        self.sizes = sizes_by_service(state.spec_sizes)
         self.closed = {h.name: "not live" for h in hosts if not h.live}
         self.closed.update({h: "cordoned" for h in cordoned if h not in self.closed})
 
     def need(self, manifest: Manifest) -> dict[str, Resources]:
         """What one replica of each spec of ``manifest``'s service takes (the kept specs in use)."""
-        sizes = {spec: r for (name, spec), r in self.sizes.items() if name == manifest.name}
-        return {**sizes, manifest.spec_hash(): manifest.resources}
+        return {**self.sizes.get(manifest.name, {}), manifest.spec_hash(): manifest.resources}
 
     def free(self, service: str, hosts: Collection[str]) -> dict[str, Resources | None]:
         """What the other services leave of each host's capacity (None: unlimited)."""
@@ -434,12 +435,16 @@ class _Rollouts:
         self.writes: Writes = {}
         self.events: list[Event] = []
         self.active = False
+        # Per service, its kept specs (``operator/revisions/``) and those this pass writes.
+        self.kept: dict[str, set[str]] = {}
 
     def run(self, valid: Mapping[str, Manifest | None], decided: dict[str, PlacementRecord]) -> None:
         """Start, pace and finish rollouts; sets the paced services' ``decided`` records."""
         state, layout = self.state, self.layout
         requests = set(state.rollback_requests)
         revisions = set(state.revisions)
+        for name, spec in revisions:  # each service's kept specs: its stale ones without a walk of all
+            self.kept.setdefault(name, set()).add(spec)
         for name in dropped_rollback_requests(requests, valid):
             self.writes[layout.rollback_key(name)] = None
             requests.discard(name)
@@ -500,6 +505,7 @@ class _Rollouts:
         if (name, spec) not in revisions:
             self.writes[layout.revision_key(name, spec)] = revision_json(manifest)
             revisions.add((name, spec))
+            self.kept.setdefault(name, set()).add(spec)
         if rollout is None:
             return
         if (rollout.active or rollout.state == RolloutState.FAILED) and current is not None:
@@ -518,7 +524,7 @@ class _Rollouts:
                 fields = {"service": name, "state": rollout.state, "reason": rollout.reason}
                 self.events.append(Event("rollout", {**fields, "to": rollout.to_spec}))
         keep = {rollout.from_spec, rollout.to_spec, spec}
-        for stale in sorted(s for n, s in revisions if n == name and s not in keep):
+        for stale in sorted(s for s in self.kept.get(name, ()) if s not in keep):
             self.writes[layout.revision_key(name, stale)] = None
 
     def _pace(

@@ -78,6 +78,7 @@ import heapq
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from consul_operator.core.desired_state import Manifest, Resources, format_cpus, format_memory
 from consul_operator.core.maintenance import open_hosts
@@ -145,8 +146,11 @@ def schedule_usage(
     """`schedule`, and what each host is charged after it (the rollouts' capacity filter starts there)."""
     by_name = {host.name: host for host in sorted(hosts, key=lambda h: h.name)}
     load = _initial_load(manifests, current)
-    ran = running or {}
-    used = Usage.of(manifests, current, ran, sizes or {})
+    charges = _charges(manifests, current, running or {}, sizes or {})
+    used = Usage()
+    for service, charge in charges.items():
+        used.charge(service, charge.of(_placed(current.get(service))))
+    eligible = _Eligible(by_name, now, cordoned, draining)
     result: dict[str, PlacementRecord] = {}
     for service in sorted(manifests):
         manifest = manifests[service]
@@ -156,19 +160,67 @@ def schedule_usage(
                 result[service] = previous
             continue
         # In place: rebuilding a Counter per service costs O(hosts) each time.
-        load.subtract(previous.hosts if previous else {})
+        load.subtract(_placed(previous))
+        # What the service is charged now is what `Usage` was given for it above: no other
+        # service's turn changes it, so it is taken back rather than worked out again.
+        before = used.of_service(service)
         used.charge(service, {})
-        charge = _Charge(service, manifest, previous, ran.get(service, {}), sizes or {})
+        charge = charges[service]
         record = _place(
-            service, manifest, by_name, previous, load, used, now, lost_grace, cordoned, draining, charge
+            service,
+            manifest,
+            by_name,
+            previous,
+            load,
+            used,
+            now,
+            lost_grace,
+            cordoned,
+            draining,
+            charge,
+            eligible,
         )
         load.update(record.hosts)
         # Until the next pass, the larger of the old and the new placement: a paced rollout
-        # may keep what the schedule dropped, and the agents have yet to stop it.
-        before, after = charge.of(previous.hosts if previous else {}), charge.of(record.hosts)
-        used.charge(service, {h: _larger(before.get(h), after.get(h)) for h in set(before) | set(after)})
+        # may keep what the schedule dropped, and the agents have yet to stop it. A placement
+        # kept as it was (most services, most passes) is charged what it was.
+        if previous is not None and record.hosts == previous.hosts:
+            used.charge(service, before)
+        else:
+            after = charge.of(record.hosts)
+            used.charge(service, {h: _larger(before.get(h), after.get(h)) for h in set(before) | set(after)})
         result[service] = record
     return result, used
+
+
+def _placed(record: PlacementRecord | None) -> Mapping[str, int]:
+    """A record's replicas per host (none without a record)."""
+    return record.hosts if record is not None else {}
+
+
+def sizes_by_service(sizes: SpecSizes) -> dict[str, dict[str, Resources]]:
+    """The kept specs' sizes by service, then spec, in one walk: a service's own picked out of all
+    of them, for each service, was O(services²) a pass while many services had kept specs."""
+    own: dict[str, dict[str, Resources]] = {}
+    for (name, spec), need in sizes.items():
+        own.setdefault(name, {})[spec] = need
+    return own
+
+
+def _charges(
+    manifests: Mapping[str, Manifest | None],
+    current: Mapping[str, PlacementRecord],
+    running: SpecsRunning,
+    sizes: SpecSizes,
+) -> dict[str, _Charge]:
+    """Every service's `_Charge` (in ``manifests``' order)."""
+    own = sizes_by_service(sizes)
+    return {
+        service: _Charge(
+            service, manifest, current.get(service), running.get(service, {}), own.get(service, {})
+        )
+        for service, manifest in manifests.items()
+    }
 
 
 @dataclass(slots=True)
@@ -195,11 +247,8 @@ class Usage:
         else the manifest's (an invalid manifest's are unknown: the defaults).
         """
         usage = cls()
-        for service, manifest in manifests.items():
-            charge = _Charge(
-                service, manifest, current.get(service), (running or {}).get(service, {}), sizes or {}
-            )
-            usage.charge(service, charge.of(current[service].hosts if service in current else {}))
+        for service, charge in _charges(manifests, current, running or {}, sizes or {}).items():
+            usage.charge(service, charge.of(_placed(current.get(service))))
         return usage
 
     def charge(self, service: str, per_host: Mapping[str, Resources]) -> None:
@@ -230,6 +279,41 @@ class Usage:
         return self.services.get(service, {})
 
 
+class HostCharges(Protocol):
+    """What a capacity filter reads of the hosts' charges (`Usage`, `LazyUsage`)."""
+
+    def on(self, host: str) -> Resources:
+        """What ``host`` is charged."""
+        ...
+
+
+class LazyUsage:
+    """`Usage.of` ``manifests`` and ``placements`` (no running counts, no kept sizes), worked out the
+    first time a host's charge is read, with the `add`s made before then added to it (sums of
+    integers: the same totals). The spread reads charges only for a service that some host holds
+    two replicas of; working them out for every service on every pass, twice (`spread.may_move`
+    and `spread.plan_spreading`), was a third of the pure decision at 1,000 services (issue 31)."""
+
+    def __init__(
+        self, manifests: Mapping[str, Manifest | None], placements: Mapping[str, PlacementRecord]
+    ) -> None:
+        self.manifests, self.placements = dict(manifests), dict(placements)  # as they are now
+        self.usage: Usage | None = None
+        self.added = Usage()  # only its totals: what `add` was asked before the charges were read
+
+    def add(self, counts: Mapping[str, int], need: Resources, sign: int) -> None:
+        """`Usage.add`."""
+        (self.added if self.usage is None else self.usage).add(counts, need, sign)
+
+    def on(self, host: str) -> Resources:
+        """What ``host`` is charged (`Usage.on`)."""
+        if self.usage is None:
+            self.usage = Usage.of(self.manifests, self.placements)
+            self.usage.memory.update(self.added.memory)  # Counter.update adds, negatives included
+            self.usage.millicpus.update(self.added.millicpus)
+        return self.usage.on(host)
+
+
 def _larger(one: Resources | None, other: Resources | None) -> Resources:
     """Per resource, the larger of two charges (None: nothing)."""
     a, b = one or Resources(0, 0), other or Resources(0, 0)
@@ -246,11 +330,12 @@ class _Charge:
         manifest: Manifest | None,
         previous: PlacementRecord | None,
         running: Mapping[str, Mapping[str, int]],
-        sizes: SpecSizes,
+        sizes: Mapping[str, Resources],
     ) -> None:
+        """``sizes``: what one replica of each of the service's kept specs takes, by spec."""
         self.spec = manifest.spec_hash() if manifest is not None else (previous.spec_hash if previous else "")
         self.size = manifest.resources if manifest is not None else Resources()
-        self.sizes = {spec: need for (name, spec), need in sizes.items() if name == service}
+        self.sizes = dict(sizes)
         if manifest is not None:
             self.sizes[self.spec] = manifest.resources
         self.previous = previous
@@ -355,29 +440,25 @@ def _place(
     used: Usage,
     now: float,
     lost_grace: float,
-    cordoned: Collection[str] = frozenset(),
-    draining: Collection[str] = frozenset(),
-    charge: _Charge | None = None,
+    cordoned: Collection[str],
+    draining: Collection[str],
+    charge: _Charge,
+    eligible: _Eligible,
 ) -> PlacementRecord:
     """One service's new record, starting from ``previous`` (``load``, ``used``: other services')."""
-    candidates = allowed_hosts(manifest, hosts.values())
     # A service's own grace (a replica with a volume waits longer for its host) lengthens the leader's.
     lost_grace = max(lost_grace, manifest.placement.lost_grace or 0.0)
-    live = [h.name for h in candidates if h.live]
-    grace = {h.name for h in candidates if _in_grace(h, now, lost_grace)}
+    grace, may_keep, open_live = eligible.of(manifest, lost_grace)
     cap = manifest.placement.max_per_host
-    need = manifest.resources
 
-    counts = _kept_counts(previous, (set(live) | grace) - set(draining), cap)
+    counts = _kept_counts(previous, may_keep, cap)
     _scale_down(counts, manifest.replicas, grace, cordoned)
 
     def room(host: str) -> bool:
-        if charge is None:
-            return fits(hosts[host], used.on(host) + need.times(counts.get(host, 0)), need)
         free = free_resources(hosts[host], used.on(host))
         return free is None or free.covers(charge.on(host, counts.get(host, 0) + 1))
 
-    _scale_up(counts, manifest.replicas, open_hosts(live, cordoned), cap, load, room)
+    _scale_up(counts, manifest.replicas, open_live, cap, load, room)
     unplaced = manifest.replicas - sum(counts.values())
     cause, reason = UnplacedCause.NONE, ""
     if unplaced > 0:
@@ -456,6 +537,37 @@ def unplaced_reason(
     return cause, f"{head}: {'; '.join(why)}"
 
 
+class _Eligible:
+    """One pass's candidate hosts of a service (`_place`): live, in grace, that may keep replicas,
+    open. The same for every service without ``placement.hosts`` or labels (most of them) and one
+    grace, so worked out once for those: per service it was O(hosts), O(services x hosts) a pass."""
+
+    def __init__(
+        self,
+        hosts: Mapping[str, HostInfo],
+        now: float,
+        cordoned: Collection[str],
+        draining: Collection[str],
+    ) -> None:
+        self.hosts, self.now, self.cordoned, self.draining = hosts, now, cordoned, frozenset(draining)
+        self.unconstrained: dict[float, tuple[set[str], set[str], list[str]]] = {}
+
+    def of(self, manifest: Manifest, lost_grace: float) -> tuple[set[str], set[str], list[str]]:
+        """Of the hosts ``manifest`` allows: those in grace (``lost_grace``), those that may keep its
+        replicas (live or in grace, not draining) and the live ones open to new replicas.
+        Shared between services: not to be changed."""
+        unconstrained = manifest.placement.hosts is None and not manifest.placement.labels
+        if unconstrained and lost_grace in self.unconstrained:
+            return self.unconstrained[lost_grace]
+        candidates = allowed_hosts(manifest, self.hosts.values())
+        live = [h.name for h in candidates if h.live]
+        grace = {h.name for h in candidates if _in_grace(h, self.now, lost_grace)}
+        found = (grace, (set(live) | grace) - self.draining, open_hosts(live, self.cordoned))
+        if unconstrained:
+            self.unconstrained[lost_grace] = found
+        return found
+
+
 def _kept_counts(previous: PlacementRecord | None, valid: set[str], cap: int | None) -> dict[str, int]:
     """The previous counts on hosts that may keep replicas, cut to the cap."""
     if previous is None:
@@ -497,6 +609,8 @@ def _scale_up(
     asked only of the host the heap offers, and a host without room leaves the heap.
     """
     missing = target - sum(counts.values())
+    if missing <= 0:
+        return  # nothing to add (most services, most passes): no heap over every live host
     heap = [(counts.get(h, 0), load.get(h, 0), h) for h in live if cap is None or counts.get(h, 0) < cap]
     heapq.heapify(heap)
     while missing > 0 and heap:

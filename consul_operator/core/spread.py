@@ -56,7 +56,7 @@ from dataclasses import dataclass, field, replace
 from consul_operator.core.desired_state import Manifest, UpdatePolicy
 from consul_operator.core.maintenance import plan_drain
 from consul_operator.core.model import HostInfo
-from consul_operator.core.placement import Usage, allowed_hosts, fits
+from consul_operator.core.placement import HostCharges, LazyUsage, allowed_hosts, fits
 from consul_operator.core.records import PlacementRecord, frozen_map
 
 DEFAULT_SETTLE = 30.0
@@ -151,7 +151,7 @@ def spread_target(
     receiving: Collection[str],
     cordoned: Collection[str],
     load: Mapping[str, int],
-    used: Usage,
+    used: HostCharges,
 ) -> dict[str, int]:
     """``counts`` made as even over the service's eligible hosts as the schedule would place them.
 
@@ -251,7 +251,7 @@ def plan_spreading(
     load: Counter[str] = Counter()
     for name in manifests:
         load.update(placements[name].hosts if name in placements else {})
-    used = Usage.of(manifests, placements)
+    used = LazyUsage(manifests, placements)  # read only where a host holds two replicas
     decided: dict[str, PlacementRecord] = {}
     moves: list[Move] = []
     waiting = False  # a service would move once a host has settled: wake up then
@@ -361,7 +361,7 @@ def may_move(
     load: Counter[str] = Counter()
     for name in manifests:
         load.update(placements[name].hosts if name in placements else {})
-    used = Usage.of(manifests, placements)
+    used = LazyUsage(manifests, placements)  # read only where a host holds two replicas
     found: list[str] = []
     for name, manifest in sorted(manifests.items()):
         record = placements.get(name)

@@ -31,7 +31,7 @@ from functools import partial
 import structlog
 
 from consul_operator.adapters.interfaces import ClusterReads
-from consul_operator.adapters.kv_state import StatusCache, TreeMirror
+from consul_operator.adapters.kv_state import RecordCache, StatusCache, TreeMirror
 from consul_operator.adapters.presence import AGENT_SERVICE
 from consul_operator.adapters.snapshot import read_cluster_state
 from consul_operator.core import events
@@ -39,6 +39,7 @@ from consul_operator.core.cluster_state import ClusterState
 from consul_operator.core.errors import ConsulError, ConsulPermissionDenied, consul_trouble
 from consul_operator.core.keys import Layout
 from consul_operator.core.leader_plan import LeaderMemory, LeaderSettings, Now, decide_leader, paced_services
+from consul_operator.core.records import PlacementRecord
 from consul_operator.core.spread import SpreadSettings
 from consul_operator.core.txn import pack_writes, send_groups
 from consul_operator.daemons import leader_report
@@ -74,6 +75,8 @@ class Scheduler:
     services: TreeMirror | None = None
     # The status records as last parsed: reused while their modify index is unchanged.
     statuses: StatusCache = field(default_factory=StatusCache)
+    # The placement records as last parsed, the same way.
+    placements: RecordCache[PlacementRecord] = field(default_factory=RecordCache)
     # Fenced writes per service, with the back-offs of refused ones (`leader_writes`).
     writer: FencedWriter = field(init=False)
     # Every host's work key as KV holds it (`leader_writes.WorkKeys`).
@@ -103,6 +106,7 @@ class Scheduler:
             leader=True,
             services=self.services,
             statuses=self.statuses,
+            placements=self.placements,
         )
         self._check_view(state)
         settings = LeaderSettings(self.election.host, self.layout, self.lost_grace, self.spread)

@@ -1,15 +1,23 @@
-"""Our Consul wrapper's pure parts: addresses, tokens and the blocking-query index rules."""
+"""Our Consul wrapper's pure parts: addresses, tokens, the blocking-query index rules and the
+decoding of a read-only transaction's trees."""
 
 from __future__ import annotations
 
+import base64
+from typing import Any
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from consul_operator.adapters.consul_client import (
     BlockingQuery,
     ConsulAddress,
     ConsulClient,
     Indexed,
+    KVEntry,
     _tls_reason,
+    _trees_of,
 )
 
 
@@ -122,3 +130,54 @@ def test_blocking_query_spaces_out_calls() -> None:
 def test_tls_failures_are_told_in_one_short_reason(text: str, expected: str) -> None:
     """A TLS failure's message is cut down to the cause a user can act on."""
     assert _tls_reason(Exception(text)) == expected
+
+
+def _plain_trees(results: list[dict[str, object]], prefixes: list[str]) -> dict[str, dict[str, KVEntry]]:
+    """The read-only transaction's results by prefix as `kv_trees` sorted them before (every prefix
+    tried for every key, `base64.b64decode`)."""
+    trees: dict[str, dict[str, KVEntry]] = {prefix: {} for prefix in prefixes}
+    for result in results:
+        raw: dict[str, Any] = result.get("KV") or {}  # type: ignore[assignment]
+        entry = KVEntry(
+            str(raw["Key"]),
+            base64.b64decode(raw.get("Value") or ""),
+            int(raw["ModifyIndex"]),
+            raw.get("Session"),
+        )
+        for prefix, tree in trees.items():
+            if entry.key.startswith(prefix):
+                tree[entry.key] = entry
+    return trees
+
+
+SEGMENTS = st.sampled_from(["a", "ab", "b", "status", "placement"])
+
+
+@given(
+    keys=st.lists(st.lists(SEGMENTS, min_size=1, max_size=3).map("/".join), max_size=20),
+    prefixes=st.lists(
+        st.lists(SEGMENTS, min_size=0, max_size=2).map(lambda p: "".join(f"{s}/" for s in p)),
+        min_size=1,
+        max_size=4,
+        unique=True,
+    ),
+    values=st.lists(st.binary(max_size=8) | st.none(), min_size=20, max_size=20),
+)
+def test_property_transaction_results_sort_into_trees_as_before(
+    keys: list[str], prefixes: list[str], values: list[bytes | None]
+) -> None:
+    """For any keys in any order and any prefixes, nested or not, the trees `kv_trees` builds (each
+    value decoded at once, a key tried first against the prefix of the key before it) are those of
+    the plain rule: every prefix tried for every key."""
+    results: list[dict[str, object]] = [
+        {
+            "KV": {
+                "Key": key,
+                "Value": None if value is None else base64.b64encode(value).decode(),
+                "ModifyIndex": i + 1,
+                **({"Session": "s"} if i % 3 == 0 else {}),
+            }
+        }
+        for i, (key, value) in enumerate(zip(keys, values, strict=False))
+    ]
+    assert _trees_of(results, prefixes) == _plain_trees(results, prefixes)

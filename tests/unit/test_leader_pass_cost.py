@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from consul_operator.adapters import metrics
 from consul_operator.adapters.consul_client import KVEntry
-from consul_operator.adapters.kv_state import StatusCache, statuses_of
+from consul_operator.adapters.kv_state import RecordCache, StatusCache, placements_of, statuses_of
 from consul_operator.core.desired_state import Manifest, Resources, parse_manifest
 from consul_operator.core.keys import Layout
 from consul_operator.core.placement import _Charge
@@ -67,9 +67,10 @@ def test_spec_hash_is_worked_out_once(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_status_records_are_parsed_again_only_when_changed(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The leader's reads reuse each status record parsed before while its modify index is the same
-    (10,000 records parsed on every pass were a fifth of it); a changed index is parsed again, a key
-    gone is forgotten, and an unreadable record stays one (kept empty for the leader)."""
+    """The leader's reads reuse each status record parsed before, and its key's service and host, while
+    its modify index is the same (10,000 records parsed on every pass were a fifth of it); a changed
+    index is parsed again, a key gone is forgotten, and an unreadable record stays one (kept empty for
+    the leader)."""
     layout = Layout()
     good = StatusRecord("web", "h1", "abc", 1, 1, 1).to_json()
     entries = [
@@ -79,14 +80,43 @@ def test_status_records_are_parsed_again_only_when_changed(monkeypatch: pytest.M
     cache = StatusCache()
     first = statuses_of(entries, layout, keep_unreadable=True, cache=cache)
     assert first["web"]["h1"].running == 1 and first["web"]["h2"] == StatusRecord("web", "h2")
-    real = StatusRecord.from_json
     monkeypatch.setattr(StatusRecord, "from_json", lambda *_a, **_k: pytest.fail("parsed again"))
+    monkeypatch.setattr(Layout, "status_of", lambda *_a: pytest.fail("key split again"))
     assert statuses_of(entries, layout, keep_unreadable=True, cache=cache) == first
-    monkeypatch.setattr(StatusRecord, "from_json", real)
+    monkeypatch.undo()
     changed = StatusRecord("web", "h1", "abc", 2, 2, 2).to_json()
     again = statuses_of([KVEntry(layout.status_key("web", "h1"), changed, 9)], layout, cache=cache)
     assert again["web"]["h1"].running == 2
     assert set(cache.entries) == {layout.status_key("web", "h1")}
+
+
+def test_placement_records_are_parsed_again_only_when_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The leader's reads reuse each placement record parsed before while its modify index is the
+    same (1,000 records parsed on every pass); a changed index is parsed again, a key gone is
+    forgotten, and an unreadable record is left out on every read, never kept."""
+    layout = Layout()
+    web = PlacementRecord("web", "abc", frozen_map({"h1": 2}))
+    entries = [
+        KVEntry(layout.placement_key("web"), web.to_json(), 7),
+        KVEntry(layout.placement_key("api"), b"junk", 8),
+    ]
+    cache: RecordCache[PlacementRecord] = RecordCache()
+    first = placements_of(entries, layout, cache)
+    assert first == {"web": web}
+    real = PlacementRecord.from_json
+    parsed: list[bytes] = []
+
+    def counted(data: bytes) -> PlacementRecord:
+        parsed.append(data)
+        return real(data)
+
+    monkeypatch.setattr(PlacementRecord, "from_json", counted)
+    assert placements_of(entries, layout, cache) == first
+    assert parsed == [b"junk"]
+    moved = PlacementRecord("web", "abc", frozen_map({"h2": 2}))
+    again = placements_of([KVEntry(layout.placement_key("web"), moved.to_json(), 9)], layout, cache)
+    assert again == {"web": moved}
+    assert set(cache.entries) == {layout.placement_key("web")}
 
 
 def _general_charge(charge: _Charge, host: str, count: int) -> Resources:
@@ -123,6 +153,6 @@ def test_one_spec_charge_shortcut_property(
         frozen_map({"h1": sum(placed_specs.values())}),
         specs={"h1": frozen_map(placed_specs)} if mixed else {},
     )
-    sizes = {("web", "0" * 16): Resources(32 * 1024**2, 100)}
+    sizes = {"0" * 16: Resources(32 * 1024**2, 100)}
     charge = _Charge("web", manifest, record, {"h1": {rename[s]: n for s, n in running.items()}}, sizes)
     assert charge.on("h1", count) == _general_charge(charge, "h1", count)
