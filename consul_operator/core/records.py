@@ -487,7 +487,7 @@ class ReplicaMark:
     compares it with the registration's ``container`` meta).
     """
 
-    port: int
+    port: int  # 0: the replica publishes no port (a worker: nothing registered in Consul)
     container: str
     spec: str
 
@@ -497,11 +497,15 @@ class ReplicaMark:
 
     @classmethod
     def from_json(cls, value: object) -> ReplicaMark | None:
-        """Parse ``[port, container, spec]``; None for anything else."""
+        """Parse ``[port, container, spec]``; None for anything else.
+
+        Port 0 reads back as written: dropping it made a portless service's record
+        differ from what its agent wrote, and every status check (2 s) rewrote it.
+        """
         if not isinstance(value, list) or len(value) != 3:
             return None
         port, container, spec = value
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 65536:
             return None
         if not isinstance(container, str) or not isinstance(spec, str):
             return None

@@ -281,6 +281,43 @@ def test_status_records_deleted_from_kv_are_seen_and_written_again() -> None:
     assert docker.containers == containers and not agent.status_drifted()
 
 
+@dataclass
+class RecordReadsConsul(CountingConsul):
+    """`CountingConsul` that counts reads of status records by key (`read_own_statuses`)."""
+
+    record_reads: int = 0
+
+    def kv_get_keys(self, keys: list[str], **kw: object) -> dict[str, KVEntry]:
+        self.record_reads += 1
+        return super().kv_get_keys(keys, **kw)
+
+
+def test_an_idle_status_check_lists_the_prefix_and_reads_no_record() -> None:
+    """The check reads this host's records only when the status prefix moved since they matched."""
+    layout = Layout()
+    consul = RecordReadsConsul(kv=kv_with(3).kv)
+    docker = FakeDocker(
+        [
+            running(
+                f"c{i:03d}",
+                f"s{i:03d}",
+                Manifest(name=f"s{i:03d}", image="hello:local", replicas=1).spec_hash(),
+            )
+            for i in range(3)
+        ]
+    )
+    agent = host_agent(consul, docker, [0.0], None)
+    agent.reconcile()
+    assert not agent.status_drifted() and consul.record_reads == 1
+    assert not agent.status_drifted() and not agent.status_drifted()
+    assert consul.record_reads == 1, "nothing moved: the listing alone"
+    other = StatusRecord("s000", "host-9", desired=1, running=1)
+    consul.kv[layout.status_key("s000", "host-9")] = other.to_json()  # another host's record
+    assert not agent.status_drifted() and consul.record_reads == 2, "the prefix moved: read, still ours"
+    del consul.kv[layout.status_key("s001", HOST)]
+    assert agent.status_drifted(), "a deletion moves the prefix too"
+
+
 def test_a_refused_event_record_keeps_its_events_and_the_others_are_written() -> None:
     """One service's event record refused: every other is written; its events wait for the next flush."""
     layout, consul = Layout(), CountingConsul()

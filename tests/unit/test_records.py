@@ -6,6 +6,8 @@ import dataclasses
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from consul_operator.core.records import (
     Hold,
@@ -65,10 +67,23 @@ def test_status_record_round_trips() -> None:
         pytest.param({}, "node", "", id="no-node-an-older-agents-record"),
         pytest.param({"replicas": ["a"]}, "replicas", {}, id="replicas-not-a-mapping"),
         pytest.param(
-            {"replicas": {"a": [8080, "c", "s"], "b": ["8080", "c", "s"], "c": [0, "c", "s"]}},
+            {
+                "replicas": {
+                    "a": [8080, "c", "s"],
+                    "b": ["8080", "c", "s"],
+                    "c": [65536, "c", "s"],
+                    "d": [-1, "c", "s"],
+                }
+            },
             "replicas",
             {"a": ReplicaMark(8080, "c", "s")},
             id="marks-with-a-bad-port-dropped",
+        ),
+        pytest.param(
+            {"replicas": {"w": [0, "c", "s"]}},
+            "replicas",
+            {"w": ReplicaMark(0, "c", "s")},
+            id="mark-of-a-replica-without-a-port-kept",
         ),
         pytest.param(
             {"replicas": {"a": [8080, "c"], "b": [8080, 1, "s"], "d": [True, "c", "s"]}},
@@ -93,6 +108,50 @@ def test_unreadable_status_record_is_refused(data: bytes) -> None:
     """A value that is no JSON object at all is no status record: the reader decides (skip or keep empty)."""
     with pytest.raises(ValueError, match="not a status record"):
         StatusRecord.from_json(data, service="web", host="host-1")
+
+
+NAMES = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=20)
+MARKS = st.builds(
+    ReplicaMark,
+    port=st.integers(min_value=0, max_value=65535),
+    container=st.text(alphabet="0123456789abcdef", min_size=12, max_size=12),
+    spec=st.text(alphabet="0123456789abcdef", min_size=16, max_size=16),
+)
+
+
+@given(
+    replicas=st.dictionaries(NAMES, MARKS, max_size=5),
+    specs=st.dictionaries(st.text(alphabet="0123456789abcdef", min_size=16, max_size=16), st.integers(0, 50)),
+    counts=st.tuples(st.integers(0, 50), st.integers(0, 50), st.integers(0, 50)),
+    hold=st.none() | st.sampled_from(list(Hold)),
+    since=st.none() | st.floats(min_value=0, max_value=4e9),
+)
+def test_every_status_record_an_agent_writes_reads_back_the_same(
+    replicas: dict[str, ReplicaMark],
+    specs: dict[str, int],
+    counts: tuple[int, int, int],
+    hold: Hold | None,
+    since: float | None,
+) -> None:
+    """Whatever an agent writes reads back equal: else its status check finds it changed and rewrites it."""
+    desired, running, healthy = counts
+    record = StatusRecord(
+        service="web",
+        host="host-1",
+        spec_hash="abc",
+        desired=desired,
+        running=running,
+        healthy=healthy,
+        hold=hold,
+        specs=frozen_map(specs),
+        instances=tuple(replicas),
+        since=since,
+        node="node-1",
+        replicas=replicas,
+    )
+    read = StatusRecord.from_json(record.to_json(), service="web", host="host-1")
+    assert read == record
+    assert record.same_report(read)
 
 
 def test_same_report_ignores_only_the_time() -> None:
