@@ -8,7 +8,7 @@ spec, so that we find and clean up exactly our own.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from consul_operator.adapters.actuators import probe as probe_module
@@ -204,8 +204,7 @@ class CatalogActuator:
         next pass, and was registered a second time, deregistered first.
         """
         definition = self.definition(container, manifest)
-        timeout = min(manifest.health.timeout, probe_module.MAX_BUDGET)
-        if probe_module.passes_within(definition["Check"], timeout, timeout):
+        if _passes_once(definition, manifest):
             definition["Check"]["Status"] = "passing"
         self.consul.register_service(definition)
         self._register_extra_ports(container, manifest)
@@ -254,12 +253,11 @@ class CatalogActuator:
             self.definition(container, manifest),
             *self._extra_port_definitions(container, manifest),
         ]
-        timeout = min(manifest.health.timeout, probe_module.MAX_BUDGET)
         every = True
         for definition in definitions:
             if definition["ID"] not in wanted:
                 continue
-            if not probe_module.passes_within(definition["Check"], timeout, timeout):
+            if not _passes_once(definition, manifest):
                 every = False
                 continue
             definition["Check"]["Status"] = "passing"
@@ -270,3 +268,12 @@ class CatalogActuator:
     def deregister(self, service_id: str) -> None:
         """Remove one replica's registration (and its check)."""
         self.consul.deregister_service(service_id)
+
+
+def _passes_once(definition: Mapping[str, Any], manifest: Manifest) -> bool:
+    """Whether a registration's check passes when run here now: one try within the check's
+    timeout (at most `probe.MAX_BUDGET`), so that an action's worker waits no longer. A
+    re-registration (`register`, `register_restored`) tries once; a start tries for up to an
+    interval (`register_started`), since a replica just started may not answer yet."""
+    timeout = min(manifest.health.timeout, probe_module.MAX_BUDGET)
+    return probe_module.passes_within(definition["Check"], timeout, timeout)
