@@ -63,7 +63,14 @@ wait_visit() {
 }
 
 step "the app reaches Redis at the address the operator rendered from Consul"
-web=$(ours visits | head -1)
+# The first text was rendered before Redis passed its check, naming none; the leader's next pass
+# renders Redis's address and rolls the app (change_mode: restart), and `wait` may have returned
+# in between. So: until a replica's file names Redis (at most 60 s).
+for _ in $(seq 1 300); do
+  web=$(ours visits | head -1)
+  [[ -n $web ]] && docker exec "$web" grep -q '^redis = ' /etc/app/app.conf 2>/dev/null && break
+  sleep 0.2
+done
 echo "  docker exec $web cat /etc/app/app.conf"
 docker exec "$web" cat /etc/app/app.conf | sed 's/^/    /'
 for _ in 1 2 3; do wait_visit; done

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from consul_operator.adapters.consul_client import ConsulClient, KVEntry
 from consul_operator.adapters.interfaces import ClusterReads
 from consul_operator.adapters.kv_state import (
+    RecordCache,
     StatusCache,
     TreeMirror,
     host_records_of,
@@ -44,8 +45,9 @@ from consul_operator.core.desired_state import (
 )
 from consul_operator.core.errors import ConsulPermissionDenied
 from consul_operator.core.keys import Layout
-from consul_operator.core.model import META_CLUSTER, META_CONTAINER, META_PORT, is_extra_port
+from consul_operator.core.model import META_CLUSTER, META_CONTAINER, META_PORT, ServiceInstance, is_extra_port
 from consul_operator.core.ownership import owned
+from consul_operator.core.records import PlacementRecord
 from consul_operator.core.resolve import SecretVersions, resolve_manifests
 from consul_operator.core.status import ClusterSnapshot, HostRow
 from consul_operator.core.templating import Instance, TemplateInputs
@@ -60,6 +62,7 @@ def read_cluster_state(
     leader: bool = False,
     services: TreeMirror | None = None,
     statuses: StatusCache | None = None,
+    placements: RecordCache[PlacementRecord] | None = None,
 ) -> ClusterState:
     """Read every record once, then the passing instances of the services ``passing_of`` names.
 
@@ -74,7 +77,8 @@ def read_cluster_state(
     count (its gauges). ``services``: the loop's mirror of ``services/``
     (`kv_state.TreeMirror`: only changed manifests are read), read just after
     the transaction; without one, ``services/`` is part of it. ``statuses``: the loop's
-    status records parsed by its last read (`kv_state.StatusCache`), reused while unchanged.
+    status records parsed by its last read (`kv_state.StatusCache`), reused while unchanged;
+    ``placements``: the same for its placement records.
     """
     prefixes = [
         *([] if services is not None else [layout.services_prefix]),
@@ -95,7 +99,7 @@ def read_cluster_state(
     parsed = manifests_of(manifests, layout, by_index=services is not None)
     state = ClusterState(
         manifests=parsed,
-        placements=placements_of(trees[layout.placement_prefix], layout),
+        placements=placements_of(trees[layout.placement_prefix], layout, placements),
         rollouts=rollouts_of(trees[layout.rollout_prefix], layout),
         revisions=frozenset(_revisions(trees[layout.revisions_prefix], layout)),
         rollback_requests=frozenset(
@@ -112,14 +116,23 @@ def read_cluster_state(
         rendered=rendered_of(trees[layout.rendered_prefix], layout),
     )
     versions = _secret_versions(consul, layout, parsed, leader=leader)
-    inputs = _template_inputs(consul, layout, cluster, state, leader=leader) if versions is not None else None
+    # Each service's passing instances are read once per view: a template and the
+    # service's own count must see one moment. Read twice, a replica that passed in
+    # between made its service Converged while a template still rendered without it,
+    # and so the template's user Converged too (`operator wait` returned early).
+    found = _PassingReads(consul)
+    inputs = (
+        _template_inputs(consul, found, layout, cluster, state, leader=leader)
+        if versions is not None
+        else None
+    )
     resolved = resolve_manifests(
         parsed, versions if inputs is not None else None, layout.secrets_prefix, inputs, layout.config_prefix
     )
     state = dataclasses.replace(state, manifests=resolved)
     passing = {
         name: owned(
-            [i for i in consul.health_service(name, passing=True).value if not is_extra_port(i)],
+            [i for i in found(name) if not is_extra_port(i)],
             cluster,
             state.agents,
             records,
@@ -163,8 +176,27 @@ def _secret_versions(
     return versions
 
 
+class _PassingReads:
+    """The passing instances of a service, read from Consul on the first ask only."""
+
+    def __init__(self, consul: ClusterReads) -> None:
+        self._consul = consul
+        self._read: dict[str, list[ServiceInstance]] = {}
+
+    def __call__(self, name: str) -> list[ServiceInstance]:
+        if name not in self._read:
+            self._read[name] = self._consul.health_service(name, passing=True).value
+        return self._read[name]
+
+
 def _template_inputs(
-    consul: ClusterReads, layout: Layout, cluster: str | None, state: ClusterState, *, leader: bool
+    consul: ClusterReads,
+    found: _PassingReads,
+    layout: Layout,
+    cluster: str | None,
+    state: ClusterState,
+    *,
+    leader: bool,
 ) -> TemplateInputs | None:
     """What the templates of the valid manifests read (`templating.dependencies`): their config keys,
     and the passing instances of their services that this cluster's agents vouch for (`ownership.owned`),
@@ -183,10 +215,12 @@ def _template_inputs(
         config = {e.key[len(layout.config_prefix) :]: e.value.decode("utf-8", "replace") for e in entries}
     instances: dict[str, tuple[Instance, ...]] = {}
     for name in services:
-        found = consul.health_service(name, passing=True).value
-        kept = owned([i for i in found if not is_extra_port(i)], cluster, state.agents, state.statuses).kept
+        instances_of = found(name)
+        kept = owned(
+            [i for i in instances_of if not is_extra_port(i)], cluster, state.agents, state.statuses
+        ).kept
         extra: dict[str, dict[str, int]] = {}
-        for inst in found:
+        for inst in instances_of:
             if is_extra_port(inst) and inst.meta.get(META_CLUSTER) == cluster:
                 extra.setdefault(inst.meta.get(META_CONTAINER, ""), {})[inst.meta.get(META_PORT, "")] = (
                     inst.port

@@ -111,5 +111,9 @@ def test_a_signal_template_is_rewritten_in_place_and_the_replica_signalled(
     assert _read(first, live) == "level=two"
     (now,) = cluster.containers(service_name)
     assert now.id == first.id and now.labels[LABEL_SPEC] == first.labels[LABEL_SPEC]
-    described = operator(cluster, "describe", service_name)
-    assert "TemplateRefreshed" in described.stdout, described.stdout
+
+    def refreshed_event() -> bool:
+        # Events are buffered and flushed in the background, and recorded after the signal.
+        return "TemplateRefreshed" in operator(cluster, "describe", service_name).stdout
+
+    wait_until(refreshed_event, timeout=REACT_S + CONVERGE_S, what="a TemplateRefreshed event in describe")
