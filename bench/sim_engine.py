@@ -49,6 +49,16 @@ class SimulatedDockerActuator(DockerActuator):
         """No volumes in the simulation."""
         return ()
 
+    def our_volumes(self) -> dict[str, list[str]]:
+        """No volumes in the simulation (the volume janitor finds none)."""
+        return {}
+
+    def remove_volume(self, name: str) -> None:
+        """No volumes in the simulation."""
+
+    def sweep_files(self) -> None:
+        """No secrets' files in the simulation (`run_agent` sweeps them at start-up)."""
+
     def start(
         self,
         manifest: Manifest,

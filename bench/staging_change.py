@@ -10,7 +10,10 @@ transactions of 64 (as a user's script would), waits until the leader has
 placed every one, then ``--runs`` times writes a new service of 1 replica
 and times its `kv put` until Docker reports its container started (a
 Docker event, not polling), and the leading agent's CPU-seconds over the
-same window (its /proc/<pid>/stat). Prints one JSON line with the figures
+same window (its /proc/<pid>/stat). Each run is split in three: `kv put` until
+the leader's placement of it is committed (a blocking query on its
+``operator/placement/`` key), until Docker reports the container created,
+until started. Prints one JSON line with the figures
 and their medians (with ``--record NAME``, also kept under NAME in
 bench/results/staging_change.json, which `bench.scale --render` adds to
 scale.md), then takes the environment down. Run from a checkout to measure
@@ -82,33 +85,55 @@ def main() -> int:
         )
         time.sleep(5)  # let the agents settle after the bulk
         seen: dict[str, float] = {}
+        created: dict[str, float] = {}
         stop = threading.Event()
 
         def listen() -> None:
             label = f"consul-operator.cluster={env.name}"
             events = engine.events(
-                decode=True, filters={"type": "container", "event": "start", "label": label}
+                decode=True, filters={"type": "container", "event": ["create", "start"], "label": label}
             )
             for event in events:
+                at = time.monotonic()
                 service = event.get("Actor", {}).get("Attributes", {}).get("consul-operator.service")
-                if service and service not in seen:
-                    seen[service] = time.monotonic()
+                kept = seen if event.get("status", event.get("Action")) == "start" else created
+                if service and service not in kept:
+                    kept[service] = at
                 if stop.is_set():
                     return
+
+        def placed_at(name: str, into: dict[str, float]) -> None:
+            """When the leader's placement of ``name`` is committed: blocking queries on its key."""
+            key = LAYOUT.placement_key(name)
+            index = consul.kv_get(key).index
+            while not stop.is_set():
+                answer = consul.kv_get(key, index=index, wait=10, timeout=20)
+                if answer.value is not None:
+                    into[name] = time.monotonic()
+                    return
+                index = answer.index
 
         threading.Thread(target=listen, daemon=True).start()
         time.sleep(1)
         delays: list[float] = []
         cpus: list[float] = []
+        phases: list[tuple[float, float, float]] = []
+        placed: dict[str, float] = {}
         for i in range(args.runs):
             name = f"new{i}{int(time.time()) % 10000:04d}"
             pid = leader_pid(env, consul)
+            watcher = threading.Thread(target=placed_at, args=(name, placed), daemon=True)
+            watcher.start()
+            time.sleep(0.2)  # the watch's first read is in (it blocks from the key's absence)
             cpu = cpu_seconds(pid)
             put = time.monotonic()
             consul.kv_put(LAYOUT.service_key(name), manifest_yaml(name, 1))
             wait_until(lambda: name in seen, timeout=120, what=f"{name}'s container started")  # noqa: B023
+            watcher.join(timeout=30)
             delays.append(seen[name] - put)
             cpus.append(cpu_seconds(pid) - cpu)
+            at_placed, at_created = placed.get(name, put), created.get(name, seen[name])
+            phases.append((at_placed - put, at_created - at_placed, seen[name] - at_created))
             time.sleep(3)  # apart, so that each change is measured alone
         stop.set()
         figures = {
@@ -118,6 +143,12 @@ def main() -> int:
             "median_s": round(statistics.median(delays), 3),
             "leader_cpu_s": [round(c, 2) for c in cpus],
             "leader_cpu_median_s": round(statistics.median(cpus), 2),
+            # Medians of each run's put -> placed (the leader), placed -> created (the host's agent),
+            # created -> started (Docker).
+            "phases_median_s": {
+                what: round(statistics.median(p[i] for p in phases), 3)
+                for i, what in enumerate(("placed", "created", "started"))
+            },
             "load": os.getloadavg(),
         }
         print(json.dumps(figures))
