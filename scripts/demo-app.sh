@@ -34,6 +34,12 @@ if [[ ${1:-} == down ]]; then
 fi
 
 GATEWAY=$(docker network inspect bridge -f '{{(index .IPAM.Config 0).Gateway}}')
+if [[ -z $GATEWAY ]]; then
+  # An engine on its first boot (no docker0 before it) leaves the gateway out of the bridge's IPAM
+  # config until it restarts (moby/moby#26799); the bridge interface holds that address all along.
+  bridge=$(docker network inspect bridge -f '{{index .Options "com.docker.network.bridge.name"}}')
+  GATEWAY=$(ip -o -4 addr show dev "${bridge:-docker0}" 2>/dev/null | awk '{split($4, a, "/"); print a[1]; exit}')
+fi
 [[ -n $GATEWAY ]] || die "Docker's bridge network has no gateway address"
 step "an environment of its own: $NAME on ${ADDRS[*]}, replicas published on $GATEWAY"
 AGENT_ARGS="${AGENT_ARGS:-} --advertise $GATEWAY" bash "$ROOT/scripts/staging.sh" up
