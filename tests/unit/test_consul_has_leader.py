@@ -17,7 +17,14 @@ SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "keepalived" / "consul
 
 STUBS = {
     # curl: the leader's answer in LEADER, or exit 7 (connection refused) when unset.
-    "curl": '[ -n "${LEADER+x}" ] || exit 7\nprintf %s "$LEADER"\n',
+    # With CURL_ARGS set, it writes its arguments there first, one a line.
+    "curl": (
+        '[ -n "${CURL_ARGS:-}" ] && printf "%s\\n" "$@" > "$CURL_ARGS"\n'
+        '[ -n "${LEADER+x}" ] || exit 7\nprintf %s "$LEADER"\n'
+    ),
+    # The check reads its settings itself: a sed or a tail is a process a second for nothing.
+    "sed": 'echo sed >> "$FORKED"\nexit 99\n',
+    "tail": 'echo tail >> "$FORKED"\nexit 99\n',
     # systemctl show -p NAME --value consul: the property from the environment.
     "systemctl": (
         'case "$3" in\n'
@@ -84,3 +91,60 @@ def test_check_fails_on_a_cut_and_passes_through_a_restart(
         ["sh", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=10, check=False
     )
     assert (result.returncode == 0) is passes, result.stderr
+
+
+def test_the_settings_file_names_consul_and_its_tls_files(stubs: Path, tmp_path: Path) -> None:
+    """The check asks the Consul that operator lb's settings name, with their TLS files (the last line
+    of a name wins, as in systemd's EnvironmentFile), and reads them without a process of its own."""
+    settings = tmp_path / "operator-lb"
+    settings.write_text(
+        "CONSUL_HTTP_ADDR=127.0.0.1:8500\n"
+        "OTHER=CONSUL_CACERT=/not/this\n"
+        "CONSUL_HTTP_ADDR=https://198.18.0.13:8501\n"
+        "CONSUL_CACERT=/etc/consul.d/tls/ca.pem\n"
+        "CONSUL_CLIENT_CERT=/etc/consul.d/tls/client.pem\n"
+        "CONSUL_CLIENT_KEY=/etc/consul.d/tls/client-key.pem"  # no final newline
+    )
+    args, forked = tmp_path / "curl-args", tmp_path / "forked"
+    env = {
+        "PATH": f"{stubs}:{os.environ['PATH']}",
+        "OPERATOR_LB_SETTINGS": str(settings),
+        "CURL_ARGS": str(args),
+        "FORKED": str(forked),
+        **RUNNING_LONG,
+        "LEADER": '"198.18.0.11:8300"',
+    }
+    result = subprocess.run(
+        ["sh", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=10, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert args.read_text().splitlines() == [
+        "-fs",
+        "--max-time",
+        "1",
+        "--cacert",
+        "/etc/consul.d/tls/ca.pem",
+        "--cert",
+        "/etc/consul.d/tls/client.pem",
+        "--key",
+        "/etc/consul.d/tls/client-key.pem",
+        "https://198.18.0.13:8501/v1/status/leader",
+    ]
+    assert not forked.exists(), forked.read_text()
+
+
+def test_without_a_settings_file_the_check_asks_the_local_agent(stubs: Path, tmp_path: Path) -> None:
+    """No settings file: the local agent's default address, plain HTTP."""
+    args = tmp_path / "curl-args"
+    env = {
+        "PATH": f"{stubs}:{os.environ['PATH']}",
+        "OPERATOR_LB_SETTINGS": str(tmp_path / "absent"),
+        "CURL_ARGS": str(args),
+        **RUNNING_LONG,
+        "LEADER": '"198.18.0.11:8300"',
+    }
+    result = subprocess.run(
+        ["sh", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=10, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert args.read_text().splitlines()[-1] == "http://127.0.0.1:8500/v1/status/leader"
