@@ -33,6 +33,7 @@ import requests
 from consul_operator.adapters.consul_client import ConsulClient, ConsulTLS
 from consul_operator.core.errors import ConsulError, ConsulPermissionDenied, ConsulTLSError, ConsulUnavailable
 from tests.support.bounds import PROCESS_S, REACT_S
+from tests.support.cli_runner import run_cli
 from tests.support.cluster import Cluster, manifest_yaml
 from tests.support.places import PLACE
 from tests.support.staging import PROCESSES, ROOT, Staging, pid_alive, tool, wait_until
@@ -76,13 +77,10 @@ def running(acl_cluster: Cluster) -> str:
 
 def operator_cli(env: Staging, token: str, *args: str) -> subprocess.CompletedProcess[str]:
     """Run the `operator` command against the ACL environment with ``token``."""
-    return subprocess.run(
-        [sys.executable, "-m", "consul_operator", *args, "--consul", env.consul_addr(), "--token", token],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    return run_cli(
+        [*args, "--consul", env.consul_addr(), "--token", token],
         env={**os.environ, **env.tls_env()},
+        timeout=60,
     )
 
 

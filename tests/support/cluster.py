@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from consul_operator.adapters.consul_client import ConsulClient
 from consul_operator.core.keys import Layout
 from consul_operator.core.model import LABEL_CLUSTER, LABEL_HOST, LABEL_SERVICE, META_CLUSTER
 from tests.support.bounds import CONVERGE_S, PROCESS_S, REACT_S
+from tests.support.cli_runner import run_cli
 from tests.support.metrics import Scrape, scrape
 from tests.support.served import serves
 from tests.support.staging import HOSTS, Environment, pid_alive, wait_until
@@ -42,12 +42,10 @@ def manifest_yaml(name: str, replicas: int, **fields: Any) -> str:
 
 
 def operator(cluster: Cluster, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """The one CLI runner: `operator SUBCOMMAND --consul <host-1's Consul> ARGS...`."""
-    command = [sys.executable, "-m", "consul_operator", args[0], "--consul", cluster.staging.consul_addr()]
-    env = {**os.environ, **cluster.staging.tls_env()}
-    return subprocess.run(
-        [*command, *args[1:]], input=stdin, capture_output=True, text=True, timeout=120, check=False, env=env
-    )
+    """The one CLI runner: `operator SUBCOMMAND --consul <host-1's Consul> ARGS...`, a process forked
+    from one that has imported the CLI (`cli_runner`)."""
+    command = [args[0], "--consul", cluster.staging.consul_addr(), *args[1:]]
+    return run_cli(command, env={**os.environ, **cluster.staging.tls_env()}, stdin=stdin)
 
 
 def metric_at(address: str, name: str, **labels: str) -> float:
