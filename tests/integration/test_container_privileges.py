@@ -16,8 +16,17 @@ DEFAULT_MASK = sum(1 << CAP_BITS[name] for name in DEFAULT_CAPABILITIES)
 
 
 def _exec(container: Any, *command: str) -> tuple[int, str]:
-    """Run ``command`` in the replica (`docker exec`); its exit code and output."""
-    code, output = container.exec_run(list(command))
+    """Run ``command`` in the replica (`docker exec`); its exit code and output.
+
+    A loaded engine now and then answers a quick exec with exit code 0 and none of its output
+    (moby/moby#27289, docker/docker-py#2042: a run beside two busy workers saw ``id -u`` print
+    nothing). Such an answer is asked again, a few times: every command here prints something or
+    can run twice (``echo x > /probe``).
+    """
+    for _ in range(5):
+        code, output = container.exec_run(list(command))
+        if code != 0 or output:
+            break
     return int(code), output.decode(errors="replace")
 
 
