@@ -71,12 +71,18 @@ wait_visit() {
 step "the app reaches Redis at the address the operator rendered from Consul"
 # The first text was rendered before Redis passed its check, naming none; the leader's next pass
 # renders Redis's address and rolls the app (change_mode: restart), and `wait` may have returned
-# in between. So: until a replica's file names Redis (at most 60 s).
+# in between. So: until a replica's file names Redis (at most 60 s). The image has no grep: the
+# file is read with cat, and searched here.
+rendered=no
 for _ in $(seq 1 300); do
   web=$(ours visits | head -1)
-  [[ -n $web ]] && docker exec "$web" grep -q '^redis = ' /etc/app/app.conf 2>/dev/null && break
+  if [[ -n $web ]] && docker exec "$web" cat /etc/app/app.conf 2>/dev/null | grep -q '^redis = '; then
+    rendered=yes
+    break
+  fi
   sleep 0.2
 done
+[[ $rendered == yes ]] || die "no replica of visits has Redis's address in /etc/app/app.conf after 60 s"
 echo "  docker exec $web cat /etc/app/app.conf"
 docker exec "$web" cat /etc/app/app.conf | sed 's/^/    /'
 for _ in 1 2 3; do wait_visit; done
