@@ -364,7 +364,10 @@ def _plan_deleted(
             plan.handled.add(c.name)
     for c in containers:
         if c.running:
-            plan.actions.append(DrainContainer(c, DEFAULT_DRAIN, DEFAULT_STOP_GRACE, reason=REASON_DELETED))
+            # No manifest says how any more: what the replica was started with, else the defaults.
+            drain = DEFAULT_DRAIN if c.drain is None else c.drain
+            stop_grace = DEFAULT_STOP_GRACE if c.stop_grace is None else c.stop_grace
+            plan.actions.append(DrainContainer(c, drain, stop_grace, reason=REASON_DELETED))
             plan.handled.add(c.name)
     plan.reports.append(_report(service, 0, containers, registrations, "", None))
 

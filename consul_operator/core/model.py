@@ -26,6 +26,11 @@ LABEL_SLOT = "consul-operator.slot"
 LABEL_VOLUME = "consul-operator.volume"
 LABEL_PORT = "consul-operator.port"
 """The container port registered as the replica itself (with ``ports:``, a replica publishes several)."""
+LABEL_DRAIN = "consul-operator.drain"
+LABEL_STOP_GRACE = "consul-operator.stop-grace"
+"""The manifest's ``drain`` and ``stop_grace`` (seconds) when the replica was started: what it drains and
+stops with once its service's manifest is deleted, when no manifest says it any more. A pod keeps its
+``terminationGracePeriodSeconds`` the same way."""
 
 # Meta on every Consul registration the operator makes, so that it can find
 # (and clean up) exactly its own registrations on an agent.
@@ -145,6 +150,9 @@ class ContainerInfo:
     # Every published port on the advertise address: (container port, host port), sorted.
     host_ports: tuple[tuple[int, int], ...] = ()
     slot: int | None = None  # `LABEL_SLOT`: a replica of a service with named volumes
+    # `LABEL_DRAIN`, `LABEL_STOP_GRACE`: None for a replica started before they were labelled.
+    drain: float | None = None
+    stop_grace: float | None = None
 
     @property
     def running(self) -> bool:
@@ -155,6 +163,18 @@ class ContainerInfo:
     def dead(self) -> bool:
         """Needs removing: it exited, died, or was created and never started."""
         return self.state in ("exited", "dead", "created")
+
+
+def seconds_label(text: str | None, limit: float) -> float | None:
+    """A label's seconds (`LABEL_DRAIN`, `LABEL_STOP_GRACE`), or None when absent or not a number in
+    [0, ``limit``]: anyone may put our labels on a container, so a label is read as untrusted text."""
+    if not text or len(text) > 32:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        return None
+    return seconds if 0.0 <= seconds <= limit else None  # NaN and infinities fail both
 
 
 @dataclass(frozen=True, slots=True)

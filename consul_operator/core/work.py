@@ -393,7 +393,8 @@ def work_view(
     is a hold: what runs of it keeps running. ``gone``: services the last
     current work had and this one leaves out, with their last manifest;
     they get a count of 0 here, so their containers drain with the
-    manifest's timings (a deleted service drains with the defaults instead).
+    manifest's timings (one this agent never had drains with what each
+    replica was started with: `model.LABEL_DRAIN`).
     """
     manifests: dict[str, Manifest | ManifestError] = {}
     placements: dict[str, PlacementRecord] = {}

@@ -18,7 +18,7 @@ import pytest
 from consul_operator.adapters.consul_client import ConsulClient
 from consul_operator.core.backoff import backoff_delay
 from consul_operator.core.errors import NotLeader
-from consul_operator.core.model import LABEL_HOST
+from consul_operator.core.model import LABEL_DRAIN, LABEL_HOST, LABEL_STOP_GRACE
 from tests.support.bounds import (
     CONSUL_RETURN_S,
     CONVERGE_S,
@@ -66,6 +66,34 @@ def test_two_replicas_spread_over_both_hosts(cluster: Cluster, service_name: str
     for inst in by_host.values():
         container_id = inst.meta["container"]
         assert answer(inst.address, inst.port) == f"Hello World from {container_id[:12]}\n"
+
+
+def test_a_replica_deleted_while_its_agent_was_down_drains_for_its_manifests_drain(
+    cluster: Cluster, service_name: str
+) -> None:
+    """A replica is labelled with its manifest's drain and stop grace. Its service deleted while its
+    agent was stopped, the restarted agent (which never read that manifest) deregisters it first and
+    lets it run for that drain (5 s here, not the default 2 s), then stops it."""
+    cluster.put(service_name, 1, drain="5s", stop_grace="3s", placement={"hosts": ["host-1"]})
+    cluster.wait_converged(service_name, 1)
+    (replica,) = cluster.containers(service_name)
+    assert (replica.labels[LABEL_DRAIN], replica.labels[LABEL_STOP_GRACE]) == ("5.0", "3.0")
+
+    cluster.kill("agent-host-1", signal.SIGTERM)  # its containers stay
+    cluster.delete(service_name)
+    cluster.staging.run("up")  # starts what is not running: host-1's agent
+    wait_until(
+        lambda: not cluster.registrations(service_name), timeout=REACT_S, what="the replica deregistered"
+    )
+    deregistered = time.monotonic()
+    wait_until(
+        lambda: not cluster.containers(service_name),
+        timeout=REMOVAL_S + 5,
+        what="the drained replica stopped",
+    )
+    drained = time.monotonic() - deregistered
+    # Seen deregistered late by up to a poll and a read, so the drain seen here is a little short of 5 s.
+    assert drained >= 3.5, f"stopped {drained:.1f}s after its deregistration: not its manifest's 5 s drain"
 
 
 def test_scale_up_down_and_delete_leave_foreign_containers_alone(

@@ -11,7 +11,7 @@ import requests
 
 from consul_operator.adapters.actuators.docker import DockerActuator
 from consul_operator.core.errors import DockerUnavailable
-from consul_operator.core.model import LABEL_PORT, LABEL_SERVICE
+from consul_operator.core.model import LABEL_DRAIN, LABEL_PORT, LABEL_SERVICE, LABEL_STOP_GRACE, seconds_label
 
 EXITED = {"Id": "c1", "Names": ["/web-1"], "State": "exited", "Labels": {LABEL_SERVICE: "web"}, "Created": 1}
 INSPECTED = {
@@ -104,3 +104,47 @@ def test_every_published_port_is_listed_with_the_primary(labels: dict[str, str],
     for info in (docker_actuator._from_summary(summary), docker_actuator._from_inspect(inspected)):
         assert info.host_ports == ((5000, 32000), (9100, 32001))
         assert info.host_port == primary
+
+
+@pytest.mark.parametrize(
+    ("labels", "drain", "stop_grace"),
+    [
+        pytest.param({LABEL_DRAIN: "0.5", LABEL_STOP_GRACE: "30.0"}, 0.5, 30.0, id="labelled"),
+        pytest.param({}, None, None, id="started-before-the-labels"),
+        pytest.param({LABEL_DRAIN: "soon", LABEL_STOP_GRACE: "nan"}, None, None, id="not-numbers"),
+        pytest.param({LABEL_DRAIN: "-1", LABEL_STOP_GRACE: "1e9"}, None, None, id="out-of-bounds"),
+    ],
+)
+def test_a_replicas_drain_and_stop_grace_are_read_from_its_labels(
+    labels: dict[str, str], drain: float | None, stop_grace: float | None
+) -> None:
+    """What a replica was started with comes back from the listing and from an inspect; a label that
+    is missing, not a number or out of the manifest's bounds reads as absent (the defaults apply)."""
+    summary = {"Id": "c3", "Names": ["/web-3"], "State": "running", "Labels": labels, "Ports": []}
+    inspected = {
+        "Id": "c3",
+        "Name": "/web-3",
+        "Config": {"Labels": labels},
+        "State": {"Status": "running"},
+        "NetworkSettings": {"Ports": {}},
+    }
+    docker_actuator = actuator(FakeApi())
+    for info in (docker_actuator._from_summary(summary), docker_actuator._from_inspect(inspected)):
+        assert (info.drain, info.stop_grace) == (drain, stop_grace)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        pytest.param("2.0", 2.0, id="seconds"),
+        pytest.param("0", 0.0, id="zero"),
+        pytest.param("600", 600.0, id="at-the-limit"),
+        pytest.param("600.5", None, id="past-the-limit"),
+        pytest.param("inf", None, id="infinite"),
+        pytest.param("1" * 40, None, id="too-long"),
+        pytest.param(None, None, id="absent"),
+    ],
+)
+def test_seconds_label(text: str | None, seconds: float | None) -> None:
+    """A seconds label is a number within [0, limit], or absent."""
+    assert seconds_label(text, 600.0) == seconds

@@ -456,6 +456,14 @@ def test_deleted_service_is_drained() -> None:
     assert result.reports == (ServiceReport("api", 0, running=1, healthy=1, spec_hash=""),)
 
 
+def test_deleted_service_drains_with_what_its_replica_was_started_with() -> None:
+    """A replica labelled with its manifest's drain and stop grace drains and stops with them once the
+    manifest is deleted (no manifest says them any more), as a pod keeps its own grace period."""
+    running = dataclasses.replace(ctr("c1", service="api"), drain=30.0, stop_grace=0.5)
+    result = plan({}, [running], [reg(running)])
+    assert result.actions == (DrainContainer(running, 30.0, 0.5, reason="service deleted"),)
+
+
 def test_invalid_service_is_left_alone() -> None:
     """An invalid manifest means hands off: no action on its containers or registrations."""
     containers = [C1, C2, C3, ctr("d1", state="exited", ran=0.1, exit_code=1)]

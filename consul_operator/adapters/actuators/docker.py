@@ -26,6 +26,8 @@ from consul_operator.adapters.timers import Timers
 from consul_operator.core.backoff import retry_delay
 from consul_operator.core.desired_state import (
     DEFAULT_CAPABILITIES,
+    MAX_DRAIN_SECONDS,
+    MAX_STOP_GRACE_SECONDS,
     SECRETS_PATH,
     TMPFS_SIZE,
     Manifest,
@@ -34,13 +36,16 @@ from consul_operator.core.desired_state import (
 from consul_operator.core.errors import DockerError, DockerUnavailable, ImageNotFound, ImagePullFailed
 from consul_operator.core.model import (
     LABEL_CLUSTER,
+    LABEL_DRAIN,
     LABEL_HOST,
     LABEL_PORT,
     LABEL_SERVICE,
     LABEL_SLOT,
     LABEL_SPEC,
+    LABEL_STOP_GRACE,
     LABEL_VOLUME,
     ContainerInfo,
+    seconds_label,
 )
 from consul_operator.core.registry import RegistryCredentials, pull_error, pull_reason
 
@@ -125,6 +130,16 @@ def volume_name(cluster: str, host: str, service: str, slot: int, volume: str) -
 def _slot(labels: dict[str, str]) -> int | None:
     text = labels.get(LABEL_SLOT, "")
     return int(text) if text.isdigit() else None
+
+
+def _drain(labels: dict[str, str]) -> float | None:
+    """The drain a replica was started with (`LABEL_DRAIN`)."""
+    return seconds_label(labels.get(LABEL_DRAIN), MAX_DRAIN_SECONDS)
+
+
+def _stop_grace(labels: dict[str, str]) -> float | None:
+    """The stop grace a replica was started with (`LABEL_STOP_GRACE`)."""
+    return seconds_label(labels.get(LABEL_STOP_GRACE), MAX_STOP_GRACE_SECONDS)
 
 
 def _timestamp(text: str | None) -> float | None:
@@ -232,6 +247,8 @@ class DockerActuator:
             started_at=float(summary.get("Created", 0)),
             host_ports=host_ports,
             slot=_slot(labels),
+            drain=_drain(labels),
+            stop_grace=_stop_grace(labels),
         )
 
     def _from_inspect(self, data: dict[str, Any]) -> ContainerInfo:
@@ -258,6 +275,8 @@ class DockerActuator:
             oom_killed=bool(state.get("OOMKilled")),
             host_ports=host_ports,
             slot=_slot(labels),
+            drain=_drain(labels),
+            stop_grace=_stop_grace(labels),
         )
 
     def ensure_volumes(self, manifest: Manifest, slot: int | None) -> tuple[str, ...]:
@@ -317,6 +336,8 @@ class DockerActuator:
             LABEL_HOST: self.host,
             LABEL_SERVICE: manifest.name,
             LABEL_SPEC: manifest.spec_hash(),
+            LABEL_DRAIN: repr(manifest.drain),
+            LABEL_STOP_GRACE: repr(manifest.stop_grace),
         }
         if slot is not None:
             labels[LABEL_SLOT] = str(slot)
