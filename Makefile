@@ -64,11 +64,14 @@ integration: deps image
 # engine, the other workers' too; and those marked alone (a timing promise under the test's
 # own load: the leader lease), which another worker's load must not decide. Both steps run whatever the first one's outcome; the 15
 # slowest tests of both come last.
-TEST_WORKERS ?= 2  # 3 beside a CPU hog: 21 min and 5 timed tests failed (README, *Tests*; issue 29)
+# TEST_WORKERS unset: one per core, one more on a machine idle before the run (tests/support/workers.py:
+# 3 beside a CPU hog failed 5 timed tests, 2 passed; idle, 3 take 11:44-11:50 instead of 14:33-15:35).
+TEST_WORKERS ?=
 JUNIT := .run/junit
 test: deps image lint  ## the whole suite; CI runs this
 	@mkdir -p $(JUNIT); rm -f $(JUNIT)/*.xml; status=0; \
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadscope -m "not engine_restart and not alone" \
+	workers="$(TEST_WORKERS)"; [[ -n $$workers ]] || workers=$$($(PY) -m tests.support.workers); \
+	$(VENV)/bin/pytest -n $$workers --dist loadscope -m "not engine_restart and not alone" \
 	  --junitxml=$(JUNIT)/parallel.xml tests || status=$$?; \
 	$(VENV)/bin/pytest -m "engine_restart or alone" --junitxml=$(JUNIT)/engine-restart.xml tests || status=$$?; \
 	$(PY) -m tests.support.slowest 15 $(JUNIT)/parallel.xml $(JUNIT)/engine-restart.xml; \
