@@ -64,7 +64,7 @@ integration: deps image
 # engine, the other workers' too; and those marked alone (a timing promise under the test's
 # own load: the leader lease), which another worker's load must not decide. Both steps run whatever the first one's outcome; the 15
 # slowest tests of both come last.
-# TEST_WORKERS unset: one per core, one more on a machine idle before the run (tests/support/workers.py:
+# TEST_WORKERS unset: one per core, one more on a machine idle before the run, at most 3 (tests/support/workers.py:
 # 3 beside a CPU hog failed 5 timed tests, 2 passed; idle, 3 take 11:44-11:50 instead of 14:33-15:35).
 TEST_WORKERS ?=
 JUNIT := .run/junit

@@ -21,6 +21,8 @@ IDLE_BELOW = 0.25
 """The share of all cores busy below which the machine counts as idle (one hog of two cores: 0.5)."""
 SAMPLE_S = 1.0
 """How long the machine is watched before the run."""
+MAX_WORKERS = 3
+"""Never more: each worker runs environments of its own, and more than three were never measured."""
 
 
 def cpu_times(stat: str) -> tuple[int, int]:
@@ -38,9 +40,10 @@ def busy_share(before: tuple[int, int], after: tuple[int, int]) -> float:
 
 
 def workers(cores: int, busy: float) -> int:
-    """One worker per core, and one more when less than `IDLE_BELOW` of the machine is busy."""
+    """One worker per core, and one more when less than `IDLE_BELOW` of the machine is busy; at most
+    `MAX_WORKERS`."""
     cores = max(1, cores)
-    return cores + 1 if busy < IDLE_BELOW else cores
+    return min(MAX_WORKERS, cores + 1 if busy < IDLE_BELOW else cores)
 
 
 def main() -> int:
@@ -52,7 +55,7 @@ def main() -> int:
     count = workers(cores, busy)
     print(
         f"[test] {count} pytest workers: {cores} cores, {busy:.0%} busy before the run"
-        f" (idle below {IDLE_BELOW:.0%}: one more); TEST_WORKERS=N sets it",
+        f" (idle below {IDLE_BELOW:.0%}: one more; at most {MAX_WORKERS}); TEST_WORKERS=N sets it",
         file=sys.stderr,
     )
     print(count)
