@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.support.cluster import Cluster, operator
+from tests.support.execs import output_of
 from tests.support.staging import wait_until
 
 MI = 1024 * 1024
@@ -59,10 +60,10 @@ def test_container_runs_with_its_limits_and_safe_defaults(
     assert host["RestartPolicy"]["Name"] == "no"
     assert host["LogConfig"] == {"Type": "json-file", "Config": {"max-file": "3", "max-size": "10m"}}
     # The kernel holds the container to it: the process sees its own cgroup's pids limit.
-    limit = container.exec_run(
-        ["sh", "-c", "cat /sys/fs/cgroup/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids/pids.max"]
+    limit = output_of(
+        container, "sh", "-c", "cat /sys/fs/cgroup/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids/pids.max"
     )
-    assert limit.output.decode().strip() == str(pids)
+    assert limit.strip() == str(pids)
 
 
 def test_replicas_go_only_where_they_fit(cluster: Cluster, service_name: str) -> None:

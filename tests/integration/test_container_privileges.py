@@ -8,6 +8,7 @@ from typing import Any
 from consul_operator.core.desired_state import DEFAULT_CAPABILITIES
 from tests.support.bounds import CONVERGE_S
 from tests.support.cluster import Cluster, operator
+from tests.support.execs import exec_in
 from tests.support.staging import HOST_1_ALLOWED_CAPS, wait_until
 
 # capabilities(7) numbers of the capabilities these tests look at.
@@ -15,24 +16,9 @@ CAP_BITS = {"CHOWN": 0, "SETGID": 6, "SETUID": 7, "NET_BIND_SERVICE": 10, "NET_A
 DEFAULT_MASK = sum(1 << CAP_BITS[name] for name in DEFAULT_CAPABILITIES)
 
 
-def _exec(container: Any, *command: str) -> tuple[int, str]:
-    """Run ``command`` in the replica (`docker exec`); its exit code and output.
-
-    A loaded engine now and then answers a quick exec with exit code 0 and none of its output
-    (moby/moby#27289, docker/docker-py#2042: a run beside two busy workers saw ``id -u`` print
-    nothing). Such an answer is asked again, a few times: every command here prints something or
-    can run twice (``echo x > /probe``).
-    """
-    for _ in range(5):
-        code, output = container.exec_run(list(command))
-        if code != 0 or output:
-            break
-    return int(code), output.decode(errors="replace")
-
-
 def _caps(container: Any) -> dict[str, int]:
     """CapEff, CapPrm and CapBnd of a process in the replica, from /proc/self/status."""
-    code, status = _exec(container, "cat", "/proc/self/status")
+    code, status = exec_in(container, "cat", "/proc/self/status")
     assert code == 0, status
     fields = dict(line.split(":\t", 1) for line in status.splitlines() if line.startswith("Cap"))
     return {name: int(value, 16) for name, value in fields.items()}
@@ -52,8 +38,8 @@ def test_replicas_keep_only_the_default_capabilities(cluster: Cluster, service_n
     caps = _caps(replica)
     assert caps["CapEff"] == caps["CapBnd"] == DEFAULT_MASK == 0xC1, caps
     assert not caps["CapBnd"] & (1 << CAP_BITS["NET_RAW"])
-    assert _exec(replica, "busybox", "id", "-u") == (0, "0\n")
-    assert _exec(replica, "sh", "-c", "echo x > /probe")[0] == 0  # a writable root, unless asked
+    assert exec_in(replica, "busybox", "id", "-u") == (0, "0\n")
+    assert exec_in(replica, "sh", "-c", "echo x > /probe")[0] == 0  # a writable root, unless asked
 
 
 def test_user_read_only_root_and_tmpfs_from_the_manifest(cluster: Cluster, service_name: str) -> None:
@@ -70,13 +56,13 @@ def test_user_read_only_root_and_tmpfs_from_the_manifest(cluster: Cluster, servi
     )
     cluster.wait_converged(service_name, 1)
     replica = _only_replica(cluster, service_name)
-    assert _exec(replica, "busybox", "id", "-u") == (0, "1000\n")
+    assert exec_in(replica, "busybox", "id", "-u") == (0, "1000\n")
     caps = _caps(replica)
     assert caps["CapEff"] == caps["CapPrm"] == 0 and caps["CapBnd"] == DEFAULT_MASK, caps
-    code, output = _exec(replica, "sh", "-c", "echo x > /probe")
+    code, output = exec_in(replica, "sh", "-c", "echo x > /probe")
     assert code != 0 and "Read-only file system" in output, output
-    assert _exec(replica, "sh", "-c", "echo x > /scratch/probe")[0] == 0
-    _, mounts = _exec(replica, "cat", "/proc/mounts")
+    assert exec_in(replica, "sh", "-c", "echo x > /scratch/probe")[0] == 0
+    _, mounts = exec_in(replica, "cat", "/proc/mounts")
     for path in ("/scratch", "/tmp"):  # /tmp is the image's: Docker keeps its owner and mode (root, 755)
         mount = [line for line in mounts.splitlines() if line.split()[1] == path]
         assert mount and mount[0].startswith("tmpfs ") and "size=65536k" in mount[0], mounts

@@ -13,6 +13,7 @@ from typing import Any
 from consul_operator.core.model import LABEL_SPEC
 from tests.support.bounds import CONVERGE_S, REACT_S
 from tests.support.cluster import Cluster, operator
+from tests.support.execs import output_of
 from tests.support.staging import wait_until
 
 
@@ -22,9 +23,7 @@ def _only(cluster: Cluster, service: str) -> Any:
 
 
 def _sh(container: Any, script: str) -> str:
-    code, output = container.exec_run(["sh", "-c", script])
-    assert code == 0, output
-    return str(output.decode())
+    return output_of(container, "sh", "-c", script)
 
 
 def _put_secret(cluster: Cluster, service: str, name: str, value: str) -> None:

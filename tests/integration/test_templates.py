@@ -9,6 +9,7 @@ from typing import Any
 from consul_operator.core.model import LABEL_SPEC
 from tests.support.bounds import CONVERGE_S, REACT_S
 from tests.support.cluster import Cluster, operator
+from tests.support.execs import output_of
 from tests.support.staging import wait_until
 
 CONF = "/etc/app/app.conf"
@@ -20,9 +21,7 @@ def _only(cluster: Cluster, service: str) -> Any:
 
 
 def _read(container: Any, path: str) -> str:
-    code, output = container.exec_run(["cat", path])
-    assert code == 0, output
-    return str(output.decode())
+    return output_of(container, "cat", path)
 
 
 def test_a_template_renders_keys_and_instances_and_a_changed_key_rolls_the_service(

@@ -16,6 +16,7 @@ from consul_operator.adapters.event_log import read_events
 from consul_operator.core.model import LABEL_CLUSTER, LABEL_HOST, LABEL_SERVICE, LABEL_SLOT, LABEL_VOLUME
 from tests.support.bounds import CONVERGE_S
 from tests.support.cluster import Cluster, operator
+from tests.support.execs import output_of
 from tests.support.staging import HOST_1_ALLOWED_HOST_PATH, wait_until
 
 DATA = {"name": "data", "path": "/data"}
@@ -23,9 +24,7 @@ DATA = {"name": "data", "path": "/data"}
 
 def _read(container: Any, path: str) -> str:
     """``cat path`` in the replica."""
-    code, output = container.exec_run(["cat", path])
-    assert code == 0, output
-    return str(output.decode())
+    return output_of(container, "cat", path)
 
 
 def _only(cluster: Cluster, service: str) -> Any:
