@@ -271,11 +271,18 @@ provision() {  # INDEX
     || { tail -20 "$RUN_DIR/$host/provision.log" >&2; die "provision.sh ${ROLES[$i]} failed on $host"; }
 }
 
+# The machine's consul, found as `make deps` finds it: on PATH, else .tools/bin (where deps puts
+# it when none is on PATH). Only the secured environment's secrets and ACL bootstrap use it here.
+consul_bin() {
+  command -v consul 2>/dev/null || { [[ -x $ROOT/.tools/bin/consul ]] && echo "$ROOT/.tools/bin/consul"; } \
+    || die "no consul binary: run 'make deps'"
+}
+
 # Secured: the cluster's secrets, made here (the machine holds the CA key, the nodes do not).
 secrets_up() {
   local pairs=() i
   for i in "${!HOSTS[@]}"; do pairs+=("${HOSTS[$i]}=${ADDRS[$i]}"); done
-  CONSUL="$ROOT/.tools/bin/consul" bash "$ROOT/scripts/consul-secrets.sh" "$RUN_DIR/secrets" "${pairs[@]}" >/dev/null
+  CONSUL="$(consul_bin)" bash "$ROOT/scripts/consul-secrets.sh" "$RUN_DIR/secrets" "${pairs[@]}" >/dev/null
 }
 
 # Secured: ACLs bootstrapped from here, each daemon given its role's token through
@@ -283,7 +290,7 @@ secrets_up() {
 acl_up() {
   local pairs=() i host unit role
   for i in "${!HOSTS[@]}"; do pairs+=("${HOSTS[$i]}=https://${ADDRS[$i]}:8501"); done
-  CONSUL="$ROOT/.tools/bin/consul" CONSUL_CACERT="$RUN_DIR/secrets/consul-agent-ca.pem" \
+  CONSUL="$(consul_bin)" CONSUL_CACERT="$RUN_DIR/secrets/consul-agent-ca.pem" \
     CONSUL_CLIENT_CERT="$RUN_DIR/secrets/host-1-client.pem" CONSUL_CLIENT_KEY="$RUN_DIR/secrets/host-1-client-key.pem" \
     bash "$ROOT/scripts/acl-bootstrap.sh" "$RUN_DIR/acl" "${pairs[@]}" >"$RUN_DIR/acl-bootstrap.log" 2>&1 \
     || { tail -20 "$RUN_DIR/acl-bootstrap.log" >&2; die "ACL bootstrap failed"; }
