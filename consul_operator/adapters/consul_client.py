@@ -26,7 +26,7 @@ import os
 import re
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence, Sized
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -1019,6 +1019,11 @@ def _entry(raw: Mapping[str, Any]) -> KVEntry:
     )
 
 
+def nothing_there(value: object) -> bool:
+    """Whether a read found nothing: no key (None) or an empty listing."""
+    return value is None or (isinstance(value, Sized) and len(value) == 0)
+
+
 class BlockingQuery(Generic[T]):
     """Consul's blocking-query loop for one read, following its index rules.
 
@@ -1032,7 +1037,19 @@ class BlockingQuery(Generic[T]):
     * an index of 0 or less is treated as 1, since index 0 would make every
       following read return at once: a busy loop;
     * reads are spaced at least ``min_interval`` apart, so that a key that
-      changes constantly cannot make us hammer Consul.
+      changes constantly cannot make us hammer Consul;
+    * nothing before and nothing now is no change, whatever the index says
+      (`nothing_there`). A read of keys that do not exist (an empty prefix,
+      a missing key) answers with the index of the whole KV store, and returns
+      as soon as anything is written near them: Consul watches the nearest
+      existing node of its tree, so for ``operator/rollback/`` while no
+      request exists, every write under ``operator/``. Each such answer
+      counted as a change: every status record an agent wrote woke the
+      leader's empty rollback, maintenance, secrets and config watches and
+      every agent's rendered-templates watch, each a pass of its loop: 450
+      leader passes and 130 refresh passes per agent while 100 replicas
+      started (issue 31). Consul's documentation says the same of any
+      blocking query: the index may move while the result does not.
     """
 
     def __init__(
@@ -1052,6 +1069,7 @@ class BlockingQuery(Generic[T]):
         self.index = 0
         self._last_call: float | None = None
         self._first = True
+        self._had_nothing = False  # the last result held nothing (`nothing_there`)
 
     def next(self) -> tuple[bool, T]:
         """Wait for the next result; returns (changed, value)."""
@@ -1061,8 +1079,10 @@ class BlockingQuery(Generic[T]):
                 self._sleep(pause)
         self._last_call = self._clock()
         result = self._fetch(self.index, self._wait)
-        changed = self._first or result.index != self.index
+        nothing = nothing_there(result.value)
+        changed = self._first or (result.index != self.index and not (nothing and self._had_nothing))
         self._first = False
+        self._had_nothing = nothing
         if result.index <= 0:
             self.index = 1
         elif result.index < self.index:

@@ -88,6 +88,31 @@ def test_blocking_query_index_rules(indexes: list[int], asked: list[int], change
     assert seen == changes
 
 
+@pytest.mark.parametrize(
+    ("results", "changes"),
+    [
+        pytest.param(
+            [(5, []), (9, []), (12, ["k"]), (15, []), (20, [])],
+            [True, False, True, True, False],
+            id="an-empty-prefix-stays-empty",
+        ),
+        pytest.param(
+            [(3, None), (8, None), (9, b"x"), (11, None)], [True, False, True, True], id="a-missing-key"
+        ),
+        pytest.param([(4, ["k"]), (6, ["k"])], [True, True], id="same-keys-new-index-is-a-change"),
+    ],
+)
+def test_blocking_query_sees_no_change_while_nothing_is_there(
+    results: list[tuple[int, object]], changes: list[bool]
+) -> None:
+    """Nothing before and nothing now is no change, though the index moved (Consul answers a read of
+    nothing with the whole store's index); anything else that moved the index is one (a value
+    rewritten under the same keys)."""
+    answers = iter(results)
+    query = BlockingQuery(lambda i, w: Indexed(*next(answers)), min_interval=0, sleep=lambda _: None)
+    assert [query.next()[0] for _ in results] == changes
+
+
 def test_blocking_query_spaces_out_calls() -> None:
     """Two reads are never closer than min_interval: a hot key cannot make us hammer Consul."""
     now = [100.0]
