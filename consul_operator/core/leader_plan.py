@@ -258,7 +258,10 @@ def decide_leader(
         wake = drains.wake_at if wake is None else min(wake, drains.wake_at)
     if spreading.wake_at is not None:
         wake = spreading.wake_at if wake is None else min(wake, spreading.wake_at)
-    if rollouts.active or moving or spreading.moving:  # waiting on health, min_healthy, drains: look again
+    # Waiting on health, min_healthy, drains, or a rollout just completed: look again. The look
+    # after a completion is what places a count changed during the rollout's last step: no other
+    # wake-up need come (a quiet cluster writes nothing to KV that would).
+    if rollouts.active or rollouts.completed or moving or spreading.moving:
         poll = now.mono + ROLLOUT_POLL
         wake = poll if wake is None else min(wake, poll)
     seen, changed_at, converged = _convergence(state, decided, rollouts.records, memory, now.mono)
@@ -435,6 +438,9 @@ class _Rollouts:
         self.writes: Writes = {}
         self.events: list[Event] = []
         self.active = False
+        # A rollout completed this pass: its placement holds the counts it paced, and a count the
+        # manifest changed meanwhile is the schedule's to place, at the next pass.
+        self.completed = False
         # Per service, its kept specs (``operator/revisions/``) and those this pass writes.
         self.kept: dict[str, set[str]] = {}
 
@@ -567,6 +573,7 @@ class _Rollouts:
         )
         if step.rollout.state == RolloutState.COMPLETE:
             decided[name] = dataclasses.replace(decided[name], specs={})
+            self.completed = self.completed or rollout.active
         after = decided[name]
         self.capacity.charge(manifest, {h: after.spec_counts(h) for h in after.hosts}, running)
         return step.rollout

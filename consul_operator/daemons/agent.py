@@ -319,6 +319,17 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
     start_watch(
         "health", lambda i, w: consul.health_state_any(index=i, wait=w), [schedule_batched], stop, leading
     )
+    # The agents' status records: what runs where, which the leader's convergence, rollouts, drains
+    # and spreads wait on. One level deep: a name per service, and the index of every record under it.
+    # (These writes woke the leader only by accident before: through its watches of empty prefixes,
+    # which Consul answered on every write under operator/; `BlockingQuery` no longer counts those.)
+    start_watch(
+        "statuses",
+        lambda i, w: consul.kv_keys(layout.status_prefix, index=i, wait=w, separator="/"),
+        [schedule_batched],
+        stop,
+        leading,
+    )
     loops = [
         threading.Thread(
             target=run_loop,

@@ -483,3 +483,21 @@ def test_the_leader_places_by_the_capacities_and_labels_the_agents_advertise() -
         dataclasses.replace(state, manifests={"web": labelled}), LeaderMemory(), Now(NOW, WALL), SETTINGS
     )
     assert dict(plan.placements["web"].hosts) == {"h2": 2}
+
+
+def test_a_count_change_read_by_the_pass_that_completes_a_rollout_is_placed_by_the_next_one() -> None:
+    """The pass that finds every replica on the new spec completes the rollout with the counts it
+    paced; a replica count changed meanwhile (4 -> 2 here) is placed by the next pass, which the
+    completing pass asks for: nothing else may come to wake the leader (CI's lease test waited 30 s
+    for its scale-down once a watch no longer fired on every status record)."""
+    two = dataclasses.replace(V2, replicas=2)
+    on_new = mixed({"h1": {NEW: 2}, "h2": {NEW: 2}})
+    passing = tuple(instance(f"web-{h}-{i}", NEW, h) for h in ("h1", "h2") for i in range(2))
+    memory = LeaderMemory(first_passing={"web": {i.service_id: NOW - 60 for i in passing}})
+    state = state_of(Case(two, on_new, rolling(), frozenset({OLD, NEW}), passing=passing, memory=memory))
+    first = decide_leader(state, memory, Now(NOW, WALL), SETTINGS)
+    assert first.rollouts["web"].state == RolloutState.COMPLETE
+    assert first.wake_at is not None and first.wake_at - NOW <= ROLLOUT_POLL
+    after = dataclasses.replace(state, placements=first.placements, rollouts=first.rollouts)
+    second = decide_leader(after, first.memory, Now(first.wake_at, WALL + 1), SETTINGS)
+    assert sum(second.placements["web"].hosts.values()) == 2
