@@ -1046,10 +1046,11 @@ class BlockingQuery(Generic[T]):
       request exists, every write under ``operator/``. Each such answer
       counted as a change: every status record an agent wrote woke the
       leader's empty rollback, maintenance, secrets and config watches and
-      every agent's rendered-templates watch, each a pass of its loop: 450
-      leader passes and 130 refresh passes per agent while 100 replicas
-      started (issue 31). Consul's documentation says the same of any
-      blocking query: the index may move while the result does not.
+      every agent's rendered-templates watch, each a pass of its loop (a
+      burst of 100 starts, its clean-up and a raw run beside it: 450 leader
+      passes, 130 refresh passes on each agent; docs/benchmarks.md, *The
+      empty watches*). Consul's documentation says the same of any blocking
+      query: the index may move while the result does not.
     """
 
     def __init__(

@@ -140,7 +140,7 @@ class Cluster:
         labels = [f"{LABEL_CLUSTER}={mine}", f"{LABEL_SERVICE}={service}"]
         listed = self.docker.containers.list(filters={"label": labels}, sparse=True)
         running = {str(c.attrs["Names"][0]).lstrip("/") for c in listed}
-        # One read of the catalog for both sets: every waiting test polls this ten times a second.
+        # One read of the catalog for both sets: every waiting test polls this several times a second.
         instances = [i for i in self.registrations(service) if i.meta.get(META_CLUSTER) == mine]
         registered = {i.service_id for i in instances}
         passing = {i.service_id for i in instances if i.status == "passing"}
