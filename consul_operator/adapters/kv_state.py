@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
 from typing import Generic, Protocol, TypeVar
 
 import structlog
 
+from consul_operator.adapters import metrics
 from consul_operator.adapters.consul_client import BlockingQuery, ConsulClient, Indexed, KVEntry
 from consul_operator.adapters.interfaces import KVStore
 from consul_operator.core.backoff import exponential
@@ -189,6 +191,84 @@ class TreeMirror:
         return sorted(entries.values(), key=lambda e: e.key)
 
 
+MIRROR_RESYNC = 300.0
+"""Seconds between two reads of every mirrored prefix whole (`PrefixMirrors`), moved or not."""
+
+
+class PrefixMirrors:
+    """The large prefixes a reader reads whole on every pass, kept between passes and read again only
+    when they moved (issue 31: a pass reads what changed, not the cluster).
+
+    At 1,000 services x 10 hosts the leader's one read-only transaction
+    carried 10,000 status records, 1,000 placements and every kept revision,
+    about half of its pass (docs/benchmarks.md, *Issue 31*), on every pass:
+    for a user's ``kv put`` under ``services/`` as much as after a burst.
+    `read` lists each mirrored prefix one level deep first (no values: one
+    name per service), which gives the index of everything under it (a
+    write or a deletion moves it; `HostAgent.status_drifted` relies on the
+    same), and reads in the transaction only the prefixes whose index moved
+    since the listing taken before their last read; the others are the
+    entries that read found. A listing taken before the read is what makes a
+    skip safe: a write after it moves the index, and the next read looks again.
+    An empty prefix kept empty is unchanged whatever its index (Consul
+    answers an empty prefix with the whole store's index: `nothing_there`).
+    The view is the transaction's moment for what moved and the listing's for
+    what did not: a write between them is seen by the next pass, which the
+    reader's watch of that prefix asks for (level-triggered). Every ``resync`` seconds every
+    prefix is read whole again, as a safety net (the index rule is Consul's, not ours).
+    """
+
+    def __init__(
+        self,
+        prefixes: Collection[str],
+        resync: float = MIRROR_RESYNC,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.prefixes = frozenset(prefixes)
+        self.resync, self.clock = resync, clock
+        self.kept: dict[str, tuple[int, list[KVEntry]]] = {}
+        self.read_at = 0.0  # when every prefix was last read whole (monotonic)
+        self.skipped = 0  # prefixes answered from the mirror (tests and the bench read it)
+
+    def read(
+        self, consul: KVStore, prefixes: Sequence[str], *, consistent: bool = True
+    ) -> dict[str, list[KVEntry]]:
+        """`KVStore.kv_trees` of ``prefixes``: those mirrored and unmoved from the mirror, the rest read."""
+        if not self.kept or self.clock() - self.read_at >= self.resync:
+            self.kept, self.read_at = {}, self.clock()
+        listed: dict[str, int] = {}
+        unmoved: dict[str, list[KVEntry]] = {}
+        for prefix in prefixes:
+            if prefix not in self.prefixes:
+                continue
+            listing = consul.kv_keys(prefix, separator="/", consistent=consistent)
+            kept = self.kept.get(prefix)
+            if kept is not None and _unmoved(kept, listing):
+                unmoved[prefix] = kept[1]
+            else:
+                listed[prefix] = listing.index
+        trees = (
+            consul.kv_trees([p for p in prefixes if p not in unmoved], consistent=consistent)
+            if len(unmoved) < len(prefixes)
+            else {}
+        )
+        for prefix, index in listed.items():
+            self.kept[prefix] = (index, trees[prefix])
+        self.skipped += len(unmoved)
+        for prefix in self.prefixes.intersection(prefixes):
+            metrics.kv_prefix_reads.labels(prefix, "unmoved" if prefix in unmoved else "whole").inc()
+        return {prefix: unmoved[prefix] if prefix in unmoved else trees[prefix] for prefix in prefixes}
+
+
+def _unmoved(kept: tuple[int, list[KVEntry]], listing: Indexed[list[str]]) -> bool:
+    """Whether a prefix kept at ``kept`` (the index listed before its read, its entries) is unchanged
+    by ``listing``: the same index, or nothing there before and now."""
+    index, entries = kept
+    if not entries and not listing.value:
+        return True
+    return index > 0 and listing.index == index
+
+
 class RecordCache(Generic[R]):
     """Records parsed by a reader's last listing of one prefix, by KV key, reused while the key's modify
     index (and length) is the same: a leader pass at 1,000 services parsed all 10,000 status records
@@ -198,6 +278,15 @@ class RecordCache(Generic[R]):
 
     def __init__(self) -> None:
         self.entries: dict[str, tuple[int, int, R]] = {}
+        # The listing last parsed, as the very object read (a `PrefixMirrors` answers an unmoved
+        # prefix with the same list), with the options and the result: parsed again, it is the same.
+        self.last: tuple[Sequence[KVEntry], object, object] | None = None
+
+    def same_listing(self, entries: Sequence[KVEntry], options: object) -> object | None:
+        """The result of parsing ``entries`` with ``options`` last time, if this is that very listing."""
+        if self.last is not None and self.last[0] is entries and self.last[1] == options:
+            return self.last[2]
+        return None
 
     def known(self, entry: KVEntry) -> tuple[int, int, R] | None:
         """What ``entry``'s key was parsed to, if parsed at its modify index and length."""
@@ -358,6 +447,10 @@ def statuses_of(
     ``cache``: records parsed by an earlier read, reused while their key's modify index (and length) is
     the same; the entries must then be Consul's own, with their modify indexes.
     """
+    if cache is not None:
+        same = cache.same_listing(entries, keep_unreadable)
+        if isinstance(same, dict):  # the very listing parsed last pass: a copy of its result
+            return {service: dict(per_host) for service, per_host in same.items()}
     statuses: StatusRecords = {}
     kept: dict[str, tuple[int, int, tuple[str, str, StatusRecord | None]]] = {}
     for entry in entries:
@@ -381,6 +474,11 @@ def statuses_of(
         statuses.setdefault(service, {})[host] = parsed
     if cache is not None:
         cache.entries = kept
+        cache.last = (
+            entries,
+            keep_unreadable,
+            {service: dict(per_host) for service, per_host in statuses.items()},
+        )
     return statuses
 
 

@@ -201,6 +201,13 @@ rebalanced_replicas = Counter(
     "Replicas the leader moved to spread a service again once a host returned (a replacement placed "
     "on it, the replica it replaces drained once it passes).",
 )
+kv_prefix_reads = Counter(
+    "operator_kv_prefix_reads_total",
+    "The leader's reads of its large prefixes (status records, placements, kept revisions), one per "
+    "prefix and pass: read whole (it moved), or unmoved since its last read and taken from memory "
+    "(`kv_state.PrefixMirrors`).",
+    ["prefix", "read"],
+)
 WRITE_FAILURE_REASONS = REFUSAL_REASONS
 leader_write_failures = Counter(
     "operator_leader_write_failures_total",

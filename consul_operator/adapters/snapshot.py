@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from consul_operator.adapters.consul_client import ConsulClient, KVEntry
 from consul_operator.adapters.interfaces import ClusterReads
 from consul_operator.adapters.kv_state import (
+    PrefixMirrors,
     RecordCache,
     StatusCache,
     TreeMirror,
@@ -63,6 +64,7 @@ def read_cluster_state(
     services: TreeMirror | None = None,
     statuses: StatusCache | None = None,
     placements: RecordCache[PlacementRecord] | None = None,
+    mirrors: PrefixMirrors | None = None,
 ) -> ClusterState:
     """Read every record once, then the passing instances of the services ``passing_of`` names.
 
@@ -78,7 +80,8 @@ def read_cluster_state(
     (`kv_state.TreeMirror`: only changed manifests are read), read just after
     the transaction; without one, ``services/`` is part of it. ``statuses``: the loop's
     status records parsed by its last read (`kv_state.StatusCache`), reused while unchanged;
-    ``placements``: the same for its placement records.
+    ``placements``: the same for its placement records. ``mirrors``: the loop's large prefixes as
+    last read (`kv_state.PrefixMirrors`), read again only when they moved.
     """
     prefixes = [
         *([] if services is not None else [layout.services_prefix]),
@@ -91,7 +94,9 @@ def read_cluster_state(
         layout.agents_prefix,
         layout.rendered_prefix,
     ]
-    trees = consul.kv_trees(prefixes, consistent=True)
+    trees = (
+        mirrors.read(consul, prefixes) if mirrors is not None else consul.kv_trees(prefixes, consistent=True)
+    )
     manifests = trees[layout.services_prefix] if services is None else services.read(consul)
     nodes = agent_nodes_of(trees[layout.agents_prefix], layout)
     registrations = agent_registrations(consul, cluster, layout, nodes=nodes)

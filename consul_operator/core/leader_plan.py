@@ -750,12 +750,16 @@ def _convergence(
     for name, manifest in state.valid_manifests().items():
         if manifest is None:
             continue
-        if (name in seen and seen[name] != manifest) or (name not in seen and memory.observed):
+        before = seen.get(name)
+        if (before is not None and before is not manifest and before != manifest) or (
+            before is None and memory.observed
+        ):
             changed_at[name] = now
         seen[name] = manifest
+        if name not in changed_at:
+            continue  # converged since its last change: nothing to time (most services, most passes)
         healthy = state.passing_counts.get(name, 0)
         records = state.statuses.get(name, {}).values()
-        done = not unconverged(manifest, decided.get(name), records, healthy, rollouts.get(name))
-        if done and name in changed_at:
+        if not unconverged(manifest, decided.get(name), records, healthy, rollouts.get(name)):
             converged.append(Converged(name, now - changed_at.pop(name), manifest.replicas))
     return seen, changed_at, converged

@@ -162,9 +162,9 @@ def schedule_usage(
         # In place: rebuilding a Counter per service costs O(hosts) each time.
         load.subtract(_placed(previous))
         # What the service is charged now is what `Usage` was given for it above: no other
-        # service's turn changes it, so it is taken back rather than worked out again.
+        # service's turn changes it, so its placement sees the others' charges as the totals
+        # less it (`_Others`), rather than taking it out of `used` and putting it back.
         before = used.of_service(service)
-        used.charge(service, {})
         charge = charges[service]
         record = _place(
             service,
@@ -172,7 +172,7 @@ def schedule_usage(
             by_name,
             previous,
             load,
-            used,
+            _Others(used, before),
             now,
             lost_grace,
             cordoned,
@@ -183,10 +183,8 @@ def schedule_usage(
         load.update(record.hosts)
         # Until the next pass, the larger of the old and the new placement: a paced rollout
         # may keep what the schedule dropped, and the agents have yet to stop it. A placement
-        # kept as it was (most services, most passes) is charged what it was.
-        if previous is not None and record.hosts == previous.hosts:
-            used.charge(service, before)
-        else:
+        # kept as it was (most services, most passes) stays charged what it was.
+        if previous is None or record.hosts != previous.hosts:
             after = charge.of(record.hosts)
             used.charge(service, {h: _larger(before.get(h), after.get(h)) for h in set(before) | set(after)})
         result[service] = record
@@ -285,6 +283,22 @@ class HostCharges(Protocol):
     def on(self, host: str) -> Resources:
         """What ``host`` is charged."""
         ...
+
+
+class _Others:
+    """What the services other than one are charged: the totals of ``used`` less ``own`` (`HostCharges`)."""
+
+    __slots__ = ("own", "used")
+
+    def __init__(self, used: Usage, own: Mapping[str, Resources]) -> None:
+        self.used, self.own = used, own
+
+    def on(self, host: str) -> Resources:
+        """What ``host`` is charged by the others."""
+        total, taken = self.used.on(host), self.own.get(host)
+        if taken is None:
+            return total
+        return Resources(total.memory - taken.memory, total.millicpus - taken.millicpus)
 
 
 class LazyUsage:
@@ -437,7 +451,7 @@ def _place(
     hosts: Mapping[str, HostInfo],
     previous: PlacementRecord | None,
     load: Mapping[str, int],
-    used: Usage,
+    used: HostCharges,
     now: float,
     lost_grace: float,
     cordoned: Collection[str],
@@ -479,7 +493,7 @@ def unplaced_reason(
     unplaced: int,
     hosts: Iterable[HostInfo],
     counts: Mapping[str, int],
-    used: Usage,
+    used: HostCharges,
     closed: Mapping[str, str] | None = None,
 ) -> tuple[UnplacedCause, str]:
     """Why ``unplaced`` replicas found no host: the cause, and each allowed host's reason for people.

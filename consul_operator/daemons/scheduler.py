@@ -31,7 +31,7 @@ from functools import partial
 import structlog
 
 from consul_operator.adapters.interfaces import ClusterReads
-from consul_operator.adapters.kv_state import RecordCache, StatusCache, TreeMirror
+from consul_operator.adapters.kv_state import PrefixMirrors, RecordCache, StatusCache, TreeMirror
 from consul_operator.adapters.presence import AGENT_SERVICE
 from consul_operator.adapters.snapshot import read_cluster_state
 from consul_operator.core import events
@@ -77,6 +77,8 @@ class Scheduler:
     statuses: StatusCache = field(default_factory=StatusCache)
     # The placement records as last parsed, the same way.
     placements: RecordCache[PlacementRecord] = field(default_factory=RecordCache)
+    # The large prefixes as last read, read again only when they moved (`kv_state.PrefixMirrors`).
+    mirrors: PrefixMirrors | None = None
     # Fenced writes per service, with the back-offs of refused ones (`leader_writes`).
     writer: FencedWriter = field(init=False)
     # Every host's work key as KV holds it (`leader_writes.WorkKeys`).
@@ -98,6 +100,10 @@ class Scheduler:
         now = Now(self.clock(), self.wall_clock())
         if self.services is None:
             self.services = TreeMirror(self.layout.services_prefix)
+        if self.mirrors is None:
+            self.mirrors = PrefixMirrors(
+                (self.layout.status_prefix, self.layout.placement_prefix, self.layout.revisions_prefix)
+            )
         state = read_cluster_state(
             self.consul,
             self.layout,
@@ -107,6 +113,7 @@ class Scheduler:
             services=self.services,
             statuses=self.statuses,
             placements=self.placements,
+            mirrors=self.mirrors,
         )
         self._check_view(state)
         settings = LeaderSettings(self.election.host, self.layout, self.lost_grace, self.spread)
@@ -180,6 +187,7 @@ class Scheduler:
         self.memory = LeaderMemory()
         self.writer.backoffs.clear()
         self.work.forget()
+        self.mirrors = None
         self.invalid_seen.clear()
         self.records_gone = {}
         leader_report.drop_all()

@@ -6,8 +6,10 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from prometheus_client import REGISTRY
 
 from consul_operator.adapters.consul_client import ConsulClient
+from consul_operator.adapters.kv_state import PrefixMirrors
 
 
 @pytest.fixture
@@ -41,3 +43,49 @@ def test_kv_trees_keeps_nested_prefixes_apart_and_answers_empty_ones(consul: Con
     assert [e.key for e in trees[root]] == [f"{root}in/y", f"{root}x"]
     assert [e.key for e in trees[f"{root}in/"]] == [f"{root}in/y"]
     assert trees[f"{root}none/"] == []
+
+
+def test_a_mirrored_prefix_is_read_again_only_when_something_under_it_moved(
+    consul: ConsulClient, root: str
+) -> None:
+    """`PrefixMirrors` answers an unmoved prefix from what it read, and reads it again after a write
+    two levels down, a deletion, or its emptying: Consul's index of a one-level listing moves with all."""
+    big, small = f"{root}status/", f"{root}small/"
+    consul.kv_put(f"{big}web/host-1", "a")
+    consul.kv_put(f"{big}web/host-2", "b")
+    consul.kv_put(f"{small}k", "s")
+    mirrors = PrefixMirrors([big])
+
+    def read() -> dict[str, list[tuple[str, bytes]]]:
+        trees = mirrors.read(consul, [big, small])
+        return {p: [(e.key, e.value) for e in entries] for p, entries in trees.items()}
+
+    def truth() -> dict[str, list[tuple[str, bytes]]]:
+        return {p: [(e.key, e.value) for e in consul.kv_list(p, consistent=True).value] for p in (big, small)}
+
+    assert read() == truth()
+    assert mirrors.skipped == 0
+    consul.kv_put(f"{small}k", "changed")  # another prefix moved: the mirrored one is kept
+    assert read() == truth()
+    assert mirrors.skipped == 1
+    consul.kv_put(f"{big}web/host-2", "b2")  # two levels down: seen
+    assert read() == truth()
+    assert mirrors.skipped == 1
+    consul.kv_delete(f"{big}web/host-1")  # a deletion: seen
+    assert read() == truth()
+    assert mirrors.skipped == 1
+    assert read() == truth()
+    assert mirrors.skipped == 2
+    consul.kv_delete(f"{big}web/host-2")  # emptied: seen, and an empty prefix stays read as empty
+    assert read() == truth() == {big: [], small: [(f"{small}k", b"changed")]}
+    consul.kv_put(f"{small}k", "again")  # moves the store's index, which an empty listing answers with
+    assert read() == truth()
+    assert mirrors.skipped == 3
+    consul.kv_put(f"{big}new/host-3", "c")  # filled again: seen
+    assert read() == truth()
+    assert mirrors.skipped == 3
+    counted = {
+        r: REGISTRY.get_sample_value("operator_kv_prefix_reads_total", {"prefix": big, "read": r})
+        for r in ("whole", "unmoved")
+    }
+    assert counted == {"whole": 5.0, "unmoved": 3.0}

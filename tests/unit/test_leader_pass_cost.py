@@ -90,6 +90,30 @@ def test_status_records_are_parsed_again_only_when_changed(monkeypatch: pytest.M
     assert set(cache.entries) == {layout.status_key("web", "h1")}
 
 
+def test_the_very_listing_read_again_is_not_walked_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mirror's unmoved listing (the same list object) gives the records of its last parse without a
+    look at any entry, as copies a caller may change; the same entries in another list are walked, and
+    other options parse again."""
+    layout = Layout()
+    entries = [
+        KVEntry(
+            layout.status_key("web", f"h{i}"), StatusRecord("web", f"h{i}", "abc", 1, 1, 1).to_json(), 7 + i
+        )
+        for i in range(3)
+    ]
+    cache = StatusCache()
+    first = statuses_of(entries, layout, keep_unreadable=True, cache=cache)
+    monkeypatch.setattr(RecordCache, "known", lambda *_a: pytest.fail("an entry looked at"))
+    again = statuses_of(entries, layout, keep_unreadable=True, cache=cache)
+    assert again == first
+    again["web"].clear()  # the caller's own copy
+    assert statuses_of(entries, layout, keep_unreadable=True, cache=cache) == first
+    with pytest.raises(pytest.fail.Exception, match="an entry looked at"):
+        statuses_of(list(entries), layout, keep_unreadable=True, cache=cache)
+    with pytest.raises(pytest.fail.Exception, match="an entry looked at"):
+        statuses_of(entries, layout, keep_unreadable=False, cache=cache)
+
+
 def test_placement_records_are_parsed_again_only_when_changed(monkeypatch: pytest.MonkeyPatch) -> None:
     """The leader's reads reuse each placement record parsed before while its modify index is the
     same (1,000 records parsed on every pass); a changed index is parsed again, a key gone is
