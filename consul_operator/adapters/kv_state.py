@@ -213,9 +213,10 @@ class PrefixMirrors:
     An empty prefix kept empty is unchanged whatever its index (Consul
     answers an empty prefix with the whole store's index: `nothing_there`).
     The view is the transaction's moment for what moved and the listing's for
-    what did not: a write between them is seen by the next pass, which the
-    reader's watch of that prefix asks for (level-triggered). Every ``resync`` seconds every
-    prefix is read whole again, as a safety net (the index rule is Consul's, not ours).
+    what did not: a write between them is read by the next pass (level-triggered;
+    the leader's status watch wakes it, and placements and revisions are its own
+    writes). Every ``resync`` seconds every prefix is read whole again, as a
+    safety net (the index rule is Consul's, not ours).
     """
 
     def __init__(

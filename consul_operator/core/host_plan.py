@@ -95,6 +95,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final
@@ -318,20 +319,26 @@ def plan_host(
         if c.slot is not None:
             plan.slots.setdefault(c.service, set()).add(c.slot)
     reported = set(desires) | {c.service for c in containers}
+    # Grouped and indexed once a pass: per service, a walk over every container and registration of the
+    # host made a pass O(services x replicas), 0.05 s of 0.13 at 1,000 services (bench.host_profile).
+    by_service: dict[str, list[ContainerInfo]] = {}
+    for c in idle:
+        by_service.setdefault(c.service, []).append(c)
+    regs = _Registered.of(registrations)
     for service in sorted(reported):
-        mine = [c for c in idle if c.service == service]
+        mine = by_service.get(service, [])
         desire = desires.get(service)
         if desire is None:
-            _plan_deleted(plan, service, mine, registrations)
+            _plan_deleted(plan, service, mine, regs)
         elif desire.manifest is None:
-            report = _report(service, desire.count, mine, registrations, "", desire.error)
+            report = _report(service, desire.count, mine, regs, "", desire.error)
             plan.reports.append(dataclasses.replace(report, hold=desire.hold))
         else:
             backoff = backoffs.get(service, Backoff())
             if any(ends_streak(backoff, c, now) for c in mine):
                 backoff = Backoff()  # a long enough run: the streak is over (the agent forgets it too)
             pulls = _Pulls(pull_backoffs)
-            _plan_valid(plan, desire, desire.manifest, mine, registrations, inflight, backoff, mono, pulls)
+            _plan_valid(plan, desire, desire.manifest, mine, regs, inflight, backoff, mono, pulls)
     plan.actions.extend(_deregistrations(plan, desires, containers, registrations, inflight))
     actions = _not_held(plan, inflight.held_until, mono)
     counted_now = MappingProxyType(plan.counted)
@@ -355,7 +362,7 @@ def _plan_deleted(
     plan: _Pass,
     service: str,
     containers: Sequence[ContainerInfo],
-    registrations: Sequence[Registration],
+    regs: _Registered,
 ) -> None:
     """A service whose manifest was deleted: drain what runs, remove what is dead."""
     for c in containers:
@@ -369,7 +376,7 @@ def _plan_deleted(
             stop_grace = DEFAULT_STOP_GRACE if c.stop_grace is None else c.stop_grace
             plan.actions.append(DrainContainer(c, drain, stop_grace, reason=REASON_DELETED))
             plan.handled.add(c.name)
-    plan.reports.append(_report(service, 0, containers, registrations, "", None))
+    plan.reports.append(_report(service, 0, containers, regs, "", None))
 
 
 def _plan_valid(
@@ -377,7 +384,7 @@ def _plan_valid(
     desire: ServiceDesire,
     manifest: Manifest,
     containers: Sequence[ContainerInfo],
-    registrations: Sequence[Registration],
+    regs: _Registered,
     inflight: InFlight,
     backoff: Backoff,
     mono: float,
@@ -385,7 +392,7 @@ def _plan_valid(
 ) -> None:
     """A service with a valid manifest: remove dead, start missing, drain surplus, register."""
     if desire.specs:
-        _plan_specs(plan, desire, manifest, containers, registrations, inflight, backoff, mono, pulls)
+        _plan_specs(plan, desire, manifest, containers, regs, inflight, backoff, mono, pulls)
         return
     spec = manifest.spec_hash()
     want = desire.count
@@ -394,7 +401,7 @@ def _plan_valid(
 
     running = [c for c in containers if c.running]
     current = [c for c in running if c.spec_hash == spec]
-    surplus, stale = _to_drain(running, spec, want, _healthy_ids(registrations))
+    surplus, stale = _to_drain(running, spec, want, regs.healthy)
     if manifest.named_volumes:  # replaced in place: the new replica needs the old one's slot
         stale = [c for c in running if c.spec_hash != spec]
     missing = max(0, want - len(current) - inflight.pending_starts.get(desire.service, 0))
@@ -412,10 +419,10 @@ def _plan_valid(
 
     drained = {c.id for c in [*surplus, *stale]}
     kept = [c for c in running if c.id not in drained]
-    _plan_registrations(plan, manifest, kept, registrations, inflight)
+    _plan_registrations(plan, manifest, kept, regs, inflight)
 
     error = desire.error or ("" if backoff.ready(mono) else _backoff_error(backoff, mono))
-    plan.reports.append(_report(desire.service, want, containers, registrations, spec, error))
+    plan.reports.append(_report(desire.service, want, containers, regs, spec, error))
 
 
 def _plan_specs(
@@ -423,7 +430,7 @@ def _plan_specs(
     desire: ServiceDesire,
     manifest: Manifest,
     containers: Sequence[ContainerInfo],
-    registrations: Sequence[Registration],
+    regs: _Registered,
     inflight: InFlight,
     backoff: Backoff,
     mono: float,
@@ -438,7 +445,7 @@ def _plan_specs(
     plan.actions.extend(removals)
     plan.handled.update(r.container.name for r in removals)
     running = [c for c in containers if c.running]
-    healthy = _healthy_ids(registrations)
+    healthy = regs.healthy
     errors: list[str] = []
     for spec in sorted({c.spec_hash for c in running} | set(desire.specs)):
         want = desire.specs.get(spec, 0)
@@ -465,13 +472,11 @@ def _plan_specs(
         elif missing:
             plan.wake(held.retry_at)
         drained = {c.id for c in surplus}
-        _plan_registrations(plan, timings, [c for c in mine if c.id not in drained], registrations, inflight)
+        _plan_registrations(plan, timings, [c for c in mine if c.id not in drained], regs, inflight)
     error = desire.error or ("" if backoff.ready(mono) else _backoff_error(backoff, mono))
     error = error or "; ".join(errors)
     want_total = sum(desire.specs.values())
-    plan.reports.append(
-        _report(desire.service, want_total, containers, registrations, manifest.spec_hash(), error)
-    )
+    plan.reports.append(_report(desire.service, want_total, containers, regs, manifest.spec_hash(), error))
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,7 +520,7 @@ def _starts(plan: _Pass, manifest: Manifest, missing: int, want: int) -> list[St
 
 
 def _to_drain(
-    running: Sequence[ContainerInfo], spec: str, want: int, healthy: set[str]
+    running: Sequence[ContainerInfo], spec: str, want: int, healthy: AbstractSet[str]
 ) -> tuple[list[ContainerInfo], list[ContainerInfo]]:
     """The current containers beyond ``want`` and the outdated ones already replaced.
 
@@ -582,7 +587,20 @@ def _healthy_ids(registrations: Iterable[Registration]) -> set[str]:
     return {r.container_id for r in registrations if r.healthy and not r.extra_port}
 
 
-def _drain_order(containers: Iterable[ContainerInfo], healthy: set[str]) -> list[ContainerInfo]:
+@dataclass(frozen=True, slots=True)
+class _Registered:
+    """This host's registrations as a pass looks them up: the containers with a passing one, each by ID."""
+
+    healthy: frozenset[str]
+    by_id: Mapping[str, Registration]
+
+    @classmethod
+    def of(cls, registrations: Iterable[Registration]) -> _Registered:
+        listed = list(registrations)
+        return cls(frozenset(_healthy_ids(listed)), {r.service_id: r for r in listed})
+
+
+def _drain_order(containers: Iterable[ContainerInfo], healthy: AbstractSet[str]) -> list[ContainerInfo]:
     """Which containers to drain first: unhealthy ones, then the youngest, then by name.
 
     The oldest healthy replicas have proved themselves; the newest may still be
@@ -605,11 +623,11 @@ def _plan_registrations(
     plan: _Pass,
     manifest: Manifest,
     kept: Sequence[ContainerInfo],
-    registrations: Sequence[Registration],
+    regs: _Registered,
     inflight: InFlight,
 ) -> None:
     """Register every kept container that publishes the service's port, unless it already is."""
-    by_id = {r.service_id: r for r in registrations}
+    by_id = regs.by_id
     for c in kept:
         if manifest.port is None:
             plan.unregistrable[c.name] = "service has no port"
@@ -693,12 +711,12 @@ def _report(
     service: str,
     desired: int,
     containers: Sequence[ContainerInfo],
-    registrations: Sequence[Registration],
+    regs: _Registered,
     spec_hash: str,
     error: str | None,
 ) -> ServiceReport:
     """What runs of ``service`` (idle containers, current or outdated) and how much is healthy."""
-    healthy = _healthy_ids(registrations)
+    healthy = regs.healthy
     running = [c for c in containers if c.running]
     return ServiceReport(
         service=service,

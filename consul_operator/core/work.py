@@ -413,7 +413,12 @@ def work_view(
             missing = f"the revision of spec {entry.spec} is not in KV yet: keeping what runs"
             manifests[name] = ManifestError([Problem("", missing)])
         else:
-            manifests[name] = dataclasses.replace(kept_spec, drain=entry.drain, stop_grace=entry.stop_grace)
+            timings = (entry.drain, entry.stop_grace)
+            # The revision itself when its timings are the entry's (most): a copy is hashed again.
+            same = (kept_spec.drain, kept_spec.stop_grace) == timings
+            manifests[name] = (
+                kept_spec if same else dataclasses.replace(kept_spec, drain=timings[0], stop_grace=timings[1])
+            )
             revisions.update(
                 {(name, s): kept[name, s] for s in entry.specs if s != entry.spec and (name, s) in kept}
             )

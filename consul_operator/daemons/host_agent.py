@@ -28,6 +28,7 @@ from consul_operator.adapters.host_reads import (
     HostKVReader,
     HostReader,
     KVChanged,
+    OwnStatuses,
     WorkKVReader,
     read_own_statuses,
 )
@@ -107,6 +108,7 @@ class HostAgent:
     def __post_init__(self) -> None:
         reader = WorkKVReader if self.reads_work else HostKVReader
         self._kv: HostReader = reader(self.consul, self.layout, self.host, self.kv_changed, self.mono)
+        self._statuses = OwnStatuses(self.consul, self.layout, self.host)  # read again when they moved
         self._outcomes: list[Outcome] = []  # taken from the executor, not yet decided on
         self._restored = False  # whether a pass has read what an earlier run left in KV
         # `status_drifted`'s last look that found KV as remembered: the status prefix's index then,
@@ -145,7 +147,7 @@ class HostAgent:
         services = status_services(self.settings, manifests, placements, containers, self.memory)
         # On the first pass, all of them: what an earlier run of this agent left there.
         wanted = services if self._restored else None
-        statuses = read_own_statuses(self.consul, self.layout, self.host, wanted)
+        statuses = self._statuses.read(wanted)
         self._restored = True
         return HostState(
             manifests,
