@@ -337,3 +337,35 @@ def test_a_refused_event_record_keeps_its_events_and_the_others_are_written() ->
     consul.refuse = set()
     recorder.flush(consul, layout)
     assert layout.events_key("bad", HOST) in consul.kv and recorder.pending() == 0
+
+
+def test_a_pass_reads_its_status_records_again_only_when_the_prefix_moved() -> None:
+    """Host passes with nothing moved under operator/status/ read no record (a listing tells); another
+    host's write, a deletion, or the pass's own write read them again, and a deleted one is written again."""
+    layout = Layout()
+    consul = RecordReadsConsul(kv=kv_with(3).kv)
+    docker = FakeDocker(
+        [
+            running(
+                f"c{i:03d}",
+                f"s{i:03d}",
+                Manifest(name=f"s{i:03d}", image="hello:local", replicas=1).spec_hash(),
+            )
+            for i in range(3)
+        ]
+    )
+    agent = host_agent(consul, docker, [0.0], None)
+    agent.reconcile()  # the first pass reads every record of the host, then writes its three
+    agent.reconcile()  # its own writes moved the prefix: read
+    reads = consul.record_reads
+    agent.reconcile()
+    agent.reconcile()
+    assert consul.record_reads == reads, "nothing moved: no record read"
+    other = StatusRecord("s000", "host-9", desired=1, running=1)
+    consul.kv[layout.status_key("s000", "host-9")] = other.to_json()  # another host's record
+    agent.reconcile()
+    assert consul.record_reads == reads + 1
+    del consul.kv[layout.status_key("s001", HOST)]
+    agent.reconcile()
+    assert consul.record_reads == reads + 2, "a deletion moves the prefix"
+    assert layout.status_key("s001", HOST) in consul.kv, "and the pass wrote it again"
