@@ -175,7 +175,14 @@ def test_prefixes_keep_two_layouts_apart(
     assert second.kv_json(SECOND_LAYOUT.placement_key(service_name)) is None
     assert cluster.kv_json(f"operator/placement/{second_service}") is None
     assert cluster.kv_json(f"operator/status/{second_service}/host-1") is None
-    assert second.status(second_service, "host-1")["running"] == 1
+    # Written by the host pass after the start, which registers the replica itself: the catalog
+    # may show it passing a moment before its status record says it runs.
+    wait_until(
+        lambda: (second.status(second_service, "host-1") or {}).get("running") == 1,
+        timeout=30,
+        what="host-1's status record under the second layout",
+    )
+    assert cluster.kv_json(f"operator/status/{second_service}/host-1") is None
 
     done = operator(second, "wait", second_service, "--timeout", "60s", *flags(second))
     assert done.returncode == 0, done.stderr
