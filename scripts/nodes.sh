@@ -273,10 +273,8 @@ provision() {  # INDEX
 
 # The machine's consul, found as `make deps` finds it: on PATH, else .tools/bin (where deps puts
 # it when none is on PATH). Only the secured environment's secrets and ACL bootstrap use it here.
-consul_bin() {
-  command -v consul 2>/dev/null || { [[ -x $ROOT/.tools/bin/consul ]] && echo "$ROOT/.tools/bin/consul"; } \
-    || die "no consul binary: run 'make deps'"
-}
+# shellcheck source=scripts/consul-bin.sh
+source "$ROOT/scripts/consul-bin.sh"
 
 # Secured: the cluster's secrets, made here (the machine holds the CA key, the nodes do not).
 secrets_up() {

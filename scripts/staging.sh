@@ -82,10 +82,8 @@ fi
 say() { printf '[%s] %s\n' "$NAME" "$*"; }
 die() { printf '[%s] ERROR: %s\n' "$NAME" "$*" >&2; exit 1; }
 
-consul_bin() {
-  command -v consul 2>/dev/null || { [[ -x $ROOT/.tools/bin/consul ]] && echo "$ROOT/.tools/bin/consul"; } \
-    || die "no consul binary: run 'make deps'"
-}
+# shellcheck source=scripts/consul-bin.sh
+source "$ROOT/scripts/consul-bin.sh"
 
 # alive NAME: the pid in NAME's pid file runs and is the program we started.
 alive() {
