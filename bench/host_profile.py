@@ -19,10 +19,6 @@ Nothing but the engine is simulated; no test of the real loop uses this.
 from __future__ import annotations
 
 import argparse
-import cProfile
-import io
-import pstats
-import shutil
 import sys
 import tempfile
 import time
@@ -30,17 +26,22 @@ from pathlib import Path
 
 import yaml
 
-from bench.leader_profile import CLUSTER, LAYOUT, REPLICAS, Election, register_agents, start_consul
-from bench.scale import manifest, service_names
+from bench.leader_profile import (
+    CLUSTER,
+    LAYOUT,
+    REPLICAS,
+    leading,
+    profile_passes,
+    start_consul,
+    stop_consul,
+)
+from bench.scale import manifest
 from bench.sim_engine import SimulatedDockerActuator
 from consul_operator.adapters.actuators.catalog import CatalogActuator
-from consul_operator.adapters.consul_client import ConsulClient
 from consul_operator.adapters.host_reads import KVChanged
-from consul_operator.core.txn import pack_writes
 from consul_operator.daemons.agent import tune_collector
 from consul_operator.daemons.executor import Executor
 from consul_operator.daemons.host_agent import HostAgent
-from consul_operator.daemons.scheduler import Scheduler
 from tests.support.staging import wait_until
 
 HOST = "host-1"
@@ -76,19 +77,8 @@ def main(argv: list[str]) -> int:
     proc, http = start_consul(args.addr, data)
     executor: Executor | None = None
     try:
-        consul = ConsulClient(http, timeout=60)
-        wait_until(lambda: consul.kv_put("ready", b"1"), timeout=60, what="Consul writable", interval=0.2)
+        consul, scheduler = leading(http, args.hosts, args.services, args.replicas)
         node = consul.agent_node_name()
-        register_agents(consul, args.hosts, node)
-        groups = {
-            n: {LAYOUT.service_key(n): manifest(n, args.replicas)} for n in service_names(args.services)
-        }
-        for batch in pack_writes(groups):
-            consul.kv_txn(batch.writes)
-        election = Election(consul, HOST)
-        election.session = consul.session_create("leader", checks=[], lock_delay=0)
-        consul.kv_acquire(LAYOUT.leader_key, b'{"host": "host-1"}', election.session)
-        scheduler = Scheduler(consul, LAYOUT, election, CLUSTER, 10.0)
         scheduler.reconcile()
 
         docker = SimulatedDockerActuator(cluster=CLUSTER, host=HOST, advertise="127.0.0.1")
@@ -148,26 +138,15 @@ def main(argv: list[str]) -> int:
         print("one new service: the host's CPU, both passes (s):", " ".join(f"{t:.3f}" for t in cpu_all))
         print("one new service: kv put -> its status record (s):", " ".join(f"{t:.3f}" for t in to_status))
 
-        profile = cProfile.Profile()
-        times = []
-        for _ in range(args.passes):
+        def read_again() -> None:
             kv.fire()
-            t0 = time.perf_counter()
-            profile.enable()
             agent.reconcile()
-            profile.disable()
-            times.append(time.perf_counter() - t0)
-        print("idle passes, work key read again, profiled (s):", " ".join(f"{t:.3f}" for t in times))
-        for order in ("cumulative", "tottime"):
-            out = io.StringIO()
-            pstats.Stats(profile, stream=out).sort_stats(order).print_stats(args.top)
-            print(out.getvalue())
+
+        profile_passes(read_again, args.passes, args.top, "idle passes, work key read again, profiled")
     finally:
         if executor is not None:
             executor.shutdown(wait=False)
-        proc.terminate()
-        proc.wait(timeout=30)
-        shutil.rmtree(data, ignore_errors=True)
+        stop_consul(proc, data)
     return 0
 
 

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,6 +170,46 @@ def write_statuses(consul: ConsulClient) -> int:
     return len(groups)
 
 
+def profile_passes(run: Callable[[], object], passes: int, top: int, label: str) -> None:
+    """Run ``passes`` passes under cProfile; print their wall times (``label``), then their profile by
+    cumulative and own time (``top`` functions each)."""
+    times = []
+    profile = cProfile.Profile()
+    for _ in range(passes):
+        t0 = time.perf_counter()
+        profile.enable()
+        run()
+        profile.disable()
+        times.append(time.perf_counter() - t0)
+    print(f"{label} (s):", " ".join(f"{t:.3f}" for t in times))
+    for order in ("cumulative", "tottime"):
+        out = io.StringIO()
+        pstats.Stats(profile, stream=out).sort_stats(order).print_stats(top)
+        print(out.getvalue())
+
+
+def stop_consul(proc: subprocess.Popen[bytes], data: Path) -> None:
+    """Stop the dev-mode Consul `start_consul` started and remove its data."""
+    proc.terminate()
+    proc.wait(timeout=30)
+    shutil.rmtree(data, ignore_errors=True)
+
+
+def leading(http: str, hosts: int, services: int, replicas: int) -> tuple[ConsulClient, Scheduler]:
+    """The dev-mode Consul at ``http`` with ``hosts`` agents registered, ``services`` manifests of
+    ``replicas`` written, and a real `Scheduler` of host-1 holding the leader lock (no pass run yet)."""
+    consul = ConsulClient(http, timeout=60)
+    wait_until(lambda: consul.kv_put("ready", b"1"), timeout=60, what="Consul writable", interval=0.2)
+    register_agents(consul, hosts, consul.agent_node_name())
+    groups = {n: {LAYOUT.service_key(n): manifest(n, replicas)} for n in service_names(services)}
+    for batch in pack_writes(groups):
+        consul.kv_txn(batch.writes)
+    election = Election(consul, "host-1")
+    election.session = consul.session_create("leader", checks=[], lock_delay=0)
+    consul.kv_acquire(LAYOUT.leader_key, b'{"host": "host-1"}', election.session)
+    return consul, Scheduler(consul, LAYOUT, election, CLUSTER, 10.0)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench.leader_profile", description=__doc__.split("\n")[0])
     parser.add_argument("--services", type=int, default=1000)
@@ -191,19 +232,7 @@ def main(argv: list[str]) -> int:
     data = Path(tempfile.mkdtemp(prefix="leader-profile-"))
     proc, http = start_consul(args.addr, data)
     try:
-        consul = ConsulClient(http, timeout=60)
-        wait_until(lambda: consul.kv_put("ready", b"1"), timeout=60, what="Consul writable", interval=0.2)
-        node = consul.agent_node_name()
-        register_agents(consul, args.hosts, node)
-        groups = {
-            n: {LAYOUT.service_key(n): manifest(n, args.replicas)} for n in service_names(args.services)
-        }
-        for batch in pack_writes(groups):
-            consul.kv_txn(batch.writes)
-        election = Election(consul, "host-1")
-        election.session = consul.session_create("leader", checks=[], lock_delay=0)
-        consul.kv_acquire(LAYOUT.leader_key, b'{"host": "host-1"}', election.session)
-        scheduler = Scheduler(consul, LAYOUT, election, CLUSTER, 10.0)
+        consul, scheduler = leading(http, args.hosts, args.services, args.replicas)
         t0 = time.perf_counter()
         scheduler.reconcile()
         print(f"first pass (placing {args.services} services): {time.perf_counter() - t0:.3f}s")
@@ -239,23 +268,9 @@ def main(argv: list[str]) -> int:
         print("one new service, its pass (s):", " ".join(f"{t:.3f}" for t in changes))
         print("one new service, the leader's CPU (s):", " ".join(f"{t:.3f}" for t in cpu))
         print(f"after the new services' passes: RSS {rss_mib():.1f} MiB")
-        times = []
-        profile = cProfile.Profile()
-        for _ in range(args.passes):
-            t0 = time.perf_counter()
-            profile.enable()
-            scheduler.reconcile()
-            profile.disable()
-            times.append(time.perf_counter() - t0)
-        print("idle passes, profiled (s):", " ".join(f"{t:.3f}" for t in times))
-        for order in ("cumulative", "tottime"):
-            out = io.StringIO()
-            pstats.Stats(profile, stream=out).sort_stats(order).print_stats(args.top)
-            print(out.getvalue())
+        profile_passes(scheduler.reconcile, args.passes, args.top, "idle passes, profiled")
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        shutil.rmtree(data, ignore_errors=True)
+        stop_consul(proc, data)
     return 0
 
 

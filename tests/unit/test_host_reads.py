@@ -292,20 +292,17 @@ class RecordReadsConsul(CountingConsul):
         return super().kv_get_keys(keys, **kw)
 
 
+def three_running() -> tuple[RecordReadsConsul, FakeDocker]:
+    """KV with three services placed on this host, and their three containers running."""
+    consul = RecordReadsConsul(kv=kv_with(3).kv)
+    specs = [Manifest(name=f"s{i:03d}", image="hello:local", replicas=1).spec_hash() for i in range(3)]
+    return consul, FakeDocker([running(f"c{i:03d}", f"s{i:03d}", spec) for i, spec in enumerate(specs)])
+
+
 def test_an_idle_status_check_lists_the_prefix_and_reads_no_record() -> None:
     """The check reads this host's records only when the status prefix moved since they matched."""
     layout = Layout()
-    consul = RecordReadsConsul(kv=kv_with(3).kv)
-    docker = FakeDocker(
-        [
-            running(
-                f"c{i:03d}",
-                f"s{i:03d}",
-                Manifest(name=f"s{i:03d}", image="hello:local", replicas=1).spec_hash(),
-            )
-            for i in range(3)
-        ]
-    )
+    consul, docker = three_running()
     agent = host_agent(consul, docker, [0.0], None)
     agent.reconcile()
     assert not agent.status_drifted() and consul.record_reads == 1
@@ -343,17 +340,7 @@ def test_a_pass_reads_its_status_records_again_only_when_the_prefix_moved() -> N
     """Host passes with nothing moved under operator/status/ read no record (a listing tells); another
     host's write, a deletion, or the pass's own write read them again, and a deleted one is written again."""
     layout = Layout()
-    consul = RecordReadsConsul(kv=kv_with(3).kv)
-    docker = FakeDocker(
-        [
-            running(
-                f"c{i:03d}",
-                f"s{i:03d}",
-                Manifest(name=f"s{i:03d}", image="hello:local", replicas=1).spec_hash(),
-            )
-            for i in range(3)
-        ]
-    )
+    consul, docker = three_running()
     agent = host_agent(consul, docker, [0.0], None)
     agent.reconcile()  # the first pass reads every record of the host, then writes its three
     agent.reconcile()  # its own writes moved the prefix: read
