@@ -214,11 +214,11 @@ class OwnStatuses:
     remembers writing; at 1,000 services that read was 16 transactions and
     1,000 records parsed on every pass, most of a pass's Consul time
     (`bench.host_profile`). A listing one level deep (a name per service)
-    gives the index of every record under the prefix, as
-    `HostAgent.status_drifted` uses it: taken before the read, an unmoved
-    index means the records read then are the records now. Any host's
-    write moves it, so a busy cluster reads on most passes; an idle one and
-    a change elsewhere in KV do not.
+    gives the index of every record under the prefix: taken before the read,
+    an unmoved index means the records read then are the records now. Any
+    host's write moves it, so a busy cluster reads on most passes; an idle
+    one and a change elsewhere in KV do not. The pass reads through one, and
+    the status check (`HostAgent.status_drifted`) through another (its thread's).
     """
 
     def __init__(self, consul: KVStore, layout: Layout, host: str) -> None:

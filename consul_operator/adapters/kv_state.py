@@ -205,7 +205,7 @@ class PrefixMirrors:
     for a user's ``kv put`` under ``services/`` as much as after a burst.
     `read` lists each mirrored prefix one level deep first (no values: one
     name per service), which gives the index of everything under it (a
-    write or a deletion moves it; `HostAgent.status_drifted` relies on the
+    write or a deletion moves it; `host_reads.OwnStatuses` relies on the
     same), and reads in the transaction only the prefixes whose index moved
     since the listing taken before their last read; the others are the
     entries that read found. A listing taken before the read is what makes a

@@ -30,7 +30,6 @@ from consul_operator.adapters.host_reads import (
     KVChanged,
     OwnStatuses,
     WorkKVReader,
-    read_own_statuses,
 )
 from consul_operator.adapters.interfaces import Catalog, Containers, KVStore
 from consul_operator.core.errors import ConsulError, refusal_reason
@@ -45,7 +44,7 @@ from consul_operator.core.host_pass import (
 )
 from consul_operator.core.keys import Layout
 from consul_operator.core.model import ContainerInfo, InFlight, Now, Outcome
-from consul_operator.core.records import StatusRecord, record_bound
+from consul_operator.core.records import record_bound
 from consul_operator.daemons.executor import Executor
 from consul_operator.daemons.loop import PassResult
 
@@ -108,12 +107,12 @@ class HostAgent:
     def __post_init__(self) -> None:
         reader = WorkKVReader if self.reads_work else HostKVReader
         self._kv: HostReader = reader(self.consul, self.layout, self.host, self.kv_changed, self.mono)
-        self._statuses = OwnStatuses(self.consul, self.layout, self.host)  # read again when they moved
+        # This host's status records as KV holds them, read again only when the prefix moved: one
+        # for the pass, one for the check thread (`status_drifted`).
+        self._statuses = OwnStatuses(self.consul, self.layout, self.host)
+        self._checked = OwnStatuses(self.consul, self.layout, self.host)
         self._outcomes: list[Outcome] = []  # taken from the executor, not yet decided on
         self._restored = False  # whether a pass has read what an earlier run left in KV
-        # `status_drifted`'s last look that found KV as remembered: the status prefix's index then,
-        # and what was remembered. The check thread's alone.
-        self._status_seen: tuple[int, dict[str, StatusRecord]] | None = None
 
     @property
     def settings(self) -> HostSettings:
@@ -235,14 +234,8 @@ class HostAgent:
         remembered = dict(self.memory.written)
         if not remembered:
             return False
-        # One listing first: its index moves whenever any status record is written or deleted
-        # (Consul counts deletions by their tombstones). Unmoved since a look that found KV as
-        # remembered, nothing of this host can differ. Reading the records themselves is one
-        # transaction per 64: at 1,000 services, 16 requests every check, every host.
-        index = self.consul.kv_keys(self.layout.status_prefix, separator="/").index
-        if self._status_seen == (index, remembered) and index > 0:
-            return False
-        held = read_own_statuses(self.consul, self.layout, self.host, set(remembered))
+        # Read only when the status prefix moved since the last look (`OwnStatuses`): reading the
+        # records is one transaction per 64, at 1,000 services 16 requests every check, every host.
+        held = self._checked.read(set(remembered))
         drifted = any(not record.same_report(held.get(s)) for s, record in remembered.items())
-        self._status_seen = None if drifted else (index, remembered)
         return drifted
