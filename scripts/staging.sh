@@ -46,13 +46,6 @@
 #                  daemons get CONSUL_CACERT, CONSUL_CLIENT_CERT and
 #                  CONSUL_CLIENT_KEY in their environment and serve /metrics over
 #                  HTTPS (--metrics-tls-cert/key, their host's server certificate).
-#   STAGING_CONSUL_SERVERS  3 (default): every host's Consul agent is a server, as
-#                  the design's three hosts are; 1: host-2's alone, host-1's and
-#                  host-3's Consul agents are clients (as a larger fleet's hosts
-#                  are). The tests' session environments use 1: an idle
-#                  three-server cluster costs three times the CPU, and their
-#                  tests need no quorum (the chaos and node environments keep three).
-#                  Not with STAGING_ACL or STAGING_SECURE.
 #
 # `up` returns once every daemon's /healthz answers 200 (its loops pass, it
 # reaches Consul, Docker or NGINX); `status` shows each daemon's /healthz.
@@ -195,27 +188,14 @@ consul_up() {
   local i join=() acl_args=()
   for addr in "${ADDRS[@]}"; do join+=("-retry-join=$addr"); done
   ((ACL)) && acl_args=(-config-file="$ROOT/deploy/consul/acl.hcl")
-  local servers=${STAGING_CONSUL_SERVERS:-3} role=()
-  [[ $servers == 1 || $servers == 3 ]] || die "STAGING_CONSUL_SERVERS must be 1 or 3, not $servers"
-  ((servers == 3 || (ACL == 0 && SECURE == 0))) || die "STAGING_CONSUL_SERVERS=1 is for plain environments"
   for i in 0 1 2; do
     local host=${HOSTS[$i]} addr=${ADDRS[$i]} tls_args=()
     ((SECURE)) && tls_args=(-config-file="$TLS_DIR/$host.hcl")
     mkdir -p "$RUN_DIR/consul/$host"
-    if ((servers == 3)); then
-      role=(-server -bootstrap-expect=3)
-    elif ((i == 1)); then
-      role=(-server -bootstrap-expect=1)
-    else
-      # A client agent: host-2's server answers for it. It stays a member when stopped, as a
-      # server does (a client's default is to leave on SIGTERM, which deregisters every service of
-      # its node at once: a restart would drop its replicas from the catalog, and the LB's upstreams).
-      role=(-hcl='leave_on_terminate = false')
-    fi
     # raft_multiplier=1 and the short timeouts make leader election and failure
     # detection take seconds, like a tuned production cluster, not Consul's
     # conservative defaults. DNS is off: nothing here uses it.
-    spawn "consul-$host" "$consul" agent "${role[@]}" \
+    spawn "consul-$host" "$consul" agent -server -bootstrap-expect=3 \
       -node="$host" -bind="$addr" -client="$addr" -advertise="$addr" \
       -data-dir="$RUN_DIR/consul/$host" -dns-port=-1 \
       -node-meta="staging:$NAME" \

@@ -22,7 +22,6 @@ from tests.support.cluster import Cluster
 from tests.support.places import PLACE
 from tests.support.staging import (
     HOSTS_APART,
-    ONE_SERVER,
     SLOW_RESYNC,
     Staging,
     pid_alive,
@@ -62,7 +61,7 @@ def nginx_binary() -> str:
 def staging(docker_engine: docker.DockerClient, nginx_binary: str) -> Iterator[Staging]:
     """The tests' staging environment, up for the whole session."""
     tool("consul")
-    env = Staging(TEST_NAME, TEST_ADDRESSES, extra_env=SLOW_RESYNC + HOSTS_APART + ONE_SERVER)
+    env = Staging(TEST_NAME, TEST_ADDRESSES, extra_env=SLOW_RESYNC + HOSTS_APART)
     write_registry_auth()  # host-2's --registry-auth (tests/integration/test_registry.py)
     env.run("down")  # a previous run that crashed may have left it behind
     env.run("up")

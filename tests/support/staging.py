@@ -33,12 +33,6 @@ PROCESSES = frozenset(
 # test converging within its bound proves the reaction to events (Docker's
 # event stream, Consul's blocking queries), not the 60 s safety net.
 SLOW_RESYNC = (("AGENT_ARGS", "--resync 600s"), ("LB_ARGS", "--resync 600s"))
-# The session environments run one Consul server (host-2's) and two client agents: idle, three
-# servers cost about three times the CPU of one and two clients (3.7 % of a core against 1.25 %),
-# for the whole run, in every worker; their tests need no quorum (those that do, the chaos run and
-# the node environment, keep three). The faults they make hit a client (host-1's, the LB's) or,
-# for "no leader", the server itself.
-ONE_SERVER = (("STAGING_CONSUL_SERVERS", "1"),)
 # The tests' app hosts differ in labels and capacity (tests/integration/test_capacity.py):
 # host-1 is the big one in zone a, host-2 the small one in zone b. Nominal capacities (the
 # hosts share one machine); CPU quotas above the machine's CPUs would not start, so no
