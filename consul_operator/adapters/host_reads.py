@@ -224,7 +224,6 @@ class OwnStatuses:
     def __init__(self, consul: KVStore, layout: Layout, host: str) -> None:
         self.consul, self.layout, self.host = consul, layout, host
         self._kept: tuple[int, frozenset[str], dict[str, StatusRecord]] | None = None
-        self.skipped = 0  # reads answered from what was kept (tests read it)
 
     def read(self, services: Collection[str] | None) -> dict[str, StatusRecord]:
         """`read_own_statuses` of ``services`` (None: every record of this host, read whole)."""
@@ -235,7 +234,6 @@ class OwnStatuses:
         index = self.consul.kv_keys(self.layout.status_prefix, separator="/").index
         kept = self._kept
         if kept is not None and index > 0 and kept[0] == index and kept[1] == wanted:
-            self.skipped += 1
             return dict(kept[2])
         held = read_own_statuses(self.consul, self.layout, self.host, wanted)
         self._kept = (index, wanted, dict(held))
