@@ -1,7 +1,7 @@
 # consul-operator: the commands of the README.
 #   make demo   the original walkthrough on the local staging environment
 #   make check  the inner loop while working: lint, import contracts, unit and property tests (< 90 s)
-#   make test   everything CI runs: deps, image, lint, unit and integration tests (goal: 10 min; about 13 on an idle 2-core machine: README, *Tests*)
+#   make test   everything CI runs: deps, image, lint, unit and integration tests (goal: 10 min on an idle 2-core machine: README, *Tests*)
 SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
@@ -64,8 +64,8 @@ integration: deps image
 # engine, the other workers' too; and those marked alone (a timing promise under the test's
 # own load: the leader lease), which another worker's load must not decide. Both steps run whatever the first one's outcome; the 15
 # slowest tests of both come last.
-# TEST_WORKERS unset: one per core, one more on a machine idle before the run, at most 3 (tests/support/workers.py:
-# 3 beside a CPU hog failed 5 timed tests, 2 passed; idle, 3 take 11:44-11:50 instead of 14:33-15:35).
+# TEST_WORKERS unset: one per core, two per core on a machine idle before the run, at most 4 (tests/support/workers.py:
+# 3 beside a CPU hog failed 5 timed tests, 2 passed; idle, 4 ran the parallel step in 8:45, 3 in 9:44-10:17).
 TEST_WORKERS ?=
 JUNIT := .run/junit
 test: deps image lint  ## the whole suite; CI runs this

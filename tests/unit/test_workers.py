@@ -33,14 +33,16 @@ def test_busy_share(before: tuple[int, int], after: tuple[int, int], share: floa
 @pytest.mark.parametrize(
     ("cores", "busy", "count"),
     [
-        pytest.param(2, 0.03, 3, id="idle-2-cores-one-more"),
+        pytest.param(2, 0.03, 4, id="idle-2-cores-two-per-core"),
         pytest.param(2, 0.5, 2, id="a-hog-on-one-of-2-cores"),
         pytest.param(2, 0.25, 2, id="at-the-threshold"),
-        pytest.param(8, 0.1, 3, id="idle-8-cores-at-most-3"),
+        pytest.param(8, 0.1, 4, id="idle-8-cores-at-most-4"),
+        pytest.param(8, 0.6, 4, id="busy-8-cores-at-most-4"),
+        pytest.param(1, 0.1, 2, id="idle-1-core-two"),
         pytest.param(1, 0.5, 1, id="busy-1-core"),
         pytest.param(0, 0.0, 2, id="no-cores-known-counts-as-one"),
     ],
 )
 def test_workers(cores: int, busy: float, count: int) -> None:
-    """One worker per core, one more when the machine is idle before the run, at most three."""
+    """One worker per core, two per core when the machine is idle before the run, at most four."""
     assert workers(cores, busy) == count
