@@ -324,9 +324,11 @@ def running_specs(records: Mapping[str, Mapping[str, StatusRecord]]) -> SpecsByH
     """Per service, per host, per spec: running containers, from the agents' status records.
 
     A record without readable counts counts nothing but is listed (its host's records may be gone).
+    The counts are the records' own (read-only) mappings: a copy of each, twice a pass, was a tenth
+    of an idle leader pass at 1,000 services (issue 31).
     """
     return {
-        service: {host: dict(record.specs) for host, record in per_host.items()}
+        service: {host: record.specs for host, record in per_host.items()}
         for service, per_host in records.items()
     }
 

@@ -27,7 +27,7 @@ from consul_operator.core.records import PlacementRecord, RolloutRecord, Rollout
 SpecCounts = Mapping[str, Mapping[str, int]]
 """Replicas per host per spec hash."""
 
-SpecsByHost = dict[str, dict[str, dict[str, int]]]
+SpecsByHost = Mapping[str, Mapping[str, Mapping[str, int]]]
 """Per service, per host, per spec: running containers (the agents' status records)."""
 
 

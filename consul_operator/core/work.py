@@ -187,40 +187,74 @@ def host_work(
     return work
 
 
-def work_digest(work: HostWork) -> str:
-    """A digest of one host's whole work (equal work, equal digest)."""
-    canonical = json.dumps(
-        {name: entry.to_dict() for name, entry in sorted(work.items())}, sort_keys=True, separators=(",", ":")
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+def _compact(value: object) -> str:
+    """The stable JSON text of ``value``: sorted keys, no spaces (every work record's form)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _encoded(work: HostWork) -> dict[str, str]:
+    """Each entry's JSON text, by service, in name order: encoded once for the digest, the shards'
+    sizes and their bodies. Three encodings of every entry of every host whose work changed were
+    the largest part of a leader pass that places one service at 1,000 services (issue 31)."""
+    return {name: _compact(work[name].to_dict()) for name in sorted(work)}
+
+
+def _members(encoded: Mapping[str, str]) -> str:
+    """The members of a JSON object of ``encoded``'s entries (in its order), without the braces."""
+    return ",".join(f"{json.dumps(name)}:{text}" for name, text in encoded.items())
+
+
+def work_digest(work: HostWork, encoded: Mapping[str, str] | None = None) -> str:
+    """A digest of one host's whole work (equal work, equal digest): of its sorted, compact JSON
+    form. ``encoded``: its entries as `_encoded` gives them, when already at hand."""
+    members = _members(encoded if encoded is not None else _encoded(work))
+    return hashlib.sha256(f"{{{members}}}".encode()).hexdigest()[:16]
 
 
 def work_records(
-    layout: Layout, host: str, work: HostWork, session: str, max_bytes: int = MAX_WORK_BYTES
+    layout: Layout,
+    host: str,
+    work: HostWork,
+    session: str,
+    max_bytes: int = MAX_WORK_BYTES,
+    *,
+    encoded: Mapping[str, str] | None = None,
 ) -> dict[str, bytes]:
     """``host``'s work as shard records, key -> KV form, each within ``max_bytes``.
 
     Services are taken in name order and a shard is closed when the next entry
     would pass the bound (measured on the encoded form, with room for the
     record's own fields). A host without work has one empty shard: present
-    and current, it says "run nothing here".
+    and current, it says "run nothing here". ``encoded``: the entries as
+    `_encoded` gives them, when already at hand.
     """
-    digest = work_digest(work)
+    encoded = encoded if encoded is not None else _encoded(work)
+    digest = work_digest(work, encoded)
     overhead = len(WorkShard(host, session, digest, 999_999, 999_999, {}).to_json())
-    shards: list[dict[str, Mapping[str, object]]] = [{}]
+    shards: list[dict[str, str]] = [{}]
     size = overhead
-    for name in sorted(work):
-        body = work[name].to_dict()
-        entry_bytes = len(json.dumps({name: body}, separators=(",", ":"))) + 1
+    for name, text in encoded.items():
+        entry_bytes = len(json.dumps(name)) + 1 + len(text) + 1  # `"name":{...},`
         if shards[-1] and size + entry_bytes > max_bytes:
             shards.append({})
             size = overhead
-        shards[-1][name] = body
+        shards[-1][name] = text
         size += entry_bytes
     return {
-        layout.work_key(host, i): WorkShard(host, session, digest, i, len(shards), services).to_json()
+        layout.work_key(host, i): _shard_json(host, session, digest, i, len(shards), services)
         for i, services in enumerate(shards)
     }
+
+
+def _shard_json(
+    host: str, session: str, digest: str, shard: int, shards: int, services: Mapping[str, str]
+) -> bytes:
+    """`WorkShard.to_json` of a shard whose services are already encoded (``services``: name ->
+    JSON text, in name order): the same bytes, with the services' texts put in as they are. The
+    record's own fields sort around ``services``: digest, format, host before; session, shard(s) after."""
+    before = _compact({"digest": digest, "format": WORK_FORMAT, "host": host})[:-1]
+    after = _compact({"session": session, "shard": shard, "shards": shards})[1:]
+    return f'{before},"services":{{{_members(services)}}},{after}'.encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,10 +303,11 @@ def work_writes(
         unchanged = previous is not None and host in previous and previous[host] == work
         if before is not None and before.session == session and unchanged:
             continue  # as last written: no digest to work out (most hosts, most passes)
-        digest = work_digest(work)
+        encoded = _encoded(work)
+        digest = work_digest(work, encoded)
         if before is not None and before.session == session and before.digest == digest:
             continue
-        records = work_records(layout, host, work, session)
+        records = work_records(layout, host, work, session, encoded=encoded)
         stale = dict.fromkeys(sorted(before.keys - set(records))) if before is not None else {}
         grows = previous is None or _grows(work, previous.get(host, {}))
         (additions if grows else removals).update({**records, **stale})

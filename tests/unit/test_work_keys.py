@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -127,6 +128,39 @@ def test_work_shards_property(count: int, bound: int) -> None:
     merged: dict[str, object] = {}
     for shard in shards:
         assert not set(shard.services) & set(merged)
+        merged.update(shard.services)
+    assert merged == {n: e.to_dict() for n, e in work.items()}
+
+
+ENTRIES = st.builds(
+    WorkEntry,
+    spec=st.text(min_size=0, max_size=16),
+    count=st.integers(min_value=0, max_value=10_000),
+    specs=st.dictionaries(st.text(max_size=8), st.integers(min_value=0, max_value=50), max_size=3),
+    drain=st.sampled_from([5.0, 0.5, 120.0]),
+    stop_grace=st.sampled_from([10.0, 1.0]),
+    invalid=st.text(max_size=40),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    work=st.dictionaries(st.text(min_size=1, max_size=20), ENTRIES, max_size=40),
+    bound=st.sampled_from([600, 2_000, MAX_WORK_BYTES]),
+)
+def test_work_records_are_the_plain_encoding_property(work: dict[str, WorkEntry], bound: int) -> None:
+    """Each entry encoded once gives the records the plain encoding gives: every shard's bytes are
+    `WorkShard.to_json` of what it holds, and the digest is that of the whole work's sorted JSON
+    (any service name, unicode and quotes included)."""
+    plain = json.dumps({n: e.to_dict() for n, e in work.items()}, sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(plain.encode()).hexdigest()[:16]
+    assert work_digest(work) == digest
+    records = work_records(LAYOUT, "h1", work, "sess", max_bytes=bound)
+    merged: dict[str, object] = {}
+    for value in records.values():
+        shard = WorkShard.from_json(value, host="h1")
+        assert value == shard.to_json()
+        assert shard.digest == digest
         merged.update(shard.services)
     assert merged == {n: e.to_dict() for n, e in work.items()}
 
