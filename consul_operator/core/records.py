@@ -355,7 +355,23 @@ class PlacementRecord:
 
     def same_decision(self, other: PlacementRecord | None) -> bool:
         """Whether writing ``self`` over ``other`` would change no decision (the writer may differ)."""
-        return other is not None and self._decision() == other._decision()
+        if other is None:
+            return False
+        # Equal fields are an equal decision: most services, most passes, asked of every service
+        # twice a leader pass, without building the two normal forms (issue 31's profile).
+        if (
+            self.hosts == other.hosts
+            and self.service == other.service
+            and self.spec_hash == other.spec_hash
+            and self.unplaced == other.unplaced
+            and self.specs == other.specs
+            and self.cause == other.cause
+            and self.reason == other.reason
+            and self.rebalancing == other.rebalancing
+            and self.stuck == other.stuck
+        ):
+            return True
+        return self._decision() == other._decision()
 
 
 # --- operator/rollout/<name> -----------------------------------------------------------

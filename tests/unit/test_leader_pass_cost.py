@@ -161,9 +161,10 @@ SPECS = st.sampled_from(["cur", "old", "older"])
     running=st.dictionaries(SPECS, st.integers(0, 4), max_size=3),
     count=st.integers(0, 6),
     mixed=st.booleans(),
+    record_spec=SPECS,
 )
 def test_one_spec_charge_shortcut_property(
-    placed: dict[str, int], running: dict[str, int], count: int, mixed: bool
+    placed: dict[str, int], running: dict[str, int], count: int, mixed: bool, record_spec: str
 ) -> None:
     """For every placed spec mix, running mix and count, a host's charge with the one-spec shortcut
     is the charge of the general rule (the shortcut only skips work)."""
@@ -173,10 +174,35 @@ def test_one_spec_charge_shortcut_property(
     placed_specs = {rename[s]: n for s, n in placed.items()}
     record = PlacementRecord(
         "web",
-        spec,
+        rename[record_spec],
         frozen_map({"h1": sum(placed_specs.values())}),
         specs={"h1": frozen_map(placed_specs)} if mixed else {},
     )
     sizes = {"0" * 16: Resources(32 * 1024**2, 100)}
     charge = _Charge("web", manifest, record, {"h1": {rename[s]: n for s, n in running.items()}}, sizes)
     assert charge.on("h1", count) == _general_charge(charge, "h1", count)
+
+
+COUNTS = st.dictionaries(st.sampled_from(["h1", "h2"]), st.integers(0, 2), max_size=2)
+RECORDS = st.builds(
+    PlacementRecord,
+    service=st.sampled_from(["web", "api"]),
+    spec_hash=SPECS,
+    hosts=COUNTS,
+    unplaced=st.integers(0, 1),
+    written_by=st.sampled_from(["", "host-1"]),
+    specs=st.dictionaries(st.sampled_from(["h1", "h2"]), COUNTS, max_size=2),
+    reason=st.sampled_from(["", "no room"]),
+    stuck=COUNTS,
+    rebalancing=st.sampled_from(["", "host-2 returned"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(one=RECORDS, other=RECORDS, copy=st.booleans())
+def test_same_decision_shortcut_property(one: PlacementRecord, other: PlacementRecord, copy: bool) -> None:
+    """For any two placement records, `same_decision` is the comparison of their normal forms (zero
+    counts dropped, the writer left out): its shortcut on equal fields only skips work."""
+    if copy:
+        other = PlacementRecord(**{f: getattr(one, f) for f in one.__dataclass_fields__})
+    assert one.same_decision(other) == (one._decision() == other._decision())
