@@ -167,22 +167,19 @@ def host_work(
         manifest = manifests.get(name)
         if manifest is None:
             continue
+        if isinstance(manifest, Manifest):
+            drain, stop_grace, problem = manifest.drain, manifest.stop_grace, ""
+        else:
+            first = str(manifest.problems[0]) if manifest.problems else "invalid"
+            drain, stop_grace = DEFAULT_DRAIN, DEFAULT_STOP_GRACE
+            problem = bounded_text(first, MAX_WORK_ERROR_BYTES)
         for host, count in record.hosts.items():
-            specs = record.spec_counts(host)
+            # Outside a rollout (most services, every pass) an entry is its count alone: a
+            # service's counts per spec built for each of its hosts were a third of this walk.
+            specs = record.spec_counts(host) if record.specs else {}
             if count <= 0 and not any(specs.values()):
                 continue
-            if isinstance(manifest, Manifest):
-                entry = WorkEntry(
-                    record.spec_hash,
-                    count,
-                    specs if record.specs else {},
-                    manifest.drain,
-                    manifest.stop_grace,
-                )
-            else:
-                first = str(manifest.problems[0]) if manifest.problems else "invalid"
-                problem = bounded_text(first, MAX_WORK_ERROR_BYTES)
-                entry = WorkEntry(record.spec_hash, count, specs if record.specs else {}, invalid=problem)
+            entry = WorkEntry(record.spec_hash, count, specs, drain, stop_grace, problem)
             work.setdefault(host, {})[name] = entry
     return work
 
