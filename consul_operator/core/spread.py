@@ -269,7 +269,9 @@ def plan_spreading(
             target = spread_target(manifest, record.hosts, by_name, receiving, cordoned, load, used)
         elif under_way and not (settings.enabled and _asked_for(manifest)):
             target = _undone(placed, record.hosts, c.passing, manifest.replicas)  # switched off mid-move
-        if target == placed and not under_way and not waiting:  # a host to settle first?
+        if target == placed and not under_way and not waiting and len(receiving) < len(since):
+            # A host to settle first? (With every open host settled, `since` names the hosts
+            # `receiving` does, and the target is the one above: most passes, every service.)
             waiting = spread_target(manifest, record.hosts, by_name, since, cordoned, load, used) != placed
         if target != placed or under_way:
             hosts_after = step_toward(
