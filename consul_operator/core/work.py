@@ -190,15 +190,16 @@ def _compact(value: object) -> str:
 
 
 def _encoded(work: HostWork) -> dict[str, str]:
-    """Each entry's JSON text, by service, in name order: encoded once for the digest, the shards'
-    sizes and their bodies. Three encodings of every entry of every host whose work changed were
-    the largest part of a leader pass that places one service at 1,000 services (issue 31)."""
-    return {name: _compact(work[name].to_dict()) for name in sorted(work)}
+    """Each entry as a JSON object's member, ``"name":{...}``, by service, in name order: encoded
+    once for the digest, the shards' sizes and their bodies. Three encodings of every entry of every
+    host whose work changed were the largest part of a leader pass that places one service at 1,000
+    services (issue 31)."""
+    return {name: f"{json.dumps(name)}:{_compact(work[name].to_dict())}" for name in sorted(work)}
 
 
 def _members(encoded: Mapping[str, str]) -> str:
     """The members of a JSON object of ``encoded``'s entries (in its order), without the braces."""
-    return ",".join(f"{json.dumps(name)}:{text}" for name, text in encoded.items())
+    return ",".join(encoded.values())
 
 
 def work_digest(work: HostWork, encoded: Mapping[str, str] | None = None) -> str:
@@ -230,12 +231,12 @@ def work_records(
     overhead = len(WorkShard(host, session, digest, 999_999, 999_999, {}).to_json())
     shards: list[dict[str, str]] = [{}]
     size = overhead
-    for name, text in encoded.items():
-        entry_bytes = len(json.dumps(name)) + 1 + len(text) + 1  # `"name":{...},`
+    for name, member in encoded.items():
+        entry_bytes = len(member) + 1  # `"name":{...},`
         if shards[-1] and size + entry_bytes > max_bytes:
             shards.append({})
             size = overhead
-        shards[-1][name] = text
+        shards[-1][name] = member
         size += entry_bytes
     return {
         layout.work_key(host, i): _shard_json(host, session, digest, i, len(shards), services)
@@ -246,9 +247,10 @@ def work_records(
 def _shard_json(
     host: str, session: str, digest: str, shard: int, shards: int, services: Mapping[str, str]
 ) -> bytes:
-    """`WorkShard.to_json` of a shard whose services are already encoded (``services``: name ->
-    JSON text, in name order): the same bytes, with the services' texts put in as they are. The
-    record's own fields sort around ``services``: digest, format, host before; session, shard(s) after."""
+    """`WorkShard.to_json` of a shard whose services are already encoded (``services``: name -> its
+    member, as `_encoded` gives it, in name order): the same bytes, the members put in as they are.
+    The record's own fields sort around ``services``: digest, format, host before; session, shard(s)
+    after."""
     before = _compact({"digest": digest, "format": WORK_FORMAT, "host": host})[:-1]
     after = _compact({"session": session, "shard": shard, "shards": shards})[1:]
     return f'{before},"services":{{{_members(services)}}},{after}'.encode()
