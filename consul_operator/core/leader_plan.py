@@ -339,12 +339,11 @@ def known_hosts(
     """Every host we know of: registered agents, hosts that still hold replicas or records; and when
     each host not live was first seen so (``now`` for one seen lost for the first time)."""
     known: dict[str, tuple[bool, Mapping[str, str]]] = dict(state.hosts)
-    for record in state.placements.values():
-        for host in record.hosts:
-            known.setdefault(host, (False, {}))
-    for per_host in running.values():
-        for host in per_host:
-            known.setdefault(host, (False, {}))
+    # Hosts named only by a placement or a status record (one set union each: a host's name
+    # set once per replica was most of this, twice a leader pass).
+    named = set().union(*(r.hosts for r in state.placements.values()), *running.values())
+    for host in named - known.keys():
+        known[host] = (False, {})
     since = {name: t for name, t in lost_since.items() if name in known}
     hosts: list[HostInfo] = []
     for name, (live, labels) in sorted(known.items()):
