@@ -95,7 +95,8 @@ class WorkShard:
     services: Mapping[str, Mapping[str, object]]
 
     def to_json(self) -> bytes:
-        """The KV form."""
+        """The KV form. (The leader writes the same bytes from encoded entries, `_shard_json`: a field
+        added here goes there too; `test_work_records_are_the_plain_encoding_property` holds them equal.)"""
         body = {
             "format": WORK_FORMAT,
             "host": self.host,
