@@ -333,6 +333,15 @@ def running_specs(records: Mapping[str, Mapping[str, StatusRecord]]) -> SpecsByH
     }
 
 
+def failing_hosts(records: Mapping[str, StatusRecord]) -> frozenset[str]:
+    """The hosts whose agent reports one service failing there (an error or a hold in its record).
+
+    Only there may a rollout count an old replica that is placed and not running as idle
+    (`rollout.plan_rollout`'s ``failing``); on any other host it may be starting.
+    """
+    return frozenset(host for host, record in records.items() if record.error or record.hold is not None)
+
+
 def known_hosts(
     state: ClusterState, running: SpecsByHost, lost_since: Mapping[str, float], now: float
 ) -> tuple[list[HostInfo], dict[str, float]]:
@@ -561,6 +570,7 @@ class _Rollouts:
             need=self.capacity.need(manifest),
             closed=self.capacity.closed,
             max_per_host=manifest.placement.max_per_host,
+            failing=failing_hosts(self.state.statuses.get(name, {})),
         )
         if step.rollout.state == RolloutState.FAILED:
             # No spec changes any more, but a lost host's replicas still move.

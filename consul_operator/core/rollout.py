@@ -108,6 +108,7 @@ def plan_rollout(
     need: Mapping[str, Resources] | None = None,
     closed: Mapping[str, str] | None = None,
     max_per_host: int | None = None,
+    failing: Collection[str] = frozenset(),
 ) -> RolloutStep:
     """One pacing step of a rollout from every other spec to ``rollout.to_spec``.
 
@@ -141,6 +142,13 @@ def plan_rollout(
     (the fewest new replicas first, within ``max_per_host``), as a Nomad
     destructive update places its allocations again; their old ones go as
     the new ones mature.
+
+    ``failing``: hosts whose agent reports the service failing there (an
+    error or a hold in its status record: a crash loop, a failed pull). Only
+    there does an old replica placed but not running count as idle, beyond
+    the cap. Elsewhere it may be starting right now, its agent's record not
+    read yet: counted idle, a new spec written just after the first replicas
+    started replaced them all at once (docs/architecture.md, *Rolling updates*).
     """
     counts = {h: {s: n for s, n in c.items() if n > 0} for h, c in placed.items()}
     if not rollout.active:
@@ -181,9 +189,13 @@ def plan_rollout(
     # once under load is still a replica: without the cap it went at once, and with a new spec
     # that never passes the service ran one short until the rollback put it back. Old replicas
     # placed but not running (crashed, never started) are beyond the cap: they serve nothing
-    # and hold room that a fix's new replicas may need.
-    old_running = sum(n for c in running.values() for s, n in c.items() if s != to)
-    idle_old = max(0, old_placed - old_running)
+    # and hold room that a fix's new replicas may need. But only where the host's agent says so
+    # (``failing``): elsewhere "placed, not running" may be a start its record has not told yet,
+    # and such a replica counts as running.
+    starting = sum(
+        max(0, _old(c, to) - _old(running.get(h, {}), to)) for h, c in counts.items() if h not in failing
+    )
+    idle_old = max(0, old_placed - sum(_old(c, to) for c in running.values()) - starting)
     removable = min(
         old_placed,
         (old_placed - passing_old) + max(0, matured_new + passing_old - floor),
@@ -340,6 +352,11 @@ def _held_reason(
 
 MAX_HELD_HOSTS: Final = 10
 """A held rollout's reason names at most this many hosts."""
+
+
+def _old(counts: Mapping[str, int], to: str) -> int:
+    """Replicas of every spec but ``to`` in one host's counts."""
+    return sum(n for s, n in counts.items() if s != to)
 
 
 def _occupancy(counts: SpecCounts, running: SpecCounts) -> int:

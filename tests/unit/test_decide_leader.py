@@ -97,6 +97,7 @@ class Case:
     rollback_requested: bool = False
     live: Mapping[str, bool] = field(default_factory=lambda: {"h1": True, "h2": True})
     running: Mapping[str, Mapping[str, int]] | None = None  # agents' status: host -> spec -> n
+    failing: frozenset[str] = frozenset()  # hosts whose agent's status record reports an error
     passing: tuple[ServiceInstance, ...] = ()
     memory: LeaderMemory = field(default_factory=LeaderMemory)
     # What the pass must decide (None: not checked).
@@ -115,7 +116,9 @@ def state_of(case: Case) -> ClusterState:
         running = {h: case.placement.spec_counts(h) for h in case.placement.hosts}
     statuses = {
         "web": {
-            h: StatusRecord("web", h, specs=frozen_map(c), running=sum(c.values()))
+            h: StatusRecord(
+                "web", h, specs=frozen_map(c), running=sum(c.values()), error="crash-looping" * (h in case.failing)
+            )
             for h, c in (running or {}).items()
         }
     }
@@ -205,6 +208,51 @@ CASES = [
             wake_in=ROLLOUT_POLL,
         ),
         id="new-spec-starts-a-rollout-with-one-surge-replica",
+    ),
+    pytest.param(
+        Case(
+            V2,
+            placed({"h1": 1, "h2": 1}),
+            revisions=frozenset({OLD}),
+            running={},
+            passing=OLD_PASSING,
+            specs={"h1": {OLD: 1, NEW: 1}, "h2": {OLD: 1}},
+            state=RolloutState.PROGRESSING,
+            written=frozenset({"placement", "rollout", "revisions/" + NEW}),
+            wake_in=ROLLOUT_POLL,
+        ),
+        id="new-spec-read-before-the-agents-reported-their-replicas-still-replaces-none-at-once",
+    ),
+    pytest.param(
+        Case(
+            V2,
+            mixed({"h1": {OLD: 1, NEW: 1}, "h2": {OLD: 1}}),
+            rolling(),
+            frozenset({OLD, NEW}),
+            running={"h1": {NEW: 1}, "h2": {OLD: 1}},
+            failing=frozenset({"h1"}),
+            passing=(instance("web-h2-a", OLD, "h2"),),
+            specs={"h1": {NEW: 1}, "h2": {OLD: 1}},
+            state=RolloutState.PROGRESSING,
+            written=frozenset({"placement"}),
+            wake_in=ROLLOUT_POLL,
+        ),
+        id="rollout-step-an-old-replica-its-agent-reports-crashed-goes-at-once",
+    ),
+    pytest.param(
+        Case(
+            V2,
+            mixed({"h1": {OLD: 1, NEW: 1}, "h2": {OLD: 1}}),
+            rolling(),
+            frozenset({OLD, NEW}),
+            running={"h1": {NEW: 1}, "h2": {OLD: 1}},
+            passing=(instance("web-h2-a", OLD, "h2"),),
+            specs={"h1": {OLD: 1, NEW: 1}, "h2": {OLD: 1}},
+            state=RolloutState.PROGRESSING,
+            written=frozenset(),
+            wake_in=ROLLOUT_POLL,
+        ),
+        id="rollout-step-an-old-replica-not-reported-running-and-no-failure-reported-may-be-starting",
     ),
     pytest.param(
         Case(

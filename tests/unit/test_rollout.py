@@ -37,6 +37,7 @@ class Row:
     record: RolloutRecord = field(default_factory=rollout)
     replicas: int = 2
     target: dict[str, int] = field(default_factory=lambda: dict(TARGET))
+    failing: frozenset[str] = frozenset()  # hosts whose agent reports the service failing
 
 
 ROWS = [
@@ -75,8 +76,22 @@ ROWS = [
             {"h1": {NEW: 1}, "h2": {OLD: 1}},
             running={"h1": {NEW: 1}, "h2": {OLD: 1}},
             passing={OLD: 1},
+            failing=frozenset({"h1"}),
         ),
-        id="an-old-replica-that-does-not-run-goes-at-once",
+        id="an-old-replica-that-does-not-run-where-its-agent-reports-failure-goes-at-once",
+    ),
+    pytest.param(
+        Row(
+            {"h1": {OLD: 1, NEW: 1}, "h2": {OLD: 1}},
+            {"h1": {OLD: 1, NEW: 1}, "h2": {OLD: 1}},
+            running={"h1": {NEW: 1}, "h2": {OLD: 1}},
+            passing={OLD: 1},
+        ),
+        id="an-old-replica-not-running-where-its-agent-reports-no-failure-may-be-starting-and-stays",
+    ),
+    pytest.param(
+        Row({"h1": {OLD: 1}, "h2": {OLD: 1}}, {"h1": {OLD: 1, NEW: 1}, "h2": {OLD: 1}}, running={}),
+        id="a-new-spec-before-the-agents-reported-their-first-replicas-replaces-none-at-once",
     ),
     pytest.param(
         Row(
@@ -209,8 +224,9 @@ def test_plan_rollout(row: Row) -> None:
     """The placement and state that one pacing step gives."""
     running = row.placed if row.running is None else row.running
     step = plan_rollout(
-        row.record, row.replicas, row.policy, row.target, row.placed, running, row.passing, row.matured, NOW
-    )
+        row.record, row.replicas, row.policy, row.target, row.placed, running, row.passing, row.matured, NOW,
+        failing=row.failing,
+    )  # fmt: skip
     assert step.specs == row.expect
     assert step.rollout.state == row.state
 

@@ -6,7 +6,9 @@ capacities and closed hosts, and the invariants that every interleaving keeps.
 * a step never takes the passing replicas it keeps placed below ``replicas - max_unavailable``
   (nor below what passed before the step, when that was already less), and never removes a
   running old replica, failing its check or not, that the proven ones (old running, new
-  matured) need to stay at that floor;
+  matured) need to stay at that floor; an old replica placed and not running counts as
+  running (it may be starting, its record not read yet) unless its host's agent reports the
+  service failing there;
 * a new replica goes only to an open host where it fits (what the other services leave free);
 * states move only along the allowed transitions; ``updated`` never exceeds ``total``.
 """
@@ -62,6 +64,7 @@ class RolloutMachine(RuleBasedStateMachine):
         need=st.fixed_dictionaries({OLD: sizes, NEW: sizes}),
         room=st.lists(st.none() | st.integers(0, 3), min_size=3, max_size=3),
         closed=st.sets(st.sampled_from(HOSTS), max_size=1),
+        unreported=st.sets(st.sampled_from(HOSTS)),
     )
     def start(
         self,
@@ -71,15 +74,20 @@ class RolloutMachine(RuleBasedStateMachine):
         need: dict[str, Resources],
         room: list[int | None],
         closed: set[str],
+        unreported: set[str],
     ) -> None:
-        """R old replicas spread over the target hosts, all running, passing and matured; each host
-        leaves room for a few new replicas beyond its old ones (None: unlimited)."""
+        """R old replicas spread over the target hosts, all running, passing and matured but on the
+        ``unreported`` hosts, whose agents have started them and not reported it yet (the leader's
+        read came first: not running, and no passing instance is vouched for); each host leaves
+        room for a few new replicas beyond its old ones (None: unlimited)."""
         self.policy, self.replicas, self.need = policy, replicas, need
         names = HOSTS[:hosts]
         self.target = {h: replicas // hosts + (1 if i < replicas % hosts else 0) for i, h in enumerate(names)}
         self.placed = {h: {OLD: n} for h, n in self.target.items() if n}
-        self.running = {h: dict(c) for h, c in self.placed.items()}
-        self.passing, self.matured = {OLD: replicas}, {OLD: replicas}
+        self.running = {h: dict(c) for h, c in self.placed.items() if h not in unreported}
+        reported = total(self.running, OLD)
+        self.passing, self.matured = {OLD: reported}, {OLD: reported}
+        self.failing: set[str] = set()
         self.free: dict[str, Resources | None] = {}
         for host, extra in zip(names, room, strict=False):
             old = spec_charge(self.placed.get(host, {}), {}, need, need[NEW])
@@ -97,7 +105,7 @@ class RolloutMachine(RuleBasedStateMachine):
         step = plan_rollout(
             self.record, self.replicas, self.policy, self.target, before, self.running,
             dict(self.passing), dict(self.matured), WALL,
-            free=self.free, need=self.need, closed=self.closed,
+            free=self.free, need=self.need, closed=self.closed, failing=frozenset(self.failing),
         )  # fmt: skip
         assert step.rollout.state in ALLOWED[self.record.state], (self.record.state, step.rollout.state)
         assert 0 <= step.rollout.updated <= step.rollout.total == self.replicas
@@ -106,10 +114,18 @@ class RolloutMachine(RuleBasedStateMachine):
         assert kept >= min(floor, healthy_before), (kept, floor, healthy_before)
         # Failing or not, a running old replica goes only while the proven ones (old placed
         # and running, new matured) stay at the floor: a check failing once under load costs
-        # no replica.
+        # no replica; nor does a record not read yet (an old replica placed and not running where
+        # the agent reports no failure may be starting).
         to = step.rollout.to_spec
         proven_new = self.matured.get(to, 0)
         old_running = sum(n for c in self.running.values() for s, n in c.items() if s != to)
+        old_running += sum(
+            max(0, n - self.running.get(h, {}).get(s, 0))
+            for h, c in before.items()
+            if h not in self.failing
+            for s, n in c.items()
+            if s != to
+        )
 
         def proven(specs: Mapping[str, Mapping[str, int]]) -> int:
             old = sum(n for c in specs.values() for s, n in c.items() if s != to)
@@ -138,6 +154,16 @@ class RolloutMachine(RuleBasedStateMachine):
         ran = self.running.setdefault(host, {})
         for spec, n in self.placed.get(host, {}).items():
             ran[spec] = max(ran.get(spec, 0), n)
+        self.failing.discard(host)
+
+    @rule(host=st.sampled_from(HOSTS))
+    def agent_reports_failure(self, host: str) -> None:
+        """The host's replicas crash, and its agent reports the service failing there."""
+        self.running.pop(host, None)
+        self.failing.add(host)
+        for spec in list(self.passing):
+            self.passing[spec] = min(self.passing[spec], total(self.running, spec))
+            self.matured[spec] = min(self.matured.get(spec, 0), self.passing[spec])
 
     @rule(host=st.sampled_from(HOSTS))
     def agent_stops(self, host: str) -> None:
