@@ -117,7 +117,11 @@ def state_of(case: Case) -> ClusterState:
     statuses = {
         "web": {
             h: StatusRecord(
-                "web", h, specs=frozen_map(c), running=sum(c.values()), error="crash-looping" * (h in case.failing)
+                "web",
+                h,
+                specs=frozen_map(c),
+                running=sum(c.values()),
+                error="crash-looping" if h in case.failing else "",
             )
             for h, c in (running or {}).items()
         }
