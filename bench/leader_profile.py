@@ -1,12 +1,14 @@
 """Profile the leader's idle pass at full size against a real Consul (issue 31).
 
     python -m bench.leader_profile [--services 1000] [--hosts 100] [--replicas 10] [--addr 127.0.0.84]
-                                   [--passes 5]
+                                   [--passes 5] [--registered]
 
 Starts one Consul agent in dev mode on ``--addr``, registers ``--hosts``
 agents on it (their TTL checks passing, their node claims written), lets the
 real `Scheduler` place ``--services`` services of 10 replicas, writes every
-host's status records as agents that run them would, and then times idle passes
+host's status records as agents that run them would (with ``--registered``, every
+replica in the catalog too, with a passing check, as replicas that publish a
+port are), and then times idle passes
 (nothing changed) and passes that place one new service each (wall time and
 the process's CPU time, for both; the garbage collector's collections and
 time in the idle passes, the process's RSS after), and profiles idle passes
@@ -22,6 +24,7 @@ import argparse
 import cProfile
 import gc
 import io
+import json
 import pstats
 import shutil
 import socket
@@ -29,7 +32,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,6 +176,37 @@ def write_statuses(consul: ConsulClient) -> int:
     return len(groups)
 
 
+def register_replicas(consul: ConsulClient, http: str) -> int:
+    """Every placed replica in Consul's catalog with a passing check, as agents whose replicas publish
+    a port would have registered them (on a node per host): what the leader's check reads cost."""
+    bodies = []
+    for entry in consul.kv_list(LAYOUT.placement_prefix).value:
+        record = PlacementRecord.from_json(entry.value)
+        for host, count in record.hosts.items():
+            for i in range(count):
+                sid = f"{record.service}-{record.spec_hash[:6]}-{host}-{i}"
+                bodies.append(
+                    {
+                        "Node": f"node-{host}",
+                        "Address": "127.0.0.1",
+                        "Service": {"ID": sid, "Service": record.service, "Port": 20000 + i},
+                        "Check": {"Node": f"node-{host}", "CheckID": f"service:{sid}", "Name": "http",
+                                  "Status": "passing", "ServiceID": sid},
+                    }
+                )  # fmt: skip
+
+    def put(body: dict[str, object]) -> None:
+        request = urllib.request.Request(
+            f"http://{http}/v1/catalog/register", data=json.dumps(body).encode(), method="PUT"
+        )
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            answer.read()
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(put, bodies))
+    return len(bodies)
+
+
 def profile_passes(run: Callable[[], object], passes: int, top: int, label: str) -> None:
     """Run ``passes`` passes under cProfile; print their wall times (``label``), then their profile by
     cumulative and own time (``top`` functions each)."""
@@ -222,6 +258,11 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--top", type=int, default=35)
     parser.add_argument(
+        "--registered",
+        action="store_true",
+        help="register every replica in the catalog with a passing check (replicas that publish a port)",
+    )
+    parser.add_argument(
         "--collector",
         choices=("default", "agent"),
         default="agent",
@@ -238,6 +279,10 @@ def main(argv: list[str]) -> int:
         scheduler.reconcile()
         print(f"first pass (placing {args.services} services): {time.perf_counter() - t0:.3f}s")
         print(f"status records written: {write_statuses(consul)}")
+        if args.registered:
+            t0 = time.perf_counter()
+            print(f"replicas registered with a check: {register_replicas(consul, http)}"
+                  f" ({time.perf_counter() - t0:.1f}s)")  # fmt: skip
         scheduler.reconcile()
         plain, idle_cpu, collector = [], [], []
         times_gc = CollectorTimes()

@@ -95,8 +95,14 @@ class ClusterReads(KVStore, Protocol):
         """Instances of ``service`` with their checks' status (`ConsulClient.health_service`)."""
         ...
 
-    def passing_instances(self) -> dict[str, int]:
+    def passing_instances(self) -> Indexed[dict[str, int]]:
         """Per service, its instances whose checks all pass (`ConsulClient.passing_instances`)."""
+        ...
+
+    def checks_index(
+        self, *, index: int = 0, wait: float = DEFAULT_WAIT, consistent: bool = False
+    ) -> Indexed[int]:
+        """The index of every check, without the checks (`ConsulClient.checks_index`)."""
         ...
 
 

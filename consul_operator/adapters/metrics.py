@@ -208,6 +208,15 @@ kv_prefix_reads = Counter(
     "(`kv_state.PrefixMirrors`).",
     ["prefix", "read"],
 )
+check_reads = Counter(
+    "operator_check_reads_total",
+    "The leader's reads of every check's status (its healthy and drift figures), one per pass: read "
+    "whole (a check changed), or unmoved since its last read and taken from memory "
+    "(`check_counts.PassingCounts`).",
+    ["read"],
+)
+for _read in ("whole", "unmoved"):
+    check_reads.labels(_read)
 WRITE_FAILURE_REASONS = REFUSAL_REASONS
 leader_write_failures = Counter(
     "operator_leader_write_failures_total",

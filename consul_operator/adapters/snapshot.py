@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 
+from consul_operator.adapters.check_counts import PassingCounts
 from consul_operator.adapters.consul_client import ConsulClient, KVEntry
 from consul_operator.adapters.interfaces import ClusterReads
 from consul_operator.adapters.kv_state import (
@@ -65,6 +66,7 @@ def read_cluster_state(
     statuses: StatusCache | None = None,
     placements: RecordCache[PlacementRecord] | None = None,
     mirrors: PrefixMirrors | None = None,
+    checks: PassingCounts | None = None,
 ) -> ClusterState:
     """Read every record once, then the passing instances of the services ``passing_of`` names.
 
@@ -81,7 +83,9 @@ def read_cluster_state(
     the transaction; without one, ``services/`` is part of it. ``statuses``: the loop's
     status records parsed by its last read (`kv_state.StatusCache`), reused while unchanged;
     ``placements``: the same for its placement records. ``mirrors``: the loop's large prefixes as
-    last read (`kv_state.PrefixMirrors`), read again only when they moved.
+    last read (`kv_state.PrefixMirrors`), read again only when they moved. ``checks``: the
+    leader's passing counts as last read (`check_counts.PassingCounts`), read again only when a
+    check moved.
     """
     prefixes = [
         *([] if services is not None else [layout.services_prefix]),
@@ -145,7 +149,9 @@ def read_cluster_state(
         for name in sorted(set(passing_of(state)))
         if is_dns_label(name)
     }
-    counts = consul.passing_instances() if leader else {}
+    counts = {}
+    if leader:
+        counts = checks.read(consul) if checks is not None else consul.passing_instances().value
     sizes = _spec_sizes(trees[layout.revisions_prefix], layout, state.specs_in_use())
     return dataclasses.replace(state, passing=passing, passing_counts=counts, spec_sizes=sizes)
 

@@ -317,7 +317,7 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
     )
     # Health anywhere changes the leader's healthy and drift figures.
     start_watch(
-        "health", lambda i, w: consul.health_state_any(index=i, wait=w), [schedule_batched], stop, leading
+        "health", lambda i, w: consul.checks_index(index=i, wait=w), [schedule_batched], stop, leading
     )
     # The agents' status records: what runs where, which the leader's convergence, rollouts, drains
     # and spreads wait on. One level deep: a name per service, and the index of every record under it.

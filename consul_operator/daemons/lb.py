@@ -364,7 +364,7 @@ def run_lb(config: LBConfig) -> int:
     )
     prefix = config.layout.services_prefix
     start_watch("services", lambda i, w: consul.kv_keys(prefix, index=i, wait=w), [trigger], stop)
-    start_watch("health", lambda i, w: consul.health_state_any(index=i, wait=w), [trigger], stop)
+    start_watch("health", lambda i, w: consul.checks_index(index=i, wait=w), [trigger], stop)
     # The agents' status records list their instances: a new one is served once listed.
     status_prefix = config.layout.status_prefix
     start_watch("status", lambda i, w: consul.kv_list(status_prefix, index=i, wait=w), [trigger], stop)

@@ -1,4 +1,5 @@
-"""`ConsulClient.kv_trees`, the one-transaction read of several prefixes, against a real Consul."""
+"""The leader's reads that skip what did not move, against a real Consul: `ConsulClient.kv_trees` (the
+one-transaction read of several prefixes), `PrefixMirrors`, and `PassingCounts` (the checks)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import REGISTRY
 
+from consul_operator.adapters.check_counts import PassingCounts
 from consul_operator.adapters.consul_client import ConsulClient
 from consul_operator.adapters.kv_state import PrefixMirrors
+from tests.support.staging import wait_until
 
 
 @pytest.fixture
@@ -89,3 +92,47 @@ def test_a_mirrored_prefix_is_read_again_only_when_something_under_it_moved(
         for r in ("whole", "unmoved")
     }
     assert counted == {"whole": 5.0, "unmoved": 3.0}
+
+
+def test_passing_counts_are_read_again_only_when_a_check_moved(consul: ConsulClient) -> None:
+    """`checks_index` answers no check, with the index of them all; `PassingCounts` reads every
+    check again when one turned passing and when one went, and answers from memory when none moved."""
+    name = f"test-checks-{uuid.uuid4().hex[:8]}"
+    check = f"{name}-ttl"
+    probe = consul.checks_index(consistent=True)
+    assert probe.value == 0 and probe.index > 0  # the filter matches no check: only the index comes
+    counts = PassingCounts()
+
+    def whole_reads() -> float:
+        return REGISTRY.get_sample_value("operator_check_reads_total", {"read": "whole"}) or 0.0
+
+    consul.register_service(
+        {
+            "ID": name,
+            "Name": name,
+            "Port": 1,
+            "Check": {"CheckID": check, "TTL": "600s", "Status": "critical"},
+        }
+    )
+    try:
+        assert counts.read(consul).get(name, 0) == 0  # registered, its check critical
+        before = whole_reads()
+        consul.check_pass(check)
+        assert consul.checks_index(consistent=True).index > probe.index
+        assert counts.read(consul).get(name) == 1  # the index moved: read again, passing now
+        assert whole_reads() == before + 1
+
+        def read_twice() -> bool:
+            """Whether the second of two reads in a row took every count from memory."""
+            counts.read(consul)
+            before = whole_reads()
+            counts.read(consul)
+            return whole_reads() == before
+
+        # The environment's own agents may move a check now and then (a read again, as it must):
+        # some pair of reads in a row finds none moved.
+        wait_until(read_twice, timeout=30, what="a read with no check moved")
+        assert counts.read(consul).get(name) == 1
+    finally:
+        consul.deregister_service(name)
+    assert name not in counts.read(consul)  # gone: read again

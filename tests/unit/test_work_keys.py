@@ -285,9 +285,13 @@ class FakeConsul:
         """No instances."""
         return Indexed(1, [])
 
-    def passing_instances(self) -> dict[str, int]:
+    def passing_instances(self) -> Indexed[dict[str, int]]:
         """No instances."""
-        return {}
+        return Indexed(1, {})
+
+    def checks_index(self, **_: object) -> Indexed[int]:
+        """No check ever changes."""
+        return Indexed(1, 0)
 
 
 def test_pass_writes_work_keys_behind_the_placements() -> None:
