@@ -76,6 +76,9 @@ def main(argv: list[str]) -> int:
     if args.collector == "agent":
         tune_collector()  # as run_agent does: after the imports, before the state is built
     state, memory, settings = idle_state(args.services, args.hosts)
+    # The memory of a leader that has run a while: one idle pass settles every service in it
+    # (its `placement.ScheduleMemo`), which the timed passes then start from.
+    memory = decide_leader(state, memory, Now(1.5, 1.7e9), settings).memory
 
     def one_pass() -> int:
         paced_services(state)

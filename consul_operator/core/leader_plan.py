@@ -61,6 +61,7 @@ from consul_operator.core.keys import Layout
 from consul_operator.core.maintenance import DrainTimer, keep_stuck, placed_on, plan_drain, time_drains
 from consul_operator.core.model import META_HOST, Event, HostInfo, ServiceInstance
 from consul_operator.core.placement import (
+    ScheduleMemo,
     Usage,
     gone_statuses,
     live_running,
@@ -144,6 +145,9 @@ class LeaderMemory:
     """Per draining host: when this leader first saw its drain (the deadline)."""
     open_since: Mapping[str, float] = field(default_factory=dict)
     """Per host live and uncordoned: since when this leader has seen it so (the spread's settling time)."""
+    schedule: ScheduleMemo = field(default_factory=ScheduleMemo)
+    """The services the last pass's schedule found settled, reused while nothing of theirs changed
+    (`placement.ScheduleMemo`); empty for a new leader, which schedules every service."""
     observed: bool = False
     """Whether this leader has had a pass: a service first seen after it is new (a change to time);
     on its first pass every service is only new to this leader."""
@@ -198,7 +202,7 @@ def decide_leader(
     valid = state.valid_manifests()
     drains = time_drains(state.maintenance, memory.drain_timers, now.mono)
     running_live = live_running(running_all, hosts)
-    decided, used = schedule_usage(
+    decided, used, schedule_memo = schedule_usage(
         valid,
         hosts,
         state.placements,
@@ -208,6 +212,7 @@ def decide_leader(
         draining=drains.draining,
         running=running_live,
         sizes=state.spec_sizes,
+        memo=memory.schedule,
     )
     decided = {n: keep_stuck(r, state.placements.get(n), drains.holding) for n, r in decided.items()}
     room = _Capacity(hosts, used, state, drains.cordoned)
@@ -283,6 +288,7 @@ def decide_leader(
             seen=seen,
             changed_at=changed_at,
             exported=frozenset(state.manifests),
+            schedule=schedule_memo,
             observed=True,
         ),
         active_rollouts=rollouts.active,

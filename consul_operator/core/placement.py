@@ -117,7 +117,7 @@ def schedule(
     Services absent from ``manifests`` are absent from the result.
     ``running`` and ``sizes`` say what each host is charged (`Usage.of`).
     """
-    result, _ = schedule_usage(
+    result, _, _ = schedule_usage(
         manifests,
         hosts,
         current,
@@ -142,22 +142,47 @@ def schedule_usage(
     draining: Collection[str] = frozenset(),
     running: SpecsRunning | None = None,
     sizes: SpecSizes | None = None,
-) -> tuple[dict[str, PlacementRecord], Usage]:
-    """`schedule`, and what each host is charged after it (the rollouts' capacity filter starts there)."""
+    memo: ScheduleMemo | None = None,
+) -> tuple[dict[str, PlacementRecord], Usage, ScheduleMemo]:
+    """`schedule`, what each host is charged after it (the rollouts' capacity filter starts there),
+    and what the next pass may reuse of it (`ScheduleMemo`).
+
+    ``memo``: the last pass's; a service settled then whose inputs are unchanged takes its
+    record and charge from it instead of being placed and charged again.
+    """
     by_name = {host.name: host for host in sorted(hosts, key=lambda h: h.name)}
+    context = _context(by_name, now, lost_grace, cordoned, draining)
+    reusable = memo.settled if memo is not None and memo.context == context else {}
     load = _initial_load(manifests, current)
-    charges = _charges(manifests, current, running or {}, sizes or {})
+    running = running or {}
+    own = sizes_by_service(sizes or {})
     used = Usage()
-    for service, charge in charges.items():
-        used.charge(service, charge.of(_placed(current.get(service))))
+    charges: dict[str, _Charge] = {}
+    kept: dict[str, _Settled] = {}
+    for service, manifest in manifests.items():
+        previous, ran, sized = current.get(service), running.get(service, {}), own.get(service, {})
+        settled = reusable.get(service)
+        if settled is not None and settled.holds(manifest, previous, ran, sized):
+            kept[service] = settled
+            used.charge(service, settled.charge)
+            continue
+        charges[service] = charge = _Charge(service, manifest, previous, ran, sized)
+        used.charge(service, charge.of(_placed(previous)))
     eligible = _Eligible(by_name, now, cordoned, draining)
     result: dict[str, PlacementRecord] = {}
+    settled_now: dict[str, _Settled] = {}
     for service in sorted(manifests):
         manifest = manifests[service]
         previous = current.get(service)
         if manifest is None:
             if previous is not None:
                 result[service] = previous
+            continue
+        if service in kept:
+            # Settled and unchanged: its record is the one kept, its hosts the previous ones (the
+            # load is as it was), its charge the one given above.
+            result[service] = kept[service].record
+            settled_now[service] = kept[service]
             continue
         # In place: rebuilding a Counter per service costs O(hosts) each time.
         load.subtract(_placed(previous))
@@ -166,7 +191,7 @@ def schedule_usage(
         # less it (`_Others`), rather than taking it out of `used` and putting it back.
         before = used.of_service(service)
         charge = charges[service]
-        record = _place(
+        record, settled_as_it_was = _place(
             service,
             manifest,
             by_name,
@@ -187,8 +212,83 @@ def schedule_usage(
         if previous is None or record.hosts != previous.hosts:
             after = charge.of(record.hosts)
             used.charge(service, {h: _larger(before.get(h), after.get(h)) for h in set(before) | set(after)})
+        elif settled_as_it_was:
+            ran, sized = running.get(service, {}), own.get(service, {})
+            settled_now[service] = _Settled(manifest, previous, ran, sized, dict(before), record)
         result[service] = record
-    return result, used
+    return result, used, ScheduleMemo(context, settled_now)
+
+
+@dataclass(frozen=True, slots=True)
+class _Settled:
+    """One service whose last record was its previous one kept whole (every replica on a host that
+    may keep it, as many as wanted): with the same manifest and previous record, in the same
+    context, it is that record again whatever the other services take (no host was asked for
+    room, none compared by load); and with the same running counts and kept sizes, its charge
+    is the same too."""
+
+    manifest: Manifest
+    previous: PlacementRecord
+    running: Mapping[str, Mapping[str, int]]
+    sizes: Mapping[str, Resources]
+    charge: Mapping[str, Resources]
+    record: PlacementRecord
+
+    def holds(
+        self,
+        manifest: Manifest | None,
+        previous: PlacementRecord | None,
+        running: Mapping[str, Mapping[str, int]],
+        sizes: Mapping[str, Resources],
+    ) -> bool:
+        """Whether this pass's inputs of the service are the ones it was settled with (the readers'
+        caches hand on the very same objects while nothing changed: `is` first)."""
+        return (
+            manifest is not None
+            and previous is not None
+            and (manifest is self.manifest or manifest == self.manifest)
+            and (previous is self.previous or previous == self.previous)
+            and running == self.running
+            and sizes == self.sizes
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleMemo:
+    """What `schedule_usage` keeps of one pass for the next: the services settled in it (`_Settled`),
+    and the context they were settled in.
+
+    The leader's model in memory (issue 31): at 1,000 settled services each pass placed and
+    charged every one again, about half of the pure decision, to find what it had found
+    before. A service is reused only if its own inputs are equal to the ones it was settled
+    with, and the context (the hosts, their liveness and capacities, cordoned and draining
+    hosts, the grace, and the time while any host is not live) is equal too; anything else
+    is scheduled as before. A new leader starts with an empty memo: the whole schedule.
+    The Hypothesis property of `tests/unit/test_leader_cost_property.py` holds a schedule
+    with the last pass's memo equal to one without, across changes.
+    """
+
+    context: tuple[object, ...] = ()
+    settled: Mapping[str, _Settled] = field(default_factory=dict)
+
+
+def _context(
+    hosts: Mapping[str, HostInfo],
+    now: float,
+    lost_grace: float,
+    cordoned: Collection[str],
+    draining: Collection[str],
+) -> tuple[object, ...]:
+    """What a settled service's record depends on beyond its own inputs (`ScheduleMemo`): ``now``
+    only while a host is not live (its grace runs)."""
+    every_host_live = all(h.live for h in hosts.values())
+    return (
+        tuple(hosts.values()),
+        None if every_host_live else now,
+        lost_grace,
+        frozenset(cordoned),
+        frozenset(draining),
+    )
 
 
 def _placed(record: PlacementRecord | None) -> Mapping[str, int]:
@@ -460,14 +560,20 @@ def _place(
     draining: Collection[str],
     charge: _Charge,
     eligible: _Eligible,
-) -> PlacementRecord:
-    """One service's new record, starting from ``previous`` (``load``, ``used``: other services')."""
+) -> tuple[PlacementRecord, bool]:
+    """One service's new record, starting from ``previous`` (``load``, ``used``: other services'),
+    and whether it is ``previous`` kept as it was (`ScheduleMemo`)."""
     # A service's own grace (a replica with a volume waits longer for its host) lengthens the leader's.
     lost_grace = max(lost_grace, manifest.placement.lost_grace or 0.0)
     grace, may_keep, open_live = eligible.of(manifest, lost_grace)
     cap = manifest.placement.max_per_host
 
     counts = _kept_counts(previous, may_keep, cap)
+    # Every previous replica kept, and no more wanted: no host is asked for room, none compared
+    # by load, and the record is the previous one's hosts (`ScheduleMemo` may reuse it).
+    as_it_was = (
+        previous is not None and sum(counts.values()) == manifest.replicas and counts == dict(previous.hosts)
+    )
     _scale_down(counts, manifest.replicas, grace, cordoned)
 
     def room(host: str) -> bool:
@@ -480,7 +586,7 @@ def _place(
     if unplaced > 0:
         closed = {**dict.fromkeys(cordoned, "cordoned"), **dict.fromkeys(draining, "draining")}
         cause, reason = unplaced_reason(manifest, unplaced, hosts.values(), counts, used, closed)
-    return PlacementRecord(
+    record = PlacementRecord(
         service=service,
         spec_hash=manifest.spec_hash(),
         hosts=frozen_map({h: n for h, n in sorted(counts.items()) if n > 0}),
@@ -488,6 +594,7 @@ def _place(
         cause=cause,
         reason=reason,
     )
+    return record, as_it_was
 
 
 def unplaced_reason(

@@ -197,7 +197,7 @@ def test_property_schedule_usage_equals_the_plain_reference(
     cordoned = frozenset(state.maintenance)
     draining = frozenset(h for h, r in state.maintenance.items() if r.draining)
     running = live_running(running_specs(state.statuses), hosts)
-    got, used = schedule_usage(
+    got, used, _ = schedule_usage(
         manifests,
         hosts,
         state.placements,
@@ -260,3 +260,81 @@ def test_property_stale_revisions_go_as_the_plain_rule_says(data: st.DataObject)
         keep = {rollout.from_spec, rollout.to_spec, manifest.spec_hash()}
         want |= {(n, s) for n, s in state.revisions if n == name and s not in keep}
     assert deleted == want
+
+
+CHANGES = (
+    "manifest",
+    "deleted",
+    "invalid",
+    "host-lost",
+    "host-back",
+    "cordoned",
+    "draining",
+    "running",
+    "time",
+)
+"""What may change between two passes of the memo's property below."""
+
+
+@given(inputs(), st.data())
+def test_property_the_last_pass_memo_decides_what_a_fresh_schedule_decides(
+    given_input: tuple[GenCluster, dict[str, Manifest | None], list[HostInfo], float], data: st.DataObject
+) -> None:
+    """A pass given the last pass's `ScheduleMemo` decides the records and charges that the same
+    pass decides without one, whatever changed between them (a manifest changed,
+    deleted or made invalid, a host lost or back, cordoned or draining, running counts, the
+    time); and with nothing changed, it places no settled service again."""
+    cluster, manifests, hosts, lost_grace = given_input
+    state = cluster.state
+    cordoned = set(state.maintenance)
+    draining = {h for h, r in state.maintenance.items() if r.draining}
+    running = dict(live_running(running_specs(state.statuses), hosts))
+
+    def written(
+        decided: Mapping[str, PlacementRecord], stored: Mapping[str, PlacementRecord]
+    ) -> dict[str, PlacementRecord]:
+        """What KV holds after the leader wrote ``decided``: a record only where the decision changed."""
+        kept = {n: r for n, r in stored.items() if n in manifests}
+        return {**kept, **{n: r for n, r in decided.items() if not r.same_decision(stored.get(n))}}
+
+    kw = {"cordoned": cordoned, "draining": draining, "running": running, "sizes": state.spec_sizes}
+    # A pass from the generated state, then one from what it wrote: most services settle there.
+    first, _, _ = schedule_usage(manifests, hosts, state.placements, NOW, lost_grace, **kw)  # type: ignore[arg-type]
+    current = written(first, state.placements)
+    second, _, memo = schedule_usage(manifests, hosts, current, NOW, lost_grace, **kw)  # type: ignore[arg-type]
+    current = written(second, current)
+    names, hostnames = sorted(manifests), [h.name for h in hosts]
+    now, hosts2, manifests2 = NOW, list(hosts), dict(manifests)
+    # Changes where they matter most: to a settled service, on a host that holds replicas.
+    settled = sorted(memo.settled) or names
+    holding = sorted({h for r in current.values() for h in r.hosts if h in hostnames}) or hostnames
+    changes = data.draw(st.lists(st.sampled_from(CHANGES), max_size=2))
+    for change in changes:
+        name = data.draw(st.sampled_from(settled))
+        host = data.draw(st.sampled_from(holding))
+        index = hostnames.index(host)
+        valid = manifests2.get(name)
+        if change == "manifest" and valid is not None:
+            manifests2[name] = dataclasses.replace(valid, replicas=data.draw(st.integers(0, 4)))
+        elif change == "deleted":
+            manifests2.pop(name, None)
+        elif change == "invalid":
+            manifests2[name] = None
+        elif change == "host-lost":
+            hosts2[index] = dataclasses.replace(hosts2[index], live=False, lost_since=now)
+        elif change == "host-back":
+            hosts2[index] = dataclasses.replace(hosts2[index], live=True, lost_since=None)
+        elif change in ("cordoned", "draining"):
+            cordoned.add(host)
+            if change == "draining":
+                draining.add(host)
+        elif change == "running":
+            running[name] = {**running.get(name, {}), host: {"some-spec": data.draw(st.integers(0, 3))}}
+        elif change == "time":
+            now += data.draw(st.sampled_from([5.0, 50.0]))
+    kept, kept_used, memo2 = schedule_usage(manifests2, hosts2, current, now, lost_grace, memo=memo, **kw)  # type: ignore[arg-type]
+    fresh, fresh_used, _ = schedule_usage(manifests2, hosts2, current, now, lost_grace, **kw)  # type: ignore[arg-type]
+    assert kept == fresh
+    assert _charged(kept_used, hostnames, manifests2) == _charged(fresh_used, hostnames, manifests2)
+    if not changes:  # nothing changed: every settled service whose record was not rewritten is reused
+        assert all(memo2.settled.get(n) is s for n, s in memo.settled.items() if current.get(n) is s.previous)
