@@ -190,12 +190,29 @@ def _compact(value: object) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-def _encoded(work: HostWork) -> dict[str, str]:
+EncodedWork = Mapping[str, tuple["WorkEntry", str]]
+"""One host's entries with their members as `_encoded` gave them: service -> (entry, member)."""
+
+
+def _encoded(work: HostWork, known: EncodedWork | None = None) -> dict[str, str]:
     """Each entry as a JSON object's member, ``"name":{...}``, by service, in name order: encoded
     once for the digest, the shards' sizes and their bodies. Three encodings of every entry of every
     host whose work changed were the largest part of a leader pass that places one service at 1,000
-    services (issue 31)."""
-    return {name: f"{json.dumps(name)}:{_compact(work[name].to_dict())}" for name in sorted(work)}
+    services (issue 31).
+
+    ``known``: members encoded before, each with the entry it encodes; an entry equal to that one
+    takes its member as it is. A new service placed on every host changes every host's work, and
+    encoding each host's thousand unchanged entries again was a quarter of such a pass.
+    """
+    members: dict[str, str] = {}
+    for name in sorted(work):
+        entry = work[name]
+        before = known.get(name) if known is not None else None
+        if before is not None and before[0] == entry:
+            members[name] = before[1]
+        else:
+            members[name] = f"{json.dumps(name)}:{_compact(entry.to_dict())}"
+    return members
 
 
 def _members(encoded: Mapping[str, str]) -> str:
@@ -265,6 +282,8 @@ class WorkWrites:
     additions: Mapping[str, bytes | None]
     removals: Mapping[str, bytes | None]
     written: Mapping[str, WrittenWork]
+    encoded: Mapping[str, EncodedWork] = field(default_factory=dict)
+    """The hosts whose work this pass encoded, each entry with its member (the next pass's ``known``)."""
 
     def __bool__(self) -> bool:
         return bool(self.additions or self.removals)
@@ -277,6 +296,7 @@ def work_writes(
     session: str,
     previous: Mapping[str, HostWork] | None = None,
     hosts: Mapping[str, object] | None = None,
+    known: Mapping[str, EncodedWork] | None = None,
 ) -> WorkWrites:
     """The writes that bring KV's work keys from ``written`` to ``desired``, under ``session``.
 
@@ -287,15 +307,18 @@ def work_writes(
     ``previous``, what the leader last decided: unknown counts as growing);
     those are written before the others, so that a replica moving between
     hosts starts on its new host before it is drained from the old one.
+    ``known``: per host, entries encoded by an earlier pass (`WorkWrites.encoded`), reused where
+    equal (`_encoded`).
     """
     additions: dict[str, bytes | None] = {}
     removals: dict[str, bytes | None] = {}
     after = dict(written)
-    known = set(desired) | set(hosts or {})
-    for host in sorted(known | set(written)):
+    encodings: dict[str, EncodedWork] = {}
+    listed = set(desired) | set(hosts or {})
+    for host in sorted(listed | set(written)):
         work = desired.get(host, {})
         before = written.get(host)
-        if host not in known:
+        if host not in listed:
             if before is not None:
                 removals.update(dict.fromkeys(sorted(before.keys)))
                 del after[host]
@@ -303,7 +326,8 @@ def work_writes(
         unchanged = previous is not None and host in previous and previous[host] == work
         if before is not None and before.session == session and unchanged:
             continue  # as last written: no digest to work out (most hosts, most passes)
-        encoded = _encoded(work)
+        encoded = _encoded(work, (known or {}).get(host))
+        encodings[host] = {name: (work[name], member) for name, member in encoded.items()}
         digest = work_digest(work, encoded)
         if before is not None and before.session == session and before.digest == digest:
             continue
@@ -312,7 +336,7 @@ def work_writes(
         grows = previous is None or _grows(work, previous.get(host, {}))
         (additions if grows else removals).update({**records, **stale})
         after[host] = WrittenWork(session, digest, frozenset(records))
-    return WorkWrites(additions, removals, after)
+    return WorkWrites(additions, removals, after, encodings)
 
 
 def _grows(work: HostWork, before: HostWork) -> bool:

@@ -37,7 +37,7 @@ from consul_operator.core.errors import (
 from consul_operator.core.keys import Layout
 from consul_operator.core.records import PlacementRecord, record_bound
 from consul_operator.core.txn import Writes, pack_writes, send_groups
-from consul_operator.core.work import HostWork, WrittenWork, host_work, work_writes, written_work
+from consul_operator.core.work import EncodedWork, HostWork, WrittenWork, host_work, work_writes, written_work
 
 log = structlog.get_logger()
 
@@ -186,6 +186,8 @@ class WorkKeys:
     decided: dict[str, HostWork] = field(default_factory=dict)
     """Every host's work as last written: what an addition is measured against."""
     read_at: float = 0.0
+    encoded: dict[str, EncodedWork] = field(default_factory=dict)
+    """Per host, its entries as last encoded, each with its member: reused where equal (`work._encoded`)."""
 
     def writes(
         self,
@@ -203,7 +205,14 @@ class WorkKeys:
             self.decided = {}  # compared by digest with what was read, not with what we last wrote
             self.read_at = now
         desired = host_work(placements, state.manifests, state.hosts)
-        planned = work_writes(self.layout, desired, self.written, session, self.decided or None, state.hosts)
+        planned = work_writes(
+            self.layout, desired, self.written, session, self.decided or None, state.hosts, self.encoded
+        )
+        # Kept whatever is written: each member carries the entry it encodes, and is only ever
+        # reused for an equal one.
+        self.encoded.update(planned.encoded)
+        for host in [h for h in self.encoded if h not in desired]:
+            del self.encoded[host]
         return {**planned.additions, **planned.removals}, desired, dict(planned.written)
 
     def wrote(self, desired: Mapping[str, HostWork], after: dict[str, WrittenWork], keys: set[str]) -> None:
@@ -229,6 +238,7 @@ class WorkKeys:
     def forget(self) -> None:
         """No longer the leader: the next leadership starts with a full read."""
         self.written, self.decided, self.read_at = None, {}, 0.0
+        self.encoded.clear()
 
 
 def effective(

@@ -165,6 +165,26 @@ def test_work_records_are_the_plain_encoding_property(work: dict[str, WorkEntry]
     assert merged == {n: e.to_dict() for n, e in work.items()}
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    before=st.dictionaries(st.sampled_from(["web", "api", "db", 'x"y', "ü"]), ENTRIES, max_size=5),
+    data=st.data(),
+)
+def test_members_of_an_earlier_pass_give_the_plain_writes_property(
+    before: dict[str, WorkEntry], data: st.DataObject
+) -> None:
+    """The writes planned with the members an earlier pass encoded (`WorkWrites.encoded`) are the
+    writes planned without them, whatever changed in between: a member is reused only for an equal
+    entry of its service."""
+    kept = data.draw(st.sets(st.sampled_from(sorted(before)))) if before else set()
+    changed = data.draw(st.dictionaries(st.sampled_from(["web", "api", "db", 'x"y', "ü", "new"]), ENTRIES))
+    after = {**{n: e for n, e in before.items() if n in kept}, **changed}
+    first = work_writes(LAYOUT, {"h1": before}, {}, "s1")
+    reused = work_writes(LAYOUT, {"h1": after}, first.written, "s1", None, None, first.encoded)
+    plain = work_writes(LAYOUT, {"h1": after}, first.written, "s1", None)
+    assert reused == plain
+
+
 def test_unchanged_work_is_not_written_and_a_new_session_rewrites_it() -> None:
     """The same work under the same session writes nothing; a new leader's session writes every host."""
     work = {"h1": {"web": WorkEntry("a", 2)}}
