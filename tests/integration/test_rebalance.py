@@ -102,17 +102,25 @@ def test_replicas_move_back_to_a_returning_host_without_a_failed_request(
     cluster: Cluster, settling: Staging, service_name: str, host_2: str
 ) -> None:
     """host-2's agent and replicas killed: they move to host-1; its agent back, they spread again
-    (Rebalancing, a Rebalanced event, the metric) once it has settled, and no request fails."""
+    (Rebalancing, a Rebalanced event, the metric) once it has settled, and no request fails.
+
+    But for a request in flight on host-2's replica at the very moment it is SIGKILLed: its
+    response already begun, no load balancer can finish it (CI's run 38 met one, 1 of 919,
+    "IncompleteRead(0 bytes read, 30 more expected)" 5 ms into the kill). Those are counted
+    and printed, not failed: they are the fault's, not the operator's.
+    """
     cluster.put(service_name, REPLICAS, update=UPDATE)
     cluster.wait_converged(service_name, REPLICAS)
     assert cluster.per_host(service_name) == EVERY_HOST
     wait_until(lambda: cluster.lb_serves(service_name, REPLICAS), timeout=30, what="NGINX to serve both")
     with Load(cluster.lb_address, service_name, limit=400) as load:
         wait_until(lambda: len(load.outcomes) > 20, timeout=30, what="load to start")
+        killing = time.time()
         cluster.kill("agent-host-2", signal.SIGKILL)
         for container in cluster.containers(service_name):
             if container.labels[LABEL_HOST] == host_2:
                 container.kill()
+        killed = time.time()
         wait_until(
             lambda: (
                 cluster.per_host(service_name) == {"host-1": 2} and len(cluster.passing(service_name)) == 2
@@ -144,12 +152,15 @@ def test_replicas_move_back_to_a_returning_host_without_a_failed_request(
             took = spread_back(cluster, service_name, started)
             done = time.time()
             wait_until(lambda: load.outcomes[-1].at > done + 2, timeout=30, what="load after the move")
+    # In flight while the replica was killed: started before the kill ended, ended after it began.
+    cut = [f for f in load.failures if f.at - f.took <= killed and f.at >= killing]
+    failed = [f for f in load.failures if f not in cut]
     print(
         f"spread back: first move {took:.1f}s after host-2's agent was started (settle {SETTLE:g}s), "
-        f"{len(load.outcomes)} requests, {len(load.failures)} failed, "
+        f"{len(load.outcomes)} requests, {len(failed)} failed, {len(cut)} cut by the kill, "
         f"running {min(running)}..{max(running)}, passing >= {min(passing)} over {len(running)} samples"
     )
-    assert load.failures == [], f"{len(load.failures)} of {len(load.outcomes)} failed: {load.failures[:3]}"
+    assert failed == [], f"{len(failed)} of {len(load.outcomes)} failed: {failed[:3]}"
     assert took >= SETTLE, "host-2 drew nothing before it had settled"
     assert min(passing) >= REPLICAS and max(running) <= REPLICAS + 1, (passing, running)
     assert state_of(cluster, service_name) == "Converged"
