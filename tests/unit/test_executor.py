@@ -151,7 +151,9 @@ class FakeConsul:
 
     def kv_list(self, prefix: str, **_: object) -> Indexed[list[KVEntry]]:
         entries = [
-            KVEntry(k, v, 1, self.sessions.get(k)) for k, v in sorted(self.kv.items()) if k.startswith(prefix)
+            KVEntry(k, v, self._index(k, v), self.sessions.get(k))
+            for k, v in sorted(self.kv.items())
+            if k.startswith(prefix)
         ]
         return Indexed(1, entries)
 

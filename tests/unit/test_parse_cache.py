@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pytest
 
 from consul_operator.adapters import kv_state
-from consul_operator.adapters.consul_client import KVEntry
+from consul_operator.adapters.consul_client import Indexed, KVEntry
 from consul_operator.adapters.kv_state import ParseCache, TreeMirror, manifests_of
 from consul_operator.core.desired_state import Manifest
 from consul_operator.core.keys import Layout
@@ -81,31 +83,61 @@ def test_a_listing_forgets_the_keys_gone_from_it(monkeypatch: pytest.MonkeyPatch
 
 
 class CountingKV(FakeConsul):
-    """`FakeConsul` that records which keys' values were read."""
+    """`FakeConsul` that records which keys' values were read, and the whole reads and index checks."""
 
     def __init__(self) -> None:
         super().__init__()
         self.fetched: list[str] = []
+        self.wholes = 0
+        self.checks = 0
 
     def kv_get_many(self, keys: list[str], **kw: object) -> list[KVEntry]:
         self.fetched.extend(keys)
         return super().kv_get_many(keys, **kw)
 
+    def kv_list(self, prefix: str, **kw: object) -> Indexed[list[KVEntry]]:
+        self.wholes += 1
+        return super().kv_list(prefix, **kw)
 
-def test_a_mirror_reads_only_new_and_changed_values() -> None:
-    """`TreeMirror` reads every value once, then none while nothing changes, then only the changed key."""
+    def kv_stale(self, known: Mapping[str, int], **kw: object) -> set[str]:
+        self.checks += 1
+        return super().kv_stale(known, **kw)
+
+
+def test_a_small_tree_that_moved_is_read_whole_in_one_request() -> None:
+    """A tree of a few KB (1,000 small manifests are a few hundred): once read, a change reads it
+    whole in one request instead of checking every key's index, and reads the same entries."""
     consul = CountingKV()
     for i in range(70):
         consul.kv[f"services/s{i}"] = manifest_text(f"s{i}", 10)
+    mirror = TreeMirror("services/")
+    mirror.read(consul)
+    consul.kv["services/s3"] = manifest_text("s3", 11)
+    consul.kv["services/new"] = manifest_text("new", 1)
+    del consul.kv["services/s4"]
+    entries = {e.key: e.value for e in mirror.read(consul)}
+    assert (consul.wholes, consul.checks) == (1, 0)
+    assert entries == {k: v for k, v in consul.kv.items() if k.startswith("services/")}
+    mirror.read(consul)
+    assert consul.wholes == 1  # unmoved: nothing read
+
+
+def test_a_mirror_reads_only_new_and_changed_values() -> None:
+    """`TreeMirror` of a large tree (70 manifests of 5 KB) reads every value once, then none while
+    nothing changes, then only the changed key."""
+    consul = CountingKV()
+    for i in range(70):
+        consul.kv[f"services/s{i}"] = manifest_text(f"s{i}", 5 * KIB)
     mirror = TreeMirror("services/")
     assert len(mirror.read(consul)) == 70
     assert len(consul.fetched) == 70
     consul.fetched.clear()
     mirror.read(consul)
     assert consul.fetched == []
-    consul.kv["services/s3"] = manifest_text("s3", 11)
+    consul.kv["services/s3"] = manifest_text("s3", 5 * KIB + 1)
     consul.kv["services/new"] = manifest_text("new", 1)
     del consul.kv["services/s4"]
     entries = {e.key: e.value for e in mirror.read(consul)}
     assert sorted(consul.fetched) == ["services/new", "services/s3"]
+    assert consul.wholes == 0
     assert entries == {k: v for k, v in consul.kv.items() if k.startswith("services/")}
