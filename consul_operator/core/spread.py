@@ -258,6 +258,8 @@ def plan_spreading(
     for name in sorted(candidates):
         c = candidates[name]
         under_way = bool(c.current.rebalancing)
+        if not under_way and max(c.decided.hosts.values(), default=0) < 2:
+            continue  # no host holds two: even already, nothing to move (most services, most passes)
         if c.busy or not (under_way or (settings.enabled and _converged(c, live))):
             continue
         manifest, record = c.manifest, c.decided
