@@ -153,7 +153,7 @@ def schedule_usage(
     by_name = {host.name: host for host in sorted(hosts, key=lambda h: h.name)}
     context = _context(by_name, now, lost_grace, cordoned, draining)
     reusable = memo.settled if memo is not None and memo.context == context else {}
-    load = _initial_load(manifests, current)
+    load: Counter[str] | None = None  # worked out at the first service placed (none in an idle pass)
     running = running or {}
     own = sizes_by_service(sizes or {})
     used = Usage()
@@ -184,6 +184,9 @@ def schedule_usage(
             result[service] = kept[service].record
             settled_now[service] = kept[service]
             continue
+        if load is None:
+            # Until now every service was invalid or kept as it was: none moved the load.
+            load = _initial_load(manifests, current)
         # In place: rebuilding a Counter per service costs O(hosts) each time.
         load.subtract(_placed(previous))
         # What the service is charged now is what `Usage` was given for it above: no other
