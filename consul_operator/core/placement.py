@@ -186,7 +186,7 @@ def schedule_usage(
             continue
         if load is None:
             # Until now every service was invalid or kept as it was: none moved the load.
-            load = _initial_load(manifests, current)
+            load = replicas_per_host(manifests, current)
         # In place: rebuilding a Counter per service costs O(hosts) each time.
         load.subtract(_placed(previous))
         # What the service is charged now is what `Usage` was given for it above: no other
@@ -533,10 +533,11 @@ def next_schedule_wakeup(
     return min(future, default=None)
 
 
-def _initial_load(
+def replicas_per_host(
     manifests: Mapping[str, Manifest | None], current: Mapping[str, PlacementRecord]
 ) -> Counter[str]:
-    """Replicas per host over all current records of services that still have a manifest."""
+    """Replicas per host over all current records of services that still have a manifest: the load
+    the schedule and the spread break ties by (each works it out only once a service needs it)."""
     load: Counter[str] = Counter()
     for service in manifests:
         record = current.get(service)

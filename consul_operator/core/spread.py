@@ -56,7 +56,7 @@ from dataclasses import dataclass, field, replace
 from consul_operator.core.desired_state import Manifest, UpdatePolicy
 from consul_operator.core.maintenance import plan_drain
 from consul_operator.core.model import HostInfo
-from consul_operator.core.placement import HostCharges, LazyUsage, allowed_hosts, fits
+from consul_operator.core.placement import HostCharges, LazyUsage, allowed_hosts, fits, replicas_per_host
 from consul_operator.core.records import PlacementRecord, frozen_map
 
 DEFAULT_SETTLE = 30.0
@@ -262,7 +262,7 @@ def plan_spreading(
             continue
         manifest, record = c.manifest, c.decided
         if load is None:
-            load = _load(manifests, placements)  # the services skipped so far changed none of it
+            load = replicas_per_host(manifests, placements)  # the services skipped so far changed none of it
         load.subtract(record.hosts)
         used.add(record.hosts, manifest.resources, -1)
         target = dict(record.hosts)
@@ -292,17 +292,6 @@ def plan_spreading(
         used.add(record.hosts, manifest.resources, 1)
     wake = next_settle(since, settings.settle, now) if waiting else None
     return Spreading(decided, tuple(moves), since, wake)
-
-
-def _load(
-    manifests: Mapping[str, Manifest | None], placements: Mapping[str, PlacementRecord]
-) -> Counter[str]:
-    """Replicas per host of every service in ``manifests`` (the spread's tie-break). Worked out only
-    when a service gets that far: at 1,000 even services, 2,000 counter updates a pass for nothing."""
-    load: Counter[str] = Counter()
-    for name in manifests:
-        load.update(placements[name].hosts if name in placements else {})
-    return load
 
 
 def _asked_for(manifest: Manifest) -> bool:
@@ -388,7 +377,7 @@ def may_move(
         if max(record.hosts.values(), default=0) < 2:
             continue  # no host holds two: even already
         if load is None:
-            load = _load(manifests, placements)  # the services skipped so far changed none of it
+            load = replicas_per_host(manifests, placements)  # the services skipped so far changed none of it
         load.subtract(record.hosts)
         used.add(record.hosts, manifest.resources, -1)
         target = spread_target(manifest, record.hosts, by_name, by_name, cordoned, load, used)

@@ -30,7 +30,6 @@ from consul_operator.core.placement import (
     Usage,
     _Charge,
     _in_grace,
-    _initial_load,
     _kept_counts,
     _larger,
     _scale_down,
@@ -38,6 +37,7 @@ from consul_operator.core.placement import (
     allowed_hosts,
     free_resources,
     live_running,
+    replicas_per_host,
     schedule_usage,
     unplaced_reason,
 )
@@ -128,7 +128,7 @@ def _reference_schedule(
 ) -> tuple[dict[str, PlacementRecord], Usage]:
     """`schedule_usage` as it was: each service's old and new charge worked out again in its turn."""
     by_name = {host.name: host for host in sorted(hosts, key=lambda h: h.name)}
-    load = _initial_load(manifests, current)
+    load = replicas_per_host(manifests, current)
     used = _reference_usage(manifests, current, running, sizes)
     result: dict[str, PlacementRecord] = {}
     for service in sorted(manifests):
