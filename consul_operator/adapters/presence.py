@@ -54,6 +54,10 @@ META_CAPACITY_CPUS = "capacity-cpus"
 META_READS_WORK = "reads-work"
 """An agent's meta ``reads-work: "1"``: it reads its work keys, not every placement (issue 31). While a
 live agent lacks it (one not upgraded yet), the leader's placements are what it runs from."""
+META_WRITES_REPORTS = "writes-reports"
+"""An agent's meta ``writes-reports: "1"``: it writes ``operator/reports/<host>`` after its status
+records (`core/reports.py`). While a registered agent lacks it, the leader reads every status record
+whenever one moved, as before reports."""
 CLAIM_EVERY = 10
 """Heartbeats between two checks of the agent's node claim (``operator/agents/<host>``)."""
 AWAY_BEAT = 0.1
@@ -133,8 +137,9 @@ class Presence:
         meta.update({LABEL_META_PREFIX + k: v for k, v in self.labels.items()})
         if self.capacity is not None:
             meta.update(capacity_meta(self.capacity))
-        if self.reads_work:
+        if self.reads_work:  # an agent from before work keys is from before reports too
             meta[META_READS_WORK] = "1"
+            meta[META_WRITES_REPORTS] = "1"
         self.consul.register_service(
             {
                 "ID": agent_service_id(self.host),
@@ -288,6 +293,12 @@ def placement_readers(registrations: Iterable[ServiceInstance]) -> frozenset[str
         for inst in registrations
         if inst.status == "passing" and inst.meta.get(META_READS_WORK) != "1"
     )
+
+
+def report_writers(registrations: Iterable[ServiceInstance]) -> bool:
+    """Whether every registered agent, live or not, writes reports (`META_WRITES_REPORTS`). One
+    that does not (a rolling upgrade under way) writes status records that no report names."""
+    return all(inst.meta.get(META_WRITES_REPORTS) == "1" for inst in registrations)
 
 
 def capacity_meta(capacity: Resources) -> dict[str, str]:

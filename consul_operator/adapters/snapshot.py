@@ -36,7 +36,9 @@ from consul_operator.adapters.presence import (
     capacities_of,
     hosts_of,
     placement_readers,
+    report_writers,
 )
+from consul_operator.adapters.status_mirror import StatusMirror
 from consul_operator.core.cluster_state import ClusterState, passing_per_host
 from consul_operator.core.desired_state import (
     Manifest,
@@ -55,6 +57,25 @@ from consul_operator.core.status import ClusterSnapshot, HostRow
 from consul_operator.core.templating import Instance, TemplateInputs
 
 
+def _status_entries(
+    consul: ClusterReads,
+    layout: Layout,
+    reported: StatusMirror,
+    mirrors: PrefixMirrors | None,
+    registrations: list[ServiceInstance],
+) -> list[KVEntry]:
+    """``operator/status/``'s entries: through ``reported`` while every registered agent writes its
+    report, else read as a large prefix (an agent from before reports writes records no report names)."""
+    if report_writers(registrations):
+        return reported.read(consul)
+    reported.forget()
+    status = layout.status_prefix
+    trees = (
+        mirrors.read(consul, [status]) if mirrors is not None else consul.kv_trees([status], consistent=True)
+    )
+    return trees[status]
+
+
 def read_cluster_state(
     consul: ClusterReads,
     layout: Layout,
@@ -67,6 +88,7 @@ def read_cluster_state(
     placements: RecordCache[PlacementRecord] | None = None,
     mirrors: PrefixMirrors | None = None,
     checks: PassingCounts | None = None,
+    reported: StatusMirror | None = None,
 ) -> ClusterState:
     """Read every record once, then the passing instances of the services ``passing_of`` names.
 
@@ -85,12 +107,15 @@ def read_cluster_state(
     ``placements``: the same for its placement records. ``mirrors``: the loop's large prefixes as
     last read (`kv_state.PrefixMirrors`), read again only when they moved. ``checks``: the
     leader's passing counts as last read (`check_counts.PassingCounts`), read again only when a
-    check moved.
+    check moved. ``reported``: the leader's status records as last read
+    (`status_mirror.StatusMirror`), brought up to date through the agents' reports while every
+    registered agent writes them; without one, or while one does not, ``operator/status/`` is part
+    of the transaction (or of ``mirrors``), read just after the agents' registrations.
     """
     prefixes = [
         *([] if services is not None else [layout.services_prefix]),
         layout.placement_prefix,
-        layout.status_prefix,
+        *([] if reported is not None else [layout.status_prefix]),
         layout.rollout_prefix,
         layout.revisions_prefix,
         layout.rollback_prefix,
@@ -104,7 +129,14 @@ def read_cluster_state(
     manifests = trees[layout.services_prefix] if services is None else services.read(consul)
     nodes = agent_nodes_of(trees[layout.agents_prefix], layout)
     registrations = agent_registrations(consul, cluster, layout, nodes=nodes)
-    records = statuses_of(trees[layout.status_prefix], layout, keep_unreadable=leader, cache=statuses)
+    records = statuses_of(
+        trees[layout.status_prefix]
+        if reported is None
+        else _status_entries(consul, layout, reported, mirrors, registrations),
+        layout,
+        keep_unreadable=leader,
+        cache=statuses,
+    )
     parsed = manifests_of(manifests, layout, by_index=services is not None)
     state = ClusterState(
         manifests=parsed,

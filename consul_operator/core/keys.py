@@ -122,6 +122,20 @@ class Layout:
         return self._pair(self.status_prefix, key)
 
     @property
+    def reports_prefix(self) -> str:
+        """``operator/reports/``: each agent's index of its own status records (`reports.py`)."""
+        return self.operator_prefix + "reports/"
+
+    def report_key(self, host: str) -> str:
+        """``operator/reports/<host>``: a digest of each of ``host``'s status records."""
+        return self.reports_prefix + host
+
+    def report_of(self, key: str) -> str | None:
+        """The host of a `report_key`; None for other keys."""
+        rest = key[len(self.reports_prefix) :] if key.startswith(self.reports_prefix) else ""
+        return rest if rest and "/" not in rest else None
+
+    @property
     def revisions_prefix(self) -> str:
         """``operator/revisions/``: manifests of the specs in use, by service and spec hash."""
         return self.operator_prefix + "revisions/"

@@ -252,6 +252,8 @@ def decide_leader(
         events.append(Event("drain deadline passed: moving the rest at once", fields, "warning"))
     gone = gone_statuses(running_all, hosts, now.mono, settings.lost_grace)
     writes.update({layout.status_key(service, host): None for service, host in gone})
+    # Its report goes with them, after them (`leader_writes`): a reader holding its records reads them again.
+    writes.update({layout.report_key(host): None for host in {host for _, host in gone}})
     if gone:
         events.append(
             Event("removing status records of lost hosts", {"records": [f"{s}/{h}" for s, h in gone]})

@@ -37,6 +37,7 @@ from enum import StrEnum
 from types import MappingProxyType
 
 from consul_operator.core.keys import Layout
+from consul_operator.core.reports import MAX_REPORT_BYTES
 from consul_operator.core.txn import CONSUL_MAX_VALUE_BYTES
 
 MAX_RECORD_COUNT = 1_000
@@ -148,6 +149,7 @@ def record_bound(layout: Layout, key: str) -> int:
         (layout.rollout_prefix, MAX_ROLLOUT_BYTES),
         (layout.events_prefix, MAX_EVENT_RECORD_BYTES),
         (layout.work_prefix, MAX_WORK_BYTES),
+        (layout.reports_prefix, MAX_REPORT_BYTES),
         (layout.rendered_prefix, MAX_RENDERED_BYTES),
     ):
         if key.startswith(prefix):

@@ -330,6 +330,15 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
         stop,
         leading,
     )
+    # Their reports (`core/reports.py`), written after the records: the pass that reads a moved
+    # report reads the records it names. Keys only: a key per host.
+    start_watch(
+        "reports",
+        lambda i, w: consul.kv_keys(layout.reports_prefix, index=i, wait=w),
+        [schedule_batched],
+        stop,
+        leading,
+    )
     loops = [
         threading.Thread(
             target=run_loop,

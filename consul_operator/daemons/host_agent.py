@@ -45,6 +45,7 @@ from consul_operator.core.host_pass import (
 from consul_operator.core.keys import Layout
 from consul_operator.core.model import ContainerInfo, InFlight, Now, Outcome
 from consul_operator.core.records import record_bound
+from consul_operator.core.reports import MAX_REPORT_BYTES, DigestMemo, StatusReport
 from consul_operator.daemons.executor import Executor
 from consul_operator.daemons.loop import PassResult
 
@@ -113,6 +114,8 @@ class HostAgent:
         self._checked = OwnStatuses(self.consul, self.layout, self.host)
         self._outcomes: list[Outcome] = []  # taken from the executor, not yet decided on
         self._restored = False  # whether a pass has read what an earlier run left in KV
+        self._digests = DigestMemo()  # this host's records' digests, for its report
+        self._reported: StatusReport | None = None  # the report last written (None: none yet)
 
     @property
     def settings(self) -> HostSettings:
@@ -134,6 +137,8 @@ class HostAgent:
             self.executor.submit(action)
         refused = self._write(plan)
         self.memory, wake_at = after_writes(plan, refused, now.mono)
+        if self.reads_work:  # an agent from before work keys wrote no report either (`--read-placements`)
+            self._report()
         self._export(plan)
         return PassResult(requeue_after=None if wake_at is None else max(0.0, wake_at - now.mono))
 
@@ -212,6 +217,24 @@ class HostAgent:
                 error=str(exc)[:300],
             )
         return set(sent.refused)
+
+    def _report(self) -> None:
+        """Write this host's report (`core/reports.py`) when its records' digests moved: after the
+        records, so that a reader that sees the report reads records at least as new.
+
+        Compared with the report last written, not with KV: a report deleted or lost is written
+        again with the next change of a record, and meanwhile the leader checks this host's records
+        by their modify indexes (`status_mirror.StatusMirror`). A refusal raises: the pass is tried again.
+        """
+        report = self._digests.report(self.host, self.memory.written)
+        if report == self._reported:
+            return
+        key = self.layout.report_key(self.host)
+        sent = self.consul.write_records({"report": {key: report.to_json()}}, max_value=MAX_REPORT_BYTES)
+        if sent.refused:
+            self._reported = None
+            raise sent.refused["report"]
+        self._reported = report
 
     def _export(self, plan: HostPlan) -> None:
         """The plan's figures of each service on this host; the gauges of services gone from it go."""

@@ -47,6 +47,8 @@ deleted or changed by someone else is written again within this time)."""
 
 # Sorts after every service name (DNS labels): the work keys go after the placements they follow.
 _WORK_ADD, _WORK_REMOVE = "~work-1-additions", "~work-2-removals"
+_REPORTS = "~reports"
+"""Lost hosts' reports, deleted after their status records (sorted after every service's group)."""
 
 
 class Fencing(Protocol):
@@ -112,7 +114,8 @@ class FencedWriter:
         """
         groups: dict[str, dict[str, bytes | None]] = {}
         for key, value in writes.items():
-            groups.setdefault(self.layout.service_of(key) or "", {})[key] = value
+            group = _REPORTS if self.layout.report_of(key) is not None else self.layout.service_of(key) or ""
+            groups.setdefault(group, {})[key] = value
         for service in [s for s in self.backoffs if pass_writes and s not in groups]:
             del self.backoffs[service]  # nothing left to write: nothing to back off
         for service in sorted(groups):

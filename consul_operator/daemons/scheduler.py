@@ -35,6 +35,7 @@ from consul_operator.adapters.interfaces import ClusterReads
 from consul_operator.adapters.kv_state import PrefixMirrors, RecordCache, StatusCache, TreeMirror
 from consul_operator.adapters.presence import AGENT_SERVICE
 from consul_operator.adapters.snapshot import read_cluster_state
+from consul_operator.adapters.status_mirror import StatusMirror
 from consul_operator.core import events
 from consul_operator.core.cluster_state import ClusterState
 from consul_operator.core.errors import ConsulError, ConsulPermissionDenied, consul_trouble
@@ -82,6 +83,8 @@ class Scheduler:
     mirrors: PrefixMirrors | None = None
     # Every service's passing count as last read, read again only when a check moved.
     checks: PassingCounts | None = None
+    # The status records as last read, brought up to date through the agents' reports.
+    reported: StatusMirror | None = None
     # Fenced writes per service, with the back-offs of refused ones (`leader_writes`).
     writer: FencedWriter = field(init=False)
     # Every host's work key as KV holds it (`leader_writes.WorkKeys`).
@@ -110,6 +113,8 @@ class Scheduler:
             )
         if self.checks is None:
             self.checks = PassingCounts()
+        if self.reported is None:
+            self.reported = StatusMirror(self.layout)
         state = read_cluster_state(
             self.consul,
             self.layout,
@@ -121,6 +126,7 @@ class Scheduler:
             placements=self.placements,
             mirrors=self.mirrors,
             checks=self.checks,
+            reported=self.reported,
         )
         self._check_view(state)
         read_at = self.clock()
@@ -208,6 +214,7 @@ class Scheduler:
         self.work.forget()
         self.mirrors = None
         self.checks = None
+        self.reported = None
         self.invalid_seen.clear()
         self.records_gone = {}
         leader_report.drop_all()

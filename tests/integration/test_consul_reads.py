@@ -12,6 +12,9 @@ from prometheus_client import REGISTRY
 from consul_operator.adapters.check_counts import PassingCounts
 from consul_operator.adapters.consul_client import ConsulClient
 from consul_operator.adapters.kv_state import PrefixMirrors
+from consul_operator.adapters.status_mirror import StatusMirror
+from consul_operator.core.keys import Layout
+from consul_operator.core.reports import report_of
 from tests.support.staging import wait_until
 
 
@@ -136,3 +139,52 @@ def test_passing_counts_are_read_again_only_when_a_check_moved(consul: ConsulCli
     finally:
         consul.deregister_service(name)
     assert name not in counts.read(consul)  # gone: read again
+
+
+def test_the_status_mirror_reads_only_what_a_report_names_and_holds_what_consul_holds(
+    consul: ConsulClient, root: str
+) -> None:
+    """`StatusMirror` on Consul: after its whole first read, an agent's change (records, then its
+    report) is read alone, a deletion with its report goes, a lost host's clean-up (records, then
+    report) empties it, and every read equals a whole listing of the prefix."""
+    layout = Layout(operator_prefix=f"{root}operator/")
+    written: dict[str, dict[str, bytes]] = {"host-1": {}, "host-2": {}}
+
+    def agent(host: str, service: str, value: bytes | None) -> None:
+        key = layout.status_key(service, host)
+        if value is None:
+            consul.kv_delete(key)
+            written[host].pop(service, None)
+        else:
+            consul.kv_put(key, value)
+            written[host][service] = value
+        consul.kv_put(layout.report_key(host), report_of(host, written[host]).to_json())
+
+    def truth() -> list[tuple[str, bytes]]:
+        return [(e.key, e.value) for e in consul.kv_list(layout.status_prefix, consistent=True).value]
+
+    for host in written:
+        for n in range(20):
+            agent(host, f"svc-{n:02d}", f'{{"running":{n}}}'.encode())
+    mirror = StatusMirror(layout)
+
+    def read() -> list[tuple[str, bytes]]:
+        return [(e.key, e.value) for e in mirror.read(consul)]
+
+    assert read() == truth()
+    assert (mirror.reads["whole"], mirror.records_read) == (1, 0)
+    assert read() == truth()
+    assert mirror.reads["unmoved"] == 1
+    agent("host-2", "svc-07", b'{"running":70}')
+    assert read() == truth()
+    assert (mirror.reads["reported"], mirror.records_read) == (1, 1)
+    agent("host-1", "svc-03", None)
+    agent("host-1", "svc-99", b'{"running":1}')
+    assert read() == truth()
+    assert (mirror.reads["reported"], mirror.records_read) == (2, 3)
+    for service in list(written["host-2"]):  # the leader's clean-up of a lost host: records, then report
+        consul.kv_delete(layout.status_key(service, "host-2"))
+    consul.kv_delete(layout.report_key("host-2"))
+    assert read() == truth()
+    assert all(key.endswith("/host-1") for key, _ in truth())
+    assert mirror.reads["whole"] == 1

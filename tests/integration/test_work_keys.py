@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from consul_operator.core.reports import StatusReport, record_digest
 from consul_operator.core.work import WorkShard
 from tests.support.bounds import CONVERGE_S, REACT_S
 from tests.support.cluster import Cluster
@@ -104,6 +105,52 @@ def test_work_keys_follow_placements_and_a_new_leader_rewrites_them(
     )
 
 
+def status_reads(cluster: Cluster, daemon: str, read: str) -> float:
+    """The leader's reads of ``operator/status/`` of one kind (whole, reported, unmoved)."""
+    return cluster.metric(
+        daemon, "operator_kv_prefix_reads_total", prefix=cluster.layout.status_prefix, read=read
+    )
+
+
+def reports_name_every_record(cluster: Cluster) -> bool:
+    """Whether each app host's report names exactly its status records, by their bytes' digests."""
+    records = cluster.consul.kv_list(cluster.layout.status_prefix, consistent=True).value
+    for host in ("host-1", "host-2"):
+        entry = cluster.consul.kv_get(cluster.layout.report_key(host), consistent=True).value
+        if entry is None:
+            return False
+        held = {
+            of[0]: record_digest(e.value)
+            for e in records
+            if (of := cluster.layout.status_of(e.key)) is not None and of[1] == host
+        }
+        if StatusReport.from_json(entry.value, host=host).records != held:
+            return False
+    return True
+
+
+def test_each_agent_reports_its_records_and_the_leader_reads_only_what_moved(
+    cluster: Cluster, service_name: str
+) -> None:
+    """Every agent advertises and writes its report (`core/reports.py`), which names its status
+    records as they settle; the leader reads the records through the reports, not the whole prefix."""
+    assert agent_meta(cluster, "host-1").get("writes-reports") == "1"
+    leader = cluster.leader()
+    assert leader is not None
+    reported = status_reads(cluster, leader, "reported")
+    cluster.put(service_name, 2, placement={"max_per_host": 1})
+    cluster.wait_converged(service_name, 2)
+    wait_until(lambda: reports_name_every_record(cluster), timeout=REACT_S, what="reports of every record")
+    assert status_reads(cluster, leader, "reported") > reported
+    cluster.delete(service_name)
+    wait_until(
+        lambda: cluster.consul.kv_keys(f"{cluster.layout.status_prefix}{service_name}/").value == []
+        and reports_name_every_record(cluster),
+        timeout=CONVERGE_S,
+        what="the service's records gone, and from the reports",
+    )
+
+
 def agent_meta(cluster: Cluster, host: str) -> dict[str, str]:
     """The meta of ``host``'s agent registration."""
     instances = cluster.consul.health_service("operator-agent").value
@@ -130,6 +177,7 @@ def test_an_old_and_a_new_agent_run_one_service_together(
     placed on both starts, scales and drains on both."""
     assert agent_meta(cluster, "host-1").get("reads-work") == "1"
     assert "reads-work" not in agent_meta(cluster, "host-2")
+    assert "writes-reports" not in agent_meta(cluster, "host-2")
     leader = cluster.leader()
     assert leader is not None
     wait_until(
@@ -137,6 +185,9 @@ def test_an_old_and_a_new_agent_run_one_service_together(
         timeout=REACT_S,
         what="the leader counting one agent that reads placements",
     )
+    # The old agent writes no report: the leader reads the status records as a prefix, never
+    # through reports, for as long as it is registered.
+    reported = status_reads(cluster, leader, "reported")
 
     cluster.put(service_name, 2, placement={"max_per_host": 1})
     cluster.wait_converged(service_name, 2)
@@ -144,6 +195,7 @@ def test_an_old_and_a_new_agent_run_one_service_together(
     cluster.put(service_name, 4, placement={"max_per_host": 2})
     cluster.wait_converged(service_name, 4)
     assert cluster.per_host(service_name) == {"host-1": 2, "host-2": 2}
+    assert status_reads(cluster, leader, "reported") == reported
     cluster.delete(service_name)
     wait_until(
         lambda: not cluster.containers(service_name, all_states=True),

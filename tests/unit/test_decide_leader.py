@@ -196,7 +196,7 @@ CASES = [
             memory=LeaderMemory(lost_since={"h2": NOW - GRACE - 1}),
             hosts={"h1": 2},
             written=frozenset({"placement"}),
-            deleted=frozenset({"status/h2"}),
+            deleted=frozenset({"status/h2", "reports"}),  # its record, and its report (operator/reports/h2)
         ),
         id="host-lost-past-grace-its-replicas-move-and-its-status-goes",
     ),
