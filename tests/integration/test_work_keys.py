@@ -144,8 +144,10 @@ def test_each_agent_reports_its_records_and_the_leader_reads_only_what_moved(
     assert status_reads(cluster, leader, "reported") > reported
     cluster.delete(service_name)
     wait_until(
-        lambda: cluster.consul.kv_keys(f"{cluster.layout.status_prefix}{service_name}/").value == []
-        and reports_name_every_record(cluster),
+        lambda: (
+            cluster.consul.kv_keys(f"{cluster.layout.status_prefix}{service_name}/").value == []
+            and reports_name_every_record(cluster)
+        ),
         timeout=CONVERGE_S,
         what="the service's records gone, and from the reports",
     )
