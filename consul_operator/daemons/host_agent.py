@@ -76,6 +76,10 @@ def check_status(agent: HostAgent, wake: Callable[[], None], stop: threading.Eve
             wake()
 
 
+_REPORT = "~report"
+"""This host's report among the groups of a pass's writes: sorts after every service (DNS labels)."""
+
+
 @dataclass
 class HostAgent:
     """One host's reconcile pass: read -> `decide_host` -> act, write, record, export.
@@ -198,15 +202,29 @@ class HostAgent:
         own (`KVStore.write_records`): a record Consul refuses (413, an ACL) is
         logged, counted in ``operator_kv_write_failures_total`` and tried again
         soon (`after_writes`), and every other is written.
+
+        This host's report, as it will be once every write lands, goes with them, in the last
+        transaction (its group sorts after every service): one Raft commit, and a reader sees the
+        records and their report at once. Where a write is refused, `_report` writes the report
+        again as it really is.
         """
-        groups = {
+        groups: dict[str, dict[str, bytes | None]] = {
             service: {self.layout.status_key(service, self.host): None if r is None else r.to_json()}
             for service, r in plan.status_writes.items()
         }
         if not groups:
             return set()
+        hoped: StatusReport | None = None
+        if self.reads_work:
+            hoped = self._digests.report(self.host, after_writes(plan, (), 0.0)[0].written)
+            if hoped != self._reported:
+                groups[_REPORT] = {self.layout.report_key(self.host): hoped.to_json()}
         sent = self.consul.write_records(groups, max_value=lambda key: record_bound(self.layout, key))
+        if _REPORT in groups:
+            self._reported = None if _REPORT in sent.refused else hoped
         for service, exc in sorted(sent.refused.items()):
+            if service == _REPORT:
+                continue  # `_report` writes it again after this pass's writes
             reason = refusal_reason(exc)
             metrics.kv_write_failures.labels("status", reason).inc()
             log.warning(
@@ -216,11 +234,12 @@ class HostAgent:
                 status=exc.status,
                 error=str(exc)[:300],
             )
-        return set(sent.refused)
+        return set(sent.refused) - {_REPORT}
 
     def _report(self) -> None:
-        """Write this host's report (`core/reports.py`) when its records' digests moved: after the
-        records, so that a reader that sees the report reads records at least as new.
+        """Write this host's report (`core/reports.py`) when its records' digests moved and the
+        report that went with them (`_write`) is not theirs: after the records, so that a reader
+        that sees the report reads records at least as new.
 
         Compared with the report last written, not with KV: a report deleted or lost is written
         again with the next change of a record, and meanwhile the leader checks this host's records
@@ -230,10 +249,10 @@ class HostAgent:
         if report == self._reported:
             return
         key = self.layout.report_key(self.host)
-        sent = self.consul.write_records({"report": {key: report.to_json()}}, max_value=MAX_REPORT_BYTES)
+        sent = self.consul.write_records({_REPORT: {key: report.to_json()}}, max_value=MAX_REPORT_BYTES)
         if sent.refused:
             self._reported = None
-            raise sent.refused["report"]
+            raise sent.refused[_REPORT]
         self._reported = report
 
     def _export(self, plan: HostPlan) -> None:

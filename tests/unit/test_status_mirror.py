@@ -7,7 +7,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from consul_operator.adapters.status_mirror import StatusMirror
+from consul_operator.adapters.status_mirror import READ_ONE_BY_ONE, StatusMirror
 from consul_operator.core.keys import Layout
 from consul_operator.core.reports import report_of
 from tests.unit.test_executor import FakeConsul
@@ -185,3 +185,15 @@ class MirrorMachine(RuleBasedStateMachine):
 
 TestMirrorMachine = MirrorMachine.TestCase
 TestMirrorMachine.settings = settings(stateful_step_count=30)
+
+
+def test_a_burst_of_moved_records_is_read_whole_in_one_request() -> None:
+    """More moved records than `READ_ONE_BY_ONE` (a burst of starts) are read whole, not by key."""
+    agents = Agents()
+    mirror = StatusMirror(LAYOUT)
+    held(mirror, agents)
+    for n in range(READ_ONE_BY_ONE + 1):
+        agents.write("host-1", f"svc-{n}", b"1", report=False)
+    agents.report("host-1")
+    assert held(mirror, agents) == agents.status()
+    assert (mirror.reads["whole"], mirror.records_read) == (2, 0)
