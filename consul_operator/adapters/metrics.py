@@ -205,7 +205,8 @@ kv_prefix_reads = Counter(
     "operator_kv_prefix_reads_total",
     "The leader's reads of its large prefixes (status records, placements, kept revisions), one per "
     "prefix and pass: read whole (it moved), or unmoved since its last read and taken from memory "
-    "(`kv_state.PrefixMirrors`).",
+    "(`kv_state.PrefixMirrors`); for the status records, reported: only those a moved agent's "
+    "report names (`status_mirror.StatusMirror`).",
     ["prefix", "read"],
 )
 check_reads = Counter(

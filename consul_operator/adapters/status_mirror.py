@@ -68,6 +68,7 @@ class StatusMirror:
         self.digests: dict[str, dict[str, str]] = {}  # host -> service -> digest of the entry held
         self.applied: dict[str, int] = {}  # host -> modify index of the report applied last
         self.listing: list[KVEntry] | None = None  # the entries, sorted; None: the next read is whole
+        self._parsed: dict[str, tuple[int, StatusReport | None]] = {}  # each host's report as last read
         self.read_at = 0.0
         self.reads = {"whole": 0, "reported": 0, "unmoved": 0}  # for tests and the bench
         self.records_read = 0  # records read one by one since the mirror began (tests, the bench)
@@ -122,10 +123,15 @@ class StatusMirror:
             host = self.layout.report_of(entry.key)
             if host is None:
                 continue
+            kept = self._parsed.get(host)
+            if kept is not None and kept[0] == entry.modify_index and entry.modify_index:
+                reports[host] = kept  # parsed when it last moved (a thousand digests a host)
+                continue
             try:
                 reports[host] = (entry.modify_index, StatusReport.from_json(entry.value, host=host))
             except ValueError:
                 reports[host] = (entry.modify_index, None)
+        self._parsed = reports
         return reports
 
     def _whole(
