@@ -1,7 +1,7 @@
 """Profile the leader's idle pass at full size against a real Consul (issue 31).
 
     python -m bench.leader_profile [--services 1000] [--hosts 100] [--replicas 10] [--addr 127.0.0.84]
-                                   [--passes 5] [--registered]
+                                   [--passes 5] [--registered] [--no-reports]
 
 Starts one Consul agent in dev mode on ``--addr``, registers ``--hosts``
 agents on it (their TTL checks passing, their node claims written), lets the
@@ -9,8 +9,10 @@ real `Scheduler` place ``--services`` services of 10 replicas, writes every
 host's status records as agents that run them would (with ``--registered``, every
 replica in the catalog too, with a passing check, as replicas that publish a
 port are), and then times idle passes
-(nothing changed) and passes that place one new service each (wall time and
-the process's CPU time, for both; the garbage collector's collections and
+(nothing changed), passes that place one new service each, and passes after one status
+record moved with its host's report (``--no-reports``: agents from before
+reports, whose records the leader reads whole when one moved) (wall time and
+the process's CPU time, for each; the garbage collector's collections and
 time in the idle passes, the process's RSS after), and profiles idle passes
 and passes that each place one new service under cProfile: the pass times and
 the top functions by cumulative and own time. Nothing is simulated but the
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import gc
 import io
 import json
@@ -40,11 +43,19 @@ from pathlib import Path
 
 from bench.scale import consul_binary, manifest, service_names
 from consul_operator.adapters.consul_client import ConsulClient
-from consul_operator.adapters.presence import AGENT_SERVICE, agent_service_id, capacity_meta, ttl_check_id
+from consul_operator.adapters.presence import (
+    AGENT_SERVICE,
+    META_READS_WORK,
+    META_WRITES_REPORTS,
+    agent_service_id,
+    capacity_meta,
+    ttl_check_id,
+)
 from consul_operator.core.desired_state import Resources
 from consul_operator.core.keys import Layout
 from consul_operator.core.model import META_CLUSTER, META_HOST
 from consul_operator.core.records import AgentRecord, PlacementRecord, StatusRecord, frozen_map
+from consul_operator.core.reports import report_of
 from consul_operator.core.txn import pack_writes
 from consul_operator.daemons.agent import tune_collector
 from consul_operator.daemons.scheduler import Scheduler
@@ -132,8 +143,11 @@ def start_consul(addr: str, data: Path) -> tuple[subprocess.Popen[bytes], str]:
     return proc, f"{addr}:{port}"
 
 
-def register_agents(consul: ConsulClient, hosts: int, node: str) -> None:
+def register_agents(consul: ConsulClient, hosts: int, node: str, *, reports: bool = True) -> None:
+    """``hosts`` agents registered as `presence.Presence` registers them (``reports``: advertising that
+    they write reports, as agents of this release do)."""
     capacity = capacity_meta(Resources(64 * 1024**3, 64_000))
+    advertised = {META_READS_WORK: "1", META_WRITES_REPORTS: "1"} if reports else {}
     for i in range(1, hosts + 1):
         host = f"host-{i}"
         consul.kv_put(LAYOUT.agent_key(host), AgentRecord(host, node).to_json())
@@ -142,7 +156,7 @@ def register_agents(consul: ConsulClient, hosts: int, node: str) -> None:
                 "ID": agent_service_id(host),
                 "Name": AGENT_SERVICE,
                 "Address": "127.0.0.1",
-                "Meta": {META_HOST: host, META_CLUSTER: CLUSTER, **capacity},
+                "Meta": {META_HOST: host, META_CLUSTER: CLUSTER, **capacity, **advertised},
                 "Check": {
                     "CheckID": ttl_check_id(host),
                     "Name": "alive",
@@ -154,8 +168,9 @@ def register_agents(consul: ConsulClient, hosts: int, node: str) -> None:
 
 
 def write_statuses(consul: ConsulClient) -> int:
-    """Every host's status records, as agents running their placements would write them."""
+    """Every host's status records and reports, as agents running their placements would write them."""
     groups: dict[str, dict[str, bytes | None]] = {}
+    written: dict[str, dict[str, bytes]] = {}
     for entry in consul.kv_list(LAYOUT.placement_prefix).value:
         record = PlacementRecord.from_json(entry.value)
         for host, count in record.hosts.items():
@@ -171,9 +186,28 @@ def write_statuses(consul: ConsulClient) -> int:
                 node="profile-node",
             )
             groups[f"{record.service}/{host}"] = {LAYOUT.status_key(record.service, host): status.to_json()}
+            written.setdefault(host, {})[record.service] = status.to_json()
     for batch in pack_writes(groups):
         consul.kv_txn(batch.writes)
+    for host, records in written.items():  # each agent's report, after its records
+        consul.kv_put(LAYOUT.report_key(host), report_of(host, records).to_json())
     return len(groups)
+
+
+def move_one_record(consul: ConsulClient, service: str, host: str, stamp: float) -> None:
+    """What an agent writes when one replica's state moves: the record and its host's report, in one
+    transaction (`HostAgent._write`)."""
+    key = LAYOUT.status_key(service, host)
+    entry = consul.kv_get(key).value
+    assert entry is not None, key
+    record = dataclasses.replace(StatusRecord.from_json(entry.value, service=service, host=host), since=stamp)
+    records = {
+        of[0]: e.value
+        for e in consul.kv_list(LAYOUT.status_prefix).value
+        if (of := LAYOUT.status_of(e.key)) is not None and of[1] == host
+    }
+    records[service] = record.to_json()
+    consul.kv_txn({key: record.to_json(), LAYOUT.report_key(host): report_of(host, records).to_json()})
 
 
 def register_replicas(consul: ConsulClient, http: str) -> int:
@@ -232,12 +266,14 @@ def stop_consul(proc: subprocess.Popen[bytes], data: Path) -> None:
     shutil.rmtree(data, ignore_errors=True)
 
 
-def leading(http: str, hosts: int, services: int, replicas: int) -> tuple[ConsulClient, Scheduler]:
+def leading(
+    http: str, hosts: int, services: int, replicas: int, *, reports: bool = True
+) -> tuple[ConsulClient, Scheduler]:
     """The dev-mode Consul at ``http`` with ``hosts`` agents registered, ``services`` manifests of
     ``replicas`` written, and a real `Scheduler` of host-1 holding the leader lock (no pass run yet)."""
     consul = ConsulClient(http, timeout=60)
     wait_until(lambda: consul.kv_put("ready", b"1"), timeout=60, what="Consul writable", interval=0.2)
-    register_agents(consul, hosts, consul.agent_node_name())
+    register_agents(consul, hosts, consul.agent_node_name(), reports=reports)
     groups = {n: {LAYOUT.service_key(n): manifest(n, replicas)} for n in service_names(services)}
     for batch in pack_writes(groups):
         consul.kv_txn(batch.writes)
@@ -263,6 +299,11 @@ def main(argv: list[str]) -> int:
         help="register every replica in the catalog with a passing check (replicas that publish a port)",
     )
     parser.add_argument(
+        "--no-reports",
+        action="store_true",
+        help="agents registered as from before reports: the leader reads every status record when one moved",
+    )
+    parser.add_argument(
         "--collector",
         choices=("default", "agent"),
         default="agent",
@@ -274,7 +315,8 @@ def main(argv: list[str]) -> int:
     data = Path(tempfile.mkdtemp(prefix="leader-profile-"))
     proc, http = start_consul(args.addr, data)
     try:
-        consul, scheduler = leading(http, args.hosts, args.services, args.replicas)
+        reports = not args.no_reports
+        consul, scheduler = leading(http, args.hosts, args.services, args.replicas, reports=reports)
         t0 = time.perf_counter()
         scheduler.reconcile()
         print(f"first pass (placing {args.services} services): {time.perf_counter() - t0:.3f}s")
@@ -313,6 +355,16 @@ def main(argv: list[str]) -> int:
             assert consul.kv_get(LAYOUT.placement_key(name)).value is not None, "not placed"
         print("one new service, its pass (s):", " ".join(f"{t:.3f}" for t in changes))
         print("one new service, the leader's CPU (s):", " ".join(f"{t:.3f}" for t in cpu))
+        scheduler.reconcile()  # the new services' own writes read back
+        moved, moved_cpu = [], []
+        for k in range(args.passes):
+            move_one_record(consul, "s0000", "host-1", float(k))
+            t0, c0 = time.perf_counter(), time.process_time()
+            scheduler.reconcile()
+            moved.append(time.perf_counter() - t0)
+            moved_cpu.append(time.process_time() - c0)
+        print("one status record moved (and its report), its pass (s):", " ".join(f"{t:.3f}" for t in moved))
+        print("the same, the leader's CPU (s):", " ".join(f"{t:.3f}" for t in moved_cpu))
         print(f"after the new services' passes: RSS {rss_mib():.1f} MiB")
         profile_passes(scheduler.reconcile, args.passes, args.top, "idle passes, profiled")
         added = iter(range(args.passes))
@@ -324,6 +376,14 @@ def main(argv: list[str]) -> int:
 
         # The put is in the profile too: a few ms next to the pass, and it shows as `kv_put`.
         profile_passes(one_new_service, args.passes, args.top, "one new service a pass, profiled")
+        scheduler.reconcile()
+        stamps = iter(range(100, 100 + args.passes))
+
+        def one_record_moved() -> None:
+            move_one_record(consul, "s0001", "host-2", float(next(stamps)))
+            scheduler.reconcile()
+
+        profile_passes(one_record_moved, args.passes, args.top, "one status record moved a pass, profiled")
     finally:
         stop_consul(proc, data)
     return 0

@@ -106,3 +106,12 @@ def test_the_agents_memo_gives_the_digest_of_each_records_bytes() -> None:
         "host-1", {"web": moved.to_json(), "api": StatusRecord("api", "host-1").to_json()}
     )
     assert memo.report("host-1", {}) == StatusReport("host-1", {})
+
+
+@given(records=st.dictionaries(st.text(min_size=1, max_size=300), st.binary(max_size=64), max_size=2000))
+def test_a_report_is_within_its_bound_whatever_the_services_are_named(records: dict[str, bytes]) -> None:
+    """Any names, hostile ones included, give a report within `MAX_REPORT_BYTES` that reads back."""
+    report = report_of("host-1", records)
+    data = report.to_json()
+    assert len(data) <= MAX_REPORT_BYTES
+    assert StatusReport.from_json(data, host="host-1") == report
