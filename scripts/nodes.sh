@@ -109,8 +109,17 @@ build_base() {
   local rootfs="$BUILD_DIR/rootfs" started=$SECONDS
   rm -rf "$rootfs"; mkdir -p "$BUILD_DIR"
   say "debootstrap bookworm with systemd and the roles' packages (about a minute)"
-  debootstrap --variant=minbase --include="$PACKAGES" bookworm "$rootfs" "$MIRROR" \
-    >"$BUILD_DIR/debootstrap.log" 2>&1 || { tail -20 "$BUILD_DIR/debootstrap.log" >&2; die "debootstrap failed"; }
+  # Twice at most: a mirror behind a CDN has answered one run with a Release file its signature
+  # did not match ("Invalid Release signature"), and the next with a good one.
+  local attempt
+  for attempt in 1 2; do
+    debootstrap --variant=minbase --include="$PACKAGES" bookworm "$rootfs" "$MIRROR" \
+      >"$BUILD_DIR/debootstrap.log" 2>&1 && break
+    tail -20 "$BUILD_DIR/debootstrap.log" >&2
+    [[ $attempt -eq 2 ]] && die "debootstrap failed"
+    say "debootstrap failed; once more in 10 s"
+    rm -rf "$rootfs"; sleep 10
+  done
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
   # No engine starts unless the host is an app host (`up` enables it there), and
   # nothing of a container's boot that cannot work in one.

@@ -231,7 +231,8 @@ kv_write_failures = Counter(
     "operator_kv_write_failures_total",
     "Unfenced KV writes of one record that were not written: too_large (over the record's bound "
     "or Consul's limits: left out unsent, or HTTP 413), permission_denied (an ACL), refused (any "
-    "other answer); record: status (an agent's operator/status/) or events (operator/events/). "
+    "other answer); record: status (an agent's operator/status/), report (its operator/reports/<host>) "
+    "or events (operator/events/). "
     "Every other record of the pass is written; this one is tried again on the next.",
     ["record", "reason"],
 )

@@ -212,6 +212,7 @@ def run_agent(config: AgentConfig, engine: EngineFactory = docker_engine) -> int
         allowed_host_paths=config.allowed_host_paths,
         node=node,
         reads_work=config.reads_work,
+        writes_reports=config.reads_work,  # an agent from before work keys wrote no report either
     )
     scheduler = Scheduler(
         consul, config.layout, election, config.cluster, config.lost_grace, spread=config.spread

@@ -108,6 +108,7 @@ class HostAgent:
     node: str = ""
     memory: HostMemory = field(default_factory=HostMemory)  # read by `status_drifted` too: replaced whole
     reads_work: bool = True
+    writes_reports: bool = True  # False: as agents before reports (`--read-placements` says both)
 
     def __post_init__(self) -> None:
         reader = WorkKVReader if self.reads_work else HostKVReader
@@ -141,7 +142,7 @@ class HostAgent:
             self.executor.submit(action)
         refused = self._write(plan)
         self.memory, wake_at = after_writes(plan, refused, now.mono)
-        if self.reads_work:  # an agent from before work keys wrote no report either (`--read-placements`)
+        if self.writes_reports:
             self._report()
         self._export(plan)
         return PassResult(requeue_after=None if wake_at is None else max(0.0, wake_at - now.mono))
@@ -215,7 +216,7 @@ class HostAgent:
         if not groups:
             return set()
         hoped: StatusReport | None = None
-        if self.reads_work:
+        if self.writes_reports:
             hoped = self._digests.report(self.host, after_writes(plan, (), 0.0)[0].written)
             if hoped != self._reported:
                 groups[_REPORT] = {self.layout.report_key(self.host): hoped.to_json()}
@@ -243,17 +244,23 @@ class HostAgent:
 
         Compared with the report last written, not with KV: a report deleted or lost is written
         again with the next change of a record, and meanwhile the leader checks this host's records
-        by their modify indexes (`status_mirror.StatusMirror`). A refusal raises: the pass is tried again.
+        by their modify indexes (`status_mirror.StatusMirror`). A refusal (an ACL without
+        ``operator/reports/``) is logged and counted, and the next pass tries again: the host goes on
+        (the leader then sees this host's new records at its resync only).
         """
         report = self._digests.report(self.host, self.memory.written)
         if report == self._reported:
             return
         key = self.layout.report_key(self.host)
         sent = self.consul.write_records({_REPORT: {key: report.to_json()}}, max_value=MAX_REPORT_BYTES)
-        if sent.refused:
-            self._reported = None
-            raise sent.refused[_REPORT]
-        self._reported = report
+        exc = sent.refused.get(_REPORT)
+        if exc is None:
+            self._reported = report
+            return
+        self._reported = None
+        reason = refusal_reason(exc)
+        metrics.kv_write_failures.labels("report", reason).inc()
+        log.warning("this host's report not written", reason=reason, status=exc.status, error=str(exc)[:300])
 
     def _export(self, plan: HostPlan) -> None:
         """The plan's figures of each service on this host; the gauges of services gone from it go."""

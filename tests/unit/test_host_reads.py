@@ -17,6 +17,7 @@ from consul_operator.core.desired_state import Manifest
 from consul_operator.core.events import STARTED
 from consul_operator.core.keys import Layout
 from consul_operator.core.records import Hold, PlacementRecord, StatusRecord, frozen_map
+from consul_operator.core.reports import report_of
 from consul_operator.daemons.executor import Executor
 from consul_operator.daemons.host_agent import HostAgent
 from tests.unit.test_executor import HOST, FakeCatalog, FakeConsul, FakeDocker, running
@@ -133,13 +134,14 @@ def test_a_failed_read_is_tried_again_on_the_next_pass() -> None:
 @pytest.mark.parametrize(
     ("services", "transactions"),
     [
-        pytest.param(1, [1], id="one-change-one-transaction"),
-        pytest.param(63, [63], id="63-changes-one-transaction"),
-        pytest.param(100, [63, 37], id="100-changes-two-transactions"),
+        pytest.param(1, [2], id="one-change-and-the-report-one-transaction"),
+        pytest.param(63, [63, 1], id="63-changes-one-transaction-the-report-after"),
+        pytest.param(100, [63, 38], id="100-changes-two-transactions-the-report-in-the-last"),
     ],
 )
 def test_status_changes_of_a_pass_are_batched(services: int, transactions: list[int]) -> None:
-    """A pass writes its status changes in transactions of up to 63 keys, not one write per service."""
+    """A pass writes its status changes in transactions of up to 63 keys, not one write per service,
+    and this host's report after them, in the last one where it fits."""
     consul = kv_with(services)
     docker = FakeDocker(
         [
@@ -262,6 +264,53 @@ def test_a_refused_status_record_fails_alone_logged_and_counted() -> None:
     consul.refuse = set()
     agent.reconcile()
     assert layout.status_key("s001", HOST) in consul.kv, "tried again on the next pass"
+
+
+def own_report(consul: FakeConsul, layout: Layout) -> tuple[bytes | None, bytes]:
+    """This host's report as KV holds it, and the report of the records KV holds of this host."""
+    records = {
+        of[0]: value
+        for key, value in consul.kv.items()
+        if (of := layout.status_of(key)) is not None and of[1] == HOST
+    }
+    return consul.kv.get(layout.report_key(HOST)), report_of(HOST, records).to_json()
+
+
+def test_the_report_names_every_record_as_kv_holds_it_a_refused_one_left_out() -> None:
+    """The report goes with the records, in their last transaction; a record Consul refused is not in
+    it (the report that hoped for it is written again), and is once it is written."""
+    layout = Layout()
+    consul, docker = served_host(3)
+    consul.refuse = {layout.status_key("s001", HOST)}
+    agent = host_agent(consul, docker, [0.0], None)
+    agent.reconcile()
+    held, truth = own_report(consul, layout)
+    assert held == truth and b"s001" not in truth
+    consul.refuse = set()
+    sent = len(consul.txns)
+    agent.reconcile()
+    held, truth = own_report(consul, layout)
+    assert held == truth and b"s001" in truth
+    assert consul.txns[sent:] == [2], "the record and its report in one transaction"
+
+
+def test_a_refused_report_is_counted_and_the_host_goes_on() -> None:
+    """An ACL that refuses this host's report: the records are written, the pass succeeds, the refusal
+    is counted, and the report is written once it is allowed."""
+    layout = Layout()
+    consul, docker = served_host(2)
+    consul.refuse = {layout.report_key(HOST)}
+    counter = metrics.kv_write_failures.labels("report", "permission_denied")
+    before = counter._value.get()
+    agent = host_agent(consul, docker, [0.0], None)
+    agent.reconcile()
+    assert len([k for k in consul.kv if k.startswith(layout.status_prefix)]) == 2
+    assert layout.report_key(HOST) not in consul.kv
+    assert counter._value.get() >= before + 1
+    consul.refuse = set()
+    agent.reconcile()
+    held, truth = own_report(consul, layout)
+    assert held == truth
 
 
 def test_status_records_deleted_from_kv_are_seen_and_written_again() -> None:
