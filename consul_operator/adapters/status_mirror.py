@@ -43,8 +43,10 @@ class StatusMirror:
     A host with records held and no readable report (an admin deleted it;
     the leader's clean-up of a lost host went part of the way) has its held
     records checked by modify index (`KVStore.kv_stale`) on every read: one
-    request, and only while there is such a host. What such a host writes
-    under a new key is seen with its next report, or at the resync.
+    request, and only while there is such a host (more than `READ_ONE_BY_ONE`
+    such records: the prefix is read whole instead). What such a host writes
+    under a new key is seen with its next report (its agent writes it again
+    within `host_agent.REPORT_CHECK_EVERY` checks), or at the resync.
 
     Read whole: on the first read, every ``resync`` seconds (the safety net of
     every mirror here), when a host's report says it has too many records
@@ -100,6 +102,8 @@ class StatusMirror:
                 for key, entry in self.entries.items()
                 if (of := self.layout.status_of(key)) is not None and of[1] in silent
             }
+            if len(known) > READ_ONE_BY_ONE:  # every report deleted, say: one read, not 150 checks
+                return self._whole(consul, reports, consistent)
             keys.update(consul.kv_stale(known, consistent=consistent) if known else ())
         if len(keys) > READ_ONE_BY_ONE:
             return self._whole(consul, reports, consistent)

@@ -53,6 +53,9 @@ log = structlog.get_logger()
 
 STATUS_CHECK_EVERY = 2.0
 """Seconds between two looks at this host's status records in KV (`HostAgent.status_drifted`)."""
+REPORT_CHECK_EVERY = 15
+"""Looks at the status records between two looks at this host's report (30 s): a report deleted
+alone is written again within it, where it waited for the next change of a record before."""
 
 
 def check_status(agent: HostAgent, wake: Callable[[], None], stop: threading.Event) -> None:
@@ -72,7 +75,7 @@ def check_status(agent: HostAgent, wake: Callable[[], None], stop: threading.Eve
             continue
         failing = False
         if drifted:
-            log.info("status records differ from what this host wrote; writing them again")
+            log.info("status records or report differ from what this host wrote; writing them again")
             wake()
 
 
@@ -121,6 +124,9 @@ class HostAgent:
         self._restored = False  # whether a pass has read what an earlier run left in KV
         self._digests = DigestMemo()  # this host's records' digests, for its report
         self._reported: StatusReport | None = None  # the report last written (None: none yet)
+        # Set by the status check when KV may no longer hold that report: the next pass writes it.
+        self._doubted = threading.Event()
+        self._checks = 0  # looks by the status check, every REPORT_CHECK_EVERY-th at the report too
 
     @property
     def settings(self) -> HostSettings:
@@ -129,6 +135,9 @@ class HostAgent:
 
     def reconcile(self) -> PassResult:
         """One pass: read, decide, act, report."""
+        if self._doubted.is_set():  # before the read: a check after it is for the next pass
+            self._doubted.clear()
+            self._reported = None
         state = self._read()
         now = Now(self.mono(), self.wall())
         plan = decide_host(state, self.memory, now, self.settings)
@@ -281,10 +290,26 @@ class HostAgent:
         other watch of an agent would see it.
         """
         remembered = dict(self.memory.written)
+        self._checks += 1
+        if self.writes_reports and self._checks % REPORT_CHECK_EVERY == 0 and self._report_drifted():
+            self._doubted.set()  # the next pass writes the report whatever it remembers writing
+            return True
         if not remembered:
             return False
         # Read only when the status prefix moved since the last look (`OwnStatuses`): reading the
         # records is one transaction per 64, at 1,000 services 16 requests every check, every host.
         held = self._checked.read(set(remembered))
         drifted = any(not record.same_report(held.get(s)) for s, record in remembered.items())
+        if drifted:
+            # Someone else wrote or deleted our records (`kv delete -recurse operator/`, a restore):
+            # the report may have gone with them.
+            self._doubted.set()
         return drifted
+
+    def _report_drifted(self) -> bool:
+        """Whether KV's report of this host is not the one this agent last wrote."""
+        reported = self._reported
+        if reported is None:
+            return False  # the next pass writes it anyway
+        entry = self.consul.kv_get(self.layout.report_key(self.host)).value
+        return entry is None or entry.value != reported.to_json()

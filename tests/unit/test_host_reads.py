@@ -19,7 +19,7 @@ from consul_operator.core.keys import Layout
 from consul_operator.core.records import Hold, PlacementRecord, StatusRecord, frozen_map
 from consul_operator.core.reports import report_of
 from consul_operator.daemons.executor import Executor
-from consul_operator.daemons.host_agent import HostAgent
+from consul_operator.daemons.host_agent import REPORT_CHECK_EVERY, HostAgent
 from tests.unit.test_executor import HOST, FakeCatalog, FakeConsul, FakeDocker, running
 
 
@@ -311,6 +311,38 @@ def test_a_refused_report_is_counted_and_the_host_goes_on() -> None:
     agent.reconcile()
     held, truth = own_report(consul, layout)
     assert held == truth
+
+
+def test_a_report_deleted_alone_is_written_again_by_the_status_check() -> None:
+    """Only the report deleted (no record changed): every `REPORT_CHECK_EVERY`-th look of the status
+    check reads it, and the pass it wakes writes it again."""
+    layout = Layout()
+    consul, docker = served_host(2)
+    agent = host_agent(consul, docker, [0.0], None)
+    agent.reconcile()
+    del consul.kv[layout.report_key(HOST)]
+    looks = [agent.status_drifted() for _ in range(REPORT_CHECK_EVERY)]
+    assert looks[-1] and not any(looks[:-1])
+    agent.reconcile()
+    held, truth = own_report(consul, layout)
+    assert held == truth
+
+
+def test_records_and_report_deleted_together_are_both_written_again() -> None:
+    """`kv delete -recurse operator/` (records and reports): the pass the status check wakes writes
+    the records and the report, though the report is the one the agent last wrote."""
+    layout = Layout()
+    consul, docker = served_host(2)
+    agent = host_agent(consul, docker, [0.0], None)
+    agent.wall = lambda: 1_000.0  # the records written again are byte for byte the ones deleted
+    agent.reconcile()
+    for key in [k for k in consul.kv if k.startswith(layout.operator_prefix)]:
+        if layout.status_of(key) is not None or layout.report_of(key) is not None:
+            del consul.kv[key]
+    assert agent.status_drifted()
+    agent.reconcile()
+    held, truth = own_report(consul, layout)
+    assert held == truth and held is not None and b"s000" in held
 
 
 def test_status_records_deleted_from_kv_are_seen_and_written_again() -> None:

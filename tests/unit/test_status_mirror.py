@@ -197,3 +197,18 @@ def test_a_burst_of_moved_records_is_read_whole_in_one_request() -> None:
     agents.report("host-1")
     assert held(mirror, agents) == agents.status()
     assert (mirror.reads["whole"], mirror.records_read) == (2, 0)
+
+
+def test_many_records_of_hosts_without_reports_are_read_whole() -> None:
+    """Every report deleted with more held records than `READ_ONE_BY_ONE`: one whole read, not a
+    check of each record's index, and the records are as KV holds them."""
+    agents = Agents()
+    for n in range(READ_ONE_BY_ONE + 1):
+        agents.write("host-1", f"svc-{n}", b"1", report=False)
+    agents.report("host-1")
+    mirror = StatusMirror(LAYOUT)
+    held(mirror, agents)
+    del agents.kv.kv[LAYOUT.report_key("host-1")]
+    agents.kv.kv[LAYOUT.status_key("svc-0", "host-1")] = b"changed"
+    assert held(mirror, agents) == agents.status()
+    assert mirror.reads["whole"] == 2
