@@ -252,10 +252,11 @@ class HostAgent:
         that sees the report reads records at least as new.
 
         Compared with the report last written, not with KV: a report deleted or lost is written
-        again with the next change of a record, and meanwhile the leader checks this host's records
-        by their modify indexes (`status_mirror.StatusMirror`). A refusal (an ACL without
-        ``operator/reports/``) is logged and counted, and the next pass tries again: the host goes on
-        (the leader then sees this host's new records at its resync only).
+        again once the status check finds it so (every `REPORT_CHECK_EVERY`-th look, or when it
+        finds the records changed by someone else), or with the next change of a record; meanwhile
+        the leader checks this host's records by their modify indexes (`status_mirror.StatusMirror`).
+        A refusal (an ACL without ``operator/reports/``) is logged and counted, and the next pass
+        tries again: the host goes on (the leader then sees this host's new records at its resync only).
         """
         report = self._digests.report(self.host, self.memory.written)
         if report == self._reported:
