@@ -417,6 +417,15 @@ def lifetime(cluster: Cluster, container_id: str, since: float) -> tuple[int, fl
     return code, times["die"] - times["start"]
 
 
+def trap_set(container: Any) -> bool:
+    """Whether the replica's shell has started ``/start.sh``, which it does after setting its trap."""
+    try:
+        processes = container.top()["Processes"] or []
+    except docker.errors.APIError:  # not running yet, or gone
+        return False
+    return any("/start.sh" in " ".join(row) for row in processes)
+
+
 @pytest.mark.parametrize(
     ("code", "crash"),
     [pytest.param(143, False, id="exit-143-is-no-crash"), pytest.param(1, True, id="exit-1-is-a-crash")],
@@ -432,6 +441,9 @@ def test_docker_stop_of_a_young_replica_is_a_crash_by_its_exit_code(
     command = ["sh", "-c", f"trap 'exit {code}' TERM; sh /start.sh & wait"]
     cluster.put(service_name, 1, command=command, placement={"hosts": ["host-1"]})
     first = wait_until(lambda: cluster.containers(service_name), timeout=60, what="a replica")[0]  # type: ignore[index]
+    # The shell sets its trap before it starts the server: stopped earlier, PID 1 ignores SIGTERM
+    # and Docker kills it after the timeout (exit 137; seen once on a loaded machine).
+    wait_until(lambda: trap_set(first), timeout=30, what="the replica's shell past its trap")
     first.stop(timeout=5)
     exit_code, ran = lifetime(cluster, first.id, since)
     assert (exit_code, ran < 10) == (code, True), (
