@@ -139,7 +139,8 @@ def state_of(cluster: Cluster, service: str) -> tuple[dict[str, object], set[tup
     """What must not change: KV (key -> modify index) and the containers (take it once `settled`).
 
     Left out: the leader lock, the agents' status reports (`operator/status/`),
-    which they rewrite whenever a check's result changes, and the events
+    which they rewrite whenever a check's result changes, with their digests
+    (`operator/reports/`, written with them), and the events
     (`operator/events/`), a log of what happened (a registration, a pass); none
     is state a refused command could lose.
     """
@@ -147,7 +148,8 @@ def state_of(cluster: Cluster, service: str) -> tuple[dict[str, object], set[tup
         e.key: e.modify_index
         for prefix in ("services/", "operator/")
         for e in cluster.consul.kv_list(prefix).value
-        if e.key != "operator/leader" and not e.key.startswith(("operator/status/", "operator/events/"))
+        if e.key != "operator/leader"
+        and not e.key.startswith(("operator/status/", "operator/reports/", "operator/events/"))
     }
     containers = {(c.id, c.status) for c in cluster.containers(service, all_states=True)}
     return kv, containers
