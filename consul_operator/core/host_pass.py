@@ -235,6 +235,18 @@ def decide_host(state: HostState, memory: HostMemory, now: Now, settings: HostSe
 def after_writes(plan: HostPlan, refused: Collection[str], mono: float) -> tuple[HostMemory, float | None]:
     """The memory and the wake-up once the plan's status writes are sent, ``refused`` the services
     whose record Consul refused: those are tried again soon, backing off while Consul keeps refusing."""
+    written = written_after(plan, refused)
+    passes = plan.memory.refused_passes + 1 if refused else 0
+    wake = plan.wake_at
+    if refused:
+        retry = mono + backoff_delay(passes)
+        wake = retry if wake is None else min(wake, retry)
+    return dataclasses.replace(plan.memory, written=written, refused_passes=passes), wake
+
+
+def written_after(plan: HostPlan, refused: Collection[str] = ()) -> dict[str, StatusRecord]:
+    """This host's records as KV holds them once the plan's status writes are sent, ``refused`` the
+    services whose record Consul refused (none: what the pass hopes for, which its report names)."""
     written = dict(plan.memory.written)
     for service, record in plan.status_writes.items():
         if service in refused:
@@ -243,12 +255,7 @@ def after_writes(plan: HostPlan, refused: Collection[str], mono: float) -> tuple
             written.pop(service, None)
         else:
             written[service] = record
-    passes = plan.memory.refused_passes + 1 if refused else 0
-    wake = plan.wake_at
-    if refused:
-        retry = mono + backoff_delay(passes)
-        wake = retry if wake is None else min(wake, retry)
-    return dataclasses.replace(plan.memory, written=written, refused_passes=passes), wake
+    return written
 
 
 def status_services(

@@ -49,9 +49,9 @@ class StatusReport:
 
     def to_json(self) -> bytes:
         """The KV form (sorted keys, no spaces: an equal report gives equal bytes)."""
-        body: dict[str, object] = {"host": self.host, "records": dict(sorted(self.records.items()))}
-        if self.whole:
-            body = {"host": self.host, "whole": True}
+        body = (
+            {"host": self.host, "whole": True} if self.whole else {"host": self.host, "records": self.records}
+        )
         return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod

@@ -41,6 +41,7 @@ from consul_operator.core.host_pass import (
     after_writes,
     decide_host,
     status_services,
+    written_after,
 )
 from consul_operator.core.keys import Layout
 from consul_operator.core.model import ContainerInfo, InFlight, Now, Outcome
@@ -226,7 +227,7 @@ class HostAgent:
             return set()
         hoped: StatusReport | None = None
         if self.writes_reports:
-            hoped = self._digests.report(self.host, after_writes(plan, (), 0.0)[0].written)
+            hoped = self._digests.report(self.host, written_after(plan))
             if hoped != self._reported:
                 groups[_REPORT] = {self.layout.report_key(self.host): hoped.to_json()}
         sent = self.consul.write_records(groups, max_value=lambda key: record_bound(self.layout, key))
